@@ -1,0 +1,1 @@
+"""The ``decaykit`` command line: one thin subcommand module per public Python API."""

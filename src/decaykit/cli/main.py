@@ -1,0 +1,62 @@
+"""Entry point of the ``decaykit`` command.
+
+Each subcommand lives in ``decaykit/cli/<name>_cmd.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a ``run(args) -> int``. Errors the user can fix
+(``DecayError``) end the program with one readable line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from decaykit import __version__
+from decaykit.errors import DecayError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+# The order here is the order ``decaykit --help`` lists them in.
+COMMANDS: tuple[str, ...] = ("sweep", "inspect", "audit", "verify", "probe", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="decaykit",
+        description="Weight decay in PyTorch made correct, visible and measurable.",
+    )
+    parser.add_argument("--version", action="version", version=f"decaykit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module_name = f"decaykit.cli.{name}_cmd"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a subcommand not written yet in a development tree
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DecayError as exc:
+        print(f"decaykit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"decaykit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `decaykit inspect ... | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

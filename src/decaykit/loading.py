@@ -1,0 +1,83 @@
+"""Turn a ``package.module:factory`` string, or a built-in demo name, into a live object.
+
+The CLI takes models and data sets as import paths so a user's own code can be inspected,
+probed and swept without writing a wrapper script.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from decaykit.errors import DecayError
+
+__all__ = ["build_model", "load_object"]
+
+
+def load_object(spec: str, *, argument: str = "MODEL") -> Any:
+    """Import ``package.module:attr`` (``attr`` may be dotted) and return the attribute.
+
+    >>> load_object("torch.nn:Linear")
+    <class 'torch.nn.modules.linear.Linear'>
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise DecayError(
+            f"{argument} must look like 'package.module:factory' (or be a built-in demo name), got {spec!r}"
+        )
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise DecayError(f"{argument} must look like 'package.module:factory', got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DecayError(
+            f"{argument}={spec!r}: cannot import module {module_name!r} ({exc}); "
+            "check the spelling and that the package is installed in this environment"
+        ) from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise DecayError(f"{argument}={spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def build_model(spec: str | nn.Module | Callable[[], Any], *, argument: str = "MODEL") -> nn.Module:
+    """Return an ``nn.Module`` from a demo name, an import path, a factory or a module.
+
+    A factory is called with no arguments; whatever it returns must be an ``nn.Module``.
+    """
+    from decaykit.models import DEMO_MODELS
+
+    obj: Any = spec
+    if isinstance(spec, str):
+        if spec in DEMO_MODELS:
+            return DEMO_MODELS[spec]()
+        if ":" not in spec:
+            names = ", ".join(sorted(DEMO_MODELS))
+            raise DecayError(
+                f"{argument}={spec!r} is neither a built-in demo model ({names}) "
+                "nor an import path like 'torchvision.models:resnet50'"
+            )
+        obj = load_object(spec, argument=argument)
+    if isinstance(obj, nn.Module):
+        return obj
+    if callable(obj):
+        try:
+            with torch.device("cpu"):
+                obj = obj()
+        except TypeError as exc:
+            raise DecayError(
+                f"{argument}={spec!r}: the factory could not be called with no arguments ({exc}); "
+                "point to a function that builds the model with its defaults"
+            ) from exc
+    if not isinstance(obj, nn.Module):
+        raise DecayError(
+            f"{argument}={spec!r} gave a {type(obj).__name__}, not a torch.nn.Module; "
+            "point to a class or function that returns the model"
+        )
+    return obj
