@@ -1,0 +1,137 @@
+"""What a parameter *is*: found from the module that owns it, then from its shape.
+
+This is the ``"decaykit"`` policy's source of truth. Names are never pattern-matched to find a
+norm (HF's ``bias`` regex also hits T5's ``relative_attention_bias`` embedding, and norms called
+``ln_1`` or ``attn_nw`` escape it); the owning module's class decides, and a parameter of a
+module decaykit does not know falls back to a shape rule whose reason says so.
+
+Order of the checks, first hit wins:
+
+1. the owner is a normalisation layer (any torch norm, or a class whose name contains ``Norm``
+   such as ``LlamaRMSNorm`` / ``T5LayerNorm``, for its per-channel parameters) -> ``norm``, no decay;
+2. the owner is an embedding table -> ``embedding``, decayed unless ``decay_embeddings=False``;
+3. the owner is a weight layer (Linear, Bilinear, Conv of any dims and transposed, HF ``Conv1D``,
+   MultiheadAttention, RNN/LSTM/GRU): its ``*weight*`` tensors -> ``weight``, decayed; its
+   ``*bias*`` tensors -> ``bias``, no decay;
+4. any module: a tensor named like a bias with at most one non-singleton dimension -> ``bias``;
+5. any module: at most one non-singleton dimension (a (C,), (C,1,1) or (1,1,C) layer scale,
+   a scalar temperature) -> ``scale``, no decay;
+6. anything else (two or more non-singleton dimensions on an unknown module) -> ``matrix``,
+   decayed, with a reason that says the shape decided.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EMBEDDING_TYPES",
+    "NORM_CLASS_NAME",
+    "NORM_TYPES",
+    "WEIGHT_CLASS_NAMES",
+    "WEIGHT_TYPES",
+    "ParamInfo",
+    "classify",
+    "is_norm_module",
+    "is_per_channel",
+    "shape_str",
+]
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*d, SyncBatchNorm, InstanceNorm*d, Lazy variants
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+)
+# Custom norm classes in the wild: LlamaRMSNorm, T5LayerNorm, LayerNorm2d, FusedRMSNorm, ScaleNorm ...
+NORM_CLASS_NAME = re.compile(r"norm(?!al(?!i))", re.IGNORECASE)  # not "Normal", yes "Normalization"
+EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.RNNCellBase,
+)
+# Weight layers known by class name, so their packages need not be imported:
+# transformers' GPT-2 ``Conv1D`` is a Linear whose weight is stored transposed.
+WEIGHT_CLASS_NAMES: frozenset[str] = frozenset({"Conv1D"})
+
+_BIAS_LEAF = re.compile(r"(^|_)bias($|_)")
+_WEIGHT_LEAF = re.compile(r"(^|_)weight($|_)")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One name under which a tensor is reachable in the model, with its owner."""
+
+    name: str  # canonical dotted name
+    raw_name: str  # the name as ``named_parameters`` spells it (wrapper prefixes kept)
+    leaf: str  # attribute name on the owner, after undoing parametrizations
+    param: torch.Tensor = field(repr=False)
+    owner: nn.Module = field(repr=False)
+    ancestors: tuple[nn.Module, ...] = field(repr=False, default=())  # root ... owner's parent
+    component: str | None = None  # ``original0`` etc. for a parametrized tensor's pieces
+
+    @property
+    def module_type(self) -> str:
+        return type(self.owner).__name__
+
+
+def shape_str(shape: tuple[int, ...] | torch.Size) -> str:
+    return "(" + ",".join(str(s) for s in shape) + ")"
+
+
+def is_per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
+    """True for tensors with at most one dimension larger than 1: (C,), (C,1,1), (1,1,C), ()."""
+    return sum(1 for s in shape if s != 1) <= 1
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """A torch norm layer, or a class whose name (or a base class's name) says it normalises."""
+    if isinstance(module, NORM_TYPES):
+        return True
+    return any(NORM_CLASS_NAME.search(cls.__name__) for cls in type(module).__mro__[:-2])
+
+
+def _is_weight_layer(module: nn.Module) -> bool:
+    return isinstance(module, WEIGHT_TYPES) or any(
+        cls.__name__ in WEIGHT_CLASS_NAMES for cls in type(module).__mro__
+    )
+
+
+def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
+    """Return ``(role, decayed, reason)`` for one parameter name. See the module docstring."""
+    owner, leaf, shape = info.owner, info.leaf, tuple(info.param.shape)
+    kind = info.module_type
+    per_channel = is_per_channel(shape)
+    if info.component is not None:
+        # weight_norm and friends split a weight into pieces: the magnitude is per-channel,
+        # the direction is the matrix.
+        if per_channel:
+            return "scale", False, f"per-channel {info.component} of parametrized {kind}.{leaf} {shape_str(shape)}"
+        return "weight", True, f"{info.component} of parametrized {kind}.{leaf}"
+    if is_norm_module(owner) and (per_channel or isinstance(owner, NORM_TYPES)):
+        return "norm", False, f"norm:{kind}"
+    if isinstance(owner, EMBEDDING_TYPES):
+        if decay_embeddings:
+            return "embedding", True, f"embedding table of {kind}"
+        return "embedding", False, f"embedding table of {kind} (decay_embeddings=False)"
+    if _is_weight_layer(owner):
+        if _BIAS_LEAF.search(leaf):
+            return "bias", False, f"bias of {kind}"
+        if _WEIGHT_LEAF.search(leaf):
+            return "weight", True, f"weight of {kind}"
+    if _BIAS_LEAF.search(leaf) and per_channel:
+        return "bias", False, f"bias-named per-channel tensor on {kind}"
+    if per_channel:
+        what = "scalar" if len(shape) == 0 or all(s == 1 for s in shape) else f"per-channel {shape_str(shape)}"
+        return "scale", False, f"{what} on {kind} (shape rule)"
+    return "matrix", True, f"{len(shape)}-D tensor on {kind} (shape rule: unknown module)"

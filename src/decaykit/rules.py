@@ -1,0 +1,195 @@
+"""User rules: ordered overrides of the policy, matched by name glob, regex or module type.
+
+Precedence, first hit wins: ``rules`` in the order given, then the ``exclude`` skip list, then
+the model's ``no_weight_decay()`` / ``no_weight_decay_keywords()`` hooks, then the policy's own
+decision from what the parameter is. A tensor reachable under several names (tied weights) is
+matched under each of them; see :func:`decaykit.plan` for how disagreements are settled.
+
+>>> Rule("head.*", weight_decay=0.0)
+Rule('head.*', weight_decay=0.0)
+>>> Rule.parse("re:^blocks\\.0\\.:lr_scale=0.1,mult=0.5")
+Rule(regex='^blocks\\\\.0\\\\.', decay_mult=0.5, lr_scale=0.1)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from torch import nn
+
+from decaykit.errors import DecayError
+
+__all__ = ["Rule", "as_rules", "check_number"]
+
+
+def check_number(value: Any, argument: str, *, allow_zero: bool = True, upper: float | None = None) -> float:
+    """Validate a finite, non-negative real number and return it as a float."""
+    try:
+        if isinstance(value, (bool, str)):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise DecayError(f"{argument} must be a number, got {value!r} ({type(value).__name__})") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = "> 0" if not allow_zero else ">= 0"
+        raise DecayError(f"{argument} must be a finite number {bound}, got {number!r}")
+    if upper is not None and number > upper:
+        raise DecayError(f"{argument} must be <= {upper}, got {number!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Override the decision for the parameters it matches.
+
+    Matching (all given criteria must hold):
+      ``match``  a glob on the canonical name (``fnmatch``: ``head.*``, ``*.pos_embed``);
+      ``regex``  a regular expression searched in the canonical name;
+      ``module`` the owning module's type, or a class name (a base class's name matches too).
+    Action (at least one):
+      ``weight_decay`` an absolute value, which applies even to norms and biases;
+      ``decay_mult``   a multiplier on what the policy would give (0 stays 0, as Megatron's ``wd_mult``);
+      ``lr_scale``     a multiplier on the LR (combined with layer-wise LR decay).
+    """
+
+    match: str | None = None
+    regex: str | None = None
+    module: type | str | None = None
+    weight_decay: float | None = None
+    decay_mult: float | None = None
+    lr_scale: float | None = None
+    label: str | None = None  # how reasons name the rule; defaults to its matcher
+
+    def __post_init__(self) -> None:
+        if self.match is None and self.regex is None and self.module is None:
+            raise DecayError("Rule needs a matcher: give match='glob', regex='...' or module=Type")
+        if self.weight_decay is None and self.decay_mult is None and self.lr_scale is None:
+            raise DecayError(
+                f"Rule {self.describe()} sets nothing: give weight_decay=, decay_mult= or lr_scale="
+            )
+        if self.weight_decay is not None and self.decay_mult is not None:
+            raise DecayError(
+                f"Rule {self.describe()} gives both weight_decay={self.weight_decay} and "
+                f"decay_mult={self.decay_mult}; they contradict: keep one"
+            )
+        for name in ("weight_decay", "decay_mult", "lr_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_number(value, f"Rule {self.describe()}: {name}"))
+        if self.regex is not None:
+            try:
+                object.__setattr__(self, "_compiled", re.compile(self.regex))
+            except re.error as exc:
+                raise DecayError(f"Rule regex {self.regex!r} is not a valid regular expression: {exc}") from None
+        if self.module is not None and not isinstance(self.module, (str, type)):
+            raise DecayError(f"Rule module must be a class or a class name, got {self.module!r}")
+
+    def __repr__(self) -> str:
+        parts = [repr(self.match)] if self.match is not None else []
+        for f in fields(self)[1:]:
+            value = getattr(self, f.name)
+            if value is not None:
+                shown = value.__name__ if isinstance(value, type) else value
+                parts.append(f"{f.name}={shown!r}")
+        return f"Rule({', '.join(parts)})"
+
+    def describe(self) -> str:
+        """Short text naming the rule in reasons and messages."""
+        if self.label:
+            return repr(self.label)
+        bits = []
+        if self.match is not None:
+            bits.append(repr(self.match))
+        if self.regex is not None:
+            bits.append(f"re:{self.regex!r}")
+        if self.module is not None:
+            bits.append(f"type:{self.module if isinstance(self.module, str) else self.module.__name__}")
+        return " ".join(bits)
+
+    def matcher(self) -> tuple[Any, ...]:
+        return (self.match, self.regex, self.module)
+
+    def action(self) -> tuple[Any, ...]:
+        return (self.weight_decay, self.decay_mult, self.lr_scale)
+
+    def matches(self, name: str, owner: nn.Module) -> bool:
+        if self.match is not None and not fnmatch.fnmatchcase(name, self.match):
+            return False
+        if self.regex is not None and not self._compiled.search(name):  # type: ignore[attr-defined]
+            return False
+        if self.module is not None:
+            if isinstance(self.module, str):
+                return any(cls.__name__ == self.module for cls in type(owner).__mro__)
+            return isinstance(owner, self.module)
+        return True
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """Build a rule from the CLI's ``MATCHER:ACTIONS`` text.
+
+        MATCHER is a glob, ``re:REGEX`` or ``type:ClassName``; ACTIONS are comma-separated
+        ``wd=X`` (or ``weight_decay=X``), ``mult=X`` (``decay_mult``), ``lr_scale=X``.
+        ``head.*:wd=0`` turns decay off for the head; a bare glob means ``wd=0``.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise DecayError(f"rule must be a non-empty string like 'head.*:wd=0', got {text!r}")
+        matcher, sep, actions = text.rpartition(":") if "=" in text.rpartition(":")[2] else (text, "", "")
+        if not sep:
+            matcher, actions = text, "wd=0"
+        kwargs: dict[str, Any] = {}
+        if matcher.startswith("re:"):
+            kwargs["regex"] = matcher[3:]
+        elif matcher.startswith("type:"):
+            kwargs["module"] = matcher[5:]
+        else:
+            kwargs["match"] = matcher
+        keys = {"wd": "weight_decay", "weight_decay": "weight_decay", "mult": "decay_mult",
+                "decay_mult": "decay_mult", "lr_scale": "lr_scale", "lr": "lr_scale"}
+        for item in filter(None, (a.strip() for a in actions.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or key.strip() not in keys:
+                raise DecayError(
+                    f"rule {text!r}: cannot read {item!r}; actions are wd=X, mult=X or lr_scale=X "
+                    "(for example 'head.*:wd=0' or 'type:Embedding:mult=0.1')"
+                )
+            try:
+                kwargs[keys[key.strip()]] = float(value)
+            except ValueError:
+                raise DecayError(f"rule {text!r}: {key.strip()} must be a number, got {value!r}") from None
+        return cls(**kwargs)
+
+
+def as_rules(rules: Iterable[Rule | str | Mapping[str, Any]] | None, argument: str = "rules") -> list[Rule]:
+    """Accept Rule objects, ``MATCHER:ACTIONS`` strings and dicts of Rule's fields."""
+    if rules is None:
+        return []
+    if isinstance(rules, (str, Rule, Mapping)):
+        rules = [rules]  # type: ignore[list-item]
+    out: list[Rule] = []
+    for i, rule in enumerate(rules):
+        if isinstance(rule, Rule):
+            out.append(rule)
+        elif isinstance(rule, str):
+            out.append(Rule.parse(rule))
+        elif isinstance(rule, Mapping):
+            try:
+                out.append(Rule(**rule))
+            except TypeError as exc:
+                names = ", ".join(f.name for f in fields(Rule))
+                raise DecayError(f"{argument}[{i}] has an unknown key ({exc}); a rule's keys are: {names}") from None
+        else:
+            raise DecayError(f"{argument}[{i}] must be a Rule, a 'glob:wd=X' string or a dict, got {rule!r}")
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, rule in enumerate(out):
+        j = seen.setdefault(rule.matcher(), i)
+        if j != i and out[j].action() != rule.action():
+            raise DecayError(
+                f"{argument}[{i}] {rule!r} contradicts {argument}[{j}] {out[j]!r}: same matcher, other "
+                f"settings, and the first one always wins; delete one of them"
+            )
+    return out
