@@ -22,6 +22,7 @@ WRAPPER_PREFIXES: tuple[str, ...] = (
 )
 
 _PARAMETRIZED = re.compile(r"(^|\.)parametrizations\.([^.]+)\.original$")
+_PARAMETRIZED_PART = re.compile(r"(^|\.)parametrizations\.([^.]+)\.(original\d+)$")
 
 
 def canonical_name(name: str, *, strip_module: bool = True) -> str:
@@ -31,17 +32,17 @@ def canonical_name(name: str, *, strip_module: bool = True) -> str:
     'blocks.0.attn.qkv.weight'
     >>> canonical_name("conv.parametrizations.weight.original")
     'conv.weight'
+    >>> canonical_name("conv.parametrizations.weight.original0")  # weight_norm's magnitude
+    'conv.weight.original0'
 
     ``strip_module`` removes a leading ``module.`` (DDP, DataParallel); only leading ones are
     removed, so a user's own submodule called ``module`` deeper in the tree is kept.
     """
     parts = [p for p in name.split(".") if p not in WRAPPER_PREFIXES]
-    if strip_module:
-        while parts and parts[0] == "module":
-            parts = parts[1:]
-            parts = [p for p in parts if p not in WRAPPER_PREFIXES]
+    while strip_module and parts and parts[0] == "module":
+        parts = parts[1:]
     out = ".".join(parts)
-    return _PARAMETRIZED.sub(r"\1\2", out)
+    return _PARAMETRIZED_PART.sub(r"\1\2.\3", _PARAMETRIZED.sub(r"\1\2", out))
 
 
 def unwrap_model(model: object) -> object:

@@ -65,3 +65,35 @@ def to_jsonable(value: Any) -> Any:
 def print_json(value: Any, *, stream: TextIO | None = None) -> None:
     json.dump(to_jsonable(value), stream or sys.stdout, indent=2, allow_nan=False)
     (stream or sys.stdout).write("\n")
+
+
+def add_policy_arguments(parser: Any, *, weight_decay: float | None = 1e-4) -> None:
+    """The flags that choose which parameters decay, shared by inspect, audit, probe and sweep."""
+    from decaykit.presets import PRESETS
+
+    parser.add_argument("--policy", default="decaykit", choices=sorted(PRESETS),
+                        help="which rule decides the decay (default: decaykit, from what each parameter is)")
+    if weight_decay is not None:
+        parser.add_argument("--weight-decay", "--wd", type=float, default=weight_decay, metavar="λ",
+                            help=f"weight decay of decayed tensors (default: {weight_decay:g})")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="no decay for these names or globs (repeatable), the seed's skip list")
+    parser.add_argument("--rule", action="append", default=[], metavar="SPEC",
+                        help="override, first match wins: 'head.*:wd=0', 're:^blocks\\.0\\.:lr_scale=0.1', "
+                             "'type:Embedding:mult=0.1' (repeatable)")
+    parser.add_argument("--no-decay-embeddings", action="store_true", help="do not decay embedding tables")
+    parser.add_argument("--layer-decay", type=float, default=None, metavar="D",
+                        help="layer-wise LR decay: lr_scale = D ** (max_layer - layer)")
+    parser.add_argument("--strict", action="store_true", help="a rule or exclude that matches nothing is an error")
+
+
+def policy_options(args: Any) -> dict[str, Any]:
+    """The keyword arguments of decaykit.plan / param_groups chosen by add_policy_arguments' flags."""
+    return {
+        "policy": args.policy,
+        "exclude": list(args.exclude),
+        "rules": list(args.rule),
+        "decay_embeddings": not args.no_decay_embeddings,
+        "layer_decay": args.layer_decay,
+        "strict": args.strict,
+    }

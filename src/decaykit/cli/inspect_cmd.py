@@ -1,0 +1,106 @@
+"""``decaykit inspect MODEL``: every parameter with its decay decision and reason, then a summary."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from decaykit.cli.common import add_policy_arguments, format_table, policy_options, print_json
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "inspect",
+        help="list every parameter with its decay decision and reason",
+        description="List every parameter of MODEL (name, shape, numel, owner module, decayed or not, weight "
+        "decay, lr scale, reason) and a per-group summary. MODEL is a built-in demo (resnet50, convnext, vit, "
+        "gpt, mlp) or an import path 'package.module:factory', e.g. torchvision.models:resnet50.",
+    )
+    parser.add_argument("model", metavar="MODEL")
+    add_policy_arguments(parser)
+    parser.add_argument("--diff", metavar="POLICY", help="show where POLICY decides differently, parameter by parameter")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate: adds the EMA timescale 1/(lr·λ) of decayed tensors to the summary")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from decaykit.loading import build_model
+    from decaykit.policy import plan
+
+    model = build_model(args.model)
+    options = policy_options(args)
+    decided = plan(model, args.weight_decay, **options)
+    other = None
+    if args.diff:
+        other = plan(model, args.weight_decay, **{**options, "policy": args.diff})
+    timescale = _timescale(args.lr, args.weight_decay)
+    if args.json:
+        out: dict[str, Any] = {"model": args.model, **decided.to_dict()}
+        if other is not None:
+            out["diff"] = {"policy": other.policy, "parameters": _diff_rows(decided, other)}
+        if timescale is not None:
+            out["timescale"] = {"lr": args.lr, "iterations": timescale.iterations}
+        print_json(out)
+        return 0
+    if other is None:
+        rows = [[d.name, _shape(d.shape), d.numel, d.module_type, "yes" if d.decay else ("frozen" if not d.trainable else "no"),
+                 d.weight_decay, round(d.lr_scale, 6), d.reason] for d in decided]
+        print(format_table(["name", "shape", "numel", "module", "decay", "weight_decay", "lr_scale", "reason"], rows,
+                           align="llrllrrl"))
+    else:
+        diff = _diff_rows(decided, other)
+        print(f"{len(diff)} of {len(decided)} tensors are decided differently by {decided.policy!r} and {other.policy!r}")
+        if diff:
+            rows = [[r["name"], r["shape"], r["module_type"], r["a"]["weight_decay"], r["a"]["reason"],
+                     r["b"]["weight_decay"], r["b"]["reason"]] for r in diff]
+            print(format_table(["name", "shape", "module", f"wd {decided.policy}", "why",
+                                f"wd {other.policy}", "why"], rows, align="lllrlrl"))
+    print()
+    _print_summary(decided, args, timescale)
+    return 0
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _diff_rows(a: Any, b: Any) -> list[dict[str, Any]]:
+    rows = []
+    for da, db in zip(a, b):
+        if (da.weight_decay, da.lr_scale) != (db.weight_decay, db.lr_scale):
+            rows.append({"name": da.name, "shape": _shape(da.shape), "module_type": da.module_type,
+                         "a": {"policy": a.policy, "weight_decay": da.weight_decay, "reason": da.reason},
+                         "b": {"policy": b.policy, "weight_decay": db.weight_decay, "reason": db.reason}})
+    return rows
+
+
+def _timescale(lr: float | None, weight_decay: float) -> Any:
+    if lr is None or weight_decay <= 0:
+        return None
+    from decaykit.conversion import timescale
+
+    return timescale(lr, weight_decay)
+
+
+def _print_summary(decided: Any, args: argparse.Namespace, timescale: Any) -> None:
+    rows = []
+    for row in decided.summary():
+        if row.get("frozen"):
+            rows.append(["frozen", "-", "-", row["tensors"], row["parameters"]])
+        else:
+            rows.append(["decay" if row["weight_decay"] > 0 else "no decay", row["weight_decay"],
+                         round(row["lr_scale"], 6), row["tensors"], row["parameters"]])
+    total = sum(d.numel for d in decided)
+    print(f"summary: policy {decided.policy!r}, weight_decay {decided.weight_decay:g}, "
+          f"{len(decided)} tensors, {total:,} parameters")
+    print(format_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], rows, align="lrrrr"))
+    decayed = sum(d.numel for d in decided.trainable if d.decay)
+    print(f"decayed: {decayed:,} of {total:,} parameters ({100 * decayed / max(total, 1):.1f}%)")
+    for conflict in decided.conflicts:
+        print(f"conflict: {conflict}")
+    if timescale is not None:
+        print(f"timescale: {timescale}")

@@ -1,0 +1,100 @@
+"""audit(): each mistake users make with weight decay is found, with a severity and a fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hf_models import llama
+
+import decaykit
+from decaykit.models import TinyGPT, TinyViT
+
+
+def codes(report) -> dict[str, str]:
+    return {f.code: f.severity for f in report.findings}
+
+
+def test_plain_adamw_decays_norms_and_biases():
+    model = llama()
+    report = decaykit.audit(model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1))
+    assert codes(report) == {"decayed-norm": "error"}  # Llama has no biases; its 5 RMSNorms are decayed
+    (finding,) = report.findings
+    assert len(finding.params) == 5 and "norm:LlamaRMSNorm" in finding.message
+    assert "decaykit.param_groups" in finding.fix
+    assert not report.ok
+
+
+def test_decaykit_groups_audit_clean():
+    model = TinyGPT()
+    report = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3))
+    assert report.findings == [] and report.ok
+    assert "no problems found" in str(report)
+
+
+def test_hook_declared_tokens_decayed_is_an_error():
+    model = TinyViT(depth=1)
+    report = decaykit.audit(model, torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4))
+    hook = next(f for f in report.findings if f.code == "decayed-hook")
+    assert hook.severity == "error" and set(hook.params) == {"pos_embed", "cls_token"}
+
+
+def test_missing_frozen_and_duplicate():
+    model = TinyGPT(depth=2)
+    for p in model.h[0].parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    opt.param_groups[0]["params"].pop()  # lose one trainable tensor
+    opt.param_groups[1]["params"].append(opt.param_groups[0]["params"][0])  # and repeat another
+    # a frozen one, decayed (torch wants names in every group once one group has them)
+    opt.add_param_group({"params": [model.h[0].attn.qkv.weight], "param_names": ["h.0.attn.qkv.weight"],
+                         "weight_decay": 0.1})
+    report = decaykit.audit(model, opt)
+    found = codes(report)
+    assert found["missing"] == "error" and found["duplicate"] == "error"
+    assert found["frozen-in-optimizer"] == "error"  # decoupled decay on a frozen tensor shrinks it
+    frozen = next(f for f in report.findings if f.code == "frozen-in-optimizer")
+    assert frozen.params == ("h.0.attn.qkv.weight",)
+
+
+@pytest.mark.parametrize(("make", "flagged"), [
+    (lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=0.01), True),
+    (lambda p: torch.optim.RMSprop(p, lr=1e-3, weight_decay=0.01), True),
+    (lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=0.01, decoupled_weight_decay=True), False),
+    (lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01), False),
+    (lambda p: torch.optim.SGD(p, lr=1e-3, weight_decay=0.01), False),  # L2 = decay for plain SGD
+    (lambda p: torch.optim.Adam([q for g in p for q in g["params"]], lr=1e-3), False),  # no decay at all
+])
+def test_coupled_adaptive_decay_flagged(make, flagged):
+    model = TinyGPT(depth=1)
+    report = decaykit.audit(model, make(decaykit.param_groups(model, 0.01)), weight_decay=0.01)
+    assert ("coupled-adaptive" in codes(report)) == flagged
+
+
+def test_tied_conflict_and_policy_difference():
+    model = TinyGPT(depth=1)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1, rules=["h.0.mlp.*.weight:wd=0.2"]), lr=1e-3)
+    report = decaykit.audit(model, opt, weight_decay=0.1, decay_embeddings=False)
+    found = codes(report)
+    assert found["tied-conflict"] == "warning"
+    assert found["policy-difference"] == "info"
+    assert found["decayed-embedding"] == "warning"  # wte decayed although embeddings should not be
+
+
+def test_audit_of_a_saved_state_dict(tmp_path):
+    model = TinyGPT(depth=1)
+    named = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    torch.save({"optimizer": named.state_dict()}, tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    report = decaykit.audit(model, state)
+    assert report.ok and report.optimizer == "AdamW (state_dict)"
+    plain = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0.1).state_dict()
+    report = decaykit.audit(model, plain)
+    assert {"decayed-norm", "coupled-adaptive"} <= set(codes(report))
+    assert any("param_names" in n for n in report.notes)
+
+
+def test_audit_bad_input():
+    with pytest.raises(decaykit.DecayError, match="optimizer must be"):
+        decaykit.audit(TinyGPT(depth=1), [1, 2])
+    with pytest.raises(decaykit.DecayError, match="model must be"):
+        decaykit.audit("gpt", torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1))

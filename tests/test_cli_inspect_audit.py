@@ -1,0 +1,71 @@
+"""`decaykit inspect` and `decaykit audit` on the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+import decaykit
+from decaykit.cli.main import main
+from decaykit.models import TinyGPT
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_inspect_table_lists_every_parameter_with_reason(capsys):
+    code, out, _ = run(capsys, "inspect", "resnet50")
+    assert code == 0
+    assert "layer1.0.downsample.1.weight" in out and "norm:BatchNorm2d" in out
+    assert out.count("\n") > 161
+    assert "summary: policy 'decaykit', weight_decay 0.0001, 161 tensors, 25,557,032 parameters" in out
+
+
+def test_inspect_json_diff_and_timescale(capsys):
+    code, out, _ = run(capsys, "inspect", "gpt", "--json", "--diff", "hf", "--weight-decay", "0.1", "--lr", "1e-3")
+    data = json.loads(out)
+    assert code == 0 and data["policy"] == "decaykit"
+    diff = {r["name"] for r in data["diff"]["parameters"]}
+    assert "h.0.ln_1.weight" in diff and "ln_f.weight" in diff
+    assert data["timescale"]["iterations"] == 10000
+
+
+def test_inspect_options_change_decisions(capsys):
+    code, out, _ = run(capsys, "inspect", "vit", "--json", "--exclude", "head.weight", "--rule", "blocks.0.*:lr_scale=0.5")
+    params = {p["name"]: p for p in json.loads(out)["parameters"]}
+    assert params["head.weight"]["weight_decay"] == 0 and params["blocks.0.norm1.weight"]["lr_scale"] == 0.5
+
+
+def test_inspect_errors_are_one_line_with_exit_2(capsys):
+    code, _, err = run(capsys, "inspect", "no.such.module:make")
+    assert code == 2 and err.count("\n") == 1 and "cannot import module 'no.such.module'" in err
+    code, _, err = run(capsys, "inspect", "mlp", "--weight-decay", "-1")
+    assert code == 2 and "weight_decay must be a finite number >= 0, got -1.0" in err
+    code, _, err = run(capsys, "inspect", "torch.nn:Linear")
+    assert code == 2 and "could not be called with no arguments" in err
+
+
+def test_audit_exit_code_and_checkpoint(capsys, tmp_path):
+    code, out, _ = run(capsys, "audit", "gpt")
+    assert code == 1 and "decayed-norm" in out
+    code, out, _ = run(capsys, "audit", "gpt", "--groups", "decaykit")
+    assert code == 0 and "no problems found" in out
+    model = TinyGPT()
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.pt")
+    code, out, _ = run(capsys, "audit", "gpt", "--checkpoint", str(tmp_path / "ckpt.pt"), "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, _, err = run(capsys, "audit", "gpt", "--checkpoint", str(tmp_path / "ckpt.pt"), "--key", "opt")
+    assert code == 2 and "has no key 'opt'" in err
+
+
+def test_console_entry_point_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "decaykit", "inspect", "mlp"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0 and "weight of Linear" in proc.stdout

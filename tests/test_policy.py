@@ -1,0 +1,313 @@
+"""The default policy decides from what each parameter is, on models nobody here wrote."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hf_models import HF_MODELS, bert, gpt2, llama, t5
+from torch import nn
+
+import decaykit
+from decaykit import DecayError, DecayWarning
+from decaykit.models import ConvNeXt, TinyGPT, TinyViT, resnet50
+
+
+def decayed(p: decaykit.Plan) -> dict[str, bool]:
+    return {d.name: d.decay for d in p if d.trainable}
+
+
+def reasons(p: decaykit.Plan) -> dict[str, str]:
+    return {d.name: d.reason for d in p}
+
+
+# --- real third-party models -------------------------------------------------------------
+
+
+def test_gpt2_decisions_conv1d_layernorm_tied_head():
+    p = decaykit.plan(gpt2(), 0.1)
+    for d in p:
+        if d.module_type == "LayerNorm":
+            assert not d.decay and d.reason == "norm:LayerNorm", d.name
+        elif d.module_type == "Conv1D":
+            assert d.decay == d.name.endswith(".weight"), d.name
+        elif d.module_type == "Embedding":
+            assert d.decay and d.role == "embedding", d.name
+    wte = p["transformer.wte.weight"]
+    assert wte.aliases == ("lm_head.weight",)  # tied head: one tensor, listed once
+    assert p["lm_head.weight"] is wte
+    assert sum(d.name == "lm_head.weight" for d in p) == 0
+    assert {d.module_type for d in p} == {"Embedding", "LayerNorm", "Conv1D"}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_llama_rmsnorm_never_decayed(tied):
+    model = llama(tied=tied)
+    p = decaykit.plan(model, 0.1)
+    norms = [d for d in p if d.module_type == "LlamaRMSNorm"]
+    assert len(norms) == 2 * 2 + 1  # two per layer + the final norm
+    assert all(not d.decay and d.reason == "norm:LlamaRMSNorm" for d in norms)
+    linears = [d for d in p if d.module_type == "Linear"]
+    assert linears and all(d.decay and d.weight_decay == 0.1 for d in linears)
+    embed = p["model.embed_tokens.weight"]
+    assert embed.decay and embed.aliases == (("lm_head.weight",) if tied else ())
+    # every tensor exactly once, however often it is named
+    ids = [id(d.param) for d in p]
+    assert len(ids) == len(set(ids)) == len({id(q) for q in model.parameters()})
+
+
+def test_t5_relative_attention_bias_is_an_embedding_and_t5layernorm_a_norm():
+    p = decaykit.plan(t5(), 0.1)
+    rel = [d for d in p if "relative_attention_bias" in d.name]
+    assert len(rel) == 2  # first block of encoder and of decoder
+    assert all(d.role == "embedding" and d.decay for d in rel)  # HF's bare 'bias' regex gets this wrong
+    norms = [d for d in p if d.module_type == "T5LayerNorm"]
+    assert norms and all(not d.decay for d in norms)
+    shared = p["shared.weight"]
+    assert set(shared.aliases) >= {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+    # with embeddings excluded, the relative attention table follows (it is a table, not a bias)
+    q = decaykit.plan(t5(), 0.1, decay_embeddings=False)
+    assert all(not q[d.name].decay for d in rel)
+    assert all(q[d.name].decay for d in p if d.module_type == "Linear")
+
+
+def test_bert_layernorm_named_LayerNorm_and_prediction_bias():
+    p = decaykit.plan(bert(), 0.1)
+    for d in p:
+        if d.module_type == "LayerNorm":
+            assert not d.decay
+        if d.module_type == "Linear":
+            assert d.decay == d.name.endswith(".weight"), d.name
+    head_bias = p["cls.predictions.bias"]
+    assert not head_bias.decay and head_bias.role == "bias"
+    assert p["bert.embeddings.word_embeddings.weight"].aliases == ("cls.predictions.decoder.weight",)
+
+
+@pytest.mark.parametrize("name", sorted(HF_MODELS))
+def test_every_hf_parameter_is_decided_once_and_explained(name):
+    model = HF_MODELS[name]()
+    p = decaykit.plan(model, 0.05)
+    assert len(p) == len(list(model.parameters()))
+    for d in p:
+        assert d.reason and d.role in {"weight", "bias", "norm", "embedding", "scale", "matrix"}
+        assert d.weight_decay == (0.05 if d.decay else 0.0)
+        # nothing 1-D is ever decayed, nothing that is a 2-D+ weight of a known layer escapes
+        if len(d.shape) <= 1:
+            assert not d.decay, d.name
+
+
+# --- models written here ---------------------------------------------------------------
+
+
+def test_seed_scenario_resnet50_every_batchnorm_and_bias_undecayed():
+    model = resnet50()
+    for policy in ("seed", "decaykit"):
+        p = decaykit.plan(model, 2e-5, policy=policy)
+        for d in p:
+            if d.module_type == "BatchNorm2d" or d.name.endswith(".bias"):
+                assert not d.decay, (policy, d.name)
+            else:
+                assert d.module_type in {"Conv2d", "Linear"} and d.decay, (policy, d.name)
+        assert sum(d.decay for d in p) == 53 + 1  # 53 convolutions and the fc weight
+
+
+def test_seed_bug_reproduced_and_fixed():
+    """The notebook's `if` sits outside the loop: only the last parameter is classified."""
+    model = resnet50()
+
+    def seed_as_printed(net, l2_value, skip_list=()):
+        decay, no_decay = [], []
+        for name, param in net.named_parameters():
+            if not param.requires_grad:
+                continue
+        if len(param.shape) == 1 or name.endswith(".bias") or name in skip_list:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+        return [{"params": no_decay, "weight_decay": 0}, {"params": decay, "weight_decay": l2_value}]
+
+    buggy = seed_as_printed(model, 2e-5)
+    assert sum(len(g["params"]) for g in buggy) == 1  # 160 of 161 tensors silently dropped
+    fixed = decaykit.param_groups(model, 2e-5, policy="seed")
+    assert sum(len(g["params"]) for g in fixed) == 161
+
+
+def test_convnext_layer_scale_c11_is_not_a_matrix():
+    p = decaykit.plan(ConvNeXt(), 0.05)
+    gammas = [d for d in p if d.name.endswith(".gamma")]
+    assert gammas and all(d.shape[1:] == (1, 1) for d in gammas)
+    assert all(not d.decay and d.role == "scale" and "(shape rule)" in d.reason for d in gammas)
+    assert all(not d.decay for d in p if d.module_type == "LayerNorm2d")  # custom norm subclass
+    # depthwise kernels (C,1,7,7) are convolution weights: decayed
+    assert all(d.decay for d in p if d.name.endswith("dwconv.weight"))
+    # the shape-only rules get the layer scale wrong: it has 3 dims
+    nano = decaykit.plan(ConvNeXt(), 0.05, policy="nanogpt")
+    assert all(nano[d.name].decay for d in gammas)
+
+
+def test_no_weight_decay_hook_and_keywords_on_submodules():
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = TinyViT(depth=1)
+            self.rel_table = nn.Parameter(torch.zeros(7, 4))
+            self.proj = nn.Linear(4, 4)
+
+        def no_weight_decay_keywords(self):
+            return {"rel_table"}
+
+    p = decaykit.plan(Backbone(), 0.1)
+    assert not p["vit.pos_embed"].decay and p["vit.pos_embed"].source == "hook"
+    assert "vit.no_weight_decay() 'pos_embed'" in p["vit.pos_embed"].reason
+    assert not p["vit.cls_token"].decay
+    assert not p["rel_table"].decay and "no_weight_decay_keywords" in p["rel_table"].reason
+    assert p["proj.weight"].decay
+    # without the hook, the 2-D position table would be decayed by the shape rule
+    assert decaykit.plan(Backbone(), 0.1, policy="torch")["vit.pos_embed"].decay
+
+
+def test_unknown_module_falls_back_to_shape_rule_and_says_so():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.zeros(5, 3))
+            self.temperature = nn.Parameter(torch.tensor(1.0))
+            self.shift = nn.Parameter(torch.zeros(1, 1, 8))
+            self.extra_bias = nn.Parameter(torch.zeros(8))
+
+    p = decaykit.plan(Odd(), 0.1)
+    assert p["table"].decay and "shape rule" in p["table"].reason
+    assert not p["temperature"].decay and p["temperature"].reason.startswith("scalar")
+    assert not p["shift"].decay and "per-channel (1,1,8)" in p["shift"].reason
+    assert not p["extra_bias"].decay and p["extra_bias"].role == "bias"
+
+
+def test_torch_layers_of_every_kind():
+    model = nn.ModuleDict({
+        "conv1d": nn.Conv1d(2, 3, 3), "conv3d": nn.Conv3d(2, 3, 3), "deconv": nn.ConvTranspose2d(3, 2, 3),
+        "bilinear": nn.Bilinear(3, 4, 5), "lstm": nn.LSTM(4, 6), "mha": nn.MultiheadAttention(8, 2, add_bias_kv=True),
+        "gn": nn.GroupNorm(2, 4), "inorm": nn.InstanceNorm2d(4, affine=True), "rms": nn.RMSNorm(4),
+        "bag": nn.EmbeddingBag(10, 3), "bn1": nn.BatchNorm1d(4),
+    })
+    p = decaykit.plan(model, 0.1)
+    for d in p:
+        leaf = d.name.rsplit(".", 1)[-1]
+        if d.module_type in {"GroupNorm", "InstanceNorm2d", "RMSNorm", "BatchNorm1d"}:
+            assert not d.decay and d.role == "norm", d.name
+        elif "bias" in leaf:
+            assert not d.decay and d.role == "bias", d.name
+        else:
+            assert d.decay, d.name
+    assert p["mha.in_proj_weight"].decay and not p["mha.bias_k"].decay
+    assert p["lstm.weight_hh_l0"].decay and not p["lstm.bias_ih_l0"].decay
+
+
+def test_weight_norm_parametrization_magnitude_and_direction():
+    lin = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+    p = decaykit.plan(lin, 0.1)
+    assert not p["weight.original0"].decay  # the per-row magnitude g, shape (3,1)
+    assert p["weight.original1"].decay  # the direction v
+
+
+def test_meta_device_model_is_planned_without_memory():
+    with torch.device("meta"):
+        model = resnet50()
+    p = decaykit.plan(model, 1e-4)
+    assert sum(d.decay for d in p) == 54
+
+
+# --- frozen, tied, wrapped ----------------------------------------------------------------
+
+
+def test_frozen_parameters_reported_and_left_out_of_groups():
+    model = TinyGPT()
+    for q in model.h[0].parameters():
+        q.requires_grad_(False)
+    p = decaykit.plan(model, 0.1)
+    frozen = [d for d in p if not d.trainable]
+    assert len(frozen) == len(list(model.h[0].parameters()))
+    assert all(d.source == "frozen" and d.weight_decay == 0 for d in frozen)
+    in_groups = {id(t) for g in p.groups() for t in g["params"]}
+    assert not in_groups & {id(d.param) for d in frozen}
+    for q in model.parameters():
+        q.requires_grad_(False)
+    with pytest.raises(DecayError, match="no trainable parameters"):
+        decaykit.param_groups(model, 0.1)
+
+
+def test_tied_conflict_is_explicit_and_reported():
+    p = decaykit.plan(TinyGPT(), 0.1, decay_embeddings=False)
+    head = p["wte.weight"]
+    assert not head.decay  # "first": the embedding's decision
+    (conflict,) = p.conflicts
+    assert conflict.names == ("wte.weight", "lm_head.weight") and conflict.kept == "wte.weight"
+    assert decaykit.plan(TinyGPT(), 0.1, decay_embeddings=False, tied="decay")["wte.weight"].decay
+    # a user rule on either name outranks the automatic decisions
+    ruled = decaykit.plan(TinyGPT(), 0.1, rules=["lm_head.weight:wd=0.01"])
+    assert ruled["wte.weight"].weight_decay == 0.01 and ruled["wte.weight"].source == "rule"
+
+
+def test_wrapped_models_give_the_same_decisions():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = TinyViT(depth=2)
+    bare = decaykit.plan(model, 0.1)
+    model.blocks[0] = checkpoint_wrapper(model.blocks[0])
+    compiled = torch.compile(model)
+
+    class DistributedDataParallel(nn.Module):  # what DDP looks like to a name: module. prefix
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    wrapped = DistributedDataParallel(compiled)
+    assert any(n.startswith("module._orig_mod.") for n, _ in wrapped.named_parameters())
+    p = decaykit.plan(wrapped, 0.1)
+    assert [(d.name, d.weight_decay, d.reason) for d in p] == [(d.name, d.weight_decay, d.reason) for d in bare]
+    assert not p["pos_embed"].decay  # the hook is found through the wrappers (deit #39)
+    timm_like = decaykit.plan(wrapped, 0.1, policy="timm")
+    assert not timm_like["pos_embed"].decay
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "0.1", True])
+def test_bad_weight_decay(bad):
+    with pytest.raises(DecayError, match="weight_decay"):
+        decaykit.plan(nn.Linear(2, 2), bad)
+
+
+def test_bad_model_and_options():
+    with pytest.raises(DecayError, match=r"model.parameters\(\)"):
+        decaykit.param_groups(nn.Linear(2, 2).parameters(), 0.1)
+    with pytest.raises(DecayError, match="torch.nn.Module, got dict"):
+        decaykit.plan({}, 0.1)
+    with pytest.raises(DecayError, match="no parameters"):
+        decaykit.plan(nn.ReLU(), 0.1)
+    with pytest.raises(DecayError, match="unknown policy 'keras'.*decaykit, timm, hf"):
+        decaykit.plan(nn.Linear(2, 2), 0.1, policy="keras")
+    with pytest.raises(DecayError, match="tied"):
+        decaykit.plan(nn.Linear(2, 2), 0.1, tied="both")
+    with pytest.raises(DecayError, match="layer_decay"):
+        decaykit.plan(nn.Linear(2, 2), 0.1, layer_decay=0)
+    with pytest.raises(DecayError, match="layer_decay"):
+        decaykit.plan(nn.Linear(2, 2), 0.1, layer_decay=1.5)
+
+
+def test_exclude_that_matches_nothing_warns_or_fails_in_strict_mode():
+    with pytest.warns(DecayWarning, match="exclude 'fc.bias'"):
+        p = decaykit.plan(nn.Linear(2, 2), 0.1, exclude=["fc.bias"])
+    assert p.unmatched == ["exclude 'fc.bias'"]
+    with pytest.raises(DecayError, match="matched no parameter"):
+        decaykit.plan(nn.Linear(2, 2), 0.1, exclude="fc.bias", strict=True)
+
+
+def test_hook_that_raises_is_reported_with_its_owner():
+    class Broken(nn.Linear):
+        def no_weight_decay(self):
+            raise KeyError("pos")
+
+    with pytest.raises(DecayError, match=r"Broken.no_weight_decay\(\) raised KeyError"):
+        decaykit.plan(Broken(2, 2), 0.1)
