@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_models import llama
 
 import decaykit
 from decaykit.models import TinyGPT, TinyViT
+
+from hf_models import llama
 
 
 def codes(report) -> dict[str, str]:

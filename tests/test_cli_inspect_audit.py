@@ -37,7 +37,7 @@ def test_inspect_json_diff_and_timescale(capsys):
 
 
 def test_inspect_options_change_decisions(capsys):
-    code, out, _ = run(capsys, "inspect", "vit", "--json", "--exclude", "head.weight", "--rule", "blocks.0.*:lr_scale=0.5")
+    _, out, _ = run(capsys, "inspect", "vit", "--json", "--exclude", "head.weight", "--rule", "blocks.0.*:lr_scale=0.5")
     params = {p["name"]: p for p in json.loads(out)["parameters"]}
     assert params["head.weight"]["weight_decay"] == 0 and params["blocks.0.norm1.weight"]["lr_scale"] == 0.5
 

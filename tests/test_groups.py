@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_models import HF_MODELS
 from torch import nn
 
 import decaykit
 from decaykit.models import DEMO_MODELS, TinyGPT
+
+from hf_models import HF_MODELS
 
 
 @pytest.mark.parametrize("name", sorted({**HF_MODELS, **DEMO_MODELS}))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hf_models import llama, t5
 from torch import nn
 
 import decaykit
 from decaykit.layers import find_blocks
 from decaykit.models import ConvNeXt, TinyViT, resnet50
+
+from hf_models import llama, t5
 
 
 def test_vit_layers_follow_beit():

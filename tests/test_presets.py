@@ -5,10 +5,11 @@ from __future__ import annotations
 import fnmatch
 
 import pytest
-from hf_models import HF_MODELS
 
 import decaykit
 from decaykit.models import DEMO_MODELS
+
+from hf_models import HF_MODELS
 
 transformers = pytest.importorskip("transformers")
 
@@ -53,9 +54,9 @@ def test_nanogpt_seed_and_torch_presets(name):
 
 def test_the_holes_the_default_policy_closes():
     """Where the anchors' rules go wrong (RESEARCH.md), and decaykit does not."""
-    from hf_models import t5
-
     from decaykit.models import ConvNeXt, TinyGPT, resnet50
+
+    from hf_models import t5
 
     gpt = TinyGPT()  # custom RMSNorm named ln_1: HF decays it
     assert "h.0.ln_1.weight" in decay_names(gpt, policy="hf")
