@@ -38,11 +38,14 @@ def canonical_name(name: str, *, strip_module: bool = True) -> str:
     ``strip_module`` removes a leading ``module.`` (DDP, DataParallel); only leading ones are
     removed, so a user's own submodule called ``module`` deeper in the tree is kept.
     """
-    parts = [p for p in name.split(".") if p not in WRAPPER_PREFIXES]
-    while strip_module and parts and parts[0] == "module":
-        parts = parts[1:]
-    out = ".".join(parts)
-    return _PARAMETRIZED_PART.sub(r"\1\2.\3", _PARAMETRIZED.sub(r"\1\2", out))
+    if "_" in name or name.startswith("module."):  # fast path: most names carry no wrapper prefix
+        parts = [p for p in name.split(".") if p not in WRAPPER_PREFIXES]
+        while strip_module and parts and parts[0] == "module":
+            parts = parts[1:]
+        name = ".".join(parts)
+    if "parametrizations." in name:
+        name = _PARAMETRIZED_PART.sub(r"\1\2.\3", _PARAMETRIZED.sub(r"\1\2", name))
+    return name
 
 
 def unwrap_model(model: object) -> object:

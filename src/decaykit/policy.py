@@ -198,10 +198,13 @@ def _hook_patterns(model: nn.Module, scope: str) -> list[tuple[str, str, str, bo
         return out
     modules = [("", unwrap_model(model))] if scope == "top" else list(model.named_modules())
     for path, module in modules:
-        prefix = canonical_name(path)
         for hook, keyword in (("no_weight_decay", False), ("no_weight_decay_keywords", True)):
             if scope == "top" and keyword:
                 continue
+            # hooks are methods: looking on the class avoids nn.Module.__getattr__ for every module
+            if not hasattr(type(module), hook) and hook not in module.__dict__:
+                continue
+            prefix = canonical_name(path)
             fn = getattr(module, hook, None)
             if not callable(fn):
                 continue
