@@ -165,6 +165,12 @@ def collect_params(model: nn.Module) -> dict[int, list[ParamInfo]]:
             if param is None:
                 continue
             raw = f"{prefix}{leaf}"
+            if type(param).__name__ == "FlatParameter":
+                raise DecayError(
+                    f"{raw} is an FSDP flat parameter: FSDP (v1) without use_orig_params=True flattens every "
+                    "tensor into one 1-D buffer, so no rule can tell a norm from a weight (pytorch #101343); "
+                    "wrap with use_orig_params=True, or use FSDP2 (fully_shard), or build the groups first"
+                )
             owner, attr, component = module, leaf, None
             if type(module).__name__ == "ParametrizationList" and len(ancestors) >= 2:
                 # ``lin.parametrizations.weight.original``: the tensor belongs to ``lin``
