@@ -1,0 +1,181 @@
+"""A throwaway twin of an optimizer: step it as often as needed, the real one never moves.
+
+The probe has to run an optimizer's own ``step`` (that is the only honest way to see what it
+does), but on copies. ``copy.deepcopy(optimizer)`` is not a safe copy, for three reasons:
+
+- torch's ``Optimizer.__getstate__`` keeps only ``defaults``, ``state`` and ``param_groups``
+  (pickle semantics), so a wrapper's own attributes, such as its inner optimizer, are lost;
+- an LR scheduler replaces ``optimizer.step`` on the instance by a closure over a weak
+  reference to the *original* optimizer, so ``copy.step()`` would step the real model;
+- a full copy holds every parameter and all of its state at once.
+
+So a twin is built attribute by attribute: parameters of the current chunk become clones,
+every other parameter and state tensor a ``meta`` placeholder that takes no memory (if some
+code path still reaches one, it fails on ``meta`` instead of writing to the real tensor),
+instance hooks and patched ``step`` methods are dropped, and ``step`` is called from the class.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from decaykit.errors import DecayError
+
+__all__ = ["Shadow", "reachable_optimizers"]
+
+GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def reachable_optimizers(optimizer: torch.optim.Optimizer, depth: int = 3) -> list[torch.optim.Optimizer]:
+    """``optimizer`` and the optimizers it wraps (attributes, lists, dicts), outermost first."""
+    found = [optimizer]
+    seen = {id(optimizer)}
+    frontier = [optimizer]
+    for _ in range(depth):
+        nxt = []
+        for opt in frontier:
+            for value in vars(opt).values():
+                items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+                for item in items:
+                    if isinstance(item, torch.optim.Optimizer) and id(item) not in seen:
+                        seen.add(id(item))
+                        found.append(item)
+                        nxt.append(item)
+        frontier = nxt
+    return found
+
+
+def _placeholder(t: torch.Tensor) -> torch.Tensor:
+    try:
+        meta = torch.empty_like(t, device="meta")
+    except (RuntimeError, TypeError, NotImplementedError):  # exotic tensor subclasses
+        meta = torch.empty(0, device="meta", dtype=t.dtype)
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(meta, requires_grad=t.requires_grad)
+    return meta
+
+
+def _is_hook_dict(key: str) -> bool:
+    return key.startswith("_optimizer_") and key.endswith("_hooks")
+
+
+class Shadow:
+    """Twins of ``optimizer`` holding copies of a chunk of its parameters and their state.
+
+    >>> p = nn.Parameter(torch.ones(3))
+    >>> opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.5)
+    >>> stepped = Shadow(opt).step([p])   # zero gradients: only the decay acts
+    >>> stepped[id(p)], p.data
+    (tensor([0.9500, 0.9500, 0.9500]), tensor([1., 1., 1.]))
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.optimizers = reachable_optimizers(optimizer)
+        # built once: meta tensors are cheap but a large model has thousands of tensors
+        self._placeholders: dict[int, Any] = {}
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    self._placeholders.setdefault(id(p), _placeholder(p))
+            for p, state in opt.state.items():
+                if isinstance(p, torch.Tensor):
+                    self._placeholders.setdefault(id(p), _placeholder(p))
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        self._placeholders.setdefault(id(value), _placeholder(value))
+
+    def step(
+        self,
+        params: Iterable[torch.Tensor],
+        *,
+        grad: GradFn | None = None,
+        start: dict[int, torch.Tensor] | None = None,
+        decay_off: bool = False,
+    ) -> dict[int, torch.Tensor]:
+        """Step a twin holding copies of ``params`` once; return ``{id(param): stepped copy}``.
+
+        ``grad(param, copy)`` gives each copy's gradient (zeros by default: torch skips a
+        parameter whose ``.grad`` is None, so zeros are what lets the decay act alone).
+        ``start`` maps ``id(param)`` to values to start from instead of the parameter's own.
+        ``decay_off`` sets every group's ``weight_decay`` to 0 in the twin.
+        """
+        params = list(params)
+        start = start or {}
+        memo: dict[int, Any] = dict(self._placeholders)
+        clones: dict[int, torch.Tensor] = {}
+        for p in params:
+            value = start.get(id(p), p).detach().clone(memory_format=torch.preserve_format)
+            c = nn.Parameter(value, requires_grad=p.requires_grad) if isinstance(p, nn.Parameter) else value
+            c.grad = torch.zeros_like(c) if grad is None else grad(p, c)
+            memo[id(p)] = c
+            clones[id(p)] = c
+        twins = {id(opt): object.__new__(type(opt)) for opt in self.optimizers}
+        memo.update(twins)
+        for opt in self.optimizers:
+            if id(opt.state) in memo:
+                continue
+            state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
+            for p, values in opt.state.items():
+                if id(p) in clones:
+                    state[clones[id(p)]] = {k: self._copy_state(v, memo) for k, v in values.items()}
+            memo[id(opt.state)] = state
+        for opt in self.optimizers:
+            twin = twins[id(opt)]
+            for key, value in vars(opt).items():
+                if key == "step":  # an LR scheduler's patch: a closure over the real optimizer
+                    continue
+                twin.__dict__[key] = OrderedDict() if _is_hook_dict(key) else copy.deepcopy(value, memo)
+        self._restrict(twins.values(), {id(c) for c in clones.values()}, decay_off)
+        top = twins[id(self.optimizer)]
+        step = type(top).step
+        if getattr(step, "hooked", False):  # torch's profiling wrapper also runs global step hooks
+            step = step.__wrapped__
+        devices = sorted({c.device.index or 0 for c in clones.values() if c.device.type == "cuda"})
+        try:
+            with torch.random.fork_rng(devices=devices):
+                step(top)
+        except DecayError:
+            raise
+        except Exception as exc:
+            raise DecayError(
+                f"could not step a copy of {type(self.optimizer).__name__} with zero gradients "
+                f"({type(exc).__name__}: {exc}); optimizers that need a closure (LBFGS) or sparse "
+                "gradients (SparseAdam) cannot be probed"
+            ) from exc
+        out = {}
+        for key, c in clones.items():
+            c.grad = None
+            out[key] = c.detach()
+        return out
+
+    @staticmethod
+    def _copy_state(value: Any, memo: dict[int, Any]) -> Any:
+        if isinstance(value, torch.Tensor):
+            clone = value.detach().clone(memory_format=torch.preserve_format)
+            memo[id(value)] = clone  # another reference to the same buffer gets the same copy
+            return clone
+        return copy.deepcopy(value, memo)
+
+    @staticmethod
+    def _restrict(twins: Iterable[torch.optim.Optimizer], keep: set[int], decay_off: bool) -> None:
+        """Drop placeholders from the twins' groups; keep the groups so indices still line up."""
+        seen: set[int] = set()
+        for twin in twins:
+            for group in twin.param_groups:
+                if id(group) in seen:
+                    continue
+                seen.add(id(group))
+                idx = [i for i, q in enumerate(group["params"]) if id(q) in keep]
+                names = group.get("param_names")
+                if isinstance(names, list) and len(names) == len(group["params"]):
+                    group["param_names"] = [names[i] for i in idx]
+                group["params"] = [group["params"][i] for i in idx]
+                if decay_off and "weight_decay" in group:
+                    group["weight_decay"] = 0.0
