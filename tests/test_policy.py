@@ -184,6 +184,34 @@ def test_unknown_module_falls_back_to_shape_rule_and_says_so():
     assert not p["extra_bias"].decay and p["extra_bias"].role == "bias"
 
 
+def test_bias_and_embedding_named_tables_on_unknown_modules():
+    class Experts(nn.Module):  # MoE experts stored as stacked tensors, with stacked biases
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.zeros(4, 8, 16))
+            self.gate_up_proj_bias = nn.Parameter(torch.zeros(4, 16))
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+            self.pos_embed = nn.Parameter(torch.zeros(1, 5, 8))
+
+    p = decaykit.plan(Experts(), 0.1)
+    assert p["gate_up_proj"].decay and p["gate_up_proj"].role == "matrix"
+    assert not p["gate_up_proj_bias"].decay and p["gate_up_proj_bias"].reason == "bias-named (4,16) table on Experts"
+    assert not p["relative_position_bias_table"].decay
+    assert p["pos_embed"].decay and p["pos_embed"].role == "embedding"
+    assert not decaykit.plan(Experts(), 0.1, decay_embeddings=False)["pos_embed"].decay
+
+
+def test_tensor_attribute_no_weight_decay():
+    mixer = nn.Module()
+    mixer.A_log = nn.Parameter(torch.zeros(8, 4))
+    mixer.A_log._no_weight_decay = True
+    mixer.proj = nn.Linear(4, 4)
+    p = decaykit.plan(mixer, 0.1)
+    assert not p["A_log"].decay and p["A_log"].reason == "tensor attribute _no_weight_decay=True"
+    assert p["proj.weight"].decay
+    assert decaykit.plan(mixer, 0.1, policy="nanogpt")["A_log"].decay  # replicas ignore it, as the anchor does
+
+
 def test_torch_layers_of_every_kind():
     model = nn.ModuleDict({
         "conv1d": nn.Conv1d(2, 3, 3), "conv3d": nn.Conv3d(2, 3, 3), "deconv": nn.ConvTranspose2d(3, 2, 3),

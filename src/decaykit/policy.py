@@ -7,7 +7,8 @@
 
 Precedence, first hit wins, per name of a tensor: a frozen tensor (``requires_grad=False``) is
 left out; then ``rules`` in order; then ``exclude``; then the model's ``no_weight_decay()`` /
-``no_weight_decay_keywords()`` hooks (on any submodule, names relative to it); then the policy.
+``no_weight_decay_keywords()`` hooks (on any submodule, names relative to it) and a tensor's
+own ``_no_weight_decay = True`` attribute (mamba_ssm's convention); then the policy.
 A tensor reachable under several names (tied embeddings) appears once, under its first name;
 if its names get different decisions, the one from the strongest source wins (rule > exclude >
 hook > policy), and between equals ``tied`` decides: ``"first"`` (the first name, as
@@ -323,6 +324,8 @@ def plan(
             role, decay, reason = preset.classify(info, decay_embeddings)
             wd, lr_scale, source = (weight_decay if decay else 0.0), scale, "policy"
             hook = _hook_hit(info.name, hooks)
+            if hook is None and getattr(param, "_no_weight_decay", False) and preset.hooks == "all":
+                hook = "tensor attribute _no_weight_decay=True"  # mamba_ssm's A_log, D
             if hook:
                 wd, reason, source = 0.0, hook, "hook"
             for j, pattern in enumerate(skip):

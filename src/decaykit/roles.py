@@ -13,10 +13,14 @@ Order of the checks, first hit wins:
 3. the owner is a weight layer (Linear, Bilinear, Conv of any dims and transposed, HF ``Conv1D``,
    MultiheadAttention, RNN/LSTM/GRU): its ``*weight*`` tensors -> ``weight``, decayed; its
    ``*bias*`` tensors -> ``bias``, no decay;
-4. any module: a tensor named like a bias with at most one non-singleton dimension -> ``bias``;
+4. any module: a tensor named like a bias (``bias``, ``in_proj_bias``, ``bias_k``, a stacked
+   per-expert ``gate_up_proj_bias``, Swin's ``relative_position_bias_table``, LeViT's
+   ``attention_biases``) -> ``bias``, no decay, whatever its shape: their authors exclude them;
 5. any module: at most one non-singleton dimension (a (C,), (C,1,1) or (1,1,C) layer scale,
    a scalar temperature) -> ``scale``, no decay;
-6. anything else (two or more non-singleton dimensions on an unknown module) -> ``matrix``,
+6. any module: a table named like an embedding (``pos_embed``, ``position_embeddings``) ->
+   ``embedding``, following ``decay_embeddings`` like ``nn.Embedding`` tables;
+7. anything else (two or more non-singleton dimensions on an unknown module) -> ``matrix``,
    decayed, with a reason that says the shape decided.
 """
 
@@ -64,7 +68,8 @@ WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
 # transformers' GPT-2 ``Conv1D`` is a Linear whose weight is stored transposed.
 WEIGHT_CLASS_NAMES: frozenset[str] = frozenset({"Conv1D"})
 
-_BIAS_LEAF = re.compile(r"(^|_)bias($|_)")
+_BIAS_LEAF = re.compile(r"(^|_)bias(es)?($|_)")
+_EMBED_LEAF = re.compile(r"embed", re.IGNORECASE)
 _WEIGHT_LEAF = re.compile(r"(^|_)weight($|_)")
 
 
@@ -129,9 +134,14 @@ def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bo
             return "bias", False, f"bias of {kind}"
         if _WEIGHT_LEAF.search(leaf):
             return "weight", True, f"weight of {kind}"
-    if _BIAS_LEAF.search(leaf) and per_channel:
-        return "bias", False, f"bias-named per-channel tensor on {kind}"
+    if _BIAS_LEAF.search(leaf):
+        what = "per-channel tensor" if per_channel else f"{shape_str(shape)} table"
+        return "bias", False, f"bias-named {what} on {kind}"
     if per_channel:
         what = "scalar" if len(shape) == 0 or all(s == 1 for s in shape) else f"per-channel {shape_str(shape)}"
         return "scale", False, f"{what} on {kind} (shape rule)"
+    if _EMBED_LEAF.search(leaf):
+        if decay_embeddings:
+            return "embedding", True, f"embedding-named {shape_str(shape)} table on {kind}"
+        return "embedding", False, f"embedding-named {shape_str(shape)} table on {kind} (decay_embeddings=False)"
     return "matrix", True, f"{len(shape)}-D tensor on {kind} (shape rule: unknown module)"
