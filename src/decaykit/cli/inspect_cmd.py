@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
+    return str(tuple(shape))
 
 
 def _diff_rows(a: Any, b: Any) -> list[dict[str, Any]]:
