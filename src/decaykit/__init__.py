@@ -40,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     "WeightDecay": "decaykit.engine",
     "convert": "decaykit.conversion",
     "timescale": "decaykit.conversion",
+    "Timescale": "decaykit.conversion",
+    "weight_decay_for_timescale": "decaykit.conversion",
+    "Schedule": "decaykit.schedules",
     # finding the decay that stops overfitting
     "sweep": "decaykit.sweeps",
     "SweepResult": "decaykit.sweeps",
@@ -63,7 +66,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from decaykit.auditor import AuditReport, Finding, audit
-    from decaykit.conversion import convert, timescale
+    from decaykit.conversion import Timescale, convert, timescale, weight_decay_for_timescale
     from decaykit.engine import WeightDecay
     from decaykit.errors import DecayError, DecayWarning
     from decaykit.groups import param_groups
@@ -71,5 +74,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from decaykit.policy import Decision, Plan, plan
     from decaykit.probing import ProbeReport, probe
     from decaykit.rules import Rule
+    from decaykit.schedules import Schedule
     from decaykit.sweeps import SweepResult, sweep
     from decaykit.verification import VerifyReport, verify

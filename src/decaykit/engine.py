@@ -90,6 +90,16 @@ class _GroupStep:
     inner: dict[str, Any] = field(default_factory=dict)  # group keys set while the inner optimizer steps
 
 
+class _Scratch(dict):
+    """Per-step scratch tensors keyed by parameter: copies of the engine (probe twins, deepcopy) start empty."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Scratch:
+        return _Scratch()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (_Scratch, ())
+
+
 def _is_zero(x: float | Tensor) -> bool:
     return not bool(x.any()) if isinstance(x, Tensor) else x == 0
 
@@ -134,8 +144,8 @@ class WeightDecay(Optimizer):
         self._max_lr_arg = _check_max_lr(max_lr, len(optimizer.param_groups))
         self._max_lrs: list[float] = []
         self._step = 0
-        self._buffers: dict[Tensor, Tensor] = {}
-        self._checked: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = {}
+        self._buffers: dict[Tensor, Tensor] = _Scratch()
+        self._checked: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = _Scratch()
         # Optimizer.__init__ would rebuild the groups; __setstate__ only installs the hook tables
         # and the profiling/hook wrapper around step(), which is all this wrapper needs from it.
         super().__setstate__({})
@@ -311,12 +321,12 @@ class WeightDecay(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         # the LR scheduler's step wrapper and the cautious scratch buffers are not state
-        skip = ("step", "_opt_called", "_buffers", "_checked")
+        skip = ("step", "_opt_called")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._buffers, self._checked = {}, {}
+        self._buffers, self._checked = _Scratch(), _Scratch()
 
     def __repr__(self) -> str:
         lines = [f"WeightDecay(mode={self.mode!r}, schedule={self.schedule!r}, step={self._step}) over "]

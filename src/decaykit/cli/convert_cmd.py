@@ -1,0 +1,123 @@
+"""``decaykit convert LAMBDA --from CONV``: the same weight decay in every convention, and its timescale."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from decaykit.cli.common import format_table, print_json
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Any) -> None:
+    from decaykit.conversion import ALIASES, CONVENTIONS
+
+    names = ", ".join(CONVENTIONS)
+    aliases = ", ".join(f"{a}={c}" for a, c in ALIASES.items())
+    parser = sub.add_parser(
+        "convert",
+        help="carry a weight decay across conventions (AdamW, Composer, AdamC, L2) and show its EMA timescale",
+        description=f"Print LAMBDA, given in convention --from, in every convention ({names}; aliases "
+        f"{aliases}), matched so each decays as much per step at LR --lr (default --max-lr), and the EMA "
+        "timescale tau = 1/(lr * lambda) of the torch-AdamW value. With --to, print only that number. "
+        "With --tau-steps or --tau-epochs, start from the lambda that gives that timescale instead.",
+    )
+    parser.add_argument("weight_decay", metavar="LAMBDA", nargs="?", type=float, help="the weight decay to convert")
+    parser.add_argument("--from", dest="from_", default="lr_coupled", metavar="CONV",
+                        help="convention LAMBDA is given in (default: lr_coupled, torch AdamW)")
+    parser.add_argument("--to", default=None, metavar="CONV", help="print only the value in this convention")
+    parser.add_argument("--lr", type=float, default=None, help="LR at which to match the decay (default: --max-lr)")
+    parser.add_argument("--max-lr", type=float, default=None, help="peak LR eta_max of the schedule")
+    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (convention 'normalized')")
+    parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (convention 'sgd_l2', default 0)")
+    parser.add_argument("--grad-rms", type=float, default=None,
+                        help="RMS of the gradients, sqrt(mean(exp_avg_sq)) (convention 'adam_l2', approximate)")
+    parser.add_argument("--dataset-size", type=int, default=None, help="training examples N, for tau in epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size B, for tau in epochs")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--tau-steps", type=float, default=None, help="start from the lambda with this timescale in steps")
+    target.add_argument("--tau-epochs", type=float, default=None,
+                        help="start from the lambda with this timescale in epochs (needs --dataset-size, --batch-size)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from decaykit.conversion import (
+        CONVENTIONS,
+        canonical_convention,
+        convert,
+        timescale,
+        weight_decay_for_timescale,
+    )
+    from decaykit.errors import DecayError
+
+    eta = args.lr if args.lr is not None else args.max_lr
+    if args.tau_steps is not None or args.tau_epochs is not None:
+        if args.weight_decay is not None:
+            raise DecayError("give LAMBDA or --tau-steps/--tau-epochs, not both")
+        if eta is None:
+            raise DecayError("a timescale needs --lr (or --max-lr): lambda = 1/(lr * tau)")
+        weight_decay = weight_decay_for_timescale(
+            eta, iterations=args.tau_steps, epochs=args.tau_epochs,
+            dataset_size=args.dataset_size, batch_size=args.batch_size,
+        )
+        source = "lr_coupled"
+    elif args.weight_decay is None:
+        raise DecayError("give LAMBDA (the weight decay to convert), or --tau-steps / --tau-epochs")
+    else:
+        weight_decay, source = args.weight_decay, canonical_convention(args.from_)
+    options = dict(lr=args.lr, max_lr=args.max_lr, steps=args.steps, momentum=args.momentum, grad_rms=args.grad_rms)
+
+    if args.to is not None:
+        value = convert(weight_decay, from_=source, to=args.to, **options)
+        if args.json:
+            print_json({"from": source, "to": canonical_convention(args.to), "weight_decay": weight_decay, "value": value})
+        else:
+            print(f"{value:.6g}")
+        return 0
+
+    values: dict[str, float | None] = {}
+    missing: dict[str, str] = {}
+    for name in CONVENTIONS:
+        try:
+            values[name] = float(convert(weight_decay, from_=source, to=name, **options))
+        except DecayError as exc:
+            values[name], missing[name] = None, str(exc)
+    if values[source] is None:  # the input itself lacks a setting: say which, once
+        raise DecayError(missing[source])
+    tau = None
+    if eta is not None and values["lr_coupled"] is not None:
+        tau = timescale(eta, values["lr_coupled"], dataset_size=args.dataset_size, batch_size=args.batch_size)
+
+    if args.json:
+        print_json({
+            "from": source,
+            "weight_decay": weight_decay,
+            "conventions": values,
+            "missing": missing,
+            "timescale": None if tau is None else {
+                "iterations": None if math.isinf(tau.iterations) else tau.iterations,
+                "epochs": tau.epochs, "lr": tau.lr,
+            },
+        })
+        return 0
+    rows = []
+    for name, conv in CONVENTIONS.items():
+        value = values[name]
+        shown = "needs " + _needs(missing[name]) if value is None else f"{'≈ ' if not conv.exact else ''}{value:.6g}"
+        rows.append([name + (" *" if name == source else ""), shown, conv.rule, conv.source])
+    print(format_table(["convention", "weight_decay", "per-step decay", "source"], rows, align="lrll"))
+    print(f"* given. Matched at lr = {eta:g}." if eta is not None else "* given.")
+    if tau is not None:
+        print(f"timescale of the torch-AdamW value: {tau}")
+    return 0
+
+
+def _needs(message: str) -> str:
+    for flag in ("max_lr", "lr", "steps", "grad_rms"):
+        if f"needs {flag}=" in message:
+            return "--" + flag.replace("_", "-")
+    return "more settings"
