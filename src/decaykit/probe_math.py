@@ -83,11 +83,13 @@ class Rows:
         return out
 
     def needs_coupled_twin(self, expected_kind: str) -> bool:
+        """Whether the coupled-L2 twin is needed: to check coupled or unknown settings, or to name
+        what a decay that matches neither none nor the expected decoupled/cautious rate is."""
         if expected_kind in ("coupled", "unknown"):
             return True
         for k in range(self.members):
-            _, tol, none, prop = self._basic(k)
-            if not (none or prop or self._matches(k, tol).get("cautious")):
+            _, tol, none, _ = self._basic(k)
+            if not (none or self._matches(k, tol).get(expected_kind)):
                 return True
         return False
 
@@ -145,7 +147,10 @@ class Rows:
         else:
             ok = bool(match.get(exp_kind)) or (kind == "none" and self._tiny(k, tol, factors, [exp_kind]))
             expected = factors.get(exp_kind)
-        if ok and kind == "none" and exp_kind != "none":
+        if ok and kind == "none" and exp_kind == "cautious" and float(self.masked[k]) == 0:
+            note = ("no coordinate has its update and θ of the same sign now: cautious decay skips them all "
+                    "this step")
+        elif ok and kind == "none" and exp_kind != "none":
             note = (f"a decay of {rate_text(expect.rate)} per step is below {str(self.dtype)[6:]} resolution "
                     "here: in one step it cannot be told apart from none")
         elif not ok and exp_kind != "unknown":

@@ -1,0 +1,409 @@
+"""decaykit.probe: measured decay per tensor, with torch.optim and hand-written optimizers as oracles."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from decaykit import DecayError, ProbeReport, param_groups, probe
+
+LR, WD = 0.01, 0.1
+
+
+def _model(dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, sched: Any = None) -> None:
+    gen = torch.Generator().manual_seed(1)
+    dtype = next(model.parameters()).dtype
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(5, 6, generator=gen, dtype=dtype)).pow(2).sum().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def _snapshot(model: nn.Module, opt: torch.optim.Optimizer, sched: Any = None) -> dict[str, Any]:
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "state": copy.deepcopy(opt.state_dict()),
+        "groups": copy.deepcopy(groups),
+        "attrs": {k: v for k, v in vars(opt).items() if isinstance(v, (bool, int, float, str))},
+        "sched": copy.deepcopy(sched.state_dict()) if sched is not None else None,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _by_name(report: ProbeReport) -> dict[str, Any]:
+    return {e.name: e for e in report.entries}
+
+
+OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+    "adamw-foreach": lambda p: torch.optim.AdamW(p, lr=LR, weight_decay=WD, foreach=True),
+    "adamw-fused": lambda p: torch.optim.AdamW(p, lr=LR, weight_decay=WD, fused=True),
+    "adam-amsgrad": lambda p: torch.optim.Adam(p, lr=LR, weight_decay=WD, amsgrad=True, foreach=False),
+    "sgd-nesterov": lambda p: torch.optim.SGD(p, lr=LR, weight_decay=WD, momentum=0.9, nesterov=True),
+    "rmsprop-momentum": lambda p: torch.optim.RMSprop(p, lr=LR, weight_decay=WD, momentum=0.5),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=LR, weight_decay=WD),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_probe_leaves_model_optimizer_and_scheduler_bit_identical(name: str) -> None:
+    model, twin = _model(), _model()
+    opt, twin_opt = OPTIMIZERS[name](model.parameters()), OPTIMIZERS[name](twin.parameters())
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    twin_sched = torch.optim.lr_scheduler.StepLR(twin_opt, 1, gamma=0.5)
+    _train(model, opt, 3, sched)
+    _train(twin, twin_opt, 3, twin_sched)
+    hook_calls = []
+    opt.register_step_post_hook(lambda *a: hook_calls.append(1))
+    opt._opt_called = False  # the scheduler's patched step sets this on the real optimizer when called
+    before = _snapshot(model, opt, sched)
+    report = probe(opt, model=model)
+    probe(opt, model=model, chunk_bytes=64)
+    assert report.ok, str(report)
+    assert _same(before, _snapshot(model, opt, sched))
+    assert hook_calls == [] and opt._opt_called is False
+    # the trajectory goes on exactly as if no probe had run
+    _train(model, opt, 1, sched)
+    _train(twin, twin_opt, 1, twin_sched)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+@pytest.mark.parametrize("kernel", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+@pytest.mark.parametrize("steps", [0, 3])
+def test_adamw_measures_exactly_one_minus_lr_lambda(kernel: dict, steps: int) -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD, **kernel)
+    _train(model, opt, steps)
+    report = probe(opt, model=model)
+    assert report.ok
+    for e in report.entries:
+        assert (e.kind, e.expected_kind) == ("decoupled", "decoupled")
+        assert e.expected == pytest.approx(1 - LR * WD, abs=1e-15)
+        assert e.measured == pytest.approx(1 - LR * WD, abs=1e-6)
+    assert any("state already built" in n for n in report.notes) == (steps > 0)
+
+
+def test_float64_measurement_is_exact_to_1e12() -> None:
+    model = _model(torch.float64)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 2)
+    assert all(abs(e.measured - (1 - LR * WD)) < 1e-12 for e in probe(opt, model=model).entries)
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_coupled_adam_is_told_apart_from_adamw(steps: int) -> None:
+    reports = {}
+    for cls in (torch.optim.Adam, torch.optim.AdamW):
+        model = _model()
+        opt = cls(model.parameters(), lr=LR, weight_decay=WD)
+        _train(model, opt, steps)
+        reports[cls.__name__] = probe(opt, model=model)
+    adam, adamw = reports["Adam"], reports["AdamW"]
+    assert adam.ok and adamw.ok  # each does what its settings say ...
+    assert {e.kind for e in adamw.entries} == {"decoupled"}
+    assert {e.kind for e in adam.entries} == {"coupled"}  # ... but Adam's is L2 through √v̂
+    assert any("adaptive denominator" in n for n in adam.notes)
+    off = [abs((1 - e.measured) / (LR * WD) - 1) for e in adam.entries]
+    assert max(off) > 0.1  # not θ·(1 − lr·λ)
+
+
+def test_plain_sgd_coupled_equals_decoupled_rate() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, weight_decay=WD)
+    report = probe(opt, model=model)
+    assert {e.kind for e in report.entries} == {"coupled"}
+    assert all(e.measured == pytest.approx(1 - LR * WD, abs=1e-6) for e in report.entries)
+
+
+@pytest.mark.parametrize(("nesterov", "factor"), [(False, 1 - LR * WD), (True, 1 - LR * WD * 1.9)])
+def test_momentum_state_is_isolated(nesterov: bool, factor: float) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, weight_decay=WD, momentum=0.9, nesterov=nesterov)
+    _train(model, opt, 4)
+    buffers = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    assert min(float(b.abs().max()) for b in buffers) > 0.01  # momentum alone moves the weights
+    report = probe(opt, model=model)
+    assert report.ok
+    # buf ← μ·buf + λθ, θ ← θ − lr·buf (nesterov: − lr·(λθ + μ·buf)): the decay's share is exact
+    assert all(e.measured == pytest.approx(factor, abs=2e-6) for e in report.entries)
+    assert any("momentum buffer" in n for n in report.notes)
+
+
+def test_current_scheduler_lr_is_what_counts() -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=WD)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.1)
+    _train(model, opt, 2, sched)
+    report = probe(opt, model=model)
+    assert report.ok
+    assert all(e.lr == pytest.approx(1e-3) and e.measured == pytest.approx(1 - 1e-3 * WD, abs=1e-6)
+               for e in report.entries)
+
+
+def test_frozen_parameter_that_still_decays_is_caught() -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    model[0].weight.requires_grad_(False)  # frozen, but zero_grad(set_to_none=False) left it a zero .grad
+    model[0].weight.grad = torch.zeros_like(model[0].weight)
+    model[0].bias.requires_grad_(False)  # frozen, no .grad: skipped by torch today
+    report = probe(opt, model=model)
+    e = _by_name(report)
+    assert not e["0.weight"].agrees and e["0.weight"].frozen and e["0.weight"].expected == 1.0
+    assert "frozen (requires_grad=False) but the decay still moves it" in e["0.weight"].note
+    assert e["0.bias"].agrees and "as soon as it has a zero .grad" in e["0.bias"].note
+    assert not report.ok
+    # what the probe predicts is what a real step does
+    before = model[0].weight.detach().clone()
+    opt.step()
+    assert torch.allclose(model[0].weight, before * (1 - LR * WD), rtol=0, atol=1e-7)
+
+
+def test_grad_zeroed_parameter_listed_as_frozen_is_caught() -> None:
+    model = _model()
+    model[3].weight.register_hook(torch.zeros_like)  # the diffusers way of "freezing" a weight
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 2)
+    report = probe(opt, model=model, frozen=["3.weight"])
+    assert [e.name for e in report.disagreements] == ["3.weight"]
+    assert "frozen (listed as frozen)" in report.disagreements[0].note
+    groups = [{"params": [p for n, p in model.named_parameters() if n != "3.weight"]},
+              {"params": [model[3].weight], "weight_decay": 0.0}]
+    fixed = torch.optim.AdamW(groups, lr=LR, weight_decay=WD)
+    assert probe(fixed, model=model, frozen=[model[3].weight]).ok
+
+
+def test_no_decay_group_overwritten_back_to_decay_is_caught() -> None:
+    model = _model()
+    opt = torch.optim.AdamW(param_groups(model, WD), lr=LR)
+    assert probe(opt, model=model, policy="decaykit").ok
+    for group in opt.param_groups:  # what a framework's "weight_decay=..." override does
+        group["weight_decay"] = WD
+    report = probe(opt, model=model, policy="decaykit")
+    assert sorted(e.name for e in report.disagreements) == ["0.bias", "1.bias", "1.weight", "3.bias"]
+    assert all("the policy says no decay" in e.note for e in report.disagreements)
+    by_mapping = probe(opt, model=model, policy={"1.*": 0, "*.bias": False, "*": WD})
+    assert sorted(e.name for e in by_mapping.disagreements) == ["0.bias", "1.bias", "1.weight", "3.bias"]
+
+
+def test_groups_swapped_are_caught() -> None:
+    model = _model()
+    groups = param_groups(model, WD)
+    groups[0]["weight_decay"], groups[1]["weight_decay"] = 0.0, WD
+    report = probe(torch.optim.AdamW(groups, lr=LR), model=model, policy="decaykit")
+    assert sorted(e.name for e in report.disagreements) == ["0.bias", "0.weight", "1.bias", "1.weight", "3.bias",
+                                                            "3.weight"]
+
+
+def test_trainable_parameter_missing_from_the_optimizer_is_caught() -> None:
+    model = _model()
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if n != "3.bias"], lr=LR, weight_decay=WD)
+    model.add_module("frozen_head", nn.Linear(2, 2).requires_grad_(False))
+    report = probe(opt, model=model)
+    missing = [e for e in report.entries if e.kind == "missing"]
+    assert [e.name for e in missing] == ["3.bias"] and not missing[0].agrees and not report.ok
+    assert probe(opt).ok  # without the model nothing says a tensor is missing
+
+
+def test_chunks_measure_the_same_as_one_copy() -> None:
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 2)
+    whole, chunked = probe(opt, model=model, chunk_bytes=None), probe(opt, model=model, chunk_bytes=100)
+    assert chunked.cost["chunks"] > 1 and whole.cost["chunks"] == 1
+    assert [(e.name, e.kind, e.measured) for e in whole.entries] == [(e.name, e.kind, e.measured) for e in chunked.entries]
+    assert chunked.cost["peak_copy_bytes"] < whole.cost["peak_copy_bytes"]
+
+
+def test_all_zero_tensor_is_measured_on_a_pattern() -> None:
+    model = _model()
+    nn.init.zeros_(model[0].bias)
+    report = probe(torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD), model=model)
+    bias = _by_name(report)["0.bias"]
+    assert bias.kind == "decoupled" and bias.measured == pytest.approx(1 - LR * WD, abs=1e-6)
+    assert "test pattern" in bias.note
+    assert torch.equal(model[0].bias, torch.zeros(8))
+
+
+def test_decay_below_the_dtype_resolution_is_said() -> None:
+    model = _model(torch.bfloat16)
+    report = probe(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01), model=model)
+    assert report.ok and {e.kind for e in report.entries} == {"none"}
+    assert all("below bfloat16 resolution" in e.note for e in report.entries)
+
+
+# ---- optimizers that describe themselves with expected_decay(), the WeightDecay protocol ----
+
+
+class DecoupledSGD(torch.optim.Optimizer):
+    """θ ← θ(1 − lr·λ_k) − lr·g, λ a float or one value per stacked model (dimension 0)."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float | torch.Tensor) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    def expected_decay(self) -> list[dict[str, Any]]:
+        return [{"kind": "decoupled", "rate": g["lr"] * g["weight_decay"]} for g in self.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                wd = g["weight_decay"]
+                if isinstance(wd, torch.Tensor):
+                    wd = wd.reshape(-1, *([1] * (p.dim() - 1)))
+                p.mul_(1 - g["lr"] * wd).add_(p.grad, alpha=-g["lr"])
+
+
+class CautiousMomentum(torch.optim.Optimizer):
+    """u ← μ·u + g; θ ← θ − lr·(u + λ·𝟙(u·θ ≥ 0)·θ), cautious decay (Chen et al. 2025)."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    def expected_decay(self) -> list[dict[str, Any]]:
+        return [{"kind": "cautious", "rate": g["lr"] * g["weight_decay"]} for g in self.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                u = self.state[p].setdefault("u", torch.zeros_like(p)).mul_(0.9).add_(p.grad)
+                mask = (u * p >= 0).to(p.dtype)
+                p.sub_(g["lr"] * (u + g["weight_decay"] * mask * p))
+
+
+class LyingAdam(torch.optim.Adam):
+    """Claims decoupled decay but is torch's coupled Adam: a wrapper that forgot to switch it off."""
+
+    def expected_decay(self) -> list[dict[str, Any]]:
+        return [{"kind": "decoupled", "rate": g["lr"] * g["weight_decay"]} for g in self.param_groups]
+
+
+def test_expected_decay_is_used_and_trusted_only_when_measured() -> None:
+    model = _model()
+    report = probe(DecoupledSGD(model.parameters(), lr=LR, weight_decay=WD), model=model)
+    assert report.ok and {e.kind for e in report.entries} == {"decoupled"}
+    lying = probe(LyingAdam(model.parameters(), lr=LR, weight_decay=WD), model=model)
+    assert not lying.ok and {e.kind for e in lying.entries} == {"coupled"}
+    assert "expected_decay(): decoupled" in lying.entries[0].note
+
+
+def test_per_member_rates_give_one_entry_per_stacked_model() -> None:
+    stacked = nn.Parameter(torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(2)))
+    lam = torch.tensor([0.0, 0.1, 1.0])
+    report = probe(DecoupledSGD([stacked], lr=LR, weight_decay=lam))
+    assert [e.name for e in report.entries] == ["group0.param0[0]", "group0.param0[1]", "group0.param0[2]"]
+    assert [e.kind for e in report.entries] == ["none", "decoupled", "decoupled"]
+    assert [e.measured for e in report.entries] == pytest.approx([1.0, 1 - LR * 0.1, 1 - LR], abs=1e-6)
+    assert report.ok and report.entries[1].shape == (4, 5) and report.entries[2].weight_decay == 1.0
+    with pytest.raises(DecayError, match="members on dimension 0"):
+        probe(DecoupledSGD([nn.Parameter(torch.ones(2, 5))], lr=LR, weight_decay=lam))
+
+
+def test_cautious_decay_with_state_is_masked_and_recognised() -> None:
+    model = _model()
+    opt = CautiousMomentum(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 3)
+    report = probe(opt, model=model)
+    kinds = {e.name: e.kind for e in report.entries}
+    assert report.ok and set(kinds.values()) == {"cautious", "none"}
+    # with momentum, only coordinates where u and θ agree decay: less than the full lr·λ
+    assert all(1 - LR * WD <= e.measured < 1 for e in report.entries if e.kind == "cautious")
+    assert any(e.measured > 1 - LR * WD + 1e-4 for e in report.entries if e.kind == "cautious")
+    # a bias grown from zero by -lr·Σu has every coordinate against its update: nothing decays
+    assert kinds["1.bias"] == "none" and "same sign" in _by_name(report)["1.bias"].note
+
+
+class IndependentDecay(torch.optim.Optimizer):
+    """No expected_decay(): θ ← θ(1 − λ) − lr·g, decay independent of the LR."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float, sign: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "sign": sign})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    shrink = g["weight_decay"] * (torch.sign(p) if g["sign"] else p)
+                    p.sub_(shrink).add_(p.grad, alpha=-g["lr"])
+
+
+def test_unknown_optimizer_gets_its_convention_named() -> None:
+    model = _model()
+    report = probe(IndependentDecay(model.parameters(), lr=LR, weight_decay=1e-3), model=model)
+    assert report.ok and {e.expected_kind for e in report.entries} == {"unknown"}
+    assert all("independent of the LR" in e.note for e in report.entries)
+    odd = probe(IndependentDecay(model.parameters(), lr=LR, weight_decay=1e-3, sign=True), model=model)
+    assert not odd.ok and "matches none of" in odd.entries[0].note
+
+
+class Wrapper(torch.optim.Optimizer):
+    """Shares param_groups and state with an inner optimizer, as decaykit.WeightDecay does."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.inner = inner
+        self.defaults = inner.defaults
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self.param_groups = inner.param_groups
+        self.state = inner.state
+        self.calls = 0
+
+    def step(self, closure: Any = None) -> None:
+        self.calls += 1
+        self.inner.step()
+
+
+def test_wrapper_and_a_scheduler_patching_the_inner_step_stay_untouched() -> None:
+    model = _model()
+    inner = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    sched = torch.optim.lr_scheduler.StepLR(inner, 1, gamma=0.5)  # patches inner.step on the instance
+    wrapper = Wrapper(inner)
+    _train(model, wrapper, 2, sched)
+    before, calls = _snapshot(model, inner, sched), wrapper.calls
+    report = probe(wrapper, model=model)
+    assert report.ok and {e.kind for e in report.entries} == {"decoupled"}
+    assert _same(before, _snapshot(model, inner, sched)) and wrapper.calls == calls
+
+
+def test_bad_input_is_a_decay_error() -> None:
+    model = _model()
+    with pytest.raises(DecayError, match=r"torch\.optim\.Optimizer"):
+        probe(model)  # type: ignore[arg-type]
+    with pytest.raises(DecayError, match="needs model="):
+        probe(torch.optim.AdamW(model.parameters()), policy="decaykit")
+    with pytest.raises(DecayError, match="chunk_bytes"):
+        probe(torch.optim.AdamW(model.parameters()), chunk_bytes=0)
+    with pytest.raises(DecayError, match="closure"):
+        probe(torch.optim.LBFGS(model.parameters()))
+    bad = DecoupledSGD(model.parameters(), lr=LR, weight_decay=WD)
+    bad.expected_decay = lambda: [{"kind": "sideways", "rate": 1}]  # type: ignore[method-assign]
+    with pytest.raises(DecayError, match="expected_decay"):
+        probe(bad)
