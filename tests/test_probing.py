@@ -407,3 +407,39 @@ def test_bad_input_is_a_decay_error() -> None:
     bad.expected_decay = lambda: [{"kind": "sideways", "rate": 1}]  # type: ignore[method-assign]
     with pytest.raises(DecayError, match="expected_decay"):
         probe(bad)
+
+
+# ---- decaykit.WeightDecay, the engine that implements expected_decay() ----
+
+ENGINE_KINDS = {"lr_coupled": {"decoupled"}, "lr_independent": {"decoupled"}, "corrected": {"decoupled"},
+                "cautious": {"cautious", "none"}, "coupled_l2": {"coupled"}}
+
+
+@pytest.mark.parametrize("mode", sorted(ENGINE_KINDS))
+def test_weight_decay_engine_measures_as_it_describes_itself(mode: str) -> None:
+    from decaykit import WeightDecay
+
+    model = _model()
+    inner = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    sched = torch.optim.lr_scheduler.StepLR(inner, 1, gamma=0.5)
+    engine = WeightDecay(inner, mode=mode)
+    _train(model, engine, 3, sched)
+    before, steps = _snapshot(model, inner, sched), engine.steps_taken
+    report = probe(engine, model=model)
+    assert report.ok, str(report)
+    assert {e.kind for e in report.entries} <= ENGINE_KINDS[mode]
+    rate = engine.expected_decay()[0]["rate"]
+    if ENGINE_KINDS[mode] == {"decoupled"}:
+        assert all(e.measured == pytest.approx(1 - rate, abs=1e-6) for e in report.entries)
+    assert _same(before, _snapshot(model, inner, sched)) and engine.steps_taken == steps
+
+
+def test_weight_decay_engine_per_member_rates() -> None:
+    from decaykit import WeightDecay
+
+    stacked = nn.Parameter(torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(3)))
+    lam = torch.tensor([0.0, 0.1, 1.0])
+    engine = WeightDecay(torch.optim.AdamW([{"params": [stacked], "weight_decay": lam}], lr=LR, fused=True))
+    report = probe(engine)
+    assert report.ok and [e.kind for e in report.entries] == ["none", "decoupled", "decoupled"]
+    assert [e.measured for e in report.entries] == pytest.approx([1.0, 1 - LR * 0.1, 1 - LR], abs=1e-6)
