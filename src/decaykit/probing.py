@@ -48,6 +48,7 @@ from decaykit.shadow import Shadow
 __all__ = ["DEFAULT_CHUNK_BYTES", "ProbeEntry", "ProbeReport", "probe"]
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+_LISTED = 20  # notes printed in the summary; the table and to_dict() have them all
 _PATTERN_NOTE = "all zeros, so measured on a copy filled with a test pattern"
 
 
@@ -121,12 +122,13 @@ class ProbeReport:
             lines.append(f"{len(members)} tensors ({params:,} parameters): {kind}, {what}")
         bad = self.disagreements
         lines.append(f"{len(bad)} disagreement(s)" + (":" if bad else ": the decay applied is the decay configured"))
-        lines += [f"  {e.name}: {e.note}" for e in bad]
+        lines += [f"  {e.name}: {e.note}" for e in bad[:_LISTED]]
+        lines += [f"  ... and {len(bad) - _LISTED} more (see the table)"] if len(bad) > _LISTED else []
         noted = [e for e in self.entries if e.agrees and e.note and not e.note.startswith(_PATTERN_NOTE)]
         if noted:
             lines.append(f"{len(noted)} tensor(s) that agree, with a note:")
-            lines += [f"  {e.name}: {e.note}" for e in noted[:10]]
-            lines += [f"  ... and {len(noted) - 10} more"] if len(noted) > 10 else []
+            lines += [f"  {e.name}: {e.note}" for e in noted[:_LISTED]]
+            lines += [f"  ... and {len(noted) - _LISTED} more"] if len(noted) > _LISTED else []
         return lines
 
     def __str__(self) -> str:

@@ -1,0 +1,100 @@
+"""``decaykit probe MODEL``: build an optimizer for MODEL and measure the decay it applies per tensor."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from decaykit.cli.common import add_policy_arguments, policy_options, print_json
+
+__all__ = ["OPTIMIZERS", "register", "run"]
+
+# CLI name -> torch.optim class name
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
+              "nadam": "NAdam", "radam": "RAdam", "adamax": "Adamax"}
+
+
+def register(sub: Any) -> None:
+    from decaykit.modes import MODES
+
+    parser = sub.add_parser(
+        "probe",
+        help="measure the weight decay an optimizer really applies, per tensor",
+        description="Build OPTIMIZER for MODEL (groups from decaykit.param_groups, or model.parameters() with "
+        "--no-policy), step copies of it with zero gradients and report, per tensor, the shrink factor the decay "
+        "applies per step next to the one expected, and the tensors the policy says should not decay but do. "
+        "MODEL is a built-in demo (resnet50, convnext, vit, gpt, mlp) or 'package.module:factory'. "
+        "Exit status 1 if any tensor disagrees.",
+    )
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw", help="torch.optim class (default: adamw)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    parser.add_argument("--momentum", type=float, default=None, help="momentum, for sgd and rmsprop")
+    add_policy_arguments(parser, weight_decay=0.05)
+    parser.add_argument("--no-policy", action="store_true",
+                        help="build the optimizer from plain model.parameters() (every tensor decays), and check it "
+                             "against --policy")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="wrap the optimizer in decaykit.WeightDecay with this decay mode (default: the "
+                             "optimizer's own weight_decay)")
+    parser.add_argument("--state-steps", type=int, default=0, metavar="N",
+                        help="first take N real steps on random gradients so momentum and moments exist (default: 0)")
+    parser.add_argument("--frozen", action="append", default=[], metavar="GLOB",
+                        help="names meant to stay fixed (e.g. gradients you zero), repeatable: decay on them is an error")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from decaykit.errors import DecayError
+    from decaykit.groups import param_groups
+    from decaykit.loading import build_model
+    from decaykit.probing import probe
+    from decaykit.rules import check_number
+
+    lr = check_number(args.lr, "--lr", allow_zero=False)
+    weight_decay = check_number(args.weight_decay, "--weight-decay")
+    if args.state_steps < 0:
+        raise DecayError(f"--state-steps must be >= 0, got {args.state_steps}")
+    model = build_model(args.model)
+    options = policy_options(args)
+    if args.no_policy:
+        params: Any = [p for p in model.parameters() if p.requires_grad]
+    else:
+        params = param_groups(model, weight_decay, **options)
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if args.momentum is not None:
+        if args.optimizer not in ("sgd", "rmsprop"):
+            raise DecayError(f"--momentum applies to sgd and rmsprop, not {args.optimizer}")
+        kwargs["momentum"] = check_number(args.momentum, "--momentum")
+    optimizer = getattr(torch.optim, OPTIMIZERS[args.optimizer])(params, **kwargs)
+    if args.mode is not None:
+        from decaykit.engine import WeightDecay
+
+        optimizer = WeightDecay(optimizer, mode=args.mode)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(args.state_steps):  # deterministic stand-in gradients, only to build optimizer state
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        optimizer.step()
+    # check against a plan made with the same options, so --no-policy shows what the policy would exclude
+    from decaykit.policy import plan
+
+    intent = plan(model, weight_decay, **options) if weight_decay > 0 else None
+    report = probe(optimizer, model=model, policy=intent, frozen=args.frozen)
+    if args.json:
+        print_json({"model": args.model, "optimizer": args.optimizer, "mode": args.mode, "lr": lr,
+                    "weight_decay": weight_decay,
+                    "groups": "plain" if args.no_policy else args.policy, **report.to_dict()})
+    else:
+        built = "model.parameters()" if args.no_policy else f"decaykit.param_groups(policy={args.policy!r})"
+        made = f"{OPTIMIZERS[args.optimizer]}({built}, lr={lr:g}, weight_decay={weight_decay:g})"
+        if args.mode is not None:
+            made = f"WeightDecay({made}, mode={args.mode!r})"
+        print(f"model {args.model}: {made}"
+              + (f", after {args.state_steps} steps on random gradients" if args.state_steps else ""))
+        print(report)
+    return 0 if report.ok else 1
