@@ -517,7 +517,7 @@ def _check_member_lambda(i: int, group: dict[str, Any], lam: Tensor) -> Tensor:
         )
     values = lam.detach().double()
     if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
-        raise DecayError(f"{where} must hold finite numbers >= 0, got {values.tolist()}")
+        raise DecayError(f"{where} must hold finite numbers >= 0, got [{', '.join(f'{v:g}' for v in values.tolist())}]")
     k = values.numel()
     names = group.get("param_names") or []
     for j, p in enumerate(group["params"]):
