@@ -1,0 +1,261 @@
+"""``transformers.Trainer`` with decaykit's policy: norms, biases and scales never decayed.
+
+HF's Trainer decides from names and one class (``Trainer.get_decay_parameter_names``): no decay
+inside ``nn.LayerNorm`` or when the name matches ``bias`` / ``layernorm`` / ``rmsnorm`` /
+``norm``. A BatchNorm called ``normalization`` (HF's own ResNet), an ``nn.RMSNorm`` called
+``ln_1`` or a ``(C,1,1)`` layer scale is decayed, and with exactly two groups there is no room
+for per-group weight decay, layer-wise LR decay or a decay schedule. Here decaykit builds the
+groups instead, from what each parameter is (:func:`decaykit.plan`), with λ =
+``args.weight_decay`` and lr = ``args.learning_rate`` (times each group's ``lr_scale``).
+
+One line, three ways::
+
+    from decaykit.integrations.hf import DecayTrainer, DecayTrainerMixin, optimizer_cls_and_kwargs
+
+    trainer = DecayTrainer(model=model, args=args, train_dataset=ds)        # drop-in for Trainer
+
+    class MySFTTrainer(DecayTrainerMixin, SFTTrainer): ...                 # any Trainer subclass
+
+    trainer = Trainer(model=model, args=args, train_dataset=ds,            # a plain Trainer
+                      optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, args))
+
+``DecayTrainer`` / the mixin also take ``decay_options`` (keyword arguments of
+:func:`decaykit.plan`: ``rules=``, ``exclude=``, ``layer_decay=``, ``policy=`` ...) and
+``decay_engine`` (keyword arguments of :class:`decaykit.WeightDecay`: ``mode=``, ``schedule=``;
+the optimizer HF picks from ``args.optim`` is then wrapped by the decay engine). The mixin builds
+the groups when HF creates the optimizer, from the model as HF holds it then (wrapped by DDP or
+sharded by FSDP2), so it is the robust choice; ``optimizer_cls_and_kwargs`` holds the tensors of
+the model it is given and suits single-device and DDP runs. transformers is an optional extra
+(``pip install 'decaykit[hf]'``), imported only when needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from decaykit.errors import DecayError, DecayWarning
+from decaykit.policy import Plan, plan
+
+# DecayTrainer is made on first access (module __getattr__ below), so transformers stays optional
+__all__ = ["DecayTrainer", "DecayTrainerMixin", "decay_parameter_names", "optimizer_cls_and_kwargs"]  # noqa: F822
+
+logger = logging.getLogger(__name__)
+
+# Keys with which an HF optimizer handler says it builds the parameter groups itself
+# (GaLore, Apollo: "params"; LOMO: "model"; layer-wise optimizers: "optimizer_dict").
+_HF_OWN_GROUPS = ("params", "model", "optimizer_dict")
+_PLAN_OPTIONS = frozenset(inspect.signature(plan).parameters) - {"model", "weight_decay"}
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise DecayError(
+            "decaykit.integrations.hf needs transformers, which is not installed: pip install 'decaykit[hf]'"
+        ) from exc
+    return transformers
+
+
+def _check_options(options: Any, argument: str) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise DecayError(f"{argument} must be a dict of keyword arguments, got {type(options).__name__}")
+    unknown = sorted(set(options) - _PLAN_OPTIONS)
+    if unknown:
+        raise DecayError(
+            f"{argument} has unknown key(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(sorted(_PLAN_OPTIONS))} "
+            "(the weight decay itself is TrainingArguments(weight_decay=...))"
+        )
+    return dict(options)
+
+
+def decay_parameter_names(model: nn.Module, **plan_options: Any) -> list[str]:
+    """Names of the tensors decaykit decays, spelled as ``model.named_parameters()`` spells them.
+
+    The answer HF's ``Trainer.get_decay_parameter_names`` should give: names keep any wrapper
+    prefix (``module.``, ``_orig_mod.``) because HF matches them against the model it holds; a
+    tied tensor is listed under each of its names. ``plan_options`` go to :func:`decaykit.plan`.
+    """
+    # λ = 1 only to learn which tensors decay; the size of the decay is the optimizer's business
+    decided = plan(model, 1.0, **_check_options(plan_options, "plan_options"))
+    decays = {id(d.param) for d in decided.trainable if d.weight_decay > 0}
+    return [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in decays]
+
+
+def _builds_own_groups(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
+    factory = not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer))
+    return factory or any(k in kwargs for k in _HF_OWN_GROUPS)
+
+
+def _split_by_mesh(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each device mesh its own copy of a group, as the Trainer does: a fused or foreach
+    kernel cannot span DTensors of different meshes (FSDP2 on a 2-D mesh, expert parallelism)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return groups
+    out = []
+    for group in groups:
+        by_mesh: dict[Any, dict[str, Any]] = {}
+        for p, name in zip(group["params"], group["param_names"]):
+            mesh = p.device_mesh if isinstance(p, DTensor) else None
+            part = by_mesh.setdefault(mesh, {**group, "params": [], "param_names": []})
+            part["params"].append(p)
+            part["param_names"].append(name)
+        out.extend(by_mesh.values())
+    return out
+
+
+def _summary(decided: Plan) -> str:
+    rows = [f"weight_decay={r['weight_decay']:g}" + (f" lr_scale={r['lr_scale']:g}" if r["lr_scale"] != 1 else "")
+            + f": {r['tensors']} tensors, {r['parameters']:,} parameters"
+            for r in decided.summary() if not r.get("frozen")]
+    return f"decaykit param groups ({decided.policy} policy): " + "; ".join(rows)
+
+
+def _groups_for(model: nn.Module, weight_decay: float, lr: float, options: dict[str, Any]) -> tuple[Plan, list[dict[str, Any]]]:
+    if weight_decay == 0:
+        warnings.warn(
+            "TrainingArguments.weight_decay is 0 (HF's default), so no parameter decays; "
+            "set TrainingArguments(weight_decay=...) to the λ the decayed tensors should get",
+            DecayWarning,
+            stacklevel=3,
+        )
+    decided = plan(model, weight_decay, **options)
+    return decided, _split_by_mesh(decided.groups(lr=lr))
+
+
+def optimizer_cls_and_kwargs(
+    model: nn.Module,
+    args: Any,
+    *,
+    optimizer_cls: type[torch.optim.Optimizer] | None = None,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    **plan_options: Any,
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """``Trainer(..., optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, args))``.
+
+    Returns the optimizer class HF picks from ``args.optim`` (or ``optimizer_cls``) and its
+    keyword arguments with ``params`` set to decaykit's groups for ``model`` (λ =
+    ``args.weight_decay``, lr = ``args.learning_rate`` · ``lr_scale``); the Trainer uses a
+    ``params`` entry instead of its own two groups. The groups hold ``model``'s tensors, so pass
+    the model the Trainer trains; under FSDP, where the Trainer swaps the tensors for shards,
+    use :class:`DecayTrainer` instead.
+    """
+    transformers = _transformers()
+    if not isinstance(args, transformers.TrainingArguments):
+        raise DecayError(
+            f"args must be the transformers.TrainingArguments given to the Trainer, got {type(args).__name__}"
+        )
+    options = _check_options(plan_options, "plan_options")
+    if optimizer_cls is None:
+        optimizer_cls, kwargs = transformers.Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if _builds_own_groups(optimizer_cls, kwargs):
+            raise DecayError(
+                f"args.optim={args.optim!r} builds its own parameter groups, so they cannot be replaced here; "
+                "use decaykit.integrations.hf.DecayTrainer (HF then asks decaykit which tensors decay) or pick "
+                "an optimizer such as optim='adamw_torch'"
+            )
+    elif not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+        raise DecayError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
+    else:
+        kwargs = {"lr": args.learning_rate}
+    kwargs = {**kwargs, **(optimizer_kwargs or {})}
+    _, groups = _groups_for(model, args.weight_decay, args.learning_rate, options)
+    return optimizer_cls, {**kwargs, "params": groups}
+
+
+class DecayTrainerMixin:
+    """Put before ``transformers.Trainer`` (or a subclass of it) in the bases: the optimizer gets
+    decaykit's param groups.
+
+    Keyword arguments, taken off before the Trainer's own ``__init__`` sees them:
+      ``decay_options``: keyword arguments of :func:`decaykit.plan` (``rules``, ``exclude``,
+      ``layer_decay``, ``policy``, ``decay_embeddings`` ...);
+      ``decay_engine``: keyword arguments of :class:`decaykit.WeightDecay` (``mode``,
+      ``schedule``, ``max_lr``); when given, the optimizer HF picks is wrapped by the engine,
+      which then applies each group's λ (HF's LR scheduler drives it like any optimizer).
+
+    Optimizers that HF builds with their own grouping (GaLore, LOMO, layer-wise, Muon / Dion
+    factories) keep HF's path; HF still asks :meth:`get_decay_parameter_names`, so the
+    decay / no-decay split is decaykit's, with one λ. BitsAndBytes' 8-bit embedding override,
+    which HF applies inside its own group building, is skipped.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        decay_options: dict[str, Any] | None = None,
+        decay_engine: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.decay_options = _check_options(decay_options, "decay_options")
+        if decay_engine is not None and not isinstance(decay_engine, dict):
+            raise DecayError(
+                f"decay_engine must be a dict of decaykit.WeightDecay keyword arguments (mode=, schedule=), "
+                f"got {type(decay_engine).__name__}"
+            )
+        self.decay_engine = None if decay_engine is None else dict(decay_engine)
+        super().__init__(*args, **kwargs)
+
+    def decay_plan(self, model: nn.Module | None = None) -> Plan:
+        """The decisions the optimizer is (or will be) built from, with reasons: print it."""
+        return plan(self.model if model is None else model, self.args.weight_decay, **self.decay_options)  # type: ignore[attr-defined]
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        return decay_parameter_names(model, **self.decay_options)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        opt_model = self.model if model is None else model  # type: ignore[attr-defined]
+        if self.optimizer is None:  # type: ignore[has-type]
+            given = getattr(self, "optimizer_cls_and_kwargs", None)
+            optimizer_cls, kwargs = given if given is not None else self.get_optimizer_cls_and_kwargs(self.args, opt_model)  # type: ignore[attr-defined]
+            if _builds_own_groups(optimizer_cls, kwargs):
+                if self.decay_engine is not None:
+                    raise DecayError(
+                        f"decay_engine cannot wrap {getattr(optimizer_cls, '__name__', optimizer_cls)}: that optimizer "
+                        "builds its own parameter groups; choose an optimizer such as optim='adamw_torch'"
+                    )
+                return super().create_optimizer(model)  # type: ignore[misc]
+            decided, groups = _groups_for(opt_model, self.args.weight_decay, self.args.learning_rate, self.decay_options)  # type: ignore[attr-defined]
+            optimizer = optimizer_cls(groups, **kwargs)
+            if self.decay_engine is not None:
+                from decaykit.engine import WeightDecay
+
+                optimizer = WeightDecay(optimizer, **self.decay_engine)
+            self.optimizer = optimizer
+            if self.is_world_process_zero():  # type: ignore[attr-defined]
+                logger.info(_summary(decided))
+        # with self.optimizer set, HF's own method only adds its wrappers (SageMaker model parallel)
+        return super().create_optimizer(model)  # type: ignore[misc]
+
+
+def _make_decay_trainer() -> type:
+    transformers = _transformers()
+    return type(
+        "DecayTrainer",
+        (DecayTrainerMixin, transformers.Trainer),
+        {
+            "__module__": __name__,
+            "__doc__": "``transformers.Trainer`` whose optimizer gets decaykit's param groups; "
+            "see :class:`DecayTrainerMixin` for ``decay_options`` and ``decay_engine``.",
+        },
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # DecayTrainer subclasses transformers.Trainer, so it is made on first use: importing this
+    # module never imports transformers.
+    if name == "DecayTrainer":
+        cls = _make_decay_trainer()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
