@@ -1,0 +1,136 @@
+"""decaykit inside a real ``lightning.Trainer(fast_dev_run=...)`` run on CPU.
+
+As for the HF Trainer, the one-step test pins what Lightning's optimizer did: from the same weights
+and batch, runs with λ and with 0 differ by exactly −lr·λ·θ₀ on decayed tensors and not at all on
+BatchNorm, an ``nn.RMSNorm`` called ``ln_1`` and the biases.
+"""
+
+from __future__ import annotations
+
+import copy
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import decaykit
+from decaykit import schedules
+from decaykit.errors import DecayError, DecayWarning
+from decaykit.integrations.lightning import configure_optimizers
+
+L = pytest.importorskip("lightning")
+# Lightning 2.6 on torch 2.13 warns about its own use of torch's pytree API
+pytestmark = pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+LR = 1e-2
+
+
+class Net(L.LightningModule):
+    def __init__(self, weight_decay: float = 0.1, by_hand: bool = False, **options) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.ln_1 = nn.RMSNorm(16)  # a norm no name rule catches
+        self.head = nn.Linear(16, 3)
+        self.weight_decay, self.by_hand, self.options = weight_decay, by_hand, options
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln_1(torch.relu(self.bn(self.stem(x)))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
+        return torch.utils.data.DataLoader(data, batch_size=8)
+
+    def configure_optimizers(self):
+        if self.by_hand:  # what most code does: every tensor decayed
+            return torch.optim.AdamW(self.parameters(), lr=LR, weight_decay=self.weight_decay)
+        return configure_optimizers(self, self.weight_decay, lr=LR, **self.options)
+
+
+def fit(module: L.LightningModule, steps: int, callbacks=()) -> L.Trainer:
+    trainer = L.Trainer(fast_dev_run=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
+    trainer.fit(module)
+    return trainer
+
+
+def one_step(base: Net, weight_decay: float, **kwargs) -> dict[str, torch.Tensor]:
+    module = copy.deepcopy(base)
+    module.weight_decay = weight_decay
+    for key, value in kwargs.items():
+        setattr(module, key, value)
+    fit(module, 1)
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_one_step_only_weights_are_decayed():
+    base = Net()
+    theta0 = {n: p.detach().clone() for n, p in base.named_parameters()}
+    lam = 0.5
+    decayed, free, by_hand = one_step(base, lam), one_step(base, 0.0), one_step(base, lam, by_hand=True)
+    decided = decaykit.plan(base, lam)
+    assert {d.name for d in decided if d.decay} == {"stem.weight", "head.weight"}
+    for d in decided:
+        if d.decay:
+            torch.testing.assert_close(decayed[d.name] - free[d.name], -LR * lam * theta0[d.name], atol=1e-6, rtol=0)
+        else:
+            assert torch.equal(decayed[d.name], free[d.name]), d.name
+    for name in ("bn.weight", "ln_1.weight", "head.bias"):  # the hand-built optimizer decays them all
+        torch.testing.assert_close(by_hand[name] - free[name], -LR * lam * theta0[name], atol=1e-6, rtol=0)
+
+
+def test_scheduler_engine_and_audit_callback_in_a_fit():
+    from decaykit.integrations.lightning import DecayAuditCallback
+
+    audit = DecayAuditCallback(strict=True, measure=True)
+    engine = {"mode": "lr_coupled", "schedule": schedules.linear(1.0, 0.0, steps=4)}
+    module = Net(0.1, decay_engine=engine,
+                 scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    trainer = fit(module, 3, callbacks=[audit])
+    (opt,) = trainer.optimizers
+    assert isinstance(opt, decaykit.WeightDecay) and opt.steps_taken == 3
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([LR * 0.5**3] * 2)  # stepped every batch
+    assert [(g["weight_decay"], sorted(g["param_names"])) for g in opt.param_groups] == [
+        (0.1, ["head.weight", "stem.weight"]),
+        (0.0, ["bn.bias", "bn.weight", "head.bias", "ln_1.weight", "stem.bias"]),
+    ]
+    # λ_3 = 0.1·(1 − 3/4), times the LR now
+    assert opt.expected_decay()[0]["rate"] == pytest.approx(LR * 0.5**3 * 0.1 * 0.25)
+    (report,) = audit.reports
+    assert report.ok and report.probe is not None and report.probe.ok
+
+
+def test_audit_callback_catches_a_hand_built_optimizer():
+    from decaykit.integrations.lightning import DecayAuditCallback
+
+    with pytest.raises(DecayError, match=r"decayed-norm \(3 tensors\)"):
+        fit(Net(0.1, by_hand=True), 1, callbacks=[DecayAuditCallback(strict=True)])
+    with pytest.warns(DecayWarning, match="decayed-norm"):
+        fit(Net(0.1, by_hand=True), 1, callbacks=[DecayAuditCallback()])
+
+
+def test_bad_input_is_a_decay_error():
+    with pytest.raises(DecayError, match=r"torch\.optim\.Optimizer subclass"):
+        configure_optimizers(Net(), 0.1, lr=LR, optimizer=dict)
+    with pytest.raises(DecayError, match="interval must be"):
+        configure_optimizers(Net(), 0.1, lr=LR, interval="batch")
+    with pytest.raises(DecayError, match="weight_decay must be"):
+        configure_optimizers(Net(), -1.0, lr=LR)
+
+
+def test_example_lightning_module_runs(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["lightning_module.py", "--steps", "2"])
+    runpy.run_path(str(EXAMPLES / "lightning_module.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "weight_decay=0.05: 2 tensors" in out and "weight_decay=0: 5 tensors" in out
+    assert "audit: no problems found" in out
