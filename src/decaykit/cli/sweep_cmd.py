@@ -1,0 +1,131 @@
+"""``decaykit sweep``: show and find the weight decay that stops overfitting (a thin layer over decaykit.sweep)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from decaykit.cli.common import add_policy_arguments, policy_options, print_json
+
+__all__ = ["register", "run"]
+
+DEFAULT_OUT = "decaykit-sweep"
+
+_DESCRIPTION = """\
+Train a model for a grid of weight decays λ over several seeds and show where decay stops
+overfitting: a table of train/test loss and accuracy, the generalisation gap and the weight norm
+(mean ± std over seeds), the best λ against λ = 0 with an honest verdict, and PNG plots.
+
+With no arguments it runs the built-in demo (about a minute on 2 CPU cores, offline): a 512-wide
+MLP on scikit-learn's digits with 30%% of the 500 training labels flipped, which it memorises at
+λ = 0. --task ridge sweeps a linear teacher whose best λ is the noise variance σ².
+
+Your own model and data: --model pkg.mod:factory --data pkg.mod:factory, where the data factory
+returns (x_train, y_train, x_test, y_test) tensors (integer y: classification, float y: regression).
+
+The trials of a sweep train together as one stacked model when the model allows it. Each
+finished trial is stored (an Optuna journal file in --out, or --storage URL): run the same
+command again after an interruption and only the missing trials train; start it on several
+machines with one --storage and they share the work."""
+
+
+def register(sub: Any) -> None:
+    from decaykit.sweeps.tasks import TASKS
+
+    parser = sub.add_parser(
+        "sweep",
+        help="find the weight decay that stops overfitting (default: a 1-minute offline demo)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--task", choices=sorted(TASKS), default=None,
+                      help="a built-in task (default: digits-noisy-labels)")
+    what.add_argument("--label-noise", type=float, default=None, metavar="P",
+                      help="digits: share of training labels replaced by a wrong class (default 0.3; 0 = clean)")
+    what.add_argument("--train-size", type=int, default=None, metavar="N",
+                      help="training samples (digits: 500; ridge: d = 100)")
+    what.add_argument("--model", metavar="SPEC", help="your model: 'package.module:factory' (a function or class)")
+    what.add_argument("--data", metavar="SPEC",
+                      help="your data: 'package.module:factory' returning (x_train, y_train, x_test, y_test)")
+    grid = parser.add_argument_group("which λ")
+    grid.add_argument("--weight-decays", "--wd", metavar="LIST",
+                      help="comma-separated λ values, e.g. 0,0.01,0.1,1,10 (default: the task's grid)")
+    grid.add_argument("--search", metavar="LOW:HIGH",
+                      help="search a log range instead of a grid: rounds of log-spaced λ zooming in on the best")
+    grid.add_argument("--rounds", type=int, default=3, help="search rounds (default 3)")
+    grid.add_argument("--points", type=int, default=8, help="λ values per search round (default 8)")
+    grid.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds per λ (default: the task's)")
+    training = parser.add_argument_group("how to train")
+    training.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=None)
+    training.add_argument("--lr", type=float, default=None)
+    training.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    training.add_argument("--epochs", type=int, default=None)
+    training.add_argument("--batch-size", type=int, default=None, help="0 = the whole training set at once")
+    training.add_argument("--mode", default=None,
+                          help="decay mode: lr_coupled (torch AdamW), lr_independent, corrected, cautious, coupled_l2")
+    training.add_argument("--metric", default=None,
+                          help="objective for the best λ (default test_accuracy; test_loss for regression)")
+    add_policy_arguments(training, weight_decay=None)
+    running = parser.add_argument_group("running")
+    running.add_argument("--out", metavar="DIR", default=None,
+                         help=f"folder for the plots and the store (default: {DEFAULT_OUT}/<task>)")
+    running.add_argument("--storage", metavar="URL",
+                         help="shared store: an Optuna URL (sqlite:///sweep.db, postgresql://...) or a journal file path")
+    running.add_argument("--no-store", action="store_true", help="keep results in memory only (no resume)")
+    running.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    running.add_argument("--one-by-one", action="store_true", help="train one model at a time instead of stacked")
+    running.add_argument("--chunk-size", type=int, default=16, metavar="K",
+                         help="trials trained together as one stacked model (default 16)")
+    running.add_argument("--no-wait", action="store_true",
+                         help="report as soon as this worker has nothing left, without waiting for other workers")
+    running.add_argument("--json", action="store_true", help='print one JSON object {"results": [...], "best": {...}, ...}')
+    running.add_argument("--quiet", "-q", action="store_true", help="no progress output (for logs)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from decaykit.sweeps import sweep
+    from decaykit.sweeps.grid import parse_range, parse_weight_decays
+
+    task = args.task
+    if args.model is None and args.data is None:
+        task = task or "digits-noisy-labels"
+    options = {"train_size": args.train_size}
+    if args.label_noise is not None:
+        options["label_noise"] = args.label_noise
+    task_options = {k: v for k, v in options.items() if v is not None} or None
+    out = args.out or os.path.join(DEFAULT_OUT, task or "custom")
+    storage: Any = "memory" if args.no_store else args.storage
+    result = sweep(
+        args.model,
+        args.data,
+        task=task,
+        task_options=task_options,
+        weight_decays=parse_weight_decays(args.weight_decays) if args.weight_decays else None,
+        seeds=args.seeds,
+        search=parse_range(args.search) if args.search else None,
+        rounds=args.rounds,
+        points=args.points,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        mode=args.mode,
+        policy=policy_options(args),
+        metric=args.metric,
+        batched=False if args.one_by_one else "auto",
+        chunk_size=args.chunk_size,
+        storage=storage,
+        out=out,
+        plots=not args.no_plots,
+        wait=not args.no_wait,
+        progress="off" if args.quiet else "auto",
+    )
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(result)
+    return 0

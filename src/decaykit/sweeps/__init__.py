@@ -1,0 +1,24 @@
+"""Sweeps: show and find the weight decay that stops overfitting, fast and resumable.
+
+``decaykit.sweep()`` trains a model for a grid (or a search) of λ over several seeds, many
+configurations at once as one stacked model, keeps every finished trial in a store, and
+reports the best λ against λ = 0, honestly. Modules, one job each:
+
+- ``tasks``: the data contract, built-in tasks (noisy-label digits, ridge), user model/data loading
+- ``grid``: λ grids and the zooming log-range search
+- ``metrics``: per-member losses and evaluation
+- ``optim``: the policy's groups and the decay engine around the inner optimizer
+- ``trainer``: the training loop, and one model trained at a time
+- ``batched``: K models as stacked tensors (baddbmm layers or ``torch.func.vmap``)
+- ``store``: the Optuna-backed store (claims, results, recovery after a kill)
+- ``report``, ``result``, ``plots``, ``progress``: what the user sees
+- ``runner``: :func:`sweep` itself
+"""
+
+from __future__ import annotations
+
+from decaykit.sweeps.result import SweepResult
+from decaykit.sweeps.runner import sweep
+from decaykit.sweeps.tasks import TASKS, SweepData, Task
+
+__all__ = ["TASKS", "SweepData", "SweepResult", "Task", "sweep"]

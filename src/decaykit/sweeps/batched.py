@@ -1,0 +1,215 @@
+"""K models that differ only in λ (and seed), trained as one: stacked weights, batched matmuls.
+
+Member k's parameters are slice k of tensors with K in dim 0. Its forward pass runs on its own
+batch, ``x[k]``; the members' losses are summed, and one ``backward`` gives each member the
+gradient of its own loss. The decay engine then shrinks member k by its own λ_k
+(``weight_decay`` is a tensor ``[λ_1 … λ_K]``), so a batched trial equals the same trial run
+alone up to float rounding (``tests/test_sweep_batched.py`` holds it to 1e-4).
+
+Two ways to run the stacked forward:
+
+* **layers**: a ``nn.Sequential`` of ``Linear`` layers and element-wise activations becomes a
+  chain of ``torch.baddbmm``: K small matmuls in one call, no per-op dispatch for the batch dim.
+* **vmap**: any other model runs through ``torch.func.vmap(functional_call(model, params, x))``,
+  with ``randomness="error"`` so that a model whose result depends on random draws (dropout)
+  is not silently trained with draws that differ from its one-by-one run.
+
+Models that cannot be stacked (BatchNorm in training mode updates running statistics in place;
+data-dependent Python control flow; random layers) are detected once, by a trial step on two
+throwaway members compared with the members' own forward, and the sweep trains one by one
+with a note saying why.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from decaykit.names import canonical_name
+from decaykit.sweeps.optim import build_optimizer, decay_plan
+from decaykit.sweeps.tasks import SweepData
+from decaykit.sweeps.trainer import TrainSettings, decayed_names, seeded_model
+
+__all__ = ["NotBatchable", "StackedMembers", "check_batchable", "layer_plan"]
+
+# element-wise modules without parameters: they act on (K, b, ...) exactly as on (b, ...)
+_ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
+    nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Identity,
+)  # fmt: skip
+
+
+class NotBatchable(Exception):
+    """The model cannot be trained as a stack of members; ``str(exc)`` says why, for the sweep's note."""
+
+
+def _plain(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """``module`` behaves exactly like ``cls``: same forward, no hooks that a rewritten forward would skip."""
+    return (
+        isinstance(module, cls)
+        and type(module).forward is cls.forward
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+    )
+
+
+def layer_plan(module: nn.Module, prefix: str = "") -> list[tuple[str, str, nn.Module]] | None:
+    """The model as a list of ``(kind, name prefix, module)`` steps for the baddbmm path, or None."""
+    if _plain(module, nn.Sequential):
+        steps: list[tuple[str, str, nn.Module]] = []
+        for name, child in module.named_children():
+            sub = layer_plan(child, f"{prefix}{name}.")
+            if sub is None:
+                return None
+            steps.extend(sub)
+        return steps
+    if _plain(module, nn.Linear):
+        return [("linear", prefix, module)]
+    if any(_plain(module, cls) for cls in _ELEMENTWISE) and not any(True for _ in module.parameters()):
+        return [("elementwise", prefix, module)]
+    if _plain(module, nn.Flatten):
+        return [("flatten", prefix, module)]
+    if _plain(module, nn.Dropout) and module.p == 0:
+        return [("elementwise", prefix, nn.Identity())]
+    return None
+
+
+def _run_layers(steps: Sequence[tuple[str, str, nn.Module]], params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Member k's forward on x[k] for every k, as baddbmm calls: x is (K, b, ...)."""
+    h = x
+    for kind, prefix, module in steps:
+        if kind == "linear":
+            weight = params[prefix + "weight"]  # (K, out, in)
+            bias = params.get(prefix + "bias")  # (K, out) or None
+            shape = h.shape
+            flat = h.reshape(shape[0], -1, shape[-1])
+            if bias is None:
+                flat = torch.bmm(flat, weight.transpose(1, 2))
+            else:
+                flat = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
+            h = flat.reshape(*shape[:-1], weight.shape[1])
+        elif kind == "flatten":
+            flatten: Any = module
+            start = flatten.start_dim + 1 if flatten.start_dim >= 0 else flatten.start_dim
+            end = flatten.end_dim + 1 if flatten.end_dim >= 0 else flatten.end_dim
+            h = h.flatten(start, end)
+        else:
+            h = module(h)
+    return h
+
+
+class StackedMembers:
+    """K models with identical architecture held as stacked tensors, one optimizer over all of them."""
+
+    batched = True
+
+    def __init__(self, models: Sequence[nn.Module], weight_decays: Sequence[float], settings: TrainSettings) -> None:
+        if len(models) != len(weight_decays) or not models:
+            raise ValueError("one weight decay per model, at least one model")
+        self.size = len(models)
+        base = models[0]
+        names = [n for n, _ in base.named_parameters()]
+        for m in models[1:]:
+            if [(n, p.shape) for n, p in m.named_parameters()] != [(n, p.shape) for n, p in base.named_parameters()]:
+                raise NotBatchable("the model factory built models with different parameters for different seeds")
+        self.skeleton = copy.deepcopy(base)
+        member_params = [dict(m.named_parameters()) for m in models]
+        member_buffers = [dict(m.named_buffers()) for m in models]
+        with torch.no_grad():
+            self.params: dict[str, Tensor] = {}
+            for name, p in base.named_parameters():
+                stacked = torch.stack([mp[name].detach() for mp in member_params])
+                self.params[name] = nn.Parameter(stacked, requires_grad=p.requires_grad)
+            self.buffers: dict[str, Tensor] = {
+                name: torch.stack([mb[name] for mb in member_buffers]) for name, _ in base.named_buffers()
+            }
+        self._steps = layer_plan(base) if not self.buffers else None
+        self.path = "layers" if self._steps is not None else "vmap"
+        trainable = {canonical_name(n): self.params[n] for n in names if self.params[n].requires_grad}
+        plans = [decay_plan(m, wd, settings.policy) for m, wd in zip(models, weight_decays)]
+        self.optimizer = build_optimizer(
+            trainable, plans, optimizer=settings.optimizer, lr=settings.lr, momentum=settings.momentum, mode=settings.mode
+        )
+        decayed = decayed_names(base, settings.policy)
+        self._decayed = [t for n, t in trainable.items() if n in decayed]
+        self._vmapped: dict[bool, Callable[..., Tensor]] = {}
+
+    def _vmap(self, shared_input: bool) -> Callable[..., Tensor]:
+        fn = self._vmapped.get(shared_input)
+        if fn is None:
+            skeleton = self.skeleton
+
+            def call(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+                return torch.func.functional_call(skeleton, (params, buffers), (x,))
+
+            fn = torch.func.vmap(call, in_dims=(0, 0, None if shared_input else 0), randomness="error")
+            self._vmapped[shared_input] = fn
+        return fn
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        if self._steps is not None:
+            return _run_layers(self._steps, self.params, x)
+        self.skeleton.train()
+        return self._vmap(False)(self.params, self.buffers, x)
+
+    def eval_forward(self, x: Tensor) -> Tensor:
+        if self._steps is not None:
+            return _run_layers(self._steps, self.params, x.unsqueeze(0).expand(self.size, *x.shape).contiguous())
+        self.skeleton.eval()
+        return self._vmap(True)(self.params, self.buffers, x)
+
+    def decayed_norm(self) -> Tensor:
+        with torch.no_grad():
+            total = torch.zeros(self.size, dtype=torch.float64)
+            for t in self._decayed:
+                total += t.detach().double().reshape(self.size, -1).square().sum(1).cpu()
+        return total.sqrt()
+
+    def member_module(self, k: int) -> nn.Module:
+        model = copy.deepcopy(self.skeleton)
+        state = {name: t[k].detach().clone() for name, t in (*self.params.items(), *self.buffers.items())}
+        model.load_state_dict(state, strict=False)
+        return model
+
+
+def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, settings: TrainSettings) -> str | None:
+    """None if the model trains correctly as a stack, else the reason it does not (for the sweep's note).
+
+    Two throwaway members (seeds 0 and 1) take one stacked training step's forward and backward
+    on two samples each; their outputs, in training and in evaluation mode, must match each
+    member's own forward. Any error from vmap or from the model counts as "cannot batch".
+    """
+    models = [seeded_model(model_fn, s, settings.dtype, settings.device) for s in (0, 1)]
+    for module in models[0].modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            return (
+                f"{type(module).__name__} updates its running statistics in place during training, "
+                "which stacked members cannot share"
+            )
+    twins = [copy.deepcopy(m) for m in models]
+    x = data.x_train[:2].to(device=settings.device, dtype=settings.dtype)
+    try:
+        stack = StackedMembers(models, [0.0, 0.0], settings)
+        batched_train = stack.train_forward(x.unsqueeze(0).expand(2, *x.shape).contiguous())
+        batched_train.float().sum().backward()
+        batched_eval = stack.eval_forward(x)
+    except NotBatchable as exc:
+        return str(exc)
+    except Exception as exc:  # vmap and the model's own code can raise anything; all mean "cannot stack"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"the model cannot run under torch.func.vmap ({type(exc).__name__}: {first[:200]})"
+    with torch.no_grad():
+        for k, twin in enumerate(twins):
+            twin.train()
+            own_train = twin(x)
+            twin.eval()
+            own_eval = twin(x)
+            for own, got in ((own_train, batched_train[k]), (own_eval, batched_eval[k])):
+                if own.shape != got.shape or not torch.allclose(own, got.detach(), rtol=1e-4, atol=1e-5):
+                    return "the stacked forward pass does not reproduce the model's own (data-dependent control flow?)"
+    return None

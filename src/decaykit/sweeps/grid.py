@@ -1,0 +1,126 @@
+"""Which λ values a sweep tries: a given grid, or a log-range search that zooms in on the best.
+
+The search is deterministic so that it batches, resumes and shares between workers like a grid:
+round 0 tries ``points`` values spread log-evenly over [low, high] (plus λ = 0, the baseline);
+each later round tries ``points`` values log-evenly between the two neighbours of the best λ
+found so far. Given the same finished trials every worker computes the same next round, and a
+resumed search retraces the same rounds, reusing every finished trial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+from decaykit.errors import DecayError
+
+__all__ = ["check_seeds", "check_weight_decays", "log_points", "parse_range", "parse_weight_decays", "zoom"]
+
+
+def _clean(value: float) -> float:
+    """Round to 12 significant digits, so 10**-2.5 computed twice is the same key in the store."""
+    return float(f"{value:.12g}")
+
+
+def check_weight_decays(values: Iterable[float] | float, *, argument: str = "weight_decays") -> list[float]:
+    """Sorted, distinct, finite, >= 0; a clear error for an empty or negative grid."""
+    if isinstance(values, (int, float)):
+        values = [values]
+    out = []
+    for v in values:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            raise DecayError(f"{argument} must be numbers, got {v!r}") from None
+        if not math.isfinite(number) or number < 0:
+            raise DecayError(f"{argument} must be finite numbers >= 0, got {v!r}")
+        out.append(number)
+    if not out:
+        raise DecayError(f"{argument} is empty: give at least one λ, e.g. 0,0.01,0.1,1")
+    return sorted(set(out))
+
+
+def parse_weight_decays(text: str) -> list[float]:
+    """``"0,1e-3,0.01"`` → [0.0, 0.001, 0.01]."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    values = []
+    for p in parts:
+        try:
+            values.append(float(p))
+        except ValueError:
+            raise DecayError(f"--weight-decays must be comma-separated numbers, got {p!r} in {text!r}") from None
+    return check_weight_decays(values, argument="--weight-decays")
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """``"1e-3:10"`` → (0.001, 10.0), with 0 < low < high."""
+    try:
+        low_text, high_text = text.split(":")
+        low, high = float(low_text), float(high_text)
+    except ValueError:
+        raise DecayError(f"--search must look like LOW:HIGH (e.g. 1e-3:100), got {text!r}") from None
+    return check_range(low, high)
+
+
+def check_range(low: float, high: float) -> tuple[float, float]:
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
+        raise DecayError(f"the search range must satisfy 0 < low < high (a log range), got {low}:{high}")
+    return float(low), float(high)
+
+
+def log_points(low: float, high: float, points: int) -> list[float]:
+    """``points`` values from ``low`` to ``high`` inclusive, evenly spaced in log λ."""
+    if points == 1:
+        return [_clean(math.sqrt(low * high))]
+    a, b = math.log10(low), math.log10(high)
+    return [_clean(10 ** (a + (b - a) * i / (points - 1))) for i in range(points)]
+
+
+def zoom(tried: Sequence[float], best: float, points: int) -> list[float]:
+    """The next round: ``points`` new values between the neighbours of ``best`` among ``tried`` (λ > 0)."""
+    positive = sorted(v for v in tried if v > 0)
+    if not positive:
+        return []
+    if best <= 0:  # λ = 0 won: look below the smallest λ tried
+        low, high = positive[0] / 10, positive[0]
+    else:
+        i = positive.index(best)
+        low = positive[i - 1] if i > 0 else best / 10
+        high = positive[i + 1] if i + 1 < len(positive) else best * 10
+    # interior points only: the ends were tried already (or are the new outer bounds)
+    candidates = log_points(low, high, points + 2)[1:-1]
+    return [v for v in candidates if v not in set(tried)]
+
+
+def search_rounds(
+    low: float, high: float, points: int, rounds: int, best_of: Callable[[Sequence[float]], float | None]
+) -> Iterable[list[float]]:
+    """Yield each round's new λ values; ``best_of(tried)`` reads the finished trials between rounds."""
+    tried = [0.0, *log_points(low, high, points)]
+    yield tried
+    for _ in range(rounds - 1):
+        best = best_of(tried)
+        if best is None:
+            return
+        new = zoom(tried, best, points)
+        if not new:
+            return
+        tried = sorted({*tried, *new})
+        yield new
+
+
+def check_seeds(seeds: int | Iterable[int]) -> list[int]:
+    if isinstance(seeds, bool):
+        raise DecayError(f"seeds must be a count or a list of integers, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise DecayError(f"seeds must be >= 1, got {seeds}")
+        return list(range(seeds))
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise DecayError(f"seeds must be integers >= 0, got {s!r}")
+        out.append(s)
+    if not out:
+        raise DecayError("seeds is empty: give a count (3) or a list ([0, 1, 2])")
+    return sorted(set(out))

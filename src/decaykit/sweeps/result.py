@@ -1,0 +1,66 @@
+"""What :func:`decaykit.sweep` returns: per-λ rows, the best λ, every trial, and how the run went."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from decaykit.sweeps.report import format_report
+
+__all__ = ["SweepResult"]
+
+
+@dataclass
+class SweepResult:
+    """The outcome of a sweep.
+
+    ``results``: one dict per λ (ascending) with ``weight_decay``, ``seeds``, ``diverged`` and each
+    metric's mean over seeds with its standard deviation beside it (``test_accuracy``,
+    ``test_accuracy_std``, …). ``best``: the best λ, its value, the λ = 0 baseline, the gain and
+    whether decay helps beyond seed noise (None when everything diverged). ``trials``: every
+    (λ, seed) trial with its final metrics and learning curves. ``str(result)`` is the report.
+    """
+
+    task: str
+    results: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    trials: list[dict[str, Any]]
+    header: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_weight_decay(self) -> float | None:
+        return None if self.best is None else self.best["weight_decay"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON the CLI prints with ``--json``: results and best first, then the context."""
+        return {
+            "results": self.results,
+            "best": self.best,
+            "task": self.task,
+            "settings": self.settings,
+            "notes": self.notes,
+            "files": self.files,
+            "run": self.run,
+        }
+
+    def plot(self, out: str | os.PathLike[str]) -> dict[str, str]:
+        """Write the PNG figures into ``out`` (needs matplotlib) and return their paths."""
+        from decaykit.sweeps.plots import write_plots
+
+        self.files = write_plots(
+            out,
+            self.results,
+            self.trials,
+            best=self.best,
+            title=f"decaykit sweep: {self.task}",
+            classification=any(r.get("test_accuracy") is not None for r in self.results),
+        )
+        return self.files
+
+    def __str__(self) -> str:
+        return format_report(self.results, self.best, header=self.header, notes=self.notes, files=self.files)

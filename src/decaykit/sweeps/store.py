@@ -1,0 +1,346 @@
+"""Where finished trials live, so nothing is lost and nothing runs twice, on one machine or many.
+
+A trial is one (λ, seed) pair. The default store is an Optuna study (``pip install
+'decaykit[store]'``) in a local JournalStorage file, whose appends are serialised by a file lock,
+so several processes on one machine (or several machines on a shared file system) can share it;
+any Optuna storage URL (``sqlite:///…``, ``postgresql://…``) works as well.
+
+Protocol, for any number of workers:
+
+1. **Claim.** A worker creates a RUNNING trial for each key it wants, tagged with the key and its
+   owner (host, process id and start time, a random token). It then reads the study back: for
+   each key the lowest-numbered trial that is not FAIL owns it; a worker whose trial lost marks it
+   FAIL as a duplicate and does not train that key. Trial numbers are assigned in creation
+   order, so every worker agrees on the owner without a lock.
+2. **Finish.** The owner writes the result as user attributes, then marks the trial COMPLETE with
+   the objective as its value. A COMPLETE trial therefore always carries its result.
+3. **Recover.** A RUNNING trial whose owner has died (same host: its process is gone; another
+   host: no heartbeat for ``stale_after`` seconds) is marked FAIL, and its key becomes free to
+   claim again. A worker interrupted by Ctrl-C releases its claims the same way.
+
+A finished trial is never trained again; a killed run, started again with the same command,
+trains only what is missing. Without Optuna, or with ``storage="memory"``, :class:`MemoryStore`
+keeps results for the current call only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from decaykit.errors import DecayError
+
+__all__ = ["MemoryStore", "OptunaStore", "Store", "TrialKey", "key_text", "open_store"]
+
+TrialKey = tuple[float, int]  # (weight_decay, seed)
+
+_KEY = "decaykit:key"
+_OWNER = "decaykit:owner"
+_BEAT = "decaykit:heartbeat"
+_RECORD = "decaykit:record"
+JOURNAL_NAME = "sweep.journal"
+
+
+def key_text(key: TrialKey) -> str:
+    """The key as stored: ``repr`` of the float, so a λ read back is bit-for-bit the λ written."""
+    return f"weight_decay={float(key[0])!r} seed={int(key[1])}"
+
+
+def _parse_key(text: str) -> TrialKey:
+    wd, seed = text.split(" ")
+    return float(wd.split("=", 1)[1]), int(seed.split("=", 1)[1])
+
+
+class Store(Protocol):
+    location: str
+
+    def completed(self) -> dict[TrialKey, dict[str, Any]]: ...
+
+    def busy_elsewhere(self) -> set[TrialKey]: ...
+
+    def claim(self, keys: Sequence[TrialKey]) -> list[TrialKey]: ...
+
+    def complete(self, key: TrialKey, record: Mapping[str, Any], value: float) -> None: ...
+
+    def release(self, keys: Iterable[TrialKey], reason: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Results of this call only: nothing survives the process."""
+
+    location = "memory (not kept after this run)"
+
+    def __init__(self) -> None:
+        self._records: dict[TrialKey, dict[str, Any]] = {}
+
+    def completed(self) -> dict[TrialKey, dict[str, Any]]:
+        return dict(self._records)
+
+    def busy_elsewhere(self) -> set[TrialKey]:
+        return set()
+
+    def claim(self, keys: Sequence[TrialKey]) -> list[TrialKey]:
+        return [k for k in keys if k not in self._records]
+
+    def complete(self, key: TrialKey, record: Mapping[str, Any], value: float) -> None:
+        self._records[key] = json.loads(_dumps(record))  # the same round trip as the Optuna store
+
+    def release(self, keys: Iterable[TrialKey], reason: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    """JSON with non-finite floats as null, so every storage backend reads back the same record."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(record), allow_nan=False, separators=(",", ":"))
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _owner() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _process_start(pid),
+            "token": uuid.uuid4().hex}  # fmt: skip
+
+
+def _owner_alive(owner: Mapping[str, Any], heartbeat: float | None, stale_after: float) -> bool:
+    if owner.get("host") == socket.gethostname() and owner.get("boot") == _boot_id():
+        pid = int(owner.get("pid", -1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, another user's
+        except OSError:
+            return False
+        start = owner.get("start")
+        return start is None or _process_start(pid) in (None, start)
+    return heartbeat is not None and time.time() - heartbeat < stale_after
+
+
+class OptunaStore:
+    """Trials as Optuna trials, in any Optuna storage; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        storage: Any,
+        study_name: str,
+        *,
+        maximize: bool,
+        config: Mapping[str, Any],
+        location: str,
+        stale_after: float = 300.0,
+        heartbeat_every: float = 30.0,
+    ) -> None:
+        import optuna
+
+        self._optuna = optuna
+        self.location = location
+        self.study_name = study_name
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the user's output
+        try:
+            self.study = optuna.create_study(
+                storage=storage,
+                study_name=study_name,
+                direction="maximize" if maximize else "minimize",
+                load_if_exists=True,
+            )
+        except Exception as exc:
+            raise DecayError(f"cannot open the sweep store {location!r}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        self.storage = self.study._storage
+        self.study_id = self.study._study_id
+        if "decaykit:config" not in self.study.user_attrs:
+            self.study.set_user_attr("decaykit:config", json.loads(_dumps(config)))
+        self.owner = _owner()
+        self.stale_after = stale_after
+        self._mine: dict[TrialKey, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_every,), daemon=True)
+        self._beat.start()
+
+    # -- reading
+
+    def _trials(self) -> list[Any]:
+        return [t for t in self.storage.get_all_trials(self.study_id, deepcopy=False) if _KEY in t.system_attrs]
+
+    def completed(self) -> dict[TrialKey, dict[str, Any]]:
+        state = self._optuna.trial.TrialState
+        out: dict[TrialKey, dict[str, Any]] = {}
+        for t in sorted(self._trials(), key=lambda t: t.number):
+            if t.state == state.COMPLETE and _RECORD in t.user_attrs:
+                out.setdefault(_parse_key(t.system_attrs[_KEY]), json.loads(t.user_attrs[_RECORD]))
+        return out
+
+    def busy_elsewhere(self) -> set[TrialKey]:
+        """Keys another live worker is training; dead workers' trials are marked FAIL on the way."""
+        state = self._optuna.trial.TrialState
+        busy: set[TrialKey] = set()
+        done = set(self.completed())
+        for t in self._trials():
+            if t.state not in (state.RUNNING, state.WAITING):
+                continue
+            key = _parse_key(t.system_attrs[_KEY])
+            owner = t.system_attrs.get(_OWNER, {})
+            if owner.get("token") == self.owner["token"]:
+                continue
+            if key in done or not _owner_alive(owner, t.system_attrs.get(_BEAT), self.stale_after):
+                self._fail(t._trial_id, "abandoned: its worker stopped before finishing")
+                continue
+            busy.add(key)
+        return busy
+
+    # -- writing
+
+    def claim(self, keys: Sequence[TrialKey]) -> list[TrialKey]:
+        from optuna.distributions import FloatDistribution, IntDistribution
+        from optuna.trial import FrozenTrial, TrialState
+
+        created: dict[TrialKey, int] = {}
+        now = time.time()
+        for key in keys:
+            wd, seed = key
+            template = FrozenTrial(
+                number=0,
+                state=TrialState.RUNNING,
+                value=None,
+                datetime_start=None,
+                datetime_complete=None,
+                params={"weight_decay": float(wd), "seed": int(seed)},
+                distributions={
+                    "weight_decay": FloatDistribution(float(wd), float(wd)),
+                    "seed": IntDistribution(int(seed), int(seed)),
+                },
+                user_attrs={},
+                system_attrs={_KEY: key_text(key), _OWNER: self.owner, _BEAT: now},
+                intermediate_values={},
+                trial_id=0,
+            )
+            created[key] = self.storage.create_new_trial(self.study_id, template_trial=template)
+        owners: dict[TrialKey, int] = {}
+        for t in sorted(self._trials(), key=lambda t: t.number):
+            if t.state != TrialState.FAIL:
+                owners.setdefault(_parse_key(t.system_attrs[_KEY]), t._trial_id)
+        won = []
+        for key, trial_id in created.items():
+            if owners.get(key) == trial_id:
+                won.append(key)
+            else:
+                self._fail(trial_id, "duplicate: another worker claimed this (weight_decay, seed) first")
+        with self._lock:
+            self._mine.update({k: created[k] for k in won})
+        return won
+
+    def complete(self, key: TrialKey, record: Mapping[str, Any], value: float) -> None:
+        from optuna.trial import TrialState
+
+        with self._lock:
+            trial_id = self._mine.pop(key)
+        metrics = record.get("metrics", {})
+        for name, v in metrics.items():  # one attribute per metric too, for optuna-dashboard and friends
+            if isinstance(v, float) and math.isfinite(v):
+                self.storage.set_trial_user_attr(trial_id, name, v)
+        self.storage.set_trial_user_attr(trial_id, "diverged", bool(record.get("diverged")))
+        self.storage.set_trial_user_attr(trial_id, _RECORD, _dumps(record))
+        # marked FAIL by a worker that took us for dead: the key will simply be trained again
+        with contextlib.suppress(Exception):
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+
+    def release(self, keys: Iterable[TrialKey], reason: str) -> None:
+        for key in list(keys):
+            with self._lock:
+                trial_id = self._mine.pop(key, None)
+            if trial_id is not None:
+                self._fail(trial_id, reason)
+
+    def _fail(self, trial_id: int, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            self.storage.set_trial_system_attr(trial_id, "decaykit:failed", reason)
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except Exception:  # another worker finished or failed it first: nothing left to do
+            pass
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self._lock:
+                mine = list(self._mine.values())
+            for trial_id in mine:
+                with contextlib.suppress(Exception):
+                    self.storage.set_trial_system_attr(trial_id, _BEAT, time.time())
+
+    def close(self) -> None:
+        self._stop.set()
+        self.release(list(self._mine), "released: the worker stopped")
+
+
+def open_store(
+    storage: Any,
+    out: str | os.PathLike[str] | None,
+    *,
+    study_name: str,
+    maximize: bool,
+    config: Mapping[str, Any],
+) -> Store:
+    """The store for ``storage``: None → a journal file in ``out`` (memory without ``out``),
+    ``"memory"``, a path to a journal file, an Optuna storage URL, or an Optuna storage object."""
+    if storage == "memory" or (storage is None and out is None):
+        return MemoryStore()
+    try:
+        import optuna
+    except ImportError:
+        if storage is None:
+            return MemoryStore()
+        raise DecayError("a sweep store needs Optuna: pip install 'decaykit[store]' (or use storage='memory')") from None
+    if storage is None or (isinstance(storage, (str, os.PathLike)) and "://" not in str(storage)):
+        path = Path(out if storage is None else storage)  # type: ignore[arg-type]
+        if storage is None or path.is_dir():
+            path = path / JOURNAL_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return OptunaStore(optuna.storages.JournalStorage(backend), study_name, maximize=maximize, config=config,
+                           location=str(path))  # fmt: skip
+    location = storage if isinstance(storage, str) else type(storage).__name__
+    return OptunaStore(storage, study_name, maximize=maximize, config=config, location=location)
