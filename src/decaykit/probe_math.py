@@ -12,11 +12,13 @@ stepped with ``weight_decay=0`` and optionally θ_g stepped with ``weight_decay=
     coupled       ⇔  ‖θ_λ − θ_g‖ ≤ tol
     tol = 8·eps(dtype)·(‖θ‖ + ‖θ_0 − θ‖), the rounding of two steps in the parameter's dtype
 
-Sums are accumulated in float64 over blocks, so a 100M-parameter tensor never gets a float64 copy.
+Sums run over blocks of 2^20 values in the tensor's dtype (float32 for half types) and are added
+up in Python floats, so a 100M-parameter tensor never gets a full-size temporary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +38,24 @@ def _flat(x: torch.Tensor, members: int) -> torch.Tensor:
     return x.reshape(members, -1)
 
 
-def _as_rows(rate: float | torch.Tensor, members: int) -> torch.Tensor:
+def _rates(rate: float | torch.Tensor, members: int) -> list[float]:
     if isinstance(rate, torch.Tensor):
-        return rate.detach().to("cpu", torch.float64).reshape(members, 1)
-    return torch.full((members, 1), float(rate), dtype=torch.float64)
+        return [float(v) for v in rate.detach().to("cpu", torch.float64).reshape(members)]
+    return [float(rate)] * members
+
+
+def _blocks(members: int, *tensors: torch.Tensor) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """(row, 1-D blocks) in a working dtype: the tensors' own for float32/64 (differences of nearby
+    values are exact there), float32 for half types. Partial sums go to Python floats."""
+    flats = [_flat(x, members) for x in tensors]
+    work = torch.float64 if flats[0].dtype == torch.float64 else torch.float32
+    for k in range(members):
+        for s in range(0, flats[0].shape[1], _BLOCK):
+            yield k, [f[k, s:s + _BLOCK].to(work) for f in flats]
+
+
+def _sq(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x)) ** 2
 
 
 @dataclass
@@ -56,19 +72,18 @@ class Rows:
     """Float64 sums per row; :meth:`row` turns them into a verdict."""
 
     def __init__(self, members: int, eps: float, dtype: torch.dtype) -> None:
-        zeros = torch.zeros(members, dtype=torch.float64)
         self.members, self.eps, self.dtype = members, eps, dtype
-        self.tt, self.dd, self.dt, self.zz = zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone()
-        self.err: dict[str, torch.Tensor] = {}  # candidate -> Σ(Δ − expected Δ)²
-        self.masked = zeros.clone()  # Σ 𝟙(u·θ ≥ 0)·θ², for the cautious expected factor
-        self.rates: dict[str, torch.Tensor] = {}
-        self.coupled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # Σ(θ_λ−θ_g)², Σ(θ_g−θ_0)θ, Σ(θ_g−θ_0)²
+        self.tt, self.dd, self.dt, self.zz = [0.0] * members, [0.0] * members, [0.0] * members, [0.0] * members
+        self.err: dict[str, list[float]] = {}  # candidate -> Σ(Δ − expected Δ)²
+        self.masked = [0.0] * members  # Σ 𝟙(u·θ ≥ 0)·θ², for the cautious expected factor
+        self.rates: dict[str, list[float]] = {}
+        self.coupled: tuple[list[float], list[float], list[float]] | None = None  # Σ(θ_λ−θ_g)², Σ(θ_g−θ_0)θ, Σ(θ_g−θ_0)²
 
     def _tol(self, k: int) -> float:
-        return 8 * self.eps * (float(self.tt[k].sqrt()) + float(self.zz[k].sqrt())) + 1e-300
+        return 8 * self.eps * (self.tt[k] ** 0.5 + self.zz[k] ** 0.5) + 1e-300
 
     def _basic(self, k: int) -> tuple[float, float, bool, bool]:
-        tt, dd, dt = float(self.tt[k]), float(self.dd[k]), float(self.dt[k])
+        tt, dd, dt = self.tt[k], self.dd[k], self.dt[k]
         tt = tt if tt > 0 else 1e-300
         s = 1 + dt / tt
         resid = max(dd - dt * dt / tt, 0.0) ** 0.5
@@ -77,9 +92,9 @@ class Rows:
         return s, tol, none, resid <= PROPORTIONAL_SLACK * dd**0.5 + tol
 
     def _matches(self, k: int, tol: float) -> dict[str, bool]:
-        out = {name: float(e[k]) ** 0.5 <= tol for name, e in self.err.items()}
+        out = {name: e[k] ** 0.5 <= tol for name, e in self.err.items()}
         if self.coupled is not None:
-            out["coupled"] = float(self.coupled[0][k]) ** 0.5 <= tol
+            out["coupled"] = self.coupled[0][k] ** 0.5 <= tol
         return out
 
     def needs_coupled_twin(self, expected_kind: str) -> bool:
@@ -95,14 +110,12 @@ class Rows:
 
     def add_coupled(self, theta: torch.Tensor, decayed: torch.Tensor, base: torch.Tensor, coupled: torch.Tensor) -> None:
         m = self.members
-        th, a, z, g = (_flat(x, m) for x in (theta, decayed, base, coupled))
-        zeros = torch.zeros(m, dtype=torch.float64)
-        ab, bt, bb = zeros.clone(), zeros.clone(), zeros.clone()
-        for s in range(0, th.shape[1], _BLOCK):
-            t, gz = th[:, s:s + _BLOCK].double(), g[:, s:s + _BLOCK].double() - z[:, s:s + _BLOCK].double()
-            ab += (a[:, s:s + _BLOCK].double() - g[:, s:s + _BLOCK].double()).square().sum(1)
-            bt += (gz * t).sum(1)
-            bb += gz.square().sum(1)
+        ab, bt, bb = [0.0] * m, [0.0] * m, [0.0] * m
+        for k, (t, a, z, g) in _blocks(m, theta, decayed, base, coupled):
+            gz = g - z
+            ab[k] += _sq(a - g)
+            bt[k] += float(torch.dot(gz, t))
+            bb[k] += _sq(gz)
         self.coupled = (ab, bt, bb)
 
     def any_kind(self, kind: str) -> bool:
@@ -126,12 +139,12 @@ class Rows:
 
     def row(self, k: int, expect: Expectation) -> RowResult:
         kind, s, tol, match = self._kind(k)
-        tt = max(float(self.tt[k]), 1e-300)
-        factors: dict[str, float] = {n: 1 - float(r[k, 0]) for n, r in self.rates.items()}
+        tt = max(self.tt[k], 1e-300)
+        factors: dict[str, float] = {n: 1 - r[k] for n, r in self.rates.items()}
         if "cautious" in self.rates:
-            factors["cautious"] = 1 - float(self.rates["cautious"][k, 0]) * float(self.masked[k]) / tt
+            factors["cautious"] = 1 - self.rates["cautious"][k] * self.masked[k] / tt
         if self.coupled is not None:
-            factors["coupled"] = 1 + float(self.coupled[1][k]) / tt
+            factors["coupled"] = 1 + self.coupled[1][k] / tt
         exp_kind = expect.kind
         note = ""
         if exp_kind == "none":
@@ -147,7 +160,7 @@ class Rows:
         else:
             ok = bool(match.get(exp_kind)) or (kind == "none" and self._tiny(k, tol, factors, [exp_kind]))
             expected = factors.get(exp_kind)
-        if ok and kind == "none" and exp_kind == "cautious" and float(self.masked[k]) == 0:
+        if ok and kind == "none" and exp_kind == "cautious" and self.masked[k] == 0:
             note = ("no coordinate has its update and θ of the same sign now: cautious decay skips them all "
                     "this step")
         elif ok and kind == "none" and exp_kind != "none":
@@ -160,10 +173,10 @@ class Rows:
 
     def _tiny(self, k: int, tol: float, factors: dict[str, float], names: list[str]) -> bool:
         """True if an expected decay is too small to see at this dtype (so 'none' is no evidence)."""
-        size = float(self.tt[k].sqrt())
+        size = self.tt[k] ** 0.5
         for n in names:
             if n == "coupled" and self.coupled is not None:
-                effect = float(self.coupled[2][k].sqrt())
+                effect = self.coupled[2][k] ** 0.5
             elif n in factors and n != "coupled":
                 effect = abs(1 - factors[n]) * size
             else:
@@ -181,24 +194,22 @@ def measure_rows(
     candidates: dict[str, float | torch.Tensor],
 ) -> Rows:
     """Sums for :class:`Rows` from θ, θ_λ, θ_0 and the decoupled rates to test (name -> r)."""
-    th, a, z = (_flat(x, members) for x in (theta, decayed, base))
-    real = th.dtype
+    real = _flat(theta, 1).dtype
     rows = Rows(members, torch.finfo(real).eps, real)
-    rows.rates = {n: _as_rows(r, members) for n, r in candidates.items()}
-    for n in rows.rates:
-        rows.err[n] = torch.zeros(members, dtype=torch.float64)
-    for s in range(0, th.shape[1], _BLOCK):
-        t, zb = th[:, s:s + _BLOCK].double(), z[:, s:s + _BLOCK].double()
-        d = a[:, s:s + _BLOCK].double() - zb
-        rows.tt += t.square().sum(1)
-        rows.dd += d.square().sum(1)
-        rows.dt += (d * t).sum(1)
-        rows.zz += (zb - t).square().sum(1)
+    rows.rates = {n: _rates(r, members) for n, r in candidates.items()}
+    rows.err = {n: [0.0] * members for n in rows.rates}
+    for k, (t, a, z) in _blocks(members, theta, decayed, base):
+        d = a - z
+        zt = z - t
+        rows.tt[k] += _sq(t)
+        rows.dd[k] += _sq(d)
+        rows.dt[k] += float(torch.dot(d, t))
+        rows.zz[k] += _sq(zt)
         for n, r in rows.rates.items():
             if n == "cautious":
-                mask = ((t - zb) * t >= 0).to(torch.float64)  # u·θ ≥ 0 with u ∝ θ − θ_0
-                rows.err[n] += (d + r * mask * t).square().sum(1)
-                rows.masked += (mask * t.square()).sum(1)
+                masked = (zt * t <= 0).to(t.dtype).mul_(t)  # 𝟙(u·θ ≥ 0)·θ, u ∝ θ − θ_0 = −zt
+                rows.err[n][k] += _sq(torch.add(d, masked, alpha=r[k]))
+                rows.masked[k] += float(torch.dot(masked, t))
             else:
-                rows.err[n] += (d + r * t).square().sum(1)
+                rows.err[n][k] += _sq(torch.add(d, t, alpha=r[k]))
     return rows

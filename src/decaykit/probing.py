@@ -326,6 +326,7 @@ def _measure_chunk(shadow: Shadow, chunk: list[_Target], optimizer: torch.optim.
     start = {id(t.param): t.start for t in chunk if t.start is not None}
     p_bytes = sum(p.numel() * p.element_size() for p in params)
     run_bytes = sum(_bytes(p, optimizer) for p in params) + p_bytes  # copies + zero gradients
+    shadow.trim(params)
     base = shadow.step(params, start=start, decay_off=True)
     decayed = shadow.step(params, start=start)
     for t in chunk:
@@ -348,7 +349,9 @@ def _measure_chunk(shadow: Shadow, chunk: list[_Target], optimizer: torch.optim.
         for t in need:
             assert t.rows is not None
             t.rows.add_coupled(_start(t), decayed[id(t.param)], base[id(t.param)], coupled[id(t.param)])
+        shadow.recycle(coupled.values())
         steps, peak = 3, max(peak, run_bytes + 2 * p_bytes)
+    shadow.recycle([*base.values(), *decayed.values()])
     return steps, peak
 
 

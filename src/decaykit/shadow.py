@@ -65,6 +65,13 @@ def _is_hook_dict(key: str) -> bool:
     return key.startswith("_optimizer_") and key.endswith("_hooks")
 
 
+def _key(t: torch.Tensor) -> tuple[Any, ...] | None:
+    """Pool key of a plain dense tensor; None for anything a fresh ``clone`` should handle."""
+    if type(t) not in (torch.Tensor, nn.Parameter) or t.layout != torch.strided or not t.is_contiguous():
+        return None
+    return (tuple(t.shape), t.dtype, t.device)
+
+
 class Shadow:
     """Twins of ``optimizer`` holding copies of a chunk of its parameters and their state.
 
@@ -90,6 +97,39 @@ class Shadow:
                 for value in state.values():
                     if isinstance(value, torch.Tensor):
                         self._placeholders.setdefault(id(value), _placeholder(value))
+        # Buffers of finished twins, reused by the next ones: a twin of 100M parameters would
+        # otherwise map (and page-fault in) fresh memory for every step.
+        self._pool: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        self._lent: list[torch.Tensor] = []  # state copies and gradients of the running twin
+
+    def _take(self, src: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
+        key = _key(src)
+        free = self._pool.get(key) if key is not None else None
+        if free:
+            buf = free.pop()
+            return buf.zero_() if zero else buf.copy_(src.detach())
+        if zero:
+            return torch.zeros_like(src, memory_format=torch.preserve_format)
+        return src.detach().clone(memory_format=torch.preserve_format)
+
+    def recycle(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Give back stepped copies once read, for the next twin's buffers."""
+        for t in tensors:
+            key = _key(t)
+            if key is not None:
+                self._pool.setdefault(key, []).append(t.detach())
+
+    def trim(self, params: Iterable[torch.Tensor]) -> None:
+        """Keep only buffers the next chunk can use (4 per parameter: copy, gradient and two results,
+        one per state tensor), so the pool never holds more than one chunk's peak."""
+        need: dict[tuple[Any, ...], int] = {}
+        for p in params:
+            need[_key(p) or ()] = need.get(_key(p) or (), 0) + 4
+            for opt in self.optimizers:
+                for value in opt.state.get(p, {}).values():
+                    if isinstance(value, torch.Tensor) and _key(value) is not None:
+                        need[_key(value)] = need.get(_key(value), 0) + 1  # type: ignore[index]
+        self._pool = {k: v[: need.get(k, 0)] for k, v in self._pool.items() if need.get(k, 0)}
 
     def step(
         self,
@@ -111,9 +151,13 @@ class Shadow:
         memo: dict[int, Any] = dict(self._placeholders)
         clones: dict[int, torch.Tensor] = {}
         for p in params:
-            value = start.get(id(p), p).detach().clone(memory_format=torch.preserve_format)
+            value = self._take(start.get(id(p), p))
             c = nn.Parameter(value, requires_grad=p.requires_grad) if isinstance(p, nn.Parameter) else value
-            c.grad = torch.zeros_like(c) if grad is None else grad(p, c)
+            if grad is None:
+                c.grad = self._take(c, zero=True)
+                self._lent.append(c.grad)
+            else:
+                c.grad = grad(p, c)
             memo[id(p)] = c
             clones[id(p)] = c
         twins = {id(opt): object.__new__(type(opt)) for opt in self.optimizers}
@@ -149,16 +193,20 @@ class Shadow:
                 f"({type(exc).__name__}: {exc}); optimizers that need a closure (LBFGS) or sparse "
                 "gradients (SparseAdam) cannot be probed"
             ) from exc
+        finally:
+            lent, self._lent = self._lent, []
+            del twins, memo
+            self.recycle(lent)
         out = {}
         for key, c in clones.items():
             c.grad = None
             out[key] = c.detach()
         return out
 
-    @staticmethod
-    def _copy_state(value: Any, memo: dict[int, Any]) -> Any:
+    def _copy_state(self, value: Any, memo: dict[int, Any]) -> Any:
         if isinstance(value, torch.Tensor):
-            clone = value.detach().clone(memory_format=torch.preserve_format)
+            clone = self._take(value)
+            self._lent.append(clone)
             memo[id(value)] = clone  # another reference to the same buffer gets the same copy
             return clone
         return copy.deepcopy(value, memo)
