@@ -443,3 +443,17 @@ def test_weight_decay_engine_per_member_rates() -> None:
     report = probe(engine)
     assert report.ok and [e.kind for e in report.entries] == ["none", "decoupled", "decoupled"]
     assert [e.measured for e in report.entries] == pytest.approx([1.0, 1 - LR * 0.1, 1 - LR], abs=1e-6)
+
+
+def test_complex_scalar_and_non_finite_tensors() -> None:
+    c = nn.Parameter(torch.randn(3, 4, dtype=torch.complex64, generator=torch.Generator().manual_seed(4)))
+    s, bad = nn.Parameter(torch.tensor(2.0)), nn.Parameter(torch.tensor([1.0, float("nan")]))
+    report = probe(torch.optim.AdamW([c, s, bad], lr=LR, weight_decay=WD))
+    good, scalar, broken = report.entries
+    assert good.kind == scalar.kind == "decoupled"
+    assert good.measured == pytest.approx(1 - LR * WD, abs=1e-6) and scalar.shape == ()
+    assert not broken.agrees and "non-finite" in broken.note and "not measurable" in str(report)
+    with torch.device("meta"):
+        meta = nn.Linear(2, 2)
+    with pytest.raises(DecayError, match="meta tensors"):
+        probe(torch.optim.AdamW(meta.parameters()))

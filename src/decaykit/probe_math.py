@@ -18,6 +18,7 @@ up in Python floats, so a 100M-parameter tensor never gets a full-size temporary
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -138,6 +139,9 @@ class Rows:
         return kind, s, tol, match
 
     def row(self, k: int, expect: Expectation) -> RowResult:
+        if not all(math.isfinite(v) for v in (self.tt[k], self.dd[k], self.dt[k], self.zz[k])):
+            return RowResult("other", math.nan, None, expect.kind, False,
+                             "non-finite values (inf/nan) in the parameter or its step: nothing can be measured")
         kind, s, tol, match = self._kind(k)
         tt = max(self.tt[k], 1e-300)
         factors: dict[str, float] = {n: 1 - r[k] for n, r in self.rates.items()}

@@ -31,6 +31,7 @@ parameters + state, so a probe never holds more than one extra copy of them.
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -112,9 +113,11 @@ class ProbeReport:
         lines = []
         for (kind, factor), members in families.items():
             params = sum(e.numel for e in members)
-            values = [e.measured for e in members if e.measured is not None]
+            values = [e.measured for e in members if e.measured is not None and math.isfinite(e.measured)]
             if kind in ("none", "missing"):
                 what = "unchanged by the decay" if kind == "none" else "in no param group"
+            elif not values:
+                what = "not measurable"
             elif factor:
                 what = f"shrink by {factor} per step"
             else:
@@ -206,6 +209,10 @@ def probe(
         raise DecayError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if chunk_bytes is not None and (not isinstance(chunk_bytes, int) or chunk_bytes <= 0):
         raise DecayError(f"chunk_bytes must be a positive int or None, got {chunk_bytes!r}")
+    meta = [i for i, g in enumerate(optimizer.param_groups) if any(p.is_meta for p in g["params"])]
+    if meta:
+        raise DecayError(f"param groups {meta} hold meta tensors, which have no values to measure; "
+                         "probe the optimizer of a materialised model")
     t0 = time.perf_counter()
     expects = expectations(optimizer)
     targets = _targets(optimizer, model, expects)
@@ -250,7 +257,7 @@ def _targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects:
                 members = rate.numel()
             start = None
             flat = p.detach().reshape(members, -1)
-            if p.numel() and bool((flat == 0).all(dim=1).any()):
+            if p.numel() and not bool(flat.any(dim=1).all()):
                 # decay cannot move zeros: measure the same mechanics on a copy with a test pattern
                 pattern = (torch.arange(p.numel(), device=p.device) % 5 + 1).to(p.dtype) / 5
                 start = pattern.reshape(p.shape)
