@@ -457,3 +457,14 @@ def test_complex_scalar_and_non_finite_tensors() -> None:
         meta = nn.Linear(2, 2)
     with pytest.raises(DecayError, match="meta tensors"):
         probe(torch.optim.AdamW(meta.parameters()))
+
+
+def test_a_decay_outside_weight_decay_is_reported() -> None:
+    model = _model()
+    # ASGD shrinks θ by (1 − lambd·eta) every step whatever weight_decay is
+    report = probe(torch.optim.ASGD(model.parameters(), lr=0.1, weight_decay=0.0, lambd=1e-3), model=model,
+                   frozen=["3.*"])
+    entries = _by_name(report)
+    assert all("it still shrinks by 0.9999 per step" in e.note for e in report.entries)
+    assert {e.name for e in report.disagreements} == {"3.weight", "3.bias"}
+    assert "remove it from the optimizer" in entries["3.weight"].note

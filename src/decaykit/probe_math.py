@@ -77,6 +77,7 @@ class Rows:
         self.tt, self.dd, self.dt, self.zz = [0.0] * members, [0.0] * members, [0.0] * members, [0.0] * members
         self.err: dict[str, list[float]] = {}  # candidate -> Σ(Δ − expected Δ)²
         self.masked = [0.0] * members  # Σ 𝟙(u·θ ≥ 0)·θ², for the cautious expected factor
+        self.zt = [0.0] * members  # Σ(θ_0 − θ)·θ: how the no-decay twin itself moved
         self.rates: dict[str, list[float]] = {}
         self.coupled: tuple[list[float], list[float], list[float]] | None = None  # Σ(θ_λ−θ_g)², Σ(θ_g−θ_0)θ, Σ(θ_g−θ_0)²
 
@@ -97,6 +98,12 @@ class Rows:
         if self.coupled is not None:
             out["coupled"] = self.coupled[0][k] ** 0.5 <= tol
         return out
+
+    def base_shrink(self, k: int) -> float | None:
+        """Shrink factor of the twin stepped with weight_decay=0 and zero gradients, if it moved at all."""
+        if self.zz[k] ** 0.5 <= self._tol(k):
+            return None
+        return 1 + self.zt[k] / max(self.tt[k], 1e-300)
 
     def needs_coupled_twin(self, expected_kind: str) -> bool:
         """Whether the coupled-L2 twin is needed: to check coupled or unknown settings, or to name
@@ -209,6 +216,7 @@ def measure_rows(
         rows.dd[k] += _sq(d)
         rows.dt[k] += float(torch.dot(d, t))
         rows.zz[k] += _sq(zt)
+        rows.zt[k] += float(torch.dot(zt, t))
         for n, r in rows.rates.items():
             if n == "cautious":
                 masked = (zt * t <= 0).to(t.dtype).mul_(t)  # 𝟙(u·θ ≥ 0)·θ, u ∝ θ − θ_0 = −zt

@@ -121,7 +121,8 @@ class ProbeReport:
             elif factor:
                 what = f"shrink by {factor} per step"
             else:
-                what = f"shrink by {_factor(min(values))} .. {_factor(max(values))} per step"
+                lo, hi = _factor(min(values)), _factor(max(values))
+                what = f"shrink by {lo} per step" if lo == hi else f"shrink by {lo} .. {hi} per step"
             lines.append(f"{len(members)} tensors ({params:,} parameters): {kind}, {what}")
         bad = self.disagreements
         lines.append(f"{len(bad)} disagreement(s)" + (":" if bad else ": the decay applied is the decay configured"))
@@ -178,6 +179,7 @@ class _Target:
     latent: bool = False  # frozen by requires_grad=False and no .grad: torch skips it today
     intent: tuple[bool, str] | None = None  # (the policy says decay, why)
     start: torch.Tensor | None = None  # test pattern for an all-zero tensor
+    fresh: bool = True  # no optimizer state yet: nothing but a decay can move it with zero gradients
     rows: Rows | None = None
 
 
@@ -261,7 +263,8 @@ def _targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects:
                 # decay cannot move zeros: measure the same mechanics on a copy with a test pattern
                 pattern = (torch.arange(p.numel(), device=p.device) % 5 + 1).to(p.dtype) / 5
                 start = pattern.reshape(p.shape)
-            targets.append(_Target(p, name, i, expects[i], members, start=start))
+            fresh = not optimizer.state.get(p)
+            targets.append(_Target(p, name, i, expects[i], members, start=start, fresh=fresh))
     return targets
 
 
@@ -391,7 +394,16 @@ def _entries(t: _Target, decays_somewhere: bool) -> list[ProbeEntry]:
         notes = [r.note] if r.note else []
         agrees, expected, expected_kind = r.settings_ok, r.expected, r.expected_kind
         moved = r.kind != "none"
-        shrink = f"shrinks by {_factor(r.measured)} per step ({r.kind})"
+        shrink = f"shrinks by {_factor(r.measured)} per step ({r.kind})" if moved else ""
+        fix = "give it weight_decay=0 or remove it from the optimizer"
+        hidden = t.rows.base_shrink(k) if t.fresh else None
+        if hidden is not None:
+            # no state, no gradient, weight_decay=0, and still it moves: a decay under another setting
+            notes.append(f"with weight_decay=0, zero gradients and no state it still shrinks by {_factor(hidden)} "
+                         "per step: a decay under another setting (ASGD's lambd?) that the probe cannot switch "
+                         "off, so it is not in the measured factor")
+            also = f"shrinks by {_factor(hidden)} per step even with weight_decay=0"
+            moved, shrink, fix = True, f"{shrink} and {also}" if moved else also, "remove it from the optimizer"
         if t.frozen:
             expected, expected_kind = 1.0, "none"
             if moved and t.latent:
@@ -400,8 +412,7 @@ def _entries(t: _Target, decays_somewhere: bool) -> list[ProbeEntry]:
                              "the optimizer")
             elif moved:
                 agrees = False
-                notes.append(f"frozen ({t.frozen}) but the decay still moves it: it {shrink}; give it "
-                             "weight_decay=0 or remove it from the optimizer")
+                notes.append(f"frozen ({t.frozen}) but the decay still moves it: it {shrink}; {fix}")
         elif t.intent is not None:
             decay, why = t.intent
             if not decay:
