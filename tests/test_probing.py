@@ -468,3 +468,18 @@ def test_a_decay_outside_weight_decay_is_reported() -> None:
     assert all("it still shrinks by 0.9999 per step" in e.note for e in report.entries)
     assert {e.name for e in report.disagreements} == {"3.weight", "3.bias"}
     assert "remove it from the optimizer" in entries["3.weight"].note
+
+
+def test_hf_adafactor_decay_is_measured_per_tensor() -> None:
+    optimization = pytest.importorskip("transformers.optimization")
+    model = _model()
+    # relative_step: lr is None and the step size comes from the step count and each tensor's RMS
+    opt = optimization.Adafactor(model.parameters(), weight_decay=WD)
+    _train(model, opt, 2)
+    report = probe(opt, model=model)
+    assert report.ok and {e.kind for e in report.entries} == {"decoupled"}
+    assert all("its decay is decoupled" in e.note for e in report.entries)
+    assert len({round(e.measured, 6) for e in report.entries}) > 1  # a different rate per tensor
+    fixed = optimization.Adafactor(model.parameters(), lr=LR, weight_decay=WD, relative_step=False,
+                                   scale_parameter=False)
+    assert all(e.measured == pytest.approx(1 - LR * WD, abs=1e-6) for e in probe(fixed, model=model).entries)

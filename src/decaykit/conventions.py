@@ -94,7 +94,9 @@ def expectations(optimizer: torch.optim.Optimizer) -> list[Expectation]:
     is_torch = type(optimizer).__module__.startswith("torch.optim")
     out = []
     for i, group in enumerate(groups):
-        lr = float(_number(group.get("lr", 0.0), f"param_groups[{i}]['lr']"))  # type: ignore[arg-type]
+        # HF Adafactor's relative_step leaves lr None and computes the step size inside step()
+        raw_lr = group.get("lr")
+        lr = math.nan if raw_lr is None else float(_number(raw_lr, f"param_groups[{i}]['lr']"))  # type: ignore[arg-type]
         raw_wd = group.get("weight_decay")
         wd = 0.0 if raw_wd is None else _number(raw_wd, f"param_groups[{i}]['weight_decay']")
         maximize = bool(group.get("maximize", False))

@@ -166,8 +166,17 @@ class Rows:
                         "lr-independent": "decoupled θ·(1 − λ), independent of the LR"}
             ok = bool(found) or (kind == "none" and self._tiny(k, tol, factors, list(readings)))
             expected = factors[found[0]] if found else None
-            note = (f"{expect.source}; its decay behaves as {readings[found[0]]}" if found else
-                    f"{expect.source}; its decay matches none of coupled L2, θ·(1 − lr·λ), θ·(1 − λ)")
+            lam = _rates(expect.weight_decay, self.members)[k]
+            if found:
+                note = f"{expect.source}; its decay behaves as {readings[found[0]]}"
+            elif kind == "decoupled" and lam > 0:
+                # proportional, at a rate set by something the group does not show (an internal step
+                # size, a schedule): a decoupled decay all the same
+                ok = True
+                note = (f"{expect.source}; its decay is decoupled, θ·(1 − r) with r = {1 - s:.4g} = λ × "
+                        f"{(1 - s) / lam:.4g} (the optimizer's own step size or schedule?)")
+            else:
+                note = f"{expect.source}; its decay matches none of coupled L2, θ·(1 − lr·λ), θ·(1 − λ)"
         else:
             ok = bool(match.get(exp_kind)) or (kind == "none" and self._tiny(k, tol, factors, [exp_kind]))
             expected = factors.get(exp_kind)

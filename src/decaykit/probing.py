@@ -379,7 +379,8 @@ def _candidates(e: Expectation) -> dict[str, float | torch.Tensor]:
     if e.kind in ("decoupled", "cautious"):
         return {e.kind: e.rate}
     if e.kind == "unknown":
-        return {"decoupled": e.lr * e.weight_decay, "lr-independent": e.weight_decay}
+        out = {"lr-independent": e.weight_decay}
+        return out if math.isnan(e.lr) else {"decoupled": e.lr * e.weight_decay, **out}
     return {}
 
 
@@ -453,8 +454,9 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[_Target], expects: li
     if with_state:
         notes.append(f"state already built for {with_state} tensors (momentum, moments): the decay is isolated by "
                      "differencing two copies stepped from that same state, with and without weight_decay")
-    lrs = sorted({e.lr for e in expects})
-    notes.append("lr as the groups hold it now (after any LR scheduler): " + ", ".join(f"{v:g}" for v in lrs))
+    lrs = sorted({e.lr for e in expects if not math.isnan(e.lr)})
+    if lrs:
+        notes.append("lr as the groups hold it now (after any LR scheduler): " + ", ".join(f"{v:g}" for v in lrs))
     adaptive = [t for t in targets if t.rows is not None and t.rows.any_kind("coupled") and t.rows.non_proportional()]
     if adaptive:
         notes.append(f"{len(adaptive)} tensors get coupled L2 through an adaptive denominator ({type(optimizer).__name__} "
