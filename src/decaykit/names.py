@@ -38,7 +38,7 @@ def canonical_name(name: str, *, strip_module: bool = True) -> str:
     ``strip_module`` removes a leading ``module.`` (DDP, DataParallel); only leading ones are
     removed, so a user's own submodule called ``module`` deeper in the tree is kept.
     """
-    if "_" in name or name.startswith("module."):  # fast path: most names carry no wrapper prefix
+    if "_" in name or name.startswith("module"):  # fast path: most names carry no wrapper prefix
         parts = [p for p in name.split(".") if p not in WRAPPER_PREFIXES]
         while strip_module and parts and parts[0] == "module":
             parts = parts[1:]
