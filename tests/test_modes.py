@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from decaykit import modes
 from decaykit.modes import (
     DECOUPLED_MODES,
     MODES,
@@ -92,6 +93,30 @@ def test_cautious_decay_matches_the_paper_given_only_the_parameter_change(per_me
     b, u = before[0], updates[0]
     expected_zero_update = b[0, :2] * (1 - lr * (lam[0] if per_member else lam))
     torch.testing.assert_close(outs[True][0][0, :2], expected_zero_update)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "several_chunks"])
+@pytest.mark.parametrize("per_member", [False, True])
+def test_cautious_fast_path_handles_strided_and_chunked_tensors(layout, per_member):
+    # the CPU fast path works on contiguous chunks of _CHUNK elements; strided tensors take foreach ops
+    g = torch.Generator().manual_seed(7)
+    if layout == "transposed":
+        before = [torch.randn(5, 3, generator=g).t()]  # (3, 5), not contiguous
+    else:
+        before = [torch.randn(3, modes._CHUNK + 5, generator=g)]
+    updates = [torch.randn(b.shape, generator=g) for b in before]
+    lam = torch.tensor([0.3, 1.0, 0.0]) if per_member else 0.5
+    outs = []
+    for foreach in (False, True):
+        params = [b - 0.1 * u for b, u in zip(before, updates)]
+        if layout == "transposed":
+            params = [p.t().contiguous().t() for p in params]
+            assert not params[0].is_contiguous()
+        cautious_decay_(params, [b.clone() for b in before] if layout != "transposed" else list(before), 0.1 * lam,
+                        foreach=foreach)
+        outs.append(params[0])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-7)  # r·mask vs r as a scalar: 1 ulp
+    torch.testing.assert_close(outs[1], explicit_cautious(before[0], updates[0], 0.1, lam), rtol=1e-6, atol=1e-7)
 
 
 def test_cautious_decay_leaves_disagreeing_coordinates_to_the_update():

@@ -129,24 +129,59 @@ def cautious_decay_(params: Sequence[Tensor], before: Sequence[Tensor], rate: Ra
     inner step itself: ``before`` holds θ_t, ``params`` hold θ_t − η_t·u on entry, and
     η_t·u = θ_t − θ_after has the sign of u (η_t > 0). On exit ``params`` hold θ_{t+1}, with
     r = η_t·λ (a float, or a (K,) tensor for stacked members). A zero update decays every coordinate.
+
+    ``foreach=False`` is the single-tensor reference. The fast path uses ``torch._foreach_*`` ops on
+    accelerators; on CPU, where every temporary the size of the model costs page faults, it runs the
+    same four in-place ops over cache-sized chunks with one reused scratch buffer.
     """
     if not params:
         return
-    per_member = isinstance(rate, Tensor)
     if not foreach:
         for p, b in zip(params, before):
             agree = (b - p).mul_(b).ge_(0)  # 𝟙(u⊙θ_t ≥ 0) as 0/1 in p's dtype
-            if per_member:
+            if isinstance(rate, Tensor):
                 p.addcmul_(b, agree.mul_(_member_view(rate, p)), value=-1.0)
             else:
                 p.addcmul_(b, agree, value=-rate)
         return
-    params, before = list(params), list(before)
+    cpu = [(p, b) for p, b in zip(params, before) if p.device.type == "cpu" and p.is_contiguous() and b.is_contiguous()]
+    other = [(p, b) for p, b in zip(params, before) if not (p.device.type == "cpu" and p.is_contiguous() and b.is_contiguous())]
+    if cpu:
+        _cautious_chunked(cpu, rate)
+    if other:
+        _cautious_foreach([p for p, _ in other], [b for _, b in other], rate)
+
+
+_CHUNK = 1 << 18  # elements: 1 MiB of float32, so the scratch stays in cache between the four ops
+
+
+def _cautious_chunked(pairs: list[tuple[Tensor, Tensor]], rate: Rate) -> None:
+    rates = rate.tolist() if isinstance(rate, Tensor) else None
+    scratch: dict[torch.dtype, Tensor] = {}
+    for p, b in pairs:
+        members = len(rates) if rates is not None else 1
+        rows_p, rows_b = p.view(members, -1), b.view(members, -1)
+        buf = scratch.get(p.dtype)
+        if buf is None:
+            buf = scratch[p.dtype] = torch.empty(_CHUNK, dtype=p.dtype)
+        for k in range(members):
+            r = rates[k] if rates is not None else rate
+            if r == 0:
+                continue
+            row_p, row_b = rows_p[k], rows_b[k]
+            for i in range(0, row_p.numel(), _CHUNK):
+                pc, bc = row_p[i : i + _CHUNK], row_b[i : i + _CHUNK]
+                s = buf[: pc.numel()]
+                torch.sub(bc, pc, out=s).mul_(bc).ge_(0)
+                pc.addcmul_(bc, s, value=-r)
+
+
+def _cautious_foreach(params: list[Tensor], before: list[Tensor], rate: Rate) -> None:
     agree = torch._foreach_sub(before, params)
     torch._foreach_mul_(agree, before)
     for a in agree:
         a.ge_(0)
-    if per_member:
+    if isinstance(rate, Tensor):
         torch._foreach_mul_(agree, [_member_view(rate, p) for p in params])
         torch._foreach_addcmul_(params, before, agree, value=-1.0)
     else:
