@@ -46,6 +46,8 @@ def register(sub: Any) -> None:
                       help="digits: share of training labels replaced by a wrong class (default 0.3; 0 = clean)")
     what.add_argument("--train-size", type=int, default=None, metavar="N",
                       help="training samples (digits: 500; ridge: d = 100)")
+    what.add_argument("--data-seed", type=int, default=None, metavar="S",
+                      help="built-in tasks: which random draw of the data (default 0)")
     what.add_argument("--model", metavar="SPEC", help="your model: 'package.module:factory' (a function or class)")
     what.add_argument("--data", metavar="SPEC",
                       help="your data: 'package.module:factory' returning (x_train, y_train, x_test, y_test)")
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     task = args.task
     if args.model is None and args.data is None:
         task = task or "digits-noisy-labels"
-    options = {"train_size": args.train_size}
+    options = {"train_size": args.train_size, "data_seed": args.data_seed}
     if args.label_noise is not None:
         options["label_noise"] = args.label_noise
     task_options = {k: v for k, v in options.items() if v is not None} or None

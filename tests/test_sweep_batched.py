@@ -1,0 +1,159 @@
+"""Batched sweeps equal one-by-one sweeps; models that cannot be stacked fall back with a note."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from decaykit import DecayError, sweep
+
+FAST = dict(seeds=2, epochs=4, batch_size=16, curve_points=2, progress=False)
+
+
+def blobs(n_train: int = 64, n_test: int = 96, dim: int = 12, classes: int = 4, flip: float = 0.25):
+    """Gaussian clusters with a share of training labels flipped: small, and it overfits."""
+    g = torch.Generator().manual_seed(0)
+    centers = 1.5 * torch.randn(classes, dim, generator=g)
+    y_train = torch.randint(0, classes, (n_train,), generator=g)
+    y_test = torch.randint(0, classes, (n_test,), generator=g)
+    x_train = centers[y_train] + torch.randn(n_train, dim, generator=g)
+    x_test = centers[y_test] + torch.randn(n_test, dim, generator=g)
+    noisy = torch.rand(n_train, generator=g) < flip
+    y_train[noisy] = (y_train[noisy] + 1) % classes
+    return x_train, y_train, x_test, y_test
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4))
+
+
+class Residual(nn.Module):
+    """Not a Sequential: runs through torch.func.vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(12, 24)
+        self.norm = nn.LayerNorm(24)
+        self.block = nn.Linear(24, 24)
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = h + torch.tanh(self.block(self.norm(h)))
+        return self.head(h)
+
+
+def assert_same(a, b, tol: float = 1e-4) -> None:
+    """Every final metric and every curve point of every trial agrees to ``tol``."""
+    assert [(t["weight_decay"], t["seed"]) for t in a.trials] == [(t["weight_decay"], t["seed"]) for t in b.trials]
+    for ta, tb in zip(a.trials, b.trials):
+        assert ta["diverged"] == tb["diverged"]
+        assert ta["metrics"].keys() == tb["metrics"].keys()
+        for name, va in ta["metrics"].items():
+            vb = tb["metrics"][name]
+            assert (va is None) == (vb is None), name
+            if va is not None:
+                assert abs(va - vb) <= tol * max(1.0, abs(vb)), (name, ta["weight_decay"], va, vb)
+        for name, series in ta["curves"].items():
+            for va, vb in zip(series, tb["curves"][name]):
+                if va is not None and vb is not None:
+                    assert abs(va - vb) <= tol * max(1.0, abs(vb)), (name, ta["weight_decay"], va, vb)
+    for ra, rb in zip(a.results, b.results):
+        for key, va in ra.items():
+            if isinstance(va, float):
+                assert abs(va - rb[key]) <= tol * max(1.0, abs(rb[key])), key
+    assert (a.best or {}).get("weight_decay") == (b.best or {}).get("weight_decay")
+
+
+@pytest.mark.parametrize(
+    "optimizer,mode,lr",
+    [("adamw", "lr_coupled", 1e-2), ("sgd", "coupled_l2", 0.05), ("adamw", "cautious", 1e-2), ("adam", "corrected", 1e-2)],
+)
+def test_batched_equals_one_by_one(optimizer, mode, lr):
+    kw = dict(FAST, weight_decays=[0.0, 0.1, 1.0, 5.0], optimizer=optimizer, mode=mode, lr=lr, momentum=0.9 if optimizer == "sgd" else None)
+    batched = sweep(mlp, blobs(), **kw)
+    alone = sweep(mlp, blobs(), batched=False, **kw)
+    assert batched.run["path"] == "layers" and alone.run["path"] == "one-by-one"
+    assert_same(batched, alone)
+    # the decay did something: larger λ, smaller weights
+    norms = [r["weight_norm"] for r in batched.results]
+    assert norms == sorted(norms, reverse=True)
+
+
+def test_vmap_path_equals_one_by_one():
+    kw = dict(FAST, weight_decays=[0.0, 0.5, 3.0], lr=1e-2)
+    batched = sweep(Residual, blobs(), **kw)
+    alone = sweep(Residual, blobs(), batched=False, **kw)
+    assert batched.run["path"] == "vmap"
+    assert_same(batched, alone)
+
+
+def test_members_in_a_chunk_do_not_depend_on_each_other():
+    """A trial gives the same numbers whichever trials it is stacked with."""
+    kw = dict(FAST, lr=1e-2)
+    wide = sweep(mlp, blobs(), weight_decays=[0.0, 0.3, 3.0], chunk_size=6, **kw)
+    narrow = sweep(mlp, blobs(), weight_decays=[0.3], chunk_size=6, **kw)
+    pick = [t for t in wide.trials if t["weight_decay"] == 0.3]
+    for a, b in zip(pick, narrow.trials):
+        for name, v in a["metrics"].items():
+            assert abs(v - b["metrics"][name]) <= 1e-5, name
+
+
+class WithBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class WithDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 16), nn.Linear(16, 4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.b(self.drop(torch.relu(self.a(x))))
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 4), nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.a(x) if x.sum() > 0 else self.b(x)  # data-dependent Python control flow
+
+
+@pytest.mark.parametrize("model,why", [(WithBatchNorm, "BatchNorm1d"), (WithDropout, "vmap"), (Branchy, "vmap")])
+def test_unbatchable_models_fall_back_with_a_note(model, why):
+    result = sweep(model, blobs(), **dict(FAST, weight_decays=[0.0, 1.0], seeds=1, epochs=2))
+    assert result.run["path"] == "one-by-one" and not result.run["batched"]
+    assert any("one model at a time" in n and why in n for n in result.notes), result.notes
+    assert len(result.trials) == 2 and all(t["metrics"]["test_accuracy"] is not None for t in result.trials)
+    with pytest.raises(DecayError, match="cannot be trained as a stack"):
+        sweep(model, blobs(), batched=True, **dict(FAST, weight_decays=[0.0, 1.0], seeds=1, epochs=1))
+
+
+def test_diverged_member_is_marked_and_the_others_are_untouched():
+    # SGD with the L2 term 1000·θ and lr 0.5: θ ← θ(1 − 500) − …, which explodes to inf, then NaN
+    kw = dict(FAST, weight_decays=[0.0, 0.01, 1000.0], optimizer="sgd", lr=0.5, mode="coupled_l2")
+    batched = sweep(mlp, blobs(), **kw)
+    alone = sweep(mlp, blobs(), batched=False, **kw)
+    assert_same(batched, alone)
+    rows = {r["weight_decay"]: r for r in batched.results}
+    assert rows[1000.0]["diverged"] == 2 and rows[1000.0]["test_accuracy"] is None
+    assert rows[0.0]["diverged"] == 0 and math.isfinite(rows[0.0]["test_accuracy"])
+    assert batched.best["weight_decay"] != 1000.0
+    assert any("diverged" in n for n in batched.notes)
+    assert "diverged 2/2 seeds" in str(batched)
+
+
+def test_a_shrink_beyond_one_is_refused_before_training():
+    with pytest.raises(DecayError, match=r"1000 .* flips every weight's sign"):
+        sweep(mlp, blobs(), **dict(FAST, weight_decays=[0.0, 1000.0], optimizer="sgd", lr=0.5, mode="lr_coupled"))
