@@ -8,7 +8,8 @@ in this one process and one after the other:
 - ``probe``:  ``decaykit.probe(optimizer, model=model)`` with the default chunking;
 - ``whole``:  the same with ``chunk_bytes=None`` (one twin of every parameter and its state).
 
-Interleaved ``--repeats`` times; times are medians (the CPU is shared), peaks the largest seen.
+Interleaved ``--repeats`` times; times are medians, wall and CPU (user + system: less sensitive
+than wall time to the other processes on a shared CPU), peaks the largest seen.
 
 Peak memory is the kernel's high-water mark of resident memory (VmHWM in /proc/self/status),
 reset before each case by writing 5 to /proc/self/clear_refs, so ``extra`` = peak − resident
@@ -22,6 +23,7 @@ Last line: ratio=<probe extra peak / (params + state)> (at most 1: no more than 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -49,15 +51,20 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(fn: Callable[[], object]) -> tuple[float, int]:
-    """(seconds, extra peak bytes over the resident memory before ``fn``)."""
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(fn: Callable[[], object]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, extra peak bytes over the resident memory before ``fn``)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the high-water mark to the current resident size
     before = _status("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     fn()
-    seconds = time.perf_counter() - start
-    return seconds, _status("VmHWM") - before
+    seconds, cpu = time.perf_counter() - start, _cpu() - cpu
+    return seconds, cpu, _status("VmHWM") - before
 
 
 def main() -> None:
@@ -85,21 +92,25 @@ def main() -> None:
              ("probe", lambda: results.__setitem__("report", decaykit.probe(optimizer, model=model))),
              ("whole", lambda: decaykit.probe(optimizer, model=model, chunk_bytes=None)))
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    cpus: dict[str, list[float]] = {name: [] for name, _ in cases}
     peaks: dict[str, int] = dict.fromkeys(times, 0)
     for _ in range(args.repeats):  # interleaved, so a busy moment of the shared CPU hits all cases alike
         for name, fn in cases:
-            seconds, extra = measure(fn)
+            seconds, cpu, extra = measure(fn)
             times[name].append(seconds)
+            cpus[name].append(cpu)
             peaks[name] = max(peaks[name], extra)
+    wall = {name: statistics.median(v) for name, v in times.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
     for name in times:
-        print(f"{name:6s} median {statistics.median(times[name]):7.2f} s   extra peak {peaks[name] / 2**20:8.1f} MiB "
-              f"= {peaks[name] / base:.2f} x params+state")
+        print(f"{name:6s} median {wall[name]:6.2f} s wall, {cpu[name]:6.2f} s CPU   extra peak "
+              f"{peaks[name] / 2**20:7.1f} MiB = {peaks[name] / base:.2f} x params+state")
     report = results["report"]
     assert report.ok, "\n".join(report.summary())
-    step_s = statistics.median(times["step"])
     print(f"probe: {report.cost['twin_steps']} twin steps in {report.cost['chunks']} chunks, "
-          f"{statistics.median(times['probe']) / step_s:.1f}x the time of one real step; whole copy: "
-          f"{statistics.median(times['whole']) / step_s:.1f}x the time, {peaks['whole'] / base:.2f} x params+state")
+          f"{wall['probe'] / wall['step']:.1f}x the wall time and {cpu['probe'] / cpu['step']:.1f}x the CPU time of "
+          f"one real step; whole copy: {cpu['whole'] / cpu['step']:.1f}x the CPU time, "
+          f"{peaks['whole'] / base:.2f} x params+state")
     print(f"ratio={peaks['probe'] / base:.2f}")
 
 
