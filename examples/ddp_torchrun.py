@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+            if rank == 0 and step in (1, opts.steps):
+                print(f"step {step}: loss {loss.item():.4f}")
         if rank == 0:
             for group in optimizer.param_groups:
                 names = group["param_names"]
                 print(f"weight_decay={group['weight_decay']:g}: {len(names)} tensors, e.g. {names[:3]}")
-            print(f"step {opts.steps}: loss {loss.item():.4f}")
             print(decaykit.audit(model, optimizer))
     finally:
         if owner:

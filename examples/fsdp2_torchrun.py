@@ -51,12 +51,13 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+            if rank == 0 and step in (1, opts.steps):
+                print(f"step {step}: loss {loss.item():.4f}")
         if rank == 0:
             fc = model.h[0].mlp[0].weight
             print(f"h.0.mlp.0.weight: global {tuple(fc.shape)}, this rank holds {tuple(fc.to_local().shape)}")
             for group in optimizer.param_groups:
                 print(f"weight_decay={group['weight_decay']:g}: {len(group['params'])} tensors")
-            print(f"step {opts.steps}: loss {loss.item():.4f}")
             print(decaykit.audit(model, optimizer))
     finally:
         if owner:

@@ -226,9 +226,12 @@ def test_bad_input_is_a_decay_error(tmp_path):
 def test_importing_the_module_does_not_import_transformers():
     code = ("import sys, decaykit.integrations.hf, decaykit.integrations.lightning; "
             "assert 'transformers' not in sys.modules and 'lightning' not in sys.modules")
+    import os
     import subprocess
 
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    src = str(Path(__file__).resolve().parents[1] / "src")  # this tree, as pytest's pythonpath
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
 
 
 def test_example_hf_trainer_runs(tmp_path, monkeypatch, capsys):
