@@ -483,3 +483,10 @@ def test_hf_adafactor_decay_is_measured_per_tensor() -> None:
     fixed = optimization.Adafactor(model.parameters(), lr=LR, weight_decay=WD, relative_step=False,
                                    scale_parameter=False)
     assert all(e.measured == pytest.approx(1 - LR * WD, abs=1e-6) for e in probe(fixed, model=model).entries)
+
+
+@pytest.mark.parametrize("cls", [torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW])
+def test_maximize_keeps_the_decay_a_shrink(cls: type) -> None:
+    model = _model()
+    report = probe(cls(model.parameters(), lr=LR, weight_decay=WD, maximize=True), model=model)
+    assert report.ok and all(e.measured < 1 for e in report.entries)
