@@ -184,10 +184,11 @@ class DecayTrainerMixin:
       ``schedule``, ``max_lr``); when given, the optimizer HF picks is wrapped by the engine,
       which then applies each group's λ (HF's LR scheduler drives it like any optimizer).
 
-    Optimizers that HF builds with their own grouping (GaLore, LOMO, layer-wise, Muon / Dion
-    factories) keep HF's path; HF still asks :meth:`get_decay_parameter_names`, so the
-    decay / no-decay split is decaykit's, with one λ. BitsAndBytes' 8-bit embedding override,
-    which HF applies inside its own group building, is skipped.
+    Optimizers that HF builds with their own grouping (GaLore, Apollo, LOMO, layer-wise, and the
+    Muon / Dion factories) keep HF's path unchanged: decaykit's decisions reach them only where
+    HF asks :meth:`get_decay_parameter_names` (one λ), and ``decay_engine`` is refused for them.
+    BitsAndBytes' 8-bit embedding override, which HF applies inside its own group building, is
+    skipped.
     """
 
     def __init__(
