@@ -370,12 +370,16 @@ def test_state_dict_keeps_the_inner_layout_and_adds_the_engines_entry():
     assert state["param_groups"][0]["weight_decay"] == 1e-3  # the user's λ, not the per-step kernel value
 
 
-def test_loading_a_checkpoint_of_another_mode_or_a_plain_optimizer():
+def test_loading_a_checkpoint_of_another_mode_schedule_or_a_plain_optimizer():
     model, opt, _ = build("adamw_fused_lr_independent_cosine")
     train(model, opt, 2)
     other = WeightDecay(torch.optim.AdamW(groups(model), lr=3e-2), mode="corrected")
     with pytest.raises(DecayError, match="mode='lr_independent'"):
         other.load_state_dict(opt.state_dict())
+    linear = WeightDecay(torch.optim.AdamW(groups(model), lr=3e-2), mode="lr_independent", schedule=schedules.linear(1, 2, 5))
+    with pytest.raises(DecayError, match="saved with a Cosine weight-decay schedule"):
+        linear.load_state_dict(opt.state_dict())
+    assert linear.optimizer.state == {}  # refused before anything was loaded
     with pytest.warns(DecayWarning, match="no 'decaykit' entry"):
         other.load_state_dict(opt.optimizer.state_dict())
 
@@ -431,6 +435,22 @@ def test_step_hooks_closures_deepcopy_and_state_dict_hooks():
     twin = copy.deepcopy(opt)
     assert twin.optimizer is not opt.optimizer and twin.steps_taken == 1
     assert twin.param_groups[0]["params"][0] is not opt.param_groups[0]["params"][0]
+
+
+def test_grad_scaler_skips_the_whole_step_on_overflow():
+    model = make_model()
+    opt = WeightDecay(torch.optim.AdamW(groups(model), lr=0.1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    scaler.scale(model(DATA).pow(2).mean()).backward()
+    model[0].weight.grad[0, 0] = float("inf")
+    before = params_of(model)
+    scaler.step(opt)
+    scaler.update()
+    assert opt.steps_taken == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    opt.zero_grad()
+    scaler.scale(model(DATA).pow(2).mean()).backward()
+    scaler.step(opt)
+    assert opt.steps_taken == 1 and not torch.equal(before[0], model[0].weight)
 
 
 def test_parameters_without_gradients_are_not_decayed():

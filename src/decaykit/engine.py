@@ -70,12 +70,13 @@ _FLAG_DECOUPLED = _torch_classes("Adam", "AdamW", "NAdam", "RAdam")  # flag pick
 _ALWAYS_DECOUPLED = _torch_classes("Muon", "Adafactor")  # θ ← θ(1 − η·wd)
 _ALWAYS_COUPLED = _torch_classes("SGD", "Adagrad", "Adadelta", "Adamax", "RMSprop", "ASGD")  # g ← g + wd·θ
 
-_REFUSED = {
-    "LBFGS": "LBFGS re-evaluates the closure many times inside one step, so there is no single update "
-    "to decay around; add 0.5 * weight_decay * sum(p.pow(2).sum() for p in params) to the loss instead",
-    "SparseAdam": "SparseAdam updates only the rows present in a sparse gradient, and a decay would touch "
-    "every row at every step; use a dense optimizer or add an L2 penalty on the looked-up rows to the loss",
-}
+# (torch class name, why): optimizers whose step has no single update for a decay to sit next to
+_REFUSED = (
+    ("LBFGS", "LBFGS re-evaluates the closure many times inside one step, so there is no single update "
+     "to decay around; add 0.5 * weight_decay * sum(p.pow(2).sum() for p in params) to the loss instead"),
+    ("SparseAdam", "SparseAdam updates only the rows present in a sparse gradient, and a decay would touch "
+     "every row at every step; use a dense optimizer or add an L2 penalty on the looked-up rows to the loss"),
+)
 
 _MISSING = object()
 
@@ -236,7 +237,7 @@ class WeightDecay(Optimizer):
                     for p, old, g in zip(params, grads, new):
                         swapped.append((p, old))
                         p.grad = g
-            self.optimizer.step()
+            result = self.optimizer.step()
             for params, before, rate in cautious:
                 cautious_decay_(params, before, rate, foreach=foreach)
         finally:
@@ -248,7 +249,7 @@ class WeightDecay(Optimizer):
             for p, g in swapped:
                 p.grad = g
         self._step += 1
-        return loss
+        return loss if closure is not None else result
 
     def expected_decay(self) -> list[dict[str, Any]]:
         """What the next ``step()`` does to each group with zero gradients and no other update.
@@ -300,6 +301,11 @@ class WeightDecay(Optimizer):
             raise DecayError(
                 f"the checkpoint has η_max for {len(own['max_lr'])} groups but "
                 f"{len(state_dict['param_groups'])} param groups"
+            )
+        if own is not None and own["schedule"].get("type") != self.schedule.state_dict()["type"]:
+            raise DecayError(
+                f"the checkpoint was saved with a {own['schedule'].get('type')} weight-decay schedule but this "
+                f"engine has {self.schedule!r}; build the engine with the schedule it was saved with"
             )
         self.optimizer.load_state_dict(state_dict)
         if own is None:
@@ -480,9 +486,10 @@ def _check_inner(optimizer: Any) -> None:
             f"optimizer must be a torch.optim.Optimizer (with param_groups and step), got {type(optimizer).__name__}; "
             "build it first: WeightDecay(torch.optim.AdamW(params, lr=...), mode=...)"
         )
-    reason = _REFUSED.get(type(optimizer).__name__)
-    if reason is not None:
-        raise DecayError(f"WeightDecay cannot drive {type(optimizer).__name__}: {reason}")
+    for name, reason in _REFUSED:
+        cls = getattr(torch.optim, name, None)
+        if cls is not None and isinstance(optimizer, cls):
+            raise DecayError(f"WeightDecay cannot drive {type(optimizer).__name__}: {reason}")
 
 
 def _check_group(i: int, group: dict[str, Any]) -> None:
