@@ -582,6 +582,16 @@ def test_bad_engine_arguments_are_refused(kwargs, message):
         WeightDecay(torch.optim.AdamW(groups(make_model()), lr=1e-3), **kwargs)
 
 
+def test_coupled_l2_refuses_sparse_gradients_before_touching_anything():
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = WeightDecay(PlainAdam(emb.parameters(), lr=0.1, weight_decay=0.1), mode="coupled_l2")
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(DecayError, match=r"param_groups\[0\] has sparse gradients.*decoupled mode"):
+        opt.step()
+    assert torch.equal(emb.weight, before) and opt.param_groups[0]["weight_decay"] == 0.1
+
+
 def test_lr_independent_with_zero_peak_lr_and_rates_above_one():
     model = make_model()
     opt = WeightDecay(torch.optim.SGD(groups(model), lr=0.0), mode="lr_independent")

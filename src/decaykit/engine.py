@@ -210,31 +210,34 @@ class WeightDecay(Optimizer):
                 loss = closure()
         plans = self._plan_all()
         foreach = self.foreach is not False
+        # parameters with a gradient only: torch's AdamW does not decay the ones without either
+        params = [
+            [p for p in group["params"] if p.grad is not None] if plan.path not in ("none", "inner") else []
+            for group, plan in zip(self.param_groups, plans)
+        ]
+        for i, (plan, ps) in enumerate(zip(plans, params)):
+            if plan.path == "l2_gradient" and any(p.grad.is_sparse for p in ps):
+                raise DecayError(
+                    f"param_groups[{i}] has sparse gradients, which mode 'coupled_l2' cannot add λθ to; "
+                    "use a decoupled mode or add the L2 penalty to the loss"
+                )
         saved: list[tuple[dict[str, Any], str, Any]] = []
         swapped: list[tuple[Tensor, Tensor]] = []
         cautious: list[tuple[list[Tensor], list[Tensor], float | Tensor]] = []
         try:
-            for i, (group, plan) in enumerate(zip(self.param_groups, plans)):
+            for group, plan, ps in zip(self.param_groups, plans, params):
                 for key, value in plan.inner.items():
                     saved.append((group, key, group.get(key, _MISSING)))
                     group[key] = value
-                if plan.path in ("none", "inner"):
-                    continue
-                params = [p for p in group["params"] if p.grad is not None]
                 if plan.path == "extra_pass":
-                    decoupled_decay_(params, plan.rate, foreach=foreach)
+                    decoupled_decay_(ps, plan.rate, foreach=foreach)
                 elif plan.path == "cautious":
-                    cautious.append((params, self._snapshot(params, foreach), plan.rate))
-                else:
-                    grads = [p.grad for p in params]
-                    if any(g.is_sparse for g in grads):
-                        raise DecayError(
-                            f"param_groups[{i}] has sparse gradients, which mode 'coupled_l2' cannot add "
-                            "λθ to; use a decoupled mode or add the L2 penalty to the loss"
-                        )
+                    cautious.append((ps, self._snapshot(ps, foreach), plan.rate))
+                elif plan.path == "l2_gradient":
+                    grads = [p.grad for p in ps]
                     maximize = bool(group.get("maximize", False))
-                    new = l2_gradients(params, grads, plan.rate, maximize=maximize, foreach=foreach)
-                    for p, old, g in zip(params, grads, new):
+                    new = l2_gradients(ps, grads, plan.rate, maximize=maximize, foreach=foreach)
+                    for p, old, g in zip(ps, grads, new):
                         swapped.append((p, old))
                         p.grad = g
             result = self.optimizer.step()
@@ -515,14 +518,14 @@ def _check_max_lr(max_lr: Any, n_groups: int) -> float | list[float] | None:
 
 
 def _check_member_lambda(i: int, group: dict[str, Any], lam: Tensor) -> Tensor:
-    """A per-member λ as float64: 1-D, finite, >= 0, and every parameter of the group stacked along dim 0."""
+    """A per-member λ as float64 on the CPU: 1-D, finite, >= 0, and every parameter of the group stacked along dim 0."""
     where = f"param_groups[{i}]['weight_decay']"
     if lam.dim() != 1 or lam.dtype == torch.bool or lam.is_complex():
         raise DecayError(
             f"{where} must be a float or a 1-D real tensor with one value per stacked member, got a "
             f"{lam.dtype} tensor of shape {tuple(lam.shape)}"
         )
-    values = lam.detach().double()
+    values = lam.detach().to(device="cpu", dtype=torch.float64)  # rates are computed and checked on the host
     if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
         raise DecayError(f"{where} must hold finite numbers >= 0, got [{', '.join(f'{v:g}' for v in values.tolist())}]")
     k = values.numel()
