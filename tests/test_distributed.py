@@ -96,8 +96,6 @@ def test_fsdp2_groups_decide_on_global_shapes(ranks):
         assert {"pos_embed", "scale", "temperature", "blocks.1.ln_1.weight", "blocks.1.fc.bias"} <= set(no_decay)
 
 
-@pytest.mark.xfail(strict=True, reason="policy: fully_shard swaps a module's class for FSDP<Name>, and "
-                   "ParamInfo.module_type reports that name (reason 'per-channel (6) on FSDPBlock')")
 def test_fsdp2_reasons_name_the_users_classes(ranks):
     for f in facts(ranks, "fsdp2"):
         assert f["fsdp2_reasons"] == f["bare_reasons"]

@@ -42,6 +42,7 @@ __all__ = [
     "classify",
     "is_norm_module",
     "is_per_channel",
+    "module_type_name",
     "shape_str",
 ]
 
@@ -87,7 +88,15 @@ class ParamInfo:
 
     @property
     def module_type(self) -> str:
-        return type(self.owner).__name__
+        return module_type_name(self.owner)
+
+
+def module_type_name(module: nn.Module) -> str:
+    """The class name a user wrote: FSDP2's ``fully_shard`` swaps in a ``FSDP<Name>`` subclass."""
+    cls = type(module)
+    while cls.__module__.startswith("torch.distributed.fsdp") and len(cls.__bases__) > 1:
+        cls = cls.__bases__[-1]
+    return cls.__name__
 
 
 def shape_str(shape: tuple[int, ...] | torch.Size) -> str:
