@@ -99,3 +99,16 @@ def test_audit_bad_input():
         decaykit.audit(TinyGPT(depth=1), [1, 2])
     with pytest.raises(decaykit.DecayError, match="model must be"):
         decaykit.audit("gpt", torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1))
+
+
+def test_measured_audit_reports_what_the_probe_sees():
+    model = TinyGPT(depth=1)
+    opt = torch.optim.AdamW(list(model.parameters())[:-1], lr=1e-3, weight_decay=0.1)
+    report = decaykit.audit(model, opt, measure=True)
+    found = codes(report)
+    assert found["measured-decay-on-excluded"] == "error" and found["missing"] == "error"
+    assert "measured-mismatch" not in found  # the missing tensor is not a second, measured problem
+    shrink = next(f for f in report.findings if f.code == "measured-decay-on-excluded")
+    assert "h.0.ln_1.weight" in shrink.params and "0.9999" in shrink.message  # 1 - lr·λ, measured
+    clean = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3), measure=True)
+    assert clean.ok and clean.findings == [] and clean.probe.ok
