@@ -3,7 +3,7 @@
 The search is deterministic so that it batches, resumes and shares between workers like a grid:
 round 0 tries ``points`` values spread log-evenly over [low, high] (plus λ = 0, the baseline);
 each later round tries ``points`` values log-evenly between the two neighbours of the best λ
-found so far. Given the same finished trials every worker computes the same next round, and a
+found so far, never leaving [low, high]. Given the same finished trials every worker computes the same next round, and a
 resumed search retraces the same rounds, reusing every finished trial.
 """
 
@@ -76,20 +76,38 @@ def log_points(low: float, high: float, points: int) -> list[float]:
     return [_clean(10 ** (a + (b - a) * i / (points - 1))) for i in range(points)]
 
 
-def zoom(tried: Sequence[float], best: float, points: int) -> list[float]:
-    """The next round: ``points`` new values between the neighbours of ``best`` among ``tried`` (λ > 0)."""
+def zoom(
+    tried: Sequence[float], best: float, points: int, bounds: tuple[float, float] | None = None
+) -> list[float]:
+    """The next round: ``points`` new values around ``best``, between its neighbours among ``tried``.
+
+    Half of them lie between the lower neighbour and ``best``, half between ``best`` and the upper
+    one, evenly in log λ. At the edge of what was tried the search looks a factor 10 further, unless
+    ``bounds`` (the search range) stops it: then all the points go to the side inside the range.
+    """
     positive = sorted(v for v in tried if v > 0)
     if not positive:
         return []
-    if best <= 0:  # λ = 0 won: look below the smallest λ tried
-        low, high = positive[0] / 10, positive[0]
-    else:
-        i = positive.index(best)
-        low = positive[i - 1] if i > 0 else best / 10
-        high = positive[i + 1] if i + 1 < len(positive) else best * 10
-    # interior points only: the ends were tried already (or are the new outer bounds)
-    candidates = log_points(low, high, points + 2)[1:-1]
-    return [v for v in candidates if v not in set(tried)]
+    done = set(tried)
+    if best <= 0:  # λ = 0 won: look below the smallest λ tried (or just above it, inside bounds)
+        if bounds is None:
+            candidates = _interior(positive[0] / 10, positive[0], points)
+        else:
+            candidates = _interior(positive[0], positive[1], points) if len(positive) > 1 else []
+        return [v for v in candidates if v not in done]
+    i = positive.index(best)
+    low = positive[i - 1] if i > 0 else (None if bounds is not None else best / 10)
+    high = positive[i + 1] if i + 1 < len(positive) else (None if bounds is not None else best * 10)
+    below = 0 if low is None else (points if high is None else (points + 1) // 2)
+    above = points - below if high is not None else 0
+    candidates = (_interior(low, best, below) if low is not None else []) + (
+        _interior(best, high, above) if high is not None else []
+    )
+    return [v for v in candidates if v not in done]
+
+
+def _interior(low: float, high: float, k: int) -> list[float]:
+    return log_points(low, high, k + 2)[1:-1] if k > 0 else []
 
 
 def search_rounds(
@@ -102,7 +120,7 @@ def search_rounds(
         best = best_of(tried)
         if best is None:
             return
-        new = zoom(tried, best, points)
+        new = zoom(tried, best, points, bounds=(low, high))
         if not new:
             return
         tried = sorted({*tried, *new})

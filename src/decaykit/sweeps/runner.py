@@ -303,13 +303,22 @@ class _Runner:
             claimed = self.store.claim([k for k in chunk if k in free])
             if not claimed:
                 continue
+            # A kill between the writes of one chunk's results leaves it partly finished. Its finished
+            # members train again beside the missing ones (their stored results are kept, not replaced),
+            # so every member sees the same stacked computation as in an uninterrupted run: stacked
+            # matmuls are not bit-for-bit independent of the batch they are in.
+            passengers = [k for k in chunk if k in done] if self.chunk_size > 1 else []
+            members = sorted({*claimed, *passengers})
             try:
-                outcomes = self._train(claimed)
+                outcomes = self._train(members)
             except BaseException:
                 self.store.release(claimed, "interrupted before it finished")
                 raise
+            mine = set(claimed)
             for outcome in outcomes:
                 key = (outcome.weight_decay, outcome.seed)
+                if key not in mine:
+                    continue
                 record = outcome.to_record()
                 value = record["metrics"].get(self.objective)
                 if value is None:
@@ -320,8 +329,8 @@ class _Runner:
                     callback(record)
             if self.bar.mode == "log":
                 self.bar.message(
-                    f"decaykit sweep: finished {len(outcomes)} trials (λ = "
-                    f"{', '.join(sorted({f'{o.weight_decay:g}' for o in outcomes}, key=float))})"
+                    f"decaykit sweep: finished {len(mine)} trials (λ = "
+                    f"{', '.join(sorted({f'{wd:g}' for wd, _ in mine}, key=float))})"
                 )
 
     def _train(self, keys: Sequence[TrialKey]) -> list[TrialOutcome]:
