@@ -3,12 +3,14 @@
 >>> import torch, decaykit
 >>> from decaykit import schedules
 >>> model = torch.nn.Linear(4, 2)
->>> inner = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+>>> inner = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)  # an lr_independent λ
 >>> opt = decaykit.WeightDecay(inner, mode="lr_independent", schedule=schedules.cosine(1.0, 10.0, steps=100))
 >>> isinstance(opt, torch.optim.Optimizer), opt.param_groups is inner.param_groups
 (True, True)
->>> opt.expected_decay()[0]["kind"], round(opt.expected_decay()[0]["rate"], 6)
-('decoupled', 0.1)
+>>> opt.expected_decay()[0]["kind"], opt.expected_decay()[0]["rate"]  # θ ← θ(1 − (η_t/η_max)·λ)
+('decoupled', 0.0001)
+>>> opt.paths()   # reached through AdamW's own kernel: weight_decay = λ/η_max during each step
+['inner']
 
 The engine reads λ from each param group's ``weight_decay`` (a float, or a 1-D tensor of K values
 for K stacked models) and takes it over: while the inner optimizer steps, its own decay is switched
