@@ -33,7 +33,10 @@ def test_inspect_json_diff_and_timescale(capsys):
     assert code == 0 and data["policy"] == "decaykit"
     diff = {r["name"] for r in data["diff"]["parameters"]}
     assert "h.0.ln_1.weight" in diff and "ln_f.weight" in diff
-    assert data["timescale"]["iterations"] == 10000
+    assert data["timescale"]["iterations"] == 10000 and data["timescale"]["epochs"] is None
+    code, out, _ = run(capsys, "inspect", "mlp", "--weight-decay", "0.1", "--lr", "1e-3", "--dataset-size", "50000",
+                       "--batch-size", "100")
+    assert code == 0 and "timescale: τ = 1/(η·λ) = 1e+04 steps = 20 epochs (N = 50,000, B = 100)" in out
 
 
 def test_inspect_options_change_decisions(capsys):

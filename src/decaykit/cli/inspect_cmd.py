@@ -22,7 +22,10 @@ def register(sub: Any) -> None:
     add_policy_arguments(parser)
     parser.add_argument("--diff", metavar="POLICY", help="show where POLICY decides differently, parameter by parameter")
     parser.add_argument("--lr", type=float, default=None,
-                        help="peak learning rate: adds the EMA timescale 1/(lr·λ) of decayed tensors to the summary")
+                        help="peak learning rate: adds the EMA timescale τ = 1/(lr·λ) of decayed tensors (for a "
+                             "torch-AdamW λ) to the summary")
+    parser.add_argument("--dataset-size", type=int, default=None, metavar="N", help="with --lr: τ in epochs too")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="with --lr: τ in epochs too")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.set_defaults(func=run)
 
@@ -37,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
     other = None
     if args.diff:
         other = plan(model, args.weight_decay, **{**options, "policy": args.diff})
-    timescale = _timescale(args.lr, args.weight_decay)
+    timescale = _timescale(args)
     if args.json:
         out: dict[str, Any] = {"model": args.model, **decided.to_dict()}
         if other is not None:
             out["diff"] = {"policy": other.policy, "parameters": _diff_rows(decided, other)}
         if timescale is not None:
-            out["timescale"] = {"lr": args.lr, "iterations": timescale.iterations}
+            out["timescale"] = {"lr": args.lr, "iterations": timescale.iterations, "epochs": timescale.epochs}
         print_json(out)
         return 0
     if other is None:
@@ -78,12 +81,12 @@ def _diff_rows(a: Any, b: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _timescale(lr: float | None, weight_decay: float) -> Any:
-    if lr is None or weight_decay <= 0:
+def _timescale(args: argparse.Namespace) -> Any:
+    if args.lr is None or args.weight_decay <= 0:
         return None
     from decaykit.conversion import timescale
 
-    return timescale(lr, weight_decay)
+    return timescale(args.lr, args.weight_decay, dataset_size=args.dataset_size, batch_size=args.batch_size)
 
 
 def _print_summary(decided: Any, args: argparse.Namespace, timescale: Any) -> None:
