@@ -30,10 +30,18 @@ a chunk of its own); at the peak a probe holds one chunk's twin (parameters P, s
 gradients P) and two stepped copies of its parameters, 3P + S (4P + S when the coupled twin runs).
 On a 103M-parameter AdamW (1.15 GiB of parameters + state) that is 0.56x the parameters + state,
 less than one extra copy (``benchmarks/bench_probe.py``); ``chunk_bytes=None`` needs 1.6-1.9x.
+
+Sharded parameters (``DTensor``: FSDP2's ``fully_shard``, tensor parallel) are measured on the
+shard this rank holds: decay is elementwise, so θ(1 − ηλ) holds shard by shard, and the twins
+step plain copies of the shards with no collective (each rank may probe alone). Entries keep
+the global name, shape and size; a tensor of which this rank holds nothing (an (11, 6) table
+over 2 ranks is 6 + 5 rows, a (1,) tensor is 1 + 0) is reported as ``empty``. Per-member
+rates follow the members (rows) this rank holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import time
@@ -48,13 +56,14 @@ from decaykit.conventions import Expectation, expectations, rate_text
 from decaykit.errors import DecayError
 from decaykit.names import canonical_name
 from decaykit.probe_math import Rows, measure_rows
-from decaykit.shadow import Shadow
+from decaykit.shadow import Shadow, is_sharded, local_shard
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ProbeEntry", "ProbeReport", "probe"]
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 _LISTED = 20  # notes printed in the summary; the table and to_dict() have them all
 _PATTERN_NOTE = "all zeros, so measured on a copy filled with a test pattern"
+_EMPTY_NOTE = "sharded, and this rank holds none of it: the ranks that hold it measure it"
 
 
 @dataclass
@@ -62,9 +71,11 @@ class ProbeEntry:
     """The decay one tensor (or one stacked model's slice of it, ``name[k]``) gets per step.
 
     ``kind`` is what was measured: ``decoupled`` (shrink proportional to θ), ``coupled``
-    (equal to adding λθ to the gradient), ``cautious``, ``none``, ``other`` (neither), or
-    ``missing`` (a trainable parameter of the model that no group holds). ``measured`` and
-    ``expected`` are shrink factors per step (0.9999 means 0.01% smaller each step).
+    (equal to adding λθ to the gradient), ``cautious``, ``none``, ``other`` (neither),
+    ``missing`` (a trainable parameter of the model that no group holds), or ``empty`` (a
+    sharded tensor with no elements on this rank: nothing measured here). ``measured`` and
+    ``expected`` are shrink factors per step (0.9999 means 0.01% smaller each step). A sharded
+    tensor (DTensor) is measured on this rank's shard; ``shape`` and ``numel`` stay global.
     """
 
     name: str
@@ -118,8 +129,9 @@ class ProbeReport:
         for (kind, factor), members in families.items():
             params = sum(e.numel for e in members)
             values = [e.measured for e in members if e.measured is not None and math.isfinite(e.measured)]
-            if kind in ("none", "missing"):
-                what = "unchanged by the decay" if kind == "none" else "in no param group"
+            if kind in ("none", "missing", "empty"):
+                what = {"none": "unchanged by the decay", "missing": "in no param group",
+                        "empty": "no elements on this rank (measured by the ranks that hold them)"}[kind]
             elif not values:
                 what = "not measurable"
             elif factor:
@@ -132,7 +144,7 @@ class ProbeReport:
         lines.append(f"{len(bad)} disagreement(s)" + (":" if bad else ": the decay applied is the decay configured"))
         lines += [f"  {e.name}: {e.note}" for e in bad[:_LISTED]]
         lines += [f"  ... and {len(bad) - _LISTED} more (see the table)"] if len(bad) > _LISTED else []
-        noted = [e for e in self.entries if e.agrees and e.note and not e.note.startswith(_PATTERN_NOTE)]
+        noted = [e for e in self.entries if e.agrees and e.note and not e.note.startswith((_PATTERN_NOTE, _EMPTY_NOTE))]
         if noted:
             lines.append(f"{len(noted)} tensor(s) that agree, with a note:")
             lines += [f"  {e.name}: {e.note}" for e in noted[:_LISTED]]
@@ -178,7 +190,11 @@ class _Target:
     name: str
     group: int
     expect: Expectation
-    members: int  # stacked models sharing the tensor (per-member rates), else 1
+    total: int  # stacked models sharing the tensor (per-member rates), else 1
+    members: int  # rows measured here: the stacked models this rank holds (1 or 0 when not stacked)
+    first: int = 0  # the first of them
+    local: Expectation | None = None  # expect for those rows (per-member rates sliced), if not expect
+    sharded: bool = False  # a DTensor: measured on this rank's shard
     frozen: str = ""  # why it must not change, or ""
     latent: bool = False  # frozen by requires_grad=False and no .grad: torch skips it today
     intent: tuple[bool, str] | None = None  # (the policy says decay, why)
@@ -240,6 +256,31 @@ def probe(
     return ProbeReport(type(optimizer).__name__, entries, notes, cost)
 
 
+def _held(p: torch.Tensor, local: torch.Tensor, total: int) -> tuple[int, int]:
+    """(first, count) of the rows (stacked members) of ``p`` whose values this rank holds."""
+    if not local.numel():
+        return 0, 0
+    if not is_sharded(p) or total == 1:
+        return 0, total
+    try:  # where this rank's block starts in the global tensor (uneven shards included)
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise DecayError(f"cannot tell which stacked members of a DTensor with placements "
+                         f"{getattr(p, 'placements', '?')} this rank holds ({type(exc).__name__}: {exc}); "
+                         "probe the stacked model unsharded") from None
+    return int(offset[0]), int(local.shape[0])
+
+
+def _slice(e: Expectation, first: int, count: int) -> Expectation:
+    """The expectation for stacked members first .. first + count − 1 only."""
+    def part(v: float | torch.Tensor) -> float | torch.Tensor:
+        return v[first:first + count] if isinstance(v, torch.Tensor) else v
+
+    return dataclasses.replace(e, rate=part(e.rate), weight_decay=part(e.weight_decay))
+
+
 def _targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects: list[Expectation]) -> list[_Target]:
     names: dict[int, str] = {}
     if model is not None:
@@ -253,22 +294,26 @@ def _targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects:
         for j, p in enumerate(params):
             name = canonical_name(str(given[j])) if given else names.get(id(p), f"group{i}.param{j}")
             rate = expects[i].rate
-            members = 1
+            total = 1
             if isinstance(rate, torch.Tensor):
                 if p.dim() == 0 or p.shape[0] != rate.numel():
                     raise DecayError(
                         f"group {i} has {rate.numel()} per-member decay rates but {name} has shape "
                         f"{tuple(p.shape)}: stacked parameters need the members on dimension 0"
                     )
-                members = rate.numel()
+                total = rate.numel()
+            sharded = is_sharded(p)
+            local = local_shard(p)  # a DTensor's shard on this rank; the tensor itself otherwise
+            first, members = _held(p, local, total) if sharded else (0, total)
+            expect = _slice(expects[i], first, members) if (first, members) != (0, total) and members else None
             start = None
-            flat = p.detach().reshape(members, -1)
-            if p.numel() and not bool(flat.any(dim=1).all()):
+            if members and local.numel() and not bool(local.reshape(members, -1).any(dim=1).all()):
                 # decay cannot move zeros: measure the same mechanics on a copy with a test pattern
-                pattern = (torch.arange(p.numel(), device=p.device) % 5 + 1).to(p.dtype) / 5
-                start = pattern.reshape(p.shape)
+                pattern = (torch.arange(local.numel(), device=local.device) % 5 + 1).to(local.dtype) / 5
+                start = pattern.reshape(local.shape)
             fresh = not optimizer.state.get(p)
-            targets.append(_Target(p, name, i, expects[i], members, start=start, fresh=fresh))
+            targets.append(_Target(p, name, i, expects[i], total, members, first, expect, sharded,
+                                   start=start, fresh=fresh))
     return targets
 
 
@@ -314,12 +359,14 @@ def _mark_intent(targets: list[_Target], policy: Any, model: nn.Module | None) -
 
 
 def _bytes(p: torch.Tensor, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of ``p`` and its state that a twin copies: this rank's shards of DTensors."""
     state = optimizer.state.get(p, {})
-    extra = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
-    return p.numel() * p.element_size() + extra
+    tensors = [p, *(v for v in state.values() if isinstance(v, torch.Tensor))]
+    return sum(local_shard(t).numel() * t.element_size() for t in tensors)
 
 
 def _chunks(targets: list[_Target], optimizer: torch.optim.Optimizer, limit: int | None) -> list[list[_Target]]:
+    targets = [t for t in targets if t.members]  # an empty shard has nothing to step
     if limit is None:
         return [targets] if targets else []
     chunks: list[list[_Target]] = []
@@ -338,18 +385,18 @@ def _measure_chunk(shadow: Shadow, chunk: list[_Target], optimizer: torch.optim.
     """Step the twins for one chunk; return (twin steps, bytes held at the peak)."""
     params = [t.param for t in chunk]
     start = {id(t.param): t.start for t in chunk if t.start is not None}
-    p_bytes = sum(p.numel() * p.element_size() for p in params)
+    p_bytes = sum(local_shard(p).numel() * p.element_size() for p in params)
     run_bytes = sum(_bytes(p, optimizer) for p in params) + p_bytes  # copies + zero gradients
     shadow.trim(params)
     base = shadow.step(params, start=start, decay_off=True)
     decayed = shadow.step(params, start=start)
     for t in chunk:
         t.rows = measure_rows(_start(t), decayed[id(t.param)], base[id(t.param)], t.members,
-                              _candidates(t.expect))
+                              _candidates(_expect(t)))
     need = [t for t in chunk if t.rows is not None and t.rows.needs_coupled_twin(t.expect.kind)]
     steps, peak = 2, run_bytes + p_bytes
     if need:
-        lam = {id(t.param): _coupled_rate(t.expect) for t in need}
+        lam = {id(t.param): _coupled_rate(_expect(t)) for t in need}
         maximize = {id(t.param): t.expect.maximize for t in need}
 
         def grad(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -371,7 +418,12 @@ def _measure_chunk(shadow: Shadow, chunk: list[_Target], optimizer: torch.optim.
 
 
 def _start(t: _Target) -> torch.Tensor:
-    return t.param.detach() if t.start is None else t.start
+    return local_shard(t.param) if t.start is None else t.start
+
+
+def _expect(t: _Target) -> Expectation:
+    """What the rows this rank measures should do (per-member rates of the members it holds)."""
+    return t.expect if t.local is None else t.local
 
 
 def _coupled_rate(e: Expectation) -> float | torch.Tensor:
@@ -390,19 +442,23 @@ def _candidates(e: Expectation) -> dict[str, float | torch.Tensor]:
 
 
 def _entries(t: _Target, decays_somewhere: bool) -> list[ProbeEntry]:
-    assert t.rows is not None
     out = []
-    for k in range(t.members):
-        r = t.rows.row(k, t.expect)
-        name = t.name if t.members == 1 else f"{t.name}[{k}]"
+    shape = tuple(t.param.shape[1:] if t.total > 1 else t.param.shape)  # global, also for a shard
+    for k in range(t.total):
+        name = t.name if t.total == 1 else f"{t.name}[{k}]"
         wd = t.expect.weight_decay
         wd_k = float(wd[k]) if isinstance(wd, torch.Tensor) else float(wd)
+        if not t.first <= k < t.first + t.members:
+            out.append(_empty_entry(t, k, name, shape, wd_k))
+            continue
+        assert t.rows is not None
+        r = t.rows.row(k - t.first, _expect(t))
         notes = [r.note] if r.note else []
         agrees, expected, expected_kind = r.settings_ok, r.expected, r.expected_kind
         moved = r.kind != "none"
         shrink = f"shrinks by {_factor(r.measured)} per step ({r.kind})" if moved else ""
         fix = "give it weight_decay=0 or remove it from the optimizer"
-        hidden = t.rows.base_shrink(k) if t.fresh else None
+        hidden = t.rows.base_shrink(k - t.first) if t.fresh else None
         if hidden is not None:
             # no state, no gradient, weight_decay=0, and still it moves: a decay under another setting
             notes.append(f"with weight_decay=0, zero gradients and no state it still shrinks by {_factor(hidden)} "
@@ -433,10 +489,21 @@ def _entries(t: _Target, decays_somewhere: bool) -> list[ProbeEntry]:
                              "(groups swapped, or a no-decay list matching too much?)")
         if t.start is not None:
             notes.append(_PATTERN_NOTE)
-        out.append(ProbeEntry(name, tuple(t.param.shape[1:] if t.members > 1 else t.param.shape), r.kind,
-                              r.measured, expected, agrees, "; ".join(notes), expected_kind, t.group,
-                              t.expect.lr, wd_k, t.param.numel() // t.members, bool(t.frozen)))
+        out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
+                              t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen)))
     return out
+
+
+def _empty_entry(t: _Target, k: int, name: str, shape: tuple[int, ...], wd_k: float) -> ProbeEntry:
+    """A sharded tensor (or stacked member) of which this rank holds no element: what the settings say."""
+    e = t.expect
+    if t.frozen or (t.intent is not None and not t.intent[0]) or e.kind == "none":
+        expected, kind = 1.0, "none"
+    else:
+        rate = e.rate[k] if isinstance(e.rate, torch.Tensor) else e.rate
+        expected, kind = (1 - float(rate)) if e.kind == "decoupled" else None, e.kind
+    return ProbeEntry(name, shape, "empty", None, expected, True, _EMPTY_NOTE, kind, t.group, e.lr, wd_k,
+                      t.param.numel() // t.total, bool(t.frozen))
 
 
 def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[ProbeEntry]:
@@ -472,7 +539,22 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[_Target], expects: li
     if momentum:
         notes.append(f"groups {momentum}: coupled decay also enters the momentum buffer and keeps acting on later "
                      "steps (about lr·λ/(1 − momentum) in total); this measures the next step only")
+    sharded = [t for t in targets if t.sharded]
+    if sharded:
+        empty = sum(1 for t in sharded if t.members < t.total)
+        notes.append(f"{len(sharded)} sharded tensors (DTensor: FSDP2, tensor parallel) measured on this rank's shard "
+                     f"({_rank_text()}); names and shapes are global. Decay is elementwise, so a shard shows the "
+                     "tensor's factor (an optimizer whose step uses whole-tensor norms would see the shard's here)"
+                     + (f"; {empty} hold no elements on this rank (uneven sharding): 'empty', measured by the ranks "
+                        "that hold them" if empty else ""))
     if chunks > 1:
         notes.append(f"stepped in {chunks} chunks to bound memory; an optimizer that couples tensors across "
                      "chunks (global norms) needs chunk_bytes=None")
     return notes
+
+
+def _rank_text() -> str:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return f"rank {dist.get_rank()} of {dist.get_world_size()}"
+    return "this process"

@@ -13,11 +13,17 @@ So a twin is built attribute by attribute: parameters of the current chunk becom
 every other parameter and state tensor a ``meta`` placeholder that takes no memory (if some
 code path still reaches one, it fails on ``meta`` instead of writing to the real tensor),
 instance hooks and patched ``step`` methods are dropped, and ``step`` is called from the class.
+
+A sharded parameter (a ``DTensor``: FSDP2's ``fully_shard``, tensor parallel) and its sharded
+state enter the twin as plain copies of this rank's shard (:func:`local_shard`). Decay is
+elementwise, so the shard alone shows it; and a twin of plain tensors runs no collective, so
+each rank can probe on its own (rank 0 alone too) without waiting for the others.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,7 +33,7 @@ from torch import nn
 
 from decaykit.errors import DecayError
 
-__all__ = ["Shadow", "reachable_optimizers"]
+__all__ = ["Shadow", "is_sharded", "local_shard", "reachable_optimizers"]
 
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,9 +57,23 @@ def reachable_optimizers(optimizer: torch.optim.Optimizer, depth: int = 3) -> li
     return found
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    """True for a ``DTensor`` (FSDP2, tensor parallel), whose values live spread over ranks."""
+    # no DTensor exists unless its module was imported: do not pay that import for everyone else
+    module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(module, "DTensor", None)
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached; for a ``DTensor``, the part this rank holds (a view, no copy, no collective)."""
+    t = t.detach()
+    return t.to_local() if is_sharded(t) else t
+
+
 def _placeholder(t: torch.Tensor) -> torch.Tensor:
     try:
-        meta = torch.empty_like(t, device="meta")
+        meta = torch.empty_like(local_shard(t), device="meta")
     except (RuntimeError, TypeError, NotImplementedError):  # exotic tensor subclasses
         meta = torch.empty(0, device="meta", dtype=t.dtype)
     if isinstance(t, nn.Parameter):
@@ -66,7 +86,8 @@ def _is_hook_dict(key: str) -> bool:
 
 
 def _key(t: torch.Tensor) -> tuple[Any, ...] | None:
-    """Pool key of a plain dense tensor; None for anything a fresh ``clone`` should handle."""
+    """Pool key of a plain dense tensor (a DTensor's shard); None for anything a fresh ``clone`` should handle."""
+    t = local_shard(t)
     if type(t) not in (torch.Tensor, nn.Parameter) or t.layout != torch.strided or not t.is_contiguous():
         return None
     return (tuple(t.shape), t.dtype, t.device)
@@ -103,14 +124,15 @@ class Shadow:
         self._lent: list[torch.Tensor] = []  # state copies and gradients of the running twin
 
     def _take(self, src: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
+        src = local_shard(src)
         key = _key(src)
         free = self._pool.get(key) if key is not None else None
         if free:
             buf = free.pop()
-            return buf.zero_() if zero else buf.copy_(src.detach())
+            return buf.zero_() if zero else buf.copy_(src)
         if zero:
             return torch.zeros_like(src, memory_format=torch.preserve_format)
-        return src.detach().clone(memory_format=torch.preserve_format)
+        return src.clone(memory_format=torch.preserve_format)
 
     def recycle(self, tensors: Iterable[torch.Tensor]) -> None:
         """Give back stepped copies once read, for the next twin's buffers."""
@@ -139,11 +161,13 @@ class Shadow:
         start: dict[int, torch.Tensor] | None = None,
         decay_off: bool = False,
     ) -> dict[int, torch.Tensor]:
-        """Step a twin holding copies of ``params`` once; return ``{id(param): stepped copy}``.
+        """Step a twin holding copies of ``params`` once; return ``{id(param): stepped copy}``
+        (of this rank's shard, for a DTensor).
 
         ``grad(param, copy)`` gives each copy's gradient (zeros by default: torch skips a
         parameter whose ``.grad`` is None, so zeros are what lets the decay act alone).
-        ``start`` maps ``id(param)`` to values to start from instead of the parameter's own.
+        ``start`` maps ``id(param)`` to values to start from instead of the parameter's own
+        (shard-sized for a DTensor).
         ``decay_off`` sets every group's ``weight_decay`` to 0 in the twin.
         """
         params = list(params)
