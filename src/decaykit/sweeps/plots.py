@@ -32,7 +32,10 @@ def _pyplot() -> Any:
 def _xaxis(ax: Any, lams: Sequence[float]) -> None:
     positive = [v for v in lams if v > 0]
     if positive:
-        ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
+        low = min(positive)
+        ax.set_xscale("symlog", linthresh=low, linscale=0.5)
+        # λ < 0 means nothing: start just left of λ = 0 (symlog's default margin shows negative decades)
+        ax.set_xlim(-0.3 * low if 0.0 in lams else low / 1.5, max(positive) * 1.5)
     ax.set_xlabel("weight decay λ")
     ax.grid(True, alpha=0.3)
 

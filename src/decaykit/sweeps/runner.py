@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -283,7 +284,10 @@ class _Runner:
 
     def run(self, keys: Sequence[TrialKey]) -> None:
         keys = sorted(set(keys))
-        chunks = [keys[i : i + self.chunk_size] for i in range(0, len(keys), self.chunk_size)]
+        # equal chunks of at most chunk_size (30 trials → 15 + 15, not 16 + 14), fixed by the grid alone
+        # so that a rerun or another worker cuts the same chunks
+        size = math.ceil(len(keys) / max(1, math.ceil(len(keys) / self.chunk_size))) if keys else 1
+        chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
         self.bar.add_total(sum(1 for k in keys if k not in self.store.completed()) * self.settings.epochs)
         while True:
             done = self.store.completed()

@@ -1,0 +1,182 @@
+"""A K = 16 weight-decay sweep trained as one stacked model vs the same 16 runs one after another.
+
+Both sides train the demo's MLP (64-512-10) on the noisy-label digits, batch 32, for the same
+epochs, and evaluate the test set at the end:
+
+* sequential: 16 plain PyTorch loops, ``torch.optim.AdamW(model.parameters(), lr, weight_decay=λ)``
+  with its defaults (the foreach path), one after another;
+* batched: one ``decaykit.sweep`` call over the same 16 (λ, seed) trials, stacked (baddbmm layers,
+  fused AdamW, per-member λ through decaykit's engine), in memory, no plots.
+
+They run interleaved, ``--repeats`` times, and the median of each is reported (other work on a shared
+machine then slows both alike). The machine's matmul peak is measured in the same run (a large
+float32 matmul), and the sweep's achieved GFLOP/s (nominal 6·params·samples per sample-epoch for
+forward + backward) is printed beside it. Where the time goes inside one batched step (forward +
+backward, the engine's optimizer step, and AdamW's foreach step for comparison) is measured too.
+
+The last line is ``speedup=<sequential / batched>`` at the demo's batch size (32); batch 16 is
+measured first for comparison. Target: the batched sweep takes at most 2.5x the time of ONE run,
+i.e. speedup > 6.4. How close that is depends on how far one plain run is from the matmul peak:
+the smaller the batch, the more a plain step is Python and dispatch overhead that stacking shares.
+
+    python benchmarks/bench_sweep.py [--epochs 20] [--repeats 3] [--batch-size 32] [--also 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import decaykit
+from decaykit.sweeps.tasks import digits_mlp, digits_noisy_labels
+
+LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+SEEDS = (0, 1)  # 8 λ × 2 seeds = K = 16 trials
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def plain_run(data, weight_decay: float, seed: int, epochs: int, batch: int) -> float:
+    """What a user writes by hand: one model, torch AdamW with its defaults, a test evaluation at the end."""
+    torch.manual_seed(seed)
+    model = digits_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    n = data.train_size
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for lo in range(0, n, batch):
+            idx = order[lo : lo + batch]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((model(data.x_test).argmax(-1) == data.y_test).float().mean())
+
+
+def sequential(data, epochs: int, batch: int) -> tuple[float, list[float]]:
+    times = []
+    for wd in LAMBDAS:
+        for seed in SEEDS:
+            start = time.perf_counter()
+            plain_run(data, wd, seed, epochs, batch)
+            times.append(time.perf_counter() - start)
+    return sum(times), times
+
+
+def batched(data, epochs: int, batch: int) -> float:
+    start = time.perf_counter()
+    decaykit.sweep(
+        digits_mlp,
+        (data.x_train, data.y_train, data.x_test, data.y_test),
+        weight_decays=LAMBDAS,
+        seeds=list(SEEDS),
+        epochs=epochs,
+        batch_size=batch,
+        lr=1e-3,
+        curve_points=1,  # the initial and the final evaluation, as the plain loop's single test pass
+        chunk_size=16,
+    )
+    return time.perf_counter() - start
+
+
+def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
+    """Milliseconds per batched training step: forward + backward, and the optimizer, fused vs foreach."""
+    from decaykit.sweeps.batched import StackedMembers
+    from decaykit.sweeps.metrics import member_losses
+    from decaykit.sweeps.trainer import TrainSettings, seeded_model
+
+    settings = TrainSettings(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
+                             policy="decaykit", loss="cross_entropy", kind="classification", dtype=torch.float32,
+                             device=torch.device("cpu"))  # fmt: skip
+    keys = [(wd, s) for wd in LAMBDAS for s in SEEDS]
+    members = StackedMembers([seeded_model(digits_mlp, s, torch.float32, torch.device("cpu")) for _, s in keys],
+                             [wd for wd, _ in keys], settings)  # fmt: skip
+    idx = torch.stack([torch.randperm(data.train_size)[:batch] for _ in keys])
+    x, y = data.x_train[idx], data.y_train[idx]
+
+    def fwd_bwd() -> None:
+        members.optimizer.zero_grad(set_to_none=True)
+        member_losses("cross_entropy", members.train_forward(x), y).sum().backward()
+
+    def timed(fn) -> float:
+        for _ in range(5):
+            fn()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start) / reps * 1e3
+
+    out = {"forward + backward": timed(fwd_bwd)}
+    fwd_bwd()
+    out["engine step (fused AdamW + per-member λ pass)"] = timed(members.optimizer.step)
+    params = [p for g in members.optimizer.param_groups for p in g["params"]]
+    foreach = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
+    out["AdamW foreach step, same tensors (for comparison)"] = timed(foreach.step)
+    return out
+
+
+def compare(data, epochs: int, batch: int, repeats: int, flops_one: float, k: int) -> dict[str, float]:
+    """Interleaved repeats of the sequential and the batched sweep at one batch size; medians."""
+    batched(data, 1, batch)  # warm-up: imports, first-call allocations
+    plain_run(data, 0.0, 0, 1, batch)
+    seq_totals, one_runs, bat_totals, peaks = [], [], [], []
+    for _ in range(repeats):
+        peaks.append(matmul_peak())
+        total, each = sequential(data, epochs, batch)
+        seq_totals.append(total)
+        one_runs.extend(each)
+        bat_totals.append(batched(data, epochs, batch))
+    seq, one, bat, peak = (statistics.median(v) for v in (seq_totals, one_runs, bat_totals, peaks))
+    print(f"batch {batch}:")
+    print(f"  matmul peak (2048² float32), measured now:  {peak:6.0f} GFLOP/s")
+    print(f"  one plain run (torch AdamW defaults):       {one:6.3f} s  {flops_one / one / 1e9:6.1f} GFLOP/s")
+    print(f"  {k} plain runs, one after another:          {seq:6.3f} s  {k * flops_one / seq / 1e9:6.1f} GFLOP/s")
+    print(f"  decaykit.sweep, {k} trials stacked:          {bat:6.3f} s  {k * flops_one / bat / 1e9:6.1f} GFLOP/s "
+          f"({k * flops_one / bat / 1e9 / peak:.0%} of the peak)")  # fmt: skip
+    print(f"  batched / one run = {bat / one:.2f}x (target <= 2.5x); sequential / batched = {seq / bat:.2f}x")
+    return {"speedup": seq / bat}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32, help="the demo's batch size, reported last")
+    parser.add_argument("--also", type=int, nargs="*", default=[16], help="other batch sizes to compare first")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    data = digits_noisy_labels()
+    params = sum(p.numel() for p in digits_mlp().parameters())
+    k = len(LAMBDAS) * len(SEEDS)
+    flops_one = 6.0 * params * data.train_size * args.epochs
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MLP 64-512-10 ({params:,} parameters), "
+          f"{data.train_size} samples, {args.epochs} epochs; K = {k} trials (8 λ x 2 seeds); "
+          f"medians of {args.repeats} interleaved repeats")  # fmt: skip
+    for batch in [b for b in args.also if b != args.batch_size]:
+        compare(data, args.epochs, batch, args.repeats, flops_one, k)
+    result = compare(data, args.epochs, args.batch_size, args.repeats, flops_one, k)
+    print(f"where a stacked step's time goes at batch {args.batch_size} (ms, K = {k}):")
+    for name, ms in step_breakdown(data, args.batch_size).items():
+        print(f"  {name:<52} {ms:.3f}")
+    print(f"speedup={result['speedup']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
