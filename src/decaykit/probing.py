@@ -35,13 +35,12 @@ Sharded parameters (``DTensor``: FSDP2's ``fully_shard``, tensor parallel) are m
 shard this rank holds: decay is elementwise, so θ(1 − ηλ) holds shard by shard, and the twins
 step plain copies of the shards with no collective (each rank may probe alone). Entries keep
 the global name, shape and size; a tensor of which this rank holds nothing (an (11, 6) table
-over 2 ranks is 6 + 5 rows, a (1,) tensor is 1 + 0) is reported as ``empty``. Per-member
-rates follow the members (rows) this rank holds.
+over 2 ranks is 6 + 5 rows, a (1,) tensor is 1 + 0) is reported as ``empty``. Stacked models
+with per-member rates must not be sharded on the member dimension.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import math
 import time
@@ -191,9 +190,7 @@ class _Target:
     group: int
     expect: Expectation
     total: int  # stacked models sharing the tensor (per-member rates), else 1
-    members: int  # rows measured here: the stacked models this rank holds (1 or 0 when not stacked)
-    first: int = 0  # the first of them
-    local: Expectation | None = None  # expect for those rows (per-member rates sliced), if not expect
+    members: int  # rows measured here: total, or 0 for a DTensor with no elements on this rank
     sharded: bool = False  # a DTensor: measured on this rank's shard
     frozen: str = ""  # why it must not change, or ""
     latent: bool = False  # frozen by requires_grad=False and no .grad: torch skips it today
@@ -256,29 +253,16 @@ def probe(
     return ProbeReport(type(optimizer).__name__, entries, notes, cost)
 
 
-def _held(p: torch.Tensor, local: torch.Tensor, total: int) -> tuple[int, int]:
-    """(first, count) of the rows (stacked members) of ``p`` whose values this rank holds."""
+def _held(name: str, local: torch.Tensor, total: int) -> int:
+    """How many rows (stacked members) of a DTensor this rank's shard holds values of: all or none."""
     if not local.numel():
-        return 0, 0
-    if not is_sharded(p) or total == 1:
-        return 0, total
-    try:  # where this rank's block starts in the global tensor (uneven shards included)
-        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-        _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)  # type: ignore[attr-defined]
-    except Exception as exc:
-        raise DecayError(f"cannot tell which stacked members of a DTensor with placements "
-                         f"{getattr(p, 'placements', '?')} this rank holds ({type(exc).__name__}: {exc}); "
-                         "probe the stacked model unsharded") from None
-    return int(offset[0]), int(local.shape[0])
-
-
-def _slice(e: Expectation, first: int, count: int) -> Expectation:
-    """The expectation for stacked members first .. first + count − 1 only."""
-    def part(v: float | torch.Tensor) -> float | torch.Tensor:
-        return v[first:first + count] if isinstance(v, torch.Tensor) else v
-
-    return dataclasses.replace(e, rate=part(e.rate), weight_decay=part(e.weight_decay))
+        return 0
+    if total > 1 and local.shape[0] != total:
+        # the twin would apply all of the group's per-member rates to some of the rows
+        raise DecayError(f"{name} stacks {total} models with per-member decay rates, but this rank holds "
+                         f"{local.shape[0]} of its rows (sharded on the member dimension 0): probe the stacked "
+                         "model unsharded, or shard it on another dimension")
+    return total
 
 
 def _targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects: list[Expectation]) -> list[_Target]:
@@ -304,16 +288,14 @@ def _targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects:
                 total = rate.numel()
             sharded = is_sharded(p)
             local = local_shard(p)  # a DTensor's shard on this rank; the tensor itself otherwise
-            first, members = _held(p, local, total) if sharded else (0, total)
-            expect = _slice(expects[i], first, members) if (first, members) != (0, total) and members else None
+            members = _held(name, local, total) if sharded else total
             start = None
             if members and local.numel() and not bool(local.reshape(members, -1).any(dim=1).all()):
                 # decay cannot move zeros: measure the same mechanics on a copy with a test pattern
                 pattern = (torch.arange(local.numel(), device=local.device) % 5 + 1).to(local.dtype) / 5
                 start = pattern.reshape(local.shape)
             fresh = not optimizer.state.get(p)
-            targets.append(_Target(p, name, i, expects[i], total, members, first, expect, sharded,
-                                   start=start, fresh=fresh))
+            targets.append(_Target(p, name, i, expects[i], total, members, sharded, start=start, fresh=fresh))
     return targets
 
 
@@ -392,11 +374,11 @@ def _measure_chunk(shadow: Shadow, chunk: list[_Target], optimizer: torch.optim.
     decayed = shadow.step(params, start=start)
     for t in chunk:
         t.rows = measure_rows(_start(t), decayed[id(t.param)], base[id(t.param)], t.members,
-                              _candidates(_expect(t)))
+                              _candidates(t.expect))
     need = [t for t in chunk if t.rows is not None and t.rows.needs_coupled_twin(t.expect.kind)]
     steps, peak = 2, run_bytes + p_bytes
     if need:
-        lam = {id(t.param): _coupled_rate(_expect(t)) for t in need}
+        lam = {id(t.param): _coupled_rate(t.expect) for t in need}
         maximize = {id(t.param): t.expect.maximize for t in need}
 
         def grad(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -421,11 +403,6 @@ def _start(t: _Target) -> torch.Tensor:
     return local_shard(t.param) if t.start is None else t.start
 
 
-def _expect(t: _Target) -> Expectation:
-    """What the rows this rank measures should do (per-member rates of the members it holds)."""
-    return t.expect if t.local is None else t.local
-
-
 def _coupled_rate(e: Expectation) -> float | torch.Tensor:
     return e.rate if e.kind == "coupled" else e.weight_decay
 
@@ -448,17 +425,17 @@ def _entries(t: _Target, decays_somewhere: bool) -> list[ProbeEntry]:
         name = t.name if t.total == 1 else f"{t.name}[{k}]"
         wd = t.expect.weight_decay
         wd_k = float(wd[k]) if isinstance(wd, torch.Tensor) else float(wd)
-        if not t.first <= k < t.first + t.members:
+        if not t.members:
             out.append(_empty_entry(t, k, name, shape, wd_k))
             continue
         assert t.rows is not None
-        r = t.rows.row(k - t.first, _expect(t))
+        r = t.rows.row(k, t.expect)
         notes = [r.note] if r.note else []
         agrees, expected, expected_kind = r.settings_ok, r.expected, r.expected_kind
         moved = r.kind != "none"
         shrink = f"shrinks by {_factor(r.measured)} per step ({r.kind})" if moved else ""
         fix = "give it weight_decay=0 or remove it from the optimizer"
-        hidden = t.rows.base_shrink(k - t.first) if t.fresh else None
+        hidden = t.rows.base_shrink(k) if t.fresh else None
         if hidden is not None:
             # no state, no gradient, weight_decay=0, and still it moves: a decay under another setting
             notes.append(f"with weight_decay=0, zero gradients and no state it still shrinks by {_factor(hidden)} "
@@ -495,7 +472,7 @@ def _entries(t: _Target, decays_somewhere: bool) -> list[ProbeEntry]:
 
 
 def _empty_entry(t: _Target, k: int, name: str, shape: tuple[int, ...], wd_k: float) -> ProbeEntry:
-    """A sharded tensor (or stacked member) of which this rank holds no element: what the settings say."""
+    """A sharded tensor of which this rank holds no element: what the settings say, nothing measured."""
     e = t.expect
     if t.frozen or (t.intent is not None and not t.intent[0]) or e.kind == "none":
         expected, kind = 1.0, "none"
@@ -541,7 +518,7 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[_Target], expects: li
                      "steps (about lr·λ/(1 − momentum) in total); this measures the next step only")
     sharded = [t for t in targets if t.sharded]
     if sharded:
-        empty = sum(1 for t in sharded if t.members < t.total)
+        empty = sum(1 for t in sharded if not t.members)
         notes.append(f"{len(sharded)} sharded tensors (DTensor: FSDP2, tensor parallel) measured on this rank's shard "
                      f"({_rank_text()}); names and shapes are global. Decay is elementwise, so a shard shows the "
                      "tensor's factor (an optimizer whose step uses whole-tensor norms would see the shard's here)"
