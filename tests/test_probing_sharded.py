@@ -129,6 +129,8 @@ def test_sharded_and_plain_tensors_measure_as_the_bare_model(group: int, name: s
     assert {e.kind for e in report.entries} == {"none", decays[name]}
     assert any("4 sharded tensors" in n and "rank 0 of 1" in n for n in report.notes), report.notes
     assert decaykit.audit(model, opt, measure=True).ok
+    compiled = probe(opt, model=torch.compile(model))  # names through _orig_mod.; nothing is compiled
+    assert [(e.name, e.measured) for e in compiled.entries] == [(e.name, e.measured) for e in report.entries]
 
 
 def _shard_on_rank_one(world: int) -> Net:
@@ -153,7 +155,7 @@ def _step_with_grads(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 
 
 @pytest.mark.parametrize("group", ["fake"], indirect=True)
 @pytest.mark.parametrize("name", ["adamw", "adam-coupled"])
-def test_rank_one_of_two_measures_its_uneven_and_empty_shards(group: int, name: str) -> None:
+def test_rank_one_of_two_measures_its_uneven_and_empty_shards(group: int, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _shard_on_rank_one(group)
     local = {n: tuple(p.to_local().shape) for n, p in model.named_parameters()}
     assert local["wte.weight"] == (5, 6) and local["temperature"] == (0,)  # 6 + 5 rows, 1 + 0
@@ -163,11 +165,21 @@ def test_rank_one_of_two_measures_its_uneven_and_empty_shards(group: int, name: 
                             {"params": [p for n, p in params.items() if n not in decayed], "weight_decay": 0.0, "lr": LR}])
     _step_with_grads(model, opt)
     before = _state(model, opt)
+    stepped: list[type] = []  # what the twins hold: plain shards, so no collective, each rank alone
+    real_step = type(opt).step
 
+    def recording(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        stepped.extend(type(p) for g in self.param_groups for p in g["params"])
+        stepped.extend(type(v) for s in self.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(opt), "step", recording)
     report = probe(opt, model=model)
+    monkeypatch.undo()
 
     assert _same(before, _state(model, opt))
     assert report.ok, str(report)
+    assert stepped and not any(issubclass(t, DTensor) for t in stepped)
     by_name = {e.name: e for e in report.entries}
     assert sorted(by_name) == sorted(n for n, _ in model.named_parameters())
     wte, temp = by_name["wte.weight"], by_name["temperature"]

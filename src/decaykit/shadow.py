@@ -87,7 +87,8 @@ def _is_hook_dict(key: str) -> bool:
 
 def _key(t: torch.Tensor) -> tuple[Any, ...] | None:
     """Pool key of a plain dense tensor (a DTensor's shard); None for anything a fresh ``clone`` should handle."""
-    t = local_shard(t)
+    if is_sharded(t):
+        t = local_shard(t)
     if type(t) not in (torch.Tensor, nn.Parameter) or t.layout != torch.strided or not t.is_contiguous():
         return None
     return (tuple(t.shape), t.dtype, t.device)
