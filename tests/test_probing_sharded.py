@@ -203,3 +203,15 @@ def test_stacked_members_split_over_ranks_are_refused(group: int) -> None:
     opt.param_groups[0]["weight_decay"] = torch.linspace(0.1, 0.6, 6)
     with pytest.raises(DecayError, match="holds 3 of its rows"):
         probe(opt, model=model)
+
+
+@pytest.mark.parametrize("group", ["gloo"], indirect=True)
+def test_optimizer_built_before_fully_shard_is_caught(group: int) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    fully_shard(model)  # swaps in new DTensor parameters: opt now trains tensors the model no longer uses
+    report = probe(opt, model=model)
+    missing = [e for e in report.entries if e.kind == "missing"]
+    assert not report.ok and len(missing) == len(list(model.parameters()))
+    assert all("built before fully_shard" in e.note for e in missing)

@@ -212,7 +212,8 @@ def probe(
 
     Args:
         optimizer: any ``torch.optim.Optimizer`` (also wrappers such as ``decaykit.WeightDecay``);
-            never stepped, its state, groups, hooks and schedulers are left as they are.
+            never stepped, its state, groups, hooks and schedulers are left as they are. DTensor
+            parameters (FSDP2, tensor parallel) are measured on this rank's shard, with no collective.
         model: names the tensors, and reports trainable parameters no group holds.
         frozen: names (globs) or tensors meant to stay fixed, e.g. weights whose gradients you
             zero; ``requires_grad=False`` tensors count as frozen too. A frozen tensor that the
@@ -487,12 +488,15 @@ def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[
     if model is None:
         return []
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    stale = not any(is_sharded(p) for g in optimizer.param_groups for p in g["params"])
     out = []
     for n, p in model.named_parameters():
         if p.requires_grad and id(p) not in held:
-            out.append(ProbeEntry(canonical_name(n), tuple(p.shape), "missing", None, None, False,
-                                  "trainable (requires_grad=True) but in no param group: it never updates or "
-                                  "decays; add it to the optimizer or set requires_grad=False",
+            note = ("trainable (requires_grad=True) but in no param group: it never updates or decays; add it to "
+                    "the optimizer or set requires_grad=False")
+            if stale and is_sharded(p):  # fully_shard registers new DTensor parameters in place of the old
+                note += "; the optimizer holds no DTensor at all: was it built before fully_shard?"
+            out.append(ProbeEntry(canonical_name(n), tuple(p.shape), "missing", None, None, False, note,
                                   numel=p.numel()))
     return out
 
