@@ -85,7 +85,7 @@ def test_batched_equals_one_by_one(optimizer, mode, lr):
 
 def test_vmap_path_equals_one_by_one():
     kw = dict(FAST, weight_decays=[0.0, 0.5, 3.0], lr=1e-2)
-    batched = sweep(Residual, blobs(), **kw)
+    batched = sweep(Residual, blobs(), batched=True, **kw)
     alone = sweep(Residual, blobs(), batched=False, **kw)
     assert batched.run["path"] == "vmap"
     assert_same(batched, alone)
@@ -157,3 +157,22 @@ def test_diverged_member_is_marked_and_the_others_are_untouched():
 def test_a_shrink_beyond_one_is_refused_before_training():
     with pytest.raises(DecayError, match=r"1000 .* flips every weight's sign"):
         sweep(mlp, blobs(), **dict(FAST, weight_decays=[0.0, 1000.0], optimizer="sgd", lr=0.5, mode="lr_coupled"))
+
+
+def test_vmap_stacking_that_measures_slower_falls_back_once_per_study(tmp_path, monkeypatch):
+    import decaykit.sweeps.runner as runner
+
+    calls = []
+
+    def slower(*args, **kwargs):
+        calls.append(1)
+        return False, "9 ms per stacked step of 2 models vs 2 x 1 ms one at a time"
+
+    monkeypatch.setattr(runner, "stacking_pays", slower)
+    kw = dict(FAST, weight_decays=[0.0, 1.0], seeds=1, epochs=1, out=str(tmp_path), plots=False)
+    first = sweep(Residual, blobs(), **kw)
+    assert first.run["path"] == "one-by-one" and calls == [1]
+    assert any("stacking measured slower (9 ms per stacked step" in n for n in first.notes)
+    more = sweep(Residual, blobs(), **{**kw, "weight_decays": [0.0, 1.0, 3.0]})
+    assert calls == [1] and more.run["path"] == "one-by-one"  # the study's decision is reused
+    assert sweep(mlp, blobs(), **kw).run["path"] == "layers" and calls == [1]  # Linear chains are not timed

@@ -34,7 +34,7 @@ from decaykit.sweeps.optim import build_optimizer, decay_plan
 from decaykit.sweeps.tasks import SweepData
 from decaykit.sweeps.trainer import TrainSettings, decayed_names, seeded_model
 
-__all__ = ["NotBatchable", "StackedMembers", "check_batchable", "layer_plan"]
+__all__ = ["NotBatchable", "StackedMembers", "check_batchable", "layer_plan", "stack_path", "stacking_pays"]
 
 # element-wise modules without parameters: they act on (K, b, ...) exactly as on (b, ...)
 _ELEMENTWISE: tuple[type[nn.Module], ...] = (
@@ -221,3 +221,50 @@ def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, settings
                 if own.shape != got.shape or not torch.allclose(own, got.detach(), rtol=1e-4, atol=1e-5):
                     return "the stacked forward pass does not reproduce the model's own (data-dependent control flow?)"
     return None
+
+
+def stack_path(model: nn.Module) -> str:
+    """"layers" (baddbmm chain) or "vmap": how :class:`StackedMembers` would run ``model``."""
+    tied = len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.named_parameters()))
+    plain = not tied and not any(True for _ in model.buffers())
+    return "layers" if plain and layer_plan(model) is not None else "vmap"
+
+
+def stacking_pays(
+    model_fn: Callable[[], nn.Module], data: SweepData, settings: TrainSettings, members: int, reps: int = 3
+) -> tuple[bool, str]:
+    """Time training steps of ``members`` stacked models against the same steps one model at a time.
+
+    vmap turns some layers into slower kernels (a convolution with K stacked weights becomes a grouped
+    convolution, measured 2x slower than K separate ones for a small CNN here), so stacking is only
+    used when it is faster. Best of ``reps`` interleaved timings; returns (faster?, the figures).
+    """
+    import time
+
+    from decaykit.sweeps.metrics import member_losses
+    from decaykit.sweeps.trainer import SingleMember
+
+    n = data.train_size
+    batch = n if settings.batch_size is None else min(settings.batch_size, n)
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    decays = [1e-4 * k for k in range(members)]  # distinct: the per-member decay path, as in a sweep
+    stack = StackedMembers([seeded_model(model_fn, k, settings.dtype, settings.device) for k in range(members)],
+                           decays, settings)  # fmt: skip
+    single = SingleMember(seeded_model(model_fn, 0, settings.dtype, settings.device), decays[-1], settings)
+    xs, ys = x.unsqueeze(0).expand(members, *x.shape).contiguous(), y.unsqueeze(0).expand(members, *y.shape)
+
+    def step(m: Any, xb: Tensor, yb: Tensor) -> float:
+        start = time.perf_counter()
+        m.optimizer.zero_grad(set_to_none=True)
+        member_losses(settings.loss, m.train_forward(xb), yb).sum().backward()
+        m.optimizer.step()
+        return time.perf_counter() - start
+
+    step(stack, xs, ys), step(single, x[None], y[None])  # warm-up
+    t_stack, t_single = float("inf"), float("inf")
+    for _ in range(reps):
+        t_stack = min(t_stack, step(stack, xs, ys))
+        t_single = min(t_single, step(single, x[None], y[None]))
+    detail = (f"{t_stack * 1e3:.2f} ms per stacked step of {members} models vs {members} x "
+              f"{t_single * 1e3:.2f} ms one at a time")  # fmt: skip
+    return t_stack < 0.9 * members * t_single, detail

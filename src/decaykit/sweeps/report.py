@@ -103,12 +103,12 @@ def choose_best(rows: Sequence[Mapping[str, Any]], objective: str, maximize: boo
 # ---------------------------------------------------------------- text
 
 
-def _fmt(value: float | None, std: float | None, percent: bool) -> str:
+def _fmt(value: float | None, std: float | None, percent: bool, show_std: bool = True) -> str:
     if value is None:
         return "-"
     if percent:
-        return f"{value * 100:.1f} ± {(std or 0.0) * 100:.1f}"
-    return f"{value:.4g} ± {(std or 0.0):.2g}"
+        return f"{value * 100:.1f} ± {(std or 0.0) * 100:.1f}" if show_std else f"{value * 100:.1f}"
+    return f"{value:.4g} ± {(std or 0.0):.2g}" if show_std else f"{value:.4g}"
 
 
 def _lam(value: float) -> str:
@@ -119,13 +119,14 @@ def format_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: 
     from decaykit.cli.common import format_table as table
 
     gap_is_accuracy = "train_accuracy" in names
+    show_std = any(r["seeds"] - r["diverged"] > 1 for r in rows)  # one seed: no spread to show
     headers = ["λ", *(_HEADERS.get(n, n) if n != "gap" or not gap_is_accuracy else "gap %" for n in names), ""]
     body = []
     for r in rows:
         cells = [_lam(r["weight_decay"])]
         for n in names:
             percent = _is_accuracy(n) or (n == "gap" and gap_is_accuracy)
-            cells.append(_fmt(r.get(n), r.get(f"{n}_std"), percent))
+            cells.append(_fmt(r.get(n), r.get(f"{n}_std"), percent, show_std))
         mark = []
         if best is not None and r["weight_decay"] == best:
             mark.append("← best")
@@ -136,10 +137,10 @@ def format_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: 
     return table(headers, body, align="r" * (len(headers) - 1) + "l")
 
 
-def _describe_value(name: str, value: float, std: float) -> str:
+def _describe_value(name: str, value: float, std: float | None) -> str:
     if _is_accuracy(name):
-        return f"{value:.1%} ± {std * 100:.1f}"
-    return f"{value:.4g} ± {std:.2g}"
+        return f"{value:.1%}" + (f" ± {std * 100:.1f}" if std else "")
+    return f"{value:.4g}" + (f" ± {std:.2g}" if std else "")
 
 
 def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -167,13 +168,17 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
             lines.append("verdict: weight decay does not help here.")
         elif best["helps"]:
             lines.append(f"best λ = {lam}: {name} {value} vs {base} at λ = 0 ({gain}, {seed_text} each).")
-            lines.append(f"verdict: weight decay helps here; use λ ≈ {lam}.")
+            caveat = " (one seed: no measure of seed-to-seed noise; use --seeds 3 unless training is deterministic)"
+            lines.append(f"verdict: weight decay helps here; use λ ≈ {lam}." + (caveat if seeds < 2 else ""))
         else:
             lines.append(f"best λ = {lam}: {name} {value} vs {base} at λ = 0 ({gain}, {seed_text} each).")
-            lines.append(
-                "verdict: weight decay does not measurably help here: the gain is within seed-to-seed noise "
-                "(or below half a point / 1%)."
-            )
+            if best["gain"] <= 2 * best["gain_stderr"]:
+                why = "the gain is within seed-to-seed noise (less than twice its standard error)"
+            else:
+                why = "the gain is below " + ("half a point" if _is_accuracy(best["metric"]) else "1%")
+            lines.append(f"verdict: weight decay does not measurably help here: {why}.")
+    if best["metric"] == "test_accuracy":
+        lines += _loss_line(rows)
     positive = [r for r in rows if r["weight_decay"] > 0]
     if positive and best["weight_decay"] == positive[-1]["weight_decay"] and len(positive) > 1:
         lines.append(f"the best λ is the largest one tried: try larger values (e.g. up to {best['weight_decay'] * 100:g})")
@@ -190,6 +195,22 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
                 f"{norm_text} (the weights are shrunk towards zero faster than the data can grow them)"
             )
     return lines
+
+
+def _loss_line(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Accuracy is the objective; say where the test loss is best too, when decay moves it (calibration)."""
+    usable = [r for r in rows if r["diverged"] == 0 and r.get("test_loss") is not None]
+    base = _row(rows, 0.0)
+    if not usable or base is None or base.get("test_loss") is None:
+        return []
+    best = min(usable, key=lambda r: (r["test_loss"], r["weight_decay"]))
+    if best["weight_decay"] == 0 or best["test_loss"] > 0.99 * base["test_loss"]:
+        return []
+    change = 1 - best["test_loss"] / base["test_loss"]
+    return [
+        f"test loss is lowest at λ = {_lam(best['weight_decay'])}: {best['test_loss']:.3g} vs "
+        f"{base['test_loss']:.3g} at λ = 0 ({change:.0%} lower)"
+    ]
 
 
 def format_report(

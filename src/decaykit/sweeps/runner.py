@@ -27,7 +27,7 @@ from torch import Tensor
 
 from decaykit.errors import DecayError
 from decaykit.sweeps import grid as grids
-from decaykit.sweeps.batched import StackedMembers, check_batchable
+from decaykit.sweeps.batched import StackedMembers, check_batchable, stack_path, stacking_pays
 from decaykit.sweeps.metrics import resolve_loss
 from decaykit.sweeps.optim import decay_plan, describe_optimizer
 from decaykit.sweeps.progress import Progress
@@ -154,6 +154,7 @@ def sweep(
     store = open_store(storage, out, study_name=name, maximize=maximize, config=config)
 
     notes: list[str] = []
+    members = min(chunk_size, len(wd_grid or [0.0] * (points + 1)) * len(seed_list))
     if batched is False or batched == "off":
         stackable = False
         notes.append("trained one model at a time, as asked")
@@ -164,8 +165,12 @@ def sweep(
             if batched is True:
                 raise DecayError(f"batched=True but the model cannot be trained as a stack: {reason}")
             notes.append(f"trained one model at a time: {reason}")
-
-    members = min(chunk_size, len(wd_grid or [0.0] * points) * len(seed_list)) if stackable else 1
+        elif batched == "auto" and members > 1 and stack_path(probe_model) == "vmap":
+            stackable, detail = _stacking_decision(store, the_task, the_data, settings, members)
+            if not stackable:
+                notes.append(f"trained one model at a time: stacking measured slower ({detail})")
+    if not stackable:
+        members = 1
     threads = _threads_for(probe_model, the_data, settings, members)
     bar = Progress(0, mode=_progress_mode(progress))
     runner = _Runner(the_task, the_data, settings, store, objective, stackable, chunk_size, wait, bar, callbacks)
@@ -220,7 +225,7 @@ def sweep(
                 "left out of the means"
             )
     if the_task.notes is not None and rows:
-        notes.extend(the_task.notes(rows))
+        notes.extend(the_task.notes(rows, the_data))
 
     header = _header(the_task, the_data, settings, seed_list, search, rounds, points)
     run = {
@@ -393,6 +398,19 @@ def _check_settings(task: Task, chunk_size: int, curve_points: int, rounds: int,
         return
     if task.mode not in MODES:
         raise DecayError(f"mode must be one of {', '.join(MODES)}, got {task.mode!r}")
+
+
+def _stacking_decision(
+    store: Store, task: Task, data: SweepData, settings: TrainSettings, members: int
+) -> tuple[bool, str]:
+    """Time stacked against one-by-one steps, once per study: a rerun or another worker reuses the
+    decision, so every trial of the sweep runs the same kernels (and a resumed report is identical)."""
+    known = store.recall("stacked")
+    if known is not None:
+        return bool(known["stacked"]), str(known["detail"])
+    faster, detail = stacking_pays(task.model_fn, data, settings, members)
+    store.remember("stacked", {"stacked": faster, "detail": detail})
+    return faster, detail
 
 
 def _check_shrink(task: Task, weight_decays: Sequence[float]) -> None:

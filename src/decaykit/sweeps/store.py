@@ -73,6 +73,10 @@ class Store(Protocol):
 
     def release(self, keys: Iterable[TrialKey], reason: str) -> None: ...
 
+    def recall(self, name: str) -> Any: ...
+
+    def remember(self, name: str, value: Any) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -83,6 +87,13 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[TrialKey, dict[str, Any]] = {}
+        self._notes: dict[str, Any] = {}
+
+    def recall(self, name: str) -> Any:
+        return self._notes.get(name)
+
+    def remember(self, name: str, value: Any) -> None:
+        self._notes[name] = value
 
     def completed(self) -> dict[TrialKey, dict[str, Any]]:
         return dict(self._records)
@@ -199,6 +210,14 @@ class OptunaStore:
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_every,), daemon=True)
         self._beat.start()
+
+    # -- decisions every worker of the study must share (e.g. stacked or one by one)
+
+    def recall(self, name: str) -> Any:
+        return self.storage.get_study_user_attrs(self.study_id).get(f"decaykit:{name}")
+
+    def remember(self, name: str, value: Any) -> None:
+        self.storage.set_study_user_attr(self.study_id, f"decaykit:{name}", value)
 
     # -- reading
 
