@@ -30,6 +30,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 LR, WD = 0.05, 0.1
+# FSDP2 warns that a wrapped Linear returns a view (in-place ops on it would skip a hook): none here
+pytestmark = pytest.mark.filterwarnings("ignore:FSDP2-wrapped module:UserWarning")
 
 OPTIMIZERS: dict[str, Callable[[list[dict]], torch.optim.Optimizer]] = {
     "adamw": lambda g: torch.optim.AdamW(g),
