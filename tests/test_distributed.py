@@ -131,9 +131,6 @@ def test_probe_on_ddp(ranks):
         assert sorted(f["probe_names"]) == sorted(d[0] for d in f["bare"])  # bare names, no "module."
 
 
-@pytest.mark.xfail(strict=True, reason="probe: DTensor parameters are measured as whole tensors: "
-                   "probing._targets calls p.detach().reshape(members, -1), which DTensor refuses for an unevenly "
-                   "sharded (11, 6) table, and probe_math.measure_rows mixes DTensors with plain tensors")
 def test_probe_on_fsdp2(ranks):
     for f in facts(ranks, "fsdp2"):
         assert "probe_error" not in f, f.get("probe_trace")
