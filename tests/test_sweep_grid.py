@@ -54,4 +54,4 @@ def test_search_rounds_zoom_in_on_the_best():
     added = sorted(set(lams) - set(first))
     assert all(low < v < high for v in added), (best_first, added)
     assert all(math.isfinite(r["test_loss"]) for r in result.results)
-    assert "search λ in [0.01, 10]" in str(result)
+    assert "search: λ in [0.01, 10]: 2 rounds of 3" in str(result)

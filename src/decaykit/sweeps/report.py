@@ -112,7 +112,7 @@ def _fmt(value: float | None, std: float | None, percent: bool, show_std: bool =
 
 
 def _lam(value: float) -> str:
-    return "0" if value == 0 else f"{value:g}"
+    return "0" if value == 0 else f"{value:.4g}"
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: float | None) -> str:

@@ -308,6 +308,7 @@ class _Runner:
                 self.bar.advance(0)
                 time.sleep(_POLL_SECONDS)
                 continue
+            self.bar.status = f"{len(keys) - len(todo)}/{len(keys)} trials done"
             chunk = next(c for c in chunks if any(k in free for k in c))
             claimed = self.store.claim([k for k in chunk if k in free])
             if not claimed:
@@ -343,7 +344,7 @@ class _Runner:
                 )
 
     def _train(self, keys: Sequence[TrialKey]) -> list[TrialOutcome]:
-        self.bar.status = f"training {len(keys)} trial{'s' if len(keys) > 1 else ''}"
+        self.bar.status += f", training {len(keys)}" + (" stacked" if self.stackable and len(keys) > 1 else "")
         try:
             if self.stackable and len(keys) > 1:
                 models = [seeded_model(self.task.model_fn, s, self.settings.dtype, self.settings.device) for _, s in keys]
@@ -590,7 +591,8 @@ def _header(
     batch = "full batch" if settings.batch_size is None else f"batch {settings.batch_size}"
     seed_text = f"seeds {seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else f"seeds {seeds}"
     what = (
-        f"search λ in [{search[0]:g}, {search[1]:g}]: {rounds} rounds of {points} log-spaced values, plus λ = 0"
+        f"λ in [{search[0]:g}, {search[1]:g}]: {rounds} rounds of {points} log-spaced values zooming in on the best, "
+        "plus λ = 0"
         if search is not None
         else None
     )
@@ -601,7 +603,10 @@ def _header(
         f"{describe_optimizer(settings.optimizer, settings.lr, settings.momentum, settings.mode)}; "
         f"policy {_policy_text(settings.policy)}",
         f"train:  {settings.epochs} epochs, {batch}, {seed_text} (a seed fixes the initial weights and the "
-        "sample order); mean ± std over seeds",
+        "sample order)",
+        "table:  mean ± std over seeds; gap = "
+        + ("train − test accuracy" if settings.kind == "classification" else "test − train loss")
+        + "; ‖w‖ = L2 norm of the parameters that decay (the policy's choice)",
     ]
     if what:
         lines.append(f"search: {what}")
