@@ -159,43 +159,73 @@ def test_decoupled_modes_follow_their_formula_with_lr_and_decay_schedules(mode, 
 
 
 class ExplicitCautiousAdam:
-    """Adam with cautious weight decay written out as in Chen et al. 2025, u = m̂/(√v̂ + ε)."""
+    """Adam with cautious weight decay written out as in Chen et al. 2025, u = m̂/(√v̂ + ε) (√max v̂ with AMSGrad)."""
 
-    def __init__(self, params, lr, lam, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params, lr, lam, betas=(0.9, 0.999), eps=1e-8, amsgrad=False, maximize=False):
         self.params, self.lr, self.lam, self.betas, self.eps, self.t = list(params), lr, lam, betas, eps, 0
+        self.amsgrad, self.maximize = amsgrad, maximize
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
+        self.v_max = [torch.zeros_like(p) for p in self.params]
 
     @torch.no_grad()
-    def step(self):
+    def sync(self, params, state):
+        """Start the next step from another run's θ and moments: the mask is discontinuous, so float
+        differences that grew over earlier steps could flip a coordinate whose m_t is nearly 0."""
+        for p, m, v, v_max, q in zip(self.params, self.m, self.v, self.v_max, params):
+            p.copy_(q)
+            if q in state:
+                m.copy_(state[q]["exp_avg"])
+                v.copy_(state[q]["exp_avg_sq"])
+                v_max.copy_(state[q].get("max_exp_avg_sq", v))
+
+    @torch.no_grad()
+    def step(self, lr=None, lam=None):
+        lr, lam = (self.lr if lr is None else lr), (self.lam if lam is None else lam)
         self.t += 1
         b1, b2 = self.betas
-        for p, m, v in zip(self.params, self.m, self.v):
-            m.lerp_(p.grad, 1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            u = (m / (1 - b1**self.t)) / ((v / (1 - b2**self.t)).sqrt() + self.eps)
+        for p, m, v, v_max in zip(self.params, self.m, self.v, self.v_max):
+            g = -p.grad if self.maximize else p.grad
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            torch.maximum(v_max, v, out=v_max)
+            u = (m / (1 - b1**self.t)) / (((v_max if self.amsgrad else v) / (1 - b2**self.t)).sqrt() + self.eps)
             mask = (u * p >= 0).to(p.dtype)
-            p.sub_(self.lr * (u + self.lam * mask * p))
+            p.sub_(lr * (u + lam * mask * p))
 
 
-@pytest.mark.parametrize("inner", ["adam_loop", "adamw_fused"])
+CAUTIOUS_INNERS = {
+    "adam_loop": lambda p: torch.optim.Adam(p, lr=1e-2, foreach=False, weight_decay=2.0),
+    "adamw_fused": lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True, weight_decay=2.0),
+    "adam_amsgrad_foreach": lambda p: torch.optim.Adam(p, lr=1e-2, foreach=True, amsgrad=True, weight_decay=2.0),
+    "adamw_fused_maximize": lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True, maximize=True, weight_decay=2.0),
+}
+
+
+@pytest.mark.parametrize("inner", sorted(CAUTIOUS_INNERS))
 @pytest.mark.parametrize("foreach", [False, True])
-def test_cautious_matches_the_paper_written_out(inner, foreach):
+def test_cautious_matches_the_paper_written_out_with_lr_and_decay_schedules(inner, foreach):
+    """100 steps, warm-up + cosine LR and a cosine λ schedule; the engine reads sign(u) from Adam's m_t.
+    Each step is checked from the engine's θ and moments (see ``sync``)."""
+    schedule = schedules.cosine(1.0, 0.2, steps=100)
     ref_model, model = make_model(), make_model()
-    ref = ExplicitCautiousAdam(ref_model.parameters(), lr=1e-2, lam=2.0)
-    make = {"adam_loop": lambda p: torch.optim.Adam(p, lr=1e-2, foreach=False, weight_decay=2.0),
-            "adamw_fused": lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True, weight_decay=2.0)}[inner]
-    opt = WeightDecay(make(model.parameters()), mode="cautious", foreach=foreach)
+    ref = ExplicitCautiousAdam(ref_model.parameters(), lr=1e-2, lam=2.0, amsgrad="amsgrad" in inner,
+                               maximize="maximize" in inner)
+    opt = WeightDecay(CAUTIOUS_INNERS[inner](model.parameters()), mode="cautious", schedule=schedule, foreach=foreach)
+    sched = lr_schedule(opt)
     assert opt.paths() == ["cautious"]
-    for t in range(30):
+    for t in range(100):
+        ref.sync(list(model.parameters()), opt.state)
         for m in (ref_model, model):
             for p in m.parameters():
                 p.grad = None
             backward(m, t)
-        ref.step()
+        ref.step(lr=opt.param_groups[0]["lr"], lam=2.0 * schedule(t))
         opt.step()
-    for a, b in zip(ref_model.parameters(), model.parameters()):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        sched.step()
+        for a, b in zip(ref_model.parameters(), model.parameters()):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    assert not opt._buffers  # no copy of θ: the sign came from the first moment
 
 
 def test_cautious_with_plain_sgd_decays_only_where_gradient_and_weight_agree():
@@ -322,6 +352,8 @@ RESUME_CONFIGS = {
         lambda g: torch.optim.AdamW(g, lr=3e-2, fused=True), "lr_independent", lambda: schedules.cosine(1.0, 3.0, 100)),
     "sgd_cautious_piecewise": (
         lambda g: torch.optim.SGD(g, lr=5e-2, momentum=0.9), "cautious", lambda: schedules.piecewise([30, 70], [1, 2, 0])),
+    "adamw_fused_cautious_linear": (
+        lambda g: torch.optim.AdamW(g, lr=1e-2, fused=True), "cautious", lambda: schedules.linear(1.0, 3.0, 100)),
     "third_party_coupled_l2_callable": (
         lambda g: PlainAdam(g, lr=1e-2), "coupled_l2", lambda: (lambda t: 1.0 + 0.01 * t)),
 }

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decaykit import modes
 from decaykit.modes import (
     DECOUPLED_MODES,
     MODES,
-    cautious_decay_,
     decay_rate,
     decoupled_decay_,
     inner_weight_decay,
@@ -67,66 +65,6 @@ def test_decoupled_decay_reference_equals_foreach_and_formula(per_member):
         assert all(torch.equal(r[1], o[1]) for r, o in zip(ref, original))
 
 
-def explicit_cautious(theta: torch.Tensor, u: torch.Tensor, lr: float, lam: torch.Tensor | float) -> torch.Tensor:
-    """Chen et al. 2025 as written: θ − η(u + λ·𝟙(u⊙θ ≥ 0)⊙θ)."""
-    if isinstance(lam, torch.Tensor):
-        lam = lam.view(-1, *[1] * (theta.dim() - 1))
-    return theta - lr * (u + lam * (u * theta >= 0).to(theta.dtype) * theta)
-
-
-@pytest.mark.parametrize("per_member", [False, True])
-def test_cautious_decay_matches_the_paper_given_only_the_parameter_change(per_member):
-    lr = 0.1
-    lam = torch.tensor([0.3, 1.0, 0.0]) if per_member else 0.5
-    before = tensors(1)
-    updates = tensors(2)
-    updates[0][0, :2] = 0.0  # zero updates decay (𝟙(0 ≥ 0) = 1)
-    outs = {}
-    for foreach in (False, True):
-        params = [b - lr * u for b, u in zip(before, updates)]  # what the inner step left
-        rate = lr * lam
-        cautious_decay_(params, clone(before), rate, foreach=foreach)
-        outs[foreach] = params
-    for ref, fast, b, u in zip(outs[False], outs[True], before, updates):
-        torch.testing.assert_close(ref, fast, rtol=0, atol=1e-7)
-        torch.testing.assert_close(ref, explicit_cautious(b, u, lr, lam), rtol=1e-6, atol=1e-7)
-    b, u = before[0], updates[0]
-    expected_zero_update = b[0, :2] * (1 - lr * (lam[0] if per_member else lam))
-    torch.testing.assert_close(outs[True][0][0, :2], expected_zero_update)
-
-
-@pytest.mark.parametrize("layout", ["transposed", "several_chunks"])
-@pytest.mark.parametrize("per_member", [False, True])
-def test_cautious_fast_path_handles_strided_and_chunked_tensors(layout, per_member):
-    # the CPU fast path works on contiguous chunks of _CHUNK elements; strided tensors take foreach ops
-    g = torch.Generator().manual_seed(7)
-    if layout == "transposed":
-        before = [torch.randn(5, 3, generator=g).t()]  # (3, 5), not contiguous
-    else:
-        before = [torch.randn(3, modes._CHUNK + 5, generator=g)]
-    updates = [torch.randn(b.shape, generator=g) for b in before]
-    lam = torch.tensor([0.3, 1.0, 0.0]) if per_member else 0.5
-    outs = []
-    for foreach in (False, True):
-        params = [b - 0.1 * u for b, u in zip(before, updates)]
-        if layout == "transposed":
-            params = [p.t().contiguous().t() for p in params]
-            assert not params[0].is_contiguous()
-        cautious_decay_(params, [b.clone() for b in before] if layout != "transposed" else list(before), 0.1 * lam,
-                        foreach=foreach)
-        outs.append(params[0])
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-7)  # r·mask vs r as a scalar: 1 ulp
-    torch.testing.assert_close(outs[1], explicit_cautious(before[0], updates[0], 0.1, lam), rtol=1e-6, atol=1e-7)
-
-
-def test_cautious_decay_leaves_disagreeing_coordinates_to_the_update():
-    before = [torch.tensor([1.0, -1.0, 1.0, -1.0])]
-    u = torch.tensor([1.0, -1.0, -1.0, 1.0])  # agree, agree, disagree, disagree
-    params = [before[0] - 0.1 * u]
-    cautious_decay_(params, clone(before), 0.5, foreach=True)
-    torch.testing.assert_close(params[0], torch.tensor([0.4, -0.4, 1.1, -1.1]))
-
-
 @pytest.mark.parametrize("per_member", [False, True])
 @pytest.mark.parametrize("maximize", [False, True])
 def test_l2_gradients_add_lambda_theta_without_touching_the_inputs(per_member, maximize):
@@ -156,5 +94,4 @@ def test_per_member_rate_equals_separate_scalar_rates():
 
 def test_empty_parameter_lists_are_a_no_op():
     decoupled_decay_([], 0.1)
-    cautious_decay_([], [], 0.1)
     assert l2_gradients([], [], 0.1) == []

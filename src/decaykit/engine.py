@@ -26,8 +26,13 @@ How each group is decayed (``opt.paths()``), cheapest first:
 - ``extra_pass``: one ``torch._foreach_mul_`` before the inner step (any other optimizer, or a
   per-member tensor λ), the place torch's AdamW decays, so u never sees it.
 - ``l2_gradient``: λθ added to copies of the gradients for the inner step (originals restored).
-- ``cautious``: θ_t is copied before the inner step (one buffer per parameter, kept between
-  steps); the update's sign is read from the parameter change (see :func:`decaykit.modes.cautious_decay_`).
+- ``cautious``: for Adam, AdamW, RAdam and Adamax the update has the sign of the first moment
+  m_t = β1·m_{t−1} + (1 − β1)·g_t, so the masked decay runs before the inner step from
+  (m_{t−1}, g_t, θ_t): one pass, no copy (:func:`decaykit.cautious.cautious_moment_decay_`). For
+  any other optimizer θ_t is copied before the inner step (one buffer per parameter, kept between
+  steps) and the sign read from the parameter change (:func:`decaykit.cautious.cautious_decay_`).
+
+DTensor parameters (FSDP2) take the same paths, on each rank's local shard (:mod:`decaykit.shards`).
 
 η_max (``lr_independent``, ``corrected``) is each group's ``max_lr`` (set by ``OneCycleLR``), else its
 ``initial_lr`` (set by other LR schedulers), else its ``lr`` when the engine is built; or ``max_lr=``.
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +52,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from decaykit import shards
+from decaykit.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_moment_decay_
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.modes import (
     MODES,
-    cautious_decay_,
     decay_rate,
     decoupled_decay_,
     inner_weight_decay,
@@ -233,6 +240,12 @@ class WeightDecay(Optimizer):
                     group[key] = value
                 if plan.path == "extra_pass":
                     decoupled_decay_(ps, plan.rate, foreach=foreach)
+                elif plan.path == "cautious" and (beta1 := self._first_moment_beta1(group, ps)) is not None:
+                    moments = [self.state.get(p, {}).get("exp_avg") for p in ps]
+                    cautious_moment_decay_(ps, [p.grad for p in ps], moments, plan.rate, beta1=beta1,
+                                           maximize=bool(group.get("maximize", False)), foreach=foreach)
+                    for p in ps if self._buffers else ():  # copies left from the other path
+                        self._buffers.pop(p, None)
                 elif plan.path == "cautious":
                     cautious.append((ps, self._snapshot(ps, foreach), plan.rate))
                 elif plan.path == "l2_gradient":
@@ -438,6 +451,25 @@ class WeightDecay(Optimizer):
             return _GroupStep("inner", "decoupled", rate, inner)
         return _GroupStep("extra_pass", "decoupled", rate, off)
 
+    def _first_moment_beta1(self, group: dict[str, Any], params: list[Tensor]) -> float | None:
+        """β1 when the inner step's update has the sign of its new first moment (see :mod:`decaykit.cautious`).
+
+        None sends the group to the copy-and-compare path: another optimizer, a step pre-hook on
+        the inner optimizer or a global one (they run again before the inner step and may change the
+        gradients the engine read), sparse gradients (the inner step refuses them, and must do so
+        before anything moves).
+        """
+        if type(self.optimizer) not in FIRST_MOMENT_SIGN or self.optimizer._optimizer_step_pre_hooks:
+            return None
+        if getattr(sys.modules.get("torch.optim.optimizer"), "_global_optimizer_pre_hooks", None):
+            return None
+        if any(p.grad.is_sparse for p in params):
+            return None
+        beta1 = group.get("betas", (None,))[0]
+        if isinstance(beta1, Tensor) and beta1.numel() == 1:
+            beta1 = beta1.item()
+        return float(beta1) if isinstance(beta1, numbers.Real) and not isinstance(beta1, bool) else None
+
     def _snapshot(self, params: list[Tensor], foreach: bool) -> list[Tensor]:
         """Copy θ_t into buffers kept between steps (allocating 4 bytes per weight every step costs more)."""
         if len(self._buffers) > 2 * sum(len(g["params"]) for g in self.param_groups):
@@ -448,8 +480,8 @@ class WeightDecay(Optimizer):
             if b is None or b.shape != p.shape or b.dtype != p.dtype or b.device != p.device:
                 b = self._buffers[p] = torch.empty_like(p)
             out.append(b)
-        if foreach:
-            torch._foreach_copy_(out, params)
+        if foreach:  # DTensors (FSDP2) have no _foreach_copy_: their buffers are laid out alike, copy the shards
+            torch._foreach_copy_([shards.local(b) for b in out], [shards.local(p) for p in params])
         else:
             for b, p in zip(out, params):
                 b.copy_(p)

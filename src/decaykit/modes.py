@@ -15,26 +15,31 @@ mode                    update rule                                 source
 
 The three decoupled modes shrink θ by a factor (1 − r) before the inner step, which is where torch's
 AdamW does it, so the update u never sees the decay. Each kernel has a single-tensor reference loop
-and a ``torch._foreach_*`` fast path; ``tests/test_modes.py`` checks them against each other.
+and a ``torch._foreach_*`` fast path; ``tests/test_modes.py`` checks them against each other. The
+cautious kernels are in :mod:`decaykit.cautious`; DTensor parameters run shard by shard
+(:mod:`decaykit.shards`).
 A rate may be a float or a 1-D tensor of length K: per-member decay for K stacked models, applied
 along dim 0 (member k of every parameter gets r_k).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from decaykit import shards
+
 __all__ = [
     "DECOUPLED_MODES",
     "MODES",
-    "cautious_decay_",
     "decay_rate",
     "decoupled_decay_",
     "inner_weight_decay",
     "l2_gradients",
+    "member_view",
 ]
 
 MODES: tuple[str, ...] = ("lr_coupled", "lr_independent", "corrected", "cautious", "coupled_l2")
@@ -87,7 +92,7 @@ def inner_weight_decay(mode: str, weight_decay: float, lr: float, max_lr: float)
     raise ValueError(f"mode {mode!r} has no AdamW-kernel form")
 
 
-def _member_view(rate: Tensor, p: Tensor) -> Tensor:
+def member_view(rate: Tensor, p: Tensor) -> Tensor:
     """A per-member rate of shape (K,) as (K, 1, ..., 1), on p's device and dtype, to broadcast along dim 0."""
     return rate.to(device=p.device, dtype=p.dtype).view(-1, *([1] * (p.dim() - 1)))
 
@@ -95,7 +100,7 @@ def _member_view(rate: Tensor, p: Tensor) -> Tensor:
 def _shrink_factors(params: Sequence[Tensor], rate: Tensor) -> list[Tensor]:
     # 1 − r in float64 then cast, as torch rounds the scalar (1 − η·λ) once to the parameter's dtype
     factor = 1.0 - rate.double()
-    return [_member_view(factor, p) for p in params]
+    return [member_view(factor, p) for p in params]
 
 
 def decoupled_decay_(params: Sequence[Tensor], rate: Rate, *, foreach: bool = True) -> None:
@@ -103,89 +108,32 @@ def decoupled_decay_(params: Sequence[Tensor], rate: Rate, *, foreach: bool = Tr
 
     ``rate`` is a float, or a tensor of shape (K,) decaying member k of each parameter (dim 0) by r_k.
     ``foreach=False`` runs the single-tensor reference loop; ``True`` one ``torch._foreach_mul_``.
+    DTensor parameters are decayed shard by shard (:mod:`decaykit.shards`).
     """
     if not params:
         return
+    for _, (ps,), r, dispatch in shards.parts([params], rate):
+        if dispatch:
+            with shards.replicated():
+                _decoupled(ps, r, foreach=False)
+        else:
+            _decoupled(ps, r, foreach)
+
+
+def _decoupled(params: list[Tensor], rate: Rate, foreach: bool) -> None:
     if isinstance(rate, Tensor):
         factors = _shrink_factors(params, rate)
         if foreach:
-            torch._foreach_mul_(list(params), factors)
+            torch._foreach_mul_(params, factors)
         else:
             for p, f in zip(params, factors):
                 p.mul_(f)
         return
     if foreach:
-        torch._foreach_mul_(list(params), 1.0 - rate)
+        torch._foreach_mul_(params, 1.0 - rate)
     else:
         for p in params:
             p.mul_(1.0 - rate)
-
-
-def cautious_decay_(params: Sequence[Tensor], before: Sequence[Tensor], rate: Rate, *, foreach: bool = True) -> None:
-    """Cautious weight decay, applied after the inner step (Chen et al. 2025, "Cautious Weight Decay").
-
-    The rule is θ_{t+1} = θ_t − η_t(u + λ·𝟙(u⊙θ_t ≥ 0)⊙θ_t): decay only the coordinates where the
-    update and the parameter agree in sign. A wrapper does not see u, so it is recovered from the
-    inner step itself: ``before`` holds θ_t, ``params`` hold θ_t − η_t·u on entry, and
-    η_t·u = θ_t − θ_after has the sign of u (η_t > 0). On exit ``params`` hold θ_{t+1}, with
-    r = η_t·λ (a float, or a (K,) tensor for stacked members). A zero update decays every coordinate.
-
-    ``foreach=False`` is the single-tensor reference. The fast path uses ``torch._foreach_*`` ops on
-    accelerators; on CPU, where every temporary the size of the model costs page faults, it runs the
-    same four in-place ops over cache-sized chunks with one reused scratch buffer.
-    """
-    if not params:
-        return
-    if not foreach:
-        for p, b in zip(params, before):
-            agree = (b - p).mul_(b).ge_(0)  # 𝟙(u⊙θ_t ≥ 0) as 0/1 in p's dtype
-            if isinstance(rate, Tensor):
-                p.addcmul_(b, agree.mul_(_member_view(rate, p)), value=-1.0)
-            else:
-                p.addcmul_(b, agree, value=-rate)
-        return
-    cpu = [(p, b) for p, b in zip(params, before) if p.device.type == "cpu" and p.is_contiguous() and b.is_contiguous()]
-    other = [(p, b) for p, b in zip(params, before) if not (p.device.type == "cpu" and p.is_contiguous() and b.is_contiguous())]
-    if cpu:
-        _cautious_chunked(cpu, rate)
-    if other:
-        _cautious_foreach([p for p, _ in other], [b for _, b in other], rate)
-
-
-_CHUNK = 1 << 18  # elements: 1 MiB of float32, so the scratch stays in cache between the four ops
-
-
-def _cautious_chunked(pairs: list[tuple[Tensor, Tensor]], rate: Rate) -> None:
-    rates = rate.tolist() if isinstance(rate, Tensor) else None
-    scratch: dict[torch.dtype, Tensor] = {}
-    for p, b in pairs:
-        members = len(rates) if rates is not None else 1
-        rows_p, rows_b = p.view(members, -1), b.view(members, -1)
-        buf = scratch.get(p.dtype)
-        if buf is None:
-            buf = scratch[p.dtype] = torch.empty(_CHUNK, dtype=p.dtype)
-        for k in range(members):
-            r = rates[k] if rates is not None else rate
-            if r == 0:
-                continue
-            row_p, row_b = rows_p[k], rows_b[k]
-            for i in range(0, row_p.numel(), _CHUNK):
-                pc, bc = row_p[i : i + _CHUNK], row_b[i : i + _CHUNK]
-                s = buf[: pc.numel()]
-                torch.sub(bc, pc, out=s).mul_(bc).ge_(0)
-                pc.addcmul_(bc, s, value=-r)
-
-
-def _cautious_foreach(params: list[Tensor], before: list[Tensor], rate: Rate) -> None:
-    agree = torch._foreach_sub(before, params)
-    torch._foreach_mul_(agree, before)
-    for a in agree:
-        a.ge_(0)
-    if isinstance(rate, Tensor):
-        torch._foreach_mul_(agree, [_member_view(rate, p) for p in params])
-        torch._foreach_addcmul_(params, before, agree, value=-1.0)
-    else:
-        torch._foreach_addcmul_(params, before, agree, value=-rate)
 
 
 def l2_gradients(
@@ -195,13 +143,34 @@ def l2_gradients(
 
     The caller's ``grads`` are left untouched (torch's SGD and Adam do not modify ``.grad`` either).
     With ``maximize`` the optimizer ascends, so the penalty enters as g − λθ and still shrinks θ.
-    ``weight_decay`` is a float or a (K,) tensor for stacked members.
+    ``weight_decay`` is a float or a (K,) tensor for stacked members. DTensor gradients get DTensor
+    gradients laid out alike, computed shard by shard.
     """
     if not params:
         return []
+    cls = shards.dtensor_class()
+    if cls is None:
+        return _l2(params, grads, weight_decay, maximize, foreach)
+    out: list[Tensor | None] = [None] * len(params)
+    for idx, (ps, gs), lam, dispatch in shards.parts([params, grads], weight_decay):
+        with shards.replicated() if dispatch else contextlib.nullcontext():
+            new = _l2(ps, gs, lam, maximize, foreach and not dispatch)
+        for i, g in zip(idx, new):
+            old = grads[i]
+            if isinstance(old, cls) and not isinstance(g, cls):  # a local shard: wrap it as the old gradient
+                g = cls.from_local(g, old.device_mesh, old.placements, shape=old.shape, stride=old.stride(),
+                                   run_check=False)
+            out[i] = g
+    for i, g in enumerate(grads):
+        if out[i] is None:  # an empty shard: nothing to add
+            out[i] = g.clone()
+    return out  # type: ignore[return-value]
+
+
+def _l2(params: Sequence[Tensor], grads: Sequence[Tensor], weight_decay: Rate, maximize: bool, foreach: bool) -> list[Tensor]:
     sign = -1.0 if maximize else 1.0
     if isinstance(weight_decay, Tensor):
-        scales = [_member_view(weight_decay, p).mul(sign) for p in params]
+        scales = [member_view(weight_decay, p).mul(sign) for p in params]
         if foreach:
             return torch._foreach_addcmul(list(grads), list(params), scales)
         return [g.addcmul(p, s) for g, p, s in zip(grads, params, scales)]
