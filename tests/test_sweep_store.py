@@ -47,7 +47,7 @@ HELPER = textwrap.dedent(
 )
 GRID = "0,0.01,0.1,1,10,30"
 ARGS = ["--weight-decays", GRID, "--seeds", "1", "--epochs", "25", "--batch-size", "16", "--lr", "0.01",
-        "--chunk-size", "2", "--no-plots", "--json", "-q"]  # fmt: skip
+        "--chunk-size", "2", "--stacked", "--no-plots", "--json", "-q"]  # fmt: skip
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def _reference():
 
     result = sweep(
         sweephelp.model, sweephelp.data, weight_decays=[float(v) for v in GRID.split(",")], seeds=1, epochs=25,
-        batch_size=16, lr=0.01, chunk_size=2,
+        batch_size=16, lr=0.01, chunk_size=2, batched=True,
     )  # fmt: skip
     return json.loads(json.dumps({"results": result.results, "best": result.best}))
 

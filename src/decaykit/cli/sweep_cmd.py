@@ -77,7 +77,11 @@ def register(sub: Any) -> None:
                          help="shared store: an Optuna URL (sqlite:///sweep.db, postgresql://...) or a journal file path")
     running.add_argument("--no-store", action="store_true", help="keep results in memory only (no resume)")
     running.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    running.add_argument("--one-by-one", action="store_true", help="train one model at a time instead of stacked")
+    how = running.add_mutually_exclusive_group()
+    how.add_argument("--one-by-one", action="store_true", help="train one model at a time instead of stacked")
+    how.add_argument("--stacked", action="store_true",
+                     help="always stack (an error if the model cannot be); default: stack when the model allows it "
+                          "and, for models outside the Linear-chain fast path, when a timing trial says it is faster")
     running.add_argument("--chunk-size", type=int, default=16, metavar="K",
                          help="trials trained together as one stacked model (default 16)")
     running.add_argument("--no-wait", action="store_true",
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         policy=policy_options(args),
         metric=args.metric,
-        batched=False if args.one_by_one else "auto",
+        batched=False if args.one_by_one else (True if args.stacked else "auto"),
         chunk_size=args.chunk_size,
         storage=storage,
         out=out,
