@@ -176,3 +176,12 @@ def test_vmap_stacking_that_measures_slower_falls_back_once_per_study(tmp_path, 
     more = sweep(Residual, blobs(), **{**kw, "weight_decays": [0.0, 1.0, 3.0]})
     assert calls == [1] and more.run["path"] == "one-by-one"  # the study's decision is reused
     assert sweep(mlp, blobs(), **kw).run["path"] == "layers" and calls == [1]  # Linear chains are not timed
+
+
+def test_an_optimizer_factory_gets_the_policy_groups_and_the_engine_applies_lambda():
+    kw = dict(FAST, weight_decays=[0.0, 1.0], lr=0.05, mode="coupled_l2")
+    by_name = sweep(mlp, blobs(), optimizer="sgd", momentum=0.9, **kw)
+    by_factory = sweep(mlp, blobs(), optimizer=lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9), **kw)
+    assert_same(by_name, by_factory, tol=1e-6)
+    norms = [r["weight_norm"] for r in by_factory.results]
+    assert norms[1] < 0.95 * norms[0]  # λ = 1 really decayed

@@ -17,8 +17,8 @@ Train a model for a grid of weight decays λ over several seeds and show where d
 overfitting: a table of train/test loss and accuracy, the generalisation gap and the weight norm
 (mean ± std over seeds), the best λ against λ = 0 with an honest verdict, and PNG plots.
 
-With no arguments it runs the built-in demo (about a minute on 2 CPU cores, offline): a 512-wide
-MLP on scikit-learn's digits with 30%% of the 500 training labels flipped, which it memorises at
+With no arguments it runs the built-in demo (under a minute on 2 CPU cores, offline): a 512-wide
+MLP on scikit-learn's digits with 30% of the 500 training labels flipped, which it memorises at
 λ = 0. --task ridge sweeps a linear teacher whose best λ is the noise variance σ².
 
 Your own model and data: --model pkg.mod:factory --data pkg.mod:factory, where the data factory
@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
 
     parser = sub.add_parser(
         "sweep",
-        help="find the weight decay that stops overfitting (default: a 1-minute offline demo)",
+        help="find the weight decay that stops overfitting (default: an offline demo, under a minute)",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

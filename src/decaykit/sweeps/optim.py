@@ -61,9 +61,7 @@ def _inner(
             ) from exc
         if not isinstance(opt, torch.optim.Optimizer):
             raise DecayError(f"optimizer={spec!r} returned a {type(opt).__name__}, not a torch.optim.Optimizer")
-        for g in opt.param_groups:
-            g["weight_decay"] = 0.0  # λ is the engine's; the inner optimizer must not decay again
-        return opt
+        return opt  # the groups keep their λ: the engine reads it and switches the inner decay off
     if spec in ("adamw", "adam"):
         cls = torch.optim.AdamW if spec == "adamw" else torch.optim.Adam
         # fused: one kernel per step instead of a dozen foreach passes, ~5x faster on CPU
