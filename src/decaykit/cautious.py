@@ -7,12 +7,12 @@ A wrapper does not see u_t; it reads its sign one of two ways.
 
 - **From the first moment, before the step** (:func:`cautious_moment_decay_`). For Adam, AdamW,
   RAdam and Adamax, u_t = c_t·m_t/d_t with c_t > 0 (the bias correction 1/(1 − β1^t), RAdam's
-  rectification), d_t > 0 (√v̂_t + ε, its AMSGrad maximum, or Adamax's max(β2·u, |g| + ε)) and
+  rectification), d_t > 0 (√v̂_t + ε, with AMSGrad's max v̂, or Adamax's infinity norm ≥ ε) and
   m_t = β1·m_{t−1} + (1 − β1)·g_t (−g_t with ``maximize``), the moment the step is about to
   store. So sign(u_t) = sign(m_t), known from (m_{t−1}, g_t) before the step; and with the inner
   decay off u_t does not depend on θ, so decaying first gives the same θ_{t+1}. One pass, no copy
-  of θ: read m, g, θ, write θ. NAdam is not among them: its update mixes g_t and m_t
-  (u ∝ (1 − μ_t)·g_t + μ_{t+1}·m_t/(1 − μ_{t+1}) after normalisation), whose sign is neither's.
+  of θ: read m, g, θ, write θ. NAdam is not among them: its update mixes g_t and m_t,
+  u_t ∝ (1 − μ_t)·g_t/(1 − Π_{i≤t} μ_i) + μ_{t+1}·m_t/(1 − Π_{i≤t+1} μ_i), whose sign is neither's.
 - **From the parameter change, after the step** (:func:`cautious_decay_`), for any optimizer:
   θ_t is copied before the step, and η_t·u_t = θ_t − θ_after has the sign of u_t.
 
