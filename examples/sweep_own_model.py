@@ -15,7 +15,6 @@ sweep stacks it with ``torch.func.vmap`` (the report's note says which path ran)
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -29,7 +28,7 @@ def model() -> nn.Module:
 
 def data(train_size: int = 400, label_noise: float = 0.3):
     """scikit-learn digits as 1x8x8 images, with a share of the training labels made wrong."""
-    from decaykit.sweeps.tasks import digits_noisy_labels
+    from decaykit.sweeps.digits import digits_noisy_labels
 
     d = digits_noisy_labels(train_size=train_size, label_noise=label_noise)
     return d.x_train.view(-1, 1, 8, 8), d.y_train, d.x_test.view(-1, 1, 8, 8), d.y_test

@@ -8,7 +8,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from decaykit import DecayError, sweep
-from decaykit.sweeps.tasks import digits_noisy_labels, make_model_fn, resolve_data, ridge_teacher
+from decaykit.sweeps.data import resolve_data
+from decaykit.sweeps.digits import digits_noisy_labels
+from decaykit.sweeps.ridge import ridge_teacher
+from decaykit.sweeps.tasks import make_model_fn
 
 
 def test_sgd_with_weight_decay_converges_to_the_closed_form_ridge():

@@ -31,7 +31,7 @@ machines with one --storage and they share the work."""
 
 
 def register(sub: Any) -> None:
-    from decaykit.sweeps.tasks import TASKS
+    from decaykit.sweeps.tasks import TASK_NAMES
 
     parser = sub.add_parser(
         "sweep",
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to train")
-    what.add_argument("--task", choices=sorted(TASKS), default=None,
+    what.add_argument("--task", choices=sorted(TASK_NAMES), default=None,
                       help="a built-in task (default: digits-noisy-labels)")
     what.add_argument("--label-noise", type=float, default=None, metavar="P",
                       help="digits: share of training labels replaced by a wrong class (default 0.3; 0 = clean)")

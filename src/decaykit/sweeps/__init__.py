@@ -4,7 +4,8 @@
 configurations at once as one stacked model, keeps every finished trial in a store, and
 reports the best λ against λ = 0, honestly. Modules, one job each:
 
-- ``tasks``: the data contract, built-in tasks (noisy-label digits, ridge), user model/data loading
+- ``data``: the data contract; ``tasks``: what is trained, built in (``digits``, ``ridge``) or yours
+- ``checks``, ``describe``: input checks before training; the sweep's identity and header
 - ``grid``: λ grids and the zooming log-range search
 - ``metrics``: per-member losses and evaluation
 - ``optim``: the policy's groups and the decay engine around the inner optimizer
@@ -12,13 +13,14 @@ reports the best λ against λ = 0, honestly. Modules, one job each:
 - ``batched``: K models as stacked tensors (baddbmm layers or ``torch.func.vmap``)
 - ``store``: the Optuna-backed store (claims, results, recovery after a kill)
 - ``report``, ``result``, ``plots``, ``progress``: what the user sees
-- ``runner``: :func:`sweep` itself
+- ``worker``: claims chunks of trials, trains them, writes each back; ``runner``: :func:`sweep` itself
 """
 
 from __future__ import annotations
 
+from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.result import SweepResult
 from decaykit.sweeps.runner import sweep
-from decaykit.sweeps.tasks import TASKS, SweepData, Task
+from decaykit.sweeps.tasks import TASK_NAMES, Task
 
-__all__ = ["TASKS", "SweepData", "SweepResult", "Task", "sweep"]
+__all__ = ["TASK_NAMES", "SweepData", "SweepResult", "Task", "sweep"]

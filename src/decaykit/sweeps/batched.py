@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from decaykit.names import canonical_name
+from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import build_optimizer, decay_plan
-from decaykit.sweeps.tasks import SweepData
 from decaykit.sweeps.trainer import TrainSettings, decayed_names, seeded_model
 
 __all__ = ["NotBatchable", "StackedMembers", "check_batchable", "layer_plan", "stack_path", "stacking_pays"]

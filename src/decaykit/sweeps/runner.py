@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,30 +25,20 @@ import torch
 from torch import Tensor
 
 from decaykit.errors import DecayError
+from decaykit.sweeps import checks, describe
 from decaykit.sweeps import grid as grids
-from decaykit.sweeps.batched import StackedMembers, check_batchable, stack_path, stacking_pays
+from decaykit.sweeps.batched import check_batchable, stack_path, stacking_pays
+from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.metrics import resolve_loss
-from decaykit.sweeps.optim import decay_plan, describe_optimizer
 from decaykit.sweeps.progress import Progress
 from decaykit.sweeps.report import aggregate, choose_best
 from decaykit.sweeps.result import SweepResult
-from decaykit.sweeps.store import Store, TrialKey, open_store
-from decaykit.sweeps.tasks import (
-    DEFAULT_TASK,
-    SweepData,
-    Task,
-    builtin_task,
-    check_finite_positive,
-    resolve_data,
-    task_from_user,
-    with_overrides,
-)
-from decaykit.sweeps.trainer import TrainSettings, TrialOutcome, build_member, seeded_model, train
+from decaykit.sweeps.store import Store, open_store
+from decaykit.sweeps.tasks import Task, with_overrides
+from decaykit.sweeps.trainer import TrainSettings
+from decaykit.sweeps.worker import Worker
 
 __all__ = ["sweep"]
-
-_POLL_SECONDS = 2.0
-
 
 def sweep(
     model: Any = None,
@@ -109,22 +98,22 @@ def sweep(
     ``callbacks`` are called with each finished trial's record.
     """
     started = time.perf_counter()
-    the_task = _resolve_task(model, data, task, task_options, loss)
+    the_task = checks.resolve_task(model, data, task, task_options, loss)
     the_task = with_overrides(
         the_task, optimizer=optimizer, lr=lr, momentum=momentum, epochs=epochs, mode=mode, dtype=dtype
     )
     if batch_size is not None:
-        the_task = with_overrides(the_task, batch_size=_check_int(batch_size, "batch_size", minimum=0) or None)
-    _check_settings(the_task, chunk_size, curve_points, rounds, points)
+        the_task = with_overrides(the_task, batch_size=checks.check_int(batch_size, "batch_size", minimum=0) or None)
+    checks.check_settings(the_task, chunk_size, curve_points, rounds, points)
     seed_list = grids.check_seeds(the_task.seeds if seeds is None else seeds)
     if search is not None:
         low, high = grids.check_range(*search)
         wd_grid: list[float] | None = None
     else:
         wd_grid = grids.check_weight_decays(the_task.weight_decays if weight_decays is None else weight_decays)
-    _check_shrink(the_task, wd_grid if wd_grid is not None else [high])
+    checks.check_shrink(the_task, wd_grid if wd_grid is not None else [high])
     torch_device = torch.device(device)
-    the_data = _load_data(the_task, torch_device)
+    the_data = checks.load_data(the_task, torch_device)
     kind = the_data.kind
     the_loss = resolve_loss(the_task.loss, kind)
     objective = metric or ("test_accuracy" if kind == "classification" else "test_loss")
@@ -146,10 +135,10 @@ def sweep(
         metrics=dict(metrics or {}),
         final_metrics=the_task.final_metrics,
     )
-    probe_model = _check_model(the_task, the_data, settings)
-    _check_objective(objective, kind, settings)
+    probe_model = checks.check_model(the_task, the_data, settings)
+    checks.check_objective(objective, kind, settings)
 
-    config = _identity(the_task, settings, objective)
+    config = describe.identity(the_task, settings, objective)
     name = study_name or f"decaykit-sweep-{the_task.name}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]}"
     store = open_store(storage, out, study_name=name, maximize=maximize, config=config)
 
@@ -171,9 +160,9 @@ def sweep(
                 notes.append(f"trained one model at a time: stacking measured slower ({detail})")
     if not stackable:
         members = 1
-    threads = _threads_for(probe_model, the_data, settings, members)
+    threads = checks.threads_for(probe_model, the_data, settings, members)
     bar = Progress(0, mode=_progress_mode(progress))
-    runner = _Runner(the_task, the_data, settings, store, objective, stackable, chunk_size, wait, bar, callbacks)
+    runner = Worker(the_task, the_data, settings, store, objective, stackable, chunk_size, wait, bar, callbacks)
     flush_denormal = torch.set_flush_denormal(True)  # huge λ fills weights with denormals that crawl on CPUs
     saved_threads = torch.get_num_threads()
     if threads < saved_threads:
@@ -227,7 +216,7 @@ def sweep(
     if the_task.notes is not None and rows:
         notes.extend(the_task.notes(rows, the_data))
 
-    header = _header(the_task, the_data, settings, seed_list, search, rounds, points)
+    header = describe.header(the_task, the_data, settings, seed_list, search, rounds, points)
     run = {
         "seconds": round(time.perf_counter() - started, 3),
         "trained": runner.trained,
@@ -249,7 +238,7 @@ def sweep(
         trials=trials,
         header=header,
         notes=notes,
-        settings=_public_settings(the_task, settings, seed_list, wd_grid, search, objective, policy),
+        settings=describe.public_settings(the_task, settings, seed_list, wd_grid, search, objective, policy),
         run=run,
     )
     if plots is None:
@@ -259,146 +248,6 @@ def sweep(
             raise DecayError("plots=True needs out=DIR to write the PNG files into")
         result.plot(out)
     return result
-
-
-class _Runner:
-    """Claims chunks of trials from the store, trains them, and writes each one back as it finishes."""
-
-    def __init__(
-        self,
-        task: Task,
-        data: SweepData,
-        settings: TrainSettings,
-        store: Store,
-        objective: str,
-        stackable: bool,
-        chunk_size: int,
-        wait: bool,
-        bar: Progress,
-        callbacks: Sequence[Callable[[dict[str, Any]], None]],
-    ) -> None:
-        self.task, self.data, self.settings, self.store = task, data, settings, store
-        self.objective, self.stackable, self.wait, self.bar = objective, stackable, wait, bar
-        self.chunk_size = chunk_size if stackable else 1
-        self.callbacks = callbacks
-        self.trained = 0
-        self.path: str | None = None  # "layers" or "vmap", once a stack has trained
-
-    def records(self) -> dict[TrialKey, dict[str, Any]]:
-        return self.store.completed()
-
-    def run(self, keys: Sequence[TrialKey]) -> None:
-        keys = sorted(set(keys))
-        # equal chunks of at most chunk_size (30 trials → 15 + 15, not 16 + 14), fixed by the grid alone
-        # so that a rerun or another worker cuts the same chunks
-        size = math.ceil(len(keys) / max(1, math.ceil(len(keys) / self.chunk_size))) if keys else 1
-        chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
-        self.bar.add_total(sum(1 for k in keys if k not in self.store.completed()) * self.settings.epochs)
-        while True:
-            done = self.store.completed()
-            todo = [k for k in keys if k not in done]
-            if not todo:
-                return
-            busy = self.store.busy_elsewhere()
-            free = {k for k in todo if k not in busy}
-            if not free:
-                if not self.wait:
-                    return
-                self.bar.status = f"waiting for {len(todo)} trials running in other workers"
-                self.bar.advance(0)
-                time.sleep(_POLL_SECONDS)
-                continue
-            self.bar.status = f"{len(keys) - len(todo)}/{len(keys)} trials done"
-            chunk = next(c for c in chunks if any(k in free for k in c))
-            claimed = self.store.claim([k for k in chunk if k in free])
-            if not claimed:
-                continue
-            # A kill between the writes of one chunk's results leaves it partly finished. Its finished
-            # members train again beside the missing ones (their stored results are kept, not replaced),
-            # so every member sees the same stacked computation as in an uninterrupted run: stacked
-            # matmuls are not bit-for-bit independent of the batch they are in.
-            passengers = [k for k in chunk if k in done] if self.chunk_size > 1 else []
-            members = sorted({*claimed, *passengers})
-            try:
-                outcomes = self._train(members)
-            except BaseException:
-                self.store.release(claimed, "interrupted before it finished")
-                raise
-            mine = set(claimed)
-            for outcome in outcomes:
-                key = (outcome.weight_decay, outcome.seed)
-                if key not in mine:
-                    continue
-                record = outcome.to_record()
-                value = record["metrics"].get(self.objective)
-                if value is None:
-                    value = float("-inf") if self.objective.endswith("accuracy") else float("inf")
-                self.store.complete(key, record, float(value))
-                self.trained += 1
-                for callback in self.callbacks:
-                    callback(record)
-            if self.bar.mode == "log":
-                self.bar.message(
-                    f"decaykit sweep: finished {len(mine)} trials (λ = "
-                    f"{', '.join(sorted({f'{wd:g}' for wd, _ in mine}, key=float))})"
-                )
-
-    def _train(self, keys: Sequence[TrialKey]) -> list[TrialOutcome]:
-        self.bar.status += f", training {len(keys)}" + (" stacked" if self.stackable and len(keys) > 1 else "")
-        try:
-            if self.stackable and len(keys) > 1:
-                models = [seeded_model(self.task.model_fn, s, self.settings.dtype, self.settings.device) for _, s in keys]
-                members = StackedMembers(models, [wd for wd, _ in keys], self.settings)
-                self.path = members.path
-                return train(members, keys, self.data, self.settings, on_epoch=self.bar.advance)
-            outcomes = []
-            for wd, seed in keys:
-                member = build_member(self.task.model_fn, wd, seed, self.settings)
-                outcomes += train(member, [(wd, seed)], self.data, self.settings, on_epoch=self.bar.advance)
-            return outcomes
-        except (DecayError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            lams = ", ".join(f"{wd:g}" for wd, _ in keys)
-            raise DecayError(f"training failed (λ = {lams}): {type(exc).__name__}: {exc}") from exc
-
-
-# ---------------------------------------------------------------- checks and descriptions
-
-
-def _resolve_task(
-    model: Any, data: Any, task: str | None, options: Mapping[str, Any] | None, loss: Any
-) -> Task:
-    if model is None and data is None:
-        return builtin_task(task or DEFAULT_TASK, **dict(options or {}))
-    if task is not None:
-        raise DecayError(f"give either a built-in task ({task!r}) or your own model and data, not both")
-    if options:
-        raise DecayError("task_options apply to built-in tasks only")
-    return task_from_user(model, data, loss=loss if loss is not None else "auto")
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DecayError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_settings(task: Task, chunk_size: int, curve_points: int, rounds: int, points: int) -> None:
-    check_finite_positive(task.lr, "lr")
-    _check_int(task.epochs, "epochs", minimum=1)
-    _check_int(chunk_size, "chunk_size", minimum=1)
-    _check_int(curve_points, "curve_points", minimum=1)
-    _check_int(rounds, "rounds", minimum=1)
-    _check_int(points, "points", minimum=1)
-    if not 0.0 <= float(task.momentum) < 1.0:
-        raise DecayError(f"momentum must be in [0, 1), got {task.momentum}")
-    try:
-        from decaykit.modes import MODES
-    except ImportError:  # the engine validates the mode itself
-        return
-    if task.mode not in MODES:
-        raise DecayError(f"mode must be one of {', '.join(MODES)}, got {task.mode!r}")
 
 
 def _stacking_decision(
@@ -414,205 +263,6 @@ def _stacking_decision(
     return faster, detail
 
 
-def _check_shrink(task: Task, weight_decays: Sequence[float]) -> None:
-    """Refuse λ whose decoupled shrink θ ← θ(1 − r) has r > 1 (it flips every weight's sign each step)."""
-    if task.mode == "coupled_l2":
-        return
-    per_lambda = 1.0 if task.mode == "lr_independent" else task.lr  # r = λ·η/η_max or λ·η (constant LR)
-    bad = [wd for wd in weight_decays if wd * per_lambda > 1]
-    if bad:
-        formula = "λ" if task.mode == "lr_independent" else f"lr·λ = {task.lr:g}·λ"
-        raise DecayError(
-            f"weight decay {', '.join(f'{wd:g}' for wd in bad)} with mode {task.mode!r} shrinks the weights by "
-            f"r = {formula} > 1 per step, which flips every weight's sign; drop those λ or lower the LR"
-        )
-
-
-def _load_data(task: Task, device: torch.device) -> SweepData:
-    try:
-        raw = task.data_fn()
-    except DecayError:
-        raise
-    except Exception as exc:
-        raise DecayError(f"the data factory of task {task.name!r} failed: {type(exc).__name__}: {exc}") from exc
-    data = resolve_data(raw, source="data" if task.name == "custom" else task.name)
-    floating = task.dtype
-
-    def move(t: Tensor) -> Tensor:
-        return t.to(device=device, dtype=floating if t.dtype.is_floating_point else t.dtype)
-
-    description = data.description or (
-        f"{data.train_size} training and {data.test_size} test samples, {data.kind}"
-        + (f", {data.num_classes} classes" if data.num_classes else "")
-    )
-    return SweepData(
-        move(data.x_train), move(data.y_train), move(data.x_test), move(data.y_test),
-        data.kind, data.num_classes, description,
-    )  # fmt: skip
-
-
-# Below this many FLOPs per training step, one thread is faster: waking a second one costs more than it
-# saves, and on a machine busy with other work its barrier can stall each op for a time slice (measured
-# here: a ridge sweep of 2 members, 800 steps, 0.36 s on 1 thread vs 6-18 s on 2 threads under load).
-_SMALL_STEP_FLOPS = 1e7
-
-
-def _threads_for(model: torch.nn.Module, data: SweepData, settings: TrainSettings, members: int) -> int:
-    params = sum(p.numel() for p in model.parameters())
-    batch = data.train_size if settings.batch_size is None else min(settings.batch_size, data.train_size)
-    flops = 6.0 * params * batch * members  # forward + backward of a dense model, per step
-    return 1 if flops < _SMALL_STEP_FLOPS or settings.device.type != "cpu" else torch.get_num_threads()
-
-
-def _check_model(task: Task, data: SweepData, settings: TrainSettings) -> torch.nn.Module:
-    """Build the seed-0 model and push two samples through it: shapes and targets must fit the loss."""
-    try:
-        model = seeded_model(task.model_fn, 0, settings.dtype, settings.device)
-    except DecayError:
-        raise
-    except Exception as exc:
-        raise DecayError(f"building the model failed: {type(exc).__name__}: {exc}") from exc
-    if not any(p.requires_grad for p in model.parameters()):
-        raise DecayError("the model has no trainable parameters: nothing to sweep")
-    decay_plan(model, 1.0, settings.policy)  # an unknown policy or a bad rule fails here, before any training
-    x = data.x_train[:2]
-    try:
-        with torch.no_grad():
-            out = model.eval()(x)
-    except Exception as exc:
-        raise DecayError(
-            f"the model cannot take the data: input of shape {tuple(x.shape)} (2 samples) raised "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(out, Tensor):
-        raise DecayError(f"the model must return a tensor, got {type(out).__name__}")
-    if callable(settings.loss):
-        return model
-    if settings.kind == "classification":
-        if out.dim() != 2 or out.shape[0] != 2:
-            raise DecayError(
-                f"for classification the model must return logits of shape (batch, classes); "
-                f"got {tuple(out.shape)} for a batch of 2"
-            )
-        if out.shape[1] < (data.num_classes or 0):
-            raise DecayError(
-                f"the model returns {out.shape[1]} logits per sample but the labels go up to "
-                f"{(data.num_classes or 0) - 1}; the last layer needs at least {data.num_classes} outputs"
-            )
-    elif out.shape != data.y_train[:2].shape:
-        raise DecayError(
-            f"the model returns shape {tuple(out.shape)} for 2 samples but the targets have shape "
-            f"{tuple(data.y_train[:2].shape)}; make them match (e.g. targets of shape (n, 1))"
-        )
-    return model
-
-
-def _check_objective(objective: str, kind: str, settings: TrainSettings) -> None:
-    names = {"train_loss", "test_loss", "weight_norm", "gap"}
-    if kind == "classification":
-        names |= {"train_accuracy", "test_accuracy"}
-    names |= {f"{split}_{m}" for m in settings.metrics for split in ("train", "test")}
-    if settings.final_metrics is not None:
-        names |= {"closed_form_test_loss", "distance_to_closed_form"}
-    if objective not in names:
-        raise DecayError(f"metric={objective!r} is not measured; choose one of {', '.join(sorted(names))}")
-
-
-def _policy_text(policy: Any) -> str:
-    if isinstance(policy, str):
-        return policy
-    options = {k: v for k, v in dict(policy).items() if v not in (None, [], (), False) or k == "decay_embeddings"}
-    if set(options) <= {"policy", "decay_embeddings"} and options.get("decay_embeddings", True):
-        return str(options.get("policy", "decaykit"))
-    return json.dumps(options, sort_keys=True, default=repr)
-
-
-def _qual(obj: Any) -> Any:
-    if callable(obj):
-        return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
-    return obj
-
-
-def _identity(task: Task, settings: TrainSettings, objective: str) -> dict[str, Any]:
-    """Everything that changes a trial's numbers except (λ, seed): the store's study name hashes it."""
-    return {
-        "task": task.identity,
-        "optimizer": _qual(settings.optimizer),
-        "lr": settings.lr,
-        "momentum": settings.momentum,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "mode": settings.mode,
-        "policy": _policy_text(settings.policy),
-        "loss": _qual(settings.loss),
-        "dtype": str(settings.dtype),
-        "curve_points": settings.curve_points,
-        "metrics": sorted(settings.metrics),
-        "objective": objective,
-    }
-
-
-def _public_settings(
-    task: Task,
-    settings: TrainSettings,
-    seeds: list[int],
-    wd_grid: list[float] | None,
-    search: tuple[float, float] | None,
-    objective: str,
-    policy: Any,
-) -> dict[str, Any]:
-    return {
-        "task": task.name,
-        "model": task.model_description or task.identity,
-        "optimizer": _qual(settings.optimizer),
-        "lr": settings.lr,
-        "momentum": settings.momentum,
-        "mode": settings.mode,
-        "policy": _policy_text(policy),
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "seeds": seeds,
-        "weight_decays": wd_grid,
-        "search": list(search) if search is not None else None,
-        "metric": objective,
-        "dtype": str(settings.dtype).replace("torch.", ""),
-    }
-
-
-def _header(
-    task: Task,
-    data: SweepData,
-    settings: TrainSettings,
-    seeds: list[int],
-    search: tuple[float, float] | None,
-    rounds: int,
-    points: int,
-) -> list[str]:
-    batch = "full batch" if settings.batch_size is None else f"batch {settings.batch_size}"
-    seed_text = f"seeds {seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else f"seeds {seeds}"
-    what = (
-        f"λ in [{search[0]:g}, {search[1]:g}]: {rounds} rounds of {points} log-spaced values zooming in on the best, "
-        "plus λ = 0"
-        if search is not None
-        else None
-    )
-    lines = [
-        f"decaykit sweep: {task.name}",
-        f"data:   {data.description}",
-        f"model:  {task.model_description or task.identity}; "
-        f"{describe_optimizer(settings.optimizer, settings.lr, settings.momentum, settings.mode)}; "
-        f"policy {_policy_text(settings.policy)}",
-        f"train:  {settings.epochs} epochs, {batch}, {seed_text} (a seed fixes the initial weights and the "
-        "sample order)",
-        "table:  mean ± std over seeds; gap = "
-        + ("train − test accuracy" if settings.kind == "classification" else "test − train loss")
-        + "; ‖w‖ = L2 norm of the parameters that decay (the policy's choice)",
-    ]
-    if what:
-        lines.append(f"search: {what}")
-    return lines
-
-
 def _progress_mode(progress: str | bool) -> str:
     if progress is True:
         return "bar"
@@ -623,4 +273,3 @@ def _progress_mode(progress: str | bool) -> str:
     if progress in ("bar", "log"):
         return str(progress)
     raise DecayError(f"progress must be 'auto', 'bar', 'log', 'off', True or False; got {progress!r}")
-

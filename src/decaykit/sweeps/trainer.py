@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from decaykit.errors import DecayError
+from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.metrics import evaluate, member_losses
 from decaykit.sweeps.optim import build_optimizer, decay_plan
-from decaykit.sweeps.tasks import SweepData
 
 __all__ = ["Members", "SingleMember", "TrainSettings", "TrialOutcome", "build_member", "curve_epochs", "train"]
 
