@@ -244,7 +244,7 @@ class WeightDecay(Optimizer):
                     moments = [self.state.get(p, {}).get("exp_avg") for p in ps]
                     cautious_moment_decay_(ps, [p.grad for p in ps], moments, plan.rate, beta1=beta1,
                                            maximize=bool(group.get("maximize", False)), foreach=foreach)
-                    for p in ps if self._buffers else ():  # copies left from the other path
+                    for p in (ps if self._buffers else ()):  # copies left from the copy path
                         self._buffers.pop(p, None)
                 elif plan.path == "cautious":
                     cautious.append((ps, self._snapshot(ps, foreach), plan.rate))
