@@ -26,8 +26,6 @@ SCRIPT = ROOT / "tests" / "distributed" / "check_wrapped.py"
 # (WeightDecay mode / inner optimizer[/loop: foreach=False]) -> the engine path its decayed group takes
 ENGINES = {"lr_coupled/AdamW": "inner", "cautious/AdamW": "cautious", "cautious/AdamW/loop": "cautious",
            "lr_independent/SGD": "extra_pass"}
-ENGINE_BUG = pytest.mark.xfail(strict=True, reason="engine: WeightDecay._snapshot uses torch._foreach_copy_, which "
-                               "DTensor has no sharding strategy for (NotImplementedError); foreach=False works")
 
 
 def decisions(p: decaykit.Plan) -> list[tuple]:
@@ -104,7 +102,7 @@ def test_fsdp2_reasons_name_the_users_classes(ranks):
 @pytest.mark.parametrize(
     ("wrapper", "engine"),
     [("ddp", e) for e in ENGINES]
-    + [pytest.param("fsdp2", e, marks=ENGINE_BUG) if e == "cautious/AdamW" else ("fsdp2", e) for e in ENGINES],
+    + [("fsdp2", e) for e in ENGINES],
 )
 def test_weight_decay_engine_matches_a_single_process_run(ranks, wrapper, engine):
     for f in facts(ranks, wrapper):
