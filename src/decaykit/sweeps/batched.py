@@ -9,7 +9,8 @@ alone up to float rounding (``tests/test_sweep_batched.py`` holds it to 1e-4).
 Two ways to run the stacked forward:
 
 * **layers**: a ``nn.Sequential`` of ``Linear`` layers and element-wise activations becomes a
-  chain of ``torch.baddbmm``: K small matmuls in one call, no per-op dispatch for the batch dim.
+  chain of ``torch.baddbmm``: K small matmuls in one call, no per-op dispatch for the batch dim,
+  and a hand-written backward that puts each gradient straight into its weight's layout.
 * **vmap**: any other model runs through ``torch.func.vmap(functional_call(model, params, x))``,
   with ``randomness="error"`` so that a model whose result depends on random draws (dropout)
   is not silently trained with draws that differ from its one-by-one run.
@@ -79,17 +80,41 @@ def layer_plan(module: nn.Module, prefix: str = "") -> list[tuple[str, str, nn.M
     return None
 
 
+class _StackedLinear(torch.autograd.Function):
+    """K linear layers at once: y[k] = x[k] W[k]ᵀ + b[k], with W stacked as (K, out, in) like nn.Linear's.
+
+    The backward is written out so that dW = gᵀx lands directly in W's own layout: autograd's
+    bmm backward would compute xᵀg, shaped (K, in, out), and copy it transposed. Measured here
+    for the demo's 512 → 10 head (K = 16, batch 32): 0.054 ms instead of 0.24 ms for dW, and the
+    forward with W transposed in place 0.066 ms instead of 0.13 ms with W stored as (K, in, out).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        wt = weight.transpose(1, 2)
+        return torch.bmm(x, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, wt)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
 def _run_layers(steps: Sequence[tuple[str, str, nn.Module]], params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Member k's forward on x[k] for every k, as baddbmm calls: x is (K, b, ...), weights (K, in, out)."""
+    """Member k's forward on x[k] for every k: x is (K, b, ...), each Linear one batched matmul."""
     h = x
     for kind, prefix, module in steps:
         if kind == "linear":
-            weight = params[prefix + "weight"]  # (K, in, out): stored transposed, see StackedMembers
+            weight = params[prefix + "weight"]  # (K, out, in)
             bias = params.get(prefix + "bias")  # (K, out) or None
             shape = h.shape
-            flat = h.reshape(shape[0], -1, shape[-1])
-            flat = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)
-            h = flat.reshape(*shape[:-1], weight.shape[2])
+            flat = _StackedLinear.apply(h.reshape(shape[0], -1, shape[-1]), weight, bias)
+            h = flat.reshape(*shape[:-1], weight.shape[1])
         elif kind == "flatten":
             flatten: Any = module
             start = flatten.start_dim + 1 if flatten.start_dim >= 0 else flatten.start_dim
@@ -117,20 +142,12 @@ class StackedMembers:
         self.skeleton = copy.deepcopy(base)
         member_params = [dict(m.named_parameters()) for m in models]
         member_buffers = [dict(m.named_buffers()) for m in models]
-        tied = len(list(base.named_parameters(remove_duplicate=False))) != len(names)
-        plain = not tied and not any(True for _ in base.buffers())
-        self._steps = layer_plan(base) if plain else None
-        self.path = "layers" if self._steps is not None else "vmap"
-        # Linear weights stacked as (K, in, out), contiguous, on the layers path: x @ W then needs no
-        # transpose, and autograd writes W's gradient in place instead of copying a transposed one
-        # (measured 1.7x faster per step for the demo MLP). member_module() transposes back.
-        self._transposed = {f"{prefix}weight" for kind, prefix, _ in self._steps or () if kind == "linear"}
+        self.path = stack_path(base)
+        self._steps = layer_plan(base) if self.path == "layers" else None
         with torch.no_grad():
             self.params: dict[str, Tensor] = {}
             for name, p in base.named_parameters():
                 stacked = torch.stack([mp[name].detach() for mp in member_params])
-                if name in self._transposed:
-                    stacked = stacked.transpose(1, 2).contiguous()
                 self.params[name] = nn.Parameter(stacked, requires_grad=p.requires_grad)
             self.buffers: dict[str, Tensor] = {
                 name: torch.stack([mb[name] for mb in member_buffers]) for name, _ in base.named_buffers()
@@ -177,10 +194,7 @@ class StackedMembers:
 
     def member_module(self, k: int) -> nn.Module:
         model = copy.deepcopy(self.skeleton)
-        state = {
-            name: (t[k].T if name in self._transposed else t[k]).detach().clone()
-            for name, t in (*self.params.items(), *self.buffers.items())
-        }
+        state = {name: t[k].detach().clone() for name, t in (*self.params.items(), *self.buffers.items())}
         model.load_state_dict(state, strict=False)
         return model
 
