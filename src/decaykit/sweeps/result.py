@@ -62,5 +62,9 @@ class SweepResult:
         )
         return self.files
 
+    def __repr__(self) -> str:
+        best = "none" if self.best is None else f"{self.best['weight_decay']:g}"
+        return f"SweepResult(task={self.task!r}, weight_decays={len(self.results)}, trials={len(self.trials)}, best={best})"
+
     def __str__(self) -> str:
         return format_report(self.results, self.best, header=self.header, notes=self.notes, files=self.files)
