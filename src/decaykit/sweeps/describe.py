@@ -84,7 +84,12 @@ def header(
     points: int,
 ) -> list[str]:
     batch = "full batch" if settings.batch_size is None else f"batch {settings.batch_size}"
-    seed_text = f"seeds {seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else f"seeds {seeds}"
+    if len(seeds) == 1:
+        seed_text = f"seed {seeds[0]}"
+    elif seeds == list(range(seeds[0], seeds[-1] + 1)):
+        seed_text = f"seeds {seeds[0]}-{seeds[-1]}"
+    else:
+        seed_text = f"seeds {seeds}"
     what = (
         f"λ in [{search[0]:g}, {search[1]:g}]: {rounds} rounds of {points} log-spaced values zooming in on the best, "
         "plus λ = 0"
@@ -99,7 +104,7 @@ def header(
         f"policy {policy_text(settings.policy)}",
         f"train:  {settings.epochs} epochs, {batch}, {seed_text} (a seed fixes the initial weights and the "
         "sample order)",
-        "table:  mean ± std over seeds; gap = "
+        ("table:  mean ± std over seeds; gap = " if len(seeds) > 1 else "table:  gap = ")
         + ("train − test accuracy" if settings.kind == "classification" else "test − train loss")
         + "; ‖w‖ = L2 norm of the parameters that decay (the policy's choice)",
     ]
