@@ -181,7 +181,7 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
         lines += _loss_line(rows)
     positive = [r for r in rows if r["weight_decay"] > 0]
     if positive and best["weight_decay"] == positive[-1]["weight_decay"] and len(positive) > 1:
-        lines.append(f"the best λ is the largest one tried: try larger values (e.g. up to {best['weight_decay'] * 100:g})")
+        lines.append(f"the best λ is the largest one tried: try larger values (e.g. up to {best['weight_decay'] * 10:g})")
     top = rows[-1]
     if top["weight_decay"] > best["weight_decay"] and top.get(best["metric"]) is not None:
         worse = (best["value"] - top[best["metric"]]) * (1 if best["maximize"] else -1)
