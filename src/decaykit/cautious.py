@@ -153,13 +153,18 @@ def _moment_foreach(ps: list, gs: list, ms: list, rate: Rate, weight: float, max
             m_t[i] = t
     agree: list[Tensor] = m_t  # type: ignore[assignment]
     torch._foreach_mul_(agree, ps)
+    _masked_decay_(ps, ps, agree, rate)
+
+
+def _masked_decay_(ps: list[Tensor], base: list[Tensor], agree: list[Tensor], rate: Rate) -> None:
+    """θ ← θ − r·𝟙(agree ≥ 0)·base, with ``agree`` overwritten by the mask (times r when r is per member)."""
     for a in agree:
         a.ge_(0)
     if isinstance(rate, Tensor):
         torch._foreach_mul_(agree, [member_view(rate, p) for p in ps])
-        torch._foreach_addcmul_(ps, ps, agree, value=-1.0)
+        torch._foreach_addcmul_(ps, base, agree, value=-1.0)
     else:
-        torch._foreach_addcmul_(ps, ps, agree, value=-rate)
+        torch._foreach_addcmul_(ps, base, agree, value=-rate)
 
 
 def cautious_decay_(params: Sequence[Tensor], before: Sequence[Tensor], rate: Rate, *, foreach: bool = True) -> None:
@@ -217,10 +222,4 @@ def _change_chunked(pairs: list[tuple[Tensor, Tensor]], rate: Rate) -> None:
 def _change_foreach(ps: list[Tensor], bs: list[Tensor], rate: Rate) -> None:
     agree = torch._foreach_sub(bs, ps)
     torch._foreach_mul_(agree, bs)
-    for a in agree:
-        a.ge_(0)
-    if isinstance(rate, Tensor):
-        torch._foreach_mul_(agree, [member_view(rate, p) for p in ps])
-        torch._foreach_addcmul_(ps, bs, agree, value=-1.0)
-    else:
-        torch._foreach_addcmul_(ps, bs, agree, value=-rate)
+    _masked_decay_(ps, bs, agree, rate)

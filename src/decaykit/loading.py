@@ -15,7 +15,7 @@ from torch import nn
 
 from decaykit.errors import DecayError
 
-__all__ = ["build_model", "load_object"]
+__all__ = ["build_model", "load_object", "model_factory", "qualname"]
 
 
 def load_object(spec: str, *, argument: str = "MODEL") -> Any:
@@ -46,38 +46,65 @@ def load_object(spec: str, *, argument: str = "MODEL") -> Any:
     return obj
 
 
-def build_model(spec: str | nn.Module | Callable[[], Any], *, argument: str = "MODEL") -> nn.Module:
-    """Return an ``nn.Module`` from a demo name, an import path, a factory or a module.
+def model_factory(spec: str | Callable[[], Any], *, argument: str = "MODEL") -> tuple[Callable[[], nn.Module], str]:
+    """Return ``(factory, identity)`` for a demo name, a ``pkg.mod:factory`` string, a function or a class.
 
-    A factory is called with no arguments; whatever it returns must be an ``nn.Module``.
+    The factory builds a new model at each call and checks that it is an ``nn.Module``;
+    ``identity`` names it in messages and stores (the string as given, or ``module:qualname``).
     """
     from decaykit.models import DEMO_MODELS
 
+    identity = spec if isinstance(spec, str) else qualname(spec)
     obj: Any = spec
     if isinstance(spec, str):
         if spec in DEMO_MODELS:
-            return DEMO_MODELS[spec]()
-        if ":" not in spec:
+            obj = DEMO_MODELS[spec]
+        elif ":" not in spec:
             names = ", ".join(sorted(DEMO_MODELS))
             raise DecayError(
                 f"{argument}={spec!r} is neither a built-in demo model ({names}) "
                 "nor an import path like 'torchvision.models:resnet50'"
             )
-        obj = load_object(spec, argument=argument)
-    if isinstance(obj, nn.Module):
-        return obj
-    if callable(obj):
+        else:
+            obj = load_object(spec, argument=argument)
+    if isinstance(obj, nn.Module) or not callable(obj):
+        raise DecayError(f"{argument}={identity!r} is a {type(obj).__name__}, not a function that builds a model")
+
+    def factory() -> nn.Module:
         try:
             with torch.device("cpu"):
-                obj = obj()
+                model = obj()
         except TypeError as exc:
             raise DecayError(
-                f"{argument}={spec!r}: the factory could not be called with no arguments ({exc}); "
+                f"{argument}={identity!r}: the factory could not be called with no arguments ({exc}); "
                 "point to a function that builds the model with its defaults"
             ) from exc
-    if not isinstance(obj, nn.Module):
-        raise DecayError(
-            f"{argument}={spec!r} gave a {type(obj).__name__}, not a torch.nn.Module; "
-            "point to a class or function that returns the model"
-        )
-    return obj
+        if not isinstance(model, nn.Module):
+            raise DecayError(
+                f"{argument}={identity!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+                "point to a class or function that returns the model"
+            )
+        return model
+
+    return factory, identity
+
+
+def build_model(spec: str | nn.Module | Callable[[], Any], *, argument: str = "MODEL") -> nn.Module:
+    """Return an ``nn.Module`` from a demo name, an import path, a factory or a module.
+
+    A factory is called with no arguments; whatever it returns must be an ``nn.Module``.
+    """
+    if isinstance(spec, nn.Module):
+        return spec
+    if isinstance(spec, str) and ":" in spec:
+        obj = load_object(spec, argument=argument)
+        if isinstance(obj, nn.Module):  # a module-level model instance
+            return obj
+    return model_factory(spec, argument=argument)[0]()
+
+
+def qualname(obj: Any) -> str:
+    """``module:qualname`` of a function or class, to name it in messages and stores."""
+    module = getattr(obj, "__module__", None) or "?"
+    name = getattr(obj, "__qualname__", None) or type(obj).__name__
+    return f"{module}:{name}"

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from decaykit.errors import DecayError
+from decaykit.loading import load_object, model_factory, qualname
 from decaykit.sweeps.data import SweepData, checksum, resolve_data
 
 __all__ = ["DEFAULT_TASK", "TASK_NAMES", "Task", "builtin_task", "make_model_fn", "task_from_user", "with_overrides"]
@@ -84,51 +85,12 @@ def make_model_fn(spec: Any, *, argument: str = "model") -> tuple[Callable[[], n
 
     A sweep builds one fresh model per seed, so it needs a factory, not a model instance.
     """
-    from decaykit.loading import load_object
-
-    identity = spec if isinstance(spec, str) else _qualname(spec)
-    obj = spec
-    if isinstance(spec, str):
-        demo = _demo_models().get(spec)
-        obj = demo if demo is not None else load_object(spec, argument=argument.upper())
-    if isinstance(obj, nn.Module):
+    if isinstance(spec, nn.Module):
         raise DecayError(
-            f"{argument}={identity!r} is a model instance; a sweep trains one fresh model per seed, so pass "
-            "a function or class that builds it (in Python: lambda: MyNet())"
+            f"{argument}={type(spec).__name__} is a model instance; a sweep trains one fresh model per seed, so "
+            "pass a function or class that builds it (in Python: lambda: MyNet())"
         )
-    if not callable(obj):
-        raise DecayError(f"{argument}={identity!r} is a {type(obj).__name__}, not a function that builds a model")
-
-    def factory() -> nn.Module:
-        try:
-            model = obj()
-        except TypeError as exc:
-            raise DecayError(
-                f"{argument}={identity!r}: calling it with no arguments failed ({exc}); "
-                "point to a function that builds the model with its defaults"
-            ) from exc
-        if not isinstance(model, nn.Module):
-            raise DecayError(
-                f"{argument}={identity!r} returned a {type(model).__name__}, not a torch.nn.Module; "
-                "the factory must return a new model"
-            )
-        return model
-
-    return factory, identity
-
-
-def _demo_models() -> Mapping[str, Callable[[], nn.Module]]:
-    try:
-        from decaykit.models import DEMO_MODELS
-    except ImportError:
-        return {}
-    return DEMO_MODELS
-
-
-def _qualname(obj: Any) -> str:
-    module = getattr(obj, "__module__", None) or "?"
-    name = getattr(obj, "__qualname__", None) or type(obj).__name__
-    return f"{module}:{name}"
+    return model_factory(spec, argument=argument)
 
 
 def task_from_user(
@@ -154,8 +116,6 @@ def task_from_user(
 
 
 def _data_fn(spec: Any) -> tuple[Callable[[], Any], str]:
-    from decaykit.loading import load_object
-
     if isinstance(spec, str):
         obj = load_object(spec, argument="DATA")
         identity = spec
@@ -163,7 +123,7 @@ def _data_fn(spec: Any) -> tuple[Callable[[], Any], str]:
             return obj, identity
         return (lambda: obj), identity
     if callable(spec) and not isinstance(spec, (Tensor, SweepData)):
-        return spec, _qualname(spec)
+        return spec, qualname(spec)
     # data given directly: its identity is its content's shape and checksum, so a store never mixes data sets
     data = resolve_data(spec)
     digest = checksum(data)
