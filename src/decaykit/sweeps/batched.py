@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from decaykit.names import canonical_name
+from decaykit.sweeps.backprop import LinearChain, chain_supported
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import build_optimizer, decay_plan
-from decaykit.sweeps.trainer import TrainSettings, decayed_names, seeded_model
+from decaykit.sweeps.trainer import TrainSettings, autograd_step, decayed_names, seeded_model
 
 __all__ = ["NotBatchable", "StackedMembers", "check_batchable", "layer_plan", "stack_path", "stacking_pays"]
 
@@ -160,6 +161,13 @@ class StackedMembers:
         decayed = decayed_names(base, settings.policy)
         self._decayed = [t for n, t in trainable.items() if n in decayed]
         self._vmapped: dict[bool, Callable[..., Tensor]] = {}
+        self.loss = settings.loss
+        # the layers path's backward written out (backprop.py) where its activations allow, else autograd
+        self._chain = (
+            LinearChain(self._steps, self.params, settings.loss)
+            if self._steps is not None and chain_supported(self._steps, self.params)
+            else None
+        )
 
     def _vmap(self, shared_input: bool) -> Callable[..., Tensor]:
         fn = self._vmapped.get(shared_input)
@@ -179,11 +187,25 @@ class StackedMembers:
         self.skeleton.train()
         return self._vmap(False)(self.params, self.buffers, x)
 
-    def eval_forward(self, x: Tensor) -> Tensor:
+    def forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
+        if self._chain is not None:
+            return self._chain.step(x, y)
+        return autograd_step(self, x, y)
+
+    def eval_forward(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Outputs (K, n, ...) of every member on the shared ``x`` (n, ...), or of the members in ``rows``."""
+        params, buffers = self.params, self.buffers
+        if rows is not None:
+            params = {name: t[rows] for name, t in params.items()}
+            buffers = {name: t[rows] for name, t in buffers.items()}
         if self._steps is not None:
-            return _run_layers(self._steps, self.params, x.unsqueeze(0).expand(self.size, *x.shape).contiguous())
+            size = next(iter(params.values())).shape[0]
+            return _run_layers(self._steps, params, x.unsqueeze(0).expand(size, *x.shape).contiguous())
         self.skeleton.eval()
-        return self._vmap(True)(self.params, self.buffers, x)
+        return self._vmap(True)(params, buffers, x)
+
+    def same_start(self, i: int, j: int) -> bool:
+        return all(torch.equal(t[i], t[j]) for t in (*self.params.values(), *self.buffers.values()))
 
     def decayed_norm(self) -> Tensor:
         with torch.no_grad():

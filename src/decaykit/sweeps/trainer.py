@@ -80,10 +80,15 @@ class Members(Protocol):
     size: int
     batched: bool
     optimizer: torch.optim.Optimizer
+    loss: Any  # a loss name of metrics.LOSSES or a callable
 
     def train_forward(self, x: Tensor) -> Tensor: ...  # (K, b, ...) -> (K, b, ...)
 
-    def eval_forward(self, x: Tensor) -> Tensor: ...  # (n, ...) shared -> (K, n, ...)
+    def forward_backward(self, x: Tensor, y: Tensor) -> Tensor: ...  # .grad of Σ_k L_k written; (K,) losses
+
+    def eval_forward(self, x: Tensor, rows: Tensor | None = None) -> Tensor: ...  # (n, ...) shared -> (K, n, ...)
+
+    def same_start(self, i: int, j: int) -> bool: ...  # members i and j hold equal parameters (and buffers)
 
     def decayed_norm(self) -> Tensor: ...  # (K,) L2 norm of the parameters that decay
 
@@ -113,14 +118,21 @@ class SingleMember:
         )
         decayed = decayed_names(model, settings.policy)
         self._decayed = [p for n, p in named.items() if n in decayed]
+        self.loss = settings.loss
 
     def train_forward(self, x: Tensor) -> Tensor:
         self.model.train()
         return self.model(x[0]).unsqueeze(0)
 
-    def eval_forward(self, x: Tensor) -> Tensor:
+    def forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
+        return autograd_step(self, x, y)
+
+    def eval_forward(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         self.model.eval()
         return self.model(x).unsqueeze(0)
+
+    def same_start(self, i: int, j: int) -> bool:
+        return i == j
 
     def decayed_norm(self) -> Tensor:
         with torch.no_grad():
@@ -129,6 +141,14 @@ class SingleMember:
 
     def member_module(self, k: int) -> nn.Module:
         return self.model
+
+
+def autograd_step(members: Members, x: Tensor, y: Tensor) -> Tensor:
+    """Each member's loss on its own batch, and its gradient in ``.grad`` by one ``backward`` of the sum."""
+    members.optimizer.zero_grad(set_to_none=True)
+    losses = member_losses(members.loss, members.train_forward(x), y)
+    losses.sum().backward()
+    return losses.detach()
 
 
 def _named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -190,23 +210,35 @@ def train(
     unique_seeds = sorted(set(seeds))
     generators = {s: torch.Generator().manual_seed(s) for s in unique_seeds}
     row_of = torch.tensor([unique_seeds.index(s) for s in seeds])
-    chunk = _eval_chunk(data, k_members)
     checkpoints = set(curve_epochs(settings.epochs, settings.curve_points))
     curves: dict[str, list[Tensor]] = {}
     bad = torch.zeros(k_members, dtype=torch.bool, device=settings.device)
     start = time.perf_counter()
 
-    def measure(epoch: int) -> None:
+    def measure(epoch: int, rows: list[int] | None = None) -> None:
+        """Every member's metrics; with ``rows``, only those members run and member k takes row ``rows[k]``'s."""
         curves.setdefault("epoch", []).append(torch.full((k_members,), float(epoch), dtype=torch.float64))
+        run = None if rows is None else torch.tensor(sorted(set(rows)))
+        take = None if run is None else torch.tensor([run.tolist().index(r) for r in rows])
+        size = k_members if run is None else len(run)
+
+        def forward(x: Tensor) -> Tensor:
+            return members.eval_forward(x, run)
+
         for split, x, y in (("train", x_train, y_train), ("test", data.x_test, data.y_test)):
             values = evaluate(
-                members.eval_forward, x, y, kind=settings.kind, loss=settings.loss, chunk=chunk, extra=settings.metrics
+                forward, x, y, kind=settings.kind, loss=settings.loss, chunk=_eval_chunk(data, size), extra=settings.metrics
             )
             for name, value in values.items():
-                curves.setdefault(f"{split}_{name}", []).append(value)
+                curves.setdefault(f"{split}_{name}", []).append(value if take is None else value[take])
         curves.setdefault("weight_norm", []).append(members.decayed_norm())
 
-    measure(0)
+    # members of one seed start from the same model (seeded_model): the start is measured once per
+    # distinct initial state, found by comparing the members' tensors, not assumed from the seed
+    starts: list[int] = []
+    for k, seed in enumerate(seeds):
+        starts.append(next((j for j in starts if seeds[j] == seed and members.same_start(j, k)), k))
+    measure(0, starts)
     opt = members.optimizer
     for epoch in range(1, settings.epochs + 1):
         if batch < n:
@@ -216,11 +248,7 @@ def train(
         epoch_loss = torch.zeros(k_members, dtype=torch.float64, device=settings.device)
         for lo in range(0, n, batch):
             idx = orders[:, lo : lo + batch]
-            out = members.train_forward(x_train[idx])
-            losses = member_losses(settings.loss, out, y_train[idx])
-            epoch_loss += losses.detach()  # NaN and inf stick in a sum: one finiteness check per epoch
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            epoch_loss += members.forward_backward(x_train[idx], y_train[idx])  # NaN and inf stick in a sum
             opt.step()
         bad |= ~torch.isfinite(epoch_loss)
         if epoch in checkpoints:
