@@ -162,3 +162,19 @@ def test_the_start_is_measured_once_per_distinct_initial_model():
     counted = sweep(CountingInit, blobs(), weight_decays=[0.0, 0.1, 1.0], **kw)
     firsts = [t["curves"]["test_loss"][0] for t in counted.trials]
     assert len(set(firsts)) == len(firsts)  # different starts despite equal seeds: each measured on its own
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_evaluation_equals_each_members_own_forward(chain):
+    models, stack = members_of(CHAINS[chain], "mse")
+    x = torch.randn(7, 2, 3) if chain == "flatten-first" else torch.randn(7, 6)
+    every = stack.eval_forward(x)
+    some = stack.eval_forward(x, torch.tensor([2, 0]))
+    again = stack.eval_forward(x[:5])  # buffers of another shape; the outputs returned before stay intact
+    with torch.no_grad():
+        own = [m(x) for m in models]
+    for k in range(K):
+        torch.testing.assert_close(every[k], own[k])
+    torch.testing.assert_close(some[0], own[2])
+    torch.testing.assert_close(some[1], own[0])
+    torch.testing.assert_close(again[1], own[1][:5])

@@ -58,6 +58,54 @@ def chain_supported(steps: Sequence[Step], params: dict[str, Tensor]) -> bool:
     return all(kind != "elementwise" or type(module) in _ACTIVATIONS for kind, _, module in steps)
 
 
+class _Slots:
+    """Buffers for one input shape, handed out in the order a pass asks for them: allocated by the first pass."""
+
+    def __init__(self) -> None:
+        self.buffers: list[Tensor] = []
+        self.next = 0
+
+    def take(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        if self.next == len(self.buffers):
+            self.buffers.append(torch.empty(tuple(shape), dtype=like.dtype, device=like.device))
+        out = self.buffers[self.next]
+        self.next += 1
+        return out
+
+
+def _forward(
+    x: Tensor, layers: Sequence[tuple[str, Any, Any]], take: Callable[[Sequence[int], Tensor], Tensor],
+    saved: list[Tensor] | None,
+) -> Tensor:  # fmt: skip
+    """The chain on x (K, b, ...), each Linear one (b)addbmm into a buffer, activations in place.
+
+    With ``saved``, keeps what the backward needs: each Linear's input (flattened to (K, rows, in))
+    and its original shape, each activation's output, each Flatten's input shape.
+    """
+    h = x
+    for kind, a, b in layers:
+        if kind == "linear":
+            k, rows = h.shape[0], h[0].numel() // h.shape[-1]
+            flat = h.reshape(k, rows, h.shape[-1])
+            z = take((k, rows, a.shape[1]), a)
+            if b is None:
+                torch.bmm(flat, a.transpose(1, 2), out=z)
+            else:
+                torch.baddbmm(b.unsqueeze(1), flat, a.transpose(1, 2), out=z)
+            if saved is not None:
+                saved += (flat, h)
+            h = z.view(*h.shape[:-1], a.shape[1])
+        elif kind == "act":
+            a(h)
+            if saved is not None:
+                saved.append(h)
+        else:
+            if saved is not None:
+                saved.append(h)
+            h = h.flatten(a, b)
+    return h
+
+
 class LinearChain:
     """The stacked chain's training step (forward, loss, backward into ``.grad``) on preallocated buffers."""
 
@@ -76,47 +124,25 @@ class LinearChain:
                 self.layers.append(("act", *_ACTIVATIONS[type(module)]))
         self._first_linear = next(i for i, layer in enumerate(self.layers) if layer[0] == "linear")
         self.params = [t for kind, w, b in self.layers if kind == "linear" for t in (w, b) if t is not None]
-        self._buffers: dict[tuple[int, ...], list[Tensor]] = {}
+        self._buffers: dict[tuple[Any, ...], _Slots] = {}
         self._minus_one: Tensor | None = None
+
+    def _slots(self, key: tuple[Any, ...]) -> _Slots:
+        slots = self._buffers.get(key)
+        if slots is None:
+            slots = self._buffers[key] = _Slots()
+        slots.next = 0
+        return slots
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """Forward, loss and backward for batches ``x`` (K, b, ...) and targets ``y`` (K, b, ...).
 
         Writes every parameter's ``.grad`` (the gradient of Σ_k L_k) and returns the (K,) losses.
         """
-        buffers = self._buffers.setdefault(tuple(x.shape), [])  # a step's buffers depend on its batch shape only
-        slot = 0
-
-        def take(shape: Sequence[int], like: Tensor) -> Tensor:
-            nonlocal slot
-            if slot == len(buffers):
-                buffers.append(torch.empty(tuple(shape), dtype=like.dtype, device=like.device))
-            out = buffers[slot]
-            slot += 1
-            return out
-
-        # forward: keep each Linear's input (for ∂W) and each activation's output (for σ')
-        saved: list[Tensor] = []
-        h = x
+        take = self._slots(("train", *x.shape)).take  # a step's buffers depend on its batch shape only
+        saved: list[Tensor] = []  # each Linear's input (for ∂W) and each activation's output (for σ')
         with torch.no_grad():
-            for kind, a, b in self.layers:
-                if kind == "linear":
-                    k, rows = h.shape[0], h[0].numel() // h.shape[-1]
-                    flat = h.reshape(k, rows, h.shape[-1])
-                    saved.append(flat)
-                    z = take((k, rows, a.shape[1]), a)
-                    if b is None:
-                        torch.bmm(flat, a.transpose(1, 2), out=z)
-                    else:
-                        torch.baddbmm(b.unsqueeze(1), flat, a.transpose(1, 2), out=z)
-                    saved.append(h)  # the input's shape, to give g back its own
-                    h = z.view(*h.shape[:-1], a.shape[1])
-                elif kind == "act":
-                    a(h)
-                    saved.append(h)
-                else:
-                    saved.append(h)
-                    h = h.flatten(a, b)
+            h = _forward(x, self.layers, take, saved)
             losses, g = self._loss_grad(h, y, take((*h.shape,), h))
             # backward, last layer first; the input batch needs no gradient, so the first Linear ends it
             for i in range(len(self.layers) - 1, self._first_linear - 1, -1):
@@ -136,6 +162,21 @@ class LinearChain:
                 else:
                     g = g.view(saved.pop().shape)
         return losses
+
+    def evaluate(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Outputs (K, n, ...) of every member (or of the members in ``rows``) on the shared input ``x`` (n, ...).
+
+        The input is broadcast, not copied, to the members; hidden activations reuse buffers; the
+        output is a new tensor, so callers may keep it.
+        """
+        layers = self.layers
+        if rows is not None:
+            layers = [(kind, a[rows], None if b is None else b[rows]) if kind == "linear" else (kind, a, b)
+                      for kind, a, b in layers]  # fmt: skip
+        size = next(a.shape[0] for kind, a, _ in layers if kind == "linear")
+        take = self._slots(("eval", size, *x.shape)).take
+        with torch.no_grad():
+            return _forward(x.unsqueeze(0).expand(size, *x.shape), layers, take, None).clone()
 
     def _grads(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The parameters' own ``.grad`` tensors, kept between steps and overwritten (no zeroing needed)."""

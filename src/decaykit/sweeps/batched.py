@@ -194,6 +194,8 @@ class StackedMembers:
 
     def eval_forward(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """Outputs (K, n, ...) of every member on the shared ``x`` (n, ...), or of the members in ``rows``."""
+        if self._chain is not None:
+            return self._chain.evaluate(x, rows)
         params, buffers = self.params, self.buffers
         if rows is not None:
             params = {name: t[rows] for name, t in params.items()}
