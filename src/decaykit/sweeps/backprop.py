@@ -12,11 +12,12 @@ a step computes each member's loss L_k on its own batch and writes ∂L_k/∂θ_
     g_{l−1} = σ'_{l−1} ⊙ (g_l W_l)          (σ' read from the output: ReLU 1[h > 0], tanh 1 − h², sigmoid h(1 − h))
 
 Every activation, gradient and ``.grad`` lives in a buffer allocated once per batch shape and
-overwritten each step. Why not autograd: with the demo's 64-512-10 MLP, K = 16, batch 32, the
-step's matmuls take about 0.5 ms, and autograd around them (graph nodes, a fresh 1 MiB tensor per
-activation and gradient, which the allocator hands back to the OS and faults in again, the loss as
-four small ops) added 0.35 ms more; written out, 320 steps take 0.30 s instead of 0.41 s (measured
-with the engine's step included). Gradients equal autograd's to float rounding
+overwritten each step; the output layer is computed unit-major, z_Lᵀ = W_L h_{L−1}ᵀ + b_L, which
+suits a narrow head (see ``step``). Why not autograd: with the demo's 64-512-10 MLP, K = 16,
+batch 32, the step's matmuls take about 0.5 ms, and autograd around them (graph nodes, a fresh
+1 MiB tensor per activation and gradient, which the allocator hands back to the OS and faults in
+again, the loss as four small ops) added 0.35 ms more; written out, 320 steps take 0.30 s instead
+of 0.41 s (measured with the engine's step included). Gradients equal autograd's to float rounding
 (``tests/test_sweep_backprop.py``).
 
 Only chains whose activations have an output-only derivative (ReLU, tanh, sigmoid, identity) and
@@ -142,21 +143,29 @@ class LinearChain:
         take = self._slots(("train", *x.shape)).take  # a step's buffers depend on its batch shape only
         saved: list[Tensor] = []  # each Linear's input (for ∂W) and each activation's output (for σ')
         with torch.no_grad():
-            h = _forward(x, self.layers, take, saved)
-            losses, g = self._loss_grad(h, y, take((*h.shape,), h))
+            h = _forward(x, self.layers[:-1], take, saved)
+            # The last Linear writes its output unit-major, zᵀ = W hᵀ + b: (K, out, rows). For the demo's
+            # 512 → 10 head that matmul takes 40 µs instead of 65, and cross-entropy's log-softmax over
+            # 10 classes runs along 32-wide rows: 3 µs instead of 28.
+            _, weight, bias = self.layers[-1]
+            k, rows = h.shape[0], h[0].numel() // h.shape[-1]
+            flat = h.reshape(k, rows, h.shape[-1])
+            z_t = take((k, weight.shape[1], rows), weight)
+            if bias is None:
+                torch.bmm(weight, flat.transpose(1, 2), out=z_t)
+            else:
+                torch.baddbmm(bias.unsqueeze(2), weight, flat.transpose(1, 2), out=z_t)
+            losses, g_t = self._loss_grad(z_t, y, (*h.shape[:-1], weight.shape[1]), take(z_t.shape, z_t))
             # backward, last layer first; the input batch needs no gradient, so the first Linear ends it
-            for i in range(len(self.layers) - 1, self._first_linear - 1, -1):
+            last = len(self.layers) - 1
+            g = self._linear_backward(g_t, flat, weight, bias, h.shape, last > self._first_linear, take)
+            for i in range(last - 1, self._first_linear - 1, -1):
                 kind, a, b = self.layers[i]
                 if kind == "linear":
                     before = saved.pop()
                     flat = saved.pop()
-                    g2 = g.reshape(flat.shape[0], flat.shape[1], a.shape[1])
-                    weight_grad, bias_grad = self._grads(a, b)
-                    torch.bmm(g2.transpose(1, 2), flat, out=weight_grad)
-                    if b is not None:
-                        torch.sum(g2, 1, out=bias_grad)
-                    if i > self._first_linear:
-                        g = torch.bmm(g2, a, out=take(flat.shape, flat)).view(before.shape)
+                    g_t = g.reshape(flat.shape[0], flat.shape[1], a.shape[1]).transpose(1, 2)
+                    g = self._linear_backward(g_t, flat, a, b, before.shape, i > self._first_linear, take)
                 elif kind == "act":
                     b(g, saved.pop())
                 else:
@@ -178,36 +187,50 @@ class LinearChain:
         with torch.no_grad():
             return _forward(x.unsqueeze(0).expand(size, *x.shape), layers, take, None).clone()
 
-    def _grads(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """The parameters' own ``.grad`` tensors, kept between steps and overwritten (no zeroing needed)."""
+    def _linear_backward(
+        self, g_t: Tensor, flat: Tensor, weight: Tensor, bias: Tensor | None, shape: torch.Size, input_grad: bool,
+        take: Callable[[Sequence[int], Tensor], Tensor],
+    ) -> Tensor:  # fmt: skip
+        """∂W = gᵀh and ∂b = Σ g into the parameters' own ``.grad`` (kept between steps and overwritten, so
+        nothing is zeroed); returns g W, the gradient of the layer's input (of ``shape``), if ``input_grad``.
+
+        ``g_t`` is the output's gradient unit-major, (K, out, rows); ``flat`` the input, (K, rows, in).
+        """
         for p in (weight, bias):
             if p is not None and (p.grad is None or p.grad.shape != p.shape):
                 p.grad = torch.empty_like(p)
-        return weight.grad, (bias.grad if bias is not None else None)  # type: ignore[return-value]
+        torch.bmm(g_t, flat, out=weight.grad)  # already in W's (K, out, in) layout
+        if bias is not None:
+            torch.sum(g_t, 2, out=bias.grad)
+        if not input_grad:
+            return g_t  # not read: the first Linear ends the backward
+        return torch.bmm(g_t.transpose(1, 2), weight, out=take(flat.shape, flat)).view(shape)
 
-    def _loss_grad(self, out: Tensor, y: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-        """Each member's loss (K,) and ∂(Σ_k L_k)/∂out, written into ``grad``."""
-        k = out.shape[0]
+    def _loss_grad(self, z_t: Tensor, y: Tensor, shape: tuple[int, ...], grad: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's loss (K,) and ∂(Σ_k L_k)/∂z written unit-major into ``grad`` (K, out, rows).
+
+        ``z_t`` is the output unit-major, (K, out, rows); ``shape`` the output's own shape (K, b, ..., out).
+        """
+        k, units, rows = z_t.shape
         loss = self.loss
-        if loss == "cross_entropy" and out.dim() == 3 and y.shape == out.shape[:2]:
-            samples = out.shape[1]
-            torch.log_softmax(out, -1, out=grad)
-            index = y.unsqueeze(-1)
-            losses = grad.gather(-1, index).view(k, samples).mean(1).neg_()
+        if loss == "cross_entropy" and len(shape) == 3 and y.shape == shape[:2]:
+            torch.log_softmax(z_t, 1, out=grad)
+            index = y.unsqueeze(1)
+            losses = grad.gather(1, index).view(k, rows).mean(1).neg_()
             if self._minus_one is None or self._minus_one.dtype != grad.dtype:
                 self._minus_one = torch.full((1, 1, 1), -1.0, dtype=grad.dtype, device=grad.device)
-            grad.exp_().scatter_add_(-1, index, self._minus_one.expand(k, samples, 1))  # softmax − onehot
-            return losses, grad.mul_(1.0 / samples)
-        if loss in ("mse", "half_sum_squares") and y.shape == out.shape:
-            diff = torch.sub(out, y, out=grad)
-            squares = diff.reshape(k, -1).square()
+            grad.exp_().scatter_add_(1, index, self._minus_one.expand(k, 1, rows))  # softmax − onehot
+            return losses, grad.mul_(1.0 / rows)
+        if loss in ("mse", "half_sum_squares") and y.shape == shape:
+            diff = torch.sub(z_t, y.reshape(k, rows, units).transpose(1, 2), out=grad)
+            squares = diff.view(k, -1).square()
             if loss == "mse":
                 return squares.mean(1), diff.mul_(2.0 / squares.shape[1])
             return squares.sum(1).mul_(0.5), diff
         # any other loss: autograd on the outputs alone (vmap per member, as member_losses does)
-        leaf = out.detach().requires_grad_()
+        leaf = z_t.transpose(1, 2).reshape(shape).requires_grad_()
         with torch.enable_grad():
             losses = member_losses(loss, leaf, y)
             total = losses.sum()
         (g,) = torch.autograd.grad(total, leaf)
-        return losses.detach(), grad.copy_(g)
+        return losses.detach(), grad.copy_(g.reshape(k, rows, units).transpose(1, 2))
