@@ -5,14 +5,18 @@ epochs, and evaluate the test set at the end:
 
 * sequential: 16 plain PyTorch loops, ``torch.optim.AdamW(model.parameters(), lr, weight_decay=λ)``
   with its defaults (the foreach path), one after another;
-* batched: one ``decaykit.sweep`` call over the same 16 (λ, seed) trials, stacked (baddbmm layers,
-  fused AdamW, per-member λ through decaykit's engine), in memory, no plots.
+* batched: one ``decaykit.sweep`` call over the same 16 (λ, seed) trials, stacked (each Linear one
+  batched matmul, the backward written out, fused AdamW, per-member λ through decaykit's engine), in
+  memory, no plots. It also measures what its report needs and the plain loop skips: the training set
+  at the end (train metrics, the gap) and the start of the curves (once per seed: members of one seed
+  start from the same model).
 
 They run interleaved, ``--repeats`` times, and the median of each is reported (other work on a shared
 machine then slows both alike). The machine's matmul peak is measured in the same run (a large
 float32 matmul), and the sweep's achieved GFLOP/s (nominal 6·params·samples per sample-epoch for
 forward + backward) is printed beside it. Where the time goes inside one batched step (forward +
-backward, the engine's optimizer step, and AdamW's foreach step for comparison) is measured too.
+backward as the sweep runs it and through autograd, the engine's optimizer step and the fused AdamW
+kernels inside it, and AdamW's foreach step for comparison) is measured too.
 
 The last line is ``speedup=<sequential / batched>`` at the demo's batch size (32); batch 16 is
 measured first for comparison. Target: the batched sweep takes at most 2.5x the time of ONE run,
@@ -96,10 +100,10 @@ def batched(data, epochs: int, batch: int) -> float:
 
 
 def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
-    """Milliseconds per batched training step: forward + backward, and the optimizer, fused vs foreach."""
+    """Milliseconds per batched training step: forward + backward as the sweep runs it (written out) and
+    through autograd; the engine's optimizer step, the fused AdamW kernels inside it, and AdamW's foreach step."""
     from decaykit.sweeps.batched import StackedMembers
-    from decaykit.sweeps.metrics import member_losses
-    from decaykit.sweeps.trainer import TrainSettings, seeded_model
+    from decaykit.sweeps.trainer import TrainSettings, autograd_step, seeded_model
 
     settings = TrainSettings(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
                              policy="decaykit", loss="cross_entropy", kind="classification", dtype=torch.float32,
@@ -110,10 +114,6 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
     idx = torch.stack([torch.randperm(data.train_size)[:batch] for _ in keys])
     x, y = data.x_train[idx], data.y_train[idx]
 
-    def fwd_bwd() -> None:
-        members.optimizer.zero_grad(set_to_none=True)
-        member_losses("cross_entropy", members.train_forward(x), y).sum().backward()
-
     def timed(fn) -> float:
         for _ in range(5):
             fn()
@@ -122,10 +122,24 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
             fn()
         return (time.perf_counter() - start) / reps * 1e3
 
-    out = {"forward + backward": timed(fwd_bwd)}
-    fwd_bwd()
+    out = {
+        "forward + backward, written out (the sweep's path)": timed(lambda: members.forward_backward(x, y)),
+        "forward + backward through autograd (for comparison)": timed(lambda: autograd_step(members, x, y)),
+    }
+    members.forward_backward(x, y)
     out["engine step (fused AdamW + per-member λ pass)"] = timed(members.optimizer.step)
-    params = [p for g in members.optimizer.param_groups for p in g["params"]]
+    inner = members.optimizer.optimizer
+    groups = [(g["params"], [inner.state[p] for p in g["params"]]) for g in inner.param_groups]
+
+    def kernels() -> None:  # what the step computes, without the Python around it
+        for params, states in groups:
+            torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], lr=1e-3,
+                                beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)  # fmt: skip
+
+    with torch.no_grad():
+        out["  of which the fused AdamW kernels alone"] = timed(kernels)
+    params = [p for g in inner.param_groups for p in g["params"]]
     foreach = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
     out["AdamW foreach step, same tensors (for comparison)"] = timed(foreach.step)
     return out
@@ -174,7 +188,7 @@ def main() -> None:
     result = compare(data, args.epochs, args.batch_size, args.repeats, flops_one, k)
     print(f"where a stacked step's time goes at batch {args.batch_size} (ms, K = {k}):")
     for name, ms in step_breakdown(data, args.batch_size).items():
-        print(f"  {name:<52} {ms:.3f}")
+        print(f"  {name:<54} {ms:.3f}")
     print(f"speedup={result['speedup']:.2f}")
 
 
