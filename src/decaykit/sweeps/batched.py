@@ -9,8 +9,10 @@ alone up to float rounding (``tests/test_sweep_batched.py`` holds it to 1e-4).
 Two ways to run the stacked forward:
 
 * **layers**: a ``nn.Sequential`` of ``Linear`` layers and element-wise activations becomes a
-  chain of ``torch.baddbmm``: K small matmuls in one call, no per-op dispatch for the batch dim,
-  and a hand-written backward that puts each gradient straight into its weight's layout.
+  chain of ``torch.baddbmm``: K small matmuls in one call, no per-op dispatch for the batch dim.
+  With ReLU, tanh or sigmoid activations the whole step, backward included, is written out on
+  reused buffers (``backprop.py``); other activations go through autograd, with a hand-written
+  Linear backward that puts each gradient straight into its weight's layout.
 * **vmap**: any other model runs through ``torch.func.vmap(functional_call(model, params, x))``,
   with ``randomness="error"`` so that a model whose result depends on random draws (dropout)
   is not silently trained with draws that differ from its one-by-one run.
