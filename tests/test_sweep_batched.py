@@ -194,3 +194,17 @@ def test_a_convex_problem_agrees_to_rounding_over_a_long_run():
     stacked, alone = sweep(**kw), sweep(batched=False, **kw)
     assert stacked.run["path"] == "layers"
     assert_same(stacked, alone, tol=1e-9)
+
+
+def test_the_caller_s_flush_denormal_mode_is_left_as_it_was():
+    from decaykit.sweeps.runner import _flushing_denormals
+
+    kw = dict(FAST, weight_decays=[0.0, 1.0], seeds=1, epochs=1)
+    try:
+        for mode in (True, False):
+            torch.set_flush_denormal(mode)
+            assert _flushing_denormals() is mode
+            sweep(mlp, blobs(), **kw)
+            assert _flushing_denormals() is mode
+    finally:
+        torch.set_flush_denormal(False)

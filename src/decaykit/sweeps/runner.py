@@ -163,6 +163,7 @@ def sweep(
     threads = checks.threads_for(probe_model, the_data, settings, members)
     bar = Progress(0, mode=_progress_mode(progress))
     runner = Worker(the_task, the_data, settings, store, objective, stackable, chunk_size, wait, bar, callbacks)
+    was_flushing = _flushing_denormals()
     flush_denormal = torch.set_flush_denormal(True)  # huge λ fills weights with denormals that crawl on CPUs
     saved_threads = torch.get_num_threads()
     if threads < saved_threads:
@@ -189,8 +190,8 @@ def sweep(
               "again to train only the rest", file=sys.stderr)  # fmt: skip
         raise
     finally:
-        if flush_denormal:
-            torch.set_flush_denormal(False)
+        if flush_denormal and not was_flushing:
+            torch.set_flush_denormal(False)  # as the caller had it
         torch.set_num_threads(saved_threads)
         bar.close()
         store.close()
@@ -261,6 +262,11 @@ def _stacking_decision(
     faster, detail = stacking_pays(task.model_fn, data, settings, members)
     store.remember("stacked", {"stacked": faster, "detail": detail})
     return faster, detail
+
+
+def _flushing_denormals() -> bool:
+    """Whether denormals are flushed to zero now: torch can set the mode but not report it, so multiply one."""
+    return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
 
 
 def _progress_mode(progress: str | bool) -> str:
