@@ -13,6 +13,15 @@ def _seeded():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and immune to other processes holding the second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     warnings.filterwarnings("ignore", message=".*bos_token_id.*")
     warnings.filterwarnings("ignore", message=".*eos_token_id.*")

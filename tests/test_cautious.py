@@ -14,12 +14,7 @@ from decaykit.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_momen
 SHAPES = [(3, 5), (3,), (3, 2, 4)]  # leading dim 3 = three stacked members
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tensors(seed: int = 0) -> list[torch.Tensor]:

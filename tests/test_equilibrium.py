@@ -31,12 +31,7 @@ STEPS, WINDOW = 7000, 3000
 TOLERANCE = 1e-3  # 3 significant digits: |measured/predicted − 1| < 0.001
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def equilibrium(make_opt, start_norms: list[float], *, seed: int = 0, steps: int = STEPS, window: int = WINDOW):
