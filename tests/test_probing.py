@@ -12,6 +12,8 @@ from torch import nn
 
 from decaykit import DecayError, ProbeReport, param_groups, probe
 
+from deep_equal import same
+
 LR, WD = 0.01, 0.1
 
 
@@ -44,16 +46,6 @@ def _snapshot(model: nn.Module, opt: torch.optim.Optimizer, sched: Any = None) -
     }
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _by_name(report: ProbeReport) -> dict[str, Any]:
     return {e.name: e for e in report.entries}
 
@@ -83,7 +75,7 @@ def test_probe_leaves_model_optimizer_and_scheduler_bit_identical(name: str) -> 
     report = probe(opt, model=model)
     probe(opt, model=model, chunk_bytes=64)
     assert report.ok, str(report)
-    assert _same(before, _snapshot(model, opt, sched))
+    assert same(before, _snapshot(model, opt, sched))
     assert hook_calls == [] and opt._opt_called is False
     # the trajectory goes on exactly as if no probe had run
     _train(model, opt, 1, sched)
@@ -390,7 +382,7 @@ def test_wrapper_and_a_scheduler_patching_the_inner_step_stay_untouched() -> Non
     before, calls = _snapshot(model, inner, sched), wrapper.calls
     report = probe(wrapper, model=model)
     assert report.ok and {e.kind for e in report.entries} == {"decoupled"}
-    assert _same(before, _snapshot(model, inner, sched)) and wrapper.calls == calls
+    assert same(before, _snapshot(model, inner, sched)) and wrapper.calls == calls
 
 
 def test_bad_input_is_a_decay_error() -> None:
@@ -431,7 +423,7 @@ def test_weight_decay_engine_measures_as_it_describes_itself(mode: str) -> None:
     rate = engine.expected_decay()[0]["rate"]
     if ENGINE_KINDS[mode] == {"decoupled"}:
         assert all(e.measured == pytest.approx(1 - rate, abs=1e-6) for e in report.entries)
-    assert _same(before, _snapshot(model, inner, sched)) and engine.steps_taken == steps
+    assert same(before, _snapshot(model, inner, sched)) and engine.steps_taken == steps
 
 
 def test_weight_decay_engine_per_member_rates() -> None:

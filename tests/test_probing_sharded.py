@@ -29,6 +29,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
+from deep_equal import same
+
 LR, WD = 0.05, 0.1
 # FSDP2 warns that a wrapped Linear returns a view (in-place ops on it would skip a hook): none here
 pytestmark = pytest.mark.filterwarnings("ignore:FSDP2-wrapped module:UserWarning")
@@ -83,16 +85,6 @@ def _state(model: nn.Module, opt: torch.optim.Optimizer) -> list[Any]:
             [{k: local(v) for k, v in g.items() if k != "params"} for g in opt.param_groups]]
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 2) -> None:
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
@@ -119,7 +111,7 @@ def test_sharded_and_plain_tensors_measure_as_the_bare_model(group: int, name: s
 
     report, expected = probe(opt, model=model), probe(bare_opt, model=bare)
 
-    assert _same(before, _state(model, opt))  # the real parameters and DTensor state never moved
+    assert same(before, _state(model, opt))  # the real parameters and DTensor state never moved
     assert report.ok, str(report)
     got, want = {e.name: e for e in report.entries}, {e.name: e for e in expected.entries}
     assert got.keys() == want.keys()
@@ -179,7 +171,7 @@ def test_rank_one_of_two_measures_its_uneven_and_empty_shards(group: int, name: 
     report = probe(opt, model=model)
     monkeypatch.undo()
 
-    assert _same(before, _state(model, opt))
+    assert same(before, _state(model, opt))
     assert report.ok, str(report)
     assert stepped and not any(issubclass(t, DTensor) for t in stepped)
     by_name = {e.name: e for e in report.entries}
