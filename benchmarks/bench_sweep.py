@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import decaykit
-from decaykit.sweeps.digits import digits_mlp, digits_noisy_labels
+from decaykit.sweeps.tasks.digits import digits_mlp, digits_noisy_labels
 
 LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SEEDS = (0, 1)  # 8 λ × 2 seeds = K = 16 trials

@@ -28,7 +28,7 @@ def model() -> nn.Module:
 
 def data(train_size: int = 400, label_noise: float = 0.3):
     """scikit-learn digits as 1x8x8 images, with a share of the training labels made wrong."""
-    from decaykit.sweeps.digits import digits_noisy_labels
+    from decaykit.sweeps.tasks.digits import digits_noisy_labels
 
     d = digits_noisy_labels(train_size=train_size, label_noise=label_noise)
     return d.x_train.view(-1, 1, 8, 8), d.y_train, d.x_test.view(-1, 1, 8, 8), d.y_test

@@ -1,4 +1,4 @@
-"""Cautious weight decay (decaykit.cautious): the sign of the update read from the first moment before
+"""Cautious weight decay (decaykit.engine.cautious): the sign of the update read from the first moment before
 the step, or from the parameter change after it; both against the rule written out and each other."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from decaykit import WeightDecay, cautious, schedules
-from decaykit.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_moment_decay_
+from decaykit import WeightDecay, schedules
+from decaykit.engine import cautious
+from decaykit.engine.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_moment_decay_
 
 SHAPES = [(3, 5), (3,), (3, 2, 4)]  # leading dim 3 = three stacked members
 

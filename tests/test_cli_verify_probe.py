@@ -7,7 +7,7 @@ import json
 import pytest
 
 from decaykit.cli.main import main
-from decaykit.verification import OPTIMIZERS, Closed
+from decaykit.verify import OPTIMIZERS, Closed
 
 # The rows exactly as the seed notebook printed them (torch's 4-decimal tensor print).
 SEED_ROWS = [

@@ -11,7 +11,7 @@ import torch
 
 from decaykit import WeightDecay, convert, timescale, weight_decay_for_timescale
 from decaykit.cli.main import main
-from decaykit.conversion import CONVENTIONS
+from decaykit.convert import CONVENTIONS
 from decaykit.errors import DecayError
 
 ALL = {"lr": 3e-4, "max_lr": 1e-3, "steps": 10_000, "momentum": 0.9, "grad_rms": 0.02}

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from decaykit import WeightDecay, schedules
+from decaykit.engine.modes import MODES
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.modes import MODES
 
 LAM = 0.05
 

@@ -6,8 +6,8 @@ import pytest
 from torch import nn
 
 import decaykit
-from decaykit.layers import find_blocks
 from decaykit.models import ConvNeXt, TinyViT, resnet50
+from decaykit.policy.layers import find_blocks
 
 from hf_models import llama, t5
 

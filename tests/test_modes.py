@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decaykit.modes import (
+from decaykit.engine.modes import (
     DECOUPLED_MODES,
     MODES,
     decay_rate,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from decaykit.names import canonical_name, unwrap_model
+from decaykit.policy.names import canonical_name, unwrap_model
 
 
 def test_canonical_name_strips_every_wrapper():

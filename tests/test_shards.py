@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch import nn
 
 from decaykit import WeightDecay, schedules
-from decaykit.cautious import cautious_decay_, cautious_moment_decay_
-from decaykit.modes import MODES, l2_gradients
+from decaykit.engine.cautious import cautious_decay_, cautious_moment_decay_
+from decaykit.engine.modes import MODES, l2_gradients
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
 

@@ -124,7 +124,7 @@ def test_steps_do_not_accumulate_and_losses_are_each_members_own():
 
 
 def test_linear_chain_is_used_by_the_demo_model():
-    from decaykit.sweeps.digits import digits_mlp
+    from decaykit.sweeps.tasks.digits import digits_mlp
 
     steps = layer_plan(digits_mlp())
     chain = LinearChain(steps, {n: p.unsqueeze(0) for n, p in digits_mlp().named_parameters()}, "cross_entropy")

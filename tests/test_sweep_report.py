@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from decaykit.cli.common import print_json
+from decaykit._render import print_json
 from decaykit.sweeps import SweepResult
 from decaykit.sweeps.report import aggregate, choose_best, format_report
 

@@ -9,9 +9,9 @@ from torch.utils.data import TensorDataset
 
 from decaykit import DecayError, sweep
 from decaykit.sweeps.data import resolve_data
-from decaykit.sweeps.digits import digits_noisy_labels
-from decaykit.sweeps.ridge import ridge_teacher
 from decaykit.sweeps.tasks import make_model_fn
+from decaykit.sweeps.tasks.digits import digits_noisy_labels
+from decaykit.sweeps.tasks.ridge import ridge_teacher
 
 
 def test_sgd_with_weight_decay_converges_to_the_closed_form_ridge():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from decaykit import DecayError, VerifyReport, verify
-from decaykit.verification import OPTIMIZERS, Closed, numpy_random
+from decaykit.verify import OPTIMIZERS, Closed, numpy_random
 
 # Typed in from /work/shared/seed/000_debb5ac9798cafa9.txt, exactly as the notebook printed them.
 SEED_ORIGINAL = [

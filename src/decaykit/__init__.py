@@ -6,8 +6,10 @@
 >>> [(g["weight_decay"], len(g["params"])) for g in opt.param_groups]
 [(0.05, 2), (0.0, 4)]
 
-Public names are imported lazily, so ``import decaykit`` stays cheap and the optional extras
-(plots, Optuna, transformers) are only imported by the features that need them.
+This module is the one public surface. The core (policy, engine, probe, verify, audit, convert)
+depends on torch only and is imported with the package; the sweep (which needs the ``sweep``
+extra when it runs its built-in tasks) and the documented submodules are imported on first use,
+so ``import decaykit`` never imports Optuna, matplotlib, transformers or Lightning.
 """
 
 from __future__ import annotations
@@ -15,65 +17,74 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The functions named like their modules (audit, convert, probe, verify) are bound here after
+# their modules are imported, so ``decaykit.audit`` is the function, not the module.
+from decaykit.audit import AuditReport, Finding, audit
+from decaykit.convert import Timescale, convert, timescale, weight_decay_for_timescale
+from decaykit.engine import Schedule, WeightDecay
+from decaykit.errors import DecayError, DecayWarning
+from decaykit.policy import Decision, Plan, Rule, canonical_name, param_groups, plan
+from decaykit.probe import ProbeReport, probe
+from decaykit.verify import VerifyReport, verify
+
 __version__ = "0.1.0"
 
-# name -> module that defines it; the single list of what decaykit exports.
-_EXPORTS: dict[str, str] = {
-    "DecayError": "decaykit.errors",
-    "DecayWarning": "decaykit.errors",
-    # the policy: which parameter decays, by how much, and why
-    "Decision": "decaykit.policy",
-    "Plan": "decaykit.policy",
-    "plan": "decaykit.policy",
-    "Rule": "decaykit.rules",
-    "param_groups": "decaykit.groups",
-    "canonical_name": "decaykit.names",
-    # checking what an optimizer really does
-    "Finding": "decaykit.auditor",
-    "AuditReport": "decaykit.auditor",
-    "audit": "decaykit.auditor",
-    "probe": "decaykit.probing",
-    "ProbeReport": "decaykit.probing",
-    "verify": "decaykit.verification",
-    "VerifyReport": "decaykit.verification",
-    # the decay engine
-    "WeightDecay": "decaykit.engine",
-    "convert": "decaykit.conversion",
-    "timescale": "decaykit.conversion",
-    "Timescale": "decaykit.conversion",
-    "weight_decay_for_timescale": "decaykit.conversion",
-    "Schedule": "decaykit.schedules",
-    # finding the decay that stops overfitting
+# Imported on first use: name -> module that defines it.
+_LAZY: dict[str, str] = {
     "sweep": "decaykit.sweeps",
     "SweepResult": "decaykit.sweeps",
 }
+# Documented public submodules, reachable as attributes: ``from decaykit import schedules``.
+_SUBMODULES: dict[str, str] = {
+    "schedules": "decaykit.engine.schedules",
+    "models": "decaykit.models",
+    "optimizers": "decaykit.optimizers",
+    "sweeps": "decaykit.sweeps",
+    "integrations": "decaykit.integrations",
+}
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AuditReport",
+    "DecayError",
+    "DecayWarning",
+    "Decision",
+    "Finding",
+    "Plan",
+    "ProbeReport",
+    "Rule",
+    "Schedule",
+    "SweepResult",
+    "Timescale",
+    "VerifyReport",
+    "WeightDecay",
+    "audit",
+    "canonical_name",
+    "convert",
+    "param_groups",
+    "plan",
+    "probe",
+    "sweep",
+    "timescale",
+    "verify",
+    "weight_decay_for_timescale",
+]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    else:
         raise AttributeError(f"module 'decaykit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return sorted({*globals(), *__all__, *_SUBMODULES})
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from decaykit.auditor import AuditReport, Finding, audit
-    from decaykit.conversion import Timescale, convert, timescale, weight_decay_for_timescale
-    from decaykit.engine import WeightDecay
-    from decaykit.errors import DecayError, DecayWarning
-    from decaykit.groups import param_groups
-    from decaykit.names import canonical_name
-    from decaykit.policy import Decision, Plan, plan
-    from decaykit.probing import ProbeReport, probe
-    from decaykit.rules import Rule
-    from decaykit.schedules import Schedule
+    from decaykit.engine import schedules
     from decaykit.sweeps import SweepResult, sweep
-    from decaykit.verification import VerifyReport, verify

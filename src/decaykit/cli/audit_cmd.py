@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from decaykit.cli.common import add_policy_arguments, policy_options, print_json
+from decaykit._render import print_json
+from decaykit.cli.common import add_policy_arguments, policy_options
 
 __all__ = ["OPTIMIZERS", "register", "run"]
 
@@ -40,12 +41,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from decaykit.auditor import audit
+    from decaykit._loading import build_model
+    from decaykit.audit import audit
     from decaykit.errors import DecayError
-    from decaykit.groups import param_groups
-    from decaykit.loading import build_model
+    from decaykit.models import DEMO_MODELS
+    from decaykit.policy.plan import param_groups
 
-    model = build_model(args.model)
+    model = build_model(args.model, named=DEMO_MODELS)
     options = policy_options(args)
     policy = options.pop("policy")
     if args.checkpoint:

@@ -6,13 +6,13 @@ import argparse
 import math
 from typing import Any
 
-from decaykit.cli.common import format_table, print_json
+from decaykit._render import format_table, print_json
 
 __all__ = ["register", "run"]
 
 
 def register(sub: Any) -> None:
-    from decaykit.conversion import ALIASES, CONVENTIONS
+    from decaykit.convert import ALIASES, CONVENTIONS
 
     names = ", ".join(CONVENTIONS)
     aliases = ", ".join(f"{a}={c}" for a, c in ALIASES.items())
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decaykit.conversion import (
+    from decaykit.convert import (
         CONVENTIONS,
         canonical_convention,
         convert,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from decaykit.cli.common import add_policy_arguments, format_table, policy_options, print_json
+from decaykit._render import format_table, print_json
+from decaykit.cli.common import add_policy_arguments, policy_options
 
 __all__ = ["register", "run"]
 
@@ -31,10 +32,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decaykit.loading import build_model
-    from decaykit.policy import plan
+    from decaykit._loading import build_model
+    from decaykit.models import DEMO_MODELS
+    from decaykit.policy.plan import plan
 
-    model = build_model(args.model)
+    model = build_model(args.model, named=DEMO_MODELS)
     options = policy_options(args)
     decided = plan(model, args.weight_decay, **options)
     other = None
@@ -84,7 +86,7 @@ def _diff_rows(a: Any, b: Any) -> list[dict[str, Any]]:
 def _timescale(args: argparse.Namespace) -> Any:
     if args.lr is None or args.weight_decay <= 0:
         return None
-    from decaykit.conversion import timescale
+    from decaykit.convert import timescale
 
     return timescale(args.lr, args.weight_decay, dataset_size=args.dataset_size, batch_size=args.batch_size)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from decaykit.cli.common import add_policy_arguments, policy_options, print_json
+from decaykit._render import print_json
+from decaykit.cli.common import add_policy_arguments, policy_options
 
 __all__ = ["OPTIMIZERS", "register", "run"]
 
@@ -15,7 +16,7 @@ OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSpro
 
 
 def register(sub: Any) -> None:
-    from decaykit.modes import MODES
+    from decaykit.engine.modes import MODES
 
     parser = sub.add_parser(
         "probe",
@@ -48,17 +49,18 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from decaykit._loading import build_model
     from decaykit.errors import DecayError
-    from decaykit.groups import param_groups
-    from decaykit.loading import build_model
-    from decaykit.probing import probe
-    from decaykit.rules import check_number
+    from decaykit.models import DEMO_MODELS
+    from decaykit.policy.plan import param_groups
+    from decaykit.policy.rules import check_number
+    from decaykit.probe.probe import probe
 
     lr = check_number(args.lr, "--lr", allow_zero=False)
     weight_decay = check_number(args.weight_decay, "--weight-decay")
     if args.state_steps < 0:
         raise DecayError(f"--state-steps must be >= 0, got {args.state_steps}")
-    model = build_model(args.model)
+    model = build_model(args.model, named=DEMO_MODELS)
     options = policy_options(args)
     if args.no_policy:
         params: Any = [p for p in model.parameters() if p.requires_grad]
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["momentum"] = check_number(args.momentum, "--momentum")
     optimizer = getattr(torch.optim, OPTIMIZERS[args.optimizer])(params, **kwargs)
     if args.mode is not None:
-        from decaykit.engine import WeightDecay
+        from decaykit.engine.weight_decay import WeightDecay
 
         optimizer = WeightDecay(optimizer, mode=args.mode)
     generator = torch.Generator().manual_seed(0)
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
         optimizer.step()
     # check against a plan made with the same options, so --no-policy shows what the policy would exclude
-    from decaykit.policy import plan
+    from decaykit.policy.plan import plan
 
     intent = plan(model, weight_decay, **options) if weight_decay > 0 else None
     report = probe(optimizer, model=model, policy=intent, frozen=args.frozen)

@@ -6,7 +6,8 @@ import argparse
 import os
 from typing import Any
 
-from decaykit.cli.common import add_policy_arguments, policy_options, print_json
+from decaykit._render import print_json
+from decaykit.cli.common import add_policy_arguments, policy_options
 
 __all__ = ["register", "run"]
 

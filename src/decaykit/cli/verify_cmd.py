@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from decaykit.cli.common import print_json
+from decaykit._render import print_json
 
 __all__ = ["register", "run"]
 
 
 def register(sub: Any) -> None:
-    from decaykit.verification import DEFAULT_OPTIMIZERS, OPTIMIZERS
+    from decaykit.verify import DEFAULT_OPTIMIZERS, OPTIMIZERS
 
     parser = sub.add_parser(
         "verify",
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decaykit.verification import DEFAULT_OPTIMIZERS, OPTIMIZERS, verify
+    from decaykit.verify import DEFAULT_OPTIMIZERS, OPTIMIZERS, verify
 
     names = args.optimizer or list(DEFAULT_OPTIMIZERS)
     if "all" in names:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.policy import Plan, plan
+from decaykit.policy.plan import Plan, plan
 
 # DecayTrainer is made on first access (module __getattr__ below), so transformers stays optional
 __all__ = ["DecayTrainer", "DecayTrainerMixin", "decay_parameter_names", "optimizer_cls_and_kwargs"]  # noqa: F822
@@ -229,7 +229,7 @@ class DecayTrainerMixin:
             decided, groups = _groups_for(opt_model, self.args.weight_decay, self.args.learning_rate, self.decay_options)  # type: ignore[attr-defined]
             optimizer = optimizer_cls(groups, **kwargs)
             if self.decay_engine is not None:
-                from decaykit.engine import WeightDecay
+                from decaykit.engine.weight_decay import WeightDecay
 
                 optimizer = WeightDecay(optimizer, **self.decay_engine)
             self.optimizer = optimizer

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.policy import plan
+from decaykit.policy.plan import plan
 
 # DecayAuditCallback is made on first access (module __getattr__ below), so Lightning stays optional
 __all__ = ["DecayAuditCallback", "configure_optimizers"]  # noqa: F822
@@ -80,7 +80,7 @@ def configure_optimizers(
     decided = plan(module, weight_decay, **plan_options)
     opt: torch.optim.Optimizer = optimizer(decided.groups(lr=lr), **(optimizer_kwargs or {}))
     if decay_engine is not None:
-        from decaykit.engine import WeightDecay
+        from decaykit.engine.weight_decay import WeightDecay
 
         opt = WeightDecay(opt, **decay_engine)
     logger.info("decaykit param groups (%s policy): %s", decided.policy, "; ".join(
@@ -124,7 +124,7 @@ class _DecayAudit:
         self.reports: list[Any] = []
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        from decaykit.auditor import audit
+        from decaykit.audit import audit
 
         self.reports = [audit(pl_module, opt, measure=self.measure, **self.plan_options) for opt in trainer.optimizers]
         bad = [(i, r) for i, r in enumerate(self.reports) if not r.ok]

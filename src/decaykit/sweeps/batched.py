@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from decaykit.names import canonical_name
+from decaykit.policy.names import canonical_name
 from decaykit.sweeps.backprop import LinearChain, chain_supported
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import build_optimizer, decay_plan

@@ -60,7 +60,7 @@ def check_settings(task: Task, chunk_size: int, curve_points: int, rounds: int, 
     if not 0.0 <= float(task.momentum) < 1.0:
         raise DecayError(f"momentum must be in [0, 1), got {task.momentum}")
     try:
-        from decaykit.modes import MODES
+        from decaykit.engine.modes import MODES
     except ImportError:  # the engine validates the mode itself
         return
     if task.mode not in MODES:

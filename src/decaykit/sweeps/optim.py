@@ -39,8 +39,8 @@ def policy_options(policy: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def decay_plan(model: nn.Module, weight_decay: float, policy: str | Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     """``{parameter name: (weight_decay, lr_scale)}`` for the trainable parameters of ``model``, per the policy."""
-    from decaykit.groups import param_groups
-    from decaykit.names import canonical_name
+    from decaykit.policy.names import canonical_name
+    from decaykit.policy.plan import param_groups
 
     out: dict[str, tuple[float, float]] = {}
     for group in param_groups(model, weight_decay, **policy_options(policy)):
@@ -91,7 +91,7 @@ def build_optimizer(
     ``named_params`` are the trainable tensors; with K members each has K in dim 0 and
     ``member_plans[k]`` is member k's :func:`decay_plan`. With one member, plain float decay.
     """
-    from decaykit.engine import WeightDecay
+    from decaykit.engine.weight_decay import WeightDecay
 
     stacked = len(member_plans) > 1
     groups: dict[tuple[tuple[float, ...], float], dict[str, Any]] = {}

@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from decaykit._render import format_table as table
+
 __all__ = ["METRIC_ORDER", "aggregate", "choose_best", "format_report"]
 
 # the columns every report starts with, in this order; other metrics follow alphabetically
@@ -116,7 +118,6 @@ def _lam(value: float) -> str:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: float | None) -> str:
-    from decaykit.cli.common import format_table as table
 
     gap_is_accuracy = "train_accuracy" in names
     show_std = any(r["seeds"] - r["diverged"] > 1 for r in rows)  # one seed: no spread to show

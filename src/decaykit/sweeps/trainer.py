@@ -152,7 +152,7 @@ def autograd_step(members: Members, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    from decaykit.names import canonical_name
+    from decaykit.policy.names import canonical_name
 
     return [(canonical_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
 

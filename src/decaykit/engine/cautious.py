@@ -21,7 +21,7 @@ ops on accelerators; on CPU, where every temporary the size of the model costs p
 same few in-place ops over cache-sized chunks with one reused scratch buffer. A rate is a float or
 a (K,) tensor decaying member k of every parameter (dim 0) by r_k. Complex parameters are decayed
 per real component (the sign torch's Adam sees); DTensor parameters (FSDP2) on their local shards
-(:mod:`decaykit.shards`).
+(:mod:`decaykit._dtensor`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from decaykit import shards
-from decaykit.modes import Rate, member_view
+from decaykit import _dtensor as shards
+from decaykit.engine.modes import Rate, member_view
 
 __all__ = ["FIRST_MOMENT_SIGN", "cautious_decay_", "cautious_moment_decay_"]
 

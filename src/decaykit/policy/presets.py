@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from decaykit.errors import DecayError
-from decaykit.roles import ParamInfo, classify
+from decaykit.policy.roles import ParamInfo, classify
 
 __all__ = ["HF_FORBIDDEN_NAME_PATTERNS", "PRESETS", "Preset", "get_preset"]
 

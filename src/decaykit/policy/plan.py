@@ -29,13 +29,14 @@ import torch
 from torch import nn
 
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.layers import layer_ids
-from decaykit.names import canonical_name, unwrap_model
-from decaykit.presets import Preset, get_preset
-from decaykit.roles import ParamInfo
-from decaykit.rules import Rule, as_rules, check_number
+from decaykit.policy.groups import build_groups
+from decaykit.policy.layers import layer_ids
+from decaykit.policy.names import canonical_name, unwrap_model
+from decaykit.policy.presets import Preset, get_preset
+from decaykit.policy.roles import ParamInfo
+from decaykit.policy.rules import Rule, as_rules, check_number
 
-__all__ = ["Conflict", "Decision", "Plan", "collect_params", "plan"]
+__all__ = ["Conflict", "Decision", "Plan", "collect_params", "param_groups", "plan"]
 
 Tied = Literal["first", "decay", "no_decay"]
 _SOURCE_RANK = {"rule": 3, "exclude": 2, "hook": 1, "policy": 0}
@@ -120,8 +121,6 @@ class Plan:
 
     def groups(self, lr: float | None = None) -> list[dict[str, Any]]:
         """Optimizer param groups: one per distinct (weight_decay, lr_scale), in model order."""
-        from decaykit.groups import build_groups
-
         return build_groups(self.decisions, lr=lr)
 
     def summary(self) -> list[dict[str, Any]]:
@@ -372,3 +371,44 @@ def _settle(candidates: list[tuple[Any, ...]], tied: Tied) -> tuple[Any, ...]:
     if tied == "no_decay":
         return min(top, key=lambda c: c[2])
     return top[0]
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    lr: float | None = None,
+    policy: str = "decaykit",
+    rules: Iterable[Any] | None = None,
+    exclude: Iterable[str] | str | None = None,
+    decay_embeddings: bool = True,
+    layer_decay: float | None = None,
+    layer_of: Mapping[str, int] | Callable[[str], int | None] | None = None,
+    tied: str = "first",
+    strict: bool = False,
+) -> list[dict[str, Any]]:
+    """Param groups for any ``torch.optim`` optimizer, made from :func:`decaykit.plan`.
+
+    ``torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=1e-3)`` just works. Frozen
+    parameters are left out, tied tensors appear once, groups with equal settings are merged.
+    The keyword arguments are :func:`decaykit.plan`'s, plus ``lr`` (see :func:`build_groups`).
+
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    >>> groups = param_groups(model, 0.05)
+    >>> [(g["weight_decay"], g["param_names"]) for g in groups]
+    [(0.05, ['0.weight', '2.weight']), (0.0, ['0.bias', '1.weight', '1.bias', '2.bias'])]
+    >>> opt = torch.optim.AdamW(groups, lr=1e-3)
+    """
+    decided = plan(
+        model,
+        weight_decay,
+        policy=policy,
+        rules=rules,
+        exclude=exclude,
+        decay_embeddings=decay_embeddings,
+        layer_decay=layer_decay,
+        layer_of=layer_of,
+        tied=tied,  # type: ignore[arg-type]
+        strict=strict,
+    )
+    return decided.groups(lr=lr)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from decaykit.errors import DecayError
-from decaykit.policy import Decision, Plan, collect_params, plan
+from decaykit.policy.plan import Decision, Plan, collect_params, plan
 
 __all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "audit"]
 
@@ -139,7 +139,7 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any], notes: list[str
     for g in state["param_groups"]:
         names = g.get("param_names")
         if names is not None:
-            from decaykit.names import canonical_name
+            from decaykit.policy.names import canonical_name
 
             missing = [n for n in names if canonical_name(n) not in by_name]
             if missing:
@@ -245,7 +245,7 @@ def audit(
     if measure:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise DecayError("measure=True needs a live optimizer, not a state_dict: build it, load the state, then audit")
-        from decaykit.probing import probe
+        from decaykit.probe.probe import probe
 
         report.probe = probe(optimizer, model=model)
         _measured_findings(report.probe, expected, findings)

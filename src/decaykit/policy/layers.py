@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
-from decaykit.names import canonical_name
+from decaykit.policy.names import canonical_name
 
 __all__ = ["find_blocks", "layer_ids"]
 

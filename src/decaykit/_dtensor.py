@@ -14,7 +14,7 @@ Plain tensors cost one dictionary lookup per call: when ``torch.distributed.tens
 imported, no tensor can be a DTensor.
 
 >>> import torch
->>> from decaykit import shards
+>>> from decaykit import _dtensor as shards
 >>> [(idx, dispatch) for idx, cols, rate, dispatch in shards.parts([[torch.ones(2)]], 0.1)]
 [([0], False)]
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["dtensor_class", "local", "parts", "replicated"]
+__all__ = ["dtensor_class", "is_sharded", "local", "local_shard", "parts", "replicated"]
 
 Rate = float | Tensor
 
@@ -42,6 +42,17 @@ def local(t: Tensor) -> Tensor:
     """The calling rank's shard of a DTensor; any other tensor as it is."""
     cls = dtensor_class()
     return t.to_local() if cls is not None and isinstance(t, cls) else t
+
+
+def is_sharded(t: Tensor) -> bool:
+    """True for a ``DTensor`` (FSDP2, tensor parallel), whose values live spread over ranks."""
+    cls = dtensor_class()
+    return cls is not None and isinstance(t, cls)
+
+
+def local_shard(t: Tensor) -> Tensor:
+    """``t`` detached; for a ``DTensor``, the part this rank holds (a view, no copy, no collective)."""
+    return local(t.detach())
 
 
 def parts(columns: Sequence[Sequence[Tensor | None]], rate: Rate) -> Iterator[tuple[list[int], list[list], Rate, bool]]:

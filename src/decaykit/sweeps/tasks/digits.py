@@ -17,7 +17,7 @@ from torch import nn
 
 from decaykit.errors import DecayError
 from decaykit.sweeps.data import SweepData
-from decaykit.sweeps.tasks import Task
+from decaykit.sweeps.tasks.task import Task
 
 __all__ = ["digits_mlp", "digits_noisy_labels", "task"]
 

@@ -8,7 +8,7 @@
 >>> [(e.name, e.kind, round(e.measured, 6), e.agrees) for e in report.entries[:2]]
 [('0.weight', 'decoupled', 0.999, True), ('0.bias', 'decoupled', 0.999, True)]
 
-How: a twin of the optimizer (:mod:`decaykit.shadow`) is stepped with zero gradients, so only
+How: a twin of the optimizer (:mod:`decaykit.probe.twin`) is stepped with zero gradients, so only
 the decay can move a parameter (torch skips a parameter whose gradient is None, hence zeros).
 Two twins start from the same copied state: θ_λ as configured and θ_0 with every
 ``weight_decay`` set to 0. Momentum buffers and Adam moments move both alike, so the decay's own
@@ -51,11 +51,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from decaykit.conventions import Expectation, expectations, rate_text
+from decaykit._dtensor import is_sharded, local_shard
+from decaykit._render import format_table
 from decaykit.errors import DecayError
-from decaykit.names import canonical_name
-from decaykit.probe_math import Rows, measure_rows
-from decaykit.shadow import Shadow, is_sharded, local_shard
+from decaykit.policy.names import canonical_name
+from decaykit.probe.estimator import Rows, measure_rows
+from decaykit.probe.expectations import Expectation, expectations, rate_text
+from decaykit.probe.twin import Shadow
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ProbeEntry", "ProbeReport", "probe"]
 
@@ -151,7 +153,6 @@ class ProbeReport:
         return lines
 
     def __str__(self) -> str:
-        from decaykit.cli.common import format_table
 
         rows = [[e.name, "x".join(map(str, e.shape)) or "scalar", "" if e.group is None else e.group,
                  e.kind, _factor(e.measured), e.expected_kind or "-", _factor(e.expected), "yes" if e.agrees else "NO"]
@@ -326,7 +327,7 @@ def _mark_intent(targets: list[_Target], policy: Any, model: nn.Module | None) -
     if isinstance(policy, str):
         if model is None:
             raise DecayError(f"policy={policy!r} needs model=: the policy decides from the model's structure")
-        from decaykit.policy import plan
+        from decaykit.policy.plan import plan
 
         policy = plan(model, 1.0, policy=policy)
     decisions = getattr(policy, "decisions", None)

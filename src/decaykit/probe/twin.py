@@ -23,7 +23,6 @@ each rank can probe on its own (rank 0 alone too) without waiting for the others
 from __future__ import annotations
 
 import copy
-import sys
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,9 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError
 
-__all__ = ["Shadow", "is_sharded", "local_shard", "reachable_optimizers"]
+__all__ = ["Shadow", "reachable_optimizers"]
 
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,19 +56,6 @@ def reachable_optimizers(optimizer: torch.optim.Optimizer, depth: int = 3) -> li
         frontier = nxt
     return found
 
-
-def is_sharded(t: torch.Tensor) -> bool:
-    """True for a ``DTensor`` (FSDP2, tensor parallel), whose values live spread over ranks."""
-    # no DTensor exists unless its module was imported: do not pay that import for everyone else
-    module = sys.modules.get("torch.distributed.tensor")
-    dtensor = getattr(module, "DTensor", None)
-    return dtensor is not None and isinstance(t, dtensor)
-
-
-def local_shard(t: torch.Tensor) -> torch.Tensor:
-    """``t`` detached; for a ``DTensor``, the part this rank holds (a view, no copy, no collective)."""
-    t = t.detach()
-    return t.to_local() if is_sharded(t) else t
 
 
 def _placeholder(t: torch.Tensor) -> torch.Tensor:

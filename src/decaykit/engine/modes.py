@@ -16,8 +16,8 @@ mode                    update rule                                 source
 The three decoupled modes shrink θ by a factor (1 − r) before the inner step, which is where torch's
 AdamW does it, so the update u never sees the decay. Each kernel has a single-tensor reference loop
 and a ``torch._foreach_*`` fast path; ``tests/test_modes.py`` checks them against each other. The
-cautious kernels are in :mod:`decaykit.cautious`; DTensor parameters run shard by shard
-(:mod:`decaykit.shards`).
+cautious kernels are in :mod:`decaykit.engine.cautious`; DTensor parameters run shard by shard
+(:mod:`decaykit._dtensor`).
 A rate may be a float or a 1-D tensor of length K: per-member decay for K stacked models, applied
 along dim 0 (member k of every parameter gets r_k).
 """
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from decaykit import shards
+from decaykit import _dtensor as shards
 
 __all__ = [
     "DECOUPLED_MODES",
@@ -108,7 +108,7 @@ def decoupled_decay_(params: Sequence[Tensor], rate: Rate, *, foreach: bool = Tr
 
     ``rate`` is a float, or a tensor of shape (K,) decaying member k of each parameter (dim 0) by r_k.
     ``foreach=False`` runs the single-tensor reference loop; ``True`` one ``torch._foreach_mul_``.
-    DTensor parameters are decayed shard by shard (:mod:`decaykit.shards`).
+    DTensor parameters are decayed shard by shard (:mod:`decaykit._dtensor`).
     """
     if not params:
         return

@@ -14,7 +14,7 @@
 
 The engine reads λ from each param group's ``weight_decay`` (a float, or a 1-D tensor of K values
 for K stacked models) and takes it over: while the inner optimizer steps, its own decay is switched
-off, and the engine applies λ as ``mode`` says (formulas in :mod:`decaykit.modes`). Outside
+off, and the engine applies λ as ``mode`` says (formulas in :mod:`decaykit.engine.modes`). Outside
 ``step()`` the groups keep the user's λ, so loggers, ``state_dict`` and ``probe`` see it.
 
 How each group is decayed (``opt.paths()``), cheapest first:
@@ -28,11 +28,11 @@ How each group is decayed (``opt.paths()``), cheapest first:
 - ``l2_gradient``: λθ added to copies of the gradients for the inner step (originals restored).
 - ``cautious``: for Adam, AdamW, RAdam and Adamax the update has the sign of the first moment
   m_t = β1·m_{t−1} + (1 − β1)·g_t, so the masked decay runs before the inner step from
-  (m_{t−1}, g_t, θ_t): one pass, no copy (:func:`decaykit.cautious.cautious_moment_decay_`). For
+  (m_{t−1}, g_t, θ_t): one pass, no copy (:func:`decaykit.engine.cautious.cautious_moment_decay_`). For
   any other optimizer θ_t is copied before the inner step (one buffer per parameter, kept between
-  steps) and the sign read from the parameter change (:func:`decaykit.cautious.cautious_decay_`).
+  steps) and the sign read from the parameter change (:func:`decaykit.engine.cautious.cautious_decay_`).
 
-DTensor parameters (FSDP2) take the same paths, on each rank's local shard (:mod:`decaykit.shards`).
+DTensor parameters (FSDP2) take the same paths, on each rank's local shard (:mod:`decaykit._dtensor`).
 
 η_max (``lr_independent``, ``corrected``) is each group's ``max_lr`` (set by ``OneCycleLR``), else its
 ``initial_lr`` (set by other LR schedulers), else its ``lr`` when the engine is built; or ``max_lr=``.
@@ -52,17 +52,17 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from decaykit import shards
-from decaykit.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_moment_decay_
-from decaykit.errors import DecayError, DecayWarning
-from decaykit.modes import (
+from decaykit import _dtensor as shards
+from decaykit.engine.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_moment_decay_
+from decaykit.engine.modes import (
     MODES,
     decay_rate,
     decoupled_decay_,
     inner_weight_decay,
     l2_gradients,
 )
-from decaykit.schedules import Schedule, as_schedule
+from decaykit.engine.schedules import Schedule, as_schedule
+from decaykit.errors import DecayError, DecayWarning
 
 __all__ = ["STATE_KEY", "WeightDecay"]
 
@@ -125,7 +125,7 @@ class WeightDecay(Optimizer):
             θ ← θ(1 − (η_t/η_max)·λ) (Composer, Wortsman et al. 2023), ``"corrected"``
             θ ← θ(1 − (η_t²/η_max)·λ) (AdamC, Defazio 2025), ``"cautious"`` decay only where
             sign(u) = sign(θ) (Chen et al. 2025), ``"coupled_l2"`` g ← g + λθ (L2 penalty).
-        schedule: a :class:`decaykit.schedules.Schedule` or ``step -> multiplier`` callable;
+        schedule: a :class:`decaykit.engine.schedules.Schedule` or ``step -> multiplier`` callable;
             λ_t = schedule(t)·λ. ``None`` keeps λ constant.
         max_lr: η_max for every group (a float) or per group (a sequence); default: read from the
             groups when the engine is built (see the module docstring).
@@ -452,7 +452,7 @@ class WeightDecay(Optimizer):
         return _GroupStep("extra_pass", "decoupled", rate, off)
 
     def _first_moment_beta1(self, group: dict[str, Any], params: list[Tensor]) -> float | None:
-        """β1 when the inner step's update has the sign of its new first moment (see :mod:`decaykit.cautious`).
+        """β1 when the inner step's update has the sign of its new first moment (see :mod:`decaykit.engine.cautious`).
 
         None sends the group to the copy-and-compare path: another optimizer, a step pre-hook on
         the inner optimizer or a global one (they run again before the inner step and may change the

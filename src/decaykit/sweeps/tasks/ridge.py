@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from decaykit.errors import DecayError
 from decaykit.sweeps.data import SweepData
-from decaykit.sweeps.tasks import Task
+from decaykit.sweeps.tasks.task import Task
 
 __all__ = ["ridge_solution", "ridge_teacher", "task"]
 

@@ -1,4 +1,4 @@
-"""Turn a ``package.module:factory`` string, or a built-in demo name, into a live object.
+"""Turn a ``package.module:factory`` string, or a name from a table of factories, into a live object.
 
 The CLI takes models and data sets as import paths so a user's own code can be inspected,
 probed and swept without writing a wrapper script.
@@ -7,7 +7,7 @@ probed and swept without writing a wrapper script.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -46,23 +46,25 @@ def load_object(spec: str, *, argument: str = "MODEL") -> Any:
     return obj
 
 
-def model_factory(spec: str | Callable[[], Any], *, argument: str = "MODEL") -> tuple[Callable[[], nn.Module], str]:
-    """Return ``(factory, identity)`` for a demo name, a ``pkg.mod:factory`` string, a function or a class.
+def model_factory(
+    spec: str | Callable[[], Any], *, argument: str = "MODEL", named: Mapping[str, Callable[[], Any]] | None = None
+) -> tuple[Callable[[], nn.Module], str]:
+    """Return ``(factory, identity)`` for a name in ``named``, a ``pkg.mod:factory`` string, a function or a class.
 
     The factory builds a new model at each call and checks that it is an ``nn.Module``;
     ``identity`` names it in messages and stores (the string as given, or ``module:qualname``).
+    ``named`` holds the factories a bare name may pick (the CLI passes the demo models).
     """
-    from decaykit.models import DEMO_MODELS
-
+    named = named or {}
     identity = spec if isinstance(spec, str) else qualname(spec)
     obj: Any = spec
     if isinstance(spec, str):
-        if spec in DEMO_MODELS:
-            obj = DEMO_MODELS[spec]
+        if spec in named:
+            obj = named[spec]
         elif ":" not in spec:
-            names = ", ".join(sorted(DEMO_MODELS))
+            names = f"a built-in demo model ({', '.join(sorted(named))}) " if named else "an import path "
             raise DecayError(
-                f"{argument}={spec!r} is neither a built-in demo model ({names}) "
+                f"{argument}={spec!r} is neither {names}"
                 "nor an import path like 'torchvision.models:resnet50'"
             )
         else:
@@ -89,8 +91,10 @@ def model_factory(spec: str | Callable[[], Any], *, argument: str = "MODEL") -> 
     return factory, identity
 
 
-def build_model(spec: str | nn.Module | Callable[[], Any], *, argument: str = "MODEL") -> nn.Module:
-    """Return an ``nn.Module`` from a demo name, an import path, a factory or a module.
+def build_model(
+    spec: str | nn.Module | Callable[[], Any], *, argument: str = "MODEL", named: Mapping[str, Callable[[], Any]] | None = None
+) -> nn.Module:
+    """Return an ``nn.Module`` from a name in ``named``, an import path, a factory or a module.
 
     A factory is called with no arguments; whatever it returns must be an ``nn.Module``.
     """
@@ -100,7 +104,7 @@ def build_model(spec: str | nn.Module | Callable[[], Any], *, argument: str = "M
         obj = load_object(spec, argument=argument)
         if isinstance(obj, nn.Module):  # a module-level model instance
             return obj
-    return model_factory(spec, argument=argument)[0]()
+    return model_factory(spec, argument=argument, named=named)[0]()
 
 
 def qualname(obj: Any) -> str:

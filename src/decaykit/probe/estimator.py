@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decaykit.conventions import Expectation, rate_text
+from decaykit.probe.expectations import Expectation, rate_text
 
 __all__ = ["PROPORTIONAL_SLACK", "RowResult", "Rows", "measure_rows"]
 

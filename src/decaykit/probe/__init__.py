@@ -1,0 +1,12 @@
+"""The probe: measure the decay an optimizer really applies, without moving it.
+
+- ``probe``: :func:`probe` and its report; ``twin``: a throwaway copy of the optimizer to step;
+- ``estimator``: from a tensor before and after the twins' steps to a measured factor;
+- ``expectations``: what each group should do, read from the optimizer registry and the engine.
+"""
+
+from __future__ import annotations
+
+from decaykit.probe.probe import ProbeEntry, ProbeReport, probe
+
+__all__ = ["ProbeEntry", "ProbeReport", "probe"]

@@ -1,0 +1,36 @@
+"""What a sweep trains: a model factory, its data and the settings that suit them.
+
+Two tasks are built in and run offline (``digits.py``, the default, and ``ridge.py``); any other
+task wraps the user's model factory and data (``task_from_user``): a factory, a class or a
+``pkg.mod:attr`` string for the model, and the data itself, a function returning it, or a
+``pkg.mod:attr`` string (the forms :func:`decaykit.sweeps.data.resolve_data` accepts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from decaykit.errors import DecayError
+from decaykit.sweeps.tasks import digits, ridge
+from decaykit.sweeps.tasks.task import Task, with_overrides
+from decaykit.sweeps.tasks.user import make_model_fn, task_from_user
+
+__all__ = ["BUILTIN_TASKS", "DEFAULT_TASK", "TASK_NAMES", "Task", "builtin_task", "make_model_fn", "task_from_user", "with_overrides"]
+
+#: the built-in tasks by name, each a factory taking the task's options
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"digits-noisy-labels": digits.task, "ridge": ridge.task}
+TASK_NAMES: tuple[str, ...] = tuple(BUILTIN_TASKS)
+DEFAULT_TASK = "digits-noisy-labels"
+
+
+def builtin_task(name: str, **options: Any) -> Task:
+    """The built-in task ``name`` with its options (``train_size``, ``data_seed``; digits: ``label_noise``,
+    ``hidden``; ridge: ``noise_std``, ``dim``)."""
+    factory = BUILTIN_TASKS.get(name)
+    if factory is None:
+        raise DecayError(f"task={name!r} is not a built-in task; choose one of {', '.join(TASK_NAMES)}")
+    try:
+        return factory(**{k: v for k, v in options.items() if v is not None})
+    except TypeError as exc:
+        raise DecayError(f"task {name!r} does not take these options: {sorted(options)} ({exc})") from None
