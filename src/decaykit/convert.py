@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import Tensor
 
+from decaykit._validate import check_number, check_rates
 from decaykit.errors import DecayError
 
 __all__ = [
@@ -96,9 +97,7 @@ def canonical_convention(name: str) -> str:
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise DecayError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number(value, name, allow_zero=False, strict_type=True)
 
 
 def _coefficient(conv: str, *, steps: Any, momentum: Any, grad_rms: Any) -> float:
@@ -148,15 +147,9 @@ def convert(
     """
     src, dst = canonical_convention(from_), canonical_convention(to)
     if isinstance(weight_decay, Tensor):
-        if not bool((weight_decay.isfinite() & (weight_decay >= 0)).all()):
-            raise DecayError(f"weight_decay must hold finite numbers >= 0, got {weight_decay.tolist()}")
-    elif (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, numbers.Real)
-        or not math.isfinite(weight_decay)
-        or weight_decay < 0
-    ):
-        raise DecayError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        check_rates(weight_decay.flatten(), "weight_decay")
+    else:
+        check_number(weight_decay, "weight_decay", strict_type=True)
     a, b = CONVENTIONS[src], CONVENTIONS[dst]
     factor = _coefficient(src, steps=steps, momentum=momentum, grad_rms=grad_rms) / _coefficient(
         dst, steps=steps, momentum=momentum, grad_rms=grad_rms
@@ -221,13 +214,7 @@ def timescale(
     τ = 1/(η·λ) = 1e+04 steps = 20 epochs (N = 50,000, B = 100)
     """
     eta = _positive("lr", lr)
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, numbers.Real)
-        or not math.isfinite(weight_decay)
-        or weight_decay < 0
-    ):
-        raise DecayError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    check_number(weight_decay, "weight_decay", strict_type=True)
     n, b = _size("dataset_size", dataset_size), _size("batch_size", batch_size)
     if (n is None) != (b is None):
         raise DecayError("give both dataset_size and batch_size to get τ in epochs, or neither")

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from decaykit._validate import check_number
 from decaykit.errors import DecayError
-from decaykit.policy.rules import check_number
 
 __all__ = ["OPTIMIZERS", "SEED_PRINTED", "Closed", "OptimizerCheck", "VerifyReport", "numpy_random", "verify"]
 

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from decaykit._loading import build_model
+    from decaykit._validate import check_number
     from decaykit.errors import DecayError
     from decaykit.models import DEMO_MODELS
     from decaykit.policy.plan import param_groups
-    from decaykit.policy.rules import check_number
     from decaykit.probe.probe import probe
 
     lr = check_number(args.lr, "--lr", allow_zero=False)

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from decaykit._validate import check_int, check_number
 from decaykit.errors import DecayError
 
 __all__ = [
@@ -46,15 +47,11 @@ __all__ = [
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise DecayError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_number(value, name, strict_type=True)
 
 
 def _steps(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DecayError(f"{name} must be a whole number of steps >= 1, got {value!r}")
-    return value
+    return check_int(value, name, minimum=1, what="a whole number of steps")
 
 
 class Schedule:

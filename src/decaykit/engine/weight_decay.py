@@ -53,6 +53,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from decaykit import _dtensor as shards
+from decaykit._validate import check_number, check_rates
 from decaykit.engine.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_moment_decay_
 from decaykit.engine.modes import (
     MODES,
@@ -368,9 +369,7 @@ class WeightDecay(Optimizer):
                 value = given[i] if i < len(given) else _group_peak_lr(groups[i])
             else:
                 value = given if given is not None else _group_peak_lr(groups[i])
-            if not math.isfinite(value) or value < 0:
-                raise DecayError(f"max_lr for param_groups[{i}] must be a finite number >= 0, got {value!r}")
-            self._max_lrs.append(value)
+            self._max_lrs.append(check_number(value, f"max_lr for param_groups[{i}]"))
 
     def _factor(self, step: int) -> float:
         value = self.schedule(step)
@@ -397,12 +396,7 @@ class WeightDecay(Optimizer):
             values = _check_member_lambda(i, group, lam)
             self._checked[i] = (lam, key, values)
             return values
-        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
-            raise DecayError(
-                f"param_groups[{i}]['weight_decay'] must be a finite number >= 0 (or a 1-D tensor with one "
-                f"value per stacked member), got {lam!r}"
-            )
-        return float(lam)
+        return check_number(lam, f"param_groups[{i}]['weight_decay']", strict_type=True)
 
     def _plan_all(self) -> list[_GroupStep]:
         self._sync_max_lrs()
@@ -542,8 +536,7 @@ def _check_max_lr(max_lr: Any, n_groups: int) -> float | list[float] | None:
         return None
     values = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr]
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
-            raise DecayError(f"max_lr must be a finite number > 0 (or one per param group), got {max_lr!r}")
+        check_number(v, "max_lr", allow_zero=False, strict_type=True)
     if isinstance(max_lr, Sequence):
         if len(values) != n_groups:
             raise DecayError(f"max_lr has {len(values)} values but the optimizer has {n_groups} param groups")
@@ -554,14 +547,7 @@ def _check_max_lr(max_lr: Any, n_groups: int) -> float | list[float] | None:
 def _check_member_lambda(i: int, group: dict[str, Any], lam: Tensor) -> Tensor:
     """A per-member λ as float64 on the CPU: 1-D, finite, >= 0, and every parameter of the group stacked along dim 0."""
     where = f"param_groups[{i}]['weight_decay']"
-    if lam.dim() != 1 or lam.dtype == torch.bool or lam.is_complex():
-        raise DecayError(
-            f"{where} must be a float or a 1-D real tensor with one value per stacked member, got a "
-            f"{lam.dtype} tensor of shape {tuple(lam.shape)}"
-        )
-    values = lam.detach().to(device="cpu", dtype=torch.float64)  # rates are computed and checked on the host
-    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
-        raise DecayError(f"{where} must hold finite numbers >= 0, got [{', '.join(f'{v:g}' for v in values.tolist())}]")
+    values = check_rates(lam, where)  # rates are computed and checked on the host
     k = values.numel()
     names = group.get("param_names") or []
     for j, p in enumerate(group["params"]):

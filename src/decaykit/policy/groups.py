@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from decaykit._validate import check_number
 from decaykit.errors import DecayError
-from decaykit.policy.rules import check_number
 
 __all__ = ["build_groups"]
 

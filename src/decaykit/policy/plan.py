@@ -28,13 +28,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from decaykit._validate import check_number
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.groups import build_groups
 from decaykit.policy.layers import layer_ids
 from decaykit.policy.names import canonical_name, unwrap_model
 from decaykit.policy.presets import Preset, get_preset
 from decaykit.policy.roles import ParamInfo
-from decaykit.policy.rules import Rule, as_rules, check_number
+from decaykit.policy.rules import Rule, as_rules
 
 __all__ = ["Conflict", "Decision", "Plan", "collect_params", "param_groups", "plan"]
 

@@ -14,7 +14,6 @@ Rule(regex='^blocks\\\\.0\\\\.', decay_mult=0.5, lr_scale=0.1)
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -22,25 +21,10 @@ from typing import Any
 
 from torch import nn
 
+from decaykit._validate import check_number
 from decaykit.errors import DecayError
 
-__all__ = ["Rule", "as_rules", "check_number"]
-
-
-def check_number(value: Any, argument: str, *, allow_zero: bool = True, upper: float | None = None) -> float:
-    """Validate a finite, non-negative real number and return it as a float."""
-    try:
-        if isinstance(value, (bool, str)):
-            raise TypeError
-        number = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise DecayError(f"{argument} must be a number, got {value!r} ({type(value).__name__})") from None
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        bound = "> 0" if not allow_zero else ">= 0"
-        raise DecayError(f"{argument} must be a finite number {bound}, got {number!r}")
-    if upper is not None and number > upper:
-        raise DecayError(f"{argument} must be <= {upper}, got {number!r}")
-    return number
+__all__ = ["Rule", "as_rules"]
 
 
 @dataclass(frozen=True)

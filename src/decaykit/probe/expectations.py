@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from decaykit._validate import check_number, check_rates
 from decaykit.errors import DecayError
 
 __all__ = ["COUPLED_TORCH", "Expectation", "expectations", "rate_text"]
@@ -59,17 +60,8 @@ def rate_text(rate: float | torch.Tensor) -> str:
 
 def _number(value: Any, what: str) -> float | torch.Tensor:
     if isinstance(value, torch.Tensor) and value.numel() > 1:
-        rate = value.detach().to("cpu", torch.float64).flatten()
-        if not bool(torch.isfinite(rate).all()) or bool((rate < 0).any()):
-            raise DecayError(f"{what} must hold finite numbers >= 0, got {rate.tolist()}")
-        return rate
-    try:
-        number = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise DecayError(f"{what} must be a number or a 1-D tensor, got {value!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise DecayError(f"{what} must be a finite number >= 0, got {number!r}")
-    return number
+        return check_rates(value.flatten(), what)
+    return check_number(value, what)
 
 
 def _is_zero(rate: float | torch.Tensor) -> bool:

@@ -6,13 +6,13 @@ Settings, the λ grid against the decay mode, the data factory, the model agains
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from decaykit._validate import check_int, check_number
 from decaykit.errors import DecayError
 from decaykit.sweeps.data import SweepData, resolve_data
 from decaykit.sweeps.optim import decay_plan
@@ -20,8 +20,6 @@ from decaykit.sweeps.tasks import DEFAULT_TASK, Task, builtin_task, task_from_us
 from decaykit.sweeps.trainer import TrainSettings, seeded_model
 
 __all__ = [
-    "check_finite_positive",
-    "check_int",
     "check_model",
     "check_objective",
     "check_settings",
@@ -44,14 +42,8 @@ def resolve_task(
     return task_from_user(model, data, loss=loss if loss is not None else "auto")
 
 
-def check_int(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DecayError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def check_settings(task: Task, chunk_size: int, curve_points: int, rounds: int, points: int) -> None:
-    check_finite_positive(task.lr, "lr")
+    check_number(task.lr, "lr", allow_zero=False)
     check_int(task.epochs, "epochs", minimum=1)
     check_int(chunk_size, "chunk_size", minimum=1)
     check_int(curve_points, "curve_points", minimum=1)
@@ -169,14 +161,3 @@ def check_objective(objective: str, kind: str, settings: TrainSettings) -> None:
         names |= {"closed_form_test_loss", "distance_to_closed_form"}
     if objective not in names:
         raise DecayError(f"metric={objective!r} is not measured; choose one of {', '.join(sorted(names))}")
-
-
-def check_finite_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DecayError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise DecayError(f"{name} must be a finite number {bound}, got {value!r}")
-    return number

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 
+from decaykit._validate import check_int, check_number
 from decaykit.errors import DecayError
 
 __all__ = ["check_seeds", "check_weight_decays", "log_points", "parse_range", "parse_weight_decays", "zoom"]
@@ -28,13 +29,7 @@ def check_weight_decays(values: Iterable[float] | float, *, argument: str = "wei
         values = [values]
     out = []
     for v in values:
-        try:
-            number = float(v)
-        except (TypeError, ValueError):
-            raise DecayError(f"{argument} must be numbers, got {v!r}") from None
-        if not math.isfinite(number) or number < 0:
-            raise DecayError(f"{argument} must be finite numbers >= 0, got {v!r}")
-        out.append(number)
+        out.append(check_number(v, f"each of {argument}"))
     if not out:
         raise DecayError(f"{argument} is empty: give at least one λ, e.g. 0,0.01,0.1,1")
     return sorted(set(out))
@@ -131,14 +126,8 @@ def check_seeds(seeds: int | Iterable[int]) -> list[int]:
     if isinstance(seeds, bool):
         raise DecayError(f"seeds must be a count or a list of integers, got {seeds!r}")
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise DecayError(f"seeds must be >= 1, got {seeds}")
-        return list(range(seeds))
-    out = []
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise DecayError(f"seeds must be integers >= 0, got {s!r}")
-        out.append(s)
+        return list(range(check_int(seeds, "seeds", minimum=1)))
+    out = [check_int(s, "seeds", what="integers") for s in seeds]
     if not out:
         raise DecayError("seeds is empty: give a count (3) or a list ([0, 1, 2])")
     return sorted(set(out))

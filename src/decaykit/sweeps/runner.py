@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from decaykit._validate import check_int
 from decaykit.errors import DecayError
 from decaykit.sweeps import checks, describe
 from decaykit.sweeps import grid as grids
@@ -103,7 +104,7 @@ def sweep(
         the_task, optimizer=optimizer, lr=lr, momentum=momentum, epochs=epochs, mode=mode, dtype=dtype
     )
     if batch_size is not None:
-        the_task = with_overrides(the_task, batch_size=checks.check_int(batch_size, "batch_size", minimum=0) or None)
+        the_task = with_overrides(the_task, batch_size=check_int(batch_size, "batch_size", minimum=0) or None)
     checks.check_settings(the_task, chunk_size, curve_points, rounds, points)
     seed_list = grids.check_seeds(the_task.seeds if seeds is None else seeds)
     if search is not None:
