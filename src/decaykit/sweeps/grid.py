@@ -29,7 +29,10 @@ def check_weight_decays(values: Iterable[float] | float, *, argument: str = "wei
         values = [values]
     out = []
     for v in values:
-        out.append(check_number(v, f"each of {argument}"))
+        try:
+            out.append(check_number(v, argument))
+        except DecayError:
+            raise DecayError(f"{argument} must be finite numbers >= 0, got {v!r}") from None
     if not out:
         raise DecayError(f"{argument} is empty: give at least one λ, e.g. 0,0.01,0.1,1")
     return sorted(set(out))
@@ -126,7 +129,9 @@ def check_seeds(seeds: int | Iterable[int]) -> list[int]:
     if isinstance(seeds, bool):
         raise DecayError(f"seeds must be a count or a list of integers, got {seeds!r}")
     if isinstance(seeds, int):
-        return list(range(check_int(seeds, "seeds", minimum=1)))
+        if seeds < 1:
+            raise DecayError(f"seeds must be >= 1, got {seeds}")
+        return list(range(seeds))
     out = [check_int(s, "seeds", what="integers") for s in seeds]
     if not out:
         raise DecayError("seeds is empty: give a count (3) or a list ([0, 1, 2])")
