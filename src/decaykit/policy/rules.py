@@ -95,6 +95,28 @@ class Rule:
             bits.append(f"type:{self.module if isinstance(self.module, str) else self.module.__name__}")
         return " ".join(bits)
 
+    def text(self) -> str | None:
+        """The ``MATCHER:ACTIONS`` text :meth:`parse` reads back as this rule, or ``None`` where there is
+        none (a label, two matchers, a glob that would read as ``re:`` / ``type:``).
+
+        >>> Rule("head.*", weight_decay=0.0).text()
+        'head.*:wd=0'
+        """
+        matchers = [m for m in self.matcher() if m is not None]
+        if self.label is not None or len(matchers) != 1:
+            return None
+        if self.match is not None:
+            if self.match.startswith(("re:", "type:")):
+                return None
+            matcher = self.match
+        elif self.regex is not None:
+            matcher = f"re:{self.regex}"
+        else:
+            matcher = f"type:{self.module if isinstance(self.module, str) else self.module.__name__}"  # type: ignore[union-attr]
+        actions = [f"{key}={_number(value)}" for key, value in zip(("wd", "mult", "lr_scale"), self.action())
+                   if value is not None]
+        return f"{matcher}:{','.join(actions)}"
+
     def matcher(self) -> tuple[Any, ...]:
         return (self.match, self.regex, self.module)
 
@@ -146,6 +168,11 @@ class Rule:
             except ValueError:
                 raise DecayError(f"rule {text!r}: {key.strip()} must be a number, got {value!r}") from None
         return cls(**kwargs)
+
+
+def _number(value: float) -> str:
+    # the shortest text float() reads back exactly: 0 for 0.0, 0.1, 1e-05
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
 
 
 def as_rules(rules: Iterable[Rule | str | Mapping[str, Any]] | None, argument: str = "rules") -> list[Rule]:
