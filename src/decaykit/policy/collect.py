@@ -1,0 +1,69 @@
+"""What the plan decides over: every name of every tensor of a model, with its owning module.
+
+>>> from torch import nn
+>>> [[i.name for i in infos] for infos in collect_params(nn.Sequential(nn.Linear(2, 2))).values()]
+[['0.weight'], ['0.bias']]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from decaykit.errors import DecayError
+from decaykit.policy.names import canonical_name
+from decaykit.policy.roles import ParamInfo
+
+__all__ = ["check_model", "collect_params"]
+
+
+def check_model(model: Any) -> nn.Module:
+    """``model`` itself if it is an ``nn.Module``; a DecayError saying what to pass otherwise."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, Iterator) or type(model).__name__ == "generator":
+        raise DecayError(
+            "model must be a torch.nn.Module, got a generator (did you pass model.parameters()?); "
+            "pass the model itself: param_groups(model, 0.05)"
+        )
+    raise DecayError(f"model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself")
+
+
+def collect_params(model: nn.Module) -> dict[int, list[ParamInfo]]:
+    """Every name of every tensor, grouped by tensor, in ``named_parameters`` order.
+
+    One walk of the module tree gives each name with its owning module and ancestors, so the
+    policy never has to look a module up by name.
+    """
+    by_tensor: dict[int, list[ParamInfo]] = {}
+
+    def walk(module: nn.Module, prefix: str, ancestors: tuple[nn.Module, ...]) -> None:
+        for leaf, param in module._parameters.items():
+            if param is None:
+                continue
+            info = _info(module, prefix, leaf, param, ancestors)
+            by_tensor.setdefault(id(param), []).append(info)
+        for name, child in module._modules.items():
+            if child is not None:
+                walk(child, f"{prefix}{name}.", (*ancestors, module))
+
+    walk(model, "", ())
+    return by_tensor
+
+
+def _info(module: nn.Module, prefix: str, leaf: str, param: Any, ancestors: tuple[nn.Module, ...]) -> ParamInfo:
+    raw = f"{prefix}{leaf}"
+    if type(param).__name__ == "FlatParameter":
+        raise DecayError(
+            f"{raw} is an FSDP flat parameter: FSDP (v1) without use_orig_params=True flattens every "
+            "tensor into one 1-D buffer, so no rule can tell a norm from a weight (pytorch #101343); "
+            "wrap with use_orig_params=True, or use FSDP2 (fully_shard), or build the groups first"
+        )
+    owner, attr, component = module, leaf, None
+    if type(module).__name__ == "ParametrizationList" and len(ancestors) >= 2:
+        # ``lin.parametrizations.weight.original``: the tensor belongs to ``lin``
+        owner, attr = ancestors[-2], prefix.rstrip(".").rsplit(".", 1)[-1]
+        component = None if leaf == "original" else leaf
+    return ParamInfo(canonical_name(raw), raw, attr, param, owner, ancestors, component)

@@ -1,0 +1,176 @@
+"""One tensor, decided: a :class:`Decision` (and a :class:`Conflict` where its names disagree).
+
+Each name is decided in turn (:class:`Decider`): the preset speaks first, then the model's
+hooks, then ``exclude``, then the user's rules; the last to speak wins, and its reason is kept.
+
+Tied names (one tensor, several names) are decided one by one and then settled
+(:func:`settle`): the strongest source wins (rule > exclude > hook > policy), and between equals
+the policy's ``tied`` setting decides.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from decaykit.policy.hooks import Hook, hook_reason
+from decaykit.policy.options import Policy, Tied
+from decaykit.policy.roles import ParamInfo
+
+__all__ = ["Candidate", "Conflict", "Decider", "Decision", "conflict", "settle"]
+
+_SOURCE_RANK = {"rule": 3, "exclude": 2, "hook": 1, "policy": 0}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the plan decided for one tensor."""
+
+    name: str
+    param: torch.Tensor = field(repr=False, compare=False)
+    shape: tuple[int, ...]
+    numel: int
+    module_type: str
+    role: str
+    decay: bool
+    weight_decay: float
+    lr_scale: float
+    reason: str
+    source: str  # "policy", "hook", "exclude", "rule" or "frozen"
+    trainable: bool = True
+    layer: int = 0
+    aliases: tuple[str, ...] = ()  # other names of the same tensor (tied weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "numel": self.numel,
+            "module_type": self.module_type,
+            "role": self.role,
+            "decay": self.decay,
+            "weight_decay": self.weight_decay,
+            "lr_scale": self.lr_scale,
+            "layer": self.layer,
+            "reason": self.reason,
+            "source": self.source,
+            "trainable": self.trainable,
+            "aliases": list(self.aliases),
+        }
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One tensor whose names were given different decisions, and which one was kept."""
+
+    names: tuple[str, ...]
+    decisions: tuple[tuple[float, float, str], ...]  # (weight_decay, lr_scale, reason) per name
+    kept: str
+
+    def __str__(self) -> str:
+        parts = "; ".join(f"{n}: wd={wd:g} lr_scale={lr:g} ({why})" for n, (wd, lr, why) in zip(self.names, self.decisions))
+        return f"tied tensor {' = '.join(self.names)} got different decisions ({parts}); kept {self.kept}"
+
+
+class Candidate(NamedTuple):
+    """The decision for one name of a tensor, before its other names are heard."""
+
+    info: ParamInfo
+    role: str
+    weight_decay: float
+    lr_scale: float
+    reason: str
+    source: str  # "policy", "hook", "exclude" or "rule"
+
+
+class Decider:
+    """Decides names in precedence order and counts what each rule and exclude entry matched."""
+
+    def __init__(self, policy: Policy, weight_decay: float, hooks: Sequence[Hook]) -> None:
+        self.policy, self.weight_decay, self.hooks = policy, weight_decay, hooks
+        self.preset = policy.preset_info
+        self.rule_hits = [0] * len(policy.rules)
+        self.exclude_hits = [0] * len(policy.exclude)
+
+    def tensor(self, infos: Sequence[ParamInfo], layer: int, scale: float) -> tuple[Decision, Conflict | None]:
+        """The decision for one tensor from all its names (the first one names it), and the
+        conflict between its names if they were decided differently."""
+        first = infos[0]
+        shape = tuple(first.param.shape)
+        aliases = tuple(i.name for i in infos[1:])
+        if not first.param.requires_grad:
+            return Decision(first.name, first.param, shape, math.prod(shape), first.module_type, "frozen", False, 0.0,
+                            0.0, "frozen (requires_grad=False)", "frozen", trainable=False, layer=layer,
+                            aliases=aliases), None
+        candidates = [self.decide(info, scale) for info in infos]
+        c = settle(candidates, self.policy.tied)
+        decision = Decision(first.name, first.param, shape, math.prod(shape), c.info.module_type, c.role,
+                            c.weight_decay > 0, c.weight_decay, c.lr_scale, c.reason, c.source, layer=layer,
+                            aliases=aliases)
+        return decision, conflict(candidates, c)
+
+    def decide(self, info: ParamInfo, scale: float) -> Candidate:
+        """``scale`` is the name's layer-wise LR scale (1 without layer decay)."""
+        candidate = self.by_preset(info, scale)
+        candidate = self.by_hook(candidate)
+        candidate = self.by_exclude(candidate)
+        return self.by_rule(candidate, scale)
+
+    def by_preset(self, info: ParamInfo, scale: float) -> Candidate:
+        role, decay, reason = self.preset.classify(info, self.policy.decay_embeddings)
+        return Candidate(info, role, self.weight_decay if decay else 0.0, scale, reason, "policy")
+
+    def by_hook(self, c: Candidate) -> Candidate:
+        reason = hook_reason(c.info.name, c.info.param, self.hooks, tensor_attribute=self.preset.hooks == "all")
+        return c if reason is None else c._replace(weight_decay=0.0, reason=reason, source="hook")
+
+    def by_exclude(self, c: Candidate) -> Candidate:
+        for j, pattern in enumerate(self.policy.exclude):
+            if c.info.name == pattern or fnmatch.fnmatchcase(c.info.name, pattern):
+                self.exclude_hits[j] += 1
+                return c._replace(weight_decay=0.0, reason=f"exclude {pattern!r}", source="exclude")
+        return c
+
+    def by_rule(self, c: Candidate, scale: float) -> Candidate:
+        for j, rule in enumerate(self.policy.rules):
+            if rule.matches(c.info.name, c.info.owner):
+                self.rule_hits[j] += 1
+                wd = c.weight_decay
+                if rule.weight_decay is not None:
+                    wd = rule.weight_decay
+                elif rule.decay_mult is not None:
+                    wd = wd * rule.decay_mult
+                lr_scale = c.lr_scale if rule.lr_scale is None else scale * rule.lr_scale
+                return c._replace(weight_decay=wd, lr_scale=lr_scale, source="rule",
+                                  reason=f"rule {rule.describe()} (was: {c.reason})")
+        return c
+
+    def unmatched(self) -> list[str]:
+        """The rules and exclude entries that matched no name, as messages and plans name them."""
+        rules = zip(self.policy.rules, self.rule_hits)
+        out = [f"rules[{j}] {r!r}" for j, (r, n) in enumerate(rules) if n == 0]
+        return out + [f"exclude {p!r}" for p, n in zip(self.policy.exclude, self.exclude_hits) if n == 0]
+
+
+def settle(candidates: Sequence[Candidate], tied: Tied) -> Candidate:
+    """The one decision for a tensor named several times: strongest source, then ``tied``."""
+    best = max(_SOURCE_RANK[c.source] for c in candidates)
+    top = [c for c in candidates if _SOURCE_RANK[c.source] == best]
+    if tied == "decay":
+        return max(top, key=lambda c: c.weight_decay)
+    if tied == "no_decay":
+        return min(top, key=lambda c: c.weight_decay)
+    return top[0]
+
+
+def conflict(candidates: Sequence[Candidate], kept: Candidate) -> Conflict | None:
+    """The names of one tensor decided differently, with the one kept; ``None`` if they agree."""
+    if len({(c.weight_decay, c.lr_scale) for c in candidates}) <= 1:
+        return None
+    return Conflict(tuple(c.info.name for c in candidates),
+                    tuple((c.weight_decay, c.lr_scale, c.reason) for c in candidates), kept.info.name)
