@@ -19,8 +19,8 @@ One line, three ways::
     trainer = Trainer(model=model, args=args, train_dataset=ds,            # a plain Trainer
                       optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, args))
 
-``DecayTrainer`` / the mixin also take ``decay_options`` (keyword arguments of
-:func:`decaykit.plan`: ``rules=``, ``exclude=``, ``layer_decay=``, ``policy=`` ...) and
+``DecayTrainer`` / the mixin also take ``decay_options`` (a :class:`decaykit.Policy`, or keyword
+arguments of :func:`decaykit.plan`: ``rules=``, ``exclude=``, ``layer_decay=``, ``policy=`` ...) and
 ``decay_engine`` (keyword arguments of :class:`decaykit.WeightDecay`: ``mode=``, ``schedule=``;
 the optimizer HF picks from ``args.optim`` is then wrapped by the decay engine). The mixin builds
 the groups when HF creates the optimizer, from the model as HF holds it then (wrapped by DDP or
@@ -31,7 +31,6 @@ the model it is given and suits single-device and DDP runs. transformers is an o
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from typing import Any
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from decaykit.errors import DecayError, DecayWarning
+from decaykit.policy.options import OPTIONS, Policy
 from decaykit.policy.plan import Plan, plan
 
 # DecayTrainer is made on first access (module __getattr__ below), so transformers stays optional
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 # Keys with which an HF optimizer handler says it builds the parameter groups itself
 # (GaLore, Apollo: "params"; LOMO: "model"; layer-wise optimizers: "optimizer_dict").
 _HF_OWN_GROUPS = ("params", "model", "optimizer_dict")
-_PLAN_OPTIONS = frozenset(inspect.signature(plan).parameters) - {"model", "weight_decay"}
+_PLAN_OPTIONS = frozenset(OPTIONS)
 
 
 def _transformers() -> Any:
@@ -64,17 +64,18 @@ def _transformers() -> Any:
 
 
 def _check_options(options: Any, argument: str) -> dict[str, Any]:
-    if options is None:
-        return {}
+    """``{"policy": Policy}``: the plan's keyword arguments, validated here, when the Trainer is made."""
+    if options is None or isinstance(options, Policy):
+        return {"policy": Policy.of(options)}
     if not isinstance(options, dict):
-        raise DecayError(f"{argument} must be a dict of keyword arguments, got {type(options).__name__}")
+        raise DecayError(f"{argument} must be a decaykit.Policy or a dict of keyword arguments, got {type(options).__name__}")
     unknown = sorted(set(options) - _PLAN_OPTIONS)
     if unknown:
         raise DecayError(
             f"{argument} has unknown key(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(sorted(_PLAN_OPTIONS))} "
             "(the weight decay itself is TrainingArguments(weight_decay=...))"
         )
-    return dict(options)
+    return {"policy": Policy.of(options)}
 
 
 def decay_parameter_names(model: nn.Module, **plan_options: Any) -> list[str]:
@@ -82,7 +83,8 @@ def decay_parameter_names(model: nn.Module, **plan_options: Any) -> list[str]:
 
     The answer HF's ``Trainer.get_decay_parameter_names`` should give: names keep any wrapper
     prefix (``module.``, ``_orig_mod.``) because HF matches them against the model it holds; a
-    tied tensor is listed under each of its names. ``plan_options`` go to :func:`decaykit.plan`.
+    tied tensor is listed under each of its names. ``plan_options`` go to :func:`decaykit.plan`
+    (``policy=`` a preset name or a :class:`decaykit.Policy`, ``rules=``, ``exclude=`` ...).
     """
     # λ = 1 only to learn which tensors decay; the size of the decay is the optimizer's business
     decided = plan(model, 1.0, **_check_options(plan_options, "plan_options"))
@@ -178,8 +180,9 @@ class DecayTrainerMixin:
     decaykit's param groups.
 
     Keyword arguments, taken off before the Trainer's own ``__init__`` sees them:
-      ``decay_options``: keyword arguments of :func:`decaykit.plan` (``rules``, ``exclude``,
-      ``layer_decay``, ``policy``, ``decay_embeddings`` ...);
+      ``decay_options``: a :class:`decaykit.Policy`, or keyword arguments of :func:`decaykit.plan`
+      (``rules``, ``exclude``, ``layer_decay``, ``policy``, ``decay_embeddings`` ...), validated
+      here and kept as ``{"policy": Policy}``;
       ``decay_engine``: keyword arguments of :class:`decaykit.WeightDecay` (``mode``,
       ``schedule``, ``max_lr``); when given, the optimizer HF picks is wrapped by the engine,
       which then applies each group's λ (HF's LR scheduler drives it like any optimizer).
@@ -194,7 +197,7 @@ class DecayTrainerMixin:
     def __init__(
         self,
         *args: Any,
-        decay_options: dict[str, Any] | None = None,
+        decay_options: Policy | dict[str, Any] | None = None,
         decay_engine: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:

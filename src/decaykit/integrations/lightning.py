@@ -71,7 +71,8 @@ def configure_optimizers(
             ``schedule=``); when given, the optimizer is wrapped by the decay engine.
         scheduler: ``optimizer -> LR scheduler``; the result is then Lightning's
             ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": interval}}``.
-        plan_options: :func:`decaykit.plan`'s keyword arguments (``rules=``, ``layer_decay=`` ...).
+        plan_options: :func:`decaykit.plan`'s keyword arguments: ``policy=`` a preset name or a
+            :class:`decaykit.Policy`, ``rules=``, ``layer_decay=`` ...
     """
     if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
         raise DecayError(f"optimizer must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, got {optimizer!r}")
@@ -112,8 +113,8 @@ class _DecayAudit:
             parameters in no group, tensors in two groups) instead of warning.
         measure: also step copies of each optimizer with zero gradients (:func:`decaykit.probe`),
             so the decay reported is measured, not read from the settings.
-        plan_options: :func:`decaykit.audit`'s keyword arguments (``weight_decay=``, ``policy=``,
-            ``exclude=`` ...).
+        plan_options: :func:`decaykit.audit`'s keyword arguments (``weight_decay=``, ``policy=`` a
+            preset name or a :class:`decaykit.Policy`, ``exclude=`` ...).
 
     The reports are kept in ``self.reports``, one per optimizer; rank zero logs them.
     """

@@ -55,6 +55,7 @@ from decaykit._dtensor import is_sharded, local_shard
 from decaykit._render import format_table
 from decaykit.errors import DecayError
 from decaykit.policy.names import canonical_name
+from decaykit.policy.options import Policy
 from decaykit.probe.estimator import Rows, measure_rows
 from decaykit.probe.expectations import Expectation, expectations, rate_text
 from decaykit.probe.twin import Shadow
@@ -220,8 +221,8 @@ def probe(
             zero; ``requires_grad=False`` tensors count as frozen too. A frozen tensor that the
             decay moves is a disagreement.
         policy: what should decay, to catch a no-decay group overwritten back to decay: a
-            decaykit policy name (``"decaykit"``, ``"timm"``, ...; needs ``model``), a
-            ``decaykit.Plan``, or a mapping ``name or glob -> weight decay (or bool)``.
+            decaykit policy name (``"decaykit"``, ``"timm"``, ...) or a ``decaykit.Policy`` (both
+            need ``model``), a ``decaykit.Plan``, or a mapping ``name or glob -> weight decay (or bool)``.
         chunk_bytes: step at most this many bytes of parameters + state at a time (None: all).
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -324,7 +325,7 @@ def _mark_intent(targets: list[_Target], policy: Any, model: nn.Module | None) -
                     t.intent = (decay, f"policy[{pattern!r}]={value}")
                     break
         return
-    if isinstance(policy, str):
+    if isinstance(policy, (str, Policy)):
         if model is None:
             raise DecayError(f"policy={policy!r} needs model=: the policy decides from the model's structure")
         from decaykit.policy.plan import plan
@@ -333,7 +334,8 @@ def _mark_intent(targets: list[_Target], policy: Any, model: nn.Module | None) -
     decisions = getattr(policy, "decisions", None)
     if decisions is None:
         raise DecayError(
-            f"policy must be a policy name, a decaykit.Plan or a mapping name -> weight decay, got {type(policy).__name__}"
+            "policy must be a policy name, a decaykit.Policy, a decaykit.Plan or a mapping name -> weight decay, "
+            f"got {type(policy).__name__}"
         )
     by_tensor = {id(d.param): d for d in decisions}
     for t in targets:
