@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_policy_arguments", "policy_options"]
+if TYPE_CHECKING:
+    from decaykit.policy.options import Policy
+
+__all__ = ["add_policy_arguments", "policy_from_args", "policy_options"]
 
 
 def add_policy_arguments(parser: Any, *, weight_decay: float | None = 1e-4) -> None:
@@ -37,3 +40,11 @@ def policy_options(args: Any) -> dict[str, Any]:
         "layer_decay": args.layer_decay,
         "strict": args.strict,
     }
+
+
+def policy_from_args(args: Any) -> Policy:
+    """The :class:`decaykit.Policy` chosen by add_policy_arguments' flags, validated (a bad ``--rule``
+    fails here, before any model is built)."""
+    from decaykit.policy.options import Policy
+
+    return Policy.of(policy_options(args))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from decaykit._render import format_table, print_json
-from decaykit.cli.common import add_policy_arguments, policy_options
+from decaykit.cli.common import add_policy_arguments, policy_from_args
 
 __all__ = ["register", "run"]
 
@@ -36,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from decaykit.models import DEMO_MODELS
     from decaykit.policy.plan import plan
 
+    settings = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
-    options = policy_options(args)
-    decided = plan(model, args.weight_decay, **options)
+    decided = plan(model, args.weight_decay, policy=settings)
     other = None
     if args.diff:
-        other = plan(model, args.weight_decay, **{**options, "policy": args.diff})
+        other = plan(model, args.weight_decay, policy=dataclasses.replace(settings, preset=args.diff))
     timescale = _timescale(args)
     if args.json:
         out: dict[str, Any] = {"model": args.model, **decided.to_dict()}
