@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from decaykit._validate import check_number
@@ -75,8 +75,8 @@ class Policy:
             ``"first"`` (the first name's), ``"decay"`` or ``"no_decay"``.
         strict: a rule or exclude entry that matches nothing is an error, not a warning.
 
-    Equal settings give equal (and, with a mapping or no ``layer_of``, hashable) policies; a
-    callable ``layer_of`` compares by identity.
+    Equal settings give equal, hashable policies: a ``layer_of`` mapping is copied into a
+    read-only one, a callable ``layer_of`` compares by identity.
     """
 
     preset: str | Preset = "decaykit"
@@ -84,7 +84,7 @@ class Policy:
     exclude: tuple[str, ...] = ()
     decay_embeddings: bool = True
     layer_decay: float | None = None
-    layer_of: LayerOf | None = field(default=None)
+    layer_of: LayerOf | None = None
     tied: Tied = "first"
     strict: bool = False
 
