@@ -39,7 +39,7 @@ from decaykit.errors import DecayError
 __all__ = ["DECAY_KINDS", "ENGINE_KINDS", "REGISTRY", "OptimizerInfo", "by_cli_name", "cli_choices",
            "from_settings", "info"]
 
-TORCH = "torch.optim"
+_TORCH = "torch.optim"
 #: values of :attr:`OptimizerInfo.decay`
 DECAY_KINDS = ("coupled", "decoupled", "flag", "none", "unknown")
 #: values of :attr:`OptimizerInfo.engine`
@@ -73,7 +73,7 @@ class OptimizerInfo:
     """
 
     name: str
-    module: str = TORCH
+    module: str = _TORCH
     decay: str = "unknown"
     flag_default: bool = False
     cli_name: str | None = None
@@ -90,17 +90,17 @@ class OptimizerInfo:
         if (self.engine == "refused") != bool(self.refusal):
             raise DecayError(f"{self.name}: a refusal reason goes with engine='refused', and only with it")
         # the engine's inner path and cautious fast path rely on torch's exact kernels
-        if self.module != TORCH and (self.engine == "inner" or self.first_moment_sign):
+        if self.module != _TORCH and (self.engine == "inner" or self.first_moment_sign):
             raise DecayError(f"{self.name}: only torch.optim classes can have engine='inner' or first_moment_sign")
 
     @property
     def key(self) -> str:
         """Its key in :data:`REGISTRY`: the class name for ``torch.optim``, else ``module.name``."""
-        return self.name if self.module == TORCH else f"{self.module}.{self.name}"
+        return self.name if self.module == _TORCH else f"{self.module}.{self.name}"
 
     def torch_class(self) -> type | None:
         """The ``torch.optim`` class, or None (a third-party entry, or a class this torch lacks)."""
-        return getattr(torch.optim, self.name, None) if self.module == TORCH else None
+        return getattr(torch.optim, self.name, None) if self.module == _TORCH else None
 
     def decay_in(self, group: Mapping[str, Any] | None = None) -> str:
         """The convention of ``weight_decay`` in ``group``: ``"flag"`` resolved by the group's
@@ -121,7 +121,7 @@ _SPARSE = ("SparseAdam updates only the rows present in a sparse gradient, and a
 
 def _torch(name: str, decay: str, cli: str | None = None, **facts: Any) -> OptimizerInfo:
     engine = facts.pop("engine", "inner" if decay in ("coupled", "decoupled", "flag") else "outside")
-    return OptimizerInfo(name, TORCH, decay, cli_name=cli, engine=engine, evidence=facts.pop("evidence", _TORCH_DOC),
+    return OptimizerInfo(name, _TORCH, decay, cli_name=cli, engine=engine, evidence=facts.pop("evidence", _TORCH_DOC),
                          **facts)
 
 
@@ -147,8 +147,8 @@ _ENTRIES = (
     _torch("LBFGS", "none", engine="refused", refusal=_LBFGS),
     _torch("SparseAdam", "none", adaptive=True, engine="refused", refusal=_SPARSE),
     OptimizerInfo("Lion", "lion_pytorch", "decoupled", convention="lr_coupled",
-                  evidence="lion_pytorch update_fn: p.mul_(1 - lr * wd) before the sign update; timm's, "
-                  "bitsandbytes' and pytorch_optimizer's Lion decay alike by default"),
+                  evidence="lion_pytorch update_fn: p.mul_(1 - lr * wd) before the sign update; timm's Lion "
+                  "alike unless corrected_weight_decay=True"),
     OptimizerInfo("AdamC", "heavyball", "decoupled", adaptive=True, convention="corrected",
                   evidence="Defazio 2025: θ ← θ(1 − (η_t²/η_max)·λ)"),
     OptimizerInfo("Dion", "dion", "decoupled", convention="lr_coupled",
@@ -164,7 +164,7 @@ _ENTRIES = (
 
 #: every entry by :attr:`OptimizerInfo.key`
 REGISTRY: Mapping[str, OptimizerInfo] = MappingProxyType({e.key: e for e in _ENTRIES})
-_THIRD_PARTY = {e.name: e for e in _ENTRIES if e.module != TORCH}
+_THIRD_PARTY = {e.name: e for e in _ENTRIES if e.module != _TORCH}
 _BY_CLI = {e.cli_name: e for e in _ENTRIES if e.cli_name}
 
 
@@ -186,7 +186,7 @@ def info(optimizer: Any) -> OptimizerInfo | None:
         return found
     cls = optimizer if isinstance(optimizer, type) else type(optimizer)
     found = _by_class().get(cls)
-    if found is None and not cls.__module__.startswith(TORCH):
+    if found is None and not cls.__module__.startswith(_TORCH):
         found = _THIRD_PARTY.get(cls.__name__)
     return found
 
