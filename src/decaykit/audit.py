@@ -22,15 +22,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from decaykit import optimizers
 from decaykit.errors import DecayError
+from decaykit.optimizers import OptimizerInfo
 from decaykit.policy.plan import Decision, Plan, collect_params, plan
 
 __all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "audit"]
 
 SEVERITIES = ("error", "warning", "info")
-# Optimizers whose ``weight_decay`` adds λθ to the gradient *before* the adaptive
-# denominator: large-gradient coordinates get almost no decay (Loshchilov & Hutter 2019).
-COUPLED_ADAPTIVE: frozenset[str] = frozenset({"Adam", "Adamax", "Adagrad", "Adadelta", "RMSprop", "NAdam", "RAdam"})
+#: Optimizers whose ``weight_decay`` can add λθ to the gradient *before* the adaptive
+#: denominator (Adam, NAdam, RAdam and AdamW when their ``decoupled_weight_decay`` is off):
+#: large-gradient coordinates then get almost no decay (Loshchilov & Hutter 2019).
+COUPLED_ADAPTIVE: frozenset[str] = frozenset(
+    e.name for e in optimizers.REGISTRY.values()
+    if e.module == "torch.optim" and e.adaptive and e.decay in ("coupled", "flag")
+)
 _ROLE_SEVERITY = {"norm": "error", "hook": "error", "bias": "warning", "scale": "warning", "embedding": "warning"}
 
 
@@ -109,7 +115,7 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> tuple[str, bool, list[_
             if expected is not None:
                 wd = _as_float(g.get("weight_decay", 0.0)) if expected[i]["kind"] != "none" else 0.0
             groups.append(_Group(list(g["params"]), wd, g))
-        decoupled = _is_decoupled(name, optimizer.param_groups[0] if optimizer.param_groups else {})
+        decoupled = _is_decoupled(optimizers.info(optimizer), optimizer.param_groups[0] if optimizer.param_groups else {})
         if expected is not None:
             decoupled = all(e["kind"] != "coupled_l2" for e in expected)
         return name, decoupled, groups, notes
@@ -124,8 +130,11 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> tuple[str, bool, list[_
     raise DecayError(f"optimizer must be a torch.optim.Optimizer or its state_dict, got {type(optimizer).__name__}")
 
 
-def _is_decoupled(name: str, group: Mapping[str, Any]) -> bool:
-    return name in {"AdamW", "Lion", "AdamC"} or bool(group.get("decoupled_weight_decay", False))
+def _is_decoupled(facts: OptimizerInfo | None, group: Mapping[str, Any]) -> bool:
+    """Whether the group's weight_decay is decoupled: the registry's convention, else the group's flag."""
+    if facts is not None:
+        return facts.decay_in(group) == "decoupled"
+    return bool(group.get("decoupled_weight_decay", False))
 
 
 def _from_state_dict(model: nn.Module, state: Mapping[str, Any], notes: list[str]) -> tuple[str, bool, list[_Group], list[str]]:
@@ -159,16 +168,21 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any], notes: list[str
     if any("param_names" not in g for g in state["param_groups"]):
         notes.append("the saved param_groups carry no param_names, so indices were mapped to model.parameters() "
                      "order; that is only right if the optimizer was built from model.parameters()")
-    if "decoupled_weight_decay" in first:
-        name = "AdamW" if first["decoupled_weight_decay"] else "Adam"
-    elif "nesterov" in first:
-        name = "SGD"
-    elif "alpha" in first and "centered" in first:
-        name = "RMSprop"
-    else:
-        name = "optimizer"
+    facts = optimizers.from_settings(first) or _older_settings(first)
+    name = facts.name if facts is not None else "optimizer"
     notes.append(f"read from a state_dict; optimizer class inferred as {name} from its settings")
-    return f"{name} (state_dict)", _is_decoupled(name, first), groups, notes
+    return f"{name} (state_dict)", _is_decoupled(facts, first), groups, notes
+
+
+def _older_settings(group: Mapping[str, Any]) -> OptimizerInfo | None:
+    """A guess from one telling key, for groups saved by another torch whose keys differ from this one's."""
+    if "decoupled_weight_decay" in group:
+        return optimizers.info("AdamW" if group["decoupled_weight_decay"] else "Adam")
+    if "nesterov" in group:
+        return optimizers.info("SGD")
+    if "alpha" in group and "centered" in group:
+        return optimizers.info("RMSprop")
+    return None
 
 
 def audit(

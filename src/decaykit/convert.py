@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import Tensor
 
+from decaykit import optimizers
 from decaykit._validate import check_number, check_rates
 from decaykit.errors import DecayError
 
@@ -72,18 +73,28 @@ CONVENTIONS: dict[str, Convention] = {
     )
 }
 
-#: other names people use for the same conventions; output always uses the canonical name
+
+def _optimizer_convention(name: str) -> str:
+    """The convention an optimizer's own weight_decay follows by default, from :mod:`decaykit.optimizers`."""
+    entry = optimizers.info(name)
+    if entry is None or entry.convention not in CONVENTIONS:  # pragma: no cover - tests/test_optimizers.py
+        raise DecayError(f"decaykit.optimizers gives {name} no convention of decaykit.convert")
+    return entry.convention
+
+
+#: other names people use for the same conventions; output always uses the canonical name. An
+#: optimizer's name means the convention its own weight_decay follows (decaykit.optimizers).
 ALIASES: dict[str, str] = {
-    "adamw": "lr_coupled",
+    "adamw": _optimizer_convention("AdamW"),
     "torch": "lr_coupled",
     "optax": "lr_coupled",
     "independent": "lr_independent",
-    "composer": "lr_independent",
+    "composer": _optimizer_convention("DecoupledAdamW"),
     "optimi": "lr_independent",
     "loshchilov": "paper",
-    "adamc": "corrected",
-    "sgd": "sgd_l2",
-    "adam": "adam_l2",
+    "adamc": _optimizer_convention("AdamC"),
+    "sgd": _optimizer_convention("SGD"),
+    "adam": _optimizer_convention("Adam"),
 }
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from decaykit import optimizers
 from decaykit._validate import check_number
 from decaykit.errors import DecayError
 
@@ -44,7 +45,7 @@ class Closed:
     """One optimizer's first step from a fresh state, as a formula, and the torch class it checks."""
 
     label: str
-    kind: str  # "coupled" or "decoupled"
+    kind: str  # "coupled" or "decoupled": the torch class's convention in decaykit.optimizers
     rule: str
     torch_class: str
     step: Callable[[Tensor, Tensor, float, float], Tensor]
@@ -68,11 +69,18 @@ def _rmsprop(theta: Tensor, grad: Tensor, lr: float, wd: float, alpha: float = 0
     return theta - lr * g / ((1 - alpha) ** 0.5 * g.abs() + eps)
 
 
+def _closed(torch_class: str, rule: str, step: Callable[[Tensor, Tensor, float, float], Tensor]) -> Closed:
+    entry = optimizers.info(torch_class)
+    if entry is None:  # pragma: no cover - the registry lists every torch.optim class
+        raise DecayError(f"decaykit.optimizers has no entry for {torch_class}")
+    return Closed(torch_class, entry.decay_in(), rule, torch_class, step)
+
+
 OPTIMIZERS: dict[str, Closed] = {
-    "sgd": Closed("SGD", "coupled", "θ ← θ − lr·(g + λθ)", "SGD", _sgd),
-    "adam": Closed("Adam", "coupled", "θ ← θ − lr·ĝ/(|ĝ| + ε), ĝ = g + λθ", "Adam", _adam),
-    "adamw": Closed("AdamW", "decoupled", "θ ← θ·(1 − lr·λ) − lr·g/(|g| + ε)", "AdamW", _adamw),
-    "rmsprop": Closed("RMSprop", "coupled", "θ ← θ − lr·ĝ/(√(1−α)·|ĝ| + ε), ĝ = g + λθ", "RMSprop", _rmsprop),
+    "sgd": _closed("SGD", "θ ← θ − lr·(g + λθ)", _sgd),
+    "adam": _closed("Adam", "θ ← θ − lr·ĝ/(|ĝ| + ε), ĝ = g + λθ", _adam),
+    "adamw": _closed("AdamW", "θ ← θ·(1 − lr·λ) − lr·g/(|g| + ε)", _adamw),
+    "rmsprop": _closed("RMSprop", "θ ← θ − lr·ĝ/(√(1−α)·|ĝ| + ε), ĝ = g + λθ", _rmsprop),
 }
 DEFAULT_OPTIMIZERS = ("sgd", "adam", "adamw")
 

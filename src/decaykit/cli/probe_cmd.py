@@ -7,12 +7,12 @@ from typing import Any
 
 from decaykit._render import print_json
 from decaykit.cli.common import add_policy_arguments, policy_options
+from decaykit.optimizers import by_cli_name, cli_choices
 
 __all__ = ["OPTIMIZERS", "register", "run"]
 
-# CLI name -> torch.optim class name
-OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
-              "nadam": "NAdam", "radam": "RAdam", "adamax": "Adamax"}
+#: CLI name -> torch.optim class name, for every optimizer the registry says the CLI can build
+OPTIMIZERS: dict[str, str] = {name: by_cli_name(name).name for name in cli_choices()}
 
 
 def register(sub: Any) -> None:

@@ -33,13 +33,14 @@ from torch import Tensor
 
 from decaykit import _dtensor as shards
 from decaykit.engine.modes import Rate, member_view
+from decaykit.optimizers import REGISTRY
 
 __all__ = ["FIRST_MOMENT_SIGN", "cautious_decay_", "cautious_moment_decay_"]
 
 #: torch optimizers whose update has the sign of the new first moment ``exp_avg`` (exact classes:
-#: a subclass may override step())
+#: a subclass may override step()), as :mod:`decaykit.optimizers` records them
 FIRST_MOMENT_SIGN: tuple[type, ...] = tuple(
-    c for c in (getattr(torch.optim, n, None) for n in ("Adam", "AdamW", "RAdam", "Adamax")) if c is not None
+    c for e in REGISTRY.values() if e.first_moment_sign and (c := e.torch_class()) is not None
 )
 
 _CHUNK = 1 << 18  # elements: 1 MiB of float32, so a chunk stays in cache between the ops on it

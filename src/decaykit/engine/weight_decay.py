@@ -53,8 +53,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from decaykit import _dtensor as shards
+from decaykit import optimizers
 from decaykit._validate import check_number, check_rates
-from decaykit.engine.cautious import FIRST_MOMENT_SIGN, cautious_decay_, cautious_moment_decay_
+from decaykit.engine.cautious import cautious_decay_, cautious_moment_decay_
 from decaykit.engine.modes import (
     MODES,
     decay_rate,
@@ -71,22 +72,8 @@ __all__ = ["STATE_KEY", "WeightDecay"]
 STATE_KEY = "decaykit"
 
 
-def _torch_classes(*names: str) -> tuple[type, ...]:
-    return tuple(c for c in (getattr(torch.optim, n, None) for n in names) if c is not None)
-
-
-# Exact classes only: a subclass may override step() and no longer do what the flag says.
-_FLAG_DECOUPLED = _torch_classes("Adam", "AdamW", "NAdam", "RAdam")  # flag picks θ(1 − η·wd) or L2
-_ALWAYS_DECOUPLED = _torch_classes("Muon", "Adafactor")  # θ ← θ(1 − η·wd)
-_ALWAYS_COUPLED = _torch_classes("SGD", "Adagrad", "Adadelta", "Adamax", "RMSprop", "ASGD")  # g ← g + wd·θ
-
-# (torch class name, why): optimizers whose step has no single update for a decay to sit next to
-_REFUSED = (
-    ("LBFGS", "LBFGS re-evaluates the closure many times inside one step, so there is no single update "
-     "to decay around; add 0.5 * weight_decay * sum(p.pow(2).sum() for p in params) to the loss instead"),
-    ("SparseAdam", "SparseAdam updates only the rows present in a sparse gradient, and a decay would touch "
-     "every row at every step; use a dense optimizer or add an L2 penalty on the looked-up rows to the loss"),
-)
+# What each optimizer's own weight_decay does (inner path, cautious fast path, refusals) lives in
+# decaykit.optimizers; torch.optim entries match exact classes only, as a subclass may override step().
 
 _MISSING = object()
 
@@ -453,7 +440,8 @@ class WeightDecay(Optimizer):
         gradients the engine read), sparse gradients (the inner step refuses them, and must do so
         before anything moves).
         """
-        if type(self.optimizer) not in FIRST_MOMENT_SIGN or self.optimizer._optimizer_step_pre_hooks:
+        entry = optimizers.info(self.optimizer)
+        if entry is None or not entry.first_moment_sign or self.optimizer._optimizer_step_pre_hooks:
             return None
         if getattr(sys.modules.get("torch.optim.optimizer"), "_global_optimizer_pre_hooks", None):
             return None
@@ -487,17 +475,19 @@ def _short(x: float | Tensor) -> str:
 
 
 def _native(optimizer: Any, group: dict[str, Any]) -> str | None:
-    """How the inner optimizer's own ``weight_decay`` acts on this group, if decaykit knows it."""
+    """How the inner optimizer's own ``weight_decay`` acts on this group, if the engine may drive it.
+
+    ``"flag"``, ``"decoupled"`` or ``"coupled"`` for a registry entry with ``engine="inner"``
+    (:mod:`decaykit.optimizers`); a flag optimizer only while its group holds the flag to set.
+    """
     if "weight_decay" not in group or group.get("differentiable", False):
         return None
-    cls = type(optimizer)
-    if cls in _FLAG_DECOUPLED and "decoupled_weight_decay" in group:
-        return "flag"
-    if cls in _ALWAYS_DECOUPLED:
-        return "decoupled"
-    if cls in _ALWAYS_COUPLED:
-        return "coupled"
-    return None
+    entry = optimizers.info(optimizer)
+    if entry is None or entry.engine != "inner":
+        return None
+    if entry.decay == "flag":
+        return "flag" if "decoupled_weight_decay" in group else None
+    return entry.decay if entry.decay in ("coupled", "decoupled") else None
 
 
 def _group_peak_lr(group: dict[str, Any]) -> float:
@@ -517,10 +507,10 @@ def _check_inner(optimizer: Any) -> None:
             f"optimizer must be a torch.optim.Optimizer (with param_groups and step), got {type(optimizer).__name__}; "
             "build it first: WeightDecay(torch.optim.AdamW(params, lr=...), mode=...)"
         )
-    for name, reason in _REFUSED:
-        cls = getattr(torch.optim, name, None)
-        if cls is not None and isinstance(optimizer, cls):
-            raise DecayError(f"WeightDecay cannot drive {type(optimizer).__name__}: {reason}")
+    for cls in type(optimizer).__mro__:  # a subclass of a refused optimizer steps alike
+        entry = optimizers.info(cls)
+        if entry is not None and entry.engine == "refused":
+            raise DecayError(f"WeightDecay cannot drive {type(optimizer).__name__}: {entry.refusal}")
 
 
 def _check_group(i: int, group: dict[str, Any]) -> None:

@@ -6,13 +6,15 @@ Decay Regularization"):
 - coupled L2: λθ is added to the gradient, g ← g + λθ, and then goes wherever the gradient goes
   (through Adam's adaptive denominator too). torch's ``SGD``, ``Adam``, ``RMSprop``, ``Adagrad``,
   ``Adamax``, ``NAdam``, ``RAdam``, ``Adadelta``, ``ASGD`` with ``weight_decay``.
-- decoupled: θ ← θ(1 − η·λ) next to the update. torch's ``AdamW``, and ``Adam``/``NAdam``/``RAdam``
-  with ``decoupled_weight_decay=True``.
+- decoupled: θ ← θ(1 − η·λ) next to the update. torch's ``AdamW``, ``Adafactor``, ``Muon``, and
+  ``Adam``/``NAdam``/``RAdam`` with ``decoupled_weight_decay=True``.
 
+Which class does which is read from :mod:`decaykit.optimizers`, for exact ``torch.optim`` classes.
 An optimizer that knows better describes itself: ``optimizer.expected_decay()`` returns one dict
 per group, ``{"kind": "decoupled" | "coupled_l2" | "cautious" | "none", "rate": r}`` (decaykit's
-``WeightDecay`` does). Any other optimizer with a ``weight_decay`` setting is "unknown": the
-probe then reports which convention its measured decay follows.
+``WeightDecay`` does). Any other optimizer with a ``weight_decay`` setting is "unknown" (a
+third-party class's rate may hang on its own settings and step size), unless its group says
+``decoupled_weight_decay=True``: the probe then reports which convention its measured decay follows.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import torch
 
 from decaykit._validate import check_number, check_rates
 from decaykit.errors import DecayError
+from decaykit.optimizers import REGISTRY, OptimizerInfo, info
 
 __all__ = ["COUPLED_TORCH", "Expectation", "expectations", "rate_text"]
 
-# torch.optim classes whose ``weight_decay`` is coupled L2 unless ``decoupled_weight_decay`` is set
-COUPLED_TORCH = ("SGD", "Adam", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD")
+#: torch.optim classes whose ``weight_decay`` is coupled L2 unless ``decoupled_weight_decay`` is set
+COUPLED_TORCH: tuple[str, ...] = tuple(e.name for e in REGISTRY.values() if e.module == "torch.optim"
+                                       and e.decay_in() == "coupled")
 _HOOK_KINDS = {"decoupled": "decoupled", "coupled_l2": "coupled", "cautious": "cautious", "none": "none"}
 
 
@@ -83,7 +87,7 @@ def expectations(optimizer: torch.optim.Optimizer) -> list[Expectation]:
             raise DecayError(
                 f"{name}.expected_decay() must return one dict per param group ({len(groups)}), got {described!r}"
             )
-    is_torch = type(optimizer).__module__.startswith("torch.optim")
+    facts = info(optimizer)
     out = []
     for i, group in enumerate(groups):
         # HF Adafactor's relative_step leaves lr None and computes the step size inside step()
@@ -107,14 +111,33 @@ def expectations(optimizer: torch.optim.Optimizer) -> list[Expectation]:
             out.append(Expectation("none", 0.0, 0.0, lr, f"{name} has no weight_decay setting", maximize))
         elif _is_zero(wd):
             out.append(Expectation("none", 0.0, wd, lr, f"{name} group {i}: weight_decay=0", maximize))
-        elif group.get("decoupled_weight_decay") or (is_torch and name == "AdamW"):
-            rate = lr * wd
-            out.append(Expectation("decoupled", rate, wd, lr,
-                                   f"{name}: decoupled, θ·(1 − lr·λ), lr={lr:g}, λ={rate_text(wd)}", maximize))
-        elif is_torch and name in COUPLED_TORCH:
-            out.append(Expectation("coupled", wd, wd, lr,
-                                   f"{name}: coupled L2, λθ added to the gradient, λ={rate_text(wd)}", maximize))
         else:
-            out.append(Expectation("unknown", wd, wd, lr,
-                                   f"{name} (not a torch.optim class): weight_decay={rate_text(wd)}", maximize))
+            out.append(_from_settings(name, facts, group, lr, wd, maximize))
     return out
+
+
+def _from_settings(name: str, facts: OptimizerInfo | None, group: dict[str, Any], lr: float,
+                   wd: float | torch.Tensor, maximize: bool) -> Expectation:
+    """A group with weight_decay > 0 and no ``expected_decay()``: the registry's convention, where it fixes one.
+
+    A third-party entry stays "unknown": its rate may hang on settings and step sizes of its own.
+    """
+    torch_class = facts is not None and facts.module == "torch.optim"
+    if torch_class:
+        kind = facts.decay_in(group)  # type: ignore[union-attr]
+    else:
+        kind = "decoupled" if facts is None and group.get("decoupled_weight_decay") else "unknown"
+    if kind == "decoupled":
+        return Expectation("decoupled", lr * wd, wd, lr,
+                           f"{name}: decoupled, θ·(1 − lr·λ), lr={lr:g}, λ={rate_text(wd)}", maximize)
+    if kind == "coupled":
+        return Expectation("coupled", wd, wd, lr,
+                           f"{name}: coupled L2, λθ added to the gradient, λ={rate_text(wd)}", maximize)
+    if torch_class:
+        where = "its step does not read weight_decay"
+    elif facts is not None:
+        where = f"not a torch.optim class; {facts.module}'s decays {facts.decay}" + (
+            f", {facts.convention}" if facts.convention else "")
+    else:
+        where = "not a torch.optim class"
+    return Expectation("unknown", wd, wd, lr, f"{name} ({where}): weight_decay={rate_text(wd)}", maximize)
