@@ -25,7 +25,8 @@ time is the CPU time of that thread, which other processes on the machine do not
 (fused) path, ≤ 1.3 on ``extra_pass`` and ``cautious``.
 
 Run: python benchmarks/bench_engine.py [--rounds 30] [--threads 1] [--width 1024 --depth 48]
-Last line: ratio=<worst ratio of the inner (fused) path>.
+Last line: ratio=<worst ratio of the inner path on the fused kernel>, the README's claim; the line
+before it gives the inner path's worst ratio on the foreach kernel.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _machine import load_line, machine_line
 
 from decaykit import WeightDecay, schedules
 
@@ -126,22 +128,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_line())
     model = build(args.width, args.depth)
     n = sum(p.numel() for p in model.parameters())
     print(f"model: {args.depth} x Linear({args.width}, {args.width}) = {n / 1e6:.1f}M parameters, float32, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.rounds} interleaved steps, "
           f"{'CPU' if args.threads == 1 else 'wall'} time")
     print(f"{'kernel':8} {'path':11} {'mode':16} {'engine ms':>9} {'torch ms':>9} {'ratio':>6}  target")
-    worst_inner = 0.0
+    worst_inner = {"fused": 0.0, "foreach": 0.0}  # per kernel: the README claims the fused one
     for kernel in ("fused", "foreach"):
         for path, mode, ms, ref in measure(model, kernel, args.rounds):
             ratio = ms / ref
             target = 1.05 if path == "inner" else 1.3
             if path == "inner":
-                worst_inner = max(worst_inner, ratio)
+                worst_inner[kernel] = max(worst_inner[kernel], ratio)
             flag = "ok" if ratio <= target else "OVER"
             print(f"{kernel:8} {path:11} {mode:16} {ms:9.2f} {ref:9.2f} {ratio:6.3f}  <= {target} {flag}")
-    print(f"ratio={worst_inner:.3f}")
+    print(load_line())
+    print(f"foreach inner path: worst ratio {worst_inner['foreach']:.3f}")
+    print(f"ratio={worst_inner['fused']:.3f}")
 
 
 if __name__ == "__main__":

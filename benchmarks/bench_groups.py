@@ -18,6 +18,7 @@ import time
 
 import torch
 import transformers
+from _machine import load_line, machine_line
 
 import decaykit
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(machine_line())
     model = build(args.layers)
     tensors = len(list(model.parameters()))
     # both must agree on what they decay (Llama's norms are named *layernorm / norm)
@@ -63,6 +65,7 @@ def main() -> None:
     print(f"model: LlamaForCausalLM, {args.layers} layers, {tensors} tensors (meta device)")
     print(f"decaykit.param_groups          {med['ours'] * 1e3:8.1f} ms  (per-tensor decisions with reasons)")
     print(f"HF Trainer get_decay_parameter_names + groups {med['theirs'] * 1e3:8.1f} ms")
+    print(load_line())
     print(f"ratio={med['ours'] / med['theirs']:.3f}")
 
 

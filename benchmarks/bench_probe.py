@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _machine import load_line, machine_line
 from torch import nn
 
 import decaykit
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(machine_line())
     torch.manual_seed(0)
     model = build(args.blocks, args.dim, args.vocab)
     params = list(model.parameters())
@@ -111,6 +113,7 @@ def main() -> None:
           f"{wall['probe'] / wall['step']:.1f}x the wall time and {cpu['probe'] / cpu['step']:.1f}x the CPU time of "
           f"one real step; whole copy: {cpu['whole'] / cpu['step']:.1f}x the CPU time, "
           f"{peaks['whole'] / base:.2f} x params+state")
+    print(load_line())
     print(f"ratio={peaks['probe'] / base:.2f}")
 
 

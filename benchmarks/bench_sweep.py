@@ -18,10 +18,12 @@ forward + backward) is printed beside it. Where the time goes inside one batched
 backward as the sweep runs it and through autograd, the engine's optimizer step and the fused AdamW
 kernels inside it, and AdamW's foreach step for comparison) is measured too.
 
-The last line is ``speedup=<sequential / batched>`` at the demo's batch size (32); batch 16 is
+The last line is ``speedup=<sequential / batched>`` at ``--batch-size`` (the demo's 32); batch 16 is
 measured first for comparison. Target: the batched sweep takes at most 2.5x the time of ONE run,
 i.e. speedup > 6.4. How close that is depends on how far one plain run is from the matmul peak:
 the smaller the batch, the more a plain step is Python and dispatch overhead that stacking shares.
+The first line names the machine and its load average, the line before the last the load average
+at the end: the times hold for those conditions, and other work on the machine slows them.
 
     python benchmarks/bench_sweep.py [--epochs 20] [--repeats 3] [--batch-size 32] [--also 16]
 """
@@ -174,6 +176,9 @@ def main() -> None:
     parser.add_argument("--also", type=int, nargs="*", default=[16], help="other batch sizes to compare first")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from _machine import load_line, machine_line  # benchmarks/_machine.py, beside this script
+
+    print(machine_line())
     torch.set_flush_denormal(True)
     data = digits_noisy_labels()
     params = sum(p.numel() for p in digits_mlp().parameters())
@@ -189,6 +194,7 @@ def main() -> None:
     print(f"where a stacked step's time goes at batch {args.batch_size} (ms, K = {k}):")
     for name, ms in step_breakdown(data, args.batch_size).items():
         print(f"  {name:<54} {ms:.3f}")
+    print(load_line())
     print(f"speedup={result['speedup']:.2f}")
 
 

@@ -53,7 +53,7 @@ def test_nanogpt_seed_and_torch_presets(name):
 
 
 def test_the_holes_the_default_policy_closes():
-    """Where the anchors' rules go wrong (RESEARCH.md), and decaykit does not."""
+    """Where the anchors' rules go wrong (the README lists these holes), and decaykit does not."""
     from decaykit.models import ConvNeXt, TinyGPT, resnet50
 
     from hf_models import t5

@@ -11,7 +11,7 @@ import torch
 from decaykit import DecayError, VerifyReport, verify
 from decaykit.verify import OPTIMIZERS, Closed, numpy_random
 
-# Typed in from /work/shared/seed/000_debb5ac9798cafa9.txt, exactly as the notebook printed them.
+# Typed in from the founding notebook's output, exactly as it printed them.
 SEED_ORIGINAL = [
     "0.4386 0.0597 0.3980 0.7380 0.1825",
     "0.1755 0.5316 0.5318 0.6344 0.8494",

@@ -2,7 +2,7 @@
 
 Each preset maps one parameter name to ``(role, decayed, reason)``. The replicas exist so a user
 can compare (``decaykit inspect MODEL --diff hf``) and migrate without surprises; they copy the
-anchors' rules as written, holes included (see ``shared/RESEARCH.md``):
+anchors' rules as written, holes included (the README lists them):
 
 - ``timm``: no decay if ``ndim <= 1``, the name ends ``.bias``, or it matches (fnmatch) a name
   from the top-level ``model.no_weight_decay()`` (``timm.optim.param_groups_weight_decay``);

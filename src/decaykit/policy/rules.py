@@ -7,7 +7,7 @@ matched under each of them; see :func:`decaykit.plan` for how disagreements are 
 
 >>> Rule("head.*", weight_decay=0.0)
 Rule('head.*', weight_decay=0.0)
->>> Rule.parse("re:^blocks\\.0\\.:lr_scale=0.1,mult=0.5")
+>>> Rule.parse(r"re:^blocks\\.0\\.:lr_scale=0.1,mult=0.5")
 Rule(regex='^blocks\\\\.0\\\\.', decay_mult=0.5, lr_scale=0.1)
 """
 
