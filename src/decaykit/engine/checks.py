@@ -1,4 +1,4 @@
-"""What :class:`decaykit.WeightDecay` checks about its groups, η_max and schedule, each refused with a fix.
+"""What :class:`decaykit.WeightDecay` checks about its groups, η_max, schedule and checkpoints, each refused with a fix.
 
 Numbers go through the one validator (:mod:`decaykit._validate`); this module adds what is
 particular to the engine: groups it cannot decay in place, η_max per group, a per-member λ whose
@@ -18,6 +18,7 @@ from decaykit._validate import check_number, check_rates
 from decaykit.errors import DecayError
 
 __all__ = [
+    "check_checkpoint",
     "check_group",
     "check_lambda",
     "check_max_lr",
@@ -109,6 +110,23 @@ def check_multiplier(schedule: Any, step: int) -> float:
             "must return a finite multiplier >= 0"
         )
     return float(value)
+
+
+def check_checkpoint(own: dict[str, Any], key: str, mode: str, schedule: Any, n_groups: int) -> None:
+    """The engine's entry ``state_dict[key]`` of a checkpoint fits this engine: its mode, groups and schedule type."""
+    if own.get("mode") != mode:
+        raise DecayError(
+            f"the checkpoint was saved with mode={own.get('mode')!r} but this engine has "
+            f"mode={mode!r}; build WeightDecay(..., mode={own.get('mode')!r}) to resume, or "
+            f"delete state_dict[{key!r}] to switch modes on purpose"
+        )
+    if len(own["max_lr"]) != n_groups:
+        raise DecayError(f"the checkpoint has η_max for {len(own['max_lr'])} groups but {n_groups} param groups")
+    if own["schedule"].get("type") != schedule.state_dict()["type"]:
+        raise DecayError(
+            f"the checkpoint was saved with a {own['schedule'].get('type')} weight-decay schedule but this "
+            f"engine has {schedule!r}; build the engine with the schedule it was saved with"
+        )
 
 
 def short(x: float | Tensor) -> str:

@@ -135,8 +135,8 @@ class Path:
 
     __slots__ = ("group", "keys", "saved")
 
-    def __init__(self, group: dict[str, Any], keys: dict[str, Any]) -> None:
-        self.group, self.keys = group, keys
+    def __init__(self, group: dict[str, Any], plan: GroupStep) -> None:
+        self.group, self.keys = group, plan.inner
         self.saved: list[tuple[str, Any]] = []
 
     def before(self) -> None:
@@ -173,10 +173,9 @@ class _Decaying(Path):
 
     __slots__ = ("foreach", "params", "rate")
 
-    def __init__(self, group: dict[str, Any], keys: dict[str, Any], params: list[Tensor], rate: Rate,
-                 foreach: bool) -> None:
-        super().__init__(group, keys)
-        self.params, self.rate, self.foreach = params, rate, foreach
+    def __init__(self, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool) -> None:
+        super().__init__(group, plan)
+        self.params, self.rate, self.foreach = params, plan.rate, foreach
 
 
 class ExtraPass(_Decaying):
@@ -194,9 +193,8 @@ class L2Gradient(_Decaying):
 
     __slots__ = ("swapped",)
 
-    def __init__(self, i: int, group: dict[str, Any], keys: dict[str, Any], params: list[Tensor], rate: Rate,
-                 foreach: bool) -> None:
-        super().__init__(group, keys, params, rate, foreach)
+    def __init__(self, i: int, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool) -> None:
+        super().__init__(group, plan, params, foreach)
         if any(p.grad.is_sparse for p in params):  # refused while planning, before anything moves
             raise DecayError(
                 f"param_groups[{i}] has sparse gradients, which mode 'coupled_l2' cannot add λθ to; "
@@ -225,9 +223,9 @@ class CautiousMoment(_Decaying):
 
     __slots__ = ("beta1", "buffers", "state")
 
-    def __init__(self, group: dict[str, Any], keys: dict[str, Any], params: list[Tensor], rate: Rate,
-                 foreach: bool, *, state: Any, beta1: float, buffers: Scratch) -> None:
-        super().__init__(group, keys, params, rate, foreach)
+    def __init__(self, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool, *, state: Any,
+                 beta1: float, buffers: Scratch) -> None:
+        super().__init__(group, plan, params, foreach)
         self.state, self.beta1, self.buffers = state, beta1, buffers
 
     def before(self) -> None:
@@ -244,9 +242,9 @@ class CautiousCopy(_Decaying):
 
     __slots__ = ("before_step", "buffers")
 
-    def __init__(self, group: dict[str, Any], keys: dict[str, Any], params: list[Tensor], rate: Rate,
-                 foreach: bool, *, buffers: Scratch) -> None:
-        super().__init__(group, keys, params, rate, foreach)
+    def __init__(self, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool, *,
+                 buffers: Scratch) -> None:
+        super().__init__(group, plan, params, foreach)
         self.buffers = buffers
         self.before_step: list[Tensor] = []
 
@@ -268,25 +266,21 @@ def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *,
     groups = optimizer.param_groups
     out: list[Path] = []
     for i, (group, plan) in enumerate(zip(groups, plans)):
-        if plan.path == "none":
-            out.append(NoDecay(group, plan.inner))
-            continue
-        if plan.path == "inner":
-            out.append(InnerKernel(group, plan.inner))
+        if plan.path in ("none", "inner"):
+            out.append((NoDecay if plan.path == "none" else InnerKernel)(group, plan))
             continue
         # parameters with a gradient only: torch's AdamW does not decay the ones without either
         params = [p for p in group["params"] if p.grad is not None]
         if plan.path == "extra_pass":
-            out.append(ExtraPass(group, plan.inner, params, plan.rate, foreach))
+            out.append(ExtraPass(group, plan, params, foreach))
         elif plan.path == "l2_gradient":
-            out.append(L2Gradient(i, group, plan.inner, params, plan.rate, foreach))
+            out.append(L2Gradient(i, group, plan, params, foreach))
         elif (beta1 := _moment_beta1(optimizer, group, params) if moment_sign else None) is not None:
-            out.append(CautiousMoment(group, plan.inner, params, plan.rate, foreach, state=optimizer.state,
-                                      beta1=beta1, buffers=buffers))
+            out.append(CautiousMoment(group, plan, params, foreach, state=optimizer.state, beta1=beta1, buffers=buffers))
         else:
             if len(buffers) > 2 * sum(len(g["params"]) for g in groups):
                 buffers.clear()  # parameters were replaced; drop the stale copies
-            out.append(CautiousCopy(group, plan.inner, params, plan.rate, foreach, buffers=buffers))
+            out.append(CautiousCopy(group, plan, params, foreach, buffers=buffers))
     return out
 
 

@@ -40,7 +40,14 @@ from torch.optim import Optimizer
 
 from decaykit._validate import check_number
 from decaykit.engine.cautious import FIRST_MOMENT_SIGN
-from decaykit.engine.checks import check_group, check_lambda, check_max_lr, check_multiplier, group_peak_lr
+from decaykit.engine.checks import (
+    check_checkpoint,
+    check_group,
+    check_lambda,
+    check_max_lr,
+    check_multiplier,
+    group_peak_lr,
+)
 from decaykit.engine.modes import MODES
 from decaykit.engine.paths import GroupStep, Scratch, build_paths, plan_group
 from decaykit.engine.schedules import Schedule, as_schedule
@@ -226,22 +233,8 @@ class WeightDecay(Optimizer):
             if result is not None:
                 state_dict = result
         own = state_dict.pop(STATE_KEY, None)
-        if own is not None and own.get("mode") != self.mode:
-            raise DecayError(
-                f"the checkpoint was saved with mode={own.get('mode')!r} but this engine has "
-                f"mode={self.mode!r}; build WeightDecay(..., mode={own.get('mode')!r}) to resume, or "
-                f"delete state_dict[{STATE_KEY!r}] to switch modes on purpose"
-            )
-        if own is not None and len(own["max_lr"]) != len(state_dict["param_groups"]):
-            raise DecayError(
-                f"the checkpoint has η_max for {len(own['max_lr'])} groups but "
-                f"{len(state_dict['param_groups'])} param groups"
-            )
-        if own is not None and own["schedule"].get("type") != self.schedule.state_dict()["type"]:
-            raise DecayError(
-                f"the checkpoint was saved with a {own['schedule'].get('type')} weight-decay schedule but this "
-                f"engine has {self.schedule!r}; build the engine with the schedule it was saved with"
-            )
+        if own is not None:
+            check_checkpoint(own, STATE_KEY, self.mode, self.schedule, len(state_dict["param_groups"]))
         self.optimizer.load_state_dict(state_dict)
         if own is None:
             warnings.warn(
