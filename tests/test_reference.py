@@ -307,6 +307,10 @@ def test_reference_refuses_bad_settings_naming_them():
         ReferenceWeightDecay(torch.optim.SGD([{"params": [p], "weight_decay": -1.0}], lr=0.1))
     with pytest.raises(DecayError, match="1-D real tensor with one value per stacked member"):
         ReferenceWeightDecay(torch.optim.SGD([{"params": [p], "weight_decay": torch.ones(2, 1)}], lr=0.1))
+    with pytest.raises(DecayError, match="max_lr has 2 values but the optimizer has 1 param groups"):
+        ReferenceWeightDecay(torch.optim.SGD([p], lr=0.1), max_lr=[0.1, 0.2])
+    with pytest.raises(DecayError, match=r"max_lr for param_groups\[0\] must be a finite number > 0, got 0.0"):
+        ReferenceWeightDecay(torch.optim.SGD([p], lr=0.0), mode="corrected")
     with pytest.raises(DecayError, match="coupled_l2 adds λθ to the gradient"):
         reference.shrink_rate("coupled_l2", 0.1, 0.1, 0.1)
     ref = ReferenceWeightDecay(torch.optim.SGD([p], lr=0.1, weight_decay=0.1), schedule=lambda t: math.nan)

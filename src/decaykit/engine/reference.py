@@ -86,11 +86,14 @@ class ReferenceWeightDecay:
     ) -> None:
         if mode not in MODES:
             raise DecayError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        groups = optimizer.param_groups
+        if isinstance(max_lr, Sequence) and len(max_lr) != len(groups):
+            raise DecayError(f"max_lr has {len(max_lr)} values but the optimizer has {len(groups)} param groups")
         self.optimizer, self.mode, self.schedule = optimizer, mode, as_schedule(schedule)
         self.steps_taken = 0
         self.weight_decays: list[float | list[float]] = []
         self.max_lrs: list[float] = []
-        for i, group in enumerate(optimizer.param_groups):
+        for i, group in enumerate(groups):
             lam = group.get("weight_decay", 0.0)
             where = f"param_groups[{i}]['weight_decay']"
             if isinstance(lam, Tensor) and lam.dim() > 0:
@@ -100,7 +103,9 @@ class ReferenceWeightDecay:
             if "weight_decay" in group:
                 group["weight_decay"] = 0.0  # the inner step decays nothing; λ lives here now
             peak = max_lr[i] if isinstance(max_lr, Sequence) else max_lr
-            self.max_lrs.append(check_number(group_peak_lr(group) if peak is None else peak, f"max_lr of group {i}"))
+            peak = group_peak_lr(group) if peak is None else peak
+            divides = mode in ("lr_independent", "corrected")  # r = (η_t/η_max)·λ or (η_t²/η_max)·λ
+            self.max_lrs.append(check_number(peak, f"max_lr for param_groups[{i}]", allow_zero=not divides))
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
