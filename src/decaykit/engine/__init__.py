@@ -1,6 +1,8 @@
 """The decay engine: :class:`WeightDecay` drives any torch optimizer's weight decay.
 
 - ``weight_decay``: the engine, an ``Optimizer`` sharing the inner one's groups and state;
+  ``paths``: what one step does to one group (plan, then one small object per path);
+  ``checks``: what the engine refuses about its groups, η_max and schedule;
 - ``modes``: the decay rules (lr_coupled, lr_independent, corrected, cautious, coupled_l2) and
   their foreach kernels; ``cautious``: the masked decay of Chen et al. 2025;
 - ``schedules``: λ over steps (constant, linear, cosine, warmup, piecewise, any callable);
@@ -9,9 +11,10 @@
 
 from __future__ import annotations
 
-from decaykit.engine import schedules
+from decaykit.engine import reference, schedules
 from decaykit.engine.modes import MODES
+from decaykit.engine.reference import ReferenceWeightDecay
 from decaykit.engine.schedules import Schedule
 from decaykit.engine.weight_decay import STATE_KEY, WeightDecay
 
-__all__ = ["MODES", "STATE_KEY", "Schedule", "WeightDecay", "schedules"]
+__all__ = ["MODES", "STATE_KEY", "ReferenceWeightDecay", "Schedule", "WeightDecay", "reference", "schedules"]

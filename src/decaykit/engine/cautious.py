@@ -26,7 +26,7 @@ per real component (the sign torch's Adam sees); DTensor parameters (FSDP2) on t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -113,29 +113,39 @@ def _rows(rate: Rate) -> tuple[int, list[float]]:
     return 1, [rate]
 
 
-def _moment_chunked(rows: list[tuple[Tensor, Tensor, Tensor | None]], rate: Rate, weight: float, maximize: bool) -> None:
+def _chunks(rows: list[tuple[Tensor | None, ...]], rate: Rate) -> Iterator[tuple[float, Tensor, list[Tensor | None]]]:
+    """``(r_k, scratch, chunks)`` over cache-sized chunks of member k of each row, for every r_k ≠ 0.
+
+    ``rows`` hold contiguous tensors of one shape (θ first; None for a missing state), so a
+    chunk of each lies at the same offsets. ``scratch`` is one buffer per dtype, reused by every
+    chunk; ``chunks`` are views into the row's tensors (None stays None).
+    """
     members, rates = _rows(rate)
     scratch: dict[torch.dtype, Tensor] = {}
-    for p, g, m in rows:
+    for row in rows:
+        p = row[0]
         buf = scratch.get(p.dtype)
         if buf is None:
             buf = scratch[p.dtype] = torch.empty(_CHUNK, dtype=p.dtype)
-        rp, rg = p.view(members, -1), g.view(members, -1)
-        rm = None if m is None else m.view(members, -1)
+        views = [None if t is None else t.view(members, -1) for t in row]
         for k, r in enumerate(rates):
             if r == 0:
                 continue
-            for i in range(0, rp.shape[1], _CHUNK):
-                pc, gc = rp[k, i : i + _CHUNK], rg[k, i : i + _CHUNK]
-                s = buf[: pc.numel()]
-                if maximize:
-                    gc = torch.neg(gc, out=s)
-                if rm is None:
-                    torch.mul(gc, weight, out=s)
-                else:
-                    torch.lerp(rm[k, i : i + _CHUNK], gc, weight, out=s)  # m_t: Adam's lerp, bit for bit
-                s.mul_(pc).ge_(0)
-                pc.addcmul_(pc, s, value=-r)
+            for i in range(0, views[0].shape[1], _CHUNK):
+                chunks = [None if v is None else v[k, i : i + _CHUNK] for v in views]
+                yield r, buf[: chunks[0].numel()], chunks
+
+
+def _moment_chunked(rows: list[tuple[Tensor, Tensor, Tensor | None]], rate: Rate, weight: float, maximize: bool) -> None:
+    for r, s, (pc, gc, mc) in _chunks(rows, rate):
+        if maximize:
+            gc = torch.neg(gc, out=s)
+        if mc is None:
+            torch.mul(gc, weight, out=s)
+        else:
+            torch.lerp(mc, gc, weight, out=s)  # m_t: Adam's lerp, bit for bit
+        s.mul_(pc).ge_(0)
+        pc.addcmul_(pc, s, value=-r)
 
 
 def _moment_foreach(ps: list, gs: list, ms: list, rate: Rate, weight: float, maximize: bool) -> None:
@@ -203,21 +213,9 @@ def _change_reference(ps: list, bs: list, rate: Rate) -> None:
 
 
 def _change_chunked(pairs: list[tuple[Tensor, Tensor]], rate: Rate) -> None:
-    members, rates = _rows(rate)
-    scratch: dict[torch.dtype, Tensor] = {}
-    for p, b in pairs:
-        buf = scratch.get(p.dtype)
-        if buf is None:
-            buf = scratch[p.dtype] = torch.empty(_CHUNK, dtype=p.dtype)
-        rp, rb = p.view(members, -1), b.view(members, -1)
-        for k, r in enumerate(rates):
-            if r == 0:
-                continue
-            for i in range(0, rp.shape[1], _CHUNK):
-                pc, bc = rp[k, i : i + _CHUNK], rb[k, i : i + _CHUNK]
-                s = buf[: pc.numel()]
-                torch.sub(bc, pc, out=s).mul_(bc).ge_(0)
-                pc.addcmul_(bc, s, value=-r)
+    for r, s, (pc, bc) in _chunks(pairs, rate):
+        torch.sub(bc, pc, out=s).mul_(bc).ge_(0)
+        pc.addcmul_(bc, s, value=-r)
 
 
 def _change_foreach(ps: list[Tensor], bs: list[Tensor], rate: Rate) -> None:

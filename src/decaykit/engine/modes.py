@@ -17,7 +17,8 @@ The three decoupled modes shrink θ by a factor (1 − r) before the inner step,
 AdamW does it, so the update u never sees the decay. Each kernel has a single-tensor reference loop
 and a ``torch._foreach_*`` fast path; ``tests/test_modes.py`` checks them against each other. The
 cautious kernels are in :mod:`decaykit.engine.cautious`; DTensor parameters run shard by shard
-(:mod:`decaykit._dtensor`).
+(:mod:`decaykit._dtensor`). The whole engine is checked against :mod:`decaykit.engine.reference`,
+this table as a plain loop (``tests/test_reference.py``).
 A rate may be a float or a 1-D tensor of length K: per-member decay for K stacked models, applied
 along dim 0 (member k of every parameter gets r_k).
 """

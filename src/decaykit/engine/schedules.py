@@ -100,34 +100,33 @@ class Constant(Schedule):
         return self.value
 
 
-class Linear(Schedule):
+class _Ramp(Schedule):
+    """From ``start`` at t = 0 to ``end`` at t = ``steps``, then ``end``; subclasses give the shape."""
+
+    _fields = ("start", "end", "steps")
+
+    def __init__(self, start: float, end: float, steps: int) -> None:
+        name = type(self).__name__.lower()  # the factory the user called: linear(...), cosine(...)
+        self.start = _number(f"{name}(start)", start)
+        self.end = _number(f"{name}(end)", end)
+        self.steps = _steps(f"{name}(steps)", steps)
+
+    def _progress(self, step: int) -> float:
+        return min(step, self.steps) / self.steps
+
+
+class Linear(_Ramp):
     """s(t) = start + (end − start)·min(t, steps)/steps: Megatron's ``linear`` increment style."""
 
-    _fields = ("start", "end", "steps")
-
-    def __init__(self, start: float, end: float, steps: int) -> None:
-        self.start = _number("linear(start)", start)
-        self.end = _number("linear(end)", end)
-        self.steps = _steps("linear(steps)", steps)
-
     def __call__(self, step: int) -> float:
-        frac = min(step, self.steps) / self.steps
-        return self.start + (self.end - self.start) * frac
+        return self.start + (self.end - self.start) * self._progress(step)
 
 
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """s(t) = end + (start − end)·(1 + cos(π·min(t, steps)/steps))/2: DINO's and Megatron's cosine."""
 
-    _fields = ("start", "end", "steps")
-
-    def __init__(self, start: float, end: float, steps: int) -> None:
-        self.start = _number("cosine(start)", start)
-        self.end = _number("cosine(end)", end)
-        self.steps = _steps("cosine(steps)", steps)
-
     def __call__(self, step: int) -> float:
-        frac = min(step, self.steps) / self.steps
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * self._progress(step)))
 
 
 class Warmup(Schedule):
