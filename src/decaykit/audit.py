@@ -205,56 +205,15 @@ def audit(
     opt_name, decoupled, groups, notes = _optimizer_view(model, optimizer)
     lam = weight_decay if weight_decay is not None else max((g.weight_decay for g in groups), default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
+    held = _Membership.of(groups, {id(d.param): d for d in expected})
     findings: list[Finding] = []
-    by_id = {id(d.param): d for d in expected}
-
-    seen: dict[int, int] = {}
-    duplicates: list[str] = []
-    foreign: list[str] = []
-    actual: dict[int, float] = {}
-    for gi, group in enumerate(groups):
-        for p in group.params:
-            if id(p) in seen:
-                duplicates.append(by_id[id(p)].name if id(p) in by_id else f"group{gi}")
-            seen[id(p)] = gi
-            actual[id(p)] = group.weight_decay
-            if id(p) not in by_id:
-                foreign.append(f"group{gi}:{tuple(p.shape)}")
-
-    _wrongly_decayed(expected, actual, findings, opt_name)
-    _policy_differences(expected, actual, findings)
-    missing = [d.name for d in expected.trainable if id(d.param) not in seen]
-    if missing:
-        findings.append(Finding("error", "missing", f"{len(missing)} trainable parameters are not in the optimizer and will never be updated",
-                                "build the optimizer from decaykit.param_groups(model, ...) or add them with add_param_group", tuple(missing)))
-    frozen = [d.name for d in expected if not d.trainable and id(d.param) in seen]
-    if frozen:
-        decayed_frozen = [d.name for d in expected if not d.trainable and actual.get(id(d.param), 0.0) > 0]
-        findings.append(Finding(
-            "error" if decayed_frozen and decoupled else "warning", "frozen-in-optimizer",
-            f"{len(frozen)} frozen parameters (requires_grad=False) are in the optimizer"
-            + (f"; {len(decayed_frozen)} have weight_decay > 0 and shrink at every step once their grad is a zero tensor "
-               "(zero_grad(set_to_none=False), diffusers #1009)" if decayed_frozen else ""),
-            "leave frozen parameters out of the optimizer (decaykit.param_groups does) or set their weight_decay to 0",
-            tuple(frozen)))
-    if duplicates:
-        findings.append(Finding("error", "duplicate", f"{len(duplicates)} tensors appear more than once in the optimizer "
-                                "(updated and decayed twice per step)", "make sure every tensor is in exactly one group; "
-                                "decaykit.param_groups never repeats a tensor", tuple(duplicates)))
-    if foreign:
-        findings.append(Finding("warning", "not-in-model", f"{len(foreign)} optimizer tensors are not parameters of this model",
-                                "pass the model the optimizer was built for", tuple(foreign)))
-    base = opt_name.split(" ")[0]
-    if base in COUPLED_ADAPTIVE and not decoupled and any(g.weight_decay > 0 for g in groups):
-        findings.append(Finding(
-            "warning", "coupled-adaptive",
-            f"{base} with weight_decay > 0 adds λθ to the gradient (coupled L2), which the adaptive denominator "
-            "rescales, so coordinates with large gradients are barely decayed; this is almost never what is meant",
-            "use torch.optim.AdamW (decoupled decay), or Adam(..., decoupled_weight_decay=True), or decaykit.WeightDecay"))
-    for conflict in expected.conflicts:
-        findings.append(Finding("warning", "tied-conflict", str(conflict),
-                                "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
-                                conflict.names))
+    _wrongly_decayed(expected, held.actual, findings, opt_name)
+    _policy_differences(expected, held.actual, findings)
+    findings += _membership_findings(expected, held, decoupled)
+    findings += _convention_findings(opt_name, decoupled, groups)
+    findings += [Finding("warning", "tied-conflict", str(conflict),
+                         "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
+                         conflict.names) for conflict in expected.conflicts]
     report = AuditReport(findings, opt_name, expected.policy, lam, notes=notes)
     if measure:
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -266,6 +225,68 @@ def audit(
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
     return report
+
+
+@dataclass
+class _Membership:
+    """Which optimizer group holds each tensor, with what weight decay, and what is held wrongly."""
+
+    seen: dict[int, int]  # id(tensor) -> group index
+    actual: dict[int, float]  # id(tensor) -> the group's weight decay
+    duplicates: list[str]
+    foreign: list[str]  # tensors of the optimizer that are not the model's
+
+    @classmethod
+    def of(cls, groups: list[_Group], by_id: Mapping[int, Decision]) -> _Membership:
+        held = cls({}, {}, [], [])
+        for gi, group in enumerate(groups):
+            for p in group.params:
+                if id(p) in held.seen:
+                    held.duplicates.append(by_id[id(p)].name if id(p) in by_id else f"group{gi}")
+                held.seen[id(p)] = gi
+                held.actual[id(p)] = group.weight_decay
+                if id(p) not in by_id:
+                    held.foreign.append(f"group{gi}:{tuple(p.shape)}")
+        return held
+
+
+def _membership_findings(expected: Plan, held: _Membership, decoupled: bool) -> list[Finding]:
+    """Tensors missing from the optimizer, frozen inside it, held twice, or not the model's."""
+    out = []
+    missing = [d.name for d in expected.trainable if id(d.param) not in held.seen]
+    if missing:
+        out.append(Finding("error", "missing", f"{len(missing)} trainable parameters are not in the optimizer and will never be updated",
+                           "build the optimizer from decaykit.param_groups(model, ...) or add them with add_param_group", tuple(missing)))
+    frozen = [d.name for d in expected if not d.trainable and id(d.param) in held.seen]
+    if frozen:
+        decayed_frozen = [d.name for d in expected if not d.trainable and held.actual.get(id(d.param), 0.0) > 0]
+        out.append(Finding(
+            "error" if decayed_frozen and decoupled else "warning", "frozen-in-optimizer",
+            f"{len(frozen)} frozen parameters (requires_grad=False) are in the optimizer"
+            + (f"; {len(decayed_frozen)} have weight_decay > 0 and shrink at every step once their grad is a zero tensor "
+               "(zero_grad(set_to_none=False), diffusers #1009)" if decayed_frozen else ""),
+            "leave frozen parameters out of the optimizer (decaykit.param_groups does) or set their weight_decay to 0",
+            tuple(frozen)))
+    if held.duplicates:
+        out.append(Finding("error", "duplicate", f"{len(held.duplicates)} tensors appear more than once in the optimizer "
+                           "(updated and decayed twice per step)", "make sure every tensor is in exactly one group; "
+                           "decaykit.param_groups never repeats a tensor", tuple(held.duplicates)))
+    if held.foreign:
+        out.append(Finding("warning", "not-in-model", f"{len(held.foreign)} optimizer tensors are not parameters of this model",
+                           "pass the model the optimizer was built for", tuple(held.foreign)))
+    return out
+
+
+def _convention_findings(opt_name: str, decoupled: bool, groups: list[_Group]) -> list[Finding]:
+    """Coupled L2 in front of an adaptive denominator: the decay that is almost never meant."""
+    base = opt_name.split(" ")[0]
+    if base in COUPLED_ADAPTIVE and not decoupled and any(g.weight_decay > 0 for g in groups):
+        return [Finding(
+            "warning", "coupled-adaptive",
+            f"{base} with weight_decay > 0 adds λθ to the gradient (coupled L2), which the adaptive denominator "
+            "rescales, so coordinates with large gradients are barely decayed; this is almost never what is meant",
+            "use torch.optim.AdamW (decoupled decay), or Adam(..., decoupled_weight_decay=True), or decaykit.WeightDecay")]
+    return []
 
 
 def _wrongly_decayed(expected: Plan, actual: Mapping[int, float], findings: list[Finding], opt_name: str) -> None:
