@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from decaykit._render import print_json
-from decaykit.cli.common import add_policy_arguments, policy_options
+from decaykit.cli.common import add_policy_arguments, policy_from_args
 from decaykit.optimizers import by_cli_name, cli_choices
 
 __all__ = ["OPTIMIZERS", "register", "run"]
@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from decaykit.models import DEMO_MODELS
     from decaykit.policy.plan import param_groups
 
+    policy = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
-    options = policy_options(args)
-    policy = options.pop("policy")
     if args.checkpoint:
         try:
             state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -70,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         lam = 0.05 if args.weight_decay is None else args.weight_decay
         cls = getattr(torch.optim, OPTIMIZERS[args.optimizer])
-        params = model.parameters() if args.groups == "plain" else param_groups(model, lam, policy=policy, **options)
+        params = model.parameters() if args.groups == "plain" else param_groups(model, lam, policy=policy)
         optimizer = cls(params, lr=args.lr, weight_decay=lam)
-    report = audit(model, optimizer, weight_decay=args.weight_decay, policy=policy, measure=args.measure, **options)
+    report = audit(model, optimizer, weight_decay=args.weight_decay, policy=policy, measure=args.measure)
     if args.json:
         print_json(report.to_dict())
     else:

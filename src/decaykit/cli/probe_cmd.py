@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from decaykit._render import print_json
-from decaykit.cli.common import add_policy_arguments, policy_options
+from decaykit.cli.common import add_policy_arguments, policy_from_args
 from decaykit.optimizers import by_cli_name, cli_choices
 
 __all__ = ["OPTIMIZERS", "register", "run"]
@@ -60,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
     weight_decay = check_number(args.weight_decay, "--weight-decay")
     if args.state_steps < 0:
         raise DecayError(f"--state-steps must be >= 0, got {args.state_steps}")
+    policy = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
-    options = policy_options(args)
     if args.no_policy:
         params: Any = [p for p in model.parameters() if p.requires_grad]
     else:
-        params = param_groups(model, weight_decay, **options)
+        params = param_groups(model, weight_decay, policy=policy)
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
     if args.momentum is not None:
         if args.optimizer not in ("sgd", "rmsprop"):
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     # check against a plan made with the same options, so --no-policy shows what the policy would exclude
     from decaykit.policy.plan import plan
 
-    intent = plan(model, weight_decay, **options) if weight_decay > 0 else None
+    intent = plan(model, weight_decay, policy=policy) if weight_decay > 0 else None
     report = probe(optimizer, model=model, policy=intent, frozen=args.frozen)
     if args.json:
         print_json({"model": args.model, "optimizer": args.optimizer, "mode": args.mode, "lr": lr,
