@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from decaykit._dtensor import is_sharded
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.options import OPTIONS, Policy
 from decaykit.policy.plan import Plan, plan
@@ -100,15 +101,11 @@ def _builds_own_groups(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
 def _split_by_mesh(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Give each device mesh its own copy of a group, as the Trainer does: a fused or foreach
     kernel cannot span DTensors of different meshes (FSDP2 on a 2-D mesh, expert parallelism)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return groups
     out = []
     for group in groups:
         by_mesh: dict[Any, dict[str, Any]] = {}
         for p, name in zip(group["params"], group["param_names"]):
-            mesh = p.device_mesh if isinstance(p, DTensor) else None
+            mesh = p.device_mesh if is_sharded(p) else None
             part = by_mesh.setdefault(mesh, {**group, "params": [], "param_names": []})
             part["params"].append(p)
             part["param_names"].append(name)
