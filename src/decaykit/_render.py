@@ -8,7 +8,23 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["format_table", "print_json", "to_jsonable"]
+__all__ = ["Report", "format_table", "print_json", "to_jsonable"]
+
+
+class Report:
+    """What every result decaykit prints is: plain text, a JSON-able dict, and strict JSON.
+
+    ``str(report)`` is what the command line prints (tables by :func:`format_table`);
+    ``report.to_dict()`` is what ``--json`` prints; ``report.to_json()`` is that dict as strict JSON
+    (tensors as lists, non-finite floats as null). Plan, AuditReport, ProbeReport, VerifyReport,
+    Timescale and SweepResult all render this way.
+    """
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - every report overrides it
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return json.dumps(to_jsonable(self.to_dict()), indent=2, allow_nan=False)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str | None = None) -> str:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from decaykit import optimizers
+from decaykit._render import Report
 from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
 from decaykit.policy.plan import Decision, Plan, collect_params, plan
@@ -61,7 +62,7 @@ class Finding:
 
 
 @dataclass
-class AuditReport:
+class AuditReport(Report):
     findings: list[Finding]
     optimizer: str
     policy: str

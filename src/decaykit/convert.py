@@ -32,6 +32,7 @@ from typing import Any
 from torch import Tensor
 
 from decaykit import optimizers
+from decaykit._render import Report
 from decaykit._validate import check_number, check_rates
 from decaykit.errors import DecayError
 
@@ -182,7 +183,7 @@ def convert(
 
 
 @dataclass(frozen=True)
-class Timescale:
+class Timescale(Report):
     """The EMA timescale of decoupled weight decay: θ averages roughly the last τ updates.
 
     ``iterations`` = 1/(η·λ) steps; ``epochs`` = B/(η·λ·N) when ``dataset_size`` N and
@@ -195,6 +196,10 @@ class Timescale:
     weight_decay: float
     dataset_size: int | None = None
     batch_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"iterations": self.iterations, "epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
+                "dataset_size": self.dataset_size, "batch_size": self.batch_size}
 
     def __str__(self) -> str:
         if math.isinf(self.iterations):

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from decaykit import optimizers
+from decaykit._render import Report
 from decaykit._validate import check_number
 from decaykit.errors import DecayError
 
@@ -137,7 +138,7 @@ class OptimizerCheck:
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(Report):
     """The experiment's inputs, one :class:`OptimizerCheck` per optimizer, and the seed comparison."""
 
     seed: int

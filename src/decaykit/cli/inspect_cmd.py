@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     if other is None:
-        rows = [[d.name, _shape(d.shape), d.numel, d.module_type, "yes" if d.decay else ("frozen" if not d.trainable else "no"),
-                 d.weight_decay, round(d.lr_scale, 6), d.reason] for d in decided]
-        print(format_table(["name", "shape", "numel", "module", "decay", "weight_decay", "lr_scale", "reason"], rows,
-                           align="llrllrrl"))
+        print(decided)
     else:
         diff = _diff_rows(decided, other)
         print(f"{len(diff)} of {len(decided)} tensors are decided differently by {decided.policy!r} and {other.policy!r}")
@@ -65,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
                      r["b"]["weight_decay"], r["b"]["reason"]] for r in diff]
             print(format_table(["name", "shape", "module", f"wd {decided.policy}", "why",
                                 f"wd {other.policy}", "why"], rows, align="lllrlrl"))
-    print()
-    _print_summary(decided, args, timescale)
+        print()
+        print(decided.summary_text())
+    if timescale is not None:
+        print(f"timescale: {timescale}")
     return 0
 
 
@@ -90,23 +89,3 @@ def _timescale(args: argparse.Namespace) -> Any:
     from decaykit.convert import timescale
 
     return timescale(args.lr, args.weight_decay, dataset_size=args.dataset_size, batch_size=args.batch_size)
-
-
-def _print_summary(decided: Any, args: argparse.Namespace, timescale: Any) -> None:
-    rows = []
-    for row in decided.summary():
-        if row.get("frozen"):
-            rows.append(["frozen", "-", "-", row["tensors"], row["parameters"]])
-        else:
-            rows.append(["decay" if row["weight_decay"] > 0 else "no decay", row["weight_decay"],
-                         round(row["lr_scale"], 6), row["tensors"], row["parameters"]])
-    total = sum(d.numel for d in decided)
-    print(f"summary: policy {decided.policy!r}, weight_decay {decided.weight_decay:g}, "
-          f"{len(decided)} tensors, {total:,} parameters")
-    print(format_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], rows, align="lrrrr"))
-    decayed = sum(d.numel for d in decided.trainable if d.decay)
-    print(f"decayed: {decayed:,} of {total:,} parameters ({100 * decayed / max(total, 1):.1f}%)")
-    for conflict in decided.conflicts:
-        print(f"conflict: {conflict}")
-    if timescale is not None:
-        print(f"timescale: {timescale}")

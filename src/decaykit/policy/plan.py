@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from decaykit._render import Report, format_table
 from decaykit._validate import check_number
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.collect import check_model, collect_params
@@ -41,8 +42,12 @@ __all__ = ["Conflict", "Decision", "Plan", "collect_params", "param_groups", "pl
 
 
 @dataclass
-class Plan:
-    """Per-parameter decisions for one model, and the optimizer groups made from them."""
+class Plan(Report):
+    """Per-parameter decisions for one model, and the optimizer groups made from them.
+
+    ``str(plan)`` is what ``decaykit inspect`` prints: every tensor with its decision and reason,
+    then one row per group.
+    """
 
     decisions: list[Decision]
     weight_decay: float
@@ -98,6 +103,28 @@ class Plan:
             "conflicts": [str(c) for c in self.conflicts],
             "unmatched": list(self.unmatched),
         }
+
+    def __str__(self) -> str:
+        rows = [[d.name, str(tuple(d.shape)), d.numel, d.module_type,
+                 "yes" if d.decay else ("frozen" if not d.trainable else "no"), d.weight_decay, round(d.lr_scale, 6),
+                 d.reason] for d in self.decisions]
+        table = format_table(["name", "shape", "numel", "module", "decay", "weight_decay", "lr_scale", "reason"],
+                             rows, align="llrllrrl")
+        return f"{table}\n\n{self.summary_text()}"
+
+    def summary_text(self) -> str:
+        """The per-group summary: how many tensors and parameters decay, with which λ and LR scale."""
+        rows = [["frozen", "-", "-", r["tensors"], r["parameters"]] if r.get("frozen") else
+                ["decay" if r["weight_decay"] > 0 else "no decay", r["weight_decay"], round(r["lr_scale"], 6),
+                 r["tensors"], r["parameters"]] for r in self.summary()]
+        total = sum(d.numel for d in self.decisions)
+        decayed = sum(d.numel for d in self.trainable if d.decay)
+        lines = [f"summary: policy {self.policy!r}, weight_decay {self.weight_decay:g}, "
+                 f"{len(self.decisions)} tensors, {total:,} parameters",
+                 format_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], rows, align="lrrrr"),
+                 f"decayed: {decayed:,} of {total:,} parameters ({100 * decayed / max(total, 1):.1f}%)"]
+        lines += [f"conflict: {conflict}" for conflict in self.conflicts]
+        return "\n".join(lines)
 
 
 def plan(

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from decaykit._dtensor import is_sharded, local_shard
-from decaykit._render import format_table
+from decaykit._render import Report, format_table
 from decaykit.errors import DecayError
 from decaykit.policy.names import canonical_name
 from decaykit.policy.options import Policy
@@ -101,7 +101,7 @@ class ProbeEntry:
 
 
 @dataclass
-class ProbeReport:
+class ProbeReport(Report):
     """Per-tensor measurements, notes that apply to all of them, and what the probe cost."""
 
     optimizer: str
