@@ -77,13 +77,9 @@ class ReferenceWeightDecay:
             ``max_lr``, else ``initial_lr``, else ``lr`` when the reference is built (as the engine).
     """
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        mode: str = "lr_coupled",
-        schedule: Schedule | Callable[[int], float] | None = None,
-        max_lr: float | Sequence[float] | None = None,
-    ) -> None:
+    def __init__(self, optimizer: Optimizer, mode: str = "lr_coupled",
+                 schedule: Schedule | Callable[[int], float] | None = None,
+                 max_lr: float | Sequence[float] | None = None) -> None:
         if mode not in MODES:
             raise DecayError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         groups = optimizer.param_groups
