@@ -105,11 +105,11 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
     """Milliseconds per batched training step: forward + backward as the sweep runs it (written out) and
     through autograd; the engine's optimizer step, the fused AdamW kernels inside it, and AdamW's foreach step."""
     from decaykit.sweeps.batched import StackedMembers
-    from decaykit.sweeps.trainer import TrainSettings, autograd_step, seeded_model
+    from decaykit.sweeps.settings import Training
+    from decaykit.sweeps.trainer import autograd_step, seeded_model
 
-    settings = TrainSettings(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
-                             policy="decaykit", loss="cross_entropy", kind="classification", dtype=torch.float32,
-                             device=torch.device("cpu"))  # fmt: skip
+    settings = Training(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
+                        policy="decaykit", loss="cross_entropy", dtype=torch.float32, device=torch.device("cpu"))  # fmt: skip
     keys = [(wd, s) for wd in LAMBDAS for s in SEEDS]
     members = StackedMembers([seeded_model(digits_mlp, s, torch.float32, torch.device("cpu")) for _, s in keys],
                              [wd for wd, _ in keys], settings)  # fmt: skip

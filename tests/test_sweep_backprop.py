@@ -12,15 +12,14 @@ from torch import nn
 from decaykit import sweep
 from decaykit.sweeps.backprop import LinearChain, chain_supported
 from decaykit.sweeps.batched import StackedMembers, layer_plan
-from decaykit.sweeps.trainer import TrainSettings
+from decaykit.sweeps.settings import Training
 
 K = 3
 
 
-def settings(loss, dtype=torch.float32) -> TrainSettings:
-    return TrainSettings(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=8, mode="lr_coupled",
-                         policy="decaykit", loss=loss, kind="classification" if loss == "cross_entropy" else "regression",
-                         dtype=dtype, device=torch.device("cpu"))  # fmt: skip
+def settings(loss, dtype=torch.float32) -> Training:
+    return Training(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=8, mode="lr_coupled",
+                    policy="decaykit", loss=loss, dtype=dtype, device=torch.device("cpu"))  # fmt: skip
 
 
 def members_of(factory, loss, dtype=torch.float32):

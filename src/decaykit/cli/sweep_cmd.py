@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from decaykit._render import print_json
 from decaykit.cli.common import add_policy_arguments, policy_options
 
-__all__ = ["register", "run"]
+if TYPE_CHECKING:
+    from decaykit.sweeps.settings import Execution, Training, Trials
+    from decaykit.sweeps.tasks import Task
+
+__all__ = ["register", "run", "settings_from_args", "task_from_args"]
 
 DEFAULT_OUT = "decaykit-sweep"
 
@@ -32,6 +36,7 @@ machines with one --storage and they share the work."""
 
 
 def register(sub: Any) -> None:
+    from decaykit.sweeps.settings import Execution, Trials
     from decaykit.sweeps.tasks import TASK_NAMES
 
     parser = sub.add_parser(
@@ -57,8 +62,8 @@ def register(sub: Any) -> None:
                       help="comma-separated λ values, e.g. 0,0.01,0.1,1,10 (default: the task's grid)")
     grid.add_argument("--search", metavar="LOW:HIGH",
                       help="search a log range instead of a grid: rounds of log-spaced λ zooming in on the best")
-    grid.add_argument("--rounds", type=int, default=3, help="search rounds (default 3)")
-    grid.add_argument("--points", type=int, default=8, help="λ values per search round (default 8)")
+    grid.add_argument("--rounds", type=int, default=None, help=f"search rounds (default {Trials.rounds})")
+    grid.add_argument("--points", type=int, default=None, help=f"λ values per search round (default {Trials.points})")
     grid.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds per λ (default: the task's)")
     training = parser.add_argument_group("how to train")
     training.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=None)
@@ -83,8 +88,8 @@ def register(sub: Any) -> None:
     how.add_argument("--stacked", action="store_true",
                      help="always stack (an error if the model cannot be); default: stack when the model allows it "
                           "and, for models outside the Linear-chain fast path, when a timing trial says it is faster")
-    running.add_argument("--chunk-size", type=int, default=16, metavar="K",
-                         help="trials trained together as one stacked model (default 16)")
+    running.add_argument("--chunk-size", type=int, default=None, metavar="K",
+                         help=f"trials trained together as one stacked model (default {Execution.chunk_size})")
     running.add_argument("--no-wait", action="store_true",
                          help="report as soon as this worker has nothing left, without waiting for other workers")
     running.add_argument("--json", action="store_true", help='print one JSON object {"results": [...], "best": {...}, ...}')
@@ -93,46 +98,56 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decaykit.sweeps import sweep
-    from decaykit.sweeps.grid import parse_range, parse_weight_decays
+    from decaykit.sweeps import run_sweep
 
-    task = args.task
-    if args.model is None and args.data is None:
-        task = task or "digits-noisy-labels"
-    options = {"train_size": args.train_size, "data_seed": args.data_seed}
-    if args.label_noise is not None:
-        options["label_noise"] = args.label_noise
-    task_options = {k: v for k, v in options.items() if v is not None} or None
-    out = args.out or os.path.join(DEFAULT_OUT, task or "custom")
-    storage: Any = "memory" if args.no_store else args.storage
-    result = sweep(
-        args.model,
-        args.data,
-        task=task,
-        task_options=task_options,
-        weight_decays=parse_weight_decays(args.weight_decays) if args.weight_decays else None,
-        seeds=args.seeds,
-        search=parse_range(args.search) if args.search else None,
-        rounds=args.rounds,
-        points=args.points,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        mode=args.mode,
-        policy=policy_options(args),
-        metric=args.metric,
-        batched=False if args.one_by_one else (True if args.stacked else "auto"),
-        chunk_size=args.chunk_size,
-        storage=storage,
-        out=out,
-        plots=not args.no_plots,
-        wait=not args.no_wait,
-        progress="off" if args.quiet else "auto",
-    )
+    trials, training, execution = settings_from_args(args)
+    result = run_sweep(task_from_args(args), trials, training, execution)
     if args.json:
         print_json(result.to_dict())
     else:
         print(result)
     return 0
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[Trials, Training, Execution]:
+    """The sweep's settings values from the parsed flags, the same values ``decaykit.sweep`` builds.
+
+    A flag whose name is a field's (``--lr``, ``--chunk-size``) fills that field (``from_options``);
+    the flags that differ from their field are translated here.
+    """
+    from decaykit.sweeps.grid import parse_range, parse_weight_decays
+    from decaykit.sweeps.settings import Execution, Training, Trials
+
+    options = vars(args)
+    trials = Trials.from_options(
+        options,
+        weight_decays=parse_weight_decays(args.weight_decays) if args.weight_decays else None,
+        search=parse_range(args.search) if args.search else None,
+    )
+    training = Training.from_options(options, policy=policy_options(args))
+    execution = Execution.from_options(
+        options,
+        batched=False if args.one_by_one else (True if args.stacked else "auto"),
+        storage="memory" if args.no_store else args.storage,
+        out=args.out or os.path.join(DEFAULT_OUT, _task_name(args)),
+        plots=not args.no_plots,
+        wait=not args.no_wait,
+        progress="off" if args.quiet else "auto",
+    )
+    return trials, training, execution
+
+
+def task_from_args(args: argparse.Namespace) -> Task:
+    """The built-in task with its options, or the task around ``--model`` and ``--data``."""
+    from decaykit.sweeps.tasks import resolve_task
+
+    options = {"train_size": args.train_size, "data_seed": args.data_seed, "label_noise": args.label_noise}
+    return resolve_task(args.model, args.data, args.task, {k: v for k, v in options.items() if v is not None} or None)
+
+
+def _task_name(args: argparse.Namespace) -> str:
+    from decaykit.sweeps.tasks import DEFAULT_TASK
+
+    if args.model is None and args.data is None:
+        return args.task or DEFAULT_TASK
+    return args.task or "custom"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,10 @@ from decaykit.policy.names import canonical_name
 from decaykit.sweeps.backprop import LinearChain, chain_supported
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import build_optimizer, decay_plan
-from decaykit.sweeps.trainer import TrainSettings, autograd_step, decayed_names, seeded_model
+from decaykit.sweeps.trainer import autograd_step, decayed_names, seeded_model
+
+if TYPE_CHECKING:
+    from decaykit.sweeps.settings import Training
 
 __all__ = ["NotBatchable", "StackedMembers", "check_batchable", "layer_plan", "stack_path", "stacking_pays"]
 
@@ -133,7 +136,7 @@ class StackedMembers:
 
     batched = True
 
-    def __init__(self, models: Sequence[nn.Module], weight_decays: Sequence[float], settings: TrainSettings) -> None:
+    def __init__(self, models: Sequence[nn.Module], weight_decays: Sequence[float], training: Training) -> None:
         if len(models) != len(weight_decays) or not models:
             raise ValueError("one weight decay per model, at least one model")
         self.size = len(models)
@@ -156,17 +159,17 @@ class StackedMembers:
                 name: torch.stack([mb[name] for mb in member_buffers]) for name, _ in base.named_buffers()
             }
         trainable = {canonical_name(n): self.params[n] for n in names if self.params[n].requires_grad}
-        plans = [decay_plan(m, wd, settings.policy) for m, wd in zip(models, weight_decays)]
+        plans = [decay_plan(m, wd, training.policy) for m, wd in zip(models, weight_decays)]
         self.optimizer = build_optimizer(
-            trainable, plans, optimizer=settings.optimizer, lr=settings.lr, momentum=settings.momentum, mode=settings.mode
+            trainable, plans, optimizer=training.optimizer, lr=training.lr, momentum=training.momentum, mode=training.mode
         )
-        decayed = decayed_names(base, settings.policy)
+        decayed = decayed_names(base, training.policy)
         self._decayed = [t for n, t in trainable.items() if n in decayed]
         self._vmapped: dict[bool, Callable[..., Tensor]] = {}
-        self.loss = settings.loss
+        self.loss = training.loss
         # the layers path's backward written out (backprop.py) where its activations allow, else autograd
         self._chain = (
-            LinearChain(self._steps, self.params, settings.loss)
+            LinearChain(self._steps, self.params, training.loss)
             if self._steps is not None and chain_supported(self._steps, self.params)
             else None
         )
@@ -225,14 +228,14 @@ class StackedMembers:
         return model
 
 
-def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, settings: TrainSettings) -> str | None:
+def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, training: Training) -> str | None:
     """None if the model trains correctly as a stack, else the reason it does not (for the sweep's note).
 
     Two throwaway members (seeds 0 and 1) take one stacked training step's forward and backward
     on two samples each; their outputs, in training and in evaluation mode, must match each
     member's own forward. Any error from vmap or from the model counts as "cannot batch".
     """
-    models = [seeded_model(model_fn, s, settings.dtype, settings.device) for s in (0, 1)]
+    models = [seeded_model(model_fn, s, training.dtype, training.device) for s in (0, 1)]
     for module in models[0].modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             return (
@@ -240,9 +243,9 @@ def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, settings
                 "which stacked members cannot share"
             )
     twins = [copy.deepcopy(m) for m in models]
-    x = data.x_train[:2].to(device=settings.device, dtype=settings.dtype)
+    x = data.x_train[:2].to(device=training.device, dtype=training.dtype)
     try:
-        stack = StackedMembers(models, [0.0, 0.0], settings)
+        stack = StackedMembers(models, [0.0, 0.0], training)
         batched_train = stack.train_forward(x.unsqueeze(0).expand(2, *x.shape).contiguous())
         batched_train.float().sum().backward()
         batched_eval = stack.eval_forward(x)
@@ -271,7 +274,7 @@ def stack_path(model: nn.Module) -> str:
 
 
 def stacking_pays(
-    model_fn: Callable[[], nn.Module], data: SweepData, settings: TrainSettings, members: int, reps: int = 5
+    model_fn: Callable[[], nn.Module], data: SweepData, training: Training, members: int, reps: int = 5
 ) -> tuple[bool, str]:
     """Time training steps of ``members`` stacked models against the same steps one model at a time.
 
@@ -284,19 +287,18 @@ def stacking_pays(
     from decaykit.sweeps.metrics import member_losses
     from decaykit.sweeps.trainer import SingleMember
 
-    n = data.train_size
-    batch = n if settings.batch_size is None else min(settings.batch_size, n)
+    batch = training.batch_for(data.train_size)
     x, y = data.x_train[:batch], data.y_train[:batch]
     decays = [1e-4 * k for k in range(members)]  # distinct: the per-member decay path, as in a sweep
-    stack = StackedMembers([seeded_model(model_fn, k, settings.dtype, settings.device) for k in range(members)],
-                           decays, settings)  # fmt: skip
-    single = SingleMember(seeded_model(model_fn, 0, settings.dtype, settings.device), decays[-1], settings)
+    stack = StackedMembers([seeded_model(model_fn, k, training.dtype, training.device) for k in range(members)],
+                           decays, training)  # fmt: skip
+    single = SingleMember(seeded_model(model_fn, 0, training.dtype, training.device), decays[-1], training)
     xs, ys = x.unsqueeze(0).expand(members, *x.shape).contiguous(), y.unsqueeze(0).expand(members, *y.shape)
 
     def step(m: Any, xb: Tensor, yb: Tensor) -> float:
         start = time.perf_counter()
         m.optimizer.zero_grad(set_to_none=True)
-        member_losses(settings.loss, m.train_forward(xb), yb).sum().backward()
+        member_losses(training.loss, m.train_forward(xb), yb).sum().backward()
         m.optimizer.step()
         return time.perf_counter() - start
 

@@ -1,79 +1,44 @@
 """Checks a sweep makes before it trains anything, so bad input fails fast with one clear line.
 
-Settings, the λ grid against the decay mode, the data factory, the model against the data
-(shapes, classes, targets), the objective; plus the thread count that suits the step size.
+The λ grid against the decay mode, the data factory, the model against the data (shapes,
+classes, targets), the objective; plus the thread count that suits the step size. Each
+setting on its own is checked where it is made (``settings.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from decaykit._validate import check_int, check_number
 from decaykit.errors import DecayError
 from decaykit.sweeps.data import SweepData, resolve_data
 from decaykit.sweeps.optim import decay_plan
-from decaykit.sweeps.tasks import DEFAULT_TASK, Task, builtin_task, task_from_user
-from decaykit.sweeps.trainer import TrainSettings, seeded_model
+from decaykit.sweeps.settings import Training
+from decaykit.sweeps.tasks import Task
+from decaykit.sweeps.trainer import seeded_model
 
-__all__ = [
-    "check_model",
-    "check_objective",
-    "check_settings",
-    "check_shrink",
-    "load_data",
-    "resolve_task",
-    "threads_for",
-]
+__all__ = ["check_model", "check_objective", "check_shrink", "load_data", "threads_for"]
 
 
-def resolve_task(
-    model: Any, data: Any, task: str | None, options: Mapping[str, Any] | None, loss: Any
-) -> Task:
-    if model is None and data is None:
-        return builtin_task(task or DEFAULT_TASK, **dict(options or {}))
-    if task is not None:
-        raise DecayError(f"give either a built-in task ({task!r}) or your own model and data, not both")
-    if options:
-        raise DecayError("task_options apply to built-in tasks only")
-    return task_from_user(model, data, loss=loss if loss is not None else "auto")
-
-
-def check_settings(task: Task, chunk_size: int, curve_points: int, rounds: int, points: int) -> None:
-    check_number(task.lr, "lr", allow_zero=False)
-    check_int(task.epochs, "epochs", minimum=1)
-    check_int(chunk_size, "chunk_size", minimum=1)
-    check_int(curve_points, "curve_points", minimum=1)
-    check_int(rounds, "rounds", minimum=1)
-    check_int(points, "points", minimum=1)
-    if not 0.0 <= float(task.momentum) < 1.0:
-        raise DecayError(f"momentum must be in [0, 1), got {task.momentum}")
-    try:
-        from decaykit.engine.modes import MODES
-    except ImportError:  # the engine validates the mode itself
-        return
-    if task.mode not in MODES:
-        raise DecayError(f"mode must be one of {', '.join(MODES)}, got {task.mode!r}")
-
-
-def check_shrink(task: Task, weight_decays: Sequence[float]) -> None:
+def check_shrink(training: Training, weight_decays: Sequence[float]) -> None:
     """Refuse λ whose decoupled shrink θ ← θ(1 − r) has r > 1 (it flips every weight's sign each step)."""
-    if task.mode == "coupled_l2":
+    mode, lr = training.mode, float(training.lr or 0.0)
+    if mode == "coupled_l2":
         return
-    per_lambda = 1.0 if task.mode == "lr_independent" else task.lr  # r = λ·η/η_max or λ·η (constant LR)
+    per_lambda = 1.0 if mode == "lr_independent" else lr  # r = λ·η/η_max or λ·η (constant LR)
     bad = [wd for wd in weight_decays if wd * per_lambda > 1]
     if bad:
-        formula = "λ" if task.mode == "lr_independent" else f"lr·λ = {task.lr:g}·λ"
+        formula = "λ" if mode == "lr_independent" else f"lr·λ = {lr:g}·λ"
         raise DecayError(
-            f"weight decay {', '.join(f'{wd:g}' for wd in bad)} with mode {task.mode!r} shrinks the weights by "
+            f"weight decay {', '.join(f'{wd:g}' for wd in bad)} with mode {mode!r} shrinks the weights by "
             f"r = {formula} > 1 per step, which flips every weight's sign; drop those λ or lower the LR"
         )
 
 
-def load_data(task: Task, device: torch.device) -> SweepData:
+def load_data(task: Task, training: Training) -> SweepData:
+    """The task's data, checked, with floating tensors in ``training.dtype`` on ``training.device``."""
     try:
         raw = task.data_fn()
     except DecayError:
@@ -81,7 +46,7 @@ def load_data(task: Task, device: torch.device) -> SweepData:
     except Exception as exc:
         raise DecayError(f"the data factory of task {task.name!r} failed: {type(exc).__name__}: {exc}") from exc
     data = resolve_data(raw, source="data" if task.name == "custom" else task.name)
-    floating = task.dtype
+    device, floating = training.device, training.dtype
 
     def move(t: Tensor) -> Tensor:
         return t.to(device=device, dtype=floating if t.dtype.is_floating_point else t.dtype)
@@ -102,24 +67,23 @@ def load_data(task: Task, device: torch.device) -> SweepData:
 _SMALL_STEP_FLOPS = 1e7
 
 
-def threads_for(model: torch.nn.Module, data: SweepData, settings: TrainSettings, members: int) -> int:
+def threads_for(model: torch.nn.Module, data: SweepData, training: Training, members: int) -> int:
     params = sum(p.numel() for p in model.parameters())
-    batch = data.train_size if settings.batch_size is None else min(settings.batch_size, data.train_size)
-    flops = 6.0 * params * batch * members  # forward + backward of a dense model, per step
-    return 1 if flops < _SMALL_STEP_FLOPS or settings.device.type != "cpu" else torch.get_num_threads()
+    flops = 6.0 * params * training.batch_for(data.train_size) * members  # forward + backward of a dense model, per step
+    return 1 if flops < _SMALL_STEP_FLOPS or training.device.type != "cpu" else torch.get_num_threads()
 
 
-def check_model(task: Task, data: SweepData, settings: TrainSettings) -> torch.nn.Module:
+def check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:
     """Build the seed-0 model and push two samples through it: shapes and targets must fit the loss."""
     try:
-        model = seeded_model(task.model_fn, 0, settings.dtype, settings.device)
+        model = seeded_model(task.model_fn, 0, training.dtype, training.device)
     except DecayError:
         raise
     except Exception as exc:
         raise DecayError(f"building the model failed: {type(exc).__name__}: {exc}") from exc
     if not any(p.requires_grad for p in model.parameters()):
         raise DecayError("the model has no trainable parameters: nothing to sweep")
-    decay_plan(model, 1.0, settings.policy)  # an unknown policy or a bad rule fails here, before any training
+    decay_plan(model, 1.0, training.policy)  # an unknown policy or a bad rule fails here, before any training
     x = data.x_train[:2]
     try:
         with torch.no_grad():
@@ -131,9 +95,9 @@ def check_model(task: Task, data: SweepData, settings: TrainSettings) -> torch.n
         ) from exc
     if not isinstance(out, Tensor):
         raise DecayError(f"the model must return a tensor, got {type(out).__name__}")
-    if callable(settings.loss):
+    if callable(training.loss):
         return model
-    if settings.kind == "classification":
+    if data.kind == "classification":
         if out.dim() != 2 or out.shape[0] != 2:
             raise DecayError(
                 f"for classification the model must return logits of shape (batch, classes); "
@@ -152,12 +116,13 @@ def check_model(task: Task, data: SweepData, settings: TrainSettings) -> torch.n
     return model
 
 
-def check_objective(objective: str, kind: str, settings: TrainSettings) -> None:
+def check_objective(training: Training, kind: str, task: Task) -> None:
+    """The objective ``training.metric`` must be one of the metrics a trial of ``task`` reports."""
     names = {"train_loss", "test_loss", "weight_norm", "gap"}
     if kind == "classification":
         names |= {"train_accuracy", "test_accuracy"}
-    names |= {f"{split}_{m}" for m in settings.metrics for split in ("train", "test")}
-    if settings.final_metrics is not None:
+    names |= {f"{split}_{m}" for m in training.metrics for split in ("train", "test")}
+    if task.final_metrics is not None:
         names |= {"closed_form_test_loss", "distance_to_closed_form"}
-    if objective not in names:
-        raise DecayError(f"metric={objective!r} is not measured; choose one of {', '.join(sorted(names))}")
+    if training.metric not in names:
+        raise DecayError(f"metric={training.metric!r} is not measured; choose one of {', '.join(sorted(names))}")

@@ -7,8 +7,8 @@ from typing import Any
 
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import describe_optimizer
+from decaykit.sweeps.settings import Training, Trials
 from decaykit.sweeps.tasks import Task
-from decaykit.sweeps.trainer import TrainSettings
 
 __all__ = ["header", "identity", "policy_text", "public_settings"]
 
@@ -28,86 +28,74 @@ def _qual(obj: Any) -> Any:
     return obj
 
 
-def identity(task: Task, settings: TrainSettings, objective: str) -> dict[str, Any]:
-    """Everything that changes a trial's numbers except (λ, seed): the store's study name hashes it."""
+def identity(task: Task, training: Training) -> dict[str, Any]:
+    """Everything that changes a trial's numbers except (λ, seed): the store's study name hashes it.
+
+    ``training`` is resolved (:meth:`Training.for_data`). The keys and values must not change from one
+    release to the next: a changed identity starts a new study, and a rerun could no longer resume.
+    """
     return {
         "task": task.identity,
-        "optimizer": _qual(settings.optimizer),
-        "lr": settings.lr,
-        "momentum": settings.momentum,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "mode": settings.mode,
-        "policy": policy_text(settings.policy),
-        "loss": _qual(settings.loss),
-        "dtype": str(settings.dtype),
-        "curve_points": settings.curve_points,
-        "metrics": sorted(settings.metrics),
-        "objective": objective,
+        "optimizer": _qual(training.optimizer),
+        "lr": training.lr,
+        "momentum": training.momentum,
+        "epochs": training.epochs,
+        "batch_size": training.batch_size or None,  # None: a full batch, as stores have always written it
+        "mode": training.mode,
+        "policy": policy_text(training.policy),
+        "loss": _qual(training.loss),
+        "dtype": str(training.dtype),
+        "curve_points": training.curve_points,
+        "metrics": sorted(training.metrics),
+        "objective": training.metric,
     }
 
 
-def public_settings(
-    task: Task,
-    settings: TrainSettings,
-    seeds: list[int],
-    wd_grid: list[float] | None,
-    search: tuple[float, float] | None,
-    objective: str,
-    policy: Any,
-) -> dict[str, Any]:
+def public_settings(task: Task, trials: Trials, training: Training) -> dict[str, Any]:
+    """The settings a result reports (``--json``'s ``settings``), from the resolved values."""
     return {
         "task": task.name,
         "model": task.model_description or task.identity,
-        "optimizer": _qual(settings.optimizer),
-        "lr": settings.lr,
-        "momentum": settings.momentum,
-        "mode": settings.mode,
-        "policy": policy_text(policy),
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "seeds": seeds,
-        "weight_decays": wd_grid,
-        "search": list(search) if search is not None else None,
-        "metric": objective,
-        "dtype": str(settings.dtype).replace("torch.", ""),
+        "optimizer": _qual(training.optimizer),
+        "lr": training.lr,
+        "momentum": training.momentum,
+        "mode": training.mode,
+        "policy": policy_text(training.policy),
+        "epochs": training.epochs,
+        "batch_size": training.batch_size or None,
+        "seeds": trials.seed_list,
+        "weight_decays": None if trials.weight_decays is None else list(trials.weight_decays),
+        "search": None if trials.search is None else list(trials.search),
+        "metric": training.metric,
+        "dtype": str(training.dtype).replace("torch.", ""),
     }
 
 
-def header(
-    task: Task,
-    data: SweepData,
-    settings: TrainSettings,
-    seeds: list[int],
-    search: tuple[float, float] | None,
-    rounds: int,
-    points: int,
-) -> list[str]:
-    batch = "full batch" if settings.batch_size is None else f"batch {settings.batch_size}"
+def header(task: Task, data: SweepData, trials: Trials, training: Training) -> list[str]:
+    """The report's first lines: the task, the data, the model and optimizer, the training, the table's legend."""
+    seeds, search = trials.seed_list, trials.search
+    batch = "full batch" if not training.batch_size else f"batch {training.batch_size}"
     if len(seeds) == 1:
         seed_text = f"seed {seeds[0]}"
     elif seeds == list(range(seeds[0], seeds[-1] + 1)):
         seed_text = f"seeds {seeds[0]}-{seeds[-1]}"
     else:
         seed_text = f"seeds {seeds}"
-    what = (
-        f"λ in [{search[0]:g}, {search[1]:g}]: {rounds} rounds of {points} log-spaced values zooming in on the best, "
-        "plus λ = 0"
-        if search is not None
-        else None
-    )
     lines = [
         f"decaykit sweep: {task.name}",
         f"data:   {data.description}",
         f"model:  {task.model_description or task.identity}; "
-        f"{describe_optimizer(settings.optimizer, settings.lr, settings.momentum, settings.mode)}; "
-        f"policy {policy_text(settings.policy)}",
-        f"train:  {settings.epochs} epochs, {batch}, {seed_text} (a seed fixes the initial weights and the "
+        f"{describe_optimizer(training.optimizer, training.lr, training.momentum, training.mode)}; "
+        f"policy {policy_text(training.policy)}",
+        f"train:  {training.epochs} epochs, {batch}, {seed_text} (a seed fixes the initial weights and the "
         "sample order)",
         ("table:  mean ± std over seeds; gap = " if len(seeds) > 1 else "table:  gap = ")
-        + ("train − test accuracy" if settings.kind == "classification" else "test − train loss")
+        + ("train − test accuracy" if data.kind == "classification" else "test − train loss")
         + "; ‖w‖ = L2 norm of the parameters that decay (the policy's choice)",
     ]
-    if what:
-        lines.append(f"search: {what}")
+    if search is not None:
+        lines.append(
+            f"search: λ in [{search[0]:g}, {search[1]:g}]: {trials.rounds} rounds of {trials.points} log-spaced "
+            "values zooming in on the best, plus λ = 0"
+        )
     return lines

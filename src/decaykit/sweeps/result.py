@@ -10,6 +10,9 @@ from decaykit.sweeps.report import format_report
 
 __all__ = ["SweepResult"]
 
+# the fields ``--json`` prints, in its order (the trials and the header stay out: the report's detail)
+_JSON_FIELDS: tuple[str, ...] = ("results", "best", "task", "settings", "notes", "files", "run")
+
 
 @dataclass
 class SweepResult:
@@ -38,15 +41,7 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON the CLI prints with ``--json``: results and best first, then the context."""
-        return {
-            "results": self.results,
-            "best": self.best,
-            "task": self.task,
-            "settings": self.settings,
-            "notes": self.notes,
-            "files": self.files,
-            "run": self.run,
-        }
+        return {name: getattr(self, name) for name in _JSON_FIELDS}
 
     def plot(self, out: str | os.PathLike[str]) -> dict[str, str]:
         """Write the PNG figures into ``out`` (needs matplotlib) and return their paths."""

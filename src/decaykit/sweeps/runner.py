@@ -5,6 +5,12 @@
 ...                         seeds=3, epochs=50)    # doctest: +SKIP
 >>> print(result); result.best["weight_decay"]     # doctest: +SKIP
 
+:func:`sweep` takes flat keyword arguments and builds three settings values from them
+(``settings.py``: :class:`Trials`, :class:`Training`, :class:`Execution`); :func:`run_sweep` takes
+the values and runs the phases, in order: prepare (``prepare.py``: settings resolved against the
+task, data loaded, model checked); open the store; decide whether to stack; train the trials; build
+the result.
+
 Work is split into fixed chunks of (λ, seed) trials, in grid order. Each chunk is claimed in
 the store, trained as one stacked model when the model allows it (``batched.py``) or one model
 after another (``trainer.py``), and each finished trial is written to the store at once. Run the
@@ -14,32 +20,33 @@ and only the trials not yet finished are trained.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from decaykit._validate import check_int
 from decaykit.errors import DecayError
 from decaykit.sweeps import checks, describe
-from decaykit.sweeps import grid as grids
 from decaykit.sweeps.batched import check_batchable, stack_path, stacking_pays
-from decaykit.sweeps.data import SweepData
-from decaykit.sweeps.metrics import resolve_loss
+from decaykit.sweeps.prepare import Prepared, prepare
 from decaykit.sweeps.progress import Progress
 from decaykit.sweeps.report import aggregate, choose_best
 from decaykit.sweeps.result import SweepResult
-from decaykit.sweeps.store import Store, open_store
-from decaykit.sweeps.tasks import Task, with_overrides
-from decaykit.sweeps.trainer import TrainSettings
+from decaykit.sweeps.settings import Execution, Training, Trials
+from decaykit.sweeps.store import Store, TrialKey, open_store
+from decaykit.sweeps.tasks import Task, resolve_task
 from decaykit.sweeps.worker import Worker
 
-__all__ = ["sweep"]
+__all__ = ["run_sweep", "sweep"]
+
+Callback = Callable[[dict[str, Any]], None]
+
 
 def sweep(
     model: Any = None,
@@ -63,7 +70,7 @@ def sweep(
     metrics: Mapping[str, Callable[[Tensor, Tensor], Any]] | None = None,
     metric: str | None = None,
     maximize: bool | None = None,
-    callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    callbacks: Sequence[Callback] = (),
     batched: bool | str = "auto",
     chunk_size: int = 16,
     storage: Any = None,
@@ -97,172 +104,147 @@ def sweep(
     ``metrics`` adds ``{name: fn(outputs, targets)}`` measured on train and test; ``metric``
     picks the objective (default ``test_accuracy``, or ``test_loss`` for regression);
     ``callbacks`` are called with each finished trial's record.
+
+    The arguments group into :class:`Trials` (what to try), :class:`Training` (how to train) and
+    :class:`Execution` (how to run), where each is documented; :func:`run_sweep` takes those values.
+    """
+    return run_sweep(
+        resolve_task(model, data, task, task_options),
+        Trials(weight_decays=weight_decays, seeds=seeds, search=search, rounds=rounds, points=points),
+        Training(
+            optimizer=optimizer, lr=lr, momentum=momentum, epochs=epochs, batch_size=batch_size, mode=mode,
+            policy=policy, loss=loss, metrics=metrics, metric=metric, maximize=maximize,
+            curve_points=curve_points, dtype=dtype, device=device,
+        ),
+        Execution(
+            batched=batched, chunk_size=chunk_size, storage=storage, out=out, study_name=study_name, plots=plots,
+            wait=wait, progress=progress,
+        ),
+        callbacks=callbacks,
+    )  # fmt: skip
+
+
+def run_sweep(
+    task: Task,
+    trials: Trials | None = None,
+    training: Training | None = None,
+    execution: Execution | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+) -> SweepResult:
+    """Sweep ``task`` over ``trials``, each trained per ``training``, run per ``execution``.
+
+    ``task``: a built-in one (:func:`decaykit.sweeps.tasks.builtin_task`) or your own model and data
+    (:func:`decaykit.sweeps.tasks.task_from_user`). Values left out take their defaults (the task's
+    grid, seeds and training settings; a memory store). ``callbacks`` are called with each finished
+    trial's record.
+
+    >>> run_sweep(builtin_task("ridge"), Trials(weight_decays=[0.1, 1]), Training(epochs=500))  # doctest: +SKIP
     """
     started = time.perf_counter()
-    the_task = checks.resolve_task(model, data, task, task_options, loss)
-    the_task = with_overrides(
-        the_task, optimizer=optimizer, lr=lr, momentum=momentum, epochs=epochs, mode=mode, dtype=dtype
-    )
-    if batch_size is not None:
-        the_task = with_overrides(the_task, batch_size=check_int(batch_size, "batch_size", minimum=0) or None)
-    checks.check_settings(the_task, chunk_size, curve_points, rounds, points)
-    seed_list = grids.check_seeds(the_task.seeds if seeds is None else seeds)
-    if search is not None:
-        low, high = grids.check_range(*search)
-        wd_grid: list[float] | None = None
-    else:
-        wd_grid = grids.check_weight_decays(the_task.weight_decays if weight_decays is None else weight_decays)
-    checks.check_shrink(the_task, wd_grid if wd_grid is not None else [high])
-    torch_device = torch.device(device)
-    the_data = checks.load_data(the_task, torch_device)
-    kind = the_data.kind
-    the_loss = resolve_loss(the_task.loss, kind)
-    objective = metric or ("test_accuracy" if kind == "classification" else "test_loss")
-    if maximize is None:
-        maximize = objective.endswith("accuracy")
-    settings = TrainSettings(
-        optimizer=the_task.optimizer,
-        lr=the_task.lr,
-        momentum=the_task.momentum,
-        epochs=the_task.epochs,
-        batch_size=the_task.batch_size,
-        mode=the_task.mode,
-        policy=policy,
-        loss=the_loss,
-        kind=kind,
-        dtype=the_task.dtype,
-        device=torch_device,
-        curve_points=curve_points,
-        metrics=dict(metrics or {}),
-        final_metrics=the_task.final_metrics,
-    )
-    probe_model = checks.check_model(the_task, the_data, settings)
-    checks.check_objective(objective, kind, settings)
+    execution = execution or Execution()
+    prepared = prepare(task, trials or Trials(), training or Training())
+    store, study = _open_store(prepared, execution)
+    try:
+        stacked, notes = _decide_stacking(prepared, execution, store)
+        worker = Worker(prepared, execution, store, stacked=stacked, callbacks=callbacks,
+                        progress=Progress(0, mode=execution.progress_mode()))  # fmt: skip
+        wanted = _train_trials(prepared, worker, _threads(prepared, execution, stacked))
+    finally:
+        store.close()
+    result = _build_result(prepared, execution, worker, wanted, notes, study, started)
+    if execution.plots_wanted and result.results:
+        result.plot(execution.out)
+    return result
 
-    config = describe.identity(the_task, settings, objective)
-    name = study_name or f"decaykit-sweep-{the_task.name}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]}"
-    store = open_store(storage, out, study_name=name, maximize=maximize, config=config)
 
-    notes: list[str] = []
-    members = min(chunk_size, len(wd_grid or [0.0] * (points + 1)) * len(seed_list))
-    if batched is False or batched == "off":
-        stackable = False
-        notes.append("trained one model at a time, as asked")
-    else:
-        reason = check_batchable(the_task.model_fn, the_data, settings)
-        stackable = reason is None
-        if reason is not None:
-            if batched is True:
-                raise DecayError(f"batched=True but the model cannot be trained as a stack: {reason}")
-            notes.append(f"trained one model at a time: {reason}")
-        elif batched == "auto" and members > 1 and stack_path(probe_model) == "vmap":
-            stackable, detail = _stacking_decision(store, the_task, the_data, settings, members)
-            if not stackable:
-                notes.append(f"trained one model at a time: stacking measured slower ({detail})")
-    if not stackable:
-        members = 1
-    threads = checks.threads_for(probe_model, the_data, settings, members)
-    bar = Progress(0, mode=_progress_mode(progress))
-    runner = Worker(the_task, the_data, settings, store, objective, stackable, chunk_size, wait, bar, callbacks)
+def _open_store(prepared: Prepared, execution: Execution) -> tuple[Store, str]:
+    """The store and the study's name: the given ``study_name``, or the task's name and a hash of the
+    sweep's identity (everything that changes a trial's numbers), so a rerun finds its finished trials."""
+    config = describe.identity(prepared.task, prepared.training)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    study = execution.study_name or f"decaykit-sweep-{prepared.task.name}-{digest}"
+    maximize = bool(prepared.training.maximize)
+    return open_store(execution.storage, execution.out, study_name=study, maximize=maximize, config=config), study
+
+
+def _decide_stacking(prepared: Prepared, execution: Execution, store: Store) -> tuple[bool, list[str]]:
+    """Whether to train chunks as stacked models, and the notes that say why not."""
+    if execution.stacking == "never":
+        return False, ["trained one model at a time, as asked"]
+    reason = check_batchable(prepared.task.model_fn, prepared.data, prepared.training)
+    if reason is not None:
+        if execution.stacking == "always":
+            raise DecayError(f"batched=True but the model cannot be trained as a stack: {reason}")
+        return False, [f"trained one model at a time: {reason}"]
+    members = _members(prepared, execution, stacked=True)
+    if execution.stacking == "auto" and members > 1 and stack_path(prepared.probe) == "vmap":
+        faster, detail = _stacking_decision(store, prepared, members)
+        if not faster:
+            return False, [f"trained one model at a time: stacking measured slower ({detail})"]
+    return True, []
+
+
+def _stacking_decision(store: Store, prepared: Prepared, members: int) -> tuple[bool, str]:
+    """Time stacked against one-by-one steps, once per study: a rerun or another worker reuses the
+    decision, so every trial of the sweep runs the same kernels (and a resumed report is identical)."""
+    known = store.recall("stacked")
+    if known is not None:
+        return bool(known["stacked"]), str(known["detail"])
+    faster, detail = stacking_pays(prepared.task.model_fn, prepared.data, prepared.training, members)
+    store.remember("stacked", {"stacked": faster, "detail": detail})
+    return faster, detail
+
+
+def _members(prepared: Prepared, execution: Execution, *, stacked: bool) -> int:
+    """Models trained together in the first round's chunks: 1 one by one."""
+    return min(execution.chunk_size, prepared.trials.first_round_size) if stacked else 1
+
+
+def _threads(prepared: Prepared, execution: Execution, stacked: bool) -> int:
+    members = _members(prepared, execution, stacked=stacked)
+    return checks.threads_for(prepared.probe, prepared.data, prepared.training, members)
+
+
+def _train_trials(prepared: Prepared, worker: Worker, threads: int) -> list[TrialKey]:
+    """Train every trial of every round (one round for a grid); returns the trials the sweep wanted."""
+    wanted: list[TrialKey] = []
+    training = prepared.training
+
+    def best_of(tried: Sequence[float]) -> float | None:
+        rows = aggregate([r for k, r in worker.records().items() if k[0] in set(tried)])
+        chosen = choose_best(rows, training.metric, bool(training.maximize))
+        return None if chosen is None else chosen["weight_decay"]
+
+    try:
+        with _cpu_settings(threads):
+            for keys in prepared.trials.trial_rounds(best_of):
+                wanted += keys
+                worker.run(keys)
+    except KeyboardInterrupt:
+        worker.bar.close()
+        print("decaykit sweep: interrupted; finished trials are kept in the store, run the same command "
+              "again to train only the rest", file=sys.stderr)  # fmt: skip
+        raise
+    finally:
+        worker.bar.close()
+    return wanted
+
+
+@contextlib.contextmanager
+def _cpu_settings(threads: int) -> Iterator[None]:
+    """At most ``threads`` threads and denormals flushed to zero while training; the caller's settings after."""
     was_flushing = _flushing_denormals()
     flush_denormal = torch.set_flush_denormal(True)  # huge λ fills weights with denormals that crawl on CPUs
     saved_threads = torch.get_num_threads()
     if threads < saved_threads:
         torch.set_num_threads(threads)
     try:
-        if wd_grid is not None:
-            wanted = [(wd, s) for wd in wd_grid for s in seed_list]
-            runner.run(wanted)
-        else:
-            wanted = []
-
-            def best_of(tried: Sequence[float]) -> float | None:
-                rows = aggregate([r for k, r in runner.records().items() if k[0] in set(tried)])
-                chosen = choose_best(rows, objective, maximize)
-                return None if chosen is None else chosen["weight_decay"]
-
-            for new in grids.search_rounds(low, high, points, rounds, best_of):
-                keys = [(wd, s) for wd in new for s in seed_list]
-                wanted += keys
-                runner.run(keys)
-    except KeyboardInterrupt:
-        bar.close()
-        print("decaykit sweep: interrupted; finished trials are kept in the store, run the same command "
-              "again to train only the rest", file=sys.stderr)  # fmt: skip
-        raise
+        yield
     finally:
         if flush_denormal and not was_flushing:
             torch.set_flush_denormal(False)  # as the caller had it
         torch.set_num_threads(saved_threads)
-        bar.close()
-        store.close()
-
-    records = runner.records()
-    trials = [records[k] for k in sorted(set(wanted)) if k in records]
-    missing = len(set(wanted)) - len(trials)
-    rows = aggregate(trials) if trials else []
-    best = choose_best(rows, objective, maximize) if rows else None
-    if runner.trained and stackable:
-        notes.insert(0, f"trained up to {chunk_size} trials at a time as one stacked model ({runner.path} path)")
-    reused = len(trials) - runner.trained
-    if reused > 0:
-        notes.append(f"{reused} of {len(trials)} trials were already in the store ({store.location}) and were reused")
-    if missing:
-        notes.append(f"{missing} trials are still running in other workers and are not in this report")
-    for r in rows:
-        if r["diverged"]:
-            notes.append(
-                f"λ = {r['weight_decay']:g}: {r['diverged']} of {r['seeds']} seeds diverged (non-finite loss); "
-                "left out of the means"
-            )
-    if the_task.notes is not None and rows:
-        notes.extend(the_task.notes(rows, the_data))
-
-    header = describe.header(the_task, the_data, settings, seed_list, search, rounds, points)
-    run = {
-        "seconds": round(time.perf_counter() - started, 3),
-        "trained": runner.trained,
-        "reused": reused,
-        "store": store.location,
-        "study": name,
-        "batched": stackable,
-        "path": (runner.path if stackable else "one-by-one") if runner.trained else None,
-    }
-    header.append(
-        f"run:    {runner.trained} trials trained in {run['seconds']:.1f} s"
-        + (f", {reused} reused from the store" if reused else "")
-        + f"; store: {store.location}"
-    )
-    result = SweepResult(
-        task=the_task.name,
-        results=rows,
-        best=best,
-        trials=trials,
-        header=header,
-        notes=notes,
-        settings=describe.public_settings(the_task, settings, seed_list, wd_grid, search, objective, policy),
-        run=run,
-    )
-    if plots is None:
-        plots = out is not None
-    if plots and rows:
-        if out is None:
-            raise DecayError("plots=True needs out=DIR to write the PNG files into")
-        result.plot(out)
-    return result
-
-
-def _stacking_decision(
-    store: Store, task: Task, data: SweepData, settings: TrainSettings, members: int
-) -> tuple[bool, str]:
-    """Time stacked against one-by-one steps, once per study: a rerun or another worker reuses the
-    decision, so every trial of the sweep runs the same kernels (and a resumed report is identical)."""
-    known = store.recall("stacked")
-    if known is not None:
-        return bool(known["stacked"]), str(known["detail"])
-    faster, detail = stacking_pays(task.model_fn, data, settings, members)
-    store.remember("stacked", {"stacked": faster, "detail": detail})
-    return faster, detail
 
 
 def _flushing_denormals() -> bool:
@@ -270,13 +252,74 @@ def _flushing_denormals() -> bool:
     return float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) == 0.0
 
 
-def _progress_mode(progress: str | bool) -> str:
-    if progress is True:
-        return "bar"
-    if progress is False or progress == "off":
-        return "off"
-    if progress == "auto":
-        return "bar" if sys.stderr.isatty() else "log"
-    if progress in ("bar", "log"):
-        return str(progress)
-    raise DecayError(f"progress must be 'auto', 'bar', 'log', 'off', True or False; got {progress!r}")
+def _build_result(
+    prepared: Prepared,
+    execution: Execution,
+    worker: Worker,
+    wanted: Sequence[TrialKey],
+    notes: list[str],
+    study: str,
+    started: float,
+) -> SweepResult:
+    """The table, the best λ, the notes and how the run went, from the store's finished trials."""
+    records = worker.records()
+    trials = [records[k] for k in sorted(set(wanted)) if k in records]
+    rows = aggregate(trials) if trials else []
+    training = prepared.training
+    best = choose_best(rows, training.metric, bool(training.maximize)) if rows else None
+    reused = len(trials) - worker.trained
+    run = {
+        "seconds": round(time.perf_counter() - started, 3),
+        "trained": worker.trained,
+        "reused": reused,
+        "store": worker.store.location,
+        "study": study,
+        "batched": worker.stacked,
+        "path": (worker.path if worker.stacked else "one-by-one") if worker.trained else None,
+    }
+    header = describe.header(prepared.task, prepared.data, prepared.trials, training)
+    header.append(
+        f"run:    {worker.trained} trials trained in {run['seconds']:.1f} s"
+        + (f", {reused} reused from the store" if reused else "")
+        + f"; store: {worker.store.location}"
+    )
+    return SweepResult(
+        task=prepared.task.name,
+        results=rows,
+        best=best,
+        trials=trials,
+        header=header,
+        notes=_notes(prepared, execution, worker, notes, len(set(wanted)), trials, rows),
+        settings=describe.public_settings(prepared.task, prepared.trials, training),
+        run=run,
+    )
+
+
+def _notes(
+    prepared: Prepared,
+    execution: Execution,
+    worker: Worker,
+    stacking: list[str],
+    wanted: int,
+    trials: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    """The notes under the report: how the trials ran, what was reused or missing, what diverged."""
+    notes = []
+    if worker.trained and worker.stacked:
+        notes.append(f"trained up to {execution.chunk_size} trials at a time as one stacked model ({worker.path} path)")
+    notes += stacking
+    reused = len(trials) - worker.trained
+    if reused > 0:
+        notes.append(f"{reused} of {len(trials)} trials were already in the store ({worker.store.location}) and were reused")
+    if wanted > len(trials):
+        notes.append(f"{wanted - len(trials)} trials are still running in other workers and are not in this report")
+    for r in rows:
+        if r["diverged"]:
+            notes.append(
+                f"λ = {r['weight_decay']:g}: {r['diverged']} of {r['seeds']} seeds diverged (non-finite loss); "
+                "left out of the means"
+            )
+    if prepared.task.notes is not None and rows:
+        notes.extend(prepared.task.notes(rows, prepared.data))
+    return notes

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -27,25 +27,13 @@ from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.metrics import evaluate, member_losses
 from decaykit.sweeps.optim import build_optimizer, decay_plan
 
-__all__ = ["Members", "SingleMember", "TrainSettings", "TrialOutcome", "build_member", "curve_epochs", "train"]
+if TYPE_CHECKING:
+    from decaykit.sweeps.settings import Training
 
+__all__ = ["FinalMetrics", "Members", "SingleMember", "TrialOutcome", "build_member", "curve_epochs", "train"]
 
-@dataclass(frozen=True)
-class TrainSettings:
-    optimizer: Any
-    lr: float
-    momentum: float
-    epochs: int
-    batch_size: int | None
-    mode: str
-    policy: Any  # a policy name or param_groups options
-    loss: Any
-    kind: str
-    dtype: torch.dtype
-    device: torch.device
-    curve_points: int = 25
-    metrics: Mapping[str, Callable[[Tensor, Tensor], Any]] = field(default_factory=dict)
-    final_metrics: Callable[[nn.Module, float, SweepData], dict[str, float]] | None = None
+# per-member extra metrics computed once at the end (a task's): (model, weight_decay, data) -> {name: value}
+FinalMetrics = Callable[[nn.Module, float, SweepData], dict[str, float]]
 
 
 @dataclass
@@ -62,16 +50,8 @@ class TrialOutcome:
     seconds: float
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "weight_decay": self.weight_decay,
-            "seed": self.seed,
-            "metrics": self.metrics,
-            "curves": self.curves,
-            "diverged": self.diverged,
-            "batched": self.batched,
-            "members": self.members,
-            "seconds": self.seconds,
-        }
+        """The record the store keeps and callbacks receive: the fields, in order, as a plain dict."""
+        return asdict(self)
 
 
 class Members(Protocol):
@@ -109,16 +89,16 @@ class SingleMember:
     batched = False
     size = 1
 
-    def __init__(self, model: nn.Module, weight_decay: float, settings: TrainSettings) -> None:
+    def __init__(self, model: nn.Module, weight_decay: float, training: Training) -> None:
         self.model = model
-        plan = decay_plan(model, weight_decay, settings.policy)
+        plan = decay_plan(model, weight_decay, training.policy)
         named = {n: p for n, p in _named_trainable(model)}
         self.optimizer = build_optimizer(
-            named, [plan], optimizer=settings.optimizer, lr=settings.lr, momentum=settings.momentum, mode=settings.mode
+            named, [plan], optimizer=training.optimizer, lr=training.lr, momentum=training.momentum, mode=training.mode
         )
-        decayed = decayed_names(model, settings.policy)
+        decayed = decayed_names(model, training.policy)
         self._decayed = [p for n, p in named.items() if n in decayed]
-        self.loss = settings.loss
+        self.loss = training.loss
 
     def train_forward(self, x: Tensor) -> Tensor:
         self.model.train()
@@ -163,9 +143,10 @@ def decayed_names(model: nn.Module, policy: Any) -> set[str]:
 
 
 def build_member(
-    model_fn: Callable[[], nn.Module], weight_decay: float, seed: int, settings: TrainSettings
+    model_fn: Callable[[], nn.Module], weight_decay: float, seed: int, training: Training
 ) -> SingleMember:
-    return SingleMember(seeded_model(model_fn, seed, settings.dtype, settings.device), weight_decay, settings)
+    """Trial (λ, seed) as one model: the seed's initial weights, the policy's groups, the engine."""
+    return SingleMember(seeded_model(model_fn, seed, training.dtype, training.device), weight_decay, training)
 
 
 def curve_epochs(epochs: int, points: int) -> list[int]:
@@ -191,105 +172,172 @@ def train(
     members: Members,
     configs: Sequence[tuple[float, int]],
     data: SweepData,
-    settings: TrainSettings,
+    training: Training,
     *,
+    final_metrics: FinalMetrics | None = None,
     on_epoch: Callable[[int], None] | None = None,
 ) -> list[TrialOutcome]:
     """Train the K members (member k is ``configs[k] = (λ_k, seed_k)``) and measure them.
 
     Each epoch member k sees the training set in the order drawn by its seed's generator,
-    in batches of ``settings.batch_size`` (the last one smaller), or all at once.
+    in batches of ``training.batch_size`` (the last one smaller), or all at once. The curves are
+    measured at the epochs :func:`curve_epochs` picks; ``final_metrics`` (a task's) adds metrics of
+    each finished member; ``on_epoch(K)`` is called after every epoch (the progress bar).
     """
-    k_members = members.size
-    if len(configs) != k_members:
-        raise ValueError(f"{len(configs)} configs for {k_members} members")
-    n = data.train_size
-    batch = n if settings.batch_size is None else min(settings.batch_size, n)
-    x_train, y_train = data.x_train, data.y_train
+    if len(configs) != members.size:
+        raise ValueError(f"{len(configs)} configs for {members.size} members")
     seeds = [seed for _, seed in configs]
-    unique_seeds = sorted(set(seeds))
-    generators = {s: torch.Generator().manual_seed(s) for s in unique_seeds}
-    row_of = torch.tensor([unique_seeds.index(s) for s in seeds])
-    checkpoints = set(curve_epochs(settings.epochs, settings.curve_points))
-    curves: dict[str, list[Tensor]] = {}
-    bad = torch.zeros(k_members, dtype=torch.bool, device=settings.device)
+    curves = _Curves(members, data, training)
     start = time.perf_counter()
+    curves.measure(0, _distinct_starts(members, seeds))
+    diverged = _train_epochs(members, seeds, data, training, curves, on_epoch)
+    seconds = time.perf_counter() - start
+    series = curves.stacked()
+    return [
+        _outcome(members, k, key, series, bool(diverged[k]), data, final_metrics, seconds)
+        for k, key in enumerate(configs)
+    ]
 
-    def measure(epoch: int, rows: list[int] | None = None) -> None:
-        """Every member's metrics; with ``rows``, only those members run and member k takes row ``rows[k]``'s."""
-        curves.setdefault("epoch", []).append(torch.full((k_members,), float(epoch), dtype=torch.float64))
-        run = None if rows is None else torch.tensor(sorted(set(rows)))
-        take = None if run is None else torch.tensor([run.tolist().index(r) for r in rows])
-        size = k_members if run is None else len(run)
 
-        def forward(x: Tensor) -> Tensor:
-            return members.eval_forward(x, run)
+def _distinct_starts(members: Members, seeds: Sequence[int]) -> list[int]:
+    """For each member, the first member with the same initial state, whose start is measured for both.
 
-        for split, x, y in (("train", x_train, y_train), ("test", data.x_test, data.y_test)):
-            values = evaluate(
-                forward, x, y, kind=settings.kind, loss=settings.loss, chunk=_eval_chunk(data, size), extra=settings.metrics
-            )
-            for name, value in values.items():
-                curves.setdefault(f"{split}_{name}", []).append(value if take is None else value[take])
-        curves.setdefault("weight_norm", []).append(members.decayed_norm())
-
-    # members of one seed start from the same model (seeded_model): the start is measured once per
-    # distinct initial state, found by comparing the members' tensors, not assumed from the seed
+    Members of one seed start from the same model (seeded_model): the start is measured once per
+    distinct initial state, found by comparing the members' tensors, not assumed from the seed."""
     starts: list[int] = []
     for k, seed in enumerate(seeds):
         starts.append(next((j for j in starts if seeds[j] == seed and members.same_start(j, k)), k))
-    measure(0, starts)
-    opt = members.optimizer
-    for epoch in range(1, settings.epochs + 1):
-        if batch < n:
-            orders = torch.stack([torch.randperm(n, generator=generators[s]) for s in unique_seeds])[row_of]
-        else:
-            orders = torch.arange(n).expand(k_members, n)
-        epoch_loss = torch.zeros(k_members, dtype=torch.float64, device=settings.device)
-        for lo in range(0, n, batch):
-            idx = orders[:, lo : lo + batch]
-            epoch_loss += members.forward_backward(x_train[idx], y_train[idx])  # NaN and inf stick in a sum
-            opt.step()
-        bad |= ~torch.isfinite(epoch_loss)
+    return starts
+
+
+class _SampleOrder:
+    """Each epoch's sample order per member: one generator per distinct seed, shared by that seed's members."""
+
+    def __init__(self, seeds: Sequence[int], samples: int) -> None:
+        self.unique = sorted(set(seeds))
+        self.generators = {s: torch.Generator().manual_seed(s) for s in self.unique}
+        self.row_of = torch.tensor([self.unique.index(s) for s in seeds])
+        self.samples = samples
+
+    def draw(self) -> Tensor:
+        """(K, n) sample indices for the next epoch."""
+        orders = [torch.randperm(self.samples, generator=self.generators[s]) for s in self.unique]
+        return torch.stack(orders)[self.row_of]
+
+
+def _train_epochs(
+    members: Members,
+    seeds: Sequence[int],
+    data: SweepData,
+    training: Training,
+    curves: _Curves,
+    on_epoch: Callable[[int], None] | None,
+) -> Tensor:
+    """Every epoch of training, measured at the curve's epochs; returns which members diverged, (K,) bool."""
+    k_members, n = members.size, data.train_size
+    batch = training.batch_for(n)
+    order = _SampleOrder(seeds, n)
+    checkpoints = set(curve_epochs(training.epochs, training.curve_points))
+    bad = torch.zeros(k_members, dtype=torch.bool, device=training.device)
+    for epoch in range(1, training.epochs + 1):
+        orders = order.draw() if batch < n else torch.arange(n).expand(k_members, n)
+        bad |= ~torch.isfinite(_one_epoch(members, data, orders, batch))
         if epoch in checkpoints:
-            measure(epoch)
+            curves.measure(epoch)
         if on_epoch is not None:
             on_epoch(k_members)
-    seconds = time.perf_counter() - start
+    return bad
 
-    stacked = {name: torch.stack(values, dim=1) for name, values in curves.items()}  # (K, points)
-    outcomes = []
-    for k, (weight_decay, seed) in enumerate(configs):
-        last = {name: float(series[k, -1]) for name, series in stacked.items() if name != "epoch"}
-        diverged = bool(bad[k]) or not all(math.isfinite(v) for v in last.values())
-        metrics: dict[str, float | None] = {name: (None if diverged else value) for name, value in last.items()}
-        if settings.kind == "classification" and not diverged:
-            metrics["gap"] = metrics["train_accuracy"] - metrics["test_accuracy"]  # type: ignore[operator]
-        elif not diverged:
-            metrics["gap"] = metrics["test_loss"] - metrics["train_loss"]  # type: ignore[operator]
-        else:
-            metrics["gap"] = None
-        if settings.final_metrics is not None and not diverged:
-            try:
-                extra = settings.final_metrics(members.member_module(k), weight_decay, data)
-            except DecayError:
-                raise
-            except Exception as exc:
-                raise DecayError(f"final metrics failed for weight_decay={weight_decay}: {exc}") from exc
-            metrics.update({name: float(v) for name, v in extra.items()})
-        outcomes.append(
-            TrialOutcome(
-                weight_decay=weight_decay,
-                seed=seed,
-                metrics=metrics,
-                curves={name: [_finite(float(v)) for v in series[k]] for name, series in stacked.items()},
-                diverged=diverged,
-                batched=members.batched,
-                members=k_members,
-                seconds=seconds,
-            )
-        )
-    return outcomes
+
+def _one_epoch(members: Members, data: SweepData, orders: Tensor, batch: int) -> Tensor:
+    """One pass over the training set in ``orders`` (K, n); each member's summed loss, (K,) float64."""
+    x_train, y_train, opt = data.x_train, data.y_train, members.optimizer
+    epoch_loss = torch.zeros(members.size, dtype=torch.float64, device=x_train.device)
+    for lo in range(0, orders.shape[1], batch):
+        idx = orders[:, lo : lo + batch]
+        epoch_loss += members.forward_backward(x_train[idx], y_train[idx])  # NaN and inf stick in a sum
+        opt.step()
+    return epoch_loss
+
+
+class _Curves:
+    """Every member's metrics at each measured epoch: per name, a list of (K,) tensors."""
+
+    def __init__(self, members: Members, data: SweepData, training: Training) -> None:
+        self.members, self.data, self.training = members, data, training
+        self.series: dict[str, list[Tensor]] = {}
+
+    def measure(self, epoch: int, rows: list[int] | None = None) -> None:
+        """Every member's metrics; with ``rows``, only those members run and member k takes row ``rows[k]``'s."""
+        k_members, data = self.members.size, self.data
+        self._add("epoch", torch.full((k_members,), float(epoch), dtype=torch.float64))
+        run = None if rows is None else torch.tensor(sorted(set(rows)))
+        take = None if run is None else torch.tensor([run.tolist().index(r) for r in rows])  # type: ignore[union-attr]
+        size = k_members if run is None else len(run)
+
+        def forward(x: Tensor) -> Tensor:
+            return self.members.eval_forward(x, run)
+
+        for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+            values = evaluate(forward, x, y, kind=data.kind, loss=self.training.loss, chunk=_eval_chunk(data, size),
+                              extra=self.training.metrics)  # fmt: skip
+            for name, value in values.items():
+                self._add(f"{split}_{name}", value if take is None else value[take])
+        self._add("weight_norm", self.members.decayed_norm())
+
+    def _add(self, name: str, value: Tensor) -> None:
+        self.series.setdefault(name, []).append(value)
+
+    def stacked(self) -> dict[str, Tensor]:
+        """Per name, a (K, points) tensor."""
+        return {name: torch.stack(values, dim=1) for name, values in self.series.items()}
+
+
+def _outcome(
+    members: Members,
+    k: int,
+    key: tuple[float, int],
+    series: Mapping[str, Tensor],
+    bad: bool,
+    data: SweepData,
+    final_metrics: FinalMetrics | None,
+    seconds: float,
+) -> TrialOutcome:
+    """Member k's trial: the last curve point of each metric (None if it diverged), the gap, the task's extras."""
+    weight_decay, seed = key
+    last = {name: float(values[k, -1]) for name, values in series.items() if name != "epoch"}
+    diverged = bad or not all(math.isfinite(v) for v in last.values())
+    metrics: dict[str, float | None] = {name: (None if diverged else value) for name, value in last.items()}
+    metrics["gap"] = None if diverged else _gap(metrics, data.kind)
+    if final_metrics is not None and not diverged:
+        metrics.update(_final_metrics(final_metrics, members.member_module(k), weight_decay, data))
+    return TrialOutcome(
+        weight_decay=weight_decay,
+        seed=seed,
+        metrics=metrics,
+        curves={name: [_finite(float(v)) for v in values[k]] for name, values in series.items()},
+        diverged=diverged,
+        batched=members.batched,
+        members=members.size,
+        seconds=seconds,
+    )
+
+
+def _gap(metrics: Mapping[str, float | None], kind: str) -> float:
+    """The generalisation gap: train − test accuracy for classification, test − train loss otherwise."""
+    if kind == "classification":
+        return metrics["train_accuracy"] - metrics["test_accuracy"]  # type: ignore[operator]
+    return metrics["test_loss"] - metrics["train_loss"]  # type: ignore[operator]
+
+
+def _final_metrics(fn: FinalMetrics, model: nn.Module, weight_decay: float, data: SweepData) -> dict[str, float]:
+    try:
+        extra = fn(model, weight_decay, data)
+    except DecayError:
+        raise
+    except Exception as exc:
+        raise DecayError(f"final metrics failed for weight_decay={weight_decay}: {exc}") from exc
+    return {name: float(v) for name, v in extra.items()}
 
 
 def _finite(value: float) -> float | None:

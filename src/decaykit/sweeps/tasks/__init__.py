@@ -8,7 +8,7 @@ task wraps the user's model factory and data (``task_from_user``): a factory, a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from decaykit.errors import DecayError
@@ -16,7 +16,17 @@ from decaykit.sweeps.tasks import digits, ridge
 from decaykit.sweeps.tasks.task import Task, with_overrides
 from decaykit.sweeps.tasks.user import make_model_fn, task_from_user
 
-__all__ = ["BUILTIN_TASKS", "DEFAULT_TASK", "TASK_NAMES", "Task", "builtin_task", "make_model_fn", "task_from_user", "with_overrides"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "DEFAULT_TASK",
+    "TASK_NAMES",
+    "Task",
+    "builtin_task",
+    "make_model_fn",
+    "resolve_task",
+    "task_from_user",
+    "with_overrides",
+]
 
 #: the built-in tasks by name, each a factory taking the task's options
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"digits-noisy-labels": digits.task, "ridge": ridge.task}
@@ -34,3 +44,15 @@ def builtin_task(name: str, **options: Any) -> Task:
         return factory(**{k: v for k, v in options.items() if v is not None})
     except TypeError as exc:
         raise DecayError(f"task {name!r} does not take these options: {sorted(options)} ({exc})") from None
+
+
+def resolve_task(model: Any, data: Any, task: str | None, options: Mapping[str, Any] | None) -> Task:
+    """The task a sweep trains: the built-in ``task`` (default :data:`DEFAULT_TASK`) with its ``options``
+    when no ``model`` and ``data`` are given, else the user's own model and data."""
+    if model is None and data is None:
+        return builtin_task(task or DEFAULT_TASK, **dict(options or {}))
+    if task is not None:
+        raise DecayError(f"give either a built-in task ({task!r}) or your own model and data, not both")
+    if options:
+        raise DecayError("task_options apply to built-in tasks only")
+    return task_from_user(model, data)
