@@ -27,6 +27,8 @@ def _reports() -> dict[str, Report]:
         "probe": decaykit.probe(opt, model=model),
         "verify": decaykit.verify(),
         "timescale": decaykit.timescale(1e-3, 0.1, dataset_size=1000, batch_size=10),
+        "sweep": decaykit.sweep(task="ridge", task_options={"dim": 10}, epochs=2, seeds=1, weight_decays=[0, 0.1],
+                                storage="memory"),
     }
 
 

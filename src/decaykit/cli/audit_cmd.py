@@ -6,23 +6,18 @@ import argparse
 from typing import Any
 
 from decaykit._render import print_json
-from decaykit.cli.common import add_policy_arguments, policy_from_args
-from decaykit.optimizers import by_cli_name, cli_choices
+from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, policy_from_args
 
-__all__ = ["OPTIMIZERS", "register", "run"]
-
-#: CLI name -> torch.optim class name, for every optimizer the registry says the CLI can build
-OPTIMIZERS: dict[str, str] = {name: by_cli_name(name).name for name in cli_choices()}
+__all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 
 
-def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "audit",
-        help="find parameters decayed that should not be, missing from the optimizer, frozen inside it ...",
-        description="Audit the optimizer saved in --checkpoint (a torch.save'd optimizer state_dict or a dict with "
-        "key 'optimizer') against MODEL; without --checkpoint, audit an optimizer built here, by default the "
-        "common plain one: OPTIMIZER(model.parameters(), weight_decay=λ). Exit status 1 if an error is found.",
-    )
+HELP = "find parameters decayed that should not be, missing from the optimizer, frozen inside it ..."
+DESCRIPTION = ("Audit the optimizer saved in --checkpoint (a torch.save'd optimizer state_dict or a dict with "
+    "key 'optimizer') against MODEL; without --checkpoint, audit an optimizer built here, by default the "
+    "common plain one: OPTIMIZER(model.parameters(), weight_decay=λ). Exit status 1 if an error is found.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL")
     parser.add_argument("--checkpoint", metavar="FILE", help="saved optimizer state_dict or checkpoint dict")
     parser.add_argument("--key", default="optimizer", help="key of the optimizer state in a checkpoint dict")
@@ -37,7 +32,6 @@ def register(sub: Any) -> None:
                              "0.05 for an optimizer built here)")
     parser.add_argument("--measure", action="store_true", help="also measure the decay with a probe step on a copy")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,13 +1,18 @@
-"""The flags that choose which parameters decay, shared by inspect, audit, probe and sweep."""
+"""What the subcommands share: the policy flags, and the optimizers a command can build."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from decaykit.optimizers import by_cli_name, cli_choices
+
 if TYPE_CHECKING:
     from decaykit.policy.options import Policy
 
-__all__ = ["add_policy_arguments", "policy_from_args", "policy_options"]
+__all__ = ["OPTIMIZERS", "add_policy_arguments", "policy_from_args", "policy_options"]
+
+#: CLI name -> torch.optim class name, for every optimizer the registry says the CLI can build
+OPTIMIZERS: dict[str, str] = {name: by_cli_name(name).name for name in cli_choices()}
 
 
 def add_policy_arguments(parser: Any, *, weight_decay: float | None = 1e-4) -> None:

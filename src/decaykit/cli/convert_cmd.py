@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
 
 from decaykit._render import format_table, print_json
+from decaykit.convert import ALIASES, CONVENTIONS
 
-__all__ = ["register", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
-def register(sub: Any) -> None:
-    from decaykit.convert import ALIASES, CONVENTIONS
+_NAMES = ", ".join(CONVENTIONS)
+_ALIASES = ", ".join(f"{a}={c}" for a, c in ALIASES.items())
+HELP = "carry a weight decay across conventions (AdamW, Composer, AdamC, L2) and show its EMA timescale"
+DESCRIPTION = (f"Print LAMBDA, given in convention --from, in every convention ({_NAMES}; aliases "
+    f"{_ALIASES}), matched so each decays as much per step at LR --lr (default --max-lr), and the EMA "
+    "timescale tau = 1/(lr * lambda) of the torch-AdamW value. With --to, print only that number. "
+    "With --tau-steps or --tau-epochs, start from the lambda that gives that timescale instead.")
 
-    names = ", ".join(CONVENTIONS)
-    aliases = ", ".join(f"{a}={c}" for a, c in ALIASES.items())
-    parser = sub.add_parser(
-        "convert",
-        help="carry a weight decay across conventions (AdamW, Composer, AdamC, L2) and show its EMA timescale",
-        description=f"Print LAMBDA, given in convention --from, in every convention ({names}; aliases "
-        f"{aliases}), matched so each decays as much per step at LR --lr (default --max-lr), and the EMA "
-        "timescale tau = 1/(lr * lambda) of the torch-AdamW value. With --to, print only that number. "
-        "With --tau-steps or --tau-epochs, start from the lambda that gives that timescale instead.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weight_decay", metavar="LAMBDA", nargs="?", type=float, help="the weight decay to convert")
     parser.add_argument("--from", dest="from_", default="lr_coupled", metavar="CONV",
                         help="convention LAMBDA is given in (default: lr_coupled, torch AdamW)")
@@ -41,7 +38,6 @@ def register(sub: Any) -> None:
     target.add_argument("--tau-epochs", type=float, default=None,
                         help="start from the lambda with this timescale in epochs (needs --dataset-size, --batch-size)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,17 +9,16 @@ from typing import Any
 from decaykit._render import format_table, print_json
 from decaykit.cli.common import add_policy_arguments, policy_from_args
 
-__all__ = ["register", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
-def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "inspect",
-        help="list every parameter with its decay decision and reason",
-        description="List every parameter of MODEL (name, shape, numel, owner module, decayed or not, weight "
-        "decay, lr scale, reason) and a per-group summary. MODEL is a built-in demo (resnet50, convnext, vit, "
-        "gpt, mlp) or an import path 'package.module:factory', e.g. torchvision.models:resnet50.",
-    )
+HELP = "list every parameter with its decay decision and reason"
+DESCRIPTION = ("List every parameter of MODEL (name, shape, numel, owner module, decayed or not, weight "
+    "decay, lr scale, reason) and a per-group summary. MODEL is a built-in demo (resnet50, convnext, vit, "
+    "gpt, mlp) or an import path 'package.module:factory', e.g. torchvision.models:resnet50.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL")
     add_policy_arguments(parser)
     parser.add_argument("--diff", metavar="POLICY", help="show where POLICY decides differently, parameter by parameter")
@@ -29,7 +28,6 @@ def register(sub: Any) -> None:
     parser.add_argument("--dataset-size", type=int, default=None, metavar="N", help="with --lr: τ in epochs too")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="with --lr: τ in epochs too")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Entry point of the ``decaykit`` command.
 
-Each subcommand lives in ``decaykit/cli/<name>_cmd.py`` and exposes ``register(subparsers)``,
-which adds its parser and sets ``func`` to a ``run(args) -> int``. Errors the user can fix
+Each subcommand lives in ``decaykit/cli/<name>_cmd.py`` and exposes ``HELP``, ``DESCRIPTION``,
+``add_arguments(parser)`` and ``run(args) -> int`` (and ``FORMATTER`` when its description is laid
+out by hand); :func:`build_parser` registers them all the same way. Errors the user can fix
 (``DecayError``) end the program with one readable line and exit status 2.
 """
 
@@ -30,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"decaykit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"decaykit.cli.{name}_cmd").register(sub)
+        command = importlib.import_module(f"decaykit.cli.{name}_cmd")
+        formatter = getattr(command, "FORMATTER", argparse.HelpFormatter)
+        parser_ = sub.add_parser(name, help=command.HELP, description=command.DESCRIPTION, formatter_class=formatter)
+        command.add_arguments(parser_)
+        parser_.set_defaults(func=command.run)
     return parser
 
 

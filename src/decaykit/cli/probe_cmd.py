@@ -6,27 +6,22 @@ import argparse
 from typing import Any
 
 from decaykit._render import print_json
-from decaykit.cli.common import add_policy_arguments, policy_from_args
-from decaykit.optimizers import by_cli_name, cli_choices
+from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, policy_from_args
 
-__all__ = ["OPTIMIZERS", "register", "run"]
-
-#: CLI name -> torch.optim class name, for every optimizer the registry says the CLI can build
-OPTIMIZERS: dict[str, str] = {name: by_cli_name(name).name for name in cli_choices()}
+__all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 
 
-def register(sub: Any) -> None:
+HELP = "measure the weight decay an optimizer really applies, per tensor"
+DESCRIPTION = ("Build OPTIMIZER for MODEL (groups from decaykit.param_groups, or model.parameters() with "
+    "--no-policy), step copies of it with zero gradients and report, per tensor, the shrink factor the decay "
+    "applies per step next to the one expected, and the tensors the policy says should not decay but do. "
+    "MODEL is a built-in demo (resnet50, convnext, vit, gpt, mlp) or 'package.module:factory'. "
+    "Exit status 1 if any tensor disagrees.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from decaykit.engine.modes import MODES
 
-    parser = sub.add_parser(
-        "probe",
-        help="measure the weight decay an optimizer really applies, per tensor",
-        description="Build OPTIMIZER for MODEL (groups from decaykit.param_groups, or model.parameters() with "
-        "--no-policy), step copies of it with zero gradients and report, per tensor, the shrink factor the decay "
-        "applies per step next to the one expected, and the tensors the policy says should not decay but do. "
-        "MODEL is a built-in demo (resnet50, convnext, vit, gpt, mlp) or 'package.module:factory'. "
-        "Exit status 1 if any tensor disagrees.",
-    )
     parser.add_argument("model", metavar="MODEL")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw", help="torch.optim class (default: adamw)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
@@ -43,7 +38,6 @@ def register(sub: Any) -> None:
     parser.add_argument("--frozen", action="append", default=[], metavar="GLOB",
                         help="names meant to stay fixed (e.g. gradients you zero), repeatable: decay on them is an error")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from decaykit._render import print_json
 from decaykit.cli.common import add_policy_arguments, policy_options
@@ -13,11 +13,13 @@ if TYPE_CHECKING:
     from decaykit.sweeps.settings import Execution, Training, Trials
     from decaykit.sweeps.tasks import Task
 
-__all__ = ["register", "run", "settings_from_args", "task_from_args"]
+__all__ = ["DESCRIPTION", "FORMATTER", "HELP", "add_arguments", "run", "settings_from_args", "task_from_args"]
 
 DEFAULT_OUT = "decaykit-sweep"
 
-_DESCRIPTION = """\
+HELP = "find the weight decay that stops overfitting (default: an offline demo, under a minute)"
+FORMATTER = argparse.RawDescriptionHelpFormatter
+DESCRIPTION = """\
 Train a model for a grid of weight decays λ over several seeds and show where decay stops
 overfitting: a table of train/test loss and accuracy, the generalisation gap and the weight norm
 (mean ± std over seeds), the best λ against λ = 0 with an honest verdict, and PNG plots.
@@ -35,16 +37,10 @@ command again after an interruption and only the missing trials train; start it 
 machines with one --storage and they share the work."""
 
 
-def register(sub: Any) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from decaykit.sweeps.settings import Execution, Trials
     from decaykit.sweeps.tasks import TASK_NAMES
 
-    parser = sub.add_parser(
-        "sweep",
-        help="find the weight decay that stops overfitting (default: an offline demo, under a minute)",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     what = parser.add_argument_group("what to train")
     what.add_argument("--task", choices=sorted(TASK_NAMES), default=None,
                       help="a built-in task (default: digits-noisy-labels)")
@@ -94,7 +90,6 @@ def register(sub: Any) -> None:
                          help="report as soon as this worker has nothing left, without waiting for other workers")
     running.add_argument("--json", action="store_true", help='print one JSON object {"results": [...], "best": {...}, ...}')
     running.add_argument("--quiet", "-q", action="store_true", help="no progress output (for logs)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from decaykit._render import print_json
 
-__all__ = ["register", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
-def register(sub: Any) -> None:
+HELP = "reproduce the seed notebook's weight-decay experiment and check torch against the formulas"
+DESCRIPTION = ("np.random.seed(SEED); x (3, 4) and w (4, 5) from np.random.random in float64; loss (x @ w).sum(); "
+    "one optimizer step without and with weight decay. Prints the weights from torch next to the closed form "
+    "of each optimizer's step, says whether they match, and what coupled and decoupled decay did to the "
+    "weights. With the defaults, SGD must print the seed notebook's tensors. Exit status 1 if a check fails.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from decaykit.verify import DEFAULT_OPTIMIZERS, OPTIMIZERS
 
-    parser = sub.add_parser(
-        "verify",
-        help="reproduce the seed notebook's weight-decay experiment and check torch against the formulas",
-        description="np.random.seed(SEED); x (3, 4) and w (4, 5) from np.random.random in float64; loss (x @ w).sum(); "
-        "one optimizer step without and with weight decay. Prints the weights from torch next to the closed form "
-        "of each optimizer's step, says whether they match, and what coupled and decoupled decay did to the "
-        "weights. With the defaults, SGD must print the seed notebook's tensors. Exit status 1 if a check fails.",
-    )
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1, the seed's)")
     parser.add_argument("--weight-decay", "--wd", type=float, default=1.0, metavar="λ",
                         help="weight decay of the second step (default: 1, the seed's)")
@@ -30,7 +28,6 @@ def register(sub: Any) -> None:
     parser.add_argument("--foreach", choices=("default", "on", "off"), default="default",
                         help="torch's foreach implementation (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

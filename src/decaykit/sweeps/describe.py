@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from decaykit.policy.options import Policy
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import describe_optimizer
 from decaykit.sweeps.settings import Training, Trials
@@ -14,6 +15,13 @@ __all__ = ["header", "identity", "policy_text", "public_settings"]
 
 
 def policy_text(policy: Any) -> str:
+    """How the header and the store's identity name the policy.
+
+    A ``Policy`` names itself (:meth:`decaykit.Policy.describe`); a name or a mapping is written as
+    given, as earlier versions did, so a rerun finds the trials they stored.
+    """
+    if isinstance(policy, Policy):
+        return policy.describe()
     if isinstance(policy, str):
         return policy
     options = {k: v for k, v in dict(policy).items() if v not in (None, [], (), False) or k == "decay_embeddings"}

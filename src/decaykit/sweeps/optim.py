@@ -18,32 +18,34 @@ import torch
 from torch import Tensor, nn
 
 from decaykit.errors import DecayError
+from decaykit.optimizers import by_cli_name
+from decaykit.policy.names import canonical_name
+from decaykit.policy.options import Policy
+from decaykit.policy.plan import param_groups
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "decay_plan", "describe_optimizer", "policy_options"]
 
-# name -> inner optimizer class; "adamw" and "adam" differ only in their decay, which the engine owns
+# the registry's CLI names of the inner optimizers a sweep builds; "adamw" and "adam" differ only in
+# their decay, which the engine owns
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd")
 
 OptimizerSpec = str | Callable[..., torch.optim.Optimizer]
 
 
-def policy_options(policy: str | Mapping[str, Any]) -> dict[str, Any]:
-    """A policy name, or the keyword arguments of :func:`decaykit.param_groups` (``policy``, ``rules``,
-    ``exclude``, ``layer_decay``, …), as keyword arguments."""
-    if isinstance(policy, str):
-        return {"policy": policy}
-    if isinstance(policy, Mapping):
-        return dict(policy)
-    raise DecayError(f"policy must be a policy name or a dict of param_groups options, got {type(policy).__name__}")
+def policy_options(policy: str | Policy | Mapping[str, Any]) -> Policy:
+    """The sweep's ``policy`` as a :class:`decaykit.Policy`: a preset name, a ``Policy``, or the keyword
+    arguments of :func:`decaykit.param_groups` (``policy``, ``rules``, ``exclude``, ``layer_decay``, …)."""
+    if not isinstance(policy, (str, Policy, Mapping)):
+        raise DecayError(
+            f"policy must be a policy name, a decaykit.Policy or a dict of param_groups options, got {type(policy).__name__}"
+        )
+    return Policy.of(policy)
 
 
-def decay_plan(model: nn.Module, weight_decay: float, policy: str | Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+def decay_plan(model: nn.Module, weight_decay: float, policy: str | Policy | Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     """``{parameter name: (weight_decay, lr_scale)}`` for the trainable parameters of ``model``, per the policy."""
-    from decaykit.policy.names import canonical_name
-    from decaykit.policy.plan import param_groups
-
     out: dict[str, tuple[float, float]] = {}
-    for group in param_groups(model, weight_decay, **policy_options(policy)):
+    for group in param_groups(model, weight_decay, policy=policy_options(policy)):
         for name in group["param_names"]:
             out[canonical_name(name)] = (float(group["weight_decay"]), float(group.get("lr_scale", 1.0)))
     return out
@@ -63,11 +65,11 @@ def _inner(
             raise DecayError(f"optimizer={spec!r} returned a {type(opt).__name__}, not a torch.optim.Optimizer")
         return opt  # the groups keep their λ: the engine reads it and switches the inner decay off
     if spec in ("adamw", "adam"):
-        cls = torch.optim.AdamW if spec == "adamw" else torch.optim.Adam
+        cls = by_cli_name(spec).torch_class()
         # fused: one kernel per step instead of a dozen foreach passes, ~5x faster on CPU
         return cls(groups, lr=lr, weight_decay=0.0, fused=fused or None)
     if spec == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=0.0)
+        return by_cli_name(spec).torch_class()(groups, lr=lr, momentum=momentum, weight_decay=0.0)
     raise DecayError(f"optimizer must be one of {', '.join(OPTIMIZERS)} or a function, got {spec!r}")
 
 
@@ -125,6 +127,6 @@ def describe_optimizer(optimizer: OptimizerSpec, lr: float, momentum: float, mod
     if callable(optimizer):
         name = getattr(optimizer, "__qualname__", type(optimizer).__name__)
     else:
-        name = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}.get(optimizer, str(optimizer))
+        name = by_cli_name(optimizer).name if optimizer in OPTIMIZERS else str(optimizer)
     extra = f", momentum {momentum:g}" if optimizer == "sgd" and momentum else ""
     return f"{name} (lr {lr:g}{extra}), decay mode {mode}"

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from decaykit._render import Report
 from decaykit.sweeps.report import format_report
 
 __all__ = ["SweepResult"]
@@ -15,7 +16,7 @@ _JSON_FIELDS: tuple[str, ...] = ("results", "best", "task", "settings", "notes",
 
 
 @dataclass
-class SweepResult:
+class SweepResult(Report):
     """The outcome of a sweep.
 
     ``results``: one dict per λ (ascending) with ``weight_decay``, ``seeds``, ``diverged`` and each

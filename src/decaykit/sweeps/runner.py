@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from decaykit.errors import DecayError
+from decaykit.policy.options import Policy
 from decaykit.sweeps import checks, describe
 from decaykit.sweeps.batched import check_batchable, stack_path, stacking_pays
 from decaykit.sweeps.prepare import Prepared, prepare
@@ -65,7 +66,7 @@ def sweep(
     epochs: int | None = None,
     batch_size: int | None = None,
     mode: str | None = None,
-    policy: str | Mapping[str, Any] = "decaykit",
+    policy: str | Policy | Mapping[str, Any] = "decaykit",
     loss: str | Callable[[Tensor, Tensor], Tensor] | None = None,
     metrics: Mapping[str, Callable[[Tensor, Tensor], Any]] | None = None,
     metric: str | None = None,
@@ -91,8 +92,8 @@ def sweep(
     ``torch.manual_seed(seed)``, and ``data`` is ``(x_train, y_train, x_test, y_test)``, a function
     returning it, or any form :func:`decaykit.sweeps.tasks.resolve_data` accepts.
 
-    Decay: decaykit's ``policy`` (a name, or :func:`decaykit.param_groups` options such as
-    ``{"policy": "timm", "exclude": ["head.*"]}``) picks the parameters that decay; the engine applies λ per ``mode``
+    Decay: decaykit's ``policy`` (a name, a :class:`decaykit.Policy`, or :func:`decaykit.param_groups`
+    options such as ``{"policy": "timm", "exclude": ["head.*"]}``) picks the parameters that decay; the engine applies λ per ``mode``
     (``lr_coupled``: torch AdamW's θ ← θ(1 − ηλ); ``coupled_l2``: g ← g + λθ; see
     :class:`decaykit.WeightDecay`). ``search=(low, high)`` replaces the grid by ``rounds`` rounds
     of ``points`` log-spaced values zooming in on the best.

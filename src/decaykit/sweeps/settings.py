@@ -28,6 +28,7 @@ from torch import Tensor
 from decaykit._validate import check_int, check_number
 from decaykit.engine.modes import MODES
 from decaykit.errors import DecayError
+from decaykit.policy.options import Policy
 from decaykit.sweeps import grid as grids
 from decaykit.sweeps.metrics import LOSSES, resolve_loss
 from decaykit.sweeps.optim import OPTIMIZERS, policy_options
@@ -145,8 +146,9 @@ class Training(_Options):
       in [0, 1) (SGD).
     - ``epochs`` >= 1; ``batch_size``: samples per step, 0 = the whole training set at once.
     - ``mode``: the decay engine's mode (:data:`decaykit.engine.modes.MODES`).
-    - ``policy``: which parameters decay, a preset name or :func:`decaykit.param_groups` options
-      (``{"policy": "timm", "exclude": ["head.*"]}``); passed on untouched.
+    - ``policy``: which parameters decay, a preset name, a :class:`decaykit.Policy`, or
+      :func:`decaykit.param_groups` options (``{"policy": "timm", "exclude": ["head.*"]}``), validated
+      here through ``Policy.of``; kept as given, so the store names it as earlier versions did.
     - ``loss``: ``"auto"`` (cross-entropy for class labels, mse otherwise), a name of
       :data:`metrics.LOSSES`, or ``fn(outputs, targets) -> scalar``.
     - ``metrics``: extra ``{name: fn(outputs, targets)}`` measured on train and test.
@@ -162,7 +164,7 @@ class Training(_Options):
     epochs: int | None = None
     batch_size: int | None = None
     mode: str | None = None
-    policy: str | Mapping[str, Any] = "decaykit"
+    policy: str | Policy | Mapping[str, Any] = "decaykit"
     loss: str | Callable[[Tensor, Tensor], Tensor] | None = None
     metrics: Mapping[str, Callable[[Tensor, Tensor], Any]] = field(default_factory=lambda: MappingProxyType({}))
     metric: str | None = None
@@ -182,7 +184,7 @@ class Training(_Options):
         if self.batch_size is not None:
             _set(self, "batch_size", check_int(self.batch_size, "batch_size", minimum=0))
         _check_mode(self.mode)
-        policy_options(self.policy)  # a policy of the wrong type fails here; its names fail on the model
+        policy_options(self.policy)  # a bad policy fails here; its rules' names fail on the model
         _check_loss(self.loss)
         _set(self, "metrics", _checked_metrics(self.metrics))
         if self.metric is not None and not isinstance(self.metric, str):
