@@ -37,7 +37,8 @@ def policy_options(policy: str | Policy | Mapping[str, Any]) -> Policy:
     arguments of :func:`decaykit.param_groups` (``policy``, ``rules``, ``exclude``, ``layer_decay``, …)."""
     if not isinstance(policy, (str, Policy, Mapping)):
         raise DecayError(
-            f"policy must be a policy name, a decaykit.Policy or a dict of param_groups options, got {type(policy).__name__}"
+            f"policy must be a policy name or a dict of param_groups options (or a decaykit.Policy), "
+            f"got {type(policy).__name__}"
         )
     return Policy.of(policy)
 
