@@ -108,7 +108,7 @@ class Decider:
                             0.0, "frozen (requires_grad=False)", "frozen", trainable=False, layer=layer,
                             aliases=aliases), None
         candidates = [self.decide(info, scale) for info in infos]
-        c = settle(candidates, self.policy.tied)
+        c = candidates[0] if len(candidates) == 1 else settle(candidates, self.policy.tied)
         decision = Decision(first.name, first.param, shape, math.prod(shape), c.info.module_type, c.role,
                             c.weight_decay > 0, c.weight_decay, c.lr_scale, c.reason, c.source, layer=layer,
                             aliases=aliases)
@@ -170,7 +170,7 @@ def settle(candidates: Sequence[Candidate], tied: Tied) -> Candidate:
 
 def conflict(candidates: Sequence[Candidate], kept: Candidate) -> Conflict | None:
     """The names of one tensor decided differently, with the one kept; ``None`` if they agree."""
-    if len({(c.weight_decay, c.lr_scale) for c in candidates}) <= 1:
+    if len(candidates) == 1 or len({(c.weight_decay, c.lr_scale) for c in candidates}) == 1:
         return None
     return Conflict(tuple(c.info.name for c in candidates),
                     tuple((c.weight_decay, c.lr_scale, c.reason) for c in candidates), kept.info.name)

@@ -51,14 +51,15 @@ def hook_patterns(model: nn.Module, scope: str) -> list[Hook]:
     for path, module in modules:
         for method, keyword in (("no_weight_decay", False), ("no_weight_decay_keywords", True)):
             if not (scope == "top" and keyword):
-                out += _ask(module, canonical_name(path), method, keyword)
+                out += _ask(module, path, method, keyword)
     return out
 
 
-def _ask(module: nn.Module, prefix: str, method: str, keyword: bool) -> list[Hook]:
+def _ask(module: nn.Module, path: str, method: str, keyword: bool) -> list[Hook]:
     # hooks are methods: looking on the class avoids nn.Module.__getattr__ for every module
     if not hasattr(type(module), method) and method not in module.__dict__:
         return []
+    prefix = canonical_name(path)  # only for the few modules that have a hook
     fn = getattr(module, method, None)
     if not callable(fn):
         return []
