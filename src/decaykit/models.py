@@ -2,7 +2,7 @@
 
 Each one shows a case that fixed name rules get wrong:
 
-- ``resnet50``: the seed notebook's model, with torchvision's exact parameter names
+- ``resnet50``: the founding notebook's model, with torchvision's exact parameter names
   (BatchNorm everywhere, ``downsample.1`` norms with no "norm" in their name);
 - ``convnext``: a layer scale stored as (C, 1, 1) (decayed by ``ndim <= 1`` rules) and a
   custom ``LayerNorm2d``;
@@ -82,7 +82,7 @@ class ResNet(nn.Module):
 
 
 def resnet50(num_classes: int = 1000) -> ResNet:
-    """ResNet-50 (25.6M parameters) with torchvision's parameter names, as in the seed notebook."""
+    """ResNet-50 (25.6M parameters) with torchvision's parameter names, as in the founding notebook."""
     return ResNet((3, 4, 6, 3), num_classes)
 
 

@@ -1,4 +1,4 @@
-"""The seed notebook's experiment, reproduced, and each optimizer's step checked against its formula.
+"""The founding notebook's experiment, reproduced, and each optimizer's step checked against its formula.
 
 >>> report = verify()
 >>> report.ok, report.seed_match
@@ -85,7 +85,7 @@ OPTIMIZERS: dict[str, Closed] = {
 }
 DEFAULT_OPTIMIZERS = ("sgd", "adam", "adamw")
 
-# What the seed notebook printed for SGD (seed 123, lr 0.1), 4 decimals: weight_decay -> weights.
+# What the founding notebook printed for SGD (seed 123, lr 0.1), 4 decimals: weight_decay -> weights.
 SEED_PRINTED: dict[float, tuple[tuple[float, ...], ...]] = {
     0.0: ((0.2489, -0.1300, 0.2084, 0.5483, -0.0072), (0.0653, 0.4214, 0.4217, 0.5243, 0.7393),
           (0.5694, 0.4559, 0.5674, 0.1679, 0.2067), (0.0317, 0.0972, 0.4345, -0.1044, 0.2372)),
@@ -139,7 +139,7 @@ class OptimizerCheck:
 
 @dataclass
 class VerifyReport(Report):
-    """The experiment's inputs, one :class:`OptimizerCheck` per optimizer, and the seed comparison."""
+    """The experiment's inputs, one :class:`OptimizerCheck` per optimizer, and the comparison with the notebook's printed tensors."""
 
     seed: int
     lr: float
@@ -148,7 +148,7 @@ class VerifyReport(Report):
     w0: Tensor
     grad: Tensor
     checks: list[OptimizerCheck]
-    seed_match: bool | None = None  # SGD equals the seed's printed tensors (None: not the seed's setup)
+    seed_match: bool | None = None  # SGD equals the notebook's printed tensors (None: not the notebook's setup)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -191,10 +191,10 @@ def verify(
     foreach: bool | None = None,
     tol: float = 1e-12,
 ) -> VerifyReport:
-    """Run the seed's experiment with each optimizer and check torch against the closed forms.
+    """Run the founding notebook's experiment with each optimizer and check torch against the closed forms.
 
     Args:
-        lr, weight_decay, seed: the experiment's settings (the seed's: 0.1, 1, 123).
+        lr, weight_decay, seed: the experiment's settings (the notebook's: 0.1, 1, 123).
         optimizers: names from :data:`OPTIMIZERS` (``sgd``, ``adam``, ``adamw``, ``rmsprop``).
         foreach: passed to the torch optimizers (None: torch's default implementation).
         tol: largest allowed |torch − formula| (float64).
@@ -208,7 +208,7 @@ def verify(
     unknown = [n for n in names if n not in OPTIMIZERS]
     if not names or unknown:
         raise DecayError(f"optimizers must be among {', '.join(OPTIMIZERS)}, got {names!r}")
-    draws = numpy_random(seed, 12 + 20)  # x first, then w, as the seed drew them
+    draws = numpy_random(seed, 12 + 20)  # x first, then w, as the notebook drew them
     x = torch.tensor(draws[:12], dtype=torch.float64).reshape(3, 4)
     w0 = torch.tensor(draws[12:], dtype=torch.float64).reshape(4, 5)
     grad = x.t() @ torch.ones(3, 5, dtype=torch.float64)  # ∂(x @ w).sum()/∂w = xᵀ·1
@@ -227,7 +227,7 @@ def verify(
 
 # -- plain-text rendering: the tensors side by side, and why they differ ---------------------------
 def _rows(t: torch.Tensor) -> list[str]:
-    # torch prints the seed's tensors with 4 decimals; so do we, to compare by eye
+    # torch printed the notebook's tensors with 4 decimals; so do we, to compare by eye
     return ["[" + ", ".join(f"{v:7.4f}" for v in row) + "]" for row in t.tolist()]
 
 
@@ -261,7 +261,7 @@ def explain(check: OptimizerCheck, lr: float, weight_decay: float) -> str:
 def render(report: VerifyReport) -> str:
     lam = f"{report.weight_decay:g}"
     lines = [
-        "decaykit verify: the seed notebook's experiment, one optimizer step from the same weights",
+        "decaykit verify: the founding notebook's experiment, one optimizer step from the same weights",
         f"  np.random.seed({report.seed}); x = np.random.random((3, 4)); w = np.random.random((4, 5)); float64",
         "  loss = (x @ w).sum(), so g = ∂loss/∂w = xᵀ·1 (row i of g is the sum of column i of x)",
         f"  lr = {report.lr:g}, λ = weight_decay = {lam}",
@@ -276,7 +276,7 @@ def render(report: VerifyReport) -> str:
         lines.append(f"  {check.line}")
         if check.name == "sgd" and report.seed_match is not None:
             verdict = "equals" if report.seed_match else "DOES NOT equal"
-            lines.append(f"  SGD: {verdict} the tensors the seed notebook printed, to its 4 decimals")
+            lines.append(f"  SGD: {verdict} the tensors the founding notebook printed, to its 4 decimals")
     lines += ["", "coupled vs decoupled, with these numbers: (θ_λ − θ_0)/θ₀, what the decay did to each weight"]
     lines += [f"  {explain(c, report.lr, report.weight_decay)}" for c in report.checks]
     lines.append("  coupled: λθ is added to the gradient, so it goes wherever the gradient goes; "
@@ -284,7 +284,7 @@ def render(report: VerifyReport) -> str:
     lines += [f"note: {n}" for n in report.notes]
     failed = [c.closed.label for c in report.checks if not c.agrees]
     if report.seed_match is False:
-        failed.append("seed notebook's printed tensors")
+        failed.append("founding notebook's printed tensors")
     lines += ["", f"result: {len(report.checks)} optimizer(s) match their closed forms" if not failed
               else f"result: FAILED: {', '.join(failed)}"]
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def add_policy_arguments(parser: Any, *, weight_decay: float | None = 1e-4) -> N
         parser.add_argument("--weight-decay", "--wd", type=float, default=weight_decay, metavar="λ",
                             help=f"weight decay of decayed tensors (default: {weight_decay:g})")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                        help="no decay for these names or globs (repeatable), the seed's skip list")
+                        help="no decay for these names or globs (repeatable), the founding notebook's skip list")
     parser.add_argument("--rule", action="append", default=[], metavar="SPEC",
                         help="override, first match wins: 'head.*:wd=0', 're:^blocks\\.0\\.:lr_scale=0.1', "
                              "'type:Embedding:mult=0.1' (repeatable)")

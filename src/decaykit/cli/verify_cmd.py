@@ -1,4 +1,4 @@
-"""``decaykit verify``: the seed notebook's experiment, each optimizer's step next to its closed form."""
+"""``decaykit verify``: the founding notebook's experiment, each optimizer's step next to its closed form."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from decaykit._render import print_json
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 
-HELP = "reproduce the seed notebook's weight-decay experiment and check torch against the formulas"
+HELP = "reproduce the founding notebook's weight-decay experiment and check torch against the formulas"
 DESCRIPTION = ("np.random.seed(SEED); x (3, 4) and w (4, 5) from np.random.random in float64; loss (x @ w).sum(); "
     "one optimizer step without and with weight decay. Prints the weights from torch next to the closed form "
     "of each optimizer's step, says whether they match, and what coupled and decoupled decay did to the "
-    "weights. With the defaults, SGD must print the seed notebook's tensors. Exit status 1 if a check fails.")
+    "weights. With the defaults, SGD must print the founding notebook's tensors. Exit status 1 if a check fails.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from decaykit.verify import DEFAULT_OPTIMIZERS, OPTIMIZERS
 
-    parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1, the seed's)")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1, the notebook's)")
     parser.add_argument("--weight-decay", "--wd", type=float, default=1.0, metavar="λ",
-                        help="weight decay of the second step (default: 1, the seed's)")
-    parser.add_argument("--seed", type=int, default=123, help="numpy seed (default: 123, the seed's)")
+                        help="weight decay of the second step (default: 1, the notebook's)")
+    parser.add_argument("--seed", type=int, default=123, help="numpy seed (default: 123, the notebook's)")
     parser.add_argument("--optimizer", action="append", choices=[*OPTIMIZERS, "all"], default=None,
                         help=f"optimizer to check, repeatable (default: {', '.join(DEFAULT_OPTIMIZERS)})")
     parser.add_argument("--foreach", choices=("default", "on", "off"), default="default",

@@ -67,8 +67,8 @@ class Policy:
         preset: the rule that decides from what a parameter is: ``"decaykit"`` (default), or a
             replica of an anchor's: ``"timm"``, ``"hf"``, ``"nanogpt"``, ``"seed"``, ``"torch"``.
         rules: ordered overrides, first match wins (:class:`Rule`, ``"glob:wd=0"`` strings or dicts).
-        exclude: names or globs that get no decay (one string or several), the seed's skip list.
-        decay_embeddings: decay embedding tables (the default, as the seed and timm do).
+        exclude: names or globs that get no decay (one string or several), the founding notebook's skip list.
+        decay_embeddings: decay embedding tables (the default, as the founding notebook and timm do).
         layer_decay: BEiT-style layer-wise LR decay, ``lr_scale = layer_decay ** (max_layer - layer)``.
         layer_of: override the layer found from the structure: mapping or callable name -> layer.
         tied: how to settle different decisions for names of one tensor of equal standing:

@@ -151,8 +151,8 @@ def plan(
             ``"nanogpt"``, ``"seed"``, ``"torch"`` (see ``presets``). The keywords below, where
             given a value other than their default, replace the Policy's fields.
         rules: ordered overrides, first match wins (:class:`Rule`, ``"glob:wd=0"`` strings or dicts).
-        exclude: names or globs that get no decay, the seed's ``skip_list``.
-        decay_embeddings: decay embedding tables (the default, as the seed and timm do).
+        exclude: names or globs that get no decay, the founding notebook's ``skip_list``.
+        decay_embeddings: decay embedding tables (the default, as the founding notebook and timm do).
         layer_decay: BEiT-style layer-wise LR decay, ``lr_scale = layer_decay ** (max_layer - layer)``.
         layer_of: override the layer found from the structure: mapping or callable name -> layer.
         tied: how to settle different decisions for names of one tensor of equal standing.

@@ -10,7 +10,7 @@ anchors' rules as written, holes included (the README lists them):
   ``layernorm``, ``rmsnorm``, ``(^|.)norm($|.)`` or ``_norm($|.)`` (``Trainer.get_decay_parameter_names``,
   transformers 5);
 - ``nanogpt``: decay iff ``p.dim() >= 2`` (``GPT.configure_optimizers``);
-- ``seed``: the seed notebook's ``custom_weight_decay`` as it was meant, its ``if`` inside the
+- ``seed``: the founding notebook's ``custom_weight_decay`` as it was meant, its ``if`` inside the
   loop: no decay if ``len(shape) == 1``, the name ends ``.bias``, or it is in the skip list
   (pass the skip list as ``exclude=``);
 - ``torch``: decay everything, which is what ``torch.optim.AdamW(model.parameters(), weight_decay=...)`` does.
@@ -91,7 +91,7 @@ PRESETS: dict[str, Preset] = {
         Preset("timm", _timm, "top", "no decay if ndim <= 1, .bias, or model.no_weight_decay()"),
         Preset("hf", _hf, "none", "HF Trainer: no decay for nn.LayerNorm and names with bias/norm"),
         Preset("nanogpt", _nanogpt, "none", "decay iff dim >= 2"),
-        Preset("seed", _seed, "none", "the seed notebook's rule, bug fixed: 1-D, .bias, skip list"),
+        Preset("seed", _seed, "none", "the founding notebook's rule, bug fixed: 1-D, .bias, skip list"),
         Preset("torch", _torch, "none", "decay every parameter (a plain torch optimizer)"),
     )
 }

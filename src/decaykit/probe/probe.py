@@ -58,7 +58,7 @@ from decaykit.policy.names import canonical_name
 from decaykit.policy.options import Policy
 from decaykit.probe.estimator import Rows, measure_rows
 from decaykit.probe.expectations import Expectation, expectations, rate_text
-from decaykit.probe.twin import Shadow
+from decaykit.probe.twin import Twin
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ProbeEntry", "ProbeReport", "probe"]
 
@@ -240,11 +240,11 @@ def probe(
     targets = _targets(optimizer, model, expects)
     _mark_frozen(targets, frozen)
     _mark_intent(targets, policy, model)
-    shadow = Shadow(optimizer)
+    twin = Twin(optimizer)
     chunks = _chunks(targets, optimizer, chunk_bytes)
     steps, peak = 0, 0
     for chunk in chunks:
-        s, b = _measure_chunk(shadow, chunk, optimizer)
+        s, b = _measure_chunk(twin, chunk, optimizer)
         steps, peak = steps + s, max(peak, b)
     decays_somewhere = any(t.expect.kind != "none" for t in targets)
     entries = [e for t in targets for e in _entries(t, decays_somewhere)]
@@ -367,15 +367,15 @@ def _chunks(targets: list[_Target], optimizer: torch.optim.Optimizer, limit: int
     return chunks
 
 
-def _measure_chunk(shadow: Shadow, chunk: list[_Target], optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+def _measure_chunk(twin: Twin, chunk: list[_Target], optimizer: torch.optim.Optimizer) -> tuple[int, int]:
     """Step the twins for one chunk; return (twin steps, bytes held at the peak)."""
     params = [t.param for t in chunk]
     start = {id(t.param): t.start for t in chunk if t.start is not None}
     p_bytes = sum(local_shard(p).numel() * p.element_size() for p in params)
     run_bytes = sum(_bytes(p, optimizer) for p in params) + p_bytes  # copies + zero gradients
-    shadow.trim(params)
-    base = shadow.step(params, start=start, decay_off=True)
-    decayed = shadow.step(params, start=start)
+    twin.trim(params)
+    base = twin.step(params, start=start, decay_off=True)
+    decayed = twin.step(params, start=start)
     for t in chunk:
         t.rows = measure_rows(_start(t), decayed[id(t.param)], base[id(t.param)], t.members,
                               _candidates(t.expect))
@@ -393,13 +393,13 @@ def _measure_chunk(shadow: Shadow, chunk: list[_Target], optimizer: torch.optim.
             g = c.detach() * rate
             return -g if maximize[id(p)] else g
 
-        coupled = shadow.step([t.param for t in need], grad=grad, start=start, decay_off=True)
+        coupled = twin.step([t.param for t in need], grad=grad, start=start, decay_off=True)
         for t in need:
             assert t.rows is not None
             t.rows.add_coupled(_start(t), decayed[id(t.param)], base[id(t.param)], coupled[id(t.param)])
-        shadow.recycle(coupled.values())
+        twin.recycle(coupled.values())
         steps, peak = 3, max(peak, run_bytes + 2 * p_bytes)
-    shadow.recycle([*base.values(), *decayed.values()])
+    twin.recycle([*base.values(), *decayed.values()])
     return steps, peak
 
 

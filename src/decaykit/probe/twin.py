@@ -33,7 +33,7 @@ from torch import nn
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError
 
-__all__ = ["Shadow", "reachable_optimizers"]
+__all__ = ["Twin", "reachable_optimizers"]
 
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,12 +81,12 @@ def _key(t: torch.Tensor) -> tuple[Any, ...] | None:
     return (tuple(t.shape), t.dtype, t.device)
 
 
-class Shadow:
+class Twin:
     """Twins of ``optimizer`` holding copies of a chunk of its parameters and their state.
 
     >>> p = nn.Parameter(torch.ones(3))
     >>> opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.5)
-    >>> stepped = Shadow(opt).step([p])   # zero gradients: only the decay acts
+    >>> stepped = Twin(opt).step([p])   # zero gradients: only the decay acts
     >>> stepped[id(p)], p.data
     (tensor([0.9500, 0.9500, 0.9500]), tensor([1., 1., 1.]))
     """
