@@ -9,7 +9,7 @@ import pytest
 from decaykit.cli.main import main
 from decaykit.verify import OPTIMIZERS, Closed
 
-# The rows exactly as the seed notebook printed them (torch's 4-decimal tensor print).
+# The rows exactly as the founding notebook printed them (torch's 4-decimal tensor print).
 SEED_ROWS = [
     "[ 0.4386,  0.0597,  0.3980,  0.7380,  0.1825]",
     "[ 0.2489, -0.1300,  0.2084,  0.5483, -0.0072]",
@@ -26,7 +26,7 @@ def test_verify_prints_the_seed_tensors_and_passes(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     for row in SEED_ROWS:
         assert row in out
-    assert "SGD: equals the tensors the seed notebook printed" in out
+    assert "SGD: equals the tensors the founding notebook printed" in out
     assert out.count("torch matches the closed form") == 3
     assert "coupled vs decoupled" in out and "result: 3 optimizer(s) match" in out
 

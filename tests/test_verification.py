@@ -1,4 +1,4 @@
-"""decaykit.verify: the seed notebook's numbers, and the closed forms against torch.optim as oracle."""
+"""decaykit.verify: the founding notebook's numbers, and the closed forms against torch.optim as oracle."""
 
 from __future__ import annotations
 
