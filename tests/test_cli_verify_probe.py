@@ -7,7 +7,7 @@ import json
 import pytest
 
 from decaykit.cli.main import main
-from decaykit.verify import OPTIMIZERS, Closed
+from decaykit.verify import CLOSED_FORMS, Closed
 
 # The rows exactly as the founding notebook printed them (torch's 4-decimal tensor print).
 SEED_ROWS = [
@@ -40,7 +40,7 @@ def test_verify_json_with_every_optimizer(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_verify_exits_nonzero_when_a_check_fails(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(OPTIMIZERS, "adamw", Closed("AdamW", "decoupled", "θ ← θ(1 − λ)", "AdamW",
+    monkeypatch.setitem(CLOSED_FORMS, "adamw", Closed("AdamW", "decoupled", "θ ← θ(1 − λ)", "AdamW",
                                                     lambda t, g, lr, wd: t * (1 - wd)))
     assert main(["verify", "--optimizer", "adamw"]) == 1
     assert "result: FAILED: AdamW" in capsys.readouterr().out

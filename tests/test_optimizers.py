@@ -16,7 +16,7 @@ from decaykit.convert import ALIASES, CONVENTIONS
 from decaykit.engine.cautious import FIRST_MOMENT_SIGN
 from decaykit.optimizers import REGISTRY, OptimizerInfo
 from decaykit.probe.expectations import expectations
-from decaykit.verify import OPTIMIZERS as CLOSED_FORMS
+from decaykit.verify import CLOSED_FORMS
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "decaykit"
 LR, WD = 0.01, 0.5

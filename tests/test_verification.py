@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from decaykit import DecayError, VerifyReport, verify
-from decaykit.verify import OPTIMIZERS, Closed, numpy_random
+from decaykit.verify import CLOSED_FORMS, Closed, numpy_random
 
 # Typed in from the founding notebook's output, exactly as it printed them.
 SEED_ORIGINAL = [
@@ -67,9 +67,9 @@ def test_runs_without_numpy() -> None:
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
 def test_closed_forms_equal_torch_on_random_tensors(name: str, foreach: bool) -> None:
-    closed = OPTIMIZERS[name]
+    closed = CLOSED_FORMS[name]
     gen = torch.Generator().manual_seed(7)
     for wd in (0.0, 0.3, 2.0):
         theta = torch.randn(7, 3, generator=gen, dtype=torch.float64)
@@ -82,8 +82,8 @@ def test_closed_forms_equal_torch_on_random_tensors(name: str, foreach: bool) ->
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_verify_checks_every_optimizer_both_kernels(foreach: bool) -> None:
-    report = verify(optimizers=list(OPTIMIZERS), foreach=foreach, lr=0.03, weight_decay=0.5, seed=5)
-    assert [c.name for c in report.checks] == list(OPTIMIZERS)
+    report = verify(optimizers=list(CLOSED_FORMS), foreach=foreach, lr=0.03, weight_decay=0.5, seed=5)
+    assert [c.name for c in report.checks] == list(CLOSED_FORMS)
     assert all(c.error <= 1e-12 for c in report.checks)
     assert report.seed_match is None  # not the seed's setup, so nothing to compare with
     assert report.ok
@@ -105,7 +105,7 @@ def test_coupled_and_decoupled_differ_as_explained(seed_report: VerifyReport) ->
 def test_a_wrong_formula_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = Closed("SGD", "decoupled", "θ ← θ·(1 − lr·λ) − 2·lr·g", "SGD",
                    lambda t, g, lr, wd: t * (1 - lr * wd) - 2 * lr * g)
-    monkeypatch.setitem(OPTIMIZERS, "sgd", wrong)
+    monkeypatch.setitem(CLOSED_FORMS, "sgd", wrong)
     report = verify(optimizers=["sgd"])
     assert not report.ok
     assert report.checks[0].error > 0.1

@@ -36,7 +36,7 @@ from decaykit._render import Report
 from decaykit._validate import check_number
 from decaykit.errors import DecayError
 
-__all__ = ["OPTIMIZERS", "SEED_PRINTED", "Closed", "OptimizerCheck", "VerifyReport", "numpy_random", "verify"]
+__all__ = ["CLOSED_FORMS", "SEED_PRINTED", "Closed", "OptimizerCheck", "VerifyReport", "numpy_random", "verify"]
 
 Tensor = torch.Tensor
 
@@ -77,7 +77,7 @@ def _closed(torch_class: str, rule: str, step: Callable[[Tensor, Tensor, float, 
     return Closed(torch_class, entry.decay_in(), rule, torch_class, step)
 
 
-OPTIMIZERS: dict[str, Closed] = {
+CLOSED_FORMS: dict[str, Closed] = {
     "sgd": _closed("SGD", "θ ← θ − lr·(g + λθ)", _sgd),
     "adam": _closed("Adam", "θ ← θ − lr·ĝ/(|ĝ| + ε), ĝ = g + λθ", _adam),
     "adamw": _closed("AdamW", "θ ← θ·(1 − lr·λ) − lr·g/(|g| + ε)", _adamw),
@@ -195,7 +195,7 @@ def verify(
 
     Args:
         lr, weight_decay, seed: the experiment's settings (the notebook's: 0.1, 1, 123).
-        optimizers: names from :data:`OPTIMIZERS` (``sgd``, ``adam``, ``adamw``, ``rmsprop``).
+        optimizers: names from :data:`CLOSED_FORMS` (``sgd``, ``adam``, ``adamw``, ``rmsprop``).
         foreach: passed to the torch optimizers (None: torch's default implementation).
         tol: largest allowed |torch − formula| (float64).
     """
@@ -205,16 +205,16 @@ def verify(
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise DecayError(f"seed must be an int in [0, 2**32 - 1] (as numpy's), got {seed!r}")
     names = [optimizers] if isinstance(optimizers, str) else list(optimizers)
-    unknown = [n for n in names if n not in OPTIMIZERS]
+    unknown = [n for n in names if n not in CLOSED_FORMS]
     if not names or unknown:
-        raise DecayError(f"optimizers must be among {', '.join(OPTIMIZERS)}, got {names!r}")
+        raise DecayError(f"optimizers must be among {', '.join(CLOSED_FORMS)}, got {names!r}")
     draws = numpy_random(seed, 12 + 20)  # x first, then w, as the notebook drew them
     x = torch.tensor(draws[:12], dtype=torch.float64).reshape(3, 4)
     w0 = torch.tensor(draws[12:], dtype=torch.float64).reshape(4, 5)
     grad = x.t() @ torch.ones(3, 5, dtype=torch.float64)  # ∂(x @ w).sum()/∂w = xᵀ·1
     checks = []
     for name in dict.fromkeys(names):
-        closed = OPTIMIZERS[name]
+        closed = CLOSED_FORMS[name]
         without = _torch_step(closed, w0, x, lr, 0.0, foreach)
         with_decay = _torch_step(closed, w0, x, lr, weight_decay, foreach)
         exp_without, exp_with = closed.step(w0, grad, lr, 0.0), closed.step(w0, grad, lr, weight_decay)

@@ -17,13 +17,13 @@ DESCRIPTION = ("np.random.seed(SEED); x (3, 4) and w (4, 5) from np.random.rando
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from decaykit.verify import DEFAULT_OPTIMIZERS, OPTIMIZERS
+    from decaykit.verify import CLOSED_FORMS, DEFAULT_OPTIMIZERS
 
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1, the notebook's)")
     parser.add_argument("--weight-decay", "--wd", type=float, default=1.0, metavar="λ",
                         help="weight decay of the second step (default: 1, the notebook's)")
     parser.add_argument("--seed", type=int, default=123, help="numpy seed (default: 123, the notebook's)")
-    parser.add_argument("--optimizer", action="append", choices=[*OPTIMIZERS, "all"], default=None,
+    parser.add_argument("--optimizer", action="append", choices=[*CLOSED_FORMS, "all"], default=None,
                         help=f"optimizer to check, repeatable (default: {', '.join(DEFAULT_OPTIMIZERS)})")
     parser.add_argument("--foreach", choices=("default", "on", "off"), default="default",
                         help="torch's foreach implementation (default: torch's choice)")
@@ -31,11 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decaykit.verify import DEFAULT_OPTIMIZERS, OPTIMIZERS, verify
+    from decaykit.verify import CLOSED_FORMS, DEFAULT_OPTIMIZERS, verify
 
     names = args.optimizer or list(DEFAULT_OPTIMIZERS)
     if "all" in names:
-        names = list(OPTIMIZERS)
+        names = list(CLOSED_FORMS)
     foreach = {"default": None, "on": True, "off": False}[args.foreach]
     report = verify(lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, optimizers=names, foreach=foreach)
     if args.json:

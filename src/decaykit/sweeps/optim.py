@@ -23,16 +23,16 @@ from decaykit.policy.names import canonical_name
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import param_groups
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "decay_plan", "describe_optimizer", "policy_options"]
+__all__ = ["INNER_OPTIMIZERS", "as_policy", "build_optimizer", "decay_plan", "describe_optimizer"]
 
 # the registry's CLI names of the inner optimizers a sweep builds; "adamw" and "adam" differ only in
 # their decay, which the engine owns
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd")
+INNER_OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd")
 
 OptimizerSpec = str | Callable[..., torch.optim.Optimizer]
 
 
-def policy_options(policy: str | Policy | Mapping[str, Any]) -> Policy:
+def as_policy(policy: str | Policy | Mapping[str, Any]) -> Policy:
     """The sweep's ``policy`` as a :class:`decaykit.Policy`: a preset name, a ``Policy``, or the keyword
     arguments of :func:`decaykit.param_groups` (``policy``, ``rules``, ``exclude``, ``layer_decay``, …)."""
     if not isinstance(policy, (str, Policy, Mapping)):
@@ -46,7 +46,7 @@ def policy_options(policy: str | Policy | Mapping[str, Any]) -> Policy:
 def decay_plan(model: nn.Module, weight_decay: float, policy: str | Policy | Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     """``{parameter name: (weight_decay, lr_scale)}`` for the trainable parameters of ``model``, per the policy."""
     out: dict[str, tuple[float, float]] = {}
-    for group in param_groups(model, weight_decay, policy=policy_options(policy)):
+    for group in param_groups(model, weight_decay, policy=as_policy(policy)):
         for name in group["param_names"]:
             out[canonical_name(name)] = (float(group["weight_decay"]), float(group.get("lr_scale", 1.0)))
     return out
@@ -71,7 +71,7 @@ def _inner(
         return cls(groups, lr=lr, weight_decay=0.0, fused=fused or None)
     if spec == "sgd":
         return by_cli_name(spec).torch_class()(groups, lr=lr, momentum=momentum, weight_decay=0.0)
-    raise DecayError(f"optimizer must be one of {', '.join(OPTIMIZERS)} or a function, got {spec!r}")
+    raise DecayError(f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)} or a function, got {spec!r}")
 
 
 def _can_fuse(params: Sequence[Tensor]) -> bool:
@@ -128,6 +128,6 @@ def describe_optimizer(optimizer: OptimizerSpec, lr: float, momentum: float, mod
     if callable(optimizer):
         name = getattr(optimizer, "__qualname__", type(optimizer).__name__)
     else:
-        name = by_cli_name(optimizer).name if optimizer in OPTIMIZERS else str(optimizer)
+        name = by_cli_name(optimizer).name if optimizer in INNER_OPTIMIZERS else str(optimizer)
     extra = f", momentum {momentum:g}" if optimizer == "sgd" and momentum else ""
     return f"{name} (lr {lr:g}{extra}), decay mode {mode}"

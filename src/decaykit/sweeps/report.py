@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from decaykit._render import format_table as table
+from decaykit._render import format_table
 
 __all__ = ["METRIC_ORDER", "aggregate", "choose_best", "format_report"]
 
@@ -117,7 +117,7 @@ def _lam(value: float) -> str:
     return "0" if value == 0 else f"{value:.4g}"
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: float | None) -> str:
+def results_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: float | None) -> str:
 
     gap_is_accuracy = "train_accuracy" in names
     show_std = any(r["seeds"] - r["diverged"] > 1 for r in rows)  # one seed: no spread to show
@@ -135,7 +135,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: 
             mark.append(f"diverged {r['diverged']}/{r['seeds']} seeds")
         cells.append(", ".join(mark))
         body.append(cells)
-    return table(headers, body, align="r" * (len(headers) - 1) + "l")
+    return format_table(headers, body, align="r" * (len(headers) - 1) + "l")
 
 
 def _describe_value(name: str, value: float, std: float | None) -> str:
@@ -226,7 +226,7 @@ def format_report(
     extra = sorted({k for r in rows for k in r} - set(METRIC_ORDER) - {"weight_decay", "seeds", "diverged"})
     extra = [k for k in extra if not k.endswith("_std")]
     names = records_names + extra
-    lines = [*header, "", format_table(rows, names, None if best is None else best["weight_decay"]), ""]
+    lines = [*header, "", results_table(rows, names, None if best is None else best["weight_decay"]), ""]
     lines += verdict(best, rows)
     lines += [f"note: {n}" for n in notes]
     if files:

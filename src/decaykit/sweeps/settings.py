@@ -31,7 +31,7 @@ from decaykit.errors import DecayError
 from decaykit.policy.options import Policy
 from decaykit.sweeps import grid as grids
 from decaykit.sweeps.metrics import LOSSES, resolve_loss
-from decaykit.sweeps.optim import OPTIMIZERS, policy_options
+from decaykit.sweeps.optim import INNER_OPTIMIZERS, as_policy
 from decaykit.sweeps.store import TrialKey
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class Training(_Options):
         if self.batch_size is not None:
             _set(self, "batch_size", check_int(self.batch_size, "batch_size", minimum=0))
         _check_mode(self.mode)
-        policy_options(self.policy)  # a bad policy fails here; its rules' names fail on the model
+        as_policy(self.policy)  # a bad policy fails here; its rules' names fail on the model
         _check_loss(self.loss)
         _set(self, "metrics", _checked_metrics(self.metrics))
         if self.metric is not None and not isinstance(self.metric, str):
@@ -218,8 +218,8 @@ class Training(_Options):
 
 
 def _check_optimizer(optimizer: Any) -> None:
-    if optimizer is not None and not callable(optimizer) and optimizer not in OPTIMIZERS:
-        raise DecayError(f"optimizer must be one of {', '.join(OPTIMIZERS)} or a function, got {optimizer!r}")
+    if optimizer is not None and not callable(optimizer) and optimizer not in INNER_OPTIMIZERS:
+        raise DecayError(f"optimizer must be one of {', '.join(INNER_OPTIMIZERS)} or a function, got {optimizer!r}")
 
 
 def _check_mode(mode: Any) -> None:
