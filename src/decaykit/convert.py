@@ -33,7 +33,7 @@ from torch import Tensor
 
 from decaykit import optimizers
 from decaykit._render import Report
-from decaykit._validate import check_number, check_rates
+from decaykit._validate import check_int, check_number, check_rates
 from decaykit.errors import DecayError
 
 __all__ = [
@@ -213,9 +213,7 @@ class Timescale(Report):
 def _size(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise DecayError(f"{name} must be a whole number >= 1, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=1, what="a whole number")
 
 
 def timescale(

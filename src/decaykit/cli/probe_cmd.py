@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from decaykit._loading import build_model
-    from decaykit._validate import check_number
+    from decaykit._validate import check_int, check_number
     from decaykit.errors import DecayError
     from decaykit.models import DEMO_MODELS
     from decaykit.policy.plan import param_groups
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     lr = check_number(args.lr, "--lr", allow_zero=False)
     weight_decay = check_number(args.weight_decay, "--weight-decay")
-    if args.state_steps < 0:
-        raise DecayError(f"--state-steps must be >= 0, got {args.state_steps}")
+    check_int(args.state_steps, "--state-steps")
     policy = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
     if args.no_policy:

@@ -7,7 +7,6 @@ members every parameter must hold along dim 0, and a schedule's output at a give
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -101,15 +100,15 @@ def check_member_lambda(i: int, group: dict[str, Any], lam: Tensor) -> Tensor:
 def check_multiplier(schedule: Any, step: int) -> float:
     """s(t), the schedule's λ multiplier at ``step``: a finite number >= 0 (a one-element tensor is read)."""
     value = schedule(step)
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if isinstance(value, Tensor) and value.numel() == 1:
-        value, ok = value.item(), True
-    if not ok or not math.isfinite(value) or value < 0:
+        value = value.item()
+    try:
+        return check_number(value, "s(t)", strict_type=True)
+    except DecayError:
         raise DecayError(
             f"schedule {schedule!r} returned {value!r} at step {step}; a weight-decay schedule "
             "must return a finite multiplier >= 0"
-        )
-    return float(value)
+        ) from None
 
 
 def check_checkpoint(own: dict[str, Any], key: str, mode: str, schedule: Any, n_groups: int) -> None:
