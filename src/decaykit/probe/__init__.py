@@ -1,6 +1,7 @@
 """The probe: measure the decay an optimizer really applies, without moving it.
 
-- ``probe``: :func:`probe` and its report; ``twin``: a throwaway copy of the optimizer to step;
+- ``probe``: :func:`probe`, the measurement; ``report``: what it returns; ``targets``: the tensors it
+  measures and in which chunks; ``twin``: a throwaway copy of the optimizer to step;
 - ``estimator``: from a tensor before and after the twins' steps to a measured factor;
 - ``expectations``: what each group should do, read from the optimizer registry and the engine.
 """

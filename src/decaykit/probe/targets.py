@@ -1,0 +1,150 @@
+"""The tensors a probe measures: who holds them, what should happen to them, and in which chunks."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from decaykit._dtensor import is_sharded, local_shard
+from decaykit.errors import DecayError
+from decaykit.policy.names import canonical_name
+from decaykit.policy.options import Policy
+from decaykit.probe.estimator import Rows
+from decaykit.probe.expectations import Expectation
+
+__all__ = ["Target", "byte_size", "chunked", "find_targets", "mark_frozen", "mark_intent"]
+
+
+@dataclass
+class Target:
+    """One tensor the probe measures, with what it should do and what it did."""
+
+    param: torch.Tensor
+    name: str
+    group: int
+    expect: Expectation
+    total: int  # stacked models sharing the tensor (per-member rates), else 1
+    members: int  # rows measured here: total, or 0 for a DTensor with no elements on this rank
+    sharded: bool = False  # a DTensor: measured on this rank's shard
+    frozen: str = ""  # why it must not change, or ""
+    latent: bool = False  # frozen by requires_grad=False and no .grad: torch skips it today
+    intent: tuple[bool, str] | None = None  # (the policy says decay, why)
+    start: torch.Tensor | None = None  # test pattern for an all-zero tensor
+    fresh: bool = True  # no optimizer state yet: nothing but a decay can move it with zero gradients
+    rows: Rows | None = None
+
+
+def _held(name: str, local: torch.Tensor, total: int) -> int:
+    """How many rows (stacked members) of a DTensor this rank's shard holds values of: all or none."""
+    if not local.numel():
+        return 0
+    if total > 1 and local.shape[0] != total:
+        # the twin would apply all of the group's per-member rates to some of the rows
+        raise DecayError(f"{name} stacks {total} models with per-member decay rates, but this rank holds "
+                         f"{local.shape[0]} of its rows (sharded on the member dimension 0): probe the stacked "
+                         "model unsharded, or shard it on another dimension")
+    return total
+
+
+def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects: list[Expectation]) -> list[Target]:
+    names: dict[int, str] = {}
+    if model is not None:
+        for n, p in model.named_parameters():
+            names.setdefault(id(p), canonical_name(n))
+    targets = []
+    for i, group in enumerate(optimizer.param_groups):
+        params = group["params"]
+        given = group.get("param_names")
+        given = given if isinstance(given, (list, tuple)) and len(given) == len(params) else None
+        for j, p in enumerate(params):
+            name = canonical_name(str(given[j])) if given else names.get(id(p), f"group{i}.param{j}")
+            rate = expects[i].rate
+            total = 1
+            if isinstance(rate, torch.Tensor):
+                if p.dim() == 0 or p.shape[0] != rate.numel():
+                    raise DecayError(
+                        f"group {i} has {rate.numel()} per-member decay rates but {name} has shape "
+                        f"{tuple(p.shape)}: stacked parameters need the members on dimension 0"
+                    )
+                total = rate.numel()
+            sharded = is_sharded(p)
+            local = local_shard(p)  # a DTensor's shard on this rank; the tensor itself otherwise
+            members = _held(name, local, total) if sharded else total
+            start = None
+            if members and local.numel() and not bool(local.reshape(members, -1).any(dim=1).all()):
+                # decay cannot move zeros: measure the same mechanics on a copy with a test pattern
+                pattern = (torch.arange(local.numel(), device=local.device) % 5 + 1).to(local.dtype) / 5
+                start = pattern.reshape(local.shape)
+            fresh = not optimizer.state.get(p)
+            targets.append(Target(p, name, i, expects[i], total, members, sharded, start=start, fresh=fresh))
+    return targets
+
+
+def mark_frozen(targets: list[Target], frozen: Iterable[str | torch.Tensor]) -> None:
+    if isinstance(frozen, (str, torch.Tensor)):
+        frozen = [frozen]
+    patterns = [f for f in frozen if isinstance(f, str)]
+    tensors = {id(f) for f in frozen if isinstance(f, torch.Tensor)}
+    for t in targets:
+        if not t.param.requires_grad:
+            t.frozen, t.latent = "requires_grad=False", t.param.grad is None
+        elif id(t.param) in tensors or any(fnmatch.fnmatchcase(t.name, pat) for pat in patterns):
+            t.frozen = "listed as frozen"
+
+
+def mark_intent(targets: list[Target], policy: Any, model: nn.Module | None) -> None:
+    if policy is None:
+        return
+    if isinstance(policy, Mapping):
+        for t in targets:
+            for pattern, value in policy.items():
+                if t.name == pattern or fnmatch.fnmatchcase(t.name, str(pattern)):
+                    decay = bool(value) if isinstance(value, bool) else float(value) > 0
+                    t.intent = (decay, f"policy[{pattern!r}]={value}")
+                    break
+        return
+    if isinstance(policy, (str, Policy)):
+        if model is None:
+            raise DecayError(f"policy={policy!r} needs model=: the policy decides from the model's structure")
+        from decaykit.policy.plan import plan
+
+        policy = plan(model, 1.0, policy=policy)
+    decisions = getattr(policy, "decisions", None)
+    if decisions is None:
+        raise DecayError(
+            "policy must be a policy name, a decaykit.Policy, a decaykit.Plan or a mapping name -> weight decay, "
+            f"got {type(policy).__name__}"
+        )
+    by_tensor = {id(d.param): d for d in decisions}
+    for t in targets:
+        d = by_tensor.get(id(t.param))
+        if d is not None and d.trainable:
+            t.intent = (bool(d.decay), d.reason)
+
+
+def byte_size(p: torch.Tensor, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of ``p`` and its state that a twin copies: this rank's shards of DTensors."""
+    state = optimizer.state.get(p, {})
+    tensors = [p, *(v for v in state.values() if isinstance(v, torch.Tensor))]
+    return sum(local_shard(t).numel() * t.element_size() for t in tensors)
+
+
+def chunked(targets: list[Target], optimizer: torch.optim.Optimizer, limit: int | None) -> list[list[Target]]:
+    targets = [t for t in targets if t.members]  # an empty shard has nothing to step
+    if limit is None:
+        return [targets] if targets else []
+    chunks: list[list[Target]] = []
+    size = 0
+    for t in targets:
+        b = byte_size(t.param, optimizer)
+        if not chunks or size + b > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(t)
+        size += b
+    return chunks
