@@ -326,3 +326,8 @@ def test_reference_is_independent_of_the_engine():
     names = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "decaykit.engine.modes"
              for a in node.names}
     assert names == {"MODES"}  # the mode names only, none of the kernels
+
+
+def test_the_reference_refuses_what_is_not_an_optimizer():
+    with pytest.raises(DecayError, match="optimizer must be a torch.optim.Optimizer, got list"):
+        ReferenceWeightDecay([nn.Parameter(torch.ones(2))])

@@ -211,3 +211,10 @@ def test_the_cli_defaults_are_the_values_defaults():
     trials, training, execution = settings_from_args(build_parser().parse_args(["sweep"]))
     assert trials == Trials() and dataclasses.replace(training, policy="decaykit") == Training()
     assert execution == Execution(storage=None, out="decaykit-sweep/digits-noisy-labels", plots=True, progress="auto")
+
+
+def test_wrong_kinds_of_input_are_one_clear_line():
+    with pytest.raises(DecayError, match=r"seeds must be a count or a list of integers, got 1.5"):
+        Trials(seeds=1.5)
+    with pytest.raises(DecayError, match=r"task must be a Task, got 'ridge'; make one with builtin_task"):
+        run_sweep("ridge")

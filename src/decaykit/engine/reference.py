@@ -82,6 +82,8 @@ class ReferenceWeightDecay:
                  max_lr: float | Sequence[float] | None = None) -> None:
         if mode not in MODES:
             raise DecayError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise DecayError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         groups = optimizer.param_groups
         if isinstance(max_lr, Sequence) and len(max_lr) != len(groups):
             raise DecayError(f"max_lr has {len(max_lr)} values but the optimizer has {len(groups)} param groups")

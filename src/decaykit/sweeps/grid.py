@@ -126,7 +126,7 @@ def search_rounds(
 
 
 def check_seeds(seeds: int | Iterable[int]) -> list[int]:
-    if isinstance(seeds, bool):
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, Iterable)) or isinstance(seeds, str):
         raise DecayError(f"seeds must be a count or a list of integers, got {seeds!r}")
     if isinstance(seeds, int):
         if seeds < 1:

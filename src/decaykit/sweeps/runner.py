@@ -143,6 +143,11 @@ def run_sweep(
     >>> run_sweep(builtin_task("ridge"), Trials(weight_decays=[0.1, 1]), Training(epochs=500))  # doctest: +SKIP
     """
     started = time.perf_counter()
+    if not isinstance(task, Task):
+        raise DecayError(
+            f"task must be a Task, got {task!r}; make one with builtin_task('ridge') or "
+            "task_from_user(model_fn, data) from decaykit.sweeps"
+        )
     execution = execution or Execution()
     prepared = prepare(task, trials or Trials(), training or Training())
     store, study = _open_store(prepared, execution)
