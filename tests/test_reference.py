@@ -329,5 +329,5 @@ def test_reference_is_independent_of_the_engine():
 
 
 def test_the_reference_refuses_what_is_not_an_optimizer():
-    with pytest.raises(DecayError, match="optimizer must be a torch.optim.Optimizer, got list"):
+    with pytest.raises(DecayError, match=r"optimizer must be a torch\.optim\.Optimizer, got list"):
         ReferenceWeightDecay([nn.Parameter(torch.ones(2))])
