@@ -2,39 +2,77 @@
 
 Each subcommand lives in ``decaykit/cli/<name>_cmd.py`` and exposes ``HELP``, ``DESCRIPTION``,
 ``add_arguments(parser)`` and ``run(args) -> int`` (and ``FORMATTER`` when its description is laid
-out by hand); :func:`build_parser` registers them all the same way. Errors the user can fix
-(``DecayError``) end the program with one readable line and exit status 2.
+out by hand); :func:`build_parser` registers them all the same way.
+
+Exit status, for every command: 0 ok; 1 a problem found (an audit error, a probe or verify
+mismatch, policies that differ under ``inspect --diff``); 2 bad input (a ``DecayError``, a usage
+error, the user's own model code failing); 3 an internal error; 130 interrupted. Each error is one
+line on stderr (``--traceback`` or ``DECAYKIT_TRACEBACK=1``: the full trace instead) and, with
+``--json``, also one JSON object ``{"error": {"kind", "argument", "message"}}`` on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import re
 import sys
+import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 from decaykit import __version__
+from decaykit._render import print_json
 from decaykit.errors import DecayError
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS",
+           "build_parser", "main"]
 
 # The order here is the order ``decaykit --help`` lists them in.
 COMMANDS: tuple[str, ...] = ("sweep", "inspect", "audit", "verify", "probe", "convert")
 
+EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# argparse reads "-1e-3" as an option (its own pattern knows only -1 and -1.5); a value is any number
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+_ARGPARSE_ARGUMENT = re.compile(r"^argument ([^:/ ]+)")
+
+
+class _UsageError(SystemExit):
+    """A usage error, already printed the argparse way; carries the message for ``--json``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_BAD_INPUT)
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _UsageError(message)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="decaykit",
-        description="Weight decay in PyTorch made correct, visible and measurable.",
-    )
+    parser = _Parser(prog="decaykit", description="Weight decay in PyTorch made correct, visible and measurable.")
     parser.add_argument("--version", action="version", version=f"decaykit {__version__}")
+    trace_help = "on an error, print the full Python trace instead of one line (also: DECAYKIT_TRACEBACK=1)"
+    parser.add_argument("--traceback", action="store_true", help=trace_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         command = importlib.import_module(f"decaykit.cli.{name}_cmd")
         formatter = getattr(command, "FORMATTER", argparse.HelpFormatter)
         parser_ = sub.add_parser(name, help=command.HELP, description=command.DESCRIPTION, formatter_class=formatter)
         command.add_arguments(parser_)
+        # SUPPRESS: a subcommand's default must not undo `decaykit --traceback COMMAND`
+        parser_.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=trace_help)
         parser_.set_defaults(func=command.run)
     return parser
 
@@ -43,26 +81,85 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: ob
     return f"decaykit: warning: {message}\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 2
+@contextlib.contextmanager
+def _cli_session() -> Iterator[None]:
+    """Warnings on one line, and the current folder first on the import path, as ``python -m`` has it,
+    so ``decaykit audit my_pkg.model:build`` finds ``./my_pkg`` under the console script too."""
+    from decaykit._loading import on_import_path
+
+    cwd = os.getcwd()
+    added = not on_import_path(cwd)
+    if added:
+        sys.path.insert(0, cwd)
     previous = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     try:
-        return int(args.func(args) or 0)
-    except DecayError as exc:
-        print(f"decaykit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"decaykit {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `decaykit inspect ... | head`
-        return 0
+        yield
     finally:
         warnings.formatwarning = previous
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _classify(exc: BaseException) -> tuple[int, str, str | None, str]:
+    """(exit status, kind, argument, message) of an exception that ended a command."""
+    from decaykit._loading import describe_exception
+
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted", None, "interrupted"
+    if isinstance(exc, DecayError):
+        return EXIT_BAD_INPUT, exc.kind, exc.argument, str(exc)
+    if isinstance(exc, SystemExit):  # decaykit never exits from inside a command: the user's code did
+        return EXIT_BAD_INPUT, "user-code", None, f"the user's code called sys.exit({exc.code!r})"
+    return EXIT_INTERNAL, "internal", None, describe_exception(exc)
+
+
+def _report(command: str, exc: BaseException, *, json_out: bool, trace: bool) -> int:
+    status, kind, argument, message = _classify(exc)
+    if trace:
+        traceback.print_exception(exc)
+    elif kind == "interrupted":
+        print(f"decaykit {command}: interrupted", file=sys.stderr)
+    elif kind == "internal":
+        print(f"decaykit {command}: internal error: {message} (rerun with --traceback for the trace; "
+              "please report it)", file=sys.stderr)
+    else:
+        hint = " (rerun with --traceback for the trace)" if kind == "user-code" else ""
+        print(f"decaykit {command}: error: {message}{hint}", file=sys.stderr)
+    if json_out:
+        _print_error(kind, argument, message)
+    return status
+
+
+def _print_error(kind: str, argument: str | None, message: str) -> None:
+    with contextlib.suppress(OSError):
+        print_json({"error": {"kind": kind, "argument": argument, "message": message}})
+
+
+def _wants_trace(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "traceback", False)) or os.environ.get("DECAYKIT_TRACEBACK", "") not in ("", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        if "--json" in argv:
+            named = _ARGPARSE_ARGUMENT.match(exc.message)
+            _print_error("bad-input", named.group(1) if named else None, exc.message)
+        return EXIT_BAD_INPUT
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    with _cli_session():
+        try:
+            return int(args.func(args) or EXIT_OK)
+        except BrokenPipeError:  # `decaykit inspect ... | head`: the reader has what it wanted
+            return EXIT_OK
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:
+            return _report(args.command, exc, json_out=bool(getattr(args, "json", False)), trace=_wants_trace(args))
 
 
 if __name__ == "__main__":  # pragma: no cover
