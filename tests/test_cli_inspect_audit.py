@@ -24,13 +24,13 @@ def test_inspect_table_lists_every_parameter_with_reason(capsys):
     assert code == 0
     assert "layer1.0.downsample.1.weight" in out and "norm:BatchNorm2d" in out
     assert out.count("\n") > 161
-    assert "summary: policy 'decaykit', weight_decay 0.0001, 161 tensors, 25,557,032 parameters" in out
+    assert "summary: policy 'decaykit', weight_decay 0.05, 161 tensors, 25,557,032 parameters" in out
 
 
 def test_inspect_json_diff_and_timescale(capsys):
     code, out, _ = run(capsys, "inspect", "gpt", "--json", "--diff", "hf", "--weight-decay", "0.1", "--lr", "1e-3")
     data = json.loads(out)
-    assert code == 0 and data["policy"] == "decaykit"
+    assert code == 1 and data["policy"] == "decaykit"  # the policies disagree
     diff = {r["name"] for r in data["diff"]["parameters"]}
     assert "h.0.ln_1.weight" in diff and "ln_f.weight" in diff
     assert data["timescale"]["iterations"] == 10000 and data["timescale"]["epochs"] is None
@@ -49,7 +49,7 @@ def test_inspect_errors_are_one_line_with_exit_2(capsys):
     code, _, err = run(capsys, "inspect", "no.such.module:make")
     assert code == 2 and err.count("\n") == 1 and "cannot import module 'no.such.module'" in err
     code, _, err = run(capsys, "inspect", "mlp", "--weight-decay", "-1")
-    assert code == 2 and "weight_decay must be a finite number >= 0, got -1.0" in err
+    assert code == 2 and "--weight-decay must be a finite number >= 0, got -1.0" in err
     code, _, err = run(capsys, "inspect", "torch.nn:Linear")
     assert code == 2 and "could not be called with no arguments" in err
 

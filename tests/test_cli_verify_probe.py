@@ -83,5 +83,5 @@ def test_probe_engine_mode_and_frozen(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_probe_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["probe", "mlp", "--momentum", "0.9"]) == 2
-    assert "--momentum applies to sgd and rmsprop" in capsys.readouterr().err
+    assert "--momentum has no effect with --optimizer adamw" in capsys.readouterr().err
     assert main(["probe", "no_such_model"]) == 2

@@ -6,7 +6,14 @@ import argparse
 from typing import Any
 
 from decaykit._render import print_json
-from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, policy_from_args
+from decaykit.cli.common import (
+    DEFAULT_WEIGHT_DECAY,
+    OPTIMIZERS,
+    add_policy_arguments,
+    no_effect,
+    policy_from_args,
+)
+from decaykit.errors import DecayError
 
 __all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 
@@ -14,57 +21,43 @@ __all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 HELP = "find parameters decayed that should not be, missing from the optimizer, frozen inside it ..."
 DESCRIPTION = ("Audit the optimizer saved in --checkpoint (a torch.save'd optimizer state_dict or a dict with "
     "key 'optimizer') against MODEL; without --checkpoint, audit an optimizer built here, by default the "
-    "common plain one: OPTIMIZER(model.parameters(), weight_decay=λ). Exit status 1 if an error is found.")
+    f"common plain one: OPTIMIZER(model.parameters(), weight_decay=λ), λ = {DEFAULT_WEIGHT_DECAY:g}. Exit status 1 "
+    "if an error is found.")
+
+# the flags that choose the optimizer built here: with --checkpoint there is none to build
+_BUILD_FLAGS = {"optimizer": "--optimizer", "groups": "--groups", "lr": "--lr"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL")
     parser.add_argument("--checkpoint", metavar="FILE", help="saved optimizer state_dict or checkpoint dict")
-    parser.add_argument("--key", default="optimizer", help="key of the optimizer state in a checkpoint dict")
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw",
+    parser.add_argument("--key", default=None, help="with --checkpoint: key of the optimizer state in a checkpoint "
+                                                    "dict (default: optimizer)")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None,
                         help="optimizer to build when no checkpoint is given (default: adamw)")
-    parser.add_argument("--groups", choices=("plain", "decaykit"), default="plain",
+    parser.add_argument("--groups", choices=("plain", "decaykit"), default=None,
                         help="build it from model.parameters() (plain, default) or decaykit.param_groups")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None, help="LR of the optimizer built here (default: 1e-3)")
     add_policy_arguments(parser, weight_decay=None)
     parser.add_argument("--weight-decay", "--wd", type=float, default=None, metavar="λ",
                         help="λ the policy expects (default: the largest weight decay in the optimizer; "
-                             "0.05 for an optimizer built here)")
+                             f"{DEFAULT_WEIGHT_DECAY:g} for an optimizer built here)")
     parser.add_argument("--measure", action="store_true", help="also measure the decay with a probe step on a copy")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from decaykit._loading import build_model
+    from decaykit._validate import check_number
     from decaykit.audit import audit
-    from decaykit.errors import DecayError
     from decaykit.models import DEMO_MODELS
-    from decaykit.policy.plan import param_groups
 
+    if args.weight_decay is not None:
+        args.weight_decay = check_number(args.weight_decay, "--weight-decay")
+    _check_flags(args)
     policy = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
-    if args.checkpoint:
-        try:
-            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DecayError(f"--checkpoint {args.checkpoint!r}: no such file") from None
-        except Exception as exc:
-            raise DecayError(f"--checkpoint {args.checkpoint!r} could not be read by torch.load: {exc}") from None
-        if isinstance(state, dict) and "param_groups" not in state:
-            if args.key not in state:
-                raise DecayError(f"--checkpoint {args.checkpoint!r} has no key {args.key!r} (keys: "
-                                 f"{', '.join(map(str, state))}); pass --key with the optimizer's key")
-            state = state[args.key]
-        optimizer: Any = state
-        if args.measure:
-            raise DecayError("--measure needs a live optimizer; it cannot step a state_dict read from --checkpoint")
-    else:
-        lam = 0.05 if args.weight_decay is None else args.weight_decay
-        cls = getattr(torch.optim, OPTIMIZERS[args.optimizer])
-        params = model.parameters() if args.groups == "plain" else param_groups(model, lam, policy=policy)
-        optimizer = cls(params, lr=args.lr, weight_decay=lam)
+    optimizer = _saved_optimizer(args) if args.checkpoint else _built_optimizer(args, model, policy)
     report = audit(model, optimizer, weight_decay=args.weight_decay, policy=policy, measure=args.measure)
     if args.json:
         print_json(report.to_dict())
@@ -74,3 +67,45 @@ def run(args: argparse.Namespace) -> int:
             print()
             print(report.probe)
     return 0 if report.ok else 1
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """No flag that would be ignored: the build flags need no --checkpoint, --key needs one."""
+    if args.checkpoint is None:
+        if args.key is not None:
+            raise no_effect("--key", "without --checkpoint (it names the optimizer's entry in a checkpoint dict)",
+                            "add --checkpoint FILE, or drop --key")
+        return
+    for dest, flag in _BUILD_FLAGS.items():
+        if getattr(args, dest) is not None:
+            raise no_effect(flag, "with --checkpoint (the optimizer is read from the file, not built here)",
+                            f"drop {flag}, or drop --checkpoint to audit an optimizer built here")
+    if args.measure:
+        raise DecayError("--measure needs a live optimizer; it cannot step a state_dict read from --checkpoint",
+                         argument="--measure")
+
+
+def _saved_optimizer(args: argparse.Namespace) -> Any:
+    from decaykit._loading import read_checkpoint
+
+    state = read_checkpoint(args.checkpoint)
+    key = args.key or "optimizer"
+    if isinstance(state, dict) and "param_groups" not in state:
+        if key not in state:
+            raise DecayError(f"--checkpoint {args.checkpoint!r} has no key {key!r} (keys: "
+                             f"{', '.join(map(str, state))}); pass --key with the optimizer's key", argument="--key")
+        state = state[key]
+    return state
+
+
+def _built_optimizer(args: argparse.Namespace, model: Any, policy: Any) -> Any:
+    import torch
+
+    from decaykit._validate import check_number
+    from decaykit.policy.plan import param_groups
+
+    lam = DEFAULT_WEIGHT_DECAY if args.weight_decay is None else args.weight_decay
+    lr = 1e-3 if args.lr is None else check_number(args.lr, "--lr", allow_zero=False)
+    cls = getattr(torch.optim, OPTIMIZERS[args.optimizer or "adamw"])
+    params = param_groups(model, lam, policy=policy) if args.groups == "decaykit" else model.parameters()
+    return cls(params, lr=lr, weight_decay=lam)

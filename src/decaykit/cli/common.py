@@ -1,21 +1,28 @@
-"""What the subcommands share: the policy flags, and the optimizers a command can build."""
+"""What the subcommands share: the default λ, the policy flags, the optimizers a command can build, and
+the refusal of a flag that has no effect where it is given."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from decaykit.errors import DecayError
 from decaykit.optimizers import by_cli_name, cli_choices
 
 if TYPE_CHECKING:
     from decaykit.policy.options import Policy
 
-__all__ = ["OPTIMIZERS", "add_policy_arguments", "policy_from_args", "policy_options"]
+__all__ = [
+    "DEFAULT_WEIGHT_DECAY", "OPTIMIZERS", "add_policy_arguments", "no_effect", "policy_from_args", "policy_options",
+]
+
+#: λ of inspect, audit and probe when --weight-decay is not given: the README's, and AdamW's usual range
+DEFAULT_WEIGHT_DECAY = 0.05
 
 #: CLI name -> torch.optim class name, for every optimizer the registry says the CLI can build
 OPTIMIZERS: dict[str, str] = {name: by_cli_name(name).name for name in cli_choices()}
 
 
-def add_policy_arguments(parser: Any, *, weight_decay: float | None = 1e-4) -> None:
+def add_policy_arguments(parser: Any, *, weight_decay: float | None = DEFAULT_WEIGHT_DECAY) -> None:
     """The flags that choose which parameters decay, shared by inspect, audit, probe and sweep."""
     from decaykit.policy.presets import PRESETS
 
@@ -52,4 +59,18 @@ def policy_from_args(args: Any) -> Policy:
     fails here, before any model is built)."""
     from decaykit.policy.options import Policy
 
-    return Policy.of(policy_options(args))
+    policy = Policy.of(policy_options(args))
+    for text, rule in zip(args.rule, policy.rules):
+        pattern = next((str(m) for m in rule.matcher() if m is not None), "")
+        if "=" in pattern:  # no parameter or module name holds '=': an action was read as part of the pattern
+            raise DecayError(
+                f"--rule {text!r} reads as the pattern {pattern!r}, which matches no name; give the pattern once "
+                "and its actions after one ':', comma-separated, e.g. 'head.*:wd=0,lr_scale=0.5'",
+                argument="--rule",
+            )
+    return policy
+
+
+def no_effect(flag: str, why: str, fix: str) -> DecayError:
+    """The error for a flag that would be ignored: ``--key has no effect without --checkpoint (...); fix``."""
+    return DecayError(f"{flag} has no effect {why}; {fix}", argument=flag)

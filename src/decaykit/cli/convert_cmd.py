@@ -6,6 +6,7 @@ import argparse
 import math
 
 from decaykit._render import format_table, print_json
+from decaykit.cli.common import no_effect
 from decaykit.convert import ALIASES, CONVENTIONS
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
@@ -22,13 +23,13 @@ DESCRIPTION = (f"Print LAMBDA, given in convention --from, in every convention (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weight_decay", metavar="LAMBDA", nargs="?", type=float, help="the weight decay to convert")
-    parser.add_argument("--from", dest="from_", default="lr_coupled", metavar="CONV",
+    parser.add_argument("--from", dest="from_", default=None, metavar="CONV",
                         help="convention LAMBDA is given in (default: lr_coupled, torch AdamW)")
     parser.add_argument("--to", default=None, metavar="CONV", help="print only the value in this convention")
     parser.add_argument("--lr", type=float, default=None, help="LR at which to match the decay (default: --max-lr)")
     parser.add_argument("--max-lr", type=float, default=None, help="peak LR eta_max of the schedule")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (convention 'normalized')")
-    parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (convention 'sgd_l2', default 0)")
+    parser.add_argument("--momentum", type=float, default=None, help="SGD momentum (convention 'sgd_l2', default 0)")
     parser.add_argument("--grad-rms", type=float, default=None,
                         help="RMS of the gradients, sqrt(mean(exp_avg_sq)) (convention 'adam_l2', approximate)")
     parser.add_argument("--dataset-size", type=int, default=None, help="training examples N, for tau in epochs")
@@ -51,26 +52,36 @@ def run(args: argparse.Namespace) -> int:
     from decaykit.errors import DecayError
 
     eta = args.lr if args.lr is not None else args.max_lr
-    if args.tau_steps is not None or args.tau_epochs is not None:
+    starts_from_tau = args.tau_steps is not None or args.tau_epochs is not None
+    if starts_from_tau:
         if args.weight_decay is not None:
-            raise DecayError("give LAMBDA or --tau-steps/--tau-epochs, not both")
+            raise DecayError("give LAMBDA or --tau-steps/--tau-epochs, not both", argument="LAMBDA")
+        if args.from_ is not None:
+            raise no_effect("--from", "with --tau-steps/--tau-epochs (they give a torch-AdamW λ, convention "
+                            "lr_coupled)", "drop --from")
         if eta is None:
-            raise DecayError("a timescale needs --lr (or --max-lr): lambda = 1/(lr * tau)")
+            raise DecayError("a timescale needs --lr (or --max-lr): lambda = 1/(lr * tau)", argument="--lr")
+        source = "lr_coupled"
+    elif args.weight_decay is None:
+        raise DecayError("give LAMBDA (the weight decay to convert), or --tau-steps / --tau-epochs", argument="LAMBDA")
+    else:
+        source = canonical_convention(args.from_ or "lr_coupled")
+    target = None if args.to is None else canonical_convention(args.to)
+    _check_flags(args, source, target, starts_from_tau)
+    if starts_from_tau:
         weight_decay = weight_decay_for_timescale(
             eta, iterations=args.tau_steps, epochs=args.tau_epochs,
             dataset_size=args.dataset_size, batch_size=args.batch_size,
         )
-        source = "lr_coupled"
-    elif args.weight_decay is None:
-        raise DecayError("give LAMBDA (the weight decay to convert), or --tau-steps / --tau-epochs")
     else:
-        weight_decay, source = args.weight_decay, canonical_convention(args.from_)
-    options = dict(lr=args.lr, max_lr=args.max_lr, steps=args.steps, momentum=args.momentum, grad_rms=args.grad_rms)
+        weight_decay = args.weight_decay
+    options = dict(lr=args.lr, max_lr=args.max_lr, steps=args.steps,
+                   momentum=0.0 if args.momentum is None else args.momentum, grad_rms=args.grad_rms)
 
     if args.to is not None:
-        value = convert(weight_decay, from_=source, to=args.to, **options)
+        value = convert(weight_decay, from_=source, to=target, **options)
         if args.json:
-            print_json({"from": source, "to": canonical_convention(args.to), "weight_decay": weight_decay, "value": value})
+            print_json({"from": source, "to": target, "weight_decay": weight_decay, "value": value})
         else:
             print(f"{value:.6g}")
         return 0
@@ -110,6 +121,36 @@ def run(args: argparse.Namespace) -> int:
     if tau is not None:
         print(f"timescale of the torch-AdamW value: {tau}")
     return 0
+
+
+def _check_flags(args: argparse.Namespace, source: str, target: str | None, starts_from_tau: bool) -> None:
+    """Numbers in range, named by their flags, and no flag that the conversion asked for would ignore
+    (``target`` None: the table of every convention)."""
+    from decaykit._validate import check_number
+
+    for flag, value in (("--lr", args.lr), ("--max-lr", args.max_lr), ("--grad-rms", args.grad_rms),
+                        ("--tau-steps", args.tau_steps), ("--tau-epochs", args.tau_epochs)):
+        if value is not None:
+            check_number(value, flag, allow_zero=False)
+    shown = set(CONVENTIONS) if target is None else {source, target}
+    for flag, value, convention in (("--momentum", args.momentum, "sgd_l2"), ("--steps", args.steps, "normalized"),
+                                    ("--grad-rms", args.grad_rms, "adam_l2")):
+        if value is not None and convention not in shown:
+            raise no_effect(flag, f"converting {source} -> {target} (only convention {convention!r} uses it)",
+                            f"drop {flag}")
+    if target is not None and not starts_from_tau:
+        a, b = CONVENTIONS[source], CONVENTIONS[target]
+        uses_lr = a.lr_power != b.lr_power
+        uses_max_lr = a.max_lr_power != b.max_lr_power or (uses_lr and args.lr is None)
+        for flag, value, used in (("--lr", args.lr, uses_lr), ("--max-lr", args.max_lr, uses_max_lr)):
+            if value is not None and not used:
+                raise no_effect(flag, f"converting {source} -> {target} (both scale with the LR alike)", f"drop {flag}")
+    in_epochs = args.tau_epochs is not None or (target is None and (args.lr is not None or args.max_lr is not None))
+    for flag, value in (("--dataset-size", args.dataset_size), ("--batch-size", args.batch_size)):
+        if value is not None and not in_epochs:
+            why = "with --to" if target is not None else "without --lr or --max-lr"
+            raise no_effect(flag, f"{why} (it turns the timescale into epochs, and none is shown)",
+                            "drop it, or add --lr and drop --to")
 
 
 def _needs(message: str) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from typing import Any
 
 from decaykit._render import print_json
-from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, policy_from_args
+from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, no_effect, policy_from_args
 
 __all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw", help="torch.optim class (default: adamw)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
     parser.add_argument("--momentum", type=float, default=None, help="momentum, for sgd and rmsprop")
-    add_policy_arguments(parser, weight_decay=0.05)
+    add_policy_arguments(parser)
     parser.add_argument("--no-policy", action="store_true",
                         help="build the optimizer from plain model.parameters() (every tensor decays), and check it "
                              "against --policy")
@@ -45,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
     from decaykit._loading import build_model
     from decaykit._validate import check_int, check_number
-    from decaykit.errors import DecayError
     from decaykit.models import DEMO_MODELS
     from decaykit.policy.plan import param_groups
     from decaykit.probe.probe import probe
@@ -53,18 +53,22 @@ def run(args: argparse.Namespace) -> int:
     lr = check_number(args.lr, "--lr", allow_zero=False)
     weight_decay = check_number(args.weight_decay, "--weight-decay")
     check_int(args.state_steps, "--state-steps")
+    cls = getattr(torch.optim, OPTIMIZERS[args.optimizer])
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if args.momentum is not None:
+        if "momentum" not in inspect.signature(cls).parameters:
+            takes = ", ".join(n for n, c in OPTIMIZERS.items()
+                              if "momentum" in inspect.signature(getattr(torch.optim, c)).parameters)
+            raise no_effect("--momentum", f"with --optimizer {args.optimizer} ({cls.__name__} takes no momentum)",
+                            f"drop --momentum, or pick an --optimizer that takes one ({takes})")
+        kwargs["momentum"] = check_number(args.momentum, "--momentum")
     policy = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
     if args.no_policy:
         params: Any = [p for p in model.parameters() if p.requires_grad]
     else:
         params = param_groups(model, weight_decay, policy=policy)
-    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
-    if args.momentum is not None:
-        if args.optimizer not in ("sgd", "rmsprop"):
-            raise DecayError(f"--momentum applies to sgd and rmsprop, not {args.optimizer}")
-        kwargs["momentum"] = check_number(args.momentum, "--momentum")
-    optimizer = getattr(torch.optim, OPTIMIZERS[args.optimizer])(params, **kwargs)
+    optimizer = cls(params, **kwargs)
     if args.mode is not None:
         from decaykit.engine.weight_decay import WeightDecay
 
