@@ -110,7 +110,9 @@ def _classify(exc: BaseException) -> tuple[int, str, str | None, str]:
     if isinstance(exc, DecayError):
         return EXIT_BAD_INPUT, exc.kind, exc.argument, str(exc)
     if isinstance(exc, SystemExit):  # decaykit never exits from inside a command: the user's code did
-        return EXIT_BAD_INPUT, "user-code", None, f"the user's code called sys.exit({exc.code!r})"
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" in {frames[-1].name}() at {frames[-1].filename}, line {frames[-1].lineno}" if frames else ""
+        return EXIT_BAD_INPUT, "user-code", None, f"the user's code called sys.exit({exc.code!r}){where}"
     return EXIT_INTERNAL, "internal", None, describe_exception(exc)
 
 
