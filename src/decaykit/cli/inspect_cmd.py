@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     settings = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
     decided = plan(model, args.weight_decay, policy=settings)
-    other = None if args.diff is None else plan(model, args.weight_decay, policy=dataclasses.replace(settings, preset=args.diff))
+    other = None
+    if args.diff is not None:
+        other = plan(model, args.weight_decay, policy=dataclasses.replace(settings, preset=args.diff))
     diff = [] if other is None else _diff_rows(decided, other)
     timescale = _timescale(args)
     if args.json:
