@@ -42,6 +42,8 @@ def test_a_huge_lambda_is_measured_or_refused_by_name() -> None:
     report = probe(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e30))
     assert not report.ok and all("overshoots" in e.note for e in report.entries)
     assert all(e.measured is not None and e.measured < -1e27 for e in report.entries)  # measured, not nan
+    adam = probe(torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e30))  # (λθ)² overflows in v
+    assert not adam.ok and all("second moment overflows" in e.note for e in adam.entries)
     for cls in (torch.optim.AdamW, torch.optim.SGD, torch.optim.Adam):
         with pytest.raises(DecayError, match=r"param_groups\[0\]\['weight_decay'\] = 1e\+300 is beyond the largest "
                                              r"float32 .*lower weight_decay"):

@@ -293,7 +293,8 @@ def _check(name: str, w0: Tensor, x: Tensor, grad: Tensor, lr: float, wd: float,
     diffs = [(without.double() - exp_without).abs(), (with_decay.double() - exp_with).abs()]
     error = max(float(d.max()) for d in diffs)
     eps = torch.finfo(dtype).eps
-    ulps = math.inf if overflow else max(float((d / (eps * size)).max()) for d in diffs)
+    unit = (eps * size).clamp_min(torch.finfo(torch.float64).tiny)  # a weight with no term at all: exact
+    ulps = math.inf if overflow else max(float((d / unit).max()) for d in diffs)
     if math.isnan(ulps):  # a nan from torch with no overflow foreseen: a disagreement, not a pass
         ulps = math.inf
     nonzero = w64 != 0

@@ -220,6 +220,9 @@ class Rows:
         if ok and kind == "none" and exp_kind == "cautious" and self.masked[k] == 0:
             note = ("no coordinate has its update and θ of the same sign now: cautious decay skips them all "
                     "this step")
+        elif ok and kind == "none" and exp_kind == "coupled" and self._squares_overflow(k, expect):
+            ok, note = False, (f"λθ (λ = {rate_text(expect.rate)}) squared is beyond {str(self.dtype)[6:]}'s range: an "
+                               "adaptive optimizer's second moment overflows and its step comes out 0; lower weight_decay")
         elif ok and kind == "none" and exp_kind == "coupled":
             note = (f"adding λθ (λ = {rate_text(expect.rate)}) to the gradient moves nothing measurable in one step "
                     f"here: below {str(self.dtype)[6:]} resolution, or lost inside the optimizer's step")
@@ -230,6 +233,10 @@ class Rows:
             note = (f"settings say {expect.source} (expected {expected if expected is None else f'{expected:.8g}'}), "
                     f"measured {kind} {s:.8g}")
         return RowResult(kind, s, expected, "coupled" if exp_kind == "coupled" else exp_kind, ok, note)
+
+    def _squares_overflow(self, k: int, expect: Expectation) -> bool:
+        lam = _rates(expect.rate, self.members)[k]
+        return lam * lam * self.tt[k] > torch.finfo(self.dtype).max
 
     def _tiny(self, k: int, tol: float, factors: dict[str, float], names: list[str]) -> bool:
         """True if an expected decay is too small to see at this dtype (so 'none' is no evidence)."""
