@@ -165,7 +165,8 @@ def test_frozen_parameter_that_still_decays_is_caught() -> None:
     e = _by_name(report)
     assert not e["0.weight"].agrees and e["0.weight"].frozen and e["0.weight"].expected == 1.0
     assert "frozen (requires_grad=False) but the decay still moves it" in e["0.weight"].note
-    assert e["0.bias"].agrees and "as soon as it has a zero .grad" in e["0.bias"].note
+    # skipped by torch today, but audit calls a decayed frozen tensor in the optimizer an error: so does the probe
+    assert not e["0.bias"].agrees and "as soon as it has a zero .grad" in e["0.bias"].note
     assert not report.ok
     # what the probe predicts is what a real step does
     before = model[0].weight.detach().clone()

@@ -24,6 +24,7 @@ the seeding differs, so the state is built here and handed to ``random.Random``.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,20 +37,36 @@ from decaykit._render import Report
 from decaykit._validate import check_number
 from decaykit.errors import DecayError
 
-__all__ = ["CLOSED_FORMS", "SEED_PRINTED", "Closed", "OptimizerCheck", "VerifyReport", "numpy_random", "verify"]
+__all__ = ["CLOSED_FORMS", "DEFAULT_ULPS", "SEED_PRINTED", "Closed", "OptimizerCheck", "VerifyReport", "numpy_random", "verify"]
 
 Tensor = torch.Tensor
 
 
+Step = Callable[[Tensor, Tensor, float, float], Tensor]
+
+
+def _terms(theta: Tensor, grad: Tensor, lr: float, wd: float) -> Tensor:
+    # every closed form adds at most these: θ, lr·λ·θ, lr·g and an adaptive step of size <= 10·lr
+    return theta.abs() * (1 + lr * wd) + lr * (grad.abs() + wd * theta.abs() + 10)
+
+
 @dataclass(frozen=True)
 class Closed:
-    """One optimizer's first step from a fresh state, as a formula, and the torch class it checks."""
+    """One optimizer's first step from a fresh state, as a formula, and the torch class it checks.
+
+    ``size`` gives, per weight, the sum of the magnitudes of the terms the step adds: each rounding
+    in torch's step is relative to one of them, so |torch − formula| is compared with eps·size.
+    ``peak`` gives the largest value torch holds on the way (ĝ² in Adam's second moment): above
+    the dtype's largest float the step overflows and there is nothing to compare.
+    """
 
     label: str
     kind: str  # "coupled" or "decoupled": the torch class's convention in decaykit.optimizers
     rule: str
     torch_class: str
-    step: Callable[[Tensor, Tensor, float, float], Tensor]
+    step: Step
+    size: Step = _terms
+    peak: Step | None = None
 
 
 def _sgd(theta: Tensor, grad: Tensor, lr: float, wd: float) -> Tensor:
@@ -70,19 +87,45 @@ def _rmsprop(theta: Tensor, grad: Tensor, lr: float, wd: float, alpha: float = 0
     return theta - lr * g / ((1 - alpha) ** 0.5 * g.abs() + eps)
 
 
-def _closed(torch_class: str, rule: str, step: Callable[[Tensor, Tensor, float, float], Tensor]) -> Closed:
+def _sgd_size(theta: Tensor, grad: Tensor, lr: float, wd: float) -> Tensor:
+    return theta.abs() + lr * (grad.abs() + wd * theta.abs())
+
+
+def _adaptive_size(bound: float) -> Step:
+    """θ plus an adaptive step: ĝ/(c·|ĝ| + ε) is at most ``bound`` in size, whatever ĝ is."""
+    def size(theta: Tensor, grad: Tensor, lr: float, wd: float) -> Tensor:
+        return theta.abs() + lr * bound
+    return size
+
+
+def _adamw_size(theta: Tensor, grad: Tensor, lr: float, wd: float) -> Tensor:
+    return theta.abs() * (1 + lr * wd) + lr
+
+
+def _coupled_square(theta: Tensor, grad: Tensor, lr: float, wd: float) -> Tensor:
+    return (grad.abs() + wd * theta.abs()) ** 2  # the second moment holds ĝ²
+
+
+def _square(theta: Tensor, grad: Tensor, lr: float, wd: float) -> Tensor:
+    return grad.abs() ** 2
+
+
+def _closed(torch_class: str, rule: str, step: Step, size: Step, peak: Step | None = None) -> Closed:
     entry = optimizers.info(torch_class)
     if entry is None:  # pragma: no cover - the registry lists every torch.optim class
         raise DecayError(f"decaykit.optimizers has no entry for {torch_class}")
-    return Closed(torch_class, entry.decay_in(), rule, torch_class, step)
+    return Closed(torch_class, entry.decay_in(), rule, torch_class, step, size, peak)
 
 
 CLOSED_FORMS: dict[str, Closed] = {
-    "sgd": _closed("SGD", "θ ← θ − lr·(g + λθ)", _sgd),
-    "adam": _closed("Adam", "θ ← θ − lr·ĝ/(|ĝ| + ε), ĝ = g + λθ", _adam),
-    "adamw": _closed("AdamW", "θ ← θ·(1 − lr·λ) − lr·g/(|g| + ε)", _adamw),
-    "rmsprop": _closed("RMSprop", "θ ← θ − lr·ĝ/(√(1−α)·|ĝ| + ε), ĝ = g + λθ", _rmsprop),
+    "sgd": _closed("SGD", "θ ← θ − lr·(g + λθ)", _sgd, _sgd_size),
+    "adam": _closed("Adam", "θ ← θ − lr·ĝ/(|ĝ| + ε), ĝ = g + λθ", _adam, _adaptive_size(1.0), _coupled_square),
+    "adamw": _closed("AdamW", "θ ← θ·(1 − lr·λ) − lr·g/(|g| + ε)", _adamw, _adamw_size, _square),
+    "rmsprop": _closed("RMSprop", "θ ← θ − lr·ĝ/(√(1−α)·|ĝ| + ε), ĝ = g + λθ", _rmsprop,
+                       _adaptive_size(0.01 ** -0.5), _coupled_square),
 }
+#: roundings allowed in one step, in units of the dtype's eps times the size of the terms
+DEFAULT_ULPS = 16.0
 DEFAULT_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 # What the founding notebook printed for SGD (seed 123, lr 0.1), 4 decimals: weight_decay -> weights.
@@ -107,7 +150,12 @@ def numpy_random(seed: int, n: int) -> list[float]:
 
 @dataclass
 class OptimizerCheck:
-    """torch's step against the closed form, without and with decay, for one optimizer."""
+    """torch's step against the closed form, without and with decay, for one optimizer.
+
+    The closed form is evaluated in float64 from the very inputs torch got (``dtype``'s values);
+    ``ulps`` is max |torch − formula| / (eps(dtype)·size), size being the sum of the magnitudes
+    of the step's terms (:attr:`Closed.size`), so the tolerance scales with lr, λ and θ.
+    """
 
     name: str
     closed: Closed
@@ -116,25 +164,42 @@ class OptimizerCheck:
     expected_without: Tensor
     expected_with: Tensor
     error: float  # max |torch − formula| over both steps
-    tol: float
+    ulps: float  # the same, in units of eps(dtype)·size, weight by weight
+    allowed: float  # the largest ulps that agrees
     effect: Tensor  # (θ_λ − θ_0) / θ₀: what the decay did to each weight, relative to itself
+    effect_tol: Tensor  # the rounding of two steps in ``effect``, per weight
+    size: Tensor  # Closed.size with decay: what one rounding is relative to, per weight
+    dtype: torch.dtype = torch.float64
+    overflow: str = ""  # why the values do not fit in dtype, or ""
 
     @property
     def agrees(self) -> bool:
-        return self.error <= self.tol
+        return not self.overflow and self.ulps <= self.allowed
+
+    @property
+    def tol(self) -> float:
+        """The largest allowed |torch − formula|, for the largest weight."""
+        return self.allowed * torch.finfo(self.dtype).eps * float(self.size.max())
 
     @property
     def line(self) -> str:
+        if self.overflow:
+            return f"{self.closed.label}: cannot be checked: {self.overflow}"
         verdict = "matches" if self.agrees else "DOES NOT match"
-        return (f"{self.closed.label}: torch {verdict} the closed form "
-                f"(max |torch − formula| = {self.error:.1e}, tolerance {self.tol:.0e})")
+        return (f"{self.closed.label}: torch {verdict} the closed form (max |torch − formula| = {self.error:.1e}, "
+                f"{self.ulps:.2g} eps·size in {_dtype_name(self.dtype)}; allowed {self.allowed:g})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"optimizer": self.closed.torch_class, "kind": self.closed.kind, "rule": self.closed.rule,
-                "agrees": self.agrees, "max_error": self.error, "tolerance": self.tol,
+                "agrees": self.agrees, "max_error": self.error, "tolerance": self.tol, "ulps": self.ulps,
+                "allowed_ulps": self.allowed, "dtype": _dtype_name(self.dtype), "overflow": self.overflow or None,
                 "torch_without_decay": self.without, "closed_form_without_decay": self.expected_without,
                 "torch_with_decay": self.with_decay, "closed_form_with_decay": self.expected_with,
                 "decay_effect_relative": self.effect}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass
@@ -182,6 +247,64 @@ def _seed_match(seed: int, lr: float, weight_decay: float, checks: Sequence[Opti
                [[f"{v:.4f}" for v in row] for row in SEED_PRINTED[wd]] for wd, got in printed)
 
 
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    found = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype if dtype in _DTYPES.values() else None
+    if found is None:
+        raise DecayError(f"dtype must be torch.float64 or torch.float32 (or their names), got {dtype!r}")
+    return found
+
+
+def _overflow(closed: Closed, w0: Tensor, grad: Tensor, lr: float, wd: float, dtype: torch.dtype) -> str:
+    """Why the step's values do not fit in ``dtype`` (largest float), or "" if they do."""
+    biggest = torch.finfo(dtype).max
+    peaks = [closed.size(w0, grad, lr, wd)] + ([closed.peak(w0, grad, lr, wd)] if closed.peak else [])
+    peak = max(float(t.max()) for t in peaks)
+    if peak <= biggest:  # also False for nan
+        return ""
+    return (f"with lr={lr:g} and weight_decay={wd:g} the step's values reach {peak:.3g}, beyond "
+            f"{_dtype_name(dtype)}'s largest {biggest:.3g} (overflow); lower lr or weight_decay")
+
+
+def _torch_steps(closed: Closed, w0: Tensor, x: Tensor, lr: float, wd: float, foreach: bool | None,
+                 overflow: str) -> tuple[Tensor, Tensor]:
+    """torch's step without and with decay; nan where the values overflow and torch refuses to step."""
+    try:
+        return _torch_step(closed, w0, x, lr, 0.0, foreach), _torch_step(closed, w0, x, lr, wd, foreach)
+    except RuntimeError as exc:  # torch: "value cannot be converted to type float without overflow"
+        if overflow:
+            nan = torch.full_like(w0, math.nan)
+            return nan, nan.clone()
+        raise DecayError(f"torch.optim.{closed.torch_class} failed at lr={lr:g}, weight_decay={wd:g}: {exc}") from exc
+
+
+def _check(name: str, w0: Tensor, x: Tensor, grad: Tensor, lr: float, wd: float, foreach: bool | None,
+           allowed: float) -> OptimizerCheck:
+    closed = CLOSED_FORMS[name]
+    dtype = w0.dtype
+    with torch.no_grad():
+        w64, g64 = w0.double(), grad.double()  # the formula in float64, from torch's own inputs
+        exp_without, exp_with = closed.step(w64, g64, lr, 0.0), closed.step(w64, g64, lr, wd)
+        size = torch.maximum(closed.size(w64, g64, lr, 0.0), closed.size(w64, g64, lr, wd))
+    overflow = _overflow(closed, w64, g64, lr, wd, dtype)
+    without, with_decay = _torch_steps(closed, w0, x, lr, wd, foreach, overflow)
+    diffs = [(without.double() - exp_without).abs(), (with_decay.double() - exp_with).abs()]
+    error = max(float(d.max()) for d in diffs)
+    eps = torch.finfo(dtype).eps
+    unit = (eps * size).clamp_min(torch.finfo(torch.float64).tiny)  # a weight with no term at all: exact
+    ulps = math.inf if overflow else max(float((d / unit).max()) for d in diffs)
+    if math.isnan(ulps):  # a nan from torch with no overflow foreseen: a disagreement, not a pass
+        ulps = math.inf
+    nonzero = w64 != 0
+    effect = torch.where(nonzero, (with_decay.double() - without.double()) / w64, torch.zeros_like(w64))
+    # two steps' rounding relative to each weight: how equal "the same factor for every weight" can be
+    effect_tol = torch.where(nonzero, 2 * allowed * eps * size / w64.abs(), torch.full_like(w64, math.inf))
+    return OptimizerCheck(name, closed, without, with_decay, exp_without, exp_with, error, ulps, allowed,
+                          effect, effect_tol, size, dtype, overflow)
+
+
 def verify(
     *,
     lr: float = 0.1,
@@ -189,7 +312,8 @@ def verify(
     seed: int = 123,
     optimizers: Iterable[str] = DEFAULT_OPTIMIZERS,
     foreach: bool | None = None,
-    tol: float = 1e-12,
+    dtype: torch.dtype | str = torch.float64,
+    ulps: float = DEFAULT_ULPS,
 ) -> VerifyReport:
     """Run the founding notebook's experiment with each optimizer and check torch against the closed forms.
 
@@ -197,11 +321,15 @@ def verify(
         lr, weight_decay, seed: the experiment's settings (the notebook's: 0.1, 1, 123).
         optimizers: names from :data:`CLOSED_FORMS` (``sgd``, ``adam``, ``adamw``, ``rmsprop``).
         foreach: passed to the torch optimizers (None: torch's default implementation).
-        tol: largest allowed |torch − formula| (float64).
+        dtype: what torch computes in, ``torch.float64`` (the notebook's) or ``torch.float32``; the
+            closed form is always evaluated in float64 from the same (rounded) inputs.
+        ulps: allowed |torch − formula| per weight, in units of eps(dtype) times the sum of the
+            magnitudes of the step's terms (θ, lr·g, lr·λ·θ, ...), so it holds at any lr and λ.
     """
     lr = check_number(lr, "lr", allow_zero=False)
     weight_decay = check_number(weight_decay, "weight_decay")
-    tol = check_number(tol, "tol")
+    ulps = check_number(ulps, "ulps", allow_zero=False)
+    dtype = _check_dtype(dtype)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise DecayError(f"seed must be an int in [0, 2**32 - 1] (as numpy's), got {seed!r}")
     names = [optimizers] if isinstance(optimizers, str) else list(optimizers)
@@ -209,19 +337,13 @@ def verify(
     if not names or unknown:
         raise DecayError(f"optimizers must be among {', '.join(CLOSED_FORMS)}, got {names!r}")
     draws = numpy_random(seed, 12 + 20)  # x first, then w, as the notebook drew them
-    x = torch.tensor(draws[:12], dtype=torch.float64).reshape(3, 4)
-    w0 = torch.tensor(draws[12:], dtype=torch.float64).reshape(4, 5)
-    grad = x.t() @ torch.ones(3, 5, dtype=torch.float64)  # ∂(x @ w).sum()/∂w = xᵀ·1
-    checks = []
-    for name in dict.fromkeys(names):
-        closed = CLOSED_FORMS[name]
-        without = _torch_step(closed, w0, x, lr, 0.0, foreach)
-        with_decay = _torch_step(closed, w0, x, lr, weight_decay, foreach)
-        exp_without, exp_with = closed.step(w0, grad, lr, 0.0), closed.step(w0, grad, lr, weight_decay)
-        error = max(float((without - exp_without).abs().max()), float((with_decay - exp_with).abs().max()))
-        effect = torch.where(w0 != 0, (with_decay - without) / w0, torch.zeros_like(w0))
-        checks.append(OptimizerCheck(name, closed, without, with_decay, exp_without, exp_with, error, tol, effect))
+    x = torch.tensor(draws[:12], dtype=torch.float64).reshape(3, 4).to(dtype)
+    w0 = torch.tensor(draws[12:], dtype=torch.float64).reshape(4, 5).to(dtype)
+    grad = x.t() @ torch.ones(3, 5, dtype=dtype)  # ∂(x @ w).sum()/∂w = xᵀ·1
+    checks = [_check(name, w0, x, grad, lr, weight_decay, foreach, ulps) for name in dict.fromkeys(names)]
     notes = [] if foreach is None else [f"torch optimizers run with foreach={foreach}"]
+    if dtype != torch.float64:
+        notes.append(f"torch runs in {_dtype_name(dtype)}; the closed form in float64 from the same rounded inputs")
     return VerifyReport(seed, lr, weight_decay, x, w0, grad, checks, _seed_match(seed, lr, weight_decay, checks), notes)
 
 
@@ -244,10 +366,16 @@ def explain(check: OptimizerCheck, lr: float, weight_decay: float) -> str:
     effect = check.effect
     lo, hi = float(effect.min()), float(effect.max())
     target = -lr * weight_decay
-    uniform = abs(hi - lo) <= 1e-9 * max(1.0, abs(target)) and abs(lo - target) <= 1e-9 * max(1.0, abs(target))
     label = f"{check.closed.label:<8} {check.closed.kind:<10}"
+    if check.overflow:
+        return f"{label} not compared: the values overflow {_dtype_name(check.dtype)}"
     if weight_decay == 0:
         return f"{label} no decay asked (weight_decay=0): both steps are the same"
+    # "the same factor for every weight" up to the rounding of two steps, weight by weight
+    uniform = bool(((effect - target).abs() <= check.effect_tol).all())
+    if uniform and bool((abs(target) <= check.effect_tol).all()):
+        return (f"{label} lr·λ = {lr * weight_decay:.3g} is below {_dtype_name(check.dtype)} resolution next to "
+                "these weights: the decay cannot be seen in one step")
     if uniform and check.closed.kind == "decoupled":
         return (f"{label} every weight moved by {target:+.4g} × itself (= −lr·λ): θ·(1 − lr·λ) is applied "
                 "next to the adaptive step, so the gradient's scale does not matter")
@@ -262,7 +390,8 @@ def render(report: VerifyReport) -> str:
     lam = f"{report.weight_decay:g}"
     lines = [
         "decaykit verify: the founding notebook's experiment, one optimizer step from the same weights",
-        f"  np.random.seed({report.seed}); x = np.random.random((3, 4)); w = np.random.random((4, 5)); float64",
+        f"  np.random.seed({report.seed}); x = np.random.random((3, 4)); w = np.random.random((4, 5)); "
+        f"{_dtype_name(report.w0.dtype)}",
         "  loss = (x @ w).sum(), so g = ∂loss/∂w = xᵀ·1 (row i of g is the sum of column i of x)",
         f"  lr = {report.lr:g}, λ = weight_decay = {lam}",
         "",
@@ -282,7 +411,10 @@ def render(report: VerifyReport) -> str:
     lines.append("  coupled: λθ is added to the gradient, so it goes wherever the gradient goes; "
                  "decoupled: θ shrinks by lr·λ of itself whatever the gradient is")
     lines += [f"note: {n}" for n in report.notes]
-    failed = [c.closed.label for c in report.checks if not c.agrees]
+    failed = [c.closed.label for c in report.checks if not c.agrees and not c.overflow]
+    overflow = [c.closed.label for c in report.checks if c.overflow]
+    if overflow:
+        failed.append(f"{', '.join(overflow)} not checked, the values overflow {_dtype_name(report.w0.dtype)}")
     if report.seed_match is False:
         failed.append("founding notebook's printed tensors")
     lines += ["", f"result: {len(report.checks)} optimizer(s) match their closed forms" if not failed

@@ -26,7 +26,7 @@ import torch
 
 from decaykit.probe.expectations import Expectation, rate_text
 
-__all__ = ["PROPORTIONAL_SLACK", "RowResult", "Rows", "measure_rows"]
+__all__ = ["PROPORTIONAL_SLACK", "RowResult", "Rows", "measure_rows", "overshoot_note"]
 
 PROPORTIONAL_SLACK = 0.05
 _BLOCK = 2**20
@@ -56,7 +56,31 @@ def _blocks(members: int, *tensors: torch.Tensor) -> Iterator[tuple[int, list[to
 
 
 def _sq(x: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(x)) ** 2
+    norm = float(torch.linalg.vector_norm(x))
+    if not math.isfinite(norm) and bool(torch.isfinite(x).all()):  # squares beyond float32, values within
+        norm = float(torch.linalg.vector_norm(x, dtype=torch.float64))
+    return norm**2
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor) -> float:
+    out = float(torch.dot(x, y))
+    if not math.isfinite(out) and bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
+        out = float(torch.dot(x.double(), y.double()))
+    return out
+
+
+def _plus_scaled(d: torch.Tensor, t: torch.Tensor, rate: float) -> torch.Tensor:
+    """d + rate·t; in float64 when the rate itself is beyond the block's dtype (torch refuses such an alpha)."""
+    if abs(rate) <= torch.finfo(t.dtype).max:
+        return torch.add(d, t, alpha=rate)
+    return torch.add(d.double(), t.double(), alpha=rate)
+
+
+def overshoot_note(factor: float, rate: float | None = None) -> str:
+    """Why a per-step factor <= 0 is wrong, whatever the settings say: θ changes sign every step."""
+    why = f" (lr·λ = {rate:.4g} >= 1)" if rate is not None and rate >= 1 else ""
+    return (f"the decay overshoots: each step multiplies θ by {factor:.4g} <= 0{why}, so θ changes sign every "
+            "step instead of shrinking; lower lr or weight_decay")
 
 
 @dataclass
@@ -122,7 +146,7 @@ class Rows:
         for k, (t, a, z, g) in _blocks(m, theta, decayed, base, coupled):
             gz = g - z
             ab[k] += _sq(a - g)
-            bt[k] += float(torch.dot(gz, t))
+            bt[k] += _dot(gz, t)
             bb[k] += _sq(gz)
         self.coupled = (ab, bt, bb)
 
@@ -146,6 +170,19 @@ class Rows:
         return kind, s, tol, match
 
     def row(self, k: int, expect: Expectation) -> RowResult:
+        """The verdict for row ``k``; a factor <= 0, expected or measured, never agrees."""
+        result = self._row(k, expect)
+        rate = _rates(expect.rate, self.members)[k] if expect.kind in ("decoupled", "cautious") else None
+        set_factor = None if rate is None else 1 - rate
+        factors = [f for f in (set_factor, result.expected, result.measured if result.kind != "none" else None)
+                   if f is not None and f <= 0]
+        if factors:
+            expected = result.expected if result.expected is not None else set_factor
+            return RowResult(result.kind, result.measured, expected, result.expected_kind, False,
+                             overshoot_note(min(factors), rate))
+        return result
+
+    def _row(self, k: int, expect: Expectation) -> RowResult:
         if not all(math.isfinite(v) for v in (self.tt[k], self.dd[k], self.dt[k], self.zz[k])):
             return RowResult("other", math.nan, None, expect.kind, False,
                              "non-finite values (inf/nan) in the parameter or its step: nothing can be measured")
@@ -183,6 +220,12 @@ class Rows:
         if ok and kind == "none" and exp_kind == "cautious" and self.masked[k] == 0:
             note = ("no coordinate has its update and θ of the same sign now: cautious decay skips them all "
                     "this step")
+        elif ok and kind == "none" and exp_kind == "coupled" and self._squares_overflow(k, expect):
+            ok, note = False, (f"λθ (λ = {rate_text(expect.rate)}) squared is beyond {str(self.dtype)[6:]}'s range: an "
+                               "adaptive optimizer's second moment overflows and its step comes out 0; lower weight_decay")
+        elif ok and kind == "none" and exp_kind == "coupled":
+            note = (f"adding λθ (λ = {rate_text(expect.rate)}) to the gradient moves nothing measurable in one step "
+                    f"here: below {str(self.dtype)[6:]} resolution, or lost inside the optimizer's step")
         elif ok and kind == "none" and exp_kind != "none":
             note = (f"a decay of {rate_text(expect.rate)} per step is below {str(self.dtype)[6:]} resolution "
                     "here: in one step it cannot be told apart from none")
@@ -190,6 +233,10 @@ class Rows:
             note = (f"settings say {expect.source} (expected {expected if expected is None else f'{expected:.8g}'}), "
                     f"measured {kind} {s:.8g}")
         return RowResult(kind, s, expected, "coupled" if exp_kind == "coupled" else exp_kind, ok, note)
+
+    def _squares_overflow(self, k: int, expect: Expectation) -> bool:
+        lam = _rates(expect.rate, self.members)[k]
+        return lam * lam * self.tt[k] > torch.finfo(self.dtype).max
 
     def _tiny(self, k: int, tol: float, factors: dict[str, float], names: list[str]) -> bool:
         """True if an expected decay is too small to see at this dtype (so 'none' is no evidence)."""
@@ -223,14 +270,14 @@ def measure_rows(
         zt = z - t
         rows.tt[k] += _sq(t)
         rows.dd[k] += _sq(d)
-        rows.dt[k] += float(torch.dot(d, t))
+        rows.dt[k] += _dot(d, t)
         rows.zz[k] += _sq(zt)
-        rows.zt[k] += float(torch.dot(zt, t))
+        rows.zt[k] += _dot(zt, t)
         for n, r in rows.rates.items():
             if n == "cautious":
                 masked = (zt * t <= 0).to(t.dtype).mul_(t)  # 𝟙(u·θ ≥ 0)·θ, u ∝ θ − θ_0 = −zt
-                rows.err[n][k] += _sq(torch.add(d, masked, alpha=r[k]))
-                rows.masked[k] += float(torch.dot(masked, t))
+                rows.err[n][k] += _sq(_plus_scaled(d, masked, r[k]))
+                rows.masked[k] += _dot(masked, t)
             else:
-                rows.err[n][k] += _sq(torch.add(d, t, alpha=r[k]))
+                rows.err[n][k] += _sq(_plus_scaled(d, t, r[k]))
     return rows

@@ -111,6 +111,9 @@ def expectations(optimizer: torch.optim.Optimizer) -> list[Expectation]:
             out.append(Expectation("none", 0.0, 0.0, lr, f"{name} has no weight_decay setting", maximize))
         elif _is_zero(wd):
             out.append(Expectation("none", 0.0, wd, lr, f"{name} group {i}: weight_decay=0", maximize))
+        elif lr == 0:  # a warm-up from 0: the step moves nothing, so there is no decay to see
+            out.append(Expectation("none", 0.0, wd, lr, f"{name} group {i}: lr=0, the next step moves nothing",
+                                   maximize))
         else:
             out.append(_from_settings(name, facts, group, lr, wd, maximize))
     return out

@@ -96,8 +96,9 @@ def probe(
                          "probe the optimizer of a materialised model")
     t0 = time.perf_counter()
     expects = expectations(optimizer)
+    _check_representable(optimizer)
     targets = find_targets(optimizer, model, expects)
-    mark_frozen(targets, frozen)
+    mark_frozen(targets, frozen, model)
     mark_intent(targets, policy, model)
     twin = Twin(optimizer)
     chunks = chunked(targets, optimizer, chunk_bytes)
@@ -106,13 +107,29 @@ def probe(
         s, b = _measure_chunk(twin, chunk, optimizer)
         steps, peak = steps + s, max(peak, b)
     decays_somewhere = any(t.expect.kind != "none" for t in targets)
-    entries = [e for t in targets for e in _entries(t, decays_somewhere)]
+    groups = _mixed_groups(optimizer, targets)
+    entries = [e for t in targets for e in _entries(t, decays_somewhere, groups)]
     entries += _missing(optimizer, model)
     notes = _notes(optimizer, targets, expects, len(chunks))
     total = sum(byte_size(t.param, optimizer) for t in targets)
     cost = {"seconds": time.perf_counter() - t0, "twin_steps": steps, "chunks": len(chunks),
             "peak_copy_bytes": peak, "params_state_bytes": total}
     return ProbeReport(type(optimizer).__name__, entries, notes, cost)
+
+
+def _check_representable(optimizer: torch.optim.Optimizer) -> None:
+    """torch cannot step at all with an lr or weight_decay beyond its parameters' dtype: say so first."""
+    for i, group in enumerate(optimizer.param_groups):
+        dtypes = {p.dtype for p in group["params"] if p.is_floating_point()}
+        if not dtypes:
+            continue
+        biggest = min(torch.finfo(d).max for d in dtypes)
+        for key in ("lr", "weight_decay"):
+            value = group.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > biggest:
+                raise DecayError(f"param_groups[{i}]['{key}'] = {value:g} is beyond the largest "
+                                 f"{'/'.join(str(d).removeprefix('torch.') for d in dtypes)} ({biggest:.3g}) that "
+                                 f"its parameters hold: torch cannot step it; lower {key}")
 
 
 def _measure_chunk(twin: Twin, chunk: list[Target], optimizer: torch.optim.Optimizer) -> tuple[int, int]:
@@ -170,7 +187,7 @@ def _candidates(e: Expectation) -> dict[str, float | torch.Tensor]:
     return {}
 
 
-def _entries(t: Target, decays_somewhere: bool) -> list[ProbeEntry]:
+def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str]) -> list[ProbeEntry]:
     out = []
     shape = tuple(t.param.shape[1:] if t.total > 1 else t.param.shape)  # global, also for a shard
     for k in range(t.total):
@@ -197,22 +214,20 @@ def _entries(t: Target, decays_somewhere: bool) -> list[ProbeEntry]:
             moved, shrink, fix = True, f"{shrink} and {also}" if moved else also, "remove it from the optimizer"
         if t.frozen:
             expected, expected_kind = 1.0, "none"
-            if moved and t.latent:
-                notes.append(f"frozen (requires_grad=False) and skipped while its .grad is None, but it {shrink} "
-                             "as soon as it has a zero .grad (zero_grad(set_to_none=False)); remove it from "
-                             "the optimizer")
-            elif moved:
+            if moved:
                 agrees = False
-                notes.append(f"frozen ({t.frozen}) but the decay still moves it: it {shrink}; {fix}")
+                notes.append(_frozen_note(t, shrink, fix))
         elif t.intent is not None:
             decay, why = t.intent
             if not decay:
                 expected, expected_kind = 1.0, "none"
                 if moved:
                     agrees = False
-                    notes.append(f"the policy says no decay ({why}) but it {shrink}: group {t.group} has "
+                    notes.append(f"the policy says no decay ({why}) but it {shrink}: {groups.get(t.group, '')}"
+                                 if t.group in groups else
+                                 f"the policy says no decay ({why}) but it {shrink}: group {t.group} has "
                                  f"weight_decay={rate_text(wd)} (a no-decay group overwritten?)")
-            elif not moved and decays_somewhere:
+            elif not moved and decays_somewhere and t.expect.lr != 0:
                 agrees = False
                 notes.append(f"the policy says decay ({why}) but nothing shrinks it while other groups decay "
                              "(groups swapped, or a no-decay list matching too much?)")
@@ -220,6 +235,36 @@ def _entries(t: Target, decays_somewhere: bool) -> list[ProbeEntry]:
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
                               t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen)))
+    return out
+
+
+def _frozen_note(t: Target, shrink: str, fix: str) -> str:
+    if t.latent:  # the wording of audit's frozen-in-optimizer finding, which calls the same thing an error
+        return (f"frozen (requires_grad=False) but in the optimizer with weight_decay > 0: skipped while its .grad is "
+                f"None, it {shrink} as soon as it has a zero .grad (zero_grad(set_to_none=False), diffusers #1009); "
+                "leave frozen parameters out of the optimizer (decaykit.param_groups does) or set their weight_decay "
+                "to 0")
+    return f"frozen ({t.frozen}) but the decay still moves it: it {shrink}; {fix}"
+
+
+def _mixed_groups(optimizer: torch.optim.Optimizer, targets: list[Target]) -> dict[int, str]:
+    """Groups holding tensors the policy decays and tensors it excludes, with why that happened."""
+    intents: dict[int, set[bool]] = {}
+    for t in targets:
+        if t.intent is not None and not t.frozen:
+            intents.setdefault(t.group, set()).add(t.intent[0])
+    out = {}
+    for g, seen in intents.items():
+        if len(seen) < 2:
+            continue
+        wd = rate_text(optimizer.param_groups[g].get("weight_decay", 0.0))
+        if len(optimizer.param_groups) == 1:
+            out[g] = (f"the optimizer has a single param group (model.parameters()?), so every tensor decays with "
+                      f"weight_decay={wd}, norms and biases too; build the groups with "
+                      "decaykit.param_groups(model, weight_decay)")
+        else:
+            out[g] = (f"group {g} holds tensors the policy decays and tensors it excludes, so its weight_decay={wd} "
+                      "reaches both; move the excluded ones to a weight_decay=0 group (decaykit.param_groups)")
     return out
 
 
@@ -261,6 +306,10 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[Target], expects: lis
     lrs = sorted({e.lr for e in expects if not math.isnan(e.lr)})
     if lrs:
         notes.append("lr as the groups hold it now (after any LR scheduler): " + ", ".join(f"{v:g}" for v in lrs))
+    idle = [i for i, e in enumerate(expects) if e.lr == 0]
+    if idle:
+        notes.append(f"groups {idle} have lr = 0: the next step moves nothing, so there is no decay to measure there "
+                     "(a warm-up that starts at 0?); probe again once the LR is above 0")
     adaptive = [t for t in targets if t.rows is not None and t.rows.any_kind("coupled") and t.rows.non_proportional()]
     if adaptive:
         notes.append(f"{len(adaptive)} tensors get coupled L2 through an adaptive denominator ({type(optimizer).__name__} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from decaykit._dtensor import is_sharded, local_shard
-from decaykit.errors import DecayError
+from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.names import canonical_name
 from decaykit.policy.options import Policy
 from decaykit.probe.estimator import Rows
@@ -85,16 +86,31 @@ def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expe
     return targets
 
 
-def mark_frozen(targets: list[Target], frozen: Iterable[str | torch.Tensor]) -> None:
+def mark_frozen(targets: list[Target], frozen: Iterable[str | torch.Tensor], model: nn.Module | None = None) -> None:
+    """Mark what must not move: ``requires_grad=False`` tensors, and those ``frozen`` names or holds.
+
+    A glob of ``frozen`` that matches no tensor of the optimizer nor of ``model`` warns (a typo
+    would otherwise pass silently; a frozen tensor rightly left out of the optimizer is a match).
+    """
     if isinstance(frozen, (str, torch.Tensor)):
         frozen = [frozen]
+    frozen = list(frozen)
     patterns = [f for f in frozen if isinstance(f, str)]
     tensors = {id(f) for f in frozen if isinstance(f, torch.Tensor)}
+    used: set[str] = set()
     for t in targets:
+        hits = [pat for pat in patterns if fnmatch.fnmatchcase(t.name, pat)]
+        used.update(hits)
         if not t.param.requires_grad:
             t.frozen, t.latent = "requires_grad=False", t.param.grad is None
-        elif id(t.param) in tensors or any(fnmatch.fnmatchcase(t.name, pat) for pat in patterns):
+        elif id(t.param) in tensors or hits:
             t.frozen = "listed as frozen"
+    names = [canonical_name(n) for n, _ in model.named_parameters()] if model is not None else []
+    unmatched = [pat for pat in dict.fromkeys(patterns)
+                 if pat not in used and not any(fnmatch.fnmatchcase(n, pat) for n in names)]
+    if unmatched:
+        warnings.warn(f"frozen={unmatched!r} matched no tensor of the optimizer{' or the model' if names else ''}; "
+                      "check the names with `decaykit inspect`", DecayWarning, stacklevel=3)
 
 
 def mark_intent(targets: list[Target], policy: Any, model: nn.Module | None) -> None:
