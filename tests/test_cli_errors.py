@@ -155,6 +155,7 @@ def test_problems_found_exit_1_with_a_report_not_an_error(argv, capsys):
     (("convert", "0.1", "--to", "composer", "--max-lr", "1e-3", "--dataset-size", "10", "--batch-size", "2"),
      "--dataset-size"),
     (("convert", "--tau-steps", "1000", "--lr", "1e-3", "--from", "composer"), "--from"),
+    (("convert", "0.1", "--to", "composer", "--max-lr", "1e-3", "--drop-last"), "--drop-last"),
 ])
 def test_a_flag_with_no_effect_is_an_error_naming_it(argv, flag, capsys):
     code, out, err = run(capsys, *argv, "--json")
@@ -283,3 +284,16 @@ def test_library_callers_get_the_chained_original_error(tmp_path, monkeypatch):
     with pytest.raises(UserCodeError, match=r"factory failed with RuntimeError: no GPU here") as info:
         build_model(f"{name}.model:build")
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_the_library_settings_of_issue_10_reach_the_command_line(capsys):
+    """probe's state-step bound, verify's dtype and convert's drop_last are flags, not library-only."""
+    code, out, err = run(capsys, "probe", "mlp", "--state-steps", "100000000", "--json")
+    assert code == 2 and error_object(out)["argument"] == "--state-steps" and "<= 10000" in err
+    code, out, _ = run(capsys, "verify", "--dtype", "float32", "--json")
+    assert code == 0 and "float32" in out
+    ceil = run(capsys, "convert", "0.05", "--lr", "1e-3", "--dataset-size", "100", "--batch-size", "64", "--json")[1]
+    floor = run(capsys, "convert", "0.05", "--lr", "1e-3", "--dataset-size", "100", "--batch-size", "64",
+                "--drop-last", "--json")[1]
+    epochs = [json.loads(text)["timescale"]["epochs"] for text in (ceil, floor)]
+    assert epochs[0] == pytest.approx(2e4 / 2) and epochs[1] == pytest.approx(2e4)

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RMS of the gradients, sqrt(mean(exp_avg_sq)) (convention 'adam_l2', approximate)")
     parser.add_argument("--dataset-size", type=int, default=None, help="training examples N, for tau in epochs")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size B, for tau in epochs")
+    parser.add_argument("--drop-last", action="store_true",
+                        help="the loader drops the last partial batch: an epoch is floor(N/B) steps, not ceil(N/B)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--tau-steps", type=float, default=None, help="start from the lambda with this timescale in steps")
     target.add_argument("--tau-epochs", type=float, default=None,
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if starts_from_tau:
         weight_decay = weight_decay_for_timescale(
             eta, iterations=args.tau_steps, epochs=args.tau_epochs,
-            dataset_size=args.dataset_size, batch_size=args.batch_size,
+            dataset_size=args.dataset_size, batch_size=args.batch_size, drop_last=args.drop_last,
         )
     else:
         weight_decay = args.weight_decay
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         raise DecayError(missing[source])
     tau = None
     if eta is not None and values["lr_coupled"] is not None:
-        tau = timescale(eta, values["lr_coupled"], dataset_size=args.dataset_size, batch_size=args.batch_size)
+        tau = timescale(eta, values["lr_coupled"], dataset_size=args.dataset_size, batch_size=args.batch_size,
+                        drop_last=args.drop_last)
 
     if args.json:
         print_json({
@@ -142,11 +145,16 @@ def _check_flags(args: argparse.Namespace, source: str, target: str | None, star
         a, b = CONVENTIONS[source], CONVENTIONS[target]
         uses_lr = a.lr_power != b.lr_power
         uses_max_lr = a.max_lr_power != b.max_lr_power or (uses_lr and args.lr is None)
-        for flag, value, used in (("--lr", args.lr, uses_lr), ("--max-lr", args.max_lr, uses_max_lr)):
+        for flag, value, used, which in (("--lr", args.lr, uses_lr, "current"),
+                                         ("--max-lr", args.max_lr, uses_max_lr, "peak")):
             if value is not None and not used:
-                raise no_effect(flag, f"converting {source} -> {target} (both scale with the LR alike)", f"drop {flag}")
+                fix = f"drop {flag}"
+                if flag == "--lr" and uses_max_lr and args.max_lr is None:
+                    fix += f", and give the peak LR as --max-lr {args.lr:g} if that is what it is"
+                raise no_effect(flag, f"converting {source} -> {target} (both scale with the {which} LR alike)", fix)
     in_epochs = args.tau_epochs is not None or (target is None and (args.lr is not None or args.max_lr is not None))
-    for flag, value in (("--dataset-size", args.dataset_size), ("--batch-size", args.batch_size)):
+    for flag, value in (("--dataset-size", args.dataset_size), ("--batch-size", args.batch_size),
+                        ("--drop-last", args.drop_last or None)):
         if value is not None and not in_epochs:
             why = "with --to" if target is not None else "without --lr or --max-lr"
             raise no_effect(flag, f"{why} (it turns the timescale into epochs, and none is shown)",

@@ -8,6 +8,7 @@ from typing import Any
 
 from decaykit._render import print_json
 from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, no_effect, policy_from_args
+from decaykit.errors import DecayError
 
 __all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 
@@ -49,10 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from decaykit.models import DEMO_MODELS
     from decaykit.policy.plan import param_groups
     from decaykit.probe.probe import probe
+    from decaykit.probe.warmup import MAX_STATE_STEPS, warm_up
 
     lr = check_number(args.lr, "--lr", allow_zero=False)
     weight_decay = check_number(args.weight_decay, "--weight-decay")
     check_int(args.state_steps, "--state-steps")
+    if args.state_steps > MAX_STATE_STEPS:
+        raise DecayError(f"--state-steps must be <= {MAX_STATE_STEPS} (steps on stand-in gradients only build the "
+                         f"optimizer's state, which is settled by then), got {args.state_steps}",
+                         argument="--state-steps")
     cls = getattr(torch.optim, OPTIMIZERS[args.optimizer])
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
     if args.momentum is not None:
@@ -73,12 +79,7 @@ def run(args: argparse.Namespace) -> int:
         from decaykit.engine.weight_decay import WeightDecay
 
         optimizer = WeightDecay(optimizer, mode=args.mode)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(args.state_steps):  # deterministic stand-in gradients, only to build optimizer state
-        for p in model.parameters():
-            if p.requires_grad:
-                p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
-        optimizer.step()
+    warm_up(optimizer, args.state_steps)
     # check against a plan made with the same options, so --no-policy shows what the policy would exclude
     from decaykit.policy.plan import plan
 

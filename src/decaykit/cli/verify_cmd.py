@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"optimizer to check, repeatable (default: {', '.join(DEFAULT_OPTIMIZERS)})")
     parser.add_argument("--foreach", choices=("default", "on", "off"), default="default",
                         help="torch's foreach implementation (default: torch's choice)")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="dtype torch runs the step in; the tolerance follows its eps (default: float64)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if "all" in names:
         names = list(CLOSED_FORMS)
     foreach = {"default": None, "on": True, "off": False}[args.foreach]
-    report = verify(lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, optimizers=names, foreach=foreach)
+    report = verify(lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, optimizers=names, foreach=foreach,
+                    dtype=args.dtype)
     if args.json:
         print_json(report.to_dict())
     else:
