@@ -88,7 +88,7 @@ def parse_record(line: bytes, number: int, path: str) -> dict[str, Any]:
         if type(op) is int and op in _OP_CODES and isinstance(record.get("worker_id"), str):
             return record
         reason = f"an unknown record (op_code {op!r})"
-    raise DecayError(f"the sweep store {path} is damaged at line {number}: {reason}, {line[:32]!r}...; {_FIX}")
+    raise DecayError(f"the sweep store {path} is damaged at line {number}: {reason} ({line[:40]!r}); {_FIX}")
 
 
 def replay_error(path: str, number: int, exc: BaseException) -> DecayError:
