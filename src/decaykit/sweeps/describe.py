@@ -77,7 +77,7 @@ def fingerprint(prepared: Prepared) -> dict[str, str]:
     task, training = prepared.task, prepared.training
     functions = {"optimizer": training.optimizer, "loss": training.loss, **{f"metric {k}": f for k, f in
                  training.metrics.items()}}  # fmt: skip
-    settings = {"identity": identity(task, training),
+    settings = {"identity": {k: v for k, v in identity(task, training).items() if k != "task"},  # a part of its own
                 "code": {k: code_digest(f) for k, f in functions.items() if callable(f)}}  # fmt: skip
     return {
         "settings": _sha(json.dumps(settings, sort_keys=True, default=repr).encode()),

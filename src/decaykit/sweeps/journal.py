@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +35,8 @@ __all__ = ["JournalFile", "OwnedLock", "boot_id", "local_owner_alive", "open_jou
 # optuna.storages.journal JournalOperation: CREATE_STUDY = 0 ... DISCARD_TRIALS = 10
 _OP_CODES = frozenset(range(11))
 _LOCK_TAG = "decaykit-lock:"
-_FIX = "move the file away to start afresh (its finished trials go with it), or run with --no-store or another --storage"
+_FIX = ("move the file away to start afresh (its finished trials go with it), or use another store: --storage PATH "
+        "(storage=...) or --no-store (storage='memory')")
 
 
 def process_start(pid: int) -> str | None:
@@ -164,7 +166,7 @@ class OwnedLock:
         self.release()
 
     def acquire(self) -> bool:
-        mine = _LOCK_TAG + json.dumps(this_process(), sort_keys=True)
+        mine = _LOCK_TAG + json.dumps({**this_process(), "token": uuid.uuid4().hex}, sort_keys=True)
         delay = 0.001
         while True:
             try:
