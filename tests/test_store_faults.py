@@ -62,9 +62,15 @@ def _completed(journal: Path) -> int:
 
 
 def _offsets(full: bytes, rng: random.Random) -> list[int]:
-    """Random cuts, plus cuts that leave a complete record without only its newline."""
-    ends = [i for i, b in enumerate(full) if b == ord("\n")]
-    return sorted({*rng.sample(range(1, len(full)), 20), *rng.sample(ends, 3), 0})
+    """Random cuts, plus cuts that leave a complete record without only its newline (among them a
+    trial's COMPLETE state: kept, it is a finished trial the rerun must reuse)."""
+    ends, at = [], 0
+    for line in full.splitlines(keepends=True):
+        at += len(line)
+        ends.append((at - 1, b'"op_code":6' in line and b'"state":1,' in line))
+    finishing = [i for i, done in ends if done]
+    assert finishing, "the journal has no COMPLETE trial state"
+    return sorted({*rng.sample(range(1, len(full)), 20), *rng.sample([i for i, _ in ends], 3), rng.choice(finishing), 0})
 
 
 def test_a_journal_torn_at_any_offset_resumes_to_the_uninterrupted_report(finished, tmp_path):
@@ -74,7 +80,9 @@ def test_a_journal_torn_at_any_offset_resumes_to_the_uninterrupted_report(finish
     for offset in _offsets(full, random.Random(20261128)):
         journal = tmp_path / f"cut{offset}.journal"
         journal.write_bytes(full[:offset])
-        complete = _completed(journal)
+        intact = tmp_path / f"intact{offset}.journal"  # every complete record of the cut, newline or not
+        intact.write_bytes(full[: offset + 1] if full[offset : offset + 1] == b"\n" else full[:offset])
+        complete = _completed(intact)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = _rerun(journal)

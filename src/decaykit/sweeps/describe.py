@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from decaykit.errors import DecayError
 from decaykit.policy.options import Policy
 from decaykit.sweeps.code_digest import code_digest
 from decaykit.sweeps.data import SweepData, checksum
@@ -97,7 +98,10 @@ def _model_digest(prepared: Prepared) -> str:
     h = hashlib.sha256()
     training = prepared.training
     for seed in prepared.trials.seed_list:
-        model = seeded_model(prepared.task.model_fn, seed, training.dtype, training.device)
+        try:
+            model = seeded_model(prepared.task.model_fn, seed, training.dtype, training.device)
+        except Exception as exc:
+            raise DecayError(f"building the model for seed {seed} failed: {type(exc).__name__}: {exc}") from exc
         for name, value in model.state_dict().items():
             h.update(f"{seed}:{name}".encode())
             h.update(_tensor_bytes(value))

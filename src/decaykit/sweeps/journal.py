@@ -168,16 +168,16 @@ class OwnedLock:
     def acquire(self) -> bool:
         mine = _LOCK_TAG + json.dumps({**this_process(), "token": uuid.uuid4().hex}, sort_keys=True)
         delay = 0.001
-        while True:
-            try:
-                os.symlink(mine, self.path)
-                break
-            except FileExistsError:
-                if not self._break_if_stale():
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-        self._held = mine
+        self._held = mine  # before the link exists: an interrupt right after making it must still remove it
         try:
+            while True:
+                try:
+                    os.symlink(mine, self.path)
+                    break
+                except FileExistsError:
+                    if not self._break_if_stale():
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.05)
             _repair_tail(self.journal)
         except BaseException:
             self.release()
