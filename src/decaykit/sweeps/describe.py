@@ -1,17 +1,24 @@
-"""How a sweep names and describes itself: its identity in the store, its settings, its header."""
+"""How a sweep names and describes itself: its identity and fingerprint in the store, its settings, its header."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
+import torch
+
+from decaykit.errors import DecayError
 from decaykit.policy.options import Policy
-from decaykit.sweeps.data import SweepData
+from decaykit.sweeps.code_digest import code_digest
+from decaykit.sweeps.data import SweepData, checksum
 from decaykit.sweeps.optim import describe_optimizer
+from decaykit.sweeps.prepare import Prepared
 from decaykit.sweeps.settings import Training, Trials
 from decaykit.sweeps.tasks import Task
+from decaykit.sweeps.trainer import seeded_model
 
-__all__ = ["header", "identity", "policy_text", "public_settings"]
+__all__ = ["fingerprint", "header", "identity", "policy_text", "public_settings"]
 
 
 def policy_text(policy: Any) -> str:
@@ -57,6 +64,64 @@ def identity(task: Task, training: Training) -> dict[str, Any]:
         "metrics": sorted(training.metrics),
         "objective": training.metric,
     }
+
+
+def fingerprint(prepared: Prepared) -> dict[str, str]:
+    """Everything that decides a trial's numbers, hashed by part: a stored trial is reused only when all match.
+
+    ``settings``: :func:`identity` and the code of the functions it names (optimizer, loss, metrics);
+    ``model``: each seed's initial ``state_dict``, built as the trainer builds it, and the code of every
+    module class in it; ``data``: the train and test tensors; ``task``; decaykit's ``version``.
+    """
+    from decaykit import __version__
+
+    task, training = prepared.task, prepared.training
+    functions = {"optimizer": training.optimizer, "loss": training.loss, **{f"metric {k}": f for k, f in
+                 training.metrics.items()}}  # fmt: skip
+    settings = {"identity": {k: v for k, v in identity(task, training).items() if k != "task"},  # a part of its own
+                "code": {k: code_digest(f) for k, f in functions.items() if callable(f)}}  # fmt: skip
+    return {
+        "settings": _sha(json.dumps(settings, sort_keys=True, default=repr).encode()),
+        "model": _model_digest(prepared),
+        "data": checksum(prepared.data),
+        "task": _sha(f"{task.name}\n{task.identity}".encode()),
+        "version": __version__,
+    }
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _model_digest(prepared: Prepared) -> str:
+    """Each seed's model as the trainer builds it: its tensors' bytes and its module classes' code."""
+    h = hashlib.sha256()
+    training = prepared.training
+    for seed in prepared.trials.seed_list:
+        try:
+            model = seeded_model(prepared.task.model_fn, seed, training.dtype, training.device)
+        except Exception as exc:
+            raise DecayError(f"building the model for seed {seed} failed: {type(exc).__name__}: {exc}") from exc
+        for name, value in model.state_dict().items():
+            h.update(f"{seed}:{name}".encode())
+            h.update(_tensor_bytes(value))
+        for name, module in model.named_modules():
+            h.update(f"{name}:{code_digest(type(module))}".encode())
+    h.update(code_digest(prepared.task.model_fn).encode())
+    return h.hexdigest()[:16]
+
+
+def _tensor_bytes(t: Any) -> bytes:
+    if not isinstance(t, torch.Tensor) or torch.nn.parameter.is_lazy(t):
+        return repr(type(t)).encode()
+    head = f"{tuple(t.shape)}:{t.dtype}".encode()
+    try:
+        return head + t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    except (RuntimeError, TypeError, NotImplementedError):  # a sparse, quantized or meta tensor: its values if it has any
+        try:
+            return head + repr(t.detach().to("cpu").to_dense().reshape(-1).tolist()).encode()
+        except (RuntimeError, TypeError, NotImplementedError):
+            return head
 
 
 def public_settings(task: Task, trials: Trials, training: Training) -> dict[str, Any]:

@@ -166,12 +166,15 @@ def run_sweep(
 
 def _open_store(prepared: Prepared, execution: Execution) -> tuple[Store, str]:
     """The store and the study's name: the given ``study_name``, or the task's name and a hash of the
-    sweep's identity (everything that changes a trial's numbers), so a rerun finds its finished trials."""
+    sweep's settings, to which a kept store adds the digest of its fingerprint (settings, initial weights,
+    data, version), so a rerun finds its finished trials and a changed model or data never reuses them."""
     config = describe.identity(prepared.task, prepared.training)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     study = execution.study_name or f"decaykit-sweep-{prepared.task.name}-{digest}"
-    maximize = bool(prepared.training.maximize)
-    return open_store(execution.storage, execution.out, study_name=study, maximize=maximize, config=config), study
+    store = open_store(execution.storage, execution.out, study_name=study, maximize=bool(prepared.training.maximize),
+                       config=config, fingerprint=lambda: describe.fingerprint(prepared),
+                       automatic=execution.study_name is None)  # fmt: skip
+    return store, store.study_name
 
 
 def _decide_stacking(prepared: Prepared, execution: Execution, store: Store) -> tuple[bool, list[str]]:

@@ -21,6 +21,11 @@ Protocol, for any number of workers:
 A finished trial is never trained again; a killed run, started again with the same command,
 trains only what is missing. Without Optuna, or with ``storage="memory"``, :class:`MemoryStore`
 keeps results for the current call only.
+
+A study holds the trials of one sweep, as its fingerprint says (settings, each seed's initial weights
+and the model's code, the data, the task, decaykit's version): a trial is reused only under the same
+fingerprint (``study.py``). The journal file is read and written through ``journal.py``, which survives
+what a ``kill -9`` leaves (a torn last line, a lock nobody holds) and names the line of real damage.
 """
 
 from __future__ import annotations
@@ -29,15 +34,16 @@ import contextlib
 import json
 import math
 import os
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from decaykit.errors import DecayError
+from decaykit.sweeps.journal import local_owner_alive, open_journal, this_process
+from decaykit.sweeps.study import CONFIG, FINGERPRINT, choose_study
 
 __all__ = ["MemoryStore", "OptunaStore", "Store", "TrialKey", "key_text", "open_store"]
 
@@ -62,6 +68,7 @@ def _parse_key(text: str) -> TrialKey:
 
 class Store(Protocol):
     location: str
+    study_name: str
 
     def completed(self) -> dict[TrialKey, dict[str, Any]]: ...
 
@@ -85,7 +92,8 @@ class MemoryStore:
 
     location = "memory (not kept after this run)"
 
-    def __init__(self) -> None:
+    def __init__(self, study_name: str = "memory") -> None:
+        self.study_name = study_name
         self._records: dict[TrialKey, dict[str, Any]] = {}
         self._notes: dict[str, Any] = {}
 
@@ -129,41 +137,14 @@ def _dumps(record: Mapping[str, Any]) -> str:
     return json.dumps(clean(record), allow_nan=False, separators=(",", ":"))
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _owner() -> dict[str, Any]:
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _process_start(pid),
-            "token": uuid.uuid4().hex}  # fmt: skip
+    return {**this_process(), "token": uuid.uuid4().hex}
 
 
 def _owner_alive(owner: Mapping[str, Any], heartbeat: float | None, stale_after: float) -> bool:
-    if owner.get("host") == socket.gethostname() and owner.get("boot") == _boot_id():
-        pid = int(owner.get("pid", -1))
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # exists, another user's
-        except OSError:
-            return False
-        start = owner.get("start")
-        return start is None or _process_start(pid) in (None, start)
+    alive = local_owner_alive(owner)
+    if alive is not None:
+        return alive
     return heartbeat is not None and time.time() - heartbeat < stale_after
 
 
@@ -178,6 +159,8 @@ class OptunaStore:
         maximize: bool,
         config: Mapping[str, Any],
         location: str,
+        fingerprint: Mapping[str, str] | None = None,
+        automatic: bool = False,
         stale_after: float = 300.0,
         heartbeat_every: float = 30.0,
     ) -> None:
@@ -185,24 +168,32 @@ class OptunaStore:
 
         self._optuna = optuna
         self.location = location
-        self.study_name = study_name
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the user's output
         try:
+            storage = optuna.storages.get_storage(storage)  # a URL becomes a storage, to list its studies
+            if fingerprint is not None:
+                study_name = choose_study(storage, study_name, fingerprint=fingerprint, config=config,
+                                          automatic=automatic, location=location)  # fmt: skip
             self.study = optuna.create_study(
                 storage=storage,
                 study_name=study_name,
                 direction="maximize" if maximize else "minimize",
                 load_if_exists=True,
             )
+        except DecayError:
+            raise
         except Exception as exc:
             raise DecayError(f"cannot open the sweep store {location!r}: {type(exc).__name__}: {exc}") from exc
         finally:
             optuna.logging.set_verbosity(verbosity)
+        self.study_name = study_name
         self.storage = self.study._storage
         self.study_id = self.study._study_id
-        if "decaykit:config" not in self.study.user_attrs:
-            self.study.set_user_attr("decaykit:config", json.loads(_dumps(config)))
+        if CONFIG not in self.study.user_attrs:
+            self.study.set_user_attr(CONFIG, json.loads(_dumps(config)))
+        if fingerprint is not None and FINGERPRINT not in self.study.user_attrs:
+            self.study.set_user_attr(FINGERPRINT, dict(fingerprint))
         self.owner = _owner()
         self.stale_after = stale_after
         self._mine: dict[TrialKey, int] = {}
@@ -342,24 +333,30 @@ def open_store(
     study_name: str,
     maximize: bool,
     config: Mapping[str, Any],
+    fingerprint: Callable[[], Mapping[str, str]] | None = None,
+    automatic: bool = False,
 ) -> Store:
     """The store for ``storage``: None → a journal file in ``out`` (memory without ``out``),
-    ``"memory"``, a path to a journal file, an Optuna storage URL, or an Optuna storage object."""
+    ``"memory"``, a path to a journal file, an Optuna storage URL, or an Optuna storage object.
+
+    ``fingerprint`` (called once, for a kept store only) is what decides the sweep's results: a stored
+    trial is reused only under the same one (``study.py``); ``automatic``: ``study_name`` was not the
+    user's, so a changed fingerprint gets a study of its own instead of an error.
+    """
     if storage == "memory" or (storage is None and out is None):
-        return MemoryStore()
+        return MemoryStore(study_name)
     try:
-        import optuna
+        import optuna  # noqa: F401
     except ImportError:
         if storage is None:
-            return MemoryStore()
+            return MemoryStore(study_name)
         raise DecayError("a sweep store needs Optuna: pip install 'decaykit[store]' (or use storage='memory')") from None
+    location = storage if isinstance(storage, str) else type(storage).__name__
     if storage is None or (isinstance(storage, (str, os.PathLike)) and "://" not in str(storage)):
         path = Path(out if storage is None else storage)  # type: ignore[arg-type]
         if storage is None or path.is_dir():
             path = path / JOURNAL_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return OptunaStore(optuna.storages.JournalStorage(backend), study_name, maximize=maximize, config=config,
-                           location=str(path))  # fmt: skip
-    location = storage if isinstance(storage, str) else type(storage).__name__
-    return OptunaStore(storage, study_name, maximize=maximize, config=config, location=location)
+        storage, location = open_journal(str(path)), str(path)
+    return OptunaStore(storage, study_name, maximize=maximize, config=config, location=location,
+                       fingerprint=None if fingerprint is None else fingerprint(), automatic=automatic)  # fmt: skip
