@@ -30,7 +30,7 @@ __all__ = ["ADVICE", "Chance", "chance_level", "judge"]
 
 #: what to change when λ = 0 itself fails, per failure kind
 ADVICE: dict[str, str] = {
-    "broken": "check the model's forward pass and the loss: they give a non-finite loss before any training",
+    "broken": "check the model's forward pass and the loss (the learning rate is not the cause)",
     "diverged": "lower the learning rate (--lr)",
     "overflow": "lower the learning rate (--lr)",
     "no_progress": "lower the learning rate (--lr) or train longer (--epochs)",
