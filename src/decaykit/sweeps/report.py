@@ -9,7 +9,7 @@ the setup does not train, and no λ is recommended. Decay is said to help only w
 (half a point of accuracy, 1% of a loss): otherwise the report says the gain is within
 seed-to-seed noise. By the same test, the λ next to the best whose objective is within twice the
 standard error of the difference form ``range``, the λ the noise cannot tell from the best; the
-best λ is written with no more digits than that range supports.
+best λ is written with no more digits than that range, or the grid's own spacing, supports.
 """
 
 from __future__ import annotations
@@ -110,6 +110,18 @@ def best_range(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any], objec
     return ordered[lo]["weight_decay"], ordered[hi]["weight_decay"]
 
 
+def _resolution(rows: Sequence[Mapping[str, Any]], wd: float) -> tuple[float, float]:
+    """The λ the grid cannot tell from ``wd``: up to the geometric midpoints to its tried neighbours
+    (a λ between two tried values is only known to be nearer one of them)."""
+    tried = sorted(r["weight_decay"] for r in rows if r["weight_decay"] > 0)
+    if wd <= 0 or wd not in tried:
+        return wd, wd
+    i = tried.index(wd)
+    low = math.sqrt(tried[i - 1] * wd) if i > 0 else wd
+    high = math.sqrt(wd * tried[i + 1]) if i + 1 < len(tried) else wd
+    return low, high
+
+
 def rounded_in(value: float, low: float, high: float, most: int = 4) -> str:
     """``value`` with the fewest significant digits (at most ``most``) whose rounding stays in [low, high].
 
@@ -136,10 +148,11 @@ def choose_best(rows: Sequence[Mapping[str, Any]], objective: str, maximize: boo
     # ties go to the smaller λ: the least intervention that does as well
     best = max(usable, key=lambda r: (sign * r[objective], -r["weight_decay"]))
     low, high = best_range(rows, best, objective)
+    grid_low, grid_high = _resolution(rows, best["weight_decay"])
     out: dict[str, Any] = {
         "weight_decay": best["weight_decay"],
         "range": [low, high],
-        "rounded": rounded_in(best["weight_decay"], low, high),
+        "rounded": rounded_in(best["weight_decay"], min(low, grid_low), max(high, grid_high)),
         "metric": objective,
         "maximize": maximize,
         "value": best[objective],
@@ -241,7 +254,7 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
             else:
                 why = "the gain is below " + ("half a point" if _is_accuracy(best["metric"]) else "1%")
             lines.append(f"verdict: weight decay does not measurably help here: {why}.")
-    if best.get("gain") is None and within:
+    if within and not best.get("helps"):
         lines.append(f"λ ≈ {lam}{within}")
     if best["metric"] == "test_accuracy":
         lines += _loss_line(rows)
