@@ -12,7 +12,8 @@ A trial fails, first reason found, when
    test set; test accuracy must exceed p₀ by more than two binomial standard errors, 2√(p₀(1 − p₀)/n).
    Regression (with a named loss): predicting the training targets' mean has test MSE m₀, per-sample
    errors eᵢ; test MSE must be below m₀ by more than two standard errors of their mean, 2·sd(e)/√n.
-   Two standard errors: a model that learnt nothing lands within them about 95% of the time.
+   Two standard errors: a model that learnt nothing lands within them about 95% of the time. On a test set
+   too small for that, the margin is capped at half the way to a perfect score.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ def chance_level(data: SweepData, loss: Any) -> Chance | None:
     n = data.test_size
     if data.kind == "classification":
         p0 = float(torch.bincount(data.y_test.flatten().cpu()).max()) / n
-        margin = 2 * math.sqrt(p0 * (1 - p0) / n)
+        margin = min(2 * math.sqrt(p0 * (1 - p0) / n), (1 - p0) / 2)  # capped: a tiny test set still passes a perfect score
         return Chance("test_accuracy", p0, p0 + margin, f"predicting the commonest class scores {p0:.1%}")
     if callable(loss):
         return None
     mean = data.y_train.double().mean(0)
     errors = (data.y_test.double() - mean).square().reshape(n, -1).mean(1)
     m0 = float(errors.mean())
-    margin = 2 * float(errors.std()) / math.sqrt(n) if n > 1 else 0.0
+    margin = min(2 * float(errors.std()) / math.sqrt(n), m0 / 2) if n > 1 else 0.0
     return Chance("test_loss", m0, m0 - margin, f"predicting the mean scores {m0:.4g}")
 
 
