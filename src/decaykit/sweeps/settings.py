@@ -326,7 +326,8 @@ class Execution(_Options):
             raise DecayError(f"study_name must be a string, got {self.study_name!r}")
         if self.plots is not None and not isinstance(self.plots, bool):
             raise DecayError(f"plots must be True, False or None, got {self.plots!r}")
-        _check_out(self.out)
+        if self.plots_wanted or self.storage is None:  # out holds the plots or the default store
+            _check_out(self.out)
         if self.plots and self.out is None:
             raise DecayError("plots=True needs out=DIR to write the PNG files into")
         if not isinstance(self.wait, bool):
