@@ -56,7 +56,7 @@ def helper(tmp_path, monkeypatch):
 
 def test_json_prints_exactly_one_object_with_results_and_best(helper, capsys):
     code = main(["sweep", "--model", "clihelp:model", "--data", "clihelp:data", "--weight-decays", "0,0.1,1",
-                 "--json", *TINY])  # fmt: skip
+                 "--json", *TINY, "--epochs", "30", "--lr", "0.01"])  # fmt: skip (enough steps to train)
     out = capsys.readouterr().out
     assert code == 0
     parsed = json.loads(out)  # the whole of stdout is one JSON document
@@ -105,4 +105,5 @@ def test_nan_model_is_marked_diverged_and_the_sweep_finishes(helper, capsys):
     code = main(["sweep", "--model", "clihelp:nan_model", "--data", "clihelp:data", "--weight-decays", "0,1", *TINY])
     text = capsys.readouterr().out
     assert code == 0
-    assert "every λ diverged" in text and "diverged 1/1 seeds" in text
+    assert "the setup does not train" in text and "non-finite on the initial model" in text
+    assert "diverged 1/1 seeds" in text and "learning rate is not the cause" in text

@@ -13,7 +13,7 @@ import decaykit.sweeps as sweeps
 from decaykit import sweep
 from decaykit.cli.main import build_parser
 from decaykit.cli.sweep_cmd import settings_from_args
-from decaykit.errors import DecayError
+from decaykit.errors import DecayError, DecayWarning
 from decaykit.sweeps import Execution, Training, Trials, builtin_task, run_sweep, task_from_user
 from decaykit.sweeps.prepare import prepare
 from decaykit.sweeps.runner import _open_store
@@ -63,7 +63,8 @@ def test_each_value_refuses_a_bad_field_naming_it(cls, kwargs, match):
 
 def test_values_are_normalised_and_compare_by_content():
     assert Trials(weight_decays=[1, 0, 1], seeds=3) == Trials(weight_decays=(0.0, 1.0), seeds=[2, 0, 1])
-    trials = Trials(weight_decays=[1, 0.1], seeds=[3, 1], search=[0.01, 1])
+    with pytest.warns(DecayWarning, match="has no effect with search"):  # a grid and a search: the grid is unused
+        trials = Trials(weight_decays=[1, 0.1], seeds=[3, 1], search=[0.01, 1])
     assert trials.weight_decays == (0.1, 1.0) and trials.seeds == (1, 3) and trials.search == (0.01, 1.0)
     assert Training(device="cpu").device == torch.device("cpu")
     assert Training(batch_size=0).batch_for(50) == 50 and Training(batch_size=8).batch_for(5) == 5
@@ -107,7 +108,7 @@ def test_trials_take_the_task_grid_and_seeds_and_plan_rounds():
     assert trials.weight_decays == ridge.weight_decays and trials.seeds == (0,)
     assert next(trials.trial_rounds(lambda tried: None)) == [(wd, 0) for wd in ridge.weight_decays]
     assert trials.first_round_size == len(ridge.weight_decays)
-    search = Trials(weight_decays=[0.5], seeds=2, search=(0.01, 100.0), rounds=2, points=3).for_task(ridge)
+    search = Trials(seeds=2, search=(0.01, 100.0), rounds=2, points=3).for_task(ridge)
     assert search.weight_decays is None and search.extent == [100.0] and search.first_round_size == 8
     rounds = list(search.trial_rounds(lambda tried: 1.0))
     assert rounds[0] == [(wd, s) for wd in (0.0, 0.01, 1.0, 100.0) for s in (0, 1)]
@@ -194,13 +195,13 @@ def test_the_cli_builds_the_values_the_facade_builds(monkeypatch, tmp_path):
 
     argv = ["sweep", "--task", "ridge", "--weight-decays", "0,0.1,1", "--seeds", "2", "--epochs", "5", "--lr", "0.01",
             "--batch-size", "0", "--mode", "lr_independent", "--metric", "gap", "--chunk-size", "4", "--no-store",
-            "--out", str(tmp_path), "--no-plots", "--quiet", "--one-by-one", "--exclude", "bias"]  # fmt: skip
+            "--out", str(tmp_path), "--no-plots", "--quiet", "--exclude", "bias"]  # fmt: skip
     args = build_parser().parse_args(argv)
     policy = {"policy": "decaykit", "exclude": ["bias"], "rules": [], "decay_embeddings": True, "layer_decay": None,
               "strict": False}  # fmt: skip
     _, *facade = _captured(monkeypatch, runner, lambda: sweep(
         task="ridge", weight_decays=[0, 0.1, 1], seeds=2, epochs=5, lr=0.01, batch_size=0, mode="lr_independent",
-        metric="gap", chunk_size=4, storage="memory", out=str(tmp_path), plots=False, progress="off", batched=False,
+        metric="gap", chunk_size=4, storage="memory", out=str(tmp_path), plots=False, progress="off",
         policy=policy))  # fmt: skip
     assert list(settings_from_args(args)) == facade
     task, *cli = _captured(monkeypatch, sweeps, lambda: args.func(args))  # the CLI's own run calls run_sweep

@@ -37,38 +37,69 @@ command again after an interruption and only the missing trials train; start it 
 machines with one --storage and they share the work."""
 
 
+def _task_defaults(name: str) -> str:
+    """``default: the task's (digits-noisy-labels 200, ridge 2000, your model 100)``, read from the tasks."""
+    from dataclasses import fields
+
+    from decaykit.sweeps.tasks import BUILTIN_TASKS, Task
+
+    def text(value: object) -> str:
+        return "full batch" if name == "batch_size" and not value else f"{value}".replace("torch.", "")
+
+    own = next(f.default for f in fields(Task) if f.name == name)
+    each = [f"{task} {text(getattr(factory(), name))}" for task, factory in BUILTIN_TASKS.items()]
+    return f"default: the task's ({', '.join(each)}, your model {text(own)})"
+
+
+def _option_default(task: str, option: str) -> object:
+    import inspect
+
+    from decaykit.sweeps.tasks import BUILTIN_TASKS
+
+    return inspect.signature(BUILTIN_TASKS[task]).parameters[option].default
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from decaykit.sweeps.settings import Execution, Trials
-    from decaykit.sweeps.tasks import TASK_NAMES
+    from decaykit.sweeps.tasks import DEFAULT_TASK, TASK_NAMES
 
     what = parser.add_argument_group("what to train")
     what.add_argument("--task", choices=sorted(TASK_NAMES), default=None,
-                      help="a built-in task (default: digits-noisy-labels)")
+                      help=f"a built-in task (default: {DEFAULT_TASK})")
     what.add_argument("--label-noise", type=float, default=None, metavar="P",
-                      help="digits: share of training labels replaced by a wrong class (default 0.3; 0 = clean)")
+                      help="digits: share of training labels replaced by a wrong class "
+                           f"(default {_option_default(DEFAULT_TASK, 'label_noise')}; 0 = clean)")
     what.add_argument("--train-size", type=int, default=None, metavar="N",
-                      help="training samples (digits: 500; ridge: d = 100)")
+                      help=f"training samples (default: digits {_option_default(DEFAULT_TASK, 'train_size')}; "
+                           "ridge d, the input dimension)")
     what.add_argument("--data-seed", type=int, default=None, metavar="S",
-                      help="built-in tasks: which random draw of the data (default 0)")
-    what.add_argument("--model", metavar="SPEC", help="your model: 'package.module:factory' (a function or class)")
+                      help=f"built-in tasks: which random draw of the data (default {_option_default('ridge', 'data_seed')})")
+    what.add_argument("--model", metavar="SPEC",
+                      help="your model: 'package.module:factory' (a function or class; default: none, the built-in task)")
     what.add_argument("--data", metavar="SPEC",
-                      help="your data: 'package.module:factory' returning (x_train, y_train, x_test, y_test)")
+                      help="your data: 'package.module:factory' returning (x_train, y_train, x_test, y_test) "
+                           "(default: none, the built-in task)")
     grid = parser.add_argument_group("which λ")
     grid.add_argument("--weight-decays", "--wd", metavar="LIST",
                       help="comma-separated λ values, e.g. 0,0.01,0.1,1,10 (default: the task's grid)")
     grid.add_argument("--search", metavar="LOW:HIGH",
-                      help="search a log range instead of a grid: rounds of log-spaced λ zooming in on the best")
+                      help="search a log range instead of a grid: rounds of log-spaced λ zooming in on the best "
+                           "(default: none, the grid)")
     grid.add_argument("--rounds", type=int, default=None, help=f"search rounds (default {Trials.rounds})")
     grid.add_argument("--points", type=int, default=None, help=f"λ values per search round (default {Trials.points})")
-    grid.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds per λ (default: the task's)")
+    grid.add_argument("--seeds", type=int, default=None, metavar="N", help=f"seeds per λ ({_task_defaults('seeds')})")
     training = parser.add_argument_group("how to train")
-    training.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=None)
-    training.add_argument("--lr", type=float, default=None)
-    training.add_argument("--momentum", type=float, default=None, help="SGD momentum")
-    training.add_argument("--epochs", type=int, default=None)
-    training.add_argument("--batch-size", type=int, default=None, help="0 = the whole training set at once")
+    training.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=None,
+                          help=f"the inner optimizer ({_task_defaults('optimizer')})")
+    training.add_argument("--lr", type=float, default=None, help=f"learning rate ({_task_defaults('lr')})")
+    training.add_argument("--momentum", type=float, default=None,
+                          help=f"SGD momentum, with --optimizer sgd only ({_task_defaults('momentum')})")
+    training.add_argument("--epochs", type=int, default=None, help=f"passes over the training set ({_task_defaults('epochs')})")
+    training.add_argument("--batch-size", type=int, default=None,
+                          help=f"samples per step, 0 = the whole training set at once ({_task_defaults('batch_size')})")
     training.add_argument("--mode", default=None,
-                          help="decay mode: lr_coupled (torch AdamW), lr_independent, corrected, cautious, coupled_l2")
+                          help="decay mode: lr_coupled (torch AdamW), lr_independent, corrected, cautious, coupled_l2 "
+                               f"({_task_defaults('mode')})")
     training.add_argument("--metric", default=None,
                           help="objective for the best λ (default test_accuracy; test_loss for regression)")
     add_policy_arguments(training, weight_decay=None)
@@ -76,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--out", metavar="DIR", default=None,
                          help=f"folder for the plots and the store (default: {DEFAULT_OUT}/<task>)")
     running.add_argument("--storage", metavar="URL",
-                         help="shared store: an Optuna URL (sqlite:///sweep.db, postgresql://...) or a journal file path")
+                         help="shared store: an Optuna URL (sqlite:///sweep.db, postgresql://...) or a journal file path "
+                              "(default: a journal file in --out)")
     running.add_argument("--no-store", action="store_true", help="keep results in memory only (no resume)")
     running.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     how = running.add_mutually_exclusive_group()
@@ -90,6 +122,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="report as soon as this worker has nothing left, without waiting for other workers")
     running.add_argument("--json", action="store_true", help='print one JSON object {"results": [...], "best": {...}, ...}')
     running.add_argument("--quiet", "-q", action="store_true", help="no progress output (for logs)")
+    _show_defaults(parser)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every flag that takes a value says its default in ``--help`` (the shared policy flags included)."""
+    for action in parser._actions:
+        if action.nargs == 0 or not action.option_strings or "default" in (action.help or ""):
+            continue
+        shown = "none" if action.default in (None, [], ()) else action.default
+        action.help = f"{action.help or ''} (default: {shown})".strip()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,11 +155,12 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Trials, Training, Exec
     from decaykit.sweeps.grid import parse_range, parse_weight_decays
     from decaykit.sweeps.settings import Execution, Training, Trials
 
+    _check_combinations(args)
     options = vars(args)
     trials = Trials.from_options(
         options,
-        weight_decays=parse_weight_decays(args.weight_decays) if args.weight_decays else None,
-        search=parse_range(args.search) if args.search else None,
+        weight_decays=None if args.weight_decays is None else parse_weight_decays(args.weight_decays),
+        search=None if args.search is None else parse_range(args.search),
     )
     training = Training.from_options(options, policy=policy_options(args))
     execution = Execution.from_options(
@@ -130,6 +173,29 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Trials, Training, Exec
         progress="off" if args.quiet else "auto",
     )
     return trials, training, execution
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    """Flags that would do nothing together are refused, so none is silently ignored."""
+    from decaykit.errors import DecayError
+
+    pairs = [
+        (args.no_store and args.storage is not None, f"--storage {args.storage} has no effect with --no-store "
+         "(results stay in memory); drop one of them"),
+        (args.search is None and args.rounds is not None, "--rounds applies to --search only; add --search LOW:HIGH "
+         "or drop --rounds"),
+        (args.search is None and args.points is not None, "--points applies to --search only; add --search LOW:HIGH "
+         "or drop --points"),
+        (args.search is not None and args.weight_decays is not None, "--wd has no effect with --search (the search "
+         "picks its own λ); drop one of them"),
+        (args.one_by_one and args.chunk_size is not None, "--chunk-size has no effect with --one-by-one (nothing is "
+         "stacked); drop one of them"),
+        (args.no_store and args.no_wait, "--no-wait has no effect with --no-store (no other worker can share an "
+         "in-memory store); drop --no-wait"),
+    ]  # fmt: skip
+    for clash, message in pairs:
+        if clash:
+            raise DecayError(message)
 
 
 def task_from_args(args: argparse.Namespace) -> Task:

@@ -11,7 +11,8 @@ reports the best λ against λ = 0, honestly. Modules, one job each:
 - ``grid``: λ grids and the zooming log-range search
 - ``metrics``: per-member losses and evaluation
 - ``optim``: the policy's groups and the decay engine around the inner optimizer
-- ``trainer``: the training loop, and one model trained at a time
+- ``trainer``: the training loop, and one model trained at a time; ``sanity``: whether a finished trial
+  trained (else it is failed, with the reason, and never the best λ)
 - ``batched``: K models as stacked tensors (baddbmm layers or ``torch.func.vmap``)
 - ``store``: the Optuna-backed store (claims, results, recovery after a kill)
 - ``report``, ``result``, ``plots``, ``progress``: what the user sees

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from decaykit.errors import DecayError
-from decaykit.sweeps.data import SweepData, resolve_data
+from decaykit.sweeps.data import SweepData, check_finite, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
 from decaykit.sweeps.tasks import Task
@@ -55,10 +55,13 @@ def load_data(task: Task, training: Training) -> SweepData:
         f"{data.train_size} training and {data.test_size} test samples, {data.kind}"
         + (f", {data.num_classes} classes" if data.num_classes else "")
     )
-    return SweepData(
+    moved = SweepData(
         move(data.x_train), move(data.y_train), move(data.x_test), move(data.y_test),
         data.kind, data.num_classes, description,
     )  # fmt: skip
+    # a value finite in the source dtype can overflow in the training one (1e39 in float32)
+    check_finite(moved, "data", after=f" once converted to {str(floating).replace('torch.', '')}")
+    return moved
 
 
 # Below this many FLOPs per training step, one thread is faster: waking a second one costs more than it

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from decaykit.errors import DecayError
 
-__all__ = ["SweepData", "checksum", "resolve_data"]
+__all__ = ["SweepData", "check_finite", "checksum", "resolve_data"]
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,33 @@ def resolve_data(raw: Any, *, source: str = "data") -> SweepData:
         if low < 0:
             raise DecayError(f"{source}: class labels must be >= 0, found {low}")
         num_classes = int(max(y_train.max(), y_test.max())) + 1
-    for t, n in ((x_train, "x_train"), (x_test, "x_test")):
-        if not torch.isfinite(t).all():
-            raise DecayError(f"{source}: {n} contains NaN or infinite values")
-    return SweepData(x_train, y_train, x_test, y_test, kind, num_classes, description)
+    data = SweepData(x_train, y_train, x_test, y_test, kind, num_classes, description)
+    check_finite(data, source)
+    return data
+
+
+def check_finite(data: SweepData, source: str, *, after: str = "") -> None:
+    """Refuse NaN or infinite inputs and targets, naming the tensor, the count and the first row.
+
+    Checked before any training, so a bad value is blamed on the data, never on the learning rate
+    (a NaN target makes every trial's loss NaN, which would otherwise read as divergence).
+    """
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        t: Tensor = getattr(data, name)
+        if not t.dtype.is_floating_point:
+            continue
+        bad = ~torch.isfinite(t)
+        if not bool(bad.any()):
+            continue
+        rows = bad.reshape(t.shape[0], -1).any(1).nonzero().flatten()
+        nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        parts = [f"{count} {word}{'s' if count != 1 and word != 'NaN' else ''}"
+                 for count, word in ((nans, "NaN"), (infs, "infinite value")) if count]  # fmt: skip
+        where = f"at row {int(rows[0])}" if len(rows) == 1 else f"in {len(rows)} rows, first at row {int(rows[0])}"
+        raise DecayError(
+            f"{source}: {name} has {' and '.join(parts)} {where}{after}; a sweep cannot train on them: "
+            "drop or fill those rows before the sweep"
+        )
 
 
 def _split_parts(raw: Any, source: str) -> tuple[Any, Any, Any, Any]:

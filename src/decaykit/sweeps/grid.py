@@ -38,16 +38,25 @@ def check_weight_decays(values: Iterable[float] | float, *, argument: str = "wei
     return sorted(set(out))
 
 
-def parse_weight_decays(text: str) -> list[float]:
-    """``"0,1e-3,0.01"`` → [0.0, 0.001, 0.01]."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+def parse_weight_decays(text: str, *, flag: str = "--wd") -> list[float]:
+    """``"0,1e-3,0.01"`` → [0.0, 0.001, 0.01]; empty text or an empty item is refused, never skipped
+    (``0,,1`` is more likely a lost value than a wish for two)."""
+    example = f"e.g. {flag} 0,0.01,0.1,1"
+    if not text.strip():
+        raise DecayError(f"{flag} is empty (got {text!r}): give comma-separated λ values, {example}, "
+                         "or leave the flag out for the task's grid")  # fmt: skip
     values = []
-    for p in parts:
+    for i, part in enumerate(text.split(","), start=1):
+        if not part.strip():
+            raise DecayError(f"{flag} item {i} of {text!r} is empty: give a number between every pair of commas, {example}")
         try:
-            values.append(float(p))
+            values.append(float(part))
         except ValueError:
-            raise DecayError(f"--weight-decays must be comma-separated numbers, got {p!r} in {text!r}") from None
-    return check_weight_decays(values, argument="--weight-decays")
+            raise DecayError(f"{flag} must be comma-separated numbers, got {part.strip()!r} in {text!r}; {example}") from None
+    for value in values:
+        if not math.isfinite(value) or value < 0:
+            raise DecayError(f"{flag} must be finite numbers >= 0, got {value!r} in {text!r}; {example}")
+    return check_weight_decays(values, argument=flag)
 
 
 def parse_range(text: str) -> tuple[float, float]:

@@ -1,11 +1,15 @@
 """From finished trials to the table, the best λ, and an honest sentence about whether decay helped.
 
 Each λ's row holds, for every metric, the mean over the seeds that did not diverge and the
-sample standard deviation beside it (``test_accuracy`` and ``test_accuracy_std``). The best λ
-maximises (or minimises) the objective's mean among rows where no seed diverged. Decay is said
-to help only when the gain over λ = 0 exceeds both twice its standard error,
-√(s²_best/n_best + s²_0/n_0), and a minimal size (half a point of accuracy, 1% of a loss):
-otherwise the report says the gain is within seed-to-seed noise.
+sample standard deviation beside it (``test_accuracy`` and ``test_accuracy_std``), and how many
+seeds *failed* (did not train, ``sanity.py``) with the first reason. The best λ maximises (or
+minimises) the objective's mean among rows where every seed trained; when λ = 0 itself fails
+the setup does not train, and no λ is recommended. Decay is said to help only when the gain over
+λ = 0 exceeds both twice its standard error, √(s²_best/n_best + s²_0/n_0), and a minimal size
+(half a point of accuracy, 1% of a loss): otherwise the report says the gain is within
+seed-to-seed noise. By the same test, the λ next to the best whose objective is within twice the
+standard error of the difference form ``range``, the λ the noise cannot tell from the best; the
+best λ is written with no more digits than that range, or the grid's own spacing, supports.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from decaykit._render import format_table
 
-__all__ = ["METRIC_ORDER", "aggregate", "choose_best", "format_report"]
+__all__ = ["METRIC_ORDER", "aggregate", "best_range", "choose_best", "format_report", "rounded_in", "trained"]
 
 # the columns every report starts with, in this order; other metrics follow alphabetically
 METRIC_ORDER: tuple[str, ...] = (
@@ -55,7 +59,9 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for wd in sorted(by_wd):
         group = sorted(by_wd[wd], key=lambda r: r["seed"])
         ok = [r for r in group if not r["diverged"]]
-        row: dict[str, Any] = {"weight_decay": wd, "seeds": len(group), "diverged": len(group) - len(ok)}
+        failures = [_failure_of(r) for r in group if _failure_of(r) is not None]
+        row: dict[str, Any] = {"weight_decay": wd, "seeds": len(group), "diverged": len(group) - len(ok),
+                               "failed": len(failures), "failure": failures[0] if failures else None}  # fmt: skip
         for name in names:
             values = [r["metrics"].get(name) for r in ok]
             values = [float(v) for v in values if v is not None and math.isfinite(v)]
@@ -65,32 +71,99 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _failure_of(record: Mapping[str, Any]) -> dict[str, str] | None:
+    """A trial's failure; a diverged trial stored before failures were recorded counts as diverged."""
+    failure = record.get("failure")
+    if failure is None and record["diverged"]:
+        return {"kind": "diverged", "reason": "the loss became non-finite (NaN or inf)"}
+    return failure
+
+
+def trained(row: Mapping[str, Any]) -> bool:
+    """Every seed of the row trained (none diverged or failed): the row may be compared and chosen."""
+    return row["diverged"] == 0 and row.get("failed", 0) == 0
+
+
 def _row(rows: Sequence[Mapping[str, Any]], wd: float) -> Mapping[str, Any] | None:
     return next((r for r in rows if r["weight_decay"] == wd), None)
 
 
+def _stderr(a: Mapping[str, Any], b: Mapping[str, Any], objective: str) -> float:
+    """Standard error of the difference of two rows' means of ``objective``."""
+    return math.sqrt(a[f"{objective}_std"] ** 2 / a["seeds"] + b[f"{objective}_std"] ** 2 / b["seeds"])
+
+
+def best_range(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any], objective: str) -> tuple[float, float]:
+    """The λ next to ``best`` (a contiguous run of rows that trained) whose objective is within twice the
+    standard error of its difference from the best's: the seeds cannot tell them from the best."""
+    ordered = [r for r in rows if trained(r) and r.get(objective) is not None]
+    i = next(j for j, r in enumerate(ordered) if r["weight_decay"] == best["weight_decay"])
+
+    def close(r: Mapping[str, Any]) -> bool:
+        return abs(r[objective] - best[objective]) <= 2 * _stderr(r, best, objective)
+
+    lo = hi = i
+    while lo > 0 and close(ordered[lo - 1]):
+        lo -= 1
+    while hi + 1 < len(ordered) and close(ordered[hi + 1]):
+        hi += 1
+    return ordered[lo]["weight_decay"], ordered[hi]["weight_decay"]
+
+
+def _resolution(rows: Sequence[Mapping[str, Any]], wd: float) -> tuple[float, float]:
+    """The λ the grid cannot tell from ``wd``: up to the geometric midpoints to its tried neighbours
+    (a λ between two tried values is only known to be nearer one of them)."""
+    tried = sorted(r["weight_decay"] for r in rows if r["weight_decay"] > 0)
+    if wd <= 0 or wd not in tried:
+        return wd, wd
+    i = tried.index(wd)
+    low = math.sqrt(tried[i - 1] * wd) if i > 0 else wd
+    high = math.sqrt(wd * tried[i + 1]) if i + 1 < len(tried) else wd
+    return low, high
+
+
+def rounded_in(value: float, low: float, high: float, most: int = 4) -> str:
+    """``value`` with the fewest significant digits (at most ``most``) whose rounding stays in [low, high].
+
+    >>> rounded_in(3.44515, 1.2, 8.9), rounded_in(3.44515, 3.3, 3.5), rounded_in(3.44515, 3.44515, 3.44515)
+    ('3', '3.4', '3.445')
+    """
+    if value == 0:
+        return "0"
+    for digits in range(1, most):
+        text = f"{value:.{digits}g}"
+        if low <= float(text) <= high:
+            return text
+    return f"{value:.{most}g}"
+
+
 def choose_best(rows: Sequence[Mapping[str, Any]], objective: str, maximize: bool) -> dict[str, Any] | None:
-    """The best λ, its gain over λ = 0, and the verdict; None when every λ diverged."""
-    usable = [r for r in rows if r["diverged"] == 0 and r.get(objective) is not None]
-    if not usable:
+    """The best λ, its range within noise, its gain over λ = 0, and the verdict; None when no λ trained
+    or λ = 0 itself failed (the setup does not train: no λ is recommended)."""
+    usable = [r for r in rows if trained(r) and r.get(objective) is not None]
+    base = _row(rows, 0.0)
+    if not usable or (base is not None and not trained(base)):
         return None
     sign = 1.0 if maximize else -1.0
     # ties go to the smaller λ: the least intervention that does as well
     best = max(usable, key=lambda r: (sign * r[objective], -r["weight_decay"]))
+    low, high = best_range(rows, best, objective)
+    grid_low, grid_high = _resolution(rows, best["weight_decay"])
     out: dict[str, Any] = {
         "weight_decay": best["weight_decay"],
+        "range": [low, high],
+        "rounded": rounded_in(best["weight_decay"], min(low, grid_low), max(high, grid_high)),
         "metric": objective,
         "maximize": maximize,
         "value": best[objective],
         "std": best[f"{objective}_std"],
         "seeds": best["seeds"],
     }
-    base = _row(rows, 0.0)
-    if base is None or base.get(objective) is None or base["diverged"]:
+    if base is None or base.get(objective) is None:
         out.update(baseline=None, gain=None, gain_stderr=None, helps=None)
         return out
     gain = sign * (best[objective] - base[objective])
-    stderr = math.sqrt(best[f"{objective}_std"] ** 2 / best["seeds"] + base[f"{objective}_std"] ** 2 / base["seeds"])
+    stderr = _stderr(best, base, objective)
     floor = 0.005 if _is_accuracy(objective) else 0.01 * abs(base[objective])
     out.update(
         baseline=base[objective],
@@ -133,6 +206,8 @@ def results_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best:
             mark.append("← best")
         if r["diverged"]:
             mark.append(f"diverged {r['diverged']}/{r['seeds']} seeds")
+        elif r.get("failed"):
+            mark.append(f"failed {r['failed']}/{r['seeds']} seeds")
         cells.append(", ".join(mark))
         body.append(cells)
     return format_table(headers, body, align="r" * (len(headers) - 1) + "l")
@@ -147,9 +222,10 @@ def _describe_value(name: str, value: float, std: float | None) -> str:
 def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The sentences under the table: what the best λ is, and whether it beats λ = 0 beyond noise."""
     if best is None:
-        return ["every λ diverged (non-finite loss) for at least one seed: no best λ; lower the learning rate"]
+        return _no_best(rows)
     name = best["metric"].replace("_", " ")
-    lam = _lam(best["weight_decay"])
+    lam = best.get("rounded") or _lam(best["weight_decay"])
+    within = _within_noise(best)
     seeds = best["seeds"]
     seed_text = f"{seeds} seed{'s' if seeds != 1 else ''}"
     value = _describe_value(best["metric"], best["value"], best["std"])
@@ -170,7 +246,7 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
         elif best["helps"]:
             lines.append(f"best λ = {lam}: {name} {value} vs {base} at λ = 0 ({gain}, {seed_text} each).")
             caveat = " (one seed: no measure of seed-to-seed noise; use --seeds 3 unless training is deterministic)"
-            lines.append(f"verdict: weight decay helps here; use λ ≈ {lam}." + (caveat if seeds < 2 else ""))
+            lines.append(f"verdict: weight decay helps here; use λ ≈ {lam}{within}." + (caveat if seeds < 2 else ""))
         else:
             lines.append(f"best λ = {lam}: {name} {value} vs {base} at λ = 0 ({gain}, {seed_text} each).")
             if best["gain"] <= 2 * best["gain_stderr"]:
@@ -178,6 +254,8 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
             else:
                 why = "the gain is below " + ("half a point" if _is_accuracy(best["metric"]) else "1%")
             lines.append(f"verdict: weight decay does not measurably help here: {why}.")
+    if within and not best.get("helps"):
+        lines.append(f"λ ≈ {lam}{within}")
     if best["metric"] == "test_accuracy":
         lines += _loss_line(rows)
     positive = [r for r in rows if r["weight_decay"] > 0]
@@ -198,11 +276,46 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
     return lines
 
 
-def _loss_line(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Accuracy is the objective; say where the test loss is best too, when decay moves it (calibration)."""
-    usable = [r for r in rows if r["diverged"] == 0 and r.get("test_loss") is not None]
+def _within_noise(best: Mapping[str, Any]) -> str:
+    """`` (anything in 1.2–8.9 is within noise)`` when other λ tried are as good within the seeds' noise."""
+    low, high = best.get("range") or (best["weight_decay"], best["weight_decay"])
+    if low == high:
+        return ""
+    return f" (anything in {_lam_short(low)}–{_lam_short(high)} is within noise of the best)"
+
+
+def _lam_short(value: float) -> str:
+    return "0" if value == 0 else f"{value:.2g}"
+
+
+def _no_best(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why there is no best λ: λ = 0 itself does not train, or no λ does."""
+    from decaykit.sweeps.sanity import ADVICE
+
     base = _row(rows, 0.0)
-    if not usable or base is None or base.get("test_loss") is None:
+    failing = base if base is not None and not trained(base) else next((r for r in rows if not trained(r)), None)
+    if failing is None or failing.get("failure") is None:
+        return ["no λ was measured: no best λ"]
+    failure = failing["failure"]
+    advice = ADVICE.get(failure["kind"], "check the model, the data and the learning rate")
+    seeds = f"{failing['failed']} of {failing['seeds']} seed{'s' if failing['seeds'] != 1 else ''}"
+    if failing is base:
+        return [
+            f"verdict: the setup does not train: at λ = 0, {seeds} failed: {failure['reason']}; {advice}. "
+            "No λ is recommended: decay cannot be judged against a baseline that does not train."
+        ]
+    if all(r["diverged"] for r in rows):
+        return [f"every λ diverged (non-finite loss) for at least one seed: no best λ; {advice}"]
+    return [f"verdict: no λ trained on every seed (e.g. λ = {_lam(failing['weight_decay'])}, {seeds}: "
+            f"{failure['reason']}); no best λ; {advice}"]  # fmt: skip
+
+
+def _loss_line(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Accuracy is the objective; say where the test loss is best too, when decay moves it (calibration).
+    Only rows whose every seed trained are compared: a failed run's loss says nothing about decay."""
+    usable = [r for r in rows if trained(r) and r.get("test_loss") is not None]
+    base = _row(rows, 0.0)
+    if not usable or base is None or not trained(base) or base.get("test_loss") is None:
         return []
     best = min(usable, key=lambda r: (r["test_loss"], r["weight_decay"]))
     if best["weight_decay"] == 0 or best["test_loss"] > 0.99 * base["test_loss"]:
@@ -223,7 +336,7 @@ def format_report(
     files: Mapping[str, str],
 ) -> str:
     records_names = [n for n in METRIC_ORDER if any(n in r for r in rows)]
-    extra = sorted({k for r in rows for k in r} - set(METRIC_ORDER) - {"weight_decay", "seeds", "diverged"})
+    extra = sorted({k for r in rows for k in r} - set(METRIC_ORDER) - {"weight_decay", "seeds", "diverged", "failed", "failure"})
     extra = [k for k in extra if not k.endswith("_std")]
     names = records_names + extra
     lines = [*header, "", results_table(rows, names, None if best is None else best["weight_decay"]), ""]

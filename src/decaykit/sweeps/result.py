@@ -21,8 +21,11 @@ class SweepResult(Report):
 
     ``results``: one dict per λ (ascending) with ``weight_decay``, ``seeds``, ``diverged`` and each
     metric's mean over seeds with its standard deviation beside it (``test_accuracy``,
-    ``test_accuracy_std``, …). ``best``: the best λ, its value, the λ = 0 baseline, the gain and
-    whether decay helps beyond seed noise (None when everything diverged). ``trials``: every
+    ``test_accuracy_std``, …) and ``failed``, the seeds that did not train (``failure``: the first
+    reason). ``best``: the best λ among rows whose every seed trained, its range within seed noise
+    (``range``, also :attr:`best_range`) and the λ rounded to the digits that range supports
+    (``rounded``), its value, the λ = 0 baseline, the gain and whether decay helps beyond seed noise
+    (None when no λ trained, or when λ = 0 itself failed: then the setup does not train). ``trials``: every
     (λ, seed) trial with its final metrics and learning curves. ``str(result)`` is the report.
     """
 
@@ -39,6 +42,15 @@ class SweepResult(Report):
     @property
     def best_weight_decay(self) -> float | None:
         return None if self.best is None else self.best["weight_decay"]
+
+    @property
+    def best_range(self) -> tuple[float, float] | None:
+        """The λ tried next to the best whose objective is within seed noise of it, as (low, high):
+        any λ in it is as good as the best as far as the seeds can tell (None: no best λ)."""
+        if self.best is None or self.best.get("range") is None:
+            return None
+        low, high = self.best["range"]
+        return float(low), float(high)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON the CLI prints with ``--json``: results and best first, then the context."""

@@ -327,7 +327,12 @@ def _notes(
         if r["diverged"]:
             notes.append(
                 f"λ = {r['weight_decay']:g}: {r['diverged']} of {r['seeds']} seeds diverged (non-finite loss); "
-                "left out of the means"
+                "left out of the means and never the best λ"
+            )
+        elif r.get("failed"):
+            notes.append(
+                f"λ = {r['weight_decay']:g}: {r['failed']} of {r['seeds']} seeds failed: {r['failure']['reason']}; "
+                "never the best λ"
             )
     if prepared.task.notes is not None and rows:
         notes.extend(prepared.task.notes(rows, prepared.data))

@@ -16,7 +16,9 @@ and defaults.
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from decaykit._validate import check_int, check_number
 from decaykit.engine.modes import MODES
-from decaykit.errors import DecayError
+from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.options import Policy
 from decaykit.sweeps import grid as grids
 from decaykit.sweeps.metrics import LOSSES, resolve_loss
@@ -35,8 +37,6 @@ from decaykit.sweeps.optim import INNER_OPTIMIZERS, as_policy
 from decaykit.sweeps.store import TrialKey
 
 if TYPE_CHECKING:
-    import os
-
     from decaykit.sweeps.tasks import Task
 
 __all__ = ["TASK_CHOICES", "Execution", "Training", "Trials"]
@@ -96,6 +96,11 @@ class Trials(_Options):
             except (TypeError, ValueError):
                 raise DecayError(f"search must be a pair (low, high), e.g. (1e-3, 10); got {self.search!r}") from None
             _set(self, "search", grids.check_range(low, high))
+            if self.weight_decays is not None:
+                warnings.warn(
+                    f"weight_decays={list(self.weight_decays)} has no effect with search={self.search}: the search "
+                    "picks its own λ; give one or the other", DecayWarning, stacklevel=3,
+                )  # fmt: skip
         check_int(self.rounds, "rounds", minimum=1)
         check_int(self.points, "points", minimum=1)
 
@@ -201,6 +206,13 @@ class Training(_Options):
         chosen = {name: getattr(task, name) for name in TASK_CHOICES if getattr(self, name) is None}
         if "batch_size" in chosen and chosen["batch_size"] is None:
             chosen["batch_size"] = 0
+        optimizer = chosen.get("optimizer", self.optimizer)
+        if self.momentum is not None and optimizer != "sgd":
+            used = optimizer if isinstance(optimizer, str) else "a function of (param_groups, lr)"
+            raise DecayError(
+                f"momentum={self.momentum} has no effect with optimizer {used!r}: only 'sgd' takes it; "
+                "drop momentum (--momentum) or choose optimizer='sgd' (--optimizer sgd)"
+            )
         return replace(self, **chosen)
 
     def for_data(self, kind: str) -> Training:
@@ -241,10 +253,39 @@ def _checked_metrics(metrics: Any) -> Mapping[str, Callable[[Tensor, Tensor], An
 
 
 def _checked_device(device: Any) -> torch.device:
+    """A device that holds data and computes: a tiny sum is run on it now, so a device that cannot train
+    (``meta``, a CUDA device on a machine without one) fails here, in one line, not in the first step."""
     try:
-        return torch.device(device)
+        checked = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise DecayError(f"device must be a torch device or its name ('cpu', 'cuda:0'), got {device!r}") from exc
+    if checked.type == "meta":
+        raise DecayError(f"device={device!r} holds no values (shapes only), so nothing can train on it; use 'cpu' or 'cuda'")
+    try:
+        float(torch.ones(2, device=checked).sum().cpu())
+    except Exception as exc:  # torch raises RuntimeError, AssertionError or others for a missing backend
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DecayError(f"device={device!r} cannot train here ({type(exc).__name__}: {first}); use 'cpu' or an available device") from None
+    return checked
+
+
+def _check_out(out: Any) -> None:
+    """``out`` must be a folder that exists or can be made, and be writable: checked before any training."""
+    if out is None:
+        return
+    try:
+        path = os.path.abspath(os.fspath(out))
+    except TypeError:
+        raise DecayError(f"out must be a folder path, got {out!r}") from None
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DecayError(f"out={os.fspath(out)!r} is a file, not a folder; give a folder for the plots and the store (--out DIR)")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DecayError(f"out={os.fspath(out)!r} cannot be made: {existing!r} is a file; give another folder (--out DIR)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DecayError(f"out={os.fspath(out)!r} is not writable ({existing!r} is not); give a folder you can write to (--out DIR)")
 
 
 _BATCHED = ("auto", "off")
@@ -285,6 +326,8 @@ class Execution(_Options):
             raise DecayError(f"study_name must be a string, got {self.study_name!r}")
         if self.plots is not None and not isinstance(self.plots, bool):
             raise DecayError(f"plots must be True, False or None, got {self.plots!r}")
+        if self.plots_wanted or self.storage is None:  # out holds the plots or the default store
+            _check_out(self.out)
         if self.plots and self.out is None:
             raise DecayError("plots=True needs out=DIR to write the PNG files into")
         if not isinstance(self.wait, bool):

@@ -4,7 +4,9 @@ A trial is fixed by (λ, seed): ``torch.manual_seed(seed)`` before the model fac
 initial weights, and a generator seeded with ``seed`` draws each epoch's sample order, so a
 trial gives the same numbers whether it is trained alone, batched with others, or re-run after
 an interruption. Members that diverge (a non-finite loss) are marked and keep going without
-disturbing the others: they share no parameters.
+disturbing the others: they share no parameters. Every finished trial is judged (``sanity.py``): one
+that diverged, overflowed, did not lower its loss or ends no better than chance is *failed*, with
+the reason, and is never chosen as the best λ.
 
 The loop talks to its models through :class:`Members` (``K`` models that take ``(K, b, ...)``
 batches): :class:`SingleMember` here wraps one ``nn.Module``; ``batched.StackedMembers`` holds K
@@ -26,6 +28,7 @@ from decaykit.errors import DecayError
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.metrics import evaluate, member_losses
 from decaykit.sweeps.optim import build_optimizer, decay_plan
+from decaykit.sweeps.sanity import Chance, chance_level, judge
 
 if TYPE_CHECKING:
     from decaykit.sweeps.settings import Training
@@ -48,6 +51,7 @@ class TrialOutcome:
     batched: bool
     members: int
     seconds: float
+    failure: dict[str, str] | None = None  # {"kind", "reason"} when the trial did not train (sanity.judge)
 
     def to_record(self) -> dict[str, Any]:
         """The record the store keeps and callbacks receive: the fields, in order, as a plain dict."""
@@ -193,8 +197,9 @@ def train(
     diverged = _train_epochs(members, seeds, data, training, curves, on_epoch)
     seconds = time.perf_counter() - start
     series = curves.stacked()
+    verdict = _Verdict(chance_level(data, training.loss), training)
     return [
-        _outcome(members, k, key, series, bool(diverged[k]), data, final_metrics, seconds)
+        _outcome(members, k, key, series, bool(diverged[k]), data, final_metrics, seconds, verdict)
         for k, key in enumerate(configs)
     ]
 
@@ -302,11 +307,15 @@ def _outcome(
     data: SweepData,
     final_metrics: FinalMetrics | None,
     seconds: float,
+    verdict: _Verdict,
 ) -> TrialOutcome:
-    """Member k's trial: the last curve point of each metric (None if it diverged), the gap, the task's extras."""
+    """Member k's trial: the last curve point of each metric (None if it diverged), the gap, the task's
+    extras, and whether it trained (``failure``)."""
     weight_decay, seed = key
     last = {name: float(values[k, -1]) for name, values in series.items() if name != "epoch"}
+    first = {name: float(values[k, 0]) for name, values in series.items() if name != "epoch"}
     diverged = bad or not all(math.isfinite(v) for v in last.values())
+    failure = verdict.judge(first, last, diverged)
     metrics: dict[str, float | None] = {name: (None if diverged else value) for name, value in last.items()}
     metrics["gap"] = None if diverged else _gap(metrics, data.kind)
     if final_metrics is not None and not diverged:
@@ -320,7 +329,23 @@ def _outcome(
         batched=members.batched,
         members=members.size,
         seconds=seconds,
+        failure=failure,
     )
+
+
+class _Verdict:
+    """Judges each finished member against the data's chance level (once per call of :func:`train`)."""
+
+    def __init__(self, chance: Chance | None, training: Training) -> None:
+        self.chance, self.lr = chance, training.lr
+        self.dtype = training.dtype or torch.get_default_dtype()
+
+    def judge(self, first: Mapping[str, float], last: Mapping[str, float], diverged: bool) -> dict[str, str] | None:
+        failure = judge(first, last, chance=self.chance, dtype=self.dtype, lr=self.lr)
+        if diverged and (failure is None or failure["kind"] not in ("broken", "diverged")):
+            # non-finite on a step between two measured epochs, finite again by the end
+            failure = judge(first, {**last, "train_loss": math.nan}, chance=None, dtype=self.dtype, lr=self.lr)
+        return failure
 
 
 def _gap(metrics: Mapping[str, float | None], kind: str) -> float:
