@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from decaykit.policy.options import Policy
 
 __all__ = [
-    "DEFAULT_WEIGHT_DECAY", "OPTIMIZERS", "add_policy_arguments", "no_effect", "policy_from_args", "policy_options",
+    "DEFAULT_WEIGHT_DECAY",
+    "OPTIMIZERS",
+    "add_policy_arguments",
+    "no_effect",
+    "policy_from_args",
+    "policy_options",
+    "show_defaults",
 ]
 
 #: λ of inspect, audit and probe when --weight-decay is not given: the README's, and AdamW's usual range
@@ -74,3 +80,12 @@ def policy_from_args(args: Any) -> Policy:
 def no_effect(flag: str, why: str, fix: str) -> DecayError:
     """The error for a flag that would be ignored: ``--key has no effect without --checkpoint (...); fix``."""
     return DecayError(f"{flag} has no effect {why}; {fix}", argument=flag)
+
+
+def show_defaults(parser: Any) -> None:
+    """Every flag that takes a value says its default in ``--help`` (the shared policy flags included)."""
+    for action in parser._actions:
+        if action.nargs == 0 or not action.option_strings or "default" in (action.help or ""):
+            continue
+        shown = "none" if action.default in (None, [], ()) else action.default
+        action.help = f"{action.help or ''} (default: {shown})".strip()

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from decaykit import __version__
 from decaykit._render import print_json
+from decaykit.cli.common import show_defaults
 from decaykit.errors import DecayError
 
 __all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS",
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter = getattr(command, "FORMATTER", argparse.HelpFormatter)
         parser_ = sub.add_parser(name, help=command.HELP, description=command.DESCRIPTION, formatter_class=formatter)
         command.add_arguments(parser_)
+        show_defaults(parser_)
         # SUPPRESS: a subcommand's default must not undo `decaykit --traceback COMMAND`
         parser_.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=trace_help)
         parser_.set_defaults(func=command.run)

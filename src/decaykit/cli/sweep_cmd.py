@@ -122,16 +122,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="report as soon as this worker has nothing left, without waiting for other workers")
     running.add_argument("--json", action="store_true", help='print one JSON object {"results": [...], "best": {...}, ...}')
     running.add_argument("--quiet", "-q", action="store_true", help="no progress output (for logs)")
-    _show_defaults(parser)
-
-
-def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Every flag that takes a value says its default in ``--help`` (the shared policy flags included)."""
-    for action in parser._actions:
-        if action.nargs == 0 or not action.option_strings or "default" in (action.help or ""):
-            continue
-        shown = "none" if action.default in (None, [], ()) else action.default
-        action.help = f"{action.help or ''} (default: {shown})".strip()
 
 
 def run(args: argparse.Namespace) -> int:
