@@ -20,6 +20,8 @@ from decaykit.errors import DecayError
 from decaykit.policy.names import canonical_name
 
 __all__ = [
+    "PLAUSIBLE_SHRINK",
+    "SHAPED_STATE",
     "check_checkpoint",
     "check_group",
     "check_lambda",
@@ -140,7 +142,7 @@ def short(x: float | Tensor) -> str:
 
 #: optimizer state entries shaped like their parameter (Adam, SGD, RMSprop, Adagrad, Adadelta, Adamax, ASGD ...);
 #: factored or scalar entries (Adafactor's row/column, ``step``) tell nothing about which tensor they belong to
-_SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "grad_avg", "sum",
+SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "grad_avg", "sum",
                  "acc_delta", "exp_inf", "ax", "prev")
 
 
@@ -168,7 +170,7 @@ def check_loadable(saved: Any, groups: list[dict[str, Any]]) -> None:
         names = new.get("param_names") or old.get("param_names") or []
         for j, (k, p) in enumerate(zip(ids, params)):
             entry = state.get(k, {}) if isinstance(state, Mapping) else {}
-            for key in _SHAPED_STATE:
+            for key in SHAPED_STATE:
                 value = entry.get(key) if isinstance(entry, Mapping) else None
                 if isinstance(value, Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
                     name = names[j] if j < len(names) else f"param_groups[{i}]['params'][{j}]"
