@@ -267,7 +267,13 @@ class WeightDecay(Optimizer):
             check_checkpoint(own, STATE_KEY, self.mode, self.schedule, len(state_dict["param_groups"]))
             check_int(own["step"], f"state_dict[{STATE_KEY!r}]['step']")
             max_lrs = [check_number(v, f"state_dict[{STATE_KEY!r}]['max_lr'][{i}]") for i, v in enumerate(own["max_lr"])]
-            copy.deepcopy(self.schedule).load_state_dict(own["schedule"])  # refused here, not half-way through
+            try:  # refused here, not half-way through the load
+                copy.deepcopy(self.schedule).load_state_dict(own["schedule"])
+            except DecayError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise DecayError(f"state_dict[{STATE_KEY!r}]['schedule'] cannot be loaded into {self.schedule!r}: "
+                                 f"{type(exc).__name__}: {exc}; save and load with the same schedule") from None
         for i, (old, new) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
             lam = check_lambda(i, {**old, "params": new["params"]}, {})
             self._check_plausible(i, lam, max_lrs[i])
