@@ -217,7 +217,7 @@ def check_plausible(mode: str, i: int, lam: float | Tensor, max_lr: float) -> No
                 "torch AdamW λ is typically 0.01 .. 0.1: lower weight_decay or the LR"
             )
         return
-    if worst > PLAUSIBLE_SHRINK:
+    if worst > PLAUSIBLE_SHRINK * (1 + 1e-9):  # a converted 1% (0.2 × 0.05) may round just above it
         as_independent = convert(worst, from_="lr_coupled", to="lr_independent", max_lr=max_lr)
         raise DecayError(
             f"{where} in mode 'lr_independent' shrinks every decayed weight by r = (η_t/η_max)·λ = {worst:.4g} "
