@@ -177,7 +177,8 @@ def _bad_lambda(value: Any) -> str | None:
 
 def _group(params: list[torch.Tensor], settings: Mapping[str, Any]) -> _Group:
     raw = settings.get("weight_decay", 0.0)
-    wd = 0.0 if _bad_lambda(raw) is not None else _as_float(raw)  # a bad λ is its own finding
+    # a bad λ is its own finding; NaN keeps its tensors out of every comparison of decayed / not decayed
+    wd = math.nan if _bad_lambda(raw) is not None else _as_float(raw)
     return _Group(params, wd, dict(settings))
 
 
@@ -189,7 +190,7 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
         groups = []
         for i, g in enumerate(optimizer.param_groups):
             group = _group(list(g["params"]), g)
-            if expected is not None and expected[i]["kind"] == "none":
+            if expected is not None and expected[i]["kind"] == "none" and not math.isnan(group.weight_decay):
                 group.weight_decay = 0.0
             groups.append(group)
         decoupled = _is_decoupled(optimizers.info(optimizer), optimizer.param_groups[0] if optimizer.param_groups else {})
@@ -309,7 +310,8 @@ def audit(
     if not isinstance(measure, bool):
         raise DecayError(f"measure must be True or False, got {measure!r}")
     view = _optimizer_view(model, optimizer)
-    lam = weight_decay if weight_decay is not None else max((g.weight_decay for g in view.groups), default=0.0)
+    given = [g.weight_decay for g in view.groups if not math.isnan(g.weight_decay)]
+    lam = weight_decay if weight_decay is not None else max(given, default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
     findings = _bad_lambda_findings(view.groups) + _mapped_findings(expected, view)
     findings += _convention_findings(view.name, view.decoupled, view.groups)
