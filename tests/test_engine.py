@@ -602,6 +602,7 @@ def test_optimizers_the_engine_cannot_drive_are_refused(make, message):
         ({"max_lr": -1.0}, "max_lr must be a finite number > 0"),
         ({"max_lr": [1e-3]}, "max_lr has 1 values but the optimizer has 2 param groups"),
         ({"foreach": "yes"}, "foreach must be True, False or None, got 'yes'"),
+        ({"allow_large_decay": 1}, "allow_large_decay must be True or False, got 1"),
     ],
 )
 def test_bad_engine_arguments_are_refused(kwargs, message):
