@@ -105,6 +105,7 @@ def test_measure_never_prints_an_all_clear_beside_an_error():
     ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, got nan"),
     ({"weight_decay": "0.1"}, "weight_decay must be a finite number >= 0, got '0.1'"),
     ({"measure": "yes"}, "measure must be True or False"),
+    ({"exlude": ["bias"]}, r"audit\(\) got unknown option\(s\) 'exlude'"),
 ])
 def test_bad_arguments_are_decay_errors(kwargs, message):
     model = TinyGPT(depth=1)

@@ -179,3 +179,8 @@ def test_rule_strings_that_cannot_be_read_are_refused(text, message):
 def test_a_policy_option_of_the_wrong_type_is_a_decay_error_naming_it(option, value):
     with pytest.raises(DecayError, match=option):
         decaykit.plan(small(), LAM, **{option: value})
+
+
+def test_param_groups_names_an_option_it_does_not_know():
+    with pytest.raises(DecayError, match=r"param_groups\(\) got unknown option\(s\) 'preset'.*policy, rules"):
+        decaykit.param_groups(small(), LAM, preset="timm")

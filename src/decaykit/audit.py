@@ -32,7 +32,7 @@ from decaykit.engine.checks import SHAPED_STATE
 from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
 from decaykit.policy.names import canonical_name
-from decaykit.policy.plan import Decision, Plan, collect_params, plan
+from decaykit.policy.plan import Decision, Plan, check_plan_options, collect_params, plan
 from decaykit.probe.report import ProbeReport
 
 __all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "MeasuredProbe", "audit"]
@@ -309,6 +309,7 @@ def audit(
         weight_decay = check_number(weight_decay, "weight_decay")
     if not isinstance(measure, bool):
         raise DecayError(f"measure must be True or False, got {measure!r}")
+    check_plan_options(plan_options, "audit()")
     view = _optimizer_view(model, optimizer)
     given = [g.weight_decay for g in view.groups if not math.isnan(g.weight_decay)]
     lam = weight_decay if weight_decay is not None else max(given, default=0.0)

@@ -35,10 +35,10 @@ from decaykit.policy.groups import build_groups
 from decaykit.policy.hooks import hook_patterns
 from decaykit.policy.layers import layer_ids
 from decaykit.policy.names import unwrap_model
-from decaykit.policy.options import Policy, Tied
+from decaykit.policy.options import OPTIONS, Policy, Tied
 from decaykit.policy.rules import Rule
 
-__all__ = ["Conflict", "Decision", "Plan", "collect_params", "param_groups", "plan"]
+__all__ = ["Conflict", "Decision", "Plan", "check_plan_options", "collect_params", "param_groups", "plan"]
 
 
 @dataclass
@@ -246,7 +246,16 @@ def param_groups(
     >>> import torch
     >>> opt = torch.optim.AdamW(groups, lr=1e-3)
     """
+    check_plan_options(options, "param_groups()")
     return plan(model, weight_decay, policy=policy, **options).groups(lr=lr)
+
+
+def check_plan_options(options: Mapping[str, Any], caller: str) -> None:
+    """Refuse keyword arguments that :func:`plan` does not take, naming them, before Python's TypeError would."""
+    unknown = sorted(set(options) - set(OPTIONS[1:]), key=str)
+    if unknown:
+        raise DecayError(f"{caller} got unknown option(s) {', '.join(map(repr, unknown))}; the policy options are: "
+                         f"{', '.join(OPTIONS)}")
 
 
 _KEYWORD_DEFAULTS = {name: p.default for name, p in inspect.signature(plan).parameters.items()
