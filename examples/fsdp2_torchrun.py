@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)  # the tied embedding / head live in the root unit
         # after sharding: every parameter a DTensor, names unchanged, decisions on global shapes
-        optimizer = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.1, lr=1e-3)),
+        # 1e-4 is an lr_independent λ: the decay of torch AdamW(weight_decay=0.1) at the peak LR 1e-3
+        optimizer = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 1e-4, lr=1e-3)),
                                          mode="lr_independent")
         g = torch.Generator().manual_seed(rank)
         for step in range(1, opts.steps + 1):

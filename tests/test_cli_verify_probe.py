@@ -75,7 +75,7 @@ def test_probe_json_adam_with_state_is_coupled(capsys: pytest.CaptureFixture[str
 
 
 def test_probe_engine_mode_and_frozen(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["probe", "mlp", "--mode", "lr_independent", "--lr", "0.01"]) == 0
+    assert main(["probe", "mlp", "--mode", "lr_independent", "--lr", "0.01", "--wd", "1e-4"]) == 0  # an lr_independent λ
     assert "WeightDecay(AdamW(" in capsys.readouterr().out
     assert main(["probe", "mlp", "--frozen", "0.weight"]) == 1
     assert "0.weight: frozen (listed as frozen)" in capsys.readouterr().out

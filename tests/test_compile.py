@@ -78,7 +78,8 @@ def train(model: nn.Module, forward: nn.Module, mode: str, inner: type, compile_
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 8, generator=g), torch.randn(16, 2, generator=g)
     kwargs = {"momentum": 0.9} if inner is torch.optim.SGD else {}
-    opt = decaykit.WeightDecay(inner(decaykit.param_groups(forward, 0.1, lr=1e-2), **kwargs), mode=mode,
+    lam = 1e-3 if mode == "lr_independent" else 0.1  # 0.1 at η_max = 1e-2, each in its mode's convention
+    opt = decaykit.WeightDecay(inner(decaykit.param_groups(forward, lam, lr=1e-2), **kwargs), mode=mode,
                                schedule=schedules.cosine(1.0, 3.0, steps=STEPS))
     step = torch.compile(opt.step, backend=compile_step) if compile_step else opt.step
     for _ in range(STEPS):

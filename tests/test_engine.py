@@ -274,7 +274,7 @@ def test_reference_loop_and_foreach_paths_agree_in_the_engine(mode):
     for foreach in (False, True):
         models = stacked_models(3)
         opt = WeightDecay(torch.optim.AdamW(stacked_groups(models, lam), lr=1e-2, fused=True), mode=mode,
-                          foreach=foreach)
+                          foreach=foreach, allow_large_decay=True)
         train_stacked(models, opt, 15)
         results.append([p.detach().clone() for p in models.values()])
     for a, b in zip(*results):
@@ -399,10 +399,11 @@ def test_state_dict_keeps_the_inner_layout_and_adds_the_engines_entry():
 def test_loading_a_checkpoint_of_another_mode_schedule_or_a_plain_optimizer():
     model, opt, _ = build("adamw_fused_lr_independent_cosine")
     train(model, opt, 2)
-    other = WeightDecay(torch.optim.AdamW(groups(model), lr=3e-2), mode="corrected")
+    other = WeightDecay(torch.optim.AdamW(groups(model, 1e-3), lr=3e-2), mode="corrected")
     with pytest.raises(DecayError, match="mode='lr_independent'"):
         other.load_state_dict(opt.state_dict())
-    linear = WeightDecay(torch.optim.AdamW(groups(model), lr=3e-2), mode="lr_independent", schedule=schedules.linear(1, 2, 5))
+    linear = WeightDecay(torch.optim.AdamW(groups(model, 1e-3), lr=3e-2), mode="lr_independent",
+                         schedule=schedules.linear(1, 2, 5))
     with pytest.raises(DecayError, match="saved with a Cosine weight-decay schedule"):
         linear.load_state_dict(opt.state_dict())
     assert linear.optimizer.state == {}  # refused before anything was loaded
@@ -431,7 +432,7 @@ def test_shares_groups_and_state_and_works_with_lr_schedulers_without_warnings()
 
 def test_add_param_group_on_either_object_and_bad_groups_are_rolled_back():
     model, extra, extra2 = make_model(), nn.Linear(3, 3), nn.Linear(3, 3)
-    opt = WeightDecay(torch.optim.AdamW(groups(model), lr=1e-3), mode="lr_independent")
+    opt = WeightDecay(torch.optim.AdamW(groups(model, 1e-3), lr=1e-3), mode="lr_independent")
     opt.add_param_group({"params": [extra.weight], "lr": 4e-3, "weight_decay": 2e-3})
     opt.optimizer.add_param_group({"params": [extra2.weight], "lr": 5e-3, "weight_decay": 1e-3})
     assert [d["rate"] for d in opt.expected_decay()][2:] == pytest.approx([2e-3, 1e-3])  # η_t = η_max: r = λ
@@ -492,7 +493,7 @@ def test_parameters_without_gradients_are_not_decayed():
 
 def test_max_lr_comes_from_one_cycle_initial_lr_or_the_argument():
     model = make_model()
-    inner = torch.optim.AdamW(groups(model), lr=1e-3)
+    inner = torch.optim.AdamW(groups(model, 1e-3), lr=1e-3)
     torch.optim.lr_scheduler.OneCycleLR(inner, max_lr=1e-2, total_steps=100)
     assert WeightDecay(inner, mode="lr_independent").state_dict()["decaykit"]["max_lr"] == [1e-2, 1e-2]
     inner = torch.optim.AdamW(groups(model), lr=1e-3)
@@ -506,7 +507,7 @@ def test_max_lr_comes_from_one_cycle_initial_lr_or_the_argument():
 @pytest.mark.parametrize("make", [lambda g: torch.optim.SGD(g, lr=0.1), lambda g: torch.optim.AdamW(g, lr=0.1)])
 def test_expected_decay_is_what_a_zero_gradient_step_does(mode, make):
     model = make_model()
-    opt = WeightDecay(make(groups(model, 0.2)), mode=mode, max_lr=0.2)
+    opt = WeightDecay(make(groups(model, 0.2)), mode=mode, max_lr=0.2, allow_large_decay=True)
     expected = opt.expected_decay()
     assert expected[1] == {"kind": "none", "rate": 0.0, "path": "none"}
     kind = {"coupled_l2": "coupled_l2", "cautious": "cautious"}.get(mode, "decoupled")
@@ -601,6 +602,7 @@ def test_optimizers_the_engine_cannot_drive_are_refused(make, message):
         ({"max_lr": -1.0}, "max_lr must be a finite number > 0"),
         ({"max_lr": [1e-3]}, "max_lr has 1 values but the optimizer has 2 param groups"),
         ({"foreach": "yes"}, "foreach must be True, False or None, got 'yes'"),
+        ({"allow_large_decay": 1}, "allow_large_decay must be True or False, got 1"),
     ],
 )
 def test_bad_engine_arguments_are_refused(kwargs, message):
@@ -625,7 +627,9 @@ def test_lr_independent_with_zero_peak_lr_and_rates_above_one():
     opt.param_groups[0]["lr"] = 0.1
     with pytest.raises(DecayError, match=r"η_max = 0 but lr = 0.1.*max_lr="):
         opt.step()
-    opt = WeightDecay(torch.optim.AdamW(groups(model, 20.0), lr=0.1))
+    with pytest.raises(DecayError, match=r"η·λ = 2 >= 1 per step.*flips the sign"):
+        WeightDecay(torch.optim.AdamW(groups(model, 20.0), lr=0.1))
+    opt = WeightDecay(torch.optim.AdamW(groups(model, 20.0), lr=0.1), allow_large_decay=True)
     with pytest.raises(DecayError, match=r"shrink by r = 2 per step.*flips every weight's sign"):
         opt.expected_decay()
 
@@ -646,7 +650,7 @@ def test_lightning_trains_schedules_and_checkpoints_through_the_engine(tmp_path)
             return (self.net(x) - y).pow(2).mean()
 
         def configure_optimizers(self):
-            inner = torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.1)
+            inner = torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=1e-3)
             self.engine = WeightDecay(inner, mode="lr_independent", schedule=schedules.linear(1.0, 2.0, 10))
             sched = torch.optim.lr_scheduler.StepLR(self.engine, 1, 0.5)
             return {"optimizer": self.engine, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

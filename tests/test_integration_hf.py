@@ -147,24 +147,45 @@ def test_one_step_norms_and_biases_are_not_decayed(tmp_path):
 def test_decay_engine_inside_the_trainer(tmp_path):
     base = resnet()
     theta0 = {n: p.detach().clone() for n, p in base.named_parameters()}
-    lam = 0.02  # lr_independent: θ ← θ(1 − (η_t/η_max)·λ), and η_t = η_max with a constant LR
+    lam = 0.02  # TrainingArguments' λ is torch AdamW's; lr_independent gets λ·η_max, the same decay at the peak LR
     engine = {"mode": "lr_independent", "schedule": schedules.linear(1.0, 0.5, steps=10)}
     decayed = one_step(hf.DecayTrainer, base, tmp_path, lam, decay_engine=engine)
     free = one_step(hf.DecayTrainer, base, tmp_path, 0.0, decay_engine=engine)
     for d in decaykit.plan(base, lam):
         if d.decay:
-            torch.testing.assert_close(decayed[d.name] - free[d.name], -lam * theta0[d.name], atol=1e-6, rtol=0)
+            torch.testing.assert_close(decayed[d.name] - free[d.name], -LR * lam * theta0[d.name], atol=1e-6, rtol=0)
         else:
             assert torch.equal(decayed[d.name], free[d.name]), d.name
 
-    trainer = hf.DecayTrainer(model=resnet(), args=training_args(tmp_path, weight_decay=lam),
-                              train_dataset=RandomImages(), decay_engine=engine)
-    trainer.train()
+    with pytest.warns(DecayWarning, match=r"weight_decay=0.02 is a lr_coupled λ.*0.02 -> 0.0002 at η_max 0.01"):
+        trainer = hf.DecayTrainer(model=resnet(), args=training_args(tmp_path, weight_decay=lam),
+                                  train_dataset=RandomImages(), decay_engine=engine)
+        trainer.train()
     opt = inner(trainer.optimizer)
     assert isinstance(opt, decaykit.WeightDecay) and opt.steps_taken == 3
     kinds = [(e["kind"], e["rate"]) for e in opt.expected_decay()]
-    assert kinds == [("decoupled", pytest.approx(lam * (1 - 0.5 * 3 / 10))), ("none", 0.0)]
+    assert kinds == [("decoupled", pytest.approx(LR * lam * (1 - 0.5 * 3 / 10))), ("none", 0.0)]
     assert trainer.lr_scheduler.optimizer is trainer.optimizer  # HF's scheduler drives the engine
+
+
+@pytest.mark.parametrize(("engine", "rate"), [
+    ({"mode": "lr_independent", "convention": "lr_independent"}, 1e-3),  # the number is already lr_independent
+    ({"mode": "lr_coupled"}, LR * 1e-3),  # torch AdamW's convention: nothing to convert, nothing to warn
+    ({"mode": "corrected"}, LR * 1e-3),  # AdamC's λ decays as AdamW's at the peak LR: the same number
+])
+def test_decay_engine_conversion_only_where_the_conventions_differ(tmp_path, engine, rate):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        trainer = hf.DecayTrainer(model=resnet(), args=training_args(tmp_path, weight_decay=1e-3),
+                                  train_dataset=RandomImages(), decay_engine=engine)
+        trainer.create_optimizer()
+    assert trainer.optimizer.expected_decay()[0]["rate"] == pytest.approx(rate)  # the engine, not yet wrapped
+
+
+def test_decay_engine_refuses_an_unknown_convention_when_the_trainer_is_made(tmp_path):
+    with pytest.raises(DecayError, match="unknown weight-decay convention 'hf'"):
+        hf.DecayTrainer(model=resnet(), args=training_args(tmp_path), train_dataset=RandomImages(),
+                        decay_engine={"mode": "lr_independent", "convention": "hf"})
 
 
 def test_plain_trainer_with_optimizer_cls_and_kwargs_tied_llama_layer_decay(tmp_path):

@@ -413,7 +413,8 @@ def test_weight_decay_engine_measures_as_it_describes_itself(mode: str) -> None:
     from decaykit import WeightDecay
 
     model = _model()
-    inner = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    lam = WD * LR if mode == "lr_independent" else WD  # the same decay at the peak LR in the mode's own convention
+    inner = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=lam)
     sched = torch.optim.lr_scheduler.StepLR(inner, 1, gamma=0.5)
     engine = WeightDecay(inner, mode=mode)
     _train(model, engine, 3, sched)

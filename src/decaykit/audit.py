@@ -15,6 +15,9 @@ not inferred from the settings.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +27,15 @@ from torch import nn
 
 from decaykit import optimizers
 from decaykit._render import Report
+from decaykit._validate import check_number
+from decaykit.engine.checks import SHAPED_STATE
 from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
-from decaykit.policy.plan import Decision, Plan, collect_params, plan
+from decaykit.policy.names import canonical_name
+from decaykit.policy.plan import Decision, Plan, check_plan_options, collect_params, plan
+from decaykit.probe.report import ProbeReport
 
-__all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "audit"]
+__all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "MeasuredProbe", "audit"]
 
 SEVERITIES = ("error", "warning", "info")
 #: Optimizers whose ``weight_decay`` can add λθ to the gradient *before* the adaptive
@@ -69,6 +76,7 @@ class AuditReport(Report):
     weight_decay: float
     probe: Any = None  # the ProbeReport when measure=True
     notes: list[str] = field(default_factory=list)
+    mapping: str = "by tensor"  # how saved groups were matched to the model's tensors: "by tensor", "by name", "by position"
 
     @property
     def ok(self) -> bool:
@@ -80,6 +88,9 @@ class AuditReport(Report):
     def __str__(self) -> str:
         head = (f"audit of {self.optimizer} against policy {self.policy!r} (weight_decay={self.weight_decay:g}): "
                 f"{self.count('error')} errors, {self.count('warning')} warnings, {self.count('info')} notes")
+        if self.mapping == "by position":
+            head += ("; groups mapped to model.parameters() BY POSITION (the checkpoint has no param_names), so "
+                     "findings about which tensor is in which group are only as right as that order")
         lines = [head, *(str(f) for f in self.findings), *(f"note: {n}" for n in self.notes)]
         if not self.findings:
             lines.append("no problems found")
@@ -87,8 +98,38 @@ class AuditReport(Report):
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "optimizer": self.optimizer, "policy": self.policy, "weight_decay": self.weight_decay,
+                "mapping": self.mapping,
                 "findings": [f.to_dict() for f in self.findings], "notes": list(self.notes),
                 "probe": self.probe.to_dict() if self.probe is not None else None}
+
+
+@dataclass
+class MeasuredProbe(ProbeReport):
+    """The probe as the audit shows it: its agreement line says what was compared, and that the audit
+    found errors, so "0 disagreements" never reads as an all-clear beside an error finding.
+
+    The probe compares the measured decay with what each param group *configures*; the audit judges
+    the configuration itself. Both can be true at once: norms decayed exactly as their group says.
+    """
+
+    audit_errors: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, report: ProbeReport, errors: list[str]) -> MeasuredProbe:
+        values = {f.name: getattr(report, f.name) for f in dataclasses.fields(report) if f.init}
+        return cls(**values, audit_errors=tuple(dict.fromkeys(errors)))
+
+    def summary(self) -> list[str]:
+        lines = super().summary()
+        if not self.audit_errors or self.disagreements:
+            return lines
+        told = (f"0 disagreement(s) between the measured decay and what the param groups configure; the "
+                f"configuration itself has errors ({', '.join(self.audit_errors)}): see the audit above")
+        head = "0 disagreement(s)"
+        at = next((i for i, line in enumerate(lines) if line.startswith(head)), None)
+        if at is None:
+            return [*lines, told]
+        return [*lines[:at], told, *lines[at + 1:]]
 
 
 @dataclass
@@ -98,28 +139,64 @@ class _Group:
     settings: dict[str, Any]
 
 
+@dataclass
+class _View:
+    """What the audit reads from an optimizer or a saved state_dict."""
+
+    name: str
+    decoupled: bool
+    groups: list[_Group]
+    notes: list[str]
+    mapping: str = "by tensor"
+    misfit: str | None = None  # why a positional mapping is proven wrong (a saved moment's shape)
+
+
 def _as_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.max()) if value.numel() else 0.0
     return float(value or 0.0)
 
 
-def _optimizer_view(model: nn.Module, optimizer: Any) -> tuple[str, bool, list[_Group], list[str]]:
-    """(class name, decoupled?, groups, notes) for a live optimizer or a saved state_dict."""
-    notes: list[str] = []
+def _bad_lambda(value: Any) -> str | None:
+    """Why a group's weight_decay is not a decay (negative, NaN, inf, not a number), or None."""
+    if isinstance(value, torch.Tensor):
+        values = value.detach().double().flatten().cpu()
+        bad = values[~torch.isfinite(values) | (values < 0)]
+        return None if not bad.numel() else f"holds {bad[0].item()!r} among its per-member values"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"is {value!r} ({type(value).__name__}), not a number"
+    number = float(value)
+    if math.isnan(number) or math.isinf(number):
+        return f"is {number!r}, which turns every weight it touches into NaN/inf at the first step"
+    if number < 0:
+        return f"is {number!r}: a negative decay grows the weights at every step instead of shrinking them"
+    return None
+
+
+def _group(params: list[torch.Tensor], settings: Mapping[str, Any]) -> _Group:
+    raw = settings.get("weight_decay", 0.0)
+    # a bad λ is its own finding; NaN keeps its tensors out of every comparison of decayed / not decayed
+    wd = math.nan if _bad_lambda(raw) is not None else _as_float(raw)
+    return _Group(params, wd, dict(settings))
+
+
+def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
+    """The class name, decoupled?, groups and notes of a live optimizer or a saved state_dict."""
     if isinstance(optimizer, torch.optim.Optimizer):
         name = type(optimizer).__name__
-        expected = optimizer.expected_decay() if callable(getattr(optimizer, "expected_decay", None)) else None
+        expected = _expected_decay(optimizer)
         groups = []
         for i, g in enumerate(optimizer.param_groups):
-            wd = _as_float(g.get("weight_decay", 0.0))
-            if expected is not None:
-                wd = _as_float(g.get("weight_decay", 0.0)) if expected[i]["kind"] != "none" else 0.0
-            groups.append(_Group(list(g["params"]), wd, g))
+            group = _group(list(g["params"]), g)
+            if expected is not None and expected[i]["kind"] == "none" and not math.isnan(group.weight_decay):
+                group.weight_decay = 0.0
+            groups.append(group)
         decoupled = _is_decoupled(optimizers.info(optimizer), optimizer.param_groups[0] if optimizer.param_groups else {})
         if expected is not None:
             decoupled = all(e["kind"] != "coupled_l2" for e in expected)
-        return name, decoupled, groups, notes
+        return _View(name, decoupled, groups, [])
     if isinstance(optimizer, Mapping):
         state = optimizer.get("optimizer", optimizer) if "param_groups" not in optimizer else optimizer
         if not isinstance(state, Mapping) or "param_groups" not in state:
@@ -127,8 +204,17 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> tuple[str, bool, list[_
                 "optimizer must be a torch.optim.Optimizer or an optimizer state_dict (a dict with "
                 "'param_groups', or a checkpoint dict with key 'optimizer')"
             )
-        return _from_state_dict(model, state, notes)
+        return _from_state_dict(model, state)
     raise DecayError(f"optimizer must be a torch.optim.Optimizer or its state_dict, got {type(optimizer).__name__}")
+
+
+def _expected_decay(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]] | None:
+    """The engine's own account of its groups; None for a plain optimizer, or one whose groups it refuses."""
+    if not callable(getattr(optimizer, "expected_decay", None)):
+        return None
+    if any(_bad_lambda(g.get("weight_decay", 0.0)) for g in optimizer.param_groups):
+        return None  # the engine would refuse the bad λ; it is reported as a finding instead
+    return optimizer.expected_decay()
 
 
 def _is_decoupled(facts: OptimizerInfo | None, group: Mapping[str, Any]) -> bool:
@@ -138,19 +224,16 @@ def _is_decoupled(facts: OptimizerInfo | None, group: Mapping[str, Any]) -> bool
     return bool(group.get("decoupled_weight_decay", False))
 
 
-def _from_state_dict(model: nn.Module, state: Mapping[str, Any], notes: list[str]) -> tuple[str, bool, list[_Group], list[str]]:
-    by_name: dict[str, torch.Tensor] = {}
-    for infos in collect_params(model).values():
-        for info in infos:
-            by_name[info.name] = info.param
+def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
+    by_name = {info.name: info.param for infos in collect_params(model).values() for info in infos}
     ordered = list(model.parameters())
     groups: list[_Group] = []
     first = state["param_groups"][0] if state["param_groups"] else {}
+    positional = any(g.get("param_names") is None for g in state["param_groups"])
+    misfit = None
     for g in state["param_groups"]:
         names = g.get("param_names")
         if names is not None:
-            from decaykit.policy.names import canonical_name
-
             missing = [n for n in names if canonical_name(n) not in by_name]
             if missing:
                 raise DecayError(
@@ -165,14 +248,28 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any], notes: list[str
                 raise DecayError(
                     "the saved optimizer holds more parameters than the model; pass the model it was trained with"
                 ) from None
-        groups.append(_Group(params, _as_float(g.get("weight_decay", 0.0)), dict(g)))
-    if any("param_names" not in g for g in state["param_groups"]):
-        notes.append("the saved param_groups carry no param_names, so indices were mapped to model.parameters() "
-                     "order; that is only right if the optimizer was built from model.parameters()")
+            misfit = misfit or _state_misfit(state.get("state", {}), g["params"], params, model)
+        groups.append(_group(params, g))
     facts = optimizers.from_settings(first) or _older_settings(first)
     name = facts.name if facts is not None else "optimizer"
-    notes.append(f"read from a state_dict; optimizer class inferred as {name} from its settings")
-    return f"{name} (state_dict)", _is_decoupled(facts, first), groups, notes
+    notes = [f"read from a state_dict; optimizer class inferred as {name} from its settings"]
+    return _View(f"{name} (state_dict)", _is_decoupled(facts, first), groups, notes,
+                 "by position" if positional else "by name", misfit)
+
+
+def _state_misfit(state: Any, ids: list[Any], params: list[torch.Tensor], model: nn.Module) -> str | None:
+    """A saved moment whose shape is not its positional tensor's: proof that the positions do not line up."""
+    if not isinstance(state, Mapping):
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    for k, p in zip(ids, params):
+        entry = state.get(k)
+        for key in SHAPED_STATE:
+            value = entry.get(key) if isinstance(entry, Mapping) else None
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
+                return (f"saved tensor {k} has {key!r} of shape {tuple(value.shape)} but model.parameters()[{k}] "
+                        f"({names.get(id(p), '?')}) has shape {tuple(p.shape)}")
+    return None
 
 
 def _older_settings(group: Mapping[str, Any]) -> OptimizerInfo | None:
@@ -200,32 +297,82 @@ def audit(
     ``weight_decay`` is the λ the policy should give decayed tensors; by default the largest
     weight decay found in the optimizer's groups. ``plan_options`` go to :func:`decaykit.plan`
     (``exclude=``, ``rules=``, ``decay_embeddings=`` ...).
+
+    A state_dict saved without ``param_names`` is matched to ``model.parameters()`` by position;
+    the report says so in its first line, findings that depend on that order are warnings (not
+    errors) unless the order cannot matter, and a saved moment whose shape contradicts the order
+    replaces them with one ``unmapped`` error.
     """
     if not isinstance(model, nn.Module):
         raise DecayError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    opt_name, decoupled, groups, notes = _optimizer_view(model, optimizer)
-    lam = weight_decay if weight_decay is not None else max((g.weight_decay for g in groups), default=0.0)
+    if weight_decay is not None:
+        weight_decay = check_number(weight_decay, "weight_decay")
+    if not isinstance(measure, bool):
+        raise DecayError(f"measure must be True or False, got {measure!r}")
+    check_plan_options(plan_options, "audit()")
+    view = _optimizer_view(model, optimizer)
+    given = [g.weight_decay for g in view.groups if not math.isnan(g.weight_decay)]
+    lam = weight_decay if weight_decay is not None else max(given, default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
-    held = _Membership.of(groups, {id(d.param): d for d in expected})
-    findings: list[Finding] = []
-    _wrongly_decayed(expected, held.actual, findings, opt_name)
-    _policy_differences(expected, held.actual, findings)
-    findings += _membership_findings(expected, held, decoupled)
-    findings += _convention_findings(opt_name, decoupled, groups)
+    findings = _bad_lambda_findings(view.groups) + _mapped_findings(expected, view)
+    findings += _convention_findings(view.name, view.decoupled, view.groups)
     findings += [Finding("warning", "tied-conflict", str(conflict),
                          "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
                          conflict.names) for conflict in expected.conflicts]
-    report = AuditReport(findings, opt_name, expected.policy, lam, notes=notes)
+    report = AuditReport(findings, view.name, expected.policy, lam, notes=view.notes, mapping=view.mapping)
     if measure:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise DecayError("measure=True needs a live optimizer, not a state_dict: build it, load the state, then audit")
         from decaykit.probe.probe import probe
 
-        report.probe = probe(optimizer, model=model)
-        _measured_findings(report.probe, expected, findings)
+        measured = probe(optimizer, model=model)
+        _measured_findings(measured, expected, findings)
+        report.probe = MeasuredProbe.of(measured, [f.code for f in findings if f.severity == "error"])
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
     return report
+
+
+#: findings that say which tensor is in which group: only as right as the mapping of a saved state_dict
+_MAPPED = ("decayed-", "not-decayed", "policy-difference", "missing", "frozen-in-optimizer", "duplicate", "not-in-model")
+
+
+def _mapped_findings(expected: Plan, view: _View) -> list[Finding]:
+    """The findings about group membership, qualified by how sure the mapping of saved tensors is."""
+    if view.misfit is not None:
+        return [Finding(
+            "error", "unmapped",
+            f"the checkpoint has no param_names and its saved state does not fit model.parameters() order "
+            f"({view.misfit}): the optimizer was built from other groups, so which tensor has which weight decay "
+            "cannot be read from it",
+            "audit the live optimizer, or save it from groups that carry param_names (decaykit.param_groups does; "
+            "torch keeps them in state_dict())")]
+    held = _Membership.of(view.groups, {id(d.param): d for d in expected})
+    findings: list[Finding] = []
+    _wrongly_decayed(expected, held.actual, findings, view.name)
+    _policy_differences(expected, held.actual, findings)
+    findings += _membership_findings(expected, held, view.decoupled)
+    order_matters = (len({g.weight_decay for g in view.groups}) > 1
+                     or sum(len(g.params) for g in view.groups) != len(expected.decisions))
+    if view.mapping != "by position" or not order_matters:
+        return findings
+    caveat = (" (by position: the checkpoint has no param_names, so saved tensor i was taken to be "
+              "model.parameters()[i], which holds only if the optimizer was built from model.parameters() in order)")
+    return [dataclasses.replace(f, severity="warning" if f.severity == "error" else f.severity, message=f.message + caveat)
+            if f.code.startswith(_MAPPED) else f for f in findings]
+
+
+def _bad_lambda_findings(groups: list[_Group]) -> list[Finding]:
+    """A weight decay that is no decay: negative (the weights grow), NaN or inf (they are destroyed)."""
+    out = []
+    for i, group in enumerate(groups):
+        why = _bad_lambda(group.settings.get("weight_decay", 0.0))
+        if why is not None:
+            names = group.settings.get("param_names") or ()
+            out.append(Finding("error", "bad-weight-decay", f"param_groups[{i}]['weight_decay'] {why}",
+                               f"set param_groups[{i}]['weight_decay'] to a finite number >= 0 (0 for no decay) "
+                               "before training or resuming from this state", tuple(map(str, names))))
+    return out
 
 
 @dataclass

@@ -93,7 +93,8 @@ def loss_fn(model: nn.Module, idx: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 def optimizer_for(model: nn.Module, mode: str, inner: str, foreach: bool | None = None) -> decaykit.WeightDecay:
-    groups = decaykit.param_groups(model, 0.1, lr=0.05)
+    lam = 0.1 * 0.05 if mode == "lr_independent" else 0.1  # λ = 0.1 at the peak LR, in the mode's convention
+    groups = decaykit.param_groups(model, lam, lr=0.05)
     opt = torch.optim.AdamW(groups) if inner == "AdamW" else torch.optim.SGD(groups, momentum=0.9)
     return decaykit.WeightDecay(opt, mode=mode, schedule=schedules.cosine(1.0, 3.0, steps=STEPS), foreach=foreach)
 

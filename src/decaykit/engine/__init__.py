@@ -2,7 +2,8 @@
 
 - ``weight_decay``: the engine, an ``Optimizer`` sharing the inner one's groups and state;
   ``paths``: what one step does to one group (plan, then one small object per path);
-  ``checks``: what the engine refuses about its groups, η_max and schedule;
+  ``checks``: what the engine refuses about its groups, η_max, schedule, checkpoints and a λ
+  implausible for its mode;
 - ``modes``: the decay rules (lr_coupled, lr_independent, corrected, cautious, coupled_l2) and
   their foreach kernels; ``cautious``: the masked decay of Chen et al. 2025;
 - ``schedules``: λ over steps (constant, linear, cosine, warmup, piecewise, any callable);

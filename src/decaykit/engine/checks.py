@@ -7,22 +7,29 @@ members every parameter must hold along dim 0, and a schedule's output at a give
 
 from __future__ import annotations
 
+import itertools
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
 
 from decaykit._validate import check_number, check_rates
+from decaykit.convert import convert
 from decaykit.errors import DecayError
+from decaykit.policy.names import canonical_name
 
 __all__ = [
+    "PLAUSIBLE_SHRINK",
+    "SHAPED_STATE",
     "check_checkpoint",
     "check_group",
     "check_lambda",
+    "check_loadable",
     "check_max_lr",
     "check_member_lambda",
     "check_multiplier",
+    "check_plausible",
     "group_peak_lr",
     "short",
 ]
@@ -131,3 +138,92 @@ def check_checkpoint(own: dict[str, Any], key: str, mode: str, schedule: Any, n_
 def short(x: float | Tensor) -> str:
     """λ or a rate for a message: ``0.05``, or the members' values rounded."""
     return f"{x:g}" if isinstance(x, float) else str([round(v, 6) for v in x.tolist()])
+
+
+#: optimizer state entries shaped like their parameter (Adam, SGD, RMSprop, Adagrad, Adadelta, Adamax, ASGD ...);
+#: factored or scalar entries (Adafactor's row/column, ``step``) tell nothing about which tensor they belong to
+SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "grad_avg", "sum",
+                 "acc_delta", "exp_inf", "ax", "prev")
+
+
+def check_loadable(saved: Any, groups: list[dict[str, Any]]) -> None:
+    """Refuse a state_dict whose groups do not fit ``groups``: count, sizes, ``param_names`` and state shapes.
+
+    torch loads by position only, so groups saved in another order put the decay and the moments on
+    the wrong tensors without a word; everything here is read, nothing is changed.
+    """
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("param_groups"), list):
+        raise DecayError(f"state_dict must be an optimizer state_dict (a dict with 'param_groups' and 'state'), "
+                         f"got {type(saved).__name__}")
+    saved_groups, state = saved["param_groups"], saved.get("state", {})
+    if len(saved_groups) != len(groups):
+        raise DecayError(
+            f"the state_dict has {len(saved_groups)} param groups but this optimizer has {len(groups)}; build the "
+            "optimizer with the same groups the checkpoint was saved from (decaykit.param_groups with the same policy)"
+        )
+    for i, (old, new) in enumerate(zip(saved_groups, groups)):
+        ids, params = list(old.get("params", [])), new["params"]
+        if len(ids) != len(params):
+            raise DecayError(f"param_groups[{i}] of the state_dict holds {len(ids)} tensors but this optimizer's "
+                             f"holds {len(params)}; the checkpoint was saved from other groups")
+        _check_names(i, old.get("param_names"), new.get("param_names"))
+        names = new.get("param_names") or old.get("param_names") or []
+        for j, (k, p) in enumerate(zip(ids, params)):
+            entry = state.get(k, {}) if isinstance(state, Mapping) else {}
+            for key in SHAPED_STATE:
+                value = entry.get(key) if isinstance(entry, Mapping) else None
+                if isinstance(value, Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
+                    name = names[j] if j < len(names) else f"param_groups[{i}]['params'][{j}]"
+                    raise DecayError(
+                        f"the state_dict's {key!r} for {name} has shape {tuple(value.shape)} but the tensor in "
+                        f"that place has shape {tuple(p.shape)}: the groups were saved in another order or from "
+                        "another model; nothing was loaded"
+                    )
+
+
+def _check_names(i: int, saved: Any, current: Any) -> None:
+    if not saved or not current:
+        return
+    for j, (a, b) in enumerate(itertools.zip_longest(saved, current)):
+        if a is None or b is None or canonical_name(str(a)) != canonical_name(str(b)):
+            raise DecayError(
+                f"param_groups[{i}] was saved with {a!r} in place {j} but this optimizer has {b!r} there: the "
+                "groups are in another order (or from another model), and torch would load the decay and the "
+                "optimizer state onto the wrong tensors; build the groups in the order they were saved; nothing was loaded"
+            )
+
+
+#: a per-step shrink this large at the peak LR is not a weight decay anyone means in the LR-scaled modes
+PLAUSIBLE_SHRINK = 0.01
+
+
+def check_plausible(mode: str, i: int, lam: float | Tensor, max_lr: float) -> None:
+    """Refuse a λ whose meaning in ``mode`` is implausible, judged by the per-step shrink r at the peak LR η_max.
+
+    ``lr_independent``: r = λ, refused above 1% per step (a λ meant for torch's AdamW, 0.05, given to
+    this mode shrinks every weight by 5% per step); the message gives the λ that decays as torch's
+    AdamW would with this number (:func:`decaykit.convert`). ``lr_coupled``, ``corrected`` and
+    ``cautious``: r = η_max·λ, refused from 1 up (at 1 the weights are zeroed, above it their sign flips).
+    """
+    if mode == "coupled_l2" or max_lr <= 0:
+        return
+    worst = float(lam.max()) if isinstance(lam, Tensor) else float(lam)
+    where = f"param_groups[{i}]['weight_decay'] = {worst:g}"
+    if mode != "lr_independent":
+        if max_lr * worst >= 1:
+            raise DecayError(
+                f"{where} with peak lr {max_lr:g} in mode {mode!r} means θ ← θ(1 − η·λ) with η·λ = "
+                f"{max_lr * worst:.4g} >= 1 per step, which zeroes or flips the sign of every decayed weight; a "
+                "torch AdamW λ is typically 0.01 .. 0.1: lower weight_decay or the LR"
+            )
+        return
+    if worst > PLAUSIBLE_SHRINK * (1 + 1e-9):  # a converted 1% (0.2 × 0.05) may round just above it
+        as_independent = convert(worst, from_="lr_coupled", to="lr_independent", max_lr=max_lr)
+        raise DecayError(
+            f"{where} in mode 'lr_independent' shrinks every decayed weight by r = (η_t/η_max)·λ = {worst:.4g} "
+            f"({100 * worst:.3g}%) per step at the peak LR, refused as implausible (more than "
+            f"{100 * PLAUSIBLE_SHRINK:g}%; an lr_independent λ is typically 1e-5 .. 1e-3). If {worst:g} is a torch "
+            f"AdamW (lr_coupled) λ, its lr_independent equivalent at η_max = {max_lr:g} is {as_independent:.6g} "
+            f"(decaykit.convert({worst:g}, from_='lr_coupled', to='lr_independent', max_lr={max_lr:g})); "
+            "or keep the number with mode='lr_coupled' (or on purpose, as in a sweep over λ, with allow_large_decay=True)"
+        )

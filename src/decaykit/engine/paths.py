@@ -193,13 +193,8 @@ class L2Gradient(_Decaying):
 
     __slots__ = ("swapped",)
 
-    def __init__(self, i: int, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool) -> None:
+    def __init__(self, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool) -> None:
         super().__init__(group, plan, params, foreach)
-        if any(p.grad.is_sparse for p in params):  # refused while planning, before anything moves
-            raise DecayError(
-                f"param_groups[{i}] has sparse gradients, which mode 'coupled_l2' cannot add λθ to; "
-                "use a decoupled mode or add the L2 penalty to the loss"
-            )
         self.swapped: list[tuple[Tensor, Tensor]] = []
 
     def before(self) -> None:
@@ -266,6 +261,8 @@ def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *,
     groups = optimizer.param_groups
     out: list[Path] = []
     for i, (group, plan) in enumerate(zip(groups, plans)):
+        if plan.kind == "coupled_l2":
+            _refuse_sparse(i, group)
         if plan.path in ("none", "inner"):
             out.append((NoDecay if plan.path == "none" else InnerKernel)(group, plan))
             continue
@@ -274,7 +271,7 @@ def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *,
         if plan.path == "extra_pass":
             out.append(ExtraPass(group, plan, params, foreach))
         elif plan.path == "l2_gradient":
-            out.append(L2Gradient(i, group, plan, params, foreach))
+            out.append(L2Gradient(group, plan, params, foreach))
         elif (beta1 := _moment_beta1(optimizer, group, params) if moment_sign else None) is not None:
             out.append(CautiousMoment(group, plan, params, foreach, state=optimizer.state, beta1=beta1, buffers=buffers))
         else:
@@ -282,6 +279,23 @@ def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *,
                 buffers.clear()  # parameters were replaced; drop the stale copies
             out.append(CautiousCopy(group, plan, params, foreach, buffers=buffers))
     return out
+
+
+def _refuse_sparse(i: int, group: dict[str, Any]) -> None:
+    """coupled_l2 with a sparse gradient, refused while planning, before anything moves.
+
+    g + λθ is dense (every row of an embedding), so no sparse gradient can carry it, and torch's own
+    SGD / Adagrad refuse ``weight_decay`` with sparse gradients; the decoupled modes decay every row.
+    """
+    names = group.get("param_names") or []
+    sparse = [names[j] if j < len(names) else f"params[{j}]" for j, p in enumerate(group["params"])
+              if p.grad is not None and p.grad.is_sparse]
+    if sparse:
+        raise DecayError(
+            f"param_groups[{i}] has sparse gradients ({', '.join(sparse[:3])}), and mode 'coupled_l2' adds λθ, "
+            "which is dense, to the gradient; use a decoupled mode (mode='lr_coupled' decays every row as "
+            "torch's AdamW does), make the embedding dense (sparse=False), or add the L2 penalty to the loss"
+        )
 
 
 def _moment_beta1(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> float | None:

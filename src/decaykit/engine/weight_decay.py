@@ -30,6 +30,7 @@ DTensor parameters (FSDP2) take the same paths, on each rank's local shard (:mod
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,14 +40,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from decaykit import optimizers
-from decaykit._validate import check_number
+from decaykit._validate import check_int, check_number
 from decaykit.engine.cautious import FIRST_MOMENT_SIGN
 from decaykit.engine.checks import (
     check_checkpoint,
     check_group,
     check_lambda,
+    check_loadable,
     check_max_lr,
     check_multiplier,
+    check_plausible,
     group_peak_lr,
 )
 from decaykit.engine.modes import MODES
@@ -80,6 +83,9 @@ class WeightDecay(Optimizer):
             groups when the engine is built (see the module docstring).
         foreach: ``True`` for the ``torch._foreach_*`` kernels (default), ``False`` for the
             single-tensor reference loops.
+        allow_large_decay: keep a λ that is implausible for ``mode`` (an ``lr_independent`` λ that
+            shrinks the weights by more than 1% per step, :func:`decaykit.engine.checks.check_plausible`);
+            by default it is refused, as it is almost always a λ of another convention.
     """
 
     def __init__(
@@ -90,12 +96,16 @@ class WeightDecay(Optimizer):
         max_lr: float | Sequence[float] | None = None,
         *,
         foreach: bool | None = None,
+        allow_large_decay: bool = False,
     ) -> None:
         _check_inner(optimizer)
         if mode not in MODES:
             raise DecayError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if foreach is not None and not isinstance(foreach, bool):
             raise DecayError(f"foreach must be True, False or None, got {foreach!r}")
+        if not isinstance(allow_large_decay, bool):
+            raise DecayError(f"allow_large_decay must be True or False, got {allow_large_decay!r}")
+        self.allow_large_decay = allow_large_decay
         self.optimizer = optimizer
         self.mode = mode
         self.schedule = as_schedule(schedule)
@@ -112,6 +122,8 @@ class WeightDecay(Optimizer):
             check_group(i, group)
             check_lambda(i, group, self._checked)
         self._sync_max_lrs()
+        for i, group in enumerate(self.param_groups):
+            self._check_plausible(i, check_lambda(i, group, self._checked))
         check_multiplier(self.schedule, 0)
 
     # -- shared with the inner optimizer ---------------------------------------------------------
@@ -152,11 +164,13 @@ class WeightDecay(Optimizer):
         i = len(self.param_groups) - 1
         try:
             check_group(i, self.param_groups[i])
-            check_lambda(i, self.param_groups[i], self._checked)
+            lam = check_lambda(i, self.param_groups[i], self._checked)
+            self._sync_max_lrs()
+            self._check_plausible(i, lam)
         except DecayError:
             self.param_groups.pop()
+            del self._max_lrs[i:]
             raise
-        self._sync_max_lrs()
 
     # -- the step --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -213,15 +227,20 @@ class WeightDecay(Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; the schedule continues from the saved step."""
+        """Load a :meth:`state_dict`; the schedule continues from the saved step.
+
+        Checked before anything changes (a refused load leaves the engine as it was): the group
+        count and sizes, each group's ``param_names`` where both sides have them, the shapes of the
+        saved moments against the tensors they would land on, the engine's mode, schedule and step,
+        and each saved λ against its mode.
+        """
         state_dict = dict(state_dict)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
         own = state_dict.pop(STATE_KEY, None)
-        if own is not None:
-            check_checkpoint(own, STATE_KEY, self.mode, self.schedule, len(state_dict["param_groups"]))
+        max_lrs = self._check_load(state_dict, own)
         self.optimizer.load_state_dict(state_dict)
         if own is None:
             warnings.warn(
@@ -233,12 +252,32 @@ class WeightDecay(Optimizer):
         else:
             self.schedule.load_state_dict(own["schedule"])
             self._step = int(own["step"])
-            self._max_lrs = [float(v) for v in own["max_lr"]]
-        for i, group in enumerate(self.param_groups):
-            check_lambda(i, group, self._checked)
-        self._sync_max_lrs()
+        self._max_lrs = max_lrs
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+    def _check_load(self, state_dict: dict[str, Any], own: Any) -> list[float]:
+        """Everything :meth:`load_state_dict` would refuse, read only; the η_max per group it would keep."""
+        check_loadable(state_dict, self.param_groups)
+        max_lrs = list(self._max_lrs)
+        if own is not None:
+            if not isinstance(own, dict) or not {"mode", "step", "max_lr", "schedule"} <= set(own):
+                raise DecayError(f"state_dict[{STATE_KEY!r}] must be the dict WeightDecay.state_dict() saves "
+                                 "(mode, step, max_lr, schedule)")
+            check_checkpoint(own, STATE_KEY, self.mode, self.schedule, len(state_dict["param_groups"]))
+            check_int(own["step"], f"state_dict[{STATE_KEY!r}]['step']")
+            max_lrs = [check_number(v, f"state_dict[{STATE_KEY!r}]['max_lr'][{i}]") for i, v in enumerate(own["max_lr"])]
+            try:  # refused here, not half-way through the load
+                copy.deepcopy(self.schedule).load_state_dict(own["schedule"])
+            except DecayError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise DecayError(f"state_dict[{STATE_KEY!r}]['schedule'] cannot be loaded into {self.schedule!r}: "
+                                 f"{type(exc).__name__}: {exc}; save and load with the same schedule") from None
+        for i, (old, new) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
+            lam = check_lambda(i, {**old, "params": new["params"]}, {})
+            self._check_plausible(i, lam, max_lrs[i])
+        return max_lrs
 
     def __getstate__(self) -> dict[str, Any]:
         # the LR scheduler's step wrapper and the cautious scratch buffers are not state
@@ -255,6 +294,10 @@ class WeightDecay(Optimizer):
         return lines[0] + "\n".join(inner)
 
     # -- internals -------------------------------------------------------------------------------
+    def _check_plausible(self, i: int, lam: float | Tensor, max_lr: float | None = None) -> None:
+        if not self.allow_large_decay:
+            check_plausible(self.mode, i, lam, self._max_lrs[i] if max_lr is None else max_lr)
+
     def _sync_max_lrs(self) -> None:
         """Give η_max to groups added since (by ``add_param_group`` on either object)."""
         groups = self.param_groups

@@ -32,6 +32,7 @@ the model it is given and suits single-device and DDP runs. transformers is an o
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -39,6 +40,7 @@ import torch
 from torch import nn
 
 from decaykit._dtensor import is_sharded
+from decaykit.convert import canonical_convention, convert
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.options import OPTIONS, Policy
 from decaykit.policy.plan import Plan, plan
@@ -183,6 +185,11 @@ class DecayTrainerMixin:
       ``decay_engine``: keyword arguments of :class:`decaykit.WeightDecay` (``mode``,
       ``schedule``, ``max_lr``); when given, the optimizer HF picks is wrapped by the engine,
       which then applies each group's λ (HF's LR scheduler drives it like any optimizer).
+      ``TrainingArguments.weight_decay`` is a torch AdamW (``lr_coupled``) λ, as HF's own
+      optimizers use it; for ``mode="lr_independent"`` it is converted (λ·η_max per group, the same
+      decay per step at the peak LR) with a one-line :class:`DecayWarning` showing both numbers.
+      The key ``convention`` (any name :func:`decaykit.convert` knows) says the number is already
+      in another convention: ``{"mode": "lr_independent", "convention": "lr_independent"}``.
 
     Optimizers that HF builds with their own grouping (GaLore, Apollo, LOMO, layer-wise, and the
     Muon / Dion factories) keep HF's path unchanged: decaykit's decisions reach them only where
@@ -205,6 +212,8 @@ class DecayTrainerMixin:
                 f"got {type(decay_engine).__name__}"
             )
         self.decay_engine = None if decay_engine is None else dict(decay_engine)
+        if self.decay_engine is not None:
+            canonical_convention(self.decay_engine.get("convention", _HF_CONVENTION))  # refused now, not at train()
         super().__init__(*args, **kwargs)
 
     def decay_plan(self, model: nn.Module | None = None) -> Plan:
@@ -229,14 +238,50 @@ class DecayTrainerMixin:
             decided, groups = _groups_for(opt_model, self.args.weight_decay, self.args.learning_rate, self.decay_options)  # type: ignore[attr-defined]
             optimizer = optimizer_cls(groups, **kwargs)
             if self.decay_engine is not None:
-                from decaykit.engine.weight_decay import WeightDecay
-
-                optimizer = WeightDecay(optimizer, **self.decay_engine)
+                optimizer = _wrap_in_engine(optimizer, self.decay_engine, self.args.weight_decay)  # type: ignore[attr-defined]
             self.optimizer = optimizer
             if self.is_world_process_zero():  # type: ignore[attr-defined]
                 logger.info(_summary(decided))
         # with self.optimizer set, HF's own method only adds its wrappers (SageMaker model parallel)
         return super().create_optimizer(model)  # type: ignore[misc]
+
+
+#: the convention of TrainingArguments.weight_decay: HF hands it to torch's AdamW
+_HF_CONVENTION = "lr_coupled"
+#: the convention of each engine mode's λ, where decaykit.convert has one (cautious decays as η·λ)
+_MODE_CONVENTION = {"lr_coupled": "lr_coupled", "lr_independent": "lr_independent", "corrected": "corrected",
+                    "cautious": "lr_coupled"}
+
+
+def _wrap_in_engine(optimizer: torch.optim.Optimizer, decay_engine: dict[str, Any], weight_decay: float) -> Any:
+    """``WeightDecay(optimizer, **decay_engine)``, each group's λ first carried into the mode's convention."""
+    from decaykit.engine.checks import check_max_lr, group_peak_lr
+    from decaykit.engine.weight_decay import WeightDecay
+
+    options = dict(decay_engine)
+    source = canonical_convention(options.pop("convention", _HF_CONVENTION))
+    target = _MODE_CONVENTION.get(options.get("mode", "lr_coupled"))
+    given = check_max_lr(options.get("max_lr"), len(optimizer.param_groups))
+    changed = []
+    for i, group in enumerate(optimizer.param_groups):
+        lam = group.get("weight_decay", 0.0)
+        if target is None or source == target or isinstance(lam, torch.Tensor) or not lam:
+            continue
+        peak = given[i] if isinstance(given, list) else given if given is not None else group_peak_lr(group)
+        converted = convert(lam, from_=source, to=target, max_lr=peak)
+        if not math.isclose(converted, lam, rel_tol=1e-9):  # corrected decays as lr_coupled at the peak LR
+            group["weight_decay"] = converted
+            changed.append((lam, converted, peak))
+    if changed:
+        shown = "; ".join(f"{a:g} -> {b:.6g} at η_max {p:g}" for a, b, p in dict.fromkeys(changed))
+        warnings.warn(
+            f"TrainingArguments.weight_decay={weight_decay:g} is a {source} λ; decay_engine mode "
+            f"{options.get('mode')!r} reads λ as {target}, so the engine gets the λ with the same decay per step at "
+            f"the peak LR ({shown}); pass decay_engine={{..., 'convention': {target!r}}} if the number already is one",
+            DecayWarning,
+            stacklevel=4,
+        )
+    return WeightDecay(optimizer, **options)
 
 
 def _make_decay_trainer() -> type:

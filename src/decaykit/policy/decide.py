@@ -95,6 +95,7 @@ class Decider:
         self.policy, self.weight_decay, self.hooks = policy, weight_decay, hooks
         self.preset = policy.preset_info
         self.rule_hits = [0] * len(policy.rules)
+        self.rule_shadowed = [0] * len(policy.rules)  # matched, but an earlier rule took the name
         self.exclude_hits = [0] * len(policy.exclude)
 
     def tensor(self, infos: Sequence[ParamInfo], layer: int, scale: float) -> tuple[Decision, Conflict | None]:
@@ -146,15 +147,23 @@ class Decider:
                 elif rule.decay_mult is not None:
                     wd = wd * rule.decay_mult
                 lr_scale = c.lr_scale if rule.lr_scale is None else scale * rule.lr_scale
+                for k in range(j + 1, len(self.policy.rules)):
+                    if self.policy.rules[k].matches(c.info.name, c.info.owner):
+                        self.rule_shadowed[k] += 1
                 return c._replace(weight_decay=wd, lr_scale=lr_scale, source="rule",
                                   reason=f"rule {rule.describe()} (was: {c.reason})")
         return c
 
     def unmatched(self) -> list[str]:
         """The rules and exclude entries that matched no name, as messages and plans name them."""
-        rules = zip(self.policy.rules, self.rule_hits)
-        out = [f"rules[{j}] {r!r}" for j, (r, n) in enumerate(rules) if n == 0]
+        rules = zip(self.policy.rules, self.rule_hits, self.rule_shadowed)
+        out = [f"rules[{j}] {r!r}" for j, (r, n, shadowed) in enumerate(rules) if n == 0 and shadowed == 0]
         return out + [f"exclude {p!r}" for p, n in zip(self.policy.exclude, self.exclude_hits) if n == 0]
+
+    def shadowed(self) -> list[str]:
+        """The rules that matched names only where an earlier rule had already decided (first match wins)."""
+        rules = zip(self.policy.rules, self.rule_hits, self.rule_shadowed)
+        return [f"rules[{j}] {r!r}" for j, (r, n, shadowed) in enumerate(rules) if n == 0 and shadowed > 0]
 
 
 def settle(candidates: Sequence[Candidate], tied: Tied) -> Candidate:

@@ -15,10 +15,13 @@ longest name prefix with it, the nearest one in model order on a tie.
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
+from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.names import canonical_name
 
 __all__ = ["find_blocks", "layer_ids"]
@@ -104,11 +107,42 @@ def layer_ids(
             # nearest candidate in model order; a later block wins a tie (downsample before its stage)
             layers[name] = min(candidates, key=lambda i: (abs(i - previous - 0.5), -i)) + 1
     if layer_of is not None:
-        for name in names:
-            given = layer_of.get(name) if isinstance(layer_of, Mapping) else layer_of(name)
-            if given is not None:
-                layers[name] = int(given)
+        layers.update(_given_layers(names, layer_of))
     max_layer = max(layers.values(), default=0)
     if blocks:
         max_layer = max(max_layer, len(blocks) + 1)
     return layers, max_layer
+
+
+def _given_layers(names: Sequence[str], layer_of: Mapping[str, int] | Callable[[str], int | None]) -> dict[str, int]:
+    """The layers ``layer_of`` gives: integers >= 0 (0 = before the first block), ``None`` from a callable = automatic.
+
+    A negative layer would give lr_scale = layer_decay ** (max_layer − layer) beyond the stem's, which
+    no layer-wise scheme means; a str or float is a mistake, not a layer.
+    """
+    out: dict[str, int] = {}
+    for name in names:
+        if isinstance(layer_of, Mapping):
+            if name not in layer_of:
+                continue
+            given = layer_of[name]
+        else:
+            try:
+                given = layer_of(name)
+            except Exception as exc:
+                raise DecayError(f"layer_of raised {type(exc).__name__} for parameter {name!r}: {exc}") from exc
+            if given is None:
+                continue
+        if isinstance(given, bool) or not isinstance(given, numbers.Integral) or given < 0:
+            raise DecayError(
+                f"layer_of gave {given!r} ({type(given).__name__}) for parameter {name!r}; a layer must be an integer "
+                ">= 0 (0: before the first block, i: block i, blocks + 1: after the last)"
+                + ("" if isinstance(layer_of, Mapping) else ", or None to keep the layer found from the structure")
+            )
+        out[name] = int(given)
+    if isinstance(layer_of, Mapping):
+        unknown = sorted(set(layer_of) - set(names), key=str)
+        if unknown:
+            warnings.warn(f"layer_of names no parameter of the model: {', '.join(map(repr, unknown[:5]))}; "
+                          "keys are canonical parameter names (see `decaykit inspect`)", DecayWarning, stacklevel=5)
+    return out

@@ -178,14 +178,19 @@ def _as_names(exclude: Iterable[str] | str | None) -> tuple[str, ...]:
         return ()
     if isinstance(exclude, str):
         return (exclude,)
-    if not isinstance(exclude, Iterable):
+    if not isinstance(exclude, Iterable) or isinstance(exclude, (bytes, Mapping)):
         raise DecayError(f"exclude must be a name or glob, or a list of them, got {exclude!r}")
-    return tuple(str(e) for e in exclude)
+    names = tuple(exclude)
+    wrong = [e for e in names if not isinstance(e, str) or not e]
+    if wrong:
+        raise DecayError(f"exclude must hold names or globs (non-empty strings), got {wrong[0]!r} in {list(names)!r}")
+    return names
 
 
 def _as_bool(value: Any, argument: str) -> bool:
-    if value not in (True, False):
-        raise DecayError(f"{argument} must be True or False, got {value!r}")
+    # type(value).__name__ == "bool_": numpy's booleans, which are not bool's subclass
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise DecayError(f"{argument} must be True or False, got {value!r} ({type(value).__name__})")
     return bool(value)
 
 

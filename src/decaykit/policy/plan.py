@@ -35,10 +35,10 @@ from decaykit.policy.groups import build_groups
 from decaykit.policy.hooks import hook_patterns
 from decaykit.policy.layers import layer_ids
 from decaykit.policy.names import unwrap_model
-from decaykit.policy.options import Policy, Tied
+from decaykit.policy.options import OPTIONS, Policy, Tied
 from decaykit.policy.rules import Rule
 
-__all__ = ["Conflict", "Decision", "Plan", "collect_params", "param_groups", "plan"]
+__all__ = ["Conflict", "Decision", "Plan", "check_plan_options", "collect_params", "param_groups", "plan"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Plan(Report):
     weight_decay: float
     policy: str
     conflicts: list[Conflict] = field(default_factory=list)
-    unmatched: list[str] = field(default_factory=list)  # rules / exclude entries that matched nothing
+    unmatched: list[str] = field(default_factory=list)  # rules / exclude entries that changed nothing
     layer_decay: float | None = None
 
     def __iter__(self) -> Iterator[Decision]:
@@ -180,9 +180,9 @@ def _plan_for(model: nn.Module, weight_decay: float, policy: Policy) -> Plan:
         decision, conflict = decider.tensor(infos, layers.get(first, 0), scale_of(first))
         decisions.append(decision)
         conflicts += [conflict] if conflict is not None else []
-    unmatched = decider.unmatched()
-    _report_unmatched(model, unmatched, policy.strict)
-    return Plan(decisions, weight_decay, policy.name, conflicts, unmatched, policy.layer_decay)
+    unmatched, shadowed = decider.unmatched(), decider.shadowed()
+    _report_unmatched(model, unmatched, shadowed, policy.strict)
+    return Plan(decisions, weight_decay, policy.name, conflicts, unmatched + shadowed, policy.layer_decay)
 
 
 def _is_default(option: str, value: Any) -> bool:
@@ -200,7 +200,7 @@ def _layer_scales(
     layers, max_layer = layer_ids(unwrap_model(model), names, policy.layer_of)
     if layer_decay is None:
         return layers, lambda name: 1.0
-    if max_layer == 0:
+    if max_layer == 0 and policy.layer_of is None:
         warnings.warn(
             f"layer_decay={layer_decay}: found no repeated blocks in {type(model).__name__}, so every "
             "parameter gets lr_scale 1; pass layer_of= to say which layer each parameter is in",
@@ -210,10 +210,14 @@ def _layer_scales(
     return layers, lambda name: float(layer_decay ** (max_layer - layers.get(name, max_layer)))
 
 
-def _report_unmatched(model: nn.Module, unmatched: list[str], strict: bool) -> None:
-    if not unmatched:
+def _report_unmatched(model: nn.Module, unmatched: list[str], shadowed: list[str], strict: bool) -> None:
+    if not unmatched and not shadowed:
         return
-    message = f"matched no parameter of {type(model).__name__}: {', '.join(unmatched)}; check the names with `decaykit inspect`"
+    parts = [f"matched no parameter of {type(model).__name__}: {', '.join(unmatched)}"] if unmatched else []
+    if shadowed:
+        parts.append(f"changed nothing, as an earlier rule decides every parameter they match (first match wins): "
+                     f"{', '.join(shadowed)}")
+    message = "; ".join(parts) + "; check the names with `decaykit inspect`"
     if strict:
         raise DecayError(message)
     warnings.warn(message, DecayWarning, stacklevel=4)
@@ -242,7 +246,16 @@ def param_groups(
     >>> import torch
     >>> opt = torch.optim.AdamW(groups, lr=1e-3)
     """
+    check_plan_options(options, "param_groups()")
     return plan(model, weight_decay, policy=policy, **options).groups(lr=lr)
+
+
+def check_plan_options(options: Mapping[str, Any], caller: str) -> None:
+    """Refuse keyword arguments that :func:`plan` does not take, naming them, before Python's TypeError would."""
+    unknown = sorted(set(options) - set(OPTIONS[1:]), key=str)
+    if unknown:
+        raise DecayError(f"{caller} got unknown option(s) {', '.join(map(repr, unknown))}; the policy options are: "
+                         f"{', '.join(OPTIONS)}")
 
 
 _KEYWORD_DEFAULTS = {name: p.default for name, p in inspect.signature(plan).parameters.items()

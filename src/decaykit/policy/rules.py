@@ -115,7 +115,12 @@ class Rule:
             matcher = f"type:{self.module if isinstance(self.module, str) else self.module.__name__}"  # type: ignore[union-attr]
         actions = [f"{key}={_number(value)}" for key, value in zip(("wd", "mult", "lr_scale"), self.action())
                    if value is not None]
-        return f"{matcher}:{','.join(actions)}"
+        text = f"{matcher}:{','.join(actions)}"
+        try:  # a glob with ':' and '=' in it could read as more actions
+            back = Rule.parse(text)
+        except DecayError:
+            return None
+        return text if back.describe() == self.describe() and back.action() == self.action() else None
 
     def matcher(self) -> tuple[Any, ...]:
         return (self.match, self.regex, self.module)
@@ -138,36 +143,78 @@ class Rule:
     def parse(cls, text: str) -> Rule:
         """Build a rule from the CLI's ``MATCHER:ACTIONS`` text.
 
-        MATCHER is a glob, ``re:REGEX`` or ``type:ClassName``; ACTIONS are comma-separated
-        ``wd=X`` (or ``weight_decay=X``), ``mult=X`` (``decay_mult``), ``lr_scale=X``.
-        ``head.*:wd=0`` turns decay off for the head; a bare glob means ``wd=0``.
+        MATCHER is a glob, ``re:REGEX`` or ``type:ClassName``; ACTIONS are ``wd=X`` (or
+        ``weight_decay=X``), ``mult=X`` (``decay_mult``) and ``lr_scale=X`` (or ``lr=X``), separated by
+        commas or colons: ``0.*:wd=0,lr_scale=2`` and ``0.*:wd=0:lr_scale=2`` are the same rule, both
+        actions applied. Trailing ``:``-fields that read as actions are actions, the rest is the matcher
+        (so a regex may hold ``:``). ``head.*:wd=0`` turns decay off for the head; a bare glob means
+        ``wd=0``. Anything else (an unknown key, a repeated key, a value that is not a number, an
+        empty matcher) is refused with a :class:`DecayError`, never dropped.
         """
         if not isinstance(text, str) or not text.strip():
             raise DecayError(f"rule must be a non-empty string like 'head.*:wd=0', got {text!r}")
-        matcher, sep, actions = text.rpartition(":") if "=" in text.rpartition(":")[2] else (text, "", "")
-        if not sep:
-            matcher, actions = text, "wd=0"
+        matcher, actions = _split_rule(text)
         kwargs: dict[str, Any] = {}
         if matcher.startswith("re:"):
             kwargs["regex"] = matcher[3:]
         elif matcher.startswith("type:"):
-            kwargs["module"] = matcher[5:]
+            kwargs["module"] = matcher[5:].strip()
         else:
             kwargs["match"] = matcher
-        keys = {"wd": "weight_decay", "weight_decay": "weight_decay", "mult": "decay_mult",
-                "decay_mult": "decay_mult", "lr_scale": "lr_scale", "lr": "lr_scale"}
-        for item in filter(None, (a.strip() for a in actions.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq or key.strip() not in keys:
-                raise DecayError(
-                    f"rule {text!r}: cannot read {item!r}; actions are wd=X, mult=X or lr_scale=X "
-                    "(for example 'head.*:wd=0' or 'type:Embedding:mult=0.1')"
-                )
+        if not matcher or kwargs.get("module") == "":
+            raise DecayError(f"rule {text!r} has no matcher before its actions; write 'GLOB:wd=X', 're:REGEX:wd=X' "
+                             "or 'type:ClassName:wd=X'")
+        for key, value in actions or [("wd", "0")]:
+            field = _ACTION_KEYS[key]
+            if field in kwargs:
+                raise DecayError(f"rule {text!r} sets {field} twice; give each action once")
             try:
-                kwargs[keys[key.strip()]] = float(value)
+                kwargs[field] = float(value)
             except ValueError:
-                raise DecayError(f"rule {text!r}: {key.strip()} must be a number, got {value!r}") from None
+                raise DecayError(f"rule {text!r}: {key} must be a number, got {value!r}") from None
         return cls(**kwargs)
+
+
+_ACTION_KEYS = {"wd": "weight_decay", "weight_decay": "weight_decay", "mult": "decay_mult", "decay_mult": "decay_mult",
+                "lr_scale": "lr_scale", "lr": "lr_scale"}
+
+
+def _actions(field: str) -> list[tuple[str, str]] | None:
+    """``key=value`` items of one ``:``-field, or None when the field is not a list of known actions."""
+    items = [item.strip() for item in field.split(",") if item.strip()]
+    if not items:
+        return None
+    pairs = [tuple(part.strip() for part in item.partition("=")[::2]) for item in items]
+    if all(item.partition("=")[1] and key in _ACTION_KEYS for item, (key, _) in zip(items, pairs)):
+        return pairs  # type: ignore[return-value]
+    return None
+
+
+def _split_rule(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """(matcher, actions) of ``MATCHER:ACTIONS``: trailing ``:``-fields are actions while they read as actions.
+
+    The last field decides whether there are actions at all: with an ``=`` in it, it must be one.
+    """
+    fields = text.split(":")
+    last = fields[-1]
+    if len(fields) == 1 and _actions(last) is not None:
+        raise DecayError(f"rule {text!r} has actions but no matcher; write 'GLOB:{text.strip()}'")
+    if len(fields) > 1 and not last.strip():
+        raise DecayError(f"rule {text!r} ends with ':' and no action; write 'MATCHER:wd=X' (or the bare glob for wd=0)")
+    if len(fields) == 1 or "=" not in last:
+        return text.strip(), []
+    if _actions(last) is None:
+        bad = [i.strip() for i in last.split(",")
+               if i.strip() and (not i.partition("=")[1] or i.partition("=")[0].strip() not in _ACTION_KEYS)]
+        raise DecayError(
+            f"rule {text!r}: cannot read {bad[0] if bad else last!r}; actions are wd=X, mult=X or lr_scale=X, "
+            "separated by ',' or ':' (for example 'head.*:wd=0' or 'type:Embedding:mult=0.1,lr_scale=2')"
+        )
+    actions: list[tuple[str, str]] = []
+    while len(fields) > 1 and (found := _actions(fields[-1])) is not None:
+        actions = found + actions
+        fields.pop()
+    return ":".join(fields).strip(), actions
 
 
 def _number(value: float) -> str:
@@ -181,6 +228,9 @@ def as_rules(rules: Iterable[Rule | str | Mapping[str, Any]] | None, argument: s
         return []
     if isinstance(rules, (str, Rule, Mapping)):
         rules = [rules]  # type: ignore[list-item]
+    elif not isinstance(rules, Iterable):
+        raise DecayError(f"{argument} must be a rule or a list of rules (Rule, 'glob:wd=X' string or dict), "
+                         f"got {rules!r} ({type(rules).__name__})")
     out: list[Rule] = []
     for i, rule in enumerate(rules):
         if isinstance(rule, Rule):

@@ -1,0 +1,234 @@
+"""Issue 10, the decay engine: no load, λ or gradient it cannot honour passes silently.
+
+- a checkpoint whose groups do not fit is refused before anything changes;
+- a λ implausible for its mode is refused with its meaning and the converted value;
+- the HF integration converts TrainingArguments' torch-AdamW λ, and the result steps as torch's AdamW;
+- coupled_l2 with sparse gradients is refused on every path, before anything moves.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import decaykit
+from decaykit import WeightDecay, schedules
+from decaykit.convert import convert
+from decaykit.errors import DecayError, DecayWarning
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 2))
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)
+        opt.zero_grad()
+        (model(x) - y).pow(2).mean().backward()
+        opt.step()
+
+
+def engine(model: nn.Module, *, reverse: bool = False, names: bool = True, lam: float = 0.05) -> WeightDecay:
+    groups = decaykit.param_groups(model, lam)
+    if reverse:
+        groups = groups[::-1]
+    if not names:
+        for g in groups:
+            g.pop("param_names")
+    return WeightDecay(torch.optim.AdamW(groups, lr=1e-2), schedule=schedules.linear(1.0, 0.5, steps=10))
+
+
+def same(a, b) -> bool:
+    """Deep equality of nested state (tensors compared exactly)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# -- checkpoints: refused before anything changes --------------------------------------------------
+
+
+def _reordered(saved: dict) -> dict:
+    saved["param_groups"] = saved["param_groups"][::-1]  # the same groups in another order
+    return saved
+
+
+def _one_group_fewer(saved: dict) -> dict:
+    saved["param_groups"] = saved["param_groups"][:1]
+    return saved
+
+
+def _names_swapped(saved: dict) -> dict:
+    names = saved["param_groups"][0]["param_names"]
+    names[0], names[1] = names[1], names[0]
+    return saved
+
+
+def _negative_lambda(saved: dict) -> dict:
+    saved["param_groups"][0]["weight_decay"] = -0.1
+    return saved
+
+
+def _other_mode(saved: dict) -> dict:
+    saved["decaykit"]["mode"] = "corrected"
+    return saved
+
+
+def _bad_schedule_state(saved: dict) -> dict:
+    saved["decaykit"]["schedule"] = {"type": "Linear"}  # its fields missing: fails inside the schedule's load
+    return saved
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (_reordered, r"param_groups\[0\] (of the state_dict holds|was saved with)"),
+    (_one_group_fewer, r"the state_dict has 1 param groups but this optimizer has 2"),
+    (_names_swapped, r"param_groups\[0\] was saved with '2.weight' in place 0 but this optimizer has '0.weight'"),
+    (_negative_lambda, r"param_groups\[0\]\['weight_decay'\] must be a finite number >= 0, got -0.1"),
+    (_other_mode, r"saved with mode='corrected'"),
+    (_bad_schedule_state, r"\['schedule'\] cannot be loaded into linear"),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused_and_nothing_changes(spoil, message):
+    model = make_model()
+    source = engine(model)
+    train(model, source, 3)
+    saved = spoil(copy.deepcopy(source.state_dict()))
+    target_model = make_model(1)
+    target = engine(target_model)
+    train(target_model, target, 1, seed=5)
+    before, step, params = copy.deepcopy(target.state_dict()), target.steps_taken, copy.deepcopy(target.param_groups)
+    with pytest.raises(DecayError, match=message):
+        target.load_state_dict(saved)
+    assert same(target.state_dict(), before) and target.steps_taken == step
+    assert all(same({k: v for k, v in a.items() if k != "params"}, {k: v for k, v in b.items() if k != "params"})
+               for a, b in zip(target.param_groups, params))
+
+
+def test_groups_saved_in_another_order_without_names_are_caught_by_the_moments_shapes():
+    def unnamed(model: nn.Module, order: list[list[str]]) -> WeightDecay:
+        params = dict(model.named_parameters())
+        groups = [{"params": [params[n] for n in names], "weight_decay": 0.05 * (i + 1)} for i, names in enumerate(order)]
+        return WeightDecay(torch.optim.AdamW(groups, lr=1e-2))
+
+    model = make_model()
+    source = unnamed(model, [["0.weight", "2.weight"], ["3.weight", "0.bias"]])
+    train(model, source, 2)
+    target = unnamed(make_model(), [["3.weight", "0.bias"], ["0.weight", "2.weight"]])  # same sizes, other tensors
+    with pytest.raises(DecayError, match=r"'exp_avg' for param_groups\[0\]\['params'\]\[0\] has shape \(8, 5\)"):
+        target.load_state_dict(source.state_dict())
+    assert target.state == {} and target.param_groups[0]["weight_decay"] == 0.05
+
+
+def test_a_fitting_checkpoint_still_loads_and_resumes_bit_for_bit():
+    model, twin = make_model(), make_model()
+    a = engine(model)
+    train(model, a, 3)
+    twin.load_state_dict(model.state_dict())
+    b = engine(twin)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    train(model, a, 2, seed=9)
+    train(twin, b, 2, seed=9)
+    assert b.steps_taken == a.steps_taken == 5
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+# -- λ implausible for its mode ----------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(lam=st.floats(1e-7, 10.0), lr=st.floats(1e-5, 0.5))
+def test_an_lr_independent_lambda_above_one_percent_per_step_is_refused_with_the_converted_value(lam, lr):
+    model = make_model()
+    build = lambda **kw: WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr),  # noqa: E731
+                                     mode="lr_independent", **kw)
+    if lam <= 0.01 * (1 + 1e-9):  # the limit, with room for a converted 1% that rounds above it
+        assert build().expected_decay()[0]["rate"] == pytest.approx(lam)  # r = λ at the peak LR
+        return
+    with pytest.raises(DecayError) as caught:
+        build()
+    text = str(caught.value)
+    assert f"{lam:g}" in text and f"{100 * lam:.3g}%" in text
+    assert f"{convert(lam, from_='lr_coupled', to='lr_independent', max_lr=lr):.6g}" in text
+    if lam <= 1:  # kept on purpose; r > 1 still refused when the step is planned
+        assert build(allow_large_decay=True).expected_decay()[0]["rate"] == pytest.approx(lam)
+
+
+@settings(max_examples=50, deadline=None)
+@given(lam=st.floats(1e-3, 100.0), lr=st.floats(1e-4, 1.0), mode=st.sampled_from(["lr_coupled", "corrected", "cautious"]))
+def test_a_rate_that_zeroes_or_flips_the_weights_is_refused_when_the_engine_is_built(lam, lr, mode):
+    model = make_model()
+    groups = decaykit.param_groups(model, lam)
+    if lr * lam < 1:
+        WeightDecay(torch.optim.AdamW(groups, lr=lr), mode=mode)
+        return
+    with pytest.raises(DecayError, match=rf"{mode}.*>= 1 per step.*zeroes or flips the sign"):
+        WeightDecay(torch.optim.AdamW(groups, lr=lr), mode=mode)
+
+
+def test_add_param_group_and_load_refuse_an_implausible_lambda_and_roll_back():
+    model, extra = make_model(), nn.Linear(3, 3)
+    opt = WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 1e-4), lr=1e-3), mode="lr_independent")
+    with pytest.raises(DecayError, match=r"param_groups\[2\]\['weight_decay'\] = 0.05 in mode 'lr_independent'"):
+        opt.add_param_group({"params": [extra.weight], "param_names": ["extra"], "weight_decay": 0.05})
+    assert len(opt.param_groups) == 2 and len(opt.state_dict()["decaykit"]["max_lr"]) == 2
+    saved = opt.state_dict()
+    saved["param_groups"][0]["weight_decay"] = 0.1
+    with pytest.raises(DecayError, match=r"0\.1 in mode 'lr_independent'"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_the_hf_conversion_steps_exactly_as_torch_adamw_with_the_trainers_lambda():
+    """TrainingArguments(weight_decay=0.05) + mode lr_independent: the engine gets 0.05·η_max per group
+    (layer-wise LR scales included), so the weights follow torch's AdamW(weight_decay=0.05)."""
+    from decaykit.integrations.hf import _wrap_in_engine
+
+    lam, lr = 0.05, 1e-2
+    ours, theirs = make_model(), make_model()
+    with pytest.warns(DecayWarning, match=r"weight_decay=0.05 is a lr_coupled λ.*0.05 -> 0.0005 at η_max 0.01"):
+        opt = _wrap_in_engine(torch.optim.AdamW(decaykit.param_groups(ours, lam, lr=lr, rules=["2.*:lr_scale=0.5"]),
+                                                lr=lr), {"mode": "lr_independent"}, lam)
+    oracle = torch.optim.AdamW(decaykit.param_groups(theirs, lam, lr=lr, rules=["2.*:lr_scale=0.5"]), lr=lr)
+    train(ours, opt, 5)
+    train(theirs, oracle, 5)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)  # already in the mode's convention: nothing converted
+        kept = _wrap_in_engine(torch.optim.AdamW(decaykit.param_groups(make_model(), 1e-4), lr=lr),
+                               {"mode": "lr_independent", "convention": "composer"}, 1e-4)
+    assert kept.param_groups[0]["weight_decay"] == 1e-4
+
+
+# -- sparse gradients with coupled_l2 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.01),  # the inner path: SGD's own weight_decay
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+    lambda p: torch.optim.Adagrad(p, lr=0.1, weight_decay=0.01),
+    lambda p: torch.optim.SGD([{"params": p, "weight_decay": torch.tensor([0.01, 0.02])}], lr=0.1),  # l2_gradient
+])
+def test_coupled_l2_with_sparse_gradients_is_refused_before_anything_moves(make):
+    emb = nn.Embedding(2, 3, sparse=True)
+    opt = WeightDecay(make(list(emb.parameters())), mode="coupled_l2")
+    emb(torch.tensor([1])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(DecayError, match=r"param_groups\[0\] has sparse gradients.*coupled_l2.*dense"):
+        opt.step()
+    assert torch.equal(emb.weight, before) and emb.weight.grad.is_sparse
+    assert opt.param_groups[0]["weight_decay"] is not None and opt.steps_taken == 0
