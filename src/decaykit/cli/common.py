@@ -65,16 +65,7 @@ def policy_from_args(args: Any) -> Policy:
     fails here, before any model is built)."""
     from decaykit.policy.options import Policy
 
-    policy = Policy.of(policy_options(args))
-    for text, rule in zip(args.rule, policy.rules):
-        pattern = next((str(m) for m in rule.matcher() if m is not None), "")
-        if "=" in pattern:  # no parameter or module name holds '=': an action was read as part of the pattern
-            raise DecayError(
-                f"--rule {text!r} reads as the pattern {pattern!r}, which matches no name; give the pattern once "
-                "and its actions after one ':', comma-separated, e.g. 'head.*:wd=0,lr_scale=0.5'",
-                argument="--rule",
-            )
-    return policy
+    return Policy.of(policy_options(args))
 
 
 def no_effect(flag: str, why: str, fix: str) -> DecayError:
