@@ -248,3 +248,12 @@ def test_a_grid_given_with_a_search_warns_in_one_line():
         Trials(weight_decays=[0, 1], search=(0.1, 1.0))
     messages = [str(w.message) for w in caught if issubclass(w.category, DecayWarning)]
     assert len(messages) == 1 and "has no effect with search" in messages[0] and "\n" not in messages[0]
+
+
+def test_an_lr_independent_lambda_above_one_percent_per_step_is_swept_with_a_warning():
+    """The engine refuses such a λ in training code (a torch-AdamW λ in the wrong mode); a sweep sets it on
+    purpose, so it trains it and says in one line what the number means."""
+    with pytest.warns(DecayWarning, match=r"0\.1 with mode 'lr_independent' shrinks the weights by more than 1%"):
+        result = sweep(task="ridge", weight_decays=[0.0, 0.1], mode="lr_independent", seeds=1)
+    assert [row["weight_decay"] for row in result.results] == [0.0, 0.1]
+    assert result.results[1]["weight_norm"] < result.results[0]["weight_norm"]

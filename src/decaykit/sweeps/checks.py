@@ -7,12 +7,14 @@ setting on its own is checked where it is made (``settings.py``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from decaykit.errors import DecayError
+from decaykit.engine.checks import PLAUSIBLE_SHRINK
+from decaykit.errors import DecayError, DecayWarning
 from decaykit.sweeps.data import SweepData, check_finite, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
@@ -34,6 +36,15 @@ def check_shrink(training: Training, weight_decays: Sequence[float]) -> None:
         raise DecayError(
             f"weight decay {', '.join(f'{wd:g}' for wd in bad)} with mode {mode!r} shrinks the weights by "
             f"r = {formula} > 1 per step, which flips every weight's sign; drop those λ or lower the LR"
+        )
+    large = [wd for wd in weight_decays if mode == "lr_independent" and wd > PLAUSIBLE_SHRINK]
+    if large:
+        converted = f" = {', '.join(f'{wd * lr:.3g}' for wd in large[:3])}" if lr > 0 else ""
+        warnings.warn(
+            f"weight decay {', '.join(f'{wd:g}' for wd in large)} with mode 'lr_independent' shrinks the weights by "
+            f"more than {100 * PLAUSIBLE_SHRINK:g}% per step (an lr_independent λ is typically 1e-5 .. 1e-3; a torch "
+            f"AdamW λ converts to λ·lr_max{converted}); swept as given",
+            DecayWarning, stacklevel=3,
         )
 
 

@@ -117,7 +117,8 @@ def build_optimizer(
     params = [p for g in groups.values() for p in g["params"]]
     inner = _inner(optimizer, list(groups.values()), lr, momentum, fused=_can_fuse(params))
     try:
-        return WeightDecay(inner, mode=mode)
+        # a sweep measures what each λ does on purpose; check_shrink already warned about implausible ones
+        return WeightDecay(inner, mode=mode, allow_large_decay=True)
     except DecayError:
         raise
     except (ValueError, TypeError) as exc:
