@@ -55,7 +55,9 @@ def ridge_solution(data: SweepData, weight_decay: float) -> Tensor:
     """b* = (XᵀX + λI)⁻¹Xᵀy, the minimiser of ½‖Xb − y‖² + ½λ‖b‖² (least squares for λ = 0)."""
     x, y = data.x_train.double(), data.y_train.double()
     gram = x.T @ x + weight_decay * torch.eye(x.shape[1], dtype=x.dtype)
-    return torch.linalg.lstsq(gram, x.T @ y).solution if weight_decay == 0 else torch.linalg.solve(gram, x.T @ y)
+    if weight_decay == 0:  # gelsd (SVD): the minimum-norm solution, and the same bits on every call (gelsy's are not)
+        return torch.linalg.lstsq(gram, x.T @ y, driver="gelsd").solution
+    return torch.linalg.solve(gram, x.T @ y)
 
 
 def _ridge_final_metrics(model: nn.Module, weight_decay: float, data: SweepData) -> dict[str, float]:
@@ -114,7 +116,7 @@ def _draws(
         beta = torch.randn(d, 1, generator=gen, dtype=torch.float64)
         x = torch.randn(n, d, generator=gen, dtype=torch.float64)
         y = x @ beta + noise_std * torch.randn(n, 1, generator=gen, dtype=torch.float64)
-        err0.append(float((torch.linalg.lstsq(x, y).solution - beta).square().sum()))
+        err0.append(float((torch.linalg.lstsq(x, y, driver="gelsd").solution - beta).square().sum()))
         ridge = torch.linalg.solve(x.T @ x + noise_std**2 * torch.eye(d, dtype=torch.float64), x.T @ y)
         err_s2.append(float((ridge - beta).square().sum()))
 
