@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 from decaykit._render import format_table, print_json
 from decaykit.cli.common import no_effect
@@ -102,6 +103,15 @@ def run(args: argparse.Namespace) -> int:
         tau = timescale(eta, values["lr_coupled"], dataset_size=args.dataset_size, batch_size=args.batch_size,
                         drop_last=args.drop_last)
 
+    _print_all(args, source, weight_decay, values, missing, tau, eta)
+    return 0
+
+
+def _print_all(args: argparse.Namespace, source: str, weight_decay: float, values: dict[str, float | None],
+               missing: dict[str, str], tau: Any, eta: float | None) -> None:
+    """The value in every convention (or what each lacks) and the timescale, as a table or JSON."""
+    from decaykit.convert import CONVENTIONS
+
     if args.json:
         print_json({
             "from": source,
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 "epochs": tau.epochs, "lr": tau.lr,
             },
         })
-        return 0
+        return
     rows = []
     for name, conv in CONVENTIONS.items():
         value = values[name]
@@ -123,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"* given. Matched at lr = {eta:g}." if eta is not None else "* given.")
     if tau is not None:
         print(f"timescale of the torch-AdamW value: {tau}")
-    return 0
 
 
 def _check_flags(args: argparse.Namespace, source: str, target: str | None, starts_from_tau: bool) -> None:
