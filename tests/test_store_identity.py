@@ -203,3 +203,27 @@ def test_unchanged_builtin_sweep_keeps_its_study(tmp_path):
     c = describe.fingerprint(prepare(task, Trials(seeds=1), Training(epochs=3, lr=0.001)))
     assert a == b and c["settings"] != a["settings"] and c["model"] == a["model"]
 
+
+
+def test_a_library_patching_torch_classes_at_import_does_not_make_a_stored_trial_foreign(monkeypatch):
+    """transformers adds ``smart_apply`` to ``nn.Module`` when it loads: a digest over torch's own methods
+    changed with what else the process had imported, and a rerun in another process retrained everything."""
+    from decaykit.sweeps.code_digest import _class_digest, code_digest
+
+    _class_digest.cache_clear()
+    before = code_digest(torch.nn.Linear)
+    monkeypatch.setattr(torch.nn.Module, "added_by_another_library", lambda self: None, raising=False)
+    _class_digest.cache_clear()
+    assert code_digest(torch.nn.Linear) == before
+
+    class Mine(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class Edited(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 3
+
+    Edited.__qualname__ = Mine.__qualname__
+    assert code_digest(Mine) != code_digest(Edited)
+    _class_digest.cache_clear()

@@ -4,7 +4,10 @@
 the compiled code (bytecode, constants, the names it uses, nested functions), its defaults and closure,
 the simple global values and same-module functions it refers to, and, for a class, every method of
 every class in its MRO. Comments, blank lines and line numbers do not count, and the digest is the
-same in every process (sets are sorted, hash randomisation does not enter).
+same in every process (sets are sorted, hash randomisation does not enter). Code from an installed
+package (torch, the standard library) counts as its name and the package's version: libraries patch
+each other's classes at import (transformers adds a method to ``nn.Module``), which must not make a
+stored trial look foreign.
 
 >>> code_digest(lambda: 1) != code_digest(lambda: 2)
 True
@@ -14,6 +17,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
+import sys
+import sysconfig
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -55,6 +61,10 @@ def _parts(obj: Any, depth: int, seen: set[int]) -> Iterator[bytes]:
 
 def _function(fn: types.FunctionType, depth: int, seen: set[int]) -> Iterator[bytes]:
     yield _name(fn).encode()
+    version = _library_version(getattr(fn, "__module__", None) or "")
+    if version is not None:
+        yield version.encode()
+        return
     yield from _code(fn.__code__)
     yield from _values((fn.__defaults__, fn.__kwdefaults__), depth, seen)
     cells = tuple(c.cell_contents for c in fn.__closure__ or () if _filled(c))
@@ -123,6 +133,10 @@ def _class_digest(cls: type) -> str:
     """Every function defined in ``cls`` and its bases (``object`` aside): a class is what its methods do."""
     h = hashlib.sha256(_name(cls).encode())
     for klass in cls.__mro__[:-1]:
+        version = _library_version(klass.__module__)
+        if version is not None:
+            h.update(f"{_name(klass)}@{version}".encode())
+            continue
         for attr, value in sorted(vars(klass).items()):
             func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
             if isinstance(func, types.FunctionType):
@@ -134,3 +148,21 @@ def _class_digest(cls: type) -> str:
 
 def _name(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _library_version(module: str) -> str | None:
+    """``package version`` when ``module`` comes from the standard library or an installed package; None
+    for the user's own code (and an editable checkout), whose bytecode is what counts."""
+    top = module.partition(".")[0]
+    if top in sys.stdlib_module_names or top in ("builtins", ""):
+        return f"python {sys.version.split()[0]}"
+    file = getattr(sys.modules.get(top), "__file__", None) or ""
+    installed = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    if not any(file.startswith(folder) for folder in installed):
+        return None
+    dists = importlib.metadata.packages_distributions().get(top) or [top]
+    try:
+        return f"{dists[0]} {importlib.metadata.version(dists[0])}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{top} (installed)"
