@@ -205,6 +205,11 @@ def _curves(ax: Any, by_wd: Mapping[float, Sequence[Mapping[str, Any]]], shown: 
     ax.grid(True, alpha=0.3)
 
 
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:  # no trial recorded a curve: nothing to name
+        ax.legend(fontsize=8)
+
+
 def _by_weight_decay(trials: Sequence[Mapping[str, Any]]) -> dict[float, list[Mapping[str, Any]]]:
     by_wd: dict[float, list[Mapping[str, Any]]] = {}
     for t in trials:
@@ -225,7 +230,7 @@ def _learning_figure(rows: Sequence[Mapping[str, Any]], trials: Sequence[Mapping
     for ax, split in zip(fig.subplots(1, 2), ("test", "train")):
         _curves(ax, by_wd, shown, f"{split}_{main}", best)
         ax.set_ylabel(f"{split} {main}" + (" (%)" if classification else ""))
-        ax.legend(fontsize=8)
+        _legend(ax)
     fig.suptitle(f"{title}: learning curves ({_seeds_text(rows)}{_shown_text(shown, by_wd)})", fontsize=10)
     return fig
 
@@ -240,7 +245,7 @@ def _norm_figure(rows: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str
     if ax.get_yscale() == "linear":  # a norm starts from 0 (zero init) or near it: show the whole climb
         ax.set_ylim(bottom=0)
     ax.set_ylabel("‖w‖ of the decayed weights")
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax.set_title(f"{title}: weight norm over training\n({_seeds_text(rows)}{_shown_text(shown, by_wd)})", fontsize=10)
     return fig
 
