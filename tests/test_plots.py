@@ -174,3 +174,14 @@ def test_shown_lambdas_keep_the_ends_and_the_best(lams: list[float], pick: int, 
     assert shown == sorted(shown) and set(shown) <= set(lams)
     assert len(shown) == min(most, len(lams))
     assert {min(lams), max(lams), best} <= set(shown)
+
+
+def test_a_run_that_blew_up_does_not_flatten_the_rest() -> None:
+    rows = _ridge_rows()
+    rows[-1].update(failed=1, test_loss=1e178, train_loss=1e179, closed_form_test_loss=1e178)
+    test_ax, train_ax = figures(rows, [], best=_best(rows[:-1], "test_loss", False), title="t",
+                                classification=False)["metrics"].axes
+    for ax, name in ((test_ax, "test_loss"), (train_ax, "train_loss")):
+        assert ax.get_ylim()[1] < 2 * max(r[name] for r in rows[:-1])
+    crosses = [line for line in test_ax.get_lines() if line.get_label() == "did not train (never the best)"]
+    assert crosses and all(y <= test_ax.get_ylim()[1] for line in crosses for y in line.get_ydata())  # at the edge

@@ -78,26 +78,58 @@ def _scale(name: str) -> float:
     return 100.0 if name.endswith("accuracy") else 1.0
 
 
-def _band(ax: Any, rows: Sequence[Mapping[str, Any]], name: str, label: str, color: str, **style: Any) -> list[float]:
-    """Mean ± std of ``name`` against λ; returns the values drawn (for the axis' scale)."""
+def _failed(row: Mapping[str, Any]) -> bool:
+    return bool(row.get("failed") or row["diverged"])
+
+
+def _band(ax: Any, rows: Sequence[Mapping[str, Any]], name: str, label: str, color: str,
+          **style: Any) -> tuple[list[float], list[float]]:
+    """Mean ± std of ``name`` against λ; returns the values drawn for rows that trained and for rows that
+    did not (for the axis' range)."""
     k = _scale(name)
-    pts = [(r["weight_decay"], k * r[name], k * (r.get(f"{name}_std") or 0.0)) for r in rows if r.get(name) is not None]
+    pts = [(r["weight_decay"], k * r[name], k * (r.get(f"{name}_std") or 0.0), _failed(r)) for r in rows
+           if r.get(name) is not None and math.isfinite(r[name])]
     if not pts:
-        return []
-    x, y, s = zip(*pts)
+        return [], []
+    x, y, s, failed = zip(*pts)
     ax.plot(x, y, color=color, label=label, **{"marker": "o", "ms": 4, **style})
     if any(s):
         ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)], color=color, alpha=0.2, lw=0)
-    return [*y, *(a - b for a, b in zip(y, s) if a - b > 0), *(a + b for a, b in zip(y, s))]
+    kept = [(a, b) for a, b, f in zip(y, s, failed) if not f]
+    drawn = [*(a for a, _ in kept), *(a - b for a, b in kept if a - b > 0), *(a + b for a, b in kept)]
+    return drawn, [a for a, f in zip(y, failed) if f]
+
+
+def _in_reach(trained: Sequence[float], failed: Sequence[float]) -> list[float]:
+    """The values the axis spans: the rows that trained, and failed rows near them (a run at chance
+    accuracy is part of the picture; a loss that blew up to 1e178 would flatten the rest)."""
+    if not trained:
+        return list(failed)
+    low, high = min(trained), max(trained)
+    reach = 2 * (high - low) or abs(high) or 1.0
+    return [*trained, *(v for v in failed if low - reach <= v <= high + reach)]
+
+
+def _fit(ax: Any, values: Sequence[float]) -> None:
+    if not values:
+        return
+    low, high = min(values), max(values)
+    if ax.get_yscale() == "log":
+        ax.set_ylim(low / 1.5, high * 1.5)
+    else:
+        pad = 0.06 * (high - low) or 0.06 * abs(high) or 1.0
+        ax.set_ylim(low - pad, high + pad)
 
 
 def _marks(ax: Any, rows: Sequence[Mapping[str, Any]], name: str, best: Mapping[str, Any] | None) -> None:
-    """The best λ starred on its objective, failed rows crossed out: what the table says beside them."""
-    k = _scale(name)
-    failed = [(r["weight_decay"], k * r[name]) for r in rows
-              if (r.get("failed") or r["diverged"]) and r.get(name) is not None]
+    """The best λ starred on its objective, failed rows crossed out (at the axis' edge when their value is
+    beyond it): what the table says beside them."""
+    k, (low, high) = _scale(name), ax.get_ylim()
+    failed = [(r["weight_decay"], min(max(k * r[name], low), high)) for r in rows
+              if _failed(r) and r.get(name) is not None and not math.isnan(r[name])]
     if failed:
-        ax.plot(*zip(*failed), "x", color="black", ms=8, mew=1.5, ls="none", label="did not train (never the best)")
+        ax.plot(*zip(*failed), "x", color="black", ms=8, mew=1.5, ls="none", label="did not train (never the best)",
+                clip_on=False)
     if best is not None and best["metric"] == name:
         ax.plot([best["weight_decay"]], [k * best["value"]], "*", color="gold", mec="black", ms=15, ls="none",
                 zorder=5, label=f"best λ = {best.get('rounded') or format(best['weight_decay'], 'g')}")
@@ -107,12 +139,16 @@ def _marks(ax: Any, rows: Sequence[Mapping[str, Any]], name: str, best: Mapping[
 
 def _panel(ax: Any, rows: Sequence[Mapping[str, Any]], series: Sequence[tuple[str, str, str, dict[str, Any]]],
            best: Mapping[str, Any] | None, ylabel: str) -> None:
-    drawn: list[float] = []
+    trained: list[float] = []
+    failed: list[float] = []
     for name, label, color, style in series:
-        drawn += _band(ax, rows, name, label, color, **style)
+        ok, bad = _band(ax, rows, name, label, color, **style)
+        trained, failed = trained + ok, failed + bad
+    shown = _in_reach(trained, failed)
+    _yscale(ax, shown)
+    _fit(ax, shown)
     for name, *_ in series:  # after every series, so the legend lists the series first
         _marks(ax, rows, name, best)
-    _yscale(ax, drawn)
     _xaxis(ax, [r["weight_decay"] for r in rows])
     ax.set_ylabel(ylabel)
     handles, labels = ax.get_legend_handles_labels()
