@@ -139,6 +139,9 @@ def test_long_tables_scroll_and_short_ones_do_not() -> None:
     long = html_table(["a"], [[i] for i in range(100)])
     assert "overflow:auto" not in short and "overflow:auto" in long
     assert long.count("<tr>") == 101  # every row is there: scrolled, not cut
+    huge = html_table(["a"], [[f"row{i}"] for i in range(1000)], most=40)
+    text = "".join(_parse(huge).text)
+    assert "row0" in text and "row999" in text and "row500" not in text and "960 more rows" in text
 
 
 _names = st.text(st.characters(blacklist_characters=".", blacklist_categories=("Cs",)), min_size=1, max_size=12)

@@ -113,6 +113,7 @@ TONES: dict[str, str] = {
     "accent": "#218bff",
 }
 _SCROLL_ROWS = 12  # a longer table scrolls inside a box, as pandas truncates: the summary stays in view
+_MOST_ROWS = 400  # beyond this the middle rows are left out (a Llama has 3,603 tensors); str() lists them all
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,12 @@ def _inline(value: Any) -> str:
     return escape(f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _cell(value))
 
 
-def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str | None = None) -> str:
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str | None = None,
+               most: int = _MOST_ROWS) -> str:
     """``rows`` under ``headers`` as a compact HTML table; cells are values or :class:`Cell`.
 
-    ``align`` as in :func:`format_table`. A table of more than a dozen rows scrolls in its own box.
+    ``align`` as in :func:`format_table`. A table of more than a dozen rows scrolls in its own box;
+    one of more than ``most`` rows shows the first and last ones and says how many it left out.
 
     >>> html_table(["name", "n"], [["<b>", 1]])  # doctest: +ELLIPSIS
     '<table ...<td style="text-align:left">&lt;b&gt;</td><td style="text-align:right">1</td></tr></tbody></table>'
@@ -158,10 +161,17 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: 
         align = "".join("r" if plain and all(_is_number(r[i]) for r in plain) else "l" for i in range(len(headers)))
     sides = ["right" if a == "r" else "left" for a in align]
     head = "".join(f'<th style="text-align:{s}">{escape(h)}</th>' for h, s in zip(headers, sides))
-    body = "".join(
-        "<tr>" + "".join(f'<td style="text-align:{s}">{_inline(v)}</td>' for v, s in zip(row, sides)) + "</tr>"
-        for row in rows
-    )
+    def line(row: Sequence[Any]) -> str:
+        return "<tr>" + "".join(f'<td style="text-align:{s}">{_inline(v)}</td>' for v, s in zip(row, sides)) + "</tr>"
+
+    if len(rows) > most:
+        head_rows, tail_rows = rows[: most - most // 4], rows[len(rows) - most // 4:]
+        left_out = len(rows) - len(head_rows) - len(tail_rows)
+        gap = Cell(f"… {left_out:,} more rows (print() or to_dict() lists them all) …", "muted").html()
+        body = "".join(map(line, head_rows)) + f'<tr><td colspan="{len(headers)}">{gap}</td></tr>' + \
+            "".join(map(line, tail_rows))
+    else:
+        body = "".join(map(line, rows))
     table = (f'<table style="border-collapse:collapse;font-size:0.9em"><thead><tr>{head}</tr></thead>'
              f"<tbody>{body}</tbody></table>")
     if len(rows) > _SCROLL_ROWS:
