@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from decaykit import optimizers
-from decaykit._render import Report
+from decaykit._render import Cell, Report, html_finding, html_lines, html_report
 from decaykit._validate import check_number
 from decaykit.engine.checks import SHAPED_STATE
 from decaykit.errors import DecayError
@@ -95,6 +95,21 @@ class AuditReport(Report):
         if not self.findings:
             lines.append("no problems found")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The verdict line coloured, each finding with its severity, parameters (folded) and fix, for notebooks."""
+        counts = f"{self.count('error')} errors, {self.count('warning')} warnings, {self.count('info')} notes"
+        tone = "bad" if not self.ok else ("warn" if self.count("warning") else "good")
+        title = Cell(f"audit of {self.optimizer} against policy {self.policy!r} (weight_decay={self.weight_decay:g}): "
+                     f"{counts}", tone)
+        findings = "".join(html_finding(f.severity, f.code, f.message, f.fix, f.params) for f in self.findings)
+        lines = [] if self.findings else [Cell("no problems found", "good")]
+        if self.mapping == "by position":
+            lines.append(Cell("groups mapped to model.parameters() by position (the checkpoint has no param_names)",
+                              "warn"))
+        lines += [f"note: {n}" for n in self.notes]
+        probe = self.probe._repr_html_() if self.probe is not None else ""
+        return html_report(title, findings, html_lines(lines), probe)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "optimizer": self.optimizer, "policy": self.policy, "weight_decay": self.weight_decay,

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from decaykit import optimizers
-from decaykit._render import Report
+from decaykit._render import Cell, Report, html_lines, html_report
 from decaykit._validate import check_int, check_number, check_rates
 from decaykit.errors import DecayError, DecayWarning
 
@@ -266,6 +266,11 @@ class Timescale(Report):
             steps = f"{self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''}"
             text += ")" if exact else f", {steps} per epoch)"
         return text
+
+    def _repr_html_(self) -> str:
+        """The timescale line, with the λ and LR it comes from, for notebooks."""
+        source = f"torch-AdamW λ = {self.weight_decay:g} at lr = {self.lr:g}"
+        return html_report(Cell(str(self), "muted" if math.isinf(self.iterations) else None), html_lines([source]))
 
 
 def _size(name: str, value: Any) -> int | None:

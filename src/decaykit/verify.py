@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from decaykit import optimizers
-from decaykit._render import Report
+from decaykit._render import Cell, Report, html_lines, html_pre, html_report
 from decaykit._validate import check_number
 from decaykit.errors import DecayError
 
@@ -228,6 +228,10 @@ class VerifyReport(Report):
     def __str__(self) -> str:
         return render(self)
 
+    def _repr_html_(self) -> str:
+        """The tensors side by side as printed, each optimizer's verdict coloured, for notebooks."""
+        return render_html(self)
+
 
 def _torch_step(closed: Closed, w0: Tensor, x: Tensor, lr: float, wd: float, foreach: bool | None) -> Tensor:
     cls = getattr(torch.optim, closed.torch_class)
@@ -420,3 +424,30 @@ def render(report: VerifyReport) -> str:
     lines += ["", f"result: {len(report.checks)} optimizer(s) match their closed forms" if not failed
               else f"result: FAILED: {', '.join(failed)}"]
     return "\n".join(lines)
+
+
+def render_html(report: VerifyReport) -> str:
+    """:func:`render`'s content as notebook HTML: the same tensors in ``<pre>``, the verdicts coloured."""
+    lam = f"{report.weight_decay:g}"
+    setup = [f"np.random.seed({report.seed}); x = np.random.random((3, 4)); w = np.random.random((4, 5)); "
+             f"{_dtype_name(report.w0.dtype)}; loss = (x @ w).sum(); lr = {report.lr:g}, λ = {lam}"]
+    inputs = _side_by_side(report.w0, report.grad, ("original weights θ₀", "gradient g"), "")
+    parts = [html_lines(setup), html_pre("\n".join(inputs))]
+    for check in report.checks:
+        c = check.closed
+        tensors = _side_by_side(check.without, check.expected_without, ("weight_decay=0: torch", "closed form"), "")
+        tensors += _side_by_side(check.with_decay, check.expected_with, (f"weight_decay={lam}: torch", "closed form"),
+                                 "")
+        verdicts = [Cell(check.line, "good" if check.agrees else "bad")]
+        if check.name == "sgd" and report.seed_match is not None:
+            verdicts.append(Cell("SGD " + ("equals" if report.seed_match else "DOES NOT equal") + " the tensors the "
+                                 "founding notebook printed, to its 4 decimals", "good" if report.seed_match else "bad"))
+        parts += [html_lines([Cell(f"{c.label}, {c.kind}: {c.rule}", bold=True)]), html_pre("\n".join(tensors)),
+                  html_lines(verdicts)]
+    parts.append(html_lines([Cell("coupled vs decoupled: (θ_λ − θ_0)/θ₀, what the decay did to each weight", bold=True),
+                             *(explain(c, report.lr, report.weight_decay) for c in report.checks),
+                             *(f"note: {n}" for n in report.notes)]))
+    title = Cell("decaykit verify: the founding notebook's experiment, " +
+                 ("every optimizer matches its closed form" if report.ok else "FAILED (see below)"),
+                 "good" if report.ok else "bad")
+    return html_report(title, *parts)

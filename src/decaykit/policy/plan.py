@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from decaykit._render import Report, format_table
+from decaykit._render import Cell, Report, format_table, html_lines, html_report, html_table
 from decaykit._validate import check_number
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.collect import check_model, collect_params
@@ -125,6 +125,32 @@ class Plan(Report):
                  f"decayed: {decayed:,} of {total:,} parameters ({100 * decayed / max(total, 1):.1f}%)"]
         lines += [f"conflict: {conflict}" for conflict in self.conflicts]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The summary per group, then every tensor with its decision (coloured) and reason, for notebooks."""
+        groups = [[Cell("frozen", "muted"), "-", "-", r["tensors"], r["parameters"]] if r.get("frozen") else
+                  [Cell("decay", "accent") if r["weight_decay"] > 0 else Cell("no decay", "muted"), r["weight_decay"],
+                   round(r["lr_scale"], 6), r["tensors"], r["parameters"]] for r in self.summary()]
+        scaled = any(d.lr_scale != 1 for d in self.decisions)
+        tensors = [[d.name, str(tuple(d.shape)), d.numel, d.module_type, _decision_cell(d), d.weight_decay,
+                    *([round(d.lr_scale, 6)] if scaled else []), d.reason] for d in self.decisions]
+        headers = ["name", "shape", "numel", "module", "decay", "weight_decay", *(["lr_scale"] if scaled else []),
+                   "reason"]
+        total = sum(d.numel for d in self.decisions)
+        decayed = sum(d.numel for d in self.trainable if d.decay)
+        title = (f"plan: policy {self.policy!r}, weight_decay {self.weight_decay:g}: {len(self.decisions)} tensors, "
+                 f"{decayed:,} of {total:,} parameters decayed ({100 * decayed / max(total, 1):.1f}%)")
+        notes = [Cell(f"conflict: {c}", "warn") for c in self.conflicts]
+        notes += [Cell(f"changed nothing: {u}", "warn") for u in self.unmatched]
+        return html_report(title, html_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], groups,
+                                             align="lrrrr"),
+                           html_lines(notes), html_table(headers, tensors, align="llrll" + "r" * (1 + scaled) + "l"))
+
+
+def _decision_cell(d: Decision) -> Cell:
+    if not d.trainable:
+        return Cell("frozen", "muted")
+    return Cell("yes", "accent", bold=True) if d.decay else Cell("no", "muted")
 
 
 def plan(

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from decaykit._render import Report, format_table
+from decaykit._render import Cell, Report, format_table, html_lines, html_report, html_table
 
 __all__ = ["EMPTY_NOTE", "PATTERN_NOTE", "ProbeEntry", "ProbeReport", "factor_text"]
 
@@ -118,6 +118,22 @@ class ProbeReport(Report):
                 f"(parameters + state: {_size(cost['params_state_bytes'])})"
             )
         return "\n".join(lines)
+
+
+    def _repr_html_(self) -> str:
+        """The summary (disagreements coloured), then the per-tensor table in a scrolling box, for notebooks."""
+        rows = [[e.name, "x".join(map(str, e.shape)) or "scalar", "" if e.group is None else e.group, e.kind,
+                 factor_text(e.measured), e.expected_kind or "-", factor_text(e.expected),
+                 Cell("yes", "good") if e.agrees else Cell("NO", "bad", bold=True)] for e in self.entries]
+        table = html_table(["name", "shape", "group", "kind", "factor", "expected", "factor", "agrees"], rows,
+                           align="llrlrlrl")
+        bad = bool(self.disagreements)
+        lines: list[Any] = [Cell(line, "bad" if bad and (line.startswith("  ") or "disagreement" in line) else None)
+                            for line in self.summary()]
+        lines += [f"note: {n}" for n in self.notes]
+        title = Cell(f"probe of {self.optimizer}: one zero-gradient step on copies (factor: θ_next / θ from the "
+                     "decay alone)", "bad" if bad else "good")
+        return html_report(title, html_lines(lines), table)
 
 
 def factor_text(value: float | None) -> str:

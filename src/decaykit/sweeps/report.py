@@ -21,7 +21,18 @@ from typing import Any
 
 from decaykit._render import format_table
 
-__all__ = ["METRIC_ORDER", "aggregate", "best_range", "choose_best", "format_report", "rounded_in", "trained"]
+__all__ = [
+    "METRIC_ORDER",
+    "aggregate",
+    "best_range",
+    "choose_best",
+    "format_report",
+    "results_cells",
+    "rounded_in",
+    "table_names",
+    "trained",
+    "verdict",
+]
 
 # the columns every report starts with, in this order; other metrics follow alphabetically
 METRIC_ORDER: tuple[str, ...] = (
@@ -191,7 +202,15 @@ def _lam(value: float) -> str:
 
 
 def results_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: float | None) -> str:
+    headers, body, align = results_cells(rows, names, best)
+    return format_table(headers, body, align=align)
 
+
+def results_cells(
+    rows: Sequence[Mapping[str, Any]], names: Sequence[str], best: float | None
+) -> tuple[list[str], list[list[str]], str]:
+    """The table's headers, its cells as text (one row per λ, the last cell its marks) and its alignment:
+    the one content the text report and the notebook's HTML table both show."""
     gap_is_accuracy = "train_accuracy" in names
     show_std = any(r["seeds"] - r["diverged"] > 1 for r in rows)  # one seed: no spread to show
     headers = ["λ", *(_HEADERS.get(n, n) if n != "gap" or not gap_is_accuracy else "gap %" for n in names), ""]
@@ -210,7 +229,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], best:
             mark.append(f"failed {r['failed']}/{r['seeds']} seeds")
         cells.append(", ".join(mark))
         body.append(cells)
-    return format_table(headers, body, align="r" * (len(headers) - 1) + "l")
+    return headers, body, "r" * (len(headers) - 1) + "l"
 
 
 def _describe_value(name: str, value: float, std: float | None) -> str:
@@ -327,6 +346,14 @@ def _loss_line(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def table_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metrics the table shows, in its column order: :data:`METRIC_ORDER`, then the others by name."""
+    records_names = [n for n in METRIC_ORDER if any(n in r for r in rows)]
+    extra = sorted({k for r in rows for k in r} - set(METRIC_ORDER) - {"weight_decay", "seeds", "diverged", "failed", "failure"})
+    extra = [k for k in extra if not k.endswith("_std")]
+    return records_names + extra
+
+
 def format_report(
     rows: Sequence[Mapping[str, Any]],
     best: Mapping[str, Any] | None,
@@ -335,10 +362,7 @@ def format_report(
     notes: Sequence[str],
     files: Mapping[str, str],
 ) -> str:
-    records_names = [n for n in METRIC_ORDER if any(n in r for r in rows)]
-    extra = sorted({k for r in rows for k in r} - set(METRIC_ORDER) - {"weight_decay", "seeds", "diverged", "failed", "failure"})
-    extra = [k for k in extra if not k.endswith("_std")]
-    names = records_names + extra
+    names = table_names(rows)
     lines = [*header, "", results_table(rows, names, None if best is None else best["weight_decay"]), ""]
     lines += verdict(best, rows)
     lines += [f"note: {n}" for n in notes]

@@ -70,6 +70,19 @@ class SweepResult(Report):
         )
         return self.files
 
+    def figures(self) -> dict[str, Any]:
+        """The figures :meth:`plot` writes, as matplotlib ``Figure`` objects (needs matplotlib)."""
+        from decaykit.sweeps.plots import figures
+
+        return figures(self.results, self.trials, best=self.best, title=f"decaykit sweep: {self.task}",
+                       classification=any(r.get("test_accuracy") is not None for r in self.results))
+
+    def _repr_html_(self) -> str:
+        """The table (best row and failed rows coloured), the verdict, and the metrics figure inline."""
+        from decaykit.sweeps.display import sweep_html
+
+        return sweep_html(self)
+
     def __repr__(self) -> str:
         best = "none" if self.best is None else f"{self.best['weight_decay']:g}"
         return f"SweepResult(task={self.task!r}, weight_decays={len(self.results)}, trials={len(self.trials)}, best={best})"
