@@ -1,0 +1,88 @@
+"""One tensor's record at one step, measured from θ before and after the optimizer's step.
+
+Only the tensors of decayed groups at recorded steps are copied (once, before the step); the
+rest is read from what the step leaves behind: θ, its gradient and the optimizer's state.
+
+- ``norm``: ‖θ‖ after the step;
+- ``angular_update``: the angle between θ before and after, 2·atan2(‖a − b‖, ‖a + b‖) of the
+  unit vectors a, b (accurate for the tiny angles of a training step);
+- ``decay_to_update``: ‖d‖/‖Δθ + d‖, the decay's step d over the rest of the step, where Δθ is
+  the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), for cautious
+  decay (an upper bound: the mask is not seen) and for L2 decay on SGD (the steady state of the
+  momentum); d = η·λ·θ/(√v̂ + ε) per coordinate for L2 decay behind Adam's denominator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from decaykit.monitor.equilibrium import GroupDecay, adaptive_denominator, predicted_angle, predicted_norm
+
+__all__ = ["FIELDS", "measure"]
+
+#: the keys of every history record, in the order the CSV sink writes them
+FIELDS: tuple[str, ...] = (
+    "step", "name", "group", "numel", "lr", "weight_decay", "decay_rate", "timescale_steps", "cumulative_decay",
+    "norm", "angular_update", "decay_to_update", "predicted_norm", "predicted_angular_update", "equilibrium",
+)
+
+
+def _norm(x: Tensor) -> float:
+    return float(torch.linalg.vector_norm(x, dtype=torch.float64))
+
+
+def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float) -> float:
+    if not math.isfinite(norm_before * norm_after):
+        return math.nan
+    if norm_before == 0 or norm_after == 0:
+        return 0.0
+    a = before.double() / norm_before
+    b = after.double() / norm_after
+    return 2 * math.atan2(float(torch.linalg.vector_norm(a - b)), float(torch.linalg.vector_norm(a + b)))
+
+
+def _decay_step(decay: GroupDecay, optimizer: Any, param: Tensor, before: Tensor,
+                group: dict[str, Any]) -> tuple[Tensor | None, float | None]:
+    """(d, r): the decay's step on this tensor and its effective rate; (None, None) where unknown."""
+    if decay.rate is not None:
+        return before * decay.rate, decay.rate
+    if decay.adaptive:
+        denom = adaptive_denominator(optimizer, param, group)
+        if denom is None:
+            return None, None
+        scale = decay.lr * decay.weight_decay
+        rms = float((denom - float(group.get("eps", 1e-8))).double().pow(2).mean().sqrt())
+        return before * scale / denom, (scale / rms if rms > 0 else None)
+    return None, None
+
+
+def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any, param: Tensor,
+            before: Tensor) -> dict[str, Any]:
+    """The history record of ``param`` (θ after the step) given its copy ``before`` the step."""
+    group = optimizer.param_groups[index]
+    after = param.detach()
+    norm_before, norm = _norm(before), _norm(after)
+    angle = _angle(before, after, norm_before, norm)
+    d, rate = _decay_step(decay, optimizer, param, before, group)
+    ratio = None
+    if d is not None:
+        rest = _norm((after - before).add_(d))
+        size = _norm(d)
+        ratio = size / rest if rest > 0 else (math.inf if size > 0 else 0.0)
+    grad = param.grad
+    grad_norm = _norm(grad) if grad is not None and decay.family == "sgd" else math.nan
+    pred_norm = predicted_norm(decay, rate, param.numel(), grad_norm, norm)
+    pred_angle = predicted_angle(decay, rate)
+    return {
+        "step": step, "name": name, "group": index, "numel": param.numel(), "lr": decay.lr,
+        "weight_decay": decay.weight_decay, "decay_rate": rate,
+        "timescale_steps": None if rate is None else (1 / rate if rate > 0 else math.inf),
+        "cumulative_decay": None,
+        "norm": norm, "angular_update": angle, "decay_to_update": ratio,
+        "predicted_norm": pred_norm, "predicted_angular_update": pred_angle,
+        "equilibrium": angle / pred_angle if pred_angle else None,
+    }
