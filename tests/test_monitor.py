@@ -132,16 +132,16 @@ def test_the_engine_modes_use_the_engines_own_rate():
     mon.close()
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.floats(0.0, 0.99), st.floats(0.0, 0.9), st.booleans())
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0.0, 0.95), st.floats(0.0, 0.9), st.booleans())
 def test_momentum_sums_are_the_sums_of_the_step_weights(alpha, dampening, nesterov):
-    """(S, Q) against the weights of torch SGD's step on one unit gradient, summed over 400 steps."""
+    """(S, Q) against the weights of torch SGD's step on one unit gradient, summed over 800 steps."""
     if nesterov:
         dampening = 0.0
     p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     opt = torch.optim.SGD([p], lr=1.0, momentum=alpha, dampening=dampening, nesterov=nesterov and alpha > 0)
     weights = []
-    for k in range(3000):
+    for k in range(800):
         p.grad = torch.ones_like(p) if k == 1 else torch.zeros_like(p)  # step 0 primes the buffer (no dampening)
         before = float(p.detach())
         opt.step()

@@ -37,8 +37,8 @@ from typing import Any
 
 from torch import Tensor
 
-from decaykit.optimizers import info
 from decaykit.engine.checks import group_peak_lr
+from decaykit.optimizers import info
 from decaykit.probe.expectations import expectations
 
 __all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "momentum_sums", "predicted_angle", "predicted_norm"]
