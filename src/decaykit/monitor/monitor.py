@@ -28,7 +28,7 @@ from decaykit.monitor.equilibrium import GroupDecay, group_decays
 from decaykit.monitor.findings import MonitorFinding, policy_findings, tensor_findings, timescale_finding
 from decaykit.monitor.record import measure
 from decaykit.monitor.report import group_summary
-from decaykit.monitor.sinks import CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
+from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import plan
 
@@ -176,6 +176,22 @@ class Monitor:
             return []
         last = self.history[-1]["step"]
         return group_summary([r for r in self.history if r["step"] == last])
+
+    def latest_metrics(self, *, per_tensor: bool = False) -> dict[str, float]:
+        """Scalars of the latest recorded step for a logger: ``decay/group<i>/<field>`` from :meth:`summary`,
+        ``decay/findings`` (how many so far), and with ``per_tensor`` ``decay/<tensor>/<field>`` too."""
+        metrics: dict[str, float] = {"decay/findings": float(len(self.findings))}
+        for row in self.summary():
+            for key, value in row.items():
+                if key not in ("group", "step") and value is not None:
+                    metrics[f"decay/group{row['group']}/{key}"] = float(value)
+        if per_tensor and self.history:
+            last = self.history[-1]["step"]
+            for r in (r for r in self.history if r["step"] == last):
+                for key in SCALARS:
+                    if r.get(key) is not None:
+                        metrics[f"decay/{r['name']}/{key}"] = float(r[key])
+        return metrics
 
     def close(self) -> None:
         """Remove the hooks and close the file sinks the monitor opened; the history stays."""
