@@ -31,8 +31,13 @@ FIELDS: tuple[str, ...] = (
 )
 
 
+def _work(x: Tensor) -> Tensor:
+    # float32 arithmetic for half-precision tensors; float32 and float64 as they are
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
 def _norm(x: Tensor) -> float:
-    return float(torch.linalg.vector_norm(x, dtype=torch.float64))
+    return float(torch.linalg.vector_norm(x))
 
 
 def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float) -> float:
@@ -40,39 +45,44 @@ def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float)
         return math.nan
     if norm_before == 0 or norm_after == 0:
         return 0.0
-    a = before.double() / norm_before
-    b = after.double() / norm_after
-    return 2 * math.atan2(float(torch.linalg.vector_norm(a - b)), float(torch.linalg.vector_norm(a + b)))
+    chord = _norm(torch.add(after, before, alpha=-norm_after / norm_before))  # ‖b − a‖·‖θ_after‖
+    across = _norm(torch.add(after, before, alpha=norm_after / norm_before))
+    return 2 * math.atan2(chord, across)
 
 
-def _decay_step(decay: GroupDecay, optimizer: Any, param: Tensor, before: Tensor,
-                group: dict[str, Any]) -> tuple[Tensor | None, float | None]:
-    """(d, r): the decay's step on this tensor and its effective rate; (None, None) where unknown."""
+def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: Tensor, after: Tensor,
+                     norm_before: float, group: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(‖d‖/‖Δθ + d‖, r): the decay's step d over the rest of the step, and the effective rate r."""
     if decay.rate is not None:
-        return before * decay.rate, decay.rate
-    if decay.adaptive:
-        denom = adaptive_denominator(optimizer, param, group)
-        if denom is None:
-            return None, None
-        scale = decay.lr * decay.weight_decay
-        rms = float((denom - float(group.get("eps", 1e-8))).double().pow(2).mean().sqrt())
-        return before * scale / denom, (scale / rms if rms > 0 else None)
-    return None, None
+        r = decay.rate
+        rest = _norm(torch.add(after, before, alpha=-(1.0 - r)))  # Δθ + rθ = θ_after − (1 − r)·θ_before
+        return _ratio(r * norm_before, rest), r
+    if not decay.adaptive:
+        return None, None
+    denom = adaptive_denominator(optimizer, param, group)
+    if denom is None:
+        return None, None
+    scale = decay.lr * decay.weight_decay
+    d = _work(before) * scale / denom
+    rest = _norm((after - _work(before)).add_(d))
+    rms = float((denom - float(group.get("eps", 1e-8))).pow(2).mean().sqrt())
+    return _ratio(_norm(d), rest), (scale / rms if rms > 0 else None)
+
+
+def _ratio(size: float, rest: float) -> float:
+    if rest > 0:
+        return size / rest
+    return math.inf if size > 0 else 0.0
 
 
 def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any, param: Tensor,
             before: Tensor) -> dict[str, Any]:
     """The history record of ``param`` (θ after the step) given its copy ``before`` the step."""
     group = optimizer.param_groups[index]
-    after = param.detach()
+    after, before = _work(param.detach()), _work(before)
     norm_before, norm = _norm(before), _norm(after)
     angle = _angle(before, after, norm_before, norm)
-    d, rate = _decay_step(decay, optimizer, param, before, group)
-    ratio = None
-    if d is not None:
-        rest = _norm((after - before).add_(d))
-        size = _norm(d)
-        ratio = size / rest if rest > 0 else (math.inf if size > 0 else 0.0)
+    ratio, rate = _decay_to_update(decay, optimizer, param, before, after, norm_before, group)
     grad = param.grad
     grad_norm = _norm(grad) if grad is not None and decay.family == "sgd" else math.nan
     pred_norm = predicted_norm(decay, rate, param.numel(), grad_norm, norm)
