@@ -170,3 +170,41 @@ def test_close_removes_the_hooks():
     mon.close()
     opt.step()
     assert [r["step"] for r in mon.history] == [1]
+
+
+@pytest.mark.parametrize("mode", ["lr_coupled", "lr_independent", "corrected", "cautious", "coupled_l2"])
+def test_every_engine_mode_is_recorded_with_the_rate_it_applies(mode):
+    lr, lam = 1e-2, 1e-2 if mode == "lr_independent" else 0.5
+    model = _toy(None)
+    opt = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr), mode=mode)
+    expected = opt.expected_decay()[0]
+    mon = decaykit.Monitor(model, opt, every=1)
+    model(torch.randn(BATCH, IN)).sum().backward()
+    opt.step()
+    (r,) = mon.history
+    assert r["name"] == "proj.weight" and math.isfinite(r["decay_to_update"])
+    if mode == "coupled_l2":  # λθ behind Adam's √v̂: r ≈ ηλ/RMS(√v̂), no equilibrium predicted
+        state = opt.state[model.proj.weight]
+        rms = float((state["exp_avg_sq"] / (1 - 0.999)).mean().sqrt())
+        assert r["decay_rate"] == pytest.approx(lr * lam / rms, rel=1e-3)
+        assert r["predicted_norm"] is None and r["predicted_angular_update"] is None
+    else:
+        assert r["decay_rate"] == pytest.approx(expected["rate"])
+        assert (r["predicted_norm"] is None) == (mode == "cautious")
+    mon.close()
+
+
+def test_tensorboard_by_folder_writes_events_or_says_what_to_install(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(DecayError, match=r"pip install 'decaykit\[tensorboard\]'"):
+            decaykit.monitor.TensorBoardSink(tmp_path / "tb")
+        return
+    model = _toy(None)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=1, sink=decaykit.monitor.TensorBoardSink(tmp_path / "tb"))
+    model(torch.randn(BATCH, IN)).sum().backward()
+    opt.step()
+    mon.close()
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
