@@ -208,3 +208,14 @@ def test_tensorboard_by_folder_writes_events_or_says_what_to_install(tmp_path):
     opt.step()
     mon.close()
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_a_tensor_the_step_skips_is_not_recorded():
+    """torch's optimizers leave a tensor without a gradient alone: no decay happened, so no record."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False))
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=1)
+    model[0](torch.randn(2, 4)).sum().backward()   # the second layer gets no gradient
+    opt.step()
+    assert [r["name"] for r in mon.history] == ["0.weight"]
+    mon.close()

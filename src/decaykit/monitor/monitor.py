@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from decaykit._validate import check_int
@@ -111,6 +112,8 @@ class Monitor:
         self._pending = None
         records = []
         for i, param, before in tensors:
+            if param.grad is None and torch.equal(param.detach(), before):
+                continue  # torch skips a tensor without a gradient: no step, no decay to record
             record = measure(step, self._name(param, i), i, decays[i], self.optimizer, param, before)
             last, done = self._progress.get(id(param), (self.start_step, 0.0))
             done += (record["decay_rate"] or 0.0) * (step - last)  # r held since the last record
