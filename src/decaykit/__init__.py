@@ -23,6 +23,7 @@ from decaykit.audit import AuditReport, Finding, audit
 from decaykit.convert import Timescale, convert, timescale, weight_decay_for_timescale
 from decaykit.engine import Schedule, WeightDecay
 from decaykit.errors import DecayError, DecayWarning
+from decaykit.monitor import Monitor
 from decaykit.policy import Decision, Plan, Policy, Rule, canonical_name, param_groups, plan
 from decaykit.probe import ProbeReport, probe
 from decaykit.verify import VerifyReport, verify
@@ -49,6 +50,7 @@ __all__ = [
     "DecayWarning",
     "Decision",
     "Finding",
+    "Monitor",
     "Plan",
     "Policy",
     "ProbeReport",

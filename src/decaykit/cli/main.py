@@ -33,7 +33,7 @@ __all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "E
            "build_parser", "main"]
 
 # The order here is the order ``decaykit --help`` lists them in.
-COMMANDS: tuple[str, ...] = ("sweep", "inspect", "audit", "verify", "probe", "convert")
+COMMANDS: tuple[str, ...] = ("sweep", "inspect", "audit", "verify", "probe", "convert", "monitor")
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -45,8 +45,10 @@ from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.options import OPTIONS, Policy
 from decaykit.policy.plan import Plan, plan
 
-# DecayTrainer is made on first access (module __getattr__ below), so transformers stays optional
-__all__ = ["DecayTrainer", "DecayTrainerMixin", "decay_parameter_names", "optimizer_cls_and_kwargs"]  # noqa: F822
+# DecayTrainer and DecayMonitorCallback are made on first access (module __getattr__ below), so
+# transformers stays optional
+__all__ = ["DecayMonitorCallback", "DecayTrainer", "DecayTrainerMixin", "decay_parameter_names",  # noqa: F822
+           "optimizer_cls_and_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -297,11 +299,88 @@ def _make_decay_trainer() -> type:
     )
 
 
+class _DecayMonitor:
+    """Watch the decay while the Trainer trains (:class:`decaykit.Monitor`), through its ``report_to`` loggers.
+
+    ``Trainer(..., callbacks=[DecayMonitorCallback(every=50)])``. Args:
+        every: record the first step and every ``every``-th (optimizer steps).
+        sink: where the monitor also writes (a ``.jsonl`` / ``.csv`` path, a callable ...).
+        per_tensor: log every tensor's fields too, not only the per-group summaries.
+        monitor_options: :class:`decaykit.Monitor`'s other keyword arguments (``policy=``).
+
+    At train begin it monitors the Trainer's model and optimizer (``self.monitor``, with
+    ``total_steps`` = ``max_steps``). Whenever the Trainer logs, the latest scalars
+    (:meth:`decaykit.Monitor.latest_metrics`) are added to the logs, so every ``report_to``
+    logger (TensorBoard, W&B, MLflow ...) records them; each new finding is logged once.
+    """
+
+    def __init__(self, every: int = 50, sink: Any = None, *, per_tensor: bool = False, **monitor_options: Any) -> None:
+        self.every, self.sink, self.per_tensor, self.monitor_options = every, sink, per_tensor, monitor_options
+        self.monitor: Any = None
+        self._logged = (0, 0)  # records and findings already logged
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
+        from decaykit.monitor import Monitor
+
+        self.monitor = Monitor(model, optimizer, self.every, state.max_steps if state.max_steps > 0 else None,
+                               self.sink, start_step=state.global_step, **self.monitor_options)
+        self._logged = (0, 0)
+        _run_before_the_loggers(self)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.monitor is None or logs is None or len(self.monitor.history) == self._logged[0]:
+            return
+        logs.update(self.monitor.latest_metrics(per_tensor=self.per_tensor))
+        if state.is_world_process_zero:
+            for finding in self.monitor.findings[self._logged[1]:]:
+                logger.warning("decaykit monitor: %s", finding)
+        self._logged = (len(self.monitor.history), len(self.monitor.findings))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+
+
+def _run_before_the_loggers(callback: Any) -> None:
+    """Move ``callback`` to the front of the Trainer's callback list, so its ``on_log`` adds to the
+    logs before the ``report_to`` callbacks (which the Trainer puts before the user's) read them.
+
+    The handler is the caller of ``on_train_begin`` (``CallbackHandler.call_event``); a callback is
+    not given it. Moving an earlier-called entry to the front keeps the running loop's order.
+    """
+    import inspect
+
+    handler_cls = _transformers().trainer_callback.CallbackHandler
+    frame = inspect.currentframe()
+    while frame is not None and not isinstance(frame.f_locals.get("self"), handler_cls):
+        frame = frame.f_back
+    if frame is None:
+        warnings.warn("DecayMonitorCallback: could not reach the Trainer's callback list to run before the report_to "
+                      "loggers, so they may not see its metrics; the monitor's history and sink still hold them",
+                      DecayWarning, stacklevel=3)
+        return
+    callbacks = frame.f_locals["self"].callbacks
+    del frame
+    if callback in callbacks:
+        callbacks.remove(callback)
+        callbacks.insert(0, callback)
+
+
+def _make_monitor_callback() -> type:
+    transformers = _transformers()
+    return type("DecayMonitorCallback", (_DecayMonitor, transformers.TrainerCallback),
+                {"__module__": __name__, "__doc__": _DecayMonitor.__doc__})
+
+
+_LAZY_CLASSES = {"DecayTrainer": _make_decay_trainer, "DecayMonitorCallback": _make_monitor_callback}
+
+
 def __getattr__(name: str) -> Any:
-    # DecayTrainer subclasses transformers.Trainer, so it is made on first use: importing this
-    # module never imports transformers.
-    if name == "DecayTrainer":
-        cls = _make_decay_trainer()
+    # DecayTrainer subclasses transformers.Trainer and DecayMonitorCallback its TrainerCallback, so
+    # they are made on first use: importing this module never imports transformers.
+    if name in _LAZY_CLASSES:
+        cls = _LAZY_CLASSES[name]()
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,8 +40,8 @@ from torch import nn
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.plan import plan
 
-# DecayAuditCallback is made on first access (module __getattr__ below), so Lightning stays optional
-__all__ = ["DecayAuditCallback", "configure_optimizers"]  # noqa: F822
+# DecayAuditCallback and DecayMonitorCallback are made on first access (module __getattr__ below), so Lightning stays optional
+__all__ = ["DecayAuditCallback", "DecayMonitorCallback", "configure_optimizers"]  # noqa: F822
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +144,67 @@ class _DecayAudit:
         warnings.warn(f"decaykit audit at fit start: {message}; {fix}", DecayWarning, stacklevel=2)
 
 
+class _DecayMonitor:
+    """Watch the decay while Lightning trains (:class:`decaykit.Monitor`), logging through the module's loggers.
+
+    Args:
+        every: record the first step and every ``every``-th (optimizer steps).
+        sink: where the monitor also writes (a ``.jsonl`` / ``.csv`` path, a callable ...).
+        per_tensor: log every tensor's fields too, not only the per-group summaries.
+        monitor_options: :class:`decaykit.Monitor`'s other keyword arguments (``policy=``).
+
+    At fit start one monitor per optimizer (``self.monitors``); after each recorded step the
+    latest scalars (:meth:`decaykit.Monitor.latest_metrics`) go to ``trainer.loggers`` at the
+    global step, and each new finding is logged once (rank zero) as a one-line warning.
+    """
+
+    def __init__(self, every: int = 50, sink: Any = None, *, per_tensor: bool = False, **monitor_options: Any) -> None:
+        super().__init__()
+        self.every, self.sink, self.per_tensor, self.monitor_options = every, sink, per_tensor, monitor_options
+        self.monitors: list[Any] = []
+        self._seen: list[tuple[int, int]] = []  # per monitor: records and findings already logged
+
+    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        from decaykit.monitor import Monitor
+
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.monitors = [Monitor(pl_module, opt, self.every, total, self.sink if i == 0 else None,
+                                 start_step=trainer.global_step, **self.monitor_options)
+                         for i, opt in enumerate(trainer.optimizers)]
+        self._seen = [(0, 0)] * len(self.monitors)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, *args: Any, **kwargs: Any) -> None:
+        for i, mon in enumerate(self.monitors):
+            records, findings = self._seen[i]
+            if len(mon.history) == records:
+                continue
+            prefix = "" if len(self.monitors) == 1 else f"optimizer{i}/"
+            metrics = {f"{prefix}{k}": v for k, v in mon.latest_metrics(per_tensor=self.per_tensor).items()}
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=trainer.global_step)
+            if trainer.is_global_zero:
+                for finding in mon.findings[findings:]:
+                    warnings.warn(f"decaykit monitor: {finding}", DecayWarning, stacklevel=2)
+            self._seen[i] = (len(mon.history), len(mon.findings))
+
+    def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        for mon in self.monitors:
+            mon.close()
+
+    @property
+    def monitor(self) -> Any:
+        """The monitor of the first optimizer (the only one, usually)."""
+        return self.monitors[0] if self.monitors else None
+
+
+_CALLBACKS = {"DecayAuditCallback": _DecayAudit, "DecayMonitorCallback": _DecayMonitor}
+
+
 def __getattr__(name: str) -> Any:
-    # the callback must subclass Lightning's Callback, so it is made on first use
-    if name == "DecayAuditCallback":
-        cls = type("DecayAuditCallback", (_DecayAudit, _callback_base()),
-                   {"__module__": __name__, "__doc__": _DecayAudit.__doc__})
+    # the callbacks must subclass Lightning's Callback, so they are made on first use
+    if name in _CALLBACKS:
+        base = _CALLBACKS[name]
+        cls = type(name, (base, _callback_base()), {"__module__": __name__, "__doc__": base.__doc__})
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,183 @@
+"""The decay each param group really gets per step, and where its tensors should settle.
+
+Every decayed tensor shrinks by a rate r per step: θ ← θ(1 − r) − η·u. Its timescale is τ = 1/r
+steps (Wang & Aitchison 2024); r is read from what the optimizer or the engine really applies
+(:func:`decaykit.probe.expectations.expectations`, which asks :class:`decaykit.WeightDecay`'s
+``expected_decay()`` and the registry :mod:`decaykit.optimizers`):
+
+=====================================  ==========================================================
+decay                                  effective rate r
+=====================================  ==========================================================
+decoupled (AdamW, the engine's modes)  r as applied: η_t·λ, (η_t/η_max)·λ, (η_t²/η_max)·λ
+coupled L2 on SGD                      η_t·λ·S, S = Σ_k c_k the momentum's total weight on one
+                                       gradient (1/(1 − α) for plain momentum; AdamW paper, Prop. 1)
+coupled L2 on Adam-like optimizers     per coordinate η_t·λ/(√v̂ + ε); τ from η_t·λ/RMS(√v̂)
+                                       (Prop. 2, the ``adam_l2`` convention of :mod:`decaykit.convert`)
+=====================================  ==========================================================
+
+Rotational equilibrium (Kosson et al. 2024). A scale-invariant weight (a layer followed by a
+normalisation) gets gradients orthogonal to itself; the update grows ‖θ‖, the decay shrinks it,
+and the two balance. With an update η·Σ_k c_k·g_{t−k} of independent gradients, S = Σ c_k and
+Q = Σ c_k², the balance is ‖θ‖² = η²‖ĝ‖²S²/(2r) and the angle per step √(2r·Q/S²):
+
+- Adam/AdamW (ĝ = g/√v̂, ‖ĝ‖² ≈ C the tensor's size, c_k = (1 − β1)β1^k):
+  ‖θ‖ = η√(C/(2r)) = √(ηC/(2λ)) and angle √(2r(1 − β1)/(1 + β1)) = √(2ηλ(1 − β1)/(1 + β1));
+- SGD with momentum α (c_k = α^k, ‖g‖ = G/‖θ‖ with G = ‖g‖·‖θ‖ scale-free):
+  ‖θ‖ = (η²G²S²/(2r))^¼ and angle √(2r(1 − α)/(1 + α)) = √(2ηλ/(1 + α)) with L2 decay.
+
+They are leading order in r and hold for scale-invariant tensors; elsewhere they are a yardstick.
+No prediction is made for other optimizers, AMSGrad, cautious decay or Adam with L2 decay.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from decaykit.engine.checks import group_peak_lr
+from decaykit.optimizers import info
+from decaykit.probe.expectations import expectations
+
+__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "momentum_sums", "predicted_angle", "predicted_norm"]
+
+
+@dataclass(frozen=True)
+class GroupDecay:
+    """How one param group is decayed at the current step.
+
+    ``kind``: ``decoupled``, ``coupled``, ``cautious``, ``unknown`` or ``none``; ``rate``: the
+    per-step shrink r, or None where it is per coordinate (``adaptive``: coupled L2 behind √v̂)
+    or unknown; ``family``: ``"adam"`` or ``"sgd"`` where an equilibrium is predicted, else None;
+    ``sums``: (S, Q) of the update's momentum weights; ``lr_power``: r ∝ η_t^lr_power, to read r at
+    the peak LR ``peak_lr``.
+    """
+
+    kind: str
+    rate: float | None
+    weight_decay: float
+    lr: float
+    peak_lr: float
+    family: str | None = None
+    sums: tuple[float, float] = (1.0, 1.0)
+    adaptive: bool = False
+    lr_power: int = 1
+
+    @property
+    def decays(self) -> bool:
+        return self.kind != "none"
+
+    def peak_rate(self, rate: float | None) -> float | None:
+        """``rate`` (this group's r, or one tensor's) at the peak LR; None when the LR is 0 now."""
+        if rate is None or self.lr <= 0 or math.isnan(self.lr):
+            return None
+        return rate * (self.peak_lr / self.lr) ** self.lr_power
+
+
+def momentum_sums(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> tuple[float, float]:
+    """(S, Q) = (Σ c_k, Σ c_k²) of torch SGD's weights c_k on the gradient of k steps ago.
+
+    buf ← α·buf + (1 − d)·g; the step is buf, or g + α·buf with Nesterov. Plain momentum gives
+    S = 1/(1 − α), Q = 1/(1 − α²).
+
+    >>> momentum_sums(0.0)
+    (1.0, 1.0)
+    >>> [round(v, 6) for v in momentum_sums(0.9)]
+    [10.0, 5.263158]
+    """
+    a, b = momentum, 1.0 - dampening
+    if a == 0:
+        return 1.0, 1.0
+    if not nesterov:  # c_k = b·α^k
+        return b / (1 - a), b * b / (1 - a * a)
+    # c_0 = 1 + α·b, c_k = b·α^(k+1) for k ≥ 1
+    c0 = 1 + a * b
+    return c0 + b * a * a / (1 - a), c0 * c0 + b * b * a**4 / (1 - a * a)
+
+
+def _inner(optimizer: Any) -> Any:
+    """The optimizer whose kernel makes the update: the engine's inner one, or itself."""
+    from decaykit.engine.weight_decay import WeightDecay
+
+    return optimizer.optimizer if isinstance(optimizer, WeightDecay) else optimizer
+
+
+def _lr_power(optimizer: Any) -> int:
+    return 2 if getattr(optimizer, "mode", None) == "corrected" else 1
+
+
+def _family(name: str | None, group: dict[str, Any], kind: str) -> tuple[str | None, tuple[float, float]]:
+    """Which equilibrium applies to this optimizer's update, and its momentum sums."""
+    if name in ("Adam", "AdamW") and kind == "decoupled" and not group.get("amsgrad", False):
+        beta1 = float(group["betas"][0])
+        return "adam", (1.0, (1 - beta1) / (1 + beta1))
+    if name == "SGD" and kind in ("decoupled", "coupled"):
+        return "sgd", momentum_sums(float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0)),
+                                    bool(group.get("nesterov", False)))
+    return None, (1.0, 1.0)
+
+
+def group_decays(optimizer: Any) -> list[GroupDecay]:
+    """One :class:`GroupDecay` per param group, for the step about to be taken."""
+    inner = _inner(optimizer)
+    entry = info(inner)
+    name = entry.name if entry is not None and entry.module == "torch.optim" else None
+    power = _lr_power(optimizer)
+    out = []
+    for group, expect in zip(optimizer.param_groups, expectations(optimizer)):
+        kind = expect.kind
+        lr, peak = float(expect.lr), group_peak_lr(group)
+        raw = expect.rate
+        if isinstance(raw, Tensor):  # per-member λ of stacked models: no one rate per tensor
+            out.append(GroupDecay(kind if kind == "none" else "unknown", None, 0.0, lr, peak))
+            continue
+        lam = float(expect.weight_decay) if not isinstance(expect.weight_decay, Tensor) else 0.0
+        family, sums = _family(name, group, kind)
+        adaptive = False
+        rate: float | None
+        if kind in ("decoupled", "cautious"):
+            rate = float(raw)
+        elif kind == "coupled" and family == "sgd":
+            rate = lr * float(raw) * sums[0]
+        elif kind == "coupled" and entry is not None and entry.adaptive:
+            rate, adaptive = None, True
+        else:
+            rate = None
+        out.append(GroupDecay(kind, rate, lam if kind != "coupled" else float(raw), lr, peak, family, sums,
+                              adaptive, power))
+    return out
+
+
+def adaptive_denominator(optimizer: Any, param: Tensor, group: dict[str, Any]) -> Tensor | None:
+    """√v̂ + ε of an Adam-like optimizer's state for ``param`` (after its step), or None without one."""
+    state = _inner(optimizer).state.get(param, {})
+    v = state.get("exp_avg_sq")
+    if v is None or "step" not in state:
+        return None
+    beta2 = float(group.get("betas", (0.9, 0.999))[1])
+    step = float(state["step"])
+    correction = 1 - beta2**step if step > 0 else 1.0
+    return (v / correction).sqrt().add_(float(group.get("eps", 1e-8)))
+
+
+def predicted_angle(decay: GroupDecay, rate: float | None) -> float | None:
+    """√(2r·Q/S²): the angle per step at equilibrium, or None where no prediction applies."""
+    if decay.family is None or rate is None or rate <= 0:
+        return None
+    s, q = decay.sums
+    return math.sqrt(2 * rate * q / (s * s))
+
+
+def predicted_norm(decay: GroupDecay, rate: float | None, numel: int, grad_norm: float, norm: float) -> float | None:
+    """‖θ‖ at equilibrium: η√(C/(2r)) for Adam, (η²G²S²/(2r))^¼ for SGD (G = ‖g‖·‖θ‖)."""
+    if decay.family is None or rate is None or rate <= 0:
+        return None
+    if decay.family == "adam":
+        return decay.lr * math.sqrt(numel / (2 * rate))
+    g = grad_norm * norm
+    if not math.isfinite(g) or g == 0:
+        return None
+    return (decay.lr**2 * g * g * decay.sums[0] ** 2 / (2 * rate)) ** 0.25
+

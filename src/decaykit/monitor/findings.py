@@ -1,0 +1,107 @@
+"""What the monitor tells, each once per tensor (or group): one line, with the step it was seen at.
+
+=========================  =================================================================
+code                       fires when
+=========================  =================================================================
+``decayed-<role>``         the policy would not decay the tensor (role ``norm``, ``bias``,
+                           ``scale``, ``embedding``, ``hook``; ``decayed-excluded`` for an
+                           exclude or rule), yet its group decays it
+``decay-dominates``        ``decay_to_update`` > 1: the decay's step is larger than the rest of
+                           the update, so the tensor is being shrunk towards zero (not while
+                           ‖θ‖ is above a predicted equilibrium: it is then settling)
+``timescale-exceeds-run``  τ at the peak LR is longer than ``total_steps``: the decay has no time
+                           to act (it shrinks θ by less than a factor e over the whole run)
+``far-from-equilibrium``   after 3τ of decay (Σ r ≥ 3) ‖θ‖ is still more than 25% off its
+                           predicted equilibrium
+``non-finite``             ‖θ‖ or the angle is NaN or infinite
+=========================  =================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from decaykit.policy.decide import Decision
+
+__all__ = ["DOMINATES", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "policy_findings",
+           "tensor_findings", "timescale_finding"]
+
+#: decay_to_update above which the decay dominates the update
+DOMINATES = 1.0
+#: Σ r (timescales of decay so far) after which a tensor should have reached its equilibrium
+EQUILIBRIUM_TAUS = 3.0
+#: ‖θ‖ / predicted (or its inverse) above which a tensor is far from its equilibrium
+EQUILIBRIUM_SPAN = 1.25
+
+
+@dataclass(frozen=True)
+class MonitorFinding:
+    """One finding: ``code``, the tensor or group it is about (``name``), the ``step`` and a one-line ``message``."""
+
+    code: str
+    name: str
+    step: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"step {self.step}: [{self.code}] {self.name}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "name": self.name, "step": self.step, "message": self.message}
+
+
+def policy_findings(decided: Iterable[tuple[Decision, int]], step: int) -> list[MonitorFinding]:
+    """Tensors the policy would not decay, found in a decaying group (``group`` their group index)."""
+    out = []
+    for d, group in decided:
+        if d.decay or not d.trainable:
+            continue
+        role = "hook" if d.source == "hook" else d.role if d.source == "policy" else "excluded"
+        out.append(MonitorFinding(
+            f"decayed-{role}", d.name, step,
+            f"decayed by param group {group}, but the policy would not decay it ({d.reason}); build the optimizer "
+            "from decaykit.param_groups(model, weight_decay) so it lands in a weight_decay=0 group"))
+    return out
+
+
+def tensor_findings(record: dict[str, Any]) -> list[MonitorFinding]:
+    """Every finding one record shows (the caller keeps each code once per tensor)."""
+    step, name = record["step"], record["name"]
+    out = []
+    if not (math.isfinite(record["norm"]) and math.isfinite(record["angular_update"])):
+        out.append(MonitorFinding("non-finite", name, step, f"‖θ‖ = {record['norm']:g}, angle "
+                                  f"{record['angular_update']:g}: the tensor holds NaN or inf; lower the LR or clip the gradients"))
+        return out
+    ratio, predicted = record["decay_to_update"], record["predicted_norm"]
+    relaxing = predicted is not None and record["norm"] > predicted  # above its equilibrium: shrinking is right
+    if ratio is not None and ratio > DOMINATES and not relaxing:
+        out.append(MonitorFinding(
+            "decay-dominates", name, step,
+            f"the decay's step is {ratio:.3g}x the rest of the update, so the tensor is being shrunk towards zero "
+            f"(‖θ‖ = {record['norm']:.4g}); lower λ, or check that it gets gradients"))
+    done = record["cumulative_decay"]
+    if predicted and done is not None and done >= EQUILIBRIUM_TAUS:
+        off = record["norm"] / predicted
+        if off <= 0 or max(off, 1 / off) > EQUILIBRIUM_SPAN:
+            out.append(MonitorFinding(
+                "far-from-equilibrium", name, step,
+                f"after {done:.2g}τ of decay ‖θ‖ = {record['norm']:.4g} is {off:.3g}x its predicted equilibrium "
+                f"{predicted:.4g}; a scale-invariant tensor would be there by now (a tensor not followed by a "
+                "normalisation may never be)"))
+    return out
+
+
+def timescale_finding(group: int, peak_rate: float, total_steps: int, step: int, weight_decay: float) -> MonitorFinding | None:
+    """``timescale-exceeds-run`` when τ = 1/r at the peak LR is longer than the run."""
+    tau = 1 / peak_rate if peak_rate > 0 else math.inf
+    if tau <= total_steps:
+        return None
+    shrink = math.exp(-peak_rate * total_steps)
+    return MonitorFinding(
+        "timescale-exceeds-run", f"group {group}", step,
+        f"τ = {tau:.3g} steps at the peak LR is longer than the run (total_steps={total_steps}): the decay shrinks "
+        f"θ by at most a factor {shrink:.3g} over the whole run; raise weight_decay ({weight_decay:g}) about "
+        f"{tau / total_steps:.3g}x for τ = the run, or drop it")

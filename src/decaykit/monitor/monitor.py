@@ -1,0 +1,217 @@
+"""``Monitor``: watch what weight decay does to each tensor while a model trains.
+
+>>> import torch, decaykit
+>>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16, elementwise_affine=False))
+>>> opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+>>> mon = decaykit.Monitor(model, opt, every=5)
+>>> for _ in range(10):
+...     model(torch.randn(4, 8)).pow(3).mean().backward(); opt.step(); opt.zero_grad()
+>>> [r["step"] for r in mon.history], mon.history[0]["name"], round(mon.history[0]["timescale_steps"])
+([1, 5, 10], '0.weight', 1000)
+>>> mon.close()
+
+The monitor hooks ``optimizer.step`` (``register_step_pre_hook`` / ``register_step_post_hook``):
+at the first step and every ``every``-th, it copies the tensors of the decayed groups before the
+step and measures them after it (:mod:`decaykit.monitor.record`), against the rotational-
+equilibrium predictions of :mod:`decaykit.monitor.equilibrium`; other steps cost one counter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from decaykit._validate import check_int
+from decaykit.errors import DecayError
+from decaykit.monitor.equilibrium import GroupDecay, group_decays
+from decaykit.monitor.findings import MonitorFinding, policy_findings, tensor_findings, timescale_finding
+from decaykit.monitor.record import measure
+from decaykit.monitor.report import group_summary
+from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
+from decaykit.policy.options import Policy
+from decaykit.policy.plan import plan
+
+__all__ = ["Monitor"]
+
+# Wrappers that forward step() to the optimizer they hold (Lightning, accelerate / HF Trainer)
+_WRAPPERS = {"LightningOptimizer": "_optimizer", "AcceleratedOptimizer": "optimizer"}
+
+
+def _unwrap(optimizer: Any) -> Any:
+    while type(optimizer).__name__ in _WRAPPERS:
+        optimizer = getattr(optimizer, _WRAPPERS[type(optimizer).__name__])
+    if not isinstance(getattr(optimizer, "param_groups", None), list) or not callable(
+            getattr(optimizer, "register_step_pre_hook", None)):
+        raise DecayError(f"optimizer must be a torch.optim.Optimizer (or decaykit.WeightDecay), got "
+                         f"{type(optimizer).__name__}; pass the optimizer whose step() the training loop calls")
+    return optimizer
+
+
+class Monitor:
+    """Record, per decayed tensor and recorded step, what weight decay does; tell what looks wrong.
+
+    Args:
+        model: the model being trained (bare or wrapped); names are :func:`decaykit.plan`'s.
+        optimizer: the optimizer whose ``step()`` the loop calls: any ``torch.optim`` optimizer or a
+            :class:`decaykit.WeightDecay` (Lightning's and accelerate's wrappers are looked through).
+        every: record the first step and every ``every``-th step.
+        total_steps: the run's length in optimizer steps, to tell a timescale longer than the run.
+        sink: where each entry also goes: a callable, a ``.jsonl`` or ``.csv`` path, a
+            ``SummaryWriter``, or a list of them (:mod:`decaykit.monitor.sinks`).
+        policy: the policy whose decisions a decayed tensor is checked against (default ``"decaykit"``).
+        start_step: the optimizer steps taken before the monitor was attached (a resumed run).
+
+    ``history``: one dict per decayed tensor per recorded step (keys
+    :data:`decaykit.monitor.record.FIELDS`); ``findings``: :class:`MonitorFinding` each once per
+    tensor or group; ``close()`` removes the hooks and closes the file sinks.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any, every: int = 50, total_steps: int | None = None,
+                 sink: Any = None, *, policy: str | Policy = "decaykit", start_step: int = 0) -> None:
+        self.every = check_int(every, "every", minimum=1)
+        self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", minimum=1)
+        self.start_step = check_int(start_step, "start_step")
+        self.optimizer = _unwrap(optimizer)
+        decisions = plan(model, 1.0, policy=policy).decisions
+        self._decisions = {id(d.param): d for d in decisions}
+        self.history: list[dict[str, Any]] = []
+        self.findings: list[MonitorFinding] = []
+        self._sinks = as_sinks(sink)
+        self._step = self.start_step
+        self._pending: tuple[int, list[GroupDecay], list[tuple[int, Tensor, Tensor]]] | None = None
+        self._progress: dict[int, tuple[int, float]] = {}  # id(param) -> (last recorded step, Σ r so far)
+        self._fired: set[tuple[str, str]] = set()
+        self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
+                         self.optimizer.register_step_post_hook(self._after_step)]
+        self._emit({"kind": "run", "optimizer": type(self.optimizer).__name__,
+                    "every": self.every, "total_steps": self.total_steps, "start_step": self.start_step,
+                    "groups": [{"group": i, "weight_decay": g.get("weight_decay"), "tensors": len(g["params"])}
+                               for i, g in enumerate(self.optimizer.param_groups)]})
+
+    # -- the hooks -------------------------------------------------------------------------------
+    def records_at(self, step: int) -> bool:
+        """Whether the optimizer step numbered ``step`` (1 = the first after attaching) is recorded."""
+        return step == self.start_step + 1 or step % self.every == 0
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        step = self._step + 1
+        if not self.records_at(step):
+            return
+        decays = group_decays(self.optimizer)
+        tensors = [(i, p, p.detach().clone()) for i, (group, decay) in enumerate(zip(self.optimizer.param_groups, decays))
+                   if decay.decays for p in group["params"]]
+        self._pending = (step, decays, tensors)
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._step += 1
+        if self._pending is None:
+            return
+        step, decays, tensors = self._pending
+        self._pending = None
+        records = []
+        for i, param, before in tensors:
+            if param.grad is None and torch.equal(param.detach(), before):
+                continue  # torch skips a tensor without a gradient: no step, no decay to record
+            record = measure(step, self._name(param, i), i, decays[i], self.optimizer, param, before)
+            last, done = self._progress.get(id(param), (self.start_step, 0.0))
+            done += (record["decay_rate"] or 0.0) * (step - last)  # r held since the last record
+            self._progress[id(param)] = (step, done)
+            record["cumulative_decay"] = done
+            records.append(record)
+        self.history.extend(records)
+        found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, records)
+        for record in records:
+            found += tensor_findings(record)
+        new = [f for f in found if (f.code, f.name) not in self._fired]
+        self._fired.update((f.code, f.name) for f in new)
+        self.findings.extend(new)
+        for record in records:
+            self._emit({"kind": "tensor", **record})
+        for finding in new:
+            self._emit({"kind": "finding", **finding.to_dict()})
+        for sink in self._sinks:
+            if callable(getattr(sink, "flush", None)):
+                sink.flush()  # type: ignore[attr-defined]
+
+    # -- findings --------------------------------------------------------------------------------
+    def _policy_findings(self, step: int, tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
+        decided = [(self._decisions[id(p)], i) for i, p, _ in tensors if id(p) in self._decisions]
+        return policy_findings(decided, step)
+
+    def _timescale_findings(self, step: int, decays: list[GroupDecay], records: list[dict[str, Any]]) -> list[MonitorFinding]:
+        if self.total_steps is None:
+            return []
+        out = []
+        for i, decay in enumerate(decays):
+            rates = [r["decay_rate"] for r in records if r["group"] == i and r["decay_rate"] is not None]
+            peak = decay.peak_rate(sum(rates) / len(rates)) if rates else None
+            if peak is None or ("timescale-exceeds-run", f"group {i}") in self._fired:
+                continue
+            finding = timescale_finding(i, peak, self.total_steps, step, decay.weight_decay)
+            if finding is None:  # checked once: the decay has time to act
+                self._fired.add(("timescale-exceeds-run", f"group {i}"))
+            else:
+                out.append(finding)
+        return out
+
+    # -- output ----------------------------------------------------------------------------------
+    def _name(self, param: Tensor, group: int) -> str:
+        decision = self._decisions.get(id(param))
+        if decision is not None:
+            return decision.name
+        index = next(j for j, p in enumerate(self.optimizer.param_groups[group]["params"]) if p is param)
+        return f"param_groups[{group}][{index}]"
+
+    def _emit(self, entry: dict[str, Any]) -> None:
+        for sink in self._sinks:
+            sink(entry)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps seen, ``start_step`` included."""
+        return self._step
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per param group at the latest recorded step (:func:`decaykit.monitor.report.group_summary`)."""
+        if not self.history:
+            return []
+        last = self.history[-1]["step"]
+        return group_summary([r for r in self.history if r["step"] == last])
+
+    def latest_metrics(self, *, per_tensor: bool = False) -> dict[str, float]:
+        """Scalars of the latest recorded step for a logger: ``decay/group<i>/<field>`` from :meth:`summary`,
+        ``decay/findings`` (how many so far), and with ``per_tensor`` ``decay/<tensor>/<field>`` too."""
+        metrics: dict[str, float] = {"decay/findings": float(len(self.findings))}
+        for row in self.summary():
+            for key, value in row.items():
+                if key not in ("group", "step") and value is not None:
+                    metrics[f"decay/group{row['group']}/{key}"] = float(value)
+        if per_tensor and self.history:
+            last = self.history[-1]["step"]
+            for r in (r for r in self.history if r["step"] == last):
+                for key in SCALARS:
+                    if r.get(key) is not None:
+                        metrics[f"decay/{r['name']}/{key}"] = float(r[key])
+        return metrics
+
+    def close(self) -> None:
+        """Remove the hooks and close the file sinks the monitor opened; the history stays."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for sink in self._sinks:
+            if isinstance(sink, (JsonLinesSink, CsvSink, TensorBoardSink)):
+                sink.close()
+        self._sinks = []
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Monitor(every={self.every}, total_steps={self.total_steps}, step={self._step}, "
+                f"records={len(self.history)}, findings={len(self.findings)})")

@@ -1,0 +1,98 @@
+"""One tensor's record at one step, measured from θ before and after the optimizer's step.
+
+Only the tensors of decayed groups at recorded steps are copied (once, before the step); the
+rest is read from what the step leaves behind: θ, its gradient and the optimizer's state.
+
+- ``norm``: ‖θ‖ after the step;
+- ``angular_update``: the angle between θ before and after, 2·atan2(‖a − b‖, ‖a + b‖) of the
+  unit vectors a, b (accurate for the tiny angles of a training step);
+- ``decay_to_update``: ‖d‖/‖Δθ + d‖, the decay's step d over the rest of the step, where Δθ is
+  the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), for cautious
+  decay (an upper bound: the mask is not seen) and for L2 decay on SGD (the steady state of the
+  momentum); d = η·λ·θ/(√v̂ + ε) per coordinate for L2 decay behind Adam's denominator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from decaykit.monitor.equilibrium import GroupDecay, adaptive_denominator, predicted_angle, predicted_norm
+
+__all__ = ["FIELDS", "measure"]
+
+#: the keys of every history record, in the order the CSV sink writes them
+FIELDS: tuple[str, ...] = (
+    "step", "name", "group", "numel", "lr", "weight_decay", "decay_rate", "timescale_steps", "cumulative_decay",
+    "norm", "angular_update", "decay_to_update", "predicted_norm", "predicted_angular_update", "equilibrium",
+)
+
+
+def _work(x: Tensor) -> Tensor:
+    # float32 arithmetic for half-precision tensors; float32 and float64 as they are
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
+def _norm(x: Tensor) -> float:
+    return float(torch.linalg.vector_norm(x))
+
+
+def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float) -> float:
+    if not math.isfinite(norm_before * norm_after):
+        return math.nan
+    if norm_before == 0 or norm_after == 0:
+        return 0.0
+    chord = _norm(torch.add(after, before, alpha=-norm_after / norm_before))  # ‖b − a‖·‖θ_after‖
+    across = _norm(torch.add(after, before, alpha=norm_after / norm_before))
+    return 2 * math.atan2(chord, across)
+
+
+def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: Tensor, after: Tensor,
+                     norm_before: float, group: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(‖d‖/‖Δθ + d‖, r): the decay's step d over the rest of the step, and the effective rate r."""
+    if decay.rate is not None:
+        r = decay.rate
+        rest = _norm(torch.add(after, before, alpha=-(1.0 - r)))  # Δθ + rθ = θ_after − (1 − r)·θ_before
+        return _ratio(r * norm_before, rest), r
+    if not decay.adaptive:
+        return None, None
+    denom = adaptive_denominator(optimizer, param, group)
+    if denom is None:
+        return None, None
+    scale = decay.lr * decay.weight_decay
+    d = _work(before) * scale / denom
+    rest = _norm((after - _work(before)).add_(d))
+    rms = float((denom - float(group.get("eps", 1e-8))).pow(2).mean().sqrt())
+    return _ratio(_norm(d), rest), (scale / rms if rms > 0 else None)
+
+
+def _ratio(size: float, rest: float) -> float:
+    if rest > 0:
+        return size / rest
+    return math.inf if size > 0 else 0.0
+
+
+def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any, param: Tensor,
+            before: Tensor) -> dict[str, Any]:
+    """The history record of ``param`` (θ after the step) given its copy ``before`` the step."""
+    group = optimizer.param_groups[index]
+    after, before = _work(param.detach()), _work(before)
+    norm_before, norm = _norm(before), _norm(after)
+    angle = _angle(before, after, norm_before, norm)
+    ratio, rate = _decay_to_update(decay, optimizer, param, before, after, norm_before, group)
+    grad = param.grad
+    grad_norm = _norm(grad) if grad is not None and decay.family == "sgd" else math.nan
+    pred_norm = predicted_norm(decay, rate, param.numel(), grad_norm, norm)
+    pred_angle = predicted_angle(decay, rate)
+    return {
+        "step": step, "name": name, "group": index, "numel": param.numel(), "lr": decay.lr,
+        "weight_decay": decay.weight_decay, "decay_rate": rate,
+        "timescale_steps": None if rate is None else (1 / rate if rate > 0 else math.inf),
+        "cumulative_decay": None,
+        "norm": norm, "angular_update": angle, "decay_to_update": ratio,
+        "predicted_norm": pred_norm, "predicted_angular_update": pred_angle,
+        "equilibrium": angle / pred_angle if pred_angle else None,
+    }

@@ -1,0 +1,221 @@
+"""decaykit.Monitor against the truth measured beside it, on a scale-invariant toy (Kosson et al. 2024).
+
+The toy is a Linear layer followed by a LayerNorm without affine parameters, so its weight W is
+scale-invariant: the loss sees W/‖W‖ only. Inputs and output weights are fresh Gaussian draws every
+step, so the gradients are independent noise, as the equilibrium theory assumes. The run lasts more
+than 5τ (τ = 1/r, r the effective decay per step), starts 1.5x off its equilibrium, and beside the
+monitor the test measures ‖W‖ and the angle of every step itself (through acos of the cosine, not
+the monitor's formula).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import decaykit
+from decaykit.errors import DecayError
+from decaykit.monitor.equilibrium import momentum_sums
+from decaykit.monitor.record import FIELDS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+IN, OUT, BATCH = 16, 32, 8
+
+
+class Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(IN, OUT, bias=False)
+        self.norm = torch.nn.LayerNorm(OUT, elementwise_affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))
+
+
+def _toy(start_norm: float | None, seed: int = 0) -> Toy:
+    torch.manual_seed(seed)
+    model = Toy()
+    if start_norm is not None:
+        with torch.no_grad():
+            model.proj.weight.mul_(start_norm / model.proj.weight.norm())
+    return model
+
+
+def _truth_run(model: Toy, opt, mon, steps: int, seed: int = 1) -> dict[int, tuple[float, float]]:
+    """Train the toy; return {step: (‖W‖, angle)} measured beside the monitor at every step."""
+    g = torch.Generator().manual_seed(seed)
+    w = model.proj.weight
+    truth = {}
+    for step in range(1, steps + 1):
+        x = torch.randn(BATCH, IN, generator=g)
+        y = torch.randn(BATCH, OUT, generator=g)
+        (model(x) * y).sum().backward()
+        before = w.detach().double().clone()
+        opt.step()
+        opt.zero_grad()
+        after = w.detach().double()
+        cos = float((before * after).sum() / (before.norm() * after.norm()))
+        truth[step] = (float(after.norm()), math.acos(min(1.0, cos)))
+    return truth
+
+
+def _window(history, name: str, since: int) -> list[dict]:
+    return [r for r in history if r["name"] == name and r["step"] >= since]
+
+
+def _check_truth_and_prediction(mon, truth, steps: int, tau: float) -> None:
+    records = [r for r in mon.history if r["name"] == "proj.weight"]
+    assert [r["step"] for r in records] == [1, *range(mon.every, steps + 1, mon.every)]
+    for r in records:  # exact records: within 2% of what was measured beside (in fact to float rounding)
+        norm, angle = truth[r["step"]]
+        assert r["norm"] == pytest.approx(norm, rel=0.02)
+        assert r["angular_update"] == pytest.approx(angle, rel=0.02)
+        assert r["timescale_steps"] == pytest.approx(tau, rel=1e-9)
+    assert steps >= 5 * tau
+    late = _window(mon.history, "proj.weight", steps - 2 * tau)  # the last 2τ, after 3τ of settling
+    mean = lambda key: sum(r[key] for r in late) / len(late)  # noqa: E731
+    assert mean("norm") == pytest.approx(mean("predicted_norm"), rel=0.10)
+    assert mean("angular_update") == pytest.approx(mean("predicted_angular_update"), rel=0.10)
+    assert mean("equilibrium") == pytest.approx(1.0, rel=0.10)
+    assert late[-1]["cumulative_decay"] == pytest.approx(steps / tau, rel=0.05)
+
+
+def test_adamw_records_match_the_truth_and_the_equilibrium():
+    lr, lam, betas = 1e-2, 1.0, (0.5, 0.99)
+    tau = 1 / (lr * lam)
+    predicted = math.sqrt(lr * OUT * IN / (2 * lam))
+    model = _toy(1.5 * predicted)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr, betas=betas)
+    mon = decaykit.Monitor(model, opt, every=10, total_steps=600)
+    truth = _truth_run(model, opt, mon, 600)
+    _check_truth_and_prediction(mon, truth, 600, tau)
+    r = mon.history[-1]
+    assert r["predicted_norm"] == pytest.approx(predicted, rel=1e-9)
+    assert r["predicted_angular_update"] == pytest.approx(math.sqrt(2 * lr * lam * (1 - betas[0]) / (1 + betas[0])))
+    assert set(FIELDS) <= set(r) and r["group"] == 0
+    assert mon.findings == []  # a healthy run
+    mon.close()
+
+
+def test_sgd_with_momentum_records_match_the_truth_and_the_equilibrium():
+    lr, lam, alpha = 0.1, 1e-2, 0.9
+    tau = (1 - alpha) / (lr * lam)  # L2 decay through the momentum: r = ηλ/(1 − α)
+    model = _toy(None)
+    opt = torch.optim.SGD(decaykit.param_groups(model, lam), lr=lr, momentum=alpha)
+    with decaykit.Monitor(model, opt, every=10, total_steps=800) as mon:
+        truth = _truth_run(model, opt, mon, 800)
+    _check_truth_and_prediction(mon, truth, 800, tau)
+    assert mon.history[-1]["predicted_angular_update"] == pytest.approx(math.sqrt(2 * lr * lam / (1 + alpha)))
+    assert mon.findings == []
+
+
+def test_the_engine_modes_use_the_engines_own_rate():
+    """lr_independent: r = (η_t/η_max)·λ, read from WeightDecay.expected_decay()."""
+    lr, lam = 1e-2, 1e-2  # an lr_independent λ: r = λ at the peak LR
+    model = _toy(None)
+    inner = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr, betas=(0.5, 0.99))
+    opt = decaykit.WeightDecay(inner, mode="lr_independent")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 if step >= 5 else 1.0)
+    mon = decaykit.Monitor(model, opt, every=5)
+    for _ in range(10):
+        model(torch.randn(BATCH, IN)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    rates = {r["step"]: r["decay_rate"] for r in mon.history}
+    assert rates == pytest.approx({1: lam, 5: lam, 10: lam / 2})
+    mon.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0.0, 0.95), st.floats(0.0, 0.9), st.booleans())
+def test_momentum_sums_are_the_sums_of_the_step_weights(alpha, dampening, nesterov):
+    """(S, Q) against the weights of torch SGD's step on one unit gradient, summed over 800 steps."""
+    if nesterov:
+        dampening = 0.0
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = torch.optim.SGD([p], lr=1.0, momentum=alpha, dampening=dampening, nesterov=nesterov and alpha > 0)
+    weights = []
+    for k in range(800):
+        p.grad = torch.ones_like(p) if k == 1 else torch.zeros_like(p)  # step 0 primes the buffer (no dampening)
+        before = float(p.detach())
+        opt.step()
+        weights.append(before - float(p.detach()))
+    s, q = momentum_sums(alpha, dampening, nesterov and alpha > 0)
+    assert sum(weights) == pytest.approx(s, rel=1e-6, abs=1e-9)
+    assert sum(w * w for w in weights) == pytest.approx(q, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, argument", [({"every": 0}, "every"), ({"total_steps": 0}, "total_steps"),
+                                              ({"every": 2.5}, "every"), ({"start_step": -1}, "start_step")])
+def test_bad_settings_name_the_argument(kwargs, argument):
+    model = _toy(None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(DecayError) as info:
+        decaykit.Monitor(model, opt, **kwargs)
+    assert info.value.argument == argument
+
+
+def test_close_removes_the_hooks():
+    model = _toy(None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mon = decaykit.Monitor(model, opt, every=1)
+    model(torch.randn(2, IN)).sum().backward()
+    opt.step()
+    mon.close()
+    opt.step()
+    assert [r["step"] for r in mon.history] == [1]
+
+
+@pytest.mark.parametrize("mode", ["lr_coupled", "lr_independent", "corrected", "cautious", "coupled_l2"])
+def test_every_engine_mode_is_recorded_with_the_rate_it_applies(mode):
+    lr, lam = 1e-2, 1e-2 if mode == "lr_independent" else 0.5
+    model = _toy(None)
+    opt = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr), mode=mode)
+    expected = opt.expected_decay()[0]
+    mon = decaykit.Monitor(model, opt, every=1)
+    model(torch.randn(BATCH, IN)).sum().backward()
+    opt.step()
+    (r,) = mon.history
+    assert r["name"] == "proj.weight" and math.isfinite(r["decay_to_update"])
+    if mode == "coupled_l2":  # λθ behind Adam's √v̂: r ≈ ηλ/RMS(√v̂), no equilibrium predicted
+        state = opt.state[model.proj.weight]
+        rms = float((state["exp_avg_sq"] / (1 - 0.999)).mean().sqrt())
+        assert r["decay_rate"] == pytest.approx(lr * lam / rms, rel=1e-3)
+        assert r["predicted_norm"] is None and r["predicted_angular_update"] is None
+    else:
+        assert r["decay_rate"] == pytest.approx(expected["rate"])
+        assert (r["predicted_norm"] is None) == (mode == "cautious")
+    mon.close()
+
+
+def test_tensorboard_by_folder_writes_events_or_says_what_to_install(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(DecayError, match=r"pip install 'decaykit\[tensorboard\]'"):
+            decaykit.monitor.TensorBoardSink(tmp_path / "tb")
+        return
+    model = _toy(None)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=1, sink=decaykit.monitor.TensorBoardSink(tmp_path / "tb"))
+    model(torch.randn(BATCH, IN)).sum().backward()
+    opt.step()
+    mon.close()
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_a_tensor_the_step_skips_is_not_recorded():
+    """torch's optimizers leave a tensor without a gradient alone: no decay happened, so no record."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False))
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=1)
+    model[0](torch.randn(2, 4)).sum().backward()   # the second layer gets no gradient
+    opt.step()
+    assert [r["name"] for r in mon.history] == ["0.weight"]
+    mon.close()

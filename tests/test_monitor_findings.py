@@ -1,0 +1,118 @@
+"""Each finding of decaykit.Monitor fires, once per tensor or group, on a case built for it; a healthy
+run (tests/test_monitor.py, the scale-invariant toy run for 5τ) shows none."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import decaykit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _train(model, opt, steps, make_input, *, before_step=None):
+    for step in range(1, steps + 1):
+        out = model(make_input())
+        (out * torch.randn_like(out)).sum().backward()
+        if before_step is not None:
+            before_step(step)
+        opt.step()
+        opt.zero_grad()
+
+
+def _codes(mon) -> list[tuple[str, str]]:
+    return [(f.code, f.name) for f in mon.findings]
+
+
+def _scale_invariant(inputs: int = 16, outputs: int = 32):
+    return torch.nn.Sequential(torch.nn.Linear(inputs, outputs, bias=False),
+                               torch.nn.LayerNorm(outputs, elementwise_affine=False))
+
+
+def test_decayed_norms_and_biases_are_named_once_each():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)   # decays everything
+    mon = decaykit.Monitor(model, opt, every=2)
+    _train(model, opt, 6, lambda: torch.randn(4, 8))
+    assert sorted(_codes(mon)) == sorted([("decayed-bias", "0.bias"), ("decayed-norm", "1.weight"),
+                                          ("decayed-norm", "1.bias"), ("decayed-bias", "2.bias")])
+    assert all(f.step == 1 for f in mon.findings)  # found at the first recorded step
+    # the same model with decaykit's groups: nothing to say
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    with decaykit.Monitor(model, opt, every=2) as clean:
+        _train(model, opt, 6, lambda: torch.randn(4, 8))
+    assert clean.findings == [] and {r["name"] for r in clean.history} == {"0.weight", "2.weight"}
+
+
+def test_decay_dominating_a_tensor_without_gradients_is_found_once():
+    """A tensor kept fixed by zeroing its gradients is still decayed: nothing but the decay moves it."""
+    model = _scale_invariant()
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=5)
+    _train(model, opt, 30, lambda: torch.randn(8, 16), before_step=lambda s: model[0].weight.grad.zero_())
+    assert _codes(mon) == [("decay-dominates", "0.weight")]
+    assert all(r["decay_to_update"] > 100 for r in mon.history)  # the rest is float rounding
+
+
+@settings(max_examples=40, deadline=None)
+@given(lr=st.floats(1e-4, 1e-1), lam=st.floats(1e-3, 10.0), total=st.integers(1, 10**6))
+def test_a_timescale_longer_than_the_run_is_found(lr, lam, total):
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr)
+    mon = decaykit.Monitor(model, opt, every=1, total_steps=total)
+    _train(model, opt, 2, lambda: torch.randn(2, 4))
+    tau = 1 / (lr * lam)
+    found = [c for c in _codes(mon) if c[0] == "timescale-exceeds-run"]   # λ = 10 may also dominate, rightly
+    assert found == ([("timescale-exceeds-run", "group 0")] if tau > total else [])
+
+
+def test_the_timescale_is_read_at_the_peak_lr_not_during_warm_up():
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 1.0), lr=1e-2)   # τ = 100 steps at the peak
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 50))  # from lr = 0
+    mon = decaykit.Monitor(model, opt, every=10, total_steps=300)
+    for _ in range(30):
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    # lr = 0 at the first step: no decay, no record; at step 10, τ = 1/(η_10·λ) is longer than the run
+    assert mon.history[0]["step"] == 10 and mon.history[0]["timescale_steps"] == pytest.approx(1 / (0.01 * 9 / 50))
+    assert mon.history[0]["timescale_steps"] > 300
+    assert mon.findings == []
+
+
+def test_a_tensor_far_from_its_equilibrium_after_3_tau_is_found_once():
+    """Half the inputs are always 0, so half the weights get no gradient and decay away: ‖W‖ settles
+    at √(η·C/2/(2λ)), 0.71x the prediction for all C coordinates."""
+    model = _scale_invariant()
+    lr, lam = 1e-2, 2.0
+    opt = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr, betas=(0.5, 0.99))
+    mon = decaykit.Monitor(model, opt, every=10)
+    half = torch.cat([torch.ones(8), torch.zeros(8)])
+    _train(model, opt, 300, lambda: torch.randn(8, 16) * half)   # 6τ
+    assert _codes(mon) == [("far-from-equilibrium", "0.weight")]
+    found = mon.findings[0]
+    assert found.step >= 3 / (lr * lam)
+    late = [r["norm"] / r["predicted_norm"] for r in mon.history if r["step"] >= 200]
+    assert sum(late) / len(late) == pytest.approx(math.sqrt(0.5), rel=0.1)
+
+
+def test_non_finite_values_are_found_once():
+    model = _scale_invariant()
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=2)
+
+    def poison(step: int) -> None:
+        if step == 3:
+            with torch.no_grad():
+                model[0].weight[0, 0] = math.nan
+
+    _train(model, opt, 8, lambda: torch.randn(8, 16), before_step=poison)
+    assert _codes(mon) == [("non-finite", "0.weight")]
+    assert mon.findings[0].step == 4

@@ -1,0 +1,107 @@
+"""decaykit.Monitor inside a real ``transformers.Trainer`` and ``lightning.Trainer`` run (tiny models, CPU):
+the metrics reach the frameworks' own loggers, the history holds the canonical names, findings are told."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import decaykit
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+L = pytest.importorskip("lightning")
+
+from hf_models import llama  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+
+
+class RandomTokens(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1, 96, (8,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": ids, "labels": ids}
+
+
+def test_hf_callback_logs_through_the_report_to_loggers(tmp_path):
+    from decaykit.integrations.hf import DecayMonitorCallback, DecayTrainer
+
+    class Reporter(transformers.TrainerCallback):  # stands for a report_to logger: it comes before ours
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs))
+
+    reporter, monitor = Reporter(), DecayMonitorCallback(every=2, sink=tmp_path / "run.jsonl")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, weight_decay=0.1,
+        use_cpu=True, report_to=[], save_strategy="no", logging_steps=2, lr_scheduler_type="constant", disable_tqdm=True, seed=0)
+    trainer = DecayTrainer(model=llama(), args=args, train_dataset=RandomTokens(), callbacks=[reporter, monitor])
+    trainer.train()
+    mon = monitor.monitor
+    assert mon.total_steps == 4 and sorted({r["step"] for r in mon.history}) == [1, 2, 4]
+    names = {r["name"] for r in mon.history}
+    assert "model.layers.0.self_attn.q_proj.weight" in names and not any("norm" in n for n in names)
+    logged = [log for log in reporter.logs if "decay/group0/timescale_steps" in log]
+    assert len(logged) == 2 and logged[0]["decay/group0/timescale_steps"] == pytest.approx(1 / (1e-2 * 0.1))
+    # τ = 1/(ηλ) = 1000 steps against a 4-step run: the one finding, told once
+    assert [(f.code, f.name) for f in mon.findings] == [("timescale-exceeds-run", "group 0")]
+    assert (tmp_path / "run.jsonl").exists()
+
+
+class Net(L.LightningModule):
+    def __init__(self, by_hand: bool) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, 16)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 3)
+        self.by_hand = by_hand
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self.norm(self.stem(x))), y)
+
+    def configure_optimizers(self):
+        params = self.parameters() if self.by_hand else decaykit.param_groups(self, 0.1)
+        return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+
+
+class Logger(L.pytorch.loggers.Logger):
+    def __init__(self):
+        super().__init__()
+        self.metrics = []
+
+    name, version = "capture", 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+
+@pytest.mark.parametrize("by_hand", [False, True])
+def test_lightning_callback_logs_through_the_modules_logger(by_hand):
+    from decaykit.errors import DecayWarning
+    from decaykit.integrations.lightning import DecayMonitorCallback
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+    logger, callback = Logger(), DecayMonitorCallback(every=2)
+    trainer = L.Trainer(max_steps=4, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback])
+    with pytest.warns(DecayWarning, match="decaykit monitor: step 1: "):  # each finding told once
+        trainer.fit(Net(by_hand), torch.utils.data.DataLoader(data, batch_size=16))
+    mon = callback.monitor
+    assert sorted({r["step"] for r in mon.history}) == [1, 2, 4] and mon.total_steps == 4
+    steps = [step for step, m in logger.metrics if "decay/group0/timescale_steps" in m]
+    assert steps == [1, 2, 4]
+    codes = {f.code for f in mon.findings}
+    # τ = 1/(ηλ) = 1000 steps is longer than the 4-step run either way
+    assert codes == {"timescale-exceeds-run"} | ({"decayed-norm", "decayed-bias"} if by_hand else set())
+
