@@ -1,0 +1,358 @@
+"""What a parameter *does*: one forward pass on fake tensors, recording how each parameter is consumed.
+
+A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, nor Mamba's
+``A_log`` from a weight; the operation that consumes the tensor can:
+
+- the matrix operand of ``F.linear``, ``@``, ``einsum``, ``bmm``, a convolution -> ``weight``, decayed;
+- the table of an embedding lookup, ``index_select``, ``gather`` or tensor indexing -> ``embedding``;
+- concatenated with activations, or the input of a layer -> ``token``, treated like an embedding;
+- added to activations: per channel -> ``bias``, no decay; a larger table -> ``embedding``;
+- multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
+- the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
+- fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) -> ``state``, no decay.
+
+Views, casts, slices and arithmetic with plain numbers pass a parameter through unchanged; an
+operation on parameters only (a weight standardised, tokens concatenated together) passes all
+of them through. The pass runs under ``FakeTensorMode``: no real compute, no real memory; it
+stops at the first data-dependent operation and what was seen until then is kept.
+
+>>> from torch import nn
+>>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
+>>> [u.reason for u in uses.values()]
+['matrix operand of F.linear', 'added to activations in F.linear: a bias', 'weight of F.layer_norm: a norm gain', 'bias of F.layer_norm: a norm bias']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+__all__ = ["Trace", "Use", "trace_usage"]
+
+# Operand roles of the layer functions, by argument name (positions come from the signature).
+_LAYER_ARGS: dict[str, dict[str, str]] = {
+    "linear": {"input": "input", "weight": "matmul", "bias": "bias"},
+    "bilinear": {"input1": "input", "input2": "input", "weight": "matmul", "bias": "bias"},
+    **{f"conv{d}": {"input": "input", "weight": "matmul", "bias": "bias"} for d in ("1d", "2d", "3d")},
+    **{f"conv_transpose{d}": {"input": "input", "weight": "matmul", "bias": "bias"} for d in ("1d", "2d", "3d")},
+    "embedding": {"input": "index", "weight": "lookup"},
+    "embedding_bag": {"input": "index", "weight": "lookup"},
+    "layer_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "group_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "batch_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "instance_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "rms_norm": {"input": "input", "weight": "norm"},
+    "prelu": {"input": "input", "weight": "scale"},
+    "addmm": {"input": "bias", "mat1": "matmul", "mat2": "matmul"},
+    "baddbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
+    "addbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
+    "addmv": {"input": "bias", "mat": "matmul", "vec": "matmul"},
+    "index_select": {"input": "lookup", "index": "index"},
+    "gather": {"input": "lookup", "index": "index"},
+    "take": {"input": "lookup", "index": "index"},
+    "take_along_dim": {"input": "lookup", "indices": "index"},
+}
+_POSITIONS: dict[str, tuple[str, ...]] = {
+    "linear": ("input", "weight", "bias"), "bilinear": ("input1", "input2", "weight", "bias"),
+    "embedding": ("input", "weight"), "embedding_bag": ("input", "weight"),
+    "layer_norm": ("input", "normalized_shape", "weight", "bias"), "group_norm": ("input", "num_groups", "weight", "bias"),
+    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias"),
+    "instance_norm": ("input", "running_mean", "running_var", "weight", "bias"),
+    "rms_norm": ("input", "normalized_shape", "weight"), "prelu": ("input", "weight"),
+    "addmm": ("input", "mat1", "mat2"), "baddbmm": ("input", "batch1", "batch2"), "addbmm": ("input", "batch1", "batch2"),
+    "addmv": ("input", "mat", "vec"), "index_select": ("input", "dim", "index"), "gather": ("input", "dim", "index"),
+    "take": ("input", "index"), "take_along_dim": ("input", "indices"),
+    **{f"conv{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
+    **{f"conv_transpose{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
+}
+_MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum", "tensordot", "inner", "outer",
+                     "dot", "vdot", "kron", "chain_matmul", "multi_dot", "scaled_dot_product_attention", "ger",
+                     "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
+_CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack",
+                     "where", "masked_scatter", "index_put", "scatter", "masked_fill"})
+_ADD = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__"})
+_MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
+                  "true_divide", "addcmul", "multiply"})
+# Nonlinear maps of a parameter on its own: what comes out is no longer the parameter (Mamba's
+# ``-exp(A_log)``, CLIP's ``logit_scale.exp()``, softmax-ed mixing weights).
+_NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
+                        "sqrt", "rsqrt", "reciprocal", "softmax", "log_softmax", "sin", "cos", "relu", "gelu", "silu",
+                        "elu", "logsigmoid", "erf", "pow", "__pow__", "__rpow__", "square"})
+# Ops that leave a tensor what it was: views, casts, slices, copies, plain-number arithmetic.
+_PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "expand", "expand_as",
+                   "unsqueeze", "squeeze", "flatten", "unflatten", "contiguous", "clone", "detach", "to", "type",
+                   "type_as", "float", "double", "half", "bfloat16", "__getitem__", "narrow", "select", "chunk",
+                   "split", "unbind", "movedim", "moveaxis", "swapaxes", "swapdims", "repeat", "tile", "broadcast_to",
+                   "__get__", "neg", "__neg__", "clamp", "clamp_", "clip", "normalize", "requires_grad_", "as_strided",
+                   "repeat_interleave", "roll", "flip", "tensor_split", "split_with_sizes", "interpolate", "pad",
+                   "diagonal", "tril", "triu", "abs", "__pos__"})
+# What makes an activation "normalised": a gain multiplying it is a norm gain.
+_NORMALISING = frozenset({"rsqrt", "layer_norm", "rms_norm", "group_norm", "normalize", "batch_norm", "instance_norm"})
+_WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index in {f}",
+        "input": "input of {f}: a learned token", "concat": "joined to activations in {f}: a learned token",
+        "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
+        "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter"}
+_ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
+          "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "embedding"}
+# A parameter used several ways is what its strongest use says: a table looked up (and maybe tied
+# to a head) is an embedding, else a matrix operand is a weight.
+_RANK = ("lookup", "matmul", "input", "concat", "table", "bias", "norm", "normbias", "scale", "gain", "state", "other")
+
+
+class Use(NamedTuple):
+    """How one parameter was consumed in the traced forward pass."""
+
+    kind: str  # "matmul", "lookup", "input", "concat", "table", "bias", "norm", "normbias", "scale", "gain", "state", "other"
+    func: str  # the function that consumed it, as users write it (``F.linear``, ``einsum``, ``mul``)
+    reason: str
+
+    @property
+    def role(self) -> str:
+        return {"gain": "norm", "other": "unknown"}.get(self.kind, _ROLES.get(self.kind, self.kind))
+
+
+@dataclass
+class Trace:
+    """Every use seen per parameter (``id`` of the real tensor), and why the pass stopped, if it did."""
+
+    uses: dict[int, list[Use]]
+    stopped: str | None = None  # "RuntimeError: ..." when the forward could not finish on fake tensors
+    ran: bool = True  # False: no example input could be made, ``stopped`` says why
+
+    @property
+    def unseen(self) -> str:
+        """Why a parameter has no use: the pass never reached it, or stopped before it."""
+        if not self.ran:
+            return f"no example input ({self.stopped})"
+        if self.stopped is None:
+            return "not reached by the traced forward"
+        return f"not reached: the traced forward stopped at {self.stopped}"
+
+    def use_of(self, param: torch.Tensor) -> Use | None:
+        """The use that decides: the strongest seen, or ``None`` if the pass never reached it."""
+        seen = self.uses.get(id(param))
+        if not seen:
+            return None
+        return min(seen, key=lambda u: _RANK.index(u.kind))
+
+
+def _name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    return f"F.{name}" if getattr(torch.nn.functional, name, None) is func else name
+
+
+def _bare(func: Any) -> str:
+    return getattr(func, "__name__", "") or ""
+
+
+class _Recorder(TorchFunctionMode):
+    """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
+
+    def __init__(self, origin: dict[int, tuple[int, ...]], inputs: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.origin = origin  # id(tensor) -> ids of the real parameters it still *is*
+        # ids of activations: what derives from the example inputs; buffers and constants are not,
+        # so a weight masked by a buffer or built with torch.eye is still a weight
+        self.live: set[int] = {id(t) for t in inputs}
+        self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
+        self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
+        self.uses: dict[int, list[Use]] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        out = func(*args, **kwargs)
+        self._record(_bare(func), _name(func), args, kwargs, out)
+        return out
+
+    def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        live = [t for t in tensors if id(t) in self.live]
+        traced = [t for t in tensors if id(t) in self.origin]
+        if traced:
+            self._consume(bare, shown, args, kwargs, out, traced, live)
+        elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
+            self._mark(out, self.normalised)
+        if live:
+            self._mark(out, self.live, skip=self.origin)
+
+    def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
+                 live: list[torch.Tensor]) -> None:
+        if bare == "__getitem__" and any(id(t) not in self.origin for t in args[1:] if isinstance(t, torch.Tensor)):
+            self._use(traced[0], Use("lookup", "indexing", "table indexed by a tensor: an embedding lookup"))
+        elif bare in _LAYER_ARGS:
+            self._layer(bare, shown, args, kwargs)
+        elif bare in _PASS or (not live and bare not in _NONLINEAR):
+            self._pass_on(out, {p for t in traced for p in self.origin[id(t)]})
+        else:
+            for t in traced:
+                self._use(t, self._elementwise(bare, shown, t, live))
+
+    def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and (skip is None or id(t) not in skip):
+                into.add(id(t))
+                self.keep.append(t)
+
+    def _pass_on(self, out: Any, params: set[int]) -> None:
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.origin[id(t)] = tuple(sorted(params))
+                self.keep.append(t)
+
+    def _use(self, tensor: torch.Tensor, use: Use) -> None:
+        for p in self.origin[id(tensor)]:
+            self.uses.setdefault(p, []).append(use)
+
+    def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
+        named = dict(zip(_POSITIONS[bare], args))
+        named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
+        for arg, value in named.items():
+            kind = _LAYER_ARGS[bare].get(arg)
+            if not isinstance(value, torch.Tensor) or id(value) not in self.origin or kind in (None, "index"):
+                continue
+            if kind == "bias":
+                self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
+            else:
+                self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
+
+    def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor]) -> Use:
+        if bare in _MATMUL:
+            return Use("matmul", shown, f"matrix operand of {shown}")
+        if bare in _CONCAT:
+            return Use("concat", shown, _WHY["concat"].format(f=shown))
+        if not activations:
+            return Use("state", shown, _WHY["state"].format(f=shown))
+        if bare in _ADD:
+            if _per_channel(tensor.shape):
+                return Use("bias", shown, f"added to activations in {shown}: a bias")
+            return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
+        if bare in _MUL:
+            if any(id(a) in self.normalised for a in activations):
+                return Use("gain", shown, f"multiplies normalised activations in {shown}: a norm gain")
+            return Use("scale", shown, f"multiplies activations in {shown}: a scale")
+        return Use("other", shown, f"used in {shown}")
+
+
+def _per_channel(shape: torch.Size) -> bool:
+    return sum(1 for s in shape if s != 1) <= 1
+
+
+def _shape(shape: torch.Size) -> str:
+    return "(" + ",".join(str(s) for s in shape) + ")"
+
+
+def _fake_like(mode: Any, t: torch.Tensor, floats: torch.dtype | None = None) -> torch.Tensor:
+    """A fake tensor of ``t``'s shape and dtype (``floats`` for floating ones, if given); meta
+    tensors become fake CPU ones, so factory calls inside ``forward`` (on the default device)
+    meet them on one device."""
+    device = torch.device("cpu") if t.device.type == "meta" else t.device
+    dtype = floats if floats is not None and t.is_floating_point() else t.dtype
+    with mode:
+        return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=dtype, device=device)
+
+
+def trace_usage(model: nn.Module, example_inputs: Any) -> dict[int, Use]:
+    """The deciding use of every parameter reached by ``model(*example_inputs)``, by ``id``.
+
+    ``example_inputs`` is one tensor, a tuple of positional arguments, or a dict of keyword
+    arguments (``{"input_ids": ids}``); its tensors only lend their shapes and dtypes.
+    """
+    trace = run_trace(model, example_inputs)
+    return {pid: min(seen, key=lambda u: _RANK.index(u.kind)) for pid, seen in trace.uses.items()}
+
+
+def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
+    """One forward pass of ``model`` on fake tensors under a recorder: see :func:`trace_usage`.
+
+    Where the pass stops early, a second one in bfloat16 is tried (some kernels, such as the
+    grouped matmul of MoE experts, only take it) and the trace that saw more is kept.
+    """
+    first = _trace_once(model, example_inputs, None)
+    if first.stopped is None:
+        return first
+    second = _trace_once(model, example_inputs, torch.bfloat16)
+    return second if len(second.uses) > len(first.uses) else first
+
+
+def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None) -> Trace:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fakes: dict[int, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    origin: dict[int, tuple[int, ...]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        fake = fakes.setdefault(id(p), _fake_like(mode, p, floats))
+        origin[id(fake)] = (id(p),)
+        state[name] = fake
+    for name, b in model.named_buffers(remove_duplicate=False):
+        state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
+    args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
+                                     example_inputs))
+    recorder = _Recorder(origin, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)])
+    stopped = None
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)  # a kernel without a fake version logs a traceback before raising
+    try:
+        with torch.no_grad(), mode, recorder:
+            torch.func.functional_call(model, state, args, kwargs, strict=False)
+    except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
+        stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+    finally:
+        fake_log.setLevel(level)
+    return Trace(recorder.uses, stopped)
+
+
+def _as_call(inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def example_inputs_for(model: nn.Module) -> Any | None:
+    """An input ``model`` can take, made from what it says about itself, or ``None``.
+
+    In order: its own ``example_inputs()`` method; a Hugging Face model's config (token ids
+    from its vocabulary, or pixel values for an image model); a first layer that fixes the input
+    (``Linear``: features, ``Conv2d``: channels, ``Embedding``: token ids).
+    """
+    own: Callable[[], Any] | None = getattr(model, "example_inputs", None)
+    if callable(own):
+        return own()
+    config = getattr(model, "config", None)
+    if config is not None:
+        return _from_config(config)
+    first = next((m for m in model.modules() if not list(m.children())), None)
+    if isinstance(first, nn.Linear):
+        return torch.zeros(2, first.in_features)
+    if isinstance(first, nn.modules.conv._ConvNd):
+        return torch.zeros(2, first.in_channels, *([32] * (first.weight.ndim - 2)))
+    if isinstance(first, nn.Embedding):
+        return torch.zeros(2, 8, dtype=torch.long)
+    return None
+
+
+def _from_config(config: Any) -> Any | None:
+    """Inputs for a transformers model, from its config alone: no tokenizer, no download."""
+    text = getattr(config, "get_text_config", lambda: config)()
+    image = getattr(config, "image_size", None) or getattr(getattr(config, "vision_config", None), "image_size", None)
+    channels = getattr(config, "num_channels", None)
+    inputs: dict[str, Any] = {}
+    vocab = getattr(text, "vocab_size", None)
+    if isinstance(vocab, int) and vocab > 0:
+        inputs["input_ids"] = torch.zeros(1, 8, dtype=torch.long)
+        if getattr(config, "is_encoder_decoder", False):
+            inputs["decoder_input_ids"] = torch.zeros(1, 8, dtype=torch.long)
+    elif isinstance(image, int) and isinstance(channels, int):
+        inputs["pixel_values"] = torch.zeros(1, channels, image, image)
+    return inputs or None
