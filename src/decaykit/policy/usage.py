@@ -323,8 +323,8 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     """An input ``model`` can take, made from what it says about itself, or ``None``.
 
     In order: its own ``example_inputs()`` method; a Hugging Face model's config (token ids
-    from its vocabulary, or pixel values for an image model); a first layer that fixes the input
-    (``Linear``: features, ``Conv2d``: channels, ``Embedding``: token ids).
+    from its vocabulary, or pixel values for an image model); the first layer of an
+    ``nn.Sequential`` (``Linear``: features, ``Conv*d``: channels, ``Embedding``: token ids).
     """
     own: Callable[[], Any] | None = getattr(model, "example_inputs", None)
     if callable(own):
@@ -332,7 +332,9 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     config = getattr(model, "config", None)
     if config is not None:
         return _from_config(config)
-    first = next((m for m in model.modules() if not list(m.children())), None)
+    first: nn.Module | None = model
+    while isinstance(first, nn.Sequential):  # only a Sequential says which layer meets the input
+        first = first[0] if len(first) else None
     if isinstance(first, nn.Linear):
         return torch.zeros(2, first.in_features)
     if isinstance(first, nn.modules.conv._ConvNd):
