@@ -54,6 +54,8 @@ _LAYER_ARGS: dict[str, dict[str, str]] = {
     "baddbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
     "addbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
     "addmv": {"input": "bias", "mat": "matmul", "vec": "matmul"},
+    # attention holds no weights: a parameter given as its query or keys is a learned token
+    "scaled_dot_product_attention": {"query": "input", "key": "input", "value": "input", "attn_mask": "bias"},
     "index_select": {"input": "lookup", "index": "index"},
     "gather": {"input": "lookup", "index": "index"},
     "take": {"input": "lookup", "index": "index"},
@@ -67,13 +69,14 @@ _POSITIONS: dict[str, tuple[str, ...]] = {
     "instance_norm": ("input", "running_mean", "running_var", "weight", "bias"),
     "rms_norm": ("input", "normalized_shape", "weight"), "prelu": ("input", "weight"),
     "addmm": ("input", "mat1", "mat2"), "baddbmm": ("input", "batch1", "batch2"), "addbmm": ("input", "batch1", "batch2"),
-    "addmv": ("input", "mat", "vec"), "index_select": ("input", "dim", "index"), "gather": ("input", "dim", "index"),
+    "addmv": ("input", "mat", "vec"), "scaled_dot_product_attention": ("query", "key", "value", "attn_mask"),
+    "index_select": ("input", "dim", "index"), "gather": ("input", "dim", "index"),
     "take": ("input", "index"), "take_along_dim": ("input", "indices"),
     **{f"conv{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
     **{f"conv_transpose{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
 }
 _MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum", "tensordot", "inner", "outer",
-                     "dot", "vdot", "kron", "chain_matmul", "multi_dot", "scaled_dot_product_attention", "ger",
+                     "dot", "vdot", "kron", "chain_matmul", "multi_dot", "ger",
                      "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
 _CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack",
                      "where", "masked_scatter", "index_put", "scatter", "masked_fill"})
@@ -330,8 +333,8 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     if callable(own):
         return own()
     config = getattr(model, "config", None)
-    if config is not None:
-        return _from_config(config)
+    if config is not None and hasattr(config, "to_dict"):
+        return _from_config(config, _arguments(model))
     first: nn.Module | None = model
     while isinstance(first, nn.Sequential):  # only a Sequential says which layer meets the input
         first = first[0] if len(first) else None
@@ -344,17 +347,35 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     return None
 
 
-def _from_config(config: Any) -> Any | None:
-    """Inputs for a transformers model, from its config alone: no tokenizer, no download."""
-    text = getattr(config, "get_text_config", lambda: config)()
-    image = getattr(config, "image_size", None) or getattr(getattr(config, "vision_config", None), "image_size", None)
-    channels = getattr(config, "num_channels", None)
+def _arguments(model: nn.Module) -> frozenset[str]:
+    import inspect
+
+    try:
+        return frozenset(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
+    """Inputs for a transformers model from its config and ``forward``'s arguments alone: token ids
+    (its vocabulary only bounds them), pixel values, audio; no tokenizer, no download."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vision = getattr(config, "vision_config", None) or config
     inputs: dict[str, Any] = {}
-    vocab = getattr(text, "vocab_size", None)
-    if isinstance(vocab, int) and vocab > 0:
-        inputs["input_ids"] = torch.zeros(1, 8, dtype=torch.long)
-        if getattr(config, "is_encoder_decoder", False):
-            inputs["decoder_input_ids"] = torch.zeros(1, 8, dtype=torch.long)
-    elif isinstance(image, int) and isinstance(channels, int):
+    if "input_ids" in takes and isinstance(getattr(text, "vocab_size", None), int):
+        inputs["input_ids"] = torch.ones(1, 8, dtype=torch.long)
+        if "decoder_input_ids" in takes and getattr(config, "is_encoder_decoder", False):
+            inputs["decoder_input_ids"] = torch.ones(1, 8, dtype=torch.long)
+    image, channels = getattr(vision, "image_size", None), getattr(vision, "num_channels", 3)
+    if "pixel_values" in takes and isinstance(image, int):
         inputs["pixel_values"] = torch.zeros(1, channels, image, image)
+    elif "pixel_values" in takes and isinstance(image, (tuple, list)) and len(image) == 2:
+        inputs["pixel_values"] = torch.zeros(1, channels, *image)
+    if "input_values" in takes and not inputs:
+        inputs["input_values"] = torch.zeros(1, 16000)
+    if "input_features" in takes and isinstance(getattr(config, "num_mel_bins", None), int) and not inputs:
+        frames = 2 * getattr(config, "max_source_positions", 1500)
+        inputs["input_features"] = torch.zeros(1, config.num_mel_bins, frames)
+    if inputs and "use_cache" in takes:
+        inputs["use_cache"] = False  # one pass, nothing to cache: hybrid caches refuse an empty start
     return inputs or None
