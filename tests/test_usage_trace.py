@@ -249,3 +249,33 @@ def test_param_groups_take_example_inputs():
     assert {"block.scale", "ssm.A_log", "block.qk_gain.gain"} <= undecayed
     with pytest.raises(decaykit.DecayError, match="example_inputs"):
         decaykit.plan(model, 0.1, example_inputs="yes")
+
+
+def test_a_parameter_reshaped_or_normalised_on_its_own_keeps_its_role():
+    class StandardisedConv(nn.Conv2d):  # BiT's weight standardisation: the weight goes through batch_norm
+        def forward(self, x):
+            w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, eps=1e-6)
+            return F.conv2d(x, w.reshape_as(self.weight), self.bias)
+
+    class Masked(nn.Module):  # a weight masked by a buffer is still a weight (MADE, causal convs)
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(4, 4))
+            self.register_buffer("mask", torch.ones(4, 4).tril())
+
+        def forward(self, x):
+            return F.linear(x, self.weight * self.mask)
+
+    class SelfAttention(nn.MultiheadAttention):
+        def forward(self, x):
+            return super().forward(x, x, x)[0]
+
+    model = nn.Sequential(StandardisedConv(3, 4, 3), nn.Flatten(), nn.Linear(36, 4), Masked(),
+                          nn.Unflatten(1, (1, 4)), SelfAttention(4, 2, batch_first=True, add_bias_kv=True))
+    p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(1, 3, 5, 5))
+    assert p["0.weight"].decay and p["0.weight"].reason == "matrix operand of F.conv2d (traced)"
+    assert p["3.weight"].decay and p["3.weight"].reason == "matrix operand of F.linear (traced)"
+    mha = {n: (p[f"5.{n}"].decay, p[f"5.{n}"].reason.endswith("(traced)")) for n in
+           ("in_proj_weight", "out_proj.weight", "in_proj_bias", "bias_k", "out_proj.bias")}
+    assert mha == {"in_proj_weight": (True, True), "out_proj.weight": (True, True), "in_proj_bias": (False, True),
+                   "bias_k": (False, True), "out_proj.bias": (False, True)}

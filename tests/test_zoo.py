@@ -23,10 +23,10 @@ import decaykit
 from decaykit import DecayWarning
 from decaykit.policy import RoleConflict
 from decaykit.policy.usage import example_inputs_for, run_trace
-
-from hf_models import HF_MODELS
 from test_presets import timm_rule
 from test_usage_trace import Zoo
+
+from hf_models import HF_MODELS
 
 transformers = pytest.importorskip("transformers")
 T = transformers

@@ -54,6 +54,10 @@ _LAYER_ARGS: dict[str, dict[str, str]] = {
     "baddbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
     "addbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
     "addmv": {"input": "bias", "mat": "matmul", "vec": "matmul"},
+    "multi_head_attention_forward": {"query": "input", "key": "input", "value": "input", "in_proj_weight": "matmul",
+                                     "in_proj_bias": "bias", "bias_k": "bias", "bias_v": "bias",
+                                     "out_proj_weight": "matmul", "out_proj_bias": "bias", "q_proj_weight": "matmul",
+                                     "k_proj_weight": "matmul", "v_proj_weight": "matmul"},
     # attention holds no weights: a parameter given as its query or keys is a learned token
     "scaled_dot_product_attention": {"query": "input", "key": "input", "value": "input", "attn_mask": "bias"},
     "index_select": {"input": "lookup", "index": "index"},
@@ -69,6 +73,9 @@ _POSITIONS: dict[str, tuple[str, ...]] = {
     "instance_norm": ("input", "running_mean", "running_var", "weight", "bias"),
     "rms_norm": ("input", "normalized_shape", "weight"), "prelu": ("input", "weight"),
     "addmm": ("input", "mat1", "mat2"), "baddbmm": ("input", "batch1", "batch2"), "addbmm": ("input", "batch1", "batch2"),
+    "multi_head_attention_forward": ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+                                     "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p",
+                                     "out_proj_weight", "out_proj_bias"),
     "addmv": ("input", "mat", "vec"), "scaled_dot_product_attention": ("query", "key", "value", "attn_mask"),
     "index_select": ("input", "dim", "index"), "gather": ("input", "dim", "index"),
     "take": ("input", "index"), "take_along_dim": ("input", "indices"),
@@ -189,7 +196,7 @@ class _Recorder(TorchFunctionMode):
                  live: list[torch.Tensor]) -> None:
         if bare == "__getitem__" and any(id(t) not in self.origin for t in args[1:] if isinstance(t, torch.Tensor)):
             self._use(traced[0], Use("lookup", "indexing", "table indexed by a tensor: an embedding lookup"))
-        elif bare in _LAYER_ARGS:
+        elif bare in _LAYER_ARGS and (live or bare not in _NORMALISING):
             self._layer(bare, shown, args, kwargs)
         elif bare in _PASS or (not live and bare not in _NONLINEAR):
             self._pass_on(out, {p for t in traced for p in self.origin[id(t)]})
@@ -366,7 +373,7 @@ def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
         inputs["input_ids"] = torch.ones(1, 8, dtype=torch.long)
         if "decoder_input_ids" in takes and getattr(config, "is_encoder_decoder", False):
             inputs["decoder_input_ids"] = torch.ones(1, 8, dtype=torch.long)
-    image, channels = getattr(vision, "image_size", None), getattr(vision, "num_channels", 3)
+    image, channels = getattr(vision, "image_size", None) or 224, getattr(vision, "num_channels", None) or 3
     if "pixel_values" in takes and isinstance(image, int):
         inputs["pixel_values"] = torch.zeros(1, channels, image, image)
     elif "pixel_values" in takes and isinstance(image, (tuple, list)) and len(image) == 2:
