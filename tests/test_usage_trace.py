@@ -94,14 +94,19 @@ class Tokens(nn.Module):
         self.proj = nn.Linear(c, c)
         self.relative_attention_bias = nn.Parameter(torch.zeros(buckets, heads))
         self.t5_style = nn.Embedding(buckets, heads)  # the same role, as T5 keeps it
+        self.position_table = nn.Parameter(torch.zeros(heads, 4, 4))  # added to attention scores
+        self.mask_token = nn.Parameter(torch.zeros(c))  # written over masked positions (wav2vec2, BEiT)
         self.register_buffer("buckets", torch.zeros(4, 4, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
+        x = x.clone()
+        x[:, 0] = self.mask_token
         x = torch.cat([self.cls_token.expand(b, -1, -1), self.register_tokens.expand(b, -1, -1), x], 1)
         pooled = self.proj(self.query) + self.proj(self.queries).sum(0)
         bias = self.relative_attention_bias[self.buckets] + self.t5_style(self.buckets)
-        return x + pooled + bias.sum()
+        scores = x[:, :1, :1, None] + self.position_table
+        return x + pooled + bias.sum() + scores.mean()
 
 
 class Zoo(nn.Module):
@@ -137,9 +142,11 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "tokens.cls_token": ("token", True),
     "tokens.register_tokens": ("token", True),
     "tokens.query": ("token", True),
+    "tokens.mask_token": ("token", True),
     "tokens.queries": ("token", True),
     "tokens.relative_attention_bias": ("embedding", True),
     "tokens.t5_style.weight": ("embedding", True),
+    "tokens.position_table": ("position", True),
 }
 
 

@@ -219,7 +219,8 @@ def _plan_for(model: nn.Module, weight_decay: float, policy: Policy, trace: Trac
         conflicts += [conflict] if conflict is not None else []
     unmatched, shadowed = decider.unmatched(), decider.shadowed()
     _report_unmatched(model, unmatched, shadowed, policy.strict)
-    if policy.name == "decaykit":  # the replicas' roles are their anchors' tests, not what a tensor is
+    if trace is not None and policy.name == "decaykit":
+        # roles seen in use; a structural role is a guess, and the replicas' roles are their anchors' tests
         conflicts += role_conflicts(decisions)
     return Plan(decisions, weight_decay, policy.name, conflicts, unmatched + shadowed, policy.layer_decay)
 

@@ -6,7 +6,7 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - the matrix operand of ``F.linear``, ``@``, ``einsum``, ``bmm``, a convolution -> ``weight``, decayed;
 - the table of an embedding lookup, ``index_select``, ``gather`` or tensor indexing -> ``embedding``;
 - concatenated with activations, or the input of a layer -> ``token``, treated like an embedding;
-- added to activations: per channel -> ``bias``, no decay; a larger table -> ``embedding``;
+- added to activations: per channel -> ``bias``, no decay; a larger table -> ``position``, like an embedding;
 - multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) -> ``state``, no decay.
@@ -86,7 +86,8 @@ _MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "
                      "dot", "vdot", "kron", "chain_matmul", "multi_dot", "ger",
                      "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
 _CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack",
-                     "where", "masked_scatter", "index_put", "scatter", "masked_fill"})
+                     "where", "masked_scatter", "masked_scatter_", "index_put", "index_put_", "scatter", "scatter_",
+                     "masked_fill", "masked_fill_", "__setitem__", "index_copy", "index_copy_"})
 _ADD = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__"})
 _MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
                   "true_divide", "addcmul", "multiply"})
@@ -110,7 +111,7 @@ _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index i
         "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
         "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter"}
 _ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
-          "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "embedding"}
+          "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "position"}
 # A parameter used several ways is what its strongest use says: a table looked up (and maybe tied
 # to a head) is an embedding, else a matrix operand is a weight.
 _RANK = ("lookup", "matmul", "input", "concat", "table", "bias", "norm", "normbias", "scale", "gain", "state", "other")
