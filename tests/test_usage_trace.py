@@ -217,11 +217,11 @@ def test_a_forward_that_stops_keeps_what_it_saw():
 
 
 def test_the_trace_does_no_real_compute():
-    big = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    before = [q.detach().clone() for q in big.parameters()]
+    big = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    before = [q.detach().clone() for q in big.state_dict().values()]
     seen = run_trace(big, torch.full((3, 4), float("nan")))
-    assert seen.stopped is None and len(seen.uses) == 4
-    assert all(torch.equal(a, b) for a, b in zip(before, big.parameters()))
+    assert seen.stopped is None and len(seen.uses) == 6
+    assert all(torch.equal(a, b) for a, b in zip(before, big.state_dict().values()))  # running stats too
     with torch.device("meta"):
         huge = nn.Linear(1 << 20, 1 << 20)  # 4 TiB of float32 if it were real
     assert run_trace(huge, torch.zeros(1, 1 << 20, device="meta")).stopped is None
@@ -286,3 +286,19 @@ def test_a_parameter_reshaped_or_normalised_on_its_own_keeps_its_role():
            ("in_proj_weight", "out_proj.weight", "in_proj_bias", "bias_k", "out_proj.bias")}
     assert mha == {"in_proj_weight": (True, True), "out_proj.weight": (True, True), "in_proj_bias": (False, True),
                    "bias_k": (False, True), "out_proj.bias": (False, True)}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext", "vit", "gpt", "mlp"])
+def test_inspect_example_traces_every_built_in_model(capsys, name):
+    import json
+
+    from decaykit.cli.main import main
+    from decaykit.models import DEMO_MODELS
+
+    assert main(["inspect", name, "--example", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    hooked = {d["name"] for d in out["parameters"] if d["source"] == "hook"}
+    assert all(d["reason"].endswith("(traced)") for d in out["parameters"] if d["name"] not in hooked)
+    assert out["conflicts"] == []
+    plain = {d.name: d.decay for d in decaykit.plan(DEMO_MODELS[name](), 0.05)}
+    assert {d["name"]: d["decay"] for d in out["parameters"]} == plain  # the built-ins were already right
