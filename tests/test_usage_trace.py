@@ -52,13 +52,15 @@ class Block(nn.Module):
         self.router = nn.Parameter(torch.randn(experts, c))  # raw router via F.linear
         self.experts = nn.Parameter(torch.randn(experts, c, c))  # stacked experts via einsum
         self.experts_bias = nn.Parameter(torch.zeros(experts, c))  # stacked expert biases
+        self.log_weight = nn.Parameter(torch.zeros(c, c))  # a positive weight: exp(log_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q = self.qk_gain(self.qk(x).view(b, t, self.heads, -1)).reshape(b, t, c)
         gates = F.linear(x, self.router).softmax(-1)
         moe = torch.einsum("btc,ecd->bted", x, self.experts) + self.experts_bias[None, None]
-        branches = [q, F.linear(x, self.w_raw), x @ self.w_at, (gates[..., None] * moe).sum(2)]
+        branches = [q, F.linear(x, self.w_raw), x @ self.w_at, (gates[..., None] * moe).sum(2),
+                    F.linear(x, self.log_weight.exp())]
         for i in range(self.scale.shape[0]):
             x = x + self.scale[i] * branches[i % len(branches)]
         return x
@@ -75,6 +77,7 @@ class SSM(nn.Module):
         self.dt_bias = nn.Parameter(torch.zeros(c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.type_as(self.D)  # a parameter that only lends its dtype is not used
         a = -torch.exp(self.A_log.float())  # (c, state)
         a_heads = -torch.exp(self.A_log_heads)
         dt = F.softplus(x + self.dt_bias)
@@ -135,6 +138,7 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "block.router": ("weight", True),
     "block.experts": ("weight", True),
     "block.experts_bias": ("bias", False),
+    "block.log_weight": ("weight", True),
     "ssm.A_log": ("state", False),
     "ssm.A_log_heads": ("state", False),
     "ssm.D": ("scale", False),

@@ -173,6 +173,7 @@ class _Recorder(TorchFunctionMode):
         # so a weight masked by a buffer or built with torch.eye is still a weight
         self.live: set[int] = {id(t) for t in inputs}
         self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
+        self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
         self.uses: dict[int, list[Use]] = {}
 
@@ -195,12 +196,19 @@ class _Recorder(TorchFunctionMode):
 
     def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                  live: list[torch.Tensor]) -> None:
+        first = next((t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)), None)
+        if bare in _PASS and (first is None or id(first) not in self.origin):
+            return  # ``x.type_as(weight)``: the parameter only lends its dtype or shape
         if bare == "__getitem__" and any(id(t) not in self.origin for t in args[1:] if isinstance(t, torch.Tensor)):
             self._use(traced[0], Use("lookup", "indexing", "table indexed by a tensor: an embedding lookup"))
         elif bare in _LAYER_ARGS and (live or bare not in _NORMALISING):
             self._layer(bare, shown, args, kwargs)
-        elif bare in _PASS or (not live and bare not in _NONLINEAR):
-            self._pass_on(out, {p for t in traced for p in self.origin[id(t)]})
+        elif bare in _PASS or not live:
+            if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
+                for t in traced:
+                    self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
+            via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
+            self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via)
         else:
             for t in traced:
                 self._use(t, self._elementwise(bare, shown, t, live))
@@ -211,13 +219,20 @@ class _Recorder(TorchFunctionMode):
                 into.add(id(t))
                 self.keep.append(t)
 
-    def _pass_on(self, out: Any, params: set[int]) -> None:
+    def _pass_on(self, out: Any, params: set[int], via: str | None = None) -> None:
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.origin[id(t)] = tuple(sorted(params))
+                if via is not None:
+                    self.via[id(t)] = via
                 self.keep.append(t)
 
     def _use(self, tensor: torch.Tensor, use: Use) -> None:
+        via = self.via.get(id(tensor))
+        if via is not None and use.kind in ("matmul", "lookup", "input", "concat"):
+            use = use._replace(reason=f"{use.reason}, after {via}")
+        elif via is not None and use.kind != "state":
+            use = Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
         for p in self.origin[id(tensor)]:
             self.uses.setdefault(p, []).append(use)
 
