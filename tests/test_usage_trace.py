@@ -75,6 +75,7 @@ class SSM(nn.Module):
         self.A_log_heads = nn.Parameter(torch.zeros(c))
         self.D = nn.Parameter(torch.ones(c))
         self.dt_bias = nn.Parameter(torch.zeros(c))
+        self.mix_bias = nn.Parameter(torch.zeros(4))  # a bias stored flat, added as (2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.type_as(self.D)  # a parameter that only lends its dtype is not used
@@ -82,6 +83,7 @@ class SSM(nn.Module):
         a_heads = -torch.exp(self.A_log_heads)
         dt = F.softplus(x + self.dt_bias)
         h = torch.exp(dt[..., None] * a).sum(-1) + dt * a_heads
+        h = h + (x[..., :1, None] + self.mix_bias.view(2, 2)).mean((-1, -2))[..., None]
         return h + x * self.D
 
 
@@ -143,6 +145,7 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "ssm.A_log_heads": ("state", False),
     "ssm.D": ("scale", False),
     "ssm.dt_bias": ("bias", False),
+    "ssm.mix_bias": ("bias", False),
     "tokens.cls_token": ("token", True),
     "tokens.register_tokens": ("token", True),
     "tokens.query": ("token", True),

@@ -166,9 +166,11 @@ def _bare(func: Any) -> str:
 class _Recorder(TorchFunctionMode):
     """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
 
-    def __init__(self, origin: dict[int, tuple[int, ...]], inputs: list[torch.Tensor]) -> None:
+    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor]) -> None:
         super().__init__()
-        self.origin = origin  # id(tensor) -> ids of the real parameters it still *is*
+        # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
+        self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
+        self.shapes = {id(real): tuple(real.shape) for _, real in params}
         # ids of activations: what derives from the example inputs; buffers and constants are not,
         # so a weight masked by a buffer or built with torch.eye is still a weight
         self.live: set[int] = {id(t) for t in inputs}
@@ -256,7 +258,8 @@ class _Recorder(TorchFunctionMode):
         if not activations:
             return Use("state", shown, _WHY["state"].format(f=shown))
         if bare in _ADD:
-            if _per_channel(tensor.shape):
+            # per channel as used, or as stored: a (24,) bias viewed as (4,4) is still a bias
+            if _per_channel(tensor.shape) or all(_per_channel(self.shapes[p]) for p in self.origin[id(tensor)]):
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
             return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
         if bare in _MUL:
@@ -313,16 +316,16 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fakes: dict[int, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
-    origin: dict[int, tuple[int, ...]] = {}
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for name, p in model.named_parameters(remove_duplicate=False):
         fake = fakes.setdefault(id(p), _fake_like(mode, p, floats))
-        origin[id(fake)] = (id(p),)
+        pairs.append((fake, p))
         state[name] = fake
     for name, b in model.named_buffers(remove_duplicate=False):
         state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
     args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
                                      example_inputs))
-    recorder = _Recorder(origin, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)])
+    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)])
     stopped = None
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
