@@ -213,8 +213,7 @@ def test_a_forward_that_stops_keeps_what_it_saw():
 
         def forward(self, x):
             x = self.a(x)
-            if x.sum() > 0:  # needs a value: a fake tensor has none
-                x = x + 1
+            x = x[x > 0]  # a shape that depends on values: a fake tensor has none
             return x * self.gain.flatten()
 
     with pytest.warns(DecayWarning, match="stopped at"):
@@ -309,3 +308,27 @@ def test_inspect_example_traces_every_built_in_model(capsys, name):
     assert out["conflicts"] == []
     plain = {d.name: d.decay for d in decaykit.plan(DEMO_MODELS[name](), 0.05)}
     assert {d["name"]: d["decay"] for d in out["parameters"]} == plain  # the built-ins were already right
+
+
+def test_a_check_on_values_and_several_modalities_do_not_stop_the_trace():
+    class TwoTowers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.patch = nn.Conv2d(3, 4, 2, 2)
+            self.gain = nn.Parameter(torch.ones(2, 2))
+
+        def forward(self, input_ids=None, pixel_values=None):
+            if input_ids is not None and pixel_values is not None:
+                raise ValueError("image tokens do not match the image")  # as multimodal models check
+            x = self.embed(input_ids) if input_ids is not None else self.patch(pixel_values).flatten(2).mT
+            if torch.isnan(x).any():  # a value read: the fake tensor has none, a stand-in answers
+                raise ValueError("nan")
+            return x * self.gain.flatten()
+
+    model = TwoTowers()
+    inputs = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "pixel_values": torch.zeros(1, 3, 4, 4)}
+    with pytest.warns(DecayWarning, match="stopped at ValueError: image tokens"):
+        p = decaykit.plan(model, 0.1, example_inputs=inputs)
+    assert all(d.reason.endswith("(traced)") for d in p), [d.reason for d in p]
+    assert not p["gain"].decay and p["patch.weight"].decay and p["embed.weight"].role == "embedding"

@@ -181,6 +181,8 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
+        if _bare(func) in _VALUE_READS and args and isinstance(args[0], torch.Tensor):
+            return _stand_in(_bare(func), args[0])
         out = func(*args, **kwargs)
         self._record(_bare(func), _name(func), args, kwargs, out)
         return out
@@ -269,6 +271,28 @@ class _Recorder(TorchFunctionMode):
         return Use("other", shown, f"used in {shown}")
 
 
+# Reading a value out of a fake tensor is impossible; a stand-in lets the pass go on past a model's
+# checks (``if mask.all():``, ``assert lengths.max().item() <= n``). The branch taken may not be the
+# one real data would take, but every use recorded is one the model's code makes.
+_VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
+
+
+def _stand_in(read: str, t: torch.Tensor) -> Any:
+    one: Any = False if t.dtype == torch.bool else (1 if not t.is_floating_point() else 1.0)
+    if read == "__bool__":
+        return False
+    if read in ("__int__", "__index__"):
+        return 1
+    if read == "__float__":
+        return 1.0
+    if read == "tolist":
+        out: Any = one
+        for size in reversed(t.shape):
+            out = [out] * size
+        return out
+    return one
+
+
 def _per_channel(shape: torch.Size) -> bool:
     return sum(1 for s in shape if s != 1) <= 1
 
@@ -301,13 +325,32 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
     """One forward pass of ``model`` on fake tensors under a recorder: see :func:`trace_usage`.
 
     Where the pass stops early, a second one in bfloat16 is tried (some kernels, such as the
-    grouped matmul of MoE experts, only take it) and the trace that saw more is kept.
+    grouped matmul of MoE experts, only take it) and the trace that saw more is kept; where
+    several modalities were given (``input_ids`` and ``pixel_values``), each one alone is traced
+    too and what they saw is added.
     """
-    first = _trace_once(model, example_inputs, None)
-    if first.stopped is None:
-        return first
+    trace = _trace_once(model, example_inputs, None)
+    if trace.stopped is None:
+        return trace
     second = _trace_once(model, example_inputs, torch.bfloat16)
-    return second if len(second.uses) > len(first.uses) else first
+    trace = second if len(second.uses) > len(trace.uses) else trace
+    for alone in _modalities(example_inputs) if trace.stopped is not None else []:
+        part = _trace_once(model, alone, None)
+        for pid, seen in part.uses.items():
+            trace.uses.setdefault(pid, []).extend(seen)
+    return trace
+
+
+_MODALITIES = ("input_ids", "pixel_values", "input_values", "input_features")
+
+
+def _modalities(inputs: Any) -> list[dict[str, Any]]:
+    """Each modality of a keyword input alone, with the settings that are not inputs, if there are several."""
+    if not isinstance(inputs, Mapping) or sum(k in inputs for k in _MODALITIES) < 2:
+        return []
+    settings = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
+    ids = {k: v for k, v in inputs.items() if k in ("input_ids", "decoder_input_ids")}
+    return [{**settings, **(ids if k == "input_ids" else {k: inputs[k]})} for k in _MODALITIES if k in inputs]
 
 
 def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None) -> Trace:
@@ -385,11 +428,10 @@ def _arguments(model: nn.Module) -> frozenset[str]:
 def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
     """Inputs for a transformers model from its config and ``forward``'s arguments alone: token ids
     (its vocabulary only bounds them), pixel values, audio; no tokenizer, no download."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
     vision = getattr(config, "vision_config", None) or config
     inputs: dict[str, Any] = {}
-    if "input_ids" in takes and isinstance(getattr(text, "vocab_size", None), int):
-        inputs["input_ids"] = torch.ones(1, 8, dtype=torch.long)
+    if "input_ids" in takes:
+        inputs["input_ids"] = torch.ones(1, 8, dtype=torch.long)  # a fake tensor's values are never read
         if "decoder_input_ids" in takes and getattr(config, "is_encoder_decoder", False):
             inputs["decoder_input_ids"] = torch.ones(1, 8, dtype=torch.long)
     image, channels = getattr(vision, "image_size", None) or 224, getattr(vision, "num_channels", None) or 3
@@ -397,9 +439,9 @@ def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
         inputs["pixel_values"] = torch.zeros(1, channels, image, image)
     elif "pixel_values" in takes and isinstance(image, (tuple, list)) and len(image) == 2:
         inputs["pixel_values"] = torch.zeros(1, channels, *image)
-    if "input_values" in takes and not inputs:
+    if "input_values" in takes:
         inputs["input_values"] = torch.zeros(1, 16000)
-    if "input_features" in takes and isinstance(getattr(config, "num_mel_bins", None), int) and not inputs:
+    if "input_features" in takes and isinstance(getattr(config, "num_mel_bins", None), int):
         frames = 2 * getattr(config, "max_source_positions", 1500)
         inputs["input_features"] = torch.zeros(1, config.num_mel_bins, frames)
     if inputs and "use_cache" in takes:
