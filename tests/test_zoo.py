@@ -7,7 +7,7 @@ matrix operand is; one role gets one decision; every name in the plan and its gr
 
 The default run takes a representative slice (small configs of one model per family the policy
 has to tell apart: GPT-2, Llama, T5, BERT, Mamba, Mamba2, Mixtral, Qwen3, DINOv2 with
-registers, ViT, and the hand-built families of ``test_usage_trace``). ``DECAYKIT_ZOO=all`` runs
+registers, ViT, CLIP, Swin, and the hand-built families of ``test_usage_trace``). ``DECAYKIT_ZOO=all`` runs
 every transformers architecture that builds from its default config (slow: minutes).
 """
 
@@ -48,6 +48,13 @@ def _configs() -> dict[str, object]:
         "vit": lambda: T.ViTForImageClassification(T.ViTConfig(hidden_size=32, num_hidden_layers=2,
                                                                 num_attention_heads=2, intermediate_size=64,
                                                                 image_size=28, patch_size=14)),
+        "clip": lambda: T.CLIPModel(T.CLIPConfig(
+            text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                         "vocab_size": 96},
+            vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 2, "image_size": 28, "patch_size": 14}, projection_dim=16)),
+        "swin": lambda: T.SwinModel(T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                                 num_heads=[1, 2], window_size=4)),
         "hand_built": Zoo,
         **HF_MODELS,
     }
@@ -81,7 +88,8 @@ def test_the_zoo_keeps_the_promises_of_deciding_by_use(name):
         warnings.simplefilter("ignore", DecayWarning)  # a pass that stops early is allowed; its decisions are checked
         p = decaykit.plan(model, 0.1, example_inputs="auto")
     traced = [d for d in p.trainable if d.reason.endswith("(traced)")]
-    assert traced or name not in _configs(), "the representative slice must trace"
+    if name in _configs():  # the slice traces; only tensors of optional inputs (DINOv2's mask token) are missed
+        assert len(traced) >= 0.95 * len([d for d in p.trainable if d.source == "policy"]), name
     wrong = [(d.name, d.reason) for d in traced if d.decay == (d.role in ("norm", "scale", "state", "bias"))]
     assert wrong == []
     # every matrix operand is decayed, even where another use decided its role

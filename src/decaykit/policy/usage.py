@@ -9,12 +9,15 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - added to activations: per channel -> ``bias``, no decay; a larger table -> ``position``, like an embedding;
 - multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
-- fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) -> ``state``, no decay.
+- fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
+  anything but a matmul -> ``state``, no decay.
 
-Views, casts, slices and arithmetic with plain numbers pass a parameter through unchanged; an
-operation on parameters only (a weight standardised, tokens concatenated together) passes all
-of them through. The pass runs under ``FakeTensorMode``: no real compute, no real memory; it
-stops at the first data-dependent operation and what was seen until then is kept.
+Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
+constants or buffers (a weight times a mask) and operations on parameters alone (a weight
+standardised, tokens concatenated together, a parametrization) pass a parameter through
+unchanged. The pass runs under ``FakeTensorMode``: no real compute, no real memory. A value read
+(``if mask.all():``) gets a stand-in; at an operation whose output shape depends on values the
+pass stops, and what was seen until then is kept.
 
 >>> from torch import nn
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
@@ -34,7 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["Trace", "Use", "trace_usage"]
+__all__ = ["Trace", "Use", "example_inputs_for", "run_trace", "trace_usage"]
 
 # Operand roles of the layer functions, by argument name (positions come from the signature).
 _LAYER_ARGS: dict[str, dict[str, str]] = {
