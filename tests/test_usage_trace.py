@@ -100,6 +100,7 @@ class Tokens(nn.Module):
         self.relative_attention_bias = nn.Parameter(torch.zeros(buckets, heads))
         self.t5_style = nn.Embedding(buckets, heads)  # the same role, as T5 keeps it
         self.position_table = nn.Parameter(torch.zeros(heads, 4, 4))  # added to attention scores
+        self.sinks = nn.Parameter(torch.zeros(heads))  # one more logit per head (GPT-OSS attention sinks)
         self.mask_token = nn.Parameter(torch.zeros(c))  # written over masked positions (wav2vec2, BEiT)
         self.register_buffer("buckets", torch.zeros(4, 4, dtype=torch.long))
 
@@ -111,6 +112,8 @@ class Tokens(nn.Module):
         pooled = self.proj(self.query) + self.proj(self.queries).sum(0)
         bias = self.relative_attention_bias[self.buckets] + self.t5_style(self.buckets)
         scores = x[:, :1, :1, None] + self.position_table
+        sinks = self.sinks.reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[-2], 1)
+        scores = torch.cat([scores, sinks], dim=-1)
         return x + pooled + bias.sum() + scores.mean()
 
 
@@ -154,6 +157,7 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "tokens.relative_attention_bias": ("embedding", True),
     "tokens.t5_style.weight": ("embedding", True),
     "tokens.position_table": ("position", True),
+    "tokens.sinks": ("bias", False),
 }
 
 

@@ -218,7 +218,7 @@ class _Recorder(TorchFunctionMode):
             self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via)
         else:
             for t in traced:
-                self._use(t, self._elementwise(bare, shown, t, live))
+                self._use(t, self._elementwise(bare, shown, t, live, _last_axis_join(bare, args, kwargs)))
 
     def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
         for t in tree_flatten(out)[0]:
@@ -255,16 +255,21 @@ class _Recorder(TorchFunctionMode):
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
 
-    def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor]) -> Use:
+    def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor],
+                     last_axis: bool = False) -> Use:
         if bare in _MATMUL:
             return Use("matmul", shown, f"matrix operand of {shown}")
+        stored_per_channel = all(_per_channel(self.shapes[p]) for p in self.origin[id(tensor)])
+        if bare in _CONCAT and last_axis and stored_per_channel:
+            # one more entry along the activations' last axis (an attention sink's logit), not a token
+            return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
         if bare in _CONCAT:
             return Use("concat", shown, _WHY["concat"].format(f=shown))
         if not activations:
             return Use("state", shown, _WHY["state"].format(f=shown))
         if bare in _ADD:
             # per channel as used, or as stored: a (24,) bias viewed as (4,4) is still a bias
-            if _per_channel(tensor.shape) or all(_per_channel(self.shapes[p]) for p in self.origin[id(tensor)]):
+            if _per_channel(tensor.shape) or stored_per_channel:
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
             return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
         if bare in _MUL:
@@ -296,7 +301,16 @@ def _stand_in(read: str, t: torch.Tensor) -> Any:
     return one
 
 
-def _per_channel(shape: torch.Size) -> bool:
+def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
+    """Whether ``cat`` / ``stack`` joins along the last axis of its tensors."""
+    if bare not in ("cat", "concat", "concatenate") or not args or not isinstance(args[0], (list, tuple)) or not args[0]:
+        return False
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    ndim = args[0][0].ndim
+    return isinstance(dim, int) and dim % max(ndim, 1) == ndim - 1
+
+
+def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
     return sum(1 for s in shape if s != 1) <= 1
 
 
