@@ -53,14 +53,18 @@ class Block(nn.Module):
         self.experts = nn.Parameter(torch.randn(experts, c, c))  # stacked experts via einsum
         self.experts_bias = nn.Parameter(torch.zeros(experts, c))  # stacked expert biases
         self.log_weight = nn.Parameter(torch.zeros(c, c))  # a positive weight: exp(log_weight)
+        self.picked_experts = nn.Parameter(torch.randn(experts, c, c))  # an expert's matrix, picked per token
+        self.picked_bias = nn.Parameter(torch.zeros(experts, c))  # and its bias (GPT-OSS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q = self.qk_gain(self.qk(x).view(b, t, self.heads, -1)).reshape(b, t, c)
         gates = F.linear(x, self.router).softmax(-1)
         moe = torch.einsum("btc,ecd->bted", x, self.experts) + self.experts_bias[None, None]
+        choice = gates.argmax(-1)  # the router's pick, per token
+        picked = torch.einsum("btc,btcd->btd", x, self.picked_experts[choice]) + self.picked_bias[choice]
         branches = [q, F.linear(x, self.w_raw), x @ self.w_at, (gates[..., None] * moe).sum(2),
-                    F.linear(x, self.log_weight.exp())]
+                    F.linear(x, self.log_weight.exp()), picked]
         for i in range(self.scale.shape[0]):
             x = x + self.scale[i] * branches[i % len(branches)]
         return x
@@ -110,11 +114,11 @@ class Tokens(nn.Module):
         x[:, 0] = self.mask_token
         x = torch.cat([self.cls_token.expand(b, -1, -1), self.register_tokens.expand(b, -1, -1), x], 1)
         pooled = self.proj(self.query) + self.proj(self.queries).sum(0)
-        bias = self.relative_attention_bias[self.buckets] + self.t5_style(self.buckets)
-        scores = x[:, :1, :1, None] + self.position_table
+        relative = self.relative_attention_bias[self.buckets].permute(2, 0, 1)  # (heads, 4, 4)
+        scores = x[:, :1, :1, None] + self.position_table + relative + self.t5_style(self.buckets).permute(2, 0, 1)
         sinks = self.sinks.reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[-2], 1)
         scores = torch.cat([scores, sinks], dim=-1)
-        return x + pooled + bias.sum() + scores.mean()
+        return x + pooled + scores.mean()
 
 
 class Zoo(nn.Module):
@@ -144,6 +148,8 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "block.experts": ("weight", True),
     "block.experts_bias": ("bias", False),
     "block.log_weight": ("weight", True),
+    "block.picked_experts": ("weight", True),
+    "block.picked_bias": ("bias", False),
     "ssm.A_log": ("state", False),
     "ssm.A_log_heads": ("state", False),
     "ssm.D": ("scale", False),
@@ -154,7 +160,7 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "tokens.query": ("token", True),
     "tokens.mask_token": ("token", True),
     "tokens.queries": ("token", True),
-    "tokens.relative_attention_bias": ("embedding", True),
+    "tokens.relative_attention_bias": ("position", True),
     "tokens.t5_style.weight": ("embedding", True),
     "tokens.position_table": ("position", True),
     "tokens.sinks": ("bias", False),

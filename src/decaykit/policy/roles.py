@@ -149,9 +149,6 @@ def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bo
 def classify_use(info: ParamInfo, use: Use, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
     """``(role, decayed, reason)`` from the traced use: see :mod:`decaykit.policy.usage`."""
     role, reason = use.role, f"{use.reason} (traced)"
-    if use.kind == "table" and _BIAS_LEAF.search(info.leaf):
-        # a stacked per-expert bias is added like a table; its authors exclude it as a bias
-        return "bias", False, f"{use.reason}, bias-named: a bias (traced)"
     if role in ("embedding", "token", "position"):
         if decay_embeddings:
             return role, True, reason

@@ -63,10 +63,6 @@ _LAYER_ARGS: dict[str, dict[str, str]] = {
                                      "k_proj_weight": "matmul", "v_proj_weight": "matmul"},
     # attention holds no weights: a parameter given as its query or keys is a learned token
     "scaled_dot_product_attention": {"query": "input", "key": "input", "value": "input", "attn_mask": "bias"},
-    "index_select": {"input": "lookup", "index": "index"},
-    "gather": {"input": "lookup", "index": "index"},
-    "take": {"input": "lookup", "index": "index"},
-    "take_along_dim": {"input": "lookup", "indices": "index"},
 }
 _POSITIONS: dict[str, tuple[str, ...]] = {
     "linear": ("input", "weight", "bias"), "bilinear": ("input1", "input2", "weight", "bias"),
@@ -80,14 +76,15 @@ _POSITIONS: dict[str, tuple[str, ...]] = {
                                      "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p",
                                      "out_proj_weight", "out_proj_bias"),
     "addmv": ("input", "mat", "vec"), "scaled_dot_product_attention": ("query", "key", "value", "attn_mask"),
-    "index_select": ("input", "dim", "index"), "gather": ("input", "dim", "index"),
-    "take": ("input", "index"), "take_along_dim": ("input", "indices"),
-    **{f"conv{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
+        **{f"conv{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
     **{f"conv_transpose{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
 }
 _MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum", "tensordot", "inner", "outer",
                      "dot", "vdot", "kron", "chain_matmul", "multi_dot", "ger",
                      "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
+# Picking rows of a parameter by a tensor of indices: token ids pick embedding rows, a router's
+# choice picks an expert's weight or bias; what the rows then feed decides which.
+_SELECT = frozenset({"__getitem__", "index_select", "gather", "take", "take_along_dim"})
 _CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack",
                      "where", "masked_scatter", "masked_scatter_", "index_put", "index_put_", "scatter", "scatter_",
                      "masked_fill", "masked_fill_", "__setitem__", "index_copy", "index_copy_"})
@@ -112,7 +109,8 @@ _NORMALISING = frozenset({"rsqrt", "layer_norm", "rms_norm", "group_norm", "norm
 _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index in {f}",
         "input": "input of {f}: a learned token", "concat": "joined to activations in {f}: a learned token",
         "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
-        "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter"}
+        "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter",
+        "picked": "rows picked by the input, then fed to {f}: an embedding lookup"}
 _ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
           "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "position"}
 # A parameter used several ways is what its strongest use says: a table looked up (and maybe tied
@@ -179,6 +177,8 @@ class _Recorder(TorchFunctionMode):
         self.live: set[int] = {id(t) for t in inputs}
         self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
+        self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
+        self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
         self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
         self.uses: dict[int, list[Use]] = {}
 
@@ -206,8 +206,12 @@ class _Recorder(TorchFunctionMode):
         first = next((t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)), None)
         if bare in _PASS and (first is None or id(first) not in self.origin):
             return  # ``x.type_as(weight)``: the parameter only lends its dtype or shape
-        if bare == "__getitem__" and any(id(t) not in self.origin for t in args[1:] if isinstance(t, torch.Tensor)):
-            self._use(traced[0], Use("lookup", "indexing", "table indexed by a tensor: an embedding lookup"))
+        index = [t for t in tree_flatten((args[1:], kwargs))[0] if isinstance(t, torch.Tensor) and id(t) not in self.origin]
+        if bare in _SELECT and first is not None and id(first) in self.origin and index:
+            picked_by_data = any(id(t) in self.live for t in index)  # else a constant index: a table laid out
+            self._pass_on(out, set(self.origin[id(first)]), self.via.get(id(first)), picked_by_data)
+            if not picked_by_data:
+                self._mark(out, self.gathered)
         elif bare in _LAYER_ARGS and (live or bare not in _NORMALISING):
             self._layer(bare, shown, args, kwargs)
         elif bare in _PASS or not live:
@@ -215,10 +219,22 @@ class _Recorder(TorchFunctionMode):
                 for t in traced:
                     self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
             via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
-            self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via)
+            self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via,
+                          any(id(t) in self.selected for t in traced))
+            if any(id(t) in self.gathered for t in traced):
+                self._mark(out, self.gathered)
         else:
             for t in traced:
                 self._use(t, self._elementwise(bare, shown, t, live, _last_axis_join(bare, args, kwargs)))
+
+    def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
+                     last_axis: bool = False) -> Use:
+        if id(tensor) not in self.selected:
+            return self._with_activations(bare, shown, tensor, live, last_axis)
+        others = [a for a in live if id(a) not in self.selected]
+        if bare in _MATMUL or others:
+            return self._with_activations(bare, shown, tensor, others, last_axis)
+        return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
 
     def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
         for t in tree_flatten(out)[0]:
@@ -226,12 +242,15 @@ class _Recorder(TorchFunctionMode):
                 into.add(id(t))
                 self.keep.append(t)
 
-    def _pass_on(self, out: Any, params: set[int], via: str | None = None) -> None:
+    def _pass_on(self, out: Any, params: set[int], via: str | None = None, selected: bool = False) -> None:
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.origin[id(t)] = tuple(sorted(params))
                 if via is not None:
                     self.via[id(t)] = via
+                if selected:  # rows picked by the inputs are the parameter and an activation at once
+                    self.selected.add(id(t))
+                    self.live.add(id(t))
                 self.keep.append(t)
 
     def _use(self, tensor: torch.Tensor, use: Use) -> None:
@@ -250,16 +269,21 @@ class _Recorder(TorchFunctionMode):
             kind = _LAYER_ARGS[bare].get(arg)
             if not isinstance(value, torch.Tensor) or id(value) not in self.origin or kind in (None, "index"):
                 continue
-            if kind == "bias":
+            if kind == "input" and id(value) in self.selected:
+                self._use(value, Use("lookup", shown, _WHY["picked"].format(f=shown)))
+            elif kind == "bias":
                 self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
 
-    def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor],
-                     last_axis: bool = False) -> Use:
+    def _with_activations(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor],
+                          last_axis: bool) -> Use:
         if bare in _MATMUL:
             return Use("matmul", shown, f"matrix operand of {shown}")
-        stored_per_channel = all(_per_channel(self.shapes[p]) for p in self.origin[id(tensor)])
+        # a row picked per token (an expert's bias) counts by its row's shape
+        rows = 1 if id(tensor) in self.selected else 0
+        stored_per_channel = id(tensor) not in self.gathered and all(
+            _per_channel(self.shapes[p][rows:]) for p in self.origin[id(tensor)])
         if bare in _CONCAT and last_axis and stored_per_channel:
             # one more entry along the activations' last axis (an attention sink's logit), not a token
             return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
@@ -268,8 +292,9 @@ class _Recorder(TorchFunctionMode):
         if not activations:
             return Use("state", shown, _WHY["state"].format(f=shown))
         if bare in _ADD:
-            # per channel as used, or as stored: a (24,) bias viewed as (4,4) is still a bias
-            if _per_channel(tensor.shape) or stored_per_channel:
+            # per channel as used or as stored (a (24,) bias viewed as (4,4)), or the same for every
+            # token (a per-expert bias (E,1,C)): a bias; a table that varies along the tokens is positional
+            if _per_channel(tensor.shape) or stored_per_channel or _constant_along_tokens(tensor.shape, activations):
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
             return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
         if bare in _MUL:
@@ -308,6 +333,15 @@ def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
     dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
     ndim = args[0][0].ndim
     return isinstance(dim, int) and dim % max(ndim, 1) == ndim - 1
+
+
+def _constant_along_tokens(shape: torch.Size, activations: list[torch.Tensor]) -> bool:
+    """Whether an addend of ``shape`` is broadcast along an axis of an activation other than its first (batch) one."""
+    for a in activations:
+        padded = (1,) * (a.ndim - len(shape)) + tuple(shape)
+        if any(s == 1 and n > 1 for s, n in zip(padded[1:], a.shape[1:])):
+            return True
+    return False
 
 
 def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
