@@ -4,9 +4,11 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 ``A_log`` from a weight; the operation that consumes the tensor can:
 
 - the matrix operand of ``F.linear``, ``@``, ``einsum``, ``bmm``, a convolution -> ``weight``, decayed;
-- the table of an embedding lookup, ``index_select``, ``gather`` or tensor indexing -> ``embedding``;
+- the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
+  the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
 - concatenated with activations, or the input of a layer -> ``token``, treated like an embedding;
-- added to activations: per channel -> ``bias``, no decay; a larger table -> ``position``, like an embedding;
+- added to activations: per channel or the same for every token -> ``bias``, no decay; a table that
+  varies along the tokens -> ``position``, like an embedding;
 - multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
