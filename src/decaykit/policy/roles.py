@@ -138,7 +138,7 @@ def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bo
     if not info.traced:
         return classify_structure(info, decay_embeddings=decay_embeddings)
     if info.component is None and info.use is not None and info.use.kind != "other":
-        return classify_use(info, info.use, decay_embeddings=decay_embeddings)
+        return classify_use(info.use, decay_embeddings=decay_embeddings)
     role, decay, reason = classify_structure(info, decay_embeddings=decay_embeddings)
     if info.component is not None:
         return role, decay, f"{reason} (structural: a parametrization's piece)"
@@ -146,7 +146,7 @@ def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bo
     return role, decay, f"{reason} (structural: {seen})"
 
 
-def classify_use(info: ParamInfo, use: Use, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
+def classify_use(use: Use, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
     """``(role, decayed, reason)`` from the traced use: see :mod:`decaykit.policy.usage`."""
     role, reason = use.role, f"{use.reason} (traced)"
     if role in ("embedding", "token", "position"):
