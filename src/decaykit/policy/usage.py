@@ -478,6 +478,15 @@ def _arguments(model: nn.Module) -> frozenset[str]:
         return frozenset()
 
 
+def _audio(config: Any) -> torch.Tensor:
+    """A second of raw audio at 16 kHz, or a spectrogram where the config sizes one (AST)."""
+    mel, frames = getattr(config, "num_mel_bins", None), getattr(config, "max_length", None)
+    if isinstance(mel, int) and isinstance(frames, int):
+        return torch.zeros(1, frames, mel)
+    channels = getattr(config, "audio_channels", None)
+    return torch.zeros(1, channels, 16000) if isinstance(channels, int) else torch.zeros(1, 16000)
+
+
 def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
     """Inputs for a transformers model from its config and ``forward``'s arguments alone: token ids
     (its vocabulary only bounds them), pixel values, audio; no tokenizer, no download."""
@@ -493,7 +502,7 @@ def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
     elif "pixel_values" in takes and isinstance(image, (tuple, list)) and len(image) == 2:
         inputs["pixel_values"] = torch.zeros(1, channels, *image)
     if "input_values" in takes:
-        inputs["input_values"] = torch.zeros(1, 16000)
+        inputs["input_values"] = _audio(config)
     if "input_features" in takes and isinstance(getattr(config, "num_mel_bins", None), int):
         frames = 2 * getattr(config, "max_source_positions", 1500)
         inputs["input_features"] = torch.zeros(1, config.num_mel_bins, frames)
