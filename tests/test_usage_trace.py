@@ -342,3 +342,17 @@ def test_a_check_on_values_and_several_modalities_do_not_stop_the_trace():
         p = decaykit.plan(model, 0.1, example_inputs=inputs)
     assert all(d.reason.endswith("(traced)") for d in p), [d.reason for d in p]
     assert not p["gain"].decay and p["patch.weight"].decay and p["embed.weight"].role == "embedding"
+
+
+def test_the_audit_names_a_role_split_for_what_it_is():
+    class ViTWithRegisters(Zoo):
+        def no_weight_decay(self) -> set[str]:
+            return {"tokens.cls_token"}
+
+    model = ViTWithRegisters()
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        report = decaykit.audit(model, opt, example_inputs="auto")
+    codes = {f.code for f in report.findings}
+    assert "role-conflict" in codes and "tied-conflict" not in codes
