@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from decaykit.policy.names import canonical_name, unwrap_model
+from decaykit.policy.names import canonical_name, logical_name, unwrap_model
 
 
 def test_canonical_name_strips_every_wrapper():
@@ -11,7 +12,9 @@ def test_canonical_name_strips_every_wrapper():
     assert canonical_name("module.module.fc.weight") == "fc.weight"
     # a user's own submodule called "module" deeper in the tree is kept
     assert canonical_name("encoder.module.fc.weight") == "encoder.module.fc.weight"
-    assert canonical_name("lin.parametrizations.weight.original") == "lin.weight"
+    # a parametrized tensor keeps the name named_parameters() and checkpoints give it
+    assert canonical_name("lin.parametrizations.weight.original") == "lin.parametrizations.weight.original"
+    assert logical_name("lin.parametrizations.weight.original") == "lin.weight"
 
 
 def test_unwrap_model_follows_known_wrappers_only():
@@ -30,3 +33,65 @@ def test_unwrap_model_follows_known_wrappers_only():
     assert unwrap_model(DistributedDataParallel(inner)) is inner
     holder = Holder(inner)
     assert unwrap_model(holder) is holder
+
+
+# --- names that round-trip: every parametrization torch ships ------------------------------
+
+
+class _Symmetric(nn.Module):
+    """A user's own parametrization, through torch.nn.utils.parametrize.register_parametrization."""
+
+    def forward(self, x):
+        return x.triu() + x.triu(1).transpose(-1, -2)
+
+
+def _parametrized_models():
+    from torch.nn.utils import parametrizations as P
+    from torch.nn.utils import parametrize
+
+    user = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    parametrize.register_parametrization(user[0], "weight", _Symmetric())
+    both = nn.Linear(4, 4)
+    parametrize.register_parametrization(both, "weight", _Symmetric())
+    parametrize.register_parametrization(both, "bias", nn.Identity())
+    return {
+        "weight_norm": nn.Sequential(P.weight_norm(nn.Conv1d(2, 3, 3)), nn.GroupNorm(1, 3)),
+        "spectral_norm": nn.Sequential(P.spectral_norm(nn.Linear(4, 3))),
+        "orthogonal": nn.Sequential(P.orthogonal(nn.Linear(4, 4))),
+        "orthogonal_cayley": nn.Sequential(P.orthogonal(nn.Linear(4, 4), orthogonal_map="cayley")),
+        "user": user,
+        "weight_and_bias": nn.Sequential(both),
+    }
+
+
+def test_every_name_in_a_plan_and_its_groups_exists_on_the_model():
+    """Names that do not exist cannot be looked up or matched against a checkpoint: every name a
+    plan, a group or a report shows is a key of ``named_parameters()``, with and without a trace."""
+    from torch.nn.utils import parametrizations
+
+    import decaykit
+
+    shipped = set(parametrizations.__all__)
+    models = _parametrized_models()
+    assert shipped <= set(models), shipped - set(models)  # torch ships a new one: add it here
+    for kind, model in models.items():
+        real = dict(model.named_parameters(remove_duplicate=False))
+        first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d)))
+        example = torch.zeros(2, 2, 8) if isinstance(first, nn.Conv1d) else torch.zeros(2, 4)
+        for inputs in (None, example):
+            p = decaykit.plan(model, 0.1, example_inputs=inputs)
+            names = [n for d in p for n in (d.name, *d.aliases)]
+            names += [n for g in p.groups() for n in g["param_names"]]
+            assert set(names) <= set(real), (kind, set(names) - set(real))
+            assert str(p)  # the report renders
+            for d in p:
+                assert real[d.name] is d.param, (kind, d.name)
+
+
+def test_rules_may_name_a_parametrized_tensor_by_its_attribute():
+    import decaykit
+
+    model = nn.Sequential(torch.nn.utils.parametrizations.orthogonal(nn.Linear(4, 4)))
+    p = decaykit.plan(model, 0.1, rules=["0.weight:wd=0"], strict=True)
+    d = p["0.weight"]  # lookup by the attribute, too
+    assert d.name == "0.parametrizations.weight.original" and d.weight_decay == 0 and d.source == "rule"

@@ -32,7 +32,7 @@ from decaykit.engine.checks import SHAPED_STATE
 from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
 from decaykit.policy.names import canonical_name
-from decaykit.policy.plan import Decision, Plan, check_plan_options, collect_params, plan
+from decaykit.policy.plan import Conflict, Decision, Plan, check_plan_options, collect_params, plan
 from decaykit.probe.report import ProbeReport
 
 __all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "MeasuredProbe", "audit"]
@@ -333,6 +333,8 @@ def audit(
     findings += _convention_findings(view.name, view.decoupled, view.groups)
     findings += [Finding("warning", "tied-conflict", str(conflict),
                          "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
+                         conflict.names) if isinstance(conflict, Conflict) else
+                 Finding("warning", "role-conflict", str(conflict), "a rule naming the tensors gives the role one decision",
                          conflict.names) for conflict in expected.conflicts]
     report = AuditReport(findings, view.name, expected.policy, lam, notes=view.notes, mapping=view.mapping)
     if measure:

@@ -10,6 +10,9 @@ Each one shows a case that fixed name rules get wrong:
 - ``gpt``: a custom ``RMSNorm`` at ``ln_1`` / ``ln_2`` / ``ln_f`` (HF's name regex misses it) and
   an ``lm_head`` tied to the token embedding;
 - ``mlp``: a plain multilayer perceptron.
+
+Each model class makes an input for itself (``example_inputs()``), so ``decaykit inspect MODEL
+--example`` and ``plan(model, wd, example_inputs="auto")`` can trace how it uses its tensors.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class ResNet(nn.Module):
         self.layer4 = self._stage(512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(1, 3, 224, 224)
 
     def _stage(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -131,6 +137,9 @@ class ConvNeXt(nn.Module):
         self.head_norm = nn.LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes)
 
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(1, 3, 32, 32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x)).mean((2, 3))
         return self.head(self.head_norm(x))
@@ -180,6 +189,7 @@ class TinyViT(nn.Module):
     def __init__(self, image: int = 32, patch: int = 4, dim: int = 64, depth: int = 4, heads: int = 4,
                  num_classes: int = 10) -> None:
         super().__init__()
+        self.image = image
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
@@ -189,6 +199,9 @@ class TinyViT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(1, 3, self.image, self.image)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
@@ -234,6 +247,9 @@ class TinyGPT(nn.Module):
         self.ln_f = RMSNorm(dim)
         self.lm_head = nn.Linear(dim, vocab, bias=False)
         self.lm_head.weight = self.wte.weight
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(1, self.wpe.num_embeddings, dtype=torch.long)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))

@@ -15,8 +15,9 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 HELP = "list every parameter with its decay decision and reason"
 DESCRIPTION = ("List every parameter of MODEL (name, shape, numel, owner module, decayed or not, weight "
     "decay, lr scale, reason) and a per-group summary. MODEL is a built-in demo (resnet50, convnext, vit, "
-    "gpt, mlp) or an import path 'package.module:factory', e.g. torchvision.models:resnet50. With --diff, "
-    "exit status 1 if the two policies decide any tensor differently.")
+    "gpt, mlp) or an import path 'package.module:factory', e.g. torchvision.models:resnet50. With --example, "
+    "one forward pass on fake tensors (no real compute or memory) shows how each tensor is used, and the "
+    "decision follows the use. With --diff, exit status 1 if the two policies decide any tensor differently.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "torch-AdamW λ) to the summary")
     parser.add_argument("--dataset-size", type=int, default=None, metavar="N", help="with --lr: τ in epochs too")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="with --lr: τ in epochs too")
+    parser.add_argument("--example", action="store_true",
+                        help="trace one forward pass on an input the model makes itself (its example_inputs(), a "
+                             "transformers config's vocabulary, a Sequential's first layer) and decide from how each "
+                             "tensor is used; what the pass does not reach is decided from the structure")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -43,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
     _check_flags(args)
     settings = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
-    decided = plan(model, args.weight_decay, policy=settings)
+    example = "auto" if args.example else None
+    decided = plan(model, args.weight_decay, policy=settings, example_inputs=example)
     other = None
     if args.diff is not None:
-        other = plan(model, args.weight_decay, policy=dataclasses.replace(settings, preset=args.diff))
+        other = plan(model, args.weight_decay, policy=dataclasses.replace(settings, preset=args.diff),
+                     example_inputs=example)
     diff = [] if other is None else _diff_rows(decided, other)
     timescale = _timescale(args)
     if args.json:

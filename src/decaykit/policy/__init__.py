@@ -6,6 +6,7 @@
 - ``rules``: the user's ordered overrides; ``layers``: depth for layer-wise LR decay;
 - ``options``: :class:`Policy`, the preset and the overrides as one validated value;
 - ``names``: canonical names through DDP / compile / checkpoint / FSDP wrappers;
+- ``usage``: one forward pass on fake tensors, recording how each tensor is used;
 - ``collect``: every name of every tensor; ``hooks``: the model's ``no_weight_decay()`` hooks;
 - ``decide``: one :class:`Decision` per tensor, in precedence order;
 - ``plan``: the decisions for a whole model (:func:`plan`) and the optimizer groups made from
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 from decaykit.policy.names import canonical_name
 from decaykit.policy.options import Policy
-from decaykit.policy.plan import Conflict, Decision, Plan, param_groups, plan
+from decaykit.policy.plan import Conflict, Decision, Plan, RoleConflict, param_groups, plan
 from decaykit.policy.presets import PRESETS
 from decaykit.policy.rules import Rule
 
-__all__ = ["PRESETS", "Conflict", "Decision", "Plan", "Policy", "Rule", "canonical_name", "param_groups", "plan"]
+__all__ = ["PRESETS", "Conflict", "Decision", "Plan", "Policy", "RoleConflict", "Rule", "canonical_name", "param_groups",
+           "plan"]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 from decaykit.errors import DecayError
 from decaykit.policy.names import canonical_name
 from decaykit.policy.roles import ParamInfo
+from decaykit.policy.usage import Trace
 
 __all__ = ["check_model", "collect_params"]
 
@@ -31,11 +33,12 @@ def check_model(model: Any) -> nn.Module:
     raise DecayError(f"model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself")
 
 
-def collect_params(model: nn.Module) -> dict[int, list[ParamInfo]]:
+def collect_params(model: nn.Module, trace: Trace | None = None) -> dict[int, list[ParamInfo]]:
     """Every name of every tensor, grouped by tensor, in ``named_parameters`` order.
 
     One walk of the module tree gives each name with its owning module and ancestors, so the
-    policy never has to look a module up by name.
+    policy never has to look a module up by name. With a ``trace``, each name carries the use
+    the traced forward pass saw for its tensor.
     """
     by_tensor: dict[int, list[ParamInfo]] = {}
 
@@ -44,6 +47,8 @@ def collect_params(model: nn.Module) -> dict[int, list[ParamInfo]]:
             if param is None:
                 continue
             info = _info(module, prefix, leaf, param, ancestors)
+            if trace is not None:
+                info = dataclasses.replace(info, use=trace.use_of(param), traced=trace.unseen)
             by_tensor.setdefault(id(param), []).append(info)
         for name, child in module._modules.items():
             if child is not None:

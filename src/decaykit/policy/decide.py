@@ -19,10 +19,11 @@ from typing import Any, NamedTuple
 import torch
 
 from decaykit.policy.hooks import Hook, hook_reason
+from decaykit.policy.names import logical_name
 from decaykit.policy.options import Policy, Tied
 from decaykit.policy.roles import ParamInfo
 
-__all__ = ["Candidate", "Conflict", "Decider", "Decision", "conflict", "settle"]
+__all__ = ["Candidate", "Conflict", "Decider", "Decision", "RoleConflict", "conflict", "role_conflicts", "settle"]
 
 _SOURCE_RANK = {"rule": 3, "exclude": 2, "hook": 1, "policy": 0}
 
@@ -77,6 +78,42 @@ class Conflict:
         return f"tied tensor {' = '.join(self.names)} got different decisions ({parts}); kept {self.kept}"
 
 
+@dataclass(frozen=True)
+class RoleConflict:
+    """Tensors of one role in one model that did not get one decision (a hook exempting some of them)."""
+
+    role: str
+    decayed: tuple[str, ...]
+    undecayed: tuple[tuple[str, str], ...]  # (name, reason)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.decayed, *(n for n, _ in self.undecayed))
+
+    def __str__(self) -> str:
+        spared = "; ".join(f"{n} ({why})" for n, why in self.undecayed[:3])
+        more = f" and {len(self.undecayed) - 3} more" if len(self.undecayed) > 3 else ""
+        return (f"role {self.role!r} split: {len(self.decayed)} decayed ({', '.join(self.decayed[:3])}"
+                f"{'...' if len(self.decayed) > 3 else ''}) but not {spared}{more}; "
+                "give the role one decision with a rule or the model's no_weight_decay()")
+
+
+def role_conflicts(decisions: Sequence[Decision]) -> list[RoleConflict]:
+    """One :class:`RoleConflict` per role whose automatic decisions (policy, hooks) split into decayed
+    and not; what the user's rules and ``exclude`` decide is meant and left out."""
+    by_role: dict[str, list[Decision]] = {}
+    for d in decisions:
+        if d.trainable and d.source in ("policy", "hook"):
+            by_role.setdefault(d.role, []).append(d)
+    out = []
+    for role, members in by_role.items():
+        decayed = tuple(d.name for d in members if d.decay)
+        undecayed = tuple((d.name, d.reason) for d in members if not d.decay)
+        if decayed and undecayed:
+            out.append(RoleConflict(role, decayed, undecayed))
+    return out
+
+
 class Candidate(NamedTuple):
     """The decision for one name of a tensor, before its other names are heard."""
 
@@ -127,19 +164,23 @@ class Decider:
         return Candidate(info, role, self.weight_decay if decay else 0.0, scale, reason, "policy")
 
     def by_hook(self, c: Candidate) -> Candidate:
-        reason = hook_reason(c.info.name, c.info.param, self.hooks, tensor_attribute=self.preset.hooks == "all")
-        return c if reason is None else c._replace(weight_decay=0.0, reason=reason, source="hook")
+        for name in _spellings(c.info):
+            reason = hook_reason(name, c.info.param, self.hooks, tensor_attribute=self.preset.hooks == "all")
+            if reason is not None:
+                return c._replace(weight_decay=0.0, reason=reason, source="hook")
+        return c
 
     def by_exclude(self, c: Candidate) -> Candidate:
         for j, pattern in enumerate(self.policy.exclude):
-            if c.info.name == pattern or fnmatch.fnmatchcase(c.info.name, pattern):
+            if any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in _spellings(c.info)):
                 self.exclude_hits[j] += 1
                 return c._replace(weight_decay=0.0, reason=f"exclude {pattern!r}", source="exclude")
         return c
 
     def by_rule(self, c: Candidate, scale: float) -> Candidate:
+        names = _spellings(c.info)
         for j, rule in enumerate(self.policy.rules):
-            if rule.matches(c.info.name, c.info.owner):
+            if any(rule.matches(n, c.info.owner) for n in names):
                 self.rule_hits[j] += 1
                 wd = c.weight_decay
                 if rule.weight_decay is not None:
@@ -148,7 +189,7 @@ class Decider:
                     wd = wd * rule.decay_mult
                 lr_scale = c.lr_scale if rule.lr_scale is None else scale * rule.lr_scale
                 for k in range(j + 1, len(self.policy.rules)):
-                    if self.policy.rules[k].matches(c.info.name, c.info.owner):
+                    if any(self.policy.rules[k].matches(n, c.info.owner) for n in names):
                         self.rule_shadowed[k] += 1
                 return c._replace(weight_decay=wd, lr_scale=lr_scale, source="rule",
                                   reason=f"rule {rule.describe()} (was: {c.reason})")
@@ -164,6 +205,13 @@ class Decider:
         """The rules that matched names only where an earlier rule had already decided (first match wins)."""
         rules = zip(self.policy.rules, self.rule_hits, self.rule_shadowed)
         return [f"rules[{j}] {r!r}" for j, (r, n, shadowed) in enumerate(rules) if n == 0 and shadowed > 0]
+
+
+def _spellings(info: ParamInfo) -> tuple[str, ...]:
+    """The names a rule, an exclude entry or a hook may use for ``info``: its real name, and for a
+    parametrized tensor also the attribute it computes (``conv.weight`` for ``conv.parametrizations.weight.original``)."""
+    logical = logical_name(info.name)
+    return (info.name,) if logical == info.name else (info.name, logical)
 
 
 def settle(candidates: Sequence[Candidate], tied: Tied) -> Candidate:

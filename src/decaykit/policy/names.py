@@ -2,16 +2,20 @@
 
 DDP adds ``module.``, ``torch.compile`` adds ``_orig_mod.``, activation checkpointing adds
 ``_checkpoint_wrapped_module.``, FSDP1 adds ``_fsdp_wrapped_module.`` (and flattens into
-``_flat_param``), torch's parametrizations move ``weight`` to ``parametrizations.weight.original``.
-Rules and ``no_weight_decay()`` tokens are written against the bare model, so every name is
-canonicalised before it is matched.
+``_flat_param``). Rules and ``no_weight_decay()`` tokens are written against the bare model, so
+every name is canonicalised before it is matched.
+
+torch's parametrizations move ``weight`` to ``parametrizations.weight.original`` (or
+``original0``, ``original1``): that *is* the parameter's name on the model and in a checkpoint,
+so a canonical name keeps it; :func:`logical_name` gives the name as the module's attribute
+reads (``conv.weight``), which rules may also be written against.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["WRAPPER_PREFIXES", "canonical_name", "unwrap_model"]
+__all__ = ["WRAPPER_PREFIXES", "canonical_name", "logical_name", "unwrap_model"]
 
 # Path components that wrappers insert and that never belong to the user's own naming.
 WRAPPER_PREFIXES: tuple[str, ...] = (
@@ -30,10 +34,8 @@ def canonical_name(name: str, *, strip_module: bool = True) -> str:
 
     >>> canonical_name("module._orig_mod.blocks.0._checkpoint_wrapped_module.attn.qkv.weight")
     'blocks.0.attn.qkv.weight'
-    >>> canonical_name("conv.parametrizations.weight.original")
-    'conv.weight'
-    >>> canonical_name("conv.parametrizations.weight.original0")  # weight_norm's magnitude
-    'conv.weight.original0'
+    >>> canonical_name("module.conv.parametrizations.weight.original0")  # weight_norm's magnitude
+    'conv.parametrizations.weight.original0'
 
     ``strip_module`` removes a leading ``module.`` (DDP, DataParallel); only leading ones are
     removed, so a user's own submodule called ``module`` deeper in the tree is kept.
@@ -43,9 +45,20 @@ def canonical_name(name: str, *, strip_module: bool = True) -> str:
         while strip_module and parts and parts[0] == "module":
             parts = parts[1:]
         name = ".".join(parts)
-    if "parametrizations." in name:
-        name = _PARAMETRIZED_PART.sub(r"\1\2.\3", _PARAMETRIZED.sub(r"\1\2", name))
     return name
+
+
+def logical_name(name: str) -> str:
+    """``name`` with torch's parametrization path folded into the attribute it computes.
+
+    >>> logical_name("conv.parametrizations.weight.original")
+    'conv.weight'
+    >>> logical_name("conv.parametrizations.weight.original0")
+    'conv.weight.original0'
+    """
+    if "parametrizations." not in name:
+        return name
+    return _PARAMETRIZED_PART.sub(r"\1\2.\3", _PARAMETRIZED.sub(r"\1\2", name))
 
 
 def unwrap_model(model: object) -> object:

@@ -14,6 +14,11 @@ if its names get different decisions, the one from the strongest source wins (ru
 hook > policy), and between equals ``tied`` decides: ``"first"`` (the first name, as
 ``named_parameters`` dedupes), ``"decay"`` or ``"no_decay"``. Every such case is recorded in
 ``Plan.conflicts`` and reported by the audit.
+
+With ``example_inputs`` the ``"decaykit"`` policy decides from how the forward pass uses each
+tensor (:mod:`decaykit.policy.usage`), so tensors of one role get one decision whatever their
+shape; where a hook still splits a role (one learned token exempt, another not), the split is
+a :class:`RoleConflict` in ``Plan.conflicts``.
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ from decaykit._render import Cell, Report, format_table, html_lines, html_report
 from decaykit._validate import check_number
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.collect import check_model, collect_params
-from decaykit.policy.decide import Conflict, Decider, Decision
+from decaykit.policy.decide import Conflict, Decider, Decision, RoleConflict, role_conflicts
 from decaykit.policy.groups import build_groups
 from decaykit.policy.hooks import hook_patterns
 from decaykit.policy.layers import layer_ids
-from decaykit.policy.names import unwrap_model
+from decaykit.policy.names import logical_name, unwrap_model
 from decaykit.policy.options import OPTIONS, Policy, Tied
 from decaykit.policy.rules import Rule
+from decaykit.policy.usage import Trace, example_inputs_for, run_trace
 
-__all__ = ["Conflict", "Decision", "Plan", "check_plan_options", "collect_params", "param_groups", "plan"]
+__all__ = ["Conflict", "Decision", "Plan", "RoleConflict", "check_plan_options", "collect_params", "param_groups",
+           "plan"]
 
 
 @dataclass
@@ -52,7 +59,7 @@ class Plan(Report):
     decisions: list[Decision]
     weight_decay: float
     policy: str
-    conflicts: list[Conflict] = field(default_factory=list)
+    conflicts: list[Conflict | RoleConflict] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)  # rules / exclude entries that changed nothing
     layer_decay: float | None = None
 
@@ -65,6 +72,9 @@ class Plan(Report):
     def __getitem__(self, name: str) -> Decision:
         for d in self.decisions:
             if d.name == name or name in d.aliases:
+                return d
+        for d in self.decisions:  # a parametrized tensor by the attribute it computes: "conv.weight"
+            if name in (logical_name(n) for n in (d.name, *d.aliases)):
                 return d
         raise KeyError(name)
 
@@ -165,6 +175,7 @@ def plan(
     layer_of: Mapping[str, int] | Callable[[str], int | None] | None = None,
     tied: Tied = "first",
     strict: bool = False,
+    example_inputs: Any = None,
 ) -> Plan:
     """Decide, for every parameter of ``model``, whether it decays, by how much and why.
 
@@ -183,18 +194,44 @@ def plan(
         layer_of: override the layer found from the structure: mapping or callable name -> layer.
         tied: how to settle different decisions for names of one tensor of equal standing.
         strict: a rule or exclude entry that matches nothing is an error, not a warning.
+        example_inputs: an input of ``model`` (a tensor, a tuple of arguments or a dict of keyword
+            arguments; only shapes and dtypes matter), or ``"auto"`` to let decaykit make one (the
+            model's ``example_inputs()``, a transformers config's vocabulary, a first layer's size).
+            One forward pass on fake tensors then shows how each tensor is used, and the
+            ``"decaykit"`` policy decides from that; tensors the pass does not reach, and every
+            tensor without ``example_inputs``, are decided from the structure.
     """
     model = check_model(model)
     weight_decay = check_number(weight_decay, "weight_decay")
     given = {"rules": rules, "exclude": exclude, "decay_embeddings": decay_embeddings, "layer_decay": layer_decay,
              "layer_of": layer_of, "tied": tied, "strict": strict}
     settings = Policy.of(policy, **{k: v for k, v in given.items() if not _is_default(k, v)})
-    return _plan_for(model, weight_decay, settings)
+    return _plan_for(model, weight_decay, settings, _trace(model, example_inputs))
 
 
-def _plan_for(model: nn.Module, weight_decay: float, policy: Policy) -> Plan:
+def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
+    """The traced uses for ``example_inputs`` (``None``: no trace asked for), warning where the pass fell short."""
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, str):
+        if example_inputs != "auto":
+            raise DecayError(f"example_inputs must be the model's input or 'auto', got {example_inputs!r}")
+        example_inputs = example_inputs_for(unwrap_model(model))  # type: ignore[arg-type]
+        if example_inputs is None:
+            why = f"{type(model).__name__} has no example_inputs() method, config or first layer that fixes its input"
+            warnings.warn(f"example_inputs='auto': {why}; every tensor is decided from the structure; pass "
+                          "example_inputs=", DecayWarning, stacklevel=4)
+            return Trace({}, why, ran=False)
+    trace = run_trace(model, example_inputs)
+    if trace.stopped is not None:
+        warnings.warn(f"example_inputs: the traced forward of {type(model).__name__} stopped at {trace.stopped}; "
+                      "tensors it did not reach are decided from the structure", DecayWarning, stacklevel=4)
+    return trace
+
+
+def _plan_for(model: nn.Module, weight_decay: float, policy: Policy, trace: Trace | None = None) -> Plan:
     """The plan for a model already checked, a λ already validated and a :class:`Policy`: the phases."""
-    by_tensor = collect_params(model)
+    by_tensor = collect_params(model, trace)
     if not by_tensor:
         raise DecayError(f"model {type(model).__name__} has no parameters: there is nothing to decay")
     layers, scale_of = _layer_scales(model, [infos[0].name for infos in by_tensor.values()], policy)
@@ -208,6 +245,9 @@ def _plan_for(model: nn.Module, weight_decay: float, policy: Policy) -> Plan:
         conflicts += [conflict] if conflict is not None else []
     unmatched, shadowed = decider.unmatched(), decider.shadowed()
     _report_unmatched(model, unmatched, shadowed, policy.strict)
+    if trace is not None and policy.name == "decaykit":
+        # roles seen in use; a structural role is a guess, and the replicas' roles are their anchors' tests
+        conflicts += role_conflicts(decisions)
     return Plan(decisions, weight_decay, policy.name, conflicts, unmatched + shadowed, policy.layer_decay)
 
 
@@ -278,11 +318,11 @@ def param_groups(
 
 def check_plan_options(options: Mapping[str, Any], caller: str) -> None:
     """Refuse keyword arguments that :func:`plan` does not take, naming them, before Python's TypeError would."""
-    unknown = sorted(set(options) - set(OPTIONS[1:]), key=str)
+    unknown = sorted(set(options) - {*OPTIONS[1:], "example_inputs"}, key=str)
     if unknown:
         raise DecayError(f"{caller} got unknown option(s) {', '.join(map(repr, unknown))}; the policy options are: "
                          f"{', '.join(OPTIONS)}")
 
 
 _KEYWORD_DEFAULTS = {name: p.default for name, p in inspect.signature(plan).parameters.items()
-                     if p.kind is p.KEYWORD_ONLY and name != "policy"}
+                     if p.kind is p.KEYWORD_ONLY and name not in ("policy", "example_inputs")}

@@ -1,4 +1,10 @@
-"""What a parameter *is*: found from the module that owns it, then from its shape.
+"""What a parameter *is*: found from how the model uses it, else from its owning module, then its shape.
+
+With an example input (``plan(model, wd, example_inputs=...)``) the role comes from the traced
+forward pass (:mod:`decaykit.policy.usage`): a matrix operand is a weight, a gain a norm, an
+addend a bias, whatever the owner is called and whatever the shape. Without one, or for a
+tensor the pass never reached, the structural rules below decide, and a traced plan's reason
+says the decision was structural.
 
 This is the ``"decaykit"`` policy's source of truth. Names are never pattern-matched to find a
 norm (HF's ``bias`` regex also hits T5's ``relative_attention_bias`` embedding, and norms called
@@ -32,6 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from decaykit.policy.usage import Use
+
 __all__ = [
     "EMBEDDING_TYPES",
     "NORM_CLASS_NAME",
@@ -40,6 +48,8 @@ __all__ = [
     "WEIGHT_TYPES",
     "ParamInfo",
     "classify",
+    "classify_structure",
+    "classify_use",
     "is_norm_module",
     "is_per_channel",
     "module_type_name",
@@ -85,6 +95,8 @@ class ParamInfo:
     owner: nn.Module = field(repr=False)
     ancestors: tuple[nn.Module, ...] = field(repr=False, default=())  # root ... owner's parent
     component: str | None = None  # ``original0`` etc. for a parametrized tensor's pieces
+    use: Use | None = field(default=None, compare=False)  # what the traced forward pass saw, if traced
+    traced: str = ""  # with a traced plan: why a tensor without a ``use`` was not seen ("" when not traced)
 
     @property
     def module_type(self) -> str:
@@ -123,6 +135,29 @@ def _is_weight_layer(module: nn.Module) -> bool:
 
 def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
     """Return ``(role, decayed, reason)`` for one parameter name. See the module docstring."""
+    if not info.traced:
+        return classify_structure(info, decay_embeddings=decay_embeddings)
+    if info.component is None and info.use is not None and info.use.kind != "other":
+        return classify_use(info.use, decay_embeddings=decay_embeddings)
+    role, decay, reason = classify_structure(info, decay_embeddings=decay_embeddings)
+    if info.component is not None:
+        return role, decay, f"{reason} (structural: a parametrization's piece)"
+    seen = info.traced if info.use is None else info.use.reason
+    return role, decay, f"{reason} (structural: {seen})"
+
+
+def classify_use(use: Use, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
+    """``(role, decayed, reason)`` from the traced use: see :mod:`decaykit.policy.usage`."""
+    role, reason = use.role, f"{use.reason} (traced)"
+    if role in ("embedding", "token", "position"):
+        if decay_embeddings:
+            return role, True, reason
+        return role, False, f"{reason} (decay_embeddings=False)"
+    return role, role == "weight", reason
+
+
+def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
+    """``(role, decayed, reason)`` from the owning module, the name's role and the shape."""
     owner, leaf, shape = info.owner, info.leaf, tuple(info.param.shape)
     kind = info.module_type
     per_channel = is_per_channel(shape)

@@ -1,0 +1,511 @@
+"""What a parameter *does*: one forward pass on fake tensors, recording how each parameter is consumed.
+
+A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, nor Mamba's
+``A_log`` from a weight; the operation that consumes the tensor can:
+
+- the matrix operand of ``F.linear``, ``@``, ``einsum``, ``bmm``, a convolution -> ``weight``, decayed;
+- the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
+  the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
+- concatenated with activations, or the input of a layer -> ``token``, treated like an embedding;
+- added to activations: per channel or the same for every token -> ``bias``, no decay; a table that
+  varies along the tokens -> ``position``, like an embedding;
+- multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
+- the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
+- fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
+  anything but a matmul -> ``state``, no decay.
+
+Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
+constants or buffers (a weight times a mask) and operations on parameters alone (a weight
+standardised, tokens concatenated together, a parametrization) pass a parameter through
+unchanged. The pass runs under ``FakeTensorMode``: no real compute, no real memory. A value read
+(``if mask.all():``) gets a stand-in; at an operation whose output shape depends on values the
+pass stops, and what was seen until then is kept.
+
+>>> from torch import nn
+>>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
+>>> [u.reason for u in uses.values()]
+['matrix operand of F.linear', 'added to activations in F.linear: a bias', 'weight of F.layer_norm: a norm gain', 'bias of F.layer_norm: a norm bias']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+__all__ = ["Trace", "Use", "example_inputs_for", "run_trace", "trace_usage"]
+
+# Operand roles of the layer functions, by argument name (positions come from the signature).
+_LAYER_ARGS: dict[str, dict[str, str]] = {
+    "linear": {"input": "input", "weight": "matmul", "bias": "bias"},
+    "bilinear": {"input1": "input", "input2": "input", "weight": "matmul", "bias": "bias"},
+    **{f"conv{d}": {"input": "input", "weight": "matmul", "bias": "bias"} for d in ("1d", "2d", "3d")},
+    **{f"conv_transpose{d}": {"input": "input", "weight": "matmul", "bias": "bias"} for d in ("1d", "2d", "3d")},
+    "embedding": {"input": "index", "weight": "lookup"},
+    "embedding_bag": {"input": "index", "weight": "lookup"},
+    "layer_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "group_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "batch_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "instance_norm": {"input": "input", "weight": "norm", "bias": "normbias"},
+    "rms_norm": {"input": "input", "weight": "norm"},
+    "prelu": {"input": "input", "weight": "scale"},
+    "addmm": {"input": "bias", "mat1": "matmul", "mat2": "matmul"},
+    "baddbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
+    "addbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
+    "addmv": {"input": "bias", "mat": "matmul", "vec": "matmul"},
+    "multi_head_attention_forward": {"query": "input", "key": "input", "value": "input", "in_proj_weight": "matmul",
+                                     "in_proj_bias": "bias", "bias_k": "bias", "bias_v": "bias",
+                                     "out_proj_weight": "matmul", "out_proj_bias": "bias", "q_proj_weight": "matmul",
+                                     "k_proj_weight": "matmul", "v_proj_weight": "matmul"},
+    # attention holds no weights: a parameter given as its query or keys is a learned token
+    "scaled_dot_product_attention": {"query": "input", "key": "input", "value": "input", "attn_mask": "bias"},
+}
+_POSITIONS: dict[str, tuple[str, ...]] = {
+    "linear": ("input", "weight", "bias"), "bilinear": ("input1", "input2", "weight", "bias"),
+    "embedding": ("input", "weight"), "embedding_bag": ("input", "weight"),
+    "layer_norm": ("input", "normalized_shape", "weight", "bias"), "group_norm": ("input", "num_groups", "weight", "bias"),
+    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias"),
+    "instance_norm": ("input", "running_mean", "running_var", "weight", "bias"),
+    "rms_norm": ("input", "normalized_shape", "weight"), "prelu": ("input", "weight"),
+    "addmm": ("input", "mat1", "mat2"), "baddbmm": ("input", "batch1", "batch2"), "addbmm": ("input", "batch1", "batch2"),
+    "multi_head_attention_forward": ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+                                     "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p",
+                                     "out_proj_weight", "out_proj_bias"),
+    "addmv": ("input", "mat", "vec"), "scaled_dot_product_attention": ("query", "key", "value", "attn_mask"),
+        **{f"conv{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
+    **{f"conv_transpose{d}": ("input", "weight", "bias") for d in ("1d", "2d", "3d")},
+}
+_MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum", "tensordot", "inner", "outer",
+                     "dot", "vdot", "kron", "chain_matmul", "multi_dot", "ger",
+                     "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
+# Picking rows of a parameter by a tensor of indices: token ids pick embedding rows, a router's
+# choice picks an expert's weight or bias; what the rows then feed decides which.
+_SELECT = frozenset({"__getitem__", "index_select", "gather", "take", "take_along_dim"})
+_CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack",
+                     "where", "masked_scatter", "masked_scatter_", "index_put", "index_put_", "scatter", "scatter_",
+                     "masked_fill", "masked_fill_", "__setitem__", "index_copy", "index_copy_"})
+_ADD = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__"})
+_MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
+                  "true_divide", "addcmul", "multiply"})
+# Nonlinear maps of a parameter on its own: what comes out is no longer the parameter (Mamba's
+# ``-exp(A_log)``, CLIP's ``logit_scale.exp()``, softmax-ed mixing weights).
+_NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
+                        "sqrt", "rsqrt", "reciprocal", "softmax", "log_softmax", "sin", "cos", "relu", "gelu", "silu",
+                        "elu", "logsigmoid", "erf", "pow", "__pow__", "__rpow__", "square"})
+# Ops that leave a tensor what it was: views, casts, slices, copies, plain-number arithmetic.
+_PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "expand", "expand_as",
+                   "unsqueeze", "squeeze", "flatten", "unflatten", "contiguous", "clone", "detach", "to", "type",
+                   "type_as", "float", "double", "half", "bfloat16", "__getitem__", "narrow", "select", "chunk",
+                   "split", "unbind", "movedim", "moveaxis", "swapaxes", "swapdims", "repeat", "tile", "broadcast_to",
+                   "__get__", "neg", "__neg__", "clamp", "clamp_", "clip", "normalize", "requires_grad_", "as_strided",
+                   "repeat_interleave", "roll", "flip", "tensor_split", "split_with_sizes", "interpolate", "pad",
+                   "diagonal", "tril", "triu", "abs", "__pos__"})
+# What makes an activation "normalised": a gain multiplying it is a norm gain.
+_NORMALISING = frozenset({"rsqrt", "layer_norm", "rms_norm", "group_norm", "normalize", "batch_norm", "instance_norm"})
+_WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index in {f}",
+        "input": "input of {f}: a learned token", "concat": "joined to activations in {f}: a learned token",
+        "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
+        "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter",
+        "picked": "rows picked by the input, then fed to {f}: an embedding lookup"}
+_ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
+          "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "position"}
+# A parameter used several ways is what its strongest use says: a table looked up (and maybe tied
+# to a head) is an embedding, else a matrix operand is a weight.
+_RANK = ("lookup", "matmul", "input", "concat", "table", "bias", "norm", "normbias", "scale", "gain", "state", "other")
+
+
+class Use(NamedTuple):
+    """How one parameter was consumed in the traced forward pass."""
+
+    kind: str  # "matmul", "lookup", "input", "concat", "table", "bias", "norm", "normbias", "scale", "gain", "state", "other"
+    func: str  # the function that consumed it, as users write it (``F.linear``, ``einsum``, ``mul``)
+    reason: str
+
+    @property
+    def role(self) -> str:
+        return {"gain": "norm", "other": "unknown"}.get(self.kind, _ROLES.get(self.kind, self.kind))
+
+
+@dataclass
+class Trace:
+    """Every use seen per parameter (``id`` of the real tensor), and why the pass stopped, if it did."""
+
+    uses: dict[int, list[Use]]
+    stopped: str | None = None  # "RuntimeError: ..." when the forward could not finish on fake tensors
+    ran: bool = True  # False: no example input could be made, ``stopped`` says why
+
+    @property
+    def unseen(self) -> str:
+        """Why a parameter has no use: the pass never reached it, or stopped before it."""
+        if not self.ran:
+            return f"no example input ({self.stopped})"
+        if self.stopped is None:
+            return "not reached by the traced forward"
+        return f"not reached: the traced forward stopped at {self.stopped}"
+
+    def use_of(self, param: torch.Tensor) -> Use | None:
+        """The use that decides: the strongest seen, or ``None`` if the pass never reached it."""
+        seen = self.uses.get(id(param))
+        if not seen:
+            return None
+        return min(seen, key=lambda u: _RANK.index(u.kind))
+
+
+def _name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    return f"F.{name}" if getattr(torch.nn.functional, name, None) is func else name
+
+
+def _bare(func: Any) -> str:
+    return getattr(func, "__name__", "") or ""
+
+
+class _Recorder(TorchFunctionMode):
+    """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
+
+    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor]) -> None:
+        super().__init__()
+        # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
+        self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
+        self.shapes = {id(real): tuple(real.shape) for _, real in params}
+        # ids of activations: what derives from the example inputs; buffers and constants are not,
+        # so a weight masked by a buffer or built with torch.eye is still a weight
+        self.live: set[int] = {id(t) for t in inputs}
+        self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
+        self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
+        self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
+        self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
+        self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
+        self.uses: dict[int, list[Use]] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if _bare(func) in _VALUE_READS and args and type(args[0]).__name__ == "FakeTensor":
+            return _stand_in(_bare(func), args[0])
+        out = func(*args, **kwargs)
+        self._record(_bare(func), _name(func), args, kwargs, out)
+        return out
+
+    def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        live = [t for t in tensors if id(t) in self.live]
+        traced = [t for t in tensors if id(t) in self.origin]
+        if traced:
+            self._consume(bare, shown, args, kwargs, out, traced, live)
+        elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
+            self._mark(out, self.normalised)
+        if live:
+            self._mark(out, self.live, skip=self.origin)
+
+    def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
+                 live: list[torch.Tensor]) -> None:
+        first = next((t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)), None)
+        if bare in _PASS and (first is None or id(first) not in self.origin):
+            return  # ``x.type_as(weight)``: the parameter only lends its dtype or shape
+        index = [t for t in tree_flatten((args[1:], kwargs))[0] if isinstance(t, torch.Tensor) and id(t) not in self.origin]
+        if bare in _SELECT and first is not None and id(first) in self.origin and index:
+            picked_by_data = any(id(t) in self.live for t in index)  # else a constant index: a table laid out
+            self._pass_on(out, set(self.origin[id(first)]), self.via.get(id(first)), picked_by_data)
+            if not picked_by_data:
+                self._mark(out, self.gathered)
+        elif bare in _LAYER_ARGS and (live or bare not in _NORMALISING):
+            self._layer(bare, shown, args, kwargs)
+        elif bare in _PASS or not live:
+            if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
+                for t in traced:
+                    self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
+            via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
+            self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via,
+                          any(id(t) in self.selected for t in traced))
+            if any(id(t) in self.gathered for t in traced):
+                self._mark(out, self.gathered)
+        else:
+            for t in traced:
+                self._use(t, self._elementwise(bare, shown, t, live, _last_axis_join(bare, args, kwargs)))
+
+    def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
+                     last_axis: bool = False) -> Use:
+        if id(tensor) not in self.selected:
+            return self._with_activations(bare, shown, tensor, live, last_axis)
+        others = [a for a in live if id(a) not in self.selected]
+        if bare in _MATMUL or others:
+            return self._with_activations(bare, shown, tensor, others, last_axis)
+        return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
+
+    def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and (skip is None or id(t) not in skip):
+                into.add(id(t))
+                self.keep.append(t)
+
+    def _pass_on(self, out: Any, params: set[int], via: str | None = None, selected: bool = False) -> None:
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.origin[id(t)] = tuple(sorted(params))
+                if via is not None:
+                    self.via[id(t)] = via
+                if selected:  # rows picked by the inputs are the parameter and an activation at once
+                    self.selected.add(id(t))
+                    self.live.add(id(t))
+                self.keep.append(t)
+
+    def _use(self, tensor: torch.Tensor, use: Use) -> None:
+        via = self.via.get(id(tensor))
+        if via is not None and use.kind in ("matmul", "lookup", "input", "concat"):
+            use = use._replace(reason=f"{use.reason}, after {via}")
+        elif via is not None and use.kind != "state":
+            use = Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
+        for p in self.origin[id(tensor)]:
+            self.uses.setdefault(p, []).append(use)
+
+    def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
+        named = dict(zip(_POSITIONS[bare], args))
+        named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
+        for arg, value in named.items():
+            kind = _LAYER_ARGS[bare].get(arg)
+            if not isinstance(value, torch.Tensor) or id(value) not in self.origin or kind in (None, "index"):
+                continue
+            if kind == "input" and id(value) in self.selected:
+                self._use(value, Use("lookup", shown, _WHY["picked"].format(f=shown)))
+            elif kind == "bias":
+                self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
+            else:
+                self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
+
+    def _with_activations(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor],
+                          last_axis: bool) -> Use:
+        if bare in _MATMUL:
+            return Use("matmul", shown, f"matrix operand of {shown}")
+        # a row picked per token (an expert's bias) counts by its row's shape
+        rows = 1 if id(tensor) in self.selected else 0
+        stored_per_channel = id(tensor) not in self.gathered and all(
+            _per_channel(self.shapes[p][rows:]) for p in self.origin[id(tensor)])
+        if bare in _CONCAT and last_axis and stored_per_channel:
+            # one more entry along the activations' last axis (an attention sink's logit), not a token
+            return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
+        if bare in _CONCAT:
+            return Use("concat", shown, _WHY["concat"].format(f=shown))
+        if not activations:
+            return Use("state", shown, _WHY["state"].format(f=shown))
+        if bare in _ADD:
+            # per channel as used or as stored (a (24,) bias viewed as (4,4)), or the same for every
+            # token (a per-expert bias (E,1,C)): a bias; a table that varies along the tokens is positional
+            if _per_channel(tensor.shape) or stored_per_channel or _constant_along_tokens(tensor.shape, activations):
+                return Use("bias", shown, f"added to activations in {shown}: a bias")
+            return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
+        if bare in _MUL:
+            if any(id(a) in self.normalised for a in activations):
+                return Use("gain", shown, f"multiplies normalised activations in {shown}: a norm gain")
+            return Use("scale", shown, f"multiplies activations in {shown}: a scale")
+        return Use("other", shown, f"used in {shown}")
+
+
+# Reading a value out of a fake tensor is impossible; a stand-in lets the pass go on past a model's
+# checks (``if mask.all():``, ``assert lengths.max().item() <= n``). The branch taken may not be the
+# one real data would take, but every use recorded is one the model's code makes.
+_VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
+
+
+def _stand_in(read: str, t: torch.Tensor) -> Any:
+    one: Any = False if t.dtype == torch.bool else (1 if not t.is_floating_point() else 1.0)
+    if read == "__bool__":
+        return False
+    if read in ("__int__", "__index__"):
+        return 1
+    if read == "__float__":
+        return 1.0
+    if read == "tolist":
+        out: Any = one
+        for size in reversed(t.shape):
+            out = [out] * size
+        return out
+    return one
+
+
+def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
+    """Whether ``cat`` / ``stack`` joins along the last axis of its tensors."""
+    if bare not in ("cat", "concat", "concatenate") or not args or not isinstance(args[0], (list, tuple)) or not args[0]:
+        return False
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    ndim = args[0][0].ndim
+    return isinstance(dim, int) and dim % max(ndim, 1) == ndim - 1
+
+
+def _constant_along_tokens(shape: torch.Size, activations: list[torch.Tensor]) -> bool:
+    """Whether an addend of ``shape`` is broadcast along an axis of an activation other than its first (batch) one."""
+    for a in activations:
+        padded = (1,) * (a.ndim - len(shape)) + tuple(shape)
+        if any(s == 1 and n > 1 for s, n in zip(padded[1:], a.shape[1:])):
+            return True
+    return False
+
+
+def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
+    return sum(1 for s in shape if s != 1) <= 1
+
+
+def _shape(shape: torch.Size) -> str:
+    return "(" + ",".join(str(s) for s in shape) + ")"
+
+
+def _fake_like(mode: Any, t: torch.Tensor, floats: torch.dtype | None = None) -> torch.Tensor:
+    """A fake tensor of ``t``'s shape and dtype (``floats`` for floating ones, if given); meta
+    tensors become fake CPU ones, so factory calls inside ``forward`` (on the default device)
+    meet them on one device."""
+    device = torch.device("cpu") if t.device.type == "meta" else t.device
+    dtype = floats if floats is not None and t.is_floating_point() else t.dtype
+    with mode:
+        return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=dtype, device=device)
+
+
+def trace_usage(model: nn.Module, example_inputs: Any) -> dict[int, Use]:
+    """The deciding use of every parameter reached by ``model(*example_inputs)``, by ``id``.
+
+    ``example_inputs`` is one tensor, a tuple of positional arguments, or a dict of keyword
+    arguments (``{"input_ids": ids}``); its tensors only lend their shapes and dtypes.
+    """
+    trace = run_trace(model, example_inputs)
+    return {pid: min(seen, key=lambda u: _RANK.index(u.kind)) for pid, seen in trace.uses.items()}
+
+
+def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
+    """One forward pass of ``model`` on fake tensors under a recorder: see :func:`trace_usage`.
+
+    Where the pass stops early, a second one in bfloat16 is tried (some kernels, such as the
+    grouped matmul of MoE experts, only take it) and the trace that saw more is kept; where
+    several modalities were given (``input_ids`` and ``pixel_values``), each one alone is traced
+    too and what they saw is added.
+    """
+    trace = _trace_once(model, example_inputs, None)
+    if trace.stopped is None:
+        return trace
+    second = _trace_once(model, example_inputs, torch.bfloat16)
+    trace = second if len(second.uses) > len(trace.uses) else trace
+    for alone in _modalities(example_inputs) if trace.stopped is not None else []:
+        part = _trace_once(model, alone, None)
+        for pid, seen in part.uses.items():
+            trace.uses.setdefault(pid, []).extend(seen)
+    return trace
+
+
+_MODALITIES = ("input_ids", "pixel_values", "input_values", "input_features")
+
+
+def _modalities(inputs: Any) -> list[dict[str, Any]]:
+    """Each modality of a keyword input alone, with the settings that are not inputs, if there are several."""
+    if not isinstance(inputs, Mapping) or sum(k in inputs for k in _MODALITIES) < 2:
+        return []
+    settings = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
+    ids = {k: v for k, v in inputs.items() if k in ("input_ids", "decoder_input_ids")}
+    return [{**settings, **(ids if k == "input_ids" else {k: inputs[k]})} for k in _MODALITIES if k in inputs]
+
+
+def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None) -> Trace:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fakes: dict[int, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        fake = fakes.setdefault(id(p), _fake_like(mode, p, floats))
+        pairs.append((fake, p))
+        state[name] = fake
+    for name, b in model.named_buffers(remove_duplicate=False):
+        state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
+    args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
+                                     example_inputs))
+    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)])
+    stopped = None
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)  # a kernel without a fake version logs a traceback before raising
+    try:
+        with torch.no_grad(), mode, recorder:
+            torch.func.functional_call(model, state, args, kwargs, strict=False)
+    except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
+        stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+    finally:
+        fake_log.setLevel(level)
+    return Trace(recorder.uses, stopped)
+
+
+def _as_call(inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def example_inputs_for(model: nn.Module) -> Any | None:
+    """An input ``model`` can take, made from what it says about itself, or ``None``.
+
+    In order: its own ``example_inputs()`` method; a Hugging Face model's config (token ids
+    from its vocabulary, or pixel values for an image model); the first layer of an
+    ``nn.Sequential`` (``Linear``: features, ``Conv*d``: channels, ``Embedding``: token ids).
+    """
+    own: Callable[[], Any] | None = getattr(model, "example_inputs", None)
+    if callable(own):
+        return own()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        return _from_config(config, _arguments(model))
+    first: nn.Module | None = model
+    while isinstance(first, nn.Sequential):  # only a Sequential says which layer meets the input
+        first = first[0] if len(first) else None
+    if isinstance(first, nn.Linear):
+        return torch.zeros(2, first.in_features)
+    if isinstance(first, nn.modules.conv._ConvNd):
+        return torch.zeros(2, first.in_channels, *([32] * (first.weight.ndim - 2)))
+    if isinstance(first, nn.Embedding):
+        return torch.zeros(2, 8, dtype=torch.long)
+    return None
+
+
+def _arguments(model: nn.Module) -> frozenset[str]:
+    import inspect
+
+    try:
+        return frozenset(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def _audio(config: Any) -> torch.Tensor:
+    """A second of raw audio at 16 kHz, or a spectrogram where the config sizes one (AST)."""
+    mel, frames = getattr(config, "num_mel_bins", None), getattr(config, "max_length", None)
+    if isinstance(mel, int) and isinstance(frames, int):
+        return torch.zeros(1, frames, mel)
+    channels = getattr(config, "audio_channels", None)
+    return torch.zeros(1, channels, 16000) if isinstance(channels, int) else torch.zeros(1, 16000)
+
+
+def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
+    """Inputs for a transformers model from its config and ``forward``'s arguments alone: token ids
+    (its vocabulary only bounds them), pixel values, audio; no tokenizer, no download."""
+    vision = getattr(config, "vision_config", None) or config
+    inputs: dict[str, Any] = {}
+    if "input_ids" in takes:
+        inputs["input_ids"] = torch.ones(1, 8, dtype=torch.long)  # a fake tensor's values are never read
+        if "decoder_input_ids" in takes and getattr(config, "is_encoder_decoder", False):
+            inputs["decoder_input_ids"] = torch.ones(1, 8, dtype=torch.long)
+    image, channels = getattr(vision, "image_size", None) or 224, getattr(vision, "num_channels", None) or 3
+    if "pixel_values" in takes and isinstance(image, int):
+        inputs["pixel_values"] = torch.zeros(1, channels, image, image)
+    elif "pixel_values" in takes and isinstance(image, (tuple, list)) and len(image) == 2:
+        inputs["pixel_values"] = torch.zeros(1, channels, *image)
+    if "input_values" in takes:
+        inputs["input_values"] = _audio(config)
+    if "input_features" in takes and isinstance(getattr(config, "num_mel_bins", None), int):
+        frames = 2 * getattr(config, "max_source_positions", 1500)
+        inputs["input_features"] = torch.zeros(1, config.num_mel_bins, frames)
+    if inputs and "use_cache" in takes:
+        inputs["use_cache"] = False  # one pass, nothing to cache: hybrid caches refuse an empty start
+    return inputs or None

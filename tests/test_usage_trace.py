@@ -1,0 +1,358 @@
+"""Decide by how a tensor is used: the families a shape rule gets wrong, rebuilt by hand.
+
+Each module below keeps a parameter outside the standard layers, the way real model code does
+(a per-head qk-norm gain in a class not called *Norm, a stacked layer scale, Mamba's ``A_log``
+and ``D``, learned tokens and queries, a raw relative-position table, MoE experts stacked in one
+tensor, raw matrices used through ``F.linear`` / ``@`` / ``einsum``). Shapes are drawn by
+Hypothesis: the decision must follow the use, whatever the shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import decaykit
+from decaykit import DecayWarning
+from decaykit.policy import RoleConflict
+from decaykit.policy.usage import run_trace
+
+DIMS = st.integers(1, 6)
+
+
+class HeadGain(nn.Module):
+    """A per-head qk-norm: gain (heads, head_dim) initialised to ones, in a class without "Norm"."""
+
+    def __init__(self, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(heads, head_dim))
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + 1e-6) * self.gain
+
+
+class Block(nn.Module):
+    """Attention-free block with qk-norm, a stacked layer scale (branches, C) and raw matrices."""
+
+    def __init__(self, heads: int, head_dim: int, branches: int, experts: int) -> None:
+        super().__init__()
+        c = heads * head_dim
+        self.heads = heads
+        self.qk = nn.Linear(c, c)
+        self.qk_gain = HeadGain(heads, head_dim)
+        self.scale = nn.Parameter(torch.full((branches, c), 1e-5))  # stacked layer scale
+        self.w_raw = nn.Parameter(torch.randn(c, c))  # used through F.linear
+        self.w_at = nn.Parameter(torch.randn(c, c))  # used through @
+        self.router = nn.Parameter(torch.randn(experts, c))  # raw router via F.linear
+        self.experts = nn.Parameter(torch.randn(experts, c, c))  # stacked experts via einsum
+        self.experts_bias = nn.Parameter(torch.zeros(experts, c))  # stacked expert biases
+        self.log_weight = nn.Parameter(torch.zeros(c, c))  # a positive weight: exp(log_weight)
+        self.picked_experts = nn.Parameter(torch.randn(experts, c, c))  # an expert's matrix, picked per token
+        self.picked_bias = nn.Parameter(torch.zeros(experts, c))  # and its bias (GPT-OSS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q = self.qk_gain(self.qk(x).view(b, t, self.heads, -1)).reshape(b, t, c)
+        gates = F.linear(x, self.router).softmax(-1)
+        moe = torch.einsum("btc,ecd->bted", x, self.experts) + self.experts_bias[None, None]
+        choice = gates.argmax(-1)  # the router's pick, per token
+        picked = torch.einsum("btc,btcd->btd", x, self.picked_experts[choice]) + self.picked_bias[choice]
+        branches = [q, F.linear(x, self.w_raw), x @ self.w_at, (gates[..., None] * moe).sum(2),
+                    F.linear(x, self.log_weight.exp()), picked]
+        for i in range(self.scale.shape[0]):
+            x = x + self.scale[i] * branches[i % len(branches)]
+        return x
+
+
+class SSM(nn.Module):
+    """Mamba's state parameters: 2-D ``A_log`` (d_inner, d_state), a 1-D one per head, and ``D``."""
+
+    def __init__(self, c: int, state: int) -> None:
+        super().__init__()
+        self.A_log = nn.Parameter(torch.zeros(c, state))
+        self.A_log_heads = nn.Parameter(torch.zeros(c))
+        self.D = nn.Parameter(torch.ones(c))
+        self.dt_bias = nn.Parameter(torch.zeros(c))
+        self.mix_bias = nn.Parameter(torch.zeros(4))  # a bias stored flat, added as (2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.type_as(self.D)  # a parameter that only lends its dtype is not used
+        a = -torch.exp(self.A_log.float())  # (c, state)
+        a_heads = -torch.exp(self.A_log_heads)
+        dt = F.softplus(x + self.dt_bias)
+        h = torch.exp(dt[..., None] * a).sum(-1) + dt * a_heads
+        h = h + (x[..., :1, None] + self.mix_bias.view(2, 2)).mean((-1, -2))[..., None]
+        return h + x * self.D
+
+
+class Tokens(nn.Module):
+    """cls token (1,1,C), register tokens (1,R,C), learned queries (C,) and (Q,C), a raw bias table."""
+
+    def __init__(self, c: int, registers: int, queries: int, buckets: int, heads: int) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.register_tokens = nn.Parameter(torch.zeros(1, registers, c))
+        self.query = nn.Parameter(torch.zeros(c))
+        self.queries = nn.Parameter(torch.zeros(queries, c))
+        self.proj = nn.Linear(c, c)
+        self.relative_attention_bias = nn.Parameter(torch.zeros(buckets, heads))
+        self.t5_style = nn.Embedding(buckets, heads)  # the same role, as T5 keeps it
+        self.position_table = nn.Parameter(torch.zeros(heads, 4, 4))  # added to attention scores
+        self.sinks = nn.Parameter(torch.zeros(heads))  # one more logit per head (GPT-OSS attention sinks)
+        self.mask_token = nn.Parameter(torch.zeros(c))  # written over masked positions (wav2vec2, BEiT)
+        self.register_buffer("buckets", torch.zeros(4, 4, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = x.clone()
+        x[:, 0] = self.mask_token
+        x = torch.cat([self.cls_token.expand(b, -1, -1), self.register_tokens.expand(b, -1, -1), x], 1)
+        pooled = self.proj(self.query) + self.proj(self.queries).sum(0)
+        relative = self.relative_attention_bias[self.buckets].permute(2, 0, 1)  # (heads, 4, 4)
+        scores = x[:, :1, :1, None] + self.position_table + relative + self.t5_style(self.buckets).permute(2, 0, 1)
+        sinks = self.sinks.reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[-2], 1)
+        scores = torch.cat([scores, sinks], dim=-1)
+        return x + pooled + scores.mean()
+
+
+class Zoo(nn.Module):
+    def __init__(self, heads: int = 2, head_dim: int = 3, branches: int = 2, experts: int = 3, state: int = 4,
+                 registers: int = 4, queries: int = 3, buckets: int = 5) -> None:
+        super().__init__()
+        c = heads * head_dim
+        self.block = Block(heads, head_dim, branches, experts)
+        self.ssm = SSM(c, state)
+        self.tokens = Tokens(c, registers, queries, buckets, heads)
+        self.norm = nn.LayerNorm(c)
+        self.c = c
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, 3, self.c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.tokens(self.ssm(self.block(x))))
+
+
+EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
+    "block.qk_gain.gain": ("norm", False),
+    "block.scale": ("scale", False),
+    "block.w_raw": ("weight", True),
+    "block.w_at": ("weight", True),
+    "block.router": ("weight", True),
+    "block.experts": ("weight", True),
+    "block.experts_bias": ("bias", False),
+    "block.log_weight": ("weight", True),
+    "block.picked_experts": ("weight", True),
+    "block.picked_bias": ("bias", False),
+    "ssm.A_log": ("state", False),
+    "ssm.A_log_heads": ("state", False),
+    "ssm.D": ("scale", False),
+    "ssm.dt_bias": ("bias", False),
+    "ssm.mix_bias": ("bias", False),
+    "tokens.cls_token": ("token", True),
+    "tokens.register_tokens": ("token", True),
+    "tokens.query": ("token", True),
+    "tokens.mask_token": ("token", True),
+    "tokens.queries": ("token", True),
+    "tokens.relative_attention_bias": ("position", True),
+    "tokens.t5_style.weight": ("embedding", True),
+    "tokens.position_table": ("position", True),
+    "tokens.sinks": ("bias", False),
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=DIMS, head_dim=DIMS, branches=DIMS, experts=DIMS, state=DIMS, registers=DIMS, queries=DIMS)
+def test_decisions_follow_the_use_whatever_the_shape(heads, head_dim, branches, experts, state, registers, queries):
+    with torch.device("meta"):  # the trace never needs real memory
+        model = Zoo(heads, head_dim, branches, experts, state, registers, queries)
+    p = decaykit.plan(model, 0.1, example_inputs="auto")
+    got = {name: (p[name].role, p[name].decay) for name in EXPECTED}
+    assert got == EXPECTED
+    for name in EXPECTED:
+        assert p[name].reason.endswith("(traced)"), (name, p[name].reason)
+    assert p.conflicts == []
+    # one decision per role, whatever the shapes
+    by_role: dict[str, set[bool]] = {}
+    for d in p.trainable:
+        by_role.setdefault(d.role, set()).add(d.decay)
+    assert all(len(v) == 1 for v in by_role.values()), by_role
+
+
+def test_reasons_say_what_was_seen():
+    p = decaykit.plan(Zoo(), 0.1, example_inputs="auto")
+    assert p["block.qk.weight"].reason == "matrix operand of F.linear (traced)"
+    assert p["block.qk_gain.gain"].reason == "multiplies normalised activations in mul: a norm gain (traced)"
+    assert p["ssm.A_log"].reason == "fed alone through exp: a state parameter (traced)"
+    assert p["tokens.cls_token"].reason == "joined to activations in cat: a learned token (traced)"
+    assert "decay_embeddings=False" in decaykit.plan(Zoo(), 0.1, example_inputs="auto",
+                                                       decay_embeddings=False)["tokens.register_tokens"].reason
+
+
+def test_without_an_input_the_structure_decides_and_says_so():
+    model = Zoo()
+    plain = decaykit.plan(model, 0.1)
+    assert all("traced" not in d.reason and "structural" not in d.reason for d in plain)
+
+    class Opaque(nn.Module):  # nothing tells what its input is
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Zoo()
+
+        def forward(self, x):
+            return self.inner(x)
+
+    with pytest.warns(DecayWarning, match="decided from the structure"):
+        p = decaykit.plan(Opaque(), 0.1, example_inputs="auto")
+    assert all("(structural: no example input" in d.reason for d in p)
+    assert [d.decay for d in p] == [d.decay for d in plain]
+
+
+def test_a_forward_that_stops_keeps_what_it_saw():
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.gain = nn.Parameter(torch.ones(2, 2))
+
+        def forward(self, x):
+            x = self.a(x)
+            x = x[x > 0]  # a shape that depends on values: a fake tensor has none
+            return x * self.gain.flatten()
+
+    with pytest.warns(DecayWarning, match="stopped at"):
+        p = decaykit.plan(DataDependent(), 0.1, example_inputs=torch.zeros(1, 4))
+    assert p["a.weight"].reason == "matrix operand of F.linear (traced)"
+    assert "structural: not reached: the traced forward stopped at" in p["gain"].reason
+
+
+def test_the_trace_does_no_real_compute():
+    big = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    before = [q.detach().clone() for q in big.state_dict().values()]
+    seen = run_trace(big, torch.full((3, 4), float("nan")))
+    assert seen.stopped is None and len(seen.uses) == 6
+    assert all(torch.equal(a, b) for a, b in zip(before, big.state_dict().values()))  # running stats too
+    with torch.device("meta"):
+        huge = nn.Linear(1 << 20, 1 << 20)  # 4 TiB of float32 if it were real
+    assert run_trace(huge, torch.zeros(1, 1 << 20, device="meta")).stopped is None
+
+
+def test_a_hook_that_splits_a_role_is_a_conflict():
+    class ViTWithRegisters(Zoo):
+        def no_weight_decay(self) -> set[str]:
+            return {"tokens.cls_token"}  # timm's ViT lists cls_token, not its register tokens
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        p = decaykit.plan(ViTWithRegisters(), 0.1, example_inputs="auto")
+    (conflict,) = p.conflicts
+    assert isinstance(conflict, RoleConflict) and conflict.role == "token"
+    assert "tokens.cls_token" in conflict.names and "tokens.register_tokens" in conflict.decayed
+    assert "role 'token' split" in str(conflict) and str(conflict) in p.summary_text()
+
+
+def test_presets_ignore_the_trace():
+    model = Zoo()
+    for preset in ("timm", "hf", "nanogpt", "seed", "torch"):
+        traced = decaykit.plan(model, 0.1, policy=preset, example_inputs="auto")
+        plain = decaykit.plan(model, 0.1, policy=preset)
+        assert [(d.name, d.weight_decay, d.reason) for d in traced] == [(d.name, d.weight_decay, d.reason) for d in plain]
+
+
+def test_param_groups_take_example_inputs():
+    model = Zoo()
+    groups = decaykit.param_groups(model, 0.1, example_inputs=model.example_inputs())
+    undecayed = {n for g in groups if g["weight_decay"] == 0 for n in g["param_names"]}
+    assert {"block.scale", "ssm.A_log", "block.qk_gain.gain"} <= undecayed
+    with pytest.raises(decaykit.DecayError, match="example_inputs"):
+        decaykit.plan(model, 0.1, example_inputs="yes")
+
+
+def test_a_parameter_reshaped_or_normalised_on_its_own_keeps_its_role():
+    class StandardisedConv(nn.Conv2d):  # BiT's weight standardisation: the weight goes through batch_norm
+        def forward(self, x):
+            w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, eps=1e-6)
+            return F.conv2d(x, w.reshape_as(self.weight), self.bias)
+
+    class Masked(nn.Module):  # a weight masked by a buffer is still a weight (MADE, causal convs)
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(4, 4))
+            self.register_buffer("mask", torch.ones(4, 4).tril())
+
+        def forward(self, x):
+            return F.linear(x, self.weight * self.mask)
+
+    class SelfAttention(nn.MultiheadAttention):
+        def forward(self, x):
+            return super().forward(x, x, x)[0]
+
+    model = nn.Sequential(StandardisedConv(3, 4, 3), nn.Flatten(), nn.Linear(36, 4), Masked(),
+                          nn.Unflatten(1, (1, 4)), SelfAttention(4, 2, batch_first=True, add_bias_kv=True))
+    p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(1, 3, 5, 5))
+    assert p["0.weight"].decay and p["0.weight"].reason == "matrix operand of F.conv2d (traced)"
+    assert p["3.weight"].decay and p["3.weight"].reason == "matrix operand of F.linear (traced)"
+    mha = {n: (p[f"5.{n}"].decay, p[f"5.{n}"].reason.endswith("(traced)")) for n in
+           ("in_proj_weight", "out_proj.weight", "in_proj_bias", "bias_k", "out_proj.bias")}
+    assert mha == {"in_proj_weight": (True, True), "out_proj.weight": (True, True), "in_proj_bias": (False, True),
+                   "bias_k": (False, True), "out_proj.bias": (False, True)}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext", "vit", "gpt", "mlp"])
+def test_inspect_example_traces_every_built_in_model(capsys, name):
+    import json
+
+    from decaykit.cli.main import main
+    from decaykit.models import DEMO_MODELS
+
+    assert main(["inspect", name, "--example", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    hooked = {d["name"] for d in out["parameters"] if d["source"] == "hook"}
+    assert all(d["reason"].endswith("(traced)") for d in out["parameters"] if d["name"] not in hooked)
+    assert out["conflicts"] == []
+    plain = {d.name: d.decay for d in decaykit.plan(DEMO_MODELS[name](), 0.05)}
+    assert {d["name"]: d["decay"] for d in out["parameters"]} == plain  # the built-ins were already right
+
+
+def test_a_check_on_values_and_several_modalities_do_not_stop_the_trace():
+    class TwoTowers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.patch = nn.Conv2d(3, 4, 2, 2)
+            self.gain = nn.Parameter(torch.ones(2, 2))
+
+        def forward(self, input_ids=None, pixel_values=None):
+            if input_ids is not None and pixel_values is not None:
+                raise ValueError("image tokens do not match the image")  # as multimodal models check
+            x = self.embed(input_ids) if input_ids is not None else self.patch(pixel_values).flatten(2).mT
+            if torch.isnan(x).any():  # a value read: the fake tensor has none, a stand-in answers
+                raise ValueError("nan")
+            return x * self.gain.flatten()
+
+    model = TwoTowers()
+    inputs = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "pixel_values": torch.zeros(1, 3, 4, 4)}
+    with pytest.warns(DecayWarning, match="stopped at ValueError: image tokens"):
+        p = decaykit.plan(model, 0.1, example_inputs=inputs)
+    assert all(d.reason.endswith("(traced)") for d in p), [d.reason for d in p]
+    assert not p["gain"].decay and p["patch.weight"].decay and p["embed.weight"].role == "embedding"
+
+
+def test_the_audit_names_a_role_split_for_what_it_is():
+    class ViTWithRegisters(Zoo):
+        def no_weight_decay(self) -> set[str]:
+            return {"tokens.cls_token"}
+
+    model = ViTWithRegisters()
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        report = decaykit.audit(model, opt, example_inputs="auto")
+    codes = {f.code for f in report.findings}
+    assert "role-conflict" in codes and "tied-conflict" not in codes
