@@ -25,7 +25,11 @@ the smaller the batch, the more a plain step is Python and dispatch overhead tha
 The first line names the machine and its load average, the line before the last the load average
 at the end: the times hold for those conditions, and other work on the machine slows them.
 
-    python benchmarks/bench_sweep.py [--epochs 20] [--repeats 3] [--batch-size 32] [--also 16]
+``--task mnist1d-cnn`` runs the same comparison for the MNIST-1D paper's 1-D CNN (lr 1e-2, batch 100):
+its Conv1d layers train stacked as batched matmuls over the unfolded windows.
+
+    python benchmarks/bench_sweep.py [--task digits-noisy-labels|mnist1d-cnn] [--epochs 20] [--repeats 3]
+                                     [--batch-size 32] [--also 16]
 """
 
 from __future__ import annotations
@@ -39,9 +43,16 @@ import torch.nn.functional as F
 
 import decaykit
 from decaykit.sweeps.tasks.digits import digits_mlp, digits_noisy_labels
+from decaykit.sweeps.tasks.mnist1d import mnist1d_cnn, mnist1d_data
 
 LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SEEDS = (0, 1)  # 8 λ × 2 seeds = K = 16 trials
+# what each --task trains: the model, its data, the learning rate and the batch size reported last
+TASKS = {
+    "digits-noisy-labels": (digits_mlp, digits_noisy_labels, 1e-3, 32, "MLP 64-512-10"),
+    "mnist1d-cnn": (mnist1d_cnn, mnist1d_data, 1e-2, 100, "MNIST-1D 1-D CNN (3 Conv1d + linear)"),
+}
+MODEL, LR = digits_mlp, 1e-3  # set by main() from --task
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -59,8 +70,8 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 def plain_run(data, weight_decay: float, seed: int, epochs: int, batch: int) -> float:
     """What a user writes by hand: one model, torch AdamW with its defaults, a test evaluation at the end."""
     torch.manual_seed(seed)
-    model = digits_mlp()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=weight_decay)
+    model = MODEL()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = data.train_size
     for _ in range(epochs):
@@ -88,13 +99,14 @@ def sequential(data, epochs: int, batch: int) -> tuple[float, list[float]]:
 def batched(data, epochs: int, batch: int) -> float:
     start = time.perf_counter()
     decaykit.sweep(
-        digits_mlp,
+        MODEL,
         (data.x_train, data.y_train, data.x_test, data.y_test),
         weight_decays=LAMBDAS,
         seeds=list(SEEDS),
         epochs=epochs,
         batch_size=batch,
-        lr=1e-3,
+        lr=LR,
+        optimizer="adamw",
         curve_points=1,  # the initial and the final evaluation, as the plain loop's single test pass
         chunk_size=16,
     )
@@ -108,10 +120,10 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
     from decaykit.sweeps.settings import Training
     from decaykit.sweeps.trainer import autograd_step, seeded_model
 
-    settings = Training(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
+    settings = Training(optimizer="adamw", lr=LR, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
                         policy="decaykit", loss="cross_entropy", dtype=torch.float32, device=torch.device("cpu"))  # fmt: skip
     keys = [(wd, s) for wd in LAMBDAS for s in SEEDS]
-    members = StackedMembers([seeded_model(digits_mlp, s, torch.float32, torch.device("cpu")) for _, s in keys],
+    members = StackedMembers([seeded_model(MODEL, s, torch.float32, torch.device("cpu")) for _, s in keys],
                              [wd for wd, _ in keys], settings)  # fmt: skip
     idx = torch.stack([torch.randperm(data.train_size)[:batch] for _ in keys])
     x, y = data.x_train[idx], data.y_train[idx]
@@ -136,13 +148,13 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
     def kernels() -> None:  # what the step computes, without the Python around it
         for params, states in groups:
             torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], lr=1e-3,
+                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], lr=LR,
                                 beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)  # fmt: skip
 
     with torch.no_grad():
         out["  of which the fused AdamW kernels alone"] = timed(kernels)
     params = [p for g in inner.param_groups for p in g["params"]]
-    foreach = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
+    foreach = torch.optim.AdamW(params, lr=LR, weight_decay=0.0, foreach=True)
     out["AdamW foreach step, same tensors (for comparison)"] = timed(foreach.step)
     return out
 
@@ -171,21 +183,28 @@ def compare(data, epochs: int, batch: int, repeats: int, flops_one: float, k: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="digits-noisy-labels")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32, help="the demo's batch size, reported last")
-    parser.add_argument("--also", type=int, nargs="*", default=[16], help="other batch sizes to compare first")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="reported last (default: the task's, digits 32, mnist1d-cnn 100 as in the paper)")
+    parser.add_argument("--also", type=int, nargs="*", default=None,
+                        help="other batch sizes to compare first (default: 16 for digits, none for mnist1d-cnn)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from _machine import load_line, machine_line  # benchmarks/_machine.py, beside this script
 
+    global MODEL, LR
+    MODEL, data_fn, LR, default_batch, what = TASKS[args.task]
+    args.batch_size = args.batch_size or default_batch
+    args.also = args.also if args.also is not None else ([16] if args.task == "digits-noisy-labels" else [])
     print(machine_line())
     torch.set_flush_denormal(True)
-    data = digits_noisy_labels()
-    params = sum(p.numel() for p in digits_mlp().parameters())
+    data = data_fn()
+    params = sum(p.numel() for p in MODEL().parameters())
     k = len(LAMBDAS) * len(SEEDS)
     flops_one = 6.0 * params * data.train_size * args.epochs
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MLP 64-512-10 ({params:,} parameters), "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {what} ({params:,} parameters), "
           f"{data.train_size} samples, {args.epochs} epochs; K = {k} trials (8 λ x 2 seeds); "
           f"medians of {args.repeats} interleaved repeats")  # fmt: skip
     for batch in [b for b in args.also if b != args.batch_size]:
