@@ -11,6 +11,11 @@ epochs, and evaluate the test set at the end:
   at the end (train metrics, the gap) and the start of the curves (once per seed: members of one seed
   start from the same model).
 
+The plain loops are timed a second time on one thread, the sweep's choice on a busy machine: on a loaded
+2-core machine torch's default threads alone can cost the plain loops 10x or more, and that line separates
+what the thread count gives from what stacking gives. The sweep's path (stacked or one-by-one, as its
+timing trial chose) and its thread count are printed beside its time.
+
 They run interleaved, ``--repeats`` times, and the median of each is reported (other work on a shared
 machine then slows both alike). The machine's matmul peak is measured in the same run (a large
 float32 matmul), and the sweep's achieved GFLOP/s (nominal 6·params·samples per sample-epoch for
@@ -96,9 +101,19 @@ def sequential(data, epochs: int, batch: int) -> tuple[float, list[float]]:
     return sum(times), times
 
 
-def batched(data, epochs: int, batch: int) -> float:
+def one_thread(fn, *args):
+    """``fn(*args)`` on one CPU thread, torch's thread count restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def batched(data, epochs: int, batch: int) -> tuple[float, dict]:
     start = time.perf_counter()
-    decaykit.sweep(
+    result = decaykit.sweep(
         MODEL,
         (data.x_train, data.y_train, data.x_test, data.y_test),
         weight_decays=LAMBDAS,
@@ -110,7 +125,7 @@ def batched(data, epochs: int, batch: int) -> float:
         curve_points=1,  # the initial and the final evaluation, as the plain loop's single test pass
         chunk_size=16,
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, {"path": result.run["path"], "threads": result.header[-1].split(" on ")[-1]}
 
 
 def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
@@ -163,20 +178,25 @@ def compare(data, epochs: int, batch: int, repeats: int, flops_one: float, k: in
     """Interleaved repeats of the sequential and the batched sweep at one batch size; medians."""
     batched(data, 1, batch)  # warm-up: imports, first-call allocations
     plain_run(data, 0.0, 0, 1, batch)
-    seq_totals, one_runs, bat_totals, peaks = [], [], [], []
+    seq_totals, seq1_totals, one_runs, bat_totals, peaks = [], [], [], [], []
     for _ in range(repeats):
         peaks.append(matmul_peak())
         total, each = sequential(data, epochs, batch)
         seq_totals.append(total)
         one_runs.extend(each)
-        bat_totals.append(batched(data, epochs, batch))
-    seq, one, bat, peak = (statistics.median(v) for v in (seq_totals, one_runs, bat_totals, peaks))
+        seq1_totals.append(one_thread(sequential, data, epochs, batch)[0])
+        seconds, how = batched(data, epochs, batch)
+        bat_totals.append(seconds)
+    seq, seq1, one, bat, peak = (statistics.median(v) for v in (seq_totals, seq1_totals, one_runs, bat_totals, peaks))
     print(f"batch {batch}:")
     print(f"  matmul peak (2048² float32), measured now:  {peak:6.0f} GFLOP/s")
     print(f"  one plain run (torch AdamW defaults):       {one:6.3f} s  {flops_one / one / 1e9:6.1f} GFLOP/s")
     print(f"  {k} plain runs, one after another:          {seq:6.3f} s  {k * flops_one / seq / 1e9:6.1f} GFLOP/s")
     print(f"  decaykit.sweep, {k} trials stacked:          {bat:6.3f} s  {k * flops_one / bat / 1e9:6.1f} GFLOP/s "
           f"({k * flops_one / bat / 1e9 / peak:.0%} of the peak)")  # fmt: skip
+    print(f"    (the sweep's path: {how['path']}; {how['threads'].split(';')[0]})")
+    print(f"  {k} plain runs on 1 thread (what threads alone do): {seq1:6.3f} s; sequential on 1 thread / batched "
+          f"= {seq1 / bat:.2f}x")  # fmt: skip
     print(f"  batched / one run = {bat / one:.2f}x (target <= 2.5x); sequential / batched = {seq / bat:.2f}x")
     return {"speedup": seq / bat}
 
