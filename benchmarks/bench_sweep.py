@@ -40,6 +40,7 @@ its Conv1d layers train stacked as batched matmuls over the unfolded windows.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 
@@ -125,7 +126,8 @@ def batched(data, epochs: int, batch: int) -> tuple[float, dict]:
         curve_points=1,  # the initial and the final evaluation, as the plain loop's single test pass
         chunk_size=16,
     )
-    return time.perf_counter() - start, {"path": result.run["path"], "threads": result.header[-1].split(" on ")[-1]}
+    threads = re.search(r" on (\d+ threads?[^;]*)", result.header[-1])
+    return time.perf_counter() - start, {"path": result.run["path"], "threads": threads.group(1) if threads else "?"}
 
 
 def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
@@ -194,7 +196,7 @@ def compare(data, epochs: int, batch: int, repeats: int, flops_one: float, k: in
     print(f"  {k} plain runs, one after another:          {seq:6.3f} s  {k * flops_one / seq / 1e9:6.1f} GFLOP/s")
     print(f"  decaykit.sweep, {k} trials stacked:          {bat:6.3f} s  {k * flops_one / bat / 1e9:6.1f} GFLOP/s "
           f"({k * flops_one / bat / 1e9 / peak:.0%} of the peak)")  # fmt: skip
-    print(f"    (the sweep's path: {how['path']}; {how['threads'].split(';')[0]})")
+    print(f"    (the sweep's path: {how['path']}; {how['threads']})")
     print(f"  {k} plain runs on 1 thread (what threads alone do): {seq1:6.3f} s; sequential on 1 thread / batched "
           f"= {seq1 / bat:.2f}x")  # fmt: skip
     print(f"  batched / one run = {bat / one:.2f}x (target <= 2.5x); sequential / batched = {seq / bat:.2f}x")
