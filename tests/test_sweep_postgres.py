@@ -2,15 +2,18 @@
 
 The server is a real PostgreSQL, started by the test from the ``pgserver`` wheel (the ``dev`` extra
 installs it and the ``psycopg`` driver); nothing is mocked. Three worker processes, each in its own
-working folder as if on its own machine, run the same command against one study.
+working folder as if on its own machine, run the same command against one study; a worker killed
+with -9 mid-chunk has its claim taken over and finished by another.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -46,6 +49,17 @@ def _worker(helper: Path, machine: Path, url: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=machine, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _trials(url: str) -> list:
+    storage = optuna.storages.RDBStorage(url)
+    names = optuna.get_all_study_names(storage)
+    return [t for name in names for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)]
+
+
+def _complete_keys(url: str) -> list[tuple[float, int]]:
+    state = optuna.trial.TrialState.COMPLETE
+    return sorted((t.params["weight_decay"], t.params["seed"]) for t in _trials(url) if t.state == state)
+
+
 def test_three_workers_share_one_postgres_study_and_report_as_one_process(helper, postgres_url):
     workers = [_worker(helper, helper / f"machine{i}", postgres_url) for i in range(3)]
     reports = []
@@ -53,14 +67,41 @@ def test_three_workers_share_one_postgres_study_and_report_as_one_process(helper
         stdout, stderr = w.communicate(timeout=240)
         assert w.returncode == 0, stderr
         reports.append(json.loads(stdout))
-    storage = optuna.storages.RDBStorage(postgres_url)
-    (name,) = optuna.get_all_study_names(storage)
-    complete = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-                if t.state == optuna.trial.TrialState.COMPLETE]  # fmt: skip
-    keys = sorted((t.params["weight_decay"], t.params["seed"]) for t in complete)
+    (name,) = optuna.get_all_study_names(optuna.storages.RDBStorage(postgres_url))
+    keys = _complete_keys(postgres_url)
     assert len(keys) == 6 and keys == sorted(set(keys))  # every grid point finished, none twice
     assert sum(r["run"]["trained"] for r in reports) == 6  # nothing trained twice
     assert all(r["run"]["study"] == name for r in reports)
     single = _reference()
     for r in reports:
         assert {"results": r["results"], "best": r["best"]} == single
+
+
+def test_a_worker_killed_mid_chunk_has_its_claim_finished_by_another(helper, tmp_path_factory):
+    """kill -9 while one chunk is finished and the next is RUNNING; a second machine's worker takes it over."""
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgkill"), cleanup_mode="stop")  # a fresh database
+    url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        first = _worker(helper, helper / "machine_a", url)
+        deadline = time.time() + 180
+        while time.time() < deadline and first.poll() is None:
+            states = {t.state for t in _trials(url)}
+            if {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING} <= states:
+                break
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert first.returncode == -signal.SIGKILL, first.stderr.read()
+        done_at_kill = _complete_keys(url)
+        assert 0 < len(done_at_kill) < 6, "the kill must land mid-sweep"
+        second = _worker(helper, helper / "machine_b", url)
+        stdout, stderr = second.communicate(timeout=240)
+        assert second.returncode == 0, stderr
+        report = json.loads(stdout)
+        assert report["run"]["trained"] == 6 - len(done_at_kill) and report["run"]["reused"] == len(done_at_kill)
+        keys = _complete_keys(url)
+        assert keys == sorted(set(keys)) and len(keys) == 6
+        assert not [t for t in _trials(url) if t.state == optuna.trial.TrialState.RUNNING]
+        assert {"results": report["results"], "best": report["best"]} == _reference()
+    finally:
+        server.cleanup()
