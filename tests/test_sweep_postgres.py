@@ -105,3 +105,43 @@ def test_a_worker_killed_mid_chunk_has_its_claim_finished_by_another(helper, tmp
         assert {"results": report["results"], "best": report["best"]} == _reference()
     finally:
         server.cleanup()
+
+
+def test_the_store_opens_in_optuna_dashboard_with_lambda_seed_and_metrics(postgres_url):
+    """optuna-dashboard served over real HTTP on a finished sweep's study: λ and seed are each trial's
+    parameters, the objective its value, every metric a user attribute."""
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from optuna_dashboard import wsgi
+
+    from decaykit import sweep
+
+    result = sweep(task="ridge", task_options={"dim": 6}, weight_decays=[0.0, 0.5], seeds=1, epochs=20,
+                   storage=postgres_url, study_name="dashboard-check")  # fmt: skip
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):  # no request lines in the test output
+            pass
+
+    server = make_server("127.0.0.1", 0, wsgi(postgres_url), handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        studies = json.loads(urllib.request.urlopen(f"{base}/api/studies", timeout=30).read())["study_summaries"]
+        (study,) = [s for s in studies if s["study_name"] == "dashboard-check"]
+        detail = json.loads(urllib.request.urlopen(f"{base}/api/studies/{study['study_id']}", timeout=30).read())
+    finally:
+        server.shutdown()
+    trials = [t for t in detail["trials"] if t["state"] == "Complete"]
+    seen = {}
+    for t in trials:
+        params = {p["name"]: float(p["param_external_value"]) for p in t["params"]}
+        attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+        seen[(params["weight_decay"], params["seed"])] = attrs
+        assert t["values"] and "test_loss" in attrs and "train_loss" in attrs
+    assert sorted(seen) == sorted((t["weight_decay"], float(t["seed"])) for t in result.trials)
+    for t in result.trials:
+        shown = float(seen[(t["weight_decay"], float(t["seed"]))]["test_loss"])
+        assert shown == pytest.approx(t["metrics"]["test_loss"])
