@@ -11,6 +11,11 @@ epochs, and evaluate the test set at the end:
   at the end (train metrics, the gap) and the start of the curves (once per seed: members of one seed
   start from the same model).
 
+The plain loops are timed a second time on one thread, the sweep's choice on a busy machine: on a loaded
+2-core machine torch's default threads alone can cost the plain loops 10x or more, and that line separates
+what the thread count gives from what stacking gives. The sweep's path (stacked or one-by-one, as its
+timing trial chose) and its thread count are printed beside its time.
+
 They run interleaved, ``--repeats`` times, and the median of each is reported (other work on a shared
 machine then slows both alike). The machine's matmul peak is measured in the same run (a large
 float32 matmul), and the sweep's achieved GFLOP/s (nominal 6·params·samples per sample-epoch for
@@ -25,12 +30,17 @@ the smaller the batch, the more a plain step is Python and dispatch overhead tha
 The first line names the machine and its load average, the line before the last the load average
 at the end: the times hold for those conditions, and other work on the machine slows them.
 
-    python benchmarks/bench_sweep.py [--epochs 20] [--repeats 3] [--batch-size 32] [--also 16]
+``--task mnist1d-cnn`` runs the same comparison for the MNIST-1D paper's 1-D CNN (lr 1e-2, batch 100):
+its Conv1d layers train stacked as batched matmuls over the unfolded windows.
+
+    python benchmarks/bench_sweep.py [--task digits-noisy-labels|mnist1d-cnn] [--epochs 20] [--repeats 3]
+                                     [--batch-size 32] [--also 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 
@@ -39,9 +49,16 @@ import torch.nn.functional as F
 
 import decaykit
 from decaykit.sweeps.tasks.digits import digits_mlp, digits_noisy_labels
+from decaykit.sweeps.tasks.mnist1d import mnist1d_cnn, mnist1d_data
 
 LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SEEDS = (0, 1)  # 8 λ × 2 seeds = K = 16 trials
+# what each --task trains: the model, its data, the learning rate and the batch size reported last
+TASKS = {
+    "digits-noisy-labels": (digits_mlp, digits_noisy_labels, 1e-3, 32, "MLP 64-512-10"),
+    "mnist1d-cnn": (mnist1d_cnn, mnist1d_data, 1e-2, 100, "MNIST-1D 1-D CNN (3 Conv1d + linear)"),
+}
+MODEL, LR = digits_mlp, 1e-3  # set by main() from --task
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -59,8 +76,8 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 def plain_run(data, weight_decay: float, seed: int, epochs: int, batch: int) -> float:
     """What a user writes by hand: one model, torch AdamW with its defaults, a test evaluation at the end."""
     torch.manual_seed(seed)
-    model = digits_mlp()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=weight_decay)
+    model = MODEL()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = data.train_size
     for _ in range(epochs):
@@ -85,20 +102,32 @@ def sequential(data, epochs: int, batch: int) -> tuple[float, list[float]]:
     return sum(times), times
 
 
-def batched(data, epochs: int, batch: int) -> float:
+def one_thread(fn, *args):
+    """``fn(*args)`` on one CPU thread, torch's thread count restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def batched(data, epochs: int, batch: int) -> tuple[float, dict]:
     start = time.perf_counter()
-    decaykit.sweep(
-        digits_mlp,
+    result = decaykit.sweep(
+        MODEL,
         (data.x_train, data.y_train, data.x_test, data.y_test),
         weight_decays=LAMBDAS,
         seeds=list(SEEDS),
         epochs=epochs,
         batch_size=batch,
-        lr=1e-3,
+        lr=LR,
+        optimizer="adamw",
         curve_points=1,  # the initial and the final evaluation, as the plain loop's single test pass
         chunk_size=16,
     )
-    return time.perf_counter() - start
+    threads = re.search(r" on (\d+ threads?[^;]*)", result.header[-1])
+    return time.perf_counter() - start, {"path": result.run["path"], "threads": threads.group(1) if threads else "?"}
 
 
 def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
@@ -108,10 +137,10 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
     from decaykit.sweeps.settings import Training
     from decaykit.sweeps.trainer import autograd_step, seeded_model
 
-    settings = Training(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
+    settings = Training(optimizer="adamw", lr=LR, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
                         policy="decaykit", loss="cross_entropy", dtype=torch.float32, device=torch.device("cpu"))  # fmt: skip
     keys = [(wd, s) for wd in LAMBDAS for s in SEEDS]
-    members = StackedMembers([seeded_model(digits_mlp, s, torch.float32, torch.device("cpu")) for _, s in keys],
+    members = StackedMembers([seeded_model(MODEL, s, torch.float32, torch.device("cpu")) for _, s in keys],
                              [wd for wd, _ in keys], settings)  # fmt: skip
     idx = torch.stack([torch.randperm(data.train_size)[:batch] for _ in keys])
     x, y = data.x_train[idx], data.y_train[idx]
@@ -136,13 +165,13 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
     def kernels() -> None:  # what the step computes, without the Python around it
         for params, states in groups:
             torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], lr=1e-3,
+                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], lr=LR,
                                 beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)  # fmt: skip
 
     with torch.no_grad():
         out["  of which the fused AdamW kernels alone"] = timed(kernels)
     params = [p for g in inner.param_groups for p in g["params"]]
-    foreach = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
+    foreach = torch.optim.AdamW(params, lr=LR, weight_decay=0.0, foreach=True)
     out["AdamW foreach step, same tensors (for comparison)"] = timed(foreach.step)
     return out
 
@@ -151,41 +180,53 @@ def compare(data, epochs: int, batch: int, repeats: int, flops_one: float, k: in
     """Interleaved repeats of the sequential and the batched sweep at one batch size; medians."""
     batched(data, 1, batch)  # warm-up: imports, first-call allocations
     plain_run(data, 0.0, 0, 1, batch)
-    seq_totals, one_runs, bat_totals, peaks = [], [], [], []
+    seq_totals, seq1_totals, one_runs, bat_totals, peaks = [], [], [], [], []
     for _ in range(repeats):
         peaks.append(matmul_peak())
         total, each = sequential(data, epochs, batch)
         seq_totals.append(total)
         one_runs.extend(each)
-        bat_totals.append(batched(data, epochs, batch))
-    seq, one, bat, peak = (statistics.median(v) for v in (seq_totals, one_runs, bat_totals, peaks))
+        seq1_totals.append(one_thread(sequential, data, epochs, batch)[0])
+        seconds, how = batched(data, epochs, batch)
+        bat_totals.append(seconds)
+    seq, seq1, one, bat, peak = (statistics.median(v) for v in (seq_totals, seq1_totals, one_runs, bat_totals, peaks))
     print(f"batch {batch}:")
     print(f"  matmul peak (2048² float32), measured now:  {peak:6.0f} GFLOP/s")
     print(f"  one plain run (torch AdamW defaults):       {one:6.3f} s  {flops_one / one / 1e9:6.1f} GFLOP/s")
     print(f"  {k} plain runs, one after another:          {seq:6.3f} s  {k * flops_one / seq / 1e9:6.1f} GFLOP/s")
     print(f"  decaykit.sweep, {k} trials stacked:          {bat:6.3f} s  {k * flops_one / bat / 1e9:6.1f} GFLOP/s "
           f"({k * flops_one / bat / 1e9 / peak:.0%} of the peak)")  # fmt: skip
+    print(f"    (the sweep's path: {how['path']}; {how['threads']})")
+    print(f"  {k} plain runs on 1 thread (what threads alone do): {seq1:6.3f} s; sequential on 1 thread / batched "
+          f"= {seq1 / bat:.2f}x")  # fmt: skip
     print(f"  batched / one run = {bat / one:.2f}x (target <= 2.5x); sequential / batched = {seq / bat:.2f}x")
     return {"speedup": seq / bat}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="digits-noisy-labels")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32, help="the demo's batch size, reported last")
-    parser.add_argument("--also", type=int, nargs="*", default=[16], help="other batch sizes to compare first")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="reported last (default: the task's, digits 32, mnist1d-cnn 100 as in the paper)")
+    parser.add_argument("--also", type=int, nargs="*", default=None,
+                        help="other batch sizes to compare first (default: 16 for digits, none for mnist1d-cnn)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from _machine import load_line, machine_line  # benchmarks/_machine.py, beside this script
 
+    global MODEL, LR
+    MODEL, data_fn, LR, default_batch, what = TASKS[args.task]
+    args.batch_size = args.batch_size or default_batch
+    args.also = args.also if args.also is not None else ([16] if args.task == "digits-noisy-labels" else [])
     print(machine_line())
     torch.set_flush_denormal(True)
-    data = digits_noisy_labels()
-    params = sum(p.numel() for p in digits_mlp().parameters())
+    data = data_fn()
+    params = sum(p.numel() for p in MODEL().parameters())
     k = len(LAMBDAS) * len(SEEDS)
     flops_one = 6.0 * params * data.train_size * args.epochs
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MLP 64-512-10 ({params:,} parameters), "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {what} ({params:,} parameters), "
           f"{data.train_size} samples, {args.epochs} epochs; K = {k} trials (8 λ x 2 seeds); "
           f"medians of {args.repeats} interleaved repeats")  # fmt: skip
     for batch in [b for b in args.also if b != args.batch_size]:

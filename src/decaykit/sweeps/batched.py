@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decaykit.policy.names import canonical_name
@@ -41,7 +42,9 @@ from decaykit.sweeps.trainer import autograd_step, decayed_names, seeded_model
 if TYPE_CHECKING:
     from decaykit.sweeps.settings import Training
 
-__all__ = ["NotBatchable", "StackedMembers", "check_batchable", "layer_plan", "stack_path", "stacking_pays"]
+__all__ = [
+    "NotBatchable", "StackedMembers", "check_batchable", "layer_plan", "stack_path", "stacking_is_timed", "stacking_pays",
+]  # fmt: skip
 
 # element-wise modules without parameters: they act on (K, b, ...) exactly as on (b, ...)
 _ELEMENTWISE: tuple[type[nn.Module], ...] = (
@@ -49,6 +52,10 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
     nn.Identity,
 )  # fmt: skip
+
+
+# the steps backprop.LinearChain writes out; convolutions go through autograd
+_CHAIN_KINDS = frozenset({"linear", "elementwise", "flatten"})
 
 
 class NotBatchable(Exception):
@@ -81,6 +88,10 @@ def layer_plan(module: nn.Module, prefix: str = "") -> list[tuple[str, str, nn.M
         return [("elementwise", prefix, module)]
     if _plain(module, nn.Flatten):
         return [("flatten", prefix, module)]
+    if _plain(module, nn.Unflatten) and isinstance(module.dim, int):
+        return [("unflatten", prefix, module)]
+    if _plain(module, nn.Conv1d) and _stackable_conv(module):
+        return [("conv1d", prefix, module)]
     if _plain(module, nn.Dropout) and module.p == 0:
         return [("elementwise", prefix, nn.Identity())]
     return None
@@ -111,24 +122,93 @@ class _StackedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def _stackable_conv(conv: nn.Conv1d) -> bool:
+    """A Conv1d the stacked convolution reproduces: zero padding given as numbers, no dilation, no groups."""
+    return (
+        conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and conv.dilation == (1,) and conv.groups == 1
+    )
+
+
+class _StackedConv1d(torch.autograd.Function):
+    """K Conv1d at once on channel-major activations h (K, C, b, L) → (K, out, b, L').
+
+    Each member's windows are copied into columns (K, C·k, b·L') and its weight (K, out, C·k)
+    multiplies them in one batched matmul whose long side, b·L', is the output's: measured here
+    1.6x faster than the (b·L', C·k) x (C·k, out) orientation. The backward is written out: dW lands
+    in W's own layout, and the windows' gradient is added back tap by tap (k strided adds), where
+    autograd's unfold backward took a seventh of the step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: int) -> Tensor:
+        size, channels, batch, _ = h.shape
+        k = weight.shape[-1]
+        padded = F.pad(h, (pad, pad)) if pad else h
+        windows = padded.unfold(3, k, stride)  # (K, C, b, L', k): a view
+        length = windows.shape[3]
+        columns = windows.permute(0, 1, 4, 2, 3).reshape(size, channels * k, batch * length)
+        w = weight.reshape(size, weight.shape[1], -1)
+        out = torch.bmm(w, columns) if bias is None else torch.baddbmm(bias.unsqueeze(-1), w, columns)
+        ctx.save_for_backward(columns, weight)
+        ctx.geometry = (tuple(padded.shape), stride, pad, length, bias is not None)
+        return out.reshape(size, weight.shape[1], batch, length)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        columns, weight = ctx.saved_tensors
+        padded_shape, stride, pad, length, has_bias = ctx.geometry
+        size, out_channels, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+        g = grad.reshape(size, out_channels, -1)
+        grad_w = torch.bmm(g, columns.transpose(1, 2)).reshape(weight.shape) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(2) if has_bias and ctx.needs_input_grad[2] else None
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            w = weight.reshape(size, out_channels, -1)
+            grad_cols = torch.bmm(w.transpose(1, 2), g).reshape(size, padded_shape[1], k, padded_shape[2], length)
+            grad_h = grad.new_zeros(padded_shape)
+            span = stride * (length - 1) + 1
+            for tap in range(k):
+                grad_h[..., tap : tap + span : stride] += grad_cols[:, :, tap]
+            if pad:
+                grad_h = grad_h[..., pad : padded_shape[3] - pad]
+        return grad_h, grad_w, grad_b, None, None
+
+
 def _run_layers(steps: Sequence[tuple[str, str, nn.Module]], params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Member k's forward on x[k] for every k: x is (K, b, ...), each Linear one batched matmul."""
+    """Member k's forward on x[k] for every k: x is (K, b, ...), each Linear one batched matmul.
+
+    Between Conv1d layers the activations stay channel-major, (K, C, b, L), the layout the stacked
+    convolution reads and writes; element-wise steps do not care, any other step gets (K, b, C, L) back.
+    """
     h = x
+    channel_major = False
     for kind, prefix, module in steps:
+        if channel_major and kind not in ("conv1d", "elementwise"):
+            h, channel_major = h.transpose(1, 2), False
         if kind == "linear":
             weight = params[prefix + "weight"]  # (K, out, in)
             bias = params.get(prefix + "bias")  # (K, out) or None
             shape = h.shape
             flat = _StackedLinear.apply(h.reshape(shape[0], -1, shape[-1]), weight, bias)
             h = flat.reshape(*shape[:-1], weight.shape[1])
+        elif kind == "conv1d":
+            conv: Any = module
+            if not channel_major:
+                h, channel_major = h.transpose(1, 2), True
+            h = _StackedConv1d.apply(
+                h, params[prefix + "weight"], params.get(prefix + "bias"), conv.stride[0], conv.padding[0]
+            )
         elif kind == "flatten":
             flatten: Any = module
             start = flatten.start_dim + 1 if flatten.start_dim >= 0 else flatten.start_dim
             end = flatten.end_dim + 1 if flatten.end_dim >= 0 else flatten.end_dim
             h = h.flatten(start, end)
+        elif kind == "unflatten":
+            unflatten: Any = module
+            h = h.unflatten(unflatten.dim + 1 if unflatten.dim >= 0 else unflatten.dim, unflatten.unflattened_size)
         else:
             h = module(h)
-    return h
+    return h.transpose(1, 2) if channel_major else h
 
 
 class StackedMembers:
@@ -170,7 +250,9 @@ class StackedMembers:
         # the layers path's backward written out (backprop.py) where its activations allow, else autograd
         self._chain = (
             LinearChain(self._steps, self.params, training.loss)
-            if self._steps is not None and chain_supported(self._steps, self.params)
+            if self._steps is not None
+            and all(kind in _CHAIN_KINDS for kind, _, _ in self._steps)
+            and chain_supported(self._steps, self.params)
             else None
         )
 
@@ -271,6 +353,14 @@ def stack_path(model: nn.Module) -> str:
     tied = len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.named_parameters()))
     plain = not tied and not any(True for _ in model.buffers())
     return "layers" if plain and layer_plan(model) is not None else "vmap"
+
+
+def stacking_is_timed(model: nn.Module) -> bool:
+    """Whether stacking ``model`` must first be timed against one-by-one steps: vmap, or stacked
+    convolutions, whose speed against the one-model convolution kernels depends on the machine and its load."""
+    if stack_path(model) == "vmap":
+        return True
+    return any(kind == "conv1d" for kind, _, _ in layer_plan(model) or [])
 
 
 def stacking_pays(

@@ -34,7 +34,7 @@ from torch import Tensor
 from decaykit.errors import DecayError
 from decaykit.policy.options import Policy
 from decaykit.sweeps import checks, describe
-from decaykit.sweeps.batched import check_batchable, stack_path, stacking_pays
+from decaykit.sweeps.batched import check_batchable, stacking_is_timed, stacking_pays
 from decaykit.sweeps.prepare import Prepared, prepare
 from decaykit.sweeps.progress import Progress
 from decaykit.sweeps.report import aggregate, choose_best
@@ -80,6 +80,7 @@ def sweep(
     plots: bool | None = None,
     wait: bool = True,
     progress: str | bool = False,
+    threads: int | None = None,
     curve_points: int = 25,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
@@ -119,7 +120,7 @@ def sweep(
         ),
         Execution(
             batched=batched, chunk_size=chunk_size, storage=storage, out=out, study_name=study_name, plots=plots,
-            wait=wait, progress=progress,
+            wait=wait, progress=progress, threads=threads,
         ),
         callbacks=callbacks,
     )  # fmt: skip
@@ -155,10 +156,11 @@ def run_sweep(
         stacked, notes = _decide_stacking(prepared, execution, store)
         worker = Worker(prepared, execution, store, stacked=stacked, callbacks=callbacks,
                         progress=Progress(0, mode=execution.progress_mode()))  # fmt: skip
-        wanted = _train_trials(prepared, worker, _threads(prepared, execution, stacked))
+        threads, threads_why = _threads(prepared, execution, stacked)
+        wanted = _train_trials(prepared, worker, threads)
     finally:
         store.close()
-    result = _build_result(prepared, execution, worker, wanted, notes, study, started)
+    result = _build_result(prepared, execution, worker, wanted, notes, study, started, threads_why)
     if execution.plots_wanted and result.results:
         result.plot(execution.out)
     return result
@@ -187,7 +189,7 @@ def _decide_stacking(prepared: Prepared, execution: Execution, store: Store) -> 
             raise DecayError(f"batched=True but the model cannot be trained as a stack: {reason}")
         return False, [f"trained one model at a time: {reason}"]
     members = _members(prepared, execution, stacked=True)
-    if execution.stacking == "auto" and members > 1 and stack_path(prepared.probe) == "vmap":
+    if execution.stacking == "auto" and members > 1 and stacking_is_timed(prepared.probe):
         faster, detail = _stacking_decision(store, prepared, members)
         if not faster:
             return False, [f"trained one model at a time: stacking measured slower ({detail})"]
@@ -210,9 +212,9 @@ def _members(prepared: Prepared, execution: Execution, *, stacked: bool) -> int:
     return min(execution.chunk_size, prepared.trials.first_round_size) if stacked else 1
 
 
-def _threads(prepared: Prepared, execution: Execution, stacked: bool) -> int:
+def _threads(prepared: Prepared, execution: Execution, stacked: bool) -> tuple[int, str]:
     members = _members(prepared, execution, stacked=stacked)
-    return checks.threads_for(prepared.probe, prepared.data, prepared.training, members)
+    return checks.threads_for(prepared.probe, prepared.data, prepared.training, members, requested=execution.threads)
 
 
 def _train_trials(prepared: Prepared, worker: Worker, threads: int) -> list[TrialKey]:
@@ -242,11 +244,11 @@ def _train_trials(prepared: Prepared, worker: Worker, threads: int) -> list[Tria
 
 @contextlib.contextmanager
 def _cpu_settings(threads: int) -> Iterator[None]:
-    """At most ``threads`` threads and denormals flushed to zero while training; the caller's settings after."""
+    """``threads`` threads and denormals flushed to zero while training; the caller's settings after."""
     was_flushing = _flushing_denormals()
     flush_denormal = torch.set_flush_denormal(True)  # huge λ fills weights with denormals that crawl on CPUs
     saved_threads = torch.get_num_threads()
-    if threads < saved_threads:
+    if threads != saved_threads:
         torch.set_num_threads(threads)
     try:
         yield
@@ -269,6 +271,7 @@ def _build_result(
     notes: list[str],
     study: str,
     started: float,
+    threads: str = "",
 ) -> SweepResult:
     """The table, the best λ, the notes and how the run went, from the store's finished trials."""
     records = worker.records()
@@ -289,6 +292,7 @@ def _build_result(
     header = describe.header(prepared.task, prepared.data, prepared.trials, training)
     header.append(
         f"run:    {worker.trained} trials trained in {run['seconds']:.1f} s"
+        + (f" on {threads}" if threads and worker.trained else "")
         + (f", {reused} reused from the store" if reused else "")
         + f"; store: {worker.store.location}"
     )

@@ -307,6 +307,8 @@ class Execution(_Options):
     - ``wait``: wait for trials other workers are training (False: report without them).
     - ``progress``: ``"auto"`` (a bar on a terminal, log lines otherwise), ``"bar"``, ``"log"``,
       ``"off"``, or True (bar) / False (off).
+    - ``threads``: CPU threads to train with; None: one for small steps, else the cores the machine's
+      load average leaves idle (at most torch's default).
     """
 
     batched: bool | str = "auto"
@@ -317,8 +319,11 @@ class Execution(_Options):
     plots: bool | None = None
     wait: bool = True
     progress: str | bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None:
+            check_int(self.threads, "threads", minimum=1)
         if not isinstance(self.batched, bool) and self.batched not in _BATCHED:
             raise DecayError(f"batched must be 'auto', True, False or 'off', got {self.batched!r}")
         check_int(self.chunk_size, "chunk_size", minimum=1)

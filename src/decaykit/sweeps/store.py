@@ -171,7 +171,7 @@ class OptunaStore:
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the user's output
         try:
-            storage = optuna.storages.get_storage(storage)  # a URL becomes a storage, to list its studies
+            storage = _get_storage(optuna, storage)  # a URL becomes a storage, to list its studies
             if fingerprint is not None:
                 study_name = choose_study(storage, study_name, fingerprint=fingerprint, config=config,
                                           automatic=automatic, location=location)  # fmt: skip
@@ -324,6 +324,19 @@ class OptunaStore:
     def close(self) -> None:
         self._stop.set()
         self.release(list(self._mine), "released: the worker stopped")
+
+
+def _get_storage(optuna: Any, storage: Any, attempts: int = 5) -> Any:
+    """Optuna's storage for ``storage``. Workers started together on a fresh database race to create
+    Optuna's tables (PostgreSQL: a duplicate-key error on its enum types); a loser retries and finds them made."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.get_storage(storage)
+        except Exception as exc:
+            if not isinstance(storage, str) or not type(exc).__module__.startswith("sqlalchemy") or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_store(

@@ -1,6 +1,7 @@
 """What a sweep trains: a model factory, its data and the settings that suit them.
 
-Two tasks are built in and run offline (``digits.py``, the default, and ``ridge.py``); any other
+Four tasks are built in and run offline (``digits.py``, the default, ``ridge.py`` and the two
+MNIST-1D tasks of ``mnist1d.py``); any other
 task wraps the user's model factory and data (``task_from_user``): a factory, a class or a
 ``pkg.mod:attr`` string for the model, and the data itself, a function returning it, or a
 ``pkg.mod:attr`` string (the forms :func:`decaykit.sweeps.data.resolve_data` accepts).
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from decaykit.errors import DecayError
-from decaykit.sweeps.tasks import digits, ridge
+from decaykit.sweeps.tasks import digits, mnist1d, ridge
 from decaykit.sweeps.tasks.task import Task, with_overrides
 from decaykit.sweeps.tasks.user import make_model_fn, task_from_user
 
@@ -29,7 +30,12 @@ __all__ = [
 ]
 
 #: the built-in tasks by name, each a factory taking the task's options
-BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"digits-noisy-labels": digits.task, "ridge": ridge.task}
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
+    "digits-noisy-labels": digits.task,
+    "ridge": ridge.task,
+    "mnist1d-mlp": mnist1d.task_mlp,
+    "mnist1d-cnn": mnist1d.task_cnn,
+}
 TASK_NAMES: tuple[str, ...] = tuple(BUILTIN_TASKS)
 DEFAULT_TASK = "digits-noisy-labels"
 
