@@ -110,6 +110,13 @@ def test_a_failed_lambda_is_never_best_and_never_in_a_gain_claim(losses, failed)
     assert sum("failed 2/2 seeds" in line for line in text.splitlines()) == len(which)
 
 
+def test_a_row_names_the_seed_its_failure_reason_comes_from():
+    """The reason is one seed's (its accuracy, not the mean in the table): the note must say which."""
+    reason = {"kind": "chance", "reason": "test accuracy 10.0% is no better than chance"}
+    rows = aggregate([record(1.0, 0, 1.0, None), record(1.0, 1, 1.0, reason), record(1.0, 2, 1.0, reason)])
+    assert rows[0]["failed"] == 2 and rows[0]["failure_seed"] == 1 and rows[0]["failure"] == reason
+
+
 # ---------------------------------------------------------------- 3. --wd parsing
 
 finite_lams = st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=6)

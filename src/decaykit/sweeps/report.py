@@ -70,9 +70,10 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for wd in sorted(by_wd):
         group = sorted(by_wd[wd], key=lambda r: r["seed"])
         ok = [r for r in group if not r["diverged"]]
-        failures = [_failure_of(r) for r in group if _failure_of(r) is not None]
+        failing = [r for r in group if _failure_of(r) is not None]
         row: dict[str, Any] = {"weight_decay": wd, "seeds": len(group), "diverged": len(group) - len(ok),
-                               "failed": len(failures), "failure": failures[0] if failures else None}  # fmt: skip
+                               "failed": len(failing), "failure": _failure_of(failing[0]) if failing else None,
+                               "failure_seed": failing[0]["seed"] if failing else None}  # fmt: skip
         for name in names:
             values = [r["metrics"].get(name) for r in ok]
             values = [float(v) for v in values if v is not None and math.isfinite(v)]

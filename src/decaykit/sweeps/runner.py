@@ -335,7 +335,8 @@ def _notes(
             )
         elif r.get("failed"):
             notes.append(
-                f"λ = {r['weight_decay']:g}: {r['failed']} of {r['seeds']} seeds failed: {r['failure']['reason']}; "
+                f"λ = {r['weight_decay']:g}: {r['failed']} of {r['seeds']} seeds failed; seed {r['failure_seed']}: "
+                f"{r['failure']['reason']}; "
                 "never the best λ"
             )
     if prepared.task.notes is not None and rows:
