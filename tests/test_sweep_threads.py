@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -28,7 +30,7 @@ def test_large_steps_use_the_cores_the_load_leaves_idle(load, cpus, default):
         patch.setattr(torch, "get_num_threads", lambda: default)  # torch's default on a machine of any size
         threads, why = threads_for(LARGE, DATA, Training(batch_size=64), 1, load=load, cpus=cpus)
     assert 1 <= threads <= default
-    assert threads <= max(1, cpus - load)  # never more threads than idle cores (but at least one)
+    assert threads <= max(1, math.floor(cpus - load + 0.5))  # never more threads than idle cores (but at least one)
     if cpus - load >= default:
         assert threads == default  # an idle machine keeps torch's default
     assert why.startswith(f"{threads} thread")
@@ -51,3 +53,29 @@ def test_the_header_says_how_many_threads_and_the_flag_sets_them():
     assert settings_from_args(args)[2].threads == 2
     with pytest.raises(DecayError, match="threads"):
         Execution(threads=0, storage="memory")
+
+
+def test_the_measured_load_leaves_out_this_process_own_work(monkeypatch):
+    """A script that trained for a minute before its sweep raised the load average itself: that is not
+    other work, and on an otherwise idle 2-core machine the sweep keeps both threads."""
+    import os
+
+    from decaykit.sweeps import checks
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 1.0, 0.5))
+    monkeypatch.setattr(checks, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(checks, "_own_load", lambda: 1.8)
+    assert threads_for(LARGE, DATA, Training(batch_size=64), 1)[0] == 2
+    monkeypatch.setattr(checks, "_own_load", lambda: 0.0)  # the same load from other processes: one thread
+    assert threads_for(LARGE, DATA, Training(batch_size=64), 1) == (1, "1 thread (load average 1.9 on 2 cores)")
+
+
+def test_own_load_counts_the_cpu_this_process_used():
+    from decaykit.sweeps.checks import _own_load
+
+    before = _own_load()
+    x = torch.randn(300, 300)
+    for _ in range(200):
+        x = torch.tanh(x @ x)  # keep this process busy for a moment
+    assert _own_load() > before >= 0.0

@@ -7,6 +7,7 @@ setting on its own is checked where it is made (``settings.py``).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -116,15 +117,33 @@ def _threads_by_load(default: int, load: float | None, cpus: int | None) -> tupl
     cpus = cpus if cpus is not None else _usable_cpus()
     if load is None:
         try:
-            load = os.getloadavg()[0]
+            load = max(0.0, os.getloadavg()[0] - _own_load())
         except (AttributeError, OSError):  # not on this platform: torch's default
             return default, f"{default} thread{'s' if default > 1 else ''}"
-    idle = int(cpus - load)
+    idle = math.floor(cpus - load + 0.5)  # a core 60% free counts; at load 0.3 on 2 cores both do
     threads = max(1, min(default, idle))
     plural = "s" if threads > 1 else ""
     if threads < default:
         return threads, f"{threads} thread{plural} (load average {load:.1f} on {cpus} cores)"
     return threads, f"{threads} thread{plural}"
+
+
+def _own_load() -> float:
+    """This process's share of the load average: the cores it kept busy on average since it started (at
+    most the last minute's worth), so a script that trained before its sweep does not count itself as
+    other work. An estimate from ``os.times`` and the process's age; 0 where the age is unknown."""
+    from decaykit.sweeps.journal import process_start
+
+    try:
+        started = float(process_start(os.getpid()) or "nan") / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            age = float(f.read().split()[0]) - started
+    except (OSError, ValueError, AttributeError):  # not Linux: count nothing
+        return 0.0
+    if not math.isfinite(age):
+        return 0.0
+    times = os.times()
+    return (times.user + times.system) / max(age, 60.0)
 
 
 def _usable_cpus() -> int:
