@@ -262,3 +262,19 @@ def test_example_hf_trainer_runs(tmp_path, monkeypatch, capsys):
     assert "weight_decay=0.05: 7 tensors" in out and "weight_decay=0: 13 tensors" in out
     assert "HF's own rule would have decayed, left alone here: 6" in out
     assert "main" in namespace
+
+
+def test_decay_options_take_example_inputs_and_decide_by_use():
+    """HF's Mamba port drops the reference's `_no_weight_decay` on A_log (d_inner, d_state): by shape a
+    matrix, by use an exponent. `example_inputs="auto"` reaches the plan through the integration."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    with torch.device("meta"):
+        model = MambaForCausalLM(MambaConfig(num_hidden_layers=1, hidden_size=32, state_size=4, vocab_size=64))
+    structural = hf.decay_parameter_names(model)
+    traced = hf.decay_parameter_names(model, example_inputs="auto")
+    a_log = "backbone.layers.0.mixer.A_log"
+    assert a_log in structural and a_log not in traced
+    assert "backbone.layers.0.mixer.in_proj.weight" in traced
+    with pytest.raises(DecayError, match="example_inputs"):
+        hf.decay_parameter_names(model, example_input="auto")  # a typo is named, with the right key listed

@@ -74,13 +74,19 @@ def _check_options(options: Any, argument: str) -> dict[str, Any]:
         return {"policy": Policy.of(options)}
     if not isinstance(options, dict):
         raise DecayError(f"{argument} must be a decaykit.Policy or a dict of keyword arguments, got {type(options).__name__}")
+    options = dict(options)
+    example_inputs = options.pop("example_inputs", None)  # not a policy setting: how the plan looks at the model
     unknown = sorted(set(options) - _PLAN_OPTIONS)
     if unknown:
+        choices = ", ".join(sorted({*_PLAN_OPTIONS, "example_inputs"}))
         raise DecayError(
-            f"{argument} has unknown key(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(sorted(_PLAN_OPTIONS))} "
+            f"{argument} has unknown key(s) {', '.join(map(repr, unknown))}; choose from: {choices} "
             "(the weight decay itself is TrainingArguments(weight_decay=...))"
         )
-    return {"policy": Policy.of(options)}
+    checked: dict[str, Any] = {"policy": Policy.of(options)}
+    if example_inputs is not None:
+        checked["example_inputs"] = example_inputs
+    return checked
 
 
 def decay_parameter_names(model: nn.Module, **plan_options: Any) -> list[str]:
@@ -183,7 +189,8 @@ class DecayTrainerMixin:
     Keyword arguments, taken off before the Trainer's own ``__init__`` sees them:
       ``decay_options``: a :class:`decaykit.Policy`, or keyword arguments of :func:`decaykit.plan`
       (``rules``, ``exclude``, ``layer_decay``, ``policy``, ``decay_embeddings`` ...), validated
-      here and kept as ``{"policy": Policy}``;
+      here and kept as ``{"policy": Policy}``; ``example_inputs`` (``"auto"``: token ids or pixels made
+      from the model's config) decides each tensor from how the forward pass uses it;
       ``decay_engine``: keyword arguments of :class:`decaykit.WeightDecay` (``mode``,
       ``schedule``, ``max_lr``); when given, the optimizer HF picks is wrapped by the engine,
       which then applies each group's λ (HF's LR scheduler drives it like any optimizer).
