@@ -1,15 +1,18 @@
-"""The one renderer: plain-text tables, strict JSON and notebook HTML, for every report and command."""
+"""The one renderer: plain-text tables, strict JSON, notebook HTML and PNG figures, for every report and command."""
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+from decaykit.errors import DecayError
 
 __all__ = [
     "TONES",
@@ -24,6 +27,8 @@ __all__ = [
     "html_pre",
     "html_report",
     "html_table",
+    "new_figure",
+    "png",
     "print_json",
     "to_jsonable",
 ]
@@ -223,3 +228,20 @@ def html_report(title: str | Cell, *parts: str) -> str:
     head = title.html() if isinstance(title, Cell) else escape(title)
     return f'<div class="decaykit-report"><div style="font-weight:bold;margin-bottom:0.3em">{head}</div>' \
         + "".join(p for p in parts if p) + "</div>"
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure made with the object API, not pyplot: drawing it never switches the backend of a
+    notebook or a script that uses pyplot itself (``pip install 'decaykit[plot]'``)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise DecayError("plots need matplotlib: pip install 'decaykit[plot]' (or pass --no-plots)") from None
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def png(figure: Any, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (what the files hold and the notebook embeds)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

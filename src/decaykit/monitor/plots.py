@@ -5,7 +5,8 @@
 * ``decay_to_update.png``: the decay's step over the rest of the update, log scale, with the
   line at 1 above which the decay dominates.
 
-At most :data:`MAX_LINES` tensors are drawn, the largest first, so a big model stays readable.
+At most :data:`MAX_LINES` tensors are drawn, the largest first, so a big model stays readable. Built
+without pyplot, as the sweep's figures are, so a notebook's backend is left alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from decaykit._render import new_figure, png
 from decaykit.errors import DecayError
 
 __all__ = ["MAX_LINES", "write_plots"]
@@ -25,17 +27,6 @@ _FIGURES = (
     ("angular_update.png", "angular_update", "predicted_angular_update", "angle per step, rad (dashed: predicted)", True),
     ("decay_to_update.png", "decay_to_update", None, "decay step / rest of the update", True),
 )
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise DecayError("plots need matplotlib: pip install 'decaykit[plot]' (or pass --no-plots)") from None
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _series(records: Sequence[dict[str, Any]], name: str, key: str) -> tuple[list[int], list[float]]:
@@ -52,7 +43,6 @@ def _tensors(records: Sequence[dict[str, Any]]) -> list[str]:
 
 def write_plots(records: Sequence[dict[str, Any]], out: str | os.PathLike[str], title: str = "") -> list[Path]:
     """Write the three figures into ``out``; return their paths."""
-    plt = _pyplot()
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -61,7 +51,8 @@ def write_plots(records: Sequence[dict[str, Any]], out: str | os.PathLike[str], 
     names = _tensors(records)
     written = []
     for filename, key, predicted, label, log in _FIGURES:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig = new_figure(7, 4.2)
+        ax = fig.subplots()
         for i, name in enumerate(names):
             color = f"C{i % 10}"
             ax.plot(*_series(records, name, key), color=color, lw=1.2, label=name)
@@ -76,9 +67,7 @@ def write_plots(records: Sequence[dict[str, Any]], out: str | os.PathLike[str], 
         ax.set_title(f"{title}{label}" if title else label, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
         path = folder / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path.write_bytes(png(fig))
         written.append(path)
     return written

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from decaykit._render import Cell, html_details, html_image, html_lines, html_report, html_table
+from decaykit._render import Cell, html_details, html_image, html_lines, html_report, html_table, png
 from decaykit.errors import DecayError
 from decaykit.sweeps.report import results_cells, table_names, trained, verdict
 
@@ -41,7 +41,6 @@ def _tone(line: str) -> str | None:
 
 def _figure(result: SweepResult) -> str:
     try:
-        from decaykit.sweeps.plots import png
 
         figure = result.figures()["metrics"]
     except DecayError as exc:  # no matplotlib: the table and verdict still show

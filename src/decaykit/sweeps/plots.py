@@ -1,7 +1,7 @@
 """The figures of a sweep (``pip install 'decaykit[plot]'``): the picture the table describes.
 
 One set of figures serves the PNG files (:func:`write_plots`) and the notebook (:func:`figures`,
-:func:`png`; ``SweepResult._repr_html_`` embeds the first):
+:func:`decaykit._render.png`; ``SweepResult._repr_html_`` embeds the first):
 
 * ``metrics``: the metrics against λ, mean ± std over seeds. Classification: accuracy (in %, as in
   the table) and loss, train and test. Regression: test loss (beside the closed-form answer where
@@ -18,7 +18,6 @@ backend of a notebook or a script that uses pyplot itself.
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import os
@@ -26,30 +25,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from decaykit.errors import DecayError
+from decaykit._render import new_figure, png
 
-__all__ = ["FIGURES", "figures", "png", "shown_weight_decays", "write_plots"]
+__all__ = ["FIGURES", "figures", "shown_weight_decays", "write_plots"]
 
 FIGURES: tuple[str, ...] = ("metrics", "learning_curves", "weight_norm")
 _SHOWN = 5  # learning curves drawn at most: more lines than this cannot be told apart
 _LOG_SPAN = 100.0  # a positive series spanning more than this factor goes on a log axis
 _TRAIN_BELOW_TEST = ("where train < test: train accuracy is scored on the training labels as given, so\n"
                      "a model that decay stops from memorising wrong (noisy) labels counts them as errors")
-
-
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise DecayError("plots need matplotlib: pip install 'decaykit[plot]' (or pass --no-plots)") from None
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def png(figure: Any, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes (what the files hold and the notebook embeds)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 def _seeds_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -156,9 +140,9 @@ def _panel(ax: Any, rows: Sequence[Mapping[str, Any]], series: Sequence[tuple[st
     ax.legend(unique.values(), unique.keys(), fontsize=8)
 
 
-def _metrics_figure(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | None, title: str,
+def _metricsnew_figure(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | None, title: str,
                     classification: bool) -> Any:
-    fig = _figure(11, 4.6)
+    fig = new_figure(11, 4.6)
     left, right = fig.subplots(1, 2)
     if classification:
         _panel(left, rows, [("train_accuracy", "train accuracy", "tab:blue", {}),
@@ -257,12 +241,12 @@ def _shown_text(shown: Sequence[float], by_wd: Mapping[float, Any]) -> str:
     return "" if len(shown) == len(by_wd) else f", {len(shown)} of the {len(by_wd)} λ"
 
 
-def _learning_figure(rows: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str, Any]], best: float | None,
+def _learningnew_figure(rows: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str, Any]], best: float | None,
                      title: str, classification: bool) -> Any:
     main = "accuracy" if classification else "loss"
     by_wd = _by_weight_decay(trials)
     shown = shown_weight_decays(list(by_wd), best)
-    fig = _figure(11, 4.4)
+    fig = new_figure(11, 4.4)
     for ax, split in zip(fig.subplots(1, 2), ("test", "train")):
         _curves(ax, by_wd, shown, f"{split}_{main}", best)
         ax.set_ylabel(f"{split} {main}" + (" (%)" if classification else ""))
@@ -271,11 +255,11 @@ def _learning_figure(rows: Sequence[Mapping[str, Any]], trials: Sequence[Mapping
     return fig
 
 
-def _norm_figure(rows: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str, Any]], best: float | None,
+def _normnew_figure(rows: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str, Any]], best: float | None,
                  title: str) -> Any:
     by_wd = _by_weight_decay(trials)
     shown = shown_weight_decays(list(by_wd), best)
-    fig = _figure(6.5, 4.4)
+    fig = new_figure(6.5, 4.4)
     ax = fig.subplots()
     _curves(ax, by_wd, shown, "weight_norm", best)
     if ax.get_yscale() == "linear":  # a norm starts from 0 (zero init) or near it: show the whole climb
@@ -297,9 +281,9 @@ def figures(
     """The three figures as matplotlib ``Figure`` objects, keyed as :data:`FIGURES`."""
     best_wd = None if best is None else best["weight_decay"]
     return {
-        "metrics": _metrics_figure(rows, best, title, classification),
-        "learning_curves": _learning_figure(rows, trials, best_wd, title, classification),
-        "weight_norm": _norm_figure(rows, trials, best_wd, title),
+        "metrics": _metricsnew_figure(rows, best, title, classification),
+        "learning_curves": _learningnew_figure(rows, trials, best_wd, title, classification),
+        "weight_norm": _normnew_figure(rows, trials, best_wd, title),
     }
 
 
