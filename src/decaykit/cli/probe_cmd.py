@@ -8,7 +8,6 @@ from typing import Any
 
 from decaykit._render import print_json
 from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, no_effect, policy_from_args
-from decaykit.errors import DecayError
 
 __all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 
@@ -46,19 +45,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from decaykit._loading import build_model
-    from decaykit._validate import check_int, check_number
+    from decaykit._validate import check_number
     from decaykit.models import DEMO_MODELS
     from decaykit.policy.plan import param_groups
     from decaykit.probe.probe import probe
-    from decaykit.probe.warmup import MAX_STATE_STEPS, warm_up
+    from decaykit.probe.warmup import check_state_steps, warm_up
 
     lr = check_number(args.lr, "--lr", allow_zero=False)
     weight_decay = check_number(args.weight_decay, "--weight-decay")
-    check_int(args.state_steps, "--state-steps")
-    if args.state_steps > MAX_STATE_STEPS:
-        raise DecayError(f"--state-steps must be <= {MAX_STATE_STEPS} (steps on stand-in gradients only build the "
-                         f"optimizer's state, which is settled by then), got {args.state_steps}",
-                         argument="--state-steps")
+    check_state_steps(args.state_steps, "--state-steps")
     cls = getattr(torch.optim, OPTIMIZERS[args.optimizer])
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
     if args.momentum is not None:

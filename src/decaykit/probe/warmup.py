@@ -20,7 +20,7 @@ import torch
 from decaykit._validate import check_int
 from decaykit.errors import DecayError
 
-__all__ = ["MAX_STATE_STEPS", "warm_up"]
+__all__ = ["MAX_STATE_STEPS", "check_state_steps", "warm_up"]
 
 #: the most stand-in steps :func:`warm_up` takes (and ``decaykit probe --state-steps``)
 MAX_STATE_STEPS = 10_000
@@ -33,14 +33,21 @@ def warm_up(optimizer: torch.optim.Optimizer, steps: int, *, seed: int = 0) -> N
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise DecayError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    steps = check_int(steps, "state_steps")
-    if steps > MAX_STATE_STEPS:
-        raise DecayError(f"state_steps must be <= {MAX_STATE_STEPS} (real optimizer steps on stand-in gradients, "
-                         f"only to build momentum and moments; Adam's bias correction is settled after "
-                         f"{MAX_STATE_STEPS}), got {steps}; use fewer steps")
+    steps = check_state_steps(steps)
     generator = torch.Generator().manual_seed(check_int(seed, "seed"))
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     for _ in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
         optimizer.step()
+
+
+def check_state_steps(steps: int, argument: str = "state_steps") -> int:
+    """``steps`` as a count from 0 to :data:`MAX_STATE_STEPS`, else a DecayError naming ``argument``
+    (the CLI checks ``--state-steps`` with it before it builds the model)."""
+    steps = check_int(steps, argument)
+    if steps > MAX_STATE_STEPS:
+        raise DecayError(f"{argument} must be <= {MAX_STATE_STEPS} (real optimizer steps on stand-in gradients, "
+                         f"only to build momentum and moments; Adam's bias correction is settled after "
+                         f"{MAX_STATE_STEPS}), got {steps}; use fewer steps", argument=argument)
+    return steps
