@@ -271,10 +271,11 @@ def test_decay_options_take_example_inputs_and_decide_by_use():
 
     with torch.device("meta"):
         model = MambaForCausalLM(MambaConfig(num_hidden_layers=1, hidden_size=32, state_size=4, vocab_size=64))
-    structural = hf.decay_parameter_names(model)
+    structural = hf.decay_parameter_names(model, example_inputs=False)
     traced = hf.decay_parameter_names(model, example_inputs="auto")
     a_log = "backbone.layers.0.mixer.A_log"
     assert a_log in structural and a_log not in traced
+    assert hf.decay_parameter_names(model) == traced  # by default: the model makes its input, and is traced
     assert "backbone.layers.0.mixer.in_proj.weight" in traced
     with pytest.raises(DecayError, match="example_inputs"):
         hf.decay_parameter_names(model, example_input="auto")  # a typo is named, with the right key listed

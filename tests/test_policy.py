@@ -138,7 +138,9 @@ def test_convnext_layer_scale_c11_is_not_a_matrix():
     p = decaykit.plan(ConvNeXt(), 0.05)
     gammas = [d for d in p if d.name.endswith(".gamma")]
     assert gammas and all(d.shape[1:] == (1, 1) for d in gammas)
-    assert all(not d.decay and d.role == "scale" and "(shape rule)" in d.reason for d in gammas)
+    assert all(not d.decay and d.role == "scale" and "multiplies activations" in d.reason for d in gammas)
+    by_shape = decaykit.plan(ConvNeXt(), 0.05, example_inputs=False)  # the structural rule agrees
+    assert all(not by_shape[d.name].decay and "(shape rule)" in by_shape[d.name].reason for d in gammas)
     assert all(not d.decay for d in p if d.module_type == "LayerNorm2d")  # custom norm subclass
     # depthwise kernels (C,1,7,7) are convolution weights: decayed
     assert all(d.decay for d in p if d.name.endswith("dwconv.weight"))

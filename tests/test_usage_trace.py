@@ -195,23 +195,92 @@ def test_reasons_say_what_was_seen():
                                                        decay_embeddings=False)["tokens.register_tokens"].reason
 
 
+def test_by_default_a_model_that_makes_its_input_is_decided_by_use():
+    """No ``example_inputs``: where the structure would guess (raw parameters outside known layers)
+    the plan traces on the input the model makes itself, and decides as an explicit trace does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)  # nothing is left to shape: no warning
+        default = decaykit.plan(Zoo(), 0.1)
+    traced = decaykit.plan(Zoo(), 0.1, example_inputs="auto")
+    assert [(d.name, d.decay, d.reason) for d in default] == [(d.name, d.decay, d.reason) for d in traced]
+    assert default.note is None and {name: (default[name].role, default[name].decay) for name in EXPECTED} == EXPECTED
+
+
+def test_a_model_of_known_layers_only_is_not_traced():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    assert all(not d.reason.endswith(")") for d in decaykit.plan(model, 0.1))  # structural reasons, no trace
+
+
 def test_without_an_input_the_structure_decides_and_says_so():
-    model = Zoo()
-    plain = decaykit.plan(model, 0.1)
+    plain = decaykit.plan(Zoo(), 0.1, example_inputs=False)
     assert all("traced" not in d.reason and "structural" not in d.reason for d in plain)
 
-    class Opaque(nn.Module):  # nothing tells what its input is
+    class Opaque(nn.Module):  # nothing tells what its input is: its first weight layer takes no plain tensor
         def __init__(self) -> None:
             super().__init__()
-            self.inner = Zoo()
+            self.rnn = nn.GRU(4, 4)
+            self.gain = nn.Parameter(torch.ones(3, 4))
 
         def forward(self, x):
-            return self.inner(x)
+            return self.rnn(x)[0] * self.gain
 
     with pytest.warns(DecayWarning, match="decided from the structure"):
         p = decaykit.plan(Opaque(), 0.1, example_inputs="auto")
     assert all("(structural: no example input" in d.reason for d in p)
-    assert [d.decay for d in p] == [d.decay for d in plain]
+    with pytest.warns(DecayWarning, match=r"1 tensor outside the layers decaykit knows \(gain\) decided by shape"):
+        default = decaykit.plan(Opaque(), 0.1)
+    assert default["gain"].decay and "shape rule" in default["gain"].reason  # the guess, said as one
+    assert "decided by shape" in default.note and f"note: {default.note}" in default.summary_text()
+    assert default.to_dict()["note"] == default.note
+
+
+def test_the_default_trace_leaves_the_model_as_it_was():
+    """What a forward pass stores on the model (a cache, a counter) is undone; the random stream is untouched."""
+
+    class Caching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.gain = nn.Parameter(torch.ones(2, 2))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            self.last = torch.rand(3) + self.fc(x)[..., :1]
+            self.register_buffer("seen", x.sum(), persistent=False)
+            return self.fc(x).view(-1, 2, 2) * self.gain
+
+    model = Caching()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    p = decaykit.plan(model, 0.1)
+    assert torch.equal(torch.rand(3), expected)
+    assert p["gain"].reason.endswith("(traced)") and not p["gain"].decay
+    assert model.calls == 0 and not hasattr(model, "last") and "seen" not in model._buffers
+
+
+def test_distributed_forward_hooks_are_skipped_and_put_back():
+    """FSDP2 all-gathers in a forward pre-hook; on fake tensors that would run collectives. Hooks of
+    ``torch.distributed`` are left out of the pass and restored in their order; the user's run."""
+    import functools
+
+    from decaykit.policy import usage
+
+    calls: list[str] = []
+
+    def distributed(module, args):
+        calls.append("distributed")
+
+    distributed.__module__ = "torch.distributed.fsdp._fully_shard._fsdp_state"
+
+    model = Zoo()
+    first = model.register_forward_pre_hook(functools.partial(distributed))
+    model.register_forward_pre_hook(lambda module, args: calls.append("user"))
+    before = list(model._forward_pre_hooks)
+    assert usage._is_distributed(model._forward_pre_hooks[first.id])
+    decaykit.plan(model, 0.1)
+    assert calls == ["user"] and list(model._forward_pre_hooks) == before
 
 
 def test_a_forward_that_stops_keeps_what_it_saw():

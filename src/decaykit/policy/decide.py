@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -98,12 +98,14 @@ class RoleConflict:
                 "give the role one decision with a rule or the model's no_weight_decay()")
 
 
-def role_conflicts(decisions: Sequence[Decision]) -> list[RoleConflict]:
+def role_conflicts(decisions: Sequence[Decision], seen: Collection[int]) -> list[RoleConflict]:
     """One :class:`RoleConflict` per role whose automatic decisions (policy, hooks) split into decayed
-    and not; what the user's rules and ``exclude`` decide is meant and left out."""
+    and not, among tensors whose role was seen in use (``id`` in ``seen``): a role guessed from the
+    structure is no evidence of a split. What the user's rules and ``exclude`` decide is meant and
+    left out."""
     by_role: dict[str, list[Decision]] = {}
     for d in decisions:
-        if d.trainable and d.source in ("policy", "hook"):
+        if d.trainable and d.source in ("policy", "hook") and id(d.param) in seen:
             by_role.setdefault(d.role, []).append(d)
     out = []
     for role, members in by_role.items():

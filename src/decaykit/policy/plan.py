@@ -41,6 +41,7 @@ from decaykit.policy.hooks import hook_patterns
 from decaykit.policy.layers import layer_ids
 from decaykit.policy.names import logical_name, unwrap_model
 from decaykit.policy.options import OPTIONS, Policy, Tied
+from decaykit.policy.roles import decided_by_shape
 from decaykit.policy.rules import Rule
 from decaykit.policy.usage import Trace, example_inputs_for, run_trace
 
@@ -62,6 +63,7 @@ class Plan(Report):
     conflicts: list[Conflict | RoleConflict] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)  # rules / exclude entries that changed nothing
     layer_decay: float | None = None
+    note: str | None = None  # tensors that could only be decided by shape, and why they were not traced
 
     def __iter__(self) -> Iterator[Decision]:
         return iter(self.decisions)
@@ -112,6 +114,7 @@ class Plan(Report):
             "groups": self.summary(),
             "conflicts": [str(c) for c in self.conflicts],
             "unmatched": list(self.unmatched),
+            "note": self.note,
         }
 
     def __str__(self) -> str:
@@ -134,6 +137,7 @@ class Plan(Report):
                  format_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], rows, align="lrrrr"),
                  f"decayed: {decayed:,} of {total:,} parameters ({100 * decayed / max(total, 1):.1f}%)"]
         lines += [f"conflict: {conflict}" for conflict in self.conflicts]
+        lines += [f"note: {self.note}"] if self.note else []
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -152,6 +156,7 @@ class Plan(Report):
                  f"{decayed:,} of {total:,} parameters decayed ({100 * decayed / max(total, 1):.1f}%)")
         notes = [Cell(f"conflict: {c}", "warn") for c in self.conflicts]
         notes += [Cell(f"changed nothing: {u}", "warn") for u in self.unmatched]
+        notes += [Cell(f"note: {self.note}", "warn")] if self.note else []
         return html_report(title, html_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], groups,
                                              align="lrrrr"),
                            html_lines(notes), html_table(headers, tensors, align="llrll" + "r" * (1 + scaled) + "l"))
@@ -196,37 +201,83 @@ def plan(
         strict: a rule or exclude entry that matches nothing is an error, not a warning.
         example_inputs: an input of ``model`` (a tensor, a tuple of arguments or a dict of keyword
             arguments; only shapes and dtypes matter), or ``"auto"`` to let decaykit make one (the
-            model's ``example_inputs()``, a transformers config's vocabulary, a first layer's size).
-            One forward pass on fake tensors then shows how each tensor is used, and the
-            ``"decaykit"`` policy decides from that; tensors the pass does not reach, and every
-            tensor without ``example_inputs``, are decided from the structure.
+            model's ``example_inputs()``, a transformers config's vocabulary, timm's input size, a
+            first layer's size). One forward pass on fake tensors then shows how each tensor is
+            used, and the ``"decaykit"`` policy decides from that; tensors the pass does not reach
+            are decided from the structure. ``None`` (the default) traces on an input decaykit
+            makes only where the structure would have to guess (a tensor outside the layers it
+            knows: a 2-D gain, Mamba's ``A_log``, a learned token), and says in a warning and in
+            ``Plan.note`` what is still decided by shape; ``False`` never traces.
     """
     model = check_model(model)
     weight_decay = check_number(weight_decay, "weight_decay")
     given = {"rules": rules, "exclude": exclude, "decay_embeddings": decay_embeddings, "layer_decay": layer_decay,
              "layer_of": layer_of, "tied": tied, "strict": strict}
     settings = Policy.of(policy, **{k: v for k, v in given.items() if not _is_default(k, v)})
-    return _plan_for(model, weight_decay, settings, _trace(model, example_inputs))
+    if example_inputs is None:
+        trace, note = _trace_where_shape_decides(model, settings)
+    else:
+        trace, note = _trace(model, example_inputs), None
+    decided = _plan_for(model, weight_decay, settings, trace)
+    decided.note = note
+    return decided
 
 
 def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
-    """The traced uses for ``example_inputs`` (``None``: no trace asked for), warning where the pass fell short."""
-    if example_inputs is None:
+    """The traced uses for ``example_inputs`` (``False``: none), warning where the pass fell short."""
+    if example_inputs is False:
         return None
+    bare: nn.Module = unwrap_model(model)  # type: ignore[assignment]
     if isinstance(example_inputs, str):
         if example_inputs != "auto":
-            raise DecayError(f"example_inputs must be the model's input or 'auto', got {example_inputs!r}")
-        example_inputs = example_inputs_for(unwrap_model(model))  # type: ignore[arg-type]
+            raise DecayError(f"example_inputs must be the model's input, 'auto' or False, got {example_inputs!r}")
+        example_inputs = example_inputs_for(bare)
         if example_inputs is None:
-            why = f"{type(model).__name__} has no example_inputs() method, config or first layer that fixes its input"
+            why = f"{type(bare).__name__} has no example_inputs() method, config or first layer that fixes its input"
             warnings.warn(f"example_inputs='auto': {why}; every tensor is decided from the structure; pass "
                           "example_inputs=", DecayWarning, stacklevel=4)
             return Trace({}, why, ran=False)
-    trace = run_trace(model, example_inputs)
+    trace = run_trace(bare, example_inputs)
     if trace.stopped is not None:
-        warnings.warn(f"example_inputs: the traced forward of {type(model).__name__} stopped at {trace.stopped}; "
+        warnings.warn(f"example_inputs: the traced forward of {type(bare).__name__} stopped at {trace.stopped}; "
                       "tensors it did not reach are decided from the structure", DecayWarning, stacklevel=4)
     return trace
+
+
+def _trace_where_shape_decides(model: nn.Module, policy: Policy) -> tuple[Trace | None, str | None]:
+    """Without ``example_inputs``: a trace on an input the model makes itself, only where the structure
+    would guess (a trainable tensor outside the layers decaykit knows: a 2-D gain, Mamba's ``A_log``,
+    a learned token); else none, as it would change nothing. What is still decided by shape is said
+    in one warning and in ``Plan.note``."""
+    if policy.name != "decaykit":
+        return None, None  # the replicas decide as their anchors do, from names and shapes
+    guessed = [infos[0] for infos in collect_params(model).values()
+               if infos[0].param.requires_grad and decided_by_shape(infos[0])]
+    if not guessed:
+        return None, None
+    bare: nn.Module = unwrap_model(model)  # type: ignore[assignment]
+    trace, why = None, None
+    try:
+        inputs = example_inputs_for(bare)
+        trace = None if inputs is None else run_trace(bare, inputs)
+    except Exception as exc:  # the model's own example_inputs() failed, or a wrapper refused fake tensors
+        why = f"making its example input failed: {type(exc).__name__}: {exc}"[:200]
+    else:
+        why = "it makes no example input of its own (example_inputs(), a config, a first layer)" if inputs is None \
+            else None
+    if trace is not None and not trace.uses:
+        why, trace = f"the traced forward stopped at once: {trace.stopped}", None
+    unseen = [i.name for i in guessed if trace is None or trace.use_of(i.param) is None]
+    if not unseen:
+        return trace, None
+    if why is None:
+        them = "them" if len(unseen) > 1 else "it"
+        why = f"the traced forward did not reach {them}" + ("" if trace.stopped is None else f" (it stopped at {trace.stopped})")
+    shown = ", ".join(unseen[:3]) + (f" and {len(unseen) - 3} more" if len(unseen) > 3 else "")
+    note = (f"{len(unseen)} tensor{'s' if len(unseen) > 1 else ''} outside the layers decaykit knows ({shown}) "
+            f"decided by shape, not by use: {why}; pass example_inputs= to decide them by how the model uses them")
+    warnings.warn(note, DecayWarning, stacklevel=3)
+    return trace, note
 
 
 def _plan_for(model: nn.Module, weight_decay: float, policy: Policy, trace: Trace | None = None) -> Plan:
@@ -247,7 +298,9 @@ def _plan_for(model: nn.Module, weight_decay: float, policy: Policy, trace: Trac
     _report_unmatched(model, unmatched, shadowed, policy.strict)
     if trace is not None and policy.name == "decaykit":
         # roles seen in use; a structural role is a guess, and the replicas' roles are their anchors' tests
-        conflicts += role_conflicts(decisions)
+        seen = {key for key, infos in by_tensor.items()
+                if infos[0].component is None and infos[0].use is not None and infos[0].use.kind != "other"}
+        conflicts += role_conflicts(decisions, seen)
     return Plan(decisions, weight_decay, policy.name, conflicts, unmatched + shadowed, policy.layer_decay)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "classify",
     "classify_structure",
     "classify_use",
+    "decided_by_shape",
     "is_norm_module",
     "is_per_channel",
     "module_type_name",
@@ -154,6 +155,16 @@ def classify_use(use: Use, *, decay_embeddings: bool = True) -> tuple[str, bool,
             return role, True, reason
         return role, False, f"{reason} (decay_embeddings=False)"
     return role, role == "weight", reason
+
+
+def decided_by_shape(info: ParamInfo) -> bool:
+    """Whether the structure can only guess this tensor's role (rules 4-7: from its name or shape on
+    a module decaykit does not know), so that how the model uses it should decide."""
+    if info.component is not None or isinstance(info.owner, EMBEDDING_TYPES):
+        return False
+    if is_norm_module(info.owner) and (is_per_channel(tuple(info.param.shape)) or isinstance(info.owner, NORM_TYPES)):
+        return False
+    return not (_is_weight_layer(info.owner) and (_BIAS_LEAF.search(info.leaf) or _WEIGHT_LEAF.search(info.leaf)))
 
 
 def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:

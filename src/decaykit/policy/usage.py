@@ -29,8 +29,9 @@ pass stops, and what was seen until then is kept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -216,6 +217,8 @@ class _Recorder(TorchFunctionMode):
                 self._mark(out, self.gathered)
         elif bare in _LAYER_ARGS and (live or bare not in _NORMALISING):
             self._layer(bare, shown, args, kwargs)
+        elif bare in _LAYER_ARGS and self._normalises_parameter(bare, shown, args, kwargs, out):
+            return  # a norm over a parameter alone (learned queries normalised): its gain is still a gain
         elif bare in _PASS or not live:
             if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
                 for t in traced:
@@ -277,6 +280,23 @@ class _Recorder(TorchFunctionMode):
                 self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
+
+    def _normalises_parameter(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> bool:
+        """A normalisation of parameters alone: its gain and bias are a norm's, and the output is its
+        input parameter normalised (a weight standardised, learned queries normalised), passed on.
+        False when the norm's own gain is not a parameter: then everything passes through."""
+        named = dict(zip(_POSITIONS[bare], args))
+        named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
+        affine = {arg: v for arg, v in named.items() if _LAYER_ARGS[bare].get(arg) in ("norm", "normbias")
+                  and isinstance(v, torch.Tensor) and id(v) in self.origin}
+        source = named.get("input")
+        if not affine or not isinstance(source, torch.Tensor) or id(source) not in self.origin:
+            return False
+        for arg, value in affine.items():
+            kind = _LAYER_ARGS[bare][arg]
+            self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
+        self._pass_on(out, set(self.origin[id(source)]), self.via.get(id(source)), id(source) in self.selected)
+        return True
 
     def _with_activations(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor],
                           last_axis: bool) -> Use:
@@ -426,14 +446,62 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
     fake_log.setLevel(logging.CRITICAL)  # a kernel without a fake version logs a traceback before raising
+    saved = _module_state(model)
     try:
-        with torch.no_grad(), mode, recorder:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _no_distributed_hooks(model), mode, recorder:
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
     finally:
         fake_log.setLevel(level)
+        _restore(saved)
     return Trace(recorder.uses, stopped)
+
+
+@contextlib.contextmanager
+def _no_distributed_hooks(model: nn.Module) -> Iterator[None]:
+    """Without the forward hooks of ``torch.distributed`` (FSDP2's all-gather before each forward):
+    on fake tensors they would run collectives, and only shapes are needed, which a sharded
+    parameter states globally. The hooks are put back in their order afterwards."""
+    saved = []
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            ours = [k for k, hook in hooks.items() if _is_distributed(hook)]
+            if ours:
+                saved.append((hooks, dict(hooks)))
+                for k in ours:
+                    del hooks[k]
+    try:
+        yield
+    finally:
+        for hooks, before in saved:
+            hooks.clear()
+            hooks.update(before)
+
+
+def _is_distributed(hook: Any) -> bool:
+    target = getattr(hook, "func", hook)  # functools.partial
+    owner = getattr(target, "__self__", None)
+    where = type(owner).__module__ if owner is not None else getattr(target, "__module__", "") or ""
+    return where.startswith("torch.distributed")
+
+
+def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]:
+    """Each module's attributes and its parameter, buffer and child tables, as they are before the pass."""
+    return [(m, dict(m.__dict__), [dict(m._parameters), dict(m._buffers), dict(m._modules)]) for m in model.modules()]
+
+
+def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> None:
+    """Undo what the traced forward left on the model: ``self.cache = x`` would keep a fake tensor, a
+    lazy layer would keep fake parameters; the model must be exactly as it was."""
+    for module, attributes, tables in saved:
+        if module.__dict__.keys() != attributes.keys() or any(module.__dict__[k] is not v for k, v in attributes.items()):
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+        for table, before in zip((module._parameters, module._buffers, module._modules), tables):
+            if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
+                table.clear()
+                table.update(before)
 
 
 def _as_call(inputs: Any) -> tuple[tuple, dict]:
@@ -447,25 +515,52 @@ def _as_call(inputs: Any) -> tuple[tuple, dict]:
 def example_inputs_for(model: nn.Module) -> Any | None:
     """An input ``model`` can take, made from what it says about itself, or ``None``.
 
-    In order: its own ``example_inputs()`` method; a Hugging Face model's config (token ids
-    from its vocabulary, or pixel values for an image model); the first layer of an
-    ``nn.Sequential`` (``Linear``: features, ``Conv*d``: channels, ``Embedding``: token ids).
+    In order: its own ``example_inputs()`` method or Lightning's ``example_input_array``; a
+    Hugging Face model's config (token ids from its vocabulary, or pixel values for an image
+    model); timm's ``pretrained_cfg["input_size"]``; else the first weight layer in the order the
+    model registers them (``Linear``: features, ``Conv*d``: channels, at an ``img_size`` /
+    ``image_size`` the model states or 224, ``Embedding``: token ids). A guess that does not
+    fit stops the traced pass at its first layer, and the structure decides.
     """
     own: Callable[[], Any] | None = getattr(model, "example_inputs", None)
     if callable(own):
         return own()
+    array = getattr(model, "example_input_array", None)  # Lightning's convention
+    if isinstance(array, (torch.Tensor, tuple, list, Mapping)):
+        return array
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
         return _from_config(config, _arguments(model))
-    first: nn.Module | None = model
-    while isinstance(first, nn.Sequential):  # only a Sequential says which layer meets the input
-        first = first[0] if len(first) else None
+    stated = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    size = stated.get("input_size") if isinstance(stated, Mapping) else None
+    if isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(n, int) and n > 0 for n in size):
+        return torch.zeros(2, *size)
+    return _from_first_layer(model)
+
+
+def _from_first_layer(model: nn.Module) -> torch.Tensor | None:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding))),
+                 None)
     if isinstance(first, nn.Linear):
         return torch.zeros(2, first.in_features)
-    if isinstance(first, nn.modules.conv._ConvNd):
-        return torch.zeros(2, first.in_channels, *([32] * (first.weight.ndim - 2)))
     if isinstance(first, nn.Embedding):
         return torch.zeros(2, 8, dtype=torch.long)
+    if isinstance(first, nn.modules.conv._ConvNd):
+        dims = first.weight.ndim - 2
+        side = _stated_image_size(model) if dims == 2 else None
+        return torch.zeros(2, first.in_channels, *(side or {1: (1024,), 2: (224, 224)}.get(dims, (16,) * dims)))
+    return None
+
+
+def _stated_image_size(model: nn.Module) -> tuple[int, ...] | None:
+    """The image size a vision model states on itself or a submodule (``img_size``, ``image_size``)."""
+    for module in model.modules():
+        for attr in ("img_size", "image_size"):
+            size = getattr(module, attr, None)
+            if isinstance(size, int) and size > 0:
+                return (size, size)
+            if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size):
+                return tuple(size)
     return None
 
 
