@@ -21,7 +21,7 @@ def test_glob_regex_and_module_type_matchers():
     assert p["blocks.0.attn.qkv.weight"].lr_scale == 0.5 and p["blocks.0.attn.qkv.weight"].weight_decay == 0.1
     # an absolute weight decay applies even to norms: the user asked for it explicitly
     assert p["blocks.1.norm1.weight"].weight_decay == 0.01
-    assert p["blocks.1.norm1.weight"].reason == "rule type:LayerNorm (was: norm:LayerNorm)"
+    assert p["blocks.1.norm1.weight"].reason == "rule type:LayerNorm (was: weight of F.layer_norm: a norm gain (traced))"
     # first match wins: blocks.0's norm matched the regex rule, which sets no weight decay
     assert p["blocks.0.norm1.weight"].weight_decay == 0.0 and p["blocks.0.norm1.weight"].lr_scale == 0.5
 

@@ -425,3 +425,21 @@ def test_the_audit_names_a_role_split_for_what_it_is():
         report = decaykit.audit(model, opt, example_inputs="auto")
     codes = {f.code for f in report.findings}
     assert "role-conflict" in codes and "tied-conflict" not in codes
+
+
+def test_inspect_traces_by_default_where_the_structure_guesses(capsys):
+    """``inspect convnext`` (a (C,1,1) layer scale on a custom block) traces without --example;
+    ``--no-trace`` gives the structural reasons; ``inspect resnet50`` (known layers only) is not traced."""
+    import json
+
+    from decaykit.cli.main import main
+
+    def reasons(*argv: str) -> dict[str, str]:
+        assert main(["inspect", *argv, "--json"]) == 0
+        return {d["name"]: d["reason"] for d in json.loads(capsys.readouterr().out)["parameters"]}
+
+    default, structural = reasons("convnext"), reasons("convnext", "--no-trace")
+    gammas = [n for n in default if n.endswith(".gamma")]
+    assert gammas and all(default[n].endswith("(traced)") and "shape rule" in structural[n] for n in gammas)
+    assert not any(r.endswith("(traced)") for r in reasons("resnet50").values())
+    assert main(["inspect", "convnext", "--example", "--no-trace"]) == 2

@@ -15,9 +15,9 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 HELP = "list every parameter with its decay decision and reason"
 DESCRIPTION = ("List every parameter of MODEL (name, shape, numel, owner module, decayed or not, weight "
     "decay, lr scale, reason) and a per-group summary. MODEL is a built-in demo (resnet50, convnext, vit, "
-    "gpt, mlp) or an import path 'package.module:factory', e.g. torchvision.models:resnet50. With --example, "
-    "one forward pass on fake tensors (no real compute or memory) shows how each tensor is used, and the "
-    "decision follows the use. With --diff, exit status 1 if the two policies decide any tensor differently.")
+    "gpt, mlp) or an import path 'package.module:factory', e.g. torchvision.models:resnet50. Where a tensor "
+    "sits outside the layers decaykit knows, one forward pass on fake tensors (no real compute or memory) shows "
+    "how each tensor is used, and the decision follows the use (--example: always, --no-trace: never). With --diff, exit status 1 if the two policies decide any tensor differently.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "torch-AdamW λ) to the summary")
     parser.add_argument("--dataset-size", type=int, default=None, metavar="N", help="with --lr: τ in epochs too")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="with --lr: τ in epochs too")
-    parser.add_argument("--example", action="store_true",
-                        help="trace one forward pass on an input the model makes itself (its example_inputs(), a "
-                             "transformers config's vocabulary, a Sequential's first layer) and decide from how each "
-                             "tensor is used; what the pass does not reach is decided from the structure")
+    trace = parser.add_mutually_exclusive_group()
+    trace.add_argument("--example", action="store_true",
+                       help="trace one forward pass on an input the model makes itself (its example_inputs(), a "
+                            "transformers config's vocabulary, its first weight layer) even when every tensor is in a "
+                            "known layer, and decide from how each tensor is used; what the pass does not reach is "
+                            "decided from the structure")
+    trace.add_argument("--no-trace", action="store_true",
+                       help="decide from the structure alone (owning module, name, shape), with no traced pass")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     _check_flags(args)
     settings = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
-    example = "auto" if args.example else None
+    example = "auto" if args.example else (False if args.no_trace else None)
     decided = plan(model, args.weight_decay, policy=settings, example_inputs=example)
     other = None
     if args.diff is not None:
