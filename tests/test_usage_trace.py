@@ -443,3 +443,20 @@ def test_inspect_traces_by_default_where_the_structure_guesses(capsys):
     assert gammas and all(default[n].endswith("(traced)") and "shape rule" in structural[n] for n in gammas)
     assert not any(r.endswith("(traced)") for r in reasons("resnet50").values())
     assert main(["inspect", "convnext", "--example", "--no-trace"]) == 2
+
+
+def test_one_trace_per_model_while_its_tensors_stay(monkeypatch):
+    """param_groups, audit and a Monitor plan one model in turn: it is traced once, and again
+    only once its tensors change (a layer replaced)."""
+    from decaykit.policy import usage
+
+    calls = []
+    real = usage.run_trace
+    monkeypatch.setattr(usage, "run_trace", lambda *a: calls.append(1) or real(*a))
+    model = Zoo()
+    first = decaykit.plan(model, 0.1)
+    decaykit.plan(model, 0.1, example_inputs="auto")
+    assert len(calls) == 1
+    model.block.scale = nn.Parameter(torch.randn(model.block.scale.shape))
+    again = decaykit.plan(model, 0.1)
+    assert len(calls) == 2 and again["block.scale"].reason == first["block.scale"].reason

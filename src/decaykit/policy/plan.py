@@ -43,7 +43,7 @@ from decaykit.policy.names import logical_name, unwrap_model
 from decaykit.policy.options import OPTIONS, Policy, Tied
 from decaykit.policy.roles import decided_by_shape
 from decaykit.policy.rules import Rule
-from decaykit.policy.usage import Trace, example_inputs_for, run_trace
+from decaykit.policy.usage import Trace, run_trace, trace_on_own_input
 
 __all__ = ["Conflict", "Decision", "Plan", "RoleConflict", "check_plan_options", "collect_params", "param_groups",
            "plan"]
@@ -231,13 +231,13 @@ def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
     if isinstance(example_inputs, str):
         if example_inputs != "auto":
             raise DecayError(f"example_inputs must be the model's input, 'auto' or False, got {example_inputs!r}")
-        example_inputs = example_inputs_for(bare)
-        if example_inputs is None:
-            why = f"{type(bare).__name__} has no example_inputs() method, config or first layer that fixes its input"
-            warnings.warn(f"example_inputs='auto': {why}; every tensor is decided from the structure; pass "
-                          "example_inputs=", DecayWarning, stacklevel=4)
-            return Trace({}, why, ran=False)
-    trace = run_trace(bare, example_inputs)
+        trace = trace_on_own_input(bare)
+        if not trace.ran:
+            warnings.warn(f"example_inputs='auto': {trace.stopped}; every tensor is decided from the structure; "
+                          "pass example_inputs=", DecayWarning, stacklevel=4)
+            return trace
+    else:
+        trace = run_trace(bare, example_inputs)
     if trace.stopped is not None:
         warnings.warn(f"example_inputs: the traced forward of {type(bare).__name__} stopped at {trace.stopped}; "
                       "tensors it did not reach are decided from the structure", DecayWarning, stacklevel=4)
@@ -256,15 +256,14 @@ def _trace_where_shape_decides(model: nn.Module, policy: Policy) -> tuple[Trace 
     if not guessed:
         return None, None
     bare: nn.Module = unwrap_model(model)  # type: ignore[assignment]
-    trace, why = None, None
+    trace: Trace | None = None
+    why = None
     try:
-        inputs = example_inputs_for(bare)
-        trace = None if inputs is None else run_trace(bare, inputs)
+        trace = trace_on_own_input(bare)
     except Exception as exc:  # the model's own example_inputs() failed, or a wrapper refused fake tensors
         why = f"making its example input failed: {type(exc).__name__}: {exc}"[:200]
-    else:
-        why = "it makes no example input of its own (example_inputs(), a config, a first layer)" if inputs is None \
-            else None
+    if trace is not None and not trace.ran:
+        why, trace = trace.stopped, None
     if trace is not None and not trace.uses:
         why, trace = f"the traced forward stopped at once: {trace.stopped}", None
     unseen = [i.name for i in guessed if trace is None or trace.use_of(i.param) is None]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -40,7 +41,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["Trace", "Use", "example_inputs_for", "run_trace", "trace_usage"]
+__all__ = ["Trace", "Use", "example_inputs_for", "run_trace", "trace_on_own_input", "trace_usage"]
 
 # Operand roles of the layer functions, by argument name (positions come from the signature).
 _LAYER_ARGS: dict[str, dict[str, str]] = {
@@ -187,7 +188,8 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
-        if _bare(func) in _VALUE_READS and args and type(args[0]).__name__ == "FakeTensor":
+        if _bare(func) in _VALUE_READS and args and isinstance(args[0], torch.Tensor) and (
+                args[0].is_meta or type(args[0]).__name__ == "FakeTensor"):
             return _stand_in(_bare(func), args[0])
         out = func(*args, **kwargs)
         self._record(_bare(func), _name(func), args, kwargs, out)
@@ -375,10 +377,11 @@ def _shape(shape: torch.Size) -> str:
 
 
 def _fake_like(mode: Any, t: torch.Tensor, floats: torch.dtype | None = None) -> torch.Tensor:
-    """A fake tensor of ``t``'s shape and dtype (``floats`` for floating ones, if given); meta
-    tensors become fake CPU ones, so factory calls inside ``forward`` (on the default device)
-    meet them on one device."""
-    device = torch.device("cpu") if t.device.type == "meta" else t.device
+    """A fake (or, under the meta device, meta) tensor of ``t``'s shape and dtype (``floats`` for
+    floating ones, if given); meta tensors become fake CPU ones, so factory calls inside
+    ``forward`` (on the default device) meet them on one device."""
+    device = torch.device("meta") if isinstance(mode, torch.device) else (
+        torch.device("cpu") if t.device.type == "meta" else t.device)
     dtype = floats if floats is not None and t.is_floating_point() else t.dtype
     with mode:
         return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=dtype, device=device)
@@ -395,22 +398,50 @@ def trace_usage(model: nn.Module, example_inputs: Any) -> dict[int, Use]:
 
 
 def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
-    """One forward pass of ``model`` on fake tensors under a recorder: see :func:`trace_usage`.
+    """One forward pass of ``model`` on shape-only tensors under a recorder: see :func:`trace_usage`.
 
-    Where the pass stops early, a second one in bfloat16 is tried (some kernels, such as the
+    The pass runs first on meta tensors (the fastest: no Python per kernel); where it stops, again
+    under ``FakeTensorMode``, which also takes the real CPU constants a model mixes in, then in
+    bfloat16 (some kernels, such as the grouped matmul of MoE experts, only take it); the trace that
+    saw most is kept (some kernels, such as the
     grouped matmul of MoE experts, only take it) and the trace that saw more is kept; where
     several modalities were given (``input_ids`` and ``pixel_values``), each one alone is traced
     too and what they saw is added.
     """
-    trace = _trace_once(model, example_inputs, None)
-    if trace.stopped is None:
-        return trace
-    second = _trace_once(model, example_inputs, torch.bfloat16)
-    trace = second if len(second.uses) > len(trace.uses) else trace
+    trace = _trace_once(model, example_inputs, None, meta=True)  # meta kernels: several times faster
+    # fake tensors also take the CPU constants a model mixes in; bfloat16 suits some kernels
+    for floats, meta in ((torch.bfloat16, True), (None, False), (torch.bfloat16, False)):
+        if trace.stopped is None:
+            return trace
+        again = _trace_once(model, example_inputs, floats, meta)
+        trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
     for alone in _modalities(example_inputs) if trace.stopped is not None else []:
-        part = _trace_once(model, alone, None)
+        part = _trace_once(model, alone, None, meta=True)
         for pid, seen in part.uses.items():
             trace.uses.setdefault(pid, []).extend(seen)
+    return trace
+
+
+# One trace per model and its tensors: param_groups, then audit, then a Monitor plan the same model.
+_OWN_INPUT_TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Trace]] = weakref.WeakKeyDictionary()
+
+
+def trace_on_own_input(model: nn.Module) -> Trace:
+    """:func:`run_trace` on the input ``model`` makes itself (:func:`example_inputs_for`), kept per
+    model while its tensors stay the same ones; a trace with ``ran=False`` says why no input could
+    be made. What ``example_inputs()`` raises is raised."""
+    key = tuple((name, id(t), tuple(t.shape), t.dtype) for name, t in (*model.named_parameters(remove_duplicate=False),
+                                                                     *model.named_buffers(remove_duplicate=False)))
+    known = _OWN_INPUT_TRACES.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
+    inputs = example_inputs_for(model)
+    if inputs is None:
+        why = f"{type(model).__name__} has no example_inputs() method, config or first weight layer that fixes its input"
+        trace = Trace({}, why, ran=False)
+    else:
+        trace = run_trace(model, inputs)
+    _OWN_INPUT_TRACES[model] = (key, trace)
     return trace
 
 
@@ -426,10 +457,11 @@ def _modalities(inputs: Any) -> list[dict[str, Any]]:
     return [{**settings, **(ids if k == "input_ids" else {k: inputs[k]})} for k in _MODALITIES if k in inputs]
 
 
-def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None) -> Trace:
+def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False) -> Trace:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    # on meta tensors, what the forward creates must be meta too: the default device says so
+    mode: Any = torch.device("meta") if meta else FakeTensorMode(allow_non_fake_inputs=True)
     fakes: dict[int, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
