@@ -1,7 +1,8 @@
 """A zoo of real architectures, built on the meta device from configs (no download, no weights),
 held to what deciding by use promises.
 
-For every model: no traced gain, scale or state parameter is decayed; every tensor used as a
+For every model: the default plan (no ``example_inputs``) is the traced one wherever the
+structure would have to guess; no traced gain, scale or state parameter is decayed; every tensor used as a
 matrix operand is; one role gets one decision; every name in the plan and its groups is a key of
 ``named_parameters()``; the ``timm`` and ``hf`` presets still equal their anchors' rules.
 
@@ -83,6 +84,13 @@ def _build(name: str) -> torch.nn.Module:
         pytest.skip(f"{name} does not build from its default config: {type(exc).__name__}")
 
 
+def decided_by_shape_alone(model: torch.nn.Module, name: str) -> bool:
+    from decaykit.policy.collect import collect_params
+    from decaykit.policy.roles import decided_by_shape
+
+    return any(decided_by_shape(i) for infos in collect_params(model).values() for i in infos if i.name == name)
+
+
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_the_zoo_keeps_the_promises_of_deciding_by_use(name):
     model = _build(name)
@@ -90,6 +98,12 @@ def test_the_zoo_keeps_the_promises_of_deciding_by_use(name):
         warnings.simplefilter("ignore", DecayWarning)  # a pass that stops early is allowed; its decisions are checked
         p = decaykit.plan(model, 0.1, example_inputs="auto")
     traced = [d for d in p.trainable if d.reason.endswith("(traced)")]
+    # with no example_inputs, a model the structure would have to guess about is traced all the same
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        default = decaykit.plan(model, 0.1)
+    if any(d.source == "policy" and decided_by_shape_alone(model, d.name) for d in default.trainable):
+        assert [(d.name, d.decay, d.reason) for d in default] == [(d.name, d.decay, d.reason) for d in p]
     if name in _configs():  # the slice traces; only tensors of optional inputs (DINOv2's mask token) are missed
         assert len(traced) >= 0.95 * len([d for d in p.trainable if d.source == "policy"]), name
     wrong = [(d.name, d.reason) for d in traced if d.decay == (d.role in ("norm", "scale", "state", "bias"))]
