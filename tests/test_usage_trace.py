@@ -460,3 +460,26 @@ def test_one_trace_per_model_while_its_tensors_stay(monkeypatch):
     model.block.scale = nn.Parameter(torch.randn(model.block.scale.shape))
     again = decaykit.plan(model, 0.1)
     assert len(calls) == 2 and again["block.scale"].reason == first["block.scale"].reason
+
+
+def test_a_norm_over_tokens_that_are_not_activations_keeps_its_gain_a_gain():
+    """Pegasus-X normalises global tokens looked up by a constant index, BLIP-2 its learned queries:
+    neither input derives from the example input, yet the norm's weight and bias are a norm's."""
+
+    class GlobalTokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(4, 8)
+            self.queries = nn.Parameter(torch.zeros(1, 3, 8))
+            self.ln_table, self.ln_queries, self.fc = nn.LayerNorm(8), nn.LayerNorm(8), nn.Linear(8, 8)
+            self.register_buffer("ids", torch.arange(4))
+
+        def forward(self, x):
+            tokens = self.ln_table(self.table(self.ids)).expand(x.shape[0], -1, -1)
+            queries = self.ln_queries(self.queries).expand(x.shape[0], -1, -1)
+            return self.fc(torch.cat([tokens, queries, x], 1))
+
+    p = decaykit.plan(GlobalTokens(), 0.1, example_inputs=torch.zeros(2, 5, 8))
+    for name in ("ln_table.weight", "ln_table.bias", "ln_queries.weight", "ln_queries.bias"):
+        assert p[name].role == "norm" and not p[name].decay, (name, p[name].reason)
+    assert p["queries"].role == "token" and p["fc.weight"].decay

@@ -284,20 +284,22 @@ class _Recorder(TorchFunctionMode):
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
 
     def _normalises_parameter(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> bool:
-        """A normalisation of parameters alone: its gain and bias are a norm's, and the output is its
-        input parameter normalised (a weight standardised, learned queries normalised), passed on.
-        False when the norm's own gain is not a parameter: then everything passes through."""
+        """A normalisation of what is not an activation (learned queries, tokens looked up by a constant
+        index): its gain and bias are still a norm's, and the output is its input parameter, if it
+        is one, normalised. False when the norm has no gain or bias of its own: then everything
+        passes through (a weight standardised)."""
         named = dict(zip(_POSITIONS[bare], args))
         named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
         affine = {arg: v for arg, v in named.items() if _LAYER_ARGS[bare].get(arg) in ("norm", "normbias")
                   and isinstance(v, torch.Tensor) and id(v) in self.origin}
-        source = named.get("input")
-        if not affine or not isinstance(source, torch.Tensor) or id(source) not in self.origin:
+        if not affine:
             return False
         for arg, value in affine.items():
             kind = _LAYER_ARGS[bare][arg]
             self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
-        self._pass_on(out, set(self.origin[id(source)]), self.via.get(id(source)), id(source) in self.selected)
+        source = named.get("input")
+        if isinstance(source, torch.Tensor) and id(source) in self.origin:
+            self._pass_on(out, set(self.origin[id(source)]), self.via.get(id(source)), id(source) in self.selected)
         return True
 
     def _with_activations(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor],
