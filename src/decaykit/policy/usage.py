@@ -553,7 +553,8 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     Hugging Face model's config (token ids from its vocabulary, or pixel values for an image
     model); timm's ``pretrained_cfg["input_size"]``; else the first weight layer in the order the
     model registers them (``Linear``: features, ``Conv*d``: channels, at an ``img_size`` /
-    ``image_size`` the model states or 224, ``Embedding``: token ids). A guess that does not
+    ``image_size`` the model states or 224, 16 frames of them for ``Conv3d``, ``Embedding``:
+    token ids). A guess that does not
     fit stops the traced pass at its first layer, and the structure decides.
     """
     own: Callable[[], Any] | None = getattr(model, "example_inputs", None)
@@ -581,8 +582,10 @@ def _from_first_layer(model: nn.Module) -> torch.Tensor | None:
         return torch.zeros(2, 8, dtype=torch.long)
     if isinstance(first, nn.modules.conv._ConvNd):
         dims = first.weight.ndim - 2
-        side = _stated_image_size(model) if dims == 2 else None
-        return torch.zeros(2, first.in_channels, *(side or {1: (1024,), 2: (224, 224)}.get(dims, (16,) * dims)))
+        if dims == 1:
+            return torch.zeros(2, first.in_channels, 1024)
+        image = _stated_image_size(model) or (224, 224)
+        return torch.zeros(2, first.in_channels, *((16,) * (dims - 2)), *image)  # video: 16 frames of images
     return None
 
 
