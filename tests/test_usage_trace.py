@@ -483,3 +483,24 @@ def test_a_norm_over_tokens_that_are_not_activations_keeps_its_gain_a_gain():
     for name in ("ln_table.weight", "ln_table.bias", "ln_queries.weight", "ln_queries.bias"):
         assert p[name].role == "norm" and not p[name].decay, (name, p[name].reason)
     assert p["queries"].role == "token" and p["fc.weight"].decay
+
+
+def test_a_model_that_wants_targets_in_training_is_traced_in_eval_mode_and_left_training():
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.scale_weight = nn.Parameter(torch.ones(1, 4))  # SSD's L2-norm scale
+
+        def forward(self, x, targets=None):
+            if self.training and targets is None:
+                raise AssertionError("targets should not be none when in training mode")
+            return self.fc(x) * self.scale_weight
+
+        def example_inputs(self):
+            return torch.zeros(2, 4)
+
+    model = Detector().train()
+    p = decaykit.plan(model, 0.1)
+    assert p["scale_weight"].reason.endswith("(traced)") and not p["scale_weight"].decay and p.note is None
+    assert model.training and all(m.training for m in model.modules())

@@ -404,8 +404,8 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
 
     The pass runs first on meta tensors (the fastest: no Python per kernel); where it stops, again
     under ``FakeTensorMode``, which also takes the real CPU constants a model mixes in, then in
-    bfloat16 (some kernels, such as the grouped matmul of MoE experts, only take it); the trace that
-    saw most is kept (some kernels, such as the
+    bfloat16 (some kernels, such as the grouped matmul of MoE experts, only take it), then in eval
+    mode (a detector wants targets when training); the trace that saw most is kept (some kernels, such as the
     grouped matmul of MoE experts, only take it) and the trace that saw more is kept; where
     several modalities were given (``input_ids`` and ``pixel_values``), each one alone is traced
     too and what they saw is added.
@@ -416,6 +416,9 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
         if trace.stopped is None:
             return trace
         again = _trace_once(model, example_inputs, floats, meta)
+        trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
+    if trace.stopped is not None and model.training:  # a detector asks for targets in training mode
+        again = _trace_once(model, example_inputs, None, meta=True, evaluate=True)
         trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
     for alone in _modalities(example_inputs) if trace.stopped is not None else []:
         part = _trace_once(model, alone, None, meta=True)
@@ -459,7 +462,8 @@ def _modalities(inputs: Any) -> list[dict[str, Any]]:
     return [{**settings, **(ids if k == "input_ids" else {k: inputs[k]})} for k in _MODALITIES if k in inputs]
 
 
-def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False) -> Trace:
+def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
+                evaluate: bool = False) -> Trace:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # on meta tensors, what the forward creates must be meta too: the default device says so
@@ -480,7 +484,9 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
     fake_log.setLevel(logging.CRITICAL)  # a kernel without a fake version logs a traceback before raising
-    saved = _module_state(model)
+    saved = _module_state(model)  # the training flags too: ``evaluate`` is undone with the rest
+    if evaluate:
+        model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]), _no_distributed_hooks(model), mode, recorder:
             torch.func.functional_call(model, state, args, kwargs, strict=False)
