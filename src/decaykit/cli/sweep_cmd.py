@@ -119,8 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--chunk-size", type=int, default=None, metavar="K",
                          help=f"trials trained together as one stacked model (default {Execution.chunk_size})")
     running.add_argument("--threads", type=int, default=None, metavar="N",
-                         help="CPU threads to train with (default: 1 for small steps, else the cores the load "
-                              "average leaves idle)")
+                         help="CPU threads to train with (default: 1 for small steps, else the faster of 1 and "
+                              "torch's default, timed on the sweep's own step)")
     running.add_argument("--no-wait", action="store_true",
                          help="report as soon as this worker has nothing left, without waiting for other workers")
     running.add_argument("--json", action="store_true", help='print one JSON object {"results": [...], "best": {...}, ...}')

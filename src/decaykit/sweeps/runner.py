@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -214,7 +215,11 @@ def _members(prepared: Prepared, execution: Execution, *, stacked: bool) -> int:
 
 def _threads(prepared: Prepared, execution: Execution, stacked: bool) -> tuple[int, str]:
     members = _members(prepared, execution, stacked=stacked)
-    return checks.threads_for(prepared.probe, prepared.data, prepared.training, members, requested=execution.threads)
+    training, trials = prepared.training, prepared.trials
+    steps = training.epochs * math.ceil(prepared.data.train_size / training.batch_for(prepared.data.train_size))
+    steps *= math.ceil(trials.first_round_size / members)  # the first round's chunks, at the least
+    return checks.threads_for(prepared.task.model_fn, prepared.data, training, members, requested=execution.threads,
+                              steps=steps, probe=prepared.probe)  # fmt: skip
 
 
 def _train_trials(prepared: Prepared, worker: Worker, threads: int) -> list[TrialKey]:

@@ -307,8 +307,8 @@ class Execution(_Options):
     - ``wait``: wait for trials other workers are training (False: report without them).
     - ``progress``: ``"auto"`` (a bar on a terminal, log lines otherwise), ``"bar"``, ``"log"``,
       ``"off"``, or True (bar) / False (off).
-    - ``threads``: CPU threads to train with; None: one for small steps, else the cores the machine's
-      load average leaves idle (at most torch's default).
+    - ``threads``: CPU threads to train with; None: one for small steps, else the faster of one thread and
+      torch's default, timed on the sweep's own training step just before it trains.
     """
 
     batched: bool | str = "auto"
