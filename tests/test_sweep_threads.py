@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
+import time
 
 import pytest
 import torch
@@ -57,14 +59,25 @@ def test_a_faster_single_thread_is_chosen_even_against_many_threads():
     )  # fmt: skip
 
 
-def test_interleaved_runs_take_turns_and_stop_at_the_budget():
+def test_interleaved_runs_take_turns_each_after_its_setting():
     calls: list[str] = []
     seen = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=4, warmup=1,
                        before=lambda key: calls.append(f"set {key}"))  # fmt: skip
-    assert calls[:6] == ["set a", "a", "a", "set b", "b", "b"] and len(calls) == 5 * 6
+    assert calls[:4] == ["set a", "a", "set b", "b"] and len(calls) == 5 * 4
     assert {key: len(t) for key, t in seen.items()} == {"a": 4, "b": 4}
-    quick = interleaved({"a": lambda: None}, reps=50, warmup=0, budget=0.0)  # spent at once: two rounds, no more
-    assert len(quick["a"]) == 2
+
+
+def test_the_thread_trial_stops_when_it_would_cost_more_than_a_share_of_the_sweep():
+    saved = torch.get_num_threads()
+
+    def step():
+        time.sleep(1e-3)
+
+    few = timing.thread_trial(step, [1, 2], steps=1, reps=5)  # a 1-step sweep: one round is already too many
+    assert {n: len(t) for n, t in few.items()} == {1: 1, 2: 1}
+    many = timing.thread_trial(step, [1, 2], steps=10**9, reps=3, budget=math.inf)
+    assert {n: len(t) for n, t in many.items()} == {1: 3, 2: 3}
+    assert torch.get_num_threads() == saved
 
 
 def test_large_steps_are_timed_with_one_thread_and_torch_default(monkeypatch):
@@ -129,9 +142,3 @@ def test_the_header_says_how_many_threads_and_the_flag_sets_them():
     assert settings_from_args(args)[2].threads == 2
     with pytest.raises(DecayError, match="threads"):
         Execution(threads=0, storage="memory")
-
-
-def test_the_thread_trial_restores_torch_threads():
-    saved = torch.get_num_threads()
-    times = timing.thread_trial(lambda: None, [1, 2], reps=2)
-    assert torch.get_num_threads() == saved and set(times) == {1, 2}

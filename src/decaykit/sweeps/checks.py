@@ -80,7 +80,8 @@ def load_data(task: Task, training: Training) -> SweepData:
 # saves, and on a machine busy with other work its barrier can stall each op for a time slice (measured
 # here: a ridge sweep of 2 members, 800 steps, 0.36 s on 1 thread vs 6-18 s on 2 threads under load).
 _SMALL_STEP_FLOPS = 1e7
-# A thread trial takes about 24 steps (warm and timed, two thread counts): worth it from this many on.
+# A thread trial takes three steps at least (a warm one, a timed one per thread count) and up to a twentieth
+# of the sweep's time after that (timing.thread_trial): worth it from this many steps on.
 _TIMED_MIN_STEPS = 240
 
 
@@ -117,7 +118,7 @@ def threads_for(
     if default == 1 or (steps is not None and steps < _TIMED_MIN_STEPS):
         return default, threads_text(default)
     step = training_step(*_trial_members(model_fn, data, training, members))
-    return choose_threads(thread_trial(step, [1, default]))
+    return choose_threads(thread_trial(step, [1, default], steps=steps))
 
 
 def _trial_members(

@@ -40,29 +40,21 @@ def interleaved(
     reps: int = 5,
     warmup: int = 2,
     before: Callable[[K], object] | None = None,
-    budget: float | None = None,
 ) -> dict[K, list[float]]:
     """Seconds per call of each run, ``reps`` rounds of one call each, the runs taking turns.
 
     ``warmup`` untimed rounds first (first calls allocate, vmap builds its rules). ``before(key)`` runs
-    untimed before each of that key's calls, plus one untimed call after it, so a setting it changes (the
-    thread count) is in effect and warm when the timed call starts. ``budget``: stop after the round that
-    passes this many seconds (at least two timed rounds), so a trial of slow steps stays short.
+    untimed before each of that key's calls (to put a setting such as the thread count in effect).
     """
     times: dict[K, list[float]] = {key: [] for key in runs}
-    started = time.perf_counter()
     for round_ in range(warmup + reps):
         for key, run in runs.items():
             if before is not None:
                 before(key)
-                run()
             start = time.perf_counter()
             run()
             if round_ >= warmup:
                 times[key].append(time.perf_counter() - start)
-        timed = round_ + 1 - warmup
-        if budget is not None and timed >= 2 and time.perf_counter() - started > budget:
-            break
     return times
 
 
@@ -84,12 +76,31 @@ def choose_threads(timings: Mapping[int, Sequence[float]]) -> tuple[int, str]:
 
 
 def thread_trial(
-    step: Callable[[], object], candidates: Sequence[int], *, reps: int = 5, budget: float = 0.4
-) -> dict[int, list[float]]:
-    """Seconds per ``step`` with each thread count of ``candidates``, interleaved; torch's count restored after."""
+    step: Callable[[], object], candidates: Sequence[int], *, steps: int | None = None, reps: int = 5,
+    share: float = 0.05, budget: float = 0.4,
+) -> dict[int, list[float]]:  # fmt: skip
+    """Seconds per ``step`` with each thread count of ``candidates``, rounds interleaved; torch's count restored.
+
+    A count's first step after a switch is timed as it is: the sweep pays that switch too, once.
+
+    Up to ``reps`` rounds; the trial stops after the first round that has spent ``budget`` seconds or, when
+    the sweep will take ``steps`` steps, ``share`` of the time they take at the fastest count timed so far
+    (one round at least): a trial that costs more than it can save is no help.
+    """
     saved = torch.get_num_threads()
+    times: dict[int, list[float]] = {n: [] for n in candidates}
+    started = time.perf_counter()
     try:
-        return interleaved({n: step for n in candidates}, reps=reps, warmup=0, before=torch.set_num_threads,
-                           budget=budget)  # fmt: skip
+        torch.set_num_threads(min(candidates))
+        step()  # untimed: a first step allocates its buffers; on the fewest threads, the cheapest warm-up
+        for _ in range(reps):
+            one = interleaved({n: step for n in candidates}, reps=1, warmup=0, before=torch.set_num_threads)
+            for n, seconds in one.items():
+                times[n] += seconds
+            spent = time.perf_counter() - started
+            limit = budget if steps is None else min(budget, share * steps * min(min(t) for t in times.values()))
+            if spent > limit:
+                break
     finally:
         torch.set_num_threads(saved)
+    return times
