@@ -19,7 +19,7 @@ from decaykit.sweeps.data import SweepData, check_finite, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
 from decaykit.sweeps.tasks import Task
-from decaykit.sweeps.timing import choose_threads, thread_trial, threads_text, training_step
+from decaykit.sweeps.timing import choose_threads, one_thread, thread_trial, threads_text, training_step
 from decaykit.sweeps.trainer import Members, SingleMember, seeded_model
 
 __all__ = ["check_model", "check_objective", "check_shrink", "load_data", "threads_for"]
@@ -139,6 +139,11 @@ def _trial_members(
 
 def check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:
     """Build the seed-0 model and push two samples through it: shapes and targets must fit the loss."""
+    with one_thread():
+        return _check_model(task, data, training)
+
+
+def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:
     try:
         model = seeded_model(task.model_fn, 0, training.dtype, training.device)
     except DecayError:

@@ -43,6 +43,7 @@ from decaykit.sweeps.result import SweepResult
 from decaykit.sweeps.settings import Execution, Training, Trials
 from decaykit.sweeps.store import Store, TrialKey, open_store
 from decaykit.sweeps.tasks import Task, resolve_task
+from decaykit.sweeps.timing import one_thread
 from decaykit.sweeps.worker import Worker
 
 __all__ = ["run_sweep", "sweep"]
@@ -184,7 +185,8 @@ def _decide_stacking(prepared: Prepared, execution: Execution, store: Store) -> 
     """Whether to train chunks as stacked models, and the notes that say why not."""
     if execution.stacking == "never":
         return False, ["trained one model at a time, as asked"]
-    reason = check_batchable(prepared.task.model_fn, prepared.data, prepared.training)
+    with one_thread():  # a step of two members on two samples
+        reason = check_batchable(prepared.task.model_fn, prepared.data, prepared.training)
     if reason is not None:
         if execution.stacking == "always":
             raise DecayError(f"batched=True but the model cannot be trained as a stack: {reason}")

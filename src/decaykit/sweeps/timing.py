@@ -3,14 +3,16 @@
 Two decisions depend on how fast this machine runs the sweep's own step, which no formula predicts: whether
 K models train faster stacked than one by one (``batched.stacking_pays``), and how many CPU threads to train
 with (``checks.threads_for``). Both time the same thing, :func:`training_step`, through :func:`interleaved`:
-the candidates alternate, so a change in the machine's load while the trial runs slows them alike.
+the candidates alternate, so a change in the machine's load while the trial runs slows them alike. The
+checks before training run on :func:`one_thread`, too small to share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
@@ -19,7 +21,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from decaykit.sweeps.trainer import Members
 
-__all__ = ["choose_threads", "interleaved", "thread_trial", "threads_text", "training_step"]
+__all__ = ["choose_threads", "interleaved", "one_thread", "thread_trial", "threads_text", "training_step"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -104,3 +106,19 @@ def thread_trial(
     finally:
         torch.set_num_threads(saved)
     return times
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one CPU thread, for the checks before training (a few samples, or one pass over the data); the caller's count after.
+
+    Their ops are too small to share, and on a machine busy with other work a second thread's barrier
+    can stall each of them for a time slice (measured on a 2-core machine at load 2-3: the demo's checks
+    0.3 s on torch's 2 threads, 0.03 s on one).
+    """
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
