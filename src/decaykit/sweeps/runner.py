@@ -83,6 +83,8 @@ def sweep(
     wait: bool = True,
     progress: str | bool = False,
     threads: int | None = None,
+    stale_after: float = 300.0,
+    heartbeat_every: float = 30.0,
     curve_points: int = 25,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
@@ -104,7 +106,8 @@ def sweep(
     Speed and safety: ``batched="auto"`` trains up to ``chunk_size`` trials as one stacked model,
     falling back to one by one (with a note) for models that cannot be stacked. ``storage``
     (a journal file, an Optuna URL, ``"memory"``; default a journal file in ``out``) keeps every
-    finished trial, so a rerun trains only what is missing and several workers can share it.
+    finished trial, so a rerun trains only what is missing and several workers can share it (a claim of a
+    worker on another machine with no heartbeat for ``stale_after`` seconds is taken over).
     ``metrics`` adds ``{name: fn(outputs, targets)}`` measured on train and test; ``metric``
     picks the objective (default ``test_accuracy``, or ``test_loss`` for regression);
     ``callbacks`` are called with each finished trial's record.
@@ -122,7 +125,7 @@ def sweep(
         ),
         Execution(
             batched=batched, chunk_size=chunk_size, storage=storage, out=out, study_name=study_name, plots=plots,
-            wait=wait, progress=progress, threads=threads,
+            wait=wait, progress=progress, threads=threads, stale_after=stale_after, heartbeat_every=heartbeat_every,
         ),
         callbacks=callbacks,
     )  # fmt: skip
@@ -177,7 +180,8 @@ def _open_store(prepared: Prepared, execution: Execution) -> tuple[Store, str]:
     study = execution.study_name or f"decaykit-sweep-{prepared.task.name}-{digest}"
     store = open_store(execution.storage, execution.out, study_name=study, maximize=bool(prepared.training.maximize),
                        config=config, fingerprint=lambda: describe.fingerprint(prepared),
-                       automatic=execution.study_name is None)  # fmt: skip
+                       automatic=execution.study_name is None, stale_after=execution.stale_after,
+                       heartbeat_every=execution.heartbeat_every)  # fmt: skip
     return store, store.study_name
 
 
