@@ -102,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                f"({_task_defaults('mode')})")
     training.add_argument("--metric", default=None,
                           help="objective for the best λ (default test_accuracy; test_loss for regression)")
+    training.add_argument("--device", default=None,
+                          help="where the models train: cpu, cuda, cuda:1, ... (default cpu)")
     add_policy_arguments(training, weight_decay=None)
     running = parser.add_argument_group("running")
     running.add_argument("--out", metavar="DIR", default=None,
