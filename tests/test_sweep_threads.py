@@ -118,13 +118,22 @@ def _blobs():
     return x[:256], y[:256], x[256:], y[256:]
 
 
-def test_the_header_names_the_timed_choice_and_the_thread_count_is_restored():
+def test_the_header_names_the_timed_choice_and_a_rerun_with_nothing_to_train_times_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    trials: list[list[int]] = []
+
+    def counted(step, candidates, **kw):
+        trials.append(list(candidates))
+        return timing.thread_trial(step, candidates, **kw)
+
+    monkeypatch.setattr(checks, "thread_trial", counted)
+    kw = dict(weight_decays=[0.0, 0.1], seeds=1, epochs=60, batch_size=64, storage=str(tmp_path / "j.log"))
     saved = torch.get_num_threads()
     torch.set_num_threads(2)  # two candidates even on a one-core machine
     try:
-        result = sweep(_wide, _blobs, weight_decays=[0.0, 0.1], seeds=1, epochs=60, batch_size=64,
-                       storage="memory")  # fmt: skip
+        result = sweep(_wide, _blobs, **kw)
         after = torch.get_num_threads()
+        again = sweep(_wide, _blobs, **kw)
     finally:
         torch.set_num_threads(saved)
     assert after == 2
@@ -132,6 +141,8 @@ def test_the_header_names_the_timed_choice_and_the_thread_count_is_restored():
                        result.header[-1])  # fmt: skip
     assert chosen, result.header[-1]
     assert chosen.group(1) in ("1", "2")
+    assert trials == [[1, 2]]  # the rerun reused both trials and timed nothing
+    assert again.run["trained"] == 0 and again.results == result.results
 
 
 def test_the_header_says_how_many_threads_and_the_flag_sets_them():

@@ -161,7 +161,7 @@ def run_sweep(
         stacked, notes = _decide_stacking(prepared, execution, store)
         worker = Worker(prepared, execution, store, stacked=stacked, callbacks=callbacks,
                         progress=Progress(0, mode=execution.progress_mode()))  # fmt: skip
-        threads, threads_why = _threads(prepared, execution, stacked)
+        threads, threads_why = _threads(prepared, execution, store, stacked)
         wanted = _train_trials(prepared, worker, threads)
     finally:
         store.close()
@@ -219,11 +219,18 @@ def _members(prepared: Prepared, execution: Execution, *, stacked: bool) -> int:
     return min(execution.chunk_size, prepared.trials.first_round_size) if stacked else 1
 
 
-def _threads(prepared: Prepared, execution: Execution, stacked: bool) -> tuple[int, str]:
+def _threads(prepared: Prepared, execution: Execution, store: Store, stacked: bool) -> tuple[int, str]:
+    """The thread count and why; a thread trial only sizes itself by, and only runs for, trials left to train."""
     members = _members(prepared, execution, stacked=stacked)
     training, trials = prepared.training, prepared.trials
+    todo = trials.first_round_size
+    if trials.search is None:  # a grid: one round, of which the store may hold some or all
+        done = store.completed()
+        todo = sum(key not in done for key in next(trials.trial_rounds(lambda tried: None)))
+        if todo == 0 and execution.threads is None:
+            return torch.get_num_threads(), ""  # nothing to train: nothing to time
     steps = training.epochs * math.ceil(prepared.data.train_size / training.batch_for(prepared.data.train_size))
-    steps *= math.ceil(trials.first_round_size / members)  # the first round's chunks, at the least
+    steps *= math.ceil(todo / members)  # the chunks left of the first round, at the least
     return checks.threads_for(prepared.task.model_fn, prepared.data, training, members, requested=execution.threads,
                               steps=steps, probe=prepared.probe)  # fmt: skip
 
