@@ -15,6 +15,7 @@ from torch import Tensor
 
 from decaykit.engine.checks import PLAUSIBLE_SHRINK
 from decaykit.errors import DecayError, DecayWarning
+from decaykit.sweeps.batched import StackedMembers
 from decaykit.sweeps.data import SweepData, check_finite, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
@@ -125,8 +126,6 @@ def _trial_members(
     model_fn: Callable[[], torch.nn.Module], data: SweepData, training: Training, members: int
 ) -> tuple[Members, Tensor, Tensor]:
     """Throwaway members as the sweep trains them (stacked when ``members`` > 1) and one batch for them."""
-    from decaykit.sweeps.batched import StackedMembers
-
     batch = training.batch_for(data.train_size)
     x, y = data.x_train[:batch], data.y_train[:batch]
     models = [seeded_model(model_fn, k, training.dtype, training.device) for k in range(members)]
