@@ -33,16 +33,22 @@ at the end: the times hold for those conditions, and other work on the machine s
 ``--task mnist1d-cnn`` runs the same comparison for the MNIST-1D paper's 1-D CNN (lr 1e-2, batch 100):
 its Conv1d layers train stacked as batched matmuls over the unfolded windows.
 
+``--device cuda --k 64`` runs both sides on the GPU with K = 64 trials (8 λ x 8 seeds): goal, the 64 stacked
+members at least 20x faster than the 64 plain runs one after another on the same GPU. A device that cannot
+train here (no CUDA) fails at once, in one line, with exit status 2.
+
     python benchmarks/bench_sweep.py [--task digits-noisy-labels|mnist1d-cnn] [--epochs 20] [--repeats 3]
-                                     [--batch-size 32] [--also 16]
+                                     [--batch-size 32] [--also 16] [--device cpu|cuda] [--k 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +58,8 @@ from decaykit.sweeps.tasks.digits import digits_mlp, digits_noisy_labels
 from decaykit.sweeps.tasks.mnist1d import mnist1d_cnn, mnist1d_data
 
 LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-SEEDS = (0, 1)  # 8 λ × 2 seeds = K = 16 trials
+SEEDS: tuple[int, ...] = (0, 1)  # 8 λ × 2 seeds = K = 16 trials; --k sets K / 8 seeds
+DEVICE = torch.device("cpu")  # --device
 # what each --task trains: the model, its data, the learning rate and the batch size reported last
 TASKS = {
     "digits-noisy-labels": (digits_mlp, digits_noisy_labels, 1e-3, 32, "MLP 64-512-10"),
@@ -61,14 +68,22 @@ TASKS = {
 MODEL, LR = digits_mlp, 1e-3  # set by main() from --task
 
 
+def _sync() -> None:
+    """Wait for the device's queued kernels, so a clock read after them counts them (a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     for _ in range(3):
         a @ b
     best = float("inf")
     for _ in range(reps):
+        _sync()
         start = time.perf_counter()
         a @ b
+        _sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
@@ -76,7 +91,7 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 def plain_run(data, weight_decay: float, seed: int, epochs: int, batch: int) -> float:
     """What a user writes by hand: one model, torch AdamW with its defaults, a test evaluation at the end."""
     torch.manual_seed(seed)
-    model = MODEL()
+    model = MODEL().to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = data.train_size
@@ -124,7 +139,8 @@ def batched(data, epochs: int, batch: int) -> tuple[float, dict]:
         lr=LR,
         optimizer="adamw",
         curve_points=1,  # the initial and the final evaluation, as the plain loop's single test pass
-        chunk_size=16,
+        chunk_size=len(LAMBDAS) * len(SEEDS),
+        device=DEVICE,
     )
     threads = re.search(r" on (\d+ threads?[^;]*)", result.header[-1])
     return time.perf_counter() - start, {"path": result.run["path"], "threads": threads.group(1) if threads else "?"}
@@ -138,19 +154,21 @@ def step_breakdown(data, batch: int, reps: int = 50) -> dict[str, float]:
     from decaykit.sweeps.trainer import autograd_step, seeded_model
 
     settings = Training(optimizer="adamw", lr=LR, momentum=0.0, epochs=1, batch_size=batch, mode="lr_coupled",
-                        policy="decaykit", loss="cross_entropy", dtype=torch.float32, device=torch.device("cpu"))  # fmt: skip
+                        policy="decaykit", loss="cross_entropy", dtype=torch.float32, device=DEVICE)  # fmt: skip
     keys = [(wd, s) for wd in LAMBDAS for s in SEEDS]
-    members = StackedMembers([seeded_model(MODEL, s, torch.float32, torch.device("cpu")) for _, s in keys],
+    members = StackedMembers([seeded_model(MODEL, s, torch.float32, DEVICE) for _, s in keys],
                              [wd for wd, _ in keys], settings)  # fmt: skip
-    idx = torch.stack([torch.randperm(data.train_size)[:batch] for _ in keys])
+    idx = torch.stack([torch.randperm(data.train_size)[:batch] for _ in keys]).to(DEVICE)
     x, y = data.x_train[idx], data.y_train[idx]
 
     def timed(fn) -> float:
         for _ in range(5):
             fn()
+        _sync()
         start = time.perf_counter()
         for _ in range(reps):
             fn()
+        _sync()
         return (time.perf_counter() - start) / reps * 1e3
 
     out = {
@@ -186,24 +204,31 @@ def compare(data, epochs: int, batch: int, repeats: int, flops_one: float, k: in
         total, each = sequential(data, epochs, batch)
         seq_totals.append(total)
         one_runs.extend(each)
-        seq1_totals.append(one_thread(sequential, data, epochs, batch)[0])
+        if DEVICE.type == "cpu":  # threads are the CPU's question
+            seq1_totals.append(one_thread(sequential, data, epochs, batch)[0])
         seconds, how = batched(data, epochs, batch)
         bat_totals.append(seconds)
-    seq, seq1, one, bat, peak = (statistics.median(v) for v in (seq_totals, seq1_totals, one_runs, bat_totals, peaks))
-    print(f"batch {batch}:")
+    seq, one, bat, peak = (statistics.median(v) for v in (seq_totals, one_runs, bat_totals, peaks))
+    print(f"batch {batch} ({DEVICE}):")
     print(f"  matmul peak (2048² float32), measured now:  {peak:6.0f} GFLOP/s")
     print(f"  one plain run (torch AdamW defaults):       {one:6.3f} s  {flops_one / one / 1e9:6.1f} GFLOP/s")
     print(f"  {k} plain runs, one after another:          {seq:6.3f} s  {k * flops_one / seq / 1e9:6.1f} GFLOP/s")
     print(f"  decaykit.sweep, {k} trials stacked:          {bat:6.3f} s  {k * flops_one / bat / 1e9:6.1f} GFLOP/s "
           f"({k * flops_one / bat / 1e9 / peak:.0%} of the peak)")  # fmt: skip
     print(f"    (the sweep's path: {how['path']}; {how['threads']})")
-    print(f"  {k} plain runs on 1 thread (what threads alone do): {seq1:6.3f} s; sequential on 1 thread / batched "
-          f"= {seq1 / bat:.2f}x")  # fmt: skip
+    if seq1_totals:
+        seq1 = statistics.median(seq1_totals)
+        print(f"  {k} plain runs on 1 thread (what threads alone do): {seq1:6.3f} s; sequential on 1 thread / batched "
+              f"= {seq1 / bat:.2f}x")  # fmt: skip
     print(f"  batched / one run = {bat / one:.2f}x (target <= 2.5x); sequential / batched = {seq / bat:.2f}x")
     return {"speedup": seq / bat}
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, with ``--device`` checked by the sweep's own settings (one line and exit 2 if it cannot train)."""
+    from decaykit.errors import DecayError
+    from decaykit.sweeps.settings import Training
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="digits-noisy-labels")
     parser.add_argument("--epochs", type=int, default=20)
@@ -212,22 +237,39 @@ def main() -> None:
     parser.add_argument("--also", type=int, nargs="*", default=None,
                         help="other batch sizes to compare first (default: 16 for digits, none for mnist1d-cnn)")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="where both sides train: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--k", type=int, default=16, help=f"trials: {len(LAMBDAS)} λ x K/{len(LAMBDAS)} seeds")
+    args = parser.parse_args(argv)
+    if args.k < len(LAMBDAS) or args.k % len(LAMBDAS):
+        parser.error(f"--k must be a multiple of {len(LAMBDAS)} (the λ grid) >= {len(LAMBDAS)}, got {args.k}")
+    try:
+        args.device = Training(device=args.device).device
+    except DecayError as exc:  # one line: the flags were fine, the machine cannot do it
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     from _machine import load_line, machine_line  # benchmarks/_machine.py, beside this script
 
-    global MODEL, LR
+    global MODEL, LR, SEEDS, DEVICE
+    SEEDS, DEVICE = tuple(range(args.k // len(LAMBDAS))), args.device
     MODEL, data_fn, LR, default_batch, what = TASKS[args.task]
     args.batch_size = args.batch_size or default_batch
     args.also = args.also if args.also is not None else ([16] if args.task == "digits-noisy-labels" else [])
     print(machine_line())
     torch.set_flush_denormal(True)
     data = data_fn()
+    data = dataclasses.replace(data, **{name: getattr(data, name).to(DEVICE)
+                                        for name in ("x_train", "y_train", "x_test", "y_test")})  # fmt: skip
     params = sum(p.numel() for p in MODEL().parameters())
     k = len(LAMBDAS) * len(SEEDS)
     flops_one = 6.0 * params * data.train_size * args.epochs
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {what} ({params:,} parameters), "
-          f"{data.train_size} samples, {args.epochs} epochs; K = {k} trials (8 λ x 2 seeds); "
+          f"{data.train_size} samples, {args.epochs} epochs; K = {k} trials ({len(LAMBDAS)} λ x {len(SEEDS)} seeds) "
+          f"on {DEVICE}; "
           f"medians of {args.repeats} interleaved repeats")  # fmt: skip
     for batch in [b for b in args.also if b != args.batch_size]:
         compare(data, args.epochs, batch, args.repeats, flops_one, k)

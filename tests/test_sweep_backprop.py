@@ -108,6 +108,29 @@ def test_chains_it_cannot_write_out_train_through_autograd():
     assert not chain_supported(layer_plan(frozen), params)
 
 
+@pytest.mark.parametrize("loss", ["mse", "half_sum_squares", huber])
+def test_linears_over_a_sequence_are_written_out_and_a_flatten_between_them_goes_to_autograd(loss):
+    """Rows of the unit-major step are samples x positions; a Flatten after a Linear has no unit-major view."""
+    def sequence():
+        return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+
+    def flattened():
+        return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(15, 4))
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(K, 5, 3, 6, generator=g)
+    for factory, written_out, y in ((sequence, True, torch.randn(K, 5, 3, 4, generator=g)),
+                                    (flattened, False, torch.randn(K, 5, 4, generator=g))):  # fmt: skip
+        models, stack = members_of(factory, loss)
+        assert (stack._chain is not None) == written_out
+        losses = stack.forward_backward(x, y)
+        for k, model in enumerate(models):
+            value, grads = own_gradients(model, loss, x[k], y[k])
+            assert abs(float(losses[k]) - value) <= 1e-5 * max(1.0, abs(value))
+            for got, want in zip((p.grad[k] for p in stack.params.values()), grads):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_steps_do_not_accumulate_and_losses_are_each_members_own():
     _, stack = members_of(CHAINS["relu"], "cross_entropy")
     x, y = torch.randn(K, 8, 6), torch.randint(0, 4, (K, 8))

@@ -4,9 +4,12 @@ facade, the value-based call and the CLI all build the same values and give the 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import decaykit.sweeps as sweeps
@@ -219,3 +222,33 @@ def test_wrong_kinds_of_input_are_one_clear_line():
         Trials(seeds=1.5)
     with pytest.raises(DecayError, match=r"task must be a Task, got 'ridge'; make one with builtin_task"):
         run_sweep("ridge")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    stale=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5)),
+    beat=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5)),
+)
+def test_the_staleness_window_is_positive_and_at_least_two_heartbeats(stale, beat):
+    """A claim is taken from a live worker only if its window closes between two of its beats."""
+    sane = all(math.isfinite(v) and v > 0 for v in (stale, beat))
+    if sane and stale >= 2 * beat:
+        execution = Execution(stale_after=stale, heartbeat_every=beat, storage="memory")
+        assert (execution.stale_after, execution.heartbeat_every) == (float(stale), float(beat))
+        return
+    name = "stale_after" if not (math.isfinite(stale) and stale > 0) else "heartbeat_every" if not sane else None
+    with pytest.raises(DecayError, match=name or "stale_after must be at least twice heartbeat_every"):
+        Execution(stale_after=stale, heartbeat_every=beat, storage="memory")
+
+
+def test_the_staleness_flags_reach_the_store(tmp_path):
+    pytest.importorskip("optuna")
+    args = build_parser().parse_args(["sweep", "--task", "ridge", "--stale-after", "20", "--heartbeat-every", "4",
+                                      "--storage", str(tmp_path / "j.log")])  # fmt: skip
+    execution = settings_from_args(args)[2]
+    store, _ = _open_store(prepare(builtin_task("ridge"), Trials(), Training()), execution)
+    try:
+        assert (store.stale_after, store.owner["heartbeat_every"]) == (20.0, 4.0)
+    finally:
+        store.close()
+    assert (Execution(storage="memory").stale_after, Execution(storage="memory").heartbeat_every) == (300.0, 30.0)

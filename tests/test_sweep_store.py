@@ -195,3 +195,83 @@ def test_trials_of_a_dead_worker_are_failed_and_claimed_again(tmp_path):
     failed = [t for t in b.study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and "abandoned" in failed[0].system_attrs["decaykit:failed"]
     b.close()
+
+
+# A worker "on another machine": this Python with another host name, so its claims can be judged by their
+# heartbeat only (its process id means nothing here). The store's staleness window is short for the test.
+REMOTE = "import socket, sys; socket.gethostname = lambda: 'another-host'; from decaykit.cli.main import main; sys.exit(main())"
+STALE = ["--stale-after", "2", "--heartbeat-every", "0.5"]
+
+
+def _remote_cli(cwd: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), SRC])}
+    cmd = [sys.executable, "-c", REMOTE, "sweep", "--model", "sweephelp:model", "--data", "sweephelp:data",
+           "--out", str(out), *ARGS, *STALE]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _freeze_while_training(proc: subprocess.Popen, journal: Path) -> None:
+    """SIGSTOP ``proc`` (a machine gone silent: no process exit, no more heartbeats) while it holds a RUNNING
+    claim and not the journal's lock (a lock left by another host is waited out for 30 s, another story)."""
+    lock = Path(str(journal) + ".lock")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and optuna.trial.TrialState.RUNNING in [t.state for t in _trials(journal)]:
+            os.kill(proc.pid, signal.SIGSTOP)
+            if not os.path.lexists(lock):
+                return
+            os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"the remote worker never held a claim: {proc.communicate()}")
+
+
+def test_a_silent_worker_on_another_host_is_taken_over_after_stale_after(helper):
+    out = helper / "shared"
+    journal = out / JOURNAL_NAME
+    remote = _remote_cli(helper, out)
+    try:
+        _freeze_while_training(remote, journal)
+        owners = {t.system_attrs["decaykit:owner"]["host"] for t in _trials(journal)
+                  if t.state == optuna.trial.TrialState.RUNNING}  # fmt: skip
+        assert owners == {"another-host"}
+        done_before = _complete_keys(journal)
+        local = _cli(helper, out, *STALE)
+        stdout, stderr = local.communicate(timeout=180)
+    finally:
+        remote.kill()
+        remote.communicate()
+    assert local.returncode == 0, stderr
+    report = json.loads(stdout)
+    assert report["run"]["trained"] == 6 - len(done_before)  # the frozen claim too, once it went stale
+    keys = _complete_keys(journal)
+    assert keys == sorted(set(keys)) and len(keys) == 6
+    abandoned = [t for t in _trials(journal) if "abandoned" in t.system_attrs.get("decaykit:failed", "")]
+    assert abandoned and {t.system_attrs["decaykit:owner"]["host"] for t in abandoned} == {"another-host"}
+    assert {"results": report["results"], "best": report["best"]} == _reference()
+
+
+def test_a_remote_claim_lives_while_it_beats_and_is_taken_once_it_stops(tmp_path):
+    def store(**timing: float) -> OptunaStore:
+        made = open_store(str(tmp_path / "j.log"), None, study_name="s", maximize=True, config={}, **timing)
+        assert isinstance(made, OptunaStore)
+        return made
+
+    keys = [(0.1, 0), (1.0, 0)]
+    remote = store(stale_after=1.0, heartbeat_every=0.1)
+    remote.owner = {**remote.owner, "host": "another-host"}  # its pid cannot be checked from here
+    assert remote.claim(keys) == keys
+    slow = store()  # beats every 30 s: a claim of its own is alive for 60 s, whatever the judge's stale_after
+    slow.owner = {**slow.owner, "host": "a-third-host"}
+    assert slow.claim([(3.0, 0)]) == [(3.0, 0)]
+    local = store(stale_after=1.0, heartbeat_every=0.1)
+    time.sleep(1.5)  # past stale_after since the claims: only heartbeats keep them
+    assert local.busy_elsewhere() == {*keys, (3.0, 0)}
+    assert local.claim(keys) == []
+    remote._stop.set()  # the machine goes silent: its heartbeat thread stops
+    time.sleep(1.5)
+    assert local.busy_elsewhere() == {(3.0, 0)}
+    assert local.claim(keys) == keys
+    failed = [t for t in local.study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 2 + 2 and all(t.system_attrs["decaykit:failed"] for t in failed)  # 2 abandoned, 2 lost claims
+    for s in (local, slow, remote):
+        s.close()

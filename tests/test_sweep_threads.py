@@ -1,8 +1,11 @@
-"""The sweep's thread count: asked for, one for small steps, else the cores the load leaves idle."""
+"""The sweep's thread count: asked for, one for small steps, else the faster of 1 and N threads, timed."""
 
 from __future__ import annotations
 
 import math
+import re
+import statistics
+import time
 
 import pytest
 import torch
@@ -13,36 +16,133 @@ from torch import nn
 from decaykit import DecayError, sweep
 from decaykit.cli.main import build_parser
 from decaykit.cli.sweep_cmd import settings_from_args
+from decaykit.sweeps import checks, timing
 from decaykit.sweeps.checks import threads_for
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.settings import Execution, Training
+from decaykit.sweeps.timing import choose_threads, interleaved
 
 DATA = SweepData(torch.zeros(64, 8), torch.zeros(64, dtype=torch.long), torch.zeros(8, 8),
                  torch.zeros(8, dtype=torch.long), "classification", 2, "")  # fmt: skip
-LARGE = nn.Linear(1000, 1000)  # 6 · 1e6 params · 64 samples: far above the small-step threshold
-SMALL = nn.Linear(8, 2)
+
+
+def _large():
+    return nn.Sequential(nn.Linear(8, 4000), nn.ReLU(), nn.Linear(4000, 2))  # 6 · 44k params · 64: above 1e7
+
+
+def _small():
+    return nn.Linear(8, 2)
+
+
+# a Training as the sweep resolves it for a task: every setting concrete
+TRAINING = Training(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=64, mode="lr_coupled",
+                    policy="decaykit", loss="cross_entropy", dtype=torch.float32, device=torch.device("cpu"))  # fmt: skip
+
+durations = st.lists(st.floats(1e-5, 1.0), min_size=1, max_size=7)
 
 
 @settings(max_examples=50, deadline=None)
-@given(load=st.floats(0.0, 40.0), cpus=st.integers(1, 64), default=st.integers(1, 64))
-def test_large_steps_use_the_cores_the_load_leaves_idle(load, cpus, default):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch, "get_num_threads", lambda: default)  # torch's default on a machine of any size
-        threads, why = threads_for(LARGE, DATA, Training(batch_size=64), 1, load=load, cpus=cpus)
-    assert 1 <= threads <= default
-    assert threads <= max(1, math.floor(cpus - load + 0.5))  # never more threads than idle cores (but at least one)
-    if cpus - load >= default:
-        assert threads == default  # an idle machine keeps torch's default
-    assert why.startswith(f"{threads} thread")
-    if threads < default:
-        assert f"load average {load:.1f} on {cpus} cores" in why
+@given(timings=st.dictionaries(st.integers(1, 64), durations, min_size=1, max_size=3))
+def test_the_thread_count_with_the_lowest_median_wins_and_the_header_names_every_figure(timings):
+    threads, why = choose_threads(timings)
+    medians = {n: statistics.median(t) for n, t in timings.items()}
+    assert medians[threads] == min(medians.values())
+    assert threads == min(n for n, m in medians.items() if m == medians[threads])  # a tie: the fewer threads
+    assert why.startswith(f"{threads} thread{'s' if threads > 1 else ''} (timed: ")
+    for n, m in medians.items():
+        assert f"{n} thread{'s' if n > 1 else ''} {m * 1e3:.3g} ms/step" in why
 
 
-def test_small_steps_use_one_thread_and_a_requested_count_wins():
-    assert threads_for(SMALL, DATA, Training(batch_size=64), 1, load=0.0, cpus=64)[0] == 1
-    assert threads_for(LARGE, DATA, Training(batch_size=64), 1, requested=3, load=50.0, cpus=2) == (
-        3, "3 threads (as asked)",
+def test_a_faster_single_thread_is_chosen_even_against_many_threads():
+    assert choose_threads({1: [3.1e-3, 3.0e-3, 9.0e-3], 2: [9.8e-3, 9.9e-3, 2.0e-3]}) == (
+        1, "1 thread (timed: 1 thread 3.1 ms/step vs 2 threads 9.8 ms/step)",
     )  # fmt: skip
+
+
+def test_interleaved_runs_take_turns_each_after_its_setting():
+    calls: list[str] = []
+    seen = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=4, warmup=1,
+                       before=lambda key: calls.append(f"set {key}"))  # fmt: skip
+    assert calls[:4] == ["set a", "a", "set b", "b"] and len(calls) == 5 * 4
+    assert {key: len(t) for key, t in seen.items()} == {"a": 4, "b": 4}
+
+
+def test_the_thread_trial_stops_when_it_would_cost_more_than_a_share_of_the_sweep():
+    saved = torch.get_num_threads()
+
+    def step():
+        time.sleep(1e-3)
+
+    few = timing.thread_trial(step, [1, 2], steps=1, reps=5)  # a 1-step sweep: one round is already too many
+    assert {n: len(t) for n, t in few.items()} == {1: 1, 2: 1}
+    many = timing.thread_trial(step, [1, 2], steps=10**9, reps=3, budget=math.inf)
+    assert {n: len(t) for n, t in many.items()} == {1: 3, 2: 3}
+    assert torch.get_num_threads() == saved
+
+
+def test_large_steps_are_timed_with_one_thread_and_torch_default(monkeypatch):
+    asked: list[list[int]] = []
+
+    def fake_trial(step, candidates, **kw):
+        asked.append(list(candidates))
+        step()  # a real training step of the throwaway members runs
+        return {1: [2e-3], candidates[-1]: [1e-3]}
+
+    monkeypatch.setattr(checks, "thread_trial", fake_trial)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    for members in (1, 3):
+        assert threads_for(_large, DATA, TRAINING, members) == (
+            4, "4 threads (timed: 1 thread 2 ms/step vs 4 threads 1 ms/step)",
+        )  # fmt: skip
+    assert asked == [[1, 4], [1, 4]]
+    # too few steps to be worth a trial, one thread only, or small steps: no trial
+    assert threads_for(_large, DATA, TRAINING, 1, steps=10) == (4, "4 threads")
+    assert threads_for(_small, DATA, TRAINING, 1) == (1, "1 thread (small steps)")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert threads_for(_large, DATA, TRAINING, 1) == (1, "1 thread")
+    assert len(asked) == 2
+
+
+def test_a_requested_count_wins():
+    assert threads_for(_large, DATA, TRAINING, 1, requested=3) == (3, "3 threads (as asked)")
+
+
+def _wide():
+    return nn.Sequential(nn.Linear(32, 512), nn.ReLU(), nn.Linear(512, 4))
+
+
+def _blobs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 32, generator=g)
+    y = (x[:, :2] > 0).long() @ torch.tensor([1, 2])
+    return x[:256], y[:256], x[256:], y[256:]
+
+
+def test_the_header_names_the_timed_choice_and_a_rerun_with_nothing_to_train_times_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    trials: list[list[int]] = []
+
+    def counted(step, candidates, **kw):
+        trials.append(list(candidates))
+        return timing.thread_trial(step, candidates, **kw)
+
+    monkeypatch.setattr(checks, "thread_trial", counted)
+    kw = dict(weight_decays=[0.0, 0.1], seeds=1, epochs=60, batch_size=64, storage=str(tmp_path / "j.log"))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # two candidates even on a one-core machine
+    try:
+        result = sweep(_wide, _blobs, **kw)
+        after = torch.get_num_threads()
+        again = sweep(_wide, _blobs, **kw)
+    finally:
+        torch.set_num_threads(saved)
+    assert after == 2
+    chosen = re.search(r" on (\d) threads? \(timed: 1 thread [\d.]+ ms/step vs 2 threads [\d.]+ ms/step\)",
+                       result.header[-1])  # fmt: skip
+    assert chosen, result.header[-1]
+    assert chosen.group(1) in ("1", "2")
+    assert trials == [[1, 2]]  # the rerun reused both trials and timed nothing
+    assert again.run["trained"] == 0 and again.results == result.results
 
 
 def test_the_header_says_how_many_threads_and_the_flag_sets_them():
@@ -53,29 +153,3 @@ def test_the_header_says_how_many_threads_and_the_flag_sets_them():
     assert settings_from_args(args)[2].threads == 2
     with pytest.raises(DecayError, match="threads"):
         Execution(threads=0, storage="memory")
-
-
-def test_the_measured_load_leaves_out_this_process_own_work(monkeypatch):
-    """A script that trained for a minute before its sweep raised the load average itself: that is not
-    other work, and on an otherwise idle 2-core machine the sweep keeps both threads."""
-    import os
-
-    from decaykit.sweeps import checks
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 1.0, 0.5))
-    monkeypatch.setattr(checks, "_usable_cpus", lambda: 2)
-    monkeypatch.setattr(checks, "_own_load", lambda: 1.8)
-    assert threads_for(LARGE, DATA, Training(batch_size=64), 1)[0] == 2
-    monkeypatch.setattr(checks, "_own_load", lambda: 0.0)  # the same load from other processes: one thread
-    assert threads_for(LARGE, DATA, Training(batch_size=64), 1) == (1, "1 thread (load average 1.9 on 2 cores)")
-
-
-def test_own_load_counts_the_cpu_this_process_used():
-    from decaykit.sweeps.checks import _own_load
-
-    before = _own_load()
-    x = torch.randn(300, 300)
-    for _ in range(200):
-        x = torch.tanh(x @ x)  # keep this process busy for a moment
-    assert _own_load() > before >= 0.0

@@ -102,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                f"({_task_defaults('mode')})")
     training.add_argument("--metric", default=None,
                           help="objective for the best λ (default test_accuracy; test_loss for regression)")
+    training.add_argument("--device", default=None,
+                          help="where the models train: cpu, cuda, cuda:1, ... (default cpu)")
     add_policy_arguments(training, weight_decay=None)
     running = parser.add_argument_group("running")
     running.add_argument("--out", metavar="DIR", default=None,
@@ -119,8 +121,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--chunk-size", type=int, default=None, metavar="K",
                          help=f"trials trained together as one stacked model (default {Execution.chunk_size})")
     running.add_argument("--threads", type=int, default=None, metavar="N",
-                         help="CPU threads to train with (default: 1 for small steps, else the cores the load "
-                              "average leaves idle)")
+                         help="CPU threads to train with (default: 1 for small steps, else the faster of 1 and "
+                              "torch's default, timed on the sweep's own step)")
+    running.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+                         help="take over a trial claimed by a worker on another machine after this long without "
+                              f"its heartbeat (default {Execution.stale_after:g})")
+    running.add_argument("--heartbeat-every", type=float, default=None, metavar="SECONDS",
+                         help=f"how often this worker marks its claims alive (default {Execution.heartbeat_every:g})")
     running.add_argument("--no-wait", action="store_true",
                          help="report as soon as this worker has nothing left, without waiting for other workers")
     running.add_argument("--json", action="store_true", help='print one JSON object {"results": [...], "best": {...}, ...}')

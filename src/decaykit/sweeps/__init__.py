@@ -14,6 +14,7 @@ reports the best λ against λ = 0, honestly. Modules, one job each:
 - ``trainer``: the training loop, and one model trained at a time; ``sanity``: whether a finished trial
   trained (else it is failed, with the reason, and never the best λ)
 - ``batched``: K models as stacked tensors (baddbmm layers or ``torch.func.vmap``)
+- ``timing``: timing trials of the sweep's own step (stacked or one by one, the thread count)
 - ``store``: the Optuna-backed store (claims, results, recovery after a kill)
 - ``report``, ``result``, ``plots``, ``progress``: what the user sees
 - ``worker``: claims chunks of trials, trains them, writes each back; ``runner``: :func:`run_sweep`, the

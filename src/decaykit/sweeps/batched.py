@@ -37,6 +37,7 @@ from decaykit.policy.names import canonical_name
 from decaykit.sweeps.backprop import LinearChain, chain_supported
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import build_optimizer, decay_plan
+from decaykit.sweeps.timing import interleaved, training_step
 from decaykit.sweeps.trainer import autograd_step, decayed_names, seeded_model
 
 if TYPE_CHECKING:
@@ -372,9 +373,6 @@ def stacking_pays(
     convolution, measured 2x slower than K separate ones for a small CNN here), so stacking is only
     used when it is faster. Best of ``reps`` interleaved timings; returns (faster?, the figures).
     """
-    import time
-
-    from decaykit.sweeps.metrics import member_losses
     from decaykit.sweeps.trainer import SingleMember
 
     batch = training.batch_for(data.train_size)
@@ -384,20 +382,9 @@ def stacking_pays(
                            decays, training)  # fmt: skip
     single = SingleMember(seeded_model(model_fn, 0, training.dtype, training.device), decays[-1], training)
     xs, ys = x.unsqueeze(0).expand(members, *x.shape).contiguous(), y.unsqueeze(0).expand(members, *y.shape)
-
-    def step(m: Any, xb: Tensor, yb: Tensor) -> float:
-        start = time.perf_counter()
-        m.optimizer.zero_grad(set_to_none=True)
-        member_losses(training.loss, m.train_forward(xb), yb).sum().backward()
-        m.optimizer.step()
-        return time.perf_counter() - start
-
-    for _ in range(2):  # warm-up: first calls allocate and (vmap) build their batching rules
-        step(stack, xs, ys), step(single, x[None], y[None])
-    t_stack, t_single = float("inf"), float("inf")
-    for _ in range(reps):
-        t_stack = min(t_stack, step(stack, xs, ys))
-        t_single = min(t_single, step(single, x[None], y[None]))
+    times = interleaved({"stacked": training_step(stack, xs, ys), "single": training_step(single, x[None], y[None])},
+                        reps=reps)  # fmt: skip
+    t_stack, t_single = min(times["stacked"]), min(times["single"])
     detail = (f"{t_stack * 1e3:.2f} ms per stacked step of {members} models vs {members} x "
               f"{t_single * 1e3:.2f} ms one at a time")  # fmt: skip
     return t_stack < 0.9 * members * t_single, detail

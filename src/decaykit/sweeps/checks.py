@@ -7,21 +7,21 @@ setting on its own is checked where it is made (``settings.py``).
 
 from __future__ import annotations
 
-import math
-import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from decaykit.engine.checks import PLAUSIBLE_SHRINK
 from decaykit.errors import DecayError, DecayWarning
+from decaykit.sweeps.batched import StackedMembers
 from decaykit.sweeps.data import SweepData, check_finite, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
 from decaykit.sweeps.tasks import Task
-from decaykit.sweeps.trainer import seeded_model
+from decaykit.sweeps.timing import choose_threads, one_thread, thread_trial, threads_text, training_step
+from decaykit.sweeps.trainer import Members, SingleMember, seeded_model
 
 __all__ = ["check_model", "check_objective", "check_shrink", "load_data", "threads_for"]
 
@@ -81,80 +81,68 @@ def load_data(task: Task, training: Training) -> SweepData:
 # saves, and on a machine busy with other work its barrier can stall each op for a time slice (measured
 # here: a ridge sweep of 2 members, 800 steps, 0.36 s on 1 thread vs 6-18 s on 2 threads under load).
 _SMALL_STEP_FLOPS = 1e7
+# A thread trial takes three steps at least (a warm one, a timed one per thread count) and up to a twentieth
+# of the sweep's time after that (timing.thread_trial): worth it from this many steps on.
+_TIMED_MIN_STEPS = 240
 
 
 def threads_for(
-    model: torch.nn.Module,
+    model_fn: Callable[[], torch.nn.Module],
     data: SweepData,
     training: Training,
     members: int,
     *,
     requested: int | None = None,
-    load: float | None = None,
-    cpus: int | None = None,
+    steps: int | None = None,
+    probe: torch.nn.Module | None = None,
 ) -> tuple[int, str]:
     """The number of CPU threads to train with, and why, for the sweep's header.
 
-    ``requested`` (the ``threads`` setting) wins. Otherwise: one thread for small steps; on a busy
-    machine only the cores that other work leaves idle, by the 1-minute load average (``load``,
-    default ``os.getloadavg()``) against the usable cores (``cpus``): threads that wait on each other
-    while the scheduler runs other processes cost far more than they gain (measured on a 2-core machine
-    at load 3-6: the default sweep 264-307 s with torch's 2 threads, 43 s with one).
+    ``requested`` (the ``threads`` setting) wins. Otherwise: one thread for small steps; else the faster
+    of one thread and torch's default, timed on the sweep's own training step of ``members`` models
+    (:func:`decaykit.sweeps.timing.thread_trial`). The machine's load decides this and changes by the
+    minute, which the load average follows a minute late (measured on a 2-core machine at load 3-6: the
+    default sweep 264-307 s with torch's 2 threads, 43 s with one). ``steps``: the training steps the
+    sweep will take; fewer than a trial is worth keep torch's default untimed. ``probe``: a model of
+    ``model_fn`` already built, to count its parameters with.
     """
     if requested is not None:
-        return requested, f"{requested} thread{'s' if requested > 1 else ''} (as asked)"
+        return requested, f"{threads_text(requested)} (as asked)"
     default = torch.get_num_threads()
     if training.device.type != "cpu":
         return default, f"{training.device.type}"
+    model = probe if probe is not None else seeded_model(model_fn, 0, training.dtype, training.device)
     params = sum(p.numel() for p in model.parameters())
     flops = 6.0 * params * training.batch_for(data.train_size) * members  # forward + backward of a dense model
     if flops < _SMALL_STEP_FLOPS:
         return 1, "1 thread (small steps)"
-    return _threads_by_load(default, load, cpus)
+    if default == 1 or (steps is not None and steps < _TIMED_MIN_STEPS):
+        return default, threads_text(default)
+    step = training_step(*_trial_members(model_fn, data, training, members))
+    return choose_threads(thread_trial(step, [1, default], steps=steps))
 
 
-def _threads_by_load(default: int, load: float | None, cpus: int | None) -> tuple[int, str]:
-    cpus = cpus if cpus is not None else _usable_cpus()
-    if load is None:
-        try:
-            load = max(0.0, os.getloadavg()[0] - _own_load())
-        except (AttributeError, OSError):  # not on this platform: torch's default
-            return default, f"{default} thread{'s' if default > 1 else ''}"
-    idle = math.floor(cpus - load + 0.5)  # a core 60% free counts; at load 0.3 on 2 cores both do
-    threads = max(1, min(default, idle))
-    plural = "s" if threads > 1 else ""
-    if threads < default:
-        return threads, f"{threads} thread{plural} (load average {load:.1f} on {cpus} cores)"
-    return threads, f"{threads} thread{plural}"
-
-
-def _own_load() -> float:
-    """This process's share of the load average: the cores it kept busy on average since it started (at
-    most the last minute's worth), so a script that trained before its sweep does not count itself as
-    other work. An estimate from ``os.times`` and the process's age; 0 where the age is unknown."""
-    from decaykit.sweeps.journal import process_start
-
-    try:
-        started = float(process_start(os.getpid()) or "nan") / os.sysconf("SC_CLK_TCK")
-        with open("/proc/uptime") as f:
-            age = float(f.read().split()[0]) - started
-    except (OSError, ValueError, AttributeError):  # not Linux: count nothing
-        return 0.0
-    if not math.isfinite(age):
-        return 0.0
-    times = os.times()
-    return (times.user + times.system) / max(age, 60.0)
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+def _trial_members(
+    model_fn: Callable[[], torch.nn.Module], data: SweepData, training: Training, members: int
+) -> tuple[Members, Tensor, Tensor]:
+    """Throwaway members as the sweep trains them (stacked when ``members`` > 1) and one batch for them."""
+    batch = training.batch_for(data.train_size)
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    models = [seeded_model(model_fn, k, training.dtype, training.device) for k in range(members)]
+    decays = [1e-4 * k for k in range(members)]  # distinct: the per-member decay path, as in a sweep
+    if members == 1:
+        return SingleMember(models[0], decays[0], training), x[None], y[None]
+    xs = x.unsqueeze(0).expand(members, *x.shape).contiguous()
+    return StackedMembers(models, decays, training), xs, y.unsqueeze(0).expand(members, *y.shape).contiguous()
 
 
 def check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:
     """Build the seed-0 model and push two samples through it: shapes and targets must fit the loss."""
+    with one_thread():
+        return _check_model(task, data, training)
+
+
+def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:
     try:
         model = seeded_model(task.model_fn, 0, training.dtype, training.device)
     except DecayError:

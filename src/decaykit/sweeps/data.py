@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from decaykit.errors import DecayError
+from decaykit.sweeps.timing import one_thread
 
 __all__ = ["SweepData", "check_finite", "checksum", "resolve_data"]
 
@@ -113,9 +114,10 @@ def check_finite(data: SweepData, source: str, *, after: str = "") -> None:
         t: Tensor = getattr(data, name)
         if not t.dtype.is_floating_point:
             continue
-        bad = ~torch.isfinite(t)
-        if not bool(bad.any()):
-            continue
+        with one_thread():
+            bad = ~torch.isfinite(t)
+            if not bool(bad.any()):
+                continue
         rows = bad.reshape(t.shape[0], -1).any(1).nonzero().flatten()
         nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         parts = [f"{count} {word}{'s' if count != 1 and word != 'NaN' else ''}"

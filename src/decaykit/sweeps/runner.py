@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from decaykit.sweeps.result import SweepResult
 from decaykit.sweeps.settings import Execution, Training, Trials
 from decaykit.sweeps.store import Store, TrialKey, open_store
 from decaykit.sweeps.tasks import Task, resolve_task
+from decaykit.sweeps.timing import one_thread
 from decaykit.sweeps.worker import Worker
 
 __all__ = ["run_sweep", "sweep"]
@@ -81,6 +83,8 @@ def sweep(
     wait: bool = True,
     progress: str | bool = False,
     threads: int | None = None,
+    stale_after: float = 300.0,
+    heartbeat_every: float = 30.0,
     curve_points: int = 25,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
@@ -102,7 +106,8 @@ def sweep(
     Speed and safety: ``batched="auto"`` trains up to ``chunk_size`` trials as one stacked model,
     falling back to one by one (with a note) for models that cannot be stacked. ``storage``
     (a journal file, an Optuna URL, ``"memory"``; default a journal file in ``out``) keeps every
-    finished trial, so a rerun trains only what is missing and several workers can share it.
+    finished trial, so a rerun trains only what is missing and several workers can share it (a claim of a
+    worker on another machine with no heartbeat for ``stale_after`` seconds is taken over).
     ``metrics`` adds ``{name: fn(outputs, targets)}`` measured on train and test; ``metric``
     picks the objective (default ``test_accuracy``, or ``test_loss`` for regression);
     ``callbacks`` are called with each finished trial's record.
@@ -120,7 +125,7 @@ def sweep(
         ),
         Execution(
             batched=batched, chunk_size=chunk_size, storage=storage, out=out, study_name=study_name, plots=plots,
-            wait=wait, progress=progress, threads=threads,
+            wait=wait, progress=progress, threads=threads, stale_after=stale_after, heartbeat_every=heartbeat_every,
         ),
         callbacks=callbacks,
     )  # fmt: skip
@@ -156,7 +161,7 @@ def run_sweep(
         stacked, notes = _decide_stacking(prepared, execution, store)
         worker = Worker(prepared, execution, store, stacked=stacked, callbacks=callbacks,
                         progress=Progress(0, mode=execution.progress_mode()))  # fmt: skip
-        threads, threads_why = _threads(prepared, execution, stacked)
+        threads, threads_why = _threads(prepared, execution, store, stacked)
         wanted = _train_trials(prepared, worker, threads)
     finally:
         store.close()
@@ -175,7 +180,8 @@ def _open_store(prepared: Prepared, execution: Execution) -> tuple[Store, str]:
     study = execution.study_name or f"decaykit-sweep-{prepared.task.name}-{digest}"
     store = open_store(execution.storage, execution.out, study_name=study, maximize=bool(prepared.training.maximize),
                        config=config, fingerprint=lambda: describe.fingerprint(prepared),
-                       automatic=execution.study_name is None)  # fmt: skip
+                       automatic=execution.study_name is None, stale_after=execution.stale_after,
+                       heartbeat_every=execution.heartbeat_every)  # fmt: skip
     return store, store.study_name
 
 
@@ -183,7 +189,8 @@ def _decide_stacking(prepared: Prepared, execution: Execution, store: Store) -> 
     """Whether to train chunks as stacked models, and the notes that say why not."""
     if execution.stacking == "never":
         return False, ["trained one model at a time, as asked"]
-    reason = check_batchable(prepared.task.model_fn, prepared.data, prepared.training)
+    with one_thread():  # a step of two members on two samples
+        reason = check_batchable(prepared.task.model_fn, prepared.data, prepared.training)
     if reason is not None:
         if execution.stacking == "always":
             raise DecayError(f"batched=True but the model cannot be trained as a stack: {reason}")
@@ -212,9 +219,20 @@ def _members(prepared: Prepared, execution: Execution, *, stacked: bool) -> int:
     return min(execution.chunk_size, prepared.trials.first_round_size) if stacked else 1
 
 
-def _threads(prepared: Prepared, execution: Execution, stacked: bool) -> tuple[int, str]:
+def _threads(prepared: Prepared, execution: Execution, store: Store, stacked: bool) -> tuple[int, str]:
+    """The thread count and why; a thread trial only sizes itself by, and only runs for, trials left to train."""
     members = _members(prepared, execution, stacked=stacked)
-    return checks.threads_for(prepared.probe, prepared.data, prepared.training, members, requested=execution.threads)
+    training, trials = prepared.training, prepared.trials
+    todo = trials.first_round_size
+    if trials.search is None:  # a grid: one round, of which the store may hold some or all
+        done = store.completed()
+        todo = sum(key not in done for key in next(trials.trial_rounds(lambda tried: None)))
+        if todo == 0 and execution.threads is None:
+            return torch.get_num_threads(), ""  # nothing to train: nothing to time
+    steps = training.epochs * math.ceil(prepared.data.train_size / training.batch_for(prepared.data.train_size))
+    steps *= math.ceil(todo / members)  # the chunks left of the first round, at the least
+    return checks.threads_for(prepared.task.model_fn, prepared.data, training, members, requested=execution.threads,
+                              steps=steps, probe=prepared.probe)  # fmt: skip
 
 
 def _train_trials(prepared: Prepared, worker: Worker, threads: int) -> list[TrialKey]:

@@ -307,8 +307,13 @@ class Execution(_Options):
     - ``wait``: wait for trials other workers are training (False: report without them).
     - ``progress``: ``"auto"`` (a bar on a terminal, log lines otherwise), ``"bar"``, ``"log"``,
       ``"off"``, or True (bar) / False (off).
-    - ``threads``: CPU threads to train with; None: one for small steps, else the cores the machine's
-      load average leaves idle (at most torch's default).
+    - ``threads``: CPU threads to train with; None: one for small steps, else the faster of one thread and
+      torch's default, timed on the sweep's own training step just before it trains.
+    - ``stale_after``: seconds without a heartbeat after which a trial claimed by a worker on another
+      machine counts as abandoned and is trained again here (a worker on this machine is checked by its
+      process id at once). ``heartbeat_every``: how often this worker says its claims are alive; at most
+      half of ``stale_after``, so one late beat never loses a live claim. Another worker waits at least
+      two of this worker's beats, whatever its own ``stale_after``.
     """
 
     batched: bool | str = "auto"
@@ -320,10 +325,20 @@ class Execution(_Options):
     wait: bool = True
     progress: str | bool = False
     threads: int | None = None
+    stale_after: float = 300.0
+    heartbeat_every: float = 30.0
 
     def __post_init__(self) -> None:
         if self.threads is not None:
             check_int(self.threads, "threads", minimum=1)
+        _set(self, "stale_after", check_number(self.stale_after, "stale_after", allow_zero=False))
+        _set(self, "heartbeat_every", check_number(self.heartbeat_every, "heartbeat_every", allow_zero=False))
+        if self.stale_after < 2 * self.heartbeat_every:
+            raise DecayError(
+                f"stale_after must be at least twice heartbeat_every, got stale_after={self.stale_after:g} and "
+                f"heartbeat_every={self.heartbeat_every:g}; a live worker's claims would be taken between two of "
+                f"its heartbeats: raise stale_after or lower heartbeat_every (e.g. {self.stale_after / 10:g})"
+            )
         if not isinstance(self.batched, bool) and self.batched not in _BATCHED:
             raise DecayError(f"batched must be 'auto', True, False or 'off', got {self.batched!r}")
         check_int(self.chunk_size, "chunk_size", minimum=1)

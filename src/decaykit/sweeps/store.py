@@ -137,14 +137,19 @@ def _dumps(record: Mapping[str, Any]) -> str:
     return json.dumps(clean(record), allow_nan=False, separators=(",", ":"))
 
 
-def _owner() -> dict[str, Any]:
-    return {**this_process(), "token": uuid.uuid4().hex}
+def _owner(heartbeat_every: float) -> dict[str, Any]:
+    return {**this_process(), "token": uuid.uuid4().hex, "heartbeat_every": heartbeat_every}
 
 
 def _owner_alive(owner: Mapping[str, Any], heartbeat: float | None, stale_after: float) -> bool:
+    """Whether a claim's owner still works on it: on this machine, its process; on another, a heartbeat
+    within ``stale_after`` seconds, and never fewer than two of the owner's own beats (another setting)."""
     alive = local_owner_alive(owner)
     if alive is not None:
         return alive
+    beats = owner.get("heartbeat_every")
+    if isinstance(beats, (int, float)) and math.isfinite(beats):
+        stale_after = max(stale_after, 2.0 * beats)
     return heartbeat is not None and time.time() - heartbeat < stale_after
 
 
@@ -194,7 +199,7 @@ class OptunaStore:
             self.study.set_user_attr(CONFIG, json.loads(_dumps(config)))
         if fingerprint is not None and FINGERPRINT not in self.study.user_attrs:
             self.study.set_user_attr(FINGERPRINT, dict(fingerprint))
-        self.owner = _owner()
+        self.owner = _owner(heartbeat_every)
         self.stale_after = stale_after
         self._mine: dict[TrialKey, int] = {}
         self._lock = threading.Lock()
@@ -348,13 +353,16 @@ def open_store(
     config: Mapping[str, Any],
     fingerprint: Callable[[], Mapping[str, str]] | None = None,
     automatic: bool = False,
+    stale_after: float = 300.0,
+    heartbeat_every: float = 30.0,
 ) -> Store:
     """The store for ``storage``: None → a journal file in ``out`` (memory without ``out``),
     ``"memory"``, a path to a journal file, an Optuna storage URL, or an Optuna storage object.
 
     ``fingerprint`` (called once, for a kept store only) is what decides the sweep's results: a stored
     trial is reused only under the same one (``study.py``); ``automatic``: ``study_name`` was not the
-    user's, so a changed fingerprint gets a study of its own instead of an error.
+    user's, so a changed fingerprint gets a study of its own instead of an error. ``stale_after`` and
+    ``heartbeat_every``: when another machine's claim counts as abandoned, and how often this one beats.
     """
     if storage == "memory" or (storage is None and out is None):
         return MemoryStore(study_name)
@@ -372,4 +380,5 @@ def open_store(
         path.parent.mkdir(parents=True, exist_ok=True)
         storage, location = open_journal(str(path)), str(path)
     return OptunaStore(storage, study_name, maximize=maximize, config=config, location=location,
-                       fingerprint=None if fingerprint is None else fingerprint(), automatic=automatic)  # fmt: skip
+                       fingerprint=None if fingerprint is None else fingerprint(), automatic=automatic,
+                       stale_after=stale_after, heartbeat_every=heartbeat_every)  # fmt: skip
