@@ -232,6 +232,10 @@ def test_without_an_input_the_structure_decides_and_says_so():
     assert default["gain"].decay and "shape rule" in default["gain"].reason  # the guess, said as one
     assert "decided by shape" in default.note and f"note: {default.note}" in default.summary_text()
     assert default.to_dict()["note"] == default.note
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)  # a tensor a rule decides is not left to its shape
+        ruled = decaykit.plan(Opaque(), 0.1, rules=["gain:wd=0"])
+    assert ruled.note is None and not ruled["gain"].decay
 
 
 def test_the_default_trace_leaves_the_model_as_it_was():

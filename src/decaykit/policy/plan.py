@@ -215,11 +215,11 @@ def plan(
              "layer_of": layer_of, "tied": tied, "strict": strict}
     settings = Policy.of(policy, **{k: v for k, v in given.items() if not _is_default(k, v)})
     if example_inputs is None:
-        trace, note = _trace_where_shape_decides(model, settings)
+        trace, unseen, why = _trace_where_shape_decides(model, settings)
     else:
-        trace, note = _trace(model, example_inputs), None
+        trace, unseen, why = _trace(model, example_inputs), set(), ""
     decided = _plan_for(model, weight_decay, settings, trace)
-    decided.note = note
+    decided.note = _by_shape_note(decided, unseen, why)
     return decided
 
 
@@ -244,39 +244,44 @@ def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
     return trace
 
 
-def _trace_where_shape_decides(model: nn.Module, policy: Policy) -> tuple[Trace | None, str | None]:
+def _trace_where_shape_decides(model: nn.Module, policy: Policy) -> tuple[Trace | None, set[int], str]:
     """Without ``example_inputs``: a trace on an input the model makes itself, only where the structure
     would guess (a trainable tensor outside the layers decaykit knows: a 2-D gain, Mamba's ``A_log``,
-    a learned token); else none, as it would change nothing. What is still decided by shape is said
-    in one warning and in ``Plan.note``."""
+    a learned token); else none, as it would change nothing. Also the ``id`` of each such tensor the
+    trace did not reach, and why."""
     if policy.name != "decaykit":
-        return None, None  # the replicas decide as their anchors do, from names and shapes
-    guessed = [infos[0] for infos in collect_params(model).values()
+        return None, set(), ""  # the replicas decide as their anchors do, from names and shapes
+    guessed = [infos[0].param for infos in collect_params(model).values()
                if infos[0].param.requires_grad and decided_by_shape(infos[0])]
     if not guessed:
-        return None, None
-    bare: nn.Module = unwrap_model(model)  # type: ignore[assignment]
+        return None, set(), ""
     trace: Trace | None = None
-    why = None
     try:
-        trace = trace_on_own_input(bare)
-    except Exception as exc:  # the model's own example_inputs() failed, or a wrapper refused fake tensors
-        why = f"making its example input failed: {type(exc).__name__}: {exc}"[:200]
-    if trace is not None and not trace.ran:
-        why, trace = trace.stopped, None
-    if trace is not None and not trace.uses:
-        why, trace = f"the traced forward stopped at once: {trace.stopped}", None
-    unseen = [i.name for i in guessed if trace is None or trace.use_of(i.param) is None]
-    if not unseen:
-        return trace, None
-    if why is None:
-        them = "them" if len(unseen) > 1 else "it"
-        why = f"the traced forward did not reach {them}" + ("" if trace.stopped is None else f" (it stopped at {trace.stopped})")
-    shown = ", ".join(unseen[:3]) + (f" and {len(unseen) - 3} more" if len(unseen) > 3 else "")
-    note = (f"{len(unseen)} tensor{'s' if len(unseen) > 1 else ''} outside the layers decaykit knows ({shown}) "
+        trace = trace_on_own_input(unwrap_model(model))  # type: ignore[arg-type]
+    except Exception as exc:  # the model's own example_inputs() failed, or its tensors refused a shape-only copy
+        why = f"no traced pass: {type(exc).__name__}: {exc}"[:200]
+    else:
+        if not trace.ran:
+            why, trace = str(trace.stopped), None
+        elif not trace.uses:
+            why, trace = f"the traced forward stopped at once: {trace.stopped}", None
+        else:
+            why = "the traced forward did not reach them" + (f" (it stopped at {trace.stopped})" if trace.stopped else "")
+    return trace, {id(p) for p in guessed if trace is None or trace.use_of(p) is None}, why
+
+
+def _by_shape_note(decided: Plan, unseen: set[int], why: str) -> str | None:
+    """What is decided by its shape alone although its use would tell (``unseen`` tensors the policy decided,
+    not a rule or hook), and why it was not traced: warned once and kept in ``Plan.note``."""
+    names = [d.name for d in decided.trainable if d.source == "policy" and id(d.param) in unseen]
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    why = why.replace("reach them", "reach it") if len(names) == 1 else why
+    note = (f"{len(names)} tensor{'s' if len(names) > 1 else ''} outside the layers decaykit knows ({shown}) "
             f"decided by shape, not by use: {why}; pass example_inputs= to decide them by how the model uses them")
     warnings.warn(note, DecayWarning, stacklevel=3)
-    return trace, note
+    return note
 
 
 def _plan_for(model: nn.Module, weight_decay: float, policy: Policy, trace: Trace | None = None) -> Plan:
