@@ -508,3 +508,18 @@ def test_a_model_that_wants_targets_in_training_is_traced_in_eval_mode_and_left_
     p = decaykit.plan(model, 0.1)
     assert p["scale_weight"].reason.endswith("(traced)") and not p["scale_weight"].decay and p.note is None
     assert model.training and all(m.training for m in model.modules())
+
+
+def test_a_mask_token_is_reached_through_a_masked_image():
+    """DINOv2 uses its mask token only where ``bool_masked_pos`` masks patches: a second pass with a
+    (fake) mask reaches it, and it gets the decision of the model's other learned tokens."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                                       patch_size=14, intermediate_size=64)
+    with torch.device("meta"):
+        model = transformers.Dinov2Model(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        p = decaykit.plan(model, 0.1)
+    mask, cls = p["embeddings.mask_token"], p["embeddings.cls_token"]
+    assert mask.reason.endswith("(traced)") and (mask.role, mask.decay) == (cls.role, cls.decay) == ("token", True)

@@ -6,7 +6,8 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - the matrix operand of ``F.linear``, ``@``, ``einsum``, ``bmm``, a convolution -> ``weight``, decayed;
 - the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
   the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
-- concatenated with activations, or the input of a layer -> ``token``, treated like an embedding;
+- concatenated with activations, put where a mask from the inputs is set (a mask token), or the
+  input of a layer -> ``token``, treated like an embedding;
 - added to activations: per channel or the same for every token -> ``bias``, no decay; a table that
   varies along the tokens -> ``position``, like an embedding;
 - multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
@@ -179,6 +180,9 @@ class _Recorder(TorchFunctionMode):
         # ids of activations: what derives from the example inputs; buffers and constants are not,
         # so a weight masked by a buffer or built with torch.eye is still a weight
         self.live: set[int] = {id(t) for t in inputs}
+        # ids of activations that derive from boolean inputs alone (``bool_masked_pos``): a mask, whose
+        # product with a parameter puts a learned token where it is set
+        self.masks: set[int] = {id(t) for t in inputs if t.dtype == torch.bool}
         self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
@@ -205,6 +209,8 @@ class _Recorder(TorchFunctionMode):
             self._mark(out, self.normalised)
         if live:
             self._mark(out, self.live, skip=self.origin)
+            if all(id(t) in self.masks for t in live):
+                self._mark(out, self.masks, skip=self.origin)
 
     def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                  live: list[torch.Tensor]) -> None:
@@ -324,6 +330,8 @@ class _Recorder(TorchFunctionMode):
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
             return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
         if bare in _MUL:
+            if all(id(a) in self.masks for a in activations):
+                return Use("concat", shown, f"put where the input's mask is set, by {shown}: a learned token")
             if any(id(a) in self.normalised for a in activations):
                 return Use("gain", shown, f"multiplies normalised activations in {shown}: a norm gain")
             return Use("scale", shown, f"multiplies activations in {shown}: a scale")
@@ -410,20 +418,25 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
     several modalities were given (``input_ids`` and ``pixel_values``), each one alone is traced
     too and what they saw is added.
     """
-    trace = _trace_once(model, example_inputs, None, meta=True)  # meta kernels: several times faster
-    # fake tensors also take the CPU constants a model mixes in; bfloat16 suits some kernels
-    for floats, meta in ((torch.bfloat16, True), (None, False), (torch.bfloat16, False)):
-        if trace.stopped is None:
-            return trace
-        again = _trace_once(model, example_inputs, floats, meta)
-        trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
-    if trace.stopped is not None and model.training:  # a detector asks for targets in training mode
-        again = _trace_once(model, example_inputs, None, meta=True, evaluate=True)
-        trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
+    trace = _best_trace(model, example_inputs)
     for alone in _modalities(example_inputs) if trace.stopped is not None else []:
-        part = _trace_once(model, alone, None, meta=True)
+        part = _best_trace(model, alone)  # the text model of a VLM runs without the image grid it asked for
         for pid, seen in part.uses.items():
             trace.uses.setdefault(pid, []).extend(seen)
+    return trace
+
+
+def _best_trace(model: nn.Module, example_inputs: Any) -> Trace:
+    """The first pass that finishes, else the one that saw most, in the order of :func:`run_trace`."""
+    trace = _trace_once(model, example_inputs, None, meta=True)  # meta kernels: several times faster
+    # fake tensors also take the CPU constants a model mixes in; bfloat16 suits some kernels; a
+    # detector asks for targets in training mode
+    tries = [(torch.bfloat16, True, False), (None, False, False), (torch.bfloat16, False, False)]
+    for floats, meta, evaluate in tries + ([(None, True, True)] if model.training else []):
+        if trace.stopped is None:
+            return trace
+        again = _trace_once(model, example_inputs, floats, meta, evaluate)
+        trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
     return trace
 
 
@@ -446,8 +459,25 @@ def trace_on_own_input(model: nn.Module) -> Trace:
         trace = Trace({}, why, ran=False)
     else:
         trace = run_trace(model, inputs)
+        masked = _with_masked_patches(model, inputs)
+        if masked is not None and any(id(p) not in trace.uses for p in model.parameters()):
+            for pid, seen in _best_trace(model, masked).uses.items():  # what only a masked image reaches
+                trace.uses.setdefault(pid, []).extend(seen)
     _OWN_INPUT_TRACES[model] = (key, trace)
     return trace
+
+
+def _with_masked_patches(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
+    """The inputs plus a mask over the image's patches, for a transformers model whose forward takes
+    ``bool_masked_pos``: its mask token is used only where patches are masked."""
+    config = getattr(model, "config", None)
+    vision = getattr(config, "vision_config", None) or config
+    patch = getattr(vision, "patch_size", None)
+    pixels = inputs.get("pixel_values") if isinstance(inputs, Mapping) else None
+    if "bool_masked_pos" not in _arguments(model) or not isinstance(patch, int) or patch <= 0 or pixels is None:
+        return None
+    patches = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
+    return {**inputs, "bool_masked_pos": torch.zeros(1, patches, dtype=torch.bool)}
 
 
 _MODALITIES = ("input_ids", "pixel_values", "input_values", "input_features")
