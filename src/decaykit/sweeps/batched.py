@@ -196,27 +196,29 @@ def _run_layers(steps: Sequence[tuple[str, str, nn.Module]], params: dict[str, T
     """Member k's forward on x[k] for every k: x is (K, b, ...), each Linear one batched matmul.
 
     Between Conv1d layers the activations stay channel-major with the batch innermost, (K, C, L, b), the
-    layout the stacked convolution reads and writes; element-wise steps do not care, any other step gets
-    (K, b, C, L) back.
+    layout the stacked convolution reads and writes. A Flatten of their features then is a view, (K, C·L, b):
+    unit-major, where a Linear is zᵀ = W hᵀ + b and its input's gradient Wᵀgᵀ lands in the convolution's
+    layout. Element-wise steps do not care; any other step gets the rows, (K, b, ...), back.
     """
-    h = x
-    channel_major = False
+    h, layout = x, "rows"
     for kind, prefix, module in steps:
-        if channel_major and kind not in ("conv1d", "elementwise"):
-            h, channel_major = h.permute(0, 3, 1, 2), False
-        if kind == "linear":
-            weight = params[prefix + "weight"]  # (K, out, in)
-            bias = params.get(prefix + "bias")  # (K, out) or None
+        if kind == "flatten" and layout == "conv" and _flattens_features(module):
+            h, layout = h.flatten(1, 2), "units"
+            continue
+        if layout != "rows" and kind != "elementwise" and (kind, layout) not in (("conv1d", "conv"), ("linear", "units")):
+            h, layout = _as_rows(h, layout), "rows"
+        weight, bias = params.get(prefix + "weight"), params.get(prefix + "bias")
+        if kind == "linear" and layout == "units":
+            h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, h)
+        elif kind == "linear":
             shape = h.shape
             flat = _StackedLinear.apply(h.reshape(shape[0], -1, shape[-1]), weight, bias)
             h = flat.reshape(*shape[:-1], weight.shape[1])
         elif kind == "conv1d":
             conv: Any = module
-            if not channel_major:
-                h, channel_major = h.permute(0, 2, 3, 1), True
-            h = _StackedConv1d.apply(
-                h, params[prefix + "weight"], params.get(prefix + "bias"), conv.stride[0], conv.padding[0]
-            )
+            if layout == "rows":
+                h, layout = h.permute(0, 2, 3, 1), "conv"
+            h = _StackedConv1d.apply(h, weight, bias, conv.stride[0], conv.padding[0])
         elif kind == "flatten":
             flatten: Any = module
             start = flatten.start_dim + 1 if flatten.start_dim >= 0 else flatten.start_dim
@@ -227,7 +229,19 @@ def _run_layers(steps: Sequence[tuple[str, str, nn.Module]], params: dict[str, T
             h = h.unflatten(unflatten.dim + 1 if unflatten.dim >= 0 else unflatten.dim, unflatten.unflattened_size)
         else:
             h = module(h)
-    return h.permute(0, 3, 1, 2) if channel_major else h
+    return _as_rows(h, layout)
+
+
+def _flattens_features(flatten: Any) -> bool:
+    """The Flatten turns a convolution's (b, C, L) into (b, C·L)."""
+    return flatten.start_dim in (1, -2) and flatten.end_dim in (2, -1)
+
+
+def _as_rows(h: Tensor, layout: str) -> Tensor:
+    """Activations back to the members' rows, (K, b, ...), from ``layout`` ("conv" (K, C, L, b), "units" (K, F, b))."""
+    if layout == "conv":
+        return h.permute(0, 3, 1, 2)
+    return h.transpose(1, 2) if layout == "units" else h
 
 
 class StackedMembers:
