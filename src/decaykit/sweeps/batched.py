@@ -135,11 +135,13 @@ class _StackedConv1d(torch.autograd.Function):
     Each member's windows are copied into columns (K, C·k, L'·b), one strided copy per tap, and its
     weight (K, out, C·k) multiplies them in one batched matmul whose long side, L'·b, is the
     output's. The batch is innermost so that every copy, add and activation moves rows of b
-    contiguous numbers: with the batch outside (K, C, b, L) those rows were L' = 5 to 19 long, a
-    step's element-wise work ran at a few ns per number, and a stacked step of the MNIST-1D CNN
-    (K = 16, batch 100, one thread) took 21 ms instead of SEE_BELOW ms. Zero padding is never materialised:
-    the taps that read it are zeroed in the columns and skipped in the backward. The backward is
-    written out: dW lands in W's own layout, and the windows' gradient is added back tap by tap.
+    contiguous numbers. With the batch outside, (K, C, b, L), those rows were L' = 5 to 19 long and
+    the element-wise work ran at a few ns per number: a training step of the MNIST-1D CNN (K = 16,
+    batch 100, one thread, optimizer included) took 21.8 ms, 18.6 ms with the batch innermost (medians
+    of 9 interleaved rounds; 16 one-by-one steps 54 ms). Mkldnn's grouped convolution (groups = K, through
+    autograd) took 43 ms for the forward and backward alone. Zero padding is never materialised: the
+    taps that read it are zeroed in the columns and skipped in the backward. The backward is written
+    out: dW lands in W's own layout, and the windows' gradient is added back tap by tap.
     """
 
     @staticmethod
