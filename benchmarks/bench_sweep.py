@@ -31,7 +31,8 @@ The first line names the machine and its load average, the line before the last 
 at the end: the times hold for those conditions, and other work on the machine slows them.
 
 ``--task mnist1d-cnn`` runs the same comparison for the MNIST-1D paper's 1-D CNN (lr 1e-2, batch 100):
-its Conv1d layers train stacked as batched matmuls over the unfolded windows.
+its Conv1d layers train stacked as batched matmuls over each member's windows, copied into columns with the
+batch innermost (``batched._StackedConv1d``).
 
 ``--device cuda --k 64`` runs both sides on the GPU with K = 64 trials (8 λ x 8 seeds): goal, the 64 stacked
 members at least 20x faster than the 64 plain runs one after another on the same GPU. A device that cannot

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from decaykit import DecayError, sweep
@@ -208,3 +210,53 @@ def test_the_caller_s_flush_denormal_mode_is_left_as_it_was():
             assert _flushing_denormals() is mode
     finally:
         torch.set_flush_denormal(False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    channels=st.integers(1, 3),
+    out=st.integers(1, 4),
+    kernel=st.integers(1, 5),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 3),
+    length=st.integers(3, 12),
+    bias=st.booleans(),
+    flatten_start=st.sampled_from([1, -2]),
+)
+def test_stacked_convolutions_with_a_linear_head_equal_each_member_s_own(
+    channels, out, kernel, stride, padding, length, bias, flatten_start
+):
+    """Two stacked Conv1d (padding wider than the kernel's reach included), a Flatten and a Linear read
+    unit-major: outputs and every gradient equal each member's own model."""
+    from decaykit.sweeps.batched import _run_layers, layer_plan
+
+    mid = (length + 2 * padding - kernel) // stride + 1
+    last = (mid + 2 * padding - kernel) // stride + 1 if mid > 0 else 0
+    assume(last > 0)
+    torch.manual_seed(0)
+    models = [
+        nn.Sequential(
+            nn.Conv1d(channels, out, kernel, stride=stride, padding=padding, bias=bias), nn.ReLU(),
+            nn.Conv1d(out, out, kernel, stride=stride, padding=padding, bias=bias), nn.Tanh(),
+            nn.Flatten(flatten_start), nn.Linear(out * last, 3, bias=bias),
+        ).double()
+        for _ in range(3)
+    ]  # fmt: skip
+    steps = layer_plan(models[0])
+    assert steps is not None
+    params = {
+        name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
+        for name, _ in models[0].named_parameters()
+    }
+    x = torch.randn(len(models), 4, channels, length, dtype=torch.float64, requires_grad=True)
+    stacked = _run_layers(steps, params, x)
+    weights = torch.randn_like(stacked)
+    (stacked * weights).sum().backward()
+    for k, model in enumerate(models):
+        xk = x[k].detach().requires_grad_()
+        own = model(xk)
+        torch.testing.assert_close(stacked[k], own)
+        (own * weights[k]).sum().backward()
+        torch.testing.assert_close(x.grad[k], xk.grad)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(params[name].grad[k], p.grad)

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decaykit.policy.names import canonical_name
@@ -131,33 +130,43 @@ def _stackable_conv(conv: nn.Conv1d) -> bool:
 
 
 class _StackedConv1d(torch.autograd.Function):
-    """K Conv1d at once on channel-major activations h (K, C, b, L) → (K, out, b, L').
+    """K Conv1d at once on activations h (K, C, L, b), batch innermost → (K, out, L', b).
 
-    Each member's windows are copied into columns (K, C·k, b·L') and its weight (K, out, C·k)
-    multiplies them in one batched matmul whose long side, b·L', is the output's: measured here
-    1.6x faster than the (b·L', C·k) x (C·k, out) orientation. The backward is written out: dW lands
-    in W's own layout, and the windows' gradient is added back tap by tap (k strided adds), where
-    autograd's unfold backward took a seventh of the step.
+    Each member's windows are copied into columns (K, C·k, L'·b), one strided copy per tap, and its
+    weight (K, out, C·k) multiplies them in one batched matmul whose long side, L'·b, is the
+    output's. The batch is innermost so that every copy, add and activation moves rows of b
+    contiguous numbers. With the batch outside, (K, C, b, L), those rows were L' = 5 to 19 long and
+    the element-wise work ran at a few ns per number: a training step of the MNIST-1D CNN (K = 16,
+    batch 100, one thread, optimizer included) took 21.8 ms, 18.6 ms with the batch innermost and 15.9 ms
+    with the linear head read unit-major too (medians of 9 interleaved rounds; 16 one-by-one steps 48-54 ms). Mkldnn's grouped convolution (groups = K, through
+    autograd) took 43 ms for the forward and backward alone. Zero padding is never materialised: the
+    taps that read it are zeroed in the columns and skipped in the backward. The backward is written
+    out: dW lands in W's own layout, and the windows' gradient is added back tap by tap.
     """
 
     @staticmethod
     def forward(ctx: Any, h: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pad: int) -> Tensor:
-        size, channels, batch, _ = h.shape
+        size, channels, length_in, batch = h.shape
         k = weight.shape[-1]
-        padded = F.pad(h, (pad, pad)) if pad else h
-        windows = padded.unfold(3, k, stride)  # (K, C, b, L', k): a view
-        length = windows.shape[3]
-        columns = windows.permute(0, 1, 4, 2, 3).reshape(size, channels * k, batch * length)
+        length = (length_in + 2 * pad - k) // stride + 1
+        taps = _tap_ranges(length_in, k, stride, pad, length)
+        columns = h.new_empty((size, channels, k, length, batch))
+        for tap, (lo, hi, start) in enumerate(taps):
+            columns[:, :, tap, :lo].zero_()
+            columns[:, :, tap, hi:].zero_()
+            if lo < hi:
+                columns[:, :, tap, lo:hi].copy_(h[:, :, start : start + stride * (hi - lo - 1) + 1 : stride])
+        columns = columns.view(size, channels * k, length * batch)
         w = weight.reshape(size, weight.shape[1], -1)
         out = torch.bmm(w, columns) if bias is None else torch.baddbmm(bias.unsqueeze(-1), w, columns)
         ctx.save_for_backward(columns, weight)
-        ctx.geometry = (tuple(padded.shape), stride, pad, length, bias is not None)
-        return out.reshape(size, weight.shape[1], batch, length)
+        ctx.geometry = (tuple(h.shape), taps, stride, bias is not None)
+        return out.view(size, weight.shape[1], length, batch)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         columns, weight = ctx.saved_tensors
-        padded_shape, stride, pad, length, has_bias = ctx.geometry
+        shape, taps, stride, has_bias = ctx.geometry
         size, out_channels, k = weight.shape[0], weight.shape[1], weight.shape[-1]
         g = grad.reshape(size, out_channels, -1)
         grad_w = torch.bmm(g, columns.transpose(1, 2)).reshape(weight.shape) if ctx.needs_input_grad[1] else None
@@ -165,40 +174,53 @@ class _StackedConv1d(torch.autograd.Function):
         grad_h = None
         if ctx.needs_input_grad[0]:
             w = weight.reshape(size, out_channels, -1)
-            grad_cols = torch.bmm(w.transpose(1, 2), g).reshape(size, padded_shape[1], k, padded_shape[2], length)
-            grad_h = grad.new_zeros(padded_shape)
-            span = stride * (length - 1) + 1
-            for tap in range(k):
-                grad_h[..., tap : tap + span : stride] += grad_cols[:, :, tap]
-            if pad:
-                grad_h = grad_h[..., pad : padded_shape[3] - pad]
+            grad_cols = torch.bmm(w.transpose(1, 2), g).view(size, shape[1], k, -1, shape[3])
+            grad_h = grad.new_zeros(shape)
+            for tap, (lo, hi, start) in enumerate(taps):
+                if lo < hi:
+                    grad_h[:, :, start : start + stride * (hi - lo - 1) + 1 : stride] += grad_cols[:, :, tap, lo:hi]
         return grad_h, grad_w, grad_b, None, None
+
+
+def _tap_ranges(length_in: int, k: int, stride: int, pad: int, length: int) -> list[tuple[int, int, int]]:
+    """Per tap, the outputs ``lo:hi`` whose window reads a real input at that tap, and the input it reads for ``lo``.
+
+    Output l reads input ``stride·l + tap − pad`` at tap ``tap``; outside ``0 ≤ i < length_in`` it reads padding."""
+    ranges = []
+    for tap in range(k):
+        lo = max(0, -((tap - pad) // stride))
+        hi = min(length, (length_in - 1 - tap + pad) // stride + 1)
+        ranges.append((lo, max(lo, hi), stride * lo + tap - pad))
+    return ranges
 
 
 def _run_layers(steps: Sequence[tuple[str, str, nn.Module]], params: dict[str, Tensor], x: Tensor) -> Tensor:
     """Member k's forward on x[k] for every k: x is (K, b, ...), each Linear one batched matmul.
 
-    Between Conv1d layers the activations stay channel-major, (K, C, b, L), the layout the stacked
-    convolution reads and writes; element-wise steps do not care, any other step gets (K, b, C, L) back.
+    Between Conv1d layers the activations stay channel-major with the batch innermost, (K, C, L, b), the
+    layout the stacked convolution reads and writes. A Flatten of their features then is a view, (K, C·L, b):
+    unit-major, where a Linear is zᵀ = W hᵀ + b and its input's gradient Wᵀgᵀ lands in the convolution's
+    layout. Element-wise steps do not care; any other step gets the rows, (K, b, ...), back.
     """
-    h = x
-    channel_major = False
+    h, layout = x, "rows"
     for kind, prefix, module in steps:
-        if channel_major and kind not in ("conv1d", "elementwise"):
-            h, channel_major = h.transpose(1, 2), False
-        if kind == "linear":
-            weight = params[prefix + "weight"]  # (K, out, in)
-            bias = params.get(prefix + "bias")  # (K, out) or None
+        if kind == "flatten" and layout == "conv" and _flattens_features(module):
+            h, layout = h.flatten(1, 2), "units"
+            continue
+        if layout != "rows" and kind != "elementwise" and (kind, layout) not in (("conv1d", "conv"), ("linear", "units")):
+            h, layout = _as_rows(h, layout), "rows"
+        weight, bias = params.get(prefix + "weight"), params.get(prefix + "bias")
+        if kind == "linear" and layout == "units":
+            h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, h)
+        elif kind == "linear":
             shape = h.shape
             flat = _StackedLinear.apply(h.reshape(shape[0], -1, shape[-1]), weight, bias)
             h = flat.reshape(*shape[:-1], weight.shape[1])
         elif kind == "conv1d":
             conv: Any = module
-            if not channel_major:
-                h, channel_major = h.transpose(1, 2), True
-            h = _StackedConv1d.apply(
-                h, params[prefix + "weight"], params.get(prefix + "bias"), conv.stride[0], conv.padding[0]
-            )
+            if layout == "rows":
+                h, layout = h.permute(0, 2, 3, 1), "conv"
+            h = _StackedConv1d.apply(h, weight, bias, conv.stride[0], conv.padding[0])
         elif kind == "flatten":
             flatten: Any = module
             start = flatten.start_dim + 1 if flatten.start_dim >= 0 else flatten.start_dim
@@ -209,7 +231,19 @@ def _run_layers(steps: Sequence[tuple[str, str, nn.Module]], params: dict[str, T
             h = h.unflatten(unflatten.dim + 1 if unflatten.dim >= 0 else unflatten.dim, unflatten.unflattened_size)
         else:
             h = module(h)
-    return h.transpose(1, 2) if channel_major else h
+    return _as_rows(h, layout)
+
+
+def _flattens_features(flatten: Any) -> bool:
+    """The Flatten turns a convolution's (b, C, L) into (b, C·L)."""
+    return flatten.start_dim in (1, -2) and flatten.end_dim in (2, -1)
+
+
+def _as_rows(h: Tensor, layout: str) -> Tensor:
+    """Activations back to the members' rows, (K, b, ...), from ``layout`` ("conv" (K, C, L, b), "units" (K, F, b))."""
+    if layout == "conv":
+        return h.permute(0, 3, 1, 2)
+    return h.transpose(1, 2) if layout == "units" else h
 
 
 class StackedMembers:
