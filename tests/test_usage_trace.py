@@ -345,6 +345,8 @@ def test_param_groups_take_example_inputs():
     assert {"block.scale", "ssm.A_log", "block.qk_gain.gain"} <= undecayed
     with pytest.raises(decaykit.DecayError, match="example_inputs"):
         decaykit.plan(model, 0.1, example_inputs="yes")
+    with pytest.raises(decaykit.DecayError, match="example_inputs=True is not an input"):
+        decaykit.plan(model, 0.1, example_inputs=True)
 
 
 def test_a_parameter_reshaped_or_normalised_on_its_own_keeps_its_role():

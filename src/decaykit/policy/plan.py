@@ -227,6 +227,9 @@ def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
     """The traced uses for ``example_inputs`` (``False``: none), warning where the pass fell short."""
     if example_inputs is False:
         return None
+    if example_inputs is True:
+        raise DecayError("example_inputs=True is not an input: pass the model's input, 'auto' to let decaykit make "
+                         "one, or False to decide from the structure alone")
     bare: nn.Module = unwrap_model(model)  # type: ignore[assignment]
     if isinstance(example_inputs, str):
         if example_inputs != "auto":
