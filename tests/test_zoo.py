@@ -103,7 +103,7 @@ def test_the_zoo_keeps_the_promises_of_deciding_by_use(name):
         warnings.simplefilter("ignore", DecayWarning)
         default = decaykit.plan(model, 0.1)
     if any(d.source == "policy" and decided_by_shape_alone(model, d.name) for d in default.trainable):
-        assert [(d.name, d.decay, d.reason) for d in default] == [(d.name, d.decay, d.reason) for d in p]
+        assert [(d.name, d.role, d.decay) for d in default] == [(d.name, d.role, d.decay) for d in p]
     if name in _configs():  # the slice traces; only tensors of optional inputs (DINOv2's mask token) are missed
         assert len(traced) >= 0.95 * len([d for d in p.trainable if d.source == "policy"]), name
     wrong = [(d.name, d.reason) for d in traced if d.decay == (d.role in ("norm", "scale", "state", "bias"))]
