@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.test_sweep_batched import assert_same
+from tests.test_sweep_batched import assert_same, assert_stacked_equals_members
 from torch import nn
 
 from decaykit import DecayError, sweep
-from decaykit.sweeps.batched import _run_layers, layer_plan, stack_path
+from decaykit.sweeps.batched import stack_path
 from decaykit.sweeps.tasks import TASK_NAMES, builtin_task
 from decaykit.sweeps.tasks.mnist1d import mnist1d_cnn, mnist1d_data, mnist1d_mlp
 
@@ -83,24 +83,8 @@ def test_stacked_conv1d_equals_each_member_s_own_conv(channels, out, kernel, str
         for _ in range(members)
     ]
     models = [m.double() for m in models]
-    steps = layer_plan(models[0])
-    assert steps is not None and stack_path(models[0]) == "layers"
-    params = {
-        name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
-        for name, _ in models[0].named_parameters()
-    }
-    x = torch.randn(members, 3, channels, length, dtype=torch.float64, requires_grad=True)
-    stacked = _run_layers(steps, params, x)
-    weights = torch.randn_like(stacked)
-    (stacked * weights).sum().backward()
-    for k, model in enumerate(models):
-        xk = x[k].detach().requires_grad_()
-        own = model(xk)
-        torch.testing.assert_close(stacked[k], own)
-        (own * weights[k]).sum().backward()
-        torch.testing.assert_close(x.grad[k], xk.grad)
-        for name, p in model.named_parameters():
-            torch.testing.assert_close(params[name].grad[k], p.grad)
+    assert stack_path(models[0]) == "layers"
+    assert_stacked_equals_members(models, torch.randn(members, 3, channels, length, dtype=torch.float64))
 
 
 def test_convolutions_the_stacked_path_cannot_reproduce_go_through_vmap():

@@ -228,8 +228,6 @@ def test_stacked_convolutions_with_a_linear_head_equal_each_member_s_own(
 ):
     """Two stacked Conv1d (padding wider than the kernel's reach included), a Flatten and a Linear read
     unit-major: outputs and every gradient equal each member's own model."""
-    from decaykit.sweeps.batched import _run_layers, layer_plan
-
     mid = (length + 2 * padding - kernel) // stride + 1
     last = (mid + 2 * padding - kernel) // stride + 1 if mid > 0 else 0
     assume(last > 0)
@@ -242,13 +240,21 @@ def test_stacked_convolutions_with_a_linear_head_equal_each_member_s_own(
         ).double()
         for _ in range(3)
     ]  # fmt: skip
+    assert_stacked_equals_members(models, torch.randn(len(models), 4, channels, length, dtype=torch.float64))
+
+
+def assert_stacked_equals_members(models: list[nn.Module], x: torch.Tensor) -> None:
+    """The stacked layer path on ``x`` (one batch per member) gives each member's own outputs, input
+    gradient and parameter gradients."""
+    from decaykit.sweeps.batched import _run_layers, layer_plan
+
     steps = layer_plan(models[0])
     assert steps is not None
     params = {
         name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
         for name, _ in models[0].named_parameters()
     }
-    x = torch.randn(len(models), 4, channels, length, dtype=torch.float64, requires_grad=True)
+    x = x.detach().requires_grad_()
     stacked = _run_layers(steps, params, x)
     weights = torch.randn_like(stacked)
     (stacked * weights).sum().backward()
