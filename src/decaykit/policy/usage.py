@@ -276,9 +276,7 @@ class _Recorder(TorchFunctionMode):
             self.uses.setdefault(p, []).append(use)
 
     def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
-        named = dict(zip(_POSITIONS[bare], args))
-        named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
-        for arg, value in named.items():
+        for arg, value in _named_args(bare, args, kwargs).items():
             kind = _LAYER_ARGS[bare].get(arg)
             if not isinstance(value, torch.Tensor) or id(value) not in self.origin or kind in (None, "index"):
                 continue
@@ -294,8 +292,7 @@ class _Recorder(TorchFunctionMode):
         index): its gain and bias are still a norm's, and the output is its input parameter, if it
         is one, normalised. False when the norm has no gain or bias of its own: then everything
         passes through (a weight standardised)."""
-        named = dict(zip(_POSITIONS[bare], args))
-        named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
+        named = _named_args(bare, args, kwargs)
         affine = {arg: v for arg, v in named.items() if _LAYER_ARGS[bare].get(arg) in ("norm", "normbias")
                   and isinstance(v, torch.Tensor) and id(v) in self.origin}
         if not affine:
@@ -358,6 +355,13 @@ def _stand_in(read: str, t: torch.Tensor) -> Any:
             out = [out] * size
         return out
     return one
+
+
+def _named_args(bare: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A layer function's operands by argument name, given by position or by keyword."""
+    named = dict(zip(_POSITIONS[bare], args))
+    named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
+    return named
 
 
 def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
