@@ -328,6 +328,43 @@ def test_per_member_lambda_equals_separate_scalar_runs(mode):
             torch.testing.assert_close(stacked[name].detach()[k], p.detach(), rtol=0, atol=1e-6)
 
 
+def test_a_reused_plan_follows_every_change_of_lambda_and_lr():
+    """Steps that repeat λ, the LR and the schedule reuse the last plan and its shrink factors; a change of any
+    of them (the LR by a scheduler, λ in place, λ replaced) must reach the next step, as in torch's AdamW."""
+
+    def changes(opt, t, lams):
+        group = opt.param_groups[0]
+        if t == 1 and isinstance(opt, WeightDecay):
+            opt.expected_decay()[0]["rate"].mul_(100.0)  # the caller's copy: the plan the next step reuses is not it
+        if t == 3:
+            for g in opt.param_groups:
+                g["lr"] = 5e-3
+        if t == 5:
+            if isinstance(group["weight_decay"], torch.Tensor):
+                group["weight_decay"].mul_(3.0)  # in place: same object, new version
+            else:
+                group["weight_decay"] *= 3.0
+        if t == 7:
+            group["weight_decay"] = torch.tensor([2 * x for x in lams]) if isinstance(group["weight_decay"], torch.Tensor) else 2 * lams
+
+    def run(models, opt, lams):
+        for t in range(10):
+            changes(opt, t, lams)
+            opt.zero_grad()
+            stacked_loss(models["w1"], models["b1"], models["w2"], t).backward()
+            opt.step()
+
+    lams = [0.05, 0.4, 0.0]
+    stacked = stacked_models(3)
+    opt = WeightDecay(torch.optim.AdamW(stacked_groups(stacked, torch.tensor(lams)), lr=1e-2, fused=True))
+    run(stacked, opt, lams)
+    for k, lam in enumerate(lams):
+        single = {n: nn.Parameter(p.detach()[k].clone()) for n, p in stacked_models(3).items()}
+        run(single, torch.optim.AdamW(stacked_groups(single, lam), lr=1e-2), lam)  # torch's own decay: the oracle
+        for name, p in single.items():
+            torch.testing.assert_close(stacked[name].detach()[k], p.detach(), rtol=0, atol=1e-6)
+
+
 def test_per_member_lambda_needs_every_parameter_stacked():
     models = stacked_models(3)
     bad = [{"params": [models["w1"], nn.Parameter(torch.ones(2, 5))], "weight_decay": torch.tensor([0.1, 0.2, 0.3])}]

@@ -1,4 +1,4 @@
-"""The sweep's thread count: asked for, one for small steps, else the faster of 1 and N threads, timed."""
+"""The sweep's thread count: asked for, one for small steps, else the faster of 1 and N threads, timed on its first steps."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from torch import nn
 from decaykit import DecayError, sweep
 from decaykit.cli.main import build_parser
 from decaykit.cli.sweep_cmd import settings_from_args
-from decaykit.sweeps import checks, timing
 from decaykit.sweeps.checks import threads_for
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.settings import Execution, Training
-from decaykit.sweeps.timing import choose_threads, interleaved
+from decaykit.sweeps.timing import ThreadChoice, choose_threads, interleaved
 
 DATA = SweepData(torch.zeros(64, 8), torch.zeros(64, dtype=torch.long), torch.zeros(8, 8),
                  torch.zeros(8, dtype=torch.long), "classification", 2, "")  # fmt: skip
@@ -67,44 +66,82 @@ def test_interleaved_runs_take_turns_each_after_its_setting():
     assert {key: len(t) for key, t in seen.items()} == {"a": 4, "b": 4}
 
 
-def test_the_thread_trial_stops_when_it_would_cost_more_than_a_share_of_the_sweep():
-    saved = torch.get_num_threads()
+def _paced(seconds: dict[int, float], seen: list[int]):
+    """A step that takes ``seconds[threads]`` on the thread count in effect, and records that count."""
 
     def step():
-        time.sleep(1e-3)
+        threads = torch.get_num_threads()
+        seen.append(threads)
+        time.sleep(seconds[threads])
+        return threads
 
-    few = timing.thread_trial(step, [1, 2], steps=1, reps=5)  # a 1-step sweep: one round is already too many
-    assert {n: len(t) for n, t in few.items()} == {1: 1, 2: 1}
-    many = timing.thread_trial(step, [1, 2], steps=10**9, reps=3, budget=math.inf)
-    assert {n: len(t) for n, t in many.items()} == {1: 3, 2: 3}
-    assert torch.get_num_threads() == saved
+    return step
+
+
+def test_the_trial_runs_the_first_steps_in_turns_then_every_step_on_the_faster_count():
+    saved, seen = torch.get_num_threads(), []
+    step = _paced({1: 3e-3, 2: 1e-3}, seen)
+    choice = ThreadChoice([1, 2], steps=10**9, reps=3, budget=math.inf)
+    try:
+        for _ in range(10):
+            choice.run(step)
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == [1, 1, 2, 1, 2, 1, 2, 2, 2, 2]  # a warm step on the fewest, 3 rounds in turns, then the faster
+    assert choice.threads == 2 and {n: len(t) for n, t in choice.times.items()} == {1: 3, 2: 3}
+    assert re.fullmatch(r"2 threads \(timed: 1 thread [\d.]+ ms/step vs 2 threads [\d.]+ ms/step\)", choice.describe())
+
+
+def test_the_trial_stops_when_its_extra_cost_passes_a_share_of_the_sweep():
+    saved, seen = torch.get_num_threads(), []
+    choice = ThreadChoice([1, 2], steps=30, reps=5)  # 30 steps: one round's 2 ms of extra is already too much
+    try:
+        for _ in range(6):
+            choice.run(_paced({1: 3e-3, 2: 1e-3}, seen))
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == [1, 1, 2, 2, 2, 2]
+    # equal counts cost little extra (a 300-step sweep of 1 ms steps allows 15 ms): all the rounds run
+    even = ThreadChoice([1, 2], steps=300, reps=2, budget=math.inf)
+    try:
+        for _ in range(5):
+            even.run(_paced({1: 1e-3, 2: 1e-3}, []))
+    finally:
+        torch.set_num_threads(saved)
+    assert {n: len(t) for n, t in even.times.items()} == {1: 2, 2: 2} and even.threads is not None
+
+
+def test_a_sweep_that_ends_before_its_trial_settles_says_so():
+    saved = torch.get_num_threads()
+    choice = ThreadChoice([1, 2], steps=10**9, reps=5, budget=math.inf)
+    assert choice.describe() == ""  # nothing timed: nothing to say
+    try:
+        for _ in range(3):
+            choice.run(lambda: None)
+    finally:
+        torch.set_num_threads(saved)
+    assert choice.threads is None
+    assert re.fullmatch(r"1 and 2 threads in turns \(timed: 1 thread [\d.]+ ms/step vs 2 threads [\d.]+ ms/step; "
+                        r"too few steps to settle\)", choice.describe())  # fmt: skip
+    fixed = ThreadChoice.fixed(3, "3 threads (as asked)")
+    assert fixed.run(lambda: "ran") == "ran" and fixed.describe() == "3 threads (as asked)" and fixed.start == 3
 
 
 def test_large_steps_are_timed_with_one_thread_and_torch_default(monkeypatch):
-    asked: list[list[int]] = []
-
-    def fake_trial(step, candidates, **kw):
-        asked.append(list(candidates))
-        step()  # a real training step of the throwaway members runs
-        return {1: [2e-3], candidates[-1]: [1e-3]}
-
-    monkeypatch.setattr(checks, "thread_trial", fake_trial)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     for members in (1, 3):
-        assert threads_for(_large, DATA, TRAINING, members) == (
-            4, "4 threads (timed: 1 thread 2 ms/step vs 4 threads 1 ms/step)",
-        )  # fmt: skip
-    assert asked == [[1, 4], [1, 4]]
+        choice = threads_for(_large(), DATA, TRAINING, members, steps=1000)
+        assert choice.candidates == [1, 4] and choice.threads is None and choice.start == 1
     # too few steps to be worth a trial, one thread only, or small steps: no trial
-    assert threads_for(_large, DATA, TRAINING, 1, steps=10) == (4, "4 threads")
-    assert threads_for(_small, DATA, TRAINING, 1) == (1, "1 thread (small steps)")
+    assert threads_for(_large(), DATA, TRAINING, 1, steps=10).describe() == "4 threads"
+    assert threads_for(_small(), DATA, TRAINING, 1).describe() == "1 thread (small steps)"
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert threads_for(_large, DATA, TRAINING, 1) == (1, "1 thread")
-    assert len(asked) == 2
+    assert threads_for(_large(), DATA, TRAINING, 1).describe() == "1 thread"
 
 
 def test_a_requested_count_wins():
-    assert threads_for(_large, DATA, TRAINING, 1, requested=3) == (3, "3 threads (as asked)")
+    choice = threads_for(_large(), DATA, TRAINING, 1, requested=3)
+    assert (choice.threads, choice.describe()) == (3, "3 threads (as asked)")
 
 
 def _wide():
@@ -120,13 +157,15 @@ def _blobs():
 
 def test_the_header_names_the_timed_choice_and_a_rerun_with_nothing_to_train_times_nothing(tmp_path, monkeypatch):
     pytest.importorskip("optuna")
-    trials: list[list[int]] = []
+    timed: list[int] = []
+    run = ThreadChoice.run
 
-    def counted(step, candidates, **kw):
-        trials.append(list(candidates))
-        return timing.thread_trial(step, candidates, **kw)
+    def counted(self, step):
+        if self.threads is None:
+            timed.append(torch.get_num_threads())
+        return run(self, step)
 
-    monkeypatch.setattr(checks, "thread_trial", counted)
+    monkeypatch.setattr(ThreadChoice, "run", counted)
     kw = dict(weight_decays=[0.0, 0.1], seeds=1, epochs=60, batch_size=64, storage=str(tmp_path / "j.log"))
     saved = torch.get_num_threads()
     torch.set_num_threads(2)  # two candidates even on a one-core machine
@@ -134,6 +173,7 @@ def test_the_header_names_the_timed_choice_and_a_rerun_with_nothing_to_train_tim
         result = sweep(_wide, _blobs, **kw)
         after = torch.get_num_threads()
         again = sweep(_wide, _blobs, **kw)
+        one = sweep(_wide, _blobs, **{**kw, "storage": "memory", "threads": 1})
     finally:
         torch.set_num_threads(saved)
     assert after == 2
@@ -141,8 +181,12 @@ def test_the_header_names_the_timed_choice_and_a_rerun_with_nothing_to_train_tim
                        result.header[-1])  # fmt: skip
     assert chosen, result.header[-1]
     assert chosen.group(1) in ("1", "2")
-    assert trials == [[1, 2]]  # the rerun reused both trials and timed nothing
-    assert again.run["trained"] == 0 and again.results == result.results
+    assert len(timed) >= 3 and timed[0] == 1  # the sweep's own first steps: a warm one on 1 thread, then in turns
+    assert again.run["trained"] == 0 and again.results == result.results and "timed" not in again.header[-1]
+    assert len(timed) <= 11  # the rerun timed nothing
+    # the steps the trial ran in turns on 1 and 2 threads trained the same numbers as a run on one thread
+    for mine, theirs in zip(result.trials, one.trials):
+        assert mine["metrics"] == pytest.approx(theirs["metrics"], rel=1e-5, abs=1e-6)
 
 
 def test_the_header_says_how_many_threads_and_the_flag_sets_them():

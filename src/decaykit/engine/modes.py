@@ -26,7 +26,9 @@ along dim 0 (member k of every parameter gets r_k).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -98,10 +100,26 @@ def member_view(rate: Tensor, p: Tensor) -> Tensor:
     return rate.to(device=p.device, dtype=p.dtype).view(-1, *([1] * (p.dim() - 1)))
 
 
+# Per rate tensor, while it lives and is unchanged, its factors (1 − r) per parameter dtype, device and rank:
+# the engine keeps one step's plan, and its rate tensor, while λ, the LR and the schedule stay the same.
+# Keyed by id (a tensor's == is element-wise); the weak reference drops the entry when the rate is freed.
+_FACTORS: dict[int, tuple[weakref.ref[Tensor], int, dict[tuple[Any, ...], Tensor]]] = {}
+
+
 def _shrink_factors(params: Sequence[Tensor], rate: Tensor) -> list[Tensor]:
-    # 1 − r in float64 then cast, as torch rounds the scalar (1 − η·λ) once to the parameter's dtype
-    factor = 1.0 - rate.double()
-    return [member_view(factor, p) for p in params]
+    known = _FACTORS.get(id(rate))
+    if known is None or known[0]() is not rate or known[1] != rate._version:
+        key = id(rate)
+        known = _FACTORS[key] = (weakref.ref(rate, lambda _: _FACTORS.pop(key, None)), rate._version, {})
+    out = []
+    for p in params:
+        where = (p.dtype, p.device, p.dim())
+        factor = known[2].get(where)
+        if factor is None:
+            # 1 − r in float64 then cast, as torch rounds the scalar (1 − η·λ) once to the parameter's dtype
+            factor = known[2][where] = member_view(1.0 - rate.double(), p)
+        out.append(factor)
+    return out
 
 
 def decoupled_decay_(params: Sequence[Tensor], rate: Rate, *, foreach: bool = True) -> None:

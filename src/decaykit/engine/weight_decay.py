@@ -115,6 +115,7 @@ class WeightDecay(Optimizer):
         self._step = 0
         self._buffers: dict[Tensor, Tensor] = Scratch()
         self._checked: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = Scratch()
+        self._plans: dict[int, tuple[float | Tensor, tuple[Any, ...], GroupStep]] = Scratch()
         # Optimizer.__init__ would rebuild the groups; __setstate__ only installs the hook tables
         # and the profiling/hook wrapper around step(), which is all this wrapper needs from it.
         super().__setstate__({})
@@ -202,7 +203,9 @@ class WeightDecay(Optimizer):
         ``{"kind": "coupled_l2", "rate": λ_t}`` (λ_t·θ added to the gradient) or
         ``{"kind": "none", "rate": 0.0}``; plus ``"path"``, the mechanism (see :meth:`paths`).
         """
-        return [{"kind": p.kind, "rate": p.rate, "path": p.path} for p in self._plan_all()]
+        # a copy of a rate tensor: the plan that holds it is reused by the next steps
+        return [{"kind": p.kind, "rate": p.rate.clone() if isinstance(p.rate, Tensor) else p.rate, "path": p.path}
+                for p in self._plan_all()]  # fmt: skip
 
     def paths(self) -> list[str]:
         """Per group, how the next step decays it: ``inner``, ``extra_pass``, ``cautious``, ``l2_gradient`` or ``none``."""
@@ -286,7 +289,7 @@ class WeightDecay(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._buffers, self._checked = Scratch(), Scratch()
+        self._buffers, self._checked, self._plans = Scratch(), Scratch(), Scratch()
 
     def __repr__(self) -> str:
         lines = [f"WeightDecay(mode={self.mode!r}, schedule={self.schedule!r}, step={self._step}) over "]
@@ -313,11 +316,30 @@ class WeightDecay(Optimizer):
     def _plan_all(self) -> list[GroupStep]:
         self._sync_max_lrs()
         factor = check_multiplier(self.schedule, self._step)
-        return [
-            plan_group(self.mode, i, group, check_lambda(i, group, self._checked) * factor, self._max_lrs[i],
-                       _native(self.optimizer, group), self._step)
-            for i, group in enumerate(self.param_groups)
-        ]
+        plans = []
+        for i, group in enumerate(self.param_groups):
+            lam, native = check_lambda(i, group, self._checked), _native(self.optimizer, group)
+            # a plan follows from these alone: a step that repeats them reuses the last one and its rate
+            # tensor (a stacked sweep's per-member rates are then not rebuilt every step)
+            inputs = (self.mode, factor, _number(group.get("lr")), self._max_lrs[i], native)
+            last = self._plans.get(i)
+            if last is not None and _same_lambda(last[0], lam) and last[1] == inputs:
+                plans.append(last[2])
+                continue
+            plan = plan_group(self.mode, i, group, lam * factor, self._max_lrs[i], native, self._step)
+            self._plans[i] = (lam, inputs, plan)
+            plans.append(plan)
+        return plans
+
+
+def _same_lambda(a: float | Tensor, b: float | Tensor) -> bool:
+    """The same λ: one checked tensor (check_lambda hands out the same object until λ changes), or equal numbers."""
+    return a is b or (not isinstance(a, Tensor) and not isinstance(b, Tensor) and a == b)
+
+
+def _number(value: Any) -> Any:
+    """A group's LR as a plain number where it is a one-element tensor, so plans can be compared by it."""
+    return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
 
 
 def _native(optimizer: Any, group: dict[str, Any]) -> str | None:

@@ -26,6 +26,7 @@ with a note saying why.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,8 @@ from decaykit.policy.names import canonical_name
 from decaykit.sweeps.backprop import LinearChain, chain_supported
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import build_optimizer, decay_plan
-from decaykit.sweeps.timing import interleaved, training_step
-from decaykit.sweeps.trainer import autograd_step, decayed_names, seeded_model
+from decaykit.sweeps.timing import interleaved
+from decaykit.sweeps.trainer import autograd_step, decayed_names, seeded_model, training_step
 
 if TYPE_CHECKING:
     from decaykit.sweeps.settings import Training
@@ -416,8 +417,8 @@ def stacking_pays(
                            decays, training)  # fmt: skip
     single = SingleMember(seeded_model(model_fn, 0, training.dtype, training.device), decays[-1], training)
     xs, ys = x.unsqueeze(0).expand(members, *x.shape).contiguous(), y.unsqueeze(0).expand(members, *y.shape)
-    times = interleaved({"stacked": training_step(stack, xs, ys), "single": training_step(single, x[None], y[None])},
-                        reps=reps)  # fmt: skip
+    times = interleaved({"stacked": functools.partial(training_step, stack, xs, ys),
+                         "single": functools.partial(training_step, single, x[None], y[None])}, reps=reps)  # fmt: skip
     t_stack, t_single = min(times["stacked"]), min(times["single"])
     detail = (f"{t_stack * 1e3:.2f} ms per stacked step of {members} models vs {members} x "
               f"{t_single * 1e3:.2f} ms one at a time")  # fmt: skip

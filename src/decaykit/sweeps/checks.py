@@ -8,20 +8,19 @@ setting on its own is checked where it is made (``settings.py``).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from decaykit.engine.checks import PLAUSIBLE_SHRINK
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.sweeps.batched import StackedMembers
 from decaykit.sweeps.data import SweepData, check_finite, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
 from decaykit.sweeps.tasks import Task
-from decaykit.sweeps.timing import choose_threads, one_thread, thread_trial, threads_text, training_step
-from decaykit.sweeps.trainer import Members, SingleMember, seeded_model
+from decaykit.sweeps.timing import ThreadChoice, one_thread, threads_text
+from decaykit.sweeps.trainer import seeded_model
 
 __all__ = ["check_model", "check_objective", "check_shrink", "load_data", "threads_for"]
 
@@ -81,59 +80,42 @@ def load_data(task: Task, training: Training) -> SweepData:
 # saves, and on a machine busy with other work its barrier can stall each op for a time slice (measured
 # here: a ridge sweep of 2 members, 800 steps, 0.36 s on 1 thread vs 6-18 s on 2 threads under load).
 _SMALL_STEP_FLOPS = 1e7
-# A thread trial takes three steps at least (a warm one, a timed one per thread count) and up to a twentieth
-# of the sweep's time after that (timing.thread_trial): worth it from this many steps on.
-_TIMED_MIN_STEPS = 240
+# A thread trial runs on the sweep's first steps: a warm one, then a round of one step per count, up to five
+# rounds (timing.ThreadChoice). A sweep of fewer steps keeps torch's default count untimed.
+_TIMED_MIN_STEPS = 24
 
 
 def threads_for(
-    model_fn: Callable[[], torch.nn.Module],
+    model: torch.nn.Module,
     data: SweepData,
     training: Training,
     members: int,
     *,
     requested: int | None = None,
     steps: int | None = None,
-    probe: torch.nn.Module | None = None,
-) -> tuple[int, str]:
+) -> ThreadChoice:
     """The number of CPU threads to train with, and why, for the sweep's header.
 
     ``requested`` (the ``threads`` setting) wins. Otherwise: one thread for small steps; else the faster
-    of one thread and torch's default, timed on the sweep's own training step of ``members`` models
-    (:func:`decaykit.sweeps.timing.thread_trial`). The machine's load decides this and changes by the
-    minute, which the load average follows a minute late (measured on a 2-core machine at load 3-6: the
-    default sweep 264-307 s with torch's 2 threads, 43 s with one). ``steps``: the training steps the
-    sweep will take; fewer than a trial is worth keep torch's default untimed. ``probe``: a model of
-    ``model_fn`` already built, to count its parameters with.
+    of one thread and torch's default, timed on the sweep's own first training steps of ``members``
+    models (:class:`decaykit.sweeps.timing.ThreadChoice`). The machine's load decides this and changes by
+    the minute, which the load average follows a minute late (measured on a 2-core machine at load 3-6:
+    the default sweep 264-307 s with torch's 2 threads, 43 s with one). ``model``: one model of the
+    sweep, to count its parameters; ``steps``: the training steps the sweep will take; fewer than a
+    trial needs keep torch's default untimed.
     """
     if requested is not None:
-        return requested, f"{threads_text(requested)} (as asked)"
+        return ThreadChoice.fixed(requested, f"{threads_text(requested)} (as asked)")
     default = torch.get_num_threads()
     if training.device.type != "cpu":
-        return default, f"{training.device.type}"
-    model = probe if probe is not None else seeded_model(model_fn, 0, training.dtype, training.device)
+        return ThreadChoice.fixed(default, training.device.type)
     params = sum(p.numel() for p in model.parameters())
     flops = 6.0 * params * training.batch_for(data.train_size) * members  # forward + backward of a dense model
     if flops < _SMALL_STEP_FLOPS:
-        return 1, "1 thread (small steps)"
+        return ThreadChoice.fixed(1, "1 thread (small steps)")
     if default == 1 or (steps is not None and steps < _TIMED_MIN_STEPS):
-        return default, threads_text(default)
-    step = training_step(*_trial_members(model_fn, data, training, members))
-    return choose_threads(thread_trial(step, [1, default], steps=steps))
-
-
-def _trial_members(
-    model_fn: Callable[[], torch.nn.Module], data: SweepData, training: Training, members: int
-) -> tuple[Members, Tensor, Tensor]:
-    """Throwaway members as the sweep trains them (stacked when ``members`` > 1) and one batch for them."""
-    batch = training.batch_for(data.train_size)
-    x, y = data.x_train[:batch], data.y_train[:batch]
-    models = [seeded_model(model_fn, k, training.dtype, training.device) for k in range(members)]
-    decays = [1e-4 * k for k in range(members)]  # distinct: the per-member decay path, as in a sweep
-    if members == 1:
-        return SingleMember(models[0], decays[0], training), x[None], y[None]
-    xs = x.unsqueeze(0).expand(members, *x.shape).contiguous()
-    return StackedMembers(models, decays, training), xs, y.unsqueeze(0).expand(members, *y.shape).contiguous()
+        return ThreadChoice.fixed(default, threads_text(default))
+    return ThreadChoice([1, default], steps=steps)
 
 
 def check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:

@@ -43,7 +43,7 @@ from decaykit.sweeps.result import SweepResult
 from decaykit.sweeps.settings import Execution, Training, Trials
 from decaykit.sweeps.store import Store, TrialKey, open_store
 from decaykit.sweeps.tasks import Task, resolve_task
-from decaykit.sweeps.timing import one_thread
+from decaykit.sweeps.timing import ThreadChoice, one_thread
 from decaykit.sweeps.worker import Worker
 
 __all__ = ["run_sweep", "sweep"]
@@ -160,12 +160,12 @@ def run_sweep(
     try:
         stacked, notes = _decide_stacking(prepared, execution, store)
         worker = Worker(prepared, execution, store, stacked=stacked, callbacks=callbacks,
-                        progress=Progress(0, mode=execution.progress_mode()))  # fmt: skip
-        threads, threads_why = _threads(prepared, execution, store, stacked)
-        wanted = _train_trials(prepared, worker, threads)
+                        progress=Progress(0, mode=execution.progress_mode()),
+                        threads=_threads(prepared, execution, store, stacked))  # fmt: skip
+        wanted = _train_trials(prepared, worker)
     finally:
         store.close()
-    result = _build_result(prepared, execution, worker, wanted, notes, study, started, threads_why)
+    result = _build_result(prepared, execution, worker, wanted, notes, study, started, worker.threads.describe())
     if execution.plots_wanted and result.results:
         result.plot(execution.out)
     return result
@@ -219,8 +219,8 @@ def _members(prepared: Prepared, execution: Execution, *, stacked: bool) -> int:
     return min(execution.chunk_size, prepared.trials.first_round_size) if stacked else 1
 
 
-def _threads(prepared: Prepared, execution: Execution, store: Store, stacked: bool) -> tuple[int, str]:
-    """The thread count and why; a thread trial only sizes itself by, and only runs for, trials left to train."""
+def _threads(prepared: Prepared, execution: Execution, store: Store, stacked: bool) -> ThreadChoice:
+    """The thread count and why; a thread trial sizes itself by the trials left to train."""
     members = _members(prepared, execution, stacked=stacked)
     training, trials = prepared.training, prepared.trials
     todo = trials.first_round_size
@@ -228,14 +228,14 @@ def _threads(prepared: Prepared, execution: Execution, store: Store, stacked: bo
         done = store.completed()
         todo = sum(key not in done for key in next(trials.trial_rounds(lambda tried: None)))
         if todo == 0 and execution.threads is None:
-            return torch.get_num_threads(), ""  # nothing to train: nothing to time
+            return ThreadChoice.fixed(torch.get_num_threads(), "")  # nothing to train: nothing to time
     steps = training.epochs * math.ceil(prepared.data.train_size / training.batch_for(prepared.data.train_size))
     steps *= math.ceil(todo / members)  # the chunks left of the first round, at the least
-    return checks.threads_for(prepared.task.model_fn, prepared.data, training, members, requested=execution.threads,
-                              steps=steps, probe=prepared.probe)  # fmt: skip
+    return checks.threads_for(prepared.probe, prepared.data, training, members, requested=execution.threads,
+                              steps=steps)  # fmt: skip
 
 
-def _train_trials(prepared: Prepared, worker: Worker, threads: int) -> list[TrialKey]:
+def _train_trials(prepared: Prepared, worker: Worker) -> list[TrialKey]:
     """Train every trial of every round (one round for a grid); returns the trials the sweep wanted."""
     wanted: list[TrialKey] = []
     training = prepared.training
@@ -246,7 +246,7 @@ def _train_trials(prepared: Prepared, worker: Worker, threads: int) -> list[Tria
         return None if chosen is None else chosen["weight_decay"]
 
     try:
-        with _cpu_settings(threads):
+        with _cpu_settings(worker.threads.start):
             for keys in prepared.trials.trial_rounds(best_of):
                 wanted += keys
                 worker.run(keys)

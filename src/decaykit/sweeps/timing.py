@@ -1,10 +1,11 @@
-"""Timing trials the sweep runs before it trains: real training steps, interleaved, on this machine now.
+"""Timing trials of the sweep's own training step, the candidates in turns, on this machine now.
 
-Two decisions depend on how fast this machine runs the sweep's own step, which no formula predicts: whether
-K models train faster stacked than one by one (``batched.stacking_pays``), and how many CPU threads to train
-with (``checks.threads_for``). Both time the same thing, :func:`training_step`, through :func:`interleaved`:
-the candidates alternate, so a change in the machine's load while the trial runs slows them alike. The
-checks before training run on :func:`one_thread`, too small to share.
+Two decisions depend on how fast this machine runs the sweep's step, which no formula predicts: whether
+K models train faster stacked than one by one (``batched.stacking_pays``, before training: throwaway
+members, ``trainer.training_step`` through :func:`interleaved`), and how many CPU threads to train with
+(:class:`ThreadChoice`, on the sweep's own first steps). The candidates alternate, so a change in the
+machine's load while a trial runs slows them alike. The checks before training run on :func:`one_thread`,
+too small to share.
 """
 
 from __future__ import annotations
@@ -13,27 +14,14 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
-from torch import Tensor
 
-if TYPE_CHECKING:
-    from decaykit.sweeps.trainer import Members
-
-__all__ = ["choose_threads", "interleaved", "one_thread", "thread_trial", "threads_text", "training_step"]
+__all__ = ["ThreadChoice", "choose_threads", "interleaved", "one_thread", "threads_text"]
 
 K = TypeVar("K", bound=Hashable)
-
-
-def training_step(members: Members, x: Tensor, y: Tensor) -> Callable[[], None]:
-    """One step exactly as the training loop runs it: forward and backward into ``.grad``, then the optimizer."""
-
-    def step() -> None:
-        members.forward_backward(x, y)
-        members.optimizer.step()
-
-    return step
+T = TypeVar("T")
 
 
 def interleaved(
@@ -69,43 +57,95 @@ def choose_threads(timings: Mapping[int, Sequence[float]]) -> tuple[int, str]:
 
     A tie goes to the fewer threads: they leave the other cores to other work for the same speed.
     """
+    medians = _medians(timings)
+    best = min(sorted(medians), key=lambda threads: medians[threads])
+    return best, f"{threads_text(best)} (timed: {_figures(medians)})"
+
+
+def _medians(timings: Mapping[int, Sequence[float]]) -> dict[int, float]:
     medians = {threads: statistics.median(seconds) for threads, seconds in timings.items() if seconds}
     if not medians:
         raise ValueError("no timings to choose from")
-    best = min(sorted(medians), key=lambda threads: medians[threads])
-    figures = " vs ".join(f"{threads_text(n)} {medians[n] * 1e3:.3g} ms/step" for n in sorted(medians))
-    return best, f"{threads_text(best)} (timed: {figures})"
+    return medians
 
 
-def thread_trial(
-    step: Callable[[], object], candidates: Sequence[int], *, steps: int | None = None, reps: int = 5,
-    share: float = 0.05, budget: float = 0.4,
-) -> dict[int, list[float]]:  # fmt: skip
-    """Seconds per ``step`` with each thread count of ``candidates``, rounds interleaved; torch's count restored.
+def _figures(medians: Mapping[int, float]) -> str:
+    return " vs ".join(f"{threads_text(n)} {medians[n] * 1e3:.3g} ms/step" for n in sorted(medians))
 
-    A count's first step after a switch is timed as it is: the sweep pays that switch too, once.
 
-    Up to ``reps`` rounds; the trial stops after the first round that has spent ``budget`` seconds or, when
-    the sweep will take ``steps`` steps, ``share`` of the time they take at the fastest count timed so far
-    (one round at least): a trial that costs more than it can save is no help.
+class ThreadChoice:
+    """How many CPU threads the sweep trains on, and why: fixed before training, or timed on its first steps.
+
+    A fixed choice (:meth:`fixed`: asked for, small steps, one core) holds from the first step. A timed one
+    runs the sweep's own first training steps in turns on each of ``candidates``: the first step (it
+    allocates buffers) untimed on the fewest threads, then rounds of one step per count, each timed as it
+    is (a count's first step after a switch included: the sweep pays that switch too, once). After
+    ``reps`` rounds, or after the first round whose extra cost (the time the trial's steps took beyond
+    the fastest median so far) passes ``budget`` seconds or ``share`` of the time the sweep's ``steps``
+    take at that median, the lowest median wins (:func:`choose_threads`) and every later step runs on
+    it. The steps train the sweep's own models, so the trial builds no throwaway ones and costs only the
+    gap between the counts on the steps it runs on the slower one; a step's numbers do not depend on the
+    count it ran on (``tests/test_sweep_threads.py`` compares a timed sweep with a one-thread one).
     """
-    saved = torch.get_num_threads()
-    times: dict[int, list[float]] = {n: [] for n in candidates}
-    started = time.perf_counter()
-    try:
-        torch.set_num_threads(min(candidates))
-        step()  # untimed: a first step allocates its buffers; on the fewest threads, the cheapest warm-up
-        for _ in range(reps):
-            one = interleaved({n: step for n in candidates}, reps=1, warmup=0, before=torch.set_num_threads)
-            for n, seconds in one.items():
-                times[n] += seconds
-            spent = time.perf_counter() - started
-            limit = budget if steps is None else min(budget, share * steps * min(min(t) for t in times.values()))
-            if spent > limit:
-                break
-    finally:
-        torch.set_num_threads(saved)
-    return times
+
+    def __init__(
+        self, candidates: Sequence[int], why: str = "", *, steps: int | None = None, reps: int = 5,
+        share: float = 0.05, budget: float = 0.4,
+    ) -> None:  # fmt: skip
+        if not candidates:
+            raise ValueError("no thread counts to choose from")
+        self.candidates = sorted(set(candidates))
+        self.times: dict[int, list[float]] = {n: [] for n in self.candidates}
+        self.steps, self.reps, self.share, self.budget = steps, reps, share, budget
+        self.threads: int | None = self.candidates[0] if len(self.candidates) == 1 else None  # None: still timing
+        self.why = why
+        self._queue: list[int] = []
+        self._warm = False
+
+    @classmethod
+    def fixed(cls, threads: int, why: str) -> ThreadChoice:
+        return cls([threads], why)
+
+    @property
+    def start(self) -> int:
+        """The count to set before training: the choice, or (timing) the fewest, for the warm-up step."""
+        return self.threads if self.threads is not None else self.candidates[0]
+
+    def run(self, step: Callable[[], T]) -> T:
+        """``step()``, on the chosen count, or as the trial's next step while it is still timing."""
+        if self.threads is not None:
+            return step()
+        if not self._warm:
+            self._warm = True
+            torch.set_num_threads(self.candidates[0])
+            return step()
+        if not self._queue:
+            self._queue = list(self.candidates)
+        threads = self._queue.pop(0)
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        out = step()
+        self.times[threads].append(time.perf_counter() - started)
+        if not self._queue and self._round_is_last():
+            self.threads, self.why = choose_threads(self.times)
+            torch.set_num_threads(self.threads)
+        return out
+
+    def _round_is_last(self) -> bool:
+        rounds = len(self.times[self.candidates[0]])
+        fastest = min(statistics.median(t) for t in self.times.values())
+        extra = sum(sum(t) for t in self.times.values()) - rounds * len(self.candidates) * fastest
+        limit = self.budget if self.steps is None else min(self.budget, self.share * self.steps * fastest)
+        return rounds >= self.reps or extra > limit
+
+    def describe(self) -> str:
+        """The count and why, for the sweep's header; "" for a trial that timed no step (nothing was trained)."""
+        if self.threads is not None:
+            return self.why
+        if not all(self.times.values()):
+            return ""
+        counts = " and ".join(str(n) for n in self.candidates)  # the sweep ended before the trial did
+        return f"{counts} threads in turns (timed: {_figures(_medians(self.times))}; too few steps to settle)"
 
 
 @contextlib.contextmanager

@@ -32,8 +32,9 @@ from decaykit.sweeps.sanity import Chance, chance_level, judge
 
 if TYPE_CHECKING:
     from decaykit.sweeps.settings import Training
+    from decaykit.sweeps.timing import ThreadChoice
 
-__all__ = ["FinalMetrics", "Members", "SingleMember", "TrialOutcome", "build_member", "curve_epochs", "train"]
+__all__ = ["FinalMetrics", "Members", "SingleMember", "TrialOutcome", "build_member", "curve_epochs", "train", "training_step"]
 
 # per-member extra metrics computed once at the end (a task's): (model, weight_decay, data) -> {name: value}
 FinalMetrics = Callable[[nn.Module, float, SweepData], dict[str, float]]
@@ -180,13 +181,15 @@ def train(
     *,
     final_metrics: FinalMetrics | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    threads: ThreadChoice | None = None,
 ) -> list[TrialOutcome]:
     """Train the K members (member k is ``configs[k] = (λ_k, seed_k)``) and measure them.
 
     Each epoch member k sees the training set in the order drawn by its seed's generator,
     in batches of ``training.batch_size`` (the last one smaller), or all at once. The curves are
     measured at the epochs :func:`curve_epochs` picks; ``final_metrics`` (a task's) adds metrics of
-    each finished member; ``on_epoch(K)`` is called after every epoch (the progress bar).
+    each finished member; ``on_epoch(K)`` is called after every epoch (the progress bar). ``threads``: a
+    thread count still being timed runs its trial on the first training steps (``timing.ThreadChoice``).
     """
     if len(configs) != members.size:
         raise ValueError(f"{len(configs)} configs for {members.size} members")
@@ -194,7 +197,7 @@ def train(
     curves = _Curves(members, data, training)
     start = time.perf_counter()
     curves.measure(0, _distinct_starts(members, seeds))
-    diverged = _train_epochs(members, seeds, data, training, curves, on_epoch)
+    diverged = _train_epochs(members, seeds, data, training, curves, on_epoch, threads)
     seconds = time.perf_counter() - start
     series = curves.stacked()
     verdict = _Verdict(chance_level(data, training.loss), training)
@@ -237,6 +240,7 @@ def _train_epochs(
     training: Training,
     curves: _Curves,
     on_epoch: Callable[[int], None] | None,
+    threads: ThreadChoice | None,
 ) -> Tensor:
     """Every epoch of training, measured at the curve's epochs; returns which members diverged, (K,) bool."""
     k_members, n = members.size, data.train_size
@@ -246,7 +250,7 @@ def _train_epochs(
     bad = torch.zeros(k_members, dtype=torch.bool, device=training.device)
     for epoch in range(1, training.epochs + 1):
         orders = order.draw() if batch < n else torch.arange(n).expand(k_members, n)
-        bad |= ~torch.isfinite(_one_epoch(members, data, orders, batch))
+        bad |= ~torch.isfinite(_one_epoch(members, data, orders, batch, threads))
         if epoch in checkpoints:
             curves.measure(epoch)
         if on_epoch is not None:
@@ -254,9 +258,9 @@ def _train_epochs(
     return bad
 
 
-def _one_epoch(members: Members, data: SweepData, orders: Tensor, batch: int) -> Tensor:
+def _one_epoch(members: Members, data: SweepData, orders: Tensor, batch: int, threads: ThreadChoice | None) -> Tensor:
     """One pass over the training set in ``orders`` (K, n); each member's summed loss, (K,) float64."""
-    x_train, y_train, opt = data.x_train, data.y_train, members.optimizer
+    x_train, y_train = data.x_train, data.y_train
     epoch_loss = torch.zeros(members.size, dtype=torch.float64, device=x_train.device)
     orders = orders.to(x_train.device)
     for lo in range(0, orders.shape[1], batch):
@@ -264,9 +268,18 @@ def _one_epoch(members: Members, data: SweepData, orders: Tensor, batch: int) ->
         rows = idx.reshape(-1)  # index_select of the flat rows: 18 µs where x_train[idx] took 48 (K = 16, b = 32)
         x = x_train.index_select(0, rows).view(*idx.shape, *x_train.shape[1:])
         y = y_train.index_select(0, rows).view(*idx.shape, *y_train.shape[1:])
-        epoch_loss += members.forward_backward(x, y)  # NaN and inf stick in a sum
-        opt.step()
+        if threads is None or threads.threads is not None:
+            epoch_loss += training_step(members, x, y)  # NaN and inf stick in a sum
+        else:
+            epoch_loss += threads.run(lambda: training_step(members, x, y))  # noqa: B023 (run calls it at once)
     return epoch_loss
+
+
+def training_step(members: Members, x: Tensor, y: Tensor) -> Tensor:
+    """One training step: forward and backward into ``.grad``, then the optimizer; the (K,) losses."""
+    losses = members.forward_backward(x, y)
+    members.optimizer.step()
+    return losses
 
 
 class _Curves:

@@ -19,6 +19,7 @@ from decaykit.sweeps.prepare import Prepared
 from decaykit.sweeps.progress import Progress
 from decaykit.sweeps.settings import Execution
 from decaykit.sweeps.store import Store, TrialKey
+from decaykit.sweeps.timing import ThreadChoice
 from decaykit.sweeps.trainer import TrialOutcome, build_member, seeded_model, train
 
 __all__ = ["Worker"]
@@ -30,7 +31,8 @@ class Worker:
     """Claims chunks of trials from the store, trains them, and writes each one back as it finishes.
 
     ``stacked``: train a chunk as one stacked model (chunks of ``execution.chunk_size``), else one model
-    at a time (chunks of one). ``callbacks`` are called with each finished trial's record.
+    at a time (chunks of one). ``threads``: the CPU thread count its steps run on (a timed choice settles
+    on the first steps it trains). ``callbacks`` are called with each finished trial's record.
     """
 
     def __init__(
@@ -41,12 +43,13 @@ class Worker:
         *,
         stacked: bool,
         progress: Progress,
+        threads: ThreadChoice,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     ) -> None:
         self.task, self.data, self.training = prepared.task, prepared.data, prepared.training
         self.store, self.stacked, self.wait = store, stacked, execution.wait
         self.chunk_size = execution.chunk_size if stacked else 1
-        self.bar, self.callbacks = progress, callbacks
+        self.bar, self.callbacks, self.threads = progress, callbacks, threads
         self.trained = 0
         self.path: str | None = None  # "layers" or "vmap", once a stack has trained
 
@@ -127,12 +130,13 @@ class Worker:
                 models = [seeded_model(self.task.model_fn, s, training.dtype, training.device) for _, s in keys]
                 members = StackedMembers(models, [wd for wd, _ in keys], training)
                 self.path = members.path
-                return train(members, keys, self.data, training, final_metrics=final_metrics, on_epoch=self.bar.advance)
+                return train(members, keys, self.data, training, final_metrics=final_metrics, on_epoch=self.bar.advance,
+                             threads=self.threads)  # fmt: skip
             outcomes = []
             for wd, seed in keys:
                 member = build_member(self.task.model_fn, wd, seed, training)
                 outcomes += train(member, [(wd, seed)], self.data, training, final_metrics=final_metrics,
-                                  on_epoch=self.bar.advance)  # fmt: skip
+                                  on_epoch=self.bar.advance, threads=self.threads)  # fmt: skip
             return outcomes
         except (DecayError, KeyboardInterrupt):
             raise
