@@ -180,6 +180,36 @@ def test_vmap_stacking_that_measures_slower_falls_back_once_per_study(tmp_path, 
     assert sweep(mlp, blobs(), **kw).run["path"] == "layers" and calls == [1]  # Linear chains are not timed
 
 
+def test_the_stacking_trial_stops_once_the_answer_is_clear(monkeypatch):
+    import decaykit.sweeps.batched as batched
+    from decaykit.sweeps.data import SweepData
+    from decaykit.sweeps.settings import Training
+
+    paces = {"stacked": 1.0, "single": 1.0}  # seconds a step takes, per side, as the fake clock reports it
+    rounds: list[int] = []
+
+    def clocked(runs, *, reps, warmup):
+        for run in runs.values():
+            run()  # the real steps still run
+        rounds.append(warmup)
+        return {key: [paces[key]] * reps for key in runs}
+
+    monkeypatch.setattr(batched, "interleaved", clocked)
+    x, y, xt, yt = blobs()
+    data = SweepData(x, y, xt, yt, "classification", 4, "")
+    training = Training(optimizer="adamw", lr=1e-3, momentum=0.0, epochs=1, batch_size=16, mode="lr_coupled",
+                        policy="decaykit", loss="cross_entropy", dtype=torch.float32, device=torch.device("cpu"))  # fmt: skip
+    paces.update(stacked=1.0, single=1.0)  # 4 members stacked 4x faster than one by one: clear after 2 rounds
+    assert batched.stacking_pays(mlp, data, training, 4)[0] and rounds == [1, 0]
+    rounds.clear()
+    paces.update(stacked=3.5, single=1.0)  # 3.5 against 4 x 1: close, every round runs, and stacking wins
+    assert batched.stacking_pays(mlp, data, training, 4)[0] and rounds == [1, 0, 0, 0, 0]
+    rounds.clear()
+    paces.update(stacked=9.0, single=1.0)  # 9 against 4 x 1: clearly slower
+    faster, detail = batched.stacking_pays(mlp, data, training, 4)
+    assert not faster and rounds == [1, 0] and detail == "9000.00 ms per stacked step of 4 models vs 4 x 1000.00 ms one at a time"
+
+
 def test_an_optimizer_factory_gets_the_policy_groups_and_the_engine_applies_lambda():
     kw = dict(FAST, weight_decays=[0.0, 1.0], lr=0.05, mode="coupled_l2")
     by_name = sweep(mlp, blobs(), optimizer="sgd", momentum=0.9, **kw)
