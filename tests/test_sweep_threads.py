@@ -131,7 +131,7 @@ def test_large_steps_are_timed_with_one_thread_and_torch_default(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     for members in (1, 3):
         choice = threads_for(_large(), DATA, TRAINING, members, steps=1000)
-        assert choice.candidates == [1, 4] and choice.threads is None and choice.start == 1
+        assert choice.candidates == [1, 4] and choice.threads is None and choice.start == 4
     # too few steps to be worth a trial, one thread only, or small steps: no trial
     assert threads_for(_large(), DATA, TRAINING, 1, steps=10).describe() == "4 threads"
     assert threads_for(_small(), DATA, TRAINING, 1).describe() == "1 thread (small steps)"
@@ -161,9 +161,14 @@ def test_the_header_names_the_timed_choice_and_a_rerun_with_nothing_to_train_tim
     run = ThreadChoice.run
 
     def counted(self, step):
-        if self.threads is None:
-            timed.append(torch.get_num_threads())
-        return run(self, step)
+        if self.threads is not None:
+            return run(self, step)
+
+        def recorded():
+            timed.append(torch.get_num_threads())  # the count the trial set for this step
+            return step()
+
+        return run(self, recorded)
 
     monkeypatch.setattr(ThreadChoice, "run", counted)
     kw = dict(weight_decays=[0.0, 0.1], seeds=1, epochs=60, batch_size=64, storage=str(tmp_path / "j.log"))
@@ -181,7 +186,7 @@ def test_the_header_names_the_timed_choice_and_a_rerun_with_nothing_to_train_tim
                        result.header[-1])  # fmt: skip
     assert chosen, result.header[-1]
     assert chosen.group(1) in ("1", "2")
-    assert len(timed) >= 3 and timed[0] == 1  # the sweep's own first steps: a warm one on 1 thread, then in turns
+    assert timed[:3] == [1, 1, 2]  # the sweep's own first steps: a warm one on 1 thread, then in turns
     assert again.run["trained"] == 0 and again.results == result.results and "timed" not in again.header[-1]
     assert len(timed) <= 11  # the rerun timed nothing
     # the steps the trial ran in turns on 1 and 2 threads trained the same numbers as a run on one thread

@@ -108,8 +108,9 @@ class ThreadChoice:
 
     @property
     def start(self) -> int:
-        """The count to set before training: the choice, or (timing) the fewest, for the warm-up step."""
-        return self.threads if self.threads is not None else self.candidates[0]
+        """The count to set before training (the evaluation of the initial models): the choice, or, while the
+        trial has still to time the steps, the most (torch's default); the trial sets its own for each step."""
+        return self.threads if self.threads is not None else self.candidates[-1]
 
     def run(self, step: Callable[[], T]) -> T:
         """``step()``, on the chosen count, or as the trial's next step while it is still timing."""
