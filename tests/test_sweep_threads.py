@@ -16,7 +16,7 @@ from torch import nn
 from decaykit import DecayError, sweep
 from decaykit.cli.main import build_parser
 from decaykit.cli.sweep_cmd import settings_from_args
-from decaykit.sweeps.checks import threads_for
+from decaykit.sweeps.checks import step_flops, threads_for
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.settings import Execution, Training
 from decaykit.sweeps.timing import ThreadChoice, choose_threads, interleaved
@@ -137,6 +137,33 @@ def test_large_steps_are_timed_with_one_thread_and_torch_default(monkeypatch):
     assert threads_for(_small(), DATA, TRAINING, 1).describe() == "1 thread (small steps)"
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert threads_for(_large(), DATA, TRAINING, 1).describe() == "1 thread"
+
+
+def _conv():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 256, 4))
+
+
+def test_a_convolution_counts_its_flops_at_every_position_not_once_per_weight(monkeypatch):
+    model, x = _conv(), torch.zeros(2, 3, 16, 16)
+    conv = 2 * (3 * 9) * 16 * 256 + 16 * 256  # multiply-adds at each of the 16 x 16 positions (and its bias)
+    dense = 2 * 16 * 256 * 4
+    assert step_flops(model, x) == pytest.approx(3 * (conv + dense), rel=0.05)
+    assert step_flops(model, x) > 7 * 6 * sum(p.numel() for p in model.parameters())
+    images = SweepData(torch.zeros(64, 3, 16, 16), torch.zeros(64, dtype=torch.long), torch.zeros(8, 3, 16, 16),
+                       torch.zeros(8, dtype=torch.long), "classification", 4, "")  # fmt: skip
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    # by its parameters alone (6 · 16.8k · 64 = 6.5e6 FLOPs a step) this would be "small steps" on one thread
+    assert threads_for(model, images, TRAINING, 1, steps=1000).threads is None  # timed
+    assert step_flops(_Unfollowable(), x) == 6 * 4  # a forward the counter cannot run: the dense count
+
+
+class _Unfollowable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x):
+        raise RuntimeError("no")
 
 
 def test_a_requested_count_wins():

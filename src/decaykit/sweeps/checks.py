@@ -22,7 +22,7 @@ from decaykit.sweeps.tasks import Task
 from decaykit.sweeps.timing import ThreadChoice, one_thread, threads_text
 from decaykit.sweeps.trainer import seeded_model
 
-__all__ = ["check_model", "check_objective", "check_shrink", "load_data", "threads_for"]
+__all__ = ["check_model", "check_objective", "check_shrink", "load_data", "step_flops", "threads_for"]
 
 
 def check_shrink(training: Training, weight_decays: Sequence[float]) -> None:
@@ -101,21 +101,36 @@ def threads_for(
     models (:class:`decaykit.sweeps.timing.ThreadChoice`). The machine's load decides this and changes by
     the minute, which the load average follows a minute late (measured on a 2-core machine at load 3-6:
     the default sweep 264-307 s with torch's 2 threads, 43 s with one). ``model``: one model of the
-    sweep, to count its parameters; ``steps``: the training steps the sweep will take; fewer than a
-    trial needs keep torch's default untimed.
+    sweep, to count a step's FLOPs with (:func:`step_flops`); ``steps``: the training steps the sweep will
+    take; fewer than a trial needs keep torch's default untimed.
     """
     if requested is not None:
         return ThreadChoice.fixed(requested, f"{threads_text(requested)} (as asked)")
     default = torch.get_num_threads()
     if training.device.type != "cpu":
         return ThreadChoice.fixed(default, training.device.type)
-    params = sum(p.numel() for p in model.parameters())
-    flops = 6.0 * params * training.batch_for(data.train_size) * members  # forward + backward of a dense model
+    flops = step_flops(model, data.x_train[:2]) * training.batch_for(data.train_size) * members
     if flops < _SMALL_STEP_FLOPS:
         return ThreadChoice.fixed(1, "1 thread (small steps)")
     if default == 1 or (steps is not None and steps < _TIMED_MIN_STEPS):
         return ThreadChoice.fixed(default, threads_text(default))
     return ThreadChoice([1, default], steps=steps)
+
+
+def step_flops(model: torch.nn.Module, x: Tensor) -> float:
+    """FLOPs of one training step per sample: three times the forward's (the backward costs about two), as
+    torch's FLOP counter counts it on the samples ``x``, and never under 6 per parameter (each weight used
+    once per sample, as in a dense layer). A convolution reuses its weights at every position: counted
+    from its parameters alone, the 2-D CNN of the tests would be 7.5x too small."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dense = 6.0 * sum(p.numel() for p in model.parameters())
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    except Exception:  # a model the counter cannot follow: the dense count alone
+        return dense
+    return max(dense, 3.0 * counter.get_total_flops() / max(1, len(x)))
 
 
 def check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:
