@@ -184,3 +184,32 @@ def test_a_policy_option_of_the_wrong_type_is_a_decay_error_naming_it(option, va
 def test_param_groups_names_an_option_it_does_not_know():
     with pytest.raises(DecayError, match=r"param_groups\(\) got unknown option\(s\) 'preset'.*policy, rules"):
         decaykit.param_groups(small(), LAM, preset="timm")
+
+
+def lazy() -> nn.Module:
+    return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(2))
+
+
+def test_a_lazy_model_is_refused_until_its_first_forward_pass_gives_the_shapes() -> None:
+    import torch
+
+    model = lazy()
+    for entry in (lambda: decaykit.param_groups(model, LAM), lambda: decaykit.plan(model, LAM, policy="timm"),
+                  lambda: decaykit.plan(model, LAM, example_inputs=torch.zeros(1, 3)),  # refused before any traced pass
+                  lambda: decaykit.audit(model, torch.optim.AdamW(model.parameters(), weight_decay=LAM))):  # fmt: skip
+        with pytest.raises(DecayError, match=r"4 parameter\(s\) whose shapes are not known yet \(0\.weight, 0\.bias, "
+                                             r"2\.weight, \.\.\.: lazy modules.*run one forward pass"):  # fmt: skip
+            entry()
+    assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)  # untouched: no fake shapes left in it
+    model(torch.zeros(1, 3))  # the shapes exist now: the same call decides every tensor
+    groups = decaykit.param_groups(model, LAM)
+    assert sorted(n for g in groups if g["weight_decay"] == LAM for n in g["param_names"]) == ["0.weight", "2.weight"]
+
+
+def test_a_sweep_of_a_lazy_model_says_to_run_the_forward_pass_in_the_factory() -> None:
+    import torch
+
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    with pytest.raises(DecayError, match=r"in a sweep: inside the model factory"):
+        decaykit.sweep(lazy, (x[:32], y[:32], x[32:], y[32:]), weight_decays=[0.0], seeds=1, epochs=1,
+                       storage="memory", plots=False, progress=False)  # fmt: skip

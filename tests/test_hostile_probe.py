@@ -112,3 +112,10 @@ def test_state_steps_are_bounded() -> None:
     assert int(optimizer.state[p]["step"]) == 3 and not math.isnan(float(p.detach().sum()))
     with pytest.raises(DecayError, match="state_steps must be an integer >= 0"):
         warm_up(optimizer, -1)
+
+
+def test_lazy_parameters_are_refused_before_anything_is_measured() -> None:
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+    with pytest.raises(DecayError, match=r"param groups \[0\] hold parameters of lazy modules.*run one, model\(x\)"):
+        probe(opt, model=model)

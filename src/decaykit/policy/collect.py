@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
+from torch.nn.parameter import UninitializedParameter
 
 from decaykit.errors import DecayError
 from decaykit.policy.names import canonical_name
 from decaykit.policy.roles import ParamInfo
 from decaykit.policy.usage import Trace
 
-__all__ = ["check_model", "collect_params"]
+__all__ = ["check_model", "collect_params", "lazy_names", "refuse_lazy"]
 
 
 def check_model(model: Any) -> nn.Module:
@@ -31,6 +32,24 @@ def check_model(model: Any) -> nn.Module:
             "pass the model itself: param_groups(model, 0.05)"
         )
     raise DecayError(f"model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself")
+
+
+def refuse_lazy(names: list[str]) -> None:
+    """A DecayError for parameters of lazy modules (``nn.LazyLinear``): they have no shape until the model's
+    first forward pass, and the policy decides from what a tensor is, its shape included. Checked before
+    any traced pass, which would materialise them as fake tensors."""
+    if names:
+        raise DecayError(
+            f"model has {len(names)} parameter(s) whose shapes are not known yet ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}: lazy modules such as nn.LazyLinear); run one forward pass on "
+            "an example batch first, model(x), then build the groups (in a sweep: inside the model factory, "
+            "before it returns the model)"
+        )
+
+
+def lazy_names(model: nn.Module) -> list[str]:
+    """The names of ``model``'s parameters that lazy modules have not initialised yet."""
+    return [name for name, p in model.named_parameters() if isinstance(p, UninitializedParameter)]
 
 
 def collect_params(model: nn.Module, trace: Trace | None = None) -> dict[int, list[ParamInfo]]:
@@ -55,6 +74,7 @@ def collect_params(model: nn.Module, trace: Trace | None = None) -> dict[int, li
                 walk(child, f"{prefix}{name}.", (*ancestors, module))
 
     walk(model, "", ())
+    refuse_lazy([infos[0].name for infos in by_tensor.values() if isinstance(infos[0].param, UninitializedParameter)])
     return by_tensor
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from decaykit._render import Cell, Report, format_table, html_lines, html_report, html_table
 from decaykit._validate import check_number
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.policy.collect import check_model, collect_params
+from decaykit.policy.collect import check_model, collect_params, lazy_names, refuse_lazy
 from decaykit.policy.decide import Conflict, Decider, Decision, RoleConflict, role_conflicts
 from decaykit.policy.groups import build_groups
 from decaykit.policy.hooks import hook_patterns
@@ -230,6 +230,7 @@ def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
     if example_inputs is True:
         raise DecayError("example_inputs=True is not an input: pass the model's input, 'auto' to let decaykit make "
                          "one, or False to decide from the structure alone")
+    refuse_lazy(lazy_names(model))  # before the pass, which would make them fake tensors
     bare: nn.Module = unwrap_model(model)  # type: ignore[assignment]
     if isinstance(example_inputs, str):
         if example_inputs != "auto":

@@ -90,6 +90,11 @@ def probe(
         raise DecayError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if chunk_bytes is not None and (not isinstance(chunk_bytes, int) or chunk_bytes <= 0):
         raise DecayError(f"chunk_bytes must be a positive int or None, got {chunk_bytes!r}")
+    lazy = [i for i, g in enumerate(optimizer.param_groups)
+            if any(isinstance(p, nn.parameter.UninitializedParameter) for p in g["params"])]  # fmt: skip
+    if lazy:
+        raise DecayError(f"param groups {lazy} hold parameters of lazy modules (nn.LazyLinear, ...), which have no "
+                         "shape or values until the model's first forward pass; run one, model(x), then probe")
     meta = [i for i, g in enumerate(optimizer.param_groups) if any(p.is_meta for p in g["params"])]
     if meta:
         raise DecayError(f"param groups {meta} hold meta tensors, which have no values to measure; "
