@@ -180,6 +180,29 @@ def test_vmap_stacking_that_measures_slower_falls_back_once_per_study(tmp_path, 
     assert sweep(mlp, blobs(), **kw).run["path"] == "layers" and calls == [1]  # Linear chains are not timed
 
 
+class TokenClassifier(nn.Module):
+    """Token ids in, class logits out: an embedding, the mean over positions, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(30, 16), nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(ids).mean(1)))
+
+
+def test_token_ids_train_as_they_are_and_stacked_equals_one_by_one():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30, (120, 6), generator=g)
+    labels = ids[:, 0] % 3
+    data = (ids[:96], labels[:96], ids[96:], labels[96:])
+    kw = dict(FAST, weight_decays=[0.0, 0.1, 1.0], lr=0.05)
+    stacked, alone = sweep(TokenClassifier, data, batched=True, **kw), sweep(TokenClassifier, data, batched=False, **kw)
+    assert stacked.run["path"] == "vmap" and alone.run["path"] == "one-by-one"
+    assert_same(stacked, alone)
+    assert max(r["train_accuracy"] for r in stacked.results) > 0.5  # it learns from the ids (chance: 1/3)
+
+
 def test_the_stacking_trial_stops_once_the_answer_is_clear(monkeypatch):
     import decaykit.sweeps.batched as batched
     from decaykit.sweeps.data import SweepData

@@ -88,6 +88,10 @@ def test_data_forms_accepted():
           torch.zeros(4, dtype=torch.long)), "NaN"),
         ((torch.randn(0, 3), torch.zeros(0, dtype=torch.long), torch.randn(4, 3), torch.zeros(4, dtype=torch.long)),
          "empty"),
+        ((torch.randint(0, 9, (8, 3)), torch.zeros(8, dtype=torch.long), torch.randn(4, 3),
+          torch.zeros(4, dtype=torch.long)), "x_train is torch.int64 but x_test is torch.float32; use one kind of input"),
+        ((torch.randn(8, 3, dtype=torch.complex64), torch.zeros(8, dtype=torch.long),
+          torch.randn(4, 3, dtype=torch.complex64), torch.zeros(4, dtype=torch.long)), "inputs must be real"),
         ("not data", "expected \\(x_train, y_train, x_test, y_test\\)"),
         ({"x": 1}, "keys x_train, y_train, x_test, y_test"),
     ],
@@ -95,6 +99,16 @@ def test_data_forms_accepted():
 def test_bad_data_is_a_clear_error(raw, match):
     with pytest.raises(DecayError, match=match):
         resolve_data(raw)
+
+
+def test_integer_inputs_stay_integers_for_a_model_that_embeds_them():
+    ids = torch.randint(0, 9, (8, 3))
+    data = resolve_data((ids, torch.zeros(8, dtype=torch.long), ids[:4], torch.zeros(4, dtype=torch.long)))
+    assert data.x_train.dtype == torch.int64 and torch.equal(data.x_train, ids)
+    # a model that cannot take them says what they are
+    with pytest.raises(DecayError, match=r"the inputs are int64, passed as they are .* give floating point inputs"):
+        sweep(lambda: nn.Linear(3, 2), (ids, torch.zeros(8, dtype=torch.long), ids[:4], torch.zeros(4, dtype=torch.long)),
+              weight_decays=[0.0], seeds=1, epochs=1, storage="memory", plots=False, progress=False)  # fmt: skip
 
 
 def test_model_contract_errors():

@@ -157,6 +157,20 @@ def test_a_convolution_counts_its_flops_at_every_position_not_once_per_weight(mo
     assert step_flops(_Unfollowable(), x) == 6 * 4  # a forward the counter cannot run: the dense count
 
 
+def test_a_transformer_layer_is_counted_as_it_trains_and_its_modes_are_left_as_they_were():
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True)
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(12 * 32, 2)).eval()
+    model[2].train()  # a mixed state, to be put back exactly
+    x = torch.randn(2, 12, 32)
+    rng = torch.get_rng_state()
+    flops = step_flops(model, x)
+    # in evaluation mode the layer takes a fused fast path the counter does not see; training mode is counted:
+    # attention and feed-forward matmuls at each of the 12 positions, well above 6 per parameter
+    assert flops > 4 * 6 * sum(p.numel() for p in model.parameters())
+    assert [m.training for m in model.modules()] == [False] * (len(list(model.modules())) - 1) + [True]
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew from a forked generator
+
+
 class _Unfollowable(nn.Module):
     def __init__(self):
         super().__init__()

@@ -361,7 +361,7 @@ def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, training
                 "which stacked members cannot share"
             )
     twins = [copy.deepcopy(m) for m in models]
-    x = data.x_train[:2].to(device=training.device, dtype=training.dtype)
+    x = data.x_train[:2].to(training.device)  # load_data put floating inputs in the training dtype; ids stay ids
     try:
         stack = StackedMembers(models, [0.0, 0.0], training)
         batched_train = stack.train_forward(x.unsqueeze(0).expand(2, *x.shape).contiguous())

@@ -125,11 +125,18 @@ def step_flops(model: torch.nn.Module, x: Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     dense = 6.0 * sum(p.numel() for p in model.parameters())
+    modes = [(module, module.training) for module in model.modules()]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # in training mode, as the step it sizes: in evaluation mode nn.TransformerEncoderLayer takes a fused
+        # fast path the counter does not see; the RNG is forked, so dropout draws nothing from the sweep's
+        model.train()
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     except Exception:  # a model the counter cannot follow: the dense count alone
         return dense
+    finally:
+        for module, training in modes:
+            module.training = training
     return max(dense, 3.0 * counter.get_total_flops() / max(1, len(x)))
 
 
@@ -154,9 +161,13 @@ def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Mo
         with torch.no_grad():
             out = model.eval()(x)
     except Exception as exc:
+        hint = "" if x.dtype.is_floating_point else (
+            f"; the inputs are {str(x.dtype).replace('torch.', '')}, passed as they are for a model that embeds them "
+            "(token ids): for features, give floating point inputs"
+        )
         raise DecayError(
             f"the model cannot take the data: input of shape {tuple(x.shape)} (2 samples) raised "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc}{hint}"
         ) from exc
     if not isinstance(out, Tensor):
         raise DecayError(f"the model must return a tensor, got {type(out).__name__}")

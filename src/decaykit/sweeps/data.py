@@ -3,8 +3,10 @@
 A sweep trains many models on the same data, so it is held in memory as tensors. Accepted:
 a :class:`SweepData`, a tuple ``(x_train, y_train, x_test, y_test)``, a pair of ``TensorDataset`` s,
 or a dict with the keys ``x_train, y_train, x_test, y_test`` (or ``train=(x, y), test=(x, y)``);
-numpy arrays work wherever tensors do. Integer targets mean classification (cross-entropy,
-accuracy), floating targets regression (mean squared error).
+numpy arrays work wherever tensors do. Floating inputs are features (cast to the training dtype);
+integer inputs are passed as they are, for a model that embeds them (token ids, category codes).
+Integer targets mean classification (cross-entropy, accuracy), floating targets regression (mean
+squared error).
 """
 
 from __future__ import annotations
@@ -78,8 +80,12 @@ def resolve_data(raw: Any, *, source: str = "data") -> SweepData:
         )
     if y_train.dtype.is_floating_point != y_test.dtype.is_floating_point:
         raise DecayError(f"{source}: y_train is {y_train.dtype} but y_test is {y_test.dtype}; use one kind of target")
-    if not (x_train.dtype.is_floating_point and x_test.dtype.is_floating_point):
-        raise DecayError(f"{source}: inputs must be floating point, got {x_train.dtype} and {x_test.dtype}")
+    for x, split in ((x_train, "train"), (x_test, "test")):
+        if x.dtype.is_complex:
+            raise DecayError(f"{source}: x_{split} is {x.dtype}; inputs must be real: floating point features, or "
+                             "integers (token ids, category codes) for a model that embeds them")
+    if x_train.dtype.is_floating_point != x_test.dtype.is_floating_point:
+        raise DecayError(f"{source}: x_train is {x_train.dtype} but x_test is {x_test.dtype}; use one kind of input")
     if y_train.dtype.is_floating_point or y_train.dtype.is_complex:
         kind, num_classes = "regression", None
         if y_train.shape[1:] != y_test.shape[1:]:
