@@ -169,6 +169,9 @@ def test_a_transformer_layer_is_counted_as_it_trains_and_its_modes_are_left_as_t
     assert flops > 4 * 6 * sum(p.numel() for p in model.parameters())
     assert [m.training for m in model.modules()] == [False] * (len(list(model.modules())) - 1) + [True]
     assert torch.equal(torch.get_rng_state(), rng)  # dropout drew from a forked generator
+    bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 36, 2)).eval()
+    step_flops(bn, torch.randn(2, 3, 8, 8) * 5 + 3)
+    assert torch.equal(bn[1].running_mean, torch.zeros(4)) and int(bn[1].num_batches_tracked) == 0
 
 
 class _Unfollowable(nn.Module):

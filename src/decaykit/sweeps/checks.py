@@ -121,11 +121,13 @@ def step_flops(model: torch.nn.Module, x: Tensor) -> float:
     """FLOPs of one training step per sample: three times the forward's (the backward costs about two), as
     torch's FLOP counter counts it on the samples ``x``, and never under 6 per parameter (each weight used
     once per sample, as in a dense layer). A convolution reuses its weights at every position: counted
-    from its parameters alone, the 2-D CNN of the tests would be 7.5x too small."""
+    from its parameters alone, the 2-D CNN of the tests would be 7.5x too small. The model is left as it
+    was: its modules' modes, its buffers and the RNG."""
     from torch.utils.flop_counter import FlopCounterMode
 
     dense = 6.0 * sum(p.numel() for p in model.parameters())
     modes = [(module, module.training) for module in model.modules()]
+    buffers = [(b, b.clone()) for b in model.buffers()]  # a BatchNorm's statistics move in training mode
     try:
         # in training mode, as the step it sizes: in evaluation mode nn.TransformerEncoderLayer takes a fused
         # fast path the counter does not see; the RNG is forked, so dropout draws nothing from the sweep's
@@ -137,6 +139,9 @@ def step_flops(model: torch.nn.Module, x: Tensor) -> float:
     finally:
         for module, training in modes:
             module.training = training
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     return max(dense, 3.0 * counter.get_total_flops() / max(1, len(x)))
 
 
