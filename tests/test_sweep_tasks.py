@@ -111,6 +111,16 @@ def test_integer_inputs_stay_integers_for_a_model_that_embeds_them():
               weight_decays=[0.0], seeds=1, epochs=1, storage="memory", plots=False, progress=False)  # fmt: skip
 
 
+def test_boolean_inputs_are_features():
+    g = torch.Generator().manual_seed(0)
+    flags = torch.rand(80, 6, generator=g) > 0.5
+    labels = flags[:, 0].long()
+    result = sweep(lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2)),
+                   (flags[:64], labels[:64], flags[64:], labels[64:]), weight_decays=[0.0], seeds=1, epochs=40,
+                   lr=0.02, storage="memory", plots=False, progress=False)  # fmt: skip
+    assert result.results[0]["test_accuracy"] == 1.0  # the first flag is the label: an MLP on the flags as 0/1 floats
+
+
 def test_model_contract_errors():
     with pytest.raises(DecayError, match="model instance"):
         make_model_fn(nn.Linear(3, 2))

@@ -50,7 +50,7 @@ def check_shrink(training: Training, weight_decays: Sequence[float]) -> None:
 
 
 def load_data(task: Task, training: Training) -> SweepData:
-    """The task's data, checked, with floating tensors in ``training.dtype`` on ``training.device``."""
+    """The task's data, checked, with floating (and boolean) tensors in ``training.dtype`` on ``training.device``."""
     try:
         raw = task.data_fn()
     except DecayError:
@@ -60,8 +60,8 @@ def load_data(task: Task, training: Training) -> SweepData:
     data = resolve_data(raw, source="data" if task.name == "custom" else task.name)
     device, floating = training.device, training.dtype
 
-    def move(t: Tensor) -> Tensor:
-        return t.to(device=device, dtype=floating if t.dtype.is_floating_point else t.dtype)
+    def move(t: Tensor) -> Tensor:  # floating and boolean inputs are features; integers are ids, kept as they are
+        return t.to(device=device, dtype=floating if t.dtype.is_floating_point or t.dtype == torch.bool else t.dtype)
 
     description = data.description or (
         f"{data.train_size} training and {data.test_size} test samples, {data.kind}"

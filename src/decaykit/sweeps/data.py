@@ -3,8 +3,8 @@
 A sweep trains many models on the same data, so it is held in memory as tensors. Accepted:
 a :class:`SweepData`, a tuple ``(x_train, y_train, x_test, y_test)``, a pair of ``TensorDataset`` s,
 or a dict with the keys ``x_train, y_train, x_test, y_test`` (or ``train=(x, y), test=(x, y)``);
-numpy arrays work wherever tensors do. Floating inputs are features (cast to the training dtype);
-integer inputs are passed as they are, for a model that embeds them (token ids, category codes).
+numpy arrays work wherever tensors do. Floating and boolean inputs are features (cast to the training
+dtype); integer inputs are passed as they are, for a model that embeds them (token ids, category codes).
 Integer targets mean classification (cross-entropy, accuracy), floating targets regression (mean
 squared error).
 """
@@ -84,7 +84,7 @@ def resolve_data(raw: Any, *, source: str = "data") -> SweepData:
         if x.dtype.is_complex:
             raise DecayError(f"{source}: x_{split} is {x.dtype}; inputs must be real: floating point features, or "
                              "integers (token ids, category codes) for a model that embeds them")
-    if x_train.dtype.is_floating_point != x_test.dtype.is_floating_point:
+    if _is_id(x_train) != _is_id(x_test):
         raise DecayError(f"{source}: x_train is {x_train.dtype} but x_test is {x_test.dtype}; use one kind of input")
     if y_train.dtype.is_floating_point or y_train.dtype.is_complex:
         kind, num_classes = "regression", None
@@ -108,6 +108,11 @@ def resolve_data(raw: Any, *, source: str = "data") -> SweepData:
     data = SweepData(x_train, y_train, x_test, y_test, kind, num_classes, description)
     check_finite(data, source)
     return data
+
+
+def _is_id(x: Tensor) -> bool:
+    """Integer inputs are ids (an embedding's), passed as they are; floating and boolean ones are features."""
+    return not x.dtype.is_floating_point and x.dtype != torch.bool
 
 
 def check_finite(data: SweepData, source: str, *, after: str = "") -> None:
