@@ -414,13 +414,12 @@ def trace_usage(model: nn.Module, example_inputs: Any) -> dict[int, Use]:
 def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
     """One forward pass of ``model`` on shape-only tensors under a recorder: see :func:`trace_usage`.
 
-    The pass runs first on meta tensors (the fastest: no Python per kernel); where it stops, again
-    under ``FakeTensorMode``, which also takes the real CPU constants a model mixes in, then in
-    bfloat16 (some kernels, such as the grouped matmul of MoE experts, only take it), then in eval
-    mode (a detector wants targets when training); the trace that saw most is kept (some kernels, such as the
-    grouped matmul of MoE experts, only take it) and the trace that saw more is kept; where
-    several modalities were given (``input_ids`` and ``pixel_values``), each one alone is traced
-    too and what they saw is added.
+    The pass runs first on meta tensors (the fastest: no Python per kernel); where it stops, again in
+    bfloat16 (some kernels, such as the grouped matmul of MoE experts, only take it), then under
+    ``FakeTensorMode``, which also takes the real CPU constants a model mixes in (in float, then in
+    bfloat16), then in eval mode (a detector wants targets when training). The first pass that
+    finishes is kept, else the one that saw most; where several modalities were given
+    (``input_ids`` and ``pixel_values``), each one alone is traced too and what they saw is added.
     """
     trace = _best_trace(model, example_inputs)
     for alone in _modalities(example_inputs) if trace.stopped is not None else []:
@@ -567,7 +566,8 @@ def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], lis
 
 def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> None:
     """Undo what the traced forward left on the model: ``self.cache = x`` would keep a fake tensor, a
-    lazy layer would keep fake parameters; the model must be exactly as it was."""
+    buffer the forward registers would stay a fake one; the model must be exactly as it was. (Lazy
+    modules, which would materialise their parameters in place, are refused before any pass.)"""
     for module, attributes, tables in saved:
         if module.__dict__.keys() != attributes.keys() or any(module.__dict__[k] is not v for k, v in attributes.items()):
             module.__dict__.clear()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from decaykit.engine.checks import PLAUSIBLE_SHRINK
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.sweeps.data import SweepData, check_finite, resolve_data
+from decaykit.sweeps.data import SweepData, check_finite, keeps_dtype, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
 from decaykit.sweeps.tasks import Task
@@ -60,8 +60,8 @@ def load_data(task: Task, training: Training) -> SweepData:
     data = resolve_data(raw, source="data" if task.name == "custom" else task.name)
     device, floating = training.device, training.dtype
 
-    def move(t: Tensor) -> Tensor:  # floating and boolean inputs are features; integers are ids, kept as they are
-        return t.to(device=device, dtype=floating if t.dtype.is_floating_point or t.dtype == torch.bool else t.dtype)
+    def move(t: Tensor) -> Tensor:
+        return t.to(device=device, dtype=t.dtype if keeps_dtype(t) else floating)
 
     description = data.description or (
         f"{data.train_size} training and {data.test_size} test samples, {data.kind}"

@@ -22,7 +22,7 @@ from torch import Tensor
 from decaykit.errors import DecayError
 from decaykit.sweeps.timing import one_thread
 
-__all__ = ["SweepData", "check_finite", "checksum", "resolve_data"]
+__all__ = ["SweepData", "check_finite", "checksum", "keeps_dtype", "resolve_data"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def resolve_data(raw: Any, *, source: str = "data") -> SweepData:
         if x.dtype.is_complex:
             raise DecayError(f"{source}: x_{split} is {x.dtype}; inputs must be real: floating point features, or "
                              "integers (token ids, category codes) for a model that embeds them")
-    if _is_id(x_train) != _is_id(x_test):
+    if keeps_dtype(x_train) != keeps_dtype(x_test):
         raise DecayError(f"{source}: x_train is {x_train.dtype} but x_test is {x_test.dtype}; use one kind of input")
     if y_train.dtype.is_floating_point or y_train.dtype.is_complex:
         kind, num_classes = "regression", None
@@ -110,9 +110,10 @@ def resolve_data(raw: Any, *, source: str = "data") -> SweepData:
     return data
 
 
-def _is_id(x: Tensor) -> bool:
-    """Integer inputs are ids (an embedding's), passed as they are; floating and boolean ones are features."""
-    return not x.dtype.is_floating_point and x.dtype != torch.bool
+def keeps_dtype(t: Tensor) -> bool:
+    """Whether ``t`` trains in its own dtype: integers (an embedding's ids, class labels) and complex values;
+    floating and boolean tensors are features or values, cast to the training dtype."""
+    return not t.dtype.is_floating_point and t.dtype != torch.bool
 
 
 def check_finite(data: SweepData, source: str, *, after: str = "") -> None:

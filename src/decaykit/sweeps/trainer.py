@@ -15,6 +15,7 @@ models as stacked tensors.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -268,10 +269,8 @@ def _one_epoch(members: Members, data: SweepData, orders: Tensor, batch: int, th
         rows = idx.reshape(-1)  # index_select of the flat rows: 18 µs where x_train[idx] took 48 (K = 16, b = 32)
         x = x_train.index_select(0, rows).view(*idx.shape, *x_train.shape[1:])
         y = y_train.index_select(0, rows).view(*idx.shape, *y_train.shape[1:])
-        if threads is None or threads.threads is not None:
-            epoch_loss += training_step(members, x, y)  # NaN and inf stick in a sum
-        else:
-            epoch_loss += threads.run(lambda: training_step(members, x, y))  # noqa: B023 (run calls it at once)
+        step = functools.partial(training_step, members, x, y)
+        epoch_loss += step() if threads is None else threads.run(step)  # NaN and inf stick in a sum
     return epoch_loss
 
 
