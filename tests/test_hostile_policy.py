@@ -213,3 +213,76 @@ def test_a_sweep_of_a_lazy_model_says_to_run_the_forward_pass_in_the_factory() -
     with pytest.raises(DecayError, match=r"in a sweep: inside the model factory"):
         decaykit.sweep(lazy, (x[:32], y[:32], x[32:], y[32:]), weight_decays=[0.0], seeds=1, epochs=1,
                        storage="memory", plots=False, progress=False)  # fmt: skip
+
+
+def test_the_older_weight_norm_s_magnitude_is_a_gain_as_in_the_newer_api() -> None:
+    """``torch.nn.utils.weight_norm`` keeps ``weight_g`` (per-channel magnitude) and ``weight_v`` (direction): the
+    pieces the newer ``parametrizations.weight_norm`` calls ``original0`` and ``original1``, decided alike (the
+    ``weight_`` prefix had made the magnitude a "weight of Conv1d", decayed), with or without a trace."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the older API, which code still uses
+        old = nn.Sequential(nn.utils.weight_norm(nn.Conv1d(4, 8, 3)), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14, 2))
+        scalar = nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 4), dim=None))
+    new = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 8, 3)), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 14, 2))  # fmt: skip
+    for example in (None, torch.zeros(2, 4, 16)):
+        p, q = decaykit.plan(old, 0.1, example_inputs=example), decaykit.plan(new, 0.1, example_inputs=example)
+        assert not p["0.weight_g"].decay and p["0.weight_g"].role == "scale", p["0.weight_g"].reason
+        assert p["0.weight_v"].decay and p["0.weight_v"].role == "weight"
+        assert [d.decay for d in p] == [d.decay for d in q]
+    assert not decaykit.plan(scalar, 0.1)["0.weight_g"].decay  # dim=None: one magnitude for the whole weight
+    # the reason names the user's class, not the Parametrized<Name> subclass torch swaps in
+    assert "Conv1d" in q["0.parametrizations.weight.original0"].reason
+    assert "Parametrized" not in q["0.parametrizations.weight.original0"].reason
+
+
+class _Gain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        import torch
+
+        self.g = nn.Parameter(torch.ones(2, 2))
+
+    def forward(self, x):
+        return (self.lin(x).unflatten(-1, (2, 2)) * self.g).flatten(-2)
+
+
+class _ExampleRaises(_Gain):
+    def example_inputs(self):
+        raise RuntimeError("no data here")
+
+
+def test_example_inputs_that_raise_are_the_user_s_error_in_one_line(capsys, tmp_path, monkeypatch) -> None:
+    """The model's own ``example_inputs()`` failing was re-raised bare by ``example_inputs='auto'`` and reported by
+    the CLI as decaykit's internal error (exit 3, "please report it"): it is the user's code (exit 2)."""
+    from decaykit.cli.main import main
+    from decaykit.errors import UserCodeError
+
+    with pytest.raises(UserCodeError, match=r"_ExampleRaises.example_inputs\(\) raised RuntimeError: no data here") as err:
+        decaykit.plan(_ExampleRaises(), 0.1, example_inputs="auto")
+    assert isinstance(err.value.__cause__, RuntimeError)
+    with pytest.warns(DecayWarning, match="no traced pass: UserCodeError"):  # the default plan goes on, and says why
+        assert "shape rule" in decaykit.plan(_ExampleRaises(), 0.1)["g"].reason
+    (tmp_path / "usermods.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.lin = nn.Linear(4, 4)\n"
+        "    def forward(self, x):\n        return self.lin(x)\n"
+        "    def example_inputs(self):\n        raise RuntimeError('no data here')\n"
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["inspect", "usermods:M", "--example"]) == 2
+    err_text = capsys.readouterr().err.strip()
+    assert len(err_text.splitlines()) == 1 and "internal" not in err_text and "no data here" in err_text, err_text
+
+
+def test_no_weight_decay_given_as_a_set_of_names_is_honoured() -> None:
+    class Attr(_Gain):
+        no_weight_decay = frozenset({"lin.weight"})
+
+    d = decaykit.plan(Attr(), 0.1)["lin.weight"]
+    assert not d.decay and "no_weight_decay" in d.reason

@@ -95,3 +95,47 @@ def test_rules_may_name_a_parametrized_tensor_by_its_attribute():
     p = decaykit.plan(model, 0.1, rules=["0.weight:wd=0"], strict=True)
     d = p["0.weight"]  # lookup by the attribute, too
     assert d.name == "0.parametrizations.weight.original" and d.weight_decay == 0 and d.source == "rule"
+
+
+# --- a child of the user's own called ``module`` is not DDP's prefix --------------------------
+
+
+class _Holder(nn.Module):
+    """An EMA holder / research wrapper: its own child is called ``module``; its own gain is called ``weight``."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.weight = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.module(x) * self.weight
+
+
+def test_a_user_s_own_child_called_module_keeps_its_name():
+    """Stripping ``module.`` from a model no data-parallel wrapper wraps gave names that are not on the model
+    (``0.weight`` for ``module.0.weight``), a rule written with the real name that matched nothing, and the
+    root's ``weight`` and ``module.weight`` under one name, so one rule hit both."""
+    import decaykit
+
+    model = _Holder()
+    real = dict(model.named_parameters())
+    p = decaykit.plan(model, 0.1, rules=["weight:wd=0.5"], exclude=["module.0.weight"], strict=True)
+    assert [d.name for d in p] == list(real)
+    assert {n for g in p.groups() for n in g["param_names"]} == set(real)
+    assert p["module.0.weight"].decay is False and p["module.0.weight"].source == "exclude"
+    assert p["weight"].weight_decay == 0.5 and p["weight"].param is model.weight  # the root's gain only
+    assert p["module.1.weight"].weight_decay == 0.0
+    # a saved optimizer's names find the model's tensors again
+    optimizer = torch.optim.AdamW(p.groups(), lr=1e-3)
+    assert decaykit.audit(model, optimizer.state_dict()).ok
+
+
+def test_data_parallel_strips_its_own_module_prefix_only():
+    import decaykit
+
+    wrapped = nn.DataParallel(_Holder())  # names "module.module.0.weight": DataParallel's, then the user's
+    names = [d.name for d in decaykit.plan(wrapped, 0.1)]
+    assert names == list(dict(_Holder().named_parameters()))
+    assert canonical_name("module.module.fc.weight") == "fc.weight"  # with no model to ask, every leading one
+    assert canonical_name("module.module.fc.weight", strip_module=1) == "module.fc.weight"

@@ -31,7 +31,7 @@ from decaykit._validate import check_number
 from decaykit.engine.checks import SHAPED_STATE
 from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
-from decaykit.policy.names import canonical_name
+from decaykit.policy.names import canonical_name, namer
 from decaykit.policy.plan import Conflict, Decision, Plan, check_plan_options, collect_params, plan
 from decaykit.probe.report import ProbeReport
 
@@ -249,13 +249,15 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
     for g in state["param_groups"]:
         names = g.get("param_names")
         if names is not None:
-            missing = [n for n in names if canonical_name(n) not in by_name]
+            # as the model names it (a child of its own called ``module`` kept); else without a DDP ``module.``
+            names = [namer(model)(n) if namer(model)(n) in by_name else canonical_name(n) for n in names]
+            missing = [n for n in names if n not in by_name]
             if missing:
                 raise DecayError(
                     f"the saved optimizer names parameters the model does not have ({', '.join(missing[:3])}); "
                     "pass the same model architecture the checkpoint was trained with"
                 )
-            params = [by_name[canonical_name(n)] for n in names]
+            params = [by_name[n] for n in names]
         else:
             try:
                 params = [ordered[int(i)] for i in g["params"]]

@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from decaykit.errors import DecayError
-from decaykit.policy.names import canonical_name
+from decaykit.policy.names import namer
 from decaykit.policy.roles import ParamInfo
 from decaykit.policy.usage import Trace
 
@@ -60,12 +60,13 @@ def collect_params(model: nn.Module, trace: Trace | None = None) -> dict[int, li
     the traced forward pass saw for its tensor.
     """
     by_tensor: dict[int, list[ParamInfo]] = {}
+    canonical = namer(model)
 
     def walk(module: nn.Module, prefix: str, ancestors: tuple[nn.Module, ...]) -> None:
         for leaf, param in module._parameters.items():
             if param is None:
                 continue
-            info = _info(module, prefix, leaf, param, ancestors)
+            info = _info(module, prefix, leaf, param, ancestors, canonical)
             if trace is not None:
                 info = dataclasses.replace(info, use=trace.use_of(param), traced=trace.unseen)
             by_tensor.setdefault(id(param), []).append(info)
@@ -78,7 +79,24 @@ def collect_params(model: nn.Module, trace: Trace | None = None) -> dict[int, li
     return by_tensor
 
 
-def _info(module: nn.Module, prefix: str, leaf: str, param: Any, ancestors: tuple[nn.Module, ...]) -> ParamInfo:
+def _weight_norm_piece(module: nn.Module, leaf: str) -> tuple[str, str] | None:
+    """``(attribute, piece)`` for a tensor the older ``torch.nn.utils.weight_norm`` split a weight into.
+
+    That API (still in torch, and in much published vocoder and TTS code) keeps ``weight_g``, the
+    per-channel magnitude, and ``weight_v``, the direction, as parameters of the layer and recomputes
+    ``weight`` from them in a forward pre-hook: the pieces of ``parametrizations.weight_norm``'s
+    ``original0`` and ``original1`` under other names, decided alike (the magnitude is a gain).
+    """
+    for hook in module._forward_pre_hooks.values():
+        name = getattr(hook, "name", None)
+        if type(hook).__name__ == "WeightNorm" and isinstance(name, str) and leaf in (f"{name}_g", f"{name}_v"):
+            return name, leaf
+    return None
+
+
+def _info(
+    module: nn.Module, prefix: str, leaf: str, param: Any, ancestors: tuple[nn.Module, ...], canonical: Callable[[str], str]
+) -> ParamInfo:
     raw = f"{prefix}{leaf}"
     if type(param).__name__ == "FlatParameter":
         raise DecayError(
@@ -91,4 +109,6 @@ def _info(module: nn.Module, prefix: str, leaf: str, param: Any, ancestors: tupl
         # ``lin.parametrizations.weight.original``: the tensor belongs to ``lin``
         owner, attr = ancestors[-2], prefix.rstrip(".").rsplit(".", 1)[-1]
         component = None if leaf == "original" else leaf
-    return ParamInfo(canonical_name(raw), raw, attr, param, owner, ancestors, component)
+    elif (piece := _weight_norm_piece(module, leaf)) is not None:
+        attr, component = piece
+    return ParamInfo(canonical(raw), raw, attr, param, owner, ancestors, component)

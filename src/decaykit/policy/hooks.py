@@ -9,14 +9,14 @@ with fnmatch; ``"none"`` not at all.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from decaykit.errors import DecayError
-from decaykit.policy.names import canonical_name, unwrap_model
+from decaykit.policy.names import namer, unwrap_model
 
 __all__ = ["Hook", "hook_patterns", "hook_reason"]
 
@@ -48,25 +48,29 @@ def hook_patterns(model: nn.Module, scope: str) -> list[Hook]:
         return []
     modules = [("", unwrap_model(model))] if scope == "top" else list(model.named_modules())
     out: list[Hook] = []
+    canonical = namer(model)
     for path, module in modules:
         for method, keyword in (("no_weight_decay", False), ("no_weight_decay_keywords", True)):
             if not (scope == "top" and keyword):
-                out += _ask(module, path, method, keyword)
+                out += _ask(module, path, method, keyword, canonical)
     return out
 
 
-def _ask(module: nn.Module, path: str, method: str, keyword: bool) -> list[Hook]:
+def _ask(module: nn.Module, path: str, method: str, keyword: bool, canonical: Callable[[str], str]) -> list[Hook]:
     # hooks are methods: looking on the class avoids nn.Module.__getattr__ for every module
     if not hasattr(type(module), method) and method not in module.__dict__:
         return []
-    prefix = canonical_name(path)  # only for the few modules that have a hook
+    prefix = canonical(path)  # only for the few modules that have a hook
     fn = getattr(module, method, None)
-    if not callable(fn):
+    if isinstance(fn, (set, frozenset, list, tuple, str)):
+        names = fn  # the names themselves (an attribute or property), not the method timm calls
+    elif not callable(fn):
         return []
-    try:
-        names = fn()
-    except Exception as exc:
-        raise DecayError(f"{type(module).__name__}.{method}() raised {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            names = fn()
+        except Exception as exc:
+            raise DecayError(f"{type(module).__name__}.{method}() raised {type(exc).__name__}: {exc}") from exc
     if isinstance(names, str):
         names = [names]
     return [Hook(prefix, str(pattern), method, keyword) for pattern in names or ()]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import nn
 
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.policy.names import canonical_name
+from decaykit.policy.names import namer
 
 __all__ = ["find_blocks", "layer_ids"]
 
@@ -54,7 +54,8 @@ def find_blocks(model: nn.Module) -> list[str]:
         return found
 
     seen: set[str] = set()
-    return [b for b in (canonical_name(p) for p in walk(model, "")) if not (b in seen or seen.add(b))]
+    canonical = namer(model)
+    return [b for b in (canonical(p) for p in walk(model, "")) if not (b in seen or seen.add(b))]
 
 
 def _common(a: Sequence[str], b: Sequence[str]) -> int:

@@ -105,10 +105,13 @@ class ParamInfo:
 
 
 def module_type_name(module: nn.Module) -> str:
-    """The class name a user wrote: FSDP2's ``fully_shard`` swaps in a ``FSDP<Name>`` subclass."""
+    """The class name a user wrote: FSDP2's ``fully_shard`` swaps in a ``FSDP<Name>`` subclass, and
+    ``torch.nn.utils.parametrize`` a ``Parametrized<Name>`` one."""
     cls = type(module)
     while cls.__module__.startswith("torch.distributed.fsdp") and len(cls.__bases__) > 1:
         cls = cls.__bases__[-1]
+    if cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized") and cls.__bases__:
+        cls = cls.__bases__[0]
     return cls.__name__
 
 

@@ -42,6 +42,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from decaykit.errors import UserCodeError
+
 __all__ = ["Trace", "Use", "example_inputs_for", "run_trace", "trace_on_own_input", "trace_usage"]
 
 # Operand roles of the layer functions, by argument name (positions come from the signature).
@@ -450,7 +452,7 @@ _OWN_INPUT_TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Trace]] = w
 def trace_on_own_input(model: nn.Module) -> Trace:
     """:func:`run_trace` on the input ``model`` makes itself (:func:`example_inputs_for`), kept per
     model while its tensors stay the same ones; a trace with ``ran=False`` says why no input could
-    be made. What ``example_inputs()`` raises is raised."""
+    be made. What ``example_inputs()`` raises is raised as a :class:`UserCodeError`."""
     key = tuple((name, id(t), tuple(t.shape), t.dtype) for name, t in (*model.named_parameters(remove_duplicate=False),
                                                                      *model.named_buffers(remove_duplicate=False)))
     known = _OWN_INPUT_TRACES.get(model)
@@ -599,7 +601,14 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     """
     own: Callable[[], Any] | None = getattr(model, "example_inputs", None)
     if callable(own):
-        return own()
+        try:
+            return own()
+        except Exception as exc:  # the user's code: say so, in one line, with the original chained
+            raise UserCodeError(
+                f"{type(model).__name__}.example_inputs() raised {type(exc).__name__}: {exc}; make it return an input "
+                "the model takes (no arguments), or pass example_inputs= yourself, or False to decide from the "
+                "structure alone"
+            ) from exc
     array = getattr(model, "example_input_array", None)  # Lightning's convention
     if isinstance(array, (torch.Tensor, tuple, list, Mapping)):
         return array

@@ -49,7 +49,7 @@ from torch import nn
 
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError
-from decaykit.policy.names import canonical_name
+from decaykit.policy.names import namer
 from decaykit.probe.estimator import measure_rows
 from decaykit.probe.expectations import Expectation, expectations, rate_text
 from decaykit.probe.report import EMPTY_NOTE, PATTERN_NOTE, ProbeEntry, ProbeReport, factor_text
@@ -291,13 +291,14 @@ def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     stale = not any(is_sharded(p) for g in optimizer.param_groups for p in g["params"])
     out = []
+    canonical = namer(model)
     for n, p in model.named_parameters():
         if p.requires_grad and id(p) not in held:
             note = ("trainable (requires_grad=True) but in no param group: it never updates or decays; add it to "
                     "the optimizer or set requires_grad=False")
             if stale and is_sharded(p):  # fully_shard registers new DTensor parameters in place of the old
                 note += "; the optimizer holds no DTensor at all: was it built before fully_shard?"
-            out.append(ProbeEntry(canonical_name(n), tuple(p.shape), "missing", None, None, False, note,
+            out.append(ProbeEntry(canonical(n), tuple(p.shape), "missing", None, None, False, note,
                                   numel=p.numel()))
     return out
 

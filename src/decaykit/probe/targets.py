@@ -13,7 +13,7 @@ from torch import nn
 
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.policy.names import canonical_name
+from decaykit.policy.names import canonical_name, namer
 from decaykit.policy.options import Policy
 from decaykit.probe.estimator import Rows
 from decaykit.probe.expectations import Expectation
@@ -54,16 +54,17 @@ def _held(name: str, local: torch.Tensor, total: int) -> int:
 
 def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expects: list[Expectation]) -> list[Target]:
     names: dict[int, str] = {}
+    canonical = canonical_name if model is None else namer(model)
     if model is not None:
         for n, p in model.named_parameters():
-            names.setdefault(id(p), canonical_name(n))
+            names.setdefault(id(p), canonical(n))
     targets = []
     for i, group in enumerate(optimizer.param_groups):
         params = group["params"]
         given = group.get("param_names")
         given = given if isinstance(given, (list, tuple)) and len(given) == len(params) else None
         for j, p in enumerate(params):
-            name = canonical_name(str(given[j])) if given else names.get(id(p), f"group{i}.param{j}")
+            name = canonical(str(given[j])) if given else names.get(id(p), f"group{i}.param{j}")
             rate = expects[i].rate
             total = 1
             if isinstance(rate, torch.Tensor):
@@ -105,7 +106,7 @@ def mark_frozen(targets: list[Target], frozen: Iterable[str | torch.Tensor], mod
             t.frozen, t.latent = "requires_grad=False", t.param.grad is None
         elif id(t.param) in tensors or hits:
             t.frozen = "listed as frozen"
-    names = [canonical_name(n) for n, _ in model.named_parameters()] if model is not None else []
+    names = [namer(model)(n) for n, _ in model.named_parameters()] if model is not None else []
     unmatched = [pat for pat in dict.fromkeys(patterns)
                  if pat not in used and not any(fnmatch.fnmatchcase(n, pat) for n in names)]
     if unmatched:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from decaykit.policy.names import canonical_name
+from decaykit.policy.names import namer
 from decaykit.sweeps.backprop import LinearChain, chain_supported
 from decaykit.sweeps.data import SweepData
 from decaykit.sweeps.optim import build_optimizer, decay_plan
@@ -274,7 +274,8 @@ class StackedMembers:
             self.buffers: dict[str, Tensor] = {
                 name: torch.stack([mb[name] for mb in member_buffers]) for name, _ in base.named_buffers()
             }
-        trainable = {canonical_name(n): self.params[n] for n in names if self.params[n].requires_grad}
+        canonical = namer(base)
+        trainable = {canonical(n): self.params[n] for n in names if self.params[n].requires_grad}
         plans = [decay_plan(m, wd, training.policy) for m, wd in zip(models, weight_decays)]
         self.optimizer = build_optimizer(
             trainable, plans, optimizer=training.optimizer, lr=training.lr, momentum=training.momentum, mode=training.mode

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from decaykit.errors import DecayError
 from decaykit.optimizers import by_cli_name
-from decaykit.policy.names import canonical_name
+from decaykit.policy.names import namer
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import param_groups
 
@@ -46,9 +46,10 @@ def as_policy(policy: str | Policy | Mapping[str, Any]) -> Policy:
 def decay_plan(model: nn.Module, weight_decay: float, policy: str | Policy | Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     """``{parameter name: (weight_decay, lr_scale)}`` for the trainable parameters of ``model``, per the policy."""
     out: dict[str, tuple[float, float]] = {}
+    canonical = namer(model)
     for group in param_groups(model, weight_decay, policy=as_policy(policy)):
         for name in group["param_names"]:
-            out[canonical_name(name)] = (float(group["weight_decay"]), float(group.get("lr_scale", 1.0)))
+            out[canonical(name)] = (float(group["weight_decay"]), float(group.get("lr_scale", 1.0)))
     return out
 
 

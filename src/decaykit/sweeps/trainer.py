@@ -138,9 +138,10 @@ def autograd_step(members: Members, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    from decaykit.policy.names import canonical_name
+    from decaykit.policy.names import namer
 
-    return [(canonical_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+    canonical = namer(model)
+    return [(canonical(n), p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def decayed_names(model: nn.Module, policy: Any) -> set[str]:
