@@ -139,3 +139,26 @@ def test_data_parallel_strips_its_own_module_prefix_only():
     assert names == list(dict(_Holder().named_parameters()))
     assert canonical_name("module.module.fc.weight") == "fc.weight"  # with no model to ask, every leading one
     assert canonical_name("module.module.fc.weight", strip_module=1) == "module.fc.weight"
+
+
+def test_the_weight_weight_norm_computes_names_both_of_its_pieces():
+    """``exclude=["0.weight"]`` on a weight_norm'd layer matched nothing (its pieces are ``original0`` and
+    ``original1``, or the older ``weight_g`` and ``weight_v``); it names both, and ``plan["0.weight"]`` says which
+    two tensors to look up instead of a bare KeyError."""
+    import warnings
+
+    import pytest
+
+    import decaykit
+
+    new = nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 3, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        old = nn.Sequential(torch.nn.utils.weight_norm(nn.Conv1d(2, 3, 3)))
+    for model, pieces in ((new, ("0.parametrizations.weight.original0", "0.parametrizations.weight.original1")),
+                          (old, ("0.weight_g", "0.weight_v"))):  # fmt: skip
+        p = decaykit.plan(model, 0.1, exclude=["0.weight"], strict=True)
+        assert [p[n].source for n in pieces] == ["exclude", "exclude"] and p["0.bias"].source == "policy"
+        assert decaykit.plan(model, 0.1, rules=["0.weight:wd=0.5"], strict=True)[pieces[1]].weight_decay == 0.5
+        with pytest.raises(KeyError, match="computed from 2 tensors"):
+            p["0.weight"]

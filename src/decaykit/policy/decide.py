@@ -211,9 +211,15 @@ class Decider:
 
 def _spellings(info: ParamInfo) -> tuple[str, ...]:
     """The names a rule, an exclude entry or a hook may use for ``info``: its real name, and for a
-    parametrized tensor also the attribute it computes (``conv.weight`` for ``conv.parametrizations.weight.original``)."""
+    parametrized tensor also the attribute it computes (``conv.weight`` for ``conv.parametrizations.weight.original``);
+    a piece of a weight (weight_norm's magnitude or direction, ``conv.parametrizations.weight.original0`` or the
+    older ``conv.weight_g``) also as ``conv.weight.original0`` and as the weight, ``conv.weight``, which names both pieces."""
     logical = logical_name(info.name)
-    return (info.name,) if logical == info.name else (info.name, logical)
+    names = [info.name] if logical == info.name else [info.name, logical]
+    if info.component is not None:
+        owner = logical.rpartition(".")[0]  # "conv.weight" from "conv.weight.original0"; "conv" from "conv.weight_g"
+        names.append(owner if logical != info.name else f"{owner}.{info.leaf}" if owner else info.leaf)
+    return tuple(names)
 
 
 def settle(candidates: Sequence[Candidate], tied: Tied) -> Candidate:

@@ -49,6 +49,14 @@ __all__ = ["Conflict", "Decision", "Plan", "RoleConflict", "check_plan_options",
            "plan"]
 
 
+def _piece_prefixes(attribute: str) -> tuple[str, ...]:
+    """How the names of the pieces of a weight ``attribute`` (``conv.weight``) begin: torch's parametrizations
+    (``conv.parametrizations.weight.original0``) and the older weight_norm (``conv.weight_g``)."""
+    owner, _, leaf = attribute.rpartition(".")
+    base = f"{owner}." if owner else ""
+    return f"{base}parametrizations.{leaf}.original", f"{base}{leaf}_g", f"{base}{leaf}_v"
+
+
 @dataclass
 class Plan(Report):
     """Per-parameter decisions for one model, and the optimizer groups made from them.
@@ -78,6 +86,9 @@ class Plan(Report):
         for d in self.decisions:  # a parametrized tensor by the attribute it computes: "conv.weight"
             if name in (logical_name(n) for n in (d.name, *d.aliases)):
                 return d
+        pieces = [d.name for d in self.decisions if d.name.startswith(_piece_prefixes(name))]
+        if pieces:  # weight_norm computes the attribute from two tensors: name one of them
+            raise KeyError(f"{name} is computed from {len(pieces)} tensors, {', '.join(pieces)}: look each up by its name")
         raise KeyError(name)
 
     @property
