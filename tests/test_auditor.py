@@ -119,6 +119,29 @@ def _small():
     return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
 
 
+def test_measured_audit_reports_a_decay_that_weight_decay_cannot_switch_off():
+    # ASGD's lambd shrinks every tensor by (1 − lambd·lr) per step, norms and biases in weight_decay=0 groups too
+    model = _small()
+    report = decaykit.audit(model, torch.optim.ASGD(decaykit.param_groups(model, 0.1), lr=1.0, lambd=1e-2), measure=True)
+    assert not report.ok and codes(report) == {"measured-uncontrolled-decay": "error"}
+    (finding,) = report.findings
+    assert set(finding.params) == {n for n, _ in model.named_parameters()}
+    assert "down to 0.99 per step" in finding.message and "ASGD's lambd" in finding.message
+    assert "4 of them are tensors the policy excludes" in finding.message and "norm:LayerNorm" in finding.message
+    assert finding.fix.startswith("set lambd=0")
+    assert "measured-uncontrolled-decay" in str(report.probe)  # the probe's all-clear line names the error
+    # the same with weight_decay=0 everywhere: the audit's λ is 0, so nothing should shrink
+    plain = decaykit.audit(model, torch.optim.ASGD(model.parameters(), lr=1.0, lambd=1e-2), measure=True)
+    assert not plain.ok and "weight_decay is 0, so none of them should shrink" in plain.findings[0].message
+    # on weights the policy decays only, it is a warning: the decay they get is not the weight_decay set
+    bare = torch.nn.Linear(4, 4, bias=False)
+    found = codes(decaykit.audit(bare, torch.optim.ASGD(bare.parameters(), lr=1.0, lambd=1e-2, weight_decay=0.1),
+                                 measure=True))
+    assert found == {"measured-uncontrolled-decay": "warning"}
+    off = decaykit.audit(model, torch.optim.ASGD(decaykit.param_groups(model, 0.1), lr=1.0, lambd=0.0), measure=True)
+    assert off.ok and off.findings == []
+
+
 @pytest.mark.parametrize(("inner", "mode", "flagged"), [
     (torch.optim.Adam, "lr_coupled", False),  # the engine decays decoupled, whatever Adam's own convention
     (torch.optim.Adam, "cautious", False),

@@ -10,7 +10,8 @@
 Each finding has a severity (``error``, ``warning``, ``info``), the parameters it concerns and a
 one-line fix. ``report.ok`` is False when any error was found. With ``measure=True`` the audit
 also steps a copy of the optimizer (:func:`decaykit.probe`) so the decay it reports is measured,
-not inferred from the settings.
+not inferred from the settings; any decay it measures that the groups' ``weight_decay`` does not
+explain is a finding.
 
 What a group's ``weight_decay`` does is decided group by group: from :mod:`decaykit.optimizers` and
 the group's ``decoupled_weight_decay``, or, for a :class:`decaykit.WeightDecay` engine (live, or
@@ -391,7 +392,7 @@ def audit(
         from decaykit.probe.probe import probe
 
         measured = probe(optimizer, model=model)
-        _measured_findings(measured, expected, findings)
+        _measured_findings(measured, expected, findings, view.stepper)
         report.probe = MeasuredProbe.of(measured, [f.code for f in findings if f.severity == "error"])
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
@@ -553,7 +554,9 @@ def _policy_differences(expected: Plan, actual: Mapping[int, float], findings: l
                                 "fine if intended (per-layer values); otherwise rebuild the groups", tuple(differ)))
 
 
-def _measured_findings(report: Any, expected: Plan, findings: list[Finding]) -> None:
+def _measured_findings(report: Any, expected: Plan, findings: list[Finding], stepper: OptimizerInfo | None) -> None:
+    """What the probe measured that the settings do not explain: a decay other than the groups' weight_decay,
+    decay on tensors the policy excludes, and a decay that weight_decay=0 does not switch off."""
     by_name = {d.name: d for d in expected}
     # tensors the optimizer does not hold are already reported as "missing"
     disagree = [e for e in report.entries if not e.agrees and e.kind != "missing"]
@@ -569,3 +572,28 @@ def _measured_findings(report: Any, expected: Plan, findings: list[Finding]) -> 
         findings.append(Finding("error", "measured-decay-on-excluded",
                                 f"{len(shrinking)} tensors the policy excludes shrink by a factor down to {worst:.6g} per step (measured)",
                                 "move them to a weight_decay=0 group", tuple(e.name for e in shrinking)))
+    other = [e for e in report.entries if e.other_decay is not None]
+    if other:
+        findings.append(_uncontrolled_finding(other, expected, stepper))
+
+
+def _uncontrolled_finding(other: list[Any], expected: Plan, stepper: OptimizerInfo | None) -> Finding:
+    """Tensors that move with weight_decay=0 and zero gradients (ASGD's lambd): an error where the policy excludes them."""
+    by_name = {d.name: d for d in expected}
+    excluded = [by_name[e.name] for e in other if e.name in by_name and not by_name[e.name].decay]
+    lo, hi = min(e.other_decay for e in other), max(e.other_decay for e in other)
+    how = f"shrink by a factor down to {lo:.6g}" if hi < 1 else f"change by a factor of {lo:.6g} .. {hi:.6g}"
+    setting = f"{stepper.name}'s {stepper.other_decay}" if stepper is not None and stepper.other_decay else None
+    message = (f"{len(other)} tensors {how} per step with weight_decay=0, zero gradients and no optimizer state "
+               f"(measured): a decay under {setting or 'a setting other than weight_decay'}, which weight_decay=0 "
+               "does not switch off")
+    if excluded and expected.weight_decay == 0:
+        message += "; the audit's weight_decay is 0, so none of them should shrink"
+    elif excluded:
+        message += (f"; {len(excluded)} of them are tensors the policy excludes "
+                    f"({'; '.join(sorted({d.reason for d in excluded})[:3])})")
+    fix = (f"set {stepper.other_decay}=0 in their param groups, so weight_decay is their only decay"
+           if setting else "find the optimizer's setting that moves them and set it to 0")
+    fix += ", or train them with an optimizer whose only decay is weight_decay (AdamW, SGD) and decaykit.param_groups"
+    return Finding("error" if excluded else "warning", "measured-uncontrolled-decay", message, fix,
+                   tuple(e.name for e in other))
