@@ -113,3 +113,89 @@ def test_measured_audit_reports_what_the_probe_sees():
     assert "h.0.ln_1.weight" in shrink.params and "0.9999" in shrink.message  # 1 - lr·λ, measured
     clean = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3), measure=True)
     assert clean.ok and clean.findings == [] and clean.probe.ok
+
+
+def _small():
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+
+
+def test_measured_audit_reports_a_decay_that_weight_decay_cannot_switch_off():
+    # ASGD's lambd shrinks every tensor by (1 − lambd·lr) per step, norms and biases in weight_decay=0 groups too
+    model = _small()
+    report = decaykit.audit(model, torch.optim.ASGD(decaykit.param_groups(model, 0.1), lr=1.0, lambd=1e-2), measure=True)
+    assert not report.ok and codes(report) == {"measured-uncontrolled-decay": "error"}
+    (finding,) = report.findings
+    assert set(finding.params) == {n for n, _ in model.named_parameters()}
+    assert "down to 0.99 per step" in finding.message and "ASGD's lambd" in finding.message
+    assert "4 of them are tensors the policy excludes" in finding.message and "norm:LayerNorm" in finding.message
+    assert finding.fix.startswith("set lambd=0")
+    assert "measured-uncontrolled-decay" in str(report.probe)  # the probe's all-clear line names the error
+    # the same with weight_decay=0 everywhere: the audit's λ is 0, so nothing should shrink
+    plain = decaykit.audit(model, torch.optim.ASGD(model.parameters(), lr=1.0, lambd=1e-2), measure=True)
+    assert not plain.ok and "weight_decay is 0, so none of them should shrink" in plain.findings[0].message
+    # on weights the policy decays only, it is a warning: the decay they get is not the weight_decay set
+    bare = torch.nn.Linear(4, 4, bias=False)
+    found = codes(decaykit.audit(bare, torch.optim.ASGD(bare.parameters(), lr=1.0, lambd=1e-2, weight_decay=0.1),
+                                 measure=True))
+    assert found == {"measured-uncontrolled-decay": "warning"}
+    off = decaykit.audit(model, torch.optim.ASGD(decaykit.param_groups(model, 0.1), lr=1.0, lambd=0.0), measure=True)
+    assert off.ok and off.findings == []
+
+
+@pytest.mark.parametrize(("inner", "mode", "flagged"), [
+    (torch.optim.Adam, "lr_coupled", False),  # the engine decays decoupled, whatever Adam's own convention
+    (torch.optim.Adam, "cautious", False),
+    (torch.optim.AdamW, "coupled_l2", True),  # λθ through Adam's denominator
+    (torch.optim.RMSprop, "coupled_l2", True),
+    (torch.optim.SGD, "coupled_l2", False),  # L2 = decay for plain SGD
+])
+def test_an_engine_is_audited_by_its_mode_live_and_saved(inner, mode, flagged):
+    model = _small()
+    engine = decaykit.WeightDecay(inner(decaykit.param_groups(model, 0.1), lr=1e-3), mode=mode)
+    for target in (engine, engine.state_dict()):
+        report = decaykit.audit(model, target)
+        assert f"WeightDecay(mode={mode!r}) over {inner.__name__}" in report.optimizer
+        assert ("coupled-adaptive" in codes(report)) == flagged, str(report)
+        if flagged:
+            (finding,) = report.findings
+            assert "mode 'coupled_l2'" in finding.message and "param_groups[0]" in finding.message
+            assert "mode='lr_coupled'" in finding.fix
+    assert any(f"mode={mode!r}" in n for n in decaykit.audit(model, engine.state_dict()).notes)
+
+
+def _two_groups(model, first: dict, second: dict) -> list[dict]:
+    named = dict(model.named_parameters())
+    return [{"params": [named[n] for n in names], "param_names": list(names), **settings}
+            for names, settings in ((("1.weight", "1.bias", "0.bias", "2.bias"), first),
+                                    (("0.weight", "2.weight"), second))]
+
+
+@pytest.mark.parametrize("coupled", [0, 1])
+def test_coupled_adaptive_is_decided_per_group_and_names_the_group(coupled):
+    model = _small()
+    flags = [{"weight_decay": 0.0, "decoupled_weight_decay": True}, {"weight_decay": 0.1, "decoupled_weight_decay": True}]
+    flags[coupled] = {"weight_decay": 0.1, "decoupled_weight_decay": False}
+    opt = torch.optim.Adam(_two_groups(model, *flags), lr=1e-3)
+    for target in (opt, opt.state_dict()):
+        finding = next(f for f in decaykit.audit(model, target, weight_decay=0.1).findings
+                       if f.code == "coupled-adaptive")
+        assert finding.severity == "warning"
+        assert f"param_groups[{coupled}] (weight_decay=0.1)" in finding.message
+        assert f"param_groups[{1 - coupled}]" not in finding.message
+        assert f"set decoupled_weight_decay=True in param_groups[{coupled}]" in finding.fix
+
+
+def test_a_decayed_frozen_tensor_is_an_error_by_its_own_group():
+    # decoupled decay shrinks a frozen tensor once its grad is a zero tensor; coupled L2 through Adam barely does
+    model = _small()
+    model[0].weight.requires_grad_(False)
+    rest = [p for n, p in model.named_parameters() if n not in ("0.weight", "2.weight")]
+
+    def frozen_finding(frozen_decoupled: bool) -> str:
+        opt = torch.optim.Adam([
+            {"params": [model[2].weight], "weight_decay": 0.1, "decoupled_weight_decay": not frozen_decoupled},
+            {"params": [model[0].weight], "weight_decay": 0.1, "decoupled_weight_decay": frozen_decoupled},
+            {"params": rest, "weight_decay": 0.0}], lr=1e-3)
+        return codes(decaykit.audit(model, opt, weight_decay=0.1))["frozen-in-optimizer"]
+
+    assert frozen_finding(True) == "error" and frozen_finding(False) == "warning"

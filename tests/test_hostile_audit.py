@@ -111,3 +111,11 @@ def test_bad_arguments_are_decay_errors(kwargs, message):
     model = TinyGPT(depth=1)
     with pytest.raises(DecayError, match=message):
         decaykit.audit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), **kwargs)
+
+
+@pytest.mark.parametrize("entry, got", [({"mode": "l2"}, "got mode 'l2'"), ({}, "got mode None"), ("lr_coupled", "got str")])
+def test_a_saved_engine_entry_that_names_no_mode_is_a_decay_error(entry, got):
+    model = TinyGPT(depth=1)
+    state = {**saved(model), "decaykit": entry}
+    with pytest.raises(DecayError, match=rf"state_dict\['decaykit'\] must be .*'mode' one of lr_coupled, .*; {got}"):
+        decaykit.audit(model, state)

@@ -177,6 +177,25 @@ def test_adafactor_and_muon_decay_by_one_minus_lr_lambda(name: str, settings: di
     assert REGISTRY[name].decay == "decoupled" and REGISTRY[name].convention == "lr_coupled"
 
 
+@pytest.mark.parametrize("entry", [e for e in TORCH_ENTRIES if e.engine != "refused"], ids=lambda e: e.name)
+def test_other_decay_is_the_only_setting_that_moves_a_fresh_optimizer_without_weight_decay(entry: OptimizerInfo) -> None:
+    # zero gradients, weight_decay=0, no state: nothing moves a tensor but a second decay (ASGD's lambd)
+    def factor(**settings: Any) -> torch.Tensor:
+        params = _params()
+        before = [p.detach().clone() for p in params]
+        opt = _build(entry, params, weight_decay=0.0, **settings)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        return torch.cat([(p.detach() / b).flatten() for p, b in zip(params, before)])
+
+    if not entry.other_decay:
+        assert torch.equal(factor(), torch.ones_like(factor())), entry.name
+        return
+    torch.testing.assert_close(factor(**{entry.other_decay: 0.01}), torch.full((39,), 1 - LR * 0.01), rtol=0, atol=1e-7)
+    assert torch.equal(factor(**{entry.other_decay: 0.0}), torch.ones(39))
+
+
 @pytest.mark.parametrize("entry", [e for e in TORCH_ENTRIES if "betas" in _build(e, _params()).defaults
                                    and e.engine != "refused"], ids=lambda e: e.name)
 def test_first_moment_sign_is_the_update_sign(entry: OptimizerInfo) -> None:

@@ -10,7 +10,13 @@
 Each finding has a severity (``error``, ``warning``, ``info``), the parameters it concerns and a
 one-line fix. ``report.ok`` is False when any error was found. With ``measure=True`` the audit
 also steps a copy of the optimizer (:func:`decaykit.probe`) so the decay it reports is measured,
-not inferred from the settings.
+not inferred from the settings; any decay it measures that the groups' ``weight_decay`` does not
+explain is a finding.
+
+What a group's ``weight_decay`` does is decided group by group: from :mod:`decaykit.optimizers` and
+the group's ``decoupled_weight_decay``, or, for a :class:`decaykit.WeightDecay` engine (live, or
+saved with its ``"decaykit"`` entry), from the engine's mode. Coupled L2 (g ← g + λθ) in any
+decaying group of an adaptive optimizer is ``coupled-adaptive``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from decaykit import optimizers
 from decaykit._render import Cell, Report, html_finding, html_lines, html_report
 from decaykit._validate import check_number
 from decaykit.engine.checks import SHAPED_STATE
+from decaykit.engine.modes import DECOUPLED_MODES, MODES
+from decaykit.engine.weight_decay import STATE_KEY, WeightDecay
 from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
 from decaykit.policy.names import canonical_name, namer
@@ -152,6 +160,8 @@ class _Group:
     params: list[torch.Tensor]
     weight_decay: float
     settings: dict[str, Any]
+    # what its weight_decay does: "decoupled", "coupled" (λθ added to the gradient), "none" or "unknown"
+    decay: str = "unknown"
 
 
 @dataclass
@@ -159,11 +169,13 @@ class _View:
     """What the audit reads from an optimizer or a saved state_dict."""
 
     name: str
-    decoupled: bool
     groups: list[_Group]
     notes: list[str]
     mapping: str = "by tensor"
     misfit: str | None = None  # why a positional mapping is proven wrong (a saved moment's shape)
+    # the registry entry of the class whose update the gradient goes through (a WeightDecay engine's inner one)
+    stepper: OptimizerInfo | None = None
+    mode: str | None = None  # the WeightDecay engine's mode, when one does the decay
 
 
 def _as_float(value: Any) -> float:
@@ -198,20 +210,32 @@ def _group(params: list[torch.Tensor], settings: Mapping[str, Any]) -> _Group:
 
 
 def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
-    """The class name, decoupled?, groups and notes of a live optimizer or a saved state_dict."""
+    """The name, groups (each with what its weight_decay does) and notes of a live optimizer or a saved state_dict.
+
+    A :class:`decaykit.WeightDecay` engine is read by its mode, not by its inner optimizer's convention:
+    it switches the inner decay off and applies λ as the mode says.
+    """
     if isinstance(optimizer, torch.optim.Optimizer):
-        name = type(optimizer).__name__
+        engine = isinstance(optimizer, WeightDecay)
+        inner = optimizer.optimizer if engine else optimizer
+        stepper = optimizers.info(inner)
         expected = _expected_decay(optimizer)
         groups = []
         for i, g in enumerate(optimizer.param_groups):
             group = _group(list(g["params"]), g)
             if expected is not None and expected[i]["kind"] == "none" and not math.isnan(group.weight_decay):
                 group.weight_decay = 0.0
+            if engine:
+                group.decay = _mode_decay(optimizer.mode)
+            elif expected is not None:
+                group.decay = {"coupled_l2": "coupled", "none": "none"}.get(expected[i]["kind"], "decoupled")
+            else:
+                group.decay = _decay_in(stepper, g)
             groups.append(group)
-        decoupled = _is_decoupled(optimizers.info(optimizer), optimizer.param_groups[0] if optimizer.param_groups else {})
-        if expected is not None:
-            decoupled = all(e["kind"] != "coupled_l2" for e in expected)
-        return _View(name, decoupled, groups, [])
+        if not engine:
+            return _View(type(optimizer).__name__, groups, [], stepper=stepper)
+        name = f"WeightDecay(mode={optimizer.mode!r}) over {type(inner).__name__}"
+        return _View(name, groups, [], stepper=stepper, mode=optimizer.mode)
     if isinstance(optimizer, Mapping):
         state = optimizer.get("optimizer", optimizer) if "param_groups" not in optimizer else optimizer
         if not isinstance(state, Mapping) or "param_groups" not in state:
@@ -232,11 +256,27 @@ def _expected_decay(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]] | 
     return optimizer.expected_decay()
 
 
-def _is_decoupled(facts: OptimizerInfo | None, group: Mapping[str, Any]) -> bool:
-    """Whether the group's weight_decay is decoupled: the registry's convention, else the group's flag."""
+def _decay_in(facts: OptimizerInfo | None, group: Mapping[str, Any]) -> str:
+    """What the group's own weight_decay does: the registry's convention, else the group's flag."""
     if facts is not None:
-        return facts.decay_in(group) == "decoupled"
-    return bool(group.get("decoupled_weight_decay", False))
+        return facts.decay_in(group)
+    return "decoupled" if group.get("decoupled_weight_decay", False) else "unknown"
+
+
+def _mode_decay(mode: str) -> str:
+    """What a WeightDecay engine in ``mode`` does with λ: adds λθ to the gradient, or shrinks θ beside the step."""
+    return "coupled" if mode == "coupled_l2" else "decoupled"
+
+
+def _saved_mode(own: Any) -> str:
+    """The engine's mode from a checkpoint's ``decaykit`` entry; a DecayError if the entry is not one."""
+    mode = own.get("mode") if isinstance(own, Mapping) else None
+    if not isinstance(mode, str) or mode not in MODES:
+        got = f"mode {mode!r}" if isinstance(own, Mapping) else type(own).__name__
+        raise DecayError(f"state_dict[{STATE_KEY!r}] must be the entry decaykit.WeightDecay.state_dict() saves, with "
+                         f"'mode' one of {', '.join(MODES)}; got {got}: audit a checkpoint saved by WeightDecay, or "
+                         f"delete state_dict[{STATE_KEY!r}] to audit the inner optimizer alone")
+    return mode
 
 
 def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
@@ -244,6 +284,7 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
     ordered = list(model.parameters())
     groups: list[_Group] = []
     first = state["param_groups"][0] if state["param_groups"] else {}
+    mode = _saved_mode(state[STATE_KEY]) if STATE_KEY in state else None
     positional = any(g.get("param_names") is None for g in state["param_groups"])
     misfit = None
     for g in state["param_groups"]:
@@ -267,11 +308,18 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
                 ) from None
             misfit = misfit or _state_misfit(state.get("state", {}), g["params"], params, model)
         groups.append(_group(params, g))
+    # the class from the first group's keys (torch saves every key in every group); the decay group by group
     facts = optimizers.from_settings(first) or _older_settings(first)
     name = facts.name if facts is not None else "optimizer"
+    for group in groups:
+        group.decay = _decay_in(facts, group.settings) if mode is None else _mode_decay(mode)
     notes = [f"read from a state_dict; optimizer class inferred as {name} from its settings"]
-    return _View(f"{name} (state_dict)", _is_decoupled(facts, first), groups, notes,
-                 "by position" if positional else "by name", misfit)
+    mapping = "by position" if positional else "by name"
+    if mode is None:
+        return _View(f"{name} (state_dict)", groups, notes, mapping, misfit, facts)
+    notes.append(f"state_dict[{STATE_KEY!r}] says decaykit.WeightDecay(mode={mode!r}) decayed it: its mode, not "
+                 f"{name}'s own weight_decay convention, is audited")
+    return _View(f"WeightDecay(mode={mode!r}) over {name} (state_dict)", groups, notes, mapping, misfit, facts, mode)
 
 
 def _state_misfit(state: Any, ids: list[Any], params: list[torch.Tensor], model: nn.Module) -> str | None:
@@ -315,6 +363,7 @@ def audit(
     weight decay found in the optimizer's groups. ``plan_options`` go to :func:`decaykit.plan`
     (``exclude=``, ``rules=``, ``decay_embeddings=`` ...).
 
+    A saved :class:`decaykit.WeightDecay` state_dict is read by the mode in its ``"decaykit"`` entry.
     A state_dict saved without ``param_names`` is matched to ``model.parameters()`` by position;
     the report says so in its first line, findings that depend on that order are warnings (not
     errors) unless the order cannot matter, and a saved moment whose shape contradicts the order
@@ -332,7 +381,7 @@ def audit(
     lam = weight_decay if weight_decay is not None else max(given, default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
     findings = _bad_lambda_findings(view.groups) + _mapped_findings(expected, view)
-    findings += _convention_findings(view.name, view.decoupled, view.groups)
+    findings += _convention_findings(view)
     findings += [Finding("warning", "tied-conflict", str(conflict),
                          "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
                          conflict.names) if isinstance(conflict, Conflict) else
@@ -345,7 +394,7 @@ def audit(
         from decaykit.probe.probe import probe
 
         measured = probe(optimizer, model=model)
-        _measured_findings(measured, expected, findings)
+        _measured_findings(measured, expected, findings, view.stepper)
         report.probe = MeasuredProbe.of(measured, [f.code for f in findings if f.severity == "error"])
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
@@ -370,7 +419,7 @@ def _mapped_findings(expected: Plan, view: _View) -> list[Finding]:
     findings: list[Finding] = []
     _wrongly_decayed(expected, held.actual, findings, view.name)
     _policy_differences(expected, held.actual, findings)
-    findings += _membership_findings(expected, held, view.decoupled)
+    findings += _membership_findings(expected, held, view.groups)
     order_matters = (len({g.weight_decay for g in view.groups}) > 1
                      or sum(len(g.params) for g in view.groups) != len(expected.decisions))
     if view.mapping != "by position" or not order_matters:
@@ -417,8 +466,12 @@ class _Membership:
         return held
 
 
-def _membership_findings(expected: Plan, held: _Membership, decoupled: bool) -> list[Finding]:
-    """Tensors missing from the optimizer, frozen inside it, held twice, or not the model's."""
+def _membership_findings(expected: Plan, held: _Membership, groups: list[_Group]) -> list[Finding]:
+    """Tensors missing from the optimizer, frozen inside it, held twice, or not the model's.
+
+    A decayed frozen tensor is an error where its group decays decoupled: θ(1 − ηλ) moves it even
+    when its gradient is a zero tensor.
+    """
     out = []
     missing = [d.name for d in expected.trainable if id(d.param) not in held.seen]
     if missing:
@@ -426,9 +479,10 @@ def _membership_findings(expected: Plan, held: _Membership, decoupled: bool) -> 
                            "build the optimizer from decaykit.param_groups(model, ...) or add them with add_param_group", tuple(missing)))
     frozen = [d.name for d in expected if not d.trainable and id(d.param) in held.seen]
     if frozen:
-        decayed_frozen = [d.name for d in expected if not d.trainable and held.actual.get(id(d.param), 0.0) > 0]
+        decayed_frozen = [d for d in expected if not d.trainable and held.actual.get(id(d.param), 0.0) > 0]
+        decoupled = any(groups[held.seen[id(d.param)]].decay == "decoupled" for d in decayed_frozen)
         out.append(Finding(
-            "error" if decayed_frozen and decoupled else "warning", "frozen-in-optimizer",
+            "error" if decoupled else "warning", "frozen-in-optimizer",
             f"{len(frozen)} frozen parameters (requires_grad=False) are in the optimizer"
             + (f"; {len(decayed_frozen)} have weight_decay > 0 and shrink at every step once their grad is a zero tensor "
                "(zero_grad(set_to_none=False), diffusers #1009)" if decayed_frozen else ""),
@@ -444,16 +498,30 @@ def _membership_findings(expected: Plan, held: _Membership, decoupled: bool) -> 
     return out
 
 
-def _convention_findings(opt_name: str, decoupled: bool, groups: list[_Group]) -> list[Finding]:
-    """Coupled L2 in front of an adaptive denominator: the decay that is almost never meant."""
-    base = opt_name.split(" ")[0]
-    if base in COUPLED_ADAPTIVE and not decoupled and any(g.weight_decay > 0 for g in groups):
-        return [Finding(
-            "warning", "coupled-adaptive",
-            f"{base} with weight_decay > 0 adds λθ to the gradient (coupled L2), which the adaptive denominator "
-            "rescales, so coordinates with large gradients are barely decayed; this is almost never what is meant",
-            "use torch.optim.AdamW (decoupled decay), or Adam(..., decoupled_weight_decay=True), or decaykit.WeightDecay")]
-    return []
+def _convention_findings(view: _View) -> list[Finding]:
+    """Coupled L2 in front of an adaptive denominator, in any decaying group: the decay that is almost never meant."""
+    stepper = view.stepper
+    coupled = [i for i, g in enumerate(view.groups) if g.decay == "coupled" and g.weight_decay > 0]
+    if stepper is None or not stepper.adaptive or not coupled:
+        return []
+    where = ", ".join(f"param_groups[{i}] (weight_decay={view.groups[i].weight_decay:g})" for i in coupled)
+    if view.mode is not None:
+        how = (f"decaykit.WeightDecay in mode 'coupled_l2' adds λθ to the gradient (coupled L2) of {where}, "
+               f"which {stepper.name}'s adaptive denominator rescales")
+        fix = (f"build the engine with a decoupled mode, WeightDecay(..., mode='lr_coupled') (or "
+               f"{', '.join(repr(m) for m in DECOUPLED_MODES if m != 'lr_coupled')}): θ then shrinks beside {stepper.name}'s step")
+    else:
+        how = f"{stepper.name} adds λθ to the gradient (coupled L2) in {where}, which its adaptive denominator rescales"
+        if stepper.decay == "flag":
+            groups = ", ".join(f"param_groups[{i}]" for i in coupled)
+            fix = (f"set decoupled_weight_decay=True in {groups} (torch.optim.AdamW's default), "
+                   f"or wrap the optimizer in decaykit.WeightDecay")
+        else:
+            fix = (f"wrap it in decaykit.WeightDecay({stepper.name}(...), mode='lr_coupled'), which switches its own "
+                   "decay off and shrinks θ beside its step, or use torch.optim.AdamW")
+    return [Finding("warning", "coupled-adaptive",
+                    f"{how}, so coordinates with large gradients are barely decayed; this is almost never what is meant",
+                    fix)]
 
 
 def _wrongly_decayed(expected: Plan, actual: Mapping[int, float], findings: list[Finding], opt_name: str) -> None:
@@ -488,7 +556,9 @@ def _policy_differences(expected: Plan, actual: Mapping[int, float], findings: l
                                 "fine if intended (per-layer values); otherwise rebuild the groups", tuple(differ)))
 
 
-def _measured_findings(report: Any, expected: Plan, findings: list[Finding]) -> None:
+def _measured_findings(report: Any, expected: Plan, findings: list[Finding], stepper: OptimizerInfo | None) -> None:
+    """What the probe measured that the settings do not explain: a decay other than the groups' weight_decay,
+    decay on tensors the policy excludes, and a decay that weight_decay=0 does not switch off."""
     by_name = {d.name: d for d in expected}
     # tensors the optimizer does not hold are already reported as "missing"
     disagree = [e for e in report.entries if not e.agrees and e.kind != "missing"]
@@ -504,4 +574,28 @@ def _measured_findings(report: Any, expected: Plan, findings: list[Finding]) -> 
         findings.append(Finding("error", "measured-decay-on-excluded",
                                 f"{len(shrinking)} tensors the policy excludes shrink by a factor down to {worst:.6g} per step (measured)",
                                 "move them to a weight_decay=0 group", tuple(e.name for e in shrinking)))
+    other = [e for e in report.entries if e.other_decay is not None]
+    if other:
+        findings.append(_uncontrolled_finding(other, expected, stepper))
 
+
+def _uncontrolled_finding(other: list[Any], expected: Plan, stepper: OptimizerInfo | None) -> Finding:
+    """Tensors that move with weight_decay=0 and zero gradients (ASGD's lambd): an error where the policy excludes them."""
+    by_name = {d.name: d for d in expected}
+    excluded = [by_name[e.name] for e in other if e.name in by_name and not by_name[e.name].decay]
+    lo, hi = min(e.other_decay for e in other), max(e.other_decay for e in other)
+    how = f"shrink by a factor down to {lo:.6g}" if hi < 1 else f"change by a factor of {lo:.6g} .. {hi:.6g}"
+    setting = f"{stepper.name}'s {stepper.other_decay}" if stepper is not None and stepper.other_decay else None
+    message = (f"{len(other)} tensors {how} per step with weight_decay=0, zero gradients and no optimizer state "
+               f"(measured): a decay under {setting or 'a setting other than weight_decay'}, which weight_decay=0 "
+               "does not switch off")
+    if excluded and expected.weight_decay == 0:
+        message += "; the audit's weight_decay is 0, so none of them should shrink"
+    elif excluded:
+        message += (f"; {len(excluded)} of them are tensors the policy excludes "
+                    f"({'; '.join(sorted({d.reason for d in excluded})[:3])})")
+    fix = (f"set {stepper.other_decay}=0 in their param groups, so weight_decay is their only decay"
+           if setting else "find the optimizer's setting that moves them and set it to 0")
+    fix += ", or train them with an optimizer whose only decay is weight_decay (AdamW, SGD) and decaykit.param_groups"
+    return Finding("error" if excluded else "warning", "measured-uncontrolled-decay", message, fix,
+                   tuple(e.name for e in other))

@@ -69,6 +69,9 @@ class OptimizerInfo:
         refusal: why the engine refuses it, with the fix.
         convention: the :mod:`decaykit.convert` convention its ``weight_decay`` follows by default
             (``"lr_coupled"`` for θ(1 − η·λ)); None where none applies.
+        other_decay: the group setting of a second decay, one that ``weight_decay=0`` does not switch
+            off (ASGD's ``lambd``: θ ← θ(1 − lambd·η_t) at every step, norms and biases included);
+            "" where there is none. The audit's ``measured-uncontrolled-decay`` names it.
         evidence: how the facts were established.
     """
 
@@ -82,6 +85,7 @@ class OptimizerInfo:
     engine: str = "outside"
     refusal: str = ""
     convention: str | None = None
+    other_decay: str = ""
     evidence: str = ""
 
     def __post_init__(self) -> None:
@@ -137,7 +141,7 @@ _ENTRIES = (
     _torch("Adadelta", "coupled", "adadelta", adaptive=True),
     _torch("RMSprop", "coupled", "rmsprop", adaptive=True),
     # ASGD's own shrink by (1 − lambd·η_t) is not its weight_decay, which is plain L2
-    _torch("ASGD", "coupled", "asgd"),
+    _torch("ASGD", "coupled", "asgd", other_decay="lambd"),
     _torch("Adafactor", "decoupled", "adafactor", adaptive=True, convention="lr_coupled",
            evidence=_ZERO_GRAD + "its relative step size min(lr, 1/√t)"),
     # Muon orthogonalises its momentum (Newton–Schulz) rather than dividing by a statistic; 2-D parameters only

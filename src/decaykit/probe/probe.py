@@ -239,7 +239,7 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str]) -> list[
         if t.start is not None:
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
-                              t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen)))
+                              t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden))
     return out
 
 
