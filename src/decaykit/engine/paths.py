@@ -39,7 +39,7 @@ from torch import Tensor
 
 from decaykit import _dtensor as shards
 from decaykit.engine.cautious import cautious_decay_, cautious_moment_decay_
-from decaykit.engine.checks import short
+from decaykit.engine.checks import PEAK_MODES, check_within_peak, short
 from decaykit.engine.modes import Rate, decay_rate, decoupled_decay_, inner_weight_decay, l2_gradients
 from decaykit.errors import DecayError
 
@@ -90,7 +90,7 @@ def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: fl
 
     ``native`` says what the inner optimizer's own ``weight_decay`` does for this group: ``"flag"``
     (a ``decoupled_weight_decay`` switch), ``"decoupled"``, ``"coupled"`` or None (unknown).
-    Refuses η_max = 0 with η_t > 0 in the modes that divide by it, and a rate r > 1.
+    Refuses η_t > η_max (η_max = 0 included) in the modes that divide by it, and a rate r > 1.
     """
     off = {"weight_decay": 0.0} if "weight_decay" in group else {}
     if _is_zero(lam_t):
@@ -103,13 +103,14 @@ def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: fl
             return GroupStep("inner", "coupled_l2", lam_t, {"weight_decay": lam_t})
         return GroupStep("l2_gradient", "coupled_l2", lam_t, off)
     lr = float(group["lr"])
-    if mode in ("lr_independent", "corrected") and max_lr == 0:
+    if mode in PEAK_MODES and max_lr == 0:
         if lr == 0:
             return GroupStep("none", "none", 0.0, off)
         raise DecayError(
             f"param_groups[{i}] has η_max = 0 but lr = {lr:g} at step {step}; mode {mode!r} "
             "divides by η_max: pass WeightDecay(..., max_lr=<peak LR>)"
         )
+    check_within_peak(mode, i, lr, max_lr, step)
     rate = decay_rate(mode, lam_t, lr, max_lr)
     worst = float(rate.max()) if isinstance(rate, Tensor) else rate
     if worst > 1:
