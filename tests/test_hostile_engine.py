@@ -285,6 +285,36 @@ def test_a_checkpoint_of_a_group_built_at_lr_zero_keeps_its_zero_eta_max():
     assert opt.paths() == ["none", "none"]
 
 
+# -- a failed inner step -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("lam", [0.1, torch.tensor([0.1, 0.3])], ids=["float", "members"])
+def test_an_inner_step_that_raises_leaves_the_extra_pass_undone(lam, foreach):
+    """RMSprop refuses sparse gradients after the extra pass has decayed θ: a retry must decay once."""
+    def build():
+        torch.manual_seed(0)
+        emb = nn.Embedding(2, 3, sparse=True)
+        inner = torch.optim.RMSprop([{"params": list(emb.parameters()), "weight_decay": lam}], lr=0.1)
+        return emb, WeightDecay(inner, mode="lr_coupled", foreach=foreach)
+
+    emb, opt = build()
+    assert opt.paths() == ["extra_pass"]
+    before = emb.weight.detach().clone()
+    emb(torch.tensor([1])).sum().backward()
+    with pytest.raises(RuntimeError, match="RMSprop does not support sparse gradients"):
+        opt.step()
+    torch.testing.assert_close(emb.weight.detach(), before, rtol=2**-23, atol=0)  # within one rounding
+    assert opt.steps_taken == 0 and opt.param_groups[0]["weight_decay"] is lam
+    emb.weight.grad = emb.weight.grad.to_dense()  # the retry
+    opt.step()
+    twin, twin_opt = build()
+    twin(torch.tensor([1])).sum().backward()
+    twin.weight.grad = twin.weight.grad.to_dense()
+    twin_opt.step()
+    assert torch.equal(emb.weight, twin.weight)  # float32: decaying the undone θ again gives the same θ(1 − r)
+
+
 # -- sparse gradients with coupled_l2 ------------------------------------------------------------------
 
 

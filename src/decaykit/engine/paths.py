@@ -20,7 +20,8 @@ the inner optimizer steps. :func:`build_paths` turns the plans into path objects
   copied before the inner step (one buffer per parameter, kept between steps) and the sign read
   from the parameter change after it (:class:`CautiousCopy`).
 
-Every path object has ``before()`` (runs before the inner step), ``after()`` (after it) and
+Every path object has ``before()`` (runs before the inner step), ``after()`` (after it),
+``undo()`` (when the inner step raised: what ``before()`` did to the parameters taken back) and
 ``restore()`` (always, in a ``finally``: the group keys and gradients put back, even when
 ``before()`` did not run to its end). The formulas are in :mod:`decaykit.engine.modes`; a plain
 loop of every mode, which these paths are tested against, is :mod:`decaykit.engine.reference`.
@@ -148,6 +149,9 @@ class Path:
     def after(self) -> None:
         pass
 
+    def undo(self) -> None:
+        pass
+
     def restore(self) -> None:
         while self.saved:
             key, old = self.saved.pop()
@@ -180,13 +184,28 @@ class _Decaying(Path):
 
 
 class ExtraPass(_Decaying):
-    """``extra_pass``: θ ← θ(1 − r) in one foreach pass before the inner step."""
+    """``extra_pass``: θ ← θ(1 − r) in one foreach pass before the inner step.
 
-    __slots__ = ()
+    When the inner step then raises (RMSprop refusing a sparse gradient, an out-of-memory on its
+    first step), ``undo()`` divides the pass back out, so a retried step does not decay twice; no
+    copy of θ is kept, so it comes back to within one rounding (:func:`decoupled_decay_`).
+    """
+
+    __slots__ = ("decayed",)
+
+    def __init__(self, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool) -> None:
+        super().__init__(group, plan, params, foreach)
+        self.decayed = False
 
     def before(self) -> None:
         super().before()
         decoupled_decay_(self.params, self.rate, foreach=self.foreach)
+        self.decayed = True
+
+    def undo(self) -> None:
+        if self.decayed:
+            decoupled_decay_(self.params, self.rate, foreach=self.foreach, undo=True)
+            self.decayed = False
 
 
 class L2Gradient(_Decaying):
@@ -255,6 +274,8 @@ class CautiousCopy(_Decaying):
 def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *, foreach: bool,
                 moment_sign: bool) -> list[Path]:
     """One path object per group of ``optimizer``, from its plan; raises before anything moves.
+
+    The inner step may still raise after the paths' ``before()``: the engine then calls their ``undo()``.
 
     ``moment_sign``: the inner optimizer's update has the sign of its new first moment
     (:mod:`decaykit.engine.cautious`), so a cautious group may take :class:`CautiousMoment`.

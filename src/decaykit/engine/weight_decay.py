@@ -193,9 +193,14 @@ class WeightDecay(Optimizer):
         paths = build_paths(self._plan_all(), self.optimizer, self._buffers, foreach=self.foreach is not False,
                             moment_sign=type(self.optimizer) in FIRST_MOMENT_SIGN)
         try:
-            for path in paths:
-                path.before()
-            result = self.optimizer.step()
+            try:
+                for path in paths:
+                    path.before()
+                result = self.optimizer.step()
+            except BaseException:  # a failed step leaves θ as it was: a retry must not decay twice
+                for path in reversed(paths):
+                    path.undo()
+                raise
             for path in paths:
                 path.after()
         finally:
