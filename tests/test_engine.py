@@ -540,6 +540,100 @@ def test_max_lr_comes_from_one_cycle_initial_lr_or_the_argument():
     assert given.state_dict()["decaykit"]["max_lr"] == [2e-3, 3e-3]
 
 
+def adamw_oracle_step(oracle, mode, lam, max_lr):
+    """torch's AdamW decays θ(1 − η_t·wd): wd = λ/η_max is lr_independent, λ·η_t/η_max corrected."""
+    for group in oracle.param_groups:
+        group["weight_decay"] = lam / max_lr if mode == "lr_independent" else lam * group["lr"] / max_lr
+
+
+@pytest.mark.parametrize("mode", ["lr_independent", "corrected"])
+@pytest.mark.parametrize("order", ["scheduler_on_inner_first", "engine_first", "scheduler_on_inner_after"])
+def test_eta_max_is_the_one_cycle_peak_whichever_order_engine_and_scheduler_are_built(mode, order):
+    """The README's order (engine, then OneCycleLR on it) must read η_max = OneCycleLR's max_lr, as the others do."""
+    lam, peak = 1e-3, 1e-2
+    ref_model, model = make_model(), make_model()
+    oracle = torch.optim.AdamW(ref_model.parameters(), lr=1e-3)
+    ref_sched = torch.optim.lr_scheduler.OneCycleLR(oracle, max_lr=peak, total_steps=20)
+    inner = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=lam)
+    if order == "scheduler_on_inner_first":
+        sched = torch.optim.lr_scheduler.OneCycleLR(inner, max_lr=peak, total_steps=20)
+    opt = WeightDecay(inner, mode=mode)
+    if order != "scheduler_on_inner_first":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt if order == "engine_first" else inner, max_lr=peak,
+                                                    total_steps=20)
+    assert opt.state_dict()["decaykit"]["max_lr"] == [peak]
+    for t in range(20):  # up to the peak at step 6 and down again
+        adamw_oracle_step(oracle, mode, lam, peak)
+        train(ref_model, oracle, 1, ref_sched, start=t)
+        train(model, opt, 1, sched, start=t)
+        for a, b in zip(ref_model.parameters(), model.parameters()):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-7)
+
+
+def test_a_given_max_lr_is_kept_whatever_a_scheduler_writes():
+    model = make_model()
+    opt = WeightDecay(torch.optim.AdamW(groups(model, 1e-3), lr=1e-3), mode="lr_independent", max_lr=2e-2)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=10)
+    assert opt.state_dict()["decaykit"]["max_lr"] == [2e-2, 2e-2]
+
+
+@pytest.mark.parametrize("mode", ["lr_independent", "corrected"])
+def test_a_step_above_eta_max_is_refused_before_anything_moves(mode):
+    """CyclicLR keeps its peak on the scheduler and writes initial_lr = base_lr, the cycle's minimum."""
+    model = make_model()
+    inner = torch.optim.AdamW(groups(model, 1e-3), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CyclicLR(inner, base_lr=1e-4, max_lr=1e-2, step_size_up=4, cycle_momentum=False)
+    opt = WeightDecay(inner, mode=mode)
+    train(model, opt, 1, sched)  # lr = base_lr = η_max: allowed
+    before = params_of(model)
+    message = rf"param_groups\[0\] has lr = 0.002575 at step 1, above its η_max = 0.0001; mode '{mode}'.*max_lr="
+    with pytest.raises(DecayError, match=message):
+        train(model, opt, 1, start=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and opt.steps_taken == 1
+    assert opt.param_groups[0]["weight_decay"] == 1e-3
+
+
+def test_cyclic_lr_with_its_peak_given_steps_as_torch_adamw_through_the_cycle():
+    lam, peak = 1e-3, 1e-2
+    ref_model, model = make_model(), make_model()
+    oracle = torch.optim.AdamW(ref_model.parameters(), lr=1e-4, weight_decay=lam / peak)
+    opt = WeightDecay(torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=lam), mode="lr_independent",
+                      max_lr=peak)
+    ref_sched, sched = (torch.optim.lr_scheduler.CyclicLR(o, 1e-4, peak, step_size_up=4, cycle_momentum=False)
+                        for o in (oracle, opt))
+    train(ref_model, oracle, 12, ref_sched)
+    train(model, opt, 12, sched)
+    for a, b in zip(ref_model.parameters(), model.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-7)
+
+
+def test_a_checkpoint_keeps_the_one_cycle_peak_and_resumes_bit_identically():
+    def build():
+        model = make_model()
+        opt = WeightDecay(torch.optim.AdamW(groups(model, 1e-3), lr=1e-3), mode="lr_independent")
+        return model, opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=20)
+
+    model, opt, sched = build()
+    train(model, opt, 20, sched)
+    straight = params_of(model)
+    model, opt, sched = build()
+    train(model, opt, 8, sched)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()})
+    assert saved["opt"]["decaykit"]["max_lr"] == [1e-2, 1e-2]
+    model, opt, sched = build()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    sched.load_state_dict(saved["sched"])
+    train(model, opt, 12, sched, start=8)
+    assert all(torch.equal(a, b) for a, b in zip(straight, model.parameters()))
+    plain = WeightDecay(torch.optim.AdamW(groups(make_model(), 1e-3), lr=1e-3), mode="lr_independent")
+    saved["opt"]["decaykit"]["max_lr"] = [5e-2, 5e-2]
+    plain.load_state_dict(saved["opt"])  # the saved η_max, not the peak the saved groups carry
+    assert plain.state_dict()["decaykit"]["max_lr"] == [5e-2, 5e-2]
+    torch.optim.lr_scheduler.OneCycleLR(plain, max_lr=2e-2, total_steps=20)  # until a scheduler writes another
+    assert plain.state_dict()["decaykit"]["max_lr"] == [2e-2, 2e-2]
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("make", [lambda g: torch.optim.SGD(g, lr=0.1), lambda g: torch.optim.AdamW(g, lr=0.1)])
 def test_expected_decay_is_what_a_zero_gradient_step_does(mode, make):
@@ -640,6 +734,8 @@ def test_optimizers_the_engine_cannot_drive_are_refused(make, message):
         ({"max_lr": [1e-3]}, "max_lr has 1 values but the optimizer has 2 param groups"),
         ({"foreach": "yes"}, "foreach must be True, False or None, got 'yes'"),
         ({"allow_large_decay": 1}, "allow_large_decay must be True or False, got 1"),
+        ({"max_lr": "0.01"}, "max_lr must be a finite number > 0, got '0.01' (str)"),
+        ({"schedule": lambda t, total: 1.0}, "<lambda>(t, total) cannot be called as schedule(step)"),
     ],
 )
 def test_bad_engine_arguments_are_refused(kwargs, message):

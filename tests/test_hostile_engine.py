@@ -192,6 +192,34 @@ def test_add_param_group_and_load_refuse_an_implausible_lambda_and_roll_back():
     assert opt.param_groups[0]["weight_decay"] == 1e-4
 
 
+def test_a_group_added_through_the_inner_optimizer_or_a_changed_lambda_is_judged_at_the_next_step():
+    model, extra = make_model(), nn.Linear(3, 3)
+    opt = WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 1e-4), lr=1e-3), mode="lr_independent")
+    opt.optimizer.add_param_group({"params": [extra.weight], "param_names": ["extra.weight"], "weight_decay": 0.5})
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in [*model.parameters(), extra.weight]:
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(DecayError, match=r"param_groups\[2\]\['weight_decay'\] = 0.5 in mode 'lr_independent'"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    opt.param_groups[2]["weight_decay"] = 1e-4
+    opt.step()
+    opt.param_groups[0]["weight_decay"] = 0.05  # a torch AdamW λ set into a running lr_independent engine
+    with pytest.raises(DecayError, match=r"param_groups\[0\]\['weight_decay'\] = 0.05.*equivalent at η_max"):
+        opt.expected_decay()
+    kept = WeightDecay(torch.optim.AdamW(decaykit.param_groups(make_model(), 1e-4), lr=1e-3), mode="lr_independent",
+                       allow_large_decay=True)
+    kept.param_groups[0]["weight_decay"] = 0.05
+    assert kept.expected_decay()[0]["rate"] == pytest.approx(0.05)
+
+
+def test_lambda_is_judged_again_at_a_peak_a_scheduler_writes_later():
+    opt = WeightDecay(torch.optim.AdamW(decaykit.param_groups(make_model(), 0.1), lr=1e-3), mode="lr_coupled")
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=20.0, total_steps=10)  # η_max·λ = 2 at the peak
+    with pytest.raises(DecayError, match=r"= 0.1 with peak lr 20 in mode 'lr_coupled'.*η·λ = 2 >= 1"):
+        opt.step()
+
+
 def test_the_hf_conversion_steps_exactly_as_torch_adamw_with_the_trainers_lambda():
     """TrainingArguments(weight_decay=0.05) + mode lr_independent: the engine gets 0.05·η_max per group
     (layer-wise LR scales included), so the weights follow torch's AdamW(weight_decay=0.05)."""
@@ -212,6 +240,79 @@ def test_the_hf_conversion_steps_exactly_as_torch_adamw_with_the_trainers_lambda
         kept = _wrap_in_engine(torch.optim.AdamW(decaykit.param_groups(make_model(), 1e-4), lr=lr),
                                {"mode": "lr_independent", "convention": "composer"}, 1e-4)
     assert kept.param_groups[0]["weight_decay"] == 1e-4
+
+
+# -- damaged or wrong checkpoints ----------------------------------------------------------------------
+
+
+def _damaged(entry: str, value):
+    def damage(saved):
+        saved["decaykit"][entry] = value
+        return saved
+    return damage
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda saved: None, r"state_dict must be an optimizer state_dict .*got None \(NoneType\)"),
+    (lambda saved: [], r"state_dict must be an optimizer state_dict .*got \[\] \(list\)"),
+    (_damaged("max_lr", 1e-3), r"\['max_lr'\] must be a list of η_max, one per param group \(2\), got 0.001 \(float\)"),
+    (_damaged("max_lr", [1e-3]), r"\['max_lr'\] must be a list of η_max, one per param group \(2\), got \[0.001\]"),
+    (_damaged("max_lr", [0.0, 1e-3]), r"\['max_lr'\]\[0\] is 0 but the saved group's lr is 0.01.*divides by η_max"),
+    (_damaged("max_lr", ["0.01", 1e-3]), r"\['max_lr'\]\[0\] must be a finite number >= 0, got '0.01'"),
+    (_damaged("schedule", None), r"\['schedule'\] must be the dict Schedule.state_dict\(\) saves.*got None"),
+    (_damaged("step", -1), r"\['step'\] must be an integer >= 0, got -1"),
+    (lambda saved: {**saved, "decaykit": 3}, r"state_dict\['decaykit'\] must be the dict WeightDecay.state_dict\(\) saves"),
+])
+def test_a_damaged_checkpoint_is_refused_with_what_is_wrong_and_nothing_changes(damage, message):
+    model = make_model()
+    opt = WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 1e-4), lr=1e-2), mode="lr_independent",
+                      schedule=schedules.linear(1.0, 0.5, steps=10))
+    train(model, opt, 2)
+    saved = damage(copy.deepcopy(opt.state_dict()))
+    fresh = WeightDecay(torch.optim.AdamW(decaykit.param_groups(make_model(), 1e-4), lr=1e-2), mode="lr_independent",
+                        schedule=schedules.linear(1.0, 0.5, steps=10))
+    before = copy.deepcopy(fresh.state_dict())
+    with pytest.raises(DecayError, match=message):
+        fresh.load_state_dict(saved)
+    assert same(fresh.state_dict(), before)
+
+
+def test_a_checkpoint_of_a_group_built_at_lr_zero_keeps_its_zero_eta_max():
+    opt = WeightDecay(torch.optim.SGD(decaykit.param_groups(make_model(), 1e-4), lr=0.0), mode="lr_independent")
+    saved = opt.state_dict()
+    assert saved["decaykit"]["max_lr"] == [0.0, 0.0]
+    opt.load_state_dict(saved)
+    assert opt.paths() == ["none", "none"]
+
+
+# -- a failed inner step -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("lam", [0.1, torch.tensor([0.1, 0.3])], ids=["float", "members"])
+def test_an_inner_step_that_raises_leaves_the_extra_pass_undone(lam, foreach):
+    """RMSprop refuses sparse gradients after the extra pass has decayed θ: a retry must decay once."""
+    def build():
+        torch.manual_seed(0)
+        emb = nn.Embedding(2, 3, sparse=True)
+        inner = torch.optim.RMSprop([{"params": list(emb.parameters()), "weight_decay": lam}], lr=0.1)
+        return emb, WeightDecay(inner, mode="lr_coupled", foreach=foreach)
+
+    emb, opt = build()
+    assert opt.paths() == ["extra_pass"]
+    before = emb.weight.detach().clone()
+    emb(torch.tensor([1])).sum().backward()
+    with pytest.raises(RuntimeError, match="RMSprop does not support sparse gradients"):
+        opt.step()
+    torch.testing.assert_close(emb.weight.detach(), before, rtol=2**-23, atol=0)  # within one rounding
+    assert opt.steps_taken == 0 and opt.param_groups[0]["weight_decay"] is lam
+    emb.weight.grad = emb.weight.grad.to_dense()  # the retry
+    opt.step()
+    twin, twin_opt = build()
+    twin(torch.tensor([1])).sum().backward()
+    twin.weight.grad = twin.weight.grad.to_dense()
+    twin_opt.step()
+    assert torch.equal(emb.weight, twin.weight)  # float32: decaying the undone θ again gives the same θ(1 − r)
 
 
 # -- sparse gradients with coupled_l2 ------------------------------------------------------------------

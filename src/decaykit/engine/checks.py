@@ -14,12 +14,13 @@ from typing import Any
 
 from torch import Tensor
 
-from decaykit._validate import check_number, check_rates
+from decaykit._validate import check_int, check_number, check_rates
 from decaykit.convert import convert
 from decaykit.errors import DecayError
 from decaykit.policy.names import canonical_name
 
 __all__ = [
+    "PEAK_MODES",
     "PLAUSIBLE_SHRINK",
     "SHAPED_STATE",
     "check_checkpoint",
@@ -30,9 +31,16 @@ __all__ = [
     "check_member_lambda",
     "check_multiplier",
     "check_plausible",
+    "check_state_dict",
+    "check_within_peak",
     "group_peak_lr",
+    "scheduler_peak",
     "short",
+    "short_repr",
 ]
+
+#: the modes whose rate divides by η_max: r = (η_t/η_max)·λ or (η_t²/η_max)·λ
+PEAK_MODES = ("lr_independent", "corrected")
 
 
 def check_group(i: int, group: dict[str, Any]) -> None:
@@ -48,24 +56,53 @@ def check_max_lr(max_lr: Any, n_groups: int) -> float | list[float] | None:
     """``max_lr=`` as given to the engine: None, one η_max > 0 for every group, or one per group."""
     if max_lr is None:
         return None
-    values = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr]
+    several = isinstance(max_lr, Sequence) and not isinstance(max_lr, (str, bytes))  # "0.01" is not 4 values
+    values = list(max_lr) if several else [max_lr]
     for v in values:
         check_number(v, "max_lr", allow_zero=False, strict_type=True)
-    if isinstance(max_lr, Sequence):
+    if several:
         if len(values) != n_groups:
             raise DecayError(f"max_lr has {len(values)} values but the optimizer has {n_groups} param groups")
         return [float(v) for v in values]
     return float(values[0])
 
 
+def scheduler_peak(group: dict[str, Any]) -> tuple[str, float] | None:
+    """The peak LR a scheduler wrote into a group: ``("max_lr", v)``, else ``("initial_lr", v)``, else None."""
+    # OneCycleLR stores its peak as max_lr and its start as initial_lr; other schedulers the base LR
+    for key in ("max_lr", "initial_lr"):
+        value = _real(group.get(key))
+        if value is not None:
+            return key, value
+    return None
+
+
 def group_peak_lr(group: dict[str, Any]) -> float:
     """η_max read from a group: ``max_lr``, else ``initial_lr``, else ``lr``, else 0."""
-    # OneCycleLR stores its peak as max_lr and its start as initial_lr; other schedulers the base LR
-    for key in ("max_lr", "initial_lr", "lr"):
-        value = group.get(key)
-        if isinstance(value, (numbers.Real, Tensor)) and not isinstance(value, bool):
-            return float(value)
-    return 0.0
+    found = scheduler_peak(group)
+    if found is not None:
+        return found[1]
+    lr = _real(group.get("lr"))
+    return 0.0 if lr is None else lr
+
+
+def _real(value: Any) -> float | None:
+    if isinstance(value, (numbers.Real, Tensor)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def check_within_peak(mode: str, i: int, lr: float, max_lr: float, step: int) -> None:
+    """Refuse η_t above η_max (beyond rounding) in a mode that divides by η_max: the rate would exceed λ."""
+    if mode not in PEAK_MODES or lr <= max_lr * (1 + 1e-6):  # a 0-dim float32 LR rounds to 6e-8
+        return
+    raise DecayError(
+        f"param_groups[{i}] has lr = {lr:g} at step {step}, above its η_max = {max_lr:g}; mode {mode!r} "
+        f"divides by η_max, the schedule's peak LR, so this step would decay {lr / max_lr:.3g}x as much as λ "
+        "promises at the peak. η_max is read from the group (max_lr, else initial_lr, else lr), which does not "
+        "hold the peak of a schedule that rises above its base LR (CyclicLR keeps its max_lr on the scheduler): "
+        "pass WeightDecay(..., max_lr=<the schedule's peak LR>), e.g. CyclicLR's max_lr"
+    )
 
 
 def check_lambda(i: int, group: dict[str, Any], cache: dict[int, tuple[Tensor, tuple[int, int], Tensor]]) -> float | Tensor:
@@ -118,21 +155,54 @@ def check_multiplier(schedule: Any, step: int) -> float:
         ) from None
 
 
-def check_checkpoint(own: dict[str, Any], key: str, mode: str, schedule: Any, n_groups: int) -> None:
-    """The engine's entry ``state_dict[key]`` of a checkpoint fits this engine: its mode, groups and schedule type."""
-    if own.get("mode") != mode:
+def check_checkpoint(own: Any, key: str, mode: str, schedule: Any, saved_groups: list[Any]) -> list[float]:
+    """The engine's entry ``state_dict[key]`` of a checkpoint fits this engine; returns its η_max per group.
+
+    Its mode, step, schedule type and η_max (one number per saved group, > 0 where the mode divides
+    by it and the group's LR is not 0) are checked; nothing is changed.
+    """
+    where = f"state_dict[{key!r}]"
+    if not isinstance(own, Mapping) or not {"mode", "step", "max_lr", "schedule"} <= set(own):
+        raise DecayError(f"{where} must be the dict WeightDecay.state_dict() saves (mode, step, max_lr, schedule), "
+                         f"got {short_repr(own)}; save the checkpoint from the engine, or delete {where} to keep "
+                         "this engine's schedule step and η_max")
+    if own["mode"] != mode:
         raise DecayError(
-            f"the checkpoint was saved with mode={own.get('mode')!r} but this engine has "
-            f"mode={mode!r}; build WeightDecay(..., mode={own.get('mode')!r}) to resume, or "
-            f"delete state_dict[{key!r}] to switch modes on purpose"
+            f"the checkpoint was saved with mode={own['mode']!r} but this engine has "
+            f"mode={mode!r}; build WeightDecay(..., mode={own['mode']!r}) to resume, or "
+            f"delete {where} to switch modes on purpose"
         )
-    if len(own["max_lr"]) != n_groups:
-        raise DecayError(f"the checkpoint has η_max for {len(own['max_lr'])} groups but {n_groups} param groups")
-    if own["schedule"].get("type") != schedule.state_dict()["type"]:
+    check_int(own["step"], f"{where}['step']")
+    saved = own["max_lr"]
+    if not isinstance(saved, (list, tuple)) or len(saved) != len(saved_groups):
+        raise DecayError(f"{where}['max_lr'] must be a list of η_max, one per param group ({len(saved_groups)}), "
+                         f"got {short_repr(saved)}: the checkpoint is damaged or from other groups")
+    max_lrs = []
+    for i, (value, group) in enumerate(zip(saved, saved_groups)):
+        peak = check_number(value, f"{where}['max_lr'][{i}]", strict_type=True)
+        lr = _real(group.get("lr")) if isinstance(group, Mapping) else None
+        if peak == 0 and mode in PEAK_MODES and lr:  # the engine saves 0 only for a group built at lr 0
+            raise DecayError(
+                f"{where}['max_lr'][{i}] is 0 but the saved group's lr is {lr:g}, and mode {mode!r} divides by "
+                "η_max: the checkpoint is damaged; set it to the run's peak LR (or build the engine with max_lr=)"
+            )
+        max_lrs.append(peak)
+    kind = own["schedule"].get("type") if isinstance(own["schedule"], Mapping) else None
+    if kind is None:
+        raise DecayError(f"{where}['schedule'] must be the dict Schedule.state_dict() saves ({{'type': ...}}), "
+                         f"got {short_repr(own['schedule'])}: the checkpoint is damaged")
+    if kind != schedule.state_dict()["type"]:
         raise DecayError(
-            f"the checkpoint was saved with a {own['schedule'].get('type')} weight-decay schedule but this "
+            f"the checkpoint was saved with a {kind} weight-decay schedule but this "
             f"engine has {schedule!r}; build the engine with the schedule it was saved with"
         )
+    return max_lrs
+
+
+def short_repr(value: Any) -> str:
+    """A value for a message, cut to 60 characters, with its type: ``0.001 (float)``."""
+    text = repr(value)
+    return f"{text[:57] + '...' if len(text) > 60 else text} ({type(value).__name__})"
 
 
 def short(x: float | Tensor) -> str:
@@ -146,15 +216,20 @@ SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "s
                  "acc_delta", "exp_inf", "ax", "prev")
 
 
+def check_state_dict(saved: Any) -> None:
+    """Refuse what is not an optimizer state_dict at all (None, a list, a dict without ``param_groups``)."""
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("param_groups"), list):
+        raise DecayError(f"state_dict must be an optimizer state_dict (a dict with 'param_groups' and 'state'), "
+                         f"got {short_repr(saved)}; pass what optimizer.state_dict() returned")
+
+
 def check_loadable(saved: Any, groups: list[dict[str, Any]]) -> None:
     """Refuse a state_dict whose groups do not fit ``groups``: count, sizes, ``param_names`` and state shapes.
 
     torch loads by position only, so groups saved in another order put the decay and the moments on
     the wrong tensors without a word; everything here is read, nothing is changed.
     """
-    if not isinstance(saved, Mapping) or not isinstance(saved.get("param_groups"), list):
-        raise DecayError(f"state_dict must be an optimizer state_dict (a dict with 'param_groups' and 'state'), "
-                         f"got {type(saved).__name__}")
+    check_state_dict(saved)
     saved_groups, state = saved["param_groups"], saved.get("state", {})
     if len(saved_groups) != len(groups):
         raise DecayError(

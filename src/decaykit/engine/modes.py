@@ -122,37 +122,46 @@ def _shrink_factors(params: Sequence[Tensor], rate: Tensor) -> list[Tensor]:
     return out
 
 
-def decoupled_decay_(params: Sequence[Tensor], rate: Rate, *, foreach: bool = True) -> None:
+def decoupled_decay_(params: Sequence[Tensor], rate: Rate, *, foreach: bool = True, undo: bool = False) -> None:
     """θ ← θ(1 − r) in place, for every tensor in ``params`` (Loshchilov & Hutter 2019).
 
     ``rate`` is a float, or a tensor of shape (K,) decaying member k of each parameter (dim 0) by r_k.
     ``foreach=False`` runs the single-tensor reference loop; ``True`` one ``torch._foreach_mul_``.
     DTensor parameters are decayed shard by shard (:mod:`decaykit._dtensor`).
+
+    ``undo=True`` takes a decay back, θ ← θ/(1 − r) by the same rounded factor, for a step that
+    failed after it: θ comes back to within one rounding (where 1 − r rounds to 0 it stays 0), and in
+    float32/float64 decaying it again gives the decayed θ of the failed step.
     """
     if not params:
         return
     for _, (ps,), r, dispatch in shards.parts([params], rate):
         if dispatch:
             with shards.replicated():
-                _decoupled(ps, r, foreach=False)
+                _decoupled(ps, r, False, undo)
         else:
-            _decoupled(ps, r, foreach)
+            _decoupled(ps, r, foreach, undo)
 
 
-def _decoupled(params: list[Tensor], rate: Rate, foreach: bool) -> None:
+def _decoupled(params: list[Tensor], rate: Rate, foreach: bool, undo: bool = False) -> None:
     if isinstance(rate, Tensor):
         factors = _shrink_factors(params, rate)
+        if undo:  # a member zeroed by r = 1 cannot come back
+            factors = [f.masked_fill(f == 0, 1.0) for f in factors]
         if foreach:
-            torch._foreach_mul_(params, factors)
+            (torch._foreach_div_ if undo else torch._foreach_mul_)(params, factors)
         else:
             for p, f in zip(params, factors):
-                p.mul_(f)
+                (p.div_ if undo else p.mul_)(f)
+        return
+    factor = 1.0 - rate
+    if undo and factor == 0:
         return
     if foreach:
-        torch._foreach_mul_(params, 1.0 - rate)
+        (torch._foreach_div_ if undo else torch._foreach_mul_)(params, factor)
     else:
         for p in params:
-            p.mul_(1.0 - rate)
+            (p.div_ if undo else p.mul_)(factor)
 
 
 def l2_gradients(

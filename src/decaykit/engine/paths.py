@@ -20,7 +20,8 @@ the inner optimizer steps. :func:`build_paths` turns the plans into path objects
   copied before the inner step (one buffer per parameter, kept between steps) and the sign read
   from the parameter change after it (:class:`CautiousCopy`).
 
-Every path object has ``before()`` (runs before the inner step), ``after()`` (after it) and
+Every path object has ``before()`` (runs before the inner step), ``after()`` (after it),
+``undo()`` (when the inner step raised: what ``before()`` did to the parameters taken back) and
 ``restore()`` (always, in a ``finally``: the group keys and gradients put back, even when
 ``before()`` did not run to its end). The formulas are in :mod:`decaykit.engine.modes`; a plain
 loop of every mode, which these paths are tested against, is :mod:`decaykit.engine.reference`.
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from decaykit import _dtensor as shards
 from decaykit.engine.cautious import cautious_decay_, cautious_moment_decay_
-from decaykit.engine.checks import short
+from decaykit.engine.checks import PEAK_MODES, check_within_peak, short
 from decaykit.engine.modes import Rate, decay_rate, decoupled_decay_, inner_weight_decay, l2_gradients
 from decaykit.errors import DecayError
 
@@ -90,7 +91,7 @@ def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: fl
 
     ``native`` says what the inner optimizer's own ``weight_decay`` does for this group: ``"flag"``
     (a ``decoupled_weight_decay`` switch), ``"decoupled"``, ``"coupled"`` or None (unknown).
-    Refuses η_max = 0 with η_t > 0 in the modes that divide by it, and a rate r > 1.
+    Refuses η_t > η_max (η_max = 0 included) in the modes that divide by it, and a rate r > 1.
     """
     off = {"weight_decay": 0.0} if "weight_decay" in group else {}
     if _is_zero(lam_t):
@@ -103,13 +104,14 @@ def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: fl
             return GroupStep("inner", "coupled_l2", lam_t, {"weight_decay": lam_t})
         return GroupStep("l2_gradient", "coupled_l2", lam_t, off)
     lr = float(group["lr"])
-    if mode in ("lr_independent", "corrected") and max_lr == 0:
+    if mode in PEAK_MODES and max_lr == 0:
         if lr == 0:
             return GroupStep("none", "none", 0.0, off)
         raise DecayError(
             f"param_groups[{i}] has η_max = 0 but lr = {lr:g} at step {step}; mode {mode!r} "
             "divides by η_max: pass WeightDecay(..., max_lr=<peak LR>)"
         )
+    check_within_peak(mode, i, lr, max_lr, step)
     rate = decay_rate(mode, lam_t, lr, max_lr)
     worst = float(rate.max()) if isinstance(rate, Tensor) else rate
     if worst > 1:
@@ -147,6 +149,9 @@ class Path:
     def after(self) -> None:
         pass
 
+    def undo(self) -> None:
+        pass
+
     def restore(self) -> None:
         while self.saved:
             key, old = self.saved.pop()
@@ -179,13 +184,28 @@ class _Decaying(Path):
 
 
 class ExtraPass(_Decaying):
-    """``extra_pass``: θ ← θ(1 − r) in one foreach pass before the inner step."""
+    """``extra_pass``: θ ← θ(1 − r) in one foreach pass before the inner step.
 
-    __slots__ = ()
+    When the inner step then raises (RMSprop refusing a sparse gradient, an out-of-memory on its
+    first step), ``undo()`` divides the pass back out, so a retried step does not decay twice; no
+    copy of θ is kept, so it comes back to within one rounding (:func:`decoupled_decay_`).
+    """
+
+    __slots__ = ("decayed",)
+
+    def __init__(self, group: dict[str, Any], plan: GroupStep, params: list[Tensor], foreach: bool) -> None:
+        super().__init__(group, plan, params, foreach)
+        self.decayed = False
 
     def before(self) -> None:
         super().before()
         decoupled_decay_(self.params, self.rate, foreach=self.foreach)
+        self.decayed = True
+
+    def undo(self) -> None:
+        if self.decayed:
+            decoupled_decay_(self.params, self.rate, foreach=self.foreach, undo=True)
+            self.decayed = False
 
 
 class L2Gradient(_Decaying):
@@ -254,6 +274,8 @@ class CautiousCopy(_Decaying):
 def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *, foreach: bool,
                 moment_sign: bool) -> list[Path]:
     """One path object per group of ``optimizer``, from its plan; raises before anything moves.
+
+    The inner step may still raise after the paths' ``before()``: the engine then calls their ``undo()``.
 
     ``moment_sign``: the inner optimizer's update has the sign of its new first moment
     (:mod:`decaykit.engine.cautious`), so a cautious group may take :class:`CautiousMoment`.

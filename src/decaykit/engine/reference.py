@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from decaykit._validate import check_number, check_rates
-from decaykit.engine.checks import group_peak_lr
+from decaykit.engine.checks import group_peak_lr, scheduler_peak
 from decaykit.engine.modes import MODES
 from decaykit.engine.schedules import Schedule, as_schedule
 from decaykit.errors import DecayError
@@ -73,8 +73,9 @@ class ReferenceWeightDecay:
             1-D tensor, one value per stacked member) become λ and are set to 0 in the groups.
         mode: one of :data:`decaykit.engine.modes.MODES`.
         schedule: λ_t = schedule(t)·λ, t = 0 at the first step; None keeps λ constant.
-        max_lr: η_max for every group (a float) or per group (a sequence); default: each group's
-            ``max_lr``, else ``initial_lr``, else ``lr`` when the reference is built (as the engine).
+        max_lr: η_max for every group (a float) or per group (a sequence); default, as the engine:
+            each group's ``max_lr``, else ``initial_lr``, read at every step (a scheduler built after
+            the reference sets them), else its ``lr`` when the reference is built.
     """
 
     def __init__(self, optimizer: Optimizer, mode: str = "lr_coupled",
@@ -85,12 +86,14 @@ class ReferenceWeightDecay:
         if not isinstance(optimizer, Optimizer):
             raise DecayError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         groups = optimizer.param_groups
-        if isinstance(max_lr, Sequence) and len(max_lr) != len(groups):
+        several = isinstance(max_lr, Sequence) and not isinstance(max_lr, str)
+        if several and len(max_lr) != len(groups):
             raise DecayError(f"max_lr has {len(max_lr)} values but the optimizer has {len(groups)} param groups")
         self.optimizer, self.mode, self.schedule = optimizer, mode, as_schedule(schedule)
         self.steps_taken = 0
         self.weight_decays: list[float | list[float]] = []
-        self.max_lrs: list[float] = []
+        self.max_lrs: list[float] = []  # η_max where given or where the group has no scheduler peak
+        self.given: list[bool] = []
         for i, group in enumerate(groups):
             lam = group.get("weight_decay", 0.0)
             where = f"param_groups[{i}]['weight_decay']"
@@ -100,7 +103,8 @@ class ReferenceWeightDecay:
                 self.weight_decays.append(check_number(lam, where))
             if "weight_decay" in group:
                 group["weight_decay"] = 0.0  # the inner step decays nothing; λ lives here now
-            peak = max_lr[i] if isinstance(max_lr, Sequence) else max_lr
+            peak = max_lr[i] if several else max_lr
+            self.given.append(peak is not None)
             peak = group_peak_lr(group) if peak is None else peak
             divides = mode in ("lr_independent", "corrected")  # r = (η_t/η_max)·λ or (η_t²/η_max)·λ
             self.max_lrs.append(check_number(peak, f"max_lr for param_groups[{i}]", allow_zero=not divides))
@@ -117,7 +121,9 @@ class ReferenceWeightDecay:
         """One inner step with this step's decay, as the table in the module docstring says."""
         factor = check_number(self.schedule(self.steps_taken), f"schedule({self.steps_taken})")
         work = []  # (params with a gradient, λ_t per member or None, λ_t, η_t, η_max)
-        for group, lam, max_lr in zip(self.param_groups, self.weight_decays, self.max_lrs):
+        for group, lam, max_lr, given in zip(self.param_groups, self.weight_decays, self.max_lrs, self.given):
+            found = None if given else scheduler_peak(group)
+            max_lr = max_lr if found is None else found[1]
             params = [p for p in group["params"] if p.grad is not None]
             lams = [factor * v for v in lam] if isinstance(lam, list) else None
             work.append((params, lams, factor * lam if lams is None else 0.0, float(group["lr"]), max_lr))

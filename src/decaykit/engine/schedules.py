@@ -20,6 +20,7 @@ Every schedule saves its settings in ``state_dict()``; the engine saves the step
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -184,6 +185,16 @@ class FromCallable(Schedule):
     def __init__(self, fn: Callable[[int], float]) -> None:
         if not callable(fn):
             raise DecayError(f"schedule must be a Schedule or a callable step -> multiplier, got {fn!r}")
+        try:
+            inspect.signature(fn).bind(0)
+        except TypeError:
+            raise DecayError(
+                f"schedule {getattr(fn, '__qualname__', fn)}{inspect.signature(fn)} cannot be called as "
+                "schedule(step): the engine calls it with one argument, the step t = 0, 1, ...; give it one "
+                "parameter (lambda t: ...)"
+            ) from None
+        except ValueError:  # a builtin without a signature: its first call tells
+            pass
         self.fn = fn
 
     def __call__(self, step: int) -> float:

@@ -24,8 +24,12 @@ or ``none``) is planned afresh at every step, one small object per group and pat
 
 DTensor parameters (FSDP2) take the same paths, on each rank's local shard (:mod:`decaykit._dtensor`).
 
-η_max (``lr_independent``, ``corrected``) is each group's ``max_lr`` (set by ``OneCycleLR``), else its
-``initial_lr`` (set by other LR schedulers), else its ``lr`` when the engine is built; or ``max_lr=``.
+η_max (``lr_independent``, ``corrected``) is ``max_lr=`` where given; else it is read from each group:
+its ``max_lr`` (set by ``OneCycleLR``), else its ``initial_lr`` (set by other LR schedulers), else its
+``lr`` when the engine first sees the group. It is read again when a scheduler writes another peak
+into the group, so ``OneCycleLR(engine, max_lr=...)`` built after the engine sets it. A step whose
+η_t is above η_max is refused in these modes: the peak of a schedule that keeps it elsewhere
+(``CyclicLR``'s ``max_lr``) has to be given as ``max_lr=``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from decaykit import optimizers
-from decaykit._validate import check_int, check_number
+from decaykit._validate import check_number
 from decaykit.engine.cautious import FIRST_MOMENT_SIGN
 from decaykit.engine.checks import (
     check_checkpoint,
@@ -50,7 +54,9 @@ from decaykit.engine.checks import (
     check_max_lr,
     check_multiplier,
     check_plausible,
+    check_state_dict,
     group_peak_lr,
+    scheduler_peak,
 )
 from decaykit.engine.modes import MODES
 from decaykit.engine.paths import GroupStep, Scratch, build_paths, plan_group
@@ -79,13 +85,15 @@ class WeightDecay(Optimizer):
             sign(u) = sign(θ) (Chen et al. 2025), ``"coupled_l2"`` g ← g + λθ (L2 penalty).
         schedule: a :class:`decaykit.engine.schedules.Schedule` or ``step -> multiplier`` callable;
             λ_t = schedule(t)·λ. ``None`` keeps λ constant.
-        max_lr: η_max for every group (a float) or per group (a sequence); default: read from the
-            groups when the engine is built (see the module docstring).
+        max_lr: η_max for every group (a float) or per group (a sequence), kept whatever the LR
+            schedulers write; default: read from the groups, and again when a scheduler writes a
+            new peak into them (see the module docstring).
         foreach: ``True`` for the ``torch._foreach_*`` kernels (default), ``False`` for the
             single-tensor reference loops.
         allow_large_decay: keep a λ that is implausible for ``mode`` (an ``lr_independent`` λ that
             shrinks the weights by more than 1% per step, :func:`decaykit.engine.checks.check_plausible`);
-            by default it is refused, as it is almost always a λ of another convention.
+            by default it is refused, as it is almost always a λ of another convention: when the engine
+            is built, and at the first step that sees a new group, a changed λ or a new η_max.
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class WeightDecay(Optimizer):
         self.foreach = foreach
         self._max_lr_arg = check_max_lr(max_lr, len(optimizer.param_groups))
         self._max_lrs: list[float] = []
+        self._peaks: list[tuple[str, float] | None] = []  # the scheduler peak each read η_max came from
         self._step = 0
         self._buffers: dict[Tensor, Tensor] = Scratch()
         self._checked: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = Scratch()
@@ -170,7 +179,7 @@ class WeightDecay(Optimizer):
             self._check_plausible(i, lam)
         except DecayError:
             self.param_groups.pop()
-            del self._max_lrs[i:]
+            del self._max_lrs[i:], self._peaks[i:]
             raise
 
     # -- the step --------------------------------------------------------------------------------
@@ -184,9 +193,14 @@ class WeightDecay(Optimizer):
         paths = build_paths(self._plan_all(), self.optimizer, self._buffers, foreach=self.foreach is not False,
                             moment_sign=type(self.optimizer) in FIRST_MOMENT_SIGN)
         try:
-            for path in paths:
-                path.before()
-            result = self.optimizer.step()
+            try:
+                for path in paths:
+                    path.before()
+                result = self.optimizer.step()
+            except BaseException:  # a failed step leaves θ as it was: a retry must not decay twice
+                for path in reversed(paths):
+                    path.undo()
+                raise
             for path in paths:
                 path.after()
         finally:
@@ -216,6 +230,7 @@ class WeightDecay(Optimizer):
         """The inner optimizer's ``state_dict()`` plus ``"decaykit"``: mode, step, η_max per group, schedule."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        self._sync_max_lrs()  # the η_max the next step uses, a peak written since the last step included
         state = dict(self.optimizer.state_dict())
         state[STATE_KEY] = {
             "mode": self.mode,
@@ -237,6 +252,7 @@ class WeightDecay(Optimizer):
         saved moments against the tensors they would land on, the engine's mode, schedule and step,
         and each saved λ against its mode.
         """
+        check_state_dict(state_dict)
         state_dict = dict(state_dict)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
@@ -255,7 +271,10 @@ class WeightDecay(Optimizer):
         else:
             self.schedule.load_state_dict(own["schedule"])
             self._step = int(own["step"])
-        self._max_lrs = max_lrs
+            # the saved η_max holds until a scheduler writes another peak into the loaded groups
+            self._max_lrs = max_lrs
+            self._peaks = [None if self._given_max_lr(i) is not None else scheduler_peak(g)
+                           for i, g in enumerate(self.param_groups)]
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
@@ -264,12 +283,7 @@ class WeightDecay(Optimizer):
         check_loadable(state_dict, self.param_groups)
         max_lrs = list(self._max_lrs)
         if own is not None:
-            if not isinstance(own, dict) or not {"mode", "step", "max_lr", "schedule"} <= set(own):
-                raise DecayError(f"state_dict[{STATE_KEY!r}] must be the dict WeightDecay.state_dict() saves "
-                                 "(mode, step, max_lr, schedule)")
-            check_checkpoint(own, STATE_KEY, self.mode, self.schedule, len(state_dict["param_groups"]))
-            check_int(own["step"], f"state_dict[{STATE_KEY!r}]['step']")
-            max_lrs = [check_number(v, f"state_dict[{STATE_KEY!r}]['max_lr'][{i}]") for i, v in enumerate(own["max_lr"])]
+            max_lrs = check_checkpoint(own, STATE_KEY, self.mode, self.schedule, state_dict["param_groups"])
             try:  # refused here, not half-way through the load
                 copy.deepcopy(self.schedule).load_state_dict(own["schedule"])
             except DecayError:
@@ -290,6 +304,8 @@ class WeightDecay(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._buffers, self._checked, self._plans = Scratch(), Scratch(), Scratch()
+        if "_peaks" not in state:  # pickled by a decaykit that did not follow the schedulers' peaks
+            self._peaks = [scheduler_peak(g) for g in self.param_groups][: len(self._max_lrs)]
 
     def __repr__(self) -> str:
         lines = [f"WeightDecay(mode={self.mode!r}, schedule={self.schedule!r}, step={self._step}) over "]
@@ -301,17 +317,28 @@ class WeightDecay(Optimizer):
         if not self.allow_large_decay:
             check_plausible(self.mode, i, lam, self._max_lrs[i] if max_lr is None else max_lr)
 
+    def _given_max_lr(self, i: int) -> float | None:
+        given = self._max_lr_arg
+        if isinstance(given, list):
+            return given[i] if i < len(given) else None
+        return given
+
     def _sync_max_lrs(self) -> None:
-        """Give η_max to groups added since (by ``add_param_group`` on either object)."""
+        """η_max for groups added since (by ``add_param_group`` on either object), and read again where
+        a scheduler wrote another peak into a group (``OneCycleLR`` built on the engine after it)."""
         groups = self.param_groups
-        del self._max_lrs[len(groups) :]
-        for i in range(len(self._max_lrs), len(groups)):
-            given = self._max_lr_arg
-            if isinstance(given, list):
-                value = given[i] if i < len(given) else group_peak_lr(groups[i])
-            else:
-                value = given if given is not None else group_peak_lr(groups[i])
+        del self._max_lrs[len(groups) :], self._peaks[len(groups) :]
+        for i, group in enumerate(groups):
+            given = self._given_max_lr(i)
+            peak = None if given is not None else scheduler_peak(group)
+            if i < len(self._max_lrs):
+                if peak is not None and peak != self._peaks[i]:
+                    self._max_lrs[i] = check_number(peak[1], f"param_groups[{i}][{peak[0]!r}]")
+                    self._peaks[i] = peak
+                continue
+            value = given if given is not None else group_peak_lr(group)
             self._max_lrs.append(check_number(value, f"max_lr for param_groups[{i}]"))
+            self._peaks.append(peak)
 
     def _plan_all(self) -> list[GroupStep]:
         self._sync_max_lrs()
@@ -326,6 +353,9 @@ class WeightDecay(Optimizer):
             if last is not None and _same_lambda(last[0], lam) and last[1] == inputs:
                 plans.append(last[2])
                 continue
+            if last is None or not _same_lambda(last[0], lam) or last[1][3] != self._max_lrs[i]:
+                # a group added through the inner optimizer, a λ changed, or η_max read again at a new peak
+                self._check_plausible(i, lam)
             plan = plan_group(self.mode, i, group, lam * factor, self._max_lrs[i], native, self._step)
             self._plans[i] = (lam, inputs, plan)
             plans.append(plan)
