@@ -119,3 +119,10 @@ def test_lazy_parameters_are_refused_before_anything_is_measured() -> None:
     opt = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
     with pytest.raises(DecayError, match=r"param groups \[0\] hold parameters of lazy modules.*run one, model\(x\)"):
         probe(opt, model=model)
+
+
+def test_momentum_of_1_or_more_is_noted_not_given_a_negative_total() -> None:
+    model = nn.Linear(3, 2)
+    report = probe(torch.optim.SGD(model.parameters(), lr=0.1, momentum=1.5, weight_decay=0.1), model=model)
+    assert any("momentum >= 1 (1.5)" in n for n in report.notes)
+    assert not any("1 − momentum" in n for n in report.notes)

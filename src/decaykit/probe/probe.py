@@ -321,11 +321,16 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[Target], expects: lis
         notes.append(f"{len(adaptive)} tensors get coupled L2 through an adaptive denominator ({type(optimizer).__name__} "
                      "weight_decay): the shrink is not θ·(1 − lr·λ) and depends on the gradient statistics; "
                      "use AdamW (or decaykit.WeightDecay) for decoupled decay")
-    momentum = [i for i, g in enumerate(optimizer.param_groups)
-                if expects[i].kind == "coupled" and float(g.get("momentum", 0) or 0) > 0]
+    beta = {i: float(g.get("momentum", 0) or 0) for i, g in enumerate(optimizer.param_groups)}
+    momentum = [i for i, e in enumerate(expects) if e.kind == "coupled" and 0 < beta[i] < 1]
     if momentum:
         notes.append(f"groups {momentum}: coupled decay also enters the momentum buffer and keeps acting on later "
                      "steps (about lr·λ/(1 − momentum) in total); this measures the next step only")
+    runaway = [i for i, b in beta.items() if b >= 1]
+    if runaway:  # torch.optim checks only momentum >= 0
+        notes.append(f"groups {runaway} have momentum >= 1 ({', '.join(f'{beta[i]:g}' for i in runaway)}): the "
+                     "momentum buffer grows without bound instead of averaging, so later steps (and the decay in "
+                     "them) grow too; use a momentum in [0, 1)")
     sharded = [t for t in targets if t.sharded]
     if sharded:
         empty = sum(1 for t in sharded if not t.members)
