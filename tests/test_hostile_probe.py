@@ -126,3 +126,14 @@ def test_momentum_of_1_or_more_is_noted_not_given_a_negative_total() -> None:
     report = probe(torch.optim.SGD(model.parameters(), lr=0.1, momentum=1.5, weight_decay=0.1), model=model)
     assert any("momentum >= 1 (1.5)" in n for n in report.notes)
     assert not any("1 − momentum" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_weight_is_not_blamed_on_a_hidden_decay(bad: float) -> None:
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = bad
+    report = probe(torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1), model=model)
+    w = report.entries[0]
+    assert not w.agrees and w.note == "non-finite values (inf/nan) in the parameter or its step: nothing can be measured"
+    assert w.other_decay is None and "ASGD" not in str(report)

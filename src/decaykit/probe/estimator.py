@@ -129,8 +129,9 @@ class Rows:
         return out
 
     def base_shrink(self, k: int) -> float | None:
-        """Shrink factor of the twin stepped with weight_decay=0 and zero gradients, if it moved at all."""
-        if self.zz[k] ** 0.5 <= self._tol(k):
+        """Shrink factor of the twin stepped with weight_decay=0 and zero gradients, if it moved at all
+        (None for non-finite values: a NaN weight "moves" without any decay)."""
+        if not all(math.isfinite(v) for v in (self.tt[k], self.zz[k], self.zt[k])) or self.zz[k] ** 0.5 <= self._tol(k):
             return None
         return 1 + self.zt[k] / max(self.tt[k], 1e-300)
 
