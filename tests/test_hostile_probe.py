@@ -137,3 +137,16 @@ def test_non_finite_weight_is_not_blamed_on_a_hidden_decay(bad: float) -> None:
     w = report.entries[0]
     assert not w.agrees and w.note == "non-finite values (inf/nan) in the parameter or its step: nothing can be measured"
     assert w.other_decay is None and "ASGD" not in str(report)
+
+
+def test_tensor_in_two_groups_is_one_entry_that_names_both() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    opt.param_groups[1]["params"].append(model[0].weight)  # by hand: torch's add_param_group refuses this
+    report = probe(opt, model=model)
+    assert [e.name for e in report.entries].count("0.weight") == 1 and len(report.entries) == 4
+    assert [e.name for e in report.disagreements] == ["0.weight"]
+    assert report.disagreements[0].note.startswith("in param groups 0 and 1: torch steps it once per listing")
+    opt.param_groups[1]["params"].pop()
+    opt.param_groups[0]["params"].append(model[0].weight)
+    assert probe(opt, model=model).disagreements[0].note.startswith("listed 2 times in param group 0")

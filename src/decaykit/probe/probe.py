@@ -236,11 +236,25 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str]) -> list[
                 agrees = False
                 notes.append(f"the policy says decay ({why}) but nothing shrinks it while other groups decay "
                              "(groups swapped, or a no-decay list matching too much?)")
+        if t.also_in:
+            agrees = False
+            notes.insert(0, _duplicate_note(t, k))
         if t.start is not None:
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
                               t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden))
     return out
+
+
+def _duplicate_note(t: Target, k: int) -> str:
+    groups = sorted({t.group, *t.also_in})
+    where = (f"listed {len(t.also_in) + 1} times in param group {t.group}" if len(groups) == 1 else
+             "in param groups " + ", ".join(map(str, groups[:-1])) + f" and {groups[-1]}")
+    wd = t.expect.weight_decay
+    return (f"{where}: torch steps it once per listing, so every step applies the update and decay of each (measured: "
+            f"all of them; expected: group {t.group}'s, weight_decay="
+            f"{float(wd[k]) if isinstance(wd, torch.Tensor) else float(wd):g}); keep each tensor in exactly one group "
+            "(torch's add_param_group refuses a repeat; decaykit.param_groups never makes one)")
 
 
 def _frozen_note(t: Target, shrink: str, fix: str) -> str:
