@@ -128,6 +128,8 @@ def read_run(path: str | os.PathLike[str]) -> MonitorRun:
         else:
             (run.records if kind == "tensor" else run.findings).append(entry)
     if not run.records and not run.findings:
-        raise DecayError(f"RUN {shown!r}: holds no records; the monitor records the first step and every `every`-th: "
-                         "did the run take a step?", argument="RUN")
+        raise DecayError(f"RUN {shown!r}: holds no records; the monitor records the first step and every `every`-th "
+                         "of the groups whose decay acts (weight_decay > 0 and lr > 0): no step was taken, no group "
+                         "decays, or the run was not closed (Monitor.close() reports a decay that lr = 0 stopped)",
+                         argument="RUN")
     return run
