@@ -85,3 +85,10 @@ def test_probe_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["probe", "mlp", "--momentum", "0.9"]) == 2
     assert "--momentum has no effect with --optimizer adamw" in capsys.readouterr().err
     assert main(["probe", "no_such_model"]) == 2
+
+
+@pytest.mark.parametrize("momentum", ["1.5", "1"])
+def test_probe_refuses_momentum_of_1_or_more(momentum: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "mlp", "--optimizer", "sgd", "--momentum", momentum]) == 2
+    assert f"--momentum must be in [0, 1), got {float(momentum)!r}" in capsys.readouterr().err
+    assert main(["probe", "mlp", "--optimizer", "sgd", "--momentum", "0.9"]) == 0

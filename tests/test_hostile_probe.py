@@ -119,3 +119,34 @@ def test_lazy_parameters_are_refused_before_anything_is_measured() -> None:
     opt = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
     with pytest.raises(DecayError, match=r"param groups \[0\] hold parameters of lazy modules.*run one, model\(x\)"):
         probe(opt, model=model)
+
+
+def test_momentum_of_1_or_more_is_noted_not_given_a_negative_total() -> None:
+    model = nn.Linear(3, 2)
+    report = probe(torch.optim.SGD(model.parameters(), lr=0.1, momentum=1.5, weight_decay=0.1), model=model)
+    assert any("momentum >= 1 (1.5)" in n for n in report.notes)
+    assert not any("1 − momentum" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_weight_is_not_blamed_on_a_hidden_decay(bad: float) -> None:
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = bad
+    report = probe(torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1), model=model)
+    w = report.entries[0]
+    assert not w.agrees and w.note == "non-finite values (inf/nan) in the parameter or its step: nothing can be measured"
+    assert w.other_decay is None and "ASGD" not in str(report)
+
+
+def test_tensor_in_two_groups_is_one_entry_that_names_both() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    opt.param_groups[1]["params"].append(model[0].weight)  # by hand: torch's add_param_group refuses this
+    report = probe(opt, model=model)
+    assert [e.name for e in report.entries].count("0.weight") == 1 and len(report.entries) == 4
+    assert [e.name for e in report.disagreements] == ["0.weight"]
+    assert report.disagreements[0].note.startswith("in param groups 0 and 1: torch steps it once per listing")
+    opt.param_groups[1]["params"].pop()
+    opt.param_groups[0]["params"].append(model[0].weight)
+    assert probe(opt, model=model).disagreements[0].note.startswith("listed 2 times in param group 0")

@@ -116,3 +116,31 @@ def test_non_finite_values_are_found_once():
     _train(model, opt, 8, lambda: torch.randn(8, 16), before_step=poison)
     assert _codes(mon) == [("non-finite", "0.weight")]
     assert mon.findings[0].step == 4
+
+
+def test_a_run_at_lr_0_throughout_is_found_at_close(tmp_path):
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=0.0)
+    mon = decaykit.Monitor(model, opt, every=10, sink=tmp_path / "run.jsonl")
+    _train(model, opt, 30, lambda: torch.randn(2, 4))
+    assert mon.history == [] and mon.findings == []
+    mon.close()
+    assert _codes(mon) == [("lr-zero", "group 0")] and mon.findings[0].step == 30
+    assert "lr = 0 at every recorded step (1..30, 4 recorded)" in mon.findings[0].message
+    mon.close()  # twice: found once
+    run = decaykit.monitor.read_run(tmp_path / "run.jsonl")  # no records, but the finding says why
+    assert run.records == [] and [f["code"] for f in run.findings] == ["lr-zero"] and not run.ok
+
+
+def test_a_warm_up_from_lr_0_is_not_an_lr_0_run():
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 5))
+    mon = decaykit.Monitor(model, opt, every=10)  # lr = 0 at the first step, recorded: no decay there
+    for _ in range(20):
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    mon.close()
+    assert "lr-zero" not in [code for code, _ in _codes(mon)]

@@ -122,3 +122,28 @@ def test_out_without_plots_is_refused(tmp_path, capsys):
     _run(tmp_path / "run.jsonl")
     assert main(["monitor", str(tmp_path / "run.jsonl"), "--no-plots", "--out", str(tmp_path / "p"), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["argument"] == "--out"
+
+
+def test_a_last_line_cut_mid_write_is_skipped_with_a_note(tmp_path, capsys):
+    _run(tmp_path / "run.jsonl")
+    whole = (tmp_path / "run.jsonl").read_text()
+    lines = whole.splitlines(keepends=True)
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text("".join(lines[:-1]) + lines[-1][:25])  # killed while writing the last entry
+    run = read_run(torn)
+    assert len(run.records) == len(read_run(tmp_path / "run.jsonl").records) - 1
+    assert run.notes == [f"line {len(lines)}, the last, was cut off mid-write (the run stopped while writing it?) "
+                         "and is skipped; the entries before it are read"]
+    assert main(["monitor", str(torn), "--no-plots"]) == 0
+    assert "note: line" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["middle", "last-with-newline"])
+def test_other_damage_is_still_refused_naming_the_line(tmp_path, damage):
+    _run(tmp_path / "run.jsonl")
+    lines = (tmp_path / "run.jsonl").read_text().splitlines(keepends=True)
+    where = 2 if damage == "middle" else len(lines) - 1
+    lines[where] = lines[where][:25] + "\n"  # a cut line followed by more, or ended as if complete
+    (tmp_path / "bad.jsonl").write_text("".join(lines))
+    with pytest.raises(DecayError, match=f"line {where + 1}: not a JSON object"):
+        read_run(tmp_path / "bad.jsonl")

@@ -240,11 +240,66 @@ def test_all_zero_tensor_is_measured_on_a_pattern() -> None:
     assert torch.equal(model[0].bias, torch.zeros(8))
 
 
-def test_decay_below_the_dtype_resolution_is_said() -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decay_lost_to_rounding_is_a_disagreement(dtype: torch.dtype) -> None:
+    # θ·(1 − 5e-5) rounds back to θ in bf16/fp16 (half-spacing >= 2.4e-4 of a value): the decay never acts
+    model = _model(dtype)
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3, eps=1e-3)  # eps=1e-8 is 0 in fp16
+    report = probe(opt, model=model)
+    weights = [e for e in report.entries if e.weight_decay]
+    assert not report.ok and weights and not any(e.agrees for e in weights)
+    assert all(e.note.startswith("the decay configured is not applied") and "fp32 master weights" in e.note
+               for e in weights)
+    assert all(e.agrees for e in report.entries if not e.weight_decay)
+    before = model[0].weight.detach().clone()
+    for _ in range(50):  # the real optimizer agrees: decay-only steps change nothing
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    assert torch.equal(model[0].weight, before)
+
+
+def test_decay_above_float32_resolution_is_untouched_by_the_rounding_check() -> None:
+    model = _model()
+    report = probe(torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3), model=model)
+    assert report.ok and not any("round" in e.note for e in report.entries)
+    assert _by_name(report)["0.weight"].kind == "decoupled"
+
+
+def test_decay_below_float32_resolution_is_lost_too() -> None:
+    model = _model()
+    report = probe(torch.optim.AdamW(param_groups(model, 1e-3), lr=1e-5), model=model)  # lr·λ = 1e-8 < 3e-8
+    assert not _by_name(report)["0.weight"].agrees
+    assert "rounds back to θ in float32" in _by_name(report)["0.weight"].note
+
+
+def test_decay_partly_lost_to_rounding_is_a_warning() -> None:
+    # r = 0.003 lies between bf16's eps/4 and eps/2: 1 + 2^-7 (next value down 2^-7 away, half of it
+    # 0.0039 of the value) keeps its value, 1.9 (0.0021) moves; the first is 22% of Σθ², so partly lost
+    layer = nn.Linear(2, 1, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1 + 2**-7, 1.9]]))
+    report = probe(torch.optim.AdamW(layer.parameters(), lr=0.03, weight_decay=0.1), model=layer)
+    w = report.entries[0]
+    assert report.ok and w.note.startswith("warning: the decay is partly lost to rounding")
+    assert "for 22% of this tensor" in w.note
+    assert "0 disagreement(s), but 1 warning(s) below" in str(report)
+    layer.weight.data.fill_(1 + 2**-7)  # every value at the low end of its range: all of it is lost
+    assert probe(torch.optim.AdamW(layer.parameters(), lr=0.03, weight_decay=0.1)).ok is False
+
+
+def test_decay_within_bf16_rounding_that_moves_every_value_is_not_lost() -> None:
     model = _model(torch.bfloat16)
-    report = probe(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01), model=model)
-    assert report.ok and {e.kind for e in report.entries} == {"none"}
-    assert all("below bfloat16 resolution" in e.note for e in report.entries)
+    report = probe(torch.optim.AdamW(param_groups(model, 0.1), lr=0.1), model=model)  # r = 0.01 > eps/2
+    assert report.ok and not any("warning" in e.note for e in report.entries)
+    assert "it moved the values" in _by_name(report)["0.weight"].note
+
+
+def test_coupled_decay_rounded_away_is_a_warning() -> None:
+    model = _model(torch.float16)
+    report = probe(torch.optim.SGD(param_groups(model, 0.05), lr=1e-3), model=model)
+    w = _by_name(report)["0.weight"]
+    assert w.agrees and w.note.startswith("warning: adding λθ (λ = 0.05) to a zero gradient changes no value")
 
 
 # ---- optimizers that describe themselves with expected_decay(), the WeightDecay protocol ----

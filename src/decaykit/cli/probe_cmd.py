@@ -8,6 +8,7 @@ from typing import Any
 
 from decaykit._render import print_json
 from decaykit.cli.common import OPTIMIZERS, add_policy_arguments, no_effect, policy_from_args
+from decaykit.errors import DecayError
 
 __all__ = ["DESCRIPTION", "HELP", "OPTIMIZERS", "add_arguments", "run"]
 
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
             raise no_effect("--momentum", f"with --optimizer {args.optimizer} ({cls.__name__} takes no momentum)",
                             f"drop --momentum, or pick an --optimizer that takes one ({takes})")
         kwargs["momentum"] = check_number(args.momentum, "--momentum")
+        if kwargs["momentum"] >= 1:  # the buffer then grows instead of averaging; sweep refuses it too
+            raise DecayError(f"--momentum must be in [0, 1), got {args.momentum!r}: at 1 or above the momentum "
+                             "buffer grows without bound instead of averaging the gradients", argument="--momentum")
     policy = policy_from_args(args)
     model = build_model(args.model, named=DEMO_MODELS)
     if args.no_policy:

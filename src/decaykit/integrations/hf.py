@@ -346,7 +346,10 @@ class _DecayMonitor:
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None:
-            self.monitor.close()
+            self.monitor.close()  # may find more (lr-zero)
+            if state.is_world_process_zero:
+                for finding in self.monitor.findings[self._logged[1]:]:
+                    logger.warning("decaykit monitor: %s", finding)
 
 
 def _run_before_the_loggers(callback: Any) -> None:

@@ -188,8 +188,11 @@ class _DecayMonitor:
             self._seen[i] = (len(mon.history), len(mon.findings))
 
     def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        for mon in self.monitors:
-            mon.close()
+        for i, mon in enumerate(self.monitors):
+            mon.close()  # may find more (lr-zero)
+            if trainer.is_global_zero:
+                for finding in mon.findings[self._seen[i][1]:]:
+                    warnings.warn(f"decaykit monitor: {finding}", DecayWarning, stacklevel=2)
 
     @property
     def monitor(self) -> Any:

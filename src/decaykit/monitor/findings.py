@@ -14,6 +14,8 @@ code                       fires when
 ``far-from-equilibrium``   after 3τ of decay (Σ r ≥ 3) ‖θ‖ is still more than 25% off its
                            predicted equilibrium
 ``non-finite``             ‖θ‖ or the angle is NaN or infinite
+``lr-zero``                at ``close()``: a group with weight_decay > 0 had lr = 0 at every
+                           recorded step, so its decay never acted (and nothing was recorded)
 =========================  =================================================================
 """
 
@@ -26,8 +28,8 @@ from typing import Any
 
 from decaykit.policy.decide import Decision
 
-__all__ = ["DOMINATES", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "policy_findings",
-           "tensor_findings", "timescale_finding"]
+__all__ = ["DOMINATES", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "lr_zero_finding",
+           "policy_findings", "tensor_findings", "timescale_finding"]
 
 #: decay_to_update above which the decay dominates the update
 DOMINATES = 1.0
@@ -105,3 +107,13 @@ def timescale_finding(group: int, peak_rate: float, total_steps: int, step: int,
         f"τ = {tau:.3g} steps at the peak LR is longer than the run (total_steps={total_steps}): the decay shrinks "
         f"θ by at most a factor {shrink:.3g} over the whole run; raise weight_decay ({weight_decay:g}) about "
         f"{tau / total_steps:.3g}x for τ = the run, or drop it")
+
+
+def lr_zero_finding(group: int, weight_decay: float, steps: list[int], step: int) -> MonitorFinding:
+    """``lr-zero``: the group's decay never acted, its LR was 0 at every recorded step (``steps``)."""
+    seen = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}..{steps[-1]}, {len(steps)} recorded"
+    return MonitorFinding(
+        "lr-zero", f"group {group}", step,
+        f"weight_decay={weight_decay:g} but lr = 0 at every recorded step ({seen}): the optimizer moved nothing, so "
+        "the decay never acted and no record was written; check the LR and its schedule (a warm-up from 0 should "
+        "rise above 0)")

@@ -26,7 +26,13 @@ from torch import Tensor, nn
 from decaykit._validate import check_int
 from decaykit.errors import DecayError
 from decaykit.monitor.equilibrium import GroupDecay, group_decays
-from decaykit.monitor.findings import MonitorFinding, policy_findings, tensor_findings, timescale_finding
+from decaykit.monitor.findings import (
+    MonitorFinding,
+    lr_zero_finding,
+    policy_findings,
+    tensor_findings,
+    timescale_finding,
+)
 from decaykit.monitor.record import measure
 from decaykit.monitor.report import group_summary
 from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
@@ -83,6 +89,8 @@ class Monitor:
         self._pending: tuple[int, list[GroupDecay], list[tuple[int, Tensor, Tensor]]] | None = None
         self._progress: dict[int, tuple[int, float]] = {}  # id(param) -> (last recorded step, Σ r so far)
         self._fired: set[tuple[str, str]] = set()
+        self._idle: dict[int, tuple[float, list[int]]] = {}  # group -> (λ, recorded steps) where lr = 0 stopped its decay
+        self._acted: set[int] = set()  # groups whose decay acted at some recorded step
         self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
                          self.optimizer.register_step_post_hook(self._after_step)]
         self._emit({"kind": "run", "optimizer": type(self.optimizer).__name__,
@@ -100,6 +108,11 @@ class Monitor:
         if not self.records_at(step):
             return
         decays = group_decays(self.optimizer)
+        for i, decay in enumerate(decays):
+            if decay.decays:
+                self._acted.add(i)
+            elif decay.lr == 0 and decay.weight_decay > 0:
+                self._idle.setdefault(i, (decay.weight_decay, []))[1].append(step)
         tensors = [(i, p, p.detach().clone()) for i, (group, decay) in enumerate(zip(self.optimizer.param_groups, decays))
                    if decay.decays for p in group["params"]]
         self._pending = (step, decays, tensors)
@@ -197,7 +210,14 @@ class Monitor:
         return metrics
 
     def close(self) -> None:
-        """Remove the hooks and close the file sinks the monitor opened; the history stays."""
+        """Remove the hooks, report a group whose decay never acted (lr = 0 throughout: ``lr-zero``), and
+        close the file sinks the monitor opened; the history stays."""
+        if self._handles:
+            idle = [lr_zero_finding(i, lam, steps, self._step) for i, (lam, steps) in sorted(self._idle.items())
+                    if i not in self._acted]
+            self.findings.extend(idle)
+            for finding in idle:
+                self._emit({"kind": "finding", **finding.to_dict()})
         for handle in self._handles:
             handle.remove()
         self._handles = []

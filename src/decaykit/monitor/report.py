@@ -56,6 +56,7 @@ class MonitorRun(Report):
     header: dict[str, Any] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,7 @@ class MonitorRun(Report):
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "run": self.header, "groups": self.last_step_summary(),
-                "findings": self.findings, "records": len(self.records)}
+                "findings": self.findings, "records": len(self.records), "notes": self.notes}
 
     def __str__(self) -> str:
         steps = sorted({r["step"] for r in self.records})
@@ -83,7 +84,7 @@ class MonitorRun(Report):
         lines = [head, format_table(cols, rows, align="rrrrrrrr")]
         found = [f"step {f['step']}: [{f['code']}] {f['name']}: {f['message']}" for f in self.findings]
         lines.append(f"{len(found)} findings" + (":" if found else ": weight decay looks healthy"))
-        return "\n".join(lines + found)
+        return "\n".join(lines + found + [f"note: {n}" for n in self.notes])
 
 
 def _shown(value: float | None) -> Any:
@@ -118,9 +119,17 @@ def read_run(path: str | os.PathLike[str]) -> MonitorRun:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise DecayError(f"RUN {shown!r}: cannot read it: {reason}", argument="RUN") from None
     run = MonitorRun(shown)
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if number == len(lines) and not text.endswith("\n"):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:  # a run killed mid-write: the entries before it are whole
+                run.notes.append(f"line {number}, the last, was cut off mid-write (the run stopped while writing "
+                                 "it?) and is skipped; the entries before it are read")
+                continue
         entry = _entry(line, f"{shown!r} line {number}")
         kind = entry.pop("kind")
         if kind == "run":
@@ -128,6 +137,8 @@ def read_run(path: str | os.PathLike[str]) -> MonitorRun:
         else:
             (run.records if kind == "tensor" else run.findings).append(entry)
     if not run.records and not run.findings:
-        raise DecayError(f"RUN {shown!r}: holds no records; the monitor records the first step and every `every`-th: "
-                         "did the run take a step?", argument="RUN")
+        raise DecayError(f"RUN {shown!r}: holds no records; the monitor records the first step and every `every`-th "
+                         "of the groups whose decay acts (weight_decay > 0 and lr > 0): no step was taken, no group "
+                         "decays, or the run was not closed (Monitor.close() reports a decay that lr = 0 stopped)",
+                         argument="RUN")
     return run

@@ -3,6 +3,7 @@
 - ``probe``: :func:`probe`, the measurement; ``report``: what it returns; ``targets``: the tensors it
   measures and in which chunks; ``twin``: a throwaway copy of the optimizer to step;
 - ``estimator``: from a tensor before and after the twins' steps to a measured factor;
+- ``rounding``: a decay below the dtype's resolution, which the step rounds away;
 - ``expectations``: what each group should do, read from the optimizer registry and the engine;
 - ``warmup``: :func:`warm_up`, a bounded number of real steps to build state before probing.
 """

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from decaykit.probe.expectations import Expectation, rate_text
+from decaykit.probe.rounding import coupled_loss, decoupled_loss
 
 __all__ = ["PROPORTIONAL_SLACK", "RowResult", "Rows", "measure_rows", "overshoot_note"]
 
@@ -104,6 +105,10 @@ class Rows:
         self.zt = [0.0] * members  # Σ(θ_0 − θ)·θ: how the no-decay twin itself moved
         self.rates: dict[str, list[float]] = {}
         self.coupled: tuple[list[float], list[float], list[float]] | None = None  # Σ(θ_λ−θ_g)², Σ(θ_g−θ_0)θ, Σ(θ_g−θ_0)²
+        # Σθ² over the values the expected decoupled/cautious decay should move: all, those it left
+        # unmoved (θ_λ = θ_0 exactly), and those that rounding θ·(1 − r) to the dtype gives back unchanged
+        self.acting, self.unmoved, self.rounds = [0.0] * members, [0.0] * members, [0.0] * members
+        self.coupled_unmoved = [0.0] * members  # Σθ² where adding λθ to the gradient moved nothing (θ_g = θ_0)
 
     def _tol(self, k: int) -> float:
         return 8 * self.eps * (self.tt[k] ** 0.5 + self.zz[k] ** 0.5) + 1e-300
@@ -124,8 +129,9 @@ class Rows:
         return out
 
     def base_shrink(self, k: int) -> float | None:
-        """Shrink factor of the twin stepped with weight_decay=0 and zero gradients, if it moved at all."""
-        if self.zz[k] ** 0.5 <= self._tol(k):
+        """Shrink factor of the twin stepped with weight_decay=0 and zero gradients, if it moved at all
+        (None for non-finite values: a NaN weight "moves" without any decay)."""
+        if not all(math.isfinite(v) for v in (self.tt[k], self.zz[k], self.zt[k])) or self.zz[k] ** 0.5 <= self._tol(k):
             return None
         return 1 + self.zt[k] / max(self.tt[k], 1e-300)
 
@@ -146,6 +152,7 @@ class Rows:
         for k, (t, a, z, g) in _blocks(m, theta, decayed, base, coupled):
             gz = g - z
             ab[k] += _sq(a - g)
+            self.coupled_unmoved[k] += _sq(torch.where(gz == 0, t, 0.0))
             bt[k] += _dot(gz, t)
             bb[k] += _sq(gz)
         self.coupled = (ab, bt, bb)
@@ -217,22 +224,35 @@ class Rows:
         else:
             ok = bool(match.get(exp_kind)) or (kind == "none" and self._tiny(k, tol, factors, [exp_kind]))
             expected = factors.get(exp_kind)
-        if ok and kind == "none" and exp_kind == "cautious" and self.masked[k] == 0:
+        rounded = self._rounded(k, expect) if ok else None
+        if rounded is not None:
+            ok, note = rounded
+        elif ok and kind == "none" and exp_kind == "cautious" and self.masked[k] == 0:
             note = ("no coordinate has its update and θ of the same sign now: cautious decay skips them all "
                     "this step")
         elif ok and kind == "none" and exp_kind == "coupled" and self._squares_overflow(k, expect):
             ok, note = False, (f"λθ (λ = {rate_text(expect.rate)}) squared is beyond {str(self.dtype)[6:]}'s range: an "
                                "adaptive optimizer's second moment overflows and its step comes out 0; lower weight_decay")
+        elif ok and kind == "none" and exp_kind == "coupled" and self.coupled is not None and (
+                warning := coupled_loss(self.coupled_unmoved[k], self.tt[k], rate_text(expect.rate), self.dtype)):
+            note = warning
         elif ok and kind == "none" and exp_kind == "coupled":
             note = (f"adding λθ (λ = {rate_text(expect.rate)}) to the gradient moves nothing measurable in one step "
                     f"here: below {str(self.dtype)[6:]} resolution, or lost inside the optimizer's step")
         elif ok and kind == "none" and exp_kind != "none":
-            note = (f"a decay of {rate_text(expect.rate)} per step is below {str(self.dtype)[6:]} resolution "
-                    "here: in one step it cannot be told apart from none")
+            note = (f"a decay of {rate_text(expect.rate)} per step is within {str(self.dtype)[6:]} rounding of one "
+                    "step here: it moved the values, but one step cannot tell by how much")
         elif not ok and exp_kind != "unknown":
             note = (f"settings say {expect.source} (expected {expected if expected is None else f'{expected:.8g}'}), "
                     f"measured {kind} {s:.8g}")
         return RowResult(kind, s, expected, "coupled" if exp_kind == "coupled" else exp_kind, ok, note)
+
+    def _rounded(self, k: int, expect: Expectation) -> tuple[bool, str] | None:
+        """(agrees, note) when rounding to the dtype swallows the expected decoupled/cautious decay."""
+        if expect.kind not in ("decoupled", "cautious"):
+            return None
+        rate = _rates(expect.rate, self.members)[k]
+        return decoupled_loss(self.unmoved[k], self.rounds[k], self.acting[k], rate, self.dtype)
 
     def _squares_overflow(self, k: int, expect: Expectation) -> bool:
         lam = _rates(expect.rate, self.members)[k]
@@ -265,6 +285,8 @@ def measure_rows(
     rows = Rows(members, torch.finfo(real).eps, real)
     rows.rates = {n: _rates(r, members) for n, r in candidates.items()}
     rows.err = {n: [0.0] * members for n in rows.rates}
+    # the expected decoupled/cautious rate, whose rounding in the dtype is checked (not both readings of "unknown")
+    watched = next(iter(rows.rates)) if list(rows.rates) in (["decoupled"], ["cautious"]) else None
     for k, (t, a, z) in _blocks(members, theta, decayed, base):
         d = a - z
         zt = z - t
@@ -280,4 +302,16 @@ def measure_rows(
                 rows.masked[k] += _dot(masked, t)
             else:
                 rows.err[n][k] += _sq(_plus_scaled(d, t, r[k]))
+        if watched is not None:
+            _add_rounding(rows, k, t, d, zt, real, rows.rates[watched][k], watched == "cautious")
     return rows
+
+
+def _add_rounding(rows: Rows, k: int, t: torch.Tensor, d: torch.Tensor, zt: torch.Tensor, real: torch.dtype,
+                  rate: float, cautious: bool) -> None:
+    """Add a block's Σθ² to ``rows.acting``, ``.unmoved`` and ``.rounds`` (see :mod:`decaykit.probe.rounding`)."""
+    acts = zt * t <= 0 if cautious else torch.ones_like(t, dtype=torch.bool)
+    back = (t.double() * (1 - rate)).to(real).to(t.dtype) == t  # θ·(1 − r) rounded to the dtype is θ again
+    rows.acting[k] += _sq(torch.where(acts, t, 0.0))
+    rows.unmoved[k] += _sq(torch.where(acts & (d == 0), t, 0.0))
+    rows.rounds[k] += _sq(torch.where(acts & back, t, 0.0))

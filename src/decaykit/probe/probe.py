@@ -236,11 +236,25 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str]) -> list[
                 agrees = False
                 notes.append(f"the policy says decay ({why}) but nothing shrinks it while other groups decay "
                              "(groups swapped, or a no-decay list matching too much?)")
+        if t.also_in:
+            agrees = False
+            notes.insert(0, _duplicate_note(t, k))
         if t.start is not None:
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
                               t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden))
     return out
+
+
+def _duplicate_note(t: Target, k: int) -> str:
+    groups = sorted({t.group, *t.also_in})
+    where = (f"listed {len(t.also_in) + 1} times in param group {t.group}" if len(groups) == 1 else
+             "in param groups " + ", ".join(map(str, groups[:-1])) + f" and {groups[-1]}")
+    wd = t.expect.weight_decay
+    return (f"{where}: torch steps it once per listing, so every step applies the update and decay of each (measured: "
+            f"all of them; expected: group {t.group}'s, weight_decay="
+            f"{float(wd[k]) if isinstance(wd, torch.Tensor) else float(wd):g}); keep each tensor in exactly one group "
+            "(torch's add_param_group refuses a repeat; decaykit.param_groups never makes one)")
 
 
 def _frozen_note(t: Target, shrink: str, fix: str) -> str:
@@ -321,11 +335,16 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[Target], expects: lis
         notes.append(f"{len(adaptive)} tensors get coupled L2 through an adaptive denominator ({type(optimizer).__name__} "
                      "weight_decay): the shrink is not θ·(1 − lr·λ) and depends on the gradient statistics; "
                      "use AdamW (or decaykit.WeightDecay) for decoupled decay")
-    momentum = [i for i, g in enumerate(optimizer.param_groups)
-                if expects[i].kind == "coupled" and float(g.get("momentum", 0) or 0) > 0]
+    beta = {i: float(g.get("momentum", 0) or 0) for i, g in enumerate(optimizer.param_groups)}
+    momentum = [i for i, e in enumerate(expects) if e.kind == "coupled" and 0 < beta[i] < 1]
     if momentum:
         notes.append(f"groups {momentum}: coupled decay also enters the momentum buffer and keeps acting on later "
                      "steps (about lr·λ/(1 − momentum) in total); this measures the next step only")
+    runaway = [i for i, b in beta.items() if b >= 1]
+    if runaway:  # torch.optim checks only momentum >= 0
+        notes.append(f"groups {runaway} have momentum >= 1 ({', '.join(f'{beta[i]:g}' for i in runaway)}): the "
+                     "momentum buffer grows without bound instead of averaging, so later steps (and the decay in "
+                     "them) grow too; use a momentum in [0, 1)")
     sharded = [t for t in targets if t.sharded]
     if sharded:
         empty = sum(1 for t in sharded if not t.members)

@@ -82,7 +82,9 @@ class ProbeReport(Report):
         for (kind, factor), members in families.items():
             params = sum(e.numel for e in members)
             values = [e.measured for e in members if e.measured is not None and math.isfinite(e.measured)]
-            if kind in ("none", "missing", "empty"):
+            if kind == "none" and factor != "1":  # within the rounding of a half-precision step
+                what = f"no decay measurable in one step (factor {factor})"
+            elif kind in ("none", "missing", "empty"):
                 what = {"none": "unchanged by the decay", "missing": "in no param group",
                         "empty": "no elements on this rank (measured by the ranks that hold them)"}[kind]
             elif not values:
@@ -94,7 +96,10 @@ class ProbeReport(Report):
                 what = f"shrink by {lo} per step" if lo == hi else f"shrink by {lo} .. {hi} per step"
             lines.append(f"{len(members)} tensors ({params:,} parameters): {kind}, {what}")
         bad = self.disagreements
-        lines.append(f"{len(bad)} disagreement(s)" + (":" if bad else ": the decay applied is the decay configured"))
+        warned = sum(1 for e in self.entries if e.agrees and "warning: " in e.note)
+        verdict = (":" if bad else f", but {warned} warning(s) below" if warned else
+                   ": the decay applied is the decay configured")
+        lines.append(f"{len(bad)} disagreement(s){verdict}")
         lines += [f"  {e.name}: {e.note}" for e in bad[:_LISTED]]
         lines += [f"  ... and {len(bad) - _LISTED} more (see the table)"] if len(bad) > _LISTED else []
         noted = [e for e in self.entries if e.agrees and e.note and not e.note.startswith((PATTERN_NOTE, EMPTY_NOTE))]

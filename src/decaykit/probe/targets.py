@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ class Target:
     intent: tuple[bool, str] | None = None  # (the policy says decay, why)
     start: torch.Tensor | None = None  # test pattern for an all-zero tensor
     fresh: bool = True  # no optimizer state yet: nothing but a decay can move it with zero gradients
+    also_in: list[int] = field(default_factory=list)  # further groups that hold the same tensor (torch steps it in each)
     rows: Rows | None = None
 
 
@@ -59,11 +60,15 @@ def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expe
         for n, p in model.named_parameters():
             names.setdefault(id(p), canonical(n))
     targets = []
+    first: dict[int, Target] = {}
     for i, group in enumerate(optimizer.param_groups):
         params = group["params"]
         given = group.get("param_names")
         given = given if isinstance(given, (list, tuple)) and len(given) == len(params) else None
         for j, p in enumerate(params):
+            if id(p) in first:  # listed again (groups built by hand): one entry, measured as torch steps it
+                first[id(p)].also_in.append(i)
+                continue
             name = canonical(str(given[j])) if given else names.get(id(p), f"group{i}.param{j}")
             rate = expects[i].rate
             total = 1
@@ -84,6 +89,7 @@ def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expe
                 start = pattern.reshape(local.shape)
             fresh = not optimizer.state.get(p)
             targets.append(Target(p, name, i, expects[i], total, members, sharded, start=start, fresh=fresh))
+            first[id(p)] = targets[-1]
     return targets
 
 
