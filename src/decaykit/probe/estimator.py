@@ -252,7 +252,7 @@ class Rows:
         if expect.kind not in ("decoupled", "cautious"):
             return None
         rate = _rates(expect.rate, self.members)[k]
-        return decoupled_loss(self.unmoved[k], self.rounds[k], self.acting[k], rate, self.dtype)
+        return decoupled_loss(self.unmoved[k], self.rounds[k], self.acting[k], rate, self.dtype, fused=expect.fused)
 
     def _squares_overflow(self, k: int, expect: Expectation) -> bool:
         lam = _rates(expect.rate, self.members)[k]

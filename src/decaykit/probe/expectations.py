@@ -54,6 +54,9 @@ class Expectation:
     lr: float
     source: str
     maximize: bool = False
+    # the decay is computed inside a fused kernel with the update and rounded once with it (fused=True AdamW),
+    # not as a pass of its own: a zero-gradient step cannot show how much of it real updates keep
+    fused: bool = False
 
 
 def rate_text(rate: float | torch.Tensor) -> str:
@@ -106,7 +109,9 @@ def expectations(optimizer: torch.optim.Optimizer) -> list[Expectation]:
                 )
             rate = _number(entry.get("rate", 0.0), f"{name}.expected_decay()[{i}]['rate']")
             kind = "none" if _is_zero(rate) else _HOOK_KINDS[kind]
-            out.append(Expectation(kind, rate, wd, lr, f"{name}.expected_decay(): {kind}, rate {rate_text(rate)}", maximize))
+            fused = bool(group.get("fused")) and entry.get("path") == "inner"  # the engine sets the inner decay
+            out.append(Expectation(kind, rate, wd, lr, f"{name}.expected_decay(): {kind}, rate {rate_text(rate)}", maximize,
+                                   fused))
         elif raw_wd is None:
             out.append(Expectation("none", 0.0, 0.0, lr, f"{name} has no weight_decay setting", maximize))
         elif _is_zero(wd):
@@ -132,7 +137,8 @@ def _from_settings(name: str, facts: OptimizerInfo | None, group: dict[str, Any]
         kind = "decoupled" if facts is None and group.get("decoupled_weight_decay") else "unknown"
     if kind == "decoupled":
         return Expectation("decoupled", lr * wd, wd, lr,
-                           f"{name}: decoupled, θ·(1 − lr·λ), lr={lr:g}, λ={rate_text(wd)}", maximize)
+                           f"{name}: decoupled, θ·(1 − lr·λ), lr={lr:g}, λ={rate_text(wd)}", maximize,
+                           bool(group.get("fused")))
     if kind == "coupled":
         return Expectation("coupled", wd, wd, lr,
                            f"{name}: coupled L2, λθ added to the gradient, λ={rate_text(wd)}", maximize)

@@ -41,11 +41,13 @@ def _fix(dtype: torch.dtype) -> str:
 
 
 def decoupled_loss(unmoved: float, rounds: float, acting: float, rate: float,
-                   dtype: torch.dtype) -> tuple[bool, str] | None:
+                   dtype: torch.dtype, *, fused: bool = False) -> tuple[bool, str] | None:
     """(whether the entry can still agree, note) when rounding swallows θ·(1 − rate); None when it does not.
 
     ``unmoved``, ``rounds`` and ``acting`` are Σθ² over the values the decay should move and was
-    measured to leave unmoved, that rounding predicts to come back unchanged, and in all.
+    measured to leave unmoved, that rounding predicts to come back unchanged, and in all. ``fused``: the
+    optimizer computes the decay with the update in one kernel and rounds once (``fused=True`` AdamW),
+    so with real gradients the decay still tips some roundings: a warning, not a disagreement.
     """
     if acting <= 0 or rate <= 0:
         return None
@@ -59,6 +61,10 @@ def decoupled_loss(unmoved: float, rounds: float, acting: float, rate: float,
              ", and the rest stalls once the decay has carried it to the low end of its power-of-2 range")
     cause = (f"θ·(1 − {rate:.3g}) rounds back to θ in {name} for {where}: a change below {_spacing(dtype)}, "
              f"is rounded away{later}")
+    if fused and lost > LOST:
+        return True, (f"warning: the decay is mostly lost to rounding: {cause} when the step has no update; this "
+                      "optimizer's fused kernel rounds the decay together with the update, so with real gradients it "
+                      f"acts only where it tips that rounding; {_fix(dtype)}")
     if lost > LOST:
         return False, f"the decay configured is not applied: {cause}; {_fix(dtype)}"
     return True, f"warning: the decay is partly lost to rounding: {cause}; {_fix(dtype)}"
