@@ -525,3 +525,53 @@ def test_a_mask_token_is_reached_through_a_masked_image():
         p = decaykit.plan(model, 0.1)
     mask, cls = p["embeddings.mask_token"], p["embeddings.cls_token"]
     assert mask.reason.endswith("(traced)") and (mask.role, mask.decay) == (cls.role, cls.decay) == ("token", True)
+
+
+class HeadBiases(nn.Module):
+    """Per-head biases (heads, head_dim) added to the queries, as Transformer-XL's ``r_w_bias``: one
+    named like a bias, one not; ``seq_first`` takes (T, B, C) like Transformer-XL and XLNet."""
+
+    def __init__(self, seq_first: bool = False) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.head_bias = nn.Parameter(torch.zeros(2, 4))
+        self.u = nn.Parameter(torch.zeros(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x).unflatten(-1, (2, 4))
+        return ((q + self.head_bias) * (q + self.u)).flatten(-2)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8), (1, 5, 8), (5, 2, 8)])
+def test_a_per_head_bias_is_a_bias_where_the_input_has_tokens(shape):
+    p = decaykit.plan(HeadBiases(), 0.1, example_inputs=torch.zeros(shape, device="meta"))
+    for name in ("head_bias", "u"):
+        assert (p[name].role, p[name].decay, p[name].reason) == ("bias", False, "added to activations in add: a bias (traced)")
+
+
+@pytest.mark.parametrize("shape", [(2, 8), (5, 1, 8)])  # feature vectors; or sequence first with a batch of 1
+def test_a_per_head_bias_is_no_position_table_where_the_trace_cannot_tell_the_tokens(shape):
+    """(B, C) has no token axis, and in (T, 1, C) either axis may be the batch: the structure decides."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        p = decaykit.plan(HeadBiases(), 0.1, example_inputs=torch.zeros(shape, device="meta"))
+    assert (p["head_bias"].role, p["head_bias"].decay) == ("bias", False)
+    assert p["u"].role != "position" and p["u"].reason.startswith("2-D tensor on HeadBiases (shape rule")
+    assert all("(structural: added to activations in add as a (2,4) tensor" in p[n].reason for n in ("head_bias", "u"))
+    default = decaykit.plan(HeadBiases(), 0.1)  # the input decaykit makes from the first Linear: (2, 8)
+    assert (default["head_bias"].role, default["head_bias"].decay) == ("bias", False)
+
+
+def test_xlnet_content_and_position_biases_are_biases():
+    """XLNet is traced with a batch of 1 and lays out its queries (T, B, H, D): ``r_w_bias`` and
+    ``r_r_bias`` are constant along the tokens, the first axis."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.XLNetConfig(d_model=32, n_layer=1, n_head=2, d_inner=64, vocab_size=96)
+    with torch.device("meta"):
+        model = transformers.XLNetModel(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        p = decaykit.plan(model, 0.1)
+    for name in ("layer.0.rel_attn.r_w_bias", "layer.0.rel_attn.r_r_bias"):
+        assert (p[name].role, p[name].decay) == ("bias", False) and p[name].reason.endswith("(traced)"), p[name].reason
+

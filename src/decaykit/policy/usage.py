@@ -87,6 +87,8 @@ _POSITIONS: dict[str, tuple[str, ...]] = {
 _MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum", "tensordot", "inner", "outer",
                      "dot", "vdot", "kron", "chain_matmul", "multi_dot", "ger",
                      "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
+# Where an activation gets spatial axes: feature vectors (B, F) become a sequence of positions.
+_CONVOLUTIONS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
 # Picking rows of a parameter by a tensor of indices: token ids pick embedding rows, a router's
 # choice picks an expert's weight or bias; what the rows then feed decides which.
 _SELECT = frozenset({"__getitem__", "index_select", "gather", "take", "take_along_dim"})
@@ -187,6 +189,11 @@ class _Recorder(TorchFunctionMode):
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
+        # the batch sizes the inputs may have ((T, 1, ...) may be a batch of 1, sequence first), and
+        # whether anything has a token axis: feature vectors (B, F) have none until a convolution
+        # makes one, and an addend to them cannot be told a bias or a position table
+        self.batch = {t.shape[0] for t in inputs if t.ndim} | {1 for t in inputs if t.ndim > 2 and t.shape[1] == 1}
+        self.tokens = any(t.ndim >= (3 if t.is_floating_point() else 2) for t in inputs)
         self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
         self.uses: dict[int, list[Use]] = {}
 
@@ -211,6 +218,7 @@ class _Recorder(TorchFunctionMode):
             self._mark(out, self.live, skip=self.origin)
             if all(id(t) in self.masks for t in live):
                 self._mark(out, self.masks, skip=self.origin)
+            self.tokens = self.tokens or bare in _CONVOLUTIONS
 
     def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                  live: list[torch.Tensor]) -> None:
@@ -323,8 +331,13 @@ class _Recorder(TorchFunctionMode):
         if bare in _ADD:
             # per channel as used or as stored (a (24,) bias viewed as (4,4)), or the same for every
             # token (a per-expert bias (E,1,C)): a bias; a table that varies along the tokens is positional
-            if _per_channel(tensor.shape) or stored_per_channel or _constant_along_tokens(tensor.shape, activations):
+            along = _along_tokens(tensor.shape, activations, self.batch)
+            if _per_channel(tensor.shape) or stored_per_channel or along == "constant":
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
+            if not self.tokens or along == "unknown":  # a per-head (H, D) bias, or a table: the trace cannot tell
+                why = "the input has no token axis" if not self.tokens else "its batch axis could be its tokens"
+                return Use("other", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} tensor, "
+                                           f"but {why}: a bias or a position table?")
             return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
         if bare in _MUL:
             if all(id(a) in self.masks for a in activations):
@@ -373,13 +386,20 @@ def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
     return isinstance(dim, int) and dim % max(ndim, 1) == ndim - 1
 
 
-def _constant_along_tokens(shape: torch.Size, activations: list[torch.Tensor]) -> bool:
-    """Whether an addend of ``shape`` is broadcast along an axis of an activation other than its first (batch) one."""
+def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: set[int]) -> str:
+    """How an addend of ``shape`` lies along the tokens of the activations: ``"constant"`` where it is
+    broadcast along an axis of more than one entry that is not the batch axis (the first axis of the
+    batch size: a seq-first (T, 1, H, D) activation of a batch of 1 has it second), ``"varies"`` where
+    it is not, ``"unknown"`` where the batch sizes the inputs may have (``batches``) disagree."""
+    verdicts = set()
     for a in activations:
         padded = (1,) * (a.ndim - len(shape)) + tuple(shape)
-        if any(s == 1 and n > 1 for s, n in zip(padded[1:], a.shape[1:])):
-            return True
-    return False
+        seen = set()
+        for b in batches or {None}:
+            batch_axis = next((i for i, n in enumerate(a.shape) if n == b), None)
+            seen.add(any(s == 1 and n > 1 and i != batch_axis for i, (s, n) in enumerate(zip(padded, a.shape))))
+        verdicts.add("unknown" if len(seen) > 1 else "constant" if True in seen else "varies")
+    return next((v for v in ("constant", "unknown") if v in verdicts), "varies")
 
 
 def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
