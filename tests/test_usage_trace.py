@@ -103,7 +103,7 @@ class Tokens(nn.Module):
         self.proj = nn.Linear(c, c)
         self.relative_attention_bias = nn.Parameter(torch.zeros(buckets, heads))
         self.t5_style = nn.Embedding(buckets, heads)  # the same role, as T5 keeps it
-        self.position_table = nn.Parameter(torch.zeros(heads, 4, 4))  # added to attention scores
+        self.position_table = nn.Parameter(torch.zeros(heads, 4, 4))  # added to the tokens: varies along them
         self.sinks = nn.Parameter(torch.zeros(heads))  # one more logit per head (GPT-OSS attention sinks)
         self.mask_token = nn.Parameter(torch.zeros(c))  # written over masked positions (wav2vec2, BEiT)
         self.register_buffer("buckets", torch.zeros(4, 4, dtype=torch.long))
@@ -114,8 +114,10 @@ class Tokens(nn.Module):
         x[:, 0] = self.mask_token
         x = torch.cat([self.cls_token.expand(b, -1, -1), self.register_tokens.expand(b, -1, -1), x], 1)
         pooled = self.proj(self.query) + self.proj(self.queries).sum(0)
-        relative = self.relative_attention_bias[self.buckets].permute(2, 0, 1)  # (heads, 4, 4)
-        scores = x[:, :1, :1, None] + self.position_table + relative + self.t5_style(self.buckets).permute(2, 0, 1)
+        relative = self.relative_attention_bias[self.buckets].permute(2, 0, 1)  # (heads, 4, 4), as Swin lays it out
+        q = x[:, None, :4]
+        scores = (q @ q.mT) * x.shape[-1] ** -0.5 + relative + self.t5_style(self.buckets).permute(2, 0, 1)
+        scores = scores + (x[:, :1, :1, None] + self.position_table)
         sinks = self.sinks.reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[-2], 1)
         scores = torch.cat([scores, sinks], dim=-1)
         return x + pooled + scores.mean()
@@ -160,7 +162,7 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "tokens.query": ("token", True),
     "tokens.mask_token": ("token", True),
     "tokens.queries": ("token", True),
-    "tokens.relative_attention_bias": ("position", True),
+    "tokens.relative_attention_bias": ("bias", False),  # added to attention scores, as an attn_mask is
     "tokens.t5_style.weight": ("embedding", True),
     "tokens.position_table": ("position", True),
     "tokens.sinks": ("bias", False),
@@ -574,4 +576,31 @@ def test_xlnet_content_and_position_biases_are_biases():
         p = decaykit.plan(model, 0.1)
     for name in ("layer.0.rel_attn.r_w_bias", "layer.0.rel_attn.r_r_bias"):
         assert (p[name].role, p[name].decay) == ("bias", False) and p[name].reason.endswith("(traced)"), p[name].reason
+
+
+class RelativePositionAttention(nn.Module):
+    """Swin / BEiT / LeViT: a table gathered by a constant index and added to the attention scores,
+    eagerly or as the ``attn_mask`` of ``F.scaled_dot_product_attention``. Its name says nothing."""
+
+    def __init__(self, eager: bool, n: int = 4, heads: int = 2) -> None:
+        super().__init__()
+        self.eager, self.heads = eager, heads
+        self.qkv = nn.Linear(8, 24)
+        self.table = nn.Parameter(torch.zeros(2 * n - 1, heads))
+        self.register_buffer("index", torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        if not self.eager:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        scores = (q @ k.mT) * q.shape[-1] ** -0.5 + bias
+        return scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_table_added_to_attention_scores_is_a_bias_however_attention_is_written(eager):
+    p = decaykit.plan(RelativePositionAttention(eager), 0.1, example_inputs=torch.zeros(2, 4, 8, device="meta"))
+    assert (p["table"].role, p["table"].decay) == ("bias", False) and p["table"].reason.endswith("(traced)")
 

@@ -111,6 +111,8 @@ _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "per
                    "__get__", "neg", "__neg__", "clamp", "clamp_", "clip", "normalize", "requires_grad_", "as_strided",
                    "repeat_interleave", "roll", "flip", "tensor_split", "split_with_sizes", "interpolate", "pad",
                    "diagonal", "tril", "triu", "abs", "__pos__"})
+# What attention scores go through and stay scores: views, scaling, masking, adding biases.
+_KEEPS_SCORES = _PASS | _MUL | _ADD | {"masked_fill", "masked_fill_", "where"}
 # What makes an activation "normalised": a gain multiplying it is a norm gain.
 _NORMALISING = frozenset({"rsqrt", "layer_norm", "rms_norm", "group_norm", "normalize", "batch_norm", "instance_norm"})
 _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index in {f}",
@@ -189,6 +191,9 @@ class _Recorder(TorchFunctionMode):
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
+        # ids of attention scores: a product of two activations (``q @ k.mT``), scaled and masked; what
+        # is added to them is a bias, as ``attn_mask`` is to ``F.scaled_dot_product_attention``
+        self.scores: set[int] = set()
         # the batch sizes the inputs may have ((T, 1, ...) may be a batch of 1, sequence first), and
         # whether anything has a token axis: feature vectors (B, F) have none until a convolution
         # makes one, and an addend to them cannot be told a bias or a position table
@@ -219,6 +224,9 @@ class _Recorder(TorchFunctionMode):
             if all(id(t) in self.masks for t in live):
                 self._mark(out, self.masks, skip=self.origin)
             self.tokens = self.tokens or bare in _CONVOLUTIONS
+            product = bare in _MATMUL and sum(id(t) not in self.origin for t in live) >= 2  # q @ k.mT
+            if product or (bare in _KEEPS_SCORES and any(id(t) in self.scores for t in live)):
+                self._mark(out, self.scores, skip=self.origin)
 
     def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                  live: list[torch.Tensor]) -> None:
@@ -334,6 +342,8 @@ class _Recorder(TorchFunctionMode):
             along = _along_tokens(tensor.shape, activations, self.batch)
             if _per_channel(tensor.shape) or stored_per_channel or along == "constant":
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
+            if any(id(a) in self.scores for a in activations):  # a relative-position table as Swin adds it
+                return Use("bias", shown, f"added to attention scores in {shown}: a bias")
             if not self.tokens or along == "unknown":  # a per-head (H, D) bias, or a table: the trace cannot tell
                 why = "the input has no token axis" if not self.tokens else "its batch axis could be its tokens"
                 return Use("other", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} tensor, "
