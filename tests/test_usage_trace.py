@@ -604,3 +604,31 @@ def test_a_table_added_to_attention_scores_is_a_bias_however_attention_is_writte
     p = decaykit.plan(RelativePositionAttention(eager), 0.1, example_inputs=torch.zeros(2, 4, 8, device="meta"))
     assert (p["table"].role, p["table"].decay) == ("bias", False) and p["table"].reason.endswith("(traced)")
 
+
+class Gains(nn.Module):
+    """Gains written with ``einsum`` (JAX ports, SSM code) or a diagonal matrix, beside true contractions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.gain = nn.Parameter(torch.ones(8))
+        self.head_gain = nn.Parameter(torch.ones(2, 4))
+        self.D = nn.Parameter(torch.ones(2))
+        self.diagonal = nn.Parameter(torch.ones(8))
+        self.experts = nn.Parameter(torch.randn(2, 4, 4))
+        self.pool = nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.einsum("btd,d->btd", self.proj(x), self.gain) @ torch.diag(self.diagonal)
+        q = torch.einsum("...hd,hd->...hd", x.unflatten(-1, (2, 4)), self.head_gain)
+        q = q + torch.einsum("bthd,h->bthd", q, self.D)
+        return torch.einsum("bthd,hde->bthe", q, self.experts).flatten(-2) + torch.einsum("bthd,hd", q, self.pool)[..., None]
+
+
+def test_an_einsum_that_sums_out_none_of_a_parameters_indices_multiplies_by_it():
+    p = decaykit.plan(Gains(), 0.1, example_inputs=torch.zeros(2, 3, 8, device="meta"))
+    got = {n: (p[n].role, p[n].decay) for n in ("gain", "head_gain", "D", "diagonal", "experts", "pool")}
+    assert got == {"gain": ("scale", False), "head_gain": ("scale", False), "D": ("scale", False),
+                   "diagonal": ("scale", False), "experts": ("weight", True), "pool": ("weight", True)}
+    assert p["gain"].reason == "multiplies activations in einsum: a scale (traced)"
+

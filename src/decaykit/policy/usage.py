@@ -191,6 +191,7 @@ class _Recorder(TorchFunctionMode):
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
+        self.diagonal: set[int] = set()  # ids of a 1-D parameter laid out as a diagonal matrix (``torch.diag(g)``)
         # ids of attention scores: a product of two activations (``q @ k.mT``), scaled and masked; what
         # is added to them is a bias, as ``attn_mask`` is to ``F.scaled_dot_product_attention``
         self.scores: set[int] = set()
@@ -252,9 +253,14 @@ class _Recorder(TorchFunctionMode):
                           any(id(t) in self.selected for t in traced))
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
+            if bare == "diag_embed" or (bare == "diag" and first is not None and first.ndim == 1):
+                self._mark(out, self.diagonal)
         else:
+            # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
+            elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
             for t in traced:
-                self._use(t, self._elementwise(bare, shown, t, live, _last_axis_join(bare, args, kwargs)))
+                how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
+                self._use(t, self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs)))
 
     def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
                      last_axis: bool = False) -> Use:
@@ -410,6 +416,22 @@ def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: s
             seen.add(any(s == 1 and n > 1 and i != batch_axis for i, (s, n) in enumerate(zip(padded, a.shape))))
         verdicts.add("unknown" if len(seen) > 1 else "constant" if True in seen else "varies")
     return next((v for v in ("constant", "unknown") if v in verdicts), "varies")
+
+
+def _einsum_elementwise(args: tuple) -> set[int]:
+    """The ids of ``einsum``'s operands none of whose indices is summed out: ``"btd,d->btd"`` multiplies
+    by a gain elementwise, where ``"btd,de->bte"`` contracts a matrix."""
+    if not args or not isinstance(args[0], str):
+        return set()  # the sublist form: every operand counts as contracted
+    operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+    lhs, arrow, rhs = args[0].replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow:  # implicit output: the indices that appear once, and the ellipsis
+        letters = "".join(terms).replace(".", "")
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    kept = set(rhs.replace("...", "_"))
+    return {id(op) for term, op in zip(terms, operands)
+            if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
 
 
 def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
