@@ -632,3 +632,33 @@ def test_an_einsum_that_sums_out_none_of_a_parameters_indices_multiplies_by_it()
                    "diagonal": ("scale", False), "experts": ("weight", True), "pool": ("weight", True)}
     assert p["gain"].reason == "multiplies activations in einsum: a scale (traced)"
 
+
+class WeightNormed(nn.Module):
+    """A weight norm written by hand (EDM2's MPConv): a per-output gain times a unit-norm direction; and a
+    rank-1 weight made of two factors, each broadcast along the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v, self.g = nn.Parameter(torch.randn(4, 8)), nn.Parameter(torch.ones(4, 1))
+        self.left, self.right = nn.Parameter(torch.randn(4, 1)), nn.Parameter(torch.randn(1, 4))
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.g * self.v / self.v.norm(dim=1, keepdim=True)), self.left * self.right)
+
+
+def test_a_gain_multiplied_into_a_weight_is_a_scale_of_it():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        p = decaykit.plan(WeightNormed(), 0.1)  # traced by default: v and g are outside the layers decaykit knows
+    got = {n: (p[n].role, p[n].decay) for n in ("v", "g", "left", "right")}
+    assert got == {"v": ("weight", True), "g": ("scale", False), "left": ("weight", True), "right": ("weight", True)}
+    assert p["g"].reason == "scales a weight in mul, broadcast along its axes: a gain (traced)"
+    assert decaykit.plan(WeightNormed(), 0.1, example_inputs=False)["g"].decay is False  # as the structure says
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated, still in published code
+        old = nn.utils.weight_norm(nn.Linear(8, 4))  # the old API computes the weight in a forward pre-hook
+    traced = decaykit.plan(old, 0.1, example_inputs=torch.zeros(2, 8))
+    assert (traced["weight_g"].role, traced["weight_g"].decay, traced["weight_v"].decay) == ("scale", False, True)

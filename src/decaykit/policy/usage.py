@@ -89,6 +89,9 @@ _MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "
                      "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
 # Where an activation gets spatial axes: feature vectors (B, F) become a sequence of positions.
 _CONVOLUTIONS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+# A parameter multiplied into another, broadcast along it, before either meets activations: a gain of a weight.
+_SCALES_A_WEIGHT = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__",
+                              "__itruediv__", "true_divide", "multiply", "_weight_norm"})
 # Picking rows of a parameter by a tensor of indices: token ids pick embedding rows, a router's
 # choice picks an expert's weight or bias; what the rows then feed decides which.
 _SELECT = frozenset({"__getitem__", "index_select", "gather", "take", "take_along_dim"})
@@ -248,6 +251,8 @@ class _Recorder(TorchFunctionMode):
             if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
                 for t in traced:
                     self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
+            if bare in _SCALES_A_WEIGHT and not live:
+                traced = self._without_gains(shown, traced, out)
             via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
             self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via,
                           any(id(t) in self.selected for t in traced))
@@ -270,6 +275,22 @@ class _Recorder(TorchFunctionMode):
         if bare in _MATMUL or others:
             return self._with_activations(bare, shown, tensor, others, last_axis)
         return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
+
+    def _without_gains(self, shown: str, traced: list[torch.Tensor], out: Any) -> list[torch.Tensor]:
+        """``traced`` less the gains of a weight: a parameter that multiplies another one of the product's
+        whole shape, broadcast along some of its axes (a weight norm's magnitude ``g * v / v.norm()``,
+        a per-channel gain folded into a kernel) scales that weight and is no part of the matrix."""
+        shape = next((tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)), None)
+        whole = {p for t in traced if tuple(t.shape) == shape for p in self.origin[id(t)]}
+        if not whole:
+            return traced  # no operand has the product's shape: factors of it (``u * v.mT``), not gains
+        kept = []
+        for t in traced:
+            if tuple(t.shape) == shape or set(self.origin[id(t)]) <= whole:  # the weight, or its own norm
+                kept.append(t)
+            else:
+                self._use(t, Use("scale", shown, f"scales a weight in {shown}, broadcast along its axes: a gain"))
+        return kept
 
     def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
         for t in tree_flatten(out)[0]:
