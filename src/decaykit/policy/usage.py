@@ -3,24 +3,29 @@
 A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, nor Mamba's
 ``A_log`` from a weight; the operation that consumes the tensor can:
 
-- the matrix operand of ``F.linear``, ``@``, ``einsum``, ``bmm``, a convolution -> ``weight``, decayed;
+- the matrix operand of ``F.linear``, ``@``, ``bmm``, a convolution, or of an ``einsum`` that sums out
+  one of its indices -> ``weight``, decayed; a parameter multiplied into such a weight, broadcast
+  along it (a weight norm's ``g * v / v.norm()``), is a gain of it -> ``scale``;
 - the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
   the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
   input of a layer -> ``token``, treated like an embedding;
-- added to activations: per channel or the same for every token -> ``bias``, no decay; a table that
-  varies along the tokens -> ``position``, like an embedding;
-- multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
+- added to activations: per channel or the same for every token, or added to attention scores (a
+  relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
+  tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
+  could be its tokens (a (T, 1, C) input), neither can be told and the structure decides;
+- multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
+  of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
   anything but a matmul -> ``state``, no decay.
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
 constants or buffers (a weight times a mask) and operations on parameters alone (a weight
-standardised, tokens concatenated together, a parametrization) pass a parameter through
-unchanged. The pass runs under ``FakeTensorMode``: no real compute, no real memory. A value read
-(``if mask.all():``) gets a stand-in; at an operation whose output shape depends on values the
-pass stops, and what was seen until then is kept.
+standardised, tokens concatenated together, a parametrization; not a gain broadcast over a
+weight) pass a parameter through unchanged. The pass runs under ``FakeTensorMode``: no real
+compute, no real memory. A value read (``if mask.all():``) gets a stand-in; at an operation whose
+output shape depends on values the pass stops, and what was seen until then is kept.
 
 >>> from torch import nn
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
