@@ -226,9 +226,9 @@ def test_without_an_input_the_structure_decides_and_says_so():
         def forward(self, x):
             return self.rnn(x)[0] * self.gain
 
-    with pytest.warns(DecayWarning, match="decided from the structure"):
+    with pytest.warns(DecayWarning, match=r"\(gain\) decided by shape, not by use: Opaque has no example_inputs"):
         p = decaykit.plan(Opaque(), 0.1, example_inputs="auto")
-    assert all("(structural: no example input" in d.reason for d in p)
+    assert all("(structural: no example input" in d.reason for d in p) and "pass example_inputs=" in p.note
     with pytest.warns(DecayWarning, match=r"1 tensor outside the layers decaykit knows \(gain\) decided by shape"):
         default = decaykit.plan(Opaque(), 0.1)
     assert default["gain"].decay and "shape rule" in default["gain"].reason  # the guess, said as one
@@ -238,6 +238,33 @@ def test_without_an_input_the_structure_decides_and_says_so():
         warnings.simplefilter("error", DecayWarning)  # a tensor a rule decides is not left to its shape
         ruled = decaykit.plan(Opaque(), 0.1, rules=["gain:wd=0"])
     assert ruled.note is None and not ruled["gain"].decay
+
+
+class Optional(nn.Module):
+    """A gain only used when the forward is asked to (``use_extra=True``): an input can miss it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.extra_gain = nn.Parameter(torch.ones(2, 2))
+
+    def forward(self, x: torch.Tensor, use_extra: bool = False) -> torch.Tensor:
+        h = self.lin(x)
+        return (h.unflatten(-1, (2, 2)) * self.extra_gain).flatten(-2) if use_extra else h
+
+
+@pytest.mark.parametrize("given", ["tensor", "auto"])
+def test_a_tensor_the_given_input_does_not_reach_is_named_in_a_warning_and_the_note(given):
+    inputs = torch.zeros(2, 4) if given == "tensor" else "auto"
+    with pytest.warns(DecayWarning, match=r"1 tensor outside the layers decaykit knows \(extra_gain\) decided by "
+                                          r"shape, not by use: the traced forward did not reach it; give it rules="):
+        p = decaykit.plan(Optional(), 0.1, example_inputs=inputs)
+    assert "extra_gain" in p.note and "pass example_inputs=" not in p.note  # it was passed
+    assert "(structural: not reached by the traced forward)" in p["extra_gain"].reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        reached = decaykit.plan(Optional(), 0.1, example_inputs=(torch.zeros(2, 4), True))
+    assert reached.note is None and not reached["extra_gain"].decay
 
 
 def test_the_default_trace_leaves_the_model_as_it_was():
