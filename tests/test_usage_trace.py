@@ -293,9 +293,9 @@ def test_the_default_trace_leaves_the_model_as_it_was():
     assert model.calls == 0 and not hasattr(model, "last") and "seen" not in model._buffers
 
 
-def test_distributed_forward_hooks_are_skipped_and_put_back():
-    """FSDP2 all-gathers in a forward pre-hook; on fake tensors that would run collectives. Hooks of
-    ``torch.distributed`` are left out of the pass and restored in their order; the user's run."""
+def test_forward_hooks_are_skipped_and_put_back():
+    """FSDP2 all-gathers in a forward pre-hook; on fake tensors that would run collectives. A user's
+    hook would keep fake tensors. Both are left out of the pass and restored in their order."""
     import functools
 
     from decaykit.policy import usage
@@ -313,7 +313,46 @@ def test_distributed_forward_hooks_are_skipped_and_put_back():
     before = list(model._forward_pre_hooks)
     assert usage._is_distributed(model._forward_pre_hooks[first.id])
     decaykit.plan(model, 0.1)
-    assert calls == ["user"] and list(model._forward_pre_hooks) == before
+    assert calls == [] and list(model._forward_pre_hooks) == before
+    model(model.example_inputs())
+    assert calls == ["distributed", "user"]
+
+
+def test_the_trace_runs_no_hook_and_leaves_what_the_forward_fills_as_it_was():
+    """A user's forward hook, a global one (in the tracing thread only) and lists and dicts the forward
+    appends to: none keeps a fake tensor. Torch's own weight_norm pre-hook still computes the weight."""
+
+    class Recording(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.gain = nn.Linear(4, 4), nn.Parameter(torch.ones(2, 2))
+            self.history: list[torch.Tensor] = []
+            self.stats = {"calls": 0, "seen": {"shapes": []}}
+
+        def forward(self, x):
+            h = (self.lin(x).unflatten(-1, (2, 2)) * self.gain).flatten(-2)
+            self.history.append(h)
+            self.stats["calls"] += 1
+            self.stats["last"] = h
+            self.stats["seen"]["shapes"].append(h.shape)
+            return h
+
+    model, captured = Recording(), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        nn.utils.weight_norm(model.lin)  # the old API: a forward pre-hook computes lin.weight
+    model.lin.register_forward_hook(lambda module, args, out: captured.append(out))
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        p = decaykit.plan(model, 0.1)
+        assert captured == [] and model.history == [] and model.stats == {"calls": 0, "seen": {"shapes": []}}
+        assert p["gain"].reason.endswith("(traced)") and not p["gain"].decay
+        assert p["lin.weight_g"].reason.endswith("(traced)") and p["lin.weight_v"].reason.endswith("(traced)")
+        model(torch.zeros(1, 4))
+        assert len(captured) == 3  # the hooks are back: the layer's own, the global one on lin and on the model
+    finally:
+        handle.remove()
+    assert len(model.history) == 1 and model.history[0].device.type == "cpu"
 
 
 def test_a_forward_that_stops_keeps_what_it_saw():

@@ -35,8 +35,10 @@ output shape depends on values the pass stops, and what was seen until then is k
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -599,7 +601,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     if evaluate:
         model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _no_distributed_hooks(model), mode, recorder:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _without_hooks(model), mode, recorder:
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
@@ -610,43 +612,129 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
 
 
 @contextlib.contextmanager
-def _no_distributed_hooks(model: nn.Module) -> Iterator[None]:
-    """Without the forward hooks of ``torch.distributed`` (FSDP2's all-gather before each forward):
-    on fake tensors they would run collectives, and only shapes are needed, which a sharded
-    parameter states globally. The hooks are put back in their order afterwards."""
+def _without_hooks(model: nn.Module) -> Iterator[None]:
+    """Without the model's forward hooks and pre-hooks, nor, in this thread, the global ones
+    (``register_module_forward_hook``): a user's hook would fire on fake tensors and keep them, and
+    ``torch.distributed``'s (FSDP2's all-gather) would run collectives where only shapes are needed.
+    Torch's own hooks that compute a weight (the old ``weight_norm`` and ``spectral_norm``, pruning
+    masks) stay. The hooks are put back in their order afterwards."""
     saved = []
     for module in model.modules():
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            ours = [k for k, hook in hooks.items() if _is_distributed(hook)]
-            if ours:
+            off = [k for k, hook in hooks.items() if not _computes_weight(hook)]
+            if off:
                 saved.append((hooks, dict(hooks)))
-                for k in ours:
+                for k in off:
                     del hooks[k]
     try:
-        yield
+        with _quiet_global_hooks():
+            yield
     finally:
         for hooks, before in saved:
             hooks.clear()
             hooks.update(before)
 
 
+def _computes_weight(hook: Any) -> bool:
+    """Whether a module hook is torch's own, outside ``torch.distributed``: part of how a layer computes."""
+    where = _hook_module(hook)
+    return where.startswith("torch.") and not where.startswith("torch.distributed")
+
+
 def _is_distributed(hook: Any) -> bool:
+    return _hook_module(hook).startswith("torch.distributed")
+
+
+def _hook_module(hook: Any) -> str:
+    """The module that defines a hook: its function's, its bound method's owner's, or its class's."""
     target = getattr(hook, "func", hook)  # functools.partial
     owner = getattr(target, "__self__", None)
-    where = type(owner).__module__ if owner is not None else getattr(target, "__module__", "") or ""
-    return where.startswith("torch.distributed")
+    return (type(owner).__module__ if owner is not None else getattr(target, "__module__", "")) or ""
 
 
-def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]:
-    """Each module's attributes and its parameter, buffer and child tables, as they are before the pass."""
-    return [(m, dict(m.__dict__), [dict(m._parameters), dict(m._buffers), dict(m._modules)]) for m in model.modules()]
+_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_buffer_registration_hooks",
+                 "_global_parameter_registration_hooks", "_global_module_registration_hooks")
+_TRACING = threading.local()  # set in the thread that runs a traced pass: the global hooks pass it by
+_GLOBAL_LOCK = threading.Lock()
+_global_passes = 0  # traced passes running, in any thread; the first wraps the global hooks, the last unwraps
 
 
-def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> None:
+class _QuietInTrace:
+    """A global hook that does nothing in a thread running a traced pass, and its usual work elsewhere."""
+
+    def __init__(self, hook: Callable[..., Any]) -> None:
+        self.hook = hook
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return None if getattr(_TRACING, "on", False) else self.hook(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_global_hooks() -> Iterator[None]:
+    """The global module hooks silenced in this thread only: other threads keep running theirs."""
+    global _global_passes
+    from torch.nn.modules import module as torch_module
+
+    tables = [getattr(torch_module, name, None) for name in _GLOBAL_HOOKS]
+    with _GLOBAL_LOCK:
+        if _global_passes == 0:
+            for table in tables:
+                for k, hook in list((table or {}).items()):
+                    table[k] = _QuietInTrace(hook)
+        _global_passes += 1
+    _TRACING.on = True
+    try:
+        yield
+    finally:
+        _TRACING.on = False
+        with _GLOBAL_LOCK:
+            _global_passes -= 1
+            if _global_passes == 0:
+                for table in tables:
+                    for k, hook in list((table or {}).items()):
+                        if isinstance(hook, _QuietInTrace):
+                            table[k] = hook.hook
+
+
+# What nn.Module keeps in its own attributes: the tables ``_restore`` puts back whole, and hook tables.
+_MODULE_TABLES = frozenset(nn.Module().__dict__)
+_CONTAINERS = (list, dict, set, collections.deque)
+
+
+def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]], list[tuple]]]:
+    """Each module's attributes, its parameter, buffer and child tables, and the contents of the
+    lists, dicts, sets and deques its attributes hold (nested ones too), as they are before the pass."""
+    saved = []
+    seen: set[int] = set()
+    for m in model.modules():
+        contents: list[tuple[Any, Any]] = []
+        for name, value in m.__dict__.items():
+            if name not in _MODULE_TABLES:
+                contents += _contents(value, seen)
+        saved.append((m, dict(m.__dict__), [dict(m._parameters), dict(m._buffers), dict(m._modules)], contents))
+    return saved
+
+
+def _contents(value: Any, seen: set[int], depth: int = 0) -> list[tuple[Any, Any]]:
+    """``(container, a copy of its items)`` for a list, dict, set or deque and those it holds, to a depth of 4."""
+    if not isinstance(value, _CONTAINERS) or id(value) in seen or depth >= 4:
+        return []
+    seen.add(id(value))
+    items = value.copy() if isinstance(value, (dict, set)) else list(value)
+    out = [(value, items)]
+    for item in (value.values() if isinstance(value, dict) else value if not isinstance(value, set) else ()):
+        out += _contents(item, seen, depth + 1)
+    return out
+
+
+def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]], list[tuple]]]) -> None:
     """Undo what the traced forward left on the model: ``self.cache = x`` would keep a fake tensor, a
-    buffer the forward registers would stay a fake one; the model must be exactly as it was. (Lazy
+    buffer the forward registers would stay a fake one, ``self.history.append(x)`` or
+    ``self.stats["calls"] += 1`` would change a list or dict the model holds; the model must be as
+    it was. Not undone: changes inside other objects an attribute holds (a config, a cache class),
+    in containers nested deeper than four levels, or outside the model (globals, closures). (Lazy
     modules, which would materialise their parameters in place, are refused before any pass.)"""
-    for module, attributes, tables in saved:
+    for module, attributes, tables, contents in saved:
         if module.__dict__.keys() != attributes.keys() or any(module.__dict__[k] is not v for k, v in attributes.items()):
             module.__dict__.clear()
             module.__dict__.update(attributes)
@@ -654,6 +742,23 @@ def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]
             if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
                 table.clear()
                 table.update(before)
+        for container, items in contents:
+            _put_back(container, items)
+
+
+def _put_back(container: Any, items: Any) -> None:
+    """``container``'s items as they were, in place, if the pass changed them."""
+    if isinstance(container, dict):
+        if container.keys() != items.keys() or any(container[k] is not v for k, v in items.items()):
+            container.clear()
+            container.update(items)
+    elif isinstance(container, set):
+        if container != items:
+            container.clear()
+            container.update(items)
+    elif len(container) != len(items) or any(a is not b for a, b in zip(container, items)):
+        container.clear()
+        container.extend(items)
 
 
 def _as_call(inputs: Any) -> tuple[tuple, dict]:
