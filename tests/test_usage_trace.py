@@ -103,7 +103,7 @@ class Tokens(nn.Module):
         self.proj = nn.Linear(c, c)
         self.relative_attention_bias = nn.Parameter(torch.zeros(buckets, heads))
         self.t5_style = nn.Embedding(buckets, heads)  # the same role, as T5 keeps it
-        self.position_table = nn.Parameter(torch.zeros(heads, 4, 4))  # added to attention scores
+        self.position_table = nn.Parameter(torch.zeros(heads, 4, 4))  # added to the tokens: varies along them
         self.sinks = nn.Parameter(torch.zeros(heads))  # one more logit per head (GPT-OSS attention sinks)
         self.mask_token = nn.Parameter(torch.zeros(c))  # written over masked positions (wav2vec2, BEiT)
         self.register_buffer("buckets", torch.zeros(4, 4, dtype=torch.long))
@@ -114,8 +114,10 @@ class Tokens(nn.Module):
         x[:, 0] = self.mask_token
         x = torch.cat([self.cls_token.expand(b, -1, -1), self.register_tokens.expand(b, -1, -1), x], 1)
         pooled = self.proj(self.query) + self.proj(self.queries).sum(0)
-        relative = self.relative_attention_bias[self.buckets].permute(2, 0, 1)  # (heads, 4, 4)
-        scores = x[:, :1, :1, None] + self.position_table + relative + self.t5_style(self.buckets).permute(2, 0, 1)
+        relative = self.relative_attention_bias[self.buckets].permute(2, 0, 1)  # (heads, 4, 4), as Swin lays it out
+        q = x[:, None, :4]
+        scores = (q @ q.mT) * x.shape[-1] ** -0.5 + relative + self.t5_style(self.buckets).permute(2, 0, 1)
+        scores = scores + (x[:, :1, :1, None] + self.position_table)
         sinks = self.sinks.reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[-2], 1)
         scores = torch.cat([scores, sinks], dim=-1)
         return x + pooled + scores.mean()
@@ -160,7 +162,7 @@ EXPECTED = {  # name -> (role, decayed) by use, whatever the shapes
     "tokens.query": ("token", True),
     "tokens.mask_token": ("token", True),
     "tokens.queries": ("token", True),
-    "tokens.relative_attention_bias": ("position", True),
+    "tokens.relative_attention_bias": ("bias", False),  # added to attention scores, as an attn_mask is
     "tokens.t5_style.weight": ("embedding", True),
     "tokens.position_table": ("position", True),
     "tokens.sinks": ("bias", False),
@@ -224,9 +226,9 @@ def test_without_an_input_the_structure_decides_and_says_so():
         def forward(self, x):
             return self.rnn(x)[0] * self.gain
 
-    with pytest.warns(DecayWarning, match="decided from the structure"):
+    with pytest.warns(DecayWarning, match=r"\(gain\) decided by shape, not by use: Opaque has no example_inputs"):
         p = decaykit.plan(Opaque(), 0.1, example_inputs="auto")
-    assert all("(structural: no example input" in d.reason for d in p)
+    assert all("(structural: no example input" in d.reason for d in p) and "pass example_inputs=" in p.note
     with pytest.warns(DecayWarning, match=r"1 tensor outside the layers decaykit knows \(gain\) decided by shape"):
         default = decaykit.plan(Opaque(), 0.1)
     assert default["gain"].decay and "shape rule" in default["gain"].reason  # the guess, said as one
@@ -236,6 +238,33 @@ def test_without_an_input_the_structure_decides_and_says_so():
         warnings.simplefilter("error", DecayWarning)  # a tensor a rule decides is not left to its shape
         ruled = decaykit.plan(Opaque(), 0.1, rules=["gain:wd=0"])
     assert ruled.note is None and not ruled["gain"].decay
+
+
+class Optional(nn.Module):
+    """A gain only used when the forward is asked to (``use_extra=True``): an input can miss it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.extra_gain = nn.Parameter(torch.ones(2, 2))
+
+    def forward(self, x: torch.Tensor, use_extra: bool = False) -> torch.Tensor:
+        h = self.lin(x)
+        return (h.unflatten(-1, (2, 2)) * self.extra_gain).flatten(-2) if use_extra else h
+
+
+@pytest.mark.parametrize("given", ["tensor", "auto"])
+def test_a_tensor_the_given_input_does_not_reach_is_named_in_a_warning_and_the_note(given):
+    inputs = torch.zeros(2, 4) if given == "tensor" else "auto"
+    with pytest.warns(DecayWarning, match=r"1 tensor outside the layers decaykit knows \(extra_gain\) decided by "
+                                          r"shape, not by use: the traced forward did not reach it; give it rules="):
+        p = decaykit.plan(Optional(), 0.1, example_inputs=inputs)
+    assert "extra_gain" in p.note and "pass example_inputs=" not in p.note  # it was passed
+    assert "(structural: not reached by the traced forward)" in p["extra_gain"].reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        reached = decaykit.plan(Optional(), 0.1, example_inputs=(torch.zeros(2, 4), True))
+    assert reached.note is None and not reached["extra_gain"].decay
 
 
 def test_the_default_trace_leaves_the_model_as_it_was():
@@ -264,9 +293,9 @@ def test_the_default_trace_leaves_the_model_as_it_was():
     assert model.calls == 0 and not hasattr(model, "last") and "seen" not in model._buffers
 
 
-def test_distributed_forward_hooks_are_skipped_and_put_back():
-    """FSDP2 all-gathers in a forward pre-hook; on fake tensors that would run collectives. Hooks of
-    ``torch.distributed`` are left out of the pass and restored in their order; the user's run."""
+def test_forward_hooks_are_skipped_and_put_back():
+    """FSDP2 all-gathers in a forward pre-hook; on fake tensors that would run collectives. A user's
+    hook would keep fake tensors. Both are left out of the pass and restored in their order."""
     import functools
 
     from decaykit.policy import usage
@@ -284,7 +313,46 @@ def test_distributed_forward_hooks_are_skipped_and_put_back():
     before = list(model._forward_pre_hooks)
     assert usage._is_distributed(model._forward_pre_hooks[first.id])
     decaykit.plan(model, 0.1)
-    assert calls == ["user"] and list(model._forward_pre_hooks) == before
+    assert calls == [] and list(model._forward_pre_hooks) == before
+    model(model.example_inputs())
+    assert calls == ["distributed", "user"]
+
+
+def test_the_trace_runs_no_hook_and_leaves_what_the_forward_fills_as_it_was():
+    """A user's forward hook, a global one (in the tracing thread only) and lists and dicts the forward
+    appends to: none keeps a fake tensor. Torch's own weight_norm pre-hook still computes the weight."""
+
+    class Recording(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.gain = nn.Linear(4, 4), nn.Parameter(torch.ones(2, 2))
+            self.history: list[torch.Tensor] = []
+            self.stats = {"calls": 0, "seen": {"shapes": []}}
+
+        def forward(self, x):
+            h = (self.lin(x).unflatten(-1, (2, 2)) * self.gain).flatten(-2)
+            self.history.append(h)
+            self.stats["calls"] += 1
+            self.stats["last"] = h
+            self.stats["seen"]["shapes"].append(h.shape)
+            return h
+
+    model, captured = Recording(), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        nn.utils.weight_norm(model.lin)  # the old API: a forward pre-hook computes lin.weight
+    model.lin.register_forward_hook(lambda module, args, out: captured.append(out))
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        p = decaykit.plan(model, 0.1)
+        assert captured == [] and model.history == [] and model.stats == {"calls": 0, "seen": {"shapes": []}}
+        assert p["gain"].reason.endswith("(traced)") and not p["gain"].decay
+        assert p["lin.weight_g"].reason.endswith("(traced)") and p["lin.weight_v"].reason.endswith("(traced)")
+        model(torch.zeros(1, 4))
+        assert len(captured) == 3  # the hooks are back: the layer's own, the global one on lin and on the model
+    finally:
+        handle.remove()
+    assert len(model.history) == 1 and model.history[0].device.type == "cpu"
 
 
 def test_a_forward_that_stops_keeps_what_it_saw():
@@ -525,3 +593,138 @@ def test_a_mask_token_is_reached_through_a_masked_image():
         p = decaykit.plan(model, 0.1)
     mask, cls = p["embeddings.mask_token"], p["embeddings.cls_token"]
     assert mask.reason.endswith("(traced)") and (mask.role, mask.decay) == (cls.role, cls.decay) == ("token", True)
+
+
+class HeadBiases(nn.Module):
+    """Per-head biases (heads, head_dim) added to the queries, as Transformer-XL's ``r_w_bias``: one
+    named like a bias, one not; ``seq_first`` takes (T, B, C) like Transformer-XL and XLNet."""
+
+    def __init__(self, seq_first: bool = False) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.head_bias = nn.Parameter(torch.zeros(2, 4))
+        self.u = nn.Parameter(torch.zeros(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x).unflatten(-1, (2, 4))
+        return ((q + self.head_bias) * (q + self.u)).flatten(-2)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8), (1, 5, 8), (5, 2, 8)])
+def test_a_per_head_bias_is_a_bias_where_the_input_has_tokens(shape):
+    p = decaykit.plan(HeadBiases(), 0.1, example_inputs=torch.zeros(shape, device="meta"))
+    for name in ("head_bias", "u"):
+        assert (p[name].role, p[name].decay, p[name].reason) == ("bias", False, "added to activations in add: a bias (traced)")
+
+
+@pytest.mark.parametrize("shape", [(2, 8), (5, 1, 8)])  # feature vectors; or sequence first with a batch of 1
+def test_a_per_head_bias_is_no_position_table_where_the_trace_cannot_tell_the_tokens(shape):
+    """(B, C) has no token axis, and in (T, 1, C) either axis may be the batch: the structure decides."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        p = decaykit.plan(HeadBiases(), 0.1, example_inputs=torch.zeros(shape, device="meta"))
+    assert (p["head_bias"].role, p["head_bias"].decay) == ("bias", False)
+    assert p["u"].role != "position" and p["u"].reason.startswith("2-D tensor on HeadBiases (shape rule")
+    assert all("(structural: added to activations in add as a (2,4) tensor" in p[n].reason for n in ("head_bias", "u"))
+    default = decaykit.plan(HeadBiases(), 0.1)  # the input decaykit makes from the first Linear: (2, 8)
+    assert (default["head_bias"].role, default["head_bias"].decay) == ("bias", False)
+
+
+def test_xlnet_content_and_position_biases_are_biases():
+    """XLNet is traced with a batch of 1 and lays out its queries (T, B, H, D): ``r_w_bias`` and
+    ``r_r_bias`` are constant along the tokens, the first axis."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.XLNetConfig(d_model=32, n_layer=1, n_head=2, d_inner=64, vocab_size=96)
+    with torch.device("meta"):
+        model = transformers.XLNetModel(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        p = decaykit.plan(model, 0.1)
+    for name in ("layer.0.rel_attn.r_w_bias", "layer.0.rel_attn.r_r_bias"):
+        assert (p[name].role, p[name].decay) == ("bias", False) and p[name].reason.endswith("(traced)"), p[name].reason
+
+
+class RelativePositionAttention(nn.Module):
+    """Swin / BEiT / LeViT: a table gathered by a constant index and added to the attention scores,
+    eagerly or as the ``attn_mask`` of ``F.scaled_dot_product_attention``. Its name says nothing."""
+
+    def __init__(self, eager: bool, n: int = 4, heads: int = 2) -> None:
+        super().__init__()
+        self.eager, self.heads = eager, heads
+        self.qkv = nn.Linear(8, 24)
+        self.table = nn.Parameter(torch.zeros(2 * n - 1, heads))
+        self.register_buffer("index", torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        if not self.eager:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        scores = (q @ k.mT) * q.shape[-1] ** -0.5 + bias
+        return scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_table_added_to_attention_scores_is_a_bias_however_attention_is_written(eager):
+    p = decaykit.plan(RelativePositionAttention(eager), 0.1, example_inputs=torch.zeros(2, 4, 8, device="meta"))
+    assert (p["table"].role, p["table"].decay) == ("bias", False) and p["table"].reason.endswith("(traced)")
+
+
+class Gains(nn.Module):
+    """Gains written with ``einsum`` (JAX ports, SSM code) or a diagonal matrix, beside true contractions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.gain = nn.Parameter(torch.ones(8))
+        self.head_gain = nn.Parameter(torch.ones(2, 4))
+        self.D = nn.Parameter(torch.ones(2))
+        self.diagonal = nn.Parameter(torch.ones(8))
+        self.experts = nn.Parameter(torch.randn(2, 4, 4))
+        self.pool = nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.einsum("btd,d->btd", self.proj(x), self.gain) @ torch.diag(self.diagonal)
+        q = torch.einsum("...hd,hd->...hd", x.unflatten(-1, (2, 4)), self.head_gain)
+        q = q + torch.einsum("bthd,h->bthd", q, self.D)
+        return torch.einsum("bthd,hde->bthe", q, self.experts).flatten(-2) + torch.einsum("bthd,hd", q, self.pool)[..., None]
+
+
+def test_an_einsum_that_sums_out_none_of_a_parameters_indices_multiplies_by_it():
+    p = decaykit.plan(Gains(), 0.1, example_inputs=torch.zeros(2, 3, 8, device="meta"))
+    got = {n: (p[n].role, p[n].decay) for n in ("gain", "head_gain", "D", "diagonal", "experts", "pool")}
+    assert got == {"gain": ("scale", False), "head_gain": ("scale", False), "D": ("scale", False),
+                   "diagonal": ("scale", False), "experts": ("weight", True), "pool": ("weight", True)}
+    assert p["gain"].reason == "multiplies activations in einsum: a scale (traced)"
+
+
+class WeightNormed(nn.Module):
+    """A weight norm written by hand (EDM2's MPConv): a per-output gain times a unit-norm direction; and a
+    rank-1 weight made of two factors, each broadcast along the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v, self.g = nn.Parameter(torch.randn(4, 8)), nn.Parameter(torch.ones(4, 1))
+        self.left, self.right = nn.Parameter(torch.randn(4, 1)), nn.Parameter(torch.randn(1, 4))
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.g * self.v / self.v.norm(dim=1, keepdim=True)), self.left * self.right)
+
+
+def test_a_gain_multiplied_into_a_weight_is_a_scale_of_it():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        p = decaykit.plan(WeightNormed(), 0.1)  # traced by default: v and g are outside the layers decaykit knows
+    got = {n: (p[n].role, p[n].decay) for n in ("v", "g", "left", "right")}
+    assert got == {"v": ("weight", True), "g": ("scale", False), "left": ("weight", True), "right": ("weight", True)}
+    assert p["g"].reason == "scales a weight in mul, broadcast along its axes: a gain (traced)"
+    assert decaykit.plan(WeightNormed(), 0.1, example_inputs=False)["g"].decay is False  # as the structure says
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated, still in published code
+        old = nn.utils.weight_norm(nn.Linear(8, 4))  # the old API computes the weight in a forward pre-hook
+    traced = decaykit.plan(old, 0.1, example_inputs=torch.zeros(2, 8))
+    assert (traced["weight_g"].role, traced["weight_g"].decay, traced["weight_v"].decay) == ("scale", False, True)

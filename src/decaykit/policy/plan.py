@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from decaykit._render import Cell, Report, format_table, html_lines, html_report, html_table
@@ -215,7 +216,8 @@ def plan(
             model's ``example_inputs()``, a transformers config's vocabulary, timm's input size, a
             first layer's size). One forward pass on fake tensors then shows how each tensor is
             used, and the ``"decaykit"`` policy decides from that; tensors the pass does not reach
-            are decided from the structure. ``None`` (the default) traces on an input decaykit
+            are decided from the structure, and those it would guess about are named in a warning
+            and in ``Plan.note``. ``None`` (the default) traces on an input decaykit
             makes only where the structure would have to guess (a tensor outside the layers it
             knows: a 2-D gain, Mamba's ``A_log``, a learned token), and says in a warning and in
             ``Plan.note`` what is still decided by shape; ``False`` never traces.
@@ -225,17 +227,32 @@ def plan(
     given = {"rules": rules, "exclude": exclude, "decay_embeddings": decay_embeddings, "layer_decay": layer_decay,
              "layer_of": layer_of, "tied": tied, "strict": strict}
     settings = Policy.of(policy, **{k: v for k, v in given.items() if not _is_default(k, v)})
+    hint = "pass example_inputs= to decide them by how the model uses them"
     if example_inputs is None:
         trace, unseen, why = _trace_where_shape_decides(model, settings)
     else:
-        trace, unseen, why = _trace(model, example_inputs), set(), ""
+        trace = _trace(model, example_inputs)
+        unseen, why = _left_to_shape(model, settings, trace)
+        if trace is not None and trace.ran:  # the input is there: rules are what can still decide them
+            hint = "give them rules= where their shape misleads"
     decided = _plan_for(model, weight_decay, settings, trace)
-    decided.note = _by_shape_note(decided, unseen, why)
+    decided.note = _by_shape_note(decided, unseen, why, hint)
+    if decided.note is None and example_inputs is not None and trace is not None and trace.stopped is not None:
+        _warn_stopped(model, trace)  # no tensor left to its shape, but the known layers it did not reach
     return decided
 
 
+def _warn_stopped(model: nn.Module, trace: Trace) -> None:
+    if not trace.ran:
+        message = f"example_inputs='auto': {trace.stopped}; every tensor is decided from the structure"
+    else:
+        message = (f"example_inputs: the traced forward of {type(unwrap_model(model)).__name__} stopped at "
+                   f"{trace.stopped}; tensors it did not reach are decided from the structure")
+    warnings.warn(message, DecayWarning, stacklevel=4)
+
+
 def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
-    """The traced uses for ``example_inputs`` (``False``: none), warning where the pass fell short."""
+    """The traced uses for ``example_inputs`` (``False``: none)."""
     if example_inputs is False:
         return None
     if example_inputs is True:
@@ -246,17 +263,8 @@ def _trace(model: nn.Module, example_inputs: Any) -> Trace | None:
     if isinstance(example_inputs, str):
         if example_inputs != "auto":
             raise DecayError(f"example_inputs must be the model's input, 'auto' or False, got {example_inputs!r}")
-        trace = trace_on_own_input(bare)
-        if not trace.ran:
-            warnings.warn(f"example_inputs='auto': {trace.stopped}; every tensor is decided from the structure; "
-                          "pass example_inputs=", DecayWarning, stacklevel=4)
-            return trace
-    else:
-        trace = run_trace(bare, example_inputs)
-    if trace.stopped is not None:
-        warnings.warn(f"example_inputs: the traced forward of {type(bare).__name__} stopped at {trace.stopped}; "
-                      "tensors it did not reach are decided from the structure", DecayWarning, stacklevel=4)
-    return trace
+        return trace_on_own_input(bare)
+    return run_trace(bare, example_inputs)
 
 
 def _trace_where_shape_decides(model: nn.Module, policy: Policy) -> tuple[Trace | None, set[int], str]:
@@ -264,37 +272,59 @@ def _trace_where_shape_decides(model: nn.Module, policy: Policy) -> tuple[Trace 
     would guess (a trainable tensor outside the layers decaykit knows: a 2-D gain, Mamba's ``A_log``,
     a learned token); else none, as it would change nothing. Also the ``id`` of each such tensor the
     trace did not reach, and why."""
-    if policy.name != "decaykit":
+    if policy.name != "decaykit" or not _guessed(model):
         return None, set(), ""  # the replicas decide as their anchors do, from names and shapes
-    guessed = [infos[0].param for infos in collect_params(model).values()
-               if infos[0].param.requires_grad and decided_by_shape(infos[0])]
-    if not guessed:
-        return None, set(), ""
-    trace: Trace | None = None
     try:
-        trace = trace_on_own_input(unwrap_model(model))  # type: ignore[arg-type]
+        trace: Trace | None = trace_on_own_input(unwrap_model(model))  # type: ignore[arg-type]
     except Exception as exc:  # the model's own example_inputs() failed, or its tensors refused a shape-only copy
-        why = f"no traced pass: {type(exc).__name__}: {exc}"[:200]
+        return None, {id(p) for p in _guessed(model)}, f"no traced pass: {type(exc).__name__}: {exc}"[:200]
+    if trace is not None and trace.ran and not trace.uses:
+        return None, {id(p) for p in _guessed(model)}, f"the traced forward stopped at once: {trace.stopped}"
+    unseen, why = _left_to_shape(model, policy, trace)
+    return (trace if trace is not None and trace.ran else None), unseen, why
+
+
+def _guessed(model: nn.Module) -> list[torch.Tensor]:
+    """The trainable tensors whose role the structure can only guess (:func:`decided_by_shape`)."""
+    return [infos[0].param for infos in collect_params(model).values()
+            if infos[0].param.requires_grad and decided_by_shape(infos[0])]
+
+
+def _left_to_shape(model: nn.Module, policy: Policy, trace: Trace | None) -> tuple[set[int], str]:
+    """The ``id`` of each tensor the structure guesses that ``trace`` left to it (not reached, or
+    reached by a use that does not tell its role), and why; none where the policy ignores the trace."""
+    if trace is None or policy.name != "decaykit":
+        return set(), ""
+    guessed = _guessed(model)
+    if not trace.ran:
+        return {id(p) for p in guessed}, str(trace.stopped)
+    missed = {id(p) for p in guessed if trace.use_of(p) is None}
+    untold = {id(p) for p in guessed if getattr(trace.use_of(p), "kind", None) == "other"}
+    stop = f" (it stopped at {trace.stopped})" if trace.stopped else ""
+    if missed and untold:
+        why = f"the traced forward did not reach some{stop}, and their use did not tell what the others are"
+    elif untold:
+        why = "their use in the traced forward did not tell what they are"
     else:
-        if not trace.ran:
-            why, trace = str(trace.stopped), None
-        elif not trace.uses:
-            why, trace = f"the traced forward stopped at once: {trace.stopped}", None
-        else:
-            why = "the traced forward did not reach them" + (f" (it stopped at {trace.stopped})" if trace.stopped else "")
-    return trace, {id(p) for p in guessed if trace is None or trace.use_of(p) is None}, why
+        why = "the traced forward did not reach them" + stop
+    return missed | untold, why
 
 
-def _by_shape_note(decided: Plan, unseen: set[int], why: str) -> str | None:
+def _by_shape_note(decided: Plan, unseen: set[int], why: str, hint: str) -> str | None:
     """What is decided by its shape alone although its use would tell (``unseen`` tensors the policy decided,
-    not a rule or hook), and why it was not traced: warned once and kept in ``Plan.note``."""
+    not a rule or hook), why it was not traced and what to do: warned once and kept in ``Plan.note``."""
     names = [d.name for d in decided.trainable if d.source == "policy" and id(d.param) in unseen]
     if not names:
         return None
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    why = why.replace("reach them", "reach it") if len(names) == 1 else why
+    text = f"{why}; {hint}"
+    if len(names) == 1:
+        for plural, singular in (("reach them", "reach it"), ("what they are", "what it is"), ("their use", "its use"),
+                                 ("decide them", "decide it"), ("uses them", "uses it"), ("give them", "give it"),
+                                 ("their shape", "its shape")):
+            text = text.replace(plural, singular)
     note = (f"{len(names)} tensor{'s' if len(names) > 1 else ''} outside the layers decaykit knows ({shown}) "
-            f"decided by shape, not by use: {why}; pass example_inputs= to decide them by how the model uses them")
+            f"decided by shape, not by use: {text}")
     warnings.warn(note, DecayWarning, stacklevel=3)
     return note
 

@@ -3,24 +3,29 @@
 A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, nor Mamba's
 ``A_log`` from a weight; the operation that consumes the tensor can:
 
-- the matrix operand of ``F.linear``, ``@``, ``einsum``, ``bmm``, a convolution -> ``weight``, decayed;
+- the matrix operand of ``F.linear``, ``@``, ``bmm``, a convolution, or of an ``einsum`` that sums out
+  one of its indices -> ``weight``, decayed; a parameter multiplied into such a weight, broadcast
+  along it (a weight norm's ``g * v / v.norm()``), is a gain of it -> ``scale``;
 - the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
   the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
   input of a layer -> ``token``, treated like an embedding;
-- added to activations: per channel or the same for every token -> ``bias``, no decay; a table that
-  varies along the tokens -> ``position``, like an embedding;
-- multiplies activations (the gain of a norm, a layer scale) -> ``norm`` / ``scale``, no decay;
+- added to activations: per channel or the same for every token, or added to attention scores (a
+  relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
+  tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
+  could be its tokens (a (T, 1, C) input), neither can be told and the structure decides;
+- multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
+  of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
   anything but a matmul -> ``state``, no decay.
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
 constants or buffers (a weight times a mask) and operations on parameters alone (a weight
-standardised, tokens concatenated together, a parametrization) pass a parameter through
-unchanged. The pass runs under ``FakeTensorMode``: no real compute, no real memory. A value read
-(``if mask.all():``) gets a stand-in; at an operation whose output shape depends on values the
-pass stops, and what was seen until then is kept.
+standardised, tokens concatenated together, a parametrization; not a gain broadcast over a
+weight) pass a parameter through unchanged. The pass runs under ``FakeTensorMode``: no real
+compute, no real memory. A value read (``if mask.all():``) gets a stand-in; at an operation whose
+output shape depends on values the pass stops, and what was seen until then is kept.
 
 >>> from torch import nn
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
@@ -30,8 +35,10 @@ pass stops, and what was seen until then is kept.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -89,6 +96,11 @@ _POSITIONS: dict[str, tuple[str, ...]] = {
 _MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum", "tensordot", "inner", "outer",
                      "dot", "vdot", "kron", "chain_matmul", "multi_dot", "ger",
                      "grouped_mm", "_grouped_mm", "bmm_", "baddbmm_", "addmm_"})
+# Where an activation gets spatial axes: feature vectors (B, F) become a sequence of positions.
+_CONVOLUTIONS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+# A parameter multiplied into another, broadcast along it, before either meets activations: a gain of a weight.
+_SCALES_A_WEIGHT = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__",
+                              "__itruediv__", "true_divide", "multiply", "_weight_norm"})
 # Picking rows of a parameter by a tensor of indices: token ids pick embedding rows, a router's
 # choice picks an expert's weight or bias; what the rows then feed decides which.
 _SELECT = frozenset({"__getitem__", "index_select", "gather", "take", "take_along_dim"})
@@ -111,6 +123,8 @@ _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "per
                    "__get__", "neg", "__neg__", "clamp", "clamp_", "clip", "normalize", "requires_grad_", "as_strided",
                    "repeat_interleave", "roll", "flip", "tensor_split", "split_with_sizes", "interpolate", "pad",
                    "diagonal", "tril", "triu", "abs", "__pos__"})
+# What attention scores go through and stay scores: views, scaling, masking, adding biases.
+_KEEPS_SCORES = _PASS | _MUL | _ADD | {"masked_fill", "masked_fill_", "where"}
 # What makes an activation "normalised": a gain multiplying it is a norm gain.
 _NORMALISING = frozenset({"rsqrt", "layer_norm", "rms_norm", "group_norm", "normalize", "batch_norm", "instance_norm"})
 _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index in {f}",
@@ -189,6 +203,15 @@ class _Recorder(TorchFunctionMode):
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
+        self.diagonal: set[int] = set()  # ids of a 1-D parameter laid out as a diagonal matrix (``torch.diag(g)``)
+        # ids of attention scores: a product of two activations (``q @ k.mT``), scaled and masked; what
+        # is added to them is a bias, as ``attn_mask`` is to ``F.scaled_dot_product_attention``
+        self.scores: set[int] = set()
+        # the batch sizes the inputs may have ((T, 1, ...) may be a batch of 1, sequence first), and
+        # whether anything has a token axis: feature vectors (B, F) have none until a convolution
+        # makes one, and an addend to them cannot be told a bias or a position table
+        self.batch = {t.shape[0] for t in inputs if t.ndim} | {1 for t in inputs if t.ndim > 2 and t.shape[1] == 1}
+        self.tokens = any(t.ndim >= (3 if t.is_floating_point() else 2) for t in inputs)
         self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
         self.uses: dict[int, list[Use]] = {}
 
@@ -213,6 +236,10 @@ class _Recorder(TorchFunctionMode):
             self._mark(out, self.live, skip=self.origin)
             if all(id(t) in self.masks for t in live):
                 self._mark(out, self.masks, skip=self.origin)
+            self.tokens = self.tokens or bare in _CONVOLUTIONS
+            product = bare in _MATMUL and sum(id(t) not in self.origin for t in live) >= 2  # q @ k.mT
+            if product or (bare in _KEEPS_SCORES and any(id(t) in self.scores for t in live)):
+                self._mark(out, self.scores, skip=self.origin)
 
     def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                  live: list[torch.Tensor]) -> None:
@@ -233,14 +260,21 @@ class _Recorder(TorchFunctionMode):
             if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
                 for t in traced:
                     self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
+            if bare in _SCALES_A_WEIGHT and not live:
+                traced = self._without_gains(shown, traced, out)
             via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
             self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via,
                           any(id(t) in self.selected for t in traced))
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
+            if bare == "diag_embed" or (bare == "diag" and first is not None and first.ndim == 1):
+                self._mark(out, self.diagonal)
         else:
+            # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
+            elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
             for t in traced:
-                self._use(t, self._elementwise(bare, shown, t, live, _last_axis_join(bare, args, kwargs)))
+                how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
+                self._use(t, self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs)))
 
     def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
                      last_axis: bool = False) -> Use:
@@ -250,6 +284,22 @@ class _Recorder(TorchFunctionMode):
         if bare in _MATMUL or others:
             return self._with_activations(bare, shown, tensor, others, last_axis)
         return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
+
+    def _without_gains(self, shown: str, traced: list[torch.Tensor], out: Any) -> list[torch.Tensor]:
+        """``traced`` less the gains of a weight: a parameter that multiplies another one of the product's
+        whole shape, broadcast along some of its axes (a weight norm's magnitude ``g * v / v.norm()``,
+        a per-channel gain folded into a kernel) scales that weight and is no part of the matrix."""
+        shape = next((tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)), None)
+        whole = {p for t in traced if tuple(t.shape) == shape for p in self.origin[id(t)]}
+        if not whole:
+            return traced  # no operand has the product's shape: factors of it (``u * v.mT``), not gains
+        kept = []
+        for t in traced:
+            if tuple(t.shape) == shape or set(self.origin[id(t)]) <= whole:  # the weight, or its own norm
+                kept.append(t)
+            else:
+                self._use(t, Use("scale", shown, f"scales a weight in {shown}, broadcast along its axes: a gain"))
+        return kept
 
     def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
         for t in tree_flatten(out)[0]:
@@ -325,8 +375,15 @@ class _Recorder(TorchFunctionMode):
         if bare in _ADD:
             # per channel as used or as stored (a (24,) bias viewed as (4,4)), or the same for every
             # token (a per-expert bias (E,1,C)): a bias; a table that varies along the tokens is positional
-            if _per_channel(tensor.shape) or stored_per_channel or _constant_along_tokens(tensor.shape, activations):
+            along = _along_tokens(tensor.shape, activations, self.batch)
+            if _per_channel(tensor.shape) or stored_per_channel or along == "constant":
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
+            if any(id(a) in self.scores for a in activations):  # a relative-position table as Swin adds it
+                return Use("bias", shown, f"added to attention scores in {shown}: a bias")
+            if not self.tokens or along == "unknown":  # a per-head (H, D) bias, or a table: the trace cannot tell
+                why = "the input has no token axis" if not self.tokens else "its batch axis could be its tokens"
+                return Use("other", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} tensor, "
+                                           f"but {why}: a bias or a position table?")
             return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table")
         if bare in _MUL:
             if all(id(a) in self.masks for a in activations):
@@ -375,13 +432,36 @@ def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
     return isinstance(dim, int) and dim % max(ndim, 1) == ndim - 1
 
 
-def _constant_along_tokens(shape: torch.Size, activations: list[torch.Tensor]) -> bool:
-    """Whether an addend of ``shape`` is broadcast along an axis of an activation other than its first (batch) one."""
+def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: set[int]) -> str:
+    """How an addend of ``shape`` lies along the tokens of the activations: ``"constant"`` where it is
+    broadcast along an axis of more than one entry that is not the batch axis (the first axis of the
+    batch size: a seq-first (T, 1, H, D) activation of a batch of 1 has it second), ``"varies"`` where
+    it is not, ``"unknown"`` where the batch sizes the inputs may have (``batches``) disagree."""
+    verdicts = set()
     for a in activations:
         padded = (1,) * (a.ndim - len(shape)) + tuple(shape)
-        if any(s == 1 and n > 1 for s, n in zip(padded[1:], a.shape[1:])):
-            return True
-    return False
+        seen = set()
+        for b in batches or {None}:
+            batch_axis = next((i for i, n in enumerate(a.shape) if n == b), None)
+            seen.add(any(s == 1 and n > 1 and i != batch_axis for i, (s, n) in enumerate(zip(padded, a.shape))))
+        verdicts.add("unknown" if len(seen) > 1 else "constant" if True in seen else "varies")
+    return next((v for v in ("constant", "unknown") if v in verdicts), "varies")
+
+
+def _einsum_elementwise(args: tuple) -> set[int]:
+    """The ids of ``einsum``'s operands none of whose indices is summed out: ``"btd,d->btd"`` multiplies
+    by a gain elementwise, where ``"btd,de->bte"`` contracts a matrix."""
+    if not args or not isinstance(args[0], str):
+        return set()  # the sublist form: every operand counts as contracted
+    operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+    lhs, arrow, rhs = args[0].replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow:  # implicit output: the indices that appear once, and the ellipsis
+        letters = "".join(terms).replace(".", "")
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    kept = set(rhs.replace("...", "_"))
+    return {id(op) for term, op in zip(terms, operands)
+            if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
 
 
 def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
@@ -523,7 +603,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     if evaluate:
         model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _no_distributed_hooks(model), mode, recorder:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _without_hooks(model), mode, recorder:
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
@@ -534,43 +614,129 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
 
 
 @contextlib.contextmanager
-def _no_distributed_hooks(model: nn.Module) -> Iterator[None]:
-    """Without the forward hooks of ``torch.distributed`` (FSDP2's all-gather before each forward):
-    on fake tensors they would run collectives, and only shapes are needed, which a sharded
-    parameter states globally. The hooks are put back in their order afterwards."""
+def _without_hooks(model: nn.Module) -> Iterator[None]:
+    """Without the model's forward hooks and pre-hooks, nor, in this thread, the global ones
+    (``register_module_forward_hook``): a user's hook would fire on fake tensors and keep them, and
+    ``torch.distributed``'s (FSDP2's all-gather) would run collectives where only shapes are needed.
+    Torch's own hooks that compute a weight (the old ``weight_norm`` and ``spectral_norm``, pruning
+    masks) stay. The hooks are put back in their order afterwards."""
     saved = []
     for module in model.modules():
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            ours = [k for k, hook in hooks.items() if _is_distributed(hook)]
-            if ours:
+            off = [k for k, hook in hooks.items() if not _computes_weight(hook)]
+            if off:
                 saved.append((hooks, dict(hooks)))
-                for k in ours:
+                for k in off:
                     del hooks[k]
     try:
-        yield
+        with _quiet_global_hooks():
+            yield
     finally:
         for hooks, before in saved:
             hooks.clear()
             hooks.update(before)
 
 
+def _computes_weight(hook: Any) -> bool:
+    """Whether a module hook is torch's own, outside ``torch.distributed``: part of how a layer computes."""
+    where = _hook_module(hook)
+    return where.startswith("torch.") and not where.startswith("torch.distributed")
+
+
 def _is_distributed(hook: Any) -> bool:
+    return _hook_module(hook).startswith("torch.distributed")
+
+
+def _hook_module(hook: Any) -> str:
+    """The module that defines a hook: its function's, its bound method's owner's, or its class's."""
     target = getattr(hook, "func", hook)  # functools.partial
     owner = getattr(target, "__self__", None)
-    where = type(owner).__module__ if owner is not None else getattr(target, "__module__", "") or ""
-    return where.startswith("torch.distributed")
+    return (type(owner).__module__ if owner is not None else getattr(target, "__module__", "")) or ""
 
 
-def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]:
-    """Each module's attributes and its parameter, buffer and child tables, as they are before the pass."""
-    return [(m, dict(m.__dict__), [dict(m._parameters), dict(m._buffers), dict(m._modules)]) for m in model.modules()]
+_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_buffer_registration_hooks",
+                 "_global_parameter_registration_hooks", "_global_module_registration_hooks")
+_TRACING = threading.local()  # set in the thread that runs a traced pass: the global hooks pass it by
+_GLOBAL_LOCK = threading.Lock()
+_global_passes = 0  # traced passes running, in any thread; the first wraps the global hooks, the last unwraps
 
 
-def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> None:
+class _QuietInTrace:
+    """A global hook that does nothing in a thread running a traced pass, and its usual work elsewhere."""
+
+    def __init__(self, hook: Callable[..., Any]) -> None:
+        self.hook = hook
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return None if getattr(_TRACING, "on", False) else self.hook(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_global_hooks() -> Iterator[None]:
+    """The global module hooks silenced in this thread only: other threads keep running theirs."""
+    global _global_passes
+    from torch.nn.modules import module as torch_module
+
+    tables = [getattr(torch_module, name, None) for name in _GLOBAL_HOOKS]
+    with _GLOBAL_LOCK:
+        if _global_passes == 0:
+            for table in tables:
+                for k, hook in list((table or {}).items()):
+                    table[k] = _QuietInTrace(hook)
+        _global_passes += 1
+    _TRACING.on = True
+    try:
+        yield
+    finally:
+        _TRACING.on = False
+        with _GLOBAL_LOCK:
+            _global_passes -= 1
+            if _global_passes == 0:
+                for table in tables:
+                    for k, hook in list((table or {}).items()):
+                        if isinstance(hook, _QuietInTrace):
+                            table[k] = hook.hook
+
+
+# What nn.Module keeps in its own attributes: the tables ``_restore`` puts back whole, and hook tables.
+_MODULE_TABLES = frozenset(nn.Module().__dict__)
+_CONTAINERS = (list, dict, set, collections.deque)
+
+
+def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]], list[tuple]]]:
+    """Each module's attributes, its parameter, buffer and child tables, and the contents of the
+    lists, dicts, sets and deques its attributes hold (nested ones too), as they are before the pass."""
+    saved = []
+    seen: set[int] = set()
+    for m in model.modules():
+        contents: list[tuple[Any, Any]] = []
+        for name, value in m.__dict__.items():
+            if name not in _MODULE_TABLES:
+                contents += _contents(value, seen)
+        saved.append((m, dict(m.__dict__), [dict(m._parameters), dict(m._buffers), dict(m._modules)], contents))
+    return saved
+
+
+def _contents(value: Any, seen: set[int], depth: int = 0) -> list[tuple[Any, Any]]:
+    """``(container, a copy of its items)`` for a list, dict, set or deque and those it holds, to a depth of 4."""
+    if not isinstance(value, _CONTAINERS) or id(value) in seen or depth >= 4:
+        return []
+    seen.add(id(value))
+    items = value.copy() if isinstance(value, (dict, set)) else list(value)
+    out = [(value, items)]
+    for item in (value.values() if isinstance(value, dict) else value if not isinstance(value, set) else ()):
+        out += _contents(item, seen, depth + 1)
+    return out
+
+
+def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]], list[tuple]]]) -> None:
     """Undo what the traced forward left on the model: ``self.cache = x`` would keep a fake tensor, a
-    buffer the forward registers would stay a fake one; the model must be exactly as it was. (Lazy
+    buffer the forward registers would stay a fake one, ``self.history.append(x)`` or
+    ``self.stats["calls"] += 1`` would change a list or dict the model holds; the model must be as
+    it was. Not undone: changes inside other objects an attribute holds (a config, a cache class),
+    in containers nested deeper than four levels, or outside the model (globals, closures). (Lazy
     modules, which would materialise their parameters in place, are refused before any pass.)"""
-    for module, attributes, tables in saved:
+    for module, attributes, tables, contents in saved:
         if module.__dict__.keys() != attributes.keys() or any(module.__dict__[k] is not v for k, v in attributes.items()):
             module.__dict__.clear()
             module.__dict__.update(attributes)
@@ -578,6 +744,23 @@ def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]
             if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
                 table.clear()
                 table.update(before)
+        for container, items in contents:
+            _put_back(container, items)
+
+
+def _put_back(container: Any, items: Any) -> None:
+    """``container``'s items as they were, in place, if the pass changed them."""
+    if isinstance(container, dict):
+        if container.keys() != items.keys() or any(container[k] is not v for k, v in items.items()):
+            container.clear()
+            container.update(items)
+    elif isinstance(container, set):
+        if container != items:
+            container.clear()
+            container.update(items)
+    elif len(container) != len(items) or any(a is not b for a, b in zip(container, items)):
+        container.clear()
+        container.extend(items)
 
 
 def _as_call(inputs: Any) -> tuple[tuple, dict]:
