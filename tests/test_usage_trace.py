@@ -346,8 +346,9 @@ def test_the_trace_runs_no_hook_and_leaves_what_the_forward_fills_as_it_was():
     try:
         p = decaykit.plan(model, 0.1)
         assert captured == [] and model.history == [] and model.stats == {"calls": 0, "seen": {"shapes": []}}
+        # the gain is reached after lin, whose weight only torch's own weight_norm pre-hook computes: that hook ran
         assert p["gain"].reason.endswith("(traced)") and not p["gain"].decay
-        assert p["lin.weight_g"].reason.endswith("(traced)") and p["lin.weight_v"].reason.endswith("(traced)")
+        assert not p["lin.weight_g"].decay and p["lin.weight_v"].decay
         model(torch.zeros(1, 4))
         assert len(captured) == 3  # the hooks are back: the layer's own, the global one on lin and on the model
     finally:
