@@ -357,6 +357,11 @@ def _notes(
                 f"{r['failure']['reason']}; "
                 "never the best λ"
             )
+    for r in rows:
+        for name, count in sorted(r.get("undefined", {}).items()):
+            trained = r["seeds"] - r["diverged"]
+            rest = "n/a in the table" if count == trained else "its mean is over the other seeds"
+            notes.append(f"λ = {r['weight_decay']:g}: {name} is undefined (NaN) on {count} of {trained} seeds; {rest}")
     if prepared.task.notes is not None and rows:
         notes.extend(prepared.task.notes(rows, prepared.data))
     return notes
