@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from decaykit.errors import DecayError
-from decaykit.sweeps.journal import local_owner_alive, open_journal, this_process
+from decaykit.sweeps.journal import FIX, local_owner_alive, open_journal, this_process
 from decaykit.sweeps.study import CONFIG, FINGERPRINT, choose_study
 
 __all__ = ["MemoryStore", "OptunaStore", "Store", "TrialKey", "key_text", "open_store"]
@@ -225,8 +225,21 @@ class OptunaStore:
         out: dict[TrialKey, dict[str, Any]] = {}
         for t in sorted(self._trials(), key=lambda t: t.number):
             if t.state == state.COMPLETE and _RECORD in t.user_attrs:
-                out.setdefault(_parse_key(t.system_attrs[_KEY]), json.loads(t.user_attrs[_RECORD]))
+                key, record = _parse_key(t.system_attrs[_KEY]), json.loads(t.user_attrs[_RECORD])
+                self._check_record(t.number, key, record)
+                out.setdefault(key, record)
         return out
+
+    def _check_record(self, number: int, key: TrialKey, record: Mapping[str, Any]) -> None:
+        """A trial's record must be of the trial's own (λ, seed): in a journal without line numbers, a lost line
+        shifts records onto other trials, and that is seen here."""
+        held = (record.get("weight_decay"), record.get("seed"))
+        if held != key:
+            raise DecayError(
+                f"the sweep store {self.location} is damaged: trial {number} is {key_text(key)} but holds the result "
+                f"of weight_decay={held[0]!r} seed={held[1]!r} (a lost or moved record); {FIX}",
+                argument="storage",
+            )
 
     def busy_elsewhere(self) -> set[TrialKey]:
         """Keys another live worker is training; dead workers' trials are marked FAIL on the way."""
