@@ -311,19 +311,30 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]], o
     positive = [r for r in rows if r["weight_decay"] > 0]
     if positive and best["weight_decay"] == positive[-1]["weight_decay"] and len(positive) > 1:
         lines.append(f"the best λ is the largest one tried: try larger values (e.g. up to {best['weight_decay'] * 10:g})")
-    top = rows[-1]
-    if top["weight_decay"] > best["weight_decay"] and _rankable(top, best["metric"]):
-        worse = (best["value"] - top[best["metric"]]) * (1 if best["maximize"] else -1)
-        big = worse > (0.1 if _is_accuracy(best["metric"]) else 0.5 * abs(best["value"]))
-        if big:
-            norm = top.get("weight_norm")
-            norm_text = f", ‖w‖ = {norm:.3g}" if norm is not None else ""
-            lines.append(
-                f"too much decay hurts: at λ = {_lam(top['weight_decay'])} {name} is "
-                f"{_describe_value(best['metric'], top[best['metric']], top[best['metric'] + '_std'])}"
-                f"{norm_text} (the weights are shrunk towards zero faster than the data can grow them)"
-            )
+    lines += _too_much_decay(best, rows)
     return lines
+
+
+def _too_much_decay(best: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The largest λ measured, when it is far worse than the best. "Shrunk" is said only when its weights are
+    smaller than the best λ's; a failed row whose weights did not shrink (they exploded) is left to its
+    failure's own note."""
+    metric = best["metric"]
+    measured = [r for r in rows if r["diverged"] == 0 and r.get(metric) is not None and not undefined_at(r, metric)]
+    top = measured[-1] if measured else None
+    if top is None or top["weight_decay"] <= best["weight_decay"]:
+        return []
+    worse = (best["value"] - top[metric]) * (1 if best["maximize"] else -1)
+    if not worse > (0.1 if _is_accuracy(metric) else 0.5 * abs(best["value"])):
+        return []
+    norm, best_norm = top.get("weight_norm"), (_row(rows, best["weight_decay"]) or {}).get("weight_norm")
+    shrunk = norm is not None and best_norm is not None and norm < best_norm
+    if not shrunk and not trained(top):
+        return []
+    norm_text = f", ‖w‖ = {norm:.3g}" if norm is not None else ""
+    why = " (the weights are shrunk towards zero faster than the data can grow them)" if shrunk else ""
+    return [f"too much decay hurts: at λ = {_lam(top['weight_decay'])} {metric.replace('_', ' ')} is "
+            f"{_describe_value(metric, top[metric], top[metric + '_std'])}{norm_text}{why}"]  # fmt: skip
 
 
 def _unranked_line(metric: str, lams: Sequence[float]) -> str:
