@@ -22,8 +22,8 @@ A finished trial is never trained again; a killed run, started again with the sa
 trains only what is missing. Without Optuna, or with ``storage="memory"``, :class:`MemoryStore`
 keeps results for the current call only.
 
-A study holds the trials of one sweep, as its fingerprint says (settings, each seed's initial weights
-and the model's code, the data, the task, decaykit's version): a trial is reused only under the same
+A study holds the trials of one sweep, as its fingerprint says (the settings that change training, the
+model's initial weights and code, the data, the task, decaykit's version): a trial is reused only under the same
 fingerprint (``study.py``). The journal file is read and written through ``journal.py``, which survives
 what a ``kill -9`` leaves (a torn last line, a lock nobody holds) and names the line of real damage.
 """
