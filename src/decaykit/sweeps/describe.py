@@ -18,7 +18,7 @@ from decaykit.sweeps.settings import Training, Trials
 from decaykit.sweeps.tasks import Task
 from decaykit.sweeps.trainer import seeded_model
 
-__all__ = ["fingerprint", "header", "identity", "policy_text", "public_settings"]
+__all__ = ["fingerprint", "header", "identity", "policy_text", "public_settings", "study_name_identity"]
 
 
 def policy_text(policy: Any) -> str:
@@ -64,6 +64,14 @@ def identity(task: Task, training: Training) -> dict[str, Any]:
         "curve_points": training.curve_points,
         "metrics": sorted(training.metrics),
     }
+
+
+def study_name_identity(prepared: Prepared) -> dict[str, Any]:
+    """What the automatic study name hashes: :func:`identity` as earlier releases wrote it, when it held the
+    objective. The data's default objective stands in for whichever is chosen, so the names of default runs
+    stay those already in users' stores, and ranking by another metric finds the same trials."""
+    default = "test_accuracy" if prepared.data.kind == "classification" else "test_loss"
+    return {**identity(prepared.task, prepared.training), "objective": default}
 
 
 def fingerprint(prepared: Prepared) -> dict[str, str]:

@@ -45,7 +45,7 @@ from decaykit.errors import DecayError
 from decaykit.sweeps.journal import FIX, local_owner_alive, open_journal, this_process
 from decaykit.sweeps.study import CONFIG, FINGERPRINT, choose_study
 
-__all__ = ["MemoryStore", "OptunaStore", "Store", "TrialKey", "key_text", "open_store"]
+__all__ = ["MemoryStore", "OptunaStore", "Store", "TrialKey", "key_text", "masked_url", "open_store"]
 
 TrialKey = tuple[float, int]  # (weight_decay, seed)
 
@@ -59,6 +59,36 @@ JOURNAL_NAME = "sweep.journal"
 def key_text(key: TrialKey) -> str:
     """The key as stored: ``repr`` of the float, so a λ read back is bit-for-bit the λ written."""
     return f"weight_decay={float(key[0])!r} seed={int(key[1])}"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password hidden, as every report, note, JSON field and error shows a store.
+
+    >>> masked_url("postgresql+psycopg://alice:s3cret@db.example:5432/sweeps")
+    'postgresql+psycopg://alice:***@db.example:5432/sweeps'
+    >>> masked_url("sqlite:///sweep.db")
+    'sqlite:///sweep.db'
+    """
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
+
+
+def _password(url: Any) -> str | None:
+    if not isinstance(url, str) or masked_url(url) == url:
+        return None
+    return url.partition("://")[2].partition("/")[0].rpartition("@")[0].split(":", 1)[1] or None
+
+
+def _one_line_cause(exc: BaseException, secret: str | None) -> str:
+    """The failure as one line (SQLAlchemy adds its SQL and a link on lines of their own), the password hidden."""
+    from decaykit._loading import describe_exception
+
+    text = describe_exception(exc).removesuffix(" ...")
+    return text.replace(secret, "***") if secret else text
 
 
 def _parse_key(text: str) -> TrialKey:
@@ -173,6 +203,7 @@ class OptunaStore:
 
         self._optuna = optuna
         self.location = location
+        secret = _password(storage)
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the user's output
         try:
@@ -189,7 +220,8 @@ class OptunaStore:
         except DecayError:
             raise
         except Exception as exc:
-            raise DecayError(f"cannot open the sweep store {location!r}: {type(exc).__name__}: {exc}") from exc
+            raise DecayError(f"cannot open the sweep store {location}: {_one_line_cause(exc, secret)}",
+                             argument="storage") from exc
         finally:
             optuna.logging.set_verbosity(verbosity)
         self.study_name = study_name
@@ -357,6 +389,12 @@ def _get_storage(optuna: Any, storage: Any, attempts: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
+def _is_optuna_storage(storage: Any) -> bool:
+    import optuna
+
+    return storage is None or isinstance(storage, optuna.storages.BaseStorage)
+
+
 def open_store(
     storage: Any,
     out: str | os.PathLike[str] | None,
@@ -385,7 +423,10 @@ def open_store(
         if storage is None:
             return MemoryStore(study_name)
         raise DecayError("a sweep store needs Optuna: pip install 'decaykit[store]' (or use storage='memory')") from None
-    location = storage if isinstance(storage, str) else type(storage).__name__
+    if not isinstance(storage, (str, os.PathLike)) and not _is_optuna_storage(storage):
+        raise DecayError(f"storage must be a journal file path, an Optuna storage URL, 'memory' or an Optuna storage, "
+                         f"got {storage!r} ({type(storage).__name__})", argument="storage")  # fmt: skip
+    location = masked_url(storage) if isinstance(storage, str) else type(storage).__name__
     if storage is None or (isinstance(storage, (str, os.PathLike)) and "://" not in str(storage)):
         path = Path(out if storage is None else storage)  # type: ignore[arg-type]
         if storage is None or path.is_dir():
