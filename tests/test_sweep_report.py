@@ -120,3 +120,10 @@ def test_a_loss_that_blew_up_is_failed_for_that_reason():
                     dtype=torch.float64, lr=0.007)  # fmt: skip
     assert failure == {"kind": "blew_up", "reason": "the training loss blew up (160 → 1.4e+161, ‖w‖ = 1.9e+80): "
                                                     "unstable steps at lr 0.007"}  # fmt: skip
+
+
+def test_the_table_has_no_bookkeeping_columns():
+    failed = {"kind": "chance", "reason": "no better than chance"}
+    rows = aggregate([{**record(0.0, 0, 0.7), "failure": None}, {**record(1.0, 0, 0.1), "failure": failed}])
+    text = format_report(rows, None, header=[], notes=[], files={})
+    assert "failure_seed" not in text and "undefined" not in text.split("\n\n")[0]

@@ -107,7 +107,7 @@ class Worker:
                 self._store(outcome)
         if self.bar.mode == "log":
             self.bar.message(
-                f"decaykit sweep: finished {len(mine)} trials (λ = "
+                f"decaykit sweep: finished {len(mine)} trial{'s' if len(mine) != 1 else ''} (λ = "
                 f"{', '.join(sorted({f'{wd:g}' for wd, _ in mine}, key=float))})"
             )
 
