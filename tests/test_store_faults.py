@@ -166,3 +166,60 @@ def test_a_live_owners_lock_is_waited_for(tmp_path):
     assert taken.wait(30)
     other.join(30)
     assert not os.path.lexists(journal + ".lock")
+
+
+def _small_sweep(journal: Path):
+    return sweep(task="ridge", weight_decays=[0.1, 1.0], seeds=2, epochs=2, storage=str(journal), plots=False)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> bytes:
+    journal = tmp_path_factory.mktemp("small") / JOURNAL_NAME
+    assert _small_sweep(journal).run["trained"] == 4
+    return journal.read_bytes()
+
+
+@pytest.mark.parametrize("edit", ["lose", "repeat", "swap"])
+def test_a_line_lost_repeated_or_moved_inside_the_journal_is_named(small, tmp_path, edit):
+    lines = _lines(small)
+    at = 3  # line 4: a trial's creation, whose loss would shift every later record onto another trial
+    if edit == "lose":
+        del lines[at]
+    elif edit == "repeat":
+        lines.insert(at, lines[at])
+    else:
+        lines[at], lines[at + 1] = lines[at + 1], lines[at]
+    journal = tmp_path / JOURNAL_NAME
+    journal.write_bytes(b"".join(lines))
+    with pytest.raises(DecayError) as err:
+        _small_sweep(journal)
+    message = str(err.value)
+    bad = at + 2 if edit == "repeat" else at + 1  # a repeated line: the copy after the original is out of place
+    assert f"{journal} is damaged at line {bad}:" in message and "\n" not in message
+    assert err.value.argument == "storage"
+
+
+def _without_line_numbers(full: bytes) -> list[bytes]:
+    """The journal as an earlier decaykit wrote it: no record carries its line."""
+    out = []
+    for line in _lines(full):
+        record = json.loads(line)
+        record.pop("decaykit:line")
+        out.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+    return out
+
+
+def test_a_journal_written_before_line_numbers_resumes(small, tmp_path):
+    journal = tmp_path / JOURNAL_NAME
+    journal.write_bytes(b"".join(_without_line_numbers(small)))
+    assert _small_sweep(journal).run["reused"] == 4
+
+
+def test_a_line_lost_from_a_journal_without_line_numbers_never_moves_a_result(small, tmp_path):
+    lines = _without_line_numbers(small)
+    del lines[3]
+    journal = tmp_path / JOURNAL_NAME
+    journal.write_bytes(b"".join(lines))
+    with pytest.raises(DecayError, match=r"is damaged: trial \d+ is weight_decay=.* but holds the result of") as err:
+        _small_sweep(journal)
+    assert str(journal) in str(err.value) and "\n" not in str(err.value)

@@ -227,3 +227,21 @@ def test_a_library_patching_torch_classes_at_import_does_not_make_a_stored_trial
     Edited.__qualname__ = Mine.__qualname__
     assert code_digest(Mine) != code_digest(Edited)
     _class_digest.cache_clear()
+
+
+def test_more_seeds_or_another_objective_reuse_every_stored_trial(factory, tmp_path):
+    out = tmp_path / "store"
+    first, _ = _run(out, seeds=2)
+    assert first.run["trained"] == 4
+    more, said = _run(out, seeds=3)
+    assert (more.run["trained"], more.run["reused"], more.run["study"]) == (2, 4, first.run["study"]) and said == []
+    ranked, said = _run(out, seeds=2, metric="test_loss")
+    assert (ranked.run["trained"], ranked.run["reused"], ranked.run["study"]) == (0, 4, first.run["study"]) and said == []
+
+
+def test_a_changed_training_setting_retrains_and_names_the_setting(factory, tmp_path):
+    out = tmp_path / "store"
+    _run(out)
+    again, said = _run(out, lr=0.003)
+    assert again.run["reused"] == 0
+    assert len(said) == 1 and "the settings (lr: 0.001 → 0.003) changed since study" in said[0], said

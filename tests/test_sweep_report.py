@@ -7,6 +7,7 @@ import math
 import statistics
 
 import pytest
+import torch
 
 from decaykit._render import print_json
 from decaykit.sweeps import SweepResult
@@ -91,3 +92,38 @@ def test_json_is_one_object_with_results_and_best_first_and_no_nan():
     assert list(parsed)[:2] == ["results", "best"]
     assert parsed["results"][1]["extra"] is None
     assert parsed["best"]["weight_decay"] == 1.0 and "test_accuracy_std" in parsed["results"][0]
+
+
+def _loss_record(wd: float, test_loss: float, norm: float, failure: dict | None = None) -> dict:
+    metrics = {"train_loss": test_loss / 2, "test_loss": test_loss, "weight_norm": norm, "gap": test_loss / 2}
+    return {"weight_decay": wd, "seed": 0, "metrics": metrics, "curves": {}, "diverged": False, "failure": failure}
+
+
+def test_too_much_decay_never_says_shrunk_of_weights_that_exploded():
+    blew_up = {"kind": "blew_up", "reason": "the training loss blew up (160 → 1.4e+161, ‖w‖ = 1.9e+80)"}
+    rows = aggregate([_loss_record(0.0, 6.5, 11.0), _loss_record(0.1, 6.4, 11.0), _loss_record(300.0, 3.7e160, 1.9e80, blew_up)])
+    text = format_report(rows, choose_best(rows, "test_loss", maximize=False), header=[], notes=[], files={})
+    assert "shrunk" not in text and "too much decay hurts" not in text
+    # a row that trained but whose weights grew: worse, and said so, without the shrinking story
+    rows = aggregate([_loss_record(0.0, 6.5, 11.0), _loss_record(0.1, 6.4, 11.0), _loss_record(300.0, 30.0, 50.0)])
+    text = format_report(rows, choose_best(rows, "test_loss", maximize=False), header=[], notes=[], files={})
+    assert "too much decay hurts: at λ = 300 test loss is 30, ‖w‖ = 50" in text and "shrunk" not in text
+    rows = aggregate([_loss_record(0.0, 6.5, 11.0), _loss_record(0.1, 6.4, 11.0), _loss_record(300.0, 30.0, 0.5)])
+    text = format_report(rows, choose_best(rows, "test_loss", maximize=False), header=[], notes=[], files={})
+    assert "at λ = 300 test loss is 30, ‖w‖ = 0.5 (the weights are shrunk towards zero" in text
+
+
+def test_a_loss_that_blew_up_is_failed_for_that_reason():
+    from decaykit.sweeps.sanity import judge
+
+    failure = judge({"train_loss": 160.0}, {"train_loss": 1.4e161, "weight_norm": 1.9e80}, chance=None,
+                    dtype=torch.float64, lr=0.007)  # fmt: skip
+    assert failure == {"kind": "blew_up", "reason": "the training loss blew up (160 → 1.4e+161, ‖w‖ = 1.9e+80): "
+                                                    "unstable steps at lr 0.007"}  # fmt: skip
+
+
+def test_the_table_has_no_bookkeeping_columns():
+    failed = {"kind": "chance", "reason": "no better than chance"}
+    rows = aggregate([{**record(0.0, 0, 0.7), "failure": None}, {**record(1.0, 0, 0.1), "failure": failed}])
+    text = format_report(rows, None, header=[], notes=[], files={})
+    assert "failure_seed" not in text and "undefined" not in text.split("\n\n")[0]

@@ -134,11 +134,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--quiet", "-q", action="store_true", help="no progress output (for logs)")
 
 
+# Python arguments whose flag has another name; the others are named by their flags already
+_FLAG_OF = {"storage": "--storage", "weight_decays": "--wd", "search": "--search", "policy": "--policy",
+            "model": "--model", "data": "--data", "metric": "--metric"}  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
+    from decaykit.errors import DecayError
     from decaykit.sweeps import run_sweep
 
-    trials, training, execution = settings_from_args(args)
-    result = run_sweep(task_from_args(args), trials, training, execution)
+    try:
+        trials, training, execution = settings_from_args(args)
+        result = run_sweep(task_from_args(args), trials, training, execution)
+    except DecayError as exc:  # an error naming a Python argument names its flag here, once
+        flag = _FLAG_OF.get(exc.argument or "")
+        if flag is None:
+            raise
+        raise type(exc)(str(exc), argument=flag) from exc.__cause__
     if args.json:
         print_json(result.to_dict())
     else:
@@ -178,9 +190,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Trials, Training, Exec
 def _check_combinations(args: argparse.Namespace) -> None:
     """Flags that would do nothing together are refused, so none is silently ignored."""
     from decaykit.errors import DecayError
+    from decaykit.sweeps.store import masked_url
 
     pairs = [
-        (args.no_store and args.storage is not None, f"--storage {args.storage} has no effect with --no-store "
+        (args.no_store and args.storage is not None, f"--storage {masked_url(args.storage or '')} has no effect with --no-store "
          "(results stay in memory); drop one of them"),
         (args.search is None and args.rounds is not None, "--rounds applies to --search only; add --search LOW:HIGH "
          "or drop --rounds"),

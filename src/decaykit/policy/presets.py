@@ -101,5 +101,5 @@ def get_preset(policy: str | Preset) -> Preset:
     if isinstance(policy, Preset):
         return policy
     if not isinstance(policy, str) or policy not in PRESETS:
-        raise DecayError(f"unknown policy {policy!r}; choose one of: {', '.join(PRESETS)}")
+        raise DecayError(f"unknown policy {policy!r}; choose one of: {', '.join(PRESETS)}", argument="policy")
     return PRESETS[policy]

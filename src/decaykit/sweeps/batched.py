@@ -372,7 +372,7 @@ def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, training
         return str(exc)
     except Exception as exc:  # vmap and the model's own code can raise anything; all mean "cannot stack"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"the model cannot run under torch.func.vmap ({type(exc).__name__}: {first[:200]})"
+        return f"the model cannot run under torch.func.vmap ({type(exc).__name__}: {_shortened(first, 200)})"
     with torch.no_grad():
         for k, twin in enumerate(twins):
             twin.train()
@@ -383,6 +383,20 @@ def check_batchable(model_fn: Callable[[], nn.Module], data: SweepData, training
                 if own.shape != got.shape or not torch.allclose(own, got.detach(), rtol=1e-4, atol=1e-5):
                     return "the stacked forward pass does not reproduce the model's own (data-dependent control flow?)"
     return None
+
+
+def _shortened(text: str, most: int) -> str:
+    """``text`` cut at the last word boundary within ``most`` characters, with an ellipsis: never mid-word.
+
+    >>> _shortened("If error is occurring somewhere", 22), _shortened("If error is occurring somewhere", 20)
+    ('If error is occurring…', 'If error is…')
+    """
+    if len(text) <= most:
+        return text
+    cut = text[: most - 1]
+    if text[len(cut)] != " " and " " in cut:  # the cut fell inside a word: drop that word
+        cut = cut[: cut.rfind(" ")]
+    return cut.rstrip() + "…"
 
 
 def stack_path(model: nn.Module) -> str:

@@ -36,7 +36,8 @@ def check_shrink(training: Training, weight_decays: Sequence[float]) -> None:
         formula = "λ" if mode == "lr_independent" else f"lr·λ = {lr:g}·λ"
         raise DecayError(
             f"weight decay {', '.join(f'{wd:g}' for wd in bad)} with mode {mode!r} shrinks the weights by "
-            f"r = {formula} > 1 per step, which flips every weight's sign; drop those λ or lower the LR"
+            f"r = {formula} > 1 per step, which flips every weight's sign; drop those λ or lower the LR",
+            argument="weight_decays",
         )
     large = [wd for wd in weight_decays if mode == "lr_independent" and wd > PLAUSIBLE_SHRINK]
     if large:

@@ -18,7 +18,7 @@ from decaykit.sweeps.settings import Training, Trials
 from decaykit.sweeps.tasks import Task
 from decaykit.sweeps.trainer import seeded_model
 
-__all__ = ["fingerprint", "header", "identity", "policy_text", "public_settings"]
+__all__ = ["fingerprint", "header", "identity", "policy_text", "public_settings", "study_name_identity"]
 
 
 def policy_text(policy: Any) -> str:
@@ -45,6 +45,7 @@ def _qual(obj: Any) -> Any:
 
 def identity(task: Task, training: Training) -> dict[str, Any]:
     """Everything that changes a trial's numbers except (λ, seed): the store's study name hashes it.
+    The objective is not in it: it only ranks the finished trials, so ranking by another reuses them all.
 
     ``training`` is resolved (:meth:`Training.for_data`). The keys and values must not change from one
     release to the next: a changed identity starts a new study, and a rerun could no longer resume.
@@ -62,16 +63,23 @@ def identity(task: Task, training: Training) -> dict[str, Any]:
         "dtype": str(training.dtype),
         "curve_points": training.curve_points,
         "metrics": sorted(training.metrics),
-        "objective": training.metric,
     }
+
+
+def study_name_identity(prepared: Prepared) -> dict[str, Any]:
+    """What the automatic study name hashes: :func:`identity` as earlier releases wrote it, when it held the
+    objective. The data's default objective stands in for whichever is chosen, so the names of default runs
+    stay those already in users' stores, and ranking by another metric finds the same trials."""
+    default = "test_accuracy" if prepared.data.kind == "classification" else "test_loss"
+    return {**identity(prepared.task, prepared.training), "objective": default}
 
 
 def fingerprint(prepared: Prepared) -> dict[str, str]:
     """Everything that decides a trial's numbers, hashed by part: a stored trial is reused only when all match.
 
     ``settings``: :func:`identity` and the code of the functions it names (optimizer, loss, metrics);
-    ``model``: each seed's initial ``state_dict``, built as the trainer builds it, and the code of every
-    module class in it; ``data``: the train and test tensors; ``task``; decaykit's ``version``.
+    ``model``: the initial ``state_dict`` of the reference seed's model, built as the trainer builds it,
+    and the code of every module class in it; ``data``: the train and test tensors; ``task``; decaykit's ``version``.
     """
     from decaykit import __version__
 
@@ -93,11 +101,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+# the seed whose model stands for the model in the fingerprint: one seed, the same whatever seeds the sweep
+# runs, so adding a seed reuses the trials of the others (the initial weights are a function of the code and
+# the seed: a change to the model shows at seed 0 as at any other)
+REFERENCE_SEED = 0
+
+
 def _model_digest(prepared: Prepared) -> str:
-    """Each seed's model as the trainer builds it: its tensors' bytes and its module classes' code."""
+    """The reference seed's model as the trainer builds it: its tensors' bytes and its module classes' code."""
     h = hashlib.sha256()
     training = prepared.training
-    for seed in prepared.trials.seed_list:
+    for seed in (REFERENCE_SEED,):
         try:
             model = seeded_model(prepared.task.model_fn, seed, training.dtype, training.device)
         except Exception as exc:

@@ -51,7 +51,8 @@ def _figure(result: SweepResult) -> str:
 def sweep_html(result: SweepResult) -> str:
     """``SweepResult._repr_html_``: verdict first, then the table, the figure, the notes and the settings."""
     best = None if result.best is None else result.best["weight_decay"]
-    lines = [Cell(line, _tone(line), bold=line.startswith("verdict")) for line in verdict(result.best, result.results)]
+    said = verdict(result.best, result.results, result.settings.get("metric"))
+    lines = [Cell(line, _tone(line), bold=line.startswith("verdict")) for line in said]
     notes = [f"note: {n}" for n in result.notes]
     if result.files:
         notes.append("plots: " + ", ".join(result.files.values()))

@@ -25,6 +25,9 @@ def _clean(value: float) -> float:
 
 def check_weight_decays(values: Iterable[float] | float, *, argument: str = "weight_decays") -> list[float]:
     """Sorted, distinct, finite, >= 0; a clear error for an empty or negative grid."""
+    if isinstance(values, str):
+        raise DecayError(f"{argument} must be a list of numbers, got the string {values!r}; pass a list such as "
+                         "[0, 0.01, 0.1] (the command line's --wd takes '0,0.01,0.1')", argument=argument)  # fmt: skip
     if isinstance(values, (int, float)):
         values = [values]
     out = []
@@ -32,9 +35,9 @@ def check_weight_decays(values: Iterable[float] | float, *, argument: str = "wei
         try:
             out.append(check_number(v, argument))
         except DecayError:
-            raise DecayError(f"{argument} must be finite numbers >= 0, got {v!r}") from None
+            raise DecayError(f"{argument} must be finite numbers >= 0, got {v!r}", argument=argument) from None
     if not out:
-        raise DecayError(f"{argument} is empty: give at least one λ, e.g. 0,0.01,0.1,1")
+        raise DecayError(f"{argument} is empty: give at least one λ, e.g. 0,0.01,0.1,1", argument=argument)
     return sorted(set(out))
 
 
@@ -53,6 +56,9 @@ def parse_weight_decays(text: str, *, flag: str = "--wd") -> list[float]:
             values.append(float(part))
         except ValueError:
             raise DecayError(f"{flag} must be comma-separated numbers, got {part.strip()!r} in {text!r}; {example}") from None
+        if values[-1] == 0 and any(c in "123456789" for c in part.lower().split("e")[0]):
+            raise DecayError(f"{flag} item {part.strip()!r} is below the smallest float and would read as 0: "
+                             f"give a λ >= 1e-300, or 0 itself; {example}")  # fmt: skip
     for value in values:
         if not math.isfinite(value) or value < 0:
             raise DecayError(f"{flag} must be finite numbers >= 0, got {value!r} in {text!r}; {example}")
@@ -66,12 +72,13 @@ def parse_range(text: str) -> tuple[float, float]:
         low, high = float(low_text), float(high_text)
     except ValueError:
         raise DecayError(f"--search must look like LOW:HIGH (e.g. 1e-3:100), got {text!r}") from None
-    return check_range(low, high)
+    return check_range(low, high, argument="--search")
 
 
-def check_range(low: float, high: float) -> tuple[float, float]:
+def check_range(low: float, high: float, *, argument: str = "search") -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
-        raise DecayError(f"the search range must satisfy 0 < low < high (a log range), got {low}:{high}")
+        raise DecayError(f"the search range must satisfy 0 < low < high (a log range), got {low}:{high}",
+                         argument=argument)
     return float(low), float(high)
 
 

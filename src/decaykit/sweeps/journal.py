@@ -11,8 +11,13 @@ Optuna's ``JournalStorage`` replays this file; :class:`JournalFile` is the file 
   gone is removed at once; a live owner's lock is waited for. A lock that names no owner (Optuna's
   own, or another host's) is taken over once it is ``grace`` seconds old, as Optuna does.
 
-Any other damage (bytes that are not UTF-8 JSON, an unknown record, a record Optuna cannot replay) is a
-:class:`DecayError` naming the file, the line and the way out.
+Each record decaykit writes carries its own line number (``"decaykit:line"``), so a line lost, repeated or
+moved (a manual edit, a bad copy, an unsafe shared file system) is seen where it happened: Optuna numbers
+trials by their order in the file, and one missing line would silently shift every later record onto
+another trial. Lines without a number (a journal from before, or Optuna's own writer) are read as before.
+
+Any other damage (bytes that are not UTF-8 JSON, an unknown record, a record out of its place, a record
+Optuna cannot replay) is a :class:`DecayError` naming the file, the line and the way out.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ from typing import Any
 
 from decaykit.errors import DecayError, DecayWarning
 
-__all__ = ["JournalFile", "OwnedLock", "boot_id", "local_owner_alive", "open_journal", "process_start", "this_process"]
+__all__ = ["FIX", "LINE", "JournalFile", "OwnedLock", "boot_id", "local_owner_alive", "open_journal", "process_start", "this_process"]
 
 # optuna.storages.journal JournalOperation: CREATE_STUDY = 0 ... DISCARD_TRIALS = 10
 _OP_CODES = frozenset(range(11))
 _LOCK_TAG = "decaykit-lock:"
-_FIX = ("move the file away to start afresh (its finished trials go with it), or use another store: --storage PATH "
+LINE = "decaykit:line"  # the 1-based line a record was written as
+FIX = ("move the file away to start afresh (its finished trials go with it), or use another store: --storage PATH "
         "(storage=...) or --no-store (storage='memory')")
 
 
@@ -78,7 +84,8 @@ def local_owner_alive(owner: Mapping[str, Any]) -> bool | None:
 
 
 def parse_record(line: bytes, number: int, path: str) -> dict[str, Any]:
-    """One journal line as Optuna's record, or a DecayError naming the file, the line and the fix."""
+    """One journal line as Optuna's record, or a DecayError naming the file, the line and the fix.
+    ``number`` 0: a line whose place is not known yet (a torn tail), not checked against its own."""
     try:
         record = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
@@ -87,17 +94,24 @@ def parse_record(line: bytes, number: int, path: str) -> dict[str, Any]:
         reason = "text that is not a JSON record"
     else:
         op = record.get("op_code") if isinstance(record, dict) else None
-        if type(op) is int and op in _OP_CODES and isinstance(record.get("worker_id"), str):
+        written = record.get(LINE, number) if isinstance(record, dict) else None
+        if type(op) is int and op in _OP_CODES and isinstance(record.get("worker_id"), str) and (written == number or not number):
             return record
-        reason = f"an unknown record (op_code {op!r})"
-    raise DecayError(f"the sweep store {path} is damaged at line {number}: {reason} ({line[:40]!r}); {_FIX}")
+        if type(op) is int and op in _OP_CODES and isinstance(written, int) and number:
+            lost = "a line before it was lost" if written > number else "a line before it was repeated or added"
+            reason = f"the record written as line {written} is found at line {number} ({lost}, or lines were reordered)"
+        else:
+            reason = f"an unknown record (op_code {op!r})"
+    raise DecayError(f"the sweep store {path} is damaged at line {number}: {reason} ({line[:40]!r}); {FIX}",
+                     argument="storage")
 
 
 def replay_error(path: str, number: int, exc: BaseException) -> DecayError:
     """Optuna refused to replay line ``number`` of ``path``: say which, and the way out."""
     return DecayError(
         f"the sweep store {path} is damaged at line {number}: Optuna cannot replay that record "
-        f"({type(exc).__name__}: {exc}); {_FIX}"
+        f"({type(exc).__name__}: {exc}); {FIX}",
+        argument="storage",
     )
 
 
@@ -256,11 +270,23 @@ class JournalFile:
                     yield parse_record(line, number + 1, self.path)
 
     def append_logs(self, logs: Sequence[Mapping[str, Any]]) -> None:
-        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
         with self.lock, open(self.path, "ab") as f:
+            first = self._lines_now() + 1  # under the lock, after the torn tail's repair: no one else appends
+            text = "".join(json.dumps({**log, LINE: first + i}, separators=(",", ":")) + "\n" for i, log in enumerate(logs))
             f.write(text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
+
+
+    def _lines_now(self) -> int:
+        """The file's complete lines, counted on from the last offset a read has already found."""
+        known = max(self._offsets)
+        with open(self.path, "rb") as f:
+            f.seek(self._offsets[known])
+            count = known
+            while block := f.read(1 << 20):
+                count += block.count(b"\n")
+        return count
 
 
 def open_journal(path: str) -> Any:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from decaykit.errors import DecayError
+from decaykit.errors import DecayError, UserCodeError
 
 __all__ = ["LOSSES", "evaluate", "member_losses", "resolve_loss"]
 
@@ -107,6 +107,9 @@ def evaluate(
                 try:
                     values.append(float(fn(full[k], y)))
                 except Exception as exc:
-                    raise DecayError(f"metric {name!r} failed: {type(exc).__name__}: {exc}") from exc
+                    from decaykit._loading import describe_exception
+
+                    raise UserCodeError(f"metrics: {name!r} failed: {describe_exception(exc)}; a metric is "
+                                        "fn(outputs, targets) -> number", argument="metrics") from exc  # fmt: skip
             result[name] = torch.tensor(values, dtype=torch.float64)
     return result

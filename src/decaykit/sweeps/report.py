@@ -74,13 +74,33 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"weight_decay": wd, "seeds": len(group), "diverged": len(group) - len(ok),
                                "failed": len(failing), "failure": _failure_of(failing[0]) if failing else None,
                                "failure_seed": failing[0]["seed"] if failing else None}  # fmt: skip
+        undefined: dict[str, int] = {}
         for name in names:
             values = [r["metrics"].get(name) for r in ok]
             values = [float(v) for v in values if v is not None and math.isfinite(v)]
             row[name] = statistics.fmean(values) if values else None
             row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+            missing = sum(1 for r in ok if name in r["metrics"] and not _defined(r["metrics"][name]))
+            if missing:
+                undefined[name] = missing
+        row["undefined"] = undefined  # per metric, the seeds that trained but on which it is NaN (a user's 0/0)
         rows.append(row)
     return rows
+
+
+def _defined(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def undefined_at(row: Mapping[str, Any], name: str) -> int:
+    """How many of the row's trained seeds have ``name`` undefined (NaN: a user's metric such as the
+    precision of a class the model never predicts, 0/0)."""
+    return int(row.get("undefined", {}).get(name, 0))
+
+
+def _rankable(row: Mapping[str, Any], objective: str) -> bool:
+    """The row trained and its objective is defined on every seed: a mean over fewer seeds is not comparable."""
+    return trained(row) and row.get(objective) is not None and not undefined_at(row, objective)
 
 
 def _failure_of(record: Mapping[str, Any]) -> dict[str, str] | None:
@@ -108,7 +128,7 @@ def _stderr(a: Mapping[str, Any], b: Mapping[str, Any], objective: str) -> float
 def best_range(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any], objective: str) -> tuple[float, float]:
     """The λ next to ``best`` (a contiguous run of rows that trained) whose objective is within twice the
     standard error of its difference from the best's: the seeds cannot tell them from the best."""
-    ordered = [r for r in rows if trained(r) and r.get(objective) is not None]
+    ordered = [r for r in rows if _rankable(r, objective)]
     i = next(j for j, r in enumerate(ordered) if r["weight_decay"] == best["weight_decay"])
 
     def close(r: Mapping[str, Any]) -> bool:
@@ -151,8 +171,9 @@ def rounded_in(value: float, low: float, high: float, most: int = 4) -> str:
 
 def choose_best(rows: Sequence[Mapping[str, Any]], objective: str, maximize: bool) -> dict[str, Any] | None:
     """The best λ, its range within noise, its gain over λ = 0, and the verdict; None when no λ trained
-    or λ = 0 itself failed (the setup does not train: no λ is recommended)."""
-    usable = [r for r in rows if trained(r) and r.get(objective) is not None]
+    or λ = 0 itself failed (the setup does not train: no λ is recommended). A row whose objective is
+    undefined (NaN) on some seed is not ranked, and ``unranked`` lists it."""
+    usable = [r for r in rows if _rankable(r, objective)]
     base = _row(rows, 0.0)
     if not usable or (base is not None and not trained(base)):
         return None
@@ -170,8 +191,9 @@ def choose_best(rows: Sequence[Mapping[str, Any]], objective: str, maximize: boo
         "value": best[objective],
         "std": best[f"{objective}_std"],
         "seeds": best["seeds"],
+        "unranked": [r["weight_decay"] for r in rows if trained(r) and not _rankable(r, objective)],
     }
-    if base is None or base.get(objective) is None:
+    if base is None or not _rankable(base, objective):
         out.update(baseline=None, gain=None, gain_stderr=None, helps=None)
         return out
     gain = sign * (best[objective] - base[objective])
@@ -220,7 +242,8 @@ def results_cells(
         cells = [_lam(r["weight_decay"])]
         for n in names:
             percent = _is_accuracy(n) or (n == "gap" and gap_is_accuracy)
-            cells.append(_fmt(r.get(n), r.get(f"{n}_std"), percent, show_std))
+            undefined = r.get(n) is None and undefined_at(r, n) > 0
+            cells.append("n/a" if undefined else _fmt(r.get(n), r.get(f"{n}_std"), percent, show_std))
         mark = []
         if best is not None and r["weight_decay"] == best:
             mark.append("← best")
@@ -239,10 +262,11 @@ def _describe_value(name: str, value: float, std: float | None) -> str:
     return f"{value:.4g}" + (f" ± {std:.2g}" if std else "")
 
 
-def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The sentences under the table: what the best λ is, and whether it beats λ = 0 beyond noise."""
+def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]], objective: str | None = None) -> list[str]:
+    """The sentences under the table: what the best λ is, and whether it beats λ = 0 beyond noise.
+    ``objective``: the metric the best λ is chosen by (to say why there is none)."""
     if best is None:
-        return _no_best(rows)
+        return _no_best(rows, objective)
     name = best["metric"].replace("_", " ")
     lam = best.get("rounded") or _lam(best["weight_decay"])
     within = _within_noise(best)
@@ -250,7 +274,11 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
     seed_text = f"{seeds} seed{'s' if seeds != 1 else ''}"
     value = _describe_value(best["metric"], best["value"], best["std"])
     lines = []
-    if best.get("gain") is None:
+    base_row = _row(rows, 0.0)
+    if best.get("gain") is None and base_row is not None and undefined_at(base_row, best["metric"]):
+        lines.append(f"best λ = {lam}: {name} {value} ({seed_text}); at λ = 0 {name} is undefined (NaN), "
+                     "so decay cannot be judged against it")  # fmt: skip
+    elif best.get("gain") is None:
         lines.append(f"best λ = {lam}: {name} {value} ({seed_text}); no λ = 0 run to compare with")
     else:
         base = _describe_value(best["metric"], best["baseline"], best["baseline_std"])
@@ -276,24 +304,43 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -
             lines.append(f"verdict: weight decay does not measurably help here: {why}.")
     if within and not best.get("helps"):
         lines.append(f"λ ≈ {lam}{within}")
+    if best.get("unranked"):
+        lines.append(_unranked_line(best["metric"], best["unranked"]))
     if best["metric"] == "test_accuracy":
         lines += _loss_line(rows)
     positive = [r for r in rows if r["weight_decay"] > 0]
     if positive and best["weight_decay"] == positive[-1]["weight_decay"] and len(positive) > 1:
         lines.append(f"the best λ is the largest one tried: try larger values (e.g. up to {best['weight_decay'] * 10:g})")
-    top = rows[-1]
-    if top["weight_decay"] > best["weight_decay"] and top.get(best["metric"]) is not None:
-        worse = (best["value"] - top[best["metric"]]) * (1 if best["maximize"] else -1)
-        big = worse > (0.1 if _is_accuracy(best["metric"]) else 0.5 * abs(best["value"]))
-        if big:
-            norm = top.get("weight_norm")
-            norm_text = f", ‖w‖ = {norm:.3g}" if norm is not None else ""
-            lines.append(
-                f"too much decay hurts: at λ = {_lam(top['weight_decay'])} {name} is "
-                f"{_describe_value(best['metric'], top[best['metric']], top[best['metric'] + '_std'])}"
-                f"{norm_text} (the weights are shrunk towards zero faster than the data can grow them)"
-            )
+    lines += _too_much_decay(best, rows)
     return lines
+
+
+def _too_much_decay(best: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The largest λ measured, when it is far worse than the best. "Shrunk" is said only when its weights are
+    smaller than the best λ's; a failed row whose weights did not shrink (they exploded) is left to its
+    failure's own note."""
+    metric = best["metric"]
+    measured = [r for r in rows if r["diverged"] == 0 and r.get(metric) is not None and not undefined_at(r, metric)]
+    top = measured[-1] if measured else None
+    if top is None or top["weight_decay"] <= best["weight_decay"]:
+        return []
+    worse = (best["value"] - top[metric]) * (1 if best["maximize"] else -1)
+    if not worse > (0.1 if _is_accuracy(metric) else 0.5 * abs(best["value"])):
+        return []
+    norm, best_norm = top.get("weight_norm"), (_row(rows, best["weight_decay"]) or {}).get("weight_norm")
+    shrunk = norm is not None and best_norm is not None and norm < best_norm
+    if not shrunk and not trained(top):
+        return []
+    norm_text = f", ‖w‖ = {norm:.3g}" if norm is not None else ""
+    why = " (the weights are shrunk towards zero faster than the data can grow them)" if shrunk else ""
+    return [f"too much decay hurts: at λ = {_lam(top['weight_decay'])} {metric.replace('_', ' ')} is "
+            f"{_describe_value(metric, top[metric], top[metric + '_std'])}{norm_text}{why}"]  # fmt: skip
+
+
+def _unranked_line(metric: str, lams: Sequence[float]) -> str:
+    at = ", ".join(_lam(wd) for wd in lams)
+    return (f"{metric.replace('_', ' ')} is undefined (NaN) on some seeds at λ = {at} (a metric such as a class's "
+            "precision is 0/0 when the model never predicts that class): those λ are not ranked")
 
 
 def _within_noise(best: Mapping[str, Any]) -> str:
@@ -308,12 +355,15 @@ def _lam_short(value: float) -> str:
     return "0" if value == 0 else f"{value:.2g}"
 
 
-def _no_best(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Why there is no best λ: λ = 0 itself does not train, or no λ does."""
+def _no_best(rows: Sequence[Mapping[str, Any]], objective: str | None = None) -> list[str]:
+    """Why there is no best λ: λ = 0 itself does not train, or no λ does, or the objective is undefined."""
     from decaykit.sweeps.sanity import ADVICE
 
     base = _row(rows, 0.0)
     failing = base if base is not None and not trained(base) else next((r for r in rows if not trained(r)), None)
+    unranked = [r["weight_decay"] for r in rows if trained(r) and objective and undefined_at(r, objective)]
+    if unranked and (base is None or trained(base)):
+        return [f"verdict: no best λ: {_unranked_line(objective or '', unranked)}; rank by another metric (--metric)"]
     if failing is None or failing.get("failure") is None:
         return ["no λ was measured: no best λ"]
     failure = failing["failure"]
@@ -347,10 +397,14 @@ def _loss_line(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+# row keys that are not metric columns
+_NOT_METRICS = frozenset({"weight_decay", "seeds", "diverged", "failed", "failure", "failure_seed", "undefined"})
+
+
 def table_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The metrics the table shows, in its column order: :data:`METRIC_ORDER`, then the others by name."""
     records_names = [n for n in METRIC_ORDER if any(n in r for r in rows)]
-    extra = sorted({k for r in rows for k in r} - set(METRIC_ORDER) - {"weight_decay", "seeds", "diverged", "failed", "failure"})
+    extra = sorted({k for r in rows for k in r} - set(METRIC_ORDER) - _NOT_METRICS)
     extra = [k for k in extra if not k.endswith("_std")]
     return records_names + extra
 
@@ -362,10 +416,11 @@ def format_report(
     header: Sequence[str],
     notes: Sequence[str],
     files: Mapping[str, str],
+    objective: str | None = None,
 ) -> str:
     names = table_names(rows)
     lines = [*header, "", results_table(rows, names, None if best is None else best["weight_decay"]), ""]
-    lines += verdict(best, rows)
+    lines += verdict(best, rows, objective)
     lines += [f"note: {n}" for n in notes]
     if files:
         lines.append("plots: " + ", ".join(files.values()))

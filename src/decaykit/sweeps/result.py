@@ -88,4 +88,5 @@ class SweepResult(Report):
         return f"SweepResult(task={self.task!r}, weight_decays={len(self.results)}, trials={len(self.trials)}, best={best})"
 
     def __str__(self) -> str:
-        return format_report(self.results, self.best, header=self.header, notes=self.notes, files=self.files)
+        return format_report(self.results, self.best, header=self.header, notes=self.notes, files=self.files,
+                             objective=self.settings.get("metric"))

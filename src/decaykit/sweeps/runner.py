@@ -163,6 +163,10 @@ def run_sweep(
                         progress=Progress(0, mode=execution.progress_mode()),
                         threads=_threads(prepared, execution, store, stacked))  # fmt: skip
         wanted = _train_trials(prepared, worker)
+    except (DecayError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the model ran (the stacking check, the timings, training): its own failure
+        raise prepared.task.training_failed(exc) from exc
     finally:
         store.close()
     result = _build_result(prepared, execution, worker, wanted, notes, study, started, worker.threads.describe())
@@ -176,7 +180,7 @@ def _open_store(prepared: Prepared, execution: Execution) -> tuple[Store, str]:
     sweep's settings, to which a kept store adds the digest of its fingerprint (settings, initial weights,
     data, version), so a rerun finds its finished trials and a changed model or data never reuses them."""
     config = describe.identity(prepared.task, prepared.training)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps(describe.study_name_identity(prepared), sort_keys=True).encode()).hexdigest()[:12]
     study = execution.study_name or f"decaykit-sweep-{prepared.task.name}-{digest}"
     store = open_store(execution.storage, execution.out, study_name=study, maximize=bool(prepared.training.maximize),
                        config=config, fingerprint=lambda: describe.fingerprint(prepared),
@@ -357,6 +361,11 @@ def _notes(
                 f"{r['failure']['reason']}; "
                 "never the best λ"
             )
+    for r in rows:
+        for name, count in sorted(r.get("undefined", {}).items()):
+            trained = r["seeds"] - r["diverged"]
+            rest = "n/a in the table" if count == trained else "its mean is over the other seeds"
+            notes.append(f"λ = {r['weight_decay']:g}: {name} is undefined (NaN) on {count} of {trained} seeds; {rest}")
     if prepared.task.notes is not None and rows:
         notes.extend(prepared.task.notes(rows, prepared.data))
     return notes

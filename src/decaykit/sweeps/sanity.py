@@ -6,7 +6,9 @@ A trial fails, first reason found, when
 2. ``diverged``: its loss became non-finite during training;
 3. ``overflow``: its weights overflowed, ‖w‖ > √(largest float of the dtype), so ‖w‖² is not representable
    (SGD at lr 1e7 reaches ‖w‖ ≈ 1e26 in float32 with every loss still finite);
-4. ``no_progress``: its final training loss is not below the initial model's;
+4. ``blew_up``: its final training loss is over a hundred times the initial model's (unstable steps, the
+   weights growing, though not yet to an overflow);
+   ``no_progress``: otherwise, its final training loss is not below the initial model's;
 5. ``chance``: it scores no better on the test set than a model that learnt nothing. Classification:
    the best constant prediction (the commonest test label) is right on a share p₀ ≥ 1/classes of the
    test set; test accuracy must exceed p₀ by more than two binomial standard errors, 2√(p₀(1 − p₀)/n).
@@ -34,6 +36,7 @@ ADVICE: dict[str, str] = {
     "broken": "check the model's forward pass and the loss (the learning rate is not the cause)",
     "diverged": "lower the learning rate (--lr)",
     "overflow": "lower the learning rate (--lr)",
+    "blew_up": "lower the learning rate (--lr)",
     "no_progress": "lower the learning rate (--lr) or train longer (--epochs)",
     "chance": "train longer (--epochs) or raise the learning rate (--lr), and check that the labels match the inputs",
 }
@@ -87,6 +90,9 @@ def judge(
     norm = last.get("weight_norm", 0.0)
     if norm > math.sqrt(torch.finfo(dtype).max):
         return _failure("overflow", f"the weights overflowed (‖w‖ = {norm:.3g}){at_lr}")
+    if end > 100 * start > 0:
+        grown = f", ‖w‖ = {norm:.3g}" if "weight_norm" in last else ""
+        return _failure("blew_up", f"the training loss blew up ({start:.4g} → {end:.4g}{grown}): unstable steps{at_lr}")
     if not end < start:
         return _failure("no_progress", f"the training loss did not fall ({start:.4g} → {end:.4g}){at_lr}")
     if chance is not None and chance.metric in last:

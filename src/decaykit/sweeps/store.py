@@ -22,8 +22,8 @@ A finished trial is never trained again; a killed run, started again with the sa
 trains only what is missing. Without Optuna, or with ``storage="memory"``, :class:`MemoryStore`
 keeps results for the current call only.
 
-A study holds the trials of one sweep, as its fingerprint says (settings, each seed's initial weights
-and the model's code, the data, the task, decaykit's version): a trial is reused only under the same
+A study holds the trials of one sweep, as its fingerprint says (the settings that change training, the
+model's initial weights and code, the data, the task, decaykit's version): a trial is reused only under the same
 fingerprint (``study.py``). The journal file is read and written through ``journal.py``, which survives
 what a ``kill -9`` leaves (a torn last line, a lock nobody holds) and names the line of real damage.
 """
@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from decaykit.errors import DecayError
-from decaykit.sweeps.journal import local_owner_alive, open_journal, this_process
+from decaykit.sweeps.journal import FIX, local_owner_alive, open_journal, this_process
 from decaykit.sweeps.study import CONFIG, FINGERPRINT, choose_study
 
-__all__ = ["MemoryStore", "OptunaStore", "Store", "TrialKey", "key_text", "open_store"]
+__all__ = ["MemoryStore", "OptunaStore", "Store", "TrialKey", "key_text", "masked_url", "open_store"]
 
 TrialKey = tuple[float, int]  # (weight_decay, seed)
 
@@ -59,6 +59,36 @@ JOURNAL_NAME = "sweep.journal"
 def key_text(key: TrialKey) -> str:
     """The key as stored: ``repr`` of the float, so a λ read back is bit-for-bit the λ written."""
     return f"weight_decay={float(key[0])!r} seed={int(key[1])}"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password hidden, as every report, note, JSON field and error shows a store.
+
+    >>> masked_url("postgresql+psycopg://alice:s3cret@db.example:5432/sweeps")
+    'postgresql+psycopg://alice:***@db.example:5432/sweeps'
+    >>> masked_url("sqlite:///sweep.db")
+    'sqlite:///sweep.db'
+    """
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
+
+
+def _password(url: Any) -> str | None:
+    if not isinstance(url, str) or masked_url(url) == url:
+        return None
+    return url.partition("://")[2].partition("/")[0].rpartition("@")[0].split(":", 1)[1] or None
+
+
+def _one_line_cause(exc: BaseException, secret: str | None) -> str:
+    """The failure as one line (SQLAlchemy adds its SQL and a link on lines of their own), the password hidden."""
+    from decaykit._loading import describe_exception
+
+    text = describe_exception(exc).removesuffix(" ...")
+    return text.replace(secret, "***") if secret else text
 
 
 def _parse_key(text: str) -> TrialKey:
@@ -173,6 +203,7 @@ class OptunaStore:
 
         self._optuna = optuna
         self.location = location
+        secret = _password(storage)
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the user's output
         try:
@@ -189,7 +220,8 @@ class OptunaStore:
         except DecayError:
             raise
         except Exception as exc:
-            raise DecayError(f"cannot open the sweep store {location!r}: {type(exc).__name__}: {exc}") from exc
+            raise DecayError(f"cannot open the sweep store {location}: {_one_line_cause(exc, secret)}",
+                             argument="storage") from exc
         finally:
             optuna.logging.set_verbosity(verbosity)
         self.study_name = study_name
@@ -225,8 +257,21 @@ class OptunaStore:
         out: dict[TrialKey, dict[str, Any]] = {}
         for t in sorted(self._trials(), key=lambda t: t.number):
             if t.state == state.COMPLETE and _RECORD in t.user_attrs:
-                out.setdefault(_parse_key(t.system_attrs[_KEY]), json.loads(t.user_attrs[_RECORD]))
+                key, record = _parse_key(t.system_attrs[_KEY]), json.loads(t.user_attrs[_RECORD])
+                self._check_record(t.number, key, record)
+                out.setdefault(key, record)
         return out
+
+    def _check_record(self, number: int, key: TrialKey, record: Mapping[str, Any]) -> None:
+        """A trial's record must be of the trial's own (λ, seed): in a journal without line numbers, a lost line
+        shifts records onto other trials, and that is seen here."""
+        held = (record.get("weight_decay"), record.get("seed"))
+        if held != (None, None) and held != key:  # a record without its key (a test's, a hand-made one): unchecked
+            raise DecayError(
+                f"the sweep store {self.location} is damaged: trial {number} is {key_text(key)} but holds the result "
+                f"of weight_decay={held[0]!r} seed={held[1]!r} (a lost or moved record); {FIX}",
+                argument="storage",
+            )
 
     def busy_elsewhere(self) -> set[TrialKey]:
         """Keys another live worker is training; dead workers' trials are marked FAIL on the way."""
@@ -344,6 +389,12 @@ def _get_storage(optuna: Any, storage: Any, attempts: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
+def _is_optuna_storage(storage: Any) -> bool:
+    import optuna
+
+    return storage is None or isinstance(storage, optuna.storages.BaseStorage)
+
+
 def open_store(
     storage: Any,
     out: str | os.PathLike[str] | None,
@@ -372,7 +423,10 @@ def open_store(
         if storage is None:
             return MemoryStore(study_name)
         raise DecayError("a sweep store needs Optuna: pip install 'decaykit[store]' (or use storage='memory')") from None
-    location = storage if isinstance(storage, str) else type(storage).__name__
+    if not isinstance(storage, (str, os.PathLike)) and not _is_optuna_storage(storage):
+        raise DecayError(f"storage must be a journal file path, an Optuna storage URL, 'memory' or an Optuna storage, "
+                         f"got {storage!r} ({type(storage).__name__})", argument="storage")  # fmt: skip
+    location = masked_url(storage) if isinstance(storage, str) else type(storage).__name__
     if storage is None or (isinstance(storage, (str, os.PathLike)) and "://" not in str(storage)):
         path = Path(out if storage is None else storage)  # type: ignore[arg-type]
         if storage is None or path.is_dir():

@@ -63,16 +63,23 @@ def _settings_changed(old: Any, new: Mapping[str, Any]) -> str:
     return "; ".join(changed) or "the code of a function they name"
 
 
+def _same_task(attrs: Mapping[str, Any], fingerprint: Mapping[str, str]) -> bool:
+    stored = attrs.get(FINGERPRINT)
+    return isinstance(stored, Mapping) and stored.get("task") == fingerprint.get("task")
+
+
 def choose_study(
     storage: Any, name: str, *, fingerprint: Mapping[str, str], config: Mapping[str, Any], automatic: bool,
     location: str,
 ) -> str:  # fmt: skip
     """The study for a sweep of ``fingerprint``: ``name`` itself when given by the user (checked to fit),
-    else ``name`` plus the fingerprint's digest, with one line when an earlier study of ``name`` exists."""
+    else ``name`` plus the fingerprint's digest, with one line saying what changed when an earlier study of
+    ``name``, or of the same task under other settings, exists."""
     studies = storage.get_all_studies()
     if automatic:
         wanted = f"{name}-{_digest(fingerprint)}"
-        earlier = [s for s in studies if s.study_name == name or s.study_name.startswith(name + "-")]
+        earlier = [s for s in studies if s.study_name == name or s.study_name.startswith(name + "-")
+                   or _same_task(s.user_attrs, fingerprint)]  # other settings: another name, the same task
         if earlier and all(s.study_name != wanted for s in earlier):
             last = earlier[-1]
             what = what_changed(last.user_attrs, fingerprint, config)

@@ -326,14 +326,18 @@ def _outcome(
     seconds: float,
     verdict: _Verdict,
 ) -> TrialOutcome:
-    """Member k's trial: the last curve point of each metric (None if it diverged), the gap, the task's
-    extras, and whether it trained (``failure``)."""
+    """Member k's trial: the last curve point of each metric (None if it diverged, or a user's metric
+    that is undefined, NaN), the gap, the task's extras, and whether it trained (``failure``)."""
     weight_decay, seed = key
     last = {name: float(values[k, -1]) for name, values in series.items() if name != "epoch"}
     first = {name: float(values[k, 0]) for name, values in series.items() if name != "epoch"}
-    diverged = bad or not all(math.isfinite(v) for v in last.values())
-    failure = verdict.judge(first, last, diverged)
-    metrics: dict[str, float | None] = {name: (None if diverged else value) for name, value in last.items()}
+    # divergence is the loss's and the weights' to decide: a user's metric may be undefined (precision
+    # of a class never predicted is 0/0) on a model that trained well; it is then None, the trial kept
+    own_last = {name: v for name, v in last.items() if name not in verdict.user_metrics}
+    own_first = {name: v for name, v in first.items() if name not in verdict.user_metrics}
+    diverged = bad or not all(math.isfinite(v) for v in own_last.values())
+    failure = verdict.judge(own_first, own_last, diverged)
+    metrics: dict[str, float | None] = {name: (None if diverged else _finite(value)) for name, value in last.items()}
     metrics["gap"] = None if diverged else _gap(metrics, data.kind)
     if final_metrics is not None and not diverged:
         metrics.update(_final_metrics(final_metrics, members.member_module(k), weight_decay, data))
@@ -355,6 +359,7 @@ class _Verdict:
 
     def __init__(self, chance: Chance | None, training: Training) -> None:
         self.chance, self.lr = chance, training.lr
+        self.user_metrics = {f"{split}_{name}" for name in training.metrics for split in ("train", "test")}
         self.dtype = training.dtype or torch.get_default_dtype()
 
     def judge(self, first: Mapping[str, float], last: Mapping[str, float], diverged: bool) -> dict[str, str] | None:

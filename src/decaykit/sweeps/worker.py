@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from decaykit.errors import DecayError
+from decaykit._loading import describe_exception
+from decaykit.errors import DecayError, UserCodeError
 from decaykit.sweeps.batched import StackedMembers
 from decaykit.sweeps.prepare import Prepared
 from decaykit.sweeps.progress import Progress
@@ -106,7 +107,7 @@ class Worker:
                 self._store(outcome)
         if self.bar.mode == "log":
             self.bar.message(
-                f"decaykit sweep: finished {len(mine)} trials (λ = "
+                f"decaykit sweep: finished {len(mine)} trial{'s' if len(mine) != 1 else ''} (λ = "
                 f"{', '.join(sorted({f'{wd:g}' for wd, _ in mine}, key=float))})"
             )
 
@@ -120,7 +121,15 @@ class Worker:
         self.store.complete((outcome.weight_decay, outcome.seed), record, float(value))
         self.trained += 1
         for callback in self.callbacks:
-            callback(record)
+            try:
+                callback(record)
+            except Exception as exc:
+                name = getattr(callback, "__qualname__", type(callback).__name__)
+                raise UserCodeError(
+                    f"callbacks: {name} raised on the trial λ = {outcome.weight_decay:g}, seed {outcome.seed}: "
+                    f"{describe_exception(exc)} (that trial is stored; a rerun trains only the rest)",
+                    argument="callbacks",
+                ) from exc
 
     def _train(self, keys: Sequence[TrialKey]) -> list[TrialOutcome]:
         self.bar.status += f", training {len(keys)}" + (" stacked" if self.stacked and len(keys) > 1 else "")
@@ -141,5 +150,5 @@ class Worker:
         except (DecayError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            lams = ", ".join(f"{wd:g}" for wd, _ in keys)
-            raise DecayError(f"training failed (λ = {lams}): {type(exc).__name__}: {exc}") from exc
+            lams = ", ".join(sorted({f"{wd:g}" for wd, _ in keys}, key=float))
+            raise self.task.training_failed(exc, f" (λ = {lams})") from exc

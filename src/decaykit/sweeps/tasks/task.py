@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from decaykit.errors import DecayError, UserCodeError
 from decaykit.sweeps.data import SweepData
 
 __all__ = ["Task", "with_overrides"]
@@ -42,6 +43,21 @@ class Task:
     # notes about the finished table that only the task can make: (rows, data) -> [sentences]
     notes: Callable[[Sequence[Mapping[str, Any]], SweepData], list[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def users(self) -> bool:
+        """The model and data are the user's own (``task_from_user``), not a built-in task's."""
+        return self.name == "custom"
+
+    def training_failed(self, exc: BaseException, where: str = "") -> DecayError:
+        """``exc`` raised while training this task's model: the user's code failing (its forward, its loss,
+        or outputs the loss cannot take), named with the model, or for a built-in task a plain DecayError."""
+        from decaykit._loading import describe_exception
+
+        if self.users:
+            return UserCodeError(f"model={self.model_description!r}: training failed{where}: {describe_exception(exc)} "
+                                 "(raised by the model's forward or on its outputs)", argument="model")  # fmt: skip
+        return DecayError(f"training failed{where}: {describe_exception(exc)}")
 
 
 def with_overrides(task: Task, **overrides: Any) -> Task:
