@@ -165,7 +165,9 @@ def run_sweep(
         wanted = _train_trials(prepared, worker)
     except (DecayError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # the model ran (the stacking check, the timings, training): its own failure
+    except Exception as exc:  # a user's model ran (the stacking check, the timings, training): its own failure
+        if not prepared.task.users:
+            raise  # a built-in task's model failing is decaykit's own error, reported as internal
         raise prepared.task.training_failed(exc) from exc
     finally:
         store.close()
