@@ -264,3 +264,16 @@ def test_an_lr_independent_lambda_above_one_percent_per_step_is_swept_with_a_war
         result = sweep(task="ridge", weight_decays=[0.0, 0.1], mode="lr_independent", seeds=1)
     assert [row["weight_decay"] for row in result.results] == [0.0, 0.1]
     assert result.results[1]["weight_norm"] < result.results[0]["weight_norm"]
+
+
+def test_the_range_within_noise_never_spans_a_lambda_that_failed():
+    """Rows 0.1 and 3 alike, 1 failed on every seed: "anything in 0.1–3 is within noise" would recommend the
+    failed λ = 1 too; the range stops at it."""
+    reason = {"kind": "chance", "reason": "test loss no better than chance"}
+    records = [record(wd, s, 2.0 + 0.01 * s, reason if wd == 1.0 else None) for wd in (0.0, 0.1, 1.0, 3.0)
+               for s in range(3)]  # fmt: skip
+    rows = aggregate(records)
+    best = choose_best(rows, "test_loss", False)
+    assert best["weight_decay"] in (0.0, 0.1) and best["range"][1] <= 0.1, best
+    text = format_report(rows, best, header=[], notes=[], files={})
+    assert "–3 is within noise" not in text

@@ -127,12 +127,13 @@ def _stderr(a: Mapping[str, Any], b: Mapping[str, Any], objective: str) -> float
 
 def best_range(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any], objective: str) -> tuple[float, float]:
     """The λ next to ``best`` (a contiguous run of rows that trained) whose objective is within twice the
-    standard error of its difference from the best's: the seeds cannot tell them from the best."""
-    ordered = [r for r in rows if _rankable(r, objective)]
+    standard error of its difference from the best's: the seeds cannot tell them from the best. A λ between
+    them that failed or cannot be ranked ends the run: "anything in 0.1–3" must not span a λ that failed."""
+    ordered = sorted(rows, key=lambda r: r["weight_decay"])
     i = next(j for j, r in enumerate(ordered) if r["weight_decay"] == best["weight_decay"])
 
     def close(r: Mapping[str, Any]) -> bool:
-        return abs(r[objective] - best[objective]) <= 2 * _stderr(r, best, objective)
+        return _rankable(r, objective) and abs(r[objective] - best[objective]) <= 2 * _stderr(r, best, objective)
 
     lo = hi = i
     while lo > 0 and close(ordered[lo - 1]):
