@@ -277,3 +277,10 @@ def test_the_range_within_noise_never_spans_a_lambda_that_failed():
     assert best["weight_decay"] in (0.0, 0.1) and best["range"][1] <= 0.1, best
     text = format_report(rows, best, header=[], notes=[], files={})
     assert "–3 is within noise" not in text
+
+
+def test_a_one_sample_training_set_is_checked_as_one_sample():
+    x, y = torch.randn(1, 4), torch.tensor([1])
+    with pytest.raises(DecayError, match=r"got \(3,\) for a batch of 1$"):
+        sweep(lambda: nn.Sequential(nn.Linear(4, 3), nn.Flatten(0)), (x, y, x, y), weight_decays=[0.0], seeds=1,
+              epochs=1, storage="memory", plots=False)  # fmt: skip

@@ -163,6 +163,8 @@ def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Mo
         raise DecayError("the model has no trainable parameters: nothing to sweep")
     decay_plan(model, 1.0, training.policy)  # an unknown policy or a bad rule fails here, before any training
     x = data.x_train[:2]
+    n = x.shape[0]  # 2, or 1 for a one-sample training set
+    samples = f"{n} sample{'s' if n > 1 else ''}"
     try:
         with torch.no_grad():
             out = model.eval()(x)
@@ -172,7 +174,7 @@ def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Mo
             "(token ids): for features, give floating point inputs"
         )
         raise DecayError(
-            f"the model cannot take the data: input of shape {tuple(x.shape)} (2 samples) raised "
+            f"the model cannot take the data: input of shape {tuple(x.shape)} ({samples}) raised "
             f"{type(exc).__name__}: {exc}{hint}"
         ) from exc
     if not isinstance(out, Tensor):
@@ -180,10 +182,10 @@ def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Mo
     if callable(training.loss):
         return model
     if data.kind == "classification":
-        if out.dim() != 2 or out.shape[0] != 2:
+        if out.dim() != 2 or out.shape[0] != n:
             raise DecayError(
                 f"for classification the model must return logits of shape (batch, classes); "
-                f"got {tuple(out.shape)} for a batch of 2"
+                f"got {tuple(out.shape)} for a batch of {n}"
             )
         if out.shape[1] < (data.num_classes or 0):
             raise DecayError(
@@ -192,7 +194,7 @@ def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Mo
             )
     elif out.shape != data.y_train[:2].shape:
         raise DecayError(
-            f"the model returns shape {tuple(out.shape)} for 2 samples but the targets have shape "
+            f"the model returns shape {tuple(out.shape)} for {samples} but the targets have shape "
             f"{tuple(data.y_train[:2].shape)}; make them match (e.g. targets of shape (n, 1))"
         )
     return model
