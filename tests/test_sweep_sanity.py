@@ -284,3 +284,22 @@ def test_a_one_sample_training_set_is_checked_as_one_sample():
     with pytest.raises(DecayError, match=r"got \(3,\) for a batch of 1$"):
         sweep(lambda: nn.Sequential(nn.Linear(4, 3), nn.Flatten(0)), (x, y, x, y), weight_decays=[0.0], seeds=1,
               epochs=1, storage="memory", plots=False)  # fmt: skip
+
+
+def test_a_loss_that_returns_a_vector_or_raises_is_told_before_training():
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+
+    def per_sample(out, target):
+        return nn.functional.cross_entropy(out, target, reduction="none")
+
+    def broken(out, target):
+        raise ValueError("my loss broke")
+
+    kw = dict(weight_decays=[0.0], seeds=1, epochs=1, storage="memory", plots=False)
+    with pytest.raises(DecayError, match=r"loss=.*per_sample must return one number for the batch .*got shape \(2,\)"):
+        sweep(lambda: nn.Linear(4, 3), (x, y, x, y), loss=per_sample, **kw)
+    from decaykit.errors import UserCodeError
+
+    with pytest.raises(UserCodeError, match="broken raised ValueError: my loss broke") as err:
+        sweep(lambda: nn.Linear(4, 3), (x, y, x, y), loss=broken, **kw)
+    assert err.value.argument == "loss"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from decaykit.engine.checks import PLAUSIBLE_SHRINK
-from decaykit.errors import DecayError, DecayWarning
+from decaykit.errors import DecayError, DecayWarning, UserCodeError
 from decaykit.sweeps.data import SweepData, check_finite, keeps_dtype, resolve_data
 from decaykit.sweeps.optim import decay_plan
 from decaykit.sweeps.settings import Training
@@ -146,6 +147,22 @@ def step_flops(model: torch.nn.Module, x: Tensor) -> float:
     return max(dense, 3.0 * counter.get_total_flops() / max(1, len(x)))
 
 
+def _check_loss(loss: Any, out: Tensor, y: Tensor) -> None:
+    """A loss function takes the model's output and the targets and returns one number for the batch (each
+    member's loss is then its own): a vector came out later as a size mismatch deep in training."""
+    name = getattr(loss, "__qualname__", type(loss).__name__)
+    try:
+        with torch.no_grad():
+            value = loss(out, y)
+    except Exception as exc:
+        raise UserCodeError(f"loss={name} raised {type(exc).__name__}: {exc} on the model's output of shape "
+                            f"{tuple(out.shape)} and targets of shape {tuple(y.shape)}", argument="loss") from exc  # fmt: skip
+    if not isinstance(value, Tensor) or value.dim() != 0:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+        raise DecayError(f"loss={name} must return one number for the batch (a 0-dim tensor, e.g. the mean over "
+                         f"its samples); got {got} for a batch of {len(out)}", argument="loss")  # fmt: skip
+
+
 def check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Module:
     """Build the seed-0 model and push two samples through it: shapes and targets must fit the loss."""
     with one_thread():
@@ -180,6 +197,7 @@ def _check_model(task: Task, data: SweepData, training: Training) -> torch.nn.Mo
     if not isinstance(out, Tensor):
         raise DecayError(f"the model must return a tensor, got {type(out).__name__}")
     if callable(training.loss):
+        _check_loss(training.loss, out, data.y_train[:n])
         return model
     if data.kind == "classification":
         if out.dim() != 2 or out.shape[0] != n:
