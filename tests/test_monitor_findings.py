@@ -144,3 +144,19 @@ def test_a_warm_up_from_lr_0_is_not_an_lr_0_run():
         opt.zero_grad()
     mon.close()
     assert "lr-zero" not in [code for code, _ in _codes(mon)]
+
+
+def test_an_lr_that_rises_between_recorded_steps_is_not_an_lr_0_run():
+    """Warm-up from 0 and cosine back to 0 in a run shorter than ``every``: the only recorded steps see lr = 0,
+    yet the decay acted on every step between; "the decay never acted" would be false."""
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.0 if step in (0, 9) else 1.0)
+    mon = decaykit.Monitor(model, opt, every=50)  # records step 1 only, at lr = 0
+    for _ in range(10):
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    mon.close()
+    assert "lr-zero" not in [code for code, _ in _codes(mon)]

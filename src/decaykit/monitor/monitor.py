@@ -55,6 +55,11 @@ def _unwrap(optimizer: Any) -> Any:
     return optimizer
 
 
+def _lr_above_zero(group: dict[str, Any]) -> bool:
+    lr = group.get("lr", 0.0)
+    return bool(lr > 0) if isinstance(lr, (int, float, Tensor)) else False
+
+
 class Monitor:
     """Record, per decayed tensor and recorded step, what weight decay does; tell what looks wrong.
 
@@ -105,6 +110,8 @@ class Monitor:
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         step = self._step + 1
+        if len(self._idle) > len(self._acted):  # a group seen at lr = 0: an unrecorded step with lr > 0 decays it
+            self._acted.update(i for i in self._idle if _lr_above_zero(self.optimizer.param_groups[i]))
         if not self.records_at(step):
             return
         decays = group_decays(self.optimizer)
