@@ -279,3 +279,32 @@ def test_decay_options_take_example_inputs_and_decide_by_use():
     assert "backbone.layers.0.mixer.in_proj.weight" in traced
     with pytest.raises(DecayError, match="example_inputs"):
         hf.decay_parameter_names(model, example_input="auto")  # a typo is named, with the right key listed
+
+
+def test_the_optimizer_s_own_lr_is_the_lr_its_groups_get(tmp_path):
+    """``optimizer_cls_and_kwargs=(SGD, {"lr": 0.1})``: a plain Trainer trains at 0.1 (its groups set no lr);
+    decaykit's groups carried args.learning_rate, which overrides the keyword, so it trained at HF's default
+    silently. The keyword's lr is now the one the groups scale."""
+    args = training_args(tmp_path, learning_rate=5e-5)
+    given = (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9})
+    plain = transformers.Trainer(model=resnet(), args=args, train_dataset=RandomImages(), optimizer_cls_and_kwargs=given)
+    ours = hf.DecayTrainer(model=resnet(), args=args, train_dataset=RandomImages(), optimizer_cls_and_kwargs=given)
+    for trainer in (plain, ours):
+        assert {g["lr"] for g in inner(trainer.create_optimizer()).param_groups} == {0.1}
+    cls, kwargs = hf.optimizer_cls_and_kwargs(resnet(), args, optimizer_cls=torch.optim.SGD, optimizer_kwargs={"lr": 0.1})
+    assert {g["lr"] for g in cls(**kwargs).param_groups} == {0.1}
+
+
+def test_a_given_optimizer_with_decay_settings_is_refused_and_decaykit_s_own_kwargs_are_taken(tmp_path):
+    args = training_args(tmp_path)
+    model = resnet()
+    mine = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1)
+    with pytest.raises(DecayError, match="would be dropped") as err:  # was: the engine dropped without a word
+        hf.DecayTrainer(model=model, args=args, optimizers=(mine, None), decay_engine={"mode": "lr_coupled"})
+    assert err.value.argument == "optimizers"
+    with pytest.warns(DecayWarning, match="its groups are used as they are"):
+        hf.DecayTrainer(model=model, args=args, optimizers=(mine, None))
+    # decaykit's own optimizer_cls_and_kwargs with decay_engine: was refused as "builds its own parameter groups"
+    given = hf.optimizer_cls_and_kwargs(model, args)
+    trainer = hf.DecayTrainer(model=model, args=args, optimizer_cls_and_kwargs=given, decay_engine={"mode": "lr_coupled"})
+    assert type(trainer.create_optimizer()) is decaykit.WeightDecay

@@ -6,7 +6,8 @@ inside ``nn.LayerNorm`` or when the name matches ``bias`` / ``layernorm`` / ``rm
 ``ln_1`` or a ``(C,1,1)`` layer scale is decayed, and with exactly two groups there is no room
 for per-group weight decay, layer-wise LR decay or a decay schedule. Here decaykit builds the
 groups instead, from what each parameter is (:func:`decaykit.plan`), with λ =
-``args.weight_decay`` and lr = ``args.learning_rate`` (times each group's ``lr_scale``).
+``args.weight_decay`` and lr = the optimizer's own ``lr`` keyword where one is given
+(``optimizer_cls_and_kwargs``), else ``args.learning_rate`` (times each group's ``lr_scale``).
 
 One line, three ways::
 
@@ -154,7 +155,8 @@ def optimizer_cls_and_kwargs(
 
     Returns the optimizer class HF picks from ``args.optim`` (or ``optimizer_cls``) and its
     keyword arguments with ``params`` set to decaykit's groups for ``model`` (λ =
-    ``args.weight_decay``, lr = ``args.learning_rate`` · ``lr_scale``); the Trainer uses a
+    ``args.weight_decay``, lr = ``lr_scale`` times ``optimizer_kwargs["lr"]`` if given, else
+    ``args.learning_rate``); the Trainer uses a
     ``params`` entry instead of its own two groups. The groups hold ``model``'s tensors, so pass
     the model the Trainer trains; under FSDP, where the Trainer swaps the tensors for shards,
     use :class:`DecayTrainer` instead.
@@ -178,8 +180,16 @@ def optimizer_cls_and_kwargs(
     else:
         kwargs = {"lr": args.learning_rate}
     kwargs = {**kwargs, **(optimizer_kwargs or {})}
-    _, groups = _groups_for(model, args.weight_decay, args.learning_rate, options)
+    _, groups = _groups_for(model, args.weight_decay, _base_lr(kwargs, args), options)
     return optimizer_cls, {**kwargs, "params": groups}
+
+
+def _base_lr(kwargs: dict[str, Any], args: Any) -> float:
+    """The LR the groups scale: the optimizer's own ``lr`` keyword where one is given (a plain Trainer's
+    optimizer then runs at it, as its groups set none), else ``args.learning_rate``. A group's own ``lr``
+    overrides the keyword, so taking ``args.learning_rate`` there would train at another LR, silently."""
+    lr = kwargs.get("lr", args.learning_rate)
+    return float(lr) if isinstance(lr, (int, float)) else lr
 
 
 class DecayTrainerMixin:
@@ -223,6 +233,17 @@ class DecayTrainerMixin:
         self.decay_engine = None if decay_engine is None else dict(decay_engine)
         if self.decay_engine is not None:
             canonical_convention(self.decay_engine.get("convention", _HF_CONVENTION))  # refused now, not at train()
+        given = kwargs.get("optimizers", (None, None))
+        if isinstance(given, (tuple, list)) and given and given[0] is not None:
+            if decay_options is not None or decay_engine is not None:
+                raise DecayError(
+                    "the Trainer was given its optimizer (optimizers=(optimizer, ...)), so decay_options and "
+                    "decay_engine would be dropped: build that optimizer from decaykit.param_groups(model, ...) "
+                    "(and wrap it in decaykit.WeightDecay) yourself, or leave optimizers= out and DecayTrainer "
+                    "builds it", argument="optimizers")  # fmt: skip
+            warnings.warn("the Trainer was given its optimizer (optimizers=(optimizer, ...)): its groups are used as "
+                          "they are, not decaykit's; check them with decaykit.audit(model, optimizer)",
+                          DecayWarning, stacklevel=2)  # fmt: skip
         super().__init__(*args, **kwargs)
 
     def decay_plan(self, model: nn.Module | None = None) -> Plan:
@@ -237,6 +258,9 @@ class DecayTrainerMixin:
         if self.optimizer is None:  # type: ignore[has-type]
             given = getattr(self, "optimizer_cls_and_kwargs", None)
             optimizer_cls, kwargs = given if given is not None else self.get_optimizer_cls_and_kwargs(self.args, opt_model)  # type: ignore[attr-defined]
+            if isinstance(kwargs.get("params"), list) and all(isinstance(g, dict) and "param_names" in g
+                                                               for g in kwargs["params"]):
+                kwargs = {k: v for k, v in kwargs.items() if k != "params"}  # decaykit's own groups: made again here
             if _builds_own_groups(optimizer_cls, kwargs):
                 if self.decay_engine is not None:
                     raise DecayError(
@@ -244,7 +268,7 @@ class DecayTrainerMixin:
                         "builds its own parameter groups; choose an optimizer such as optim='adamw_torch'"
                     )
                 return super().create_optimizer(model)  # type: ignore[misc]
-            decided, groups = _groups_for(opt_model, self.args.weight_decay, self.args.learning_rate, self.decay_options)  # type: ignore[attr-defined]
+            decided, groups = _groups_for(opt_model, self.args.weight_decay, _base_lr(kwargs, self.args), self.decay_options)  # type: ignore[attr-defined]
             optimizer = optimizer_cls(groups, **kwargs)
             if self.decay_engine is not None:
                 optimizer = _wrap_in_engine(optimizer, self.decay_engine, self.args.weight_decay)  # type: ignore[attr-defined]
