@@ -95,6 +95,16 @@ def test_audit_of_a_saved_state_dict(tmp_path):
     assert codes(report)["decayed-norm"] == "error"  # one group holding every tensor: the order cannot matter
 
 
+def test_a_saved_optimizer_holding_fewer_tensors_than_the_model_trains_is_missing_some_for_sure():
+    """By position, which tensors are missing is uncertain, but that some are is not: 3 saved of 43 was a
+    warning (exit 0) while the live optimizer's audit said error."""
+    model = TinyGPT(depth=1)
+    few = torch.optim.AdamW(list(model.parameters())[:3], lr=1e-3, weight_decay=0.05)
+    saved, live = decaykit.audit(model, few.state_dict()), decaykit.audit(model, few)
+    assert saved.mapping == "by position" and codes(saved)["missing"] == "error" and not saved.ok
+    assert codes(live)["missing"] == "error"
+
+
 def test_audit_bad_input():
     with pytest.raises(decaykit.DecayError, match="optimizer must be"):
         decaykit.audit(TinyGPT(depth=1), [1, 2])

@@ -119,3 +119,18 @@ def test_a_saved_engine_entry_that_names_no_mode_is_a_decay_error(entry, got):
     state = {**saved(model), "decaykit": entry}
     with pytest.raises(DecayError, match=rf"state_dict\['decaykit'\] must be .*'mode' one of lr_coupled, .*; {got}"):
         decaykit.audit(model, state)
+
+
+def test_a_checkpoint_with_groups_that_are_not_a_list_or_indices_past_the_model_is_one_decay_error():
+    """param_groups as a dict came out as decaykit's internal error (exit 3); an index past the model's
+    tensors was told as 'holds more parameters than the model' though it held three."""
+    from decaykit.models import TinyGPT
+
+    model = TinyGPT(depth=1)
+    with pytest.raises(decaykit.DecayError, match="a list of dicts each with a 'params' list"):
+        decaykit.audit(model, {"param_groups": {"a": 1}, "state": {}})
+    n = len(list(model.parameters()))
+    bad = {"param_groups": [{"params": [0, 1, 999], "lr": 1e-3, "weight_decay": 0.1}], "state": {}}
+    with pytest.raises(decaykit.DecayError, match=rf"refers to parameters \[0, 1, 999\] by position, but the model has {n}"):
+        decaykit.audit(model, bad)
+    assert torch.is_tensor(next(model.parameters()))

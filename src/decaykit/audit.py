@@ -238,10 +238,12 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
         return _View(name, groups, [], stepper=stepper, mode=optimizer.mode)
     if isinstance(optimizer, Mapping):
         state = optimizer.get("optimizer", optimizer) if "param_groups" not in optimizer else optimizer
-        if not isinstance(state, Mapping) or "param_groups" not in state:
+        groups = state.get("param_groups") if isinstance(state, Mapping) else None
+        if not isinstance(groups, list) or not all(isinstance(g, Mapping) and isinstance(g.get("params"), list)
+                                                   for g in groups):
             raise DecayError(
                 "optimizer must be a torch.optim.Optimizer or an optimizer state_dict (a dict with "
-                "'param_groups', or a checkpoint dict with key 'optimizer')"
+                "'param_groups', a list of dicts each with a 'params' list, or a checkpoint dict with key 'optimizer')"
             )
         return _from_state_dict(model, state)
     raise DecayError(f"optimizer must be a torch.optim.Optimizer or its state_dict, got {type(optimizer).__name__}")
@@ -302,9 +304,10 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
         else:
             try:
                 params = [ordered[int(i)] for i in g["params"]]
-            except IndexError:
+            except (IndexError, TypeError, ValueError):
                 raise DecayError(
-                    "the saved optimizer holds more parameters than the model; pass the model it was trained with"
+                    f"the saved optimizer refers to parameters {g['params'][:5]!r}{' ...' if len(g['params']) > 5 else ''} "
+                    f"by position, but the model has {len(ordered)} (0..{len(ordered) - 1}); pass the model it was trained with"
                 ) from None
             misfit = misfit or _state_misfit(state.get("state", {}), g["params"], params, model)
         groups.append(_group(params, g))
@@ -426,7 +429,11 @@ def _mapped_findings(expected: Plan, view: _View) -> list[Finding]:
         return findings
     caveat = (" (by position: the checkpoint has no param_names, so saved tensor i was taken to be "
               "model.parameters()[i], which holds only if the optimizer was built from model.parameters() in order)")
-    return [dataclasses.replace(f, severity="warning" if f.severity == "error" else f.severity, message=f.message + caveat)
+    # which tensors are missing hangs on the order; that some are does not, when the optimizer holds fewer
+    held_count = len({id(p) for g in view.groups for p in g.params})
+    certain = {"missing"} if held_count < len(expected.trainable) else set()
+    return [dataclasses.replace(f, severity="warning" if f.severity == "error" and f.code not in certain else f.severity,
+                                message=f.message + caveat)
             if f.code.startswith(_MAPPED) else f for f in findings]
 
 
