@@ -31,6 +31,15 @@ def test_verify_prints_the_seed_tensors_and_passes(capsys: pytest.CaptureFixture
     assert "coupled vs decoupled" in out and "result: 3 optimizer(s) match" in out
 
 
+def test_verify_at_another_weight_decay_says_only_the_step_without_decay_met_the_notebook(capsys) -> None:
+    """The notebook printed weight_decay 0 and 1; at --wd 0.5 only the first was compared, and the line claimed
+    the SGD tensors 'equal the tensors the founding notebook printed'."""
+    assert main(["verify", "--wd", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "the tensors the founding notebook printed" not in out
+    assert "SGD: equals the founding notebook's weight_decay=0 tensors" in out and "not 0.5" in out
+
+
 def test_verify_json_with_every_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", "--json", "--optimizer", "all", "--foreach", "off", "--lr", "0.05", "--wd", "0.2"]) == 0
     data = json.loads(capsys.readouterr().out)

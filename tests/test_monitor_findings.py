@@ -4,6 +4,7 @@ run (tests/test_monitor.py, the scale-invariant toy run for 5τ) shows none."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -69,6 +70,10 @@ def test_a_timescale_longer_than_the_run_is_found(lr, lam, total):
     tau = 1 / (lr * lam)
     found = [c for c in _codes(mon) if c[0] == "timescale-exceeds-run"]   # λ = 10 may also dominate, rightly
     assert found == ([("timescale-exceeds-run", "group 0")] if tau > total else [])
+    if found:  # the factor with the digits that show it below 1 (it printed "a factor 1")
+        message = next(f.message for f in mon.findings if f.code == "timescale-exceeds-run")
+        shown = re.search(r"by at most a factor (\S+) over", message).group(1)
+        assert float(shown) < 1 or math.exp(-lr * lam * total) > 1 - 1e-15
 
 
 def test_the_timescale_is_read_at_the_peak_lr_not_during_warm_up():

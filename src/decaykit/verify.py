@@ -251,6 +251,15 @@ def _seed_match(seed: int, lr: float, weight_decay: float, checks: Sequence[Opti
                [[f"{v:.4f}" for v in row] for row in SEED_PRINTED[wd]] for wd, got in printed)
 
 
+def _seed_text(report: VerifyReport) -> str:
+    """What the SGD step was compared with: the notebook printed weight_decay 0 and 1 only."""
+    verdict = "equals" if report.seed_match else "DOES NOT equal"
+    if report.weight_decay == 1.0:
+        return f"{verdict} the tensors the founding notebook printed (weight_decay 0 and 1), to its 4 decimals"
+    return (f"{verdict} the founding notebook's weight_decay=0 tensors, to its 4 decimals (it printed weight_decay=1, "
+            f"not {report.weight_decay:g}: that step is checked against the closed form only)")
+
+
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -408,8 +417,7 @@ def render(report: VerifyReport) -> str:
         lines += _side_by_side(check.with_decay, check.expected_with, (f"weight_decay={lam}: torch", "closed form"))
         lines.append(f"  {check.line}")
         if check.name == "sgd" and report.seed_match is not None:
-            verdict = "equals" if report.seed_match else "DOES NOT equal"
-            lines.append(f"  SGD: {verdict} the tensors the founding notebook printed, to its 4 decimals")
+            lines.append(f"  SGD: {_seed_text(report)}")
     lines += ["", "coupled vs decoupled, with these numbers: (θ_λ − θ_0)/θ₀, what the decay did to each weight"]
     lines += [f"  {explain(c, report.lr, report.weight_decay)}" for c in report.checks]
     lines.append("  coupled: λθ is added to the gradient, so it goes wherever the gradient goes; "
@@ -440,8 +448,7 @@ def render_html(report: VerifyReport) -> str:
                                  "")
         verdicts = [Cell(check.line, "good" if check.agrees else "bad")]
         if check.name == "sgd" and report.seed_match is not None:
-            verdicts.append(Cell("SGD " + ("equals" if report.seed_match else "DOES NOT equal") + " the tensors the "
-                                 "founding notebook printed, to its 4 decimals", "good" if report.seed_match else "bad"))
+            verdicts.append(Cell("SGD " + _seed_text(report), "good" if report.seed_match else "bad"))
         parts += [html_lines([Cell(f"{c.label}, {c.kind}: {c.rule}", bold=True)]), html_pre("\n".join(tensors)),
                   html_lines(verdicts)]
     parts.append(html_lines([Cell("coupled vs decoupled: (θ_λ − θ_0)/θ₀, what the decay did to each weight", bold=True),

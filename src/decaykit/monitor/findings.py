@@ -96,6 +96,12 @@ def tensor_findings(record: dict[str, Any]) -> list[MonitorFinding]:
     return out
 
 
+def _factor(shrink: float) -> str:
+    """A factor near 1 with the digits that show how near: 0.99988, not 1."""
+    digits = 3 + max(0, -math.floor(math.log10(max(1 - shrink, 1e-15))) - 1) if shrink < 1 else 3
+    return f"{shrink:.{digits}g}"
+
+
 def timescale_finding(group: int, peak_rate: float, total_steps: int, step: int, weight_decay: float) -> MonitorFinding | None:
     """``timescale-exceeds-run`` when τ = 1/r at the peak LR is longer than the run."""
     tau = 1 / peak_rate if peak_rate > 0 else math.inf
@@ -105,7 +111,7 @@ def timescale_finding(group: int, peak_rate: float, total_steps: int, step: int,
     return MonitorFinding(
         "timescale-exceeds-run", f"group {group}", step,
         f"τ = {tau:.3g} steps at the peak LR is longer than the run (total_steps={total_steps}): the decay shrinks "
-        f"θ by at most a factor {shrink:.3g} over the whole run; raise weight_decay ({weight_decay:g}) about "
+        f"θ by at most a factor {_factor(shrink)} over the whole run; raise weight_decay ({weight_decay:g}) about "
         f"{tau / total_steps:.3g}x for τ = the run, or drop it")
 
 
