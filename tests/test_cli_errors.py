@@ -302,3 +302,15 @@ def test_the_library_settings_of_issue_10_reach_the_command_line(capsys):
                 "--drop-last", "--json")[1]
     epochs = [json.loads(text)["timescale"]["epochs"] for text in (ceil, floor)]
     assert epochs[0] == pytest.approx(2e4 / 2) and epochs[1] == pytest.approx(2e4)
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["convert", "0.1", "--to", "sgd", "--momentum", "1.5"], "--momentum"),
+    (["inspect", "gpt", "--layer-decay", "2"], "--layer-decay"),
+    (["convert", "-1"], "LAMBDA"),
+])  # fmt: skip
+def test_the_json_error_names_the_flag_not_the_python_keyword(argv, flag, capsys):
+    """The API's errors name its keyword (momentum, layer_decay, weight_decay); on the command line the argument
+    at fault is the flag or positional the user typed."""
+    assert main([*argv, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["argument"] == flag

@@ -118,8 +118,11 @@ def _classify(exc: BaseException) -> tuple[int, str, str | None, str]:
     return EXIT_INTERNAL, "internal", None, describe_exception(exc)
 
 
-def _report(command: str, exc: BaseException, *, json_out: bool, trace: bool) -> int:
+def _report(command: str, exc: BaseException, *, json_out: bool, trace: bool,
+            parser: argparse.ArgumentParser | None = None) -> int:
     status, kind, argument, message = _classify(exc)
+    if parser is not None:  # the API names its keyword (momentum); the command line has a flag (--momentum)
+        argument = _flag_for(parser, command, argument)
     if trace:
         traceback.print_exception(exc)
     elif kind == "interrupted":
@@ -163,7 +166,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `decaykit inspect ... | head`: the reader has what it wanted
             return EXIT_OK
         except (Exception, KeyboardInterrupt, SystemExit) as exc:
-            return _report(args.command, exc, json_out=bool(getattr(args, "json", False)), trace=_wants_trace(args))
+            return _report(args.command, exc, json_out=bool(getattr(args, "json", False)), trace=_wants_trace(args),
+                           parser=parser)
+
+
+def _flag_for(parser: argparse.ArgumentParser, command: str, argument: str | None) -> str | None:
+    """The command's flag (``--momentum``) or positional (``LAMBDA``) for the Python keyword an error names."""
+    if argument is None or argument.startswith("-"):
+        return argument
+    subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    sub = subparsers.choices.get(command) if subparsers is not None else None
+    for action in sub._actions if sub is not None else ():
+        if action.dest == argument.replace("-", "_"):
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if longs or action.option_strings:
+                return (longs or action.option_strings)[0]
+            return str(action.metavar or action.dest.upper())
+    return argument
 
 
 if __name__ == "__main__":  # pragma: no cover
