@@ -86,3 +86,13 @@ def test_dict_rules_and_unmatched_rule_warning():
     assert p["h.0.attn.qkv.weight"].lr_scale == pytest.approx(0.1)
     with pytest.raises(DecayError, match="matched no parameter"):
         decaykit.plan(TinyGPT(depth=1), 0.1, rules=[{"match": "transformer.*", "weight_decay": 0.0}], strict=True)
+
+
+def test_a_decayed_tensor_at_lr_scale_0_says_its_decay_never_acts():
+    from torch import nn
+
+    import decaykit
+
+    p = decaykit.plan(nn.Sequential(nn.Linear(4, 4)), 0.1, rules=["0.weight:lr_scale=0"], strict=True)
+    assert p["0.weight"].decay and "never acts" in p["0.weight"].reason
+    assert "never acts" not in decaykit.plan(nn.Sequential(nn.Linear(4, 4)), 0.1)["0.weight"].reason

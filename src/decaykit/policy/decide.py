@@ -149,8 +149,11 @@ class Decider:
                             aliases=aliases), None
         candidates = [self.decide(info, scale) for info in infos]
         c = candidates[0] if len(candidates) == 1 else settle(candidates, self.policy.tied)
+        reason = c.reason
+        if c.weight_decay > 0 and c.lr_scale == 0:  # decoupled θ(1 − lr·λ) and coupled lr·λθ are both 0 here
+            reason += " (lr_scale 0: the step never moves it, so this weight decay never acts)"
         decision = Decision(first.name, first.param, shape, math.prod(shape), c.info.module_type, c.role,
-                            c.weight_decay > 0, c.weight_decay, c.lr_scale, c.reason, c.source, layer=layer,
+                            c.weight_decay > 0, c.weight_decay, c.lr_scale, reason, c.source, layer=layer,
                             aliases=aliases)
         return decision, conflict(candidates, c)
 
