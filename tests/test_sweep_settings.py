@@ -252,3 +252,19 @@ def test_the_staleness_flags_reach_the_store(tmp_path):
     finally:
         store.close()
     assert (Execution(storage="memory").stale_after, Execution(storage="memory").heartbeat_every) == (300.0, 30.0)
+
+
+def test_lr_independent_converts_the_default_grid_and_says_so():
+    """The default grid is written as torch AdamW λ (up to 10): in mode 'lr_independent' its λ = 10 shrinks
+    every weight by 1000% per step, so the README's own command exited 2; the grid is now λ·lr."""
+    from test_sweep_batched import blobs, mlp
+
+    result = sweep(mlp, blobs(), mode="lr_independent", lr=1e-2, seeds=1, epochs=1, progress=False, storage="memory",
+                   plots=False)  # fmt: skip
+    default = sweep(mlp, blobs(), lr=1e-2, seeds=1, epochs=1, progress=False, storage="memory", plots=False)
+    coupled = [r["weight_decay"] for r in default.results]
+    assert [r["weight_decay"] for r in result.results] == pytest.approx([wd * 1e-2 for wd in coupled])
+    assert any("default λ grid (torch AdamW λ) converted" in n for n in result.notes)
+    given = sweep(mlp, blobs(), mode="lr_independent", weight_decays=[0.0, 1e-4], seeds=1, epochs=1, progress=False,
+                  storage="memory", plots=False)  # fmt: skip
+    assert [r["weight_decay"] for r in given.results] == [0.0, 1e-4]  # a grid given is swept as given

@@ -342,7 +342,7 @@ def _notes(
     rows: Sequence[Mapping[str, Any]],
 ) -> list[str]:
     """The notes under the report: how the trials ran, what was reused or missing, what diverged."""
-    notes = []
+    notes = list(prepared.notes)
     if worker.trained and worker.stacked:
         notes.append(f"trained up to {execution.chunk_size} trials at a time as one stacked model ({worker.path} path)")
     notes += stacking
