@@ -137,28 +137,18 @@ def test_a_run_at_lr_0_throughout_is_found_at_close(tmp_path):
     assert run.records == [] and [f["code"] for f in run.findings] == ["lr-zero"] and not run.ok
 
 
-def test_a_warm_up_from_lr_0_is_not_an_lr_0_run():
+@pytest.mark.parametrize("factor,every,steps", [
+    (lambda step: min(1.0, step / 5), 10, 20),  # warm-up from 0: lr = 0 at the first step, recorded
+    # warm-up from 0 and back to 0 in a run shorter than ``every``: the only recorded step sees lr = 0, yet
+    # the decay acted on every step between; "the decay never acted" would be false
+    (lambda step: 0.0 if step in (0, 9) else 1.0, 50, 10),
+])  # fmt: skip
+def test_an_lr_that_rises_above_0_is_not_an_lr_0_run(factor, every, steps):
     model = _scale_invariant(4, 4)
     opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 5))
-    mon = decaykit.Monitor(model, opt, every=10)  # lr = 0 at the first step, recorded: no decay there
-    for _ in range(20):
-        model(torch.randn(2, 4)).sum().backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    mon.close()
-    assert "lr-zero" not in [code for code, _ in _codes(mon)]
-
-
-def test_an_lr_that_rises_between_recorded_steps_is_not_an_lr_0_run():
-    """Warm-up from 0 and cosine back to 0 in a run shorter than ``every``: the only recorded steps see lr = 0,
-    yet the decay acted on every step between; "the decay never acted" would be false."""
-    model = _scale_invariant(4, 4)
-    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.0 if step in (0, 9) else 1.0)
-    mon = decaykit.Monitor(model, opt, every=50)  # records step 1 only, at lr = 0
-    for _ in range(10):
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    mon = decaykit.Monitor(model, opt, every=every)
+    for _ in range(steps):
         model(torch.randn(2, 4)).sum().backward()
         opt.step()
         sched.step()
