@@ -289,11 +289,12 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
     mode = _saved_mode(state[STATE_KEY]) if STATE_KEY in state else None
     positional = any(g.get("param_names") is None for g in state["param_groups"])
     misfit = None
+    canonical = namer(model)
     for g in state["param_groups"]:
         names = g.get("param_names")
         if names is not None:
             # as the model names it (a child of its own called ``module`` kept); else without a DDP ``module.``
-            names = [namer(model)(n) if namer(model)(n) in by_name else canonical_name(n) for n in names]
+            names = [own if (own := canonical(n)) in by_name else canonical_name(n) for n in names]
             missing = [n for n in names if n not in by_name]
             if missing:
                 raise DecayError(

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -124,7 +124,7 @@ class WeightDecay(Optimizer):
         self._step = 0
         self._buffers: dict[Tensor, Tensor] = Scratch()
         self._checked: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = Scratch()
-        self._plans: dict[int, tuple[float | Tensor, tuple[Any, ...], GroupStep]] = Scratch()
+        self._plans: dict[int, tuple[float | Tensor, _PlanInputs, GroupStep]] = Scratch()
         # Optimizer.__init__ would rebuild the groups; __setstate__ only installs the hook tables
         # and the profiling/hook wrapper around step(), which is all this wrapper needs from it.
         super().__setstate__({})
@@ -348,18 +348,28 @@ class WeightDecay(Optimizer):
             lam, native = check_lambda(i, group, self._checked), _native(self.optimizer, group)
             # a plan follows from these alone: a step that repeats them reuses the last one and its rate
             # tensor (a stacked sweep's per-member rates are then not rebuilt every step)
-            inputs = (self.mode, factor, _number(group.get("lr")), self._max_lrs[i], native)
+            inputs = _PlanInputs(self.mode, factor, _number(group.get("lr")), self._max_lrs[i], native)
             last = self._plans.get(i)
             if last is not None and _same_lambda(last[0], lam) and last[1] == inputs:
                 plans.append(last[2])
                 continue
-            if last is None or not _same_lambda(last[0], lam) or last[1][3] != self._max_lrs[i]:
+            if last is None or not _same_lambda(last[0], lam) or last[1].max_lr != inputs.max_lr:
                 # a group added through the inner optimizer, a λ changed, or η_max read again at a new peak
                 self._check_plausible(i, lam)
             plan = plan_group(self.mode, i, group, lam * factor, self._max_lrs[i], native, self._step)
             self._plans[i] = (lam, inputs, plan)
             plans.append(plan)
         return plans
+
+
+class _PlanInputs(NamedTuple):
+    """What a group's plan follows from, besides λ: equal inputs and the same λ give the same plan."""
+
+    mode: str
+    factor: float
+    lr: Any
+    max_lr: float
+    native: str | None
 
 
 def _same_lambda(a: float | Tensor, b: float | Tensor) -> bool:
