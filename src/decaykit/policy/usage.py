@@ -643,10 +643,6 @@ def _computes_weight(hook: Any) -> bool:
     return where.startswith("torch.") and not where.startswith("torch.distributed")
 
 
-def _is_distributed(hook: Any) -> bool:
-    return _hook_module(hook).startswith("torch.distributed")
-
-
 def _hook_module(hook: Any) -> str:
     """The module that defines a hook: its function's, its bound method's owner's, or its class's."""
     target = getattr(hook, "func", hook)  # functools.partial
