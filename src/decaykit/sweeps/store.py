@@ -69,18 +69,24 @@ def masked_url(url: str) -> str:
     >>> masked_url("sqlite:///sweep.db")
     'sqlite:///sweep.db'
     """
+    parts = _credentials(url)
+    return url if parts is None else f"{parts[0]}:***{parts[2]}"
+
+
+def _password(url: Any) -> str | None:
+    parts = _credentials(url) if isinstance(url, str) else None
+    return None if parts is None else parts[1] or None
+
+
+def _credentials(url: str) -> tuple[str, str, str] | None:
+    """``("scheme://user", password, "@host/path")`` of a URL that carries a password, else None."""
     scheme, sep, rest = url.partition("://")
     authority, slash, path = rest.partition("/")
     userinfo, at, host = authority.rpartition("@")
     if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
-
-
-def _password(url: Any) -> str | None:
-    if not isinstance(url, str) or masked_url(url) == url:
         return None
-    return url.partition("://")[2].partition("/")[0].rpartition("@")[0].split(":", 1)[1] or None
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{user}", password, f"@{host}{slash}{path}"
 
 
 def _one_line_cause(exc: BaseException, secret: str | None) -> str:
