@@ -111,16 +111,16 @@ def _model_digest(prepared: Prepared) -> str:
     """The reference seed's model as the trainer builds it: its tensors' bytes and its module classes' code."""
     h = hashlib.sha256()
     training = prepared.training
-    for seed in (REFERENCE_SEED,):
-        try:
-            model = seeded_model(prepared.task.model_fn, seed, training.dtype, training.device)
-        except Exception as exc:
-            raise DecayError(f"building the model for seed {seed} failed: {type(exc).__name__}: {exc}") from exc
-        for name, value in model.state_dict().items():
-            h.update(f"{seed}:{name}".encode())
-            h.update(_tensor_bytes(value))
-        for name, module in model.named_modules():
-            h.update(f"{name}:{code_digest(type(module))}".encode())
+    seed = REFERENCE_SEED  # built afresh, not prepared.probe: the checks before training ran it
+    try:
+        model = seeded_model(prepared.task.model_fn, seed, training.dtype, training.device)
+    except Exception as exc:
+        raise DecayError(f"building the model for seed {seed} failed: {type(exc).__name__}: {exc}") from exc
+    for name, value in model.state_dict().items():
+        h.update(f"{seed}:{name}".encode())  # the bytes earlier releases hashed for seed 0: stored trials still match
+        h.update(_tensor_bytes(value))
+    for name, module in model.named_modules():
+        h.update(f"{name}:{code_digest(type(module))}".encode())
     h.update(code_digest(prepared.task.model_fn).encode())
     return h.hexdigest()[:16]
 
