@@ -232,7 +232,8 @@ def plan(
         trace, unseen, why = _trace_where_shape_decides(model, settings)
     else:
         trace = _trace(model, example_inputs)
-        unseen, why = _left_to_shape(model, settings, trace)
+        guessed = _guessed(model) if trace is not None and settings.name == "decaykit" else []
+        unseen, why = _left_to_shape(guessed, trace)
         if trace is not None and trace.ran:  # the input is there: rules are what can still decide them
             hint = "give them rules= where their shape misleads"
     decided = _plan_for(model, weight_decay, settings, trace)
@@ -272,15 +273,16 @@ def _trace_where_shape_decides(model: nn.Module, policy: Policy) -> tuple[Trace 
     would guess (a trainable tensor outside the layers decaykit knows: a 2-D gain, Mamba's ``A_log``,
     a learned token); else none, as it would change nothing. Also the ``id`` of each such tensor the
     trace did not reach, and why."""
-    if policy.name != "decaykit" or not _guessed(model):
+    guessed = _guessed(model) if policy.name == "decaykit" else []
+    if not guessed:
         return None, set(), ""  # the replicas decide as their anchors do, from names and shapes
     try:
         trace: Trace | None = trace_on_own_input(unwrap_model(model))  # type: ignore[arg-type]
     except Exception as exc:  # the model's own example_inputs() failed, or its tensors refused a shape-only copy
-        return None, {id(p) for p in _guessed(model)}, f"no traced pass: {type(exc).__name__}: {exc}"[:200]
+        return None, {id(p) for p in guessed}, f"no traced pass: {type(exc).__name__}: {exc}"[:200]
     if trace is not None and trace.ran and not trace.uses:
-        return None, {id(p) for p in _guessed(model)}, f"the traced forward stopped at once: {trace.stopped}"
-    unseen, why = _left_to_shape(model, policy, trace)
+        return None, {id(p) for p in guessed}, f"the traced forward stopped at once: {trace.stopped}"
+    unseen, why = _left_to_shape(guessed, trace)
     return (trace if trace is not None and trace.ran else None), unseen, why
 
 
@@ -290,12 +292,12 @@ def _guessed(model: nn.Module) -> list[torch.Tensor]:
             if infos[0].param.requires_grad and decided_by_shape(infos[0])]
 
 
-def _left_to_shape(model: nn.Module, policy: Policy, trace: Trace | None) -> tuple[set[int], str]:
-    """The ``id`` of each tensor the structure guesses that ``trace`` left to it (not reached, or
-    reached by a use that does not tell its role), and why; none where the policy ignores the trace."""
-    if trace is None or policy.name != "decaykit":
+def _left_to_shape(guessed: list[torch.Tensor], trace: Trace | None) -> tuple[set[int], str]:
+    """The ``id`` of each of the ``guessed`` tensors (:func:`_guessed`; none where the policy ignores the
+    trace) that ``trace`` left to the structure (not reached, or reached by a use that does not tell its
+    role), and why."""
+    if trace is None or not guessed:
         return set(), ""
-    guessed = _guessed(model)
     if not trace.ran:
         return {id(p) for p in guessed}, str(trace.stopped)
     missed = {id(p) for p in guessed if trace.use_of(p) is None}
