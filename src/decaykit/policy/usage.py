@@ -733,13 +733,9 @@ def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]], 
     in containers nested deeper than four levels, or outside the model (globals, closures). (Lazy
     modules, which would materialise their parameters in place, are refused before any pass.)"""
     for module, attributes, tables, contents in saved:
-        if module.__dict__.keys() != attributes.keys() or any(module.__dict__[k] is not v for k, v in attributes.items()):
-            module.__dict__.clear()
-            module.__dict__.update(attributes)
+        _put_back(module.__dict__, attributes)
         for table, before in zip((module._parameters, module._buffers, module._modules), tables):
-            if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
-                table.clear()
-                table.update(before)
+            _put_back(table, before)
         for container, items in contents:
             _put_back(container, items)
 
