@@ -252,12 +252,31 @@ def test_a_gradient_changing_pre_hook_on_the_inner_optimizer_is_seen_by_the_mask
     assert opt._buffers and not ref._buffers
     for a, b in zip(hooked.parameters(), plain.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    handle = register_optimizer_step_pre_hook(lambda *args: None)  # runs twice: for the engine, the inner
+
+
+def test_a_gradient_changing_global_pre_hook_runs_once_before_the_engine_reads_the_gradients():
+    """A global hook runs for the engine's step only (not again for the inner one), so the moment path stays."""
+    hooked, plain = make_model(), make_model()
+    opt = WeightDecay(torch.optim.AdamW(groups(hooked), lr=2e-2, fused=True), mode="cautious")
+    ref = WeightDecay(torch.optim.AdamW(groups(plain), lr=2e-2, fused=True, maximize=True), mode="cautious")
+    calls = []
+
+    def negate(optimizer, args, kwargs):
+        if optimizer is opt or optimizer is opt.optimizer:
+            calls.append(optimizer)
+            for p in hooked.parameters():
+                p.grad.neg_()
+
+    handle = register_optimizer_step_pre_hook(negate)
     try:
-        train(plain, ref, 1)
+        train(hooked, opt, 30)
     finally:
         handle.remove()
-    assert ref._buffers
+    train(plain, ref, 30)
+    assert calls == [opt] * 30  # once per step, with the optimizer the user steps
+    assert not opt._buffers  # no copy of θ: nothing changes the gradients between the engine and the inner step
+    for a, b in zip(hooked.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_complex_parameters_decay_per_real_component_as_adam_steps_them():

@@ -333,3 +333,31 @@ def test_coupled_l2_with_sparse_gradients_is_refused_before_anything_moves(make)
         opt.step()
     assert torch.equal(emb.weight, before) and emb.weight.grad.is_sparse
     assert opt.param_groups[0]["weight_decay"] is not None and opt.steps_taken == 0
+
+
+def test_global_step_hooks_run_once_per_engine_step_and_the_inner_optimizers_own_hooks_still_run():
+    """A global step counter or profiler (torch.optim.optimizer.register_optimizer_step_*_hook) counts one step
+    per engine step, seen as the engine; hooks on the inner optimizer run as before; handles still remove."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    model = make_model()
+    opt = WeightDecay(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4), mode="lr_independent")
+    seen: list[tuple[str, object]] = []
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: seen.append(("pre", o))),
+        register_optimizer_step_post_hook(lambda o, a, k: seen.append(("post", o))),
+    ]
+    opt.optimizer.register_step_pre_hook(lambda o, a, k: seen.append(("inner pre", o)))
+    try:
+        train(model, opt, 3)
+        assert seen == [("pre", opt), ("inner pre", opt.optimizer), ("post", opt)] * 3
+        handles[0].remove()
+        seen.clear()
+        train(model, opt, 1)
+        assert seen == [("inner pre", opt.optimizer), ("post", opt)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    seen.clear()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()  # the tables are torch's own again: a plain step sees none
+    assert seen == []

@@ -30,7 +30,6 @@ loop of every mode, which these paths are tested against, is :mod:`decaykit.engi
 from __future__ import annotations
 
 import numbers
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -323,13 +322,11 @@ def _refuse_sparse(i: int, group: dict[str, Any]) -> None:
 def _moment_beta1(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> float | None:
     """β1 of an optimizer whose update has the sign of its new first moment, or None for the copy path.
 
-    None: a step pre-hook on the inner optimizer or a global one (they run again before the inner
-    step and may change the gradients the engine read), sparse gradients (the inner step refuses
+    None: a step pre-hook on the inner optimizer (it runs before the inner step and may change the
+    gradients the engine read; global ones run before the engine's step only), sparse gradients (the inner step refuses
     them, and must do so before anything moves), or no real β1.
     """
     if optimizer._optimizer_step_pre_hooks:
-        return None
-    if getattr(sys.modules.get("torch.optim.optimizer"), "_global_optimizer_pre_hooks", None):
         return None
     if any(p.grad.is_sparse for p in params):
         return None
