@@ -255,6 +255,24 @@ def test_the_console_script_imports_from_the_current_folder(tmp_path):
     assert f"in the current folder {tmp_path}" in missing.stderr and "install" not in missing.stderr
 
 
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_reader_that_leaves_early_does_not_change_the_exit_status(tmp_path, json_flag):
+    """`decaykit audit ... | head`: the output ends where the reader left, the verdict does not (an audit that
+    finds an error exits 1, an inspect 0), and no error about the closed pipe reaches stderr."""
+    name = make_package(tmp_path, GOOD_MODULE)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    torch.save(torch.optim.AdamW(model.parameters(), weight_decay=0.1).state_dict(), tmp_path / "bad.pt")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("DECAYKIT_TRACEBACK", None)
+    for command, expected in (["audit", "--checkpoint", "bad.pt"], 1), (["inspect"], 0):
+        argv = [sys.executable, "-m", "decaykit", *command, f"{name}.model:build", *json_flag]
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # the reader is gone before the first line
+        err = proc.stderr.read().decode()
+        assert proc.wait() == expected, err
+        assert "Broken" not in err and "Exception ignored" not in err, err
+
+
 def test_the_current_folder_leaves_the_import_path_after_the_command(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     before = list(sys.path)

@@ -83,10 +83,39 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: ob
     return f"decaykit: warning: {message}\n"
 
 
+class _Stdout:
+    """``sys.stdout`` for a command, where a reader that leaves early (``decaykit audit ... | head``) ends
+    the output, not the command: the rest is dropped, and the command still ends with its own exit status
+    (an audit that found errors exits 1 even when ``head`` took only its first lines)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return int(self.stream.write(text))
+            except BrokenPipeError:
+                self.reader_gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.reader_gone = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 @contextlib.contextmanager
 def _cli_session() -> Iterator[None]:
-    """Warnings on one line, and the current folder first on the import path, as ``python -m`` has it,
-    so ``decaykit audit my_pkg.model:build`` finds ``./my_pkg`` under the console script too."""
+    """Warnings on one line, the current folder first on the import path, as ``python -m`` has it,
+    so ``decaykit audit my_pkg.model:build`` finds ``./my_pkg`` under the console script too, and
+    stdout through :class:`_Stdout`."""
     from decaykit._loading import on_import_path
 
     cwd = os.getcwd()
@@ -95,9 +124,15 @@ def _cli_session() -> Iterator[None]:
         sys.path.insert(0, cwd)
     previous = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
+    stdout = sys.stdout = _Stdout(sys.stdout)
     try:
         yield
     finally:
+        stdout.flush()
+        sys.stdout = stdout.stream
+        if stdout.reader_gone:  # what is still buffered goes nowhere, not into an error at exit
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         warnings.formatwarning = previous
         if added and cwd in sys.path:
             sys.path.remove(cwd)
@@ -163,8 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _cli_session():
         try:
             return int(args.func(args) or EXIT_OK)
-        except BrokenPipeError:  # `decaykit inspect ... | head`: the reader has what it wanted
-            return EXIT_OK
         except (Exception, KeyboardInterrupt, SystemExit) as exc:
             return _report(args.command, exc, json_out=bool(getattr(args, "json", False)), trace=_wants_trace(args),
                            parser=parser)
