@@ -326,6 +326,8 @@ def test_the_library_settings_of_issue_10_reach_the_command_line(capsys):
     (["convert", "0.1", "--to", "sgd", "--momentum", "1.5"], "--momentum"),
     (["inspect", "gpt", "--layer-decay", "2"], "--layer-decay"),
     (["convert", "-1"], "LAMBDA"),
+    (["convert", "0.1", "--to", "nope"], "--to"),
+    (["convert", "0.1", "--from", "nope"], "--from"),
 ])  # fmt: skip
 def test_the_json_error_names_the_flag_not_the_python_keyword(argv, flag, capsys):
     """The API's errors name its keyword (momentum, layer_decay, weight_decay); on the command line the argument

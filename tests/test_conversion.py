@@ -91,12 +91,15 @@ def test_sgd_l2_is_exact_for_plain_sgd():
         ({"from_": "normalized", "to": "paper", "max_lr": 1e-3}, "needs steps="),
         ({"from_": "adam", "to": "adamw"}, "Prop. 2"),
         ({"from_": "sgd", "to": "adamw", "momentum": 1.0}, r"momentum must be a number in \[0, 1\), got 1.0"),
-        ({"from_": "adamw", "to": "lion"}, "unknown weight-decay convention 'lion'"),
+        ({"from_": "adamw", "to": "lion"}, "unknown weight-decay convention 'lion' for to"),
+        ({"from_": "lion", "to": "adamw"}, "unknown weight-decay convention 'lion' for from_"),
     ],
 )
 def test_conversion_errors_name_what_is_missing(kwargs, message):
-    with pytest.raises(DecayError, match=message):
+    with pytest.raises(DecayError, match=message) as caught:
         convert(0.1, **kwargs)
+    if "lion" in message:
+        assert caught.value.argument == message.split()[-1]
     with pytest.raises(DecayError, match=r"weight_decay must be a finite number >= 0, got -0.1"):
         convert(-0.1, from_="adamw", to="adamw")
 
@@ -159,7 +162,8 @@ def test_cli_to_prints_one_number_and_json_is_valid(capsys):
     ("argv", "message"),
     [
         (["convert", "-1"], "weight_decay must be a finite number >= 0, got -1.0"),
-        (["convert", "0.1", "--from", "lion"], "unknown weight-decay convention 'lion'"),
+        (["convert", "0.1", "--from", "lion"], "unknown weight-decay convention 'lion' for --from"),
+        (["convert", "0.1", "--to", "lion", "--max-lr", "1e-3"], "unknown weight-decay convention 'lion' for --to"),
         (["convert"], "give LAMBDA"),
         (["convert", "--tau-steps", "100"], "needs --lr"),
         (["convert", "0.1", "--from", "normalized"], "needs steps="),

@@ -104,12 +104,13 @@ ALIASES: dict[str, str] = {
 }
 
 
-def canonical_convention(name: str) -> str:
+def canonical_convention(name: str, argument: str = "convention") -> str:
+    """The convention ``name`` stands for (an alias resolved); an unknown one is refused naming ``argument``."""
     key = str(name).lower().replace("-", "_")
     key = ALIASES.get(key, key)
     if key not in CONVENTIONS:
         known = ", ".join([*CONVENTIONS, *ALIASES])
-        raise DecayError(f"unknown weight-decay convention {name!r}; known: {known}")
+        raise DecayError(f"unknown weight-decay convention {name!r} for {argument}; known: {known}", argument=argument)
     return key
 
 
@@ -217,7 +218,7 @@ def convert(
     >>> convert(1e-4, from_="composer", to="adamw", max_lr=1e-3)
     0.1
     """
-    src, dst = canonical_convention(from_), canonical_convention(to)
+    src, dst = canonical_convention(from_, "from_"), canonical_convention(to, "to")
     if isinstance(weight_decay, Tensor):
         check_rates(weight_decay.flatten(), "weight_decay")
     else:

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.weight_decay is None:
         raise DecayError("give LAMBDA (the weight decay to convert), or --tau-steps / --tau-epochs", argument="LAMBDA")
     else:
-        source = canonical_convention(args.from_ or "lr_coupled")
-    target = None if args.to is None else canonical_convention(args.to)
+        source = canonical_convention(args.from_ or "lr_coupled", "--from")
+    target = None if args.to is None else canonical_convention(args.to, "--to")
     _check_flags(args, source, target, starts_from_tau)
     if starts_from_tau:
         weight_decay = weight_decay_for_timescale(

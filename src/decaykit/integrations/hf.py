@@ -232,7 +232,7 @@ class DecayTrainerMixin:
             )
         self.decay_engine = None if decay_engine is None else dict(decay_engine)
         if self.decay_engine is not None:
-            canonical_convention(self.decay_engine.get("convention", _HF_CONVENTION))  # refused now, not at train()
+            canonical_convention(self.decay_engine.get("convention", _HF_CONVENTION), "decay_engine['convention']")  # refused now, not at train()
         given = kwargs.get("optimizers", (None, None))
         if isinstance(given, (tuple, list)) and given and given[0] is not None:
             if decay_options is not None or decay_engine is not None:
@@ -292,7 +292,7 @@ def _wrap_in_engine(optimizer: torch.optim.Optimizer, decay_engine: dict[str, An
     from decaykit.engine.weight_decay import WeightDecay
 
     options = dict(decay_engine)
-    source = canonical_convention(options.pop("convention", _HF_CONVENTION))
+    source = canonical_convention(options.pop("convention", _HF_CONVENTION), "decay_engine['convention']")
     target = _MODE_CONVENTION.get(options.get("mode", "lr_coupled"))
     given = check_max_lr(options.get("max_lr"), len(optimizer.param_groups))
     changed = []
