@@ -40,6 +40,9 @@ def test_gpt2_decisions_conv1d_layernorm_tied_head():
     assert p["lm_head.weight"] is wte
     assert sum(d.name == "lm_head.weight" for d in p) == 0
     assert {d.module_type for d in p} == {"Embedding", "LayerNorm", "Conv1D"}
+    text, html = str(p), p._repr_html_()  # the text and the notebook view say it too, not only --json
+    line = "tied: transformer.wte.weight is also lm_head.weight (one tensor, listed and counted once)"
+    assert line in text.splitlines() and line in html
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -277,6 +280,12 @@ def test_tied_conflict_is_explicit_and_reported():
     # a user rule on either name outranks the automatic decisions
     ruled = decaykit.plan(TinyGPT(), 0.1, rules=["lm_head.weight:wd=0.01"])
     assert ruled["wte.weight"].weight_decay == 0.01 and ruled["wte.weight"].source == "rule"
+
+
+def test_the_text_lists_rules_that_changed_nothing_as_the_notebook_view_does():
+    with pytest.warns(DecayWarning):
+        p = decaykit.plan(TinyGPT(), 0.1, exclude=["no_such_layer"])
+    assert p.unmatched and all(f"changed nothing: {u}" in str(p).splitlines() for u in p.unmatched)
 
 
 def test_wrapped_models_give_the_same_decisions():

@@ -148,9 +148,16 @@ class Plan(Report):
                  f"{len(self.decisions)} tensors, {total:,} parameters",
                  format_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], rows, align="lrrrr"),
                  f"decayed: {decayed:,} of {total:,} parameters ({100 * decayed / max(total, 1):.1f}%)"]
+        lines += self._tied_lines()
         lines += [f"conflict: {conflict}" for conflict in self.conflicts]
+        lines += [f"changed nothing: {u}" for u in self.unmatched]
         lines += [f"note: {self.note}"] if self.note else []
         return "\n".join(lines)
+
+    def _tied_lines(self) -> list[str]:
+        """One line per tensor the model holds under several names (tied weights): listed once, under its first."""
+        return [f"tied: {d.name} is also {', '.join(d.aliases)} (one tensor, listed and counted once)"
+                for d in self.decisions if d.aliases]  # fmt: skip
 
     def _repr_html_(self) -> str:
         """The summary per group, then every tensor with its decision (coloured) and reason, for notebooks."""
@@ -166,7 +173,8 @@ class Plan(Report):
         decayed = sum(d.numel for d in self.trainable if d.decay)
         title = (f"plan: policy {self.policy!r}, weight_decay {self.weight_decay:g}: {len(self.decisions)} tensors, "
                  f"{decayed:,} of {total:,} parameters decayed ({100 * decayed / max(total, 1):.1f}%)")
-        notes = [Cell(f"conflict: {c}", "warn") for c in self.conflicts]
+        notes = [Cell(line, "muted") for line in self._tied_lines()]
+        notes += [Cell(f"conflict: {c}", "warn") for c in self.conflicts]
         notes += [Cell(f"changed nothing: {u}", "warn") for u in self.unmatched]
         notes += [Cell(f"note: {self.note}", "warn")] if self.note else []
         return html_report(title, html_table(["group", "weight_decay", "lr_scale", "tensors", "parameters"], groups,
