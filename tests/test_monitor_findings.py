@@ -155,3 +155,89 @@ def test_an_lr_that_rises_above_0_is_not_an_lr_0_run(factor, every, steps):
         opt.zero_grad()
     mon.close()
     assert "lr-zero" not in [code for code, _ in _codes(mon)]
+
+
+def test_a_replaced_optimizer_is_told_once_and_the_finding_reaches_the_sink(tmp_path):
+    """The loop builds a new optimizer mid-run (after unfreezing, a new schedule): the records stop, and the
+    monitor says so instead of going silent."""
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=2, sink=tmp_path / "run.jsonl")
+    _train(model, opt, 4, lambda: torch.randn(2, 4))
+    assert mon.findings == []
+    replaced = torch.optim.SGD(decaykit.param_groups(model, 0.1), lr=1e-2)
+    _train(model, replaced, 6, lambda: torch.randn(2, 4))
+    assert _codes(mon) == [("other-optimizer", "SGD")]
+    finding = mon.findings[0]
+    assert finding.step == 4 and "start_step=4" in finding.message and "(0.weight)" in finding.message
+    assert max(r["step"] for r in mon.history) == 4  # what the finding warns of: nothing after step 4
+    mon.close()
+    _train(model, torch.optim.Adam(model.parameters()), 1, lambda: torch.randn(2, 4))  # closed: hooks gone
+    assert len(mon.findings) == 1
+    run = decaykit.monitor.read_run(tmp_path / "run.jsonl")
+    assert [f["code"] for f in run.findings] == ["other-optimizer"] and not run.ok
+
+
+def test_optimizers_that_step_other_tensors_or_drive_the_watched_one_are_not_another_optimizer():
+    """Two optimizers on disjoint parts of one model (Muon + AdamW), an engine around the watched optimizer,
+    or the engine watched while its inner optimizer steps: nothing to tell."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    first = torch.optim.AdamW([model[0].weight], lr=1e-2, weight_decay=0.1)
+    second = torch.optim.AdamW([p for p in model.parameters() if p is not model[0].weight], lr=1e-2)
+    engine = decaykit.WeightDecay(first, mode="lr_coupled")
+    watched_inner = decaykit.Monitor(model, first, every=1)
+    watched_engine = decaykit.Monitor(model, engine, every=1)
+    for _ in range(3):
+        model(torch.randn(2, 4)).sum().backward()
+        engine.step()
+        second.step()
+        engine.zero_grad()
+        second.zero_grad()
+    assert watched_inner.findings == [] and watched_engine.findings == []
+    assert len(watched_inner.history) == len(watched_engine.history) == 3
+    watched_inner.close()
+    watched_engine.close()
+
+
+def test_a_frozen_tensor_that_the_decay_still_moves_is_found():
+    """requires_grad=False with a zero gradient tensor left in a decaying group: AdamW shrinks it every step."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 2, bias=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    model[0].weight.requires_grad_(False)  # frozen after a backward: its .grad stays a tensor
+    model[0].weight.grad.zero_()
+    mon = decaykit.Monitor(model, opt, every=1)
+    before = model[0].weight.detach().clone()
+    for _ in range(3):
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    assert not torch.equal(model[0].weight, before)  # the frozen weights did shrink
+    assert _codes(mon) == [("decayed-frozen", "0.weight")] and "zero tensor, not None" in mon.findings[0].message
+    mon.close()
+    model[0].weight.grad = None  # the fix the finding gives: torch then skips the tensor
+    with decaykit.Monitor(model, opt, every=1) as fixed:
+        for _ in range(3):
+            model(torch.randn(2, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    assert fixed.findings == []
+
+
+def test_a_monitor_dropped_without_close_is_freed_and_its_global_hook_does_nothing():
+    import gc
+    import weakref
+
+    from torch.optim import optimizer as torch_optimizer
+
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    hooks = len(torch_optimizer._global_optimizer_post_hooks)
+    mon = decaykit.Monitor(model, opt, every=1)
+    assert len(torch_optimizer._global_optimizer_post_hooks) == hooks + 1
+    dropped = weakref.ref(mon)
+    del mon, opt
+    gc.collect()
+    assert dropped() is None
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.1), 1, lambda: torch.randn(2, 4))  # the hook: a no-op
+    next(reversed(torch_optimizer._global_optimizer_post_hooks.values()))(None, (), {})

@@ -16,6 +16,10 @@ code                       fires when
 ``non-finite``             ‖θ‖ or the angle is NaN or infinite
 ``lr-zero``                at ``close()``: a group with weight_decay > 0 had lr = 0 at every
                            recorded step, so its decay never acted (and nothing was recorded)
+``decayed-frozen``         a tensor with requires_grad=False moved in a recorded step of a
+                           decaying group (a zero gradient tensor, not None: the decay shrinks it)
+``other-optimizer``        another optimizer stepped tensors the watched one holds (it replaced
+                           it, and the records stop; or both update them)
 =========================  =================================================================
 """
 
@@ -28,8 +32,8 @@ from typing import Any
 
 from decaykit.policy.decide import Decision
 
-__all__ = ["DOMINATES", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "lr_zero_finding",
-           "policy_findings", "tensor_findings", "timescale_finding"]
+__all__ = ["DOMINATES", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "frozen_finding", "lr_zero_finding",
+           "other_optimizer_finding", "policy_findings", "tensor_findings", "timescale_finding"]
 
 #: decay_to_update above which the decay dominates the update
 DOMINATES = 1.0
@@ -123,3 +127,23 @@ def lr_zero_finding(group: int, weight_decay: float, steps: list[int], step: int
         f"weight_decay={weight_decay:g} but lr = 0 at every recorded step ({seen}): the optimizer moved nothing, so "
         "the decay never acted and no record was written; check the LR and its schedule (a warm-up from 0 should "
         "rise above 0)")
+
+
+def frozen_finding(name: str, group: int, step: int) -> MonitorFinding:
+    """``decayed-frozen``: a tensor with requires_grad=False that a decaying group's step moved."""
+    return MonitorFinding(
+        "decayed-frozen", name, step,
+        f"requires_grad=False, yet param group {group}'s step moved it: its gradient is a zero tensor, not None "
+        "(zero_grad(set_to_none=False), or it was frozen after a backward), so the decay shrinks the frozen weights "
+        "every step; leave it out of the optimizer (decaykit.param_groups does), or set its .grad to None")
+
+
+def other_optimizer_finding(optimizer: str, names: list[str], step: int) -> MonitorFinding:
+    """``other-optimizer``: an optimizer other than the watched one stepped tensors the watched one holds."""
+    shown = ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+    return MonitorFinding(
+        "other-optimizer", optimizer, step,
+        f"another optimizer ({optimizer}) stepped {len(names)} tensor{'s' if len(names) != 1 else ''} the watched "
+        f"optimizer holds ({shown}) after {step} steps of the watched one: if it replaced it, nothing after step "
+        f"{step} is recorded (watch it with decaykit.Monitor(model, new_optimizer, start_step={step})); if both "
+        "step them, each update happens twice")

@@ -18,17 +18,21 @@ equilibrium predictions of :mod:`decaykit.monitor.equilibrium`; other steps cost
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from decaykit._validate import check_int
 from decaykit.errors import DecayError
 from decaykit.monitor.equilibrium import GroupDecay, group_decays
 from decaykit.monitor.findings import (
     MonitorFinding,
+    frozen_finding,
     lr_zero_finding,
+    other_optimizer_finding,
     policy_findings,
     tensor_findings,
     timescale_finding,
@@ -53,6 +57,32 @@ def _unwrap(optimizer: Any) -> Any:
         raise DecayError(f"optimizer must be a torch.optim.Optimizer (or decaykit.WeightDecay), got "
                          f"{type(optimizer).__name__}; pass the optimizer whose step() the training loop calls")
     return optimizer
+
+
+def _drives(optimizer: Any, watched: Any) -> bool:
+    """Whether ``optimizer`` is ``watched`` or steps through to it (a WeightDecay engine, a Lightning or
+    accelerate wrapper around it), or is what ``watched`` wraps."""
+    for outer, inner in ((optimizer, watched), (watched, optimizer)):
+        for _ in range(4):
+            if outer is inner:
+                return True
+            outer = getattr(outer, "optimizer", None) or getattr(outer, "_optimizer", None)
+            if outer is None:
+                break
+    return False
+
+
+def _global_step_hook(method: Any) -> Any:
+    """torch's global step post hook calling ``method``, holding its monitor weakly: a monitor dropped without
+    ``close()`` is not kept alive by it (the hook then does nothing; torch's table cannot change while it runs)."""
+    ref = weakref.WeakMethod(method)
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(optimizer, args, kwargs)
+
+    return register_optimizer_step_post_hook(hook)
 
 
 def _lr_above_zero(group: dict[str, Any]) -> bool:
@@ -96,8 +126,10 @@ class Monitor:
         self._fired: set[tuple[str, str]] = set()
         self._idle: dict[int, tuple[float, list[int]]] = {}  # group -> (λ, recorded steps) where lr = 0 stopped its decay
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
+        self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
         self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
-                         self.optimizer.register_step_post_hook(self._after_step)]
+                         self.optimizer.register_step_post_hook(self._after_step),
+                         _global_step_hook(self._other_step)]
         self._emit({"kind": "run", "optimizer": type(self.optimizer).__name__,
                     "every": self.every, "total_steps": self.total_steps, "start_step": self.start_step,
                     "groups": [{"group": i, "weight_decay": g.get("weight_decay"), "tensors": len(g["params"])}
@@ -144,21 +176,46 @@ class Monitor:
         found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, records)
         for record in records:
             found += tensor_findings(record)
+        for record in records:
+            self._emit({"kind": "tensor", **record})
+        self._add_findings(found)
+
+    def _add_findings(self, found: list[MonitorFinding]) -> None:
+        """Keep and emit the findings not seen before (each code once per tensor or group), then flush the sinks."""
         new = [f for f in found if (f.code, f.name) not in self._fired]
         self._fired.update((f.code, f.name) for f in new)
         self.findings.extend(new)
-        for record in records:
-            self._emit({"kind": "tensor", **record})
         for finding in new:
             self._emit({"kind": "finding", **finding.to_dict()})
         for sink in self._sinks:
             if callable(getattr(sink, "flush", None)):
                 sink.flush()  # type: ignore[attr-defined]
 
+    def _other_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Any optimizer's step (torch's global hook): another one stepping tensors this monitor watches is
+        told once (``other-optimizer``): a replaced optimizer would otherwise leave the records silently stopped."""
+        if _drives(optimizer, self.optimizer) or optimizer in self._others:
+            return
+        self._others.add(optimizer)
+        watched = {id(p): (i, p) for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
+        shared = [watched[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in watched]
+        if shared:
+            names = list(dict.fromkeys(self._name(p, i) for i, p in shared))
+            self._add_findings([other_optimizer_finding(type(optimizer).__name__, names, self._step)])
+
     # -- findings --------------------------------------------------------------------------------
     def _policy_findings(self, step: int, tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
-        decided = [(self._decisions[id(p)], i) for i, p, _ in tensors if id(p) in self._decisions]
-        return policy_findings(decided, step)
+        """Tensors the policy would not decay in a decaying group, and frozen ones (requires_grad=False now) that
+        the step moved all the same."""
+        decided, frozen = [], []
+        for i, p, before in tensors:
+            d = self._decisions.get(id(p))
+            if d is None:
+                continue
+            decided.append((d, i))
+            if not p.requires_grad and not torch.equal(p.detach(), before):
+                frozen.append(frozen_finding(d.name, i, step))
+        return policy_findings(decided, step) + frozen
 
     def _timescale_findings(self, step: int, decays: list[GroupDecay], records: list[dict[str, Any]]) -> list[MonitorFinding]:
         if self.total_steps is None:
