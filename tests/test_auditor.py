@@ -209,3 +209,26 @@ def test_a_decayed_frozen_tensor_is_an_error_by_its_own_group():
         return codes(decaykit.audit(model, opt, weight_decay=0.1))["frozen-in-optimizer"]
 
     assert frozen_finding(True) == "error" and frozen_finding(False) == "warning"
+
+
+def test_asgds_lambd_is_measured_after_training_too_and_not_mistaken_for_momentum():
+    """ASGD has no momentum, so its zero-gradient step reads lambd at any step; Adam's momentum after training is not
+    a hidden decay (its moments move θ with zero gradients)."""
+    model = _small()
+    opt = torch.optim.ASGD(decaykit.param_groups(model, 0.1), lr=0.5, lambd=1e-2)
+    for _ in range(5):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(opt.state[p] for p in model.parameters())
+    eta = float(opt.state[model[1].weight]["eta"])  # ASGD's step size now: θ ← θ(1 − lambd·η_t)
+    report = decaykit.audit(model, opt, measure=True)
+    assert codes(report) == {"measured-uncontrolled-decay": "error"}
+    norm = next(e for e in report.probe.entries if e.name == "1.weight")
+    assert norm.other_decay == pytest.approx(1 - 1e-2 * eta, abs=1e-6) and "ASGD's lambd" in norm.note
+    adam = torch.optim.Adam(decaykit.param_groups(model, 0.0), lr=1e-2)
+    for _ in range(3):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        adam.step()
+        adam.zero_grad()
+    assert all(e.other_decay is None for e in decaykit.probe(adam, model=model).entries)

@@ -594,7 +594,7 @@ def _uncontrolled_finding(other: list[Any], expected: Plan, stepper: OptimizerIn
     lo, hi = min(e.other_decay for e in other), max(e.other_decay for e in other)
     how = f"shrink by a factor down to {lo:.6g}" if hi < 1 else f"change by a factor of {lo:.6g} .. {hi:.6g}"
     setting = f"{stepper.name}'s {stepper.other_decay}" if stepper is not None and stepper.other_decay else None
-    message = (f"{len(other)} tensors {how} per step with weight_decay=0, zero gradients and no optimizer state "
+    message = (f"{len(other)} tensors {how} per step with weight_decay=0 and zero gradients "
                f"(measured): a decay under {setting or 'a setting other than weight_decay'}, which weight_decay=0 "
                "does not switch off")
     if excluded and expected.weight_decay == 0:

@@ -71,7 +71,9 @@ class OptimizerInfo:
             (``"lr_coupled"`` for θ(1 − η·λ)); None where none applies.
         other_decay: the group setting of a second decay, one that ``weight_decay=0`` does not switch
             off (ASGD's ``lambd``: θ ← θ(1 − lambd·η_t) at every step, norms and biases included);
-            "" where there is none. The audit's ``measured-uncontrolled-decay`` names it.
+            "" where there is none. The audit's ``measured-uncontrolled-decay`` names it. An entry with
+            one has no momentum: its step with zero gradients and weight_decay=0 moves θ by that decay
+            alone, whatever its state, which is how the probe measures it at any step.
         evidence: how the facts were established.
     """
 

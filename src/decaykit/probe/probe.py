@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from decaykit import optimizers
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError
 from decaykit.policy.names import namer
@@ -113,7 +114,9 @@ def probe(
         steps, peak = steps + s, max(peak, b)
     decays_somewhere = any(t.expect.kind != "none" for t in targets)
     groups = _mixed_groups(optimizer, targets)
-    entries = [e for t in targets for e in _entries(t, decays_somewhere, groups)]
+    facts = optimizers.info(optimizer)
+    other = f"{facts.name}'s {facts.other_decay}" if facts is not None and facts.other_decay else "another setting"
+    entries = [e for t in targets for e in _entries(t, decays_somewhere, groups, other)]
     entries += _missing(optimizer, model)
     notes = _notes(optimizer, targets, expects, len(chunks))
     total = sum(byte_size(t.param, optimizer) for t in targets)
@@ -192,7 +195,8 @@ def _candidates(e: Expectation) -> dict[str, float | torch.Tensor]:
     return {}
 
 
-def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str]) -> list[ProbeEntry]:
+def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_setting: str) -> list[ProbeEntry]:
+    """``t``'s entries, one per stacked member; ``other_setting`` names a decay weight_decay=0 leaves on."""
     out = []
     shape = tuple(t.param.shape[1:] if t.total > 1 else t.param.shape)  # global, also for a shard
     for k in range(t.total):
@@ -212,9 +216,9 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str]) -> list[
         hidden = t.rows.base_shrink(k) if t.fresh else None
         if hidden is not None:
             # no state, no gradient, weight_decay=0, and still it moves: a decay under another setting
-            notes.append(f"with weight_decay=0, zero gradients and no state it still shrinks by {factor_text(hidden)} "
-                         "per step: a decay under another setting (ASGD's lambd?) that the probe cannot switch "
-                         "off, so it is not in the measured factor")
+            notes.append(f"with weight_decay=0 and zero gradients it still shrinks by {factor_text(hidden)} per step: "
+                         f"a decay under {other_setting}, which the probe cannot switch off, so it is not in the "
+                         "measured factor")
             also = f"shrinks by {factor_text(hidden)} per step even with weight_decay=0"
             moved, shrink, fix = True, f"{shrink} and {also}" if moved else also, "remove it from the optimizer"
         if t.frozen:

@@ -25,9 +25,10 @@ class ProbeEntry:
     sharded tensor with no elements on this rank: nothing measured here). ``measured`` and
     ``expected`` are shrink factors per step (0.9999 means 0.01% smaller each step). A sharded
     tensor (DTensor) is measured on this rank's shard; ``shape`` and ``numel`` stay global.
-    ``other_decay`` is the factor by which it shrinks with ``weight_decay=0``, zero gradients and no
-    optimizer state: a decay under another setting (ASGD's ``lambd``), not in ``measured``; None when
-    nothing moves it, or when the optimizer has state (its update then moves the tensor too).
+    ``other_decay`` is the factor by which it shrinks with ``weight_decay=0`` and zero gradients: a decay
+    under another setting (ASGD's ``lambd``), not in ``measured``; None when nothing moves it, or when
+    the optimizer has state and may have momentum (its update then moves the tensor too; an optimizer
+    known to have such a setting and no momentum, ASGD, is read at any step).
     """
 
     name: str

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from decaykit import optimizers
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.names import canonical_name, namer
@@ -36,7 +37,7 @@ class Target:
     latent: bool = False  # frozen by requires_grad=False and no .grad: torch skips it today
     intent: tuple[bool, str] | None = None  # (the policy says decay, why)
     start: torch.Tensor | None = None  # test pattern for an all-zero tensor
-    fresh: bool = True  # no optimizer state yet: nothing but a decay can move it with zero gradients
+    fresh: bool = True  # nothing but a decay can move it with zero gradients (no state yet, or an ASGD)
     also_in: list[int] = field(default_factory=list)  # further groups that hold the same tensor (torch steps it in each)
     rows: Rows | None = None
 
@@ -61,6 +62,10 @@ def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expe
             names.setdefault(id(p), canonical(n))
     targets = []
     first: dict[int, Target] = {}
+    facts = optimizers.info(optimizer)
+    # an optimizer with a second decay and no momentum (ASGD): its zero-gradient step at weight_decay=0 moves θ by
+    # that decay alone, state or not, so the base twin reads it at every step, not only before the first
+    decay_only = facts is not None and bool(facts.other_decay)
     for i, group in enumerate(optimizer.param_groups):
         params = group["params"]
         given = group.get("param_names")
@@ -87,7 +92,7 @@ def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expe
                 # decay cannot move zeros: measure the same mechanics on a copy with a test pattern
                 pattern = (torch.arange(local.numel(), device=local.device) % 5 + 1).to(local.dtype) / 5
                 start = pattern.reshape(local.shape)
-            fresh = not optimizer.state.get(p)
+            fresh = not optimizer.state.get(p) or decay_only
             targets.append(Target(p, name, i, expects[i], total, members, sharded, start=start, fresh=fresh))
             first[id(p)] = targets[-1]
     return targets
