@@ -49,6 +49,9 @@ def late():
 def narrow():
     return Narrow()
 
+def fine():
+    return nn.Linear(6, 3)
+
 def data():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(48) % 3
@@ -146,3 +149,18 @@ def test_a_store_that_cannot_open_is_one_line_naming_storage_without_the_passwor
         assert code == 2 and error["argument"] == "--storage" and err.count("\n") == 1, err
         assert "s3cretpw" not in out + err and "[SQL:" not in err and "Background on this error" not in err
     assert "alice:***@127.0.0.1:9/sweeps" in error["message"]
+
+
+def test_a_bug_in_decaykits_own_training_code_is_an_internal_error_not_the_models(usermodels, capsys, monkeypatch):
+    """The model and data are fine; decaykit's sample order breaks. Blaming the model would send the user
+    hunting in correct code: the CLI says internal error (exit 3, please report it)."""
+    from decaykit.sweeps import trainer
+
+    monkeypatch.setattr(trainer, "curve_epochs", None)  # decaykit's own line then fails: None is not callable
+    with pytest.raises(TypeError, match="not callable"):
+        sweep(linear, blobs, **FAST)
+    code = main(["sweep", "--model", f"{usermodels}:fine", "--data", f"{usermodels}:data", "--wd", "0,0.1",
+                 "--seeds", "1", "--epochs", "1", "--no-store", "--no-plots", "-q", "--json"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 3 and json.loads(out)["error"]["kind"] == "internal" and "please report it" in err
+    assert "training failed" not in err and "TypeError" in err

@@ -26,6 +26,23 @@ __all__ = [
 ]
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# what a Python statement of decaykit's raises when decaykit is wrong; a torch op it calls on the user's tensors
+# raises RuntimeError or IndexError from C, with decaykit's line as the innermost frame, which says nothing
+_BUG_TYPES = (AssertionError, AttributeError, KeyError, NameError, TypeError, ValueError)
+
+
+def raised_by_decaykit(exc: BaseException) -> bool:
+    """Whether ``exc`` is a bug of decaykit's own code, not the user's: a Python error (not a DecayError) whose
+    innermost frame is in the decaykit package."""
+    tb = exc.__traceback__
+    if tb is None or not isinstance(exc, _BUG_TYPES) or isinstance(exc, DecayError):
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE + os.sep)
+
+
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` of ``exc`` on one line; a SyntaxError with its file and line, ``sys.exit`` as such.
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from decaykit._loading import raised_by_decaykit
 from decaykit.errors import DecayError
 from decaykit.policy.options import Policy
 from decaykit.sweeps import checks, describe
@@ -166,8 +167,8 @@ def run_sweep(
     except (DecayError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a user's model ran (the stacking check, the timings, training): its own failure
-        if not prepared.task.users:
-            raise  # a built-in task's model failing is decaykit's own error, reported as internal
+        if not prepared.task.users or raised_by_decaykit(exc):
+            raise  # a built-in task's model, or decaykit's own code, failing: an internal error to report
         raise prepared.task.training_failed(exc) from exc
     finally:
         store.close()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from decaykit._loading import describe_exception
+from decaykit._loading import describe_exception, raised_by_decaykit
 from decaykit.errors import DecayError, UserCodeError
 from decaykit.sweeps.batched import StackedMembers
 from decaykit.sweeps.prepare import Prepared
@@ -150,5 +150,8 @@ class Worker:
         except (DecayError, KeyboardInterrupt):
             raise
         except Exception as exc:
+            if not self.task.users or raised_by_decaykit(exc):
+                raise  # decaykit's own code failed: an internal error to report, not the model's failure
             lams = ", ".join(sorted({f"{wd:g}" for wd, _ in keys}, key=float))
             raise self.task.training_failed(exc, f" (λ = {lams})") from exc
+

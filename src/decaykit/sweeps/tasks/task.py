@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from decaykit.errors import DecayError, UserCodeError
+from decaykit.errors import UserCodeError
 from decaykit.sweeps.data import SweepData
 
 __all__ = ["Task", "with_overrides"]
@@ -49,15 +49,13 @@ class Task:
         """The model and data are the user's own (``task_from_user``), not a built-in task's."""
         return self.name == "custom"
 
-    def training_failed(self, exc: BaseException, where: str = "") -> DecayError:
-        """``exc`` raised while training this task's model: the user's code failing (its forward, its loss,
-        or outputs the loss cannot take), named with the model, or for a built-in task a plain DecayError."""
+    def training_failed(self, exc: BaseException, where: str = "") -> UserCodeError:
+        """``exc`` raised while training this user task's model: the user's code failing (its forward, its
+        loss, or outputs the loss cannot take), named with the model."""
         from decaykit._loading import describe_exception
 
-        if self.users:
-            return UserCodeError(f"model={self.model_description!r}: training failed{where}: {describe_exception(exc)} "
-                                 "(raised by the model's forward or on its outputs)", argument="model")  # fmt: skip
-        return DecayError(f"training failed{where}: {describe_exception(exc)}")
+        return UserCodeError(f"model={self.model_description!r}: training failed{where}: {describe_exception(exc)} "
+                             "(raised by the model's forward or on its outputs)", argument="model")  # fmt: skip
 
 
 def with_overrides(task: Task, **overrides: Any) -> Task:
