@@ -319,3 +319,22 @@ def assert_stacked_equals_members(models: list[nn.Module], x: torch.Tensor) -> N
         torch.testing.assert_close(x.grad[k], xk.grad)
         for name, p in model.named_parameters():
             torch.testing.assert_close(params[name].grad[k], p.grad)
+
+
+def test_a_seeded_model_is_the_one_torch_manual_seed_builds_and_the_callers_rng_is_untouched():
+    """A trial's start is fixed by (λ, seed) as the README says: torch.manual_seed(seed), then the factory."""
+    from decaykit.sweeps.trainer import seeded_model
+
+    def factory() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Dropout(0.1), torch.nn.Linear(7, 3))
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    for seed in (0, 7):
+        torch.manual_seed(123)
+        model = seeded_model(factory, seed, torch.float64, torch.device("cpu"))
+        assert torch.equal(torch.rand(3), expected_next)  # the caller's stream goes on as if nothing ran
+        torch.manual_seed(seed)
+        reference = factory().double()
+        for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+            assert torch.equal(a, b)
