@@ -33,9 +33,21 @@ import torch
 from torch import nn
 
 WIDTH = 8
+SCALE = 1.0
+
+def act(t):
+    return torch.relu(t)
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 2))
+
+    def forward(self, x):
+        return act(self.body(x)) * SCALE
 
 def model():
-    return nn.Sequential(nn.Linear(4, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 2))
+    return Net()
 
 def data():
     g = torch.Generator().manual_seed(0)
@@ -46,8 +58,12 @@ def data():
 
 # each edit of the user's module, and the part of the fingerprint it must change (None: nothing)
 EDITS = {
-    "initial weights": ("    return nn.Sequential(", "    torch.manual_seed(7)\n    return nn.Sequential(", "model"),
+    "initial weights": ("        self.body = nn.Sequential(", "        torch.manual_seed(7)\n        self.body = nn.Sequential(",
+                        "model"),
     "a constant": ("WIDTH = 8", "WIDTH = 6", "model"),
+    # what forward calls or reads, not forward's own code: same weights, another model
+    "a helper forward calls": ("return torch.relu(t)", "return torch.sigmoid(t)", "model"),
+    "a constant forward reads": ("SCALE = 1.0", "SCALE = 10.0", "model"),
     "a parameter-free layer": ("nn.ReLU()", "nn.Tanh()", "model"),
     "the data": ("manual_seed(0)", "manual_seed(1)", "data"),
     "a comment only": ("WIDTH = 8", "WIDTH = 8  # the hidden width", None),
@@ -208,12 +224,10 @@ def test_unchanged_builtin_sweep_keeps_its_study(tmp_path):
 def test_a_library_patching_torch_classes_at_import_does_not_make_a_stored_trial_foreign(monkeypatch):
     """transformers adds ``smart_apply`` to ``nn.Module`` when it loads: a digest over torch's own methods
     changed with what else the process had imported, and a rerun in another process retrained everything."""
-    from decaykit.sweeps.code_digest import _class_digest, code_digest
+    from decaykit.sweeps.code_digest import code_digest
 
-    _class_digest.cache_clear()
     before = code_digest(torch.nn.Linear)
     monkeypatch.setattr(torch.nn.Module, "added_by_another_library", lambda self: None, raising=False)
-    _class_digest.cache_clear()
     assert code_digest(torch.nn.Linear) == before
 
     class Mine(torch.nn.Linear):
@@ -226,7 +240,6 @@ def test_a_library_patching_torch_classes_at_import_does_not_make_a_stored_trial
 
     Edited.__qualname__ = Mine.__qualname__
     assert code_digest(Mine) != code_digest(Edited)
-    _class_digest.cache_clear()
 
 
 def test_more_seeds_or_another_objective_reuse_every_stored_trial(factory, tmp_path):

@@ -2,8 +2,9 @@
 
 ``pkg.mod:fn`` names a function but not its body, and every lambda is ``<lambda>``. The digest covers
 the compiled code (bytecode, constants, the names it uses, nested functions), its defaults and closure,
-the simple global values and same-module functions it refers to, and, for a class, every method of
-every class in its MRO. Comments, blank lines and line numbers do not count, and the digest is the
+the simple global values and same-module functions and classes it refers to, and, for a class, every
+method (and property) of every class in its MRO, digested the same way: a helper or a constant that
+``forward`` uses counts as much as ``forward`` itself. Comments, blank lines and line numbers do not count, and the digest is the
 same in every process (sets are sorted, hash randomisation does not enter). Code from an installed
 package (torch, the standard library) counts as its name and the package's version: libraries patch
 each other's classes at import (transformers adds a method to ``nn.Module``), which must not make a
@@ -52,11 +53,11 @@ def _parts(obj: Any, depth: int, seen: set[int]) -> Iterator[bytes]:
     elif isinstance(obj, types.FunctionType):
         yield from _function(obj, depth, seen)
     elif isinstance(obj, type):
-        yield _class_digest(obj).encode()
+        yield from _class(obj, depth, seen)
     else:  # a callable instance, a builtin: what its type does
         yield _name(type(obj)).encode()
         if not isinstance(obj, types.BuiltinFunctionType):
-            yield _class_digest(type(obj)).encode()
+            yield from _class(type(obj), depth, seen)
 
 
 def _function(fn: types.FunctionType, depth: int, seen: set[int]) -> Iterator[bytes]:
@@ -128,22 +129,23 @@ def _values(values: Any, depth: int, seen: set[int]) -> Iterator[bytes]:
         yield _name(type(values)).encode()
 
 
-@functools.lru_cache(maxsize=1024)
-def _class_digest(cls: type) -> str:
-    """Every function defined in ``cls`` and its bases (``object`` aside): a class is what its methods do."""
-    h = hashlib.sha256(_name(cls).encode())
+def _class(cls: type, depth: int, seen: set[int]) -> Iterator[bytes]:
+    """Every function defined in ``cls`` and its bases (``object`` aside), each as :func:`_function` digests it
+    (with the globals and same-module functions it uses): a class is what its methods do."""
+    yield _name(cls).encode()
     for klass in cls.__mro__[:-1]:
         version = _library_version(klass.__module__)
         if version is not None:
-            h.update(f"{_name(klass)}@{version}".encode())
+            yield f"{_name(klass)}@{version}".encode()
             continue
         for attr, value in sorted(vars(klass).items()):
-            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if isinstance(value, (staticmethod, classmethod)):
+                func = value.__func__
+            else:
+                func = value.fget if isinstance(value, property) else value
             if isinstance(func, types.FunctionType):
-                h.update(attr.encode())
-                for part in _code(func.__code__):
-                    h.update(part)
-    return h.hexdigest()[:16]
+                yield attr.encode()
+                yield from _parts(func, depth, seen)
 
 
 def _name(obj: Any) -> str:

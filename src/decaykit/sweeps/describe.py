@@ -119,8 +119,12 @@ def _model_digest(prepared: Prepared) -> str:
     for name, value in model.state_dict().items():
         h.update(f"{seed}:{name}".encode())  # the bytes earlier releases hashed for seed 0: stored trials still match
         h.update(_tensor_bytes(value))
+    classes: dict[type, str] = {}  # a class's digest follows what its methods use: once per class
     for name, module in model.named_modules():
-        h.update(f"{name}:{code_digest(type(module))}".encode())
+        cls = type(module)
+        if cls not in classes:
+            classes[cls] = code_digest(cls)
+        h.update(f"{name}:{classes[cls]}".encode())
     h.update(code_digest(prepared.task.model_fn).encode())
     return h.hexdigest()[:16]
 
