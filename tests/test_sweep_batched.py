@@ -338,3 +338,26 @@ def test_a_seeded_model_is_the_one_torch_manual_seed_builds_and_the_callers_rng_
         reference = factory().double()
         for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
             assert torch.equal(a, b)
+
+
+def test_a_model_that_draws_random_numbers_gives_each_trial_the_same_numbers_however_it_is_run():
+    """Dropout's masks come from torch's global generator: a trial must not depend on what ran before it (other
+    trials, the caller's seed, the process's random start), or a resumed sweep reports other numbers."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 3
+    x = torch.randn(120, 6, generator=g) + y[:, None]
+    data = (x[:80], y[:80], x[80:], y[80:])
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+
+    kw = dict(seeds=[0], epochs=3, batch_size=16, lr=1e-2, storage="memory", plots=False, progress=False, threads=1)
+    together = sweep(net, data, weight_decays=[0.0, 1.0], **kw)
+    torch.manual_seed(123)
+    caller_next = torch.rand(2)
+    torch.manual_seed(123)
+    alone = sweep(net, data, weight_decays=[1.0], **kw)
+    assert torch.equal(torch.rand(2), caller_next)  # the caller's stream is where it was
+    pick = [next(t["metrics"] for t in r.trials if t["weight_decay"] == 1.0) for r in (together, alone)]
+    assert pick[0] == pick[1]
+    assert pick[0]["train_loss"] != next(t["metrics"] for t in together.trials if t["weight_decay"] == 0)["train_loss"]

@@ -1,9 +1,11 @@
 """The training loop every trial runs, for one model or for K stacked models alike.
 
 A trial is fixed by (λ, seed): ``torch.manual_seed(seed)`` before the model factory fixes the
-initial weights, and a generator seeded with ``seed`` draws each epoch's sample order, so a
-trial gives the same numbers whether it is trained alone, batched with others, or re-run after
-an interruption. Members that diverge (a non-finite loss) are marked and keep going without
+initial weights, a generator seeded with ``seed`` draws each epoch's sample order, and torch's
+global generator, which the model's own randomness draws from (Dropout's masks), starts each
+training from a state fixed by the seed too (the caller's state is put back after), so a trial
+gives the same numbers whether it is trained alone, batched with others, or re-run after an
+interruption. Members that diverge (a non-finite loss) are marked and keep going without
 disturbing the others: they share no parameters. Every finished trial is judged (``sanity.py``): one
 that diverged, overflowed, did not lower its loss or ends no better than chance is *failed*, with
 the reason, and is never chosen as the best λ.
@@ -15,10 +17,12 @@ models as stacked tensors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -209,8 +213,9 @@ def train(
     seeds = [seed for _, seed in configs]
     curves = _Curves(members, data, training)
     start = time.perf_counter()
-    curves.measure(0, _distinct_starts(members, seeds))
-    diverged = _train_epochs(members, seeds, data, training, curves, on_epoch, threads)
+    with _training_rng(seeds[0], training.device):
+        curves.measure(0, _distinct_starts(members, seeds))
+        diverged = _train_epochs(members, seeds, data, training, curves, on_epoch, threads)
     seconds = time.perf_counter() - start
     series = curves.stacked()
     verdict = _Verdict(chance_level(data, training.loss), training)
@@ -218,6 +223,22 @@ def train(
         _outcome(members, k, key, series, bool(diverged[k]), data, final_metrics, seconds, verdict)
         for k, key in enumerate(configs)
     ]
+
+
+@contextlib.contextmanager
+def _training_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global generator (and the device's) seeded from the trial's ``seed`` while it trains, and put back
+    after: the model's own random draws (Dropout's masks) are then the trial's, not whatever the process drew
+    before (earlier trials, the caller's code, torch's random start in each process). K stacked members draw
+    none (stacking refuses random layers), so the first member's seed serves them all. The state differs from
+    the one that built the initial weights, so the masks are not the weights' random numbers again."""
+    derived = int.from_bytes(hashlib.sha256(f"decaykit training {seed}".encode()).digest()[:8], "little") >> 1
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(derived)
+        if devices:
+            torch.cuda.manual_seed(derived)
+        yield
 
 
 def _distinct_starts(members: Members, seeds: Sequence[int]) -> list[int]:
