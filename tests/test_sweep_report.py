@@ -127,3 +127,30 @@ def test_the_table_has_no_bookkeeping_columns():
     rows = aggregate([{**record(0.0, 0, 0.7), "failure": None}, {**record(1.0, 0, 0.1), "failure": failed}])
     text = format_report(rows, None, header=[], notes=[], files={})
     assert "failure_seed" not in text and "undefined" not in text.split("\n\n")[0]
+
+
+def test_a_metric_of_the_users_own_needs_its_direction_and_the_report_says_it():
+    """Recall, F1, AUC: higher is better, but decaykit cannot know it of a function it is handed; minimising by
+    default chose the λ where recall collapsed and called it the best."""
+    import decaykit
+    from decaykit.errors import DecayError
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 5, generator=g)
+    y = x[:, :3].argmax(1)
+    data = (x[:80], y[:80], x[80:], y[80:])
+
+    def recall_0(outputs, targets):
+        return (outputs.argmax(1)[targets == 0] == 0).float().mean()
+
+    kw = dict(weight_decays=[0.0, 0.1], seeds=1, epochs=10, lr=1e-2, batch_size=16, metrics={"recall_0": recall_0},
+              storage="memory", plots=False, progress=False)  # fmt: skip
+    with pytest.raises(DecayError, match=r"test_recall_0.*is your own metric.*maximize=True") as caught:
+        decaykit.sweep(lambda: torch.nn.Linear(5, 3), data, metric="test_recall_0", **kw)
+    assert caught.value.argument == "maximize"
+    result = decaykit.sweep(lambda: torch.nn.Linear(5, 3), data, metric="test_recall_0", maximize=True, **kw)
+    assert result.best["maximize"] is True and "test recall 0 (higher is better)" in str(result)
+    values = {r["weight_decay"]: r["test_recall_0"] for r in result.results}
+    assert result.best["value"] == max(values.values())
+    plain = decaykit.sweep(lambda: torch.nn.Linear(5, 3), data, **kw)  # decaykit's own objective: no need
+    assert plain.best is None or "is better" not in str(plain)

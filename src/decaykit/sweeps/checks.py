@@ -228,3 +228,9 @@ def check_objective(training: Training, kind: str, task: Task) -> None:
         names |= {"closed_form_test_loss", "distance_to_closed_form"}
     if training.metric not in names:
         raise DecayError(f"metric={training.metric!r} is not measured; choose one of {', '.join(sorted(names))}")
+    if training.maximize is None:  # one of the user's metrics, whose direction only the user knows
+        raise DecayError(
+            f"metric={training.metric!r} is your own metric, and whether a higher value is better is yours to say: "
+            "add maximize=True or maximize=False; the best λ is chosen by it",
+            argument="maximize",
+        )

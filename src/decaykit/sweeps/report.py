@@ -257,6 +257,10 @@ def results_cells(
     return headers, body, "r" * (len(headers) - 1) + "l"
 
 
+# decaykit's own metrics (their split prefix aside), whose direction goes without saying
+_OWN_METRICS = ("accuracy", "loss", "gap", "weight_norm", "distance_to_closed_form")
+
+
 def _describe_value(name: str, value: float, std: float | None) -> str:
     if _is_accuracy(name):
         return f"{value:.1%}" + (f" ± {std * 100:.1f}" if std else "")
@@ -269,6 +273,8 @@ def verdict(best: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]], o
     if best is None:
         return _no_best(rows, objective)
     name = best["metric"].replace("_", " ")
+    if not best["metric"].endswith(_OWN_METRICS):  # a metric of the user's: say which way it was ranked
+        name += f" ({'higher' if best['maximize'] else 'lower'} is better)"
     lam = best.get("rounded") or _lam(best["weight_decay"])
     within = _within_noise(best)
     seeds = best["seeds"]

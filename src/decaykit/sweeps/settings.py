@@ -158,7 +158,8 @@ class Training(_Options):
       :data:`metrics.LOSSES`, or ``fn(outputs, targets) -> scalar``.
     - ``metrics``: extra ``{name: fn(outputs, targets)}`` measured on train and test.
     - ``metric``: the objective the best λ is chosen by (None: ``test_accuracy``, or ``test_loss`` for
-      regression); ``maximize``: its direction (None: maximise accuracies, minimise the rest).
+      regression); ``maximize``: its direction (None: decaykit's own metrics' direction, accuracies up,
+      losses, ``gap``, ``weight_norm`` and ``distance_to_closed_form`` down; a metric of ``metrics`` needs it).
     - ``curve_points``: about how many points each learning curve has.
     - ``dtype``: the models' and data's floating dtype; ``device``: where they train.
     """
@@ -221,7 +222,9 @@ class Training(_Options):
         if self.loss is None:
             raise DecayError("resolve the training settings with Training.for_task(task) before for_data")
         metric = self.metric or ("test_accuracy" if kind == "classification" else "test_loss")
-        maximize = metric.endswith("accuracy") if self.maximize is None else self.maximize
+        maximize = self.maximize
+        if maximize is None and metric.partition("_")[2] not in self.metrics:  # a user's metric: no guess
+            maximize = metric.endswith("accuracy")
         return replace(self, loss=resolve_loss(self.loss, kind), metric=metric, maximize=maximize)
 
     def batch_for(self, samples: int) -> int:
