@@ -39,7 +39,8 @@ def test_a_nan_user_metric_does_not_make_a_trial_diverge():
 
 
 def test_ranking_by_an_undefined_metric_says_so_and_picks_nothing():
-    result = sweep(linear, blobs, weight_decays=[0, 0.1], lr=0.05, metrics={"m": never_defined}, metric="test_m", **FAST)
+    result = sweep(linear, blobs, weight_decays=[0, 0.1], lr=0.05, metrics={"m": never_defined}, metric="test_m",
+                   maximize=True, **FAST)
     assert result.best is None
     assert "verdict: no best λ: test m is undefined (NaN)" in str(result)
 
