@@ -1,7 +1,9 @@
-"""User metrics that are undefined (NaN) for some models: the trial still trained, the metric is n/a."""
+"""User metrics that are undefined (NaN) for some models: the trial still trained, the metric is n/a; a user's loss is
+measured as the user would call it."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,3 +61,24 @@ def test_a_row_whose_objective_is_undefined_on_one_seed_is_not_ranked():
     assert best is not None and best["weight_decay"] == 0.0 and best["unranked"] == [1.0]
     text = format_report(rows, best, header=[], notes=[], files={}, objective="test_prec")
     assert "test prec is undefined (NaN) on some seeds at λ = 1" in text and "not ranked" in text
+
+
+@pytest.mark.parametrize("name", ["sum", "rmse"])
+def test_a_loss_of_the_users_own_is_measured_on_the_whole_set_however_it_reduces(name):
+    """A loss that sums over the batch, or one that does not split into a mean of parts (RMSE), is evaluated as the
+    user would call it on the whole test set: chunked evaluation weighted each chunk as a mean, and the reported
+    loss changed with the number of stacked members (1,747 stacked against 3,335 one by one)."""
+    from decaykit.sweeps.metrics import evaluate
+
+    fn = {"sum": lambda out, t: torch.nn.functional.mse_loss(out, t, reduction="sum"),
+          "rmse": lambda out, t: torch.nn.functional.mse_loss(out, t).sqrt()}[name]  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 4, generator=g), torch.randn(50, 1, generator=g)
+    weights = torch.randn(3, 4, 1, generator=g)
+
+    def forward(xb):  # three members, each a linear map
+        return torch.einsum("ni,kio->kno", xb, weights)
+
+    got = evaluate(forward, x, y, kind="regression", loss=fn, chunk=16)["loss"]
+    expected = torch.stack([fn(x @ weights[k], y) for k in range(3)]).double()
+    torch.testing.assert_close(got, expected)

@@ -83,24 +83,28 @@ def evaluate(
             xb, yb = x[start : start + chunk], y[start : start + chunk]
             out = forward(xb)
             yk = yb.unsqueeze(0).expand(out.shape[0], *yb.shape)
-            if callable(loss):
-                part = member_losses(loss, out, yk).double() * len(xb)
-            elif kind == "classification":
-                part = member_losses("cross_entropy", out, yk).double() * len(xb)
-            else:
-                part = (out - yk).reshape(out.shape[0], -1).double().square().mean(1) * len(xb)
-            total_loss = part if total_loss is None else total_loss + part
+            if not callable(loss):  # a mean over samples: the chunks' means, weighted by their sizes
+                if kind == "classification":
+                    part = member_losses("cross_entropy", out, yk).double() * len(xb)
+                else:
+                    part = (out - yk).reshape(out.shape[0], -1).double().square().mean(1) * len(xb)
+                total_loss = part if total_loss is None else total_loss + part
             if kind == "classification":
                 hits = (out.argmax(-1) == yk).reshape(out.shape[0], -1).sum(1).double()
                 correct = hits if correct is None else correct + hits
-            if extra:
+            if extra or callable(loss):
                 outputs.append(out)
-    assert total_loss is not None
-    result = {"loss": total_loss / n}
+    full = torch.cat(outputs, dim=1) if outputs else None
+    if full is not None and callable(loss):
+        # the user's loss on the whole set at once, as they would call it: it may sum, or not decompose at all
+        result = {"loss": member_losses(loss, full, y.unsqueeze(0).expand(full.shape[0], *y.shape)).double()}
+    else:
+        assert total_loss is not None
+        result = {"loss": total_loss / n}
     if correct is not None:
         result["accuracy"] = correct / n
     if extra:
-        full = torch.cat(outputs, dim=1)
+        assert full is not None
         for name, fn in extra.items():
             values = []
             for k in range(full.shape[0]):
