@@ -164,6 +164,17 @@ def test_the_best_range_holds_the_lambdas_within_noise_and_rounds_the_best_to_it
     exact = choose_best(noisy_rows(means, 0.0), "test_loss", False)  # no noise: only the grid's spacing limits it
     assert exact["range"] == [3.44515, 3.44515] and exact["rounded"] == "3"
     assert rounded_in(3.44515, 3.3, 3.5) == "3.4"
+    assert rounded_in(30.0, 25.0, 40.0) == "30"  # not 3e+01
+
+
+def test_the_rounded_best_stays_inside_the_range_printed_beside_it():
+    """The best at the edge of its noise range: the grid would allow "5" for 4.642 (up to the midpoint 6.8 to
+    the next λ), but the verdict prints "anything in 2.2–4.6" beside it, so the λ it names must be in there."""
+    means = {0.0: 5.0, 1.0: 3.0, 2.154: 2.02, 4.642: 2.0, 10.0: 3.0}
+    best = choose_best(noisy_rows(means, 0.1), "test_loss", False)
+    assert best["weight_decay"] == 4.642 and best["range"] == [2.154, 4.642] and best["rounded"] == "4.6"
+    text = format_report(noisy_rows(means, 0.1), best, header=[], notes=[], files={})
+    assert "use λ ≈ 4.6 (anything in 2.2–4.6 is within noise of the best)" in text
 
 
 def test_a_search_exposes_its_range_within_noise():

@@ -166,8 +166,8 @@ def rounded_in(value: float, low: float, high: float, most: int = 4) -> str:
     for digits in range(1, most):
         text = f"{value:.{digits}g}"
         if low <= float(text) <= high:
-            return text
-    return f"{value:.{most}g}"
+            return f"{float(text):g}"  # 30, not 3e+01
+    return f"{float(f'{value:.{most}g}'):g}"
 
 
 def choose_best(rows: Sequence[Mapping[str, Any]], objective: str, maximize: bool) -> dict[str, Any] | None:
@@ -182,11 +182,13 @@ def choose_best(rows: Sequence[Mapping[str, Any]], objective: str, maximize: boo
     # ties go to the smaller λ: the least intervention that does as well
     best = max(usable, key=lambda r: (sign * r[objective], -r["weight_decay"]))
     low, high = best_range(rows, best, objective)
-    grid_low, grid_high = _resolution(rows, best["weight_decay"])
+    # rounded within the range the verdict prints beside it (the seeds' noise), or, where no other λ is within
+    # noise, within what the grid cannot tell apart: "use λ ≈ 5 (anything in 2.2–4.6 ...)" contradicted itself
+    span = (low, high) if low != high else _resolution(rows, best["weight_decay"])
     out: dict[str, Any] = {
         "weight_decay": best["weight_decay"],
         "range": [low, high],
-        "rounded": rounded_in(best["weight_decay"], min(low, grid_low), max(high, grid_high)),
+        "rounded": rounded_in(best["weight_decay"], *span),
         "metric": objective,
         "maximize": maximize,
         "value": best[objective],
