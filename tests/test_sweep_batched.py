@@ -180,6 +180,27 @@ def test_vmap_stacking_that_measures_slower_falls_back_once_per_study(tmp_path, 
     assert sweep(mlp, blobs(), **kw).run["path"] == "layers" and calls == [1]  # Linear chains are not timed
 
 
+def test_the_stacking_trial_runs_on_the_thread_count_asked_for(monkeypatch):
+    """threads=1: the timing that decides stacked or one by one must be of 1-thread steps, as training will run."""
+    import decaykit.sweeps.runner as runner
+
+    seen = []
+
+    def timed(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return False, "9 ms per stacked step of 2 models vs 2 x 1 ms one at a time"
+
+    monkeypatch.setattr(runner, "stacking_pays", timed)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = sweep(Residual, blobs(), **dict(FAST, weight_decays=[0.0, 1.0], seeds=1, epochs=1, threads=1,
+                                                   storage="memory", plots=False))  # fmt: skip
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == [1] and any("one at a time, on 1 thread)" in n for n in result.notes)
+
+
 class TokenClassifier(nn.Module):
     """Token ids in, class logits out: an embedding, the mean over positions, a linear head."""
 

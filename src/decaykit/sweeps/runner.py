@@ -44,7 +44,7 @@ from decaykit.sweeps.result import SweepResult
 from decaykit.sweeps.settings import Execution, Training, Trials
 from decaykit.sweeps.store import Store, TrialKey, open_store
 from decaykit.sweeps.tasks import Task, resolve_task
-from decaykit.sweeps.timing import ThreadChoice, one_thread
+from decaykit.sweeps.timing import ThreadChoice, one_thread, threads_text
 from decaykit.sweeps.worker import Worker
 
 __all__ = ["run_sweep", "sweep"]
@@ -204,19 +204,22 @@ def _decide_stacking(prepared: Prepared, execution: Execution, store: Store) -> 
         return False, [f"trained one model at a time: {reason}"]
     members = _members(prepared, execution, stacked=True)
     if execution.stacking == "auto" and members > 1 and stacking_is_timed(prepared.probe):
-        faster, detail = _stacking_decision(store, prepared, members)
+        faster, detail = _stacking_decision(store, prepared, members, execution.threads)
         if not faster:
             return False, [f"trained one model at a time: stacking measured slower ({detail})"]
     return True, []
 
 
-def _stacking_decision(store: Store, prepared: Prepared, members: int) -> tuple[bool, str]:
+def _stacking_decision(store: Store, prepared: Prepared, members: int, threads: int | None) -> tuple[bool, str]:
     """Time stacked against one-by-one steps, once per study: a rerun or another worker reuses the
-    decision, so every trial of the sweep runs the same kernels (and a resumed report is identical)."""
+    decision, so every trial of the sweep runs the same kernels (and a resumed report is identical).
+    On the thread count asked for (``threads``), the one training will run on; otherwise on the caller's."""
     known = store.recall("stacked")
     if known is not None:
         return bool(known["stacked"]), str(known["detail"])
-    faster, detail = stacking_pays(prepared.task.model_fn, prepared.data, prepared.training, members)
+    with _cpu_settings(threads or torch.get_num_threads()):
+        faster, detail = stacking_pays(prepared.task.model_fn, prepared.data, prepared.training, members)
+        detail += f", on {threads_text(torch.get_num_threads())}"
     store.remember("stacked", {"stacked": faster, "detail": detail})
     return faster, detail
 
