@@ -107,3 +107,22 @@ def test_nan_model_is_marked_diverged_and_the_sweep_finishes(helper, capsys):
     assert code == 0
     assert "the setup does not train" in text and "non-finite on the initial model" in text
     assert "diverged 1/1 seeds" in text and "learning rate is not the cause" in text
+
+
+def test_a_store_folder_that_cannot_be_made_is_bad_input_naming_its_flag(tmp_path, capsys, monkeypatch):
+    """A journal path under a file, or an --out on a file system that refuses folders (/proc, read-only):
+    exit 2 naming the flag, not decaykit's internal error."""
+    (tmp_path / "afile").write_text("")
+    argv = ["sweep", "--task", "ridge", "--epochs", "1", "--seeds", "1", "--no-plots", "-q", "--json"]
+    assert main([*argv, "--storage", str(tmp_path / "afile" / "sub" / "x.journal")]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["kind"] == "bad-input" and error["argument"] == "--storage" and "cannot be made" in error["message"]
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert main([*argv, "--out", str(tmp_path / "new")]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["argument"] == "--out" and "Read-only file system" in error["message"]

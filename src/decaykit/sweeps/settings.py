@@ -279,16 +279,16 @@ def _check_out(out: Any) -> None:
     try:
         path = os.path.abspath(os.fspath(out))
     except TypeError:
-        raise DecayError(f"out must be a folder path, got {out!r}") from None
+        raise DecayError(f"out must be a folder path, got {out!r}", argument="out") from None
     if os.path.exists(path) and not os.path.isdir(path):
-        raise DecayError(f"out={os.fspath(out)!r} is a file, not a folder; give a folder for the plots and the store (--out DIR)")
+        raise DecayError(f"out={os.fspath(out)!r} is a file, not a folder; give a folder for the plots and the store (--out DIR)", argument="out")
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise DecayError(f"out={os.fspath(out)!r} cannot be made: {existing!r} is a file; give another folder (--out DIR)")
+        raise DecayError(f"out={os.fspath(out)!r} cannot be made: {existing!r} is a file; give another folder (--out DIR)", argument="out")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise DecayError(f"out={os.fspath(out)!r} is not writable ({existing!r} is not); give a folder you can write to (--out DIR)")
+        raise DecayError(f"out={os.fspath(out)!r} is not writable ({existing!r} is not); give a folder you can write to (--out DIR)", argument="out")
 
 
 _BATCHED = ("auto", "off")

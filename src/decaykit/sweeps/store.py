@@ -437,7 +437,13 @@ def open_store(
         path = Path(out if storage is None else storage)  # type: ignore[arg-type]
         if storage is None or path.is_dir():
             path = path / JOURNAL_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # under a file, a read-only or special file system (/proc)
+            argument, given = ("out", out) if storage is None else ("storage", storage)
+            raise DecayError(f"{argument}={os.fspath(given)!r}: the folder {str(path.parent)!r} for the journal cannot "
+                             f"be made ({exc.strerror or type(exc).__name__}); give a folder you can write to",
+                             argument=argument) from None  # fmt: skip
         storage, location = open_journal(str(path)), str(path)
     return OptunaStore(storage, study_name, maximize=maximize, config=config, location=location,
                        fingerprint=None if fingerprint is None else fingerprint(), automatic=automatic,
