@@ -86,7 +86,11 @@ def test_default_demo_prints_the_report_and_writes_plots(tmp_path, capsys):
         (["--model", "clihelp:missing", "--data", "clihelp:data"], "has no attribute 'missing'"),
         (["--model", "clihelp:not_a_model", "--data", "clihelp:data"], "returned a str, not a torch.nn.Module"),
         (["--model", "clihelp:model", "--data", "clihelp:short_labels"], "x_train has 60 samples but y_train has 59"),
-        (["--model", "clihelp:model"], "data is missing"),
+        (["--model", "clihelp:model"], "--model needs --data"),
+        (["--data", "clihelp:data"], "--data needs --model"),
+        (["--model", "clihelp:model", "--data", "clihelp:data", "--train-size", "10"],
+         "--train-size sets an option of a built-in task, and has no effect on your own --model"),
+        (["--task", "ridge", "--label-noise", "0.2"], "--label-noise has no effect with --task ridge"),
         (["--weight-decays", "0,-1"], "finite numbers >= 0, got -1"),
         (["--weight-decays", ","], "is empty"),
         (["--weight-decays", "0,abc"], "comma-separated numbers, got 'abc'"),
@@ -126,3 +130,25 @@ def test_a_store_folder_that_cannot_be_made_is_bad_input_naming_its_flag(tmp_pat
     assert main([*argv, "--out", str(tmp_path / "new")]) == 2
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["argument"] == "--out" and "Read-only file system" in error["message"]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--model", "clihelp:model"], "--data"),
+    (["--model", "clihelp:model", "--data", "clihelp:data", "--data-seed", "3"], "--data-seed"),
+    (["--task", "ridge", "--label-noise", "0.2"], "--label-noise"),
+])  # fmt: skip
+def test_a_task_flag_error_names_the_flag_typed(helper, capsys, argv, flag):
+    assert main(["sweep", *argv, *TINY, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["argument"] == flag
+
+
+def test_the_python_api_names_the_task_option_it_refuses():
+    from decaykit.errors import DecayError
+    from decaykit.sweeps.tasks import builtin_task, resolve_task
+
+    with pytest.raises(DecayError, match="task 'ridge' does not take label_noise; its options are train_size") as e:
+        builtin_task("ridge", label_noise=0.2)
+    assert e.value.argument == "task_options"
+    with pytest.raises(DecayError, match=r"task_options \(train_size\) apply to built-in tasks only") as e:
+        resolve_task(lambda: None, lambda: None, None, {"train_size": 3})
+    assert e.value.argument == "task_options"

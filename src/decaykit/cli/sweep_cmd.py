@@ -209,6 +209,41 @@ def _check_combinations(args: argparse.Namespace) -> None:
     for clash, message in pairs:
         if clash:
             raise DecayError(message)
+    _check_task_flags(args)
+
+
+# the built-in tasks' options the command line sets, by the flag that sets each
+_TASK_FLAGS = {"train_size": "--train-size", "data_seed": "--data-seed", "label_noise": "--label-noise"}
+
+
+def _check_task_flags(args: argparse.Namespace) -> None:
+    """--model and --data go together; a task option applies to a built-in task that takes it. Each refusal
+    names the flag typed, not the Python keyword behind it."""
+    import inspect
+
+    from decaykit.errors import DecayError
+    from decaykit.sweeps.tasks import BUILTIN_TASKS, DEFAULT_TASK
+
+    if (args.model is None) != (args.data is None):
+        given, missing = ("--model", "--data") if args.data is None else ("--data", "--model")
+        raise DecayError(f"{given} needs {missing}: a sweep of your own model takes both (--model pkg.mod:build "
+                         "--data pkg.mod:load), or neither for a built-in --task", argument=missing)  # fmt: skip
+    given = [flag for key, flag in _TASK_FLAGS.items() if getattr(args, key) is not None]
+    if not given:
+        return
+    if args.model is not None:
+        raise DecayError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} an option of a built-in task, and "
+                         "has no effect on your own --model and --data; drop it", argument=given[0])  # fmt: skip
+    name = args.task or DEFAULT_TASK
+    factory = BUILTIN_TASKS.get(name)
+    if factory is None:
+        return  # the unknown task name is refused by the task lookup, naming --task
+    takes = inspect.signature(factory).parameters
+    unused = [flag for key, flag in _TASK_FLAGS.items() if getattr(args, key) is not None and key not in takes]
+    if unused:
+        own = [flag for key, flag in _TASK_FLAGS.items() if key in takes]
+        raise DecayError(f"{', '.join(unused)} has no effect with --task {name} (it takes {', '.join(own) or 'none'}); "
+                         "drop it", argument=unused[0])  # fmt: skip
 
 
 def task_from_args(args: argparse.Namespace) -> Task:

@@ -9,6 +9,7 @@ task wraps the user's model factory and data (``task_from_user``): a factory, a 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,10 +47,12 @@ def builtin_task(name: str, **options: Any) -> Task:
     factory = BUILTIN_TASKS.get(name)
     if factory is None:
         raise DecayError(f"task={name!r} is not a built-in task; choose one of {', '.join(TASK_NAMES)}")
-    try:
-        return factory(**{k: v for k, v in options.items() if v is not None})
-    except TypeError as exc:
-        raise DecayError(f"task {name!r} does not take these options: {sorted(options)} ({exc})") from None
+    takes = inspect.signature(factory).parameters
+    unknown = sorted(k for k in options if k not in takes)
+    if unknown:
+        raise DecayError(f"task {name!r} does not take {', '.join(unknown)}; its options are {', '.join(takes)}",
+                         argument="task_options")
+    return factory(**{k: v for k, v in options.items() if v is not None})
 
 
 def resolve_task(model: Any, data: Any, task: str | None, options: Mapping[str, Any] | None) -> Task:
@@ -60,5 +63,6 @@ def resolve_task(model: Any, data: Any, task: str | None, options: Mapping[str, 
     if task is not None:
         raise DecayError(f"give either a built-in task ({task!r}) or your own model and data, not both")
     if options:
-        raise DecayError("task_options apply to built-in tasks only")
+        raise DecayError(f"task_options ({', '.join(sorted(options))}) apply to built-in tasks only, not to your own "
+                         "model and data; drop them", argument="task_options")
     return task_from_user(model, data)

@@ -38,7 +38,7 @@ def task_from_user(
     """A task around the user's model factory and data (a factory, a ``pkg.mod:attr`` or the data itself)."""
     if model is None or data is None:
         missing = "model" if model is None else "data"
-        raise DecayError(f"a sweep of your own model needs both model and data; {missing} is missing")
+        raise DecayError(f"a sweep of your own model needs both model and data; {missing} is missing", argument=missing)
     model_fn, model_id = make_model_fn(model)
     data_fn, data_id = _data_fn(data)
     return Task(
