@@ -382,3 +382,13 @@ def test_a_model_that_draws_random_numbers_gives_each_trial_the_same_numbers_how
     pick = [next(t["metrics"] for t in r.trials if t["weight_decay"] == 1.0) for r in (together, alone)]
     assert pick[0] == pick[1]
     assert pick[0]["train_loss"] != next(t["metrics"] for t in together.trials if t["weight_decay"] == 0)["train_loss"]
+
+
+def test_a_run_that_trained_nothing_says_nothing_of_how_it_trained(tmp_path):
+    """Every trial reused from a stacked run: "trained one model at a time, as asked" would be false."""
+    kw = dict(FAST, weight_decays=[0.0, 1.0], seeds=1, epochs=1, out=str(tmp_path), plots=False)
+    first = sweep(mlp, blobs(), **kw)
+    assert first.run["batched"] is True and first.run["path"] == "layers"
+    again = sweep(mlp, blobs(), batched=False, **kw)
+    assert again.run["trained"] == 0 and again.run["batched"] is None and again.run["path"] is None
+    assert not any("one model at a time" in n for n in again.notes)

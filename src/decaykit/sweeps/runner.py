@@ -314,7 +314,7 @@ def _build_result(
         "reused": reused,
         "store": worker.store.location,
         "study": study,
-        "batched": worker.stacked,
+        "batched": worker.stacked if worker.trained else None,  # None: this run trained nothing
         "path": (worker.path if worker.stacked else "one-by-one") if worker.trained else None,
     }
     header = describe.header(prepared.task, prepared.data, prepared.trials, training)
@@ -349,7 +349,8 @@ def _notes(
     notes = list(prepared.notes)
     if worker.trained and worker.stacked:
         notes.append(f"trained up to {execution.chunk_size} trials at a time as one stacked model ({worker.path} path)")
-    notes += stacking
+    if worker.trained:  # how this run trains: nothing to say of trials that all came from the store
+        notes += stacking
     reused = len(trials) - worker.trained
     if reused > 0:
         notes.append(f"{reused} of {len(trials)} trials were already in the store ({worker.store.location}) and were reused")
