@@ -232,3 +232,22 @@ def test_asgds_lambd_is_measured_after_training_too_and_not_mistaken_for_momentu
         adam.step()
         adam.zero_grad()
     assert all(e.other_decay is None for e in decaykit.probe(adam, model=model).entries)
+
+
+def test_audit_and_probe_look_through_a_framework_s_wrapper():
+    """Lightning hands the training step a LightningOptimizer: audited as the wrapper, coupled L2 in Adam was
+    not found ("no problems"), and the probe's expectation was "unknown"."""
+    pytest.importorskip("lightning")
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    model = TinyGPT(depth=1)
+    adam = torch.optim.Adam(decaykit.param_groups(model, 0.05), lr=1e-3)
+    wrapped = LightningOptimizer(adam)
+    report = decaykit.audit(model, wrapped)
+    assert codes(report) == codes(decaykit.audit(model, adam)) == {"coupled-adaptive": "warning"}
+    assert report.optimizer == "Adam (inside LightningOptimizer)"
+    measured = decaykit.probe(wrapped, model=model)
+    assert measured.optimizer == "Adam (inside LightningOptimizer)"
+    assert {e.expected_kind for e in measured.entries} == {"coupled", "none"} and measured.ok
+    both = decaykit.audit(model, wrapped, measure=True)
+    assert codes(both) == {"coupled-adaptive": "warning"} and both.probe.optimizer == measured.optimizer

@@ -367,6 +367,8 @@ def audit(
     weight decay found in the optimizer's groups. ``plan_options`` go to :func:`decaykit.plan`
     (``exclude=``, ``rules=``, ``decay_embeddings=`` ...).
 
+    A framework's wrapper (the HF Trainer's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is
+    audited as the optimizer inside it (:func:`decaykit.optimizers.unwrap`).
     A saved :class:`decaykit.WeightDecay` state_dict is read by the mode in its ``"decaykit"`` entry.
     A state_dict saved without ``param_names`` is matched to ``model.parameters()`` by position;
     the report says so in its first line, findings that depend on that order are warnings (not
@@ -380,7 +382,11 @@ def audit(
     if not isinstance(measure, bool):
         raise DecayError(f"measure must be True or False, got {measure!r}")
     check_plan_options(plan_options, "audit()")
+    wrapped, wrapper = optimizer, optimizers.wrapper_name(optimizer)
+    optimizer = optimizers.unwrap(optimizer)  # the HF Trainer's and Lightning's wrappers step the optimizer inside
     view = _optimizer_view(model, optimizer)
+    if wrapper is not None:
+        view.name += f" (inside {wrapper})"
     given = [g.weight_decay for g in view.groups if not math.isnan(g.weight_decay)]
     lam = weight_decay if weight_decay is not None else max(given, default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
@@ -397,7 +403,7 @@ def audit(
             raise DecayError("measure=True needs a live optimizer, not a state_dict: build it, load the state, then audit")
         from decaykit.probe.probe import probe
 
-        measured = probe(optimizer, model=model)
+        measured = probe(wrapped, model=model)
         _measured_findings(measured, expected, findings, view.stepper)
         report.probe = MeasuredProbe.of(measured, [f.code for f in findings if f.severity == "error"])
     order = {s: i for i, s in enumerate(SEVERITIES)}

@@ -74,7 +74,9 @@ def probe(
 
     Args:
         optimizer: any ``torch.optim.Optimizer`` (also wrappers such as ``decaykit.WeightDecay``);
-            never stepped, its state, groups, hooks and schedulers are left as they are. DTensor
+            never stepped, its state, groups, hooks and schedulers are left as they are. A framework's
+            wrapper (the HF Trainer's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is
+            measured as the optimizer inside it (:func:`decaykit.optimizers.unwrap`). DTensor
             parameters (FSDP2, tensor parallel) are measured on this rank's shard, with no collective.
         model: names the tensors, and reports trainable parameters no group holds.
         frozen: names (globs) or tensors meant to stay fixed, e.g. weights whose gradients you
@@ -85,6 +87,8 @@ def probe(
             need ``model``), a ``decaykit.Plan``, or a mapping ``name or glob -> weight decay (or bool)``.
         chunk_bytes: step at most this many bytes of parameters + state at a time (None: all).
     """
+    wrapper = optimizers.wrapper_name(optimizer)
+    optimizer = optimizers.unwrap(optimizer)  # its twin steps the optimizer inside, not the framework's wrapper
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise DecayError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if model is not None and not isinstance(model, nn.Module):
@@ -122,7 +126,8 @@ def probe(
     total = sum(byte_size(t.param, optimizer) for t in targets)
     cost = {"seconds": time.perf_counter() - t0, "twin_steps": steps, "chunks": len(chunks),
             "peak_copy_bytes": peak, "params_state_bytes": total}
-    return ProbeReport(type(optimizer).__name__, entries, notes, cost)
+    name = type(optimizer).__name__ + (f" (inside {wrapper})" if wrapper is not None else "")
+    return ProbeReport(name, entries, notes, cost)
 
 
 def _check_representable(optimizer: torch.optim.Optimizer) -> None:
