@@ -251,3 +251,41 @@ def test_audit_and_probe_look_through_a_framework_s_wrapper():
     assert {e.expected_kind for e in measured.entries} == {"coupled", "none"} and measured.ok
     both = decaykit.audit(model, wrapped, measure=True)
     assert codes(both) == {"coupled-adaptive": "warning"} and both.probe.optimizer == measured.optimizer
+
+
+class _Adapted(torch.nn.Module):
+    """A frozen base layer and a trainable low-rank adapter beside it, as peft's LoRA builds them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = torch.nn.Linear(8, 8).requires_grad_(False)
+        self.lora_a = torch.nn.Linear(8, 2, bias=False)
+        self.lora_b = torch.nn.Linear(2, 8, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora_b(self.lora_a(x))
+
+
+def test_frozen_tensors_without_a_grad_are_not_measured_as_decayed():
+    """AdamW(model.parameters()) holding a frozen base: torch skips tensors whose .grad is None, so they never
+    move; the audit said they were measured shrinking and decayed otherwise than their group says."""
+    torch.manual_seed(0)
+    model = _Adapted()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    base = [p.detach().clone() for p in model.base.parameters()]
+    for _ in range(3):
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    assert all(torch.equal(p, b) and p.grad is None for p, b in zip(model.base.parameters(), base))
+    report = decaykit.audit(model, opt, measure=True)
+    assert codes(report) == {"frozen-in-optimizer": "error"}  # what happens once their .grad is a zero tensor
+    frozen = next(f for f in report.findings if f.code == "frozen-in-optimizer")
+    assert set(frozen.params) == {"base.weight", "base.bias"} and "skips them while their .grad is None" in frozen.message
+    assert {e.name for e in report.probe.entries if e.latent} == {"base.weight", "base.bias"}
+    # given a zero .grad, the same tensors do shrink, and that is measured
+    for p in model.base.parameters():
+        p.grad = torch.zeros_like(p)
+    shrink = next(f for f in decaykit.audit(model, opt, measure=True).findings
+                  if f.code == "measured-decay-on-excluded")
+    assert set(shrink.params) == {"base.weight", "base.bias"} and "0.999 per step" in shrink.message

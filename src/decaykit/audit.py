@@ -498,8 +498,9 @@ def _membership_findings(expected: Plan, held: _Membership, groups: list[_Group]
         out.append(Finding(
             "error" if decoupled else "warning", "frozen-in-optimizer",
             f"{len(frozen)} frozen parameters (requires_grad=False) are in the optimizer"
-            + (f"; {len(decayed_frozen)} have weight_decay > 0 and shrink at every step once their grad is a zero tensor "
-               "(zero_grad(set_to_none=False), diffusers #1009)" if decayed_frozen else ""),
+            + (f"; {len(decayed_frozen)} have weight_decay > 0: torch skips them while their .grad is None, and they "
+               "shrink at every step once it is a zero tensor (one left from before they were frozen, which "
+               "zero_grad(set_to_none=False) zeroes instead of removing; diffusers #1009)" if decayed_frozen else ""),
             "leave frozen parameters out of the optimizer (decaykit.param_groups does) or set their weight_decay to 0",
             tuple(frozen)))
     if held.duplicates:
@@ -572,23 +573,28 @@ def _policy_differences(expected: Plan, actual: Mapping[int, float], findings: l
 
 def _measured_findings(report: Any, expected: Plan, findings: list[Finding], stepper: OptimizerInfo | None) -> None:
     """What the probe measured that the settings do not explain: a decay other than the groups' weight_decay,
-    decay on tensors the policy excludes, and a decay that weight_decay=0 does not switch off."""
+    decay on tensors the policy excludes, and a decay that weight_decay=0 does not switch off.
+
+    A frozen tensor with no .grad (``latent``) is skipped by torch's step: nothing moves it today, so none of
+    these is said of it; ``frozen-in-optimizer`` says what happens once its .grad is a zero tensor.
+    """
     by_name = {d.name: d for d in expected}
+    stepped = [e for e in report.entries if not e.latent]
     # tensors the optimizer does not hold are already reported as "missing"
-    disagree = [e for e in report.entries if not e.agrees and e.kind != "missing"]
+    disagree = [e for e in stepped if not e.agrees and e.kind != "missing"]
     if disagree:
         findings.append(Finding("error", "measured-mismatch",
                                 f"{len(disagree)} tensors are decayed differently from what their group settings say",
                                 "see the probe table: the optimizer or a wrapper changes the decay",
                                 tuple(e.name for e in disagree)))
-    shrinking = [e for e in report.entries if e.name in by_name and by_name[e.name].weight_decay == 0
+    shrinking = [e for e in stepped if e.name in by_name and by_name[e.name].weight_decay == 0
                  and isinstance(e.measured, float) and e.measured < 1.0]
     if shrinking:
         worst = min(e.measured for e in shrinking)
         findings.append(Finding("error", "measured-decay-on-excluded",
                                 f"{len(shrinking)} tensors the policy excludes shrink by a factor down to {worst:.6g} per step (measured)",
                                 "move them to a weight_decay=0 group", tuple(e.name for e in shrinking)))
-    other = [e for e in report.entries if e.other_decay is not None]
+    other = [e for e in stepped if e.other_decay is not None]
     if other:
         findings.append(_uncontrolled_finding(other, expected, stepper))
 

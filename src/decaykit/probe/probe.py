@@ -251,7 +251,8 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
         if t.start is not None:
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
-                              t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden))
+                              t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden,
+                              t.latent))
     return out
 
 
@@ -269,7 +270,8 @@ def _duplicate_note(t: Target, k: int) -> str:
 def _frozen_note(t: Target, shrink: str, fix: str) -> str:
     if t.latent:  # the wording of audit's frozen-in-optimizer finding, which calls the same thing an error
         return (f"frozen (requires_grad=False) but in the optimizer with weight_decay > 0: skipped while its .grad is "
-                f"None, it {shrink} as soon as it has a zero .grad (zero_grad(set_to_none=False), diffusers #1009); "
+                f"None, it {shrink} as soon as it has a zero .grad (one left from before it was frozen, which "
+                "zero_grad(set_to_none=False) zeroes instead of removing; diffusers #1009); "
                 "leave frozen parameters out of the optimizer (decaykit.param_groups does) or set their weight_decay "
                 "to 0")
     return f"frozen ({t.frozen}) but the decay still moves it: it {shrink}; {fix}"
@@ -305,7 +307,7 @@ def _empty_entry(t: Target, k: int, name: str, shape: tuple[int, ...], wd_k: flo
         rate = e.rate[k] if isinstance(e.rate, torch.Tensor) else e.rate
         expected, kind = (1 - float(rate)) if e.kind == "decoupled" else None, e.kind
     return ProbeEntry(name, shape, "empty", None, expected, True, EMPTY_NOTE, kind, t.group, e.lr, wd_k,
-                      t.param.numel() // t.total, bool(t.frozen))
+                      t.param.numel() // t.total, bool(t.frozen), latent=t.latent)
 
 
 def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[ProbeEntry]:

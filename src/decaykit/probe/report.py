@@ -29,6 +29,8 @@ class ProbeEntry:
     under another setting (ASGD's ``lambd``), not in ``measured``; None when nothing moves it, or when
     the optimizer has state and may have momentum (its update then moves the tensor too; an optimizer
     known to have such a setting and no momentum, ASGD, is read at any step).
+    ``latent``: frozen by ``requires_grad=False`` with no ``.grad``, so torch's step skips it and nothing moves
+    it today; ``measured`` is what the step does to it once its ``.grad`` is a zero tensor.
     """
 
     name: str
@@ -45,6 +47,7 @@ class ProbeEntry:
     numel: int = 0
     frozen: bool = False
     other_decay: float | None = None
+    latent: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
