@@ -286,6 +286,44 @@ def test_frozen_tensors_without_a_grad_are_not_measured_as_decayed():
     # given a zero .grad, the same tensors do shrink, and that is measured
     for p in model.base.parameters():
         p.grad = torch.zeros_like(p)
-    shrink = next(f for f in decaykit.audit(model, opt, measure=True).findings
-                  if f.code == "measured-decay-on-excluded")
+    stepped = decaykit.audit(model, opt, measure=True)
+    shrink = next(f for f in stepped.findings if f.code == "measured-decay-on-excluded")
     assert set(shrink.params) == {"base.weight", "base.bias"} and "0.999 per step" in shrink.message
+    # 0.999 is what their group's weight_decay=0.1 says: frozen, not decayed otherwise than configured
+    assert codes(stepped) == {"frozen-in-optimizer": "error", "measured-decay-on-excluded": "error"}
+
+
+@pytest.mark.parametrize("cls", [torch.optim.AdamW, torch.optim.SGD])
+def test_a_decay_that_flips_the_sign_every_step_is_an_error(cls):
+    """lr·λ = 1.5: each step multiplies θ by −0.5 (AdamW's θ(1 − lr·λ), SGD's −lr·λθ in its step). The audit said
+    "no problems found", and with measure=True only measured-mismatch, although −0.5 is what the groups say."""
+    model = _small()
+    opt = cls(decaykit.param_groups(model, 15.0), lr=0.1)
+    for report in (decaykit.audit(model, opt), decaykit.audit(model, opt.state_dict()),
+                   decaykit.audit(model, opt, measure=True)):
+        assert codes(report) == {"decay-overshoots": "error"}
+        (finding,) = report.findings
+        assert "param_groups[0] multiplies θ by -0.5 per step" in finding.message
+        assert set(finding.params) == {"0.weight", "2.weight"}
+    measured = {e.name: e for e in report.probe.entries}["0.weight"]
+    assert measured.configured and not measured.agrees
+    assert measured.measured == pytest.approx(-0.5, abs=1e-6) and measured.expected == pytest.approx(-0.5)
+    assert codes(decaykit.audit(model, cls(decaykit.param_groups(model, 9.0), lr=0.1))) == {}  # lr·λ = 0.9
+
+
+def test_a_decay_overshoot_is_found_per_stacked_member_and_not_through_adam():
+    stacked = torch.nn.Module()
+    stacked.w = torch.nn.Parameter(torch.randn(3, 4, 4))
+    inner = torch.optim.AdamW([{"params": [stacked.w], "weight_decay": torch.tensor([0.1, 5.0, 10.0])}], lr=0.1)
+    engine = decaykit.WeightDecay(inner, mode="lr_coupled", allow_large_decay=True)
+    report = decaykit.audit(stacked, engine, measure=True, example_inputs=False)
+    assert codes(report) == {"decay-overshoots": "error"} and report.findings[0].params == ("w[2]",)  # r = 1: zeroed
+    # through Adam's denominator λθ is no factor of θ: the settings fix none, but a step can be measured
+    model = _small()
+    adam = torch.optim.Adam(decaykit.param_groups(model, 0.1), lr=1.0)  # a first step of ±lr on weights within ±0.5
+    assert codes(decaykit.audit(model, adam)) == {"coupled-adaptive": "warning"}
+    measured = decaykit.audit(model, adam, measure=True)
+    assert codes(measured) == {"coupled-adaptive": "warning", "measured-decay-overshoots": "error"}
+    flipped = next(f for f in measured.findings if f.code == "measured-decay-overshoots")
+    factors = {e.name: e.measured for e in measured.probe.entries}
+    assert set(flipped.params) == {"0.weight", "2.weight"} and all(factors[n] < 0 for n in flipped.params)

@@ -214,7 +214,7 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
         assert t.rows is not None
         r = t.rows.row(k, t.expect)
         notes = [r.note] if r.note else []
-        agrees, expected, expected_kind = r.settings_ok, r.expected, r.expected_kind
+        agrees, expected, expected_kind = r.settings_ok and not r.overshoots, r.expected, r.expected_kind
         moved = r.kind != "none"
         shrink = f"shrinks by {factor_text(r.measured)} per step ({r.kind})" if moved else ""
         fix = "give it weight_decay=0 or remove it from the optimizer"
@@ -252,7 +252,7 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
                               t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden,
-                              t.latent))
+                              t.latent, r.settings_ok))
     return out
 
 
@@ -324,7 +324,7 @@ def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[
             if stale and is_sharded(p):  # fully_shard registers new DTensor parameters in place of the old
                 note += "; the optimizer holds no DTensor at all: was it built before fully_shard?"
             out.append(ProbeEntry(canonical(n), tuple(p.shape), "missing", None, None, False, note,
-                                  numel=p.numel()))
+                                  numel=p.numel(), configured=False))
     return out
 
 
