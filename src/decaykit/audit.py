@@ -562,8 +562,8 @@ def _overshooting(view: _View) -> dict[int, tuple[Expectation, float | torch.Ten
 
 
 def _overshoot_findings(view: _View, expected: Plan) -> list[Finding]:
-    """A decay whose factor per step is <= 0 (lr·λ >= 1 in torch's AdamW and SGD): θ changes sign at every step,
-    or is zeroed at exactly 0, instead of shrinking. The factor is the one the probe expects
+    """A decay whose factor per step is <= 0 (lr·λ >= 1 in torch's AdamW and SGD): each such step sends θ through
+    0, or zeroes it at exactly 0, instead of shrinking it. The factor is the one the probe expects
     (:meth:`decaykit.probe.expectations.Expectation.factor`), at the lr the groups hold now."""
     names = {id(d.param): d.name for d in expected}
     where, params = [], []
@@ -582,8 +582,8 @@ def _overshoot_findings(view: _View, expected: Plan) -> list[Finding]:
         return []
     return [Finding(
         "error", "decay-overshoots",
-        f"the decay overshoots: {'; '.join(where)}. A factor <= 0 is no decay: θ changes sign at every step (or is "
-        "zeroed) instead of shrinking",
+        f"the decay overshoots: {'; '.join(where)}. A factor <= 0 is no decay: each such step sends θ through 0 (or "
+        "zeroes it) instead of shrinking it",
         "lower weight_decay or lr until the decay per step is far below 1 (torch AdamW at its usual lr 1e-3 and λ "
         "0.01 .. 0.1: lr·λ = 1e-5 .. 1e-4); a λ meant for another convention is carried over by decaykit.convert",
         tuple(params))]
