@@ -232,3 +232,98 @@ def test_asgds_lambd_is_measured_after_training_too_and_not_mistaken_for_momentu
         adam.step()
         adam.zero_grad()
     assert all(e.other_decay is None for e in decaykit.probe(adam, model=model).entries)
+
+
+def test_audit_and_probe_look_through_a_framework_s_wrapper():
+    """Lightning hands the training step a LightningOptimizer: audited as the wrapper, coupled L2 in Adam was
+    not found ("no problems"), and the probe's expectation was "unknown"."""
+    pytest.importorskip("lightning")
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    model = TinyGPT(depth=1)
+    adam = torch.optim.Adam(decaykit.param_groups(model, 0.05), lr=1e-3)
+    wrapped = LightningOptimizer(adam)
+    report = decaykit.audit(model, wrapped)
+    assert codes(report) == codes(decaykit.audit(model, adam)) == {"coupled-adaptive": "warning"}
+    assert report.optimizer == "Adam (inside LightningOptimizer)"
+    measured = decaykit.probe(wrapped, model=model)
+    assert measured.optimizer == "Adam (inside LightningOptimizer)"
+    assert {e.expected_kind for e in measured.entries} == {"coupled", "none"} and measured.ok
+    both = decaykit.audit(model, wrapped, measure=True)
+    assert codes(both) == {"coupled-adaptive": "warning"} and both.probe.optimizer == measured.optimizer
+
+
+class _Adapted(torch.nn.Module):
+    """A frozen base layer and a trainable low-rank adapter beside it, as peft's LoRA builds them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = torch.nn.Linear(8, 8).requires_grad_(False)
+        self.lora_a = torch.nn.Linear(8, 2, bias=False)
+        self.lora_b = torch.nn.Linear(2, 8, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora_b(self.lora_a(x))
+
+
+def test_frozen_tensors_without_a_grad_are_not_measured_as_decayed():
+    """AdamW(model.parameters()) holding a frozen base: torch skips tensors whose .grad is None, so they never
+    move; the audit said they were measured shrinking and decayed otherwise than their group says."""
+    torch.manual_seed(0)
+    model = _Adapted()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    base = [p.detach().clone() for p in model.base.parameters()]
+    for _ in range(3):
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    assert all(torch.equal(p, b) and p.grad is None for p, b in zip(model.base.parameters(), base))
+    report = decaykit.audit(model, opt, measure=True)
+    assert codes(report) == {"frozen-in-optimizer": "error"}  # what happens once their .grad is a zero tensor
+    frozen = next(f for f in report.findings if f.code == "frozen-in-optimizer")
+    assert set(frozen.params) == {"base.weight", "base.bias"} and "skips them while their .grad is None" in frozen.message
+    assert {e.name for e in report.probe.entries if e.latent} == {"base.weight", "base.bias"}
+    # given a zero .grad, the same tensors do shrink, and that is measured
+    for p in model.base.parameters():
+        p.grad = torch.zeros_like(p)
+    stepped = decaykit.audit(model, opt, measure=True)
+    shrink = next(f for f in stepped.findings if f.code == "measured-decay-on-excluded")
+    assert set(shrink.params) == {"base.weight", "base.bias"} and "0.999 per step" in shrink.message
+    # 0.999 is what their group's weight_decay=0.1 says: frozen, not decayed otherwise than configured
+    assert codes(stepped) == {"frozen-in-optimizer": "error", "measured-decay-on-excluded": "error"}
+
+
+@pytest.mark.parametrize("cls", [torch.optim.AdamW, torch.optim.SGD])
+def test_a_decay_that_flips_the_sign_every_step_is_an_error(cls):
+    """lr·λ = 1.5: each step multiplies θ by −0.5 (AdamW's θ(1 − lr·λ), SGD's −lr·λθ in its step). The audit said
+    "no problems found", and with measure=True only measured-mismatch, although −0.5 is what the groups say."""
+    model = _small()
+    opt = cls(decaykit.param_groups(model, 15.0), lr=0.1)
+    for report in (decaykit.audit(model, opt), decaykit.audit(model, opt.state_dict()),
+                   decaykit.audit(model, opt, measure=True)):
+        assert codes(report) == {"decay-overshoots": "error"}
+        (finding,) = report.findings
+        assert "param_groups[0] multiplies θ by -0.5 per step" in finding.message
+        assert set(finding.params) == {"0.weight", "2.weight"}
+    measured = {e.name: e for e in report.probe.entries}["0.weight"]
+    assert measured.configured and not measured.agrees
+    assert measured.measured == pytest.approx(-0.5, abs=1e-6) and measured.expected == pytest.approx(-0.5)
+    assert codes(decaykit.audit(model, cls(decaykit.param_groups(model, 9.0), lr=0.1))) == {}  # lr·λ = 0.9
+
+
+def test_a_decay_overshoot_is_found_per_stacked_member_and_not_through_adam():
+    stacked = torch.nn.Module()
+    stacked.w = torch.nn.Parameter(torch.randn(3, 4, 4))
+    inner = torch.optim.AdamW([{"params": [stacked.w], "weight_decay": torch.tensor([0.1, 5.0, 10.0])}], lr=0.1)
+    engine = decaykit.WeightDecay(inner, mode="lr_coupled", allow_large_decay=True)
+    report = decaykit.audit(stacked, engine, measure=True, example_inputs=False)
+    assert codes(report) == {"decay-overshoots": "error"} and report.findings[0].params == ("w[2]",)  # r = 1: zeroed
+    # through Adam's denominator λθ is no factor of θ: the settings fix none, but a step can be measured
+    model = _small()
+    adam = torch.optim.Adam(decaykit.param_groups(model, 0.1), lr=1.0)  # a first step of ±lr on weights within ±0.5
+    assert codes(decaykit.audit(model, adam)) == {"coupled-adaptive": "warning"}
+    measured = decaykit.audit(model, adam, measure=True)
+    assert codes(measured) == {"coupled-adaptive": "warning", "measured-decay-overshoots": "error"}
+    flipped = next(f for f in measured.findings if f.code == "measured-decay-overshoots")
+    factors = {e.name: e.measured for e in measured.probe.entries}
+    assert set(flipped.params) == {"0.weight", "2.weight"} and all(factors[n] < 0 for n in flipped.params)

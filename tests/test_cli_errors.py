@@ -328,6 +328,8 @@ def test_the_library_settings_of_issue_10_reach_the_command_line(capsys):
     (["convert", "-1"], "LAMBDA"),
     (["convert", "0.1", "--to", "nope"], "--to"),
     (["convert", "0.1", "--from", "nope"], "--from"),
+    (["probe", "mlp", "--mode", "lr_independent"], "--weight-decay"),  # 0.05 is no lr_independent λ
+    (["probe", "mlp", "--mode", "lr_coupled", "--lr", "10", "--wd", "0.5"], "--weight-decay"),  # lr·λ = 5
 ])  # fmt: skip
 def test_the_json_error_names_the_flag_not_the_python_keyword(argv, flag, capsys):
     """The API's errors name its keyword (momentum, layer_decay, weight_decay); on the command line the argument

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import decaykit
@@ -37,6 +38,29 @@ def test_inspect_json_diff_and_timescale(capsys):
     code, out, _ = run(capsys, "inspect", "mlp", "--weight-decay", "0.1", "--lr", "1e-3", "--dataset-size", "50000",
                        "--batch-size", "100")
     assert code == 0 and "timescale: τ = 1/(η·λ) = 1e+04 steps = 20 epochs (N = 50,000, B = 100)" in out
+
+
+def test_inspect_timescale_is_per_group_of_decayed_tensors(capsys):
+    """--layer-decay and --rule give the decayed groups their own η = lr·lr_scale and λ: one τ = 1/(lr·λ) printed
+    "of the decayed tensors" held for the head's 640 parameters only."""
+    argv = ["inspect", "vit", "--lr", "1e-3", "--weight-decay", "0.1", "--layer-decay", "0.5",
+            "--rule", "pos_embed:wd=0.5", "--dataset-size", "50000", "--batch-size", "100"]
+    data = json.loads(run(capsys, *argv, "--json")[1])
+    truth: dict[float, int] = {}
+    for p in data["parameters"]:
+        if p["decay"] and p["trainable"]:
+            tau = 1 / (1e-3 * p["lr_scale"] * p["weight_decay"])
+            truth[round(tau)] = truth.get(round(tau), 0) + p["numel"]
+    groups = data["timescale"]["groups"]
+    found: dict[float, int] = {}
+    for g in groups:
+        assert g["iterations"] == pytest.approx(1 / (g["lr"] * g["weight_decay"])) and g["epochs"] == g["iterations"] / 500
+        found[round(g["iterations"])] = found.get(round(g["iterations"]), 0) + g["parameters"]
+    assert found == truth and truth[10_000] == 640 and truth[320_000] == 3072 and truth[64_000] == 4160
+    assert data["timescale"]["iterations"] is None  # no one τ holds for them all
+    out = run(capsys, *argv)[1]
+    assert "timescale: τ = 1/(lr·lr_scale·λ) = 1e+04 .. 3.2e+05 steps = 20 .. 640 epochs" in out
+    assert "0.5   0.03125        1        4160  6.4e+04       128" in out
 
 
 def test_inspect_options_change_decisions(capsys):

@@ -308,3 +308,18 @@ def test_a_given_optimizer_with_decay_settings_is_refused_and_decaykit_s_own_kwa
     given = hf.optimizer_cls_and_kwargs(model, args)
     trainer = hf.DecayTrainer(model=model, args=args, optimizer_cls_and_kwargs=given, decay_engine={"mode": "lr_coupled"})
     assert type(trainer.create_optimizer()) is decaykit.WeightDecay
+
+
+def test_audit_and_probe_read_the_optimizer_inside_the_trainer_s_wrapper(tmp_path):
+    """trainer.optimizer is accelerate's AcceleratedOptimizer: audited as itself, coupled L2 in the Adam it
+    steps was "no problems found" and the probe's expectation "unknown"."""
+    model = resnet()
+    adam = torch.optim.Adam(decaykit.param_groups(model, 0.05), lr=LR)
+    trainer = transformers.Trainer(model=model, args=training_args(tmp_path, max_steps=1),
+                                   train_dataset=RandomImages(), optimizers=(adam, None))
+    trainer.train()
+    assert type(trainer.optimizer).__name__ == "AcceleratedOptimizer"
+    report = decaykit.audit(model, trainer.optimizer)
+    assert {f.code for f in report.findings} == {"coupled-adaptive"}
+    assert report.optimizer == "Adam (inside AcceleratedOptimizer)"
+    assert {e.expected_kind for e in decaykit.probe(trainer.optimizer, model=model).entries} == {"coupled", "none"}

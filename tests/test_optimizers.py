@@ -298,3 +298,26 @@ def test_verify_and_convert_read_the_registry() -> None:
         assert closed.kind == optimizers.info(closed.torch_class).decay_in()
     for name in ("adamw", "adam", "sgd", "adamc", "composer"):
         assert ALIASES[name] == optimizers.info("DecoupledAdamW" if name == "composer" else name).convention
+
+
+def test_unwrap_finds_the_optimizer_inside_the_frameworks_wrappers() -> None:
+    pytest.importorskip("lightning")
+    from lightning.fabric.wrappers import _FabricOptimizer
+
+    adam = torch.optim.Adam(_params(), lr=LR, weight_decay=WD)
+    assert optimizers.unwrap(adam) is adam and optimizers.wrapper_name(adam) is None
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    wrapped = LightningOptimizer(adam)
+    assert type(wrapped).__name__ == "LightningAdam"  # Lightning renames the wrapper's class after the inside
+    assert optimizers.wrapper_name(wrapped) == "LightningOptimizer" and optimizers.unwrap(wrapped) is adam
+    assert optimizers.unwrap(_FabricOptimizer(wrapped, strategy=None)) is adam  # nested: all the way in
+
+    class AcceleratedOptimizer(torch.optim.Optimizer):  # accelerate's, which needs an Accelerator to build
+        def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+            self.optimizer = optimizer
+
+    assert optimizers.unwrap(AcceleratedOptimizer(adam)) is adam
+    # a WeightDecay engine decays by its own mode: it is what gets audited, not looked through
+    engine = WeightDecay(torch.optim.AdamW(_params(), lr=LR, weight_decay=WD))
+    assert optimizers.unwrap(LightningOptimizer(engine)) is engine and optimizers.unwrap(engine) is engine

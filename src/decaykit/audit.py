@@ -41,6 +41,7 @@ from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
 from decaykit.policy.names import canonical_name, namer
 from decaykit.policy.plan import Conflict, Decision, Plan, check_plan_options, collect_params, plan
+from decaykit.probe.expectations import Expectation, rate_text, readable_expectations, saved_expectation
 from decaykit.probe.report import ProbeReport
 
 __all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "MeasuredProbe", "audit"]
@@ -162,6 +163,8 @@ class _Group:
     settings: dict[str, Any]
     # what its weight_decay does: "decoupled", "coupled" (λθ added to the gradient), "none" or "unknown"
     decay: str = "unknown"
+    # what its next step does with zero gradients, as the probe expects it (None: settings it refuses)
+    expect: Expectation | None = None
 
 
 @dataclass
@@ -220,9 +223,11 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
         inner = optimizer.optimizer if engine else optimizer
         stepper = optimizers.info(inner)
         expected = _expected_decay(optimizer)
+        expects = readable_expectations(optimizer)
         groups = []
         for i, g in enumerate(optimizer.param_groups):
             group = _group(list(g["params"]), g)
+            group.expect = expects[i]
             if expected is not None and expected[i]["kind"] == "none" and not math.isnan(group.weight_decay):
                 group.weight_decay = 0.0
             if engine:
@@ -315,8 +320,10 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
     # the class from the first group's keys (torch saves every key in every group); the decay group by group
     facts = optimizers.from_settings(first) or _older_settings(first)
     name = facts.name if facts is not None else "optimizer"
-    for group in groups:
+    for i, group in enumerate(groups):
         group.decay = _decay_in(facts, group.settings) if mode is None else _mode_decay(mode)
+        # a saved engine's rate hangs on its peak LRs and schedule, which only the live engine reads
+        group.expect = saved_expectation(group.settings, facts, i) if mode is None else None
     notes = [f"read from a state_dict; optimizer class inferred as {name} from its settings"]
     mapping = "by position" if positional else "by name"
     if mode is None:
@@ -367,6 +374,8 @@ def audit(
     weight decay found in the optimizer's groups. ``plan_options`` go to :func:`decaykit.plan`
     (``exclude=``, ``rules=``, ``decay_embeddings=`` ...).
 
+    A framework's wrapper (the HF Trainer's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is
+    audited as the optimizer inside it (:func:`decaykit.optimizers.unwrap`).
     A saved :class:`decaykit.WeightDecay` state_dict is read by the mode in its ``"decaykit"`` entry.
     A state_dict saved without ``param_names`` is matched to ``model.parameters()`` by position;
     the report says so in its first line, findings that depend on that order are warnings (not
@@ -380,12 +389,17 @@ def audit(
     if not isinstance(measure, bool):
         raise DecayError(f"measure must be True or False, got {measure!r}")
     check_plan_options(plan_options, "audit()")
+    wrapped, wrapper = optimizer, optimizers.wrapper_name(optimizer)
+    optimizer = optimizers.unwrap(optimizer)  # the HF Trainer's and Lightning's wrappers step the optimizer inside
     view = _optimizer_view(model, optimizer)
+    if wrapper is not None:
+        view.name += f" (inside {wrapper})"
     given = [g.weight_decay for g in view.groups if not math.isnan(g.weight_decay)]
     lam = weight_decay if weight_decay is not None else max(given, default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
     findings = _bad_lambda_findings(view.groups) + _mapped_findings(expected, view)
     findings += _convention_findings(view)
+    findings += _overshoot_findings(view, expected)
     findings += [Finding("warning", "tied-conflict", str(conflict),
                          "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
                          conflict.names) if isinstance(conflict, Conflict) else
@@ -397,8 +411,8 @@ def audit(
             raise DecayError("measure=True needs a live optimizer, not a state_dict: build it, load the state, then audit")
         from decaykit.probe.probe import probe
 
-        measured = probe(optimizer, model=model)
-        _measured_findings(measured, expected, findings, view.stepper)
+        measured = probe(wrapped, model=model)
+        _measured_findings(measured, expected, findings, view.stepper, set(_overshooting(view)))
         report.probe = MeasuredProbe.of(measured, [f.code for f in findings if f.severity == "error"])
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
@@ -492,8 +506,9 @@ def _membership_findings(expected: Plan, held: _Membership, groups: list[_Group]
         out.append(Finding(
             "error" if decoupled else "warning", "frozen-in-optimizer",
             f"{len(frozen)} frozen parameters (requires_grad=False) are in the optimizer"
-            + (f"; {len(decayed_frozen)} have weight_decay > 0 and shrink at every step once their grad is a zero tensor "
-               "(zero_grad(set_to_none=False), diffusers #1009)" if decayed_frozen else ""),
+            + (f"; {len(decayed_frozen)} have weight_decay > 0: torch skips them while their .grad is None, and they "
+               "shrink at every step once it is a zero tensor (one left from before they were frozen, which "
+               "zero_grad(set_to_none=False) zeroes instead of removing; diffusers #1009)" if decayed_frozen else ""),
             "leave frozen parameters out of the optimizer (decaykit.param_groups does) or set their weight_decay to 0",
             tuple(frozen)))
     if held.duplicates:
@@ -532,6 +547,48 @@ def _convention_findings(view: _View) -> list[Finding]:
                     fix)]
 
 
+def _overshooting(view: _View) -> dict[int, tuple[Expectation, float | torch.Tensor, float]]:
+    """The groups whose decay factor per step, as the settings fix it, is <= 0: index -> (expectation, factor,
+    its least value)."""
+    out = {}
+    for i, group in enumerate(view.groups):
+        factor = group.expect.factor() if group.expect is not None else None
+        if factor is None:
+            continue
+        worst = float(factor.min()) if isinstance(factor, torch.Tensor) else float(factor)
+        if worst <= 0:
+            out[i] = (group.expect, factor, worst)
+    return out
+
+
+def _overshoot_findings(view: _View, expected: Plan) -> list[Finding]:
+    """A decay whose factor per step is <= 0 (lr·λ >= 1 in torch's AdamW and SGD): each such step sends θ through
+    0, or zeroes it at exactly 0, instead of shrinking it. The factor is the one the probe expects
+    (:meth:`decaykit.probe.expectations.Expectation.factor`), at the lr the groups hold now."""
+    names = {id(d.param): d.name for d in expected}
+    where, params = [], []
+    for i, (e, factor, worst) in _overshooting(view).items():
+        how = e.source
+        if e.kind == "coupled":  # through SGD's plain step: the same factor as decoupled decay
+            how += f", lr={e.lr:g}: a step with no momentum carried over moves θ by −lr·λθ" + (
+                f"·{e.l2_step:g} (nesterov)" if e.l2_step != 1 else "")
+        shown = f"{rate_text(factor)} (down to {worst:.4g})" if isinstance(factor, torch.Tensor) else f"{worst:.4g}"
+        where.append(f"param_groups[{i}] multiplies θ by {shown} per step ({how})")
+        held = [names.get(id(p), f"group{i}:{tuple(p.shape)}") for p in view.groups[i].params]
+        if isinstance(factor, torch.Tensor):  # per stacked model: the members it flips, as the probe names them
+            held = [f"{n}[{k}]" for n in held for k in (factor.flatten() <= 0).nonzero().flatten().tolist()]
+        params += held
+    if not where:
+        return []
+    return [Finding(
+        "error", "decay-overshoots",
+        f"the decay overshoots: {'; '.join(where)}. A factor <= 0 is no decay: each such step sends θ through 0 (or "
+        "zeroes it) instead of shrinking it",
+        "lower weight_decay or lr until the decay per step is far below 1 (torch AdamW at its usual lr 1e-3 and λ "
+        "0.01 .. 0.1: lr·λ = 1e-5 .. 1e-4); a λ meant for another convention is carried over by decaykit.convert",
+        tuple(params))]
+
+
 def _wrongly_decayed(expected: Plan, actual: Mapping[int, float], findings: list[Finding], opt_name: str) -> None:
     by_role: dict[str, list[Decision]] = {}
     for d in expected.trainable:
@@ -564,25 +621,44 @@ def _policy_differences(expected: Plan, actual: Mapping[int, float], findings: l
                                 "fine if intended (per-layer values); otherwise rebuild the groups", tuple(differ)))
 
 
-def _measured_findings(report: Any, expected: Plan, findings: list[Finding], stepper: OptimizerInfo | None) -> None:
+def _measured_findings(report: Any, expected: Plan, findings: list[Finding], stepper: OptimizerInfo | None,
+                       overshooting: set[int]) -> None:
     """What the probe measured that the settings do not explain: a decay other than the groups' weight_decay,
-    decay on tensors the policy excludes, and a decay that weight_decay=0 does not switch off."""
+    decay on tensors the policy excludes, and a decay that weight_decay=0 does not switch off.
+
+    A frozen tensor with no .grad (``latent``) is skipped by torch's step: nothing moves it today, so none of
+    these is said of it; ``frozen-in-optimizer`` says what happens once its .grad is a zero tensor.
+    """
     by_name = {d.name: d for d in expected}
-    # tensors the optimizer does not hold are already reported as "missing"
-    disagree = [e for e in report.entries if not e.agrees and e.kind != "missing"]
+    stepped = [e for e in report.entries if not e.latent]
+    # tensors the optimizer does not hold are already reported as "missing"; a decay that overshoots as configured
+    # is decay-overshoots, and a frozen tensor decayed as configured is frozen-in-optimizer
+    disagree = [e for e in stepped if not e.configured and e.kind != "missing"]
     if disagree:
         findings.append(Finding("error", "measured-mismatch",
                                 f"{len(disagree)} tensors are decayed differently from what their group settings say",
                                 "see the probe table: the optimizer or a wrapper changes the decay",
                                 tuple(e.name for e in disagree)))
-    shrinking = [e for e in report.entries if e.name in by_name and by_name[e.name].weight_decay == 0
+    shrinking = [e for e in stepped if e.name in by_name and by_name[e.name].weight_decay == 0
                  and isinstance(e.measured, float) and e.measured < 1.0]
     if shrinking:
         worst = min(e.measured for e in shrinking)
         findings.append(Finding("error", "measured-decay-on-excluded",
                                 f"{len(shrinking)} tensors the policy excludes shrink by a factor down to {worst:.6g} per step (measured)",
                                 "move them to a weight_decay=0 group", tuple(e.name for e in shrinking)))
-    other = [e for e in report.entries if e.other_decay is not None]
+    # a factor <= 0 the settings give is decay-overshoots already; one they do not fix (coupled L2 through an
+    # adaptive step, an optimizer decaykit does not know) is measured only
+    flipped = [e for e in stepped if e.group not in overshooting and e.kind not in ("none", "missing", "empty")
+               and e.measured is not None and e.measured <= 0]
+    if flipped:
+        worst = min(e.measured for e in flipped if e.measured is not None)
+        findings.append(Finding("error", "measured-decay-overshoots",
+                                f"{len(flipped)} tensors are multiplied by a factor down to {worst:.4g} <= 0 by the "
+                                "decay in the next step (measured, a least-squares factor per tensor): it overshoots, "
+                                "sending θ through 0 instead of shrinking it",
+                                "lower weight_decay or lr until the decay per step is far below 1",
+                                tuple(e.name for e in flipped)))
+    other = [e for e in stepped if e.other_decay is not None]
     if other:
         findings.append(_uncontrolled_finding(other, expected, stepper))
 

@@ -22,6 +22,10 @@ Two conventions share the name "weight decay" (Loshchilov & Hutter 2019):
 Matching: a ``torch.optim`` entry matches its exact class only (a subclass may override
 ``step()``); a third-party entry matches any class of that name outside ``torch.optim``, so its
 package is never imported.
+
+A training framework may hand back its own wrapper around the optimizer (the HF Trainer's
+``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``): :func:`unwrap` finds the optimizer
+inside, whose class and groups the facts are about.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ import torch
 
 from decaykit.errors import DecayError
 
-__all__ = ["DECAY_KINDS", "ENGINE_KINDS", "REGISTRY", "OptimizerInfo", "by_cli_name", "cli_choices",
-           "from_settings", "info"]
+__all__ = ["DECAY_KINDS", "ENGINE_KINDS", "REGISTRY", "WRAPPERS", "OptimizerInfo", "by_cli_name", "cli_choices",
+           "from_settings", "info", "unwrap", "wrapper_name"]
 
 _TORCH = "torch.optim"
 #: values of :attr:`OptimizerInfo.decay`
@@ -234,3 +238,39 @@ def from_settings(group: Mapping[str, Any]) -> OptimizerInfo | None:
     if len(found) > 1:
         found = [e for e in found if e.decay_in(group) == e.decay_in()]
     return found[0] if len(found) == 1 else None
+
+
+#: Wrappers that forward step() to the optimizer they hold and leave its decay as it is: the wrapper
+#: class's name -> the attribute holding that optimizer. Lightning and Fabric rename the wrapper's class after
+#: the optimizer inside (``LightningAdamW``, ``FabricAdamW``), so a name is looked for in the class's MRO.
+#: A :class:`decaykit.WeightDecay` engine is no such wrapper: it decays by its own mode.
+WRAPPERS: Mapping[str, str] = MappingProxyType({
+    "AcceleratedOptimizer": "optimizer",  # accelerate; the HF Trainer's trainer.optimizer
+    "LightningOptimizer": "_optimizer",  # Lightning's Trainer
+    "_FabricOptimizer": "_optimizer",  # Lightning Fabric's setup() / setup_optimizers()
+})
+
+
+def wrapper_name(optimizer: Any) -> str | None:
+    """The :data:`WRAPPERS` name of the wrapper ``optimizer`` is, or None when it is no wrapper."""
+    return next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
+
+
+def unwrap(optimizer: Any) -> Any:
+    """The optimizer inside any :data:`WRAPPERS` around ``optimizer`` (nested ones too); ``optimizer`` itself
+    when it is no wrapper. The facts of :func:`info` and what the audit and probe read are about that one.
+
+    >>> import torch
+    >>> adam = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))], weight_decay=0.1)
+    >>> unwrap(adam) is adam
+    True
+    """
+    seen: set[int] = set()
+    while (name := wrapper_name(optimizer)) is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        # read from the instance: Lightning's __getattr__ would forward a missing name to the optimizer inside
+        inner = getattr(optimizer, "__dict__", {}).get(WRAPPERS[name])
+        if inner is None:
+            break
+        optimizer = inner
+    return optimizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any
 
 from decaykit._render import format_table, print_json
@@ -29,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show where POLICY decides differently, parameter by parameter (exit status 1 if "
                              "anywhere)")
     parser.add_argument("--lr", type=float, default=None,
-                        help="peak learning rate: adds the EMA timescale τ = 1/(lr·λ) of decayed tensors (for a "
-                             "torch-AdamW λ) to the summary")
+                        help="peak learning rate: adds the EMA timescale τ = 1/(lr·lr_scale·λ) of each group of "
+                             "decayed tensors (for a torch-AdamW λ) to the summary")
     parser.add_argument("--dataset-size", type=int, default=None, metavar="N", help="with --lr: τ in epochs too")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="with --lr: τ in epochs too")
     trace = parser.add_mutually_exclusive_group()
@@ -59,20 +60,20 @@ def run(args: argparse.Namespace) -> int:
         other = plan(model, args.weight_decay, policy=dataclasses.replace(settings, preset=args.diff),
                      example_inputs=example)
     diff = [] if other is None else _diff_rows(decided, other)
-    timescale = _timescale(args)
+    timescales = _timescales(args, decided)
     if args.json:
         out: dict[str, Any] = {"model": args.model, **decided.to_dict()}
         if other is not None:
             out["diff"] = {"policy": other.policy, "parameters": diff}
-        if timescale is not None:
-            out["timescale"] = {"lr": args.lr, "iterations": timescale.iterations, "epochs": timescale.epochs}
+        if timescales is not None:
+            out["timescale"] = _timescale_json(args.lr, timescales)
         print_json(out)
     elif other is None:
         print(decided)
     else:
         _print_diff(decided, other, diff)
-    if timescale is not None and not args.json:
-        print(f"timescale: {timescale}")
+    if timescales is not None and not args.json:
+        print(_timescale_text(timescales))
     return 1 if diff else 0
 
 
@@ -125,9 +126,57 @@ def _diff_rows(a: Any, b: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _timescale(args: argparse.Namespace) -> Any:
+def _timescales(args: argparse.Namespace, decided: Any) -> list[tuple[dict[str, Any], Any]] | None:
+    """(group row, its timescale) per group of decayed tensors: τ = 1/(η·λ) with the group's own η = lr·lr_scale and
+    λ (--layer-decay and --rule change both); one row of λ = 0 when nothing decays."""
     if args.lr is None:
         return None
     from decaykit.convert import timescale
 
-    return timescale(args.lr, args.weight_decay, dataset_size=args.dataset_size, batch_size=args.batch_size)
+    sizes = {"dataset_size": args.dataset_size, "batch_size": args.batch_size}
+    rows = [r for r in decided.summary() if not r.get("frozen") and r["weight_decay"] > 0]
+    if not rows:
+        return [({"weight_decay": 0.0, "lr_scale": 1.0, "tensors": 0, "parameters": 0},
+                 timescale(args.lr, 0.0, **sizes))]
+    # an lr_scale of 0 never steps its tensors, so it never decays them: τ = ∞, as for λ = 0
+    return [(r, timescale(args.lr * r["lr_scale"] if r["lr_scale"] > 0 else args.lr,
+                          r["weight_decay"] if r["lr_scale"] > 0 else 0.0, **sizes)) for r in rows]
+
+
+def _timescale_json(lr: float, timescales: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
+    """One entry per group of decayed tensors; ``iterations`` and ``epochs`` at the top only when all share one τ."""
+    groups = [{"weight_decay": r["weight_decay"], "lr_scale": r["lr_scale"], "lr": lr * r["lr_scale"],
+               "tensors": r["tensors"], "parameters": r["parameters"], "iterations": t.iterations, "epochs": t.epochs}
+              for r, t in timescales]
+    one = len({t.iterations for _, t in timescales}) == 1
+    first = timescales[0][1]
+    return {"lr": lr, "iterations": first.iterations if one else None, "epochs": first.epochs if one else None,
+            "dataset_size": first.dataset_size, "batch_size": first.batch_size,
+            "steps_per_epoch": first.steps_per_epoch, "groups": groups}
+
+
+def _timescale_text(timescales: list[tuple[dict[str, Any], Any]]) -> str:
+    """One line when every decayed tensor has the same τ, else the range and a row per group."""
+    first = timescales[0][1]
+    per_epoch = "" if first.epochs is None else (
+        f" (N = {first.dataset_size:,}, B = {first.batch_size:,}, {first.steps_per_epoch:,} steps per epoch)")
+    if len({t.iterations for _, t in timescales}) == 1:
+        row = timescales[0][0]
+        if row["weight_decay"] > 0 and row["lr_scale"] == 0:
+            return "timescale: τ = ∞ (lr_scale 0: the decayed tensors are never stepped, so never decayed)"
+        scaled = f" at η = lr·lr_scale = {first.lr:g}" if row["lr_scale"] != 1 and row["weight_decay"] > 0 else ""
+        return f"timescale: {first}{scaled}"
+    steps = [t.iterations for _, t in timescales]
+    text = f"timescale: τ = 1/(lr·lr_scale·λ) = {_number(min(steps))} .. {_number(max(steps))} steps"
+    if first.epochs is not None:
+        epochs = [t.epochs for _, t in timescales]
+        text += f" = {_number(min(epochs))} .. {_number(max(epochs))} epochs{per_epoch}"
+    rows = [[r["weight_decay"], round(r["lr_scale"], 6), r["tensors"], r["parameters"], _number(t.iterations)]
+            + ([] if t.epochs is None else [_number(t.epochs)]) for r, t in timescales]
+    head = ["weight_decay", "lr_scale", "tensors", "parameters", "τ steps"] + ([] if first.epochs is None else
+                                                                              ["τ epochs"])
+    return f"{text}, per group of decayed tensors:\n{format_table(head, rows, align='r' * len(head))}"
+
+
+def _number(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:,.4g}"

@@ -279,6 +279,7 @@ def check_plausible(mode: str, i: int, lam: float | Tensor, max_lr: float) -> No
     this mode shrinks every weight by 5% per step); the message gives the λ that decays as torch's
     AdamW would with this number (:func:`decaykit.convert`). ``lr_coupled``, ``corrected`` and
     ``cautious``: r = η_max·λ, refused from 1 up (at 1 the weights are zeroed, above it their sign flips).
+    The error names ``weight_decay`` as its argument (``--weight-decay`` on the command line).
     """
     if mode == "coupled_l2" or max_lr <= 0:
         return
@@ -289,7 +290,7 @@ def check_plausible(mode: str, i: int, lam: float | Tensor, max_lr: float) -> No
             raise DecayError(
                 f"{where} with peak lr {max_lr:g} in mode {mode!r} means θ ← θ(1 − η·λ) with η·λ = "
                 f"{max_lr * worst:.4g} >= 1 per step, which zeroes or flips the sign of every decayed weight; a "
-                "torch AdamW λ is typically 0.01 .. 0.1: lower weight_decay or the LR"
+                "torch AdamW λ is typically 0.01 .. 0.1: lower weight_decay or the LR", argument="weight_decay"
             )
         return
     if worst > PLAUSIBLE_SHRINK * (1 + 1e-9):  # a converted 1% (0.2 × 0.05) may round just above it
@@ -300,5 +301,6 @@ def check_plausible(mode: str, i: int, lam: float | Tensor, max_lr: float) -> No
             f"{100 * PLAUSIBLE_SHRINK:g}%; an lr_independent λ is typically 1e-5 .. 1e-3). If {worst:g} is a torch "
             f"AdamW (lr_coupled) λ, its lr_independent equivalent at η_max = {max_lr:g} is {as_independent:.6g} "
             f"(decaykit.convert({worst:g}, from_='lr_coupled', to='lr_independent', max_lr={max_lr:g})); "
-            "or keep the number with mode='lr_coupled' (or on purpose, as in a sweep over λ, with allow_large_decay=True)"
+            "or keep the number with mode='lr_coupled' (or on purpose, as in a sweep over λ, with allow_large_decay=True)",
+            argument="weight_decay",
         )

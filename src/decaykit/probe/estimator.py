@@ -79,7 +79,7 @@ def _plus_scaled(d: torch.Tensor, t: torch.Tensor, rate: float) -> torch.Tensor:
 
 def overshoot_note(factor: float, rate: float | None = None) -> str:
     """Why a per-step factor <= 0 is wrong, whatever the settings say: θ changes sign every step."""
-    why = f" (lr·λ = {rate:.4g} >= 1)" if rate is not None and rate >= 1 else ""
+    why = f" (a decay rate of {rate:.4g} >= 1 per step)" if rate is not None and rate >= 1 else ""
     return (f"the decay overshoots: each step multiplies θ by {factor:.4g} <= 0{why}, so θ changes sign every "
             "step instead of shrinking; lower lr or weight_decay")
 
@@ -90,8 +90,9 @@ class RowResult:
     measured: float
     expected: float | None
     expected_kind: str
-    settings_ok: bool
+    settings_ok: bool  # the measured decay is the one the settings configure
     note: str
+    overshoots: bool = False  # a factor <= 0, set or measured: no decay, whether configured or not
 
 
 class Rows:
@@ -177,16 +178,20 @@ class Rows:
         return kind, s, tol, match
 
     def row(self, k: int, expect: Expectation) -> RowResult:
-        """The verdict for row ``k``; a factor <= 0, expected or measured, never agrees."""
+        """The verdict for row ``k``. A factor <= 0, set (:meth:`Expectation.factor`) or measured, overshoots:
+        ``overshoots`` is set, also where the measured factor is the one configured (``settings_ok``)."""
         result = self._row(k, expect)
-        rate = _rates(expect.rate, self.members)[k] if expect.kind in ("decoupled", "cautious") else None
-        set_factor = None if rate is None else 1 - rate
+        factor = expect.factor()
+        set_factor = None if factor is None else _rates(factor, self.members)[k]
         factors = [f for f in (set_factor, result.expected, result.measured if result.kind != "none" else None)
                    if f is not None and f <= 0]
         if factors:
             expected = result.expected if result.expected is not None else set_factor
-            return RowResult(result.kind, result.measured, expected, result.expected_kind, False,
-                             overshoot_note(min(factors), rate))
+            note = overshoot_note(min(factors), None if set_factor is None else 1 - set_factor)
+            if not result.settings_ok and result.note:
+                note += f"; {result.note}"
+            return RowResult(result.kind, result.measured, expected, result.expected_kind, result.settings_ok, note,
+                             overshoots=True)
         return result
 
     def _row(self, k: int, expect: Expectation) -> RowResult:

@@ -74,7 +74,9 @@ def probe(
 
     Args:
         optimizer: any ``torch.optim.Optimizer`` (also wrappers such as ``decaykit.WeightDecay``);
-            never stepped, its state, groups, hooks and schedulers are left as they are. DTensor
+            never stepped, its state, groups, hooks and schedulers are left as they are. A framework's
+            wrapper (the HF Trainer's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is
+            measured as the optimizer inside it (:func:`decaykit.optimizers.unwrap`). DTensor
             parameters (FSDP2, tensor parallel) are measured on this rank's shard, with no collective.
         model: names the tensors, and reports trainable parameters no group holds.
         frozen: names (globs) or tensors meant to stay fixed, e.g. weights whose gradients you
@@ -85,6 +87,8 @@ def probe(
             need ``model``), a ``decaykit.Plan``, or a mapping ``name or glob -> weight decay (or bool)``.
         chunk_bytes: step at most this many bytes of parameters + state at a time (None: all).
     """
+    wrapper = optimizers.wrapper_name(optimizer)
+    optimizer = optimizers.unwrap(optimizer)  # its twin steps the optimizer inside, not the framework's wrapper
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise DecayError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if model is not None and not isinstance(model, nn.Module):
@@ -122,7 +126,8 @@ def probe(
     total = sum(byte_size(t.param, optimizer) for t in targets)
     cost = {"seconds": time.perf_counter() - t0, "twin_steps": steps, "chunks": len(chunks),
             "peak_copy_bytes": peak, "params_state_bytes": total}
-    return ProbeReport(type(optimizer).__name__, entries, notes, cost)
+    name = type(optimizer).__name__ + (f" (inside {wrapper})" if wrapper is not None else "")
+    return ProbeReport(name, entries, notes, cost)
 
 
 def _check_representable(optimizer: torch.optim.Optimizer) -> None:
@@ -209,7 +214,7 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
         assert t.rows is not None
         r = t.rows.row(k, t.expect)
         notes = [r.note] if r.note else []
-        agrees, expected, expected_kind = r.settings_ok, r.expected, r.expected_kind
+        agrees, expected, expected_kind = r.settings_ok and not r.overshoots, r.expected, r.expected_kind
         moved = r.kind != "none"
         shrink = f"shrinks by {factor_text(r.measured)} per step ({r.kind})" if moved else ""
         fix = "give it weight_decay=0 or remove it from the optimizer"
@@ -246,7 +251,8 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
         if t.start is not None:
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
-                              t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden))
+                              t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden,
+                              t.latent, r.settings_ok))
     return out
 
 
@@ -264,7 +270,8 @@ def _duplicate_note(t: Target, k: int) -> str:
 def _frozen_note(t: Target, shrink: str, fix: str) -> str:
     if t.latent:  # the wording of audit's frozen-in-optimizer finding, which calls the same thing an error
         return (f"frozen (requires_grad=False) but in the optimizer with weight_decay > 0: skipped while its .grad is "
-                f"None, it {shrink} as soon as it has a zero .grad (zero_grad(set_to_none=False), diffusers #1009); "
+                f"None, it {shrink} as soon as it has a zero .grad (one left from before it was frozen, which "
+                "zero_grad(set_to_none=False) zeroes instead of removing; diffusers #1009); "
                 "leave frozen parameters out of the optimizer (decaykit.param_groups does) or set their weight_decay "
                 "to 0")
     return f"frozen ({t.frozen}) but the decay still moves it: it {shrink}; {fix}"
@@ -300,7 +307,7 @@ def _empty_entry(t: Target, k: int, name: str, shape: tuple[int, ...], wd_k: flo
         rate = e.rate[k] if isinstance(e.rate, torch.Tensor) else e.rate
         expected, kind = (1 - float(rate)) if e.kind == "decoupled" else None, e.kind
     return ProbeEntry(name, shape, "empty", None, expected, True, EMPTY_NOTE, kind, t.group, e.lr, wd_k,
-                      t.param.numel() // t.total, bool(t.frozen))
+                      t.param.numel() // t.total, bool(t.frozen), latent=t.latent)
 
 
 def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[ProbeEntry]:
@@ -317,7 +324,7 @@ def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[
             if stale and is_sharded(p):  # fully_shard registers new DTensor parameters in place of the old
                 note += "; the optimizer holds no DTensor at all: was it built before fully_shard?"
             out.append(ProbeEntry(canonical(n), tuple(p.shape), "missing", None, None, False, note,
-                                  numel=p.numel()))
+                                  numel=p.numel(), configured=False))
     return out
 
 

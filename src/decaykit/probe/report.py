@@ -29,6 +29,10 @@ class ProbeEntry:
     under another setting (ASGD's ``lambd``), not in ``measured``; None when nothing moves it, or when
     the optimizer has state and may have momentum (its update then moves the tensor too; an optimizer
     known to have such a setting and no momentum, ASGD, is read at any step).
+    ``latent``: frozen by ``requires_grad=False`` with no ``.grad``, so torch's step skips it and nothing moves
+    it today; ``measured`` is what the step does to it once its ``.grad`` is a zero tensor.
+    ``configured``: the measured decay is the one its group's settings configure. It can be and still not
+    agree: a factor <= 0 (the decay overshoots), or a tensor that must not decay (frozen, the policy).
     """
 
     name: str
@@ -45,6 +49,8 @@ class ProbeEntry:
     numel: int = 0
     frozen: bool = False
     other_decay: float | None = None
+    latent: bool = False
+    configured: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
