@@ -219,3 +219,57 @@ def test_a_tensor_the_step_skips_is_not_recorded():
     opt.step()
     assert [r["name"] for r in mon.history] == ["0.weight"]
     mon.close()
+
+
+@pytest.mark.filterwarnings("ignore:1 tensor outside the layers decaykit knows")
+def test_a_complex_tensor_is_measured_in_its_real_coordinates():
+    """torch's Adam normalises a complex tensor as its real view, 2·numel coordinates: the predicted norm is
+    √(η·2·numel/(2λ)) (numel gave one √2 too small), and L2's rate reads √v̂ per real coordinate (the complex
+    moments made the monitor's hook fail the training step)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4, dtype=torch.cfloat))
+    holder = torch.nn.Module()
+    holder.w = w
+    lr, lam = 1e-2, 0.5
+    for opt in (torch.optim.AdamW([w], lr=lr, weight_decay=lam), torch.optim.Adam([w], lr=lr, weight_decay=lam)):
+        with decaykit.Monitor(holder, opt, every=1) as mon:
+            for _ in range(3):
+                (w.abs() ** 2 * torch.randn(8, 4)).sum().backward()
+                opt.step()
+                opt.zero_grad()
+        r = mon.history[-1]
+        if isinstance(opt, torch.optim.AdamW):
+            assert r["predicted_norm"] == pytest.approx(lr * math.sqrt(2 * w.numel() / (2 * lr * lam)), rel=1e-9)
+        else:  # coupled L2 behind Adam's denominator: η·λ/RMS(√v̂) over the 64 real coordinates
+            v = torch.view_as_real(opt.state[w]["exp_avg_sq"]) / (1 - 0.999**3)
+            assert r["decay_rate"] == pytest.approx(lr * lam / float(v.mean().sqrt()), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:1 tensor outside the layers decaykit knows")
+def test_a_complex_scale_invariant_weight_settles_on_its_prediction():
+    """A complex weight followed by a normalisation, 5τ of AdamW: at its equilibrium, and no finding (it was told
+    far-from-equilibrium, 1.41x a prediction that counted numel coordinates)."""
+
+    class Complex(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(OUT, IN, dtype=torch.cfloat) * 0.05)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = x @ self.w.T
+            return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+
+    torch.manual_seed(0)
+    model = Complex()
+    lr, lam = 1e-2, 2.0  # τ = 50 steps
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=lam, betas=(0.5, 0.99))
+    with decaykit.Monitor(model, opt, every=10) as mon:
+        for _ in range(250):
+            x, y = torch.randn(BATCH, IN, dtype=torch.cfloat), torch.randn(BATCH, OUT, dtype=torch.cfloat)
+            (model(x) * y.conj()).real.sum().backward()
+            opt.step()
+            opt.zero_grad()
+    late = [r["norm"] / r["predicted_norm"] for r in mon.history if r["step"] >= 150]
+    assert mon.history[-1]["predicted_norm"] == pytest.approx(math.sqrt(lr * 2 * OUT * IN / (2 * lam)))
+    assert sum(late) / len(late) == pytest.approx(1.0, rel=0.1)
+    assert mon.findings == []

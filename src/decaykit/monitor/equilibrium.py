@@ -20,7 +20,8 @@ normalisation) gets gradients orthogonal to itself; the update grows ‖θ‖, t
 and the two balance. With an update η·Σ_k c_k·g_{t−k} of independent gradients, S = Σ c_k and
 Q = Σ c_k², the balance is ‖θ‖² = η²‖ĝ‖²S²/(2r) and the angle per step √(2r·Q/S²):
 
-- Adam/AdamW (ĝ = g/√v̂, ‖ĝ‖² ≈ C the tensor's size, c_k = (1 − β1)β1^k):
+- Adam/AdamW (ĝ = g/√v̂, ‖ĝ‖² ≈ C the tensor's real coordinates: its size, twice that for a
+  complex tensor, which torch's Adam normalises as its real view; c_k = (1 − β1)β1^k):
   ‖θ‖ = η√(C/(2r)) = √(ηC/(2λ)) and angle √(2r(1 − β1)/(1 + β1)) = √(2ηλ(1 − β1)/(1 + β1));
 - SGD with momentum α (c_k = α^k, ‖g‖ = G/‖θ‖ with G = ‖g‖·‖θ‖ scale-free):
   ‖θ‖ = (η²G²S²/(2r))^¼ and angle √(2r(1 − α)/(1 + α)) = √(2ηλ/(1 + α)) with L2 decay.
@@ -35,13 +36,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from decaykit.engine.checks import group_peak_lr
 from decaykit.optimizers import info
 from decaykit.probe.expectations import expectations
 
-__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "momentum_sums", "predicted_angle", "predicted_norm"]
+__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "momentum_sums", "predicted_angle", "predicted_norm",
+           "real_view"]
 
 
 @dataclass(frozen=True)
@@ -150,12 +153,18 @@ def group_decays(optimizer: Any) -> list[GroupDecay]:
     return out
 
 
+def real_view(x: Tensor) -> Tensor:
+    """A complex tensor as the real coordinates torch's optimizers update (``view_as_real``); others as they are."""
+    return torch.view_as_real(x) if x.is_complex() else x
+
+
 def adaptive_denominator(optimizer: Any, param: Tensor, group: dict[str, Any]) -> Tensor | None:
-    """√v̂ + ε of an Adam-like optimizer's state for ``param`` (after its step), or None without one."""
+    """√v̂ + ε of an Adam-like optimizer's state for ``param`` (after its step), per real coordinate, or None."""
     state = _inner(optimizer).state.get(param, {})
     v = state.get("exp_avg_sq")
     if v is None or "step" not in state:
         return None
+    v = real_view(v)  # a complex tensor's state is complex too, each part the moment of one real coordinate
     beta2 = float(group.get("betas", (0.9, 0.999))[1])
     step = float(state["step"])
     correction = 1 - beta2**step if step > 0 else 1.0
@@ -170,12 +179,14 @@ def predicted_angle(decay: GroupDecay, rate: float | None) -> float | None:
     return math.sqrt(2 * rate * q / (s * s))
 
 
-def predicted_norm(decay: GroupDecay, rate: float | None, numel: int, grad_norm: float, norm: float) -> float | None:
-    """‖θ‖ at equilibrium: η√(C/(2r)) for Adam, (η²G²S²/(2r))^¼ for SGD (G = ‖g‖·‖θ‖)."""
+def predicted_norm(decay: GroupDecay, rate: float | None, coordinates: int, grad_norm: float,
+                   norm: float) -> float | None:
+    """‖θ‖ at equilibrium: η√(C/(2r)) for Adam, C the tensor's real ``coordinates`` (2·numel for a complex
+    tensor), and (η²G²S²/(2r))^¼ for SGD (G = ‖g‖·‖θ‖)."""
     if decay.family is None or rate is None or rate <= 0:
         return None
     if decay.family == "adam":
-        return decay.lr * math.sqrt(numel / (2 * rate))
+        return decay.lr * math.sqrt(coordinates / (2 * rate))
     g = grad_norm * norm
     if not math.isfinite(g) or g == 0:
         return None
