@@ -224,6 +224,24 @@ def test_a_frozen_tensor_that_the_decay_still_moves_is_found():
     assert fixed.findings == []
 
 
+def test_a_tensor_unfrozen_after_the_monitor_was_built_is_judged_as_it_is_now():
+    """A LayerNorm frozen when the monitor is built, unfrozen later and added to a decaying group: decayed-norm,
+    as a monitor built after the unfreeze says (the decisions were taken once, "frozen", and never looked at again)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    model[1].requires_grad_(False)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    mon = decaykit.Monitor(model, opt, every=1)
+    _train(model, opt, 3, lambda: torch.randn(4, 8))
+    assert mon.findings == []
+    model[1].requires_grad_(True)
+    opt.add_param_group({"params": list(model[1].parameters()), "param_names": ["1.weight", "1.bias"],
+                         "weight_decay": 0.1})
+    _train(model, opt, 3, lambda: torch.randn(4, 8))
+    assert [(f.code, f.name, f.step) for f in mon.findings] == [("decayed-norm", "1.weight", 4),
+                                                                 ("decayed-norm", "1.bias", 4)]
+    mon.close()
+
+
 def test_a_monitor_dropped_without_close_is_freed_and_its_global_hook_does_nothing():
     import gc
     import weakref

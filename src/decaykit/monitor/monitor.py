@@ -115,8 +115,8 @@ class Monitor:
         self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", minimum=1)
         self.start_step = check_int(start_step, "start_step")
         self.optimizer = _unwrap(optimizer)
-        decisions = plan(model, 1.0, policy=policy).decisions
-        self._decisions = {id(d.param): d for d in decisions}
+        self._model, self._policy = model, policy
+        self._decisions = {id(d.param): d for d in plan(model, 1.0, policy=policy).decisions}
         self.history: list[dict[str, Any]] = []
         self.findings: list[MonitorFinding] = []
         self._sinks = as_sinks(sink)
@@ -205,16 +205,21 @@ class Monitor:
 
     # -- findings --------------------------------------------------------------------------------
     def _policy_findings(self, step: int, tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
-        """Tensors the policy would not decay in a decaying group, and frozen ones (requires_grad=False now) that
-        the step moved all the same."""
+        """Tensors the policy would not decay in a decaying group, and frozen ones that the step moved all the
+        same; both as the tensors are now (requires_grad read at this step, not when the monitor was built)."""
         decided, frozen = [], []
         for i, p, before in tensors:
             d = self._decisions.get(id(p))
             if d is None:
                 continue
+            if not p.requires_grad:
+                if not torch.equal(p.detach(), before):
+                    frozen.append(frozen_finding(d.name, i, step))
+                continue
+            if not d.trainable:  # frozen when the monitor was built, unfrozen since: what the policy says of it now
+                self._decisions.update({id(e.param): e for e in plan(self._model, 1.0, policy=self._policy).decisions})
+                d = self._decisions.get(id(p), d)
             decided.append((d, i))
-            if not p.requires_grad and not torch.equal(p.detach(), before):
-                frozen.append(frozen_finding(d.name, i, step))
         return policy_findings(decided, step) + frozen
 
     def _timescale_findings(self, step: int, decays: list[GroupDecay], records: list[dict[str, Any]]) -> list[MonitorFinding]:
