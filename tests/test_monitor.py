@@ -221,6 +221,45 @@ def test_a_tensor_the_step_skips_is_not_recorded():
     mon.close()
 
 
+def _warmup_truth(steps: int, lr: float, rate_of) -> list[float]:
+    """Σ r after each step 1..steps, summed by hand: η_t = lr·t/steps (LambdaLR's linear warm-up), r_t = rate_of(t, η_t)."""
+    sums, done = [], 0.0
+    for t in range(1, steps + 1):
+        done += rate_of(t, lr * t / steps)
+        sums.append(done)
+    return sums
+
+
+@pytest.mark.parametrize("case", ["adamw", "sgd_momentum", "engine_schedule"])
+def test_cumulative_decay_sums_the_rate_of_every_step(case):
+    """Σ r at each record against η_t·λ_t summed by hand over every step of a warm-up: holding each record's rate
+    over the steps before it (as the monitor did) counted 50-100% too much while the LR rises."""
+    lr, lam, steps = 1e-2, 0.5, 100
+    model = _toy(None)
+    if case == "sgd_momentum":  # L2 through momentum 0.9: r_t = η_t·λ/(1 − 0.9)
+        opt = torch.optim.SGD(decaykit.param_groups(model, lam), lr=lr, momentum=0.9)
+        rate_of = lambda t, eta: eta * lam * 10  # noqa: E731
+    elif case == "engine_schedule":  # λ_t = s(t)·λ, s rising 1 → 4 over the run (index t − 1 for step t)
+        opt = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr),
+                                   schedule=decaykit.schedules.linear(1.0, 4.0, steps=steps))
+        rate_of = lambda t, eta: eta * lam * (1 + 3 * (t - 1) / steps)  # noqa: E731
+    else:
+        opt = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr)
+        rate_of = lambda t, eta: eta * lam  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / steps)
+    mon = decaykit.Monitor(model, opt, every=25)
+    for _ in range(steps):
+        model(torch.randn(BATCH, IN)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    mon.close()
+    truth = _warmup_truth(steps, lr, rate_of)
+    recorded = {r["step"]: r["cumulative_decay"] for r in mon.history}
+    assert list(recorded) == [1, 25, 50, 75, 100]
+    assert recorded == pytest.approx({step: truth[step - 1] for step in recorded}, rel=1e-9)
+
+
 @pytest.mark.filterwarnings("ignore:1 tensor outside the layers decaykit knows")
 def test_a_complex_tensor_is_measured_in_its_real_coordinates():
     """torch's Adam normalises a complex tensor as its real view, 2·numel coordinates: the predicted norm is

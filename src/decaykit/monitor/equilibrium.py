@@ -43,8 +43,8 @@ from decaykit.engine.checks import group_peak_lr
 from decaykit.optimizers import info
 from decaykit.probe.expectations import expectations
 
-__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "momentum_sums", "predicted_angle", "predicted_norm",
-           "real_view"]
+__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "lr_power", "momentum_sums", "predicted_angle",
+           "predicted_norm", "real_view"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def _inner(optimizer: Any) -> Any:
     return optimizer.optimizer if isinstance(optimizer, WeightDecay) else optimizer
 
 
-def _lr_power(optimizer: Any) -> int:
+def lr_power(optimizer: Any) -> int:
+    """p of r ∝ η_t^p: 2 for the engine's ``corrected`` mode (η_t²/η_max), 1 for every other decay."""
     return 2 if getattr(optimizer, "mode", None) == "corrected" else 1
 
 
@@ -127,7 +128,7 @@ def group_decays(optimizer: Any) -> list[GroupDecay]:
     inner = _inner(optimizer)
     entry = info(inner)
     name = entry.name if entry is not None and entry.module == "torch.optim" else None
-    power = _lr_power(optimizer)
+    power = lr_power(optimizer)
     out = []
     for group, expect in zip(optimizer.param_groups, expectations(optimizer)):
         kind = expect.kind

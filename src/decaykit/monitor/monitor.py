@@ -13,7 +13,8 @@
 The monitor hooks ``optimizer.step`` (``register_step_pre_hook`` / ``register_step_post_hook``):
 at the first step and every ``every``-th, it copies the tensors of the decayed groups before the
 step and measures them after it (:mod:`decaykit.monitor.record`), against the rotational-
-equilibrium predictions of :mod:`decaykit.monitor.equilibrium`; other steps cost one counter.
+equilibrium predictions of :mod:`decaykit.monitor.equilibrium`; every step adds each group's
+η_t·λ_t to the sums that make Σ r exact (:mod:`decaykit.monitor.tally`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from decaykit.monitor.findings import (
 from decaykit.monitor.record import measure
 from decaykit.monitor.report import group_summary
 from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
+from decaykit.monitor.tally import DecayTally
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import plan
 
@@ -120,9 +122,8 @@ class Monitor:
         self.history: list[dict[str, Any]] = []
         self.findings: list[MonitorFinding] = []
         self._sinks = as_sinks(sink)
-        self._step = self.start_step
+        self._tally = DecayTally(self.optimizer, self.start_step)
         self._pending: tuple[int, list[GroupDecay], list[tuple[int, Tensor, Tensor]]] | None = None
-        self._progress: dict[int, tuple[int, float]] = {}  # id(param) -> (last recorded step, Σ r so far)
         self._fired: set[tuple[str, str]] = set()
         self._idle: dict[int, tuple[float, list[int]]] = {}  # group -> (λ, recorded steps) where lr = 0 stopped its decay
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
@@ -141,7 +142,8 @@ class Monitor:
         return step == self.start_step + 1 or step % self.every == 0
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        step = self._step + 1
+        step = self._tally.steps + 1
+        self._tally.start()
         if len(self._idle) > len(self._acted):  # a group seen at lr = 0: an unrecorded step with lr > 0 decays it
             self._acted.update(i for i in self._idle if _lr_above_zero(self.optimizer.param_groups[i]))
         if not self.records_at(step):
@@ -157,9 +159,10 @@ class Monitor:
         self._pending = (step, decays, tensors)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._step += 1
-        if self._pending is None:
+        applied = self._tally.applied()
+        if applied is None or self._pending is None:
             return
+        bases = applied[0]
         step, decays, tensors = self._pending
         self._pending = None
         records = []
@@ -167,10 +170,7 @@ class Monitor:
             if param.grad is None and torch.equal(param.detach(), before):
                 continue  # torch skips a tensor without a gradient: no step, no decay to record
             record = measure(step, self._name(param, i), i, decays[i], self.optimizer, param, before)
-            last, done = self._progress.get(id(param), (self.start_step, 0.0))
-            done += (record["decay_rate"] or 0.0) * (step - last)  # r held since the last record
-            self._progress[id(param)] = (step, done)
-            record["cumulative_decay"] = done
+            record["cumulative_decay"] = self._tally.advance(param, i, record["decay_rate"], bases[i])
             records.append(record)
         self.history.extend(records)
         found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, records)
@@ -201,7 +201,7 @@ class Monitor:
         shared = [watched[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in watched]
         if shared:
             names = list(dict.fromkeys(self._name(p, i) for i, p in shared))
-            self._add_findings([other_optimizer_finding(type(optimizer).__name__, names, self._step)])
+            self._add_findings([other_optimizer_finding(type(optimizer).__name__, names, self.step)])
 
     # -- findings --------------------------------------------------------------------------------
     def _policy_findings(self, step: int, tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
@@ -253,7 +253,7 @@ class Monitor:
     @property
     def step(self) -> int:
         """Optimizer steps seen, ``start_step`` included."""
-        return self._step
+        return self._tally.steps
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per param group at the latest recorded step (:func:`decaykit.monitor.report.group_summary`)."""
@@ -282,7 +282,7 @@ class Monitor:
         """Remove the hooks, report a group whose decay never acted (lr = 0 throughout: ``lr-zero``), and
         close the file sinks the monitor opened; the history stays."""
         if self._handles:
-            idle = [lr_zero_finding(i, lam, steps, self._step) for i, (lam, steps) in sorted(self._idle.items())
+            idle = [lr_zero_finding(i, lam, steps, self.step) for i, (lam, steps) in sorted(self._idle.items())
                     if i not in self._acted]
             self.findings.extend(idle)
             for finding in idle:
@@ -302,5 +302,5 @@ class Monitor:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Monitor(every={self.every}, total_steps={self.total_steps}, step={self._step}, "
+        return (f"Monitor(every={self.every}, total_steps={self.total_steps}, step={self.step}, "
                 f"records={len(self.history)}, findings={len(self.findings)})")

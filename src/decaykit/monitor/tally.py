@@ -1,0 +1,84 @@
+"""Σ r, the decay a tensor has had: its per-step rate summed over every step the optimizer applied.
+
+A step's rate is r_t = c·b_t with b_t = η_t^p·λ·s(t), from the group's ``lr`` and ``weight_decay``
+and :class:`decaykit.WeightDecay`'s schedule multiplier s(t) (1 without one); p = 2 in the engine's
+``corrected`` mode, else 1. The step pre-hook adds b_t of every group at every step (a few
+multiplications per group); a record reads c = r/b_t from the rate it measures and adds c·Σ b_t
+over the steps since the tensor's previous record. c is 1 for decoupled decay, 1/η_max in
+``lr_independent`` and ``corrected``, S for L2 through SGD's momentum, so Σ r is exact while these
+hold; for L2 behind Adam's √v̂, c = 1/RMS(√v̂) is measured at each record and held over the steps
+since the previous one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from decaykit.engine.checks import check_multiplier
+from decaykit.monitor.equilibrium import lr_power
+
+__all__ = ["DecayTally"]
+
+
+class DecayTally:
+    """The steps the optimizer applied, and Σ r per group and per recorded tensor over them."""
+
+    def __init__(self, optimizer: Any, start_step: int) -> None:
+        from decaykit.engine.weight_decay import WeightDecay
+
+        self.optimizer = optimizer
+        self._steps = start_step
+        self._sums: list[Any] = []  # per group: Σ b_t over the applied steps
+        self._power = lr_power(optimizer)
+        self._schedule = optimizer.schedule if isinstance(optimizer, WeightDecay) else None
+        self._current: tuple[list[Any], int, float] | None = None
+        # id(param) -> (group, Σ b_t at its last record, Σ r there, c there)
+        self._progress: dict[int, tuple[int, Any, float, float | None]] = {}
+
+    # -- counting --------------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Steps applied, ``start_step`` included."""
+        return self._steps
+
+    def start(self) -> None:
+        """At a step's pre-hook: its b_t per group."""
+        index = self._schedule_index()
+        s = 1.0 if self._schedule is None else check_multiplier(self._schedule, index)
+        bases = []
+        for group in self.optimizer.param_groups:
+            lr, lam = group.get("lr"), group.get("weight_decay")
+            bases.append(0.0 if lr is None or lam is None else (lr * lr if self._power == 2 else lr) * lam * s)
+        self._current = (bases, index, s)
+
+    def applied(self) -> tuple[list[Any], int, float] | None:
+        """At the post-hook: count the step started (its b_t per group, schedule index and multiplier), or None
+        where none was."""
+        if self._current is None:
+            return None
+        current, self._current = self._current, None
+        self._steps += 1
+        self._add(current[0])
+        return current
+
+    def _add(self, bases: list[Any]) -> None:
+        self._sums.extend([0.0] * (len(bases) - len(self._sums)))  # groups added since
+        for i, b in enumerate(bases):
+            self._sums[i] = self._sums[i] + b
+
+    def _schedule_index(self) -> int:
+        return self.optimizer.steps_taken if self._schedule is not None else 0
+
+    # -- Σ r -------------------------------------------------------------------------------------
+    def advance(self, param: Tensor, group: int, rate: float | None, base: Any) -> float:
+        """Σ r of ``param`` at its record now: c = ``rate``/``base`` (this step's r and b_t) over the steps since
+        its last record (no rate: nothing is added)."""
+        c = None if rate is None or float(base) == 0 else rate / float(base)
+        _, since, done, _ = self._progress.get(id(param), (group, 0.0, 0.0, None))
+        now = self._sums[group]
+        if c is not None:
+            done += c * float(now - since)
+        self._progress[id(param)] = (group, now, done, c)
+        return done
