@@ -260,6 +260,40 @@ def test_cumulative_decay_sums_the_rate_of_every_step(case):
     assert recorded == pytest.approx({step: truth[step - 1] for step in recorded}, rel=1e-9)
 
 
+def _scaled_run(fused: bool, every: int) -> decaykit.Monitor:
+    """12 calls of GradScaler.step, 3 of them on an overflow (inputs with inf)."""
+    torch.manual_seed(0)
+    model = _toy(None)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)  # the same code path as "cuda"
+    mon = decaykit.Monitor(model, opt, every=every)
+    g = torch.Generator().manual_seed(1)
+    for call in range(12):
+        x = torch.randn(BATCH, IN, generator=g)
+        if call in (2, 3, 7):
+            x[0, 0] = math.inf
+        scaler.scale((model(x) * torch.randn(BATCH, OUT, generator=g)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    mon.close()
+    return mon
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_steps_gradscaler_skips_on_a_fused_optimizer_are_not_counted(every):
+    """With fused=True, GradScaler calls step() on an overflow too (optimizer.found_inf set) and the kernel changes
+    nothing: the monitor must read that run as the same loop with fused=False, where step() is not called. They were
+    counted as decayed steps (cumulative_decay too high, a false decay-dominates, the step numbers drifting)."""
+    fused, plain = _scaled_run(True, every), _scaled_run(False, every)
+    assert fused.step == plain.step == 9  # 12 calls, 3 skipped
+    steps = [r["step"] for r in fused.history]
+    assert steps == [r["step"] for r in plain.history] == ([1, 4, 8] if every == 4 else list(range(1, 10)))
+    # Σ r = k·η·λ after k applied steps
+    assert [r["cumulative_decay"] for r in fused.history] == pytest.approx([k * 1e-3 for k in steps], rel=1e-9)
+    assert fused.findings == plain.findings == []
+
+
 @pytest.mark.filterwarnings("ignore:1 tensor outside the layers decaykit knows")
 def test_a_complex_tensor_is_measured_in_its_real_coordinates():
     """torch's Adam normalises a complex tensor as its real view, 2·numel coordinates: the predicted norm is

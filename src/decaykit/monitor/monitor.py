@@ -41,7 +41,7 @@ from decaykit.monitor.findings import (
 from decaykit.monitor.record import measure
 from decaykit.monitor.report import group_summary
 from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
-from decaykit.monitor.tally import DecayTally
+from decaykit.monitor.tally import DecayTally, found_inf
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import plan
 
@@ -141,12 +141,19 @@ class Monitor:
         """Whether the optimizer step numbered ``step`` (1 = the first after attaching) is recorded."""
         return step == self.start_step + 1 or step % self.every == 0
 
+    def _records_within(self, low: int, high: int) -> bool:
+        return low <= self.start_step + 1 <= high or high // self.every * self.every >= low
+
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        step = self._tally.steps + 1
-        self._tally.start()
+        flag = found_inf(optimizer, kwargs)
+        step = self._tally.next_step(self._records_within)
+        recorded = self.records_at(step)
+        if recorded and flag is not None and bool(flag):
+            return  # GradScaler's overflow on a fused optimizer: the kernel changes nothing, the step is not counted
+        self._tally.start(None if recorded else flag)
         if len(self._idle) > len(self._acted):  # a group seen at lr = 0: an unrecorded step with lr > 0 decays it
             self._acted.update(i for i in self._idle if _lr_above_zero(self.optimizer.param_groups[i]))
-        if not self.records_at(step):
+        if not recorded:
             return
         decays = group_decays(self.optimizer)
         for i, decay in enumerate(decays):
@@ -252,7 +259,7 @@ class Monitor:
 
     @property
     def step(self) -> int:
-        """Optimizer steps seen, ``start_step`` included."""
+        """Optimizer steps applied, ``start_step`` included (a step GradScaler skipped is not)."""
         return self._tally.steps
 
     def summary(self) -> list[dict[str, Any]]:
