@@ -39,12 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from decaykit.engine.checks import group_peak_lr
+from decaykit.engine.checks import PEAK_MODES, scheduler_peak
 from decaykit.optimizers import info
 from decaykit.probe.expectations import expectations
 
-__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "lr_power", "momentum_sums", "predicted_angle",
-           "predicted_norm", "real_view"]
+__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "known_peak_lr", "lr_power", "momentum_sums",
+           "predicted_angle", "predicted_norm", "real_view"]
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,15 @@ class GroupDecay:
     ``kind``: ``decoupled``, ``coupled``, ``cautious``, ``unknown`` or ``none``; ``rate``: the
     per-step shrink r, or None where it is per coordinate (``adaptive``: coupled L2 behind √v̂)
     or unknown; ``family``: ``"adam"`` or ``"sgd"`` where an equilibrium is predicted, else None;
-    ``sums``: (S, Q) of the update's momentum weights; ``lr_power``: r ∝ η_t^lr_power, to read r at
-    the peak LR ``peak_lr``.
+    ``sums``: (S, Q) of the update's momentum weights; ``lr_power``: r ∝ η_t^lr_power; ``peak_lr``:
+    an η_max that bounds the LR of every step (:func:`known_peak_lr`), or None where it is not known.
     """
 
     kind: str
     rate: float | None
     weight_decay: float
     lr: float
-    peak_lr: float
+    peak_lr: float | None
     family: str | None = None
     sums: tuple[float, float] = (1.0, 1.0)
     adaptive: bool = False
@@ -72,11 +72,12 @@ class GroupDecay:
     def decays(self) -> bool:
         return self.kind != "none"
 
-    def peak_rate(self, rate: float | None) -> float | None:
-        """``rate`` (this group's r, or one tensor's) at the peak LR; None when the LR is 0 now."""
-        if rate is None or self.lr <= 0 or math.isnan(self.lr):
+    def peak_rate(self) -> float | None:
+        """r at the known peak LR: a bound on every step's r at this λ; None where the peak is not known, r is
+        per coordinate, or the LR is 0 (or already above the "peak", which then bounds nothing)."""
+        if self.rate is None or self.peak_lr is None or not self.lr > 0 or self.lr > self.peak_lr * (1 + 1e-6):
             return None
-        return rate * (self.peak_lr / self.lr) ** self.lr_power
+        return self.rate * (self.peak_lr / self.lr) ** self.lr_power
 
 
 def momentum_sums(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> tuple[float, float]:
@@ -112,6 +113,25 @@ def lr_power(optimizer: Any) -> int:
     return 2 if getattr(optimizer, "mode", None) == "corrected" else 1
 
 
+def known_peak_lr(optimizer: Any, index: int, group: dict[str, Any]) -> float | None:
+    """An η_max that no step's LR exceeds, where one is known: ``WeightDecay(max_lr=...)``, the group's
+    ``max_lr`` (OneCycleLR's peak), or the η_max of an engine mode that divides by it (the engine refuses a
+    step above it). None otherwise: a scheduler's ``initial_lr`` is its base LR, which CyclicLR, a LambdaLR
+    factor above 1 or an LR set by hand each step (nanoGPT's warm-up) all exceed."""
+    from decaykit.engine.weight_decay import WeightDecay
+
+    engine = isinstance(optimizer, WeightDecay)
+    given = optimizer._given_max_lr(index) if engine else None  # the engine's own η_max, as the user gave it
+    if given is not None:
+        return given
+    found = scheduler_peak(group)
+    if found is not None and found[0] == "max_lr":
+        return found[1]
+    if engine and optimizer.mode in PEAK_MODES and index < len(optimizer._max_lrs):
+        return optimizer._max_lrs[index]
+    return None
+
+
 def _family(name: str | None, group: dict[str, Any], kind: str) -> tuple[str | None, tuple[float, float]]:
     """Which equilibrium applies to this optimizer's update, and its momentum sums."""
     if name in ("Adam", "AdamW") and kind == "decoupled" and not group.get("amsgrad", False):
@@ -130,9 +150,9 @@ def group_decays(optimizer: Any) -> list[GroupDecay]:
     name = entry.name if entry is not None and entry.module == "torch.optim" else None
     power = lr_power(optimizer)
     out = []
-    for group, expect in zip(optimizer.param_groups, expectations(optimizer)):
+    for i, (group, expect) in enumerate(zip(optimizer.param_groups, expectations(optimizer))):
         kind = expect.kind
-        lr, peak = float(expect.lr), group_peak_lr(group)
+        lr, peak = float(expect.lr), known_peak_lr(optimizer, i, group)
         raw = expect.rate
         if isinstance(raw, Tensor):  # per-member λ of stacked models: no one rate per tensor
             out.append(GroupDecay(kind if kind == "none" else "unknown", None, 0.0, lr, peak))

@@ -100,7 +100,8 @@ class Monitor:
         optimizer: the optimizer whose ``step()`` the loop calls: any ``torch.optim`` optimizer or a
             :class:`decaykit.WeightDecay` (Lightning's and accelerate's wrappers are looked through).
         every: record the first step and every ``every``-th step.
-        total_steps: the run's length in optimizer steps, to tell a timescale longer than the run.
+        total_steps: the run's length in optimizer steps, to tell a run shorter than one timescale of
+            decay (Σ r < 1): from the Σ r measured at ``close()``, or earlier where the peak LR is known.
         sink: where each entry also goes: a callable, a ``.jsonl`` or ``.csv`` path, a
             ``SummaryWriter``, or a list of them (:mod:`decaykit.monitor.sinks`).
         policy: the policy whose decisions a decayed tensor is checked against (default ``"decaykit"``).
@@ -124,6 +125,8 @@ class Monitor:
         self._sinks = as_sinks(sink)
         self._tally = DecayTally(self.optimizer, self.start_step)
         self._pending: tuple[int, list[GroupDecay], list[tuple[int, Tensor, Tensor]]] | None = None
+        self._peaks: dict[int, tuple[float, int, int]] = {}  # group -> (r at the peak LR / s(t), t, step) where known
+        self._bounded: set[int] = set()  # groups whose run was bounded from their known peak LR
         self._fired: set[tuple[str, str]] = set()
         self._idle: dict[int, tuple[float, list[int]]] = {}  # group -> (λ, recorded steps) where lr = 0 stopped its decay
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
@@ -169,7 +172,7 @@ class Monitor:
         applied = self._tally.applied()
         if applied is None or self._pending is None:
             return
-        bases = applied[0]
+        bases, index, multiplier = applied
         step, decays, tensors = self._pending
         self._pending = None
         records = []
@@ -180,7 +183,7 @@ class Monitor:
             record["cumulative_decay"] = self._tally.advance(param, i, record["decay_rate"], bases[i])
             records.append(record)
         self.history.extend(records)
-        found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, records)
+        found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, index, multiplier)
         for record in records:
             found += tensor_findings(record)
         for record in records:
@@ -229,21 +232,40 @@ class Monitor:
             decided.append((d, i))
         return policy_findings(decided, step) + frozen
 
-    def _timescale_findings(self, step: int, decays: list[GroupDecay], records: list[dict[str, Any]]) -> list[MonitorFinding]:
-        if self.total_steps is None:
-            return []
+    def _timescale_findings(self, step: int, decays: list[GroupDecay], index: int, multiplier: float) -> list[MonitorFinding]:
+        """``timescale-exceeds-run`` before the run ends, only from a known peak LR: Σ r so far plus the rest of the
+        run at the peak is a bound, checked once per group."""
         out = []
         for i, decay in enumerate(decays):
-            rates = [r["decay_rate"] for r in records if r["group"] == i and r["decay_rate"] is not None]
-            peak = decay.peak_rate(sum(rates) / len(rates)) if rates else None
-            if peak is None or ("timescale-exceeds-run", f"group {i}") in self._fired:
+            if not decay.decays:
                 continue
-            finding = timescale_finding(i, peak, self.total_steps, step, decay.weight_decay)
-            if finding is None:  # checked once: the decay has time to act
-                self._fired.add(("timescale-exceeds-run", f"group {i}"))
-            else:
-                out.append(finding)
+            peak = decay.peak_rate()
+            if peak is None or multiplier <= 0:  # not known now, or the LR went above it: it bounds nothing
+                self._peaks.pop(i, None)
+                continue
+            self._peaks[i] = (peak / multiplier, index, step)
+            if self.total_steps is not None and i not in self._bounded:
+                self._bounded.add(i)
+                out += self._run_finding(i, step)
         return out
+
+    def _run_finding(self, group: int, step: int) -> list[MonitorFinding]:
+        """``timescale-exceeds-run`` where Σ r over the whole run (total_steps) is below 1: measured over the steps
+        watched, and bounded at the known peak LR over the others (before ``start_step``, after this step)."""
+        done = self._tally.group_sum(group)
+        if self.total_steps is None or done is None or ("timescale-exceeds-run", f"group {group}") in self._fired:
+            return []
+        unwatched = [range(1, self.start_step + 1), range(self._tally.steps + 1, self.total_steps + 1)]
+        count = sum(len(r) for r in unwatched)
+        if count:
+            peak = self._peaks.get(group)
+            rest = None if peak is None else self._tally.peak_sum(*peak, unwatched, 1 - done)
+            if rest is None:
+                return []  # the peak LR is not known: no bound on the steps not seen
+            done += rest
+        lam = self.optimizer.param_groups[group].get("weight_decay")
+        finding = timescale_finding(group, done, self._tally.steps - self.start_step, count, self.total_steps, step, lam)
+        return [] if finding is None else [finding]
 
     # -- output ----------------------------------------------------------------------------------
     def _name(self, param: Tensor, group: int) -> str:
@@ -286,14 +308,16 @@ class Monitor:
         return metrics
 
     def close(self) -> None:
-        """Remove the hooks, report a group whose decay never acted (lr = 0 throughout: ``lr-zero``), and
-        close the file sinks the monitor opened; the history stays."""
+        """Remove the hooks, report a group whose decay never acted (lr = 0 throughout: ``lr-zero``) or whose run
+        held less than one timescale of it (``timescale-exceeds-run``, from the Σ r measured), and close the file
+        sinks the monitor opened; the history stays."""
         if self._handles:
-            idle = [lr_zero_finding(i, lam, steps, self.step) for i, (lam, steps) in sorted(self._idle.items())
-                    if i not in self._acted]
-            self.findings.extend(idle)
-            for finding in idle:
-                self._emit({"kind": "finding", **finding.to_dict()})
+            step = self.step
+            found = [lr_zero_finding(i, lam, steps, step) for i, (lam, steps) in sorted(self._idle.items())
+                     if i not in self._acted]
+            for i in range(len(self.optimizer.param_groups)):
+                found += self._run_finding(i, step)
+            self._add_findings(found)
         for handle in self._handles:
             handle.remove()
         self._handles = []

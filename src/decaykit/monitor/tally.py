@@ -23,6 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from decaykit.engine.checks import check_multiplier
+from decaykit.engine.schedules import Constant
 from decaykit.monitor.equilibrium import lr_power
 
 __all__ = ["DecayTally", "found_inf"]
@@ -120,3 +121,27 @@ class DecayTally:
             done += c * float(now - since)
         self._progress[id(param)] = (group, now, done, c)
         return done
+
+    def group_sum(self, group: int) -> float | None:
+        """Σ r of the group's recorded tensors up to now (their mean), or None without a known rate."""
+        done = [d + c * float(self._sums[group] - since) for g, since, d, c in self._progress.values()
+                if g == group and c is not None]
+        return sum(done) / len(done) if done else None
+
+    def peak_sum(self, rate: float, index: int, step: int, steps: list[range], limit: float) -> float | None:
+        """Σ over the run's ``steps`` of ``rate``·s(t), r at the peak LR, with t the schedule index of a step
+        (``index`` was that of ``step``); stops once past ``limit``; None where a step comes before the schedule's
+        first (the engine was not there yet)."""
+        if self._schedule is None or isinstance(self._schedule, Constant):  # s(t) the same at every step
+            s = 1.0 if self._schedule is None else check_multiplier(self._schedule, 0)
+            return rate * s * sum(len(r) for r in steps)
+        total = 0.0
+        for r in steps:
+            for u in r:
+                t = index + u - step
+                if t < 0:
+                    return None
+                total += rate * check_multiplier(self._schedule, t)
+                if total > limit:
+                    return total
+        return total
