@@ -72,7 +72,7 @@ class DecayTally:
     def start(self, flag: Tensor | None) -> None:
         """At a step's pre-hook: its b_t per group, and its unread GradScaler flag (None: it is applied)."""
         index = self._schedule_index()
-        s = 1.0 if self._schedule is None else check_multiplier(self._schedule, index)
+        s = 1.0 if self._schedule is None else self._multiplier(index)
         bases = []
         for group in self.optimizer.param_groups:
             lr, lam = group.get("lr"), group.get("weight_decay")
@@ -109,6 +109,11 @@ class DecayTally:
 
     def _schedule_index(self) -> int:
         return self.optimizer.steps_taken if self._schedule is not None else 0
+
+    def _multiplier(self, index: int) -> float:
+        # a float as it is (the engine checks it in the step about to run); anything else checked here, with its message
+        value = self._schedule(index)  # type: ignore[misc]
+        return value if type(value) is float else check_multiplier(self._schedule, index)
 
     # -- Σ r -------------------------------------------------------------------------------------
     def advance(self, param: Tensor, group: int, rate: float | None, base: Any) -> float:
