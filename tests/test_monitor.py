@@ -219,3 +219,130 @@ def test_a_tensor_the_step_skips_is_not_recorded():
     opt.step()
     assert [r["name"] for r in mon.history] == ["0.weight"]
     mon.close()
+
+
+def _warmup_truth(steps: int, lr: float, rate_of) -> list[float]:
+    """Σ r after each step 1..steps, summed by hand: η_t = lr·t/steps (LambdaLR's linear warm-up), r_t = rate_of(t, η_t)."""
+    sums, done = [], 0.0
+    for t in range(1, steps + 1):
+        done += rate_of(t, lr * t / steps)
+        sums.append(done)
+    return sums
+
+
+@pytest.mark.parametrize("case", ["adamw", "sgd_momentum", "engine_schedule"])
+def test_cumulative_decay_sums_the_rate_of_every_step(case):
+    """Σ r at each record against η_t·λ_t summed by hand over every step of a warm-up: holding each record's rate
+    over the steps before it (as the monitor did) counted 50-100% too much while the LR rises."""
+    lr, lam, steps = 1e-2, 0.5, 100
+    model = _toy(None)
+    if case == "sgd_momentum":  # L2 through momentum 0.9: r_t = η_t·λ/(1 − 0.9)
+        opt = torch.optim.SGD(decaykit.param_groups(model, lam), lr=lr, momentum=0.9)
+        rate_of = lambda t, eta: eta * lam * 10  # noqa: E731
+    elif case == "engine_schedule":  # λ_t = s(t)·λ, s rising 1 → 4 over the run (index t − 1 for step t)
+        opt = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr),
+                                   schedule=decaykit.schedules.linear(1.0, 4.0, steps=steps))
+        rate_of = lambda t, eta: eta * lam * (1 + 3 * (t - 1) / steps)  # noqa: E731
+    else:
+        opt = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr)
+        rate_of = lambda t, eta: eta * lam  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / steps)
+    mon = decaykit.Monitor(model, opt, every=25)
+    for _ in range(steps):
+        model(torch.randn(BATCH, IN)).sum().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    mon.close()
+    truth = _warmup_truth(steps, lr, rate_of)
+    recorded = {r["step"]: r["cumulative_decay"] for r in mon.history}
+    assert list(recorded) == [1, 25, 50, 75, 100]
+    assert recorded == pytest.approx({step: truth[step - 1] for step in recorded}, rel=1e-9)
+
+
+def _scaled_run(fused: bool, every: int) -> decaykit.Monitor:
+    """12 calls of GradScaler.step, 3 of them on an overflow (inputs with inf)."""
+    torch.manual_seed(0)
+    model = _toy(None)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)  # the same code path as "cuda"
+    mon = decaykit.Monitor(model, opt, every=every)
+    g = torch.Generator().manual_seed(1)
+    for call in range(12):
+        x = torch.randn(BATCH, IN, generator=g)
+        if call in (2, 3, 7):
+            x[0, 0] = math.inf
+        scaler.scale((model(x) * torch.randn(BATCH, OUT, generator=g)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    mon.close()
+    return mon
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_steps_gradscaler_skips_on_a_fused_optimizer_are_not_counted(every):
+    """With fused=True, GradScaler calls step() on an overflow too (optimizer.found_inf set) and the kernel changes
+    nothing: the monitor must read that run as the same loop with fused=False, where step() is not called. They were
+    counted as decayed steps (cumulative_decay too high, a false decay-dominates, the step numbers drifting)."""
+    fused, plain = _scaled_run(True, every), _scaled_run(False, every)
+    assert fused.step == plain.step == 9  # 12 calls, 3 skipped
+    steps = [r["step"] for r in fused.history]
+    assert steps == [r["step"] for r in plain.history] == ([1, 4, 8] if every == 4 else list(range(1, 10)))
+    # Σ r = k·η·λ after k applied steps
+    assert [r["cumulative_decay"] for r in fused.history] == pytest.approx([k * 1e-3 for k in steps], rel=1e-9)
+    assert fused.findings == plain.findings == []
+
+
+@pytest.mark.filterwarnings("ignore:1 tensor outside the layers decaykit knows")
+def test_a_complex_tensor_is_measured_in_its_real_coordinates():
+    """torch's Adam normalises a complex tensor as its real view, 2·numel coordinates: the predicted norm is
+    √(η·2·numel/(2λ)) (numel gave one √2 too small), and L2's rate reads √v̂ per real coordinate (the complex
+    moments made the monitor's hook fail the training step)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4, dtype=torch.cfloat))
+    holder = torch.nn.Module()
+    holder.w = w
+    lr, lam = 1e-2, 0.5
+    for opt in (torch.optim.AdamW([w], lr=lr, weight_decay=lam), torch.optim.Adam([w], lr=lr, weight_decay=lam)):
+        with decaykit.Monitor(holder, opt, every=1) as mon:
+            for _ in range(3):
+                (w.abs() ** 2 * torch.randn(8, 4)).sum().backward()
+                opt.step()
+                opt.zero_grad()
+        r = mon.history[-1]
+        if isinstance(opt, torch.optim.AdamW):
+            assert r["predicted_norm"] == pytest.approx(lr * math.sqrt(2 * w.numel() / (2 * lr * lam)), rel=1e-9)
+        else:  # coupled L2 behind Adam's denominator: η·λ/RMS(√v̂) over the 64 real coordinates
+            v = torch.view_as_real(opt.state[w]["exp_avg_sq"]) / (1 - 0.999**3)
+            assert r["decay_rate"] == pytest.approx(lr * lam / float(v.mean().sqrt()), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:1 tensor outside the layers decaykit knows")
+def test_a_complex_scale_invariant_weight_settles_on_its_prediction():
+    """A complex weight followed by a normalisation, 5τ of AdamW: at its equilibrium, and no finding (it was told
+    far-from-equilibrium, 1.41x a prediction that counted numel coordinates)."""
+
+    class Complex(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(OUT, IN, dtype=torch.cfloat) * 0.05)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = x @ self.w.T
+            return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+
+    torch.manual_seed(0)
+    model = Complex()
+    lr, lam = 1e-2, 2.0  # τ = 50 steps
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=lam, betas=(0.5, 0.99))
+    with decaykit.Monitor(model, opt, every=10) as mon:
+        for _ in range(250):
+            x, y = torch.randn(BATCH, IN, dtype=torch.cfloat), torch.randn(BATCH, OUT, dtype=torch.cfloat)
+            (model(x) * y.conj()).real.sum().backward()
+            opt.step()
+            opt.zero_grad()
+    late = [r["norm"] / r["predicted_norm"] for r in mon.history if r["step"] >= 150]
+    assert mon.history[-1]["predicted_norm"] == pytest.approx(math.sqrt(lr * 2 * OUT * IN / (2 * lam)))
+    assert sum(late) / len(late) == pytest.approx(1.0, rel=0.1)
+    assert mon.findings == []

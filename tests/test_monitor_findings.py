@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import decaykit
@@ -60,23 +60,138 @@ def test_decay_dominating_a_tensor_without_gradients_is_found_once():
     assert all(r["decay_to_update"] > 100 for r in mon.history)  # the rest is float rounding
 
 
+def _timescale(mon) -> list[str]:
+    return [f.message for f in mon.findings if f.code == "timescale-exceeds-run"]
+
+
 @settings(max_examples=40, deadline=None)
-@given(lr=st.floats(1e-4, 1e-1), lam=st.floats(1e-3, 10.0), total=st.integers(1, 10**6))
-def test_a_timescale_longer_than_the_run_is_found(lr, lam, total):
+@given(lr=st.floats(1e-4, 1e-1), lam=st.floats(1e-3, 10.0), total=st.integers(1, 120))
+def test_a_run_with_less_than_one_timescale_of_decay_is_found_at_close(lr, lam, total):
+    """A constant LR set without a scheduler may be changed by hand at any step, so nothing is told before close();
+    there Σ r over the whole run is known, and the finding fires iff it is below 1 (τ longer than the run)."""
+    truth = math.fsum([lr * lam] * total)
+    assume(abs(truth - 1) > 1e-9)
     model = _scale_invariant(4, 4)
     opt = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=lr)
-    mon = decaykit.Monitor(model, opt, every=1, total_steps=total)
-    _train(model, opt, 2, lambda: torch.randn(2, 4))
-    tau = 1 / (lr * lam)
-    found = [c for c in _codes(mon) if c[0] == "timescale-exceeds-run"]   # λ = 10 may also dominate, rightly
-    assert found == ([("timescale-exceeds-run", "group 0")] if tau > total else [])
-    if found:  # the factor with the digits that show it below 1 (it printed "a factor 1")
-        message = next(f.message for f in mon.findings if f.code == "timescale-exceeds-run")
-        shown = re.search(r"by at most a factor (\S+) over", message).group(1)
-        assert float(shown) < 1 or math.exp(-lr * lam * total) > 1 - 1e-15
+    mon = decaykit.Monitor(model, opt, every=50, total_steps=total)
+    _train(model, opt, total, lambda: torch.randn(2, 4))
+    assert _timescale(mon) == []
+    mon.close()
+    found = [(f.code, f.name, f.step) for f in mon.findings if f.code == "timescale-exceeds-run"]
+    assert found == ([("timescale-exceeds-run", "group 0", total)] if truth < 1 else [])
+    if found:  # Σ r and the factor as measured, with the digits that show the factor below 1 (it printed "a factor 1")
+        (message,) = _timescale(mon)
+        assert f"is {truth:.3g}:" in message
+        shown = re.search(r"by a factor (\S+) only", message).group(1)
+        assert float(shown) == pytest.approx(math.exp(-truth), rel=1e-2) and (float(shown) < 1 or truth < 1e-15)
 
 
-def test_the_timescale_is_read_at_the_peak_lr_not_during_warm_up():
+T = 400
+
+
+def _by_hand_warmup(model):  # nanoGPT's get_lr: no scheduler, the LR written into the group every step
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 1.0), lr=1e-2)
+
+    def lr_at(it: int) -> float:
+        if it < 40:
+            return 1e-2 * (it + 1) / 41
+        return 1e-3 + 0.5 * (1 + math.cos(math.pi * (it - 40) / (T - 40))) * 9e-3
+
+    def before(step: int) -> float:
+        opt.param_groups[0]["lr"] = lr_at(step - 1)
+        return lr_at(step - 1) * 1.0
+
+    return opt, before
+
+
+def _cyclic(model, engine: bool = False):  # CyclicLR keeps its max_lr on the scheduler; initial_lr is base_lr
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 1.0), lr=1e-4)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-4, max_lr=1e-2, step_size_up=50, cycle_momentum=False)
+    if engine:  # the engine told the peak: the bound at step 1 counts 399 steps at 1e-2, so Σ r ≤ 4 says nothing
+        opt = decaykit.WeightDecay(opt, max_lr=1e-2)
+    lrs = [1e-4 + (1e-2 - 1e-4) * (1 - abs((s % 100) / 50 - 1)) for s in range(T)]  # the triangle, by hand
+    return opt, (lambda step: (sched.step() if step > 1 else None, lrs[step - 1] * 1.0)[1])
+
+
+def _engine_schedule(model):  # λ_t = s(t)·λ rising 1 → 10: the first step's λ is the smallest
+    opt = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.06), lr=1e-2),
+                               schedule=decaykit.schedules.linear(1.0, 10.0, steps=T))
+    return opt, (lambda step: 1e-2 * 0.06 * (1 + 9 * (step - 1) / T))
+
+
+@pytest.mark.parametrize("loop", [_by_hand_warmup, _cyclic, lambda m: _cyclic(m, engine=True), _engine_schedule],
+                         ids=["lr-by-hand", "cyclic-lr", "engine-max-lr", "lambda-schedule"])
+def test_a_run_with_enough_decay_is_not_told_it_has_too_little(loop):
+    """Loops where the first step's LR or λ is far below the run's: the finding read τ there as "at the peak LR" and
+    told the user to raise λ 2-50x, on runs whose decay sums to Σ r ≥ 1. Σ r is checked against r_t summed by hand."""
+    torch.manual_seed(0)
+    model = _scale_invariant()
+    opt, rate_before_step = loop(model)
+    mon = decaykit.Monitor(model, opt, every=50, total_steps=T)
+    truth = math.fsum(_train_summing(model, opt, rate_before_step))
+    mon.close()
+    assert truth > 1.2
+    assert _timescale(mon) == []
+    assert mon.history[-1]["cumulative_decay"] == pytest.approx(truth, rel=1e-9)
+
+
+def _train_summing(model, opt, rate_before_step):
+    rates = []
+    for step in range(1, T + 1):
+        rates.append(rate_before_step(step))
+        out = model(torch.randn(8, 16))
+        (out * torch.randn_like(out)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return rates
+
+
+@pytest.mark.parametrize("case", ["one-cycle", "engine-max-lr-and-schedule"])
+def test_a_known_peak_lr_bounds_the_run_at_its_first_step(case):
+    """Where the peak LR is known (OneCycleLR's max_lr, the engine's max_lr=), Σ r so far plus every other step at
+    the peak, with the λ schedule's own multipliers, is a true bound: told at step 1 when below 1."""
+    model = _scale_invariant()
+    if case == "one-cycle":
+        opt = torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=1e-2)
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=T)
+        bound = 1e-2 / 25 * 0.05 + (T - 1) * 1e-2 * 0.05  # step 1 at max_lr/div_factor, the others at most max_lr
+    else:
+        opt = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.02), lr=1e-2), max_lr=1e-2,
+                                   schedule=decaykit.schedules.linear(1.0, 3.0, steps=T))
+        bound = math.fsum(1e-2 * 0.02 * (1 + 2 * t / T) for t in range(T))  # s(t) for the steps t = 0..T-1
+    mon = decaykit.Monitor(model, opt, every=50, total_steps=T)
+    _train(model, opt, 2, lambda: torch.randn(8, 16))
+    (message,) = _timescale(mon)
+    assert mon.findings[0].step == 1 and f"is at most {bound:.3g}, its {T - 1} steps not watched" in message
+    assert f"by at most a factor {math.exp(-bound):.3g} over" in message
+    mon.close()
+    assert len(_timescale(mon)) == 1
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_a_resumed_run_counts_the_steps_before_the_monitor_only_at_a_known_peak(known):
+    """Resumed at step 50 of 100, closed after 10: at an unknown peak nothing can be said of the steps not watched
+    (silent); with the engine's max_lr they count at the peak, told at the first record (step 51): the 50 before and
+    the 49 after it at η_max·λ, step 51 at η·λ."""
+    model = _scale_invariant(4, 4)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    if known:
+        opt = decaykit.WeightDecay(opt, max_lr=2e-3)
+    mon = decaykit.Monitor(model, opt, every=5, total_steps=100, start_step=50)
+    _train(model, opt, 10, lambda: torch.randn(2, 4))
+    mon.close()
+    assert mon.step == 60
+    if not known:
+        assert mon.findings == []
+        return
+    bound = 99 * 2e-3 * 0.1 + 1e-3 * 0.1
+    (message,) = _timescale(mon)
+    assert mon.findings[0].step == 51 and f"is at most {bound:.3g}, its 99 steps not watched" in message
+
+
+def test_a_warm_up_is_not_read_as_the_runs_timescale():
+    """A LambdaLR warm-up from 0: its initial_lr is no known peak (a factor may exceed 1), so nothing is told
+    before the run's Σ r is known, even where a record's τ is longer than the run."""
     model = _scale_invariant(4, 4)
     opt = torch.optim.AdamW(decaykit.param_groups(model, 1.0), lr=1e-2)   # τ = 100 steps at the peak
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 50))  # from lr = 0
@@ -222,6 +337,24 @@ def test_a_frozen_tensor_that_the_decay_still_moves_is_found():
             opt.step()
             opt.zero_grad()
     assert fixed.findings == []
+
+
+def test_a_tensor_unfrozen_after_the_monitor_was_built_is_judged_as_it_is_now():
+    """A LayerNorm frozen when the monitor is built, unfrozen later and added to a decaying group: decayed-norm,
+    as a monitor built after the unfreeze says (the decisions were taken once, "frozen", and never looked at again)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    model[1].requires_grad_(False)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    mon = decaykit.Monitor(model, opt, every=1)
+    _train(model, opt, 3, lambda: torch.randn(4, 8))
+    assert mon.findings == []
+    model[1].requires_grad_(True)
+    opt.add_param_group({"params": list(model[1].parameters()), "param_names": ["1.weight", "1.bias"],
+                         "weight_decay": 0.1})
+    _train(model, opt, 3, lambda: torch.randn(4, 8))
+    assert [(f.code, f.name, f.step) for f in mon.findings] == [("decayed-norm", "1.weight", 4),
+                                                                 ("decayed-norm", "1.bias", 4)]
+    mon.close()
 
 
 def test_a_monitor_dropped_without_close_is_freed_and_its_global_hook_does_nothing():

@@ -95,13 +95,16 @@ def test_lightning_callback_logs_through_the_modules_logger(by_hand):
     logger, callback = Logger(), DecayMonitorCallback(every=2)
     trainer = L.Trainer(max_steps=4, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[callback])
-    with pytest.warns(DecayWarning, match="decaykit monitor: step 1: "):  # each finding told once
+    with pytest.warns(DecayWarning, match="decaykit monitor: step 4: ") as told:  # each finding told once
         trainer.fit(Net(by_hand), torch.utils.data.DataLoader(data, batch_size=16))
     mon = callback.monitor
     assert sorted({r["step"] for r in mon.history}) == [1, 2, 4] and mon.total_steps == 4
     steps = [step for step, m in logger.metrics if "decay/group0/timescale_steps" in m]
     assert steps == [1, 2, 4]
     codes = {f.code for f in mon.findings}
-    # τ = 1/(ηλ) = 1000 steps is longer than the 4-step run either way
+    # Σ r = 4·ηλ = 0.004 over the 4-step run either way, told at fit end, where it is measured (no scheduler: the LR
+    # could have been raised by hand at any step, so step 1 could not know it)
     assert codes == {"timescale-exceeds-run"} | ({"decayed-norm", "decayed-bias"} if by_hand else set())
+    assert [f.step for f in mon.findings if f.code == "timescale-exceeds-run"] == [4]
+    assert len([w for w in told if "decaykit monitor" in str(w.message)]) == len(mon.findings)
 

@@ -3,6 +3,7 @@
 - :mod:`~decaykit.monitor.monitor`: ``Monitor``, the hooks on ``optimizer.step`` and the history;
 - :mod:`~decaykit.monitor.record`: one tensor measured from θ before and after a step;
 - :mod:`~decaykit.monitor.equilibrium`: the effective decay rate, τ and the equilibrium predictions;
+- :mod:`~decaykit.monitor.tally`: Σ r over every step the optimizer applied (GradScaler's skips left out);
 - :mod:`~decaykit.monitor.findings`: what the monitor tells, once per tensor or group;
 - :mod:`~decaykit.monitor.sinks`: JSON lines, CSV, TensorBoard or any callable;
 - :mod:`~decaykit.monitor.report`: a run file read back, its findings and per-group table;

@@ -20,7 +20,8 @@ normalisation) gets gradients orthogonal to itself; the update grows ‖θ‖, t
 and the two balance. With an update η·Σ_k c_k·g_{t−k} of independent gradients, S = Σ c_k and
 Q = Σ c_k², the balance is ‖θ‖² = η²‖ĝ‖²S²/(2r) and the angle per step √(2r·Q/S²):
 
-- Adam/AdamW (ĝ = g/√v̂, ‖ĝ‖² ≈ C the tensor's size, c_k = (1 − β1)β1^k):
+- Adam/AdamW (ĝ = g/√v̂, ‖ĝ‖² ≈ C the tensor's real coordinates: its size, twice that for a
+  complex tensor, which torch's Adam normalises as its real view; c_k = (1 − β1)β1^k):
   ‖θ‖ = η√(C/(2r)) = √(ηC/(2λ)) and angle √(2r(1 − β1)/(1 + β1)) = √(2ηλ(1 − β1)/(1 + β1));
 - SGD with momentum α (c_k = α^k, ‖g‖ = G/‖θ‖ with G = ‖g‖·‖θ‖ scale-free):
   ‖θ‖ = (η²G²S²/(2r))^¼ and angle √(2r(1 − α)/(1 + α)) = √(2ηλ/(1 + α)) with L2 decay.
@@ -35,13 +36,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from decaykit.engine.checks import group_peak_lr
+from decaykit.engine.checks import PEAK_MODES, scheduler_peak
 from decaykit.optimizers import info
 from decaykit.probe.expectations import expectations
 
-__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "momentum_sums", "predicted_angle", "predicted_norm"]
+__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "known_peak_lr", "lr_power", "momentum_sums",
+           "predicted_angle", "predicted_norm", "real_view"]
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,15 @@ class GroupDecay:
     ``kind``: ``decoupled``, ``coupled``, ``cautious``, ``unknown`` or ``none``; ``rate``: the
     per-step shrink r, or None where it is per coordinate (``adaptive``: coupled L2 behind √v̂)
     or unknown; ``family``: ``"adam"`` or ``"sgd"`` where an equilibrium is predicted, else None;
-    ``sums``: (S, Q) of the update's momentum weights; ``lr_power``: r ∝ η_t^lr_power, to read r at
-    the peak LR ``peak_lr``.
+    ``sums``: (S, Q) of the update's momentum weights; ``lr_power``: r ∝ η_t^lr_power; ``peak_lr``:
+    an η_max that bounds the LR of every step (:func:`known_peak_lr`), or None where it is not known.
     """
 
     kind: str
     rate: float | None
     weight_decay: float
     lr: float
-    peak_lr: float
+    peak_lr: float | None
     family: str | None = None
     sums: tuple[float, float] = (1.0, 1.0)
     adaptive: bool = False
@@ -69,11 +72,12 @@ class GroupDecay:
     def decays(self) -> bool:
         return self.kind != "none"
 
-    def peak_rate(self, rate: float | None) -> float | None:
-        """``rate`` (this group's r, or one tensor's) at the peak LR; None when the LR is 0 now."""
-        if rate is None or self.lr <= 0 or math.isnan(self.lr):
+    def peak_rate(self) -> float | None:
+        """r at the known peak LR: a bound on every step's r at this λ; None where the peak is not known, r is
+        per coordinate, or the LR is 0 (or already above the "peak", which then bounds nothing)."""
+        if self.rate is None or self.peak_lr is None or not self.lr > 0 or self.lr > self.peak_lr * (1 + 1e-6):
             return None
-        return rate * (self.peak_lr / self.lr) ** self.lr_power
+        return self.rate * (self.peak_lr / self.lr) ** self.lr_power
 
 
 def momentum_sums(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> tuple[float, float]:
@@ -104,8 +108,28 @@ def _inner(optimizer: Any) -> Any:
     return optimizer.optimizer if isinstance(optimizer, WeightDecay) else optimizer
 
 
-def _lr_power(optimizer: Any) -> int:
+def lr_power(optimizer: Any) -> int:
+    """p of r ∝ η_t^p: 2 for the engine's ``corrected`` mode (η_t²/η_max), 1 for every other decay."""
     return 2 if getattr(optimizer, "mode", None) == "corrected" else 1
+
+
+def known_peak_lr(optimizer: Any, index: int, group: dict[str, Any]) -> float | None:
+    """An η_max that no step's LR exceeds, where one is known: ``WeightDecay(max_lr=...)``, the group's
+    ``max_lr`` (OneCycleLR's peak), or the η_max of an engine mode that divides by it (the engine refuses a
+    step above it). None otherwise: a scheduler's ``initial_lr`` is its base LR, which CyclicLR, a LambdaLR
+    factor above 1 or an LR set by hand each step (nanoGPT's warm-up) all exceed."""
+    from decaykit.engine.weight_decay import WeightDecay
+
+    engine = isinstance(optimizer, WeightDecay)
+    given = optimizer._given_max_lr(index) if engine else None  # the engine's own η_max, as the user gave it
+    if given is not None:
+        return given
+    found = scheduler_peak(group)
+    if found is not None and found[0] == "max_lr":
+        return found[1]
+    if engine and optimizer.mode in PEAK_MODES and index < len(optimizer._max_lrs):
+        return optimizer._max_lrs[index]
+    return None
 
 
 def _family(name: str | None, group: dict[str, Any], kind: str) -> tuple[str | None, tuple[float, float]]:
@@ -124,11 +148,11 @@ def group_decays(optimizer: Any) -> list[GroupDecay]:
     inner = _inner(optimizer)
     entry = info(inner)
     name = entry.name if entry is not None and entry.module == "torch.optim" else None
-    power = _lr_power(optimizer)
+    power = lr_power(optimizer)
     out = []
-    for group, expect in zip(optimizer.param_groups, expectations(optimizer)):
+    for i, (group, expect) in enumerate(zip(optimizer.param_groups, expectations(optimizer))):
         kind = expect.kind
-        lr, peak = float(expect.lr), group_peak_lr(group)
+        lr, peak = float(expect.lr), known_peak_lr(optimizer, i, group)
         raw = expect.rate
         if isinstance(raw, Tensor):  # per-member λ of stacked models: no one rate per tensor
             out.append(GroupDecay(kind if kind == "none" else "unknown", None, 0.0, lr, peak))
@@ -150,12 +174,18 @@ def group_decays(optimizer: Any) -> list[GroupDecay]:
     return out
 
 
+def real_view(x: Tensor) -> Tensor:
+    """A complex tensor as the real coordinates torch's optimizers update (``view_as_real``); others as they are."""
+    return torch.view_as_real(x) if x.is_complex() else x
+
+
 def adaptive_denominator(optimizer: Any, param: Tensor, group: dict[str, Any]) -> Tensor | None:
-    """√v̂ + ε of an Adam-like optimizer's state for ``param`` (after its step), or None without one."""
+    """√v̂ + ε of an Adam-like optimizer's state for ``param`` (after its step), per real coordinate, or None."""
     state = _inner(optimizer).state.get(param, {})
     v = state.get("exp_avg_sq")
     if v is None or "step" not in state:
         return None
+    v = real_view(v)  # a complex tensor's state is complex too, each part the moment of one real coordinate
     beta2 = float(group.get("betas", (0.9, 0.999))[1])
     step = float(state["step"])
     correction = 1 - beta2**step if step > 0 else 1.0
@@ -170,12 +200,14 @@ def predicted_angle(decay: GroupDecay, rate: float | None) -> float | None:
     return math.sqrt(2 * rate * q / (s * s))
 
 
-def predicted_norm(decay: GroupDecay, rate: float | None, numel: int, grad_norm: float, norm: float) -> float | None:
-    """‖θ‖ at equilibrium: η√(C/(2r)) for Adam, (η²G²S²/(2r))^¼ for SGD (G = ‖g‖·‖θ‖)."""
+def predicted_norm(decay: GroupDecay, rate: float | None, coordinates: int, grad_norm: float,
+                   norm: float) -> float | None:
+    """‖θ‖ at equilibrium: η√(C/(2r)) for Adam, C the tensor's real ``coordinates`` (2·numel for a complex
+    tensor), and (η²G²S²/(2r))^¼ for SGD (G = ‖g‖·‖θ‖)."""
     if decay.family is None or rate is None or rate <= 0:
         return None
     if decay.family == "adam":
-        return decay.lr * math.sqrt(numel / (2 * rate))
+        return decay.lr * math.sqrt(coordinates / (2 * rate))
     g = grad_norm * norm
     if not math.isfinite(g) or g == 0:
         return None

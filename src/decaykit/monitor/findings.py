@@ -9,8 +9,10 @@ code                       fires when
 ``decay-dominates``        ``decay_to_update`` > 1: the decay's step is larger than the rest of
                            the update, so the tensor is being shrunk towards zero (not while
                            ‖θ‖ is above a predicted equilibrium: it is then settling)
-``timescale-exceeds-run``  τ at the peak LR is longer than ``total_steps``: the decay has no time
-                           to act (it shrinks θ by less than a factor e over the whole run)
+``timescale-exceeds-run``  Σ r over the run (``total_steps``) is below 1, less than one timescale
+                           τ: the decay has no time to act (it shrinks θ by less than a factor e).
+                           Judged at ``close()`` from the Σ r measured; before that only where the
+                           peak LR is known (a bound: Σ r so far, the rest at the peak)
 ``far-from-equilibrium``   after 3τ of decay (Σ r ≥ 3) ‖θ‖ is still more than 25% off its
                            predicted equilibrium
 ``non-finite``             ‖θ‖ or the angle is NaN or infinite
@@ -106,17 +108,23 @@ def _factor(shrink: float) -> str:
     return f"{shrink:.{digits}g}"
 
 
-def timescale_finding(group: int, peak_rate: float, total_steps: int, step: int, weight_decay: float) -> MonitorFinding | None:
-    """``timescale-exceeds-run`` when τ = 1/r at the peak LR is longer than the run."""
-    tau = 1 / peak_rate if peak_rate > 0 else math.inf
-    if tau <= total_steps:
+def timescale_finding(group: int, decay_sum: float, steps: int, unwatched: int, total_steps: int, step: int,
+                      weight_decay: float) -> MonitorFinding | None:
+    """``timescale-exceeds-run`` when ``decay_sum``, Σ r over the run, is below 1: measured over the ``steps`` run
+    (``unwatched`` = 0), or a bound that counts ``unwatched`` steps at the peak LR."""
+    if decay_sum >= 1:
         return None
-    shrink = math.exp(-peak_rate * total_steps)
-    return MonitorFinding(
-        "timescale-exceeds-run", f"group {group}", step,
-        f"τ = {tau:.3g} steps at the peak LR is longer than the run (total_steps={total_steps}): the decay shrinks "
-        f"θ by at most a factor {_factor(shrink)} over the whole run; raise weight_decay ({weight_decay:g}) about "
-        f"{tau / total_steps:.3g}x for τ = the run, or drop it")
+    shrink = _factor(math.exp(-decay_sum))
+    raise_by = f"{1 / decay_sum:.3g}x" if decay_sum > 0 else "until it is"
+    if unwatched:
+        said = (f"Σ r over the run (total_steps={total_steps}) is at most {decay_sum:.3g}, its {unwatched} steps not "
+                f"watched counted at the peak LR: less than one timescale τ, so the decay shrinks θ by at most a "
+                f"factor {shrink} over the whole run; raise weight_decay ({weight_decay:g}) at least {raise_by}")
+    else:
+        said = (f"Σ r over the {steps} steps of the run (total_steps={total_steps}) is {decay_sum:.3g}: less than one "
+                f"timescale τ, so the decay shrank θ by a factor {shrink} only; raise weight_decay ({weight_decay:g}) "
+                f"about {raise_by}")
+    return MonitorFinding("timescale-exceeds-run", f"group {group}", step, f"{said} for Σ r = 1, or drop it")
 
 
 def lr_zero_finding(group: int, weight_decay: float, steps: list[int], step: int) -> MonitorFinding:

@@ -13,7 +13,8 @@
 The monitor hooks ``optimizer.step`` (``register_step_pre_hook`` / ``register_step_post_hook``):
 at the first step and every ``every``-th, it copies the tensors of the decayed groups before the
 step and measures them after it (:mod:`decaykit.monitor.record`), against the rotational-
-equilibrium predictions of :mod:`decaykit.monitor.equilibrium`; other steps cost one counter.
+equilibrium predictions of :mod:`decaykit.monitor.equilibrium`; every step adds each group's
+η_t·λ_t to the sums that make Σ r exact (:mod:`decaykit.monitor.tally`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from decaykit.monitor.findings import (
 from decaykit.monitor.record import measure
 from decaykit.monitor.report import group_summary
 from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
+from decaykit.monitor.tally import DecayTally, found_inf
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import plan
 
@@ -98,7 +100,8 @@ class Monitor:
         optimizer: the optimizer whose ``step()`` the loop calls: any ``torch.optim`` optimizer or a
             :class:`decaykit.WeightDecay` (Lightning's and accelerate's wrappers are looked through).
         every: record the first step and every ``every``-th step.
-        total_steps: the run's length in optimizer steps, to tell a timescale longer than the run.
+        total_steps: the run's length in optimizer steps, to tell a run shorter than one timescale of
+            decay (Σ r < 1): from the Σ r measured at ``close()``, or earlier where the peak LR is known.
         sink: where each entry also goes: a callable, a ``.jsonl`` or ``.csv`` path, a
             ``SummaryWriter``, or a list of them (:mod:`decaykit.monitor.sinks`).
         policy: the policy whose decisions a decayed tensor is checked against (default ``"decaykit"``).
@@ -115,14 +118,15 @@ class Monitor:
         self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", minimum=1)
         self.start_step = check_int(start_step, "start_step")
         self.optimizer = _unwrap(optimizer)
-        decisions = plan(model, 1.0, policy=policy).decisions
-        self._decisions = {id(d.param): d for d in decisions}
+        self._model, self._policy = model, policy
+        self._decisions = {id(d.param): d for d in plan(model, 1.0, policy=policy).decisions}
         self.history: list[dict[str, Any]] = []
         self.findings: list[MonitorFinding] = []
         self._sinks = as_sinks(sink)
-        self._step = self.start_step
+        self._tally = DecayTally(self.optimizer, self.start_step)
         self._pending: tuple[int, list[GroupDecay], list[tuple[int, Tensor, Tensor]]] | None = None
-        self._progress: dict[int, tuple[int, float]] = {}  # id(param) -> (last recorded step, Σ r so far)
+        self._peaks: dict[int, tuple[float, int, int]] = {}  # group -> (r at the peak LR / s(t), t, step) where known
+        self._bounded: set[int] = set()  # groups whose run was bounded from their known peak LR
         self._fired: set[tuple[str, str]] = set()
         self._idle: dict[int, tuple[float, list[int]]] = {}  # group -> (λ, recorded steps) where lr = 0 stopped its decay
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
@@ -140,11 +144,19 @@ class Monitor:
         """Whether the optimizer step numbered ``step`` (1 = the first after attaching) is recorded."""
         return step == self.start_step + 1 or step % self.every == 0
 
+    def _records_within(self, low: int, high: int) -> bool:
+        return low <= self.start_step + 1 <= high or high // self.every * self.every >= low
+
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        step = self._step + 1
+        flag = found_inf(optimizer, kwargs)
+        step = self._tally.next_step(self._records_within)
+        recorded = self.records_at(step)
+        if recorded and flag is not None and bool(flag):
+            return  # GradScaler's overflow on a fused optimizer: the kernel changes nothing, the step is not counted
+        self._tally.start(None if recorded else flag)
         if len(self._idle) > len(self._acted):  # a group seen at lr = 0: an unrecorded step with lr > 0 decays it
             self._acted.update(i for i in self._idle if _lr_above_zero(self.optimizer.param_groups[i]))
-        if not self.records_at(step):
+        if not recorded:
             return
         decays = group_decays(self.optimizer)
         for i, decay in enumerate(decays):
@@ -157,9 +169,10 @@ class Monitor:
         self._pending = (step, decays, tensors)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._step += 1
-        if self._pending is None:
+        applied = self._tally.applied()
+        if applied is None or self._pending is None:
             return
+        bases, index, multiplier = applied
         step, decays, tensors = self._pending
         self._pending = None
         records = []
@@ -167,13 +180,10 @@ class Monitor:
             if param.grad is None and torch.equal(param.detach(), before):
                 continue  # torch skips a tensor without a gradient: no step, no decay to record
             record = measure(step, self._name(param, i), i, decays[i], self.optimizer, param, before)
-            last, done = self._progress.get(id(param), (self.start_step, 0.0))
-            done += (record["decay_rate"] or 0.0) * (step - last)  # r held since the last record
-            self._progress[id(param)] = (step, done)
-            record["cumulative_decay"] = done
+            record["cumulative_decay"] = self._tally.advance(param, i, record["decay_rate"], bases[i])
             records.append(record)
         self.history.extend(records)
-        found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, records)
+        found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, index, multiplier)
         for record in records:
             found += tensor_findings(record)
         for record in records:
@@ -201,37 +211,61 @@ class Monitor:
         shared = [watched[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in watched]
         if shared:
             names = list(dict.fromkeys(self._name(p, i) for i, p in shared))
-            self._add_findings([other_optimizer_finding(type(optimizer).__name__, names, self._step)])
+            self._add_findings([other_optimizer_finding(type(optimizer).__name__, names, self.step)])
 
     # -- findings --------------------------------------------------------------------------------
     def _policy_findings(self, step: int, tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
-        """Tensors the policy would not decay in a decaying group, and frozen ones (requires_grad=False now) that
-        the step moved all the same."""
+        """Tensors the policy would not decay in a decaying group, and frozen ones that the step moved all the
+        same; both as the tensors are now (requires_grad read at this step, not when the monitor was built)."""
         decided, frozen = [], []
         for i, p, before in tensors:
             d = self._decisions.get(id(p))
             if d is None:
                 continue
+            if not p.requires_grad:
+                if not torch.equal(p.detach(), before):
+                    frozen.append(frozen_finding(d.name, i, step))
+                continue
+            if not d.trainable:  # frozen when the monitor was built, unfrozen since: what the policy says of it now
+                self._decisions.update({id(e.param): e for e in plan(self._model, 1.0, policy=self._policy).decisions})
+                d = self._decisions.get(id(p), d)
             decided.append((d, i))
-            if not p.requires_grad and not torch.equal(p.detach(), before):
-                frozen.append(frozen_finding(d.name, i, step))
         return policy_findings(decided, step) + frozen
 
-    def _timescale_findings(self, step: int, decays: list[GroupDecay], records: list[dict[str, Any]]) -> list[MonitorFinding]:
-        if self.total_steps is None:
-            return []
+    def _timescale_findings(self, step: int, decays: list[GroupDecay], index: int, multiplier: float) -> list[MonitorFinding]:
+        """``timescale-exceeds-run`` before the run ends, only from a known peak LR: Σ r so far plus the rest of the
+        run at the peak is a bound, checked once per group."""
         out = []
         for i, decay in enumerate(decays):
-            rates = [r["decay_rate"] for r in records if r["group"] == i and r["decay_rate"] is not None]
-            peak = decay.peak_rate(sum(rates) / len(rates)) if rates else None
-            if peak is None or ("timescale-exceeds-run", f"group {i}") in self._fired:
+            if not decay.decays:
                 continue
-            finding = timescale_finding(i, peak, self.total_steps, step, decay.weight_decay)
-            if finding is None:  # checked once: the decay has time to act
-                self._fired.add(("timescale-exceeds-run", f"group {i}"))
-            else:
-                out.append(finding)
+            peak = decay.peak_rate()
+            if peak is None or multiplier <= 0:  # not known now, or the LR went above it: it bounds nothing
+                self._peaks.pop(i, None)
+                continue
+            self._peaks[i] = (peak / multiplier, index, step)
+            if self.total_steps is not None and i not in self._bounded:
+                self._bounded.add(i)
+                out += self._run_finding(i, step)
         return out
+
+    def _run_finding(self, group: int, step: int) -> list[MonitorFinding]:
+        """``timescale-exceeds-run`` where Σ r over the whole run (total_steps) is below 1: measured over the steps
+        watched, and bounded at the known peak LR over the others (before ``start_step``, after this step)."""
+        done = self._tally.group_sum(group)
+        if self.total_steps is None or done is None or ("timescale-exceeds-run", f"group {group}") in self._fired:
+            return []
+        unwatched = [range(1, self.start_step + 1), range(self._tally.steps + 1, self.total_steps + 1)]
+        count = sum(len(r) for r in unwatched)
+        if count:
+            peak = self._peaks.get(group)
+            rest = None if peak is None else self._tally.peak_sum(*peak, unwatched, 1 - done)
+            if rest is None:
+                return []  # the peak LR is not known: no bound on the steps not seen
+            done += rest
+        lam = self.optimizer.param_groups[group].get("weight_decay")
+        finding = timescale_finding(group, done, self._tally.steps - self.start_step, count, self.total_steps, step, lam)
+        return [] if finding is None else [finding]
 
     # -- output ----------------------------------------------------------------------------------
     def _name(self, param: Tensor, group: int) -> str:
@@ -247,8 +281,8 @@ class Monitor:
 
     @property
     def step(self) -> int:
-        """Optimizer steps seen, ``start_step`` included."""
-        return self._step
+        """Optimizer steps applied, ``start_step`` included (a step GradScaler skipped is not)."""
+        return self._tally.steps
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per param group at the latest recorded step (:func:`decaykit.monitor.report.group_summary`)."""
@@ -274,14 +308,16 @@ class Monitor:
         return metrics
 
     def close(self) -> None:
-        """Remove the hooks, report a group whose decay never acted (lr = 0 throughout: ``lr-zero``), and
-        close the file sinks the monitor opened; the history stays."""
+        """Remove the hooks, report a group whose decay never acted (lr = 0 throughout: ``lr-zero``) or whose run
+        held less than one timescale of it (``timescale-exceeds-run``, from the Σ r measured), and close the file
+        sinks the monitor opened; the history stays."""
         if self._handles:
-            idle = [lr_zero_finding(i, lam, steps, self._step) for i, (lam, steps) in sorted(self._idle.items())
-                    if i not in self._acted]
-            self.findings.extend(idle)
-            for finding in idle:
-                self._emit({"kind": "finding", **finding.to_dict()})
+            step = self.step
+            found = [lr_zero_finding(i, lam, steps, step) for i, (lam, steps) in sorted(self._idle.items())
+                     if i not in self._acted]
+            for i in range(len(self.optimizer.param_groups)):
+                found += self._run_finding(i, step)
+            self._add_findings(found)
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -297,5 +333,5 @@ class Monitor:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Monitor(every={self.every}, total_steps={self.total_steps}, step={self._step}, "
+        return (f"Monitor(every={self.every}, total_steps={self.total_steps}, step={self.step}, "
                 f"records={len(self.history)}, findings={len(self.findings)})")

@@ -1,7 +1,8 @@
 """One tensor's record at one step, measured from θ before and after the optimizer's step.
 
 Only the tensors of decayed groups at recorded steps are copied (once, before the step); the
-rest is read from what the step leaves behind: θ, its gradient and the optimizer's state.
+rest is read from what the step leaves behind: θ, its gradient and the optimizer's state. A
+complex tensor is measured as the real coordinates its optimizer updates (``view_as_real``).
 
 - ``norm``: ‖θ‖ after the step;
 - ``angular_update``: the angle between θ before and after, 2·atan2(‖a − b‖, ‖a + b‖) of the
@@ -20,7 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from decaykit.monitor.equilibrium import GroupDecay, adaptive_denominator, predicted_angle, predicted_norm
+from decaykit.monitor.equilibrium import (
+    GroupDecay,
+    adaptive_denominator,
+    predicted_angle,
+    predicted_norm,
+    real_view,
+)
 
 __all__ = ["FIELDS", "measure"]
 
@@ -79,13 +86,13 @@ def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any,
             before: Tensor) -> dict[str, Any]:
     """The history record of ``param`` (θ after the step) given its copy ``before`` the step."""
     group = optimizer.param_groups[index]
-    after, before = _work(param.detach()), _work(before)
+    after, before = _work(real_view(param.detach())), _work(real_view(before))  # complex: its real coordinates
     norm_before, norm = _norm(before), _norm(after)
     angle = _angle(before, after, norm_before, norm)
     ratio, rate = _decay_to_update(decay, optimizer, param, before, after, norm_before, group)
     grad = param.grad
     grad_norm = _norm(grad) if grad is not None and decay.family == "sgd" else math.nan
-    pred_norm = predicted_norm(decay, rate, param.numel(), grad_norm, norm)
+    pred_norm = predicted_norm(decay, rate, after.numel(), grad_norm, norm)
     pred_angle = predicted_angle(decay, rate)
     return {
         "step": step, "name": name, "group": index, "numel": param.numel(), "lr": decay.lr,
