@@ -108,3 +108,21 @@ def test_lightning_callback_logs_through_the_modules_logger(by_hand):
     assert [f.step for f in mon.findings if f.code == "timescale-exceeds-run"] == [4]
     assert len([w for w in told if "decaykit monitor" in str(w.message)]) == len(mon.findings)
 
+
+
+def test_a_monitor_on_lightnings_wrapper_watches_the_optimizer_inside():
+    """Lightning renames its wrapper's class after the optimizer inside (LightningAdamW): the monitor looked the
+    wrapper up by class name and refused it; one table of wrappers (decaykit.optimizers) serves every tool."""
+    pytest.importorskip("lightning")
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.LayerNorm(4, elementwise_affine=False))
+    inner = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, LightningOptimizer(inner), every=1)
+    assert mon.optimizer is inner
+    for _ in range(2):
+        model(torch.randn(3, 4)).pow(3).sum().backward()
+        inner.step()
+        inner.zero_grad()
+    assert [r["step"] for r in mon.history] == [1, 2]
+    mon.close()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from decaykit import optimizers
 from decaykit._validate import check_int
 from decaykit.errors import DecayError
 from decaykit.monitor.equilibrium import GroupDecay, group_decays
@@ -47,13 +48,10 @@ from decaykit.policy.plan import plan
 
 __all__ = ["Monitor"]
 
-# Wrappers that forward step() to the optimizer they hold (Lightning, accelerate / HF Trainer)
-_WRAPPERS = {"LightningOptimizer": "_optimizer", "AcceleratedOptimizer": "optimizer"}
-
 
 def _unwrap(optimizer: Any) -> Any:
-    while type(optimizer).__name__ in _WRAPPERS:
-        optimizer = getattr(optimizer, _WRAPPERS[type(optimizer).__name__])
+    """The optimizer to hook: the one inside a framework's wrapper (:func:`decaykit.optimizers.unwrap`)."""
+    optimizer = optimizers.unwrap(optimizer)
     if not isinstance(getattr(optimizer, "param_groups", None), list) or not callable(
             getattr(optimizer, "register_step_pre_hook", None)):
         raise DecayError(f"optimizer must be a torch.optim.Optimizer (or decaykit.WeightDecay), got "
