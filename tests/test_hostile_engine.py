@@ -361,3 +361,72 @@ def test_global_step_hooks_run_once_per_engine_step_and_the_inner_optimizers_own
     seen.clear()
     torch.optim.SGD(model.parameters(), lr=0.1).step()  # the tables are torch's own again: a plain step sees none
     assert seen == []
+
+
+def _scheduled_engine() -> tuple[nn.Module, WeightDecay]:
+    model = make_model()
+    return model, WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2),
+                              schedule=schedules.linear(1, 10, steps=10))  # fmt: skip
+
+
+def test_a_torch_distributed_checkpoint_resumes_the_engine_bit_for_bit(tmp_path):
+    """FSDP2's checkpoint route: get_optimizer_state_dict keeps "state" and "param_groups" only, and
+    set_optimizer_state_dict first fills an empty state with a step at lr 0. The engine's schedule lost its step
+    (and counted that filling step): a resumed run went on from step 1, not 4, with a warning that blamed a
+    plain optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    model, engine = _scheduled_engine()
+    train(model, engine, 4, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # DCP: "no process group, loading in a single process"
+        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, engine)},
+                 checkpoint_id=str(tmp_path))  # fmt: skip
+        train(model, engine, 3, seed=1)
+        resumed_model, resumed = _scheduled_engine()
+        state = {"model": get_model_state_dict(resumed_model), "optim": get_optimizer_state_dict(resumed_model, resumed)}
+        assert resumed.steps_taken == 0  # the filling step is no step
+        dcp.load(state, checkpoint_id=str(tmp_path))
+        set_model_state_dict(resumed_model, state["model"])
+        warnings.simplefilter("error", DecayWarning)
+        set_optimizer_state_dict(resumed_model, resumed, state["optim"])
+    assert resumed.steps_taken == 4 and "decaykit" not in resumed.param_groups[0]
+    train(resumed_model, resumed, 3, seed=1)
+    for a, b in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_the_entrys_copy_that_a_plain_optimizer_carried_and_trained_past_is_not_believed():
+    """engine -> plain AdamW (which keeps the copy in its group) -> more training -> engine: the copy's step is
+    stale, so the engine says so and keeps its own, instead of resuming the schedule at the old step."""
+    model, engine = _scheduled_engine()
+    train(model, engine, 3)
+    plain = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    plain.load_state_dict(engine.state_dict())
+    train(model, plain, 2)
+    _, again = _scheduled_engine()
+    with pytest.warns(DecayWarning, match="param_groups\\[0\\] is from optimizer step 3 but the state is at 5"):
+        again.load_state_dict(plain.state_dict())
+    assert again.steps_taken == 0
+    fresh = WeightDecay(torch.optim.AdamW(decaykit.param_groups(make_model(), 0.1), lr=1e-2),
+                        schedule=schedules.linear(1, 10, steps=10))  # fmt: skip
+    fresh.load_state_dict(engine.state_dict())  # the engine's own checkpoint: no warning, the step restored
+    assert fresh.steps_taken == 3
+
+
+def test_the_audit_reads_the_engines_mode_from_a_checkpoint_that_kept_only_state_and_groups():
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = make_model()
+    engine = WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2), mode="coupled_l2")
+    train(model, engine, 2)
+    saved = get_optimizer_state_dict(model, engine)
+    assert set(saved) == {"state", "param_groups"}
+    report = decaykit.audit(model, saved)
+    assert "coupled-adaptive" in {f.code for f in report.findings}  # coupled L2 through Adam, by the saved mode

@@ -36,7 +36,7 @@ from decaykit._render import Cell, Report, html_finding, html_lines, html_report
 from decaykit._validate import check_number
 from decaykit.engine.checks import SHAPED_STATE
 from decaykit.engine.modes import DECOUPLED_MODES, MODES
-from decaykit.engine.weight_decay import STATE_KEY, WeightDecay
+from decaykit.engine.weight_decay import STATE_KEY, WeightDecay, saved_entry
 from decaykit.errors import DecayError
 from decaykit.optimizers import OptimizerInfo
 from decaykit.policy.names import canonical_name, namer
@@ -291,7 +291,8 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
     ordered = list(model.parameters())
     groups: list[_Group] = []
     first = state["param_groups"][0] if state["param_groups"] else {}
-    mode = _saved_mode(state[STATE_KEY]) if STATE_KEY in state else None
+    own = saved_entry(dict(state))[0]  # the top-level entry, or its copy in param_groups[0] (a DCP checkpoint)
+    mode = _saved_mode(own) if own is not None else None
     positional = any(g.get("param_names") is None for g in state["param_groups"])
     misfit = None
     canonical = namer(model)

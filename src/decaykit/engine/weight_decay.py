@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -46,6 +46,7 @@ from torch.optim import Optimizer
 from torch.optim import optimizer as torch_optimizer
 
 from decaykit import optimizers
+from decaykit._dtensor import local
 from decaykit._validate import check_number
 from decaykit.engine.cautious import FIRST_MOMENT_SIGN
 from decaykit.engine.checks import (
@@ -65,7 +66,7 @@ from decaykit.engine.paths import GroupStep, Scratch, build_paths, plan_group
 from decaykit.engine.schedules import Schedule, as_schedule
 from decaykit.errors import DecayError, DecayWarning
 
-__all__ = ["STATE_KEY", "WeightDecay"]
+__all__ = ["STATE_KEY", "WeightDecay", "saved_entry"]
 
 #: the key of the engine's own entry in ``state_dict()``, next to the inner ``state``/``param_groups``
 STATE_KEY = "decaykit"
@@ -192,6 +193,9 @@ class WeightDecay(Optimizer):
         if closure is not None:  # evaluated first, as torch optimizers do, so decay sees fresh grads
             with torch.enable_grad():
                 loss = closure()
+        # torch.distributed.checkpoint fills an empty state before loading into it with a step at lr 0 on zero
+        # gradients: it moves nothing and is no step of the schedule (counted, a resumed run ran one step ahead)
+        counted = bool(self.optimizer.state) or not _fills_state(self.param_groups)
         paths = build_paths(self._plan_all(), self.optimizer, self._buffers, foreach=self.foreach is not False,
                             moment_sign=type(self.optimizer) in FIRST_MOMENT_SIGN)
         try:
@@ -209,7 +213,7 @@ class WeightDecay(Optimizer):
         finally:
             for path in reversed(paths):
                 path.restore()
-        self._step += 1
+        self._step += counted
         return loss if closure is not None else result
 
     def expected_decay(self) -> list[dict[str, Any]]:
@@ -235,12 +239,13 @@ class WeightDecay(Optimizer):
             hook(self)
         self._sync_max_lrs()  # the η_max the next step uses, a peak written since the last step included
         state = dict(self.optimizer.state_dict())
-        state[STATE_KEY] = {
-            "mode": self.mode,
-            "step": self._step,
-            "max_lr": list(self._max_lrs),
-            "schedule": self.schedule.state_dict(),
-        }
+        own = {"mode": self.mode, "step": self._step, "max_lr": list(self._max_lrs),
+               "schedule": self.schedule.state_dict()}  # fmt: skip
+        state[STATE_KEY] = own
+        groups = [dict(g) for g in state.get("param_groups", [])]
+        if groups:  # a copy rides in the first group: tools that keep only "state" and "param_groups" keep it
+            groups[0][STATE_KEY] = {**own, "state_steps": _state_steps(state.get("state"))}
+            state["param_groups"] = groups
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, state)
             if result is not None:
@@ -261,16 +266,12 @@ class WeightDecay(Optimizer):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        own = state_dict.pop(STATE_KEY, None)
+        own, why = saved_entry(state_dict)
         max_lrs = self._check_load(state_dict, own)
         self.optimizer.load_state_dict(state_dict)
         if own is None:
-            warnings.warn(
-                f"state_dict has no {STATE_KEY!r} entry (saved from a plain optimizer?): the weight-decay "
-                f"schedule stays at step {self._step} and η_max is kept",
-                DecayWarning,
-                stacklevel=2,
-            )
+            warnings.warn(f"{why}: the weight-decay schedule stays at step {self._step} and η_max is kept",
+                          DecayWarning, stacklevel=2)
         else:
             self.schedule.load_state_dict(own["schedule"])
             self._step = int(own["step"])
@@ -363,6 +364,42 @@ class WeightDecay(Optimizer):
             self._plans[i] = (lam, inputs, plan)
             plans.append(plan)
         return plans
+
+
+def _fills_state(groups: list[dict[str, Any]]) -> bool:
+    """A step that only creates the optimizer's state: every group at lr 0, every gradient there all zeros
+    (torch.distributed.checkpoint's ``_init_optim_state``; read on this rank's shards, no collective)."""
+    if not all(_number(g.get("lr", 0.0)) == 0 for g in groups):
+        return False
+    grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+    return bool(grads) and not any(bool(local(grad).any()) for grad in grads)
+
+
+def _state_steps(state: Any) -> float | None:
+    """The largest ``step`` count in an optimizer's saved state (Adam's, per tensor), or None where it keeps none."""
+    steps = [float(v["step"]) for v in (state.values() if isinstance(state, Mapping) else ())
+             if isinstance(v, Mapping) and isinstance(v.get("step"), (int, float, Tensor))]  # fmt: skip
+    return max(steps) if steps else None
+
+
+def saved_entry(state_dict: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The engine's entry of a state_dict, taken out of it (``state_dict`` is the caller's copy), and if there is
+    none, why. Its copy in ``param_groups[0]`` serves where the top-level one was dropped on the way
+    (``torch.distributed.checkpoint``'s ``get_optimizer_state_dict`` keeps "state" and "param_groups" only), unless
+    the optimizer state moved on since (the copy then came through a plain optimizer that loaded it and trained)."""
+    own = state_dict.pop(STATE_KEY, None)
+    groups = state_dict.get("param_groups") or []
+    copy_ = groups[0].get(STATE_KEY) if groups and isinstance(groups[0], Mapping) else None
+    if any(isinstance(g, Mapping) and STATE_KEY in g for g in groups):
+        state_dict["param_groups"] = [{k: v for k, v in g.items() if k != STATE_KEY} if isinstance(g, Mapping) else g
+                                      for g in groups]  # fmt: skip
+    if own is not None or not isinstance(copy_, Mapping):
+        return own, f"state_dict has no {STATE_KEY!r} entry: it was saved from a plain optimizer"
+    saved, now = copy_.get("state_steps"), _state_steps(state_dict.get("state"))
+    if saved is not None and now is not None and saved != now:
+        return None, (f"the {STATE_KEY!r} entry in param_groups[0] is from optimizer step {saved:g} but the state is at "
+                      f"{now:g}: a plain optimizer loaded it and trained on")
+    return {k: v for k, v in copy_.items() if k != "state_steps"}, ""
 
 
 class _PlanInputs(NamedTuple):
