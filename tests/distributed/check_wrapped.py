@@ -158,6 +158,26 @@ def train_engines(bare: nn.Module, wrap: Any, rank: int, world: int) -> tuple[di
     return out, kept[0], kept[1]
 
 
+def monitor_facts(wrap: Any, rank: int, world: int) -> dict[str, Any]:
+    """The Monitor's records on the wrapped model against one process's: under FSDP2 each rank holds a shard of
+    every tensor, and a norm of the shard is not the tensor's."""
+    rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    records = []
+    for model, part in ((Toy, slice(None)), (lambda: wrap(Toy()), rows)):
+        torch.manual_seed(0)
+        built = model()
+        opt = torch.optim.AdamW(decaykit.param_groups(built, 0.1), lr=0.05)
+        monitor = decaykit.Monitor(built, opt, every=1)
+        train(built, opt, part)
+        monitor.close()
+        records.append({(r["step"], r["name"]): r for r in monitor.history})
+    reference, wrapped = records
+    keys = ("norm", "angular_update", "decay_to_update", "predicted_norm", "numel")
+    worst = max((abs(wrapped[k][f] - r[f]) / max(abs(r[f]), 1e-12) for k, r in reference.items() for f in keys
+                 if k in wrapped and isinstance(r[f], (int, float))), default=float("inf"))  # fmt: skip
+    return {"monitor_same_records": sorted(reference) == sorted(wrapped), "monitor_max_rel": worst}
+
+
 def audit_facts(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     report = decaykit.audit(model, opt)
@@ -209,6 +229,7 @@ def check_ddp(rank: int, world: int) -> dict[str, Any]:
 
     facts["train"], model, opt = train_engines(bare, DDP, rank, world)
     facts.update(audit_facts(model, opt))
+    facts.update(monitor_facts(DDP, rank, world))
     return facts
 
 
@@ -246,6 +267,7 @@ def check_fsdp2(rank: int, world: int) -> dict[str, Any]:
 
     facts["train"], model, opt = train_engines(bare, shard, rank, world)
     facts.update(audit_facts(model, opt))
+    facts.update(monitor_facts(shard, rank, world))
     return facts
 
 

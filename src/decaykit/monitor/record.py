@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from decaykit._dtensor import is_sharded
 from decaykit.monitor.equilibrium import (
     GroupDecay,
     adaptive_denominator,
@@ -43,8 +44,14 @@ def _work(x: Tensor) -> Tensor:
     return x.float() if x.is_floating_point() and x.element_size() < 4 else x
 
 
+def _scalar(t: Tensor) -> float:
+    """A reduction's value; of a DTensor (FSDP2), over every rank's shard, not this rank's piece alone (a
+    collective: every rank records the same tensors at the same steps)."""
+    return float(t.full_tensor() if is_sharded(t) else t)
+
+
 def _norm(x: Tensor) -> float:
-    return float(torch.linalg.vector_norm(x))
+    return _scalar(torch.linalg.vector_norm(x))
 
 
 def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float) -> float:
@@ -72,7 +79,7 @@ def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: T
     scale = decay.lr * decay.weight_decay
     d = _work(before) * scale / denom
     rest = _norm((after - _work(before)).add_(d))
-    rms = float((denom - float(group.get("eps", 1e-8))).pow(2).mean().sqrt())
+    rms = _scalar((denom - float(group.get("eps", 1e-8))).pow(2).mean().sqrt())
     return _ratio(_norm(d), rest), (scale / rms if rms > 0 else None)
 
 
