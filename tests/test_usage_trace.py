@@ -730,3 +730,63 @@ def test_a_gain_multiplied_into_a_weight_is_a_scale_of_it():
         old = nn.utils.weight_norm(nn.Linear(8, 4))  # the old API computes the weight in a forward pre-hook
     traced = decaykit.plan(old, 0.1, example_inputs=torch.zeros(2, 8))
     assert (traced["weight_g"].role, traced["weight_g"].decay, traced["weight_v"].decay) == ("scale", False, True)
+
+
+class AdaLNSingle(nn.Module):
+    """diffusers' adaLN-single (PixArt-α, Sana, Wan): a learned (K, D) ``scale_shift_table`` added to the
+    timestep embedding, whose rows then shift, scale and gate the tokens, ``x * (1 + scale) + shift``.
+    The block's table meets an embedding of the same (B, 6, D) shape (PixArt's ``timestep.reshape``),
+    the final layer's a (B, 1, D) one (``temb[:, None]``); ``cut`` is how the sum is cut into rows.
+    Beside them, a position table added to the tokens. No name says what a tensor is."""
+
+    def __init__(self, cut: str, d: int = 8, tokens: int = 5) -> None:
+        super().__init__()
+        self.cut = cut
+        self.t_embed = nn.Linear(4, 6 * d)
+        self.table = nn.Parameter(torch.randn(6, d) / d**0.5)  # the block's
+        self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5)  # the final layer's
+        self.positions = nn.Parameter(torch.zeros(1, tokens, d))
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.fc, self.out = nn.Linear(d, d), nn.Linear(d, 2)
+
+    def rows(self, summed: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        if self.cut == "chunk":
+            return summed.chunk(k, dim=1)
+        if self.cut == "unbind":
+            return tuple(r[:, None] for r in summed.unbind(1))
+        return tuple(summed[:, i : i + 1] if self.cut == "slice" else summed[:, i][:, None] for i in range(k))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x (B, N, D), t (B, 4)
+        temb = self.t_embed(t)
+        x = x + self.positions
+        shift, scale, gate, *_ = self.rows(self.table[None] + temb.reshape(x.shape[0], 6, -1), 6)
+        x = x + gate * self.fc(self.norm(x) * (1 + scale) + shift)
+        shift, scale = self.rows(self.final_table[None] + temb[:, None, : x.shape[-1]], 2)
+        return self.out(self.norm(x) * (1 + scale.to(x.dtype)) + shift)
+
+
+@pytest.mark.parametrize("cut", ["chunk", "unbind", "index"])
+def test_a_table_whose_rows_shift_and_scale_the_tokens_is_a_modulation_bias(cut):
+    p = decaykit.plan(AdaLNSingle(cut), 0.1, example_inputs=(torch.zeros(2, 5, 8), torch.zeros(2, 4)))
+    for name in ("table", "final_table"):
+        assert (p[name].role, p[name].decay) == ("bias", False), p[name].reason
+        assert p[name].reason.endswith("into rows that scale and shift other activations: a modulation's bias (traced)")
+    assert (p["positions"].role, p["positions"].decay) == ("position", True)  # it varies along the tokens
+
+
+def test_a_table_is_a_modulation_bias_only_where_its_sum_is_cut_into_single_rows():
+    """Tokens cut in two halves that multiply are no rows of a modulation; ``[:, i : i + 1]`` is one row."""
+
+    class Halves(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.positions = nn.Parameter(torch.zeros(1, 4, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            left, right = (x + self.positions).chunk(2, dim=1)
+            return left * right
+
+    p = decaykit.plan(Halves(), 0.1, example_inputs=torch.zeros(2, 4, 8))
+    assert (p["positions"].role, p["positions"].decay) == ("position", True)
+    p = decaykit.plan(AdaLNSingle("slice"), 0.1, example_inputs=(torch.zeros(2, 5, 8), torch.zeros(2, 4)))
+    assert (p["table"].role, p["table"].decay) == ("bias", False)

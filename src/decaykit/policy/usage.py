@@ -13,7 +13,9 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
   tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
-  could be its tokens (a (T, 1, C) input), neither can be told and the structure decides;
+  could be its tokens (a (T, 1, C) input), neither can be told and the structure decides; a table
+  whose sum is then cut into single rows that shift and scale other activations (adaLN-single's
+  ``scale_shift_table``, ``x * (1 + scale) + shift``) -> ``bias``, the modulation's;
 - multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
   of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
@@ -41,7 +43,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -123,6 +125,8 @@ _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "per
                    "__get__", "neg", "__neg__", "clamp", "clamp_", "clip", "normalize", "requires_grad_", "as_strided",
                    "repeat_interleave", "roll", "flip", "tensor_split", "split_with_sizes", "interpolate", "pad",
                    "diagonal", "tril", "triu", "abs", "__pos__"})
+# Cutting a tensor into pieces along one axis: the rows of a summed table become a modulation's shift and scale.
+_SPLITS = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes", "select", "__getitem__"})
 # What attention scores go through and stay scores: views, scaling, masking, adding biases.
 _KEEPS_SCORES = _PASS | _MUL | _ADD | {"masked_fill", "masked_fill_", "where"}
 # What makes an activation "normalised": a gain multiplying it is a norm gain.
@@ -176,6 +180,16 @@ class Trace:
         return min(seen, key=lambda u: _RANK.index(u.kind))
 
 
+@dataclass
+class _Deferred:
+    """A use of a parameter-derived ``tensor`` that what its output feeds may still change."""
+
+    tensor: torch.Tensor
+    use: Use  # what it is, unless what follows says otherwise
+    split: str | None = None  # the function that cut the output into rows
+    meets: set[str] = field(default_factory=set)  # "shift" / "scale": how the rows then met other activations
+
+
 def _name(func: Any) -> str:
     name = getattr(func, "__name__", None) or str(func)
     return f"F.{name}" if getattr(torch.nn.functional, name, None) is func else name
@@ -214,6 +228,10 @@ class _Recorder(TorchFunctionMode):
         self.tokens = any(t.ndim >= (3 if t.is_floating_point() else 2) for t in inputs)
         self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
         self.uses: dict[int, list[Use]] = {}
+        # uses that what the output feeds decides (a table added to activations, the sum then cut into
+        # rows that shift and scale others, is a modulation's bias), and the activations followed for them
+        self.deferred: list[_Deferred] = []
+        self.following: dict[int, tuple[_Deferred, tuple[int, ...]]] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -228,6 +246,8 @@ class _Recorder(TorchFunctionMode):
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         live = [t for t in tensors if id(t) in self.live]
         traced = [t for t in tensors if id(t) in self.origin]
+        if self.following:
+            self._follow(bare, shown, args, kwargs, out, live)
         if traced:
             self._consume(bare, shown, args, kwargs, out, traced, live)
         elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
@@ -274,7 +294,57 @@ class _Recorder(TorchFunctionMode):
             elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
             for t in traced:
                 how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
-                self._use(t, self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs)))
+                use = self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs))
+                if use.kind in ("table", "other") and bare in _ADD and isinstance(out, torch.Tensor):
+                    self._defer(t, use, out, _varying_axes(t.shape, out.shape))
+                else:
+                    self._use(t, use)
+
+    def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...]) -> None:
+        """Record ``use`` of ``tensor`` once the trace has seen what ``out`` feeds (:meth:`finish`)."""
+        deferred = _Deferred(tensor, use)
+        self.deferred.append(deferred)
+        self.following[id(out)] = (deferred, axes)
+        self.keep += [tensor, out]
+
+    def _follow(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, live: list[torch.Tensor]) -> None:
+        """Follow the sum of a table and activations: cut along the table's rows (``chunk``, ``unbind``,
+        ``[:, i]``), each row, through views and arithmetic with constants (``1 + scale``), meets other
+        activations in ``mul`` or ``add``: the rows shift and scale them, the table is a modulation's bias
+        (adaLN-single's ``scale_shift_table``), not a table that varies along the tokens."""
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        for t in live:
+            if id(t) not in self.following:
+                continue
+            deferred, axes = self.following[id(t)]
+            others = [a for a in live if a is not t and self.following.get(id(a), (None,))[0] is not deferred]
+            if axes and t is first and bare in _SPLITS:
+                if _rows(t, args, kwargs, out, axes, bare):
+                    deferred.split = shown
+                    self._tag(out, deferred, ())
+            elif axes and t is first and bare in _PASS and _same_shapes(t, out):
+                self._tag(out, deferred, axes)  # a cast or a copy of the sum
+            elif not axes and others and bare in _ADD | _MUL and deferred.split is not None:
+                deferred.meets.add("shift" if bare in _ADD else "scale")
+            elif not axes and not others and bare in _PASS | _ADD | _MUL:
+                self._tag(out, deferred, ())  # ``1 + scale``, ``shift.to(x.dtype)``: still the row
+
+    def _tag(self, out: Any, deferred: _Deferred, axes: tuple[int, ...]) -> None:
+        for o in tree_flatten(out)[0]:
+            if isinstance(o, torch.Tensor):
+                self.following[id(o)] = (deferred, axes)
+                self.keep.append(o)
+
+    def finish(self) -> None:
+        """Record the deferred uses: what their outputs fed settled them, or else they are what they first seemed."""
+        for deferred in self.deferred:
+            use = deferred.use
+            if deferred.meets:
+                how = " and ".join(sorted(deferred.meets))
+                use = Use("bias", use.func, f"added to activations in {use.func}, then cut by {deferred.split} into rows "
+                                            f"that {how} other activations: a modulation's bias")
+            self._use(deferred.tensor, use)
+        self.deferred, self.following = [], {}
 
     def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
                      last_axis: bool = False) -> Use:
@@ -448,6 +518,36 @@ def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: s
     return next((v for v in ("constant", "unknown") if v in verdicts), "varies")
 
 
+def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
+    """The axes of ``out``, counted from its end, along which an addend of ``shape`` varies, its last (channels) aside."""
+    return tuple(i for i in range(-min(len(shape), len(out)), -1) if shape[i] > 1)
+
+
+def _same_shapes(t: torch.Tensor, out: Any) -> bool:
+    return isinstance(out, torch.Tensor) and out.shape == t.shape
+
+
+def _rows(t: torch.Tensor, args: tuple, kwargs: dict, out: Any, axes: tuple[int, ...], bare: str) -> bool:
+    """Whether ``out`` holds ``t`` cut into single rows along one of ``axes`` (axes counted from the end):
+    ``chunk`` / ``split`` into pieces of one, ``unbind``, ``select``, ``t[:, i]``, ``t[:, i : i + 1]``."""
+    pieces = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+    if bare == "__getitem__":
+        index = args[1] if len(args) > 1 else None
+        index = index if isinstance(index, tuple) else (index,)
+        cut = next((i for i, x in enumerate(index) if not (isinstance(x, slice) and x == slice(None))), None)
+        if cut is None or cut - t.ndim not in axes:
+            return False
+        if isinstance(index[cut], slice):  # ``t[:, i : i + 1]``
+            return len(pieces) == 1 and pieces[0].ndim == t.ndim and pieces[0].shape[cut] == 1
+        return isinstance(index[cut], int) and not isinstance(index[cut], bool)
+    dim = kwargs.get("dim", args[2] if bare not in ("unbind", "select") and len(args) > 2 else
+                     args[1] if bare in ("unbind", "select") and len(args) > 1 else 0)
+    if not isinstance(dim, int) or not -t.ndim <= dim < t.ndim:
+        return False
+    axis = dim - t.ndim if dim >= 0 else dim
+    return axis in axes and bool(pieces) and all(p.ndim == t.ndim - 1 or p.shape[axis] == 1 for p in pieces)
+
+
 def _einsum_elementwise(args: tuple) -> set[int]:
     """The ids of ``einsum``'s operands none of whose indices is summed out: ``"btd,d->btd"`` multiplies
     by a gain elementwise, where ``"btd,de->bte"`` contracts a matrix."""
@@ -610,6 +710,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     finally:
         fake_log.setLevel(level)
         _restore(saved)
+    recorder.finish()
     return Trace(recorder.uses, stopped)
 
 
