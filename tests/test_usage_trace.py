@@ -790,3 +790,31 @@ def test_a_table_is_a_modulation_bias_only_where_its_sum_is_cut_into_single_rows
     assert (p["positions"].role, p["positions"].decay) == ("position", True)
     p = decaykit.plan(AdaLNSingle("slice"), 0.1, example_inputs=(torch.zeros(2, 5, 8), torch.zeros(2, 4)))
     assert (p["table"].role, p["table"].decay) == ("bias", False)
+
+
+class SpectralDelta(nn.Module):
+    """PEFT's FourierFT: a vector of spectral coefficients written into a dense (out, in) spectrum at fixed
+    frequencies (``dense[idx] = spectrum``), turned into a weight by an inverse FFT and used through
+    ``F.linear``; ``in_place=True`` writes with ``index_put_`` instead."""
+
+    def __init__(self, in_place: bool = False) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.base = nn.Linear(8, 8)
+        self.spectrum = nn.Parameter(torch.randn(6))
+        self.register_buffer("frequencies", torch.tensor([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = torch.zeros(8, 8, dtype=self.spectrum.dtype, device=x.device)
+        if self.in_place:
+            dense.index_put_((self.frequencies[0], self.frequencies[1]), self.spectrum)
+        else:
+            dense[self.frequencies[0], self.frequencies[1]] = self.spectrum
+        return self.base(x) + F.linear(x, torch.fft.ifft2(dense).real)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_parameter_written_into_a_weight_is_part_of_that_weight(in_place):
+    p = decaykit.plan(SpectralDelta(in_place), 0.1, example_inputs=torch.zeros(2, 8))
+    assert (p["spectrum"].role, p["spectrum"].decay, p["spectrum"].reason) == (
+        "weight", True, "matrix operand of F.linear (traced)")

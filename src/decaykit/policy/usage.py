@@ -23,9 +23,10 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   anything but a matmul -> ``state``, no decay.
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
-constants or buffers (a weight times a mask) and operations on parameters alone (a weight
+constants or buffers (a weight times a mask), operations on parameters alone (a weight
 standardised, tokens concatenated together, a parametrization; not a gain broadcast over a
-weight) pass a parameter through unchanged. The pass runs under ``FakeTensorMode``: no real
+weight) and writes into a tensor that is no activation (``dense[idx] = param``, a sparse
+or spectral weight filled in) pass a parameter through unchanged. The pass runs under ``FakeTensorMode``: no real
 compute, no real memory. A value read (``if mask.all():``) gets a stand-in; at an operation whose
 output shape depends on values the pass stops, and what was seen until then is kept.
 
@@ -239,7 +240,8 @@ class _Recorder(TorchFunctionMode):
                 args[0].is_meta or type(args[0]).__name__ == "FakeTensor"):
             return _stand_in(_bare(func), args[0])
         out = func(*args, **kwargs)
-        self._record(_bare(func), _name(func), args, kwargs, out)
+        written = args[0] if out is None and _bare(func) == "__setitem__" else out  # ``dense[idx] = param`` fills dense
+        self._record(_bare(func), _name(func), args, kwargs, written)
         return out
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
