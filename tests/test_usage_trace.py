@@ -818,3 +818,68 @@ def test_a_parameter_written_into_a_weight_is_part_of_that_weight(in_place):
     p = decaykit.plan(SpectralDelta(in_place), 0.1, example_inputs=torch.zeros(2, 8))
     assert (p["spectrum"].role, p["spectrum"].decay, p["spectrum"].reason) == (
         "weight", True, "matrix operand of F.linear (traced)")
+
+
+class KroneckerAdapter(nn.Module):
+    """PEFT's LoKr / LoHa (``lycoris_utils``): the adapter, a Kronecker product of two small factors used as
+    a weight, runs only where ``(not self.training) or (self.training and torch.rand(1) > module_dropout)``:
+    a test of a tensor's value, which fake tensors cannot answer; ``module_dropout`` is 0, so it always runs.
+    ``gain`` is used only where a value test is false; a loop on values must end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4)
+        self.w1, self.w2 = nn.Parameter(torch.randn(2, 1)), nn.Parameter(torch.randn(2, 4))
+        self.gain = nn.Parameter(torch.ones(4))
+        self.module_dropout = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        while (out.abs() > 1e3).any():
+            out = out / 2
+        if (not self.training) or (self.training and torch.rand(1) > self.module_dropout):
+            out = out + F.linear(x, torch.kron(self.w1, self.w2))
+        if out.isnan().any():
+            return out
+        return out * self.gain
+
+
+def test_a_branch_on_a_value_is_traced_both_ways_and_a_decision_that_rests_on_one_way_says_so():
+    model = KroneckerAdapter().train()
+    p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 4))
+    test = "where '(not self.training) or (self.training and torch.rand(1) > self.module_dropout)' (test_usage_trace.py:"
+    for name in ("w1", "w2"):  # the (2, 1) factor was left to its shape, per-channel, and not decayed
+        assert (p[name].role, p[name].decay) == ("weight", True)
+        assert p[name].reason.startswith(f"matrix operand of F.linear, {test}") and p[name].reason.endswith(
+            ") is true (traced)"), p[name].reason
+    assert p["gain"].reason.startswith("multiplies activations in mul: a scale, where 'out.isnan().any()'")
+    assert p["gain"].reason.endswith(") is false (traced)") and p.note is None
+    model.eval()  # no value test before the adapter: nothing to say
+    assert decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 4))["w1"].reason == "matrix operand of F.linear (traced)"
+
+
+class LearnedStep(nn.Module):
+    """torch's LSQ fake quantizer (``_LearnableFakeQuantize``) on a weight: a learned step size and zero point
+    meet the weight in a function decaykit does not know, where ``self.fake_quant_enabled[0] == 1``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4))
+        self.scale, self.zero_point = nn.Parameter(torch.tensor([0.1])), nn.Parameter(torch.tensor([0.0]))
+        self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.fake_quant_enabled[0] == 1:
+            w = torch._fake_quantize_learnable_per_tensor_affine(w, self.scale, self.zero_point, -128, 127, 1.0)
+        return F.linear(x, w)
+
+
+def test_what_meets_a_weight_in_a_function_decaykit_does_not_know_is_no_part_of_the_matrix():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)  # the step size's use does not tell what it is
+        p = decaykit.plan(LearnedStep(), 0.1, example_inputs=torch.zeros(2, 4))
+    assert p["weight"].decay and p["weight"].reason == "matrix operand of F.linear (traced)"
+    for name in ("scale", "zero_point"):  # reached (not "not reached"), and decided by the structure
+        assert not p[name].decay and p[name].reason.startswith("scalar on LearnedStep (shape rule) (structural: used "
+                                                               "with a weight in _fake_quantize_learnable_per_tensor_affine")

@@ -26,9 +26,13 @@ Activations are what derives from the example inputs. Views, casts, slices, arit
 constants or buffers (a weight times a mask), operations on parameters alone (a weight
 standardised, tokens concatenated together, a parametrization; not a gain broadcast over a
 weight) and writes into a tensor that is no activation (``dense[idx] = param``, a sparse
-or spectral weight filled in) pass a parameter through unchanged. The pass runs under ``FakeTensorMode``: no real
-compute, no real memory. A value read (``if mask.all():``) gets a stand-in; at an operation whose
-output shape depends on values the pass stops, and what was seen until then is kept.
+or spectral weight filled in) pass a parameter through unchanged; one that meets a weight in a function
+decaykit does not know (a learnable fake quantizer's step size) is no part of the matrix, and its role
+stays untold. The pass runs under ``FakeTensorMode``: no real compute, no real memory. A test of a
+tensor's value (``if self.training and torch.rand(1) > p:``) is answered False, then in a second
+pass True, and what either saw is kept; where the two decide a tensor differently, the deciding use
+names the test and its answer. A number read (``.item()``) gets a stand-in, 1; at an operation whose output shape depends on values
+the pass stops, and what was seen until then is kept.
 
 >>> from torch import nn
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
@@ -41,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -128,6 +133,8 @@ _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "per
                    "diagonal", "tril", "triu", "abs", "__pos__"})
 # Cutting a tensor into pieces along one axis: the rows of a summed table become a modulation's shift and scale.
 _SPLITS = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes", "select", "__getitem__"})
+# Every function whose operands' roles decaykit knows; with another, a parameter's role stays untold.
+_KNOWN = _PASS | _ADD | _MUL | _CONCAT | _NONLINEAR | _MATMUL | _SELECT | _SPLITS | _SCALES_A_WEIGHT | frozenset(_LAYER_ARGS)
 # What attention scores go through and stay scores: views, scaling, masking, adding biases.
 _KEEPS_SCORES = _PASS | _MUL | _ADD | {"masked_fill", "masked_fill_", "where"}
 # What makes an activation "normalised": a gain multiplying it is a norm gain.
@@ -163,6 +170,10 @@ class Trace:
     uses: dict[int, list[Use]]
     stopped: str | None = None  # "RuntimeError: ..." when the forward could not finish on fake tensors
     ran: bool = True  # False: no example input could be made, ``stopped`` says why
+    # the tests of a tensor's truth value the pass answered (``if mask.any():``), where the code made
+    # them and the answer, in order; for a use seen after one of them, the one it is put down to
+    tests: list[tuple[str, bool]] = field(default_factory=list)
+    after_test: dict[tuple[int, Use], tuple[str, bool]] = field(default_factory=dict)
 
     @property
     def unseen(self) -> str:
@@ -203,8 +214,18 @@ def _bare(func: Any) -> str:
 class _Recorder(TorchFunctionMode):
     """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
 
-    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor]) -> None:
+    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor],
+                 answers: Mapping[str, int] | None = None) -> None:
         super().__init__()
+        # a tensor's truth value (``if mask.any():``) is unknown on fake tensors: a test is answered True
+        # the first ``answers[where]`` times the code at ``where`` makes it, else False; ``tests`` says
+        # where each was and the answer, ``after_test`` which one preceded a use
+        self.answers = collections.Counter(answers or {})
+        self.tests: list[tuple[str, bool]] = []
+        self.after_test: dict[tuple[int, Use], tuple[str, bool]] = {}
+        # the test a use after it is put down to: the last one, or where True answers are given, the last answered True
+        self.guard: tuple[str, bool] | None = None
+        self.true_pass = answers is not None
         # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
         self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
         self.shapes = {id(real): tuple(real.shape) for _, real in params}
@@ -238,11 +259,23 @@ class _Recorder(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if _bare(func) in _VALUE_READS and args and isinstance(args[0], torch.Tensor) and (
                 args[0].is_meta or type(args[0]).__name__ == "FakeTensor"):
+            if _bare(func) == "__bool__":
+                return self._test()
             return _stand_in(_bare(func), args[0])
         out = func(*args, **kwargs)
         written = args[0] if out is None and _bare(func) == "__setitem__" else out  # ``dense[idx] = param`` fills dense
         self._record(_bare(func), _name(func), args, kwargs, written)
         return out
+
+    def _test(self) -> bool:
+        """The answer to a test of a tensor's truth value, noted with where the model's code made it."""
+        where = _caller()
+        answer = self.answers[where] > 0
+        self.answers[where] -= answer
+        self.tests.append((where, answer))
+        if answer or not self.true_pass:
+            self.guard = (where, answer)
+        return answer
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
@@ -284,6 +317,8 @@ class _Recorder(TorchFunctionMode):
                     self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
             if bare in _SCALES_A_WEIGHT and not live:
                 traced = self._without_gains(shown, traced, out)
+            elif not live and bare not in _KNOWN:  # a fake quantizer's step size and zero point, with its weight
+                traced = self._without_gains(shown, traced, out, known=False)
             via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
             self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via,
                           any(id(t) in self.selected for t in traced))
@@ -357,10 +392,12 @@ class _Recorder(TorchFunctionMode):
             return self._with_activations(bare, shown, tensor, others, last_axis)
         return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
 
-    def _without_gains(self, shown: str, traced: list[torch.Tensor], out: Any) -> list[torch.Tensor]:
+    def _without_gains(self, shown: str, traced: list[torch.Tensor], out: Any, known: bool = True) -> list[torch.Tensor]:
         """``traced`` less the gains of a weight: a parameter that multiplies another one of the product's
         whole shape, broadcast along some of its axes (a weight norm's magnitude ``g * v / v.norm()``,
-        a per-channel gain folded into a kernel) scales that weight and is no part of the matrix."""
+        a per-channel gain folded into a kernel) scales that weight and is no part of the matrix. In a
+        function decaykit does not know (``known=False``: a learnable fake quantizer's step size and
+        zero point), such a parameter is no part of the matrix either, but what it is stays untold."""
         shape = next((tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)), None)
         whole = {p for t in traced if tuple(t.shape) == shape for p in self.origin[id(t)]}
         if not whole:
@@ -369,8 +406,10 @@ class _Recorder(TorchFunctionMode):
         for t in traced:
             if tuple(t.shape) == shape or set(self.origin[id(t)]) <= whole:  # the weight, or its own norm
                 kept.append(t)
-            else:
+            elif known:
                 self._use(t, Use("scale", shown, f"scales a weight in {shown}, broadcast along its axes: a gain"))
+            else:
+                self._use(t, Use("other", shown, f"used with a weight in {shown}, broadcast along its axes"))
         return kept
 
     def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
@@ -398,6 +437,8 @@ class _Recorder(TorchFunctionMode):
             use = Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
         for p in self.origin[id(tensor)]:
             self.uses.setdefault(p, []).append(use)
+            if self.guard is not None:
+                self.after_test.setdefault((p, use), self.guard)
 
     def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
         for arg, value in _named_args(bare, args, kwargs).items():
@@ -466,9 +507,10 @@ class _Recorder(TorchFunctionMode):
         return Use("other", shown, f"used in {shown}")
 
 
-# Reading a value out of a fake tensor is impossible; a stand-in lets the pass go on past a model's
-# checks (``if mask.all():``, ``assert lengths.max().item() <= n``). The branch taken may not be the
-# one real data would take, but every use recorded is one the model's code makes.
+# Reading a value out of a fake tensor is impossible. A test of its truth (``if mask.any():``) is
+# answered False, and in a second pass True (:func:`_both_ways`); a number read (``.item()``,
+# ``int(t)``) gets a stand-in, 1, and lets the pass go on past a model's checks (``assert
+# lengths.max().item() <= n``). Every use recorded is one the model's code makes.
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
 
 
@@ -486,6 +528,33 @@ def _stand_in(read: str, t: torch.Tensor) -> Any:
             out = [out] * size
         return out
     return one
+
+
+# torch's own files between a model's code and the mode's ``__torch_function__``
+_DISPATCH_FILES = tuple(os.path.join("torch", name) for name in ("overrides.py", "_tensor.py", os.path.join("utils", "_device.py")))
+
+
+def _caller() -> str:
+    """Where the model's code made the current read: the frame that called ``__torch_function__``,
+    past torch's dispatch, as ``'self.training and torch.rand(1) > p' (peft/tuners/lokr/layer.py:309)``."""
+    import linecache
+    import sys
+
+    frame: Any = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "__torch_function__":
+        frame = frame.f_back
+    frame = frame.f_back if frame is not None else None
+    while frame is not None and frame.f_code.co_filename.endswith(_DISPATCH_FILES):
+        frame = frame.f_back
+    if frame is None:
+        return "a test of a tensor's value"
+    path = frame.f_code.co_filename
+    where = path.split(f"site-packages{os.sep}")[-1] if "site-packages" in path else os.path.basename(path)
+    code = linecache.getline(path, frame.f_lineno).split(" #")[0].strip()
+    for keyword in ("if ", "elif ", "while ", "assert "):
+        if code.startswith(keyword):
+            code = code[len(keyword):].rstrip(":").strip()
+    return f"{code!r} ({where}:{frame.f_lineno})" if code else f"{where}:{frame.f_lineno}"
 
 
 def _named_args(bare: str, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -614,17 +683,55 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
 
 
 def _best_trace(model: nn.Module, example_inputs: Any) -> Trace:
-    """The first pass that finishes, else the one that saw most, in the order of :func:`run_trace`."""
-    trace = _trace_once(model, example_inputs, None, meta=True)  # meta kernels: several times faster
-    # fake tensors also take the CPU constants a model mixes in; bfloat16 suits some kernels; a
-    # detector asks for targets in training mode
-    tries = [(torch.bfloat16, True, False), (None, False, False), (torch.bfloat16, False, False)]
-    for floats, meta, evaluate in tries + ([(None, True, True)] if model.training else []):
-        if trace.stopped is None:
-            return trace
-        again = _trace_once(model, example_inputs, floats, meta, evaluate)
-        trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
+    """The first pass that finishes, else the one that saw most, in the order of :func:`run_trace`;
+    where it tested a tensor's value, with what the other answers show (:func:`_both_ways`)."""
+    # meta kernels first: several times faster; bfloat16 suits some kernels; fake tensors also take
+    # the CPU constants a model mixes in; a detector asks for targets in training mode
+    tries = [(None, True, False), (torch.bfloat16, True, False), (None, False, False), (torch.bfloat16, False, False)]
+    tries += [(None, True, True)] if model.training else []
+    trace, first = _first_to_finish(model, example_inputs, tries)
+    if trace.tests:  # answered False; now True, as often at each place (a ``while`` loop runs once), from the way that worked
+        true = collections.Counter(where for where, _ in trace.tests)
+        trace = _both_ways(trace, _first_to_finish(model, example_inputs, tries[first:], true)[0])
     return trace
+
+
+def _first_to_finish(model: nn.Module, example_inputs: Any, tries: list[tuple[torch.dtype | None, bool, bool]],
+                     answers: Mapping[str, int] | None = None) -> tuple[Trace, int]:
+    """The first pass in ``tries`` (floats, meta, eval mode) that finishes, else the one that saw most, and its place."""
+    best, at = _trace_once(model, example_inputs, *tries[0], answers=answers), 0
+    for i, how in enumerate(tries[1:], 1):
+        if best.stopped is None:
+            break
+        again = _trace_once(model, example_inputs, *how, answers=answers)
+        if again.stopped is None or len(again.uses) > len(best.uses):
+            best, at = again, i
+    return best, at
+
+
+def _both_ways(false: Trace, true: Trace) -> Trace:
+    """The uses of a pass that answered every test of a tensor's value False, and of one that answered
+    them True (``if self.training and torch.rand(1) > p:``, PEFT's LoKr in training): what either saw
+    is kept. Where the two decide a tensor differently, the use that decides names the test it
+    came after and its answer, so no branch is taken silently. (Each test is answered one way for the
+    whole of a pass, and one the True answers lead to is answered False: a branch that needs some tests
+    true and others false is not seen.)"""
+    merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test})
+    for pid in false.uses.keys() | true.uses.keys():
+        mine, theirs = false.uses.get(pid, []), true.uses.get(pid, [])
+        seen = mine + theirs
+        decides = min(seen, key=lambda u: _RANK.index(u.kind))
+        test = false.after_test.get((pid, decides)) if decides in mine else true.after_test.get((pid, decides))
+        if test is not None and _decider(mine) != _decider(theirs):
+            where, answer = test
+            named = decides._replace(reason=f"{decides.reason}, where {where} is {'true' if answer else 'false'}")
+            seen = [named if u == decides else u for u in seen]
+        merged.uses[pid] = seen
+    return merged
+
+
+def _decider(seen: list[Use]) -> Use | None:
+    return min(seen, key=lambda u: _RANK.index(u.kind)) if seen else None
 
 
 # One trace per model and its tensors: param_groups, then audit, then a Monitor plan the same model.
@@ -680,7 +787,7 @@ def _modalities(inputs: Any) -> list[dict[str, Any]]:
 
 
 def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
-                evaluate: bool = False) -> Trace:
+                evaluate: bool = False, answers: Mapping[str, int] | None = None) -> Trace:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # on meta tensors, what the forward creates must be meta too: the default device says so
@@ -696,7 +803,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
     args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
                                      example_inputs))
-    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)])
+    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers)
     stopped = None
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
@@ -713,7 +820,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         fake_log.setLevel(level)
         _restore(saved)
     recorder.finish()
-    return Trace(recorder.uses, stopped)
+    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test)
 
 
 @contextlib.contextmanager
