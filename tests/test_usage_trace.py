@@ -883,3 +883,44 @@ def test_what_meets_a_weight_in_a_function_decaykit_does_not_know_is_no_part_of_
     for name in ("scale", "zero_point"):  # reached (not "not reached"), and decided by the structure
         assert not p[name].decay and p[name].reason.startswith("scalar on LearnedStep (shape rule) (structural: used "
                                                                "with a weight in _fake_quantize_learnable_per_tensor_affine")
+
+
+class LearnedKeyValue(nn.Module):
+    """What ``nn.MultiheadAttention(add_bias_kv=True)`` does inside ``F.multi_head_attention_forward``, by hand
+    (as fairseq and lucidrains' ``null_kv`` write it): a learned key and value joined to the keys and values
+    with ``torch.cat``, read by ``F.scaled_dot_product_attention`` or by eager attention."""
+
+    def __init__(self, eager: bool, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.eager, self.heads = eager, heads
+        self.in_proj, self.out_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.bias_k, self.bias_v = nn.Parameter(torch.zeros(1, 1, d)), nn.Parameter(torch.zeros(1, 1, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.in_proj(x).chunk(3, -1)
+        k = torch.cat([k, self.bias_k.expand(x.shape[0], 1, -1)], 1)
+        v = torch.cat([v, self.bias_v.expand(x.shape[0], 1, -1)], 1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        if self.eager:
+            out = ((q @ k.mT) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class TorchKeyValue(nn.MultiheadAttention):
+    def forward(self, x):
+        return super().forward(x, x, x)[0]
+
+
+@pytest.mark.parametrize(("model", "read_as", "joined_in"), [
+    (LearnedKeyValue(eager=False), ("keys", "values"), "cat"),
+    (LearnedKeyValue(eager=True), ("keys or values", "keys or values"), "cat"),  # a product: q @ k.mT or p @ v
+    (TorchKeyValue(8, 2, batch_first=True, add_bias_kv=True), ("keys", "values"), "F.multi_head_attention_forward"),
+], ids=["sdpa", "eager", "torch"])
+def test_a_learned_key_and_value_joined_to_attention_are_its_biases_however_written(model, read_as, joined_in):
+    for example in (False, torch.zeros(2, 5, 8)):  # by the structure (their names), then traced
+        p = decaykit.plan(model, 0.1, example_inputs=example)
+        assert [(p[n].role, p[n].decay) for n in ("bias_k", "bias_v")] == [("bias", False)] * 2, p["bias_k"].reason
+    for name, what in zip(("bias_k", "bias_v"), read_as):
+        assert p[name].reason == f"joined to the {what} of attention in {joined_in}: a learned key/value, a bias (traced)"

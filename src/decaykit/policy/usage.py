@@ -9,7 +9,8 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
   the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
-  input of a layer -> ``token``, treated like an embedding;
+  input of a layer -> ``token``, treated like an embedding; concatenated with the keys or values
+  attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned key/value;
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
   tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
@@ -80,7 +81,7 @@ _LAYER_ARGS: dict[str, dict[str, str]] = {
     "addbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
     "addmv": {"input": "bias", "mat": "matmul", "vec": "matmul"},
     "multi_head_attention_forward": {"query": "input", "key": "input", "value": "input", "in_proj_weight": "matmul",
-                                     "in_proj_bias": "bias", "bias_k": "bias", "bias_v": "bias",
+                                     "in_proj_bias": "bias", "bias_k": "keys", "bias_v": "values",
                                      "out_proj_weight": "matmul", "out_proj_bias": "bias", "q_proj_weight": "matmul",
                                      "k_proj_weight": "matmul", "v_proj_weight": "matmul"},
     # attention holds no weights: a parameter given as its query or keys is a learned token
@@ -133,6 +134,8 @@ _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "per
                    "diagonal", "tril", "triu", "abs", "__pos__"})
 # Cutting a tensor into pieces along one axis: the rows of a summed table become a modulation's shift and scale.
 _SPLITS = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes", "select", "__getitem__"})
+# Joining tensors along an axis: a parameter joined to activations is a learned token, or a learned key/value.
+_JOINS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack"})
 # Every function whose operands' roles decaykit knows; with another, a parameter's role stays untold.
 _KNOWN = _PASS | _ADD | _MUL | _CONCAT | _NONLINEAR | _MATMUL | _SELECT | _SPLITS | _SCALES_A_WEIGHT | frozenset(_LAYER_ARGS)
 # What attention scores go through and stay scores: views, scaling, masking, adding biases.
@@ -143,7 +146,8 @@ _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index i
         "input": "input of {f}: a learned token", "concat": "joined to activations in {f}: a learned token",
         "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
         "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter",
-        "picked": "rows picked by the input, then fed to {f}: an embedding lookup"}
+        "picked": "rows picked by the input, then fed to {f}: an embedding lookup",
+        "keyvalue": "joined to the {what} of attention in {f}: a learned key/value, a bias"}
 _ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
           "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "position"}
 # A parameter used several ways is what its strongest use says: a table looked up (and maybe tied
@@ -198,6 +202,8 @@ class _Deferred:
 
     tensor: torch.Tensor
     use: Use  # what it is, unless what follows says otherwise
+    joined: bool = False  # joined to activations (``torch.cat``): what reads them decides; else added to them
+    attends: set[str] = field(default_factory=set)  # how what it was joined to was read: "keys", "values", "other"
     split: str | None = None  # the function that cut the output into rows
     meets: set[str] = field(default_factory=set)  # "shift" / "scale": how the rows then met other activations
 
@@ -334,12 +340,15 @@ class _Recorder(TorchFunctionMode):
                 use = self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs))
                 if use.kind in ("table", "other") and bare in _ADD and isinstance(out, torch.Tensor):
                     self._defer(t, use, out, _varying_axes(t.shape, out.shape))
+                elif use.kind == "concat" and bare in _JOINS:
+                    self._defer(t, use, out, (), joined=True)
                 else:
                     self._use(t, use)
 
-    def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...]) -> None:
+    def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
+               joined: bool = False) -> None:
         """Record ``use`` of ``tensor`` once the trace has seen what ``out`` feeds (:meth:`finish`)."""
-        deferred = _Deferred(tensor, use)
+        deferred = _Deferred(tensor, use, joined)
         self.deferred.append(deferred)
         self.following[id(out)] = (deferred, axes)
         self.keep += [tensor, out]
@@ -348,14 +357,17 @@ class _Recorder(TorchFunctionMode):
         """Follow the sum of a table and activations: cut along the table's rows (``chunk``, ``unbind``,
         ``[:, i]``), each row, through views and arithmetic with constants (``1 + scale``), meets other
         activations in ``mul`` or ``add``: the rows shift and scale them, the table is a modulation's bias
-        (adaLN-single's ``scale_shift_table``), not a table that varies along the tokens."""
+        (adaLN-single's ``scale_shift_table``), not a table that varies along the tokens. And follow
+        activations a parameter was joined to (:meth:`_follow_joined`)."""
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         for t in live:
             if id(t) not in self.following:
                 continue
             deferred, axes = self.following[id(t)]
             others = [a for a in live if a is not t and self.following.get(id(a), (None,))[0] is not deferred]
-            if axes and t is first and bare in _SPLITS:
+            if deferred.joined:
+                self._follow_joined(deferred, t, first, others, bare, args, kwargs, out)
+            elif axes and t is first and bare in _SPLITS:
                 if _rows(t, args, kwargs, out, axes, bare):
                     deferred.split = shown
                     self._tag(out, deferred, ())
@@ -365,6 +377,23 @@ class _Recorder(TorchFunctionMode):
                 deferred.meets.add("shift" if bare in _ADD else "scale")
             elif not axes and not others and bare in _PASS | _ADD | _MUL:
                 self._tag(out, deferred, ())  # ``1 + scale``, ``shift.to(x.dtype)``: still the row
+
+    def _follow_joined(self, deferred: _Deferred, t: torch.Tensor, first: torch.Tensor | None,
+                       others: list[torch.Tensor], bare: str, args: tuple, kwargs: dict, out: Any) -> None:
+        """Activations ``t`` a parameter was joined to (``torch.cat``), through views: read by attention as
+        its keys or values and nothing else (the key of ``F.scaled_dot_product_attention``, a product
+        with other activations, ``q @ k.mT``), the parameter is a learned key/value, the attention's bias
+        (what ``add_bias_kv`` appends); used any other way, it stays a learned token."""
+        if bare in _PASS and t is first:
+            self._tag(out, deferred, ())
+        elif bare == "scaled_dot_product_attention":
+            named = _named_args(bare, args, kwargs)
+            deferred.attends.add(next((w for arg, w in (("key", "keys"), ("value", "values")) if named.get(arg) is t),
+                                      "other"))
+        elif bare in _MATMUL and others:
+            deferred.attends.add("keys or values")
+        else:
+            deferred.attends.add("other")
 
     def _tag(self, out: Any, deferred: _Deferred, axes: tuple[int, ...]) -> None:
         for o in tree_flatten(out)[0]:
@@ -376,7 +405,11 @@ class _Recorder(TorchFunctionMode):
         """Record the deferred uses: what their outputs fed settled them, or else they are what they first seemed."""
         for deferred in self.deferred:
             use = deferred.use
-            if deferred.meets:
+            if deferred.attends and "other" not in deferred.attends:
+                what = (next(iter(deferred.attends)) if len(deferred.attends) == 1 else
+                        "keys and values" if {"keys", "values"} <= deferred.attends else "keys or values")
+                use = Use("bias", use.func, _WHY["keyvalue"].format(what=what, f=use.func))
+            elif deferred.meets:
                 how = " and ".join(sorted(deferred.meets))
                 use = Use("bias", use.func, f"added to activations in {use.func}, then cut by {deferred.split} into rows "
                                             f"that {how} other activations: a modulation's bias")
@@ -449,6 +482,8 @@ class _Recorder(TorchFunctionMode):
                 self._use(value, Use("lookup", shown, _WHY["picked"].format(f=shown)))
             elif kind == "bias":
                 self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
+            elif kind in ("keys", "values"):  # add_bias_kv: torch.cat'ed to the keys and values
+                self._use(value, Use("bias", shown, _WHY["keyvalue"].format(what=kind, f=shown)))
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
 
