@@ -924,3 +924,60 @@ def test_a_learned_key_and_value_joined_to_attention_are_its_biases_however_writ
         assert [(p[n].role, p[n].decay) for n in ("bias_k", "bias_v")] == [("bias", False)] * 2, p["bias_k"].reason
     for name, what in zip(("bias_k", "bias_v"), read_as):
         assert p[name].reason == f"joined to the {what} of attention in {joined_in}: a learned key/value, a bias (traced)"
+
+
+class SparseAdapter(nn.Module):
+    """PEFT's SHiRA: a vector of trainable entries written into a sparse weight beside the frozen base layer."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.values = nn.Parameter(torch.zeros(4))
+        self.register_buffer("where", torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros(self.base.out_features, self.base.in_features, dtype=x.dtype, device=x.device)
+        delta[self.where[0], self.where[1]] = self.values
+        return self.base(x) + F.linear(x, delta)
+
+
+class PassesOn(nn.Module):
+    """PEFT's ``PeftModel`` and its tuner: ``forward(*args, **kwargs)`` hands the input to the model it wraps,
+    a transformers model whose config says what its input is, which the wrapper may expose or not."""
+
+    def __init__(self, model: nn.Module, config: object = None) -> None:
+        super().__init__()
+        self.model = model
+        if config is not None:
+            self.config = config
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("config", [True, False])
+def test_a_wrapper_that_passes_its_input_on_gets_the_input_of_the_model_it_wraps(config):
+    transformers = pytest.importorskip("transformers")
+    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50,
+                                                               n_positions=16))
+    gpt.transformer.h[0].mlp.c_fc = SparseAdapter(nn.Linear(16, 64))
+    model = PassesOn(PassesOn(gpt), config=gpt.config if config else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)  # nothing left to its shape
+        p = decaykit.plan(model, 0.1)
+    name = "model.model.transformer.h.0.mlp.c_fc.values"
+    assert (p[name].decay, p[name].reason, p.note) == (True, "matrix operand of F.linear (traced)", None)
+
+
+def test_a_model_whose_config_fixes_no_input_it_takes_says_so():
+    class Configured(nn.Module):  # a config, but an input the config cannot make
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = pytest.importorskip("transformers").GPT2Config()
+            self.gain = nn.Parameter(torch.ones(3, 4))
+
+        def forward(self, x):
+            return x * self.gain
+
+    with pytest.warns(DecayWarning, match=r"Configured's GPT2Config fixes no input its forward \(x\) takes"):
+        decaykit.plan(Configured(), 0.1)

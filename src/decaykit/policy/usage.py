@@ -784,8 +784,7 @@ def trace_on_own_input(model: nn.Module) -> Trace:
         return known[1]
     inputs = example_inputs_for(model)
     if inputs is None:
-        why = f"{type(model).__name__} has no example_inputs() method, config or first weight layer that fixes its input"
-        trace = Trace({}, why, ran=False)
+        trace = Trace({}, _no_input(model), ran=False)
     else:
         trace = run_trace(model, inputs)
         masked = _with_masked_patches(model, inputs)
@@ -799,11 +798,11 @@ def trace_on_own_input(model: nn.Module) -> Trace:
 def _with_masked_patches(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
     """The inputs plus a mask over the image's patches, for a transformers model whose forward takes
     ``bool_masked_pos``: its mask token is used only where patches are masked."""
-    config = getattr(model, "config", None)
+    config, takes = _config_of(model)
     vision = getattr(config, "vision_config", None) or config
     patch = getattr(vision, "patch_size", None)
     pixels = inputs.get("pixel_values") if isinstance(inputs, Mapping) else None
-    if "bool_masked_pos" not in _arguments(model) or not isinstance(patch, int) or patch <= 0 or pixels is None:
+    if "bool_masked_pos" not in takes or not isinstance(patch, int) or patch <= 0 or pixels is None:
         return None
     patches = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
     return {**inputs, "bool_masked_pos": torch.zeros(1, patches, dtype=torch.bool)}
@@ -1013,7 +1012,7 @@ def example_inputs_for(model: nn.Module) -> Any | None:
 
     In order: its own ``example_inputs()`` method or Lightning's ``example_input_array``; a
     Hugging Face model's config (token ids from its vocabulary, or pixel values for an image
-    model); timm's ``pretrained_cfg["input_size"]``; else the first weight layer in the order the
+    model), also through a wrapper whose ``forward`` takes ``*args, **kwargs`` (PEFT's ``PeftModel``); timm's ``pretrained_cfg["input_size"]``; else the first weight layer in the order the
     model registers them (``Linear``: features, ``Conv*d``: channels, at an ``img_size`` /
     ``image_size`` the model states or 224, 16 frames of them for ``Conv3d``, ``Embedding``:
     token ids). A guess that does not
@@ -1032,14 +1031,53 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     array = getattr(model, "example_input_array", None)  # Lightning's convention
     if isinstance(array, (torch.Tensor, tuple, list, Mapping)):
         return array
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        return _from_config(config, _arguments(model))
+    config, takes = _config_of(model)
+    if config is not None:
+        return _from_config(config, takes)
     stated = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     size = stated.get("input_size") if isinstance(stated, Mapping) else None
     if isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(n, int) and n > 0 for n in size):
         return torch.zeros(2, *size)
     return _from_first_layer(model)
+
+
+def _config_of(model: nn.Module) -> tuple[Any, frozenset[str]]:
+    """A transformers config for ``model`` (its own, or that of the model a wrapper hands its input to),
+    or ``None``, and the arguments of the forward that takes the input."""
+    inner = _passed_to(model)
+    for holder in dict.fromkeys((model, inner)):
+        config = getattr(holder, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            return config, _arguments(inner)
+    return None, frozenset()
+
+
+def _passed_to(model: nn.Module) -> nn.Module:
+    """The module ``model`` hands its input to: itself, or, where its ``forward`` takes only ``*args`` and
+    ``**kwargs`` (PEFT's ``PeftModel`` and its tuner), the first module it holds, in turn."""
+    import inspect
+
+    for _ in range(8):  # wrappers nest a few levels at most
+        try:
+            kinds = {p.kind for p in inspect.signature(model.forward).parameters.values()}
+        except (TypeError, ValueError):
+            break
+        child = next(model.children(), None)
+        if not kinds or not kinds <= {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} or child is None:
+            break
+        model = child
+    return model
+
+
+def _no_input(model: nn.Module) -> str:
+    """Why :func:`example_inputs_for` made no input for ``model``."""
+    name = type(model).__name__
+    config, takes = _config_of(model)
+    if config is None:
+        return f"{name} has no example_inputs() method, config or first weight layer that fixes its input"
+    taken = ", ".join(sorted(takes)) or "no named argument"
+    return (f"{name}'s {type(config).__name__} fixes no input its forward ({taken}) takes: decaykit makes "
+            "input_ids, pixel_values, input_values or input_features from a config")
 
 
 def _from_first_layer(model: nn.Module) -> torch.Tensor | None:
