@@ -23,7 +23,8 @@ Order of the checks, first hit wins:
    per-expert ``gate_up_proj_bias``, Swin's ``relative_position_bias_table``, LeViT's
    ``attention_biases``) -> ``bias``, no decay, whatever its shape: their authors exclude them;
 5. any module: at most one non-singleton dimension (a (C,), (C,1,1) or (1,1,C) layer scale,
-   a scalar temperature) -> ``scale``, no decay;
+   a scalar temperature) -> ``scale``, no decay; a (1,1,C) or (C,) one may as well be a learned
+   token, which a trace decays, and the reason says the shape cannot tell;
 6. any module: a table named like an embedding (``pos_embed``, ``position_embeddings``) ->
    ``embedding``, following ``decay_embeddings`` like ``nn.Embedding`` tables;
 7. anything else (two or more non-singleton dimensions on an unknown module) -> ``matrix``,
@@ -196,8 +197,11 @@ def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tup
         what = "per-channel tensor" if per_channel else f"{shape_str(shape)} table"
         return "bias", False, f"bias-named {what} on {kind}"
     if per_channel:
-        what = "scalar" if len(shape) == 0 or all(s == 1 for s in shape) else f"per-channel {shape_str(shape)}"
-        return "scale", False, f"{what} on {kind} (shape rule)"
+        if len(shape) == 0 or all(s == 1 for s in shape):
+            return "scale", False, f"scalar on {kind} (shape rule)"
+        # a ViT's cls token is (1,1,C) too, and ResMLP's gain and shift: only its use tells them apart
+        could = "a gain, a bias or a learned token" if shape[-1] > 1 else "a gain or a bias"
+        return "scale", False, f"per-channel {shape_str(shape)} on {kind}: {could}, the shape cannot tell which (shape rule)"
     if _EMBED_LEAF.search(leaf):
         if decay_embeddings:
             return "embedding", True, f"embedding-named {shape_str(shape)} table on {kind}"
