@@ -981,3 +981,17 @@ def test_a_model_whose_config_fixes_no_input_it_takes_says_so():
 
     with pytest.warns(DecayWarning, match=r"Configured's GPT2Config fixes no input its forward \(x\) takes"):
         decaykit.plan(Configured(), 0.1)
+
+
+def test_the_added_operand_of_addcmul_is_a_bias_and_the_multiplied_one_a_scale():
+    class Affine(nn.Module):  # ResMLP's Affine, fused: beta + alpha * x
+        def __init__(self) -> None:
+            super().__init__()
+            self.alpha, self.beta = nn.Parameter(torch.ones(1, 1, 8)), nn.Parameter(torch.zeros(1, 1, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.addcmul(self.beta, self.alpha, x)
+
+    p = decaykit.plan(Affine(), 0.1, example_inputs=torch.zeros(2, 5, 8))
+    assert (p["beta"].role, p["beta"].decay, p["beta"].reason) == ("bias", False, "added to activations in addcmul: a bias (traced)")
+    assert (p["alpha"].role, p["alpha"].reason) == ("scale", "multiplies activations in addcmul: a scale (traced)")

@@ -118,7 +118,9 @@ _CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"
                      "masked_fill", "masked_fill_", "__setitem__", "index_copy", "index_copy_"})
 _ADD = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__"})
 _MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
-                  "true_divide", "addcmul", "multiply"})
+                  "true_divide", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "multiply"})
+# ``input + value * tensor1 * tensor2`` (or ``/ tensor2``): the first operand is added, the others multiply
+_ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 # Nonlinear maps of a parameter on its own: what comes out is no longer the parameter (Mamba's
 # ``-exp(A_log)``, CLIP's ``logit_scale.exp()``, softmax-ed mixing weights).
 _NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
@@ -335,10 +337,12 @@ class _Recorder(TorchFunctionMode):
         else:
             # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
             elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
+            added = _named_input(args, kwargs) if bare in _ADDS_INPUT else None  # addcmul's first operand is added
             for t in traced:
                 how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
+                how = "add" if t is added else how
                 use = self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs))
-                if use.kind in ("table", "other") and bare in _ADD and isinstance(out, torch.Tensor):
+                if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
                     self._defer(t, use, out, _varying_axes(t.shape, out.shape))
                 elif use.kind == "concat" and bare in _JOINS:
                     self._defer(t, use, out, (), joined=True)
@@ -597,6 +601,11 @@ def _named_args(bare: str, args: tuple, kwargs: dict) -> dict[str, Any]:
     named = dict(zip(_POSITIONS[bare], args))
     named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
     return named
+
+
+def _named_input(args: tuple, kwargs: dict) -> Any:
+    """The ``input`` operand, given first or by keyword (``self`` of a method)."""
+    return args[0] if args else kwargs.get("input")
 
 
 def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
