@@ -10,7 +10,8 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
   input of a layer -> ``token``, treated like an embedding; concatenated with the keys or values
-  attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned key/value;
+  attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned
+  key/value;
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
   tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
@@ -26,14 +27,15 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
 constants or buffers (a weight times a mask), operations on parameters alone (a weight
 standardised, tokens concatenated together, a parametrization; not a gain broadcast over a
-weight) and writes into a tensor that is no activation (``dense[idx] = param``, a sparse
-or spectral weight filled in) pass a parameter through unchanged; one that meets a weight in a function
-decaykit does not know (a learnable fake quantizer's step size) is no part of the matrix, and its role
-stays untold. The pass runs under ``FakeTensorMode``: no real compute, no real memory. A test of a
-tensor's value (``if self.training and torch.rand(1) > p:``) is answered False, then in a second
-pass True, and what either saw is kept; where the two decide a tensor differently, the deciding use
-names the test and its answer. A number read (``.item()``) gets a stand-in, 1; at an operation whose output shape depends on values
-the pass stops, and what was seen until then is kept.
+weight) and writes into a tensor that is no activation (``dense[idx] = param``, a sparse or
+spectral weight filled in) pass a parameter through unchanged; one that meets a weight in a
+function decaykit does not know (a learnable fake quantizer's step size) is no part of the
+matrix, and its role stays untold. The pass runs under ``FakeTensorMode``: no real compute, no
+real memory. A test of a tensor's value (``if self.training and torch.rand(1) > p:``) is
+answered False, then in a second pass True, and what either saw is kept; where the two decide a
+tensor differently, the deciding use names the test and its answer. A number read (``.item()``)
+gets a stand-in, 1; at an operation whose output shape depends on values the pass stops, and
+what was seen until then is kept.
 
 >>> from torch import nn
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
