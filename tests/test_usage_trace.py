@@ -995,3 +995,23 @@ def test_the_added_operand_of_addcmul_is_a_bias_and_the_multiplied_one_a_scale()
     p = decaykit.plan(Affine(), 0.1, example_inputs=torch.zeros(2, 5, 8))
     assert (p["beta"].role, p["beta"].decay, p["beta"].reason) == ("bias", False, "added to activations in addcmul: a bias (traced)")
     assert (p["alpha"].role, p["alpha"].reason) == ("scale", "multiplies activations in addcmul: a scale (traced)")
+
+
+def test_steps_of_a_sequence_unbound_one_by_one_are_no_rows_of_a_modulation():
+    """A position table added to the tokens, then the tokens taken one by one into a recurrence: each
+    step meets a state of its own size, not broadcast over tokens, and the table stays a position table."""
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.positions = nn.Parameter(torch.zeros(1, 4, 8))
+            self.cell = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, 4, 8)
+            h = self.cell(x[:, 0])
+            for step in (x + self.positions).unbind(1):
+                h = h * torch.sigmoid(self.cell(h)) + step
+            return h
+
+    p = decaykit.plan(Recurrent(), 0.1, example_inputs=torch.zeros(2, 4, 8))
+    assert (p["positions"].role, p["positions"].decay) == ("position", True), p["positions"].reason

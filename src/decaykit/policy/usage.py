@@ -362,9 +362,10 @@ class _Recorder(TorchFunctionMode):
     def _follow(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, live: list[torch.Tensor]) -> None:
         """Follow the sum of a table and activations: cut along the table's rows (``chunk``, ``unbind``,
         ``[:, i]``), each row, through views and arithmetic with constants (``1 + scale``), meets other
-        activations in ``mul`` or ``add``: the rows shift and scale them, the table is a modulation's bias
-        (adaLN-single's ``scale_shift_table``), not a table that varies along the tokens. And follow
-        activations a parameter was joined to (:meth:`_follow_joined`)."""
+        activations in ``mul`` or ``add``, broadcast over their tokens: the rows shift and scale them,
+        the table is a modulation's bias (adaLN-single's ``scale_shift_table``), not a table that varies
+        along the tokens (steps of a sequence unbound one by one meet activations of their own size).
+        And follow activations a parameter was joined to (:meth:`_follow_joined`)."""
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         for t in live:
             if id(t) not in self.following:
@@ -380,7 +381,8 @@ class _Recorder(TorchFunctionMode):
             elif axes and t is first and bare in _PASS and _same_shapes(t, out):
                 self._tag(out, deferred, axes)  # a cast or a copy of the sum
             elif not axes and others and bare in _ADD | _MUL and deferred.split is not None:
-                deferred.meets.add("shift" if bare in _ADD else "scale")
+                if any(_broadcast_over(t.shape, a.shape) for a in others):  # one row for all of their tokens
+                    deferred.meets.add("shift" if bare in _ADD else "scale")
             elif not axes and not others and bare in _PASS | _ADD | _MUL:
                 self._tag(out, deferred, ())  # ``1 + scale``, ``shift.to(x.dtype)``: still the row
 
@@ -638,6 +640,12 @@ def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: s
 def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
     """The axes of ``out``, counted from its end, along which an addend of ``shape`` varies, its last (channels) aside."""
     return tuple(i for i in range(-min(len(shape), len(out)), -1) if shape[i] > 1)
+
+
+def _broadcast_over(shape: torch.Size, other: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` is broadcast along an axis of more than one entry of ``other``."""
+    padded = (1,) * (len(other) - len(shape)) + tuple(shape)
+    return any(s == 1 and n > 1 for s, n in zip(padded, other))
 
 
 def _same_shapes(t: torch.Tensor, out: Any) -> bool:
