@@ -1015,3 +1015,24 @@ def test_steps_of_a_sequence_unbound_one_by_one_are_no_rows_of_a_modulation():
 
     p = decaykit.plan(Recurrent(), 0.1, example_inputs=torch.zeros(2, 4, 8))
     assert (p["positions"].role, p["positions"].decay) == ("position", True), p["positions"].reason
+
+
+def test_a_decision_that_rests_on_one_answer_names_the_test_it_came_after():
+    """The modulation table is used after the first value test and decided once the trace has seen what its
+    sum feeds, after the second: its reason names the first."""
+
+    class Gated(AdaLNSingle):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if x.isnan().any():
+                return x
+            temb = self.t_embed(t)
+            shift, scale, *_ = self.rows(self.table[None] + temb.reshape(x.shape[0], 6, -1), 6)
+            x = self.norm(x) * (1 + scale) + shift
+            if x.isinf().any():
+                return x
+            return self.out(x)
+
+    p = decaykit.plan(Gated("chunk"), 0.1, example_inputs=(torch.zeros(2, 5, 8), torch.zeros(2, 4)))
+    line = Gated.forward.__code__.co_firstlineno + 1
+    assert p["table"].role == "bias" and p["table"].reason.endswith(
+        f"a modulation's bias, where 'x.isnan().any()' (test_usage_trace.py:{line}) is false (traced)"), p["table"].reason

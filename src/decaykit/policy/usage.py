@@ -210,6 +210,7 @@ class _Deferred:
     attends: set[str] = field(default_factory=set)  # how what it was joined to was read: "keys", "values", "other"
     split: str | None = None  # the function that cut the output into rows
     meets: set[str] = field(default_factory=set)  # "shift" / "scale": how the rows then met other activations
+    guard: tuple[str, bool] | None = None  # the test of a value the use came after, if any
 
 
 def _name(func: Any) -> str:
@@ -354,7 +355,7 @@ class _Recorder(TorchFunctionMode):
     def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
                joined: bool = False) -> None:
         """Record ``use`` of ``tensor`` once the trace has seen what ``out`` feeds (:meth:`finish`)."""
-        deferred = _Deferred(tensor, use, joined)
+        deferred = _Deferred(tensor, use, joined, guard=self.guard)
         self.deferred.append(deferred)
         self.following[id(out)] = (deferred, axes)
         self.keep += [tensor, out]
@@ -421,6 +422,7 @@ class _Recorder(TorchFunctionMode):
                 how = " and ".join(sorted(deferred.meets))
                 use = Use("bias", use.func, f"added to activations in {use.func}, then cut by {deferred.split} into rows "
                                             f"that {how} other activations: a modulation's bias")
+            self.guard = deferred.guard  # the test the use came after, not the last one of the pass
             self._use(deferred.tensor, use)
         self.deferred, self.following = [], {}
 
