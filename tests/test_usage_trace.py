@@ -824,13 +824,14 @@ class KroneckerAdapter(nn.Module):
     """PEFT's LoKr / LoHa (``lycoris_utils``): the adapter, a Kronecker product of two small factors used as
     a weight, runs only where ``(not self.training) or (self.training and torch.rand(1) > module_dropout)``:
     a test of a tensor's value, which fake tensors cannot answer; ``module_dropout`` is 0, so it always runs.
-    ``gain`` is used only where a value test is false; a loop on values must end."""
+    ``gain``, a (2, 2) gain the structure would call a matrix, is used only where a value test is false; a
+    loop on values must end."""
 
     def __init__(self) -> None:
         super().__init__()
         self.base = nn.Linear(4, 4)
         self.w1, self.w2 = nn.Parameter(torch.randn(2, 1)), nn.Parameter(torch.randn(2, 4))
-        self.gain = nn.Parameter(torch.ones(4))
+        self.gain = nn.Parameter(torch.ones(2, 2))
         self.module_dropout = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -841,17 +842,17 @@ class KroneckerAdapter(nn.Module):
             out = out + F.linear(x, torch.kron(self.w1, self.w2))
         if out.isnan().any():
             return out
-        return out * self.gain
+        return out * self.gain.flatten()
 
 
 def test_a_branch_on_a_value_is_traced_both_ways_and_a_decision_that_rests_on_one_way_says_so():
     model = KroneckerAdapter().train()
     p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 4))
     test = "where '(not self.training) or (self.training and torch.rand(1) > self.module_dropout)' (test_usage_trace.py:"
-    for name in ("w1", "w2"):  # the (2, 1) factor was left to its shape, per-channel, and not decayed
-        assert (p[name].role, p[name].decay) == ("weight", True)
-        assert p[name].reason.startswith(f"matrix operand of F.linear, {test}") and p[name].reason.endswith(
-            ") is true (traced)"), p[name].reason
+    assert [(p[n].role, p[n].decay) for n in ("w1", "w2")] == [("weight", True)] * 2  # (2, 1) was left per-channel
+    assert p["w1"].reason.startswith(f"matrix operand of F.linear, {test}") and p["w1"].reason.endswith(
+        ") is true (traced)"), p["w1"].reason
+    assert p["w2"].reason == "matrix operand of F.linear (traced)"  # by its shape, a matrix too: it rests on nothing
     assert p["gain"].reason.startswith("multiplies activations in mul: a scale, where 'out.isnan().any()'")
     assert p["gain"].reason.endswith(") is false (traced)") and p.note is None
     model.eval()  # no value test before the adapter: nothing to say

@@ -4,7 +4,9 @@ With an example input (``plan(model, wd, example_inputs=...)``) the role comes f
 forward pass (:mod:`decaykit.policy.usage`): a matrix operand is a weight, a gain a norm, an
 addend a bias, whatever the owner is called and whatever the shape. Without one, or for a
 tensor the pass never reached, the structural rules below decide, and a traced plan's reason
-says the decision was structural.
+says the decision was structural. Where the forward tests a value and the pass saw a tensor only
+on one answer (the other saw it used otherwise, or not at all) and the other answer would decide
+it differently, the reason names the test: ``..., where 'torch.rand(1) > p' (<file>:<line>) is true``.
 
 This is the ``"decaykit"`` policy's source of truth. Names are never pattern-matched to find a
 norm (HF's ``bias`` regex also hits T5's ``relative_attention_bias`` embedding, and norms called
@@ -99,6 +101,9 @@ class ParamInfo:
     component: str | None = None  # ``original0`` etc. for a parametrized tensor's pieces
     use: Use | None = field(default=None, compare=False)  # what the traced forward pass saw, if traced
     traced: str = ""  # with a traced plan: why a tensor without a ``use`` was not seen ("" when not traced)
+    # where the forward tested a value and the two answers saw it differently: what the other answer saw, and
+    # the clause naming the test ("where 'torch.rand(1) > p' (<file>:<line>) is true")
+    branch: tuple[Use | None, str] | None = field(default=None, compare=False)
 
     @property
     def module_type(self) -> str:
@@ -143,7 +148,15 @@ def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bo
     if not info.traced:
         return classify_structure(info, decay_embeddings=decay_embeddings)
     if info.component is None and info.use is not None and info.use.kind != "other":
-        return classify_use(info.use, decay_embeddings=decay_embeddings)
+        role, decay, reason = classify_use(info.use, decay_embeddings=decay_embeddings)
+        if info.branch is not None:  # seen one way on one answer to a test of a value: does the decision rest on it?
+            other, clause = info.branch
+            alternative = (classify_use(other, decay_embeddings=decay_embeddings) if other is not None and
+                           other.kind != "other" else classify_structure(info, decay_embeddings=decay_embeddings))
+            if alternative[1] != decay:
+                return classify_use(info.use._replace(reason=f"{info.use.reason}, {clause}"),
+                                    decay_embeddings=decay_embeddings)
+        return role, decay, reason
     role, decay, reason = classify_structure(info, decay_embeddings=decay_embeddings)
     if info.component is not None:
         return role, decay, f"{reason} (structural: a parametrization's piece)"

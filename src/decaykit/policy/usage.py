@@ -32,8 +32,8 @@ spectral weight filled in) pass a parameter through unchanged; one that meets a 
 function decaykit does not know (a learnable fake quantizer's step size) is no part of the
 matrix, and its role stays untold. The pass runs under ``FakeTensorMode``: no real compute, no
 real memory. A test of a tensor's value (``if self.training and torch.rand(1) > p:``) is
-answered False, then in a second pass True, and what either saw is kept; where the two decide a
-tensor differently, the deciding use names the test and its answer. A number read (``.item()``)
+answered False, then in a second pass True, and what either saw is kept; where a decision rests
+on one answer, its reason names the test and the answer (:func:`decaykit.policy.roles.classify`). A number read (``.item()``)
 gets a stand-in, 1; at an operation whose output shape depends on values the pass stops, and
 what was seen until then is kept.
 
@@ -182,6 +182,9 @@ class Trace:
     # them and the answer, in order; for a use seen after one of them, the one it is put down to
     tests: list[tuple[str, bool]] = field(default_factory=list)
     after_test: dict[tuple[int, Use], tuple[str, bool]] = field(default_factory=dict)
+    # where the two answers to those tests decide a parameter differently: what the other answer saw
+    # (``None``: nothing) and the clause naming the test the deciding use came after, "where ... is true"
+    branch: dict[int, tuple[Use | None, str]] = field(default_factory=dict)
 
     @property
     def unseen(self) -> str:
@@ -194,10 +197,7 @@ class Trace:
 
     def use_of(self, param: torch.Tensor) -> Use | None:
         """The use that decides: the strongest seen, or ``None`` if the pass never reached it."""
-        seen = self.uses.get(id(param))
-        if not seen:
-            return None
-        return min(seen, key=lambda u: _RANK.index(u.kind))
+        return _decider(self.uses.get(id(param)) or [])
 
 
 @dataclass
@@ -768,25 +768,25 @@ def _first_to_finish(model: nn.Module, example_inputs: Any, tries: list[tuple[to
 def _both_ways(false: Trace, true: Trace) -> Trace:
     """The uses of a pass that answered every test of a tensor's value False, and of one that answered
     them True (``if self.training and torch.rand(1) > p:``, PEFT's LoKr in training): what either saw
-    is kept. Where the two decide a tensor differently, the use that decides names the test it
-    came after and its answer, so no branch is taken silently. (Each test is answered one way for the
-    whole of a pass, and one the True answers lead to is answered False: a branch that needs some tests
-    true and others false is not seen.)"""
+    is kept. Where the two decide a tensor differently, ``Trace.branch`` keeps what the other answer
+    saw and the test the deciding use came after, with its answer: a decision that rests on one
+    answer says so (:func:`decaykit.policy.roles.classify`). (Each test is answered one way for the
+    whole of a pass, and one the True answers lead to is answered False: a branch that needs some
+    tests true and others false is not seen.)"""
     merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test})
     for pid in false.uses.keys() | true.uses.keys():
         mine, theirs = false.uses.get(pid, []), true.uses.get(pid, [])
-        seen = mine + theirs
-        decides = min(seen, key=lambda u: _RANK.index(u.kind))
+        merged.uses[pid] = mine + theirs
+        decides = _decider(mine + theirs)
         test = false.after_test.get((pid, decides)) if decides in mine else true.after_test.get((pid, decides))
         if test is not None and _decider(mine) != _decider(theirs):
-            where, answer = test
-            named = decides._replace(reason=f"{decides.reason}, where {where} is {'true' if answer else 'false'}")
-            seen = [named if u == decides else u for u in seen]
-        merged.uses[pid] = seen
+            other = _decider(theirs) if decides in mine else _decider(mine)
+            merged.branch[pid] = (other, f"where {test[0]} is {'true' if test[1] else 'false'}")
     return merged
 
 
 def _decider(seen: list[Use]) -> Use | None:
+    """The use that decides among ``seen``: the strongest, or ``None`` for none."""
     return min(seen, key=lambda u: _RANK.index(u.kind)) if seen else None
 
 
