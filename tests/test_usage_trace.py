@@ -983,6 +983,15 @@ def test_a_model_whose_config_fixes_no_input_it_takes_says_so():
     with pytest.warns(DecayWarning, match=r"Configured's GPT2Config fixes no input its forward \(x\) takes"):
         decaykit.plan(Configured(), 0.1)
 
+    class Composite(nn.Module):  # transformers' BarkModel: a config, submodels, and no forward of its own
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = pytest.importorskip("transformers").GPT2Config()
+            self.semantic = KroneckerAdapter()
+
+    with pytest.warns(DecayWarning, match="Composite has a GPT2Config, but no forward of its own that takes an input"):
+        decaykit.plan(Composite(), 0.1)
+
 
 def test_the_added_operand_of_addcmul_is_a_bias_and_the_multiplied_one_a_scale():
     class Affine(nn.Module):  # ResMLP's Affine, fused: beta + alpha * x

@@ -1079,6 +1079,8 @@ def _passed_to(model: nn.Module) -> nn.Module:
     import inspect
 
     for _ in range(8):  # wrappers nest a few levels at most
+        if type(model).forward is nn.Module.forward:  # no forward of its own (BarkModel): it hands nothing on
+            break
         try:
             kinds = {p.kind for p in inspect.signature(model.forward).parameters.values()}
         except (TypeError, ValueError):
@@ -1096,9 +1098,11 @@ def _no_input(model: nn.Module) -> str:
     config, takes = _config_of(model)
     if config is None:
         return f"{name} has no example_inputs() method, config or first weight layer that fixes its input"
+    if type(_passed_to(model)).forward is nn.Module.forward:
+        return f"{name} has a {type(config).__name__}, but no forward of its own that takes an input"
     taken = ", ".join(sorted(takes)) or "no named argument"
     return (f"{name}'s {type(config).__name__} fixes no input its forward ({taken}) takes: decaykit makes "
-            "input_ids, pixel_values, input_values or input_features from a config")
+            "input_ids, pixel_values, input_values, or input_features where the config gives num_mel_bins")
 
 
 def _from_first_layer(model: nn.Module) -> torch.Tensor | None:
