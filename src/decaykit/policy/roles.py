@@ -213,8 +213,8 @@ def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tup
         if len(shape) == 0 or all(s == 1 for s in shape):
             return "scale", False, f"scalar on {kind} (shape rule)"
         # a ViT's cls token is (1,1,C) too, and ResMLP's gain and shift: only its use tells them apart
-        could = "a gain, a bias or a learned token" if shape[-1] > 1 else "a gain or a bias"
-        return "scale", False, f"per-channel {shape_str(shape)} on {kind}: {could}, the shape cannot tell which (shape rule)"
+        could = "a gain, a bias, a learned token..." if shape[-1] > 1 else "a gain, a bias..."
+        return "scale", False, f"per-channel {shape_str(shape)} on {kind}: {could}? the shape cannot tell (shape rule)"
     if _EMBED_LEAF.search(leaf):
         if decay_embeddings:
             return "embedding", True, f"embedding-named {shape_str(shape)} table on {kind}"
