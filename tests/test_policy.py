@@ -351,3 +351,26 @@ def test_hook_that_raises_is_reported_with_its_owner():
 
     with pytest.raises(DecayError, match=r"Broken.no_weight_decay\(\) raised KeyError"):
         decaykit.plan(Broken(2, 2), 0.1)
+
+
+def test_a_vector_on_an_unknown_module_is_left_undecayed_by_shape_and_the_reason_says_what_it_may_be():
+    """A ViT's cls token (1,1,C) has the shape of ResMLP's gain: the structure cannot tell them apart and says
+    so; traced, the token is joined to the tokens and decays."""
+
+    class ViTStem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+            self.gamma = nn.Parameter(torch.ones(8, 1, 1))  # a layer scale in conv layout
+
+        def forward(self, x):  # x (B, T, 8)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
+            return x * self.gamma.flatten()
+
+    structural = decaykit.plan(ViTStem(), 0.1, example_inputs=False)
+    assert not structural["cls_token"].decay and structural["cls_token"].reason == (
+        "per-channel (1,1,8) on ViTStem: a gain, a bias, a learned token...? the shape cannot tell (shape rule)")
+    assert structural["gamma"].reason == (
+        "per-channel (8,1,1) on ViTStem: a gain, a bias...? the shape cannot tell (shape rule)")
+    traced = decaykit.plan(ViTStem(), 0.1, example_inputs=torch.zeros(2, 3, 8))
+    assert (traced["cls_token"].role, traced["cls_token"].decay, traced["gamma"].decay) == ("token", True, False)

@@ -730,3 +730,319 @@ def test_a_gain_multiplied_into_a_weight_is_a_scale_of_it():
         old = nn.utils.weight_norm(nn.Linear(8, 4))  # the old API computes the weight in a forward pre-hook
     traced = decaykit.plan(old, 0.1, example_inputs=torch.zeros(2, 8))
     assert (traced["weight_g"].role, traced["weight_g"].decay, traced["weight_v"].decay) == ("scale", False, True)
+
+
+class AdaLNSingle(nn.Module):
+    """diffusers' adaLN-single (PixArt-α, Sana, Wan): a learned (K, D) ``scale_shift_table`` added to the
+    timestep embedding, whose rows then shift, scale and gate the tokens, ``x * (1 + scale) + shift``.
+    The block's table meets an embedding of the same (B, 6, D) shape (PixArt's ``timestep.reshape``),
+    the final layer's a (B, 1, D) one (``temb[:, None]``); ``cut`` is how the sum is cut into rows.
+    Beside them, a position table added to the tokens. No name says what a tensor is."""
+
+    def __init__(self, cut: str, d: int = 8, tokens: int = 5) -> None:
+        super().__init__()
+        self.cut = cut
+        self.t_embed = nn.Linear(4, 6 * d)
+        self.table = nn.Parameter(torch.randn(6, d) / d**0.5)  # the block's
+        self.final_table = nn.Parameter(torch.randn(2, d) / d**0.5)  # the final layer's
+        self.positions = nn.Parameter(torch.zeros(1, tokens, d))
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.fc, self.out = nn.Linear(d, d), nn.Linear(d, 2)
+
+    def rows(self, summed: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        if self.cut == "chunk":
+            return summed.chunk(k, dim=1)
+        if self.cut == "unbind":
+            return tuple(r[:, None] for r in summed.unbind(1))
+        return tuple(summed[:, i : i + 1] if self.cut == "slice" else summed[:, i][:, None] for i in range(k))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x (B, N, D), t (B, 4)
+        temb = self.t_embed(t)
+        x = x + self.positions
+        shift, scale, gate, *_ = self.rows(self.table[None] + temb.reshape(x.shape[0], 6, -1), 6)
+        x = x + gate * self.fc(self.norm(x) * (1 + scale) + shift)
+        shift, scale = self.rows(self.final_table[None] + temb[:, None, : x.shape[-1]], 2)
+        return self.out(self.norm(x) * (1 + scale.to(x.dtype)) + shift)
+
+
+@pytest.mark.parametrize("cut", ["chunk", "unbind", "index"])
+def test_a_table_whose_rows_shift_and_scale_the_tokens_is_a_modulation_bias(cut):
+    p = decaykit.plan(AdaLNSingle(cut), 0.1, example_inputs=(torch.zeros(2, 5, 8), torch.zeros(2, 4)))
+    for name in ("table", "final_table"):
+        assert (p[name].role, p[name].decay) == ("bias", False), p[name].reason
+        assert p[name].reason.endswith("into rows that scale and shift other activations: a modulation's bias (traced)")
+    assert (p["positions"].role, p["positions"].decay) == ("position", True)  # it varies along the tokens
+
+
+def test_a_table_is_a_modulation_bias_only_where_its_sum_is_cut_into_single_rows():
+    """Tokens cut in two halves that multiply are no rows of a modulation; ``[:, i : i + 1]`` is one row."""
+
+    class Halves(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.positions = nn.Parameter(torch.zeros(1, 4, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            left, right = (x + self.positions).chunk(2, dim=1)
+            return left * right
+
+    p = decaykit.plan(Halves(), 0.1, example_inputs=torch.zeros(2, 4, 8))
+    assert (p["positions"].role, p["positions"].decay) == ("position", True)
+    p = decaykit.plan(AdaLNSingle("slice"), 0.1, example_inputs=(torch.zeros(2, 5, 8), torch.zeros(2, 4)))
+    assert (p["table"].role, p["table"].decay) == ("bias", False)
+
+
+class SpectralDelta(nn.Module):
+    """PEFT's FourierFT: a vector of spectral coefficients written into a dense (out, in) spectrum at fixed
+    frequencies (``dense[idx] = spectrum``), turned into a weight by an inverse FFT and used through
+    ``F.linear``; ``in_place=True`` writes with ``index_put_`` instead."""
+
+    def __init__(self, in_place: bool = False) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.base = nn.Linear(8, 8)
+        self.spectrum = nn.Parameter(torch.randn(6))
+        self.register_buffer("frequencies", torch.tensor([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = torch.zeros(8, 8, dtype=self.spectrum.dtype, device=x.device)
+        if self.in_place:
+            dense.index_put_((self.frequencies[0], self.frequencies[1]), self.spectrum)
+        else:
+            dense[self.frequencies[0], self.frequencies[1]] = self.spectrum
+        return self.base(x) + F.linear(x, torch.fft.ifft2(dense).real)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_parameter_written_into_a_weight_is_part_of_that_weight(in_place):
+    p = decaykit.plan(SpectralDelta(in_place), 0.1, example_inputs=torch.zeros(2, 8))
+    assert (p["spectrum"].role, p["spectrum"].decay, p["spectrum"].reason) == (
+        "weight", True, "matrix operand of F.linear (traced)")
+
+
+class KroneckerAdapter(nn.Module):
+    """PEFT's LoKr / LoHa (``lycoris_utils``): the adapter, a Kronecker product of two small factors used as
+    a weight, runs only where ``(not self.training) or (self.training and torch.rand(1) > module_dropout)``:
+    a test of a tensor's value, which fake tensors cannot answer; ``module_dropout`` is 0, so it always runs.
+    ``gain``, a (2, 2) gain the structure would call a matrix, is used only where a value test is false; a
+    loop on values must end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4)
+        self.w1, self.w2 = nn.Parameter(torch.randn(2, 1)), nn.Parameter(torch.randn(2, 4))
+        self.gain = nn.Parameter(torch.ones(2, 2))
+        self.module_dropout = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        while (out.abs() > 1e3).any():
+            out = out / 2
+        if (not self.training) or (self.training and torch.rand(1) > self.module_dropout):
+            out = out + F.linear(x, torch.kron(self.w1, self.w2))
+        if out.isnan().any():
+            return out
+        return out * self.gain.flatten()
+
+
+def test_a_branch_on_a_value_is_traced_both_ways_and_a_decision_that_rests_on_one_way_says_so():
+    model = KroneckerAdapter().train()
+    p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 4))
+    test = "where '(not self.training) or (self.training and torch.rand(1) > self.module_dropout)' (test_usage_trace.py:"
+    assert [(p[n].role, p[n].decay) for n in ("w1", "w2")] == [("weight", True)] * 2  # (2, 1) was left per-channel
+    assert p["w1"].reason.startswith(f"matrix operand of F.linear, {test}") and p["w1"].reason.endswith(
+        ") is true (traced)"), p["w1"].reason
+    assert p["w2"].reason == "matrix operand of F.linear (traced)"  # by its shape, a matrix too: it rests on nothing
+    assert p["gain"].reason.startswith("multiplies activations in mul: a scale, where 'out.isnan().any()'")
+    assert p["gain"].reason.endswith(") is false (traced)") and p.note is None
+    model.eval()  # no value test before the adapter: nothing to say
+    assert decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 4))["w1"].reason == "matrix operand of F.linear (traced)"
+
+
+class LearnedStep(nn.Module):
+    """torch's LSQ fake quantizer (``_LearnableFakeQuantize``) on a weight: a learned step size and zero point
+    meet the weight in a function decaykit does not know, where ``self.fake_quant_enabled[0] == 1``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4))
+        self.scale, self.zero_point = nn.Parameter(torch.tensor([0.1])), nn.Parameter(torch.tensor([0.0]))
+        self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.fake_quant_enabled[0] == 1:
+            w = torch._fake_quantize_learnable_per_tensor_affine(w, self.scale, self.zero_point, -128, 127, 1.0)
+        return F.linear(x, w)
+
+
+def test_what_meets_a_weight_in_a_function_decaykit_does_not_know_is_no_part_of_the_matrix():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)  # the step size's use does not tell what it is
+        p = decaykit.plan(LearnedStep(), 0.1, example_inputs=torch.zeros(2, 4))
+    assert p["weight"].decay and p["weight"].reason == "matrix operand of F.linear (traced)"
+    for name in ("scale", "zero_point"):  # reached (not "not reached"), and decided by the structure
+        assert not p[name].decay and p[name].reason.startswith("scalar on LearnedStep (shape rule) (structural: used "
+                                                               "with a weight in _fake_quantize_learnable_per_tensor_affine")
+
+
+class LearnedKeyValue(nn.Module):
+    """What ``nn.MultiheadAttention(add_bias_kv=True)`` does inside ``F.multi_head_attention_forward``, by hand
+    (as fairseq and lucidrains' ``null_kv`` write it): a learned key and value joined to the keys and values
+    with ``torch.cat``, read by ``F.scaled_dot_product_attention`` or by eager attention."""
+
+    def __init__(self, eager: bool, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.eager, self.heads = eager, heads
+        self.in_proj, self.out_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.bias_k, self.bias_v = nn.Parameter(torch.zeros(1, 1, d)), nn.Parameter(torch.zeros(1, 1, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.in_proj(x).chunk(3, -1)
+        k = torch.cat([k, self.bias_k.expand(x.shape[0], 1, -1)], 1)
+        v = torch.cat([v, self.bias_v.expand(x.shape[0], 1, -1)], 1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        if self.eager:
+            out = ((q @ k.mT) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class TorchKeyValue(nn.MultiheadAttention):
+    def forward(self, x):
+        return super().forward(x, x, x)[0]
+
+
+@pytest.mark.parametrize(("model", "read_as", "joined_in"), [
+    (LearnedKeyValue(eager=False), ("keys", "values"), "cat"),
+    (LearnedKeyValue(eager=True), ("keys or values", "keys or values"), "cat"),  # a product: q @ k.mT or p @ v
+    (TorchKeyValue(8, 2, batch_first=True, add_bias_kv=True), ("keys", "values"), "F.multi_head_attention_forward"),
+], ids=["sdpa", "eager", "torch"])
+def test_a_learned_key_and_value_joined_to_attention_are_its_biases_however_written(model, read_as, joined_in):
+    for example in (False, torch.zeros(2, 5, 8)):  # by the structure (their names), then traced
+        p = decaykit.plan(model, 0.1, example_inputs=example)
+        assert [(p[n].role, p[n].decay) for n in ("bias_k", "bias_v")] == [("bias", False)] * 2, p["bias_k"].reason
+    for name, what in zip(("bias_k", "bias_v"), read_as):
+        assert p[name].reason == f"joined to the {what} of attention in {joined_in}: a learned key/value, a bias (traced)"
+
+
+class SparseAdapter(nn.Module):
+    """PEFT's SHiRA: a vector of trainable entries written into a sparse weight beside the frozen base layer."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.values = nn.Parameter(torch.zeros(4))
+        self.register_buffer("where", torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros(self.base.out_features, self.base.in_features, dtype=x.dtype, device=x.device)
+        delta[self.where[0], self.where[1]] = self.values
+        return self.base(x) + F.linear(x, delta)
+
+
+class PassesOn(nn.Module):
+    """PEFT's ``PeftModel`` and its tuner: ``forward(*args, **kwargs)`` hands the input to the model it wraps,
+    a transformers model whose config says what its input is, which the wrapper may expose or not."""
+
+    def __init__(self, model: nn.Module, config: object = None) -> None:
+        super().__init__()
+        self.model = model
+        if config is not None:
+            self.config = config
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("config", [True, False])
+def test_a_wrapper_that_passes_its_input_on_gets_the_input_of_the_model_it_wraps(config):
+    transformers = pytest.importorskip("transformers")
+    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50,
+                                                               n_positions=16))
+    gpt.transformer.h[0].mlp.c_fc = SparseAdapter(nn.Linear(16, 64))
+    model = PassesOn(PassesOn(gpt), config=gpt.config if config else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)  # nothing left to its shape
+        p = decaykit.plan(model, 0.1)
+    name = "model.model.transformer.h.0.mlp.c_fc.values"
+    assert (p[name].decay, p[name].reason, p.note) == (True, "matrix operand of F.linear (traced)", None)
+
+
+def test_a_model_whose_config_fixes_no_input_it_takes_says_so():
+    class Configured(nn.Module):  # a config, but an input the config cannot make
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = pytest.importorskip("transformers").GPT2Config()
+            self.gain = nn.Parameter(torch.ones(3, 4))
+
+        def forward(self, x):
+            return x * self.gain
+
+    with pytest.warns(DecayWarning, match=r"Configured's GPT2Config fixes no input its forward \(x\) takes"):
+        decaykit.plan(Configured(), 0.1)
+
+    class Composite(nn.Module):  # transformers' BarkModel: a config, submodels, and no forward of its own
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = pytest.importorskip("transformers").GPT2Config()
+            self.semantic = KroneckerAdapter()
+
+    with pytest.warns(DecayWarning, match="Composite has a GPT2Config, but no forward of its own that takes an input"):
+        decaykit.plan(Composite(), 0.1)
+
+
+def test_the_added_operand_of_addcmul_is_a_bias_and_the_multiplied_one_a_scale():
+    class Affine(nn.Module):  # ResMLP's Affine, fused: beta + alpha * x
+        def __init__(self) -> None:
+            super().__init__()
+            self.alpha, self.beta = nn.Parameter(torch.ones(1, 1, 8)), nn.Parameter(torch.zeros(1, 1, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.addcmul(self.beta, self.alpha, x)
+
+    p = decaykit.plan(Affine(), 0.1, example_inputs=torch.zeros(2, 5, 8))
+    assert (p["beta"].role, p["beta"].decay, p["beta"].reason) == ("bias", False, "added to activations in addcmul: a bias (traced)")
+    assert (p["alpha"].role, p["alpha"].reason) == ("scale", "multiplies activations in addcmul: a scale (traced)")
+
+
+def test_steps_of_a_sequence_unbound_one_by_one_are_no_rows_of_a_modulation():
+    """A position table added to the tokens, then the tokens taken one by one into a recurrence: each
+    step meets a state of its own size, not broadcast over tokens, and the table stays a position table."""
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.positions = nn.Parameter(torch.zeros(1, 4, 8))
+            self.cell = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, 4, 8)
+            h = self.cell(x[:, 0])
+            for step in (x + self.positions).unbind(1):
+                h = h * torch.sigmoid(self.cell(h)) + step
+            return h
+
+    p = decaykit.plan(Recurrent(), 0.1, example_inputs=torch.zeros(2, 4, 8))
+    assert (p["positions"].role, p["positions"].decay) == ("position", True), p["positions"].reason
+
+
+def test_a_decision_that_rests_on_one_answer_names_the_test_it_came_after():
+    """The modulation table is used after the first value test and decided once the trace has seen what its
+    sum feeds, after the second: its reason names the first."""
+
+    class Gated(AdaLNSingle):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if x.isnan().any():
+                return x
+            temb = self.t_embed(t)
+            shift, scale, *_ = self.rows(self.table[None] + temb.reshape(x.shape[0], 6, -1), 6)
+            x = self.norm(x) * (1 + scale) + shift
+            if x.isinf().any():
+                return x
+            return self.out(x)
+
+    p = decaykit.plan(Gated("chunk"), 0.1, example_inputs=(torch.zeros(2, 5, 8), torch.zeros(2, 4)))
+    line = Gated.forward.__code__.co_firstlineno + 1
+    assert p["table"].role == "bias" and p["table"].reason.endswith(
+        f"a modulation's bias, where 'x.isnan().any()' (test_usage_trace.py:{line}) is false (traced)"), p["table"].reason

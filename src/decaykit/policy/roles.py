@@ -4,7 +4,9 @@ With an example input (``plan(model, wd, example_inputs=...)``) the role comes f
 forward pass (:mod:`decaykit.policy.usage`): a matrix operand is a weight, a gain a norm, an
 addend a bias, whatever the owner is called and whatever the shape. Without one, or for a
 tensor the pass never reached, the structural rules below decide, and a traced plan's reason
-says the decision was structural.
+says the decision was structural. Where the forward tests a value and the pass saw a tensor only
+on one answer (the other saw it used otherwise, or not at all) and the other answer would decide
+it differently, the reason names the test: ``..., where 'torch.rand(1) > p' (<file>:<line>) is true``.
 
 This is the ``"decaykit"`` policy's source of truth. Names are never pattern-matched to find a
 norm (HF's ``bias`` regex also hits T5's ``relative_attention_bias`` embedding, and norms called
@@ -23,7 +25,8 @@ Order of the checks, first hit wins:
    per-expert ``gate_up_proj_bias``, Swin's ``relative_position_bias_table``, LeViT's
    ``attention_biases``) -> ``bias``, no decay, whatever its shape: their authors exclude them;
 5. any module: at most one non-singleton dimension (a (C,), (C,1,1) or (1,1,C) layer scale,
-   a scalar temperature) -> ``scale``, no decay;
+   a scalar temperature) -> ``scale``, no decay; a (1,1,C) or (C,) one may as well be a learned
+   token, which a trace decays, and the reason says the shape cannot tell;
 6. any module: a table named like an embedding (``pos_embed``, ``position_embeddings``) ->
    ``embedding``, following ``decay_embeddings`` like ``nn.Embedding`` tables;
 7. anything else (two or more non-singleton dimensions on an unknown module) -> ``matrix``,
@@ -98,6 +101,9 @@ class ParamInfo:
     component: str | None = None  # ``original0`` etc. for a parametrized tensor's pieces
     use: Use | None = field(default=None, compare=False)  # what the traced forward pass saw, if traced
     traced: str = ""  # with a traced plan: why a tensor without a ``use`` was not seen ("" when not traced)
+    # where the forward tested a value and the two answers saw it differently: what the other answer saw, and
+    # the clause naming the test ("where 'torch.rand(1) > p' (<file>:<line>) is true")
+    branch: tuple[Use | None, str] | None = field(default=None, compare=False)
 
     @property
     def module_type(self) -> str:
@@ -142,7 +148,15 @@ def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bo
     if not info.traced:
         return classify_structure(info, decay_embeddings=decay_embeddings)
     if info.component is None and info.use is not None and info.use.kind != "other":
-        return classify_use(info.use, decay_embeddings=decay_embeddings)
+        role, decay, reason = classify_use(info.use, decay_embeddings=decay_embeddings)
+        if info.branch is not None:  # seen one way on one answer to a test of a value: does the decision rest on it?
+            other, clause = info.branch
+            alternative = (classify_use(other, decay_embeddings=decay_embeddings) if other is not None and
+                           other.kind != "other" else classify_structure(info, decay_embeddings=decay_embeddings))
+            if alternative[1] != decay:
+                return classify_use(info.use._replace(reason=f"{info.use.reason}, {clause}"),
+                                    decay_embeddings=decay_embeddings)
+        return role, decay, reason
     role, decay, reason = classify_structure(info, decay_embeddings=decay_embeddings)
     if info.component is not None:
         return role, decay, f"{reason} (structural: a parametrization's piece)"
@@ -196,8 +210,11 @@ def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tup
         what = "per-channel tensor" if per_channel else f"{shape_str(shape)} table"
         return "bias", False, f"bias-named {what} on {kind}"
     if per_channel:
-        what = "scalar" if len(shape) == 0 or all(s == 1 for s in shape) else f"per-channel {shape_str(shape)}"
-        return "scale", False, f"{what} on {kind} (shape rule)"
+        if len(shape) == 0 or all(s == 1 for s in shape):
+            return "scale", False, f"scalar on {kind} (shape rule)"
+        # a ViT's cls token is (1,1,C) too, and ResMLP's gain and shift: only its use tells them apart
+        could = "a gain, a bias, a learned token..." if shape[-1] > 1 else "a gain, a bias..."
+        return "scale", False, f"per-channel {shape_str(shape)} on {kind}: {could}? the shape cannot tell (shape rule)"
     if _EMBED_LEAF.search(leaf):
         if decay_embeddings:
             return "embedding", True, f"embedding-named {shape_str(shape)} table on {kind}"

@@ -9,11 +9,15 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
   the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
-  input of a layer -> ``token``, treated like an embedding;
+  input of a layer -> ``token``, treated like an embedding; concatenated with the keys or values
+  attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned
+  key/value;
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
   tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
-  could be its tokens (a (T, 1, C) input), neither can be told and the structure decides;
+  could be its tokens (a (T, 1, C) input), neither can be told and the structure decides; a table
+  whose sum is then cut into single rows that shift and scale other activations (adaLN-single's
+  ``scale_shift_table``, ``x * (1 + scale) + shift``) -> ``bias``, the modulation's;
 - multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
   of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
@@ -21,11 +25,17 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   anything but a matmul -> ``state``, no decay.
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
-constants or buffers (a weight times a mask) and operations on parameters alone (a weight
+constants or buffers (a weight times a mask), operations on parameters alone (a weight
 standardised, tokens concatenated together, a parametrization; not a gain broadcast over a
-weight) pass a parameter through unchanged. The pass runs under ``FakeTensorMode``: no real
-compute, no real memory. A value read (``if mask.all():``) gets a stand-in; at an operation whose
-output shape depends on values the pass stops, and what was seen until then is kept.
+weight) and writes into a tensor that is no activation (``dense[idx] = param``, a sparse or
+spectral weight filled in) pass a parameter through unchanged; one that meets a weight in a
+function decaykit does not know (a learnable fake quantizer's step size) is no part of the
+matrix, and its role stays untold. The pass runs under ``FakeTensorMode``: no real compute, no
+real memory. A test of a tensor's value (``if self.training and torch.rand(1) > p:``) is
+answered False, then in a second pass True, and what either saw is kept; where a decision rests
+on one answer, its reason names the test and the answer (:func:`decaykit.policy.roles.classify`). A number read (``.item()``)
+gets a stand-in, 1; at an operation whose output shape depends on values the pass stops, and
+what was seen until then is kept.
 
 >>> from torch import nn
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
@@ -38,10 +48,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -72,7 +83,7 @@ _LAYER_ARGS: dict[str, dict[str, str]] = {
     "addbmm": {"input": "bias", "batch1": "matmul", "batch2": "matmul"},
     "addmv": {"input": "bias", "mat": "matmul", "vec": "matmul"},
     "multi_head_attention_forward": {"query": "input", "key": "input", "value": "input", "in_proj_weight": "matmul",
-                                     "in_proj_bias": "bias", "bias_k": "bias", "bias_v": "bias",
+                                     "in_proj_bias": "bias", "bias_k": "keys", "bias_v": "values",
                                      "out_proj_weight": "matmul", "out_proj_bias": "bias", "q_proj_weight": "matmul",
                                      "k_proj_weight": "matmul", "v_proj_weight": "matmul"},
     # attention holds no weights: a parameter given as its query or keys is a learned token
@@ -109,7 +120,9 @@ _CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"
                      "masked_fill", "masked_fill_", "__setitem__", "index_copy", "index_copy_"})
 _ADD = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__"})
 _MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
-                  "true_divide", "addcmul", "multiply"})
+                  "true_divide", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "multiply"})
+# ``input + value * tensor1 * tensor2`` (or ``/ tensor2``): the first operand is added, the others multiply
+_ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 # Nonlinear maps of a parameter on its own: what comes out is no longer the parameter (Mamba's
 # ``-exp(A_log)``, CLIP's ``logit_scale.exp()``, softmax-ed mixing weights).
 _NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
@@ -123,6 +136,12 @@ _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "per
                    "__get__", "neg", "__neg__", "clamp", "clamp_", "clip", "normalize", "requires_grad_", "as_strided",
                    "repeat_interleave", "roll", "flip", "tensor_split", "split_with_sizes", "interpolate", "pad",
                    "diagonal", "tril", "triu", "abs", "__pos__"})
+# Cutting a tensor into pieces along one axis: the rows of a summed table become a modulation's shift and scale.
+_SPLITS = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes", "select", "__getitem__"})
+# Joining tensors along an axis: a parameter joined to activations is a learned token, or a learned key/value.
+_JOINS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack"})
+# Every function whose operands' roles decaykit knows; with another, a parameter's role stays untold.
+_KNOWN = _PASS | _ADD | _MUL | _CONCAT | _NONLINEAR | _MATMUL | _SELECT | _SPLITS | _SCALES_A_WEIGHT | frozenset(_LAYER_ARGS)
 # What attention scores go through and stay scores: views, scaling, masking, adding biases.
 _KEEPS_SCORES = _PASS | _MUL | _ADD | {"masked_fill", "masked_fill_", "where"}
 # What makes an activation "normalised": a gain multiplying it is a norm gain.
@@ -131,7 +150,8 @@ _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index i
         "input": "input of {f}: a learned token", "concat": "joined to activations in {f}: a learned token",
         "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
         "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter",
-        "picked": "rows picked by the input, then fed to {f}: an embedding lookup"}
+        "picked": "rows picked by the input, then fed to {f}: an embedding lookup",
+        "keyvalue": "joined to the {what} of attention in {f}: a learned key/value, a bias"}
 _ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
           "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "position"}
 # A parameter used several ways is what its strongest use says: a table looked up (and maybe tied
@@ -158,6 +178,13 @@ class Trace:
     uses: dict[int, list[Use]]
     stopped: str | None = None  # "RuntimeError: ..." when the forward could not finish on fake tensors
     ran: bool = True  # False: no example input could be made, ``stopped`` says why
+    # the tests of a tensor's truth value the pass answered (``if mask.any():``), where the code made
+    # them and the answer, in order; for a use seen after one of them, the one it is put down to
+    tests: list[tuple[str, bool]] = field(default_factory=list)
+    after_test: dict[tuple[int, Use], tuple[str, bool]] = field(default_factory=dict)
+    # where the two answers to those tests decide a parameter differently: what the other answer saw
+    # (``None``: nothing) and the clause naming the test the deciding use came after, "where ... is true"
+    branch: dict[int, tuple[Use | None, str]] = field(default_factory=dict)
 
     @property
     def unseen(self) -> str:
@@ -170,10 +197,20 @@ class Trace:
 
     def use_of(self, param: torch.Tensor) -> Use | None:
         """The use that decides: the strongest seen, or ``None`` if the pass never reached it."""
-        seen = self.uses.get(id(param))
-        if not seen:
-            return None
-        return min(seen, key=lambda u: _RANK.index(u.kind))
+        return _decider(self.uses.get(id(param)) or [])
+
+
+@dataclass
+class _Deferred:
+    """A use of a parameter-derived ``tensor`` that what its output feeds may still change."""
+
+    tensor: torch.Tensor
+    use: Use  # what it is, unless what follows says otherwise
+    joined: bool = False  # joined to activations (``torch.cat``): what reads them decides; else added to them
+    attends: set[str] = field(default_factory=set)  # how what it was joined to was read: "keys", "values", "other"
+    split: str | None = None  # the function that cut the output into rows
+    meets: set[str] = field(default_factory=set)  # "shift" / "scale": how the rows then met other activations
+    guard: tuple[str, bool] | None = None  # the test of a value the use came after, if any
 
 
 def _name(func: Any) -> str:
@@ -188,8 +225,18 @@ def _bare(func: Any) -> str:
 class _Recorder(TorchFunctionMode):
     """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
 
-    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor]) -> None:
+    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor],
+                 answers: Mapping[str, int] | None = None) -> None:
         super().__init__()
+        # a tensor's truth value (``if mask.any():``) is unknown on fake tensors: a test is answered True
+        # the first ``answers[where]`` times the code at ``where`` makes it, else False; ``tests`` says
+        # where each was and the answer, ``after_test`` which one preceded a use
+        self.answers = collections.Counter(answers or {})
+        self.tests: list[tuple[str, bool]] = []
+        self.after_test: dict[tuple[int, Use], tuple[str, bool]] = {}
+        # the test a use after it is put down to: the last one, or where True answers are given, the last answered True
+        self.guard: tuple[str, bool] | None = None
+        self.true_pass = answers is not None
         # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
         self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
         self.shapes = {id(real): tuple(real.shape) for _, real in params}
@@ -214,20 +261,39 @@ class _Recorder(TorchFunctionMode):
         self.tokens = any(t.ndim >= (3 if t.is_floating_point() else 2) for t in inputs)
         self.keep: list[Any] = list(inputs)  # keeps traced tensors alive, so their ids are never reused
         self.uses: dict[int, list[Use]] = {}
+        # uses that what the output feeds decides (a table added to activations, the sum then cut into
+        # rows that shift and scale others, is a modulation's bias), and the activations followed for them
+        self.deferred: list[_Deferred] = []
+        self.following: dict[int, tuple[_Deferred, tuple[int, ...]]] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
         if _bare(func) in _VALUE_READS and args and isinstance(args[0], torch.Tensor) and (
                 args[0].is_meta or type(args[0]).__name__ == "FakeTensor"):
+            if _bare(func) == "__bool__":
+                return self._test()
             return _stand_in(_bare(func), args[0])
         out = func(*args, **kwargs)
-        self._record(_bare(func), _name(func), args, kwargs, out)
+        written = args[0] if out is None and _bare(func) == "__setitem__" else out  # ``dense[idx] = param`` fills dense
+        self._record(_bare(func), _name(func), args, kwargs, written)
         return out
+
+    def _test(self) -> bool:
+        """The answer to a test of a tensor's truth value, noted with where the model's code made it."""
+        where = _caller()
+        answer = self.answers[where] > 0
+        self.answers[where] -= answer
+        self.tests.append((where, answer))
+        if answer or not self.true_pass:
+            self.guard = (where, answer)
+        return answer
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         live = [t for t in tensors if id(t) in self.live]
         traced = [t for t in tensors if id(t) in self.origin]
+        if self.following:
+            self._follow(bare, shown, args, kwargs, out, live)
         if traced:
             self._consume(bare, shown, args, kwargs, out, traced, live)
         elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
@@ -262,6 +328,8 @@ class _Recorder(TorchFunctionMode):
                     self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
             if bare in _SCALES_A_WEIGHT and not live:
                 traced = self._without_gains(shown, traced, out)
+            elif not live and bare not in _KNOWN:  # a fake quantizer's step size and zero point, with its weight
+                traced = self._without_gains(shown, traced, out, known=False)
             via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
             self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via,
                           any(id(t) in self.selected for t in traced))
@@ -272,9 +340,91 @@ class _Recorder(TorchFunctionMode):
         else:
             # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
             elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
+            added = _named_input(args, kwargs) if bare in _ADDS_INPUT else None  # addcmul's first operand is added
             for t in traced:
                 how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
-                self._use(t, self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs)))
+                how = "add" if t is added else how
+                use = self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs))
+                if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
+                    self._defer(t, use, out, _varying_axes(t.shape, out.shape))
+                elif use.kind == "concat" and bare in _JOINS:
+                    self._defer(t, use, out, (), joined=True)
+                else:
+                    self._use(t, use)
+
+    def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
+               joined: bool = False) -> None:
+        """Record ``use`` of ``tensor`` once the trace has seen what ``out`` feeds (:meth:`finish`)."""
+        deferred = _Deferred(tensor, use, joined, guard=self.guard)
+        self.deferred.append(deferred)
+        self.following[id(out)] = (deferred, axes)
+        self.keep += [tensor, out]
+
+    def _follow(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, live: list[torch.Tensor]) -> None:
+        """Follow the sum of a table and activations: cut along the table's rows (``chunk``, ``unbind``,
+        ``[:, i]``), each row, through views and arithmetic with constants (``1 + scale``), meets other
+        activations in ``mul`` or ``add``, broadcast over their tokens: the rows shift and scale them,
+        the table is a modulation's bias (adaLN-single's ``scale_shift_table``), not a table that varies
+        along the tokens (steps of a sequence unbound one by one meet activations of their own size).
+        And follow activations a parameter was joined to (:meth:`_follow_joined`)."""
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        for t in live:
+            if id(t) not in self.following:
+                continue
+            deferred, axes = self.following[id(t)]
+            others = [a for a in live if a is not t and self.following.get(id(a), (None,))[0] is not deferred]
+            if deferred.joined:
+                self._follow_joined(deferred, t, first, others, bare, args, kwargs, out)
+            elif axes and t is first and bare in _SPLITS:
+                if _rows(t, args, kwargs, out, axes, bare):
+                    deferred.split = shown
+                    self._tag(out, deferred, ())
+            elif axes and t is first and bare in _PASS and _same_shapes(t, out):
+                self._tag(out, deferred, axes)  # a cast or a copy of the sum
+            elif not axes and others and bare in _ADD | _MUL and deferred.split is not None:
+                if any(_broadcast_over(t.shape, a.shape) for a in others):  # one row for all of their tokens
+                    deferred.meets.add("shift" if bare in _ADD else "scale")
+            elif not axes and not others and bare in _PASS | _ADD | _MUL:
+                self._tag(out, deferred, ())  # ``1 + scale``, ``shift.to(x.dtype)``: still the row
+
+    def _follow_joined(self, deferred: _Deferred, t: torch.Tensor, first: torch.Tensor | None,
+                       others: list[torch.Tensor], bare: str, args: tuple, kwargs: dict, out: Any) -> None:
+        """Activations ``t`` a parameter was joined to (``torch.cat``), through views: read by attention as
+        its keys or values and nothing else (the key of ``F.scaled_dot_product_attention``, a product
+        with other activations, ``q @ k.mT``), the parameter is a learned key/value, the attention's bias
+        (what ``add_bias_kv`` appends); used any other way, it stays a learned token."""
+        if bare in _PASS and t is first:
+            self._tag(out, deferred, ())
+        elif bare == "scaled_dot_product_attention":
+            named = _named_args(bare, args, kwargs)
+            deferred.attends.add(next((w for arg, w in (("key", "keys"), ("value", "values")) if named.get(arg) is t),
+                                      "other"))
+        elif bare in _MATMUL and others:
+            deferred.attends.add("keys or values")
+        else:
+            deferred.attends.add("other")
+
+    def _tag(self, out: Any, deferred: _Deferred, axes: tuple[int, ...]) -> None:
+        for o in tree_flatten(out)[0]:
+            if isinstance(o, torch.Tensor):
+                self.following[id(o)] = (deferred, axes)
+                self.keep.append(o)
+
+    def finish(self) -> None:
+        """Record the deferred uses: what their outputs fed settled them, or else they are what they first seemed."""
+        for deferred in self.deferred:
+            use = deferred.use
+            if deferred.attends and "other" not in deferred.attends:
+                what = (next(iter(deferred.attends)) if len(deferred.attends) == 1 else
+                        "keys and values" if {"keys", "values"} <= deferred.attends else "keys or values")
+                use = Use("bias", use.func, _WHY["keyvalue"].format(what=what, f=use.func))
+            elif deferred.meets:
+                how = " and ".join(sorted(deferred.meets))
+                use = Use("bias", use.func, f"added to activations in {use.func}, then cut by {deferred.split} into rows "
+                                            f"that {how} other activations: a modulation's bias")
+            self.guard = deferred.guard  # the test the use came after, not the last one of the pass
+            self._use(deferred.tensor, use)
+        self.deferred, self.following = [], {}
 
     def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
                      last_axis: bool = False) -> Use:
@@ -285,10 +435,12 @@ class _Recorder(TorchFunctionMode):
             return self._with_activations(bare, shown, tensor, others, last_axis)
         return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
 
-    def _without_gains(self, shown: str, traced: list[torch.Tensor], out: Any) -> list[torch.Tensor]:
+    def _without_gains(self, shown: str, traced: list[torch.Tensor], out: Any, known: bool = True) -> list[torch.Tensor]:
         """``traced`` less the gains of a weight: a parameter that multiplies another one of the product's
         whole shape, broadcast along some of its axes (a weight norm's magnitude ``g * v / v.norm()``,
-        a per-channel gain folded into a kernel) scales that weight and is no part of the matrix."""
+        a per-channel gain folded into a kernel) scales that weight and is no part of the matrix. In a
+        function decaykit does not know (``known=False``: a learnable fake quantizer's step size and
+        zero point), such a parameter is no part of the matrix either, but what it is stays untold."""
         shape = next((tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)), None)
         whole = {p for t in traced if tuple(t.shape) == shape for p in self.origin[id(t)]}
         if not whole:
@@ -297,8 +449,10 @@ class _Recorder(TorchFunctionMode):
         for t in traced:
             if tuple(t.shape) == shape or set(self.origin[id(t)]) <= whole:  # the weight, or its own norm
                 kept.append(t)
-            else:
+            elif known:
                 self._use(t, Use("scale", shown, f"scales a weight in {shown}, broadcast along its axes: a gain"))
+            else:
+                self._use(t, Use("other", shown, f"used with a weight in {shown}, broadcast along its axes"))
         return kept
 
     def _mark(self, out: Any, into: set[int], skip: Mapping[int, Any] | None = None) -> None:
@@ -326,6 +480,8 @@ class _Recorder(TorchFunctionMode):
             use = Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
         for p in self.origin[id(tensor)]:
             self.uses.setdefault(p, []).append(use)
+            if self.guard is not None:
+                self.after_test.setdefault((p, use), self.guard)
 
     def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
         for arg, value in _named_args(bare, args, kwargs).items():
@@ -336,6 +492,8 @@ class _Recorder(TorchFunctionMode):
                 self._use(value, Use("lookup", shown, _WHY["picked"].format(f=shown)))
             elif kind == "bias":
                 self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
+            elif kind in ("keys", "values"):  # add_bias_kv: torch.cat'ed to the keys and values
+                self._use(value, Use("bias", shown, _WHY["keyvalue"].format(what=kind, f=shown)))
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
 
@@ -394,9 +552,10 @@ class _Recorder(TorchFunctionMode):
         return Use("other", shown, f"used in {shown}")
 
 
-# Reading a value out of a fake tensor is impossible; a stand-in lets the pass go on past a model's
-# checks (``if mask.all():``, ``assert lengths.max().item() <= n``). The branch taken may not be the
-# one real data would take, but every use recorded is one the model's code makes.
+# Reading a value out of a fake tensor is impossible. A test of its truth (``if mask.any():``) is
+# answered False, and in a second pass True (:func:`_both_ways`); a number read (``.item()``,
+# ``int(t)``) gets a stand-in, 1, and lets the pass go on past a model's checks (``assert
+# lengths.max().item() <= n``). Every use recorded is one the model's code makes.
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
 
 
@@ -416,11 +575,43 @@ def _stand_in(read: str, t: torch.Tensor) -> Any:
     return one
 
 
+# torch's own files between a model's code and the mode's ``__torch_function__``
+_DISPATCH_FILES = tuple(os.path.join("torch", name) for name in ("overrides.py", "_tensor.py", os.path.join("utils", "_device.py")))
+
+
+def _caller() -> str:
+    """Where the model's code made the current read: the frame that called ``__torch_function__``,
+    past torch's dispatch, as ``'self.training and torch.rand(1) > p' (peft/tuners/lokr/layer.py:309)``."""
+    import linecache
+    import sys
+
+    frame: Any = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "__torch_function__":
+        frame = frame.f_back
+    frame = frame.f_back if frame is not None else None
+    while frame is not None and frame.f_code.co_filename.endswith(_DISPATCH_FILES):
+        frame = frame.f_back
+    if frame is None:
+        return "a test of a tensor's value"
+    path = frame.f_code.co_filename
+    where = path.split(f"site-packages{os.sep}")[-1] if "site-packages" in path else os.path.basename(path)
+    code = linecache.getline(path, frame.f_lineno).split(" #")[0].strip()
+    for keyword in ("if ", "elif ", "while ", "assert "):
+        if code.startswith(keyword):
+            code = code[len(keyword):].rstrip(":").strip()
+    return f"{code!r} ({where}:{frame.f_lineno})" if code else f"{where}:{frame.f_lineno}"
+
+
 def _named_args(bare: str, args: tuple, kwargs: dict) -> dict[str, Any]:
     """A layer function's operands by argument name, given by position or by keyword."""
     named = dict(zip(_POSITIONS[bare], args))
     named.update({k: v for k, v in kwargs.items() if k in _LAYER_ARGS[bare]})
     return named
+
+
+def _named_input(args: tuple, kwargs: dict) -> Any:
+    """The ``input`` operand, given first or by keyword (``self`` of a method)."""
+    return args[0] if args else kwargs.get("input")
 
 
 def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
@@ -446,6 +637,42 @@ def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: s
             seen.add(any(s == 1 and n > 1 and i != batch_axis for i, (s, n) in enumerate(zip(padded, a.shape))))
         verdicts.add("unknown" if len(seen) > 1 else "constant" if True in seen else "varies")
     return next((v for v in ("constant", "unknown") if v in verdicts), "varies")
+
+
+def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
+    """The axes of ``out``, counted from its end, along which an addend of ``shape`` varies, its last (channels) aside."""
+    return tuple(i for i in range(-min(len(shape), len(out)), -1) if shape[i] > 1)
+
+
+def _broadcast_over(shape: torch.Size, other: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` is broadcast along an axis of more than one entry of ``other``."""
+    padded = (1,) * (len(other) - len(shape)) + tuple(shape)
+    return any(s == 1 and n > 1 for s, n in zip(padded, other))
+
+
+def _same_shapes(t: torch.Tensor, out: Any) -> bool:
+    return isinstance(out, torch.Tensor) and out.shape == t.shape
+
+
+def _rows(t: torch.Tensor, args: tuple, kwargs: dict, out: Any, axes: tuple[int, ...], bare: str) -> bool:
+    """Whether ``out`` holds ``t`` cut into single rows along one of ``axes`` (axes counted from the end):
+    ``chunk`` / ``split`` into pieces of one, ``unbind``, ``select``, ``t[:, i]``, ``t[:, i : i + 1]``."""
+    pieces = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+    if bare == "__getitem__":
+        index = args[1] if len(args) > 1 else None
+        index = index if isinstance(index, tuple) else (index,)
+        cut = next((i for i, x in enumerate(index) if not (isinstance(x, slice) and x == slice(None))), None)
+        if cut is None or cut - t.ndim not in axes:
+            return False
+        if isinstance(index[cut], slice):  # ``t[:, i : i + 1]``
+            return len(pieces) == 1 and pieces[0].ndim == t.ndim and pieces[0].shape[cut] == 1
+        return isinstance(index[cut], int) and not isinstance(index[cut], bool)
+    dim = kwargs.get("dim", args[2] if bare not in ("unbind", "select") and len(args) > 2 else
+                     args[1] if bare in ("unbind", "select") and len(args) > 1 else 0)
+    if not isinstance(dim, int) or not -t.ndim <= dim < t.ndim:
+        return False
+    axis = dim - t.ndim if dim >= 0 else dim
+    return axis in axes and bool(pieces) and all(p.ndim == t.ndim - 1 or p.shape[axis] == 1 for p in pieces)
 
 
 def _einsum_elementwise(args: tuple) -> set[int]:
@@ -512,17 +739,55 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
 
 
 def _best_trace(model: nn.Module, example_inputs: Any) -> Trace:
-    """The first pass that finishes, else the one that saw most, in the order of :func:`run_trace`."""
-    trace = _trace_once(model, example_inputs, None, meta=True)  # meta kernels: several times faster
-    # fake tensors also take the CPU constants a model mixes in; bfloat16 suits some kernels; a
-    # detector asks for targets in training mode
-    tries = [(torch.bfloat16, True, False), (None, False, False), (torch.bfloat16, False, False)]
-    for floats, meta, evaluate in tries + ([(None, True, True)] if model.training else []):
-        if trace.stopped is None:
-            return trace
-        again = _trace_once(model, example_inputs, floats, meta, evaluate)
-        trace = again if again.stopped is None or len(again.uses) > len(trace.uses) else trace
+    """The first pass that finishes, else the one that saw most, in the order of :func:`run_trace`;
+    where it tested a tensor's value, with what the other answers show (:func:`_both_ways`)."""
+    # meta kernels first: several times faster; bfloat16 suits some kernels; fake tensors also take
+    # the CPU constants a model mixes in; a detector asks for targets in training mode
+    tries = [(None, True, False), (torch.bfloat16, True, False), (None, False, False), (torch.bfloat16, False, False)]
+    tries += [(None, True, True)] if model.training else []
+    trace, first = _first_to_finish(model, example_inputs, tries)
+    if trace.tests:  # answered False; now True, as often at each place (a ``while`` loop runs once), from the way that worked
+        true = collections.Counter(where for where, _ in trace.tests)
+        trace = _both_ways(trace, _first_to_finish(model, example_inputs, tries[first:], true)[0])
     return trace
+
+
+def _first_to_finish(model: nn.Module, example_inputs: Any, tries: list[tuple[torch.dtype | None, bool, bool]],
+                     answers: Mapping[str, int] | None = None) -> tuple[Trace, int]:
+    """The first pass in ``tries`` (floats, meta, eval mode) that finishes, else the one that saw most, and its place."""
+    best, at = _trace_once(model, example_inputs, *tries[0], answers=answers), 0
+    for i, how in enumerate(tries[1:], 1):
+        if best.stopped is None:
+            break
+        again = _trace_once(model, example_inputs, *how, answers=answers)
+        if again.stopped is None or len(again.uses) > len(best.uses):
+            best, at = again, i
+    return best, at
+
+
+def _both_ways(false: Trace, true: Trace) -> Trace:
+    """The uses of a pass that answered every test of a tensor's value False, and of one that answered
+    them True (``if self.training and torch.rand(1) > p:``, PEFT's LoKr in training): what either saw
+    is kept. Where the two decide a tensor differently, ``Trace.branch`` keeps what the other answer
+    saw and the test the deciding use came after, with its answer: a decision that rests on one
+    answer says so (:func:`decaykit.policy.roles.classify`). (Each test is answered one way for the
+    whole of a pass, and one the True answers lead to is answered False: a branch that needs some
+    tests true and others false is not seen.)"""
+    merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test})
+    for pid in false.uses.keys() | true.uses.keys():
+        mine, theirs = false.uses.get(pid, []), true.uses.get(pid, [])
+        merged.uses[pid] = mine + theirs
+        decides = _decider(mine + theirs)
+        test = false.after_test.get((pid, decides)) if decides in mine else true.after_test.get((pid, decides))
+        if test is not None and _decider(mine) != _decider(theirs):
+            other = _decider(theirs) if decides in mine else _decider(mine)
+            merged.branch[pid] = (other, f"where {test[0]} is {'true' if test[1] else 'false'}")
+    return merged
+
+
+def _decider(seen: list[Use]) -> Use | None:
+    """The use that decides among ``seen``: the strongest, or ``None`` for none."""
+    return min(seen, key=lambda u: _RANK.index(u.kind)) if seen else None
 
 
 # One trace per model and its tensors: param_groups, then audit, then a Monitor plan the same model.
@@ -540,8 +805,7 @@ def trace_on_own_input(model: nn.Module) -> Trace:
         return known[1]
     inputs = example_inputs_for(model)
     if inputs is None:
-        why = f"{type(model).__name__} has no example_inputs() method, config or first weight layer that fixes its input"
-        trace = Trace({}, why, ran=False)
+        trace = Trace({}, _no_input(model), ran=False)
     else:
         trace = run_trace(model, inputs)
         masked = _with_masked_patches(model, inputs)
@@ -555,11 +819,11 @@ def trace_on_own_input(model: nn.Module) -> Trace:
 def _with_masked_patches(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
     """The inputs plus a mask over the image's patches, for a transformers model whose forward takes
     ``bool_masked_pos``: its mask token is used only where patches are masked."""
-    config = getattr(model, "config", None)
+    config, takes = _config_of(model)
     vision = getattr(config, "vision_config", None) or config
     patch = getattr(vision, "patch_size", None)
     pixels = inputs.get("pixel_values") if isinstance(inputs, Mapping) else None
-    if "bool_masked_pos" not in _arguments(model) or not isinstance(patch, int) or patch <= 0 or pixels is None:
+    if "bool_masked_pos" not in takes or not isinstance(patch, int) or patch <= 0 or pixels is None:
         return None
     patches = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
     return {**inputs, "bool_masked_pos": torch.zeros(1, patches, dtype=torch.bool)}
@@ -578,7 +842,7 @@ def _modalities(inputs: Any) -> list[dict[str, Any]]:
 
 
 def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
-                evaluate: bool = False) -> Trace:
+                evaluate: bool = False, answers: Mapping[str, int] | None = None) -> Trace:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # on meta tensors, what the forward creates must be meta too: the default device says so
@@ -594,7 +858,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
     args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
                                      example_inputs))
-    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)])
+    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers)
     stopped = None
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
@@ -610,7 +874,8 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     finally:
         fake_log.setLevel(level)
         _restore(saved)
-    return Trace(recorder.uses, stopped)
+    recorder.finish()
+    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test)
 
 
 @contextlib.contextmanager
@@ -768,7 +1033,7 @@ def example_inputs_for(model: nn.Module) -> Any | None:
 
     In order: its own ``example_inputs()`` method or Lightning's ``example_input_array``; a
     Hugging Face model's config (token ids from its vocabulary, or pixel values for an image
-    model); timm's ``pretrained_cfg["input_size"]``; else the first weight layer in the order the
+    model), also through a wrapper whose ``forward`` takes ``*args, **kwargs`` (PEFT's ``PeftModel``); timm's ``pretrained_cfg["input_size"]``; else the first weight layer in the order the
     model registers them (``Linear``: features, ``Conv*d``: channels, at an ``img_size`` /
     ``image_size`` the model states or 224, 16 frames of them for ``Conv3d``, ``Embedding``:
     token ids). A guess that does not
@@ -787,14 +1052,57 @@ def example_inputs_for(model: nn.Module) -> Any | None:
     array = getattr(model, "example_input_array", None)  # Lightning's convention
     if isinstance(array, (torch.Tensor, tuple, list, Mapping)):
         return array
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        return _from_config(config, _arguments(model))
+    config, takes = _config_of(model)
+    if config is not None:
+        return _from_config(config, takes)
     stated = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     size = stated.get("input_size") if isinstance(stated, Mapping) else None
     if isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(n, int) and n > 0 for n in size):
         return torch.zeros(2, *size)
     return _from_first_layer(model)
+
+
+def _config_of(model: nn.Module) -> tuple[Any, frozenset[str]]:
+    """A transformers config for ``model`` (its own, or that of the model a wrapper hands its input to),
+    or ``None``, and the arguments of the forward that takes the input."""
+    inner = _passed_to(model)
+    for holder in dict.fromkeys((model, inner)):
+        config = getattr(holder, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            return config, _arguments(inner)
+    return None, frozenset()
+
+
+def _passed_to(model: nn.Module) -> nn.Module:
+    """The module ``model`` hands its input to: itself, or, where its ``forward`` takes only ``*args`` and
+    ``**kwargs`` (PEFT's ``PeftModel`` and its tuner), the first module it holds, in turn."""
+    import inspect
+
+    for _ in range(8):  # wrappers nest a few levels at most
+        if type(model).forward is nn.Module.forward:  # no forward of its own (BarkModel): it hands nothing on
+            break
+        try:
+            kinds = {p.kind for p in inspect.signature(model.forward).parameters.values()}
+        except (TypeError, ValueError):
+            break
+        child = next(model.children(), None)
+        if not kinds or not kinds <= {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} or child is None:
+            break
+        model = child
+    return model
+
+
+def _no_input(model: nn.Module) -> str:
+    """Why :func:`example_inputs_for` made no input for ``model``."""
+    name = type(model).__name__
+    config, takes = _config_of(model)
+    if config is None:
+        return f"{name} has no example_inputs() method, config or first weight layer that fixes its input"
+    if type(_passed_to(model)).forward is nn.Module.forward:
+        return f"{name} has a {type(config).__name__}, but no forward of its own that takes an input"
+    taken = ", ".join(sorted(takes)) or "no named argument"
+    return (f"{name}'s {type(config).__name__} fixes no input its forward ({taken}) takes: decaykit makes "
+            "input_ids, pixel_values, input_values, or input_features where the config gives num_mel_bins")
 
 
 def _from_first_layer(model: nn.Module) -> torch.Tensor | None:
