@@ -250,8 +250,8 @@ def task_from_args(args: argparse.Namespace) -> Task:
     """The built-in task with its options, or the task around ``--model`` and ``--data``."""
     from decaykit.sweeps.tasks import resolve_task
 
-    options = {"train_size": args.train_size, "data_seed": args.data_seed, "label_noise": args.label_noise}
-    return resolve_task(args.model, args.data, args.task, {k: v for k, v in options.items() if v is not None} or None)
+    options = {key: getattr(args, key) for key in _TASK_FLAGS if getattr(args, key) is not None}
+    return resolve_task(args.model, args.data, args.task, options or None)
 
 
 def _task_name(args: argparse.Namespace) -> str:
