@@ -327,3 +327,71 @@ def test_a_decay_overshoot_is_found_per_stacked_member_and_not_through_adam():
     flipped = next(f for f in measured.findings if f.code == "measured-decay-overshoots")
     factors = {e.name: e.measured for e in measured.probe.entries}
     assert set(flipped.params) == {"0.weight", "2.weight"} and all(factors[n] < 0 for n in flipped.params)
+
+
+class _Lookahead(torch.optim.Optimizer):
+    """pytorch_optimizer's Lookahead as it is built: it holds the optimizer it was given and hands out its
+    param_groups list; its step() steps that optimizer, then pulls slow weights toward the fast ones."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        self.optimizer, self.defaults, self.state = optimizer, optimizer.defaults, {}
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure)
+
+
+class _Sam(torch.optim.Optimizer):
+    """SAM as pytorch_optimizer builds it: the base optimizer is made from its own groups, which it then shares."""
+
+    def __init__(self, params, base, **kwargs) -> None:
+        super().__init__(params, {"rho": 0.05, **kwargs})
+        self.base_optimizer = base(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+
+
+def test_a_wrapper_sharing_the_groups_of_the_optimizer_it_holds_is_audited_as_that_optimizer():
+    """Lookahead, SAM and OrthoGrad around Adam with coupled L2: "no problems found", where Adam alone is warned."""
+    model = TinyGPT(depth=1)
+    adam = torch.optim.Adam(decaykit.param_groups(model, 0.05), lr=1e-3)
+    assert codes(decaykit.audit(model, adam)) == {"coupled-adaptive": "warning"}
+    for wrapped in (_Lookahead(adam), _Sam(decaykit.param_groups(model, 0.05), torch.optim.Adam, lr=1e-3)):
+        name = type(wrapped).__name__
+        report = decaykit.audit(model, wrapped)
+        assert codes(report) == {"coupled-adaptive": "warning"}, name
+        assert report.optimizer == f"Adam (inside {name})"
+        assert any(f"what {name} does around Adam's step is its own" in n for n in report.notes)
+    # an optimizer holding another whose groups it does not share is no such wrapper
+    other = _Lookahead(adam)
+    other.__class__ = type("Holder", (torch.optim.Optimizer,), {"param_groups": [], "step": lambda self, c=None: None})
+    assert decaykit.optimizers.unwrap(other) is other
+
+
+def test_an_optimizer_decaykit_has_no_facts_on_is_said_unknown_not_passed():
+    """An unknown class's weight_decay may be coupled or decoupled: the audit says so rather than "no problems",
+    and a second setting named like a decay (a weight_decay_1d for 1-D tensors) is named where weight_decay=0."""
+
+    class Custom(torch.optim.Optimizer):
+        def __init__(self, params, lr=1e-3, weight_decay=0.0, weight_decay_1d=0.1, lr_decay=0.5):
+            super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "weight_decay_1d": weight_decay_1d,
+                                      "lr_decay": lr_decay})
+
+        def step(self, closure=None):
+            return None
+
+    model = TinyGPT(depth=1)
+    report = decaykit.audit(model, Custom(decaykit.param_groups(model, 0.05)))
+    assert codes(report) == {"unread-decay-setting": "warning", "unknown-convention": "info"}
+    unknown = next(f for f in report.findings if f.code == "unknown-convention")
+    assert "param_groups [0]" in unknown.message and "measure=True" in unknown.fix
+    unread = next(f for f in report.findings if f.code == "unread-decay-setting")
+    assert "weight_decay_1d=0.1 in param_groups [0, 1]" in unread.message and "lr_decay" not in unread.message
+    assert "param_groups [1] have weight_decay=0" in unread.message
+    quiet = Custom(decaykit.param_groups(model, 0.05), weight_decay_1d=0.0)
+    assert codes(decaykit.audit(model, quiet)) == {"unknown-convention": "info"}
+    # a torch class is known: none of these
+    assert codes(decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05)))) == {}

@@ -121,7 +121,12 @@ def test_lookup_by_object_class_and_name() -> None:
 
     assert optimizers.info(Custom) is None
     assert optimizers.info(WeightDecay(torch.optim.AdamW(_params()))) is None
-    assert optimizers.info(type("Lion", (torch.optim.SGD,), {})) is REGISTRY["lion_pytorch.Lion"]
+    lion = type("Lion", (torch.optim.SGD,), {"__module__": "lion_pytorch.lion_pytorch"})
+    assert optimizers.info(lion) is REGISTRY["lion_pytorch.Lion"]
+    # another package's class of the same name may decay otherwise (pytorch_optimizer's Lion can be coupled)
+    assert optimizers.info(type("Lion", (torch.optim.SGD,), {"__module__": "pytorch_optimizer.optimizer.lion"})) is None
+    assert optimizers.info(type("Adafactor", (torch.optim.SGD,), {"__module__": "transformers.optimization"})) \
+        is REGISTRY["transformers.optimization.Adafactor"]
     assert optimizers.by_cli_name("radam") is REGISTRY["RAdam"]
     with pytest.raises(DecayError, match=r"optimizer must be one of adadelta, .*sgd, got 'muon'"):
         optimizers.by_cli_name("muon")
@@ -269,8 +274,9 @@ def test_probe_expectation_and_audit_agree_with_the_registry(case: tuple[Optimiz
 
 
 @pytest.mark.parametrize("entry", THIRD_PARTY, ids=lambda e: e.key)
-def test_third_party_classes_are_matched_by_name(entry: OptimizerInfo) -> None:
-    stand_in = type(entry.name, (torch.optim.SGD,), {})  # the package itself is never imported
+def test_third_party_classes_are_matched_by_name_and_package(entry: OptimizerInfo) -> None:
+    # the package itself is never imported: a stand-in of the class's name, in a module of that package
+    stand_in = type(entry.name, (torch.optim.SGD,), {"__module__": f"{entry.module}.stand_in"})
     model = _frozen_model()
     opt = stand_in(model.parameters(), lr=LR, weight_decay=WD)
     assert optimizers.info(opt) is entry

@@ -395,11 +395,16 @@ def audit(
     view = _optimizer_view(model, optimizer)
     if wrapper is not None:
         view.name += f" (inside {wrapper})"
+        if wrapper not in optimizers.WRAPPERS:
+            inner = type(optimizer).__name__
+            view.notes.append(f"{wrapper} holds {inner} and shares its param groups: their settings are audited as "
+                              f"{inner}'s; what {wrapper} does around {inner}'s step is its own, and decaykit has no "
+                              "facts on it")
     given = [g.weight_decay for g in view.groups if not math.isnan(g.weight_decay)]
     lam = weight_decay if weight_decay is not None else max(given, default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
     findings = _bad_lambda_findings(view.groups) + _mapped_findings(expected, view)
-    findings += _convention_findings(view)
+    findings += _convention_findings(view) + _unknown_findings(view)
     findings += _overshoot_findings(view, expected)
     findings += [Finding("warning", "tied-conflict", str(conflict),
                          "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
@@ -520,6 +525,48 @@ def _membership_findings(expected: Plan, held: _Membership, groups: list[_Group]
         out.append(Finding("warning", "not-in-model", f"{len(held.foreign)} optimizer tensors are not parameters of this model",
                            "pass the model the optimizer was built for", tuple(held.foreign)))
     return out
+
+
+#: group settings named like a decay that are not one: Adagrad's lr_decay, Adafactor's decay_rate (its β2 schedule)
+_NOT_DECAY = frozenset({"weight_decay", "lr_decay", "decay_rate", "beta2_decay"})
+
+
+def _unknown_findings(view: _View) -> list[Finding]:
+    """What the settings of an optimizer decaykit has no facts on cannot tell: what its weight_decay does
+    (``unknown-convention``), and whether a second setting named like a decay (a ``weight_decay_1d`` for 1-D tensors)
+    decays what weight_decay=0 leaves alone (``unread-decay-setting``, a warning where it sits in a group of
+    weight_decay=0). Said, not guessed; ``measure=True`` measures both."""
+    if view.mode is not None or view.stepper is not None:
+        return []
+    name = view.name.partition(" (")[0]
+    measure = ("measure it: decaykit.audit(model, optimizer, measure=True) or decaykit.probe(optimizer, model=model) "
+               "steps a copy and says how each tensor is decayed")
+    out = []
+    unknown = [i for i, g in enumerate(view.groups) if g.decay == "unknown" and g.weight_decay > 0]
+    if unknown:
+        out.append(Finding("info", "unknown-convention",
+                           f"decaykit has no facts on {name}: whether its weight_decay in param_groups {unknown} is "
+                           "coupled L2 (λθ added to the gradient, rescaled by any adaptive denominator) or a decoupled "
+                           "shrink, and at what rate, is not known from its settings", measure))
+    others: dict[tuple[str, float], list[int]] = {}
+    for i, g in enumerate(view.groups):
+        for key, value in g.settings.items():
+            if "decay" in key.lower() and key not in _NOT_DECAY and _nonzero_number(value):
+                others.setdefault((key, value), []).append(i)
+    if others:
+        undecayed = sorted({i for where in others.values() for i in where if view.groups[i].weight_decay == 0})
+        shown = "; ".join(f"{k}={v:g} in param_groups {where}" for (k, v), where in others.items())
+        message = (f"{name}'s groups hold {shown}: a setting named like a decay, which decaykit does not know and "
+                   "weight_decay=0 may not switch off")
+        if undecayed:
+            message += f"; param_groups {undecayed} have weight_decay=0, and their tensors may be decayed all the same"
+        out.append(Finding("warning" if undecayed else "info", "unread-decay-setting", message,
+                           f"{measure}; set the setting to 0 in groups meant to get no decay"))
+    return out
+
+
+def _nonzero_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value != 0
 
 
 def _convention_findings(view: _View) -> list[Finding]:

@@ -20,8 +20,9 @@ Two conventions share the name "weight decay" (Loshchilov & Hutter 2019):
 - ``decoupled``: θ ← θ(1 − η·λ) next to the update, η the group's ``lr`` (torch ``AdamW``).
 
 Matching: a ``torch.optim`` entry matches its exact class only (a subclass may override
-``step()``); a third-party entry matches any class of that name outside ``torch.optim``, so its
-package is never imported.
+``step()``); a third-party entry matches a class of its name from its own package (the first part
+of :attr:`OptimizerInfo.module`), so that package is never imported and another package's class of
+the same name (pytorch_optimizer's ``Lion``, whose decay can be coupled) gets no facts it lacks.
 
 A training framework may hand back its own wrapper around the optimizer (the HF Trainer's
 ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``): :func:`unwrap` finds the optimizer
@@ -41,7 +42,7 @@ import torch
 from decaykit.errors import DecayError
 
 __all__ = ["DECAY_KINDS", "ENGINE_KINDS", "REGISTRY", "WRAPPERS", "OptimizerInfo", "by_cli_name", "cli_choices",
-           "from_settings", "info", "unwrap", "wrapper_name"]
+           "from_settings", "info", "sharing_wrapper", "unwrap", "wrapper_name"]
 
 _TORCH = "torch.optim"
 #: values of :attr:`OptimizerInfo.decay`
@@ -56,8 +57,8 @@ class OptimizerInfo:
 
     Attributes:
         name: the class name (``"AdamW"``).
-        module: where the class lives: ``"torch.optim"``, or the third-party package (documentation
-            only: third-party classes are matched by name).
+        module: where the class lives: ``"torch.optim"``, or the third-party module; a class matches a
+            third-party entry when its name is :attr:`name` and its module is in that package.
         decay: what its ``weight_decay`` does: ``"coupled"`` (g ← g + λθ), ``"decoupled"``
             (θ ← θ(1 − η·λ), or the rate ``convention`` names), ``"flag"`` (chosen per group by
             ``decoupled_weight_decay``), ``"none"`` (no ``weight_decay`` setting) or ``"unknown"``.
@@ -196,9 +197,15 @@ def info(optimizer: Any) -> OptimizerInfo | None:
         return found
     cls = optimizer if isinstance(optimizer, type) else type(optimizer)
     found = _by_class().get(cls)
-    if found is None and not cls.__module__.startswith(_TORCH):
+    if found is None:
         found = _THIRD_PARTY.get(cls.__name__)
+        if found is not None and _package(cls.__module__) != _package(found.module):
+            found = None
     return found
+
+
+def _package(module: str) -> str:
+    return module.partition(".")[0]
 
 
 def cli_choices() -> tuple[str, ...]:
@@ -252,13 +259,38 @@ WRAPPERS: Mapping[str, str] = MappingProxyType({
 
 
 def wrapper_name(optimizer: Any) -> str | None:
-    """The :data:`WRAPPERS` name of the wrapper ``optimizer`` is, or None when it is no wrapper."""
-    return next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
+    """The name of the wrapper ``optimizer`` is (a :data:`WRAPPERS` name, or the class of another
+    :func:`sharing <sharing_wrapper>` one), or None when it is no wrapper."""
+    known = next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
+    return known or (type(optimizer).__name__ if sharing_wrapper(optimizer) is not None else None)
+
+
+def sharing_wrapper(optimizer: Any) -> Any:
+    """The optimizer that ``optimizer`` holds and whose ``param_groups`` list it shares, or None.
+
+    That is how wrappers that step an optimizer they were given are built (pytorch_optimizer's and
+    torch_optimizer's ``Lookahead``, ``SAM``, ``OrthoGrad``): the settings of the groups, ``weight_decay``
+    among them, are the inner optimizer's and act as its class makes them act. What the wrapper adds
+    around that step (Lookahead's slow weights, SAM's perturbed gradient) is its own, and decaykit has
+    no facts on it. decaykit's own :class:`~decaykit.WeightDecay` shares its groups too but decays by its
+    own mode, so it is no such wrapper.
+    """
+    if type(optimizer).__module__.partition(".")[0] == "decaykit" or not isinstance(optimizer, torch.optim.Optimizer):
+        return None
+    try:
+        groups = optimizer.param_groups
+    except Exception:  # a wrapper whose property fails says nothing about what it holds
+        return None
+    for value in vars(optimizer).values():
+        if value is not optimizer and isinstance(value, torch.optim.Optimizer) and value.param_groups is groups:
+            return value
+    return None
 
 
 def unwrap(optimizer: Any) -> Any:
-    """The optimizer inside any :data:`WRAPPERS` around ``optimizer`` (nested ones too); ``optimizer`` itself
-    when it is no wrapper. The facts of :func:`info` and what the audit and probe read are about that one.
+    """The optimizer inside any wrapper around ``optimizer`` (nested ones too): a :data:`WRAPPERS` one, or a
+    :func:`sharing_wrapper`; ``optimizer`` itself when it is no wrapper. The facts of :func:`info` and what
+    the audit and probe read are about that one.
 
     >>> import torch
     >>> adam = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))], weight_decay=0.1)
@@ -266,10 +298,11 @@ def unwrap(optimizer: Any) -> Any:
     True
     """
     seen: set[int] = set()
-    while (name := wrapper_name(optimizer)) is not None and id(optimizer) not in seen:
+    while id(optimizer) not in seen:
         seen.add(id(optimizer))
+        name = next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
         # read from the instance: Lightning's __getattr__ would forward a missing name to the optimizer inside
-        inner = getattr(optimizer, "__dict__", {}).get(WRAPPERS[name])
+        inner = getattr(optimizer, "__dict__", {}).get(WRAPPERS[name]) if name else sharing_wrapper(optimizer)
         if inner is None:
             break
         optimizer = inner
