@@ -346,3 +346,23 @@ def test_a_complex_scale_invariant_weight_settles_on_its_prediction():
     assert mon.history[-1]["predicted_norm"] == pytest.approx(math.sqrt(lr * 2 * OUT * IN / (2 * lam)))
     assert sum(late) / len(late) == pytest.approx(1.0, rel=0.1)
     assert mon.findings == []
+
+
+@pytest.mark.filterwarnings("ignore:1 tensor outside the layers decaykit knows")
+def test_adam_l2_with_amsgrad_is_rated_by_the_maximum_it_divides_by():
+    """amsgrad divides by √max v̂ (max_exp_avg_sq), not √v̂: with gradients that shrink, the rate read from
+    exp_avg_sq was several times too high."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    holder = torch.nn.Module()
+    holder.w = w
+    lr, lam = 1e-2, 0.5
+    opt = torch.optim.Adam([w], lr=lr, weight_decay=lam, amsgrad=True, betas=(0.9, 0.9))
+    with decaykit.Monitor(holder, opt, every=1) as mon:
+        for step in range(30):
+            w.grad = torch.randn(8, 4) * (10.0 if step < 5 else 0.1)
+            opt.step()
+    state = opt.state[w]
+    assert not torch.allclose(state["max_exp_avg_sq"], state["exp_avg_sq"])
+    v = state["max_exp_avg_sq"] / (1 - 0.9**30)
+    assert mon.history[-1]["decay_rate"] == pytest.approx(lr * lam / float(v.mean().sqrt()), rel=1e-4)

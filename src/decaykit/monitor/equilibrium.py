@@ -180,9 +180,12 @@ def real_view(x: Tensor) -> Tensor:
 
 
 def adaptive_denominator(optimizer: Any, param: Tensor, group: dict[str, Any]) -> Tensor | None:
-    """√v̂ + ε of an Adam-like optimizer's state for ``param`` (after its step), per real coordinate, or None."""
+    """√v̂ + ε of an Adam-like optimizer's state for ``param`` (after its step), per real coordinate, or None.
+
+    With ``amsgrad`` the step divides by the running maximum of v (``max_exp_avg_sq``), not v itself.
+    """
     state = _inner(optimizer).state.get(param, {})
-    v = state.get("exp_avg_sq")
+    v = state.get("max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq")
     if v is None or "step" not in state:
         return None
     v = real_view(v)  # a complex tensor's state is complex too, each part the moment of one real coordinate
