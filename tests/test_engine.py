@@ -825,3 +825,48 @@ def test_hugging_face_trainer_accepts_the_engine(tmp_path):
         transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched)).train()
     assert opt.steps_taken == 3
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+
+
+class _OwnStepSize(torch.optim.SGD):
+    """transformers' Adafactor with relative_step=True: it computes its step size itself and keeps lr=None."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, lr=0.1)
+        for group in self.param_groups:
+            group["lr"] = None
+
+
+class _DistanceEstimate(torch.optim.SGD):
+    """Prodigy and D-Adaptation: lr = 1 multiplies the step size d they estimate, kept in each group as 'd'."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, lr=1.0)
+        for group in self.param_groups:
+            group["d"] = 1e-3
+
+
+def test_a_group_without_an_lr_is_refused_by_the_modes_that_rate_decay_by_it():
+    """lr=None reached float() in the step: a bare TypeError from inside decaykit, at every step."""
+    for mode in ("lr_coupled", "lr_independent", "corrected", "cautious"):
+        with pytest.raises(DecayError, match=r"param_groups\[0\]\['lr'\] is None: mode .* relative_step=False") as err:
+            WeightDecay(_OwnStepSize(groups(make_model())), mode=mode)
+        assert err.value.argument == "optimizer"
+    model = make_model()
+    engine = WeightDecay(_OwnStepSize(groups(model)), mode="coupled_l2")  # λθ on the gradient needs no lr
+    assert [p["kind"] for p in engine.expected_decay()] == ["coupled_l2", "none"]
+    engine = WeightDecay(torch.optim.SGD(groups(model), lr=0.1))
+    engine.param_groups[0]["lr"] = None  # set after it was built: refused at the step, nothing moved
+    before = params_of(model)
+    with pytest.raises(DecayError, match=r"param_groups\[0\]\['lr'\] is None"):
+        train(model, engine, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_an_lr_that_multiplies_the_optimizer_s_own_step_size_is_warned():
+    """Prodigy's lr = 1: 'lr_coupled' decayed by 1·λ per step, 566x Prodigy's own d·lr·λ, and nothing said so."""
+    with pytest.warns(DecayWarning, match=r"param_groups\[0\] holds d = 0.001, .* 1e\+03x the optimizer's own"):
+        WeightDecay(_DistanceEstimate(groups(make_model())), mode="lr_coupled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WeightDecay(_DistanceEstimate(groups(make_model())), mode="coupled_l2")
+        WeightDecay(torch.optim.AdamW(groups(make_model()), lr=1e-3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from decaykit._validate import check_int, check_number, check_rates
 from decaykit.convert import convert
-from decaykit.errors import DecayError
+from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.names import canonical_name
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "check_plausible",
     "check_state_dict",
     "check_within_peak",
+    "group_lr",
     "group_peak_lr",
     "scheduler_peak",
     "short",
@@ -43,13 +45,39 @@ __all__ = [
 PEAK_MODES = ("lr_independent", "corrected")
 
 
-def check_group(i: int, group: dict[str, Any]) -> None:
-    """Refuse a group the engine's in-place decay would break (``differentiable=True``)."""
+def check_group(i: int, group: dict[str, Any], mode: str) -> None:
+    """Refuse a group the engine's in-place decay would break (``differentiable=True``) or whose decay its mode
+    cannot rate (no ``lr``); warn where the group's ``lr`` is a multiplier of the optimizer's own step size."""
     if group.get("differentiable", False):
         raise DecayError(
             f"param_groups[{i}] has differentiable=True; the engine's in-place decay is not differentiable, "
             "so build the inner optimizer with differentiable=False"
         )
+    if mode == "coupled_l2":  # λθ added to the gradient: no lr in its rate
+        return
+    group_lr(i, group, mode)
+    d, lam = _real(group.get("d")), group.get("weight_decay", 0.0)
+    decays = bool(lam.any()) if isinstance(lam, Tensor) else lam != 0
+    if d is not None and d > 0 and decays:
+        warnings.warn(
+            f"param_groups[{i}] holds d = {d:g}, the step-size estimate of Prodigy and D-Adaptation, which step by "
+            f"d·lr: lr = {group['lr']:g} is then a multiplier, not the step size, and mode {mode!r} rates the decay by "
+            f"lr alone (θ ← θ(1 − lr·λ) in 'lr_coupled'), {1 / d:.3g}x the optimizer's own decoupled decay "
+            "(d·lr·λ) at this d. Use the optimizer's own weight_decay, or scale λ by the d you expect",
+            DecayWarning, stacklevel=3)
+
+
+def group_lr(i: int, group: dict[str, Any], mode: str) -> float:
+    """The group's lr, the η_t its decay is rated by; refused when it is no number (transformers' Adafactor keeps
+    lr=None with relative_step=True, and computes its step size itself)."""
+    lr = _real(group.get("lr"))
+    if lr is None:
+        raise DecayError(
+            f"param_groups[{i}]['lr'] is {group.get('lr')!r}: mode {mode!r} rates the decay by the group's lr, and "
+            "this group has none (an optimizer that sets its own step size, such as transformers' Adafactor with "
+            "relative_step=True); give the optimizer a fixed lr (Adafactor(..., relative_step=False, lr=1e-3)), or "
+            "use mode='coupled_l2', or the optimizer's own weight_decay without the engine", argument="optimizer")
+    return lr
 
 
 def check_max_lr(max_lr: Any, n_groups: int) -> float | list[float] | None:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from decaykit import _dtensor as shards
 from decaykit.engine.cautious import cautious_decay_, cautious_moment_decay_
-from decaykit.engine.checks import PEAK_MODES, check_within_peak, short
+from decaykit.engine.checks import PEAK_MODES, check_within_peak, group_lr, short
 from decaykit.engine.modes import Rate, decay_rate, decoupled_decay_, inner_weight_decay, l2_gradients
 from decaykit.errors import DecayError
 
@@ -102,7 +102,7 @@ def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: fl
         if scalar and native == "coupled":
             return GroupStep("inner", "coupled_l2", lam_t, {"weight_decay": lam_t})
         return GroupStep("l2_gradient", "coupled_l2", lam_t, off)
-    lr = float(group["lr"])
+    lr = group_lr(i, group, mode)
     if mode in PEAK_MODES and max_lr == 0:
         if lr == 0:
             return GroupStep("none", "none", 0.0, off)
