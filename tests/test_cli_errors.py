@@ -150,6 +150,7 @@ def test_problems_found_exit_1_with_a_report_not_an_error(argv, capsys):
     (("probe", "mlp", "--momentum", "0.9"), "--momentum"),
     (("probe", "mlp", "--optimizer", "adam", "--momentum", "0.9"), "--momentum"),
     (("convert", "0.1", "--to", "composer", "--max-lr", "1e-3", "--momentum", "0.9"), "--momentum"),
+    (("convert", "0.1", "--to", "composer", "--max-lr", "1e-3", "--dampening", "0.5"), "--dampening"),
     (("convert", "0.1", "--to", "composer", "--max-lr", "1e-3", "--steps", "100"), "--steps"),
     (("convert", "0.1", "--to", "sgd", "--lr", "1e-3"), "--lr"),
     (("convert", "0.1", "--to", "composer", "--max-lr", "1e-3", "--dataset-size", "10", "--batch-size", "2"),
@@ -324,6 +325,7 @@ def test_the_library_settings_of_issue_10_reach_the_command_line(capsys):
 
 @pytest.mark.parametrize("argv,flag", [
     (["convert", "0.1", "--to", "sgd", "--momentum", "1.5"], "--momentum"),
+    (["convert", "0.1", "--to", "sgd", "--dampening", "1.5"], "--dampening"),
     (["inspect", "gpt", "--layer-decay", "2"], "--layer-decay"),
     (["convert", "-1"], "LAMBDA"),
     (["convert", "0.1", "--to", "nope"], "--to"),

@@ -83,6 +83,24 @@ def test_sgd_l2_is_exact_for_plain_sgd():
     torch.testing.assert_close(ours.weight, ref.weight, rtol=0, atol=1e-6)
 
 
+
+@pytest.mark.parametrize(("momentum", "dampening"), [(0.9, 0.0), (0.9, 0.5), (0.5, 0.9)])
+def test_sgd_l2_with_momentum_and_dampening_matches_torch_s_decay_once_it_settles(momentum, dampening):
+    """The momentum buffer sums (1 − δ)·λθ over μ^k: the settled decay per step is η·λ·(1 − δ)/(1 − μ). The
+    dampening was left out, so a dampened SGD's λ converted to twice (δ = 0.5) to ten times (δ = 0.9) its decay."""
+    lr, lam = 0.01, 0.001  # r = ηλ/(1 − μ) to first order in ηλ: 1e-5, so the next order is 1e-4 of it
+    w = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    sgd = torch.optim.SGD([w], lr=lr, weight_decay=lam, momentum=momentum, dampening=dampening)
+    for _ in range(300):  # zero gradients: the decay alone
+        w.grad = torch.zeros(4, dtype=torch.float64)
+        before = w.detach().clone()
+        sgd.step()
+    settled = 1 - float(w.detach()[0] / before[0])
+    as_adamw = convert(lam, from_="sgd_l2", to="lr_coupled", momentum=momentum, dampening=dampening)
+    assert lr * as_adamw == pytest.approx(settled, rel=1e-3)
+    assert convert(as_adamw, from_="lr_coupled", to="sgd_l2", momentum=momentum, dampening=dampening) \
+        == pytest.approx(lam)
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -91,6 +109,7 @@ def test_sgd_l2_is_exact_for_plain_sgd():
         ({"from_": "normalized", "to": "paper", "max_lr": 1e-3}, "needs steps="),
         ({"from_": "adam", "to": "adamw"}, "Prop. 2"),
         ({"from_": "sgd", "to": "adamw", "momentum": 1.0}, r"momentum must be a number in \[0, 1\), got 1.0"),
+        ({"from_": "sgd", "to": "adamw", "dampening": 1.0}, r"dampening must be a number in \[0, 1\), got 1.0"),
         ({"from_": "adamw", "to": "lion"}, "unknown weight-decay convention 'lion' for to"),
         ({"from_": "lion", "to": "adamw"}, "unknown weight-decay convention 'lion' for from_"),
     ],
@@ -151,6 +170,8 @@ def test_cli_prints_every_convention_and_the_timescale(capsys):
 def test_cli_to_prints_one_number_and_json_is_valid(capsys):
     assert main(["convert", "1e-4", "--from", "composer", "--to", "adamw", "--max-lr", "1e-3"]) == 0
     assert float(capsys.readouterr().out) == pytest.approx(0.1)
+    assert main(["convert", "0.1", "--from", "sgd", "--to", "adamw", "--momentum", "0.9", "--dampening", "0.5"]) == 0
+    assert capsys.readouterr().out.strip() == "0.5"  # (1 − 0.5)/(1 − 0.9) = 5 times the SGD λ
     assert main(["convert", "--tau-epochs", "20", "--lr", "1e-3", "--dataset-size", "50000", "--batch-size", "100",
                  "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

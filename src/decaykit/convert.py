@@ -11,7 +11,7 @@ convention          per-step decay                                      source  
 ``paper``           θ ← θ − s_t(α·u + λθ), s_t = η_t/α, α = η_max       Loshchilov & Hutter 2019   yes
 ``normalized``      paper λ = λ_norm·√(b/(B·T)) = λ_norm/√steps         Loshchilov & Hutter 2019   yes
 ``corrected``       θ ← θ(1 − (η_t²/η_max)·λ)                           AdamC, Defazio 2025        yes
-``sgd_l2``          SGD(weight_decay=λ, momentum=μ): ≈ θ(1 − η_t·λ/(1−μ))  Prop. 1 of the AdamW paper  μ = 0: yes
+``sgd_l2``          SGD(weight_decay=λ, momentum=μ, dampening=δ): ≈ θ(1 − η_t·λ·(1−δ)/(1−μ))  AdamW paper Prop. 1  μ = 0: yes
 ``adam_l2``         Adam(weight_decay=λ): ≈ θ(1 − η_t·λ/RMS(g))          Prop. 2: no exact match    no
 ==================  ==================================================  =========================  ==========
 
@@ -72,7 +72,8 @@ CONVENTIONS: dict[str, Convention] = {
         Convention("paper", "θ ← θ − s_t(α·u + λθ), s_t = η_t/α, α = η_max", "Loshchilov & Hutter 2019", 1, -1),
         Convention("normalized", "paper λ = λ_norm/√steps", "Loshchilov & Hutter 2019, normalized decay", 1, -1),
         Convention("corrected", "θ ← θ(1 − (η_t²/η_max)·λ)", "AdamC, Defazio 2025", 2, -1),
-        Convention("sgd_l2", "g ← g + λθ in SGD: θ(1 − η_t·λ/(1 − momentum)) per step", "L2 penalty; AdamW paper Prop. 1", 1, 0),
+        Convention("sgd_l2", "g ← g + λθ in SGD(momentum μ, dampening δ): θ(1 − η_t·λ·(1−δ)/(1−μ))",
+                   "L2 penalty; AdamW paper Prop. 1", 1, 0),
         Convention(
             "adam_l2", "g ← g + λθ in Adam: ≈ θ(1 − η_t·λ/RMS(g)) per step", "L2 penalty; AdamW paper Prop. 2", 1, 0, False
         ),
@@ -118,7 +119,7 @@ def _positive(name: str, value: Any) -> float:
     return check_number(value, name, allow_zero=False, strict_type=True)
 
 
-def _coefficient(conv: str, *, steps: Any, momentum: Any, grad_rms: Any) -> float:
+def _coefficient(conv: str, *, steps: Any, momentum: Any, grad_rms: Any, dampening: Any = 0.0) -> float:
     """The constant k of r = η^a·η_max^b·k·λ."""
     if conv == "normalized":
         if steps is None:
@@ -126,8 +127,11 @@ def _coefficient(conv: str, *, steps: Any, momentum: Any, grad_rms: Any) -> floa
         return 1.0 / math.sqrt(_positive("steps", steps))
     if conv == "sgd_l2":
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
-            raise DecayError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        return 1.0 / (1.0 - momentum)
+            raise DecayError(f"momentum must be a number in [0, 1), got {momentum!r}", argument="momentum")
+        if isinstance(dampening, bool) or not isinstance(dampening, numbers.Real) or not 0 <= dampening < 1:
+            raise DecayError(f"dampening must be a number in [0, 1), got {dampening!r}", argument="dampening")
+        # the buffer sums (1 − δ)·λθ over μ^k: (1 − δ)/(1 − μ) in all once θ moves slowly
+        return (1.0 - dampening) / (1.0 - momentum)
     if conv == "adam_l2":
         if grad_rms is None:
             raise DecayError(
@@ -153,12 +157,11 @@ def _learning_rates(lr: Any, max_lr: Any) -> tuple[float | None, float | None]:
 
 
 def _factor(src: str, dst: str, *, lr: float | None, max_lr: float | None, steps: Any, momentum: Any,
-            grad_rms: Any) -> float:
+            grad_rms: Any, dampening: Any = 0.0) -> float:
     """c_from/c_to, so that λ_to = λ_from·c_from/c_to; inf where it overflows."""
     a, b = CONVENTIONS[src], CONVENTIONS[dst]
-    factor = _coefficient(src, steps=steps, momentum=momentum, grad_rms=grad_rms) / _coefficient(
-        dst, steps=steps, momentum=momentum, grad_rms=grad_rms
-    )
+    given = {"steps": steps, "momentum": momentum, "grad_rms": grad_rms, "dampening": dampening}
+    factor = _coefficient(src, **given) / _coefficient(dst, **given)
     lr_power, max_power = a.lr_power - b.lr_power, a.max_lr_power - b.max_lr_power
     if max_power and max_lr is None:
         raise DecayError(f"converting {src} -> {dst} needs max_lr= (the peak LR η_max, e.g. the optimizer's initial lr)")
@@ -203,13 +206,14 @@ def convert(
     steps: int | None = None,
     momentum: float = 0.0,
     grad_rms: float | None = None,
+    dampening: float = 0.0,
 ) -> float | Tensor:
     """The λ in convention ``to`` that decays as much per step as ``weight_decay`` does in ``from_``.
 
     Conventions (and aliases): ``lr_coupled`` (adamw, torch), ``lr_independent`` (composer,
     independent), ``paper``, ``normalized``, ``corrected`` (adamc), ``sgd_l2`` (sgd), ``adam_l2``
     (adam). Rates are matched at LR ``lr`` (default ``max_lr``, and never above it); ``steps`` is
-    the run's total step count (``normalized``), ``momentum`` SGD's (``sgd_l2``), ``grad_rms`` the
+    the run's total step count (``normalized``), ``momentum`` and ``dampening`` SGD's (``sgd_l2``), ``grad_rms`` the
     gradients' RMS (``adam_l2``, approximate). A result that overflows (or underflows) the float
     type is refused, never returned as inf or 0.
 
@@ -224,7 +228,8 @@ def convert(
     else:
         weight_decay = check_number(weight_decay, "weight_decay", strict_type=True)
     eta, peak = _learning_rates(lr, max_lr)
-    factor = _factor(src, dst, lr=eta, max_lr=peak, steps=steps, momentum=momentum, grad_rms=grad_rms)
+    factor = _factor(src, dst, lr=eta, max_lr=peak, steps=steps, momentum=momentum, grad_rms=grad_rms,
+                     dampening=dampening)
     if isinstance(weight_decay, Tensor):
         result: float | Tensor = torch.where(weight_decay == 0, torch.zeros_like(weight_decay), weight_decay * factor)
     else:

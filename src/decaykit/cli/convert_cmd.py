@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-lr", type=float, default=None, help="peak LR eta_max of the schedule")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (convention 'normalized')")
     parser.add_argument("--momentum", type=float, default=None, help="SGD momentum (convention 'sgd_l2', default 0)")
+    parser.add_argument("--dampening", type=float, default=None, help="SGD dampening (convention 'sgd_l2', default 0)")
     parser.add_argument("--grad-rms", type=float, default=None,
                         help="RMS of the gradients, sqrt(mean(exp_avg_sq)) (convention 'adam_l2', approximate)")
     parser.add_argument("--dataset-size", type=int, default=None, help="training examples N, for tau in epochs")
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         weight_decay = args.weight_decay
     options = dict(lr=args.lr, max_lr=args.max_lr, steps=args.steps,
-                   momentum=0.0 if args.momentum is None else args.momentum, grad_rms=args.grad_rms)
+                   momentum=0.0 if args.momentum is None else args.momentum, grad_rms=args.grad_rms,
+                   dampening=0.0 if args.dampening is None else args.dampening)
 
     if args.to is not None:
         value = convert(weight_decay, from_=source, to=target, **options)
@@ -145,8 +147,8 @@ def _check_flags(args: argparse.Namespace, source: str, target: str | None, star
         if value is not None:
             check_number(value, flag, allow_zero=False)
     shown = set(CONVENTIONS) if target is None else {source, target}
-    for flag, value, convention in (("--momentum", args.momentum, "sgd_l2"), ("--steps", args.steps, "normalized"),
-                                    ("--grad-rms", args.grad_rms, "adam_l2")):
+    for flag, value, convention in (("--momentum", args.momentum, "sgd_l2"), ("--dampening", args.dampening, "sgd_l2"),
+                                    ("--steps", args.steps, "normalized"), ("--grad-rms", args.grad_rms, "adam_l2")):
         if value is not None and convention not in shown:
             raise no_effect(flag, f"converting {source} -> {target} (only convention {convention!r} uses it)",
                             f"drop {flag}")
