@@ -562,3 +562,38 @@ def test_maximize_keeps_the_decay_a_shrink(cls: type) -> None:
     model = _model()
     report = probe(cls(model.parameters(), lr=LR, weight_decay=WD, maximize=True), model=model)
     assert report.ok and all(e.measured < 1 for e in report.entries)
+
+
+# ---- third-party conventions, mimicked by hand-written stand-ins (pytorch_optimizer, torch_optimizer) ----
+
+
+class SharedStepState(torch.optim.Optimizer):
+    """θ ← θ(1 − lr·λ) − lr·g/√k, with state under keys of its own as pytorch_optimizer's MADGRAD (a tensor
+    ``state['k']``) and SPAM (an int ``state['total_step']``) keep it."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        if "k" not in self.state:
+            self.state["k"] = torch.tensor([0], dtype=torch.long)
+            self.state["total_step"] = 0
+        k = float(self.state["k"] + 1)
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    avg = self.state[p].setdefault("grad_avg", torch.zeros_like(p)).add_(p.grad)
+                    p.mul_(1 - g["lr"] * g["weight_decay"]).add_(avg, alpha=-g["lr"] / k**0.5)
+        self.state["k"].add_(1)
+        self.state["total_step"] += 1
+
+
+def test_state_under_keys_of_its_own_is_copied_into_the_twin() -> None:
+    model = _model()
+    opt = SharedStepState(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 2)
+    report = probe(opt, model=model)
+    assert report.ok and {e.kind for e in report.entries} == {"decoupled"}, str(report)
+    assert all(e.measured == pytest.approx(1 - LR * WD, abs=1e-6) for e in report.entries)
+    assert int(opt.state["k"]) == 2 and opt.state["total_step"] == 2  # the twins stepped copies

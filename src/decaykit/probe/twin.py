@@ -81,6 +81,16 @@ def _key(t: torch.Tensor) -> tuple[Any, ...] | None:
     return (tuple(t.shape), t.dtype, t.device)
 
 
+def _state_tensors(state: Any) -> list[torch.Tensor]:
+    """The tensors of one ``optimizer.state`` value: a parameter's state dict, or a value an optimizer keeps
+    under a key of its own (a step count as an int or a tensor)."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [v for v in state.values() if isinstance(v, torch.Tensor)]
+    return []
+
+
 class Twin:
     """Twins of ``optimizer`` holding copies of a chunk of its parameters and their state.
 
@@ -103,9 +113,8 @@ class Twin:
             for p, state in opt.state.items():
                 if isinstance(p, torch.Tensor):
                     self._placeholders.setdefault(id(p), _placeholder(p))
-                for value in state.values():
-                    if isinstance(value, torch.Tensor):
-                        self._placeholders.setdefault(id(value), _placeholder(value))
+                for value in _state_tensors(state):
+                    self._placeholders.setdefault(id(value), _placeholder(value))
         # Buffers of finished twins, reused by the next ones: a twin of 100M parameters would
         # otherwise map (and page-fault in) fresh memory for every step.
         self._pool: dict[tuple[Any, ...], list[torch.Tensor]] = {}
@@ -136,8 +145,8 @@ class Twin:
         for p in params:
             need[_key(p) or ()] = need.get(_key(p) or (), 0) + 4
             for opt in self.optimizers:
-                for value in opt.state.get(p, {}).values():
-                    if isinstance(value, torch.Tensor) and _key(value) is not None:
+                for value in _state_tensors(opt.state.get(p)):
+                    if _key(value) is not None:
                         need[_key(value)] = need.get(_key(value), 0) + 1  # type: ignore[index]
         self._pool = {k: v[: need.get(k, 0)] for k, v in self._pool.items() if need.get(k, 0)}
 
@@ -177,10 +186,15 @@ class Twin:
         for opt in self.optimizers:
             if id(opt.state) in memo:
                 continue
-            state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
-            for p, values in opt.state.items():
-                if id(p) in clones:
-                    state[clones[id(p)]] = {k: self._copy_state(v, memo) for k, v in values.items()}
+            state: defaultdict[Any, Any] = defaultdict(dict)
+            held = {id(q) for group in opt.param_groups for q in group["params"]}
+            for key, values in opt.state.items():
+                if id(key) in clones:
+                    state[clones[id(key)]] = self._copy_values(values, memo)
+                elif id(key) not in held:
+                    # shared state under a key of its own (a step count under a string key, as some pytorch_optimizer
+                    # classes keep): the whole optimizer reads it, so every twin gets its own copy
+                    state[copy.deepcopy(key, memo)] = self._copy_values(values, memo)
             memo[id(opt.state)] = state
         for opt in self.optimizers:
             twin = twins[id(opt)]
@@ -214,6 +228,12 @@ class Twin:
             c.grad = None
             out[key] = c.detach()
         return out
+
+    def _copy_values(self, values: Any, memo: dict[int, Any]) -> Any:
+        """A parameter's state dict with its tensors copied into pooled buffers; any other state value as a copy."""
+        if isinstance(values, dict):
+            return {k: self._copy_state(v, memo) for k, v in values.items()}
+        return self._copy_state(values, memo)
 
     def _copy_state(self, value: Any, memo: dict[int, Any]) -> Any:
         if isinstance(value, torch.Tensor):
