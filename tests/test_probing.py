@@ -597,3 +597,38 @@ def test_state_under_keys_of_its_own_is_copied_into_the_twin() -> None:
     assert report.ok and {e.kind for e in report.entries} == {"decoupled"}, str(report)
     assert all(e.measured == pytest.approx(1 - LR * WD, abs=1e-6) for e in report.entries)
     assert int(opt.state["k"]) == 2 and opt.state["total_step"] == 2  # the twins stepped copies
+
+
+class InternalStepSize(torch.optim.Optimizer):
+    """m ← 0.9·m + d·g; θ ← θ(1 − d·lr·λ) − lr·m, after ``skip`` steps that move nothing (a rectified Adam's
+    first steps); ``d`` an internal step size that starts tiny (Prodigy, D-Adaptation)."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float, d: float = 1.0, skip: int = 0) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "d": d, "skip": skip, "step": 0})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            g["step"] += 1
+            for p in g["params"]:
+                if p.grad is None or g["step"] <= g["skip"]:
+                    continue
+                m = self.state[p].setdefault("m", torch.zeros_like(p)).mul_(0.9).add_(p.grad, alpha=g["d"])
+                p.mul_(1 - g["d"] * g["lr"] * g["weight_decay"]).sub_(m, alpha=g["lr"])
+
+
+def test_an_unknown_decay_a_step_cannot_show_is_not_called_rounding() -> None:
+    model = _model()
+    skipping = InternalStepSize(model.parameters(), lr=LR, weight_decay=WD, skip=10)
+    _train(model, skipping, 3)
+    for e in probe(skipping, model=model).entries:
+        assert e.agrees and e.kind == "none", e
+        assert "the step moved the values by no more than float32 rounding" in e.note
+        assert "cannot show its decay" in e.note and "per step" not in e.note
+    tiny = InternalStepSize(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, tiny, 3)
+    tiny.param_groups[0]["d"] = 1e-9  # momentum still moves θ; the decay, d·lr·λ = 1e-12, is below float32
+    for e in probe(tiny, model=model).entries:
+        assert e.agrees and e.kind == "none", e
+        assert "the step moved the values, but with weight_decay=0.1 they land where they do with 0" in e.note
+        assert "adding λθ to the gradient moves nothing measurable" in e.note and "per step" not in e.note

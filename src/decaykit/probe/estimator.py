@@ -244,6 +244,8 @@ class Rows:
         elif ok and kind == "none" and exp_kind == "coupled":
             note = (f"adding λθ (λ = {rate_text(expect.rate)}) to the gradient moves nothing measurable in one step "
                     f"here: below {str(self.dtype)[6:]} resolution, or lost inside the optimizer's step")
+        elif ok and kind == "none" and exp_kind == "unknown":
+            note = self._unseen_note(k, tol, factors, expect)
         elif ok and kind == "none" and exp_kind != "none":
             note = (f"a decay of {rate_text(expect.rate)} per step is within {str(self.dtype)[6:]} rounding of one "
                     "step here: it moved the values, but one step cannot tell by how much")
@@ -251,6 +253,29 @@ class Rows:
             note = (f"settings say {expect.source} (expected {expected if expected is None else f'{expected:.8g}'}), "
                     f"measured {kind} {s:.8g}")
         return RowResult(kind, s, expected, "coupled" if exp_kind == "coupled" else exp_kind, ok, note)
+
+    def _unseen_note(self, k: int, tol: float, factors: dict[str, float], expect: Expectation) -> str:
+        """Why an unknown optimizer's ``weight_decay`` changed nothing measurable in one step: what moved, and
+        which of its possible readings would be too small to see (so the step is no evidence against it)."""
+        dtype = str(self.dtype)[6:]
+        lam = rate_text(expect.weight_decay)
+        if self.zz[k] ** 0.5 <= tol:
+            moved = (f"with zero gradients the step moved the values by no more than {dtype} rounding, with "
+                     f"weight_decay={lam} or with 0"
+                     + (" or with λθ added to the gradient" if self.coupled is not None else ""))
+            why = ("the optimizer skipped this step or its step size is about 0 (a warm-up, a rectified Adam's "
+                   "first steps, an internal step size that starts tiny)")
+            return f"{expect.source}; {moved}: {why}, so one step cannot show its decay; probe again after more steps"
+        size = max(self.tt[k], 1e-300) ** 0.5
+        small = []
+        if self.coupled is not None and self.coupled[2][k] ** 0.5 <= tol:
+            small.append("as coupled L2, adding λθ to the gradient moves nothing measurable here either (the "
+                         "optimizer's own step size is about 0?)")
+        for name, text in (("decoupled", "θ·(1 − lr·λ)"), ("lr-independent", "θ·(1 − λ)")):
+            if name in factors and abs(1 - factors[name]) * size <= tol:
+                small.append(f"as {text}, a rate of {1 - factors[name]:.3g} is below {dtype} resolution")
+        return (f"{expect.source}; the step moved the values, but with weight_decay={lam} they land where they do "
+                f"with 0, within {dtype} rounding: " + "; ".join(small) + ", so one step cannot show this decay")
 
     def _rounded(self, k: int, expect: Expectation) -> tuple[bool, str] | None:
         """(agrees, note) when rounding to the dtype swallows the expected decoupled/cautious decay."""
