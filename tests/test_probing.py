@@ -569,7 +569,7 @@ def test_maximize_keeps_the_decay_a_shrink(cls: type) -> None:
 
 class SharedStepState(torch.optim.Optimizer):
     """θ ← θ(1 − lr·λ) − lr·g/√k, with state under keys of its own as pytorch_optimizer's MADGRAD (a tensor
-    ``state['k']``) and SPAM (an int ``state['total_step']``) keep it."""
+    ``state['k']``), SPAM (an int ``state['total_step']``) and TRAC (a dict keyed by parameter) keep it."""
 
     def __init__(self, params: Any, lr: float, weight_decay: float) -> None:
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
@@ -579,10 +579,12 @@ class SharedStepState(torch.optim.Optimizer):
         if "k" not in self.state:
             self.state["k"] = torch.tensor([0], dtype=torch.long)
             self.state["total_step"] = 0
+            self.state["start"] = {"step": 0, **{p: p.clone() for g in self.param_groups for p in g["params"]}}
         k = float(self.state["k"] + 1)
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is not None:
+                    assert self.state["start"][p].shape == p.shape  # found under the twin's own parameter
                     avg = self.state[p].setdefault("grad_avg", torch.zeros_like(p)).add_(p.grad)
                     p.mul_(1 - g["lr"] * g["weight_decay"]).add_(avg, alpha=-g["lr"] / k**0.5)
         self.state["k"].add_(1)

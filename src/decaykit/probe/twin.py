@@ -187,14 +187,16 @@ class Twin:
             if id(opt.state) in memo:
                 continue
             state: defaultdict[Any, Any] = defaultdict(dict)
-            held = {id(q) for group in opt.param_groups for q in group["params"]}
+            # parameters outside the chunk: their state stays out of the twin, also inside a shared dict
+            other = {id(q) for group in opt.param_groups for q in group["params"]} - set(clones)
             for key, values in opt.state.items():
                 if id(key) in clones:
-                    state[clones[id(key)]] = self._copy_values(values, memo)
-                elif id(key) not in held:
-                    # shared state under a key of its own (a step count under a string key, as some pytorch_optimizer
-                    # classes keep): the whole optimizer reads it, so every twin gets its own copy
-                    state[copy.deepcopy(key, memo)] = self._copy_values(values, memo)
+                    state[clones[id(key)]] = self._copy_values(values, memo, other)
+                elif id(key) not in other:
+                    # shared state under a key of its own (a step count under a string key, a dict keyed by
+                    # parameter, as some pytorch_optimizer classes keep): the whole optimizer reads it, so every
+                    # twin gets its own copy, with the chunk's parameters as keys
+                    state[copy.deepcopy(key, memo)] = self._copy_values(values, memo, other)
             memo[id(opt.state)] = state
         for opt in self.optimizers:
             twin = twins[id(opt)]
@@ -229,10 +231,11 @@ class Twin:
             out[key] = c.detach()
         return out
 
-    def _copy_values(self, values: Any, memo: dict[int, Any]) -> Any:
-        """A parameter's state dict with its tensors copied into pooled buffers; any other state value as a copy."""
+    def _copy_values(self, values: Any, memo: dict[int, Any], other: set[int]) -> Any:
+        """A state dict with its tensors copied into pooled buffers, its parameter keys mapped to the twin's and
+        the entries of parameters in ``other`` (outside the chunk) left out; any other state value as a copy."""
         if isinstance(values, dict):
-            return {k: self._copy_state(v, memo) for k, v in values.items()}
+            return {copy.deepcopy(k, memo): self._copy_state(v, memo) for k, v in values.items() if id(k) not in other}
         return self._copy_state(values, memo)
 
     def _copy_state(self, value: Any, memo: dict[int, Any]) -> Any:
