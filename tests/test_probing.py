@@ -634,3 +634,37 @@ def test_an_unknown_decay_a_step_cannot_show_is_not_called_rounding() -> None:
         assert e.agrees and e.kind == "none", e
         assert "the step moved the values, but with weight_decay=0.1 they land where they do with 0" in e.note
         assert "adding λθ to the gradient moves nothing measurable" in e.note and "per step" not in e.note
+
+
+class ProjectedDecay(torch.optim.Optimizer):
+    """SGD with θ ← θ(1 − lr·λ·w) − lr·g, w = ``wd_ratio`` where the gradient is nearly orthogonal to θ
+    (|cos(g, θ)| < δ/√n: scale-invariant weights) and 1 elsewhere, as AdamP and SGDP (Heo et al. 2021) do."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float, wd_ratio: float = 0.1, delta: float = 0.1) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "wd_ratio": wd_ratio, "delta": delta})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                cos = abs(float((p.grad * p).sum())) / (float(p.grad.norm() * p.norm()) + 1e-8)
+                w = g["wd_ratio"] if cos < g["delta"] / p.numel() ** 0.5 else 1.0
+                p.mul_(1 - g["lr"] * g["weight_decay"] * w).add_(p.grad, alpha=-g["lr"])
+
+
+@pytest.mark.parametrize("grad", ["held", "none"])
+def test_a_decay_only_a_zero_gradient_shows_is_not_passed_off_as_the_decay(grad: str) -> None:
+    model = _model()
+    opt = ProjectedDecay(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 2)
+    if grad == "none":
+        opt.zero_grad(set_to_none=True)
+    for e in probe(opt, model=model).entries:
+        assert e.measured == pytest.approx(1 - LR * WD * 0.1, abs=1e-6)  # the zero-gradient branch, as measured
+        assert not e.agrees and "its decay depends on the gradient" in e.note, e
+        assert "with a zero gradient θ·(1 − r) with r = 0.0001" in e.note and "θ·(1 − r) with r = 0.001 " in e.note
+        assert ("the gradient it holds (.grad)" if grad == "held" else "a random gradient") in e.note
+    plain = probe(IndependentDecay(model.parameters(), lr=LR, weight_decay=1e-3), model=model)
+    assert plain.ok and "depends on the gradient" not in str(plain)  # a decay the gradient leaves alone agrees

@@ -23,10 +23,16 @@ shrink is not proportional to θ.
   two conventions coincide for SGD, Prop. 1 of the paper).
 - cautious (Chen et al. 2025): decoupled, only where the update u = (θ − θ_0)/η and θ agree in sign.
 
+A zero gradient is orthogonal to θ, a branch of its own in some optimizers (Heo et al. 2021 scale the decay
+by ``wd_ratio`` for scale-invariant weights, where cos(g, θ) ≈ 0). So for an optimizer whose convention the
+registry does not fix ("unknown"), the pair θ_λ, θ_0 is stepped again with a nonzero gradient (the tensor's
+``.grad``, else a small seeded one), and a decay that differs between the two is reported, with both rates,
+as depending on the gradient rather than agreeing.
+
 The probe measures the next step only: coupled decay that enters a momentum buffer keeps
-acting on later steps. Cost: two or three optimizer steps on copies. Memory: parameters are
-stepped in chunks of at most ``chunk_bytes`` of parameters + state (a tensor larger than that is
-a chunk of its own); at the peak a probe holds one chunk's twin (parameters P, state S, zero
+acting on later steps. Cost: two or three optimizer steps on copies (two more for an unknown
+optimizer). Memory: parameters are stepped in chunks of at most ``chunk_bytes`` of parameters +
+state (a tensor larger than that is a chunk of its own); at the peak a probe holds one chunk's twin (parameters P, state S, zero
 gradients P) and two stepped copies of its parameters, 3P + S (4P + S when the coupled twin runs).
 On a 103M-parameter AdamW (1.15 GiB of parameters + state) that is 0.56x the parameters + state,
 less than one extra copy (``benchmarks/bench_probe.py``); ``chunk_bytes=None`` needs 1.6-1.9x.
@@ -178,7 +184,48 @@ def _measure_chunk(twin: Twin, chunk: list[Target], optimizer: torch.optim.Optim
         twin.recycle(coupled.values())
         steps, peak = 3, max(peak, run_bytes + 2 * p_bytes)
     twin.recycle([*base.values(), *decayed.values()])
+    again = [t for t in chunk if t.rows is not None and t.rows.needs_gradient_twins(t.expect.kind)]
+    if again:
+        _measure_with_gradient(twin, again, start)
+        steps, peak = steps + 2, max(peak, run_bytes + 2 * p_bytes)
     return steps, peak
+
+
+def _measure_with_gradient(twin: Twin, targets: list[Target], start: dict[int, torch.Tensor]) -> None:
+    """Step the pair of twins (weight_decay as set and 0) again with a nonzero gradient (:func:`_nonzero_grad`):
+    a zero gradient is orthogonal to θ, a branch of its own in optimizers that change their decay for
+    scale-invariant weights, and real gradients are rarely that."""
+    grads = {id(t.param): _nonzero_grad(t) for t in targets}
+
+    def grad(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return grads[id(p)][0].clone()  # a copy each: some optimizers change the gradient in place
+
+    params = [t.param for t in targets]
+    base = twin.step(params, grad=grad, start=start, decay_off=True)
+    decayed = twin.step(params, grad=grad, start=start)
+    for t in targets:
+        assert t.rows is not None
+        t.rows.gradient = measure_rows(_start(t), decayed[id(t.param)], base[id(t.param)], t.members, {})
+        t.rows.gradient_source = grads[id(t.param)][1]
+    twin.recycle([*base.values(), *decayed.values()])
+
+
+def _nonzero_grad(t: Target) -> tuple[torch.Tensor, str]:
+    """(gradient, what it is): the gradient the tensor holds (``.grad``, from the last backward) where it is a
+    finite nonzero tensor of its shape; else a small seeded one, g = 10⁻³·rms(θ)·(n + θ/rms(θ)) with n standard
+    normal, so cos(g, θ) ≈ 0.7, and small so that an adaptive optimizer's moments barely change."""
+    theta = _start(t).detach()
+    held = t.param.grad
+    if isinstance(held, torch.Tensor) and not held.is_sparse:
+        held = local_shard(held).detach()
+        if held.shape == theta.shape and bool(torch.isfinite(held).all()) and bool(held.any()):
+            return held, "the gradient it holds (.grad)"
+    rms = float(torch.linalg.vector_norm(theta)) / max(theta.numel(), 1) ** 0.5
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
+    if not (rms > 0 and math.isfinite(rms)):
+        return noise, "a random gradient"
+    return (noise * rms + theta) * 1e-3, "a random gradient"
 
 
 def _start(t: Target) -> torch.Tensor:
