@@ -668,3 +668,60 @@ def test_a_decay_only_a_zero_gradient_shows_is_not_passed_off_as_the_decay(grad:
         assert ("the gradient it holds (.grad)" if grad == "held" else "a random gradient") in e.note
     plain = probe(IndependentDecay(model.parameters(), lr=LR, weight_decay=1e-3), model=model)
     assert plain.ok and "depends on the gradient" not in str(plain)  # a decay the gradient leaves alone agrees
+
+
+class SecondDecay(torch.optim.Optimizer):
+    """Momentum SGD that decays 1-D tensors by θ(1 − lr·λ₁) under ``weight_decay_1d`` whatever ``weight_decay`` says,
+    as pytorch_optimizer's MARS does; ``lr_decay`` (Adagrad's) is named like a decay but only scales the LR."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0, weight_decay_1d: float = 0.1,
+                 lr_decay: float = 0.01) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "weight_decay_1d": weight_decay_1d,
+                                  "lr_decay": lr_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+                lr = g["lr"] / (1 + (state["step"] - 1) * g["lr_decay"])
+                buf = state.setdefault("momentum", torch.zeros_like(p)).mul_(0.9).add_(p.grad)
+                wd = g["weight_decay_1d"] if p.dim() == 1 else g["weight_decay"]
+                p.mul_(1 - lr * wd).sub_(buf, alpha=lr)
+
+
+class RebuiltFromState(torch.optim.Optimizer):
+    """θ = −lr·z with z the sum of gradients (FTRL's dual averaging): with its state reset, θ jumps to 0."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    z = self.state[p].setdefault("z", torch.zeros_like(p)).add_(p.grad)
+                    p.copy_(z * -g["lr"])
+
+
+def test_a_decay_weight_decay_does_not_control_is_found_with_state_too() -> None:
+    model = _model()
+    opt = SecondDecay(param_groups(model, WD), lr=LR)
+    _train(model, opt, 3)
+    report = probe(opt, model=model, policy="decaykit")
+    norm = _by_name(report)["1.weight"]  # LayerNorm: in the weight_decay=0 group, decayed by weight_decay_1d
+    # read on a copy with its state reset: at the LR of a first step, LR, not LR/(1 + 3·lr_decay)
+    assert norm.other_decay == pytest.approx(1 - LR * 0.1, abs=1e-6) and not norm.agrees
+    assert "its group's 'weight_decay_1d' (with that at 0 as well, nothing moves it)" in norm.note
+    assert "state reset" in norm.note and "lr_decay" not in norm.note
+    assert _by_name(report)["0.weight"].other_decay is None  # 2-D: only weight_decay decays it
+    rebuilt = RebuiltFromState(model.parameters(), lr=LR)
+    _train(model, rebuilt, 2)
+    report = probe(rebuilt, model=model)
+    assert all(e.other_decay is None for e in report.entries)
+    assert any(n.startswith("6 tensors with state were not checked for a decay that weight_decay=0 leaves on")
+               for n in report.notes), report.notes

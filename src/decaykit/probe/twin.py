@@ -33,7 +33,7 @@ from torch import nn
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError
 
-__all__ = ["Twin", "reachable_optimizers"]
+__all__ = ["Twin", "is_number", "reachable_optimizers"]
 
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -79,6 +79,11 @@ def _key(t: torch.Tensor) -> tuple[Any, ...] | None:
     if type(t) not in (torch.Tensor, nn.Parameter) or t.layout != torch.strided or not t.is_contiguous():
         return None
     return (tuple(t.shape), t.dtype, t.device)
+
+
+def is_number(value: Any) -> bool:
+    """A plain int or float setting (not a bool, not a tensor): one the twin can set to 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _state_tensors(state: Any) -> list[torch.Tensor]:
@@ -157,6 +162,8 @@ class Twin:
         grad: GradFn | None = None,
         start: dict[int, torch.Tensor] | None = None,
         decay_off: bool = False,
+        also_off: tuple[str, ...] = (),
+        reset: bool = False,
     ) -> dict[int, torch.Tensor]:
         """Step a twin holding copies of ``params`` once; return ``{id(param): stepped copy}``
         (of this rank's shard, for a DTensor).
@@ -165,7 +172,9 @@ class Twin:
         parameter whose ``.grad`` is None, so zeros are what lets the decay act alone).
         ``start`` maps ``id(param)`` to values to start from instead of the parameter's own
         (shard-sized for a DTensor).
-        ``decay_off`` sets every group's ``weight_decay`` to 0 in the twin.
+        ``decay_off`` sets every group's ``weight_decay`` to 0 in the twin, and with it each numeric group
+        setting named in ``also_off``. ``reset`` starts ``params`` with no state of their own (as before their
+        first step); state the optimizer keeps under keys of its own is copied all the same.
         """
         params = list(params)
         start = start or {}
@@ -191,7 +200,8 @@ class Twin:
             other = {id(q) for group in opt.param_groups for q in group["params"]} - set(clones)
             for key, values in opt.state.items():
                 if id(key) in clones:
-                    state[clones[id(key)]] = self._copy_values(values, memo, other)
+                    if not reset:
+                        state[clones[id(key)]] = self._copy_values(values, memo, other)
                 elif id(key) not in other:
                     # shared state under a key of its own (a step count under a string key, a dict keyed by
                     # parameter, as some pytorch_optimizer classes keep): the whole optimizer reads it, so every
@@ -204,7 +214,7 @@ class Twin:
                 if key == "step":  # an LR scheduler's patch: a closure over the real optimizer
                     continue
                 twin.__dict__[key] = OrderedDict() if _is_hook_dict(key) else copy.deepcopy(value, memo)
-        self._restrict(twins.values(), {id(c) for c in clones.values()}, decay_off)
+        self._restrict(twins.values(), {id(c) for c in clones.values()}, ("weight_decay", *also_off) if decay_off else ())
         top = twins[id(self.optimizer)]
         step = type(top).step
         if getattr(step, "hooked", False):  # torch's profiling wrapper also runs global step hooks
@@ -247,8 +257,9 @@ class Twin:
         return copy.deepcopy(value, memo)
 
     @staticmethod
-    def _restrict(twins: Iterable[torch.optim.Optimizer], keep: set[int], decay_off: bool) -> None:
-        """Drop placeholders from the twins' groups; keep the groups so indices still line up."""
+    def _restrict(twins: Iterable[torch.optim.Optimizer], keep: set[int], off: tuple[str, ...]) -> None:
+        """Drop placeholders from the twins' groups; keep the groups so indices still line up; set ``off``
+        settings to 0 where a group has them as numbers."""
         seen: set[int] = set()
         for twin in twins:
             for group in twin.param_groups:
@@ -260,5 +271,6 @@ class Twin:
                 if isinstance(names, list) and len(names) == len(group["params"]):
                     group["param_names"] = [names[i] for i in idx]
                 group["params"] = [group["params"][i] for i in idx]
-                if decay_off and "weight_decay" in group:
-                    group["weight_decay"] = 0.0
+                for key in off:
+                    if key in group and (key == "weight_decay" or is_number(group[key])):
+                        group[key] = 0.0
