@@ -717,7 +717,7 @@ def test_a_decay_weight_decay_does_not_control_is_found_with_state_too() -> None
     # read on a copy with its state reset: at the LR of a first step, LR, not LR/(1 + 3·lr_decay)
     assert norm.other_decay == pytest.approx(1 - LR * 0.1, abs=1e-6) and not norm.agrees
     assert "its group's 'weight_decay_1d' (with that at 0 as well, nothing moves it)" in norm.note
-    assert "state reset" in norm.note and "lr_decay" not in norm.note
+    assert "state reset" in norm.note and "lr_decay" not in norm.note and norm.other_decay_setting == "weight_decay_1d"
     assert _by_name(report)["0.weight"].other_decay is None  # 2-D: only weight_decay decays it
     rebuilt = RebuiltFromState(model.parameters(), lr=LR)
     _train(model, rebuilt, 2)
