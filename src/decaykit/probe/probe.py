@@ -29,11 +29,19 @@ registry does not fix ("unknown"), the pair θ_λ, θ_0 is stepped again with a 
 ``.grad``, else a small seeded one), and a decay that differs between the two is reported, with both rates,
 as depending on the gradient rather than agreeing.
 
+A decay that ``weight_decay=0`` leaves on (ASGD's ``lambd``, a ``weight_decay_1d``) moves θ_0 itself
+where nothing else can: before the first step, or once there is state on a copy with that state reset
+(momentum then moves nothing). The group setting behind it is found by measurement: the first numeric
+setting named like a decay (or the registry's ``other_decay``) with which at 0 as well nothing moves.
+A reset copy that moves with no such setting to explain it (parameters rebuilt from state) is reported
+as not checked.
+
 The probe measures the next step only: coupled decay that enters a momentum buffer keeps
 acting on later steps. Cost: two or three optimizer steps on copies (two more for an unknown
-optimizer). Memory: parameters are stepped in chunks of at most ``chunk_bytes`` of parameters +
-state (a tensor larger than that is a chunk of its own); at the peak a probe holds one chunk's twin (parameters P, state S, zero
-gradients P) and two stepped copies of its parameters, 3P + S (4P + S when the coupled twin runs).
+optimizer, one more for tensors with state). Memory: parameters are stepped in chunks of at most
+``chunk_bytes`` of parameters + state (a tensor larger than that is a chunk of its own); at the
+peak a probe holds one chunk's twin (parameters P, state S, zero gradients P) and two stepped
+copies of its parameters, 3P + S (4P + S when the coupled twin or the nonzero-gradient twins run).
 On a 103M-parameter AdamW (1.15 GiB of parameters + state) that is 0.56x the parameters + state,
 less than one extra copy (``benchmarks/bench_probe.py``); ``chunk_bytes=None`` needs 1.6-1.9x.
 
@@ -188,7 +196,7 @@ def _measure_chunk(twin: Twin, chunk: list[Target], optimizer: torch.optim.Optim
     again = [t for t in chunk if t.rows is not None and t.rows.needs_gradient_twins(t.expect.kind)]
     if again:
         _measure_with_gradient(twin, again, start)
-        steps, peak = steps + 2, max(peak, run_bytes + 2 * p_bytes)
+        steps, peak = steps + 2, max(peak, run_bytes + 3 * p_bytes)  # the gradients are kept for both twins
     stateful = [t for t in chunk if not t.fresh]
     if stateful:
         _measure_reset(twin, stateful, start)

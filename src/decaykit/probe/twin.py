@@ -193,21 +193,8 @@ class Twin:
         twins = {id(opt): object.__new__(type(opt)) for opt in self.optimizers}
         memo.update(twins)
         for opt in self.optimizers:
-            if id(opt.state) in memo:
-                continue
-            state: defaultdict[Any, Any] = defaultdict(dict)
-            # parameters outside the chunk: their state stays out of the twin, also inside a shared dict
-            other = {id(q) for group in opt.param_groups for q in group["params"]} - set(clones)
-            for key, values in opt.state.items():
-                if id(key) in clones:
-                    if not reset:
-                        state[clones[id(key)]] = self._copy_values(values, memo, other)
-                elif id(key) not in other:
-                    # shared state under a key of its own (a step count under a string key, a dict keyed by
-                    # parameter, as some pytorch_optimizer classes keep): the whole optimizer reads it, so every
-                    # twin gets its own copy, with the chunk's parameters as keys
-                    state[copy.deepcopy(key, memo)] = self._copy_values(values, memo, other)
-            memo[id(opt.state)] = state
+            if id(opt.state) not in memo:
+                memo[id(opt.state)] = self._copy_states(opt, clones, memo, reset)
         for opt in self.optimizers:
             twin = twins[id(opt)]
             for key, value in vars(opt).items():
@@ -240,6 +227,24 @@ class Twin:
             c.grad = None
             out[key] = c.detach()
         return out
+
+    def _copy_states(self, opt: torch.optim.Optimizer, clones: dict[int, torch.Tensor], memo: dict[int, Any],
+                     reset: bool) -> defaultdict[Any, Any]:
+        """``opt.state`` for a twin holding ``clones``: their state copied (none with ``reset``), that of parameters
+        outside the chunk left out, and state under keys of its own copied whole."""
+        state: defaultdict[Any, Any] = defaultdict(dict)
+        # parameters outside the chunk: their state stays out of the twin, also inside a shared dict
+        other = {id(q) for group in opt.param_groups for q in group["params"]} - set(clones)
+        for key, values in opt.state.items():
+            if id(key) in clones:
+                if not reset:
+                    state[clones[id(key)]] = self._copy_values(values, memo, other)
+            elif id(key) not in other:
+                # shared state under a key of its own (a step count under a string key, a dict keyed by
+                # parameter, as some pytorch_optimizer classes keep): the whole optimizer reads it, so every
+                # twin gets its own copy, with the chunk's parameters as keys
+                state[copy.deepcopy(key, memo)] = self._copy_values(values, memo, other)
+        return state
 
     def _copy_values(self, values: Any, memo: dict[int, Any], other: set[int]) -> Any:
         """A state dict with its tensors copied into pooled buffers, its parameter keys mapped to the twin's and
