@@ -562,3 +562,166 @@ def test_maximize_keeps_the_decay_a_shrink(cls: type) -> None:
     model = _model()
     report = probe(cls(model.parameters(), lr=LR, weight_decay=WD, maximize=True), model=model)
     assert report.ok and all(e.measured < 1 for e in report.entries)
+
+
+# ---- third-party conventions, mimicked by hand-written stand-ins (pytorch_optimizer, torch_optimizer) ----
+
+
+class SharedStepState(torch.optim.Optimizer):
+    """θ ← θ(1 − lr·λ) − lr·g/√k, with state under keys of its own as pytorch_optimizer's MADGRAD (a tensor
+    ``state['k']``), SPAM (an int ``state['total_step']``) and TRAC (a dict keyed by parameter) keep it."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        if "k" not in self.state:
+            self.state["k"] = torch.tensor([0], dtype=torch.long)
+            self.state["total_step"] = 0
+            self.state["start"] = {"step": 0, **{p: p.clone() for g in self.param_groups for p in g["params"]}}
+        k = float(self.state["k"] + 1)
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    assert self.state["start"][p].shape == p.shape  # found under the twin's own parameter
+                    avg = self.state[p].setdefault("grad_avg", torch.zeros_like(p)).add_(p.grad)
+                    p.mul_(1 - g["lr"] * g["weight_decay"]).add_(avg, alpha=-g["lr"] / k**0.5)
+        self.state["k"].add_(1)
+        self.state["total_step"] += 1
+
+
+def test_state_under_keys_of_its_own_is_copied_into_the_twin() -> None:
+    model = _model()
+    opt = SharedStepState(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 2)
+    report = probe(opt, model=model)
+    assert report.ok and {e.kind for e in report.entries} == {"decoupled"}, str(report)
+    assert all(e.measured == pytest.approx(1 - LR * WD, abs=1e-6) for e in report.entries)
+    assert int(opt.state["k"]) == 2 and opt.state["total_step"] == 2  # the twins stepped copies
+
+
+class InternalStepSize(torch.optim.Optimizer):
+    """m ← 0.9·m + d·g; θ ← θ(1 − d·lr·λ) − lr·m, after ``skip`` steps that move nothing (a rectified Adam's
+    first steps); ``d`` an internal step size that starts tiny (Prodigy, D-Adaptation)."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float, d: float = 1.0, skip: int = 0) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "d": d, "skip": skip, "step": 0})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            g["step"] += 1
+            for p in g["params"]:
+                if p.grad is None or g["step"] <= g["skip"]:
+                    continue
+                m = self.state[p].setdefault("m", torch.zeros_like(p)).mul_(0.9).add_(p.grad, alpha=g["d"])
+                p.mul_(1 - g["d"] * g["lr"] * g["weight_decay"]).sub_(m, alpha=g["lr"])
+
+
+def test_an_unknown_decay_a_step_cannot_show_is_not_called_rounding() -> None:
+    model = _model()
+    skipping = InternalStepSize(model.parameters(), lr=LR, weight_decay=WD, skip=10)
+    _train(model, skipping, 3)
+    for e in probe(skipping, model=model).entries:
+        assert e.agrees and e.kind == "none", e
+        assert "the step moved the values by no more than float32 rounding" in e.note
+        assert "cannot show its decay" in e.note and "per step" not in e.note
+    tiny = InternalStepSize(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, tiny, 3)
+    tiny.param_groups[0]["d"] = 1e-9  # momentum still moves θ; the decay, d·lr·λ = 1e-12, is below float32
+    for e in probe(tiny, model=model).entries:
+        assert e.agrees and e.kind == "none", e
+        assert "the step moved the values, but with weight_decay=0.1 they land where they do with 0" in e.note
+        assert "adding λθ to the gradient moves nothing measurable" in e.note and "per step" not in e.note
+
+
+class ProjectedDecay(torch.optim.Optimizer):
+    """SGD with θ ← θ(1 − lr·λ·w) − lr·g, w = ``wd_ratio`` where the gradient is nearly orthogonal to θ
+    (|cos(g, θ)| < δ/√n: scale-invariant weights) and 1 elsewhere, as AdamP and SGDP (Heo et al. 2021) do."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float, wd_ratio: float = 0.1, delta: float = 0.1) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "wd_ratio": wd_ratio, "delta": delta})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                cos = abs(float((p.grad * p).sum())) / (float(p.grad.norm() * p.norm()) + 1e-8)
+                w = g["wd_ratio"] if cos < g["delta"] / p.numel() ** 0.5 else 1.0
+                p.mul_(1 - g["lr"] * g["weight_decay"] * w).add_(p.grad, alpha=-g["lr"])
+
+
+@pytest.mark.parametrize("grad", ["held", "none"])
+def test_a_decay_only_a_zero_gradient_shows_is_not_passed_off_as_the_decay(grad: str) -> None:
+    model = _model()
+    opt = ProjectedDecay(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, 2)
+    if grad == "none":
+        opt.zero_grad(set_to_none=True)
+    for e in probe(opt, model=model).entries:
+        assert e.measured == pytest.approx(1 - LR * WD * 0.1, abs=1e-6)  # the zero-gradient branch, as measured
+        assert not e.agrees and "its decay depends on the gradient" in e.note, e
+        assert "with a zero gradient θ·(1 − r) with r = 0.0001" in e.note and "θ·(1 − r) with r = 0.001 " in e.note
+        assert ("the gradient it holds (.grad)" if grad == "held" else "a random gradient") in e.note
+    plain = probe(IndependentDecay(model.parameters(), lr=LR, weight_decay=1e-3), model=model)
+    assert plain.ok and "depends on the gradient" not in str(plain)  # a decay the gradient leaves alone agrees
+
+
+class SecondDecay(torch.optim.Optimizer):
+    """Momentum SGD that decays 1-D tensors by θ(1 − lr·λ₁) under ``weight_decay_1d`` whatever ``weight_decay`` says,
+    as pytorch_optimizer's MARS does; ``lr_decay`` (Adagrad's) is named like a decay but only scales the LR."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0, weight_decay_1d: float = 0.1,
+                 lr_decay: float = 0.01) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "weight_decay_1d": weight_decay_1d,
+                                  "lr_decay": lr_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+                lr = g["lr"] / (1 + (state["step"] - 1) * g["lr_decay"])
+                buf = state.setdefault("momentum", torch.zeros_like(p)).mul_(0.9).add_(p.grad)
+                wd = g["weight_decay_1d"] if p.dim() == 1 else g["weight_decay"]
+                p.mul_(1 - lr * wd).sub_(buf, alpha=lr)
+
+
+class RebuiltFromState(torch.optim.Optimizer):
+    """θ = −lr·z with z the sum of gradients (FTRL's dual averaging): with its state reset, θ jumps to 0."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    z = self.state[p].setdefault("z", torch.zeros_like(p)).add_(p.grad)
+                    p.copy_(z * -g["lr"])
+
+
+def test_a_decay_weight_decay_does_not_control_is_found_with_state_too() -> None:
+    model = _model()
+    opt = SecondDecay(param_groups(model, WD), lr=LR)
+    _train(model, opt, 3)
+    report = probe(opt, model=model, policy="decaykit")
+    norm = _by_name(report)["1.weight"]  # LayerNorm: in the weight_decay=0 group, decayed by weight_decay_1d
+    # read on a copy with its state reset: at the LR of a first step, LR, not LR/(1 + 3·lr_decay)
+    assert norm.other_decay == pytest.approx(1 - LR * 0.1, abs=1e-6) and not norm.agrees
+    assert "its group's 'weight_decay_1d' (with that at 0 as well, nothing moves it)" in norm.note
+    assert "state reset" in norm.note and "lr_decay" not in norm.note and norm.other_decay_setting == "weight_decay_1d"
+    assert _by_name(report)["0.weight"].other_decay is None  # 2-D: only weight_decay decays it
+    rebuilt = RebuiltFromState(model.parameters(), lr=LR)
+    _train(model, rebuilt, 2)
+    report = probe(rebuilt, model=model)
+    assert all(e.other_decay is None for e in report.entries)
+    assert any(n.startswith("6 tensors with state were not checked for a decay that weight_decay=0 leaves on")
+               for n in report.notes), report.notes

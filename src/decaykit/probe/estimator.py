@@ -12,6 +12,10 @@ stepped with ``weight_decay=0`` and optionally θ_g stepped with ``weight_decay=
     coupled       ⇔  ‖θ_λ − θ_g‖ ≤ tol
     tol = 8·eps(dtype)·(‖θ‖ + ‖θ_0 − θ‖), the rounding of two steps in the parameter's dtype
 
+An unknown optimizer's pair is stepped again with a nonzero gradient (``Rows.gradient``); its rate
+r_g = −⟨Δ_g, θ⟩/⟨θ, θ⟩, or −⟨Δ_g, θ_0⟩/⟨θ_0, θ_0⟩ for a decay applied after the update, must be the
+zero-gradient r within 5% (+ tol/‖θ‖), else the decay depends on the gradient.
+
 Sums run over blocks of 2^20 values in the tensor's dtype (float32 for half types) and are added
 up in Python floats, so a 100M-parameter tensor never gets a full-size temporary.
 """
@@ -104,6 +108,9 @@ class Rows:
         self.err: dict[str, list[float]] = {}  # candidate -> Σ(Δ − expected Δ)²
         self.masked = [0.0] * members  # Σ 𝟙(u·θ ≥ 0)·θ², for the cautious expected factor
         self.zt = [0.0] * members  # Σ(θ_0 − θ)·θ: how the no-decay twin itself moved
+        self.dz = [0.0] * members  # Σ(θ_λ − θ_0)·(θ_0 − θ), for the factor against θ_0 (a decay after the update)
+        self.gradient: Rows | None = None  # the same pair of twins stepped with a nonzero gradient (unknown kinds)
+        self.gradient_source = ""  # which gradient that was, for messages
         self.rates: dict[str, list[float]] = {}
         self.coupled: tuple[list[float], list[float], list[float]] | None = None  # Σ(θ_λ−θ_g)², Σ(θ_g−θ_0)θ, Σ(θ_g−θ_0)²
         # Σθ² over the values the expected decoupled/cautious decay should move: all, those it left
@@ -146,6 +153,11 @@ class Rows:
             if not (none or self._matches(k, tol).get(expected_kind)):
                 return True
         return False
+
+    def needs_gradient_twins(self, expected_kind: str) -> bool:
+        """Whether to step the pair again with a nonzero gradient: for an unknown optimizer whose zero-gradient
+        decay is proportional to θ or nothing, which a branch taken only on a zero gradient could explain."""
+        return expected_kind == "unknown" and any(self._kind(k)[0] in ("decoupled", "none") for k in range(self.members))
 
     def add_coupled(self, theta: torch.Tensor, decayed: torch.Tensor, base: torch.Tensor, coupled: torch.Tensor) -> None:
         m = self.members
@@ -226,6 +238,9 @@ class Rows:
                         f"{(1 - s) / lam:.4g} (the optimizer's own step size or schedule?)")
             else:
                 note = f"{expect.source}; its decay matches none of coupled L2, θ·(1 − lr·λ), θ·(1 − λ)"
+            depends = self._gradient_note(k, kind, s, tol, expect)
+            if depends is not None:
+                return RowResult(kind, s, None, exp_kind, False, depends)
         else:
             ok = bool(match.get(exp_kind)) or (kind == "none" and self._tiny(k, tol, factors, [exp_kind]))
             expected = factors.get(exp_kind)
@@ -244,6 +259,8 @@ class Rows:
         elif ok and kind == "none" and exp_kind == "coupled":
             note = (f"adding λθ (λ = {rate_text(expect.rate)}) to the gradient moves nothing measurable in one step "
                     f"here: below {str(self.dtype)[6:]} resolution, or lost inside the optimizer's step")
+        elif ok and kind == "none" and exp_kind == "unknown":
+            note = self._unseen_note(k, tol, factors, expect)
         elif ok and kind == "none" and exp_kind != "none":
             note = (f"a decay of {rate_text(expect.rate)} per step is within {str(self.dtype)[6:]} rounding of one "
                     "step here: it moved the values, but one step cannot tell by how much")
@@ -251,6 +268,60 @@ class Rows:
             note = (f"settings say {expect.source} (expected {expected if expected is None else f'{expected:.8g}'}), "
                     f"measured {kind} {s:.8g}")
         return RowResult(kind, s, expected, "coupled" if exp_kind == "coupled" else exp_kind, ok, note)
+
+    def _gradient_rate(self, k: int) -> tuple[str, float, float] | None:
+        """(kind, rate against θ, rate against θ_0) of the pair stepped with a nonzero gradient; None without one.
+        A decay applied after the update shrinks θ_0 = θ − u rather than θ: the second rate reads it exactly."""
+        g = self.gradient
+        if g is None or not all(math.isfinite(v) for v in (g.tt[k], g.dd[k], g.dt[k], g.zz[k], g.zt[k], g.dz[k])):
+            return None
+        s, _, none, prop = g._basic(k)
+        kind = "none" if none else "decoupled" if prop else "other"
+        base = g.tt[k] + 2 * g.zt[k] + g.zz[k]  # ‖θ_0‖²
+        return kind, 1 - s, -(g.dt[k] + g.dz[k]) / max(base, 1e-300)
+
+    def _gradient_note(self, k: int, kind: str, s: float, tol: float, expect: Expectation) -> str | None:
+        """A note when the decay measured with a nonzero gradient is not the zero-gradient one (an optimizer that
+        scales its decay when the gradient is orthogonal to θ, as a zero gradient is); None when they agree."""
+        found = self._gradient_rate(k)
+        if found is None or kind not in ("decoupled", "none"):
+            return None
+        g_kind, rate, after = found
+        zero = 1 - s if kind != "none" else 0.0
+        size = max(self.tt[k], 1e-300) ** 0.5
+        slack = PROPORTIONAL_SLACK * max(abs(zero), abs(rate)) + (tol + self.gradient._tol(k)) / size  # type: ignore[union-attr]
+        if g_kind != "other" and min(abs(rate - zero), abs(after - zero)) <= slack:
+            return None
+        with_zero = f"θ·(1 − r) with r = {zero:.4g}" if kind != "none" else "nothing measurable"
+        with_grad = {"decoupled": f"θ·(1 − r) with r = {rate:.4g}", "none": "nothing measurable",
+                     "other": f"a change not proportional to θ (least-squares factor {1 - rate:.8g})"}[g_kind]
+        return (f"{expect.source}; its decay depends on the gradient: with a zero gradient {with_zero}, with "
+                f"{self.gradient_source} {with_grad} (twins with weight_decay as set and 0 from the same state). A zero "
+                "gradient is orthogonal to θ, and some optimizers change their decay on that branch (scale-invariant "
+                "weights): which rate a real step applies depends on its gradient")
+
+    def _unseen_note(self, k: int, tol: float, factors: dict[str, float], expect: Expectation) -> str:
+        """Why an unknown optimizer's ``weight_decay`` changed nothing measurable in one step: what moved, and
+        which of its possible readings would be too small to see (so the step is no evidence against it)."""
+        dtype = str(self.dtype)[6:]
+        lam = rate_text(expect.weight_decay)
+        if self.zz[k] ** 0.5 <= tol:
+            moved = (f"with zero gradients the step moved the values by no more than {dtype} rounding, with "
+                     f"weight_decay={lam} or with 0"
+                     + (" or with λθ added to the gradient" if self.coupled is not None else ""))
+            why = ("the optimizer skipped this step or its step size is about 0 (a warm-up, a rectified Adam's "
+                   "first steps, an internal step size that starts tiny)")
+            return f"{expect.source}; {moved}: {why}, so one step cannot show its decay; probe again after more steps"
+        size = max(self.tt[k], 1e-300) ** 0.5
+        small = []
+        if self.coupled is not None and self.coupled[2][k] ** 0.5 <= tol:
+            small.append("as coupled L2, adding λθ to the gradient moves nothing measurable here either (the "
+                         "optimizer's own step size is about 0?)")
+        for name, text in (("decoupled", "θ·(1 − lr·λ)"), ("lr-independent", "θ·(1 − λ)")):
+            if name in factors and abs(1 - factors[name]) * size <= tol:
+                small.append(f"as {text}, a rate of {1 - factors[name]:.3g} is below {dtype} resolution")
+        return (f"{expect.source}; the step moved the values, but with weight_decay={lam} they land where they do "
+                f"with 0, within {dtype} rounding: " + "; ".join(small) + ", so one step cannot show this decay")
 
     def _rounded(self, k: int, expect: Expectation) -> tuple[bool, str] | None:
         """(agrees, note) when rounding to the dtype swallows the expected decoupled/cautious decay."""
@@ -300,6 +371,7 @@ def measure_rows(
         rows.dt[k] += _dot(d, t)
         rows.zz[k] += _sq(zt)
         rows.zt[k] += _dot(zt, t)
+        rows.dz[k] += _dot(d, zt)
         for n, r in rows.rates.items():
             if n == "cautious":
                 masked = (zt * t <= 0).to(t.dtype).mul_(t)  # 𝟙(u·θ ≥ 0)·θ, u ∝ θ − θ_0 = −zt

@@ -23,11 +23,25 @@ shrink is not proportional to θ.
   two conventions coincide for SGD, Prop. 1 of the paper).
 - cautious (Chen et al. 2025): decoupled, only where the update u = (θ − θ_0)/η and θ agree in sign.
 
+A zero gradient is orthogonal to θ, a branch of its own in some optimizers (Heo et al. 2021 scale the decay
+by ``wd_ratio`` for scale-invariant weights, where cos(g, θ) ≈ 0). So for an optimizer whose convention the
+registry does not fix ("unknown"), the pair θ_λ, θ_0 is stepped again with a nonzero gradient (the tensor's
+``.grad``, else a small seeded one), and a decay that differs between the two is reported, with both rates,
+as depending on the gradient rather than agreeing.
+
+A decay that ``weight_decay=0`` leaves on (ASGD's ``lambd``, a ``weight_decay_1d``) moves θ_0 itself
+where nothing else can: before the first step, or once there is state on a copy with that state reset
+(momentum then moves nothing). The group setting behind it is found by measurement: the first numeric
+setting named like a decay (or the registry's ``other_decay``) with which at 0 as well nothing moves.
+A reset copy that moves with no such setting to explain it (parameters rebuilt from state) is reported
+as not checked.
+
 The probe measures the next step only: coupled decay that enters a momentum buffer keeps
-acting on later steps. Cost: two or three optimizer steps on copies. Memory: parameters are
-stepped in chunks of at most ``chunk_bytes`` of parameters + state (a tensor larger than that is
-a chunk of its own); at the peak a probe holds one chunk's twin (parameters P, state S, zero
-gradients P) and two stepped copies of its parameters, 3P + S (4P + S when the coupled twin runs).
+acting on later steps. Cost: two or three optimizer steps on copies (two more for an unknown
+optimizer, one more for tensors with state). Memory: parameters are stepped in chunks of at most
+``chunk_bytes`` of parameters + state (a tensor larger than that is a chunk of its own); at the
+peak a probe holds one chunk's twin (parameters P, state S, zero gradients P) and two stepped
+copies of its parameters, 3P + S (4P + S when the coupled twin or the nonzero-gradient twins run).
 On a 103M-parameter AdamW (1.15 GiB of parameters + state) that is 0.56x the parameters + state,
 less than one extra copy (``benchmarks/bench_probe.py``); ``chunk_bytes=None`` needs 1.6-1.9x.
 
@@ -55,7 +69,7 @@ from decaykit.probe.estimator import measure_rows
 from decaykit.probe.expectations import Expectation, expectations, rate_text
 from decaykit.probe.report import EMPTY_NOTE, PATTERN_NOTE, ProbeEntry, ProbeReport, factor_text
 from decaykit.probe.targets import Target, byte_size, chunked, find_targets, mark_frozen, mark_intent
-from decaykit.probe.twin import Twin
+from decaykit.probe.twin import Twin, is_number
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ProbeEntry", "ProbeReport", "probe"]
 
@@ -119,8 +133,9 @@ def probe(
     decays_somewhere = any(t.expect.kind != "none" for t in targets)
     groups = _mixed_groups(optimizer, targets)
     facts = optimizers.info(optimizer)
-    other = f"{facts.name}'s {facts.other_decay}" if facts is not None and facts.other_decay else "another setting"
-    entries = [e for t in targets for e in _entries(t, decays_somewhere, groups, other)]
+    known = facts.other_decay if facts is not None else ""
+    other = f"{facts.name}'s {known}" if facts is not None and known else "another setting"
+    entries = [e for t in targets for e in _entries(t, decays_somewhere, groups, other, known)]
     entries += _missing(optimizer, model)
     notes = _notes(optimizer, targets, expects, len(chunks))
     total = sum(byte_size(t.param, optimizer) for t in targets)
@@ -178,7 +193,115 @@ def _measure_chunk(twin: Twin, chunk: list[Target], optimizer: torch.optim.Optim
         twin.recycle(coupled.values())
         steps, peak = 3, max(peak, run_bytes + 2 * p_bytes)
     twin.recycle([*base.values(), *decayed.values()])
+    again = [t for t in chunk if t.rows is not None and t.rows.needs_gradient_twins(t.expect.kind)]
+    if again:
+        _measure_with_gradient(twin, again, start)
+        steps, peak = steps + 2, max(peak, run_bytes + 3 * p_bytes)  # the gradients are kept for both twins
+    stateful = [t for t in chunk if not t.fresh]
+    if stateful:
+        _measure_reset(twin, stateful, start)
+        steps += 1
+    moved = [t for t in chunk if any(_moved(t, k) is not None for k in range(t.members))]
+    if moved:
+        steps += _find_setting(twin, moved, start, optimizer)
+    for t in moved:
+        if not t.fresh and not t.other_setting:
+            t.unchecked = ("a copy with its state reset moves with weight_decay=0 and zero gradients, and no group "
+                           "setting named like a decay stops it (parameters rebuilt from the state?), so that move "
+                           "tells nothing about a decay")
     return steps, peak
+
+
+def _measure_reset(twin: Twin, targets: list[Target], start: dict[int, torch.Tensor]) -> None:
+    """Step tensors that have state once more at weight_decay=0 with zero gradients, from no state: momentum
+    cannot move them then, so whatever does is a decay that weight_decay does not control."""
+    try:
+        out = twin.step([t.param for t in targets], start=start, decay_off=True, reset=True)
+    except DecayError as refused:
+        for t in targets:
+            t.unchecked = f"a copy with its state reset could not step ({refused})"
+        return
+    for t in targets:
+        t.reset = measure_rows(_start(t), out[id(t.param)], out[id(t.param)], t.members, {})
+    twin.recycle(out.values())
+
+
+def _moved(t: Target, k: int) -> float | None:
+    """The factor by which row ``k`` of ``t`` shrinks with weight_decay=0 and no gradient or momentum to move it."""
+    if t.fresh:  # no state (or no momentum): the base twin itself
+        return None if t.rows is None else t.rows.base_shrink(k)
+    return None if t.reset is None else t.reset.base_shrink(k)
+
+
+def _hidden(t: Target, k: int) -> float | None:
+    """:func:`_moved`, where it is a decay: on a copy with its state reset, only once a setting is found that
+    stops it (an optimizer that rebuilds its parameters from state moves them too when that state is gone)."""
+    return _moved(t, k) if t.fresh or t.other_setting else None
+
+
+def _find_setting(twin: Twin, targets: list[Target], start: dict[int, torch.Tensor],
+                  optimizer: torch.optim.Optimizer) -> int:
+    """Name the group setting behind a decay weight_decay=0 leaves on, by measurement: the first numeric setting,
+    the registry's ``other_decay`` or one named like a decay, with which at 0 too nothing moves ``targets``.
+    Returns the twin steps taken."""
+    facts = optimizers.info(optimizer)
+    known = facts.other_decay if facts is not None else ""
+    keys = dict.fromkeys(key for t in targets for key, value in optimizer.param_groups[t.group].items()
+                         if key != "weight_decay" and is_number(value) and value != 0
+                         and (key == known or "decay" in key.lower()))
+    steps = 0
+    for key in keys:
+        left = [t for t in targets if not t.other_setting and key in optimizer.param_groups[t.group]]
+        if not left:
+            continue
+        steps += 1
+        try:
+            out = twin.step([t.param for t in left], start=start, decay_off=True, also_off=(key,), reset=True)
+        except DecayError:  # the optimizer refuses the setting at 0: not the one to name
+            continue
+        for t in left:
+            rows = measure_rows(_start(t), out[id(t.param)], out[id(t.param)], t.members, {})
+            if all(rows.base_shrink(k) is None for k in range(t.members)):
+                t.other_setting = key
+        twin.recycle(out.values())
+    return steps
+
+
+def _measure_with_gradient(twin: Twin, targets: list[Target], start: dict[int, torch.Tensor]) -> None:
+    """Step the pair of twins (weight_decay as set and 0) again with a nonzero gradient (:func:`_nonzero_grad`):
+    a zero gradient is orthogonal to θ, a branch of its own in optimizers that change their decay for
+    scale-invariant weights, and real gradients are rarely that."""
+    grads = {id(t.param): _nonzero_grad(t) for t in targets}
+
+    def grad(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return grads[id(p)][0].clone()  # a copy each: some optimizers change the gradient in place
+
+    params = [t.param for t in targets]
+    base = twin.step(params, grad=grad, start=start, decay_off=True)
+    decayed = twin.step(params, grad=grad, start=start)
+    for t in targets:
+        assert t.rows is not None
+        t.rows.gradient = measure_rows(_start(t), decayed[id(t.param)], base[id(t.param)], t.members, {})
+        t.rows.gradient_source = grads[id(t.param)][1]
+    twin.recycle([*base.values(), *decayed.values()])
+
+
+def _nonzero_grad(t: Target) -> tuple[torch.Tensor, str]:
+    """(gradient, what it is): the gradient the tensor holds (``.grad``, from the last backward) where it is a
+    finite nonzero tensor of its shape; else a small seeded one, g = 10⁻³·rms(θ)·(n + θ/rms(θ)) with n standard
+    normal, so cos(g, θ) ≈ 0.7, and small so that an adaptive optimizer's moments barely change."""
+    theta = _start(t).detach()
+    held = t.param.grad
+    if isinstance(held, torch.Tensor) and not held.is_sparse:
+        held = local_shard(held).detach()
+        if held.shape == theta.shape and bool(torch.isfinite(held).all()) and bool(held.any()):
+            return held, "the gradient it holds (.grad)"
+    rms = float(torch.linalg.vector_norm(theta)) / max(theta.numel(), 1) ** 0.5
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
+    if not (rms > 0 and math.isfinite(rms)):
+        return noise, "a random gradient"
+    return (noise * rms + theta) * 1e-3, "a random gradient"
 
 
 def _start(t: Target) -> torch.Tensor:
@@ -200,8 +323,10 @@ def _candidates(e: Expectation) -> dict[str, float | torch.Tensor]:
     return {}
 
 
-def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_setting: str) -> list[ProbeEntry]:
-    """``t``'s entries, one per stacked member; ``other_setting`` names a decay weight_decay=0 leaves on."""
+def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_setting: str,
+             known: str = "") -> list[ProbeEntry]:
+    """``t``'s entries, one per stacked member; ``other_setting`` names a decay weight_decay=0 leaves on, the
+    registry's setting ``known`` of the optimizer (ASGD's lambd), where a measurement does not name another."""
     out = []
     shape = tuple(t.param.shape[1:] if t.total > 1 else t.param.shape)  # global, also for a shard
     for k in range(t.total):
@@ -218,12 +343,17 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
         moved = r.kind != "none"
         shrink = f"shrinks by {factor_text(r.measured)} per step ({r.kind})" if moved else ""
         fix = "give it weight_decay=0 or remove it from the optimizer"
-        hidden = t.rows.base_shrink(k) if t.fresh else None
+        hidden = _hidden(t, k)
         if hidden is not None:
-            # no state, no gradient, weight_decay=0, and still it moves: a decay under another setting
-            notes.append(f"with weight_decay=0 and zero gradients it still shrinks by {factor_text(hidden)} per step: "
-                         f"a decay under {other_setting}, which the probe cannot switch off, so it is not in the "
-                         "measured factor")
+            # no state (or a copy with it reset), no gradient, weight_decay=0, and still it moves: another decay
+            how = "" if t.fresh else (" (on a copy with its state reset, so no momentum moves it; a decay on a "
+                                      "schedule of its own is read at its first step)")
+            setting = other_setting if t.other_setting == known else f"its group's {t.other_setting!r}"
+            under = (f"{setting} (with that at 0 as well, nothing moves it), which "
+                     "weight_decay=0 does not switch off" if t.other_setting else
+                     f"{other_setting}, which the probe cannot switch off")
+            notes.append(f"with weight_decay=0 and zero gradients it still shrinks by {factor_text(hidden)} per step"
+                         f"{how}: a decay under {under}, so it is not in the measured factor")
             also = f"shrinks by {factor_text(hidden)} per step even with weight_decay=0"
             moved, shrink, fix = True, f"{shrink} and {also}" if moved else also, "remove it from the optimizer"
         if t.frozen:
@@ -252,7 +382,7 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
                               t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden,
-                              t.latent, r.settings_ok))
+                              t.latent, r.settings_ok, t.other_setting if hidden is not None else ""))
     return out
 
 
@@ -334,6 +464,11 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[Target], expects: lis
     if with_state:
         notes.append(f"state already built for {with_state} tensors (momentum, moments): the decay is isolated by "
                      "differencing two copies stepped from that same state, with and without weight_decay")
+    unchecked = [t for t in targets if t.unchecked]
+    if unchecked:
+        notes.append(f"{len(unchecked)} tensors with state were not checked for a decay that weight_decay=0 leaves on "
+                     f"(under another group setting): {unchecked[0].unchecked}; probe a fresh optimizer with the "
+                     "same settings (before its first step) to check")
     lrs = sorted({e.lr for e in expects if not math.isnan(e.lr)})
     if lrs:
         notes.append("lr as the groups hold it now (after any LR scheduler): " + ", ".join(f"{v:g}" for v in lrs))

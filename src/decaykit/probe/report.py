@@ -26,9 +26,11 @@ class ProbeEntry:
     ``expected`` are shrink factors per step (0.9999 means 0.01% smaller each step). A sharded
     tensor (DTensor) is measured on this rank's shard; ``shape`` and ``numel`` stay global.
     ``other_decay`` is the factor by which it shrinks with ``weight_decay=0`` and zero gradients: a decay
-    under another setting (ASGD's ``lambd``), not in ``measured``; None when nothing moves it, or when
-    the optimizer has state and may have momentum (its update then moves the tensor too; an optimizer
-    known to have such a setting and no momentum, ASGD, is read at any step).
+    under another setting (ASGD's ``lambd``), not in ``measured``; None when nothing moves it.
+    ``other_decay_setting``: the group setting measured to control that decay (with it at 0 too, nothing
+    moves the tensor; a ``weight_decay_1d`` for 1-D tensors, say), or "" where none was found. Once the
+    optimizer has state, ``other_decay`` is read on a copy with that state reset, and only where such a
+    setting is found.
     ``latent``: frozen by ``requires_grad=False`` with no ``.grad``, so torch's step skips it and nothing moves
     it today; ``measured`` is what the step does to it once its ``.grad`` is a zero tensor.
     ``configured``: the measured decay is the one its group's settings configure. It can be and still not
@@ -51,6 +53,7 @@ class ProbeEntry:
     other_decay: float | None = None
     latent: bool = False
     configured: bool = True
+    other_decay_setting: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

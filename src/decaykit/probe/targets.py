@@ -40,6 +40,11 @@ class Target:
     fresh: bool = True  # nothing but a decay can move it with zero gradients (no state yet, or an ASGD)
     also_in: list[int] = field(default_factory=list)  # further groups that hold the same tensor (torch steps it in each)
     rows: Rows | None = None
+    # a tensor with state: its zero-gradient step at weight_decay=0 on a copy with that state reset, where only a
+    # decay outside weight_decay can move it (momentum moves the base twin itself)
+    reset: Rows | None = None
+    unchecked: str = ""  # why that copy tells nothing, so a decay outside weight_decay went unchecked
+    other_setting: str = ""  # the group setting found to control such a decay: with it at 0 too, nothing moves
 
 
 def _held(name: str, local: torch.Tensor, total: int) -> int:

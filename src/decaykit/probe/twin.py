@@ -33,7 +33,7 @@ from torch import nn
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError
 
-__all__ = ["Twin", "reachable_optimizers"]
+__all__ = ["Twin", "is_number", "reachable_optimizers"]
 
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,6 +81,21 @@ def _key(t: torch.Tensor) -> tuple[Any, ...] | None:
     return (tuple(t.shape), t.dtype, t.device)
 
 
+def is_number(value: Any) -> bool:
+    """A plain int or float setting (not a bool, not a tensor): one the twin can set to 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _state_tensors(state: Any) -> list[torch.Tensor]:
+    """The tensors of one ``optimizer.state`` value: a parameter's state dict, or a value an optimizer keeps
+    under a key of its own (a step count as an int or a tensor)."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [v for v in state.values() if isinstance(v, torch.Tensor)]
+    return []
+
+
 class Twin:
     """Twins of ``optimizer`` holding copies of a chunk of its parameters and their state.
 
@@ -103,9 +118,8 @@ class Twin:
             for p, state in opt.state.items():
                 if isinstance(p, torch.Tensor):
                     self._placeholders.setdefault(id(p), _placeholder(p))
-                for value in state.values():
-                    if isinstance(value, torch.Tensor):
-                        self._placeholders.setdefault(id(value), _placeholder(value))
+                for value in _state_tensors(state):
+                    self._placeholders.setdefault(id(value), _placeholder(value))
         # Buffers of finished twins, reused by the next ones: a twin of 100M parameters would
         # otherwise map (and page-fault in) fresh memory for every step.
         self._pool: dict[tuple[Any, ...], list[torch.Tensor]] = {}
@@ -136,8 +150,8 @@ class Twin:
         for p in params:
             need[_key(p) or ()] = need.get(_key(p) or (), 0) + 4
             for opt in self.optimizers:
-                for value in opt.state.get(p, {}).values():
-                    if isinstance(value, torch.Tensor) and _key(value) is not None:
+                for value in _state_tensors(opt.state.get(p)):
+                    if _key(value) is not None:
                         need[_key(value)] = need.get(_key(value), 0) + 1  # type: ignore[index]
         self._pool = {k: v[: need.get(k, 0)] for k, v in self._pool.items() if need.get(k, 0)}
 
@@ -148,6 +162,8 @@ class Twin:
         grad: GradFn | None = None,
         start: dict[int, torch.Tensor] | None = None,
         decay_off: bool = False,
+        also_off: tuple[str, ...] = (),
+        reset: bool = False,
     ) -> dict[int, torch.Tensor]:
         """Step a twin holding copies of ``params`` once; return ``{id(param): stepped copy}``
         (of this rank's shard, for a DTensor).
@@ -156,7 +172,9 @@ class Twin:
         parameter whose ``.grad`` is None, so zeros are what lets the decay act alone).
         ``start`` maps ``id(param)`` to values to start from instead of the parameter's own
         (shard-sized for a DTensor).
-        ``decay_off`` sets every group's ``weight_decay`` to 0 in the twin.
+        ``decay_off`` sets every group's ``weight_decay`` to 0 in the twin, and with it each numeric group
+        setting named in ``also_off``. ``reset`` starts ``params`` with no state of their own (as before their
+        first step); state the optimizer keeps under keys of its own is copied all the same.
         """
         params = list(params)
         start = start or {}
@@ -175,20 +193,15 @@ class Twin:
         twins = {id(opt): object.__new__(type(opt)) for opt in self.optimizers}
         memo.update(twins)
         for opt in self.optimizers:
-            if id(opt.state) in memo:
-                continue
-            state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
-            for p, values in opt.state.items():
-                if id(p) in clones:
-                    state[clones[id(p)]] = {k: self._copy_state(v, memo) for k, v in values.items()}
-            memo[id(opt.state)] = state
+            if id(opt.state) not in memo:
+                memo[id(opt.state)] = self._copy_states(opt, clones, memo, reset)
         for opt in self.optimizers:
             twin = twins[id(opt)]
             for key, value in vars(opt).items():
                 if key == "step":  # an LR scheduler's patch: a closure over the real optimizer
                     continue
                 twin.__dict__[key] = OrderedDict() if _is_hook_dict(key) else copy.deepcopy(value, memo)
-        self._restrict(twins.values(), {id(c) for c in clones.values()}, decay_off)
+        self._restrict(twins.values(), {id(c) for c in clones.values()}, ("weight_decay", *also_off) if decay_off else ())
         top = twins[id(self.optimizer)]
         step = type(top).step
         if getattr(step, "hooked", False):  # torch's profiling wrapper also runs global step hooks
@@ -215,6 +228,31 @@ class Twin:
             out[key] = c.detach()
         return out
 
+    def _copy_states(self, opt: torch.optim.Optimizer, clones: dict[int, torch.Tensor], memo: dict[int, Any],
+                     reset: bool) -> defaultdict[Any, Any]:
+        """``opt.state`` for a twin holding ``clones``: their state copied (none with ``reset``), that of parameters
+        outside the chunk left out, and state under keys of its own copied whole."""
+        state: defaultdict[Any, Any] = defaultdict(dict)
+        # parameters outside the chunk: their state stays out of the twin, also inside a shared dict
+        other = {id(q) for group in opt.param_groups for q in group["params"]} - set(clones)
+        for key, values in opt.state.items():
+            if id(key) in clones:
+                if not reset:
+                    state[clones[id(key)]] = self._copy_values(values, memo, other)
+            elif id(key) not in other:
+                # shared state under a key of its own (a step count under a string key, a dict keyed by
+                # parameter, as some pytorch_optimizer classes keep): the whole optimizer reads it, so every
+                # twin gets its own copy, with the chunk's parameters as keys
+                state[copy.deepcopy(key, memo)] = self._copy_values(values, memo, other)
+        return state
+
+    def _copy_values(self, values: Any, memo: dict[int, Any], other: set[int]) -> Any:
+        """A state dict with its tensors copied into pooled buffers, its parameter keys mapped to the twin's and
+        the entries of parameters in ``other`` (outside the chunk) left out; any other state value as a copy."""
+        if isinstance(values, dict):
+            return {copy.deepcopy(k, memo): self._copy_state(v, memo) for k, v in values.items() if id(k) not in other}
+        return self._copy_state(values, memo)
+
     def _copy_state(self, value: Any, memo: dict[int, Any]) -> Any:
         if isinstance(value, torch.Tensor):
             clone = self._take(value)
@@ -224,8 +262,9 @@ class Twin:
         return copy.deepcopy(value, memo)
 
     @staticmethod
-    def _restrict(twins: Iterable[torch.optim.Optimizer], keep: set[int], decay_off: bool) -> None:
-        """Drop placeholders from the twins' groups; keep the groups so indices still line up."""
+    def _restrict(twins: Iterable[torch.optim.Optimizer], keep: set[int], off: tuple[str, ...]) -> None:
+        """Drop placeholders from the twins' groups; keep the groups so indices still line up; set ``off``
+        settings to 0 where a group has them as numbers."""
         seen: set[int] = set()
         for twin in twins:
             for group in twin.param_groups:
@@ -237,5 +276,6 @@ class Twin:
                 if isinstance(names, list) and len(names) == len(group["params"]):
                     group["param_names"] = [names[i] for i in idx]
                 group["params"] = [group["params"][i] for i in idx]
-                if decay_off and "weight_decay" in group:
-                    group["weight_decay"] = 0.0
+                for key in off:
+                    if key in group and (key == "weight_decay" or is_number(group[key])):
+                        group[key] = 0.0
