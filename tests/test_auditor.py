@@ -395,3 +395,58 @@ def test_an_optimizer_decaykit_has_no_facts_on_is_said_unknown_not_passed():
     assert codes(decaykit.audit(model, quiet)) == {"unknown-convention": "info"}
     # a torch class is known: none of these
     assert codes(decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05)))) == {}
+
+
+def test_measured_audit_says_how_an_unknown_optimizer_decays_and_warns_coupled_l2_rescaled_per_coordinate():
+    """torch_optimizer's Yogi and AdaBelief add λθ to the gradient ahead of their adaptive denominator: the audit
+    said "no problems found" even with measure=True, whose own probe table saw coupled L2 through a denominator."""
+
+    class Adaptive(torch.optim.Adam):  # a subclass: the registry's Adam facts do not apply to it
+        pass
+
+    class Plain(torch.optim.SGD):
+        pass
+
+    found = {}
+    for cls in (Adaptive, Plain):
+        torch.manual_seed(0)
+        model = TinyGPT(depth=1)
+        opt = cls(decaykit.param_groups(model, 0.05), lr=1e-3)
+        model(torch.randint(0, 64, (2, 8))).sum().backward()
+        opt.step()
+        assert codes(decaykit.audit(model, opt)) == {"unknown-convention": "info"}
+        report = decaykit.audit(model, opt, measure=True)
+        found[cls.__name__] = report
+        assert "unknown-convention" not in codes(report)
+        told = next(f for f in report.findings if f.code == "measured-convention")
+        assert f"no facts on {cls.__name__}" in told.message
+    assert codes(found["Adaptive"]) == {"coupled-adaptive": "warning", "measured-convention": "info"}
+    assert "varies per coordinate" in str(found["Adaptive"]) and "WeightDecay(Adaptive(...)" in str(found["Adaptive"])
+    assert codes(found["Plain"]) == {"measured-convention": "info"}
+    assert "coupled L2 (λθ added to the gradient) in param_groups [0]" in str(found["Plain"])
+
+    class Decoupled(torch.optim.AdamW):  # torch's decoupled_weight_decay=True in its groups says how it decays
+        pass
+
+    model = TinyGPT(depth=1)
+    assert codes(decaykit.audit(model, Decoupled(decaykit.param_groups(model, 0.05), lr=1e-3), measure=True)) == {}
+
+
+def test_a_decay_under_a_second_setting_is_named_by_the_setting_the_probe_measured():
+    """A weight_decay_1d that decays 1-D tensors whatever weight_decay says (MARS-like): the measured finding names
+    the setting and the fix sets it to 0, where it said "a setting other than weight_decay"."""
+    from test_probing import SecondDecay
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    opt = SecondDecay(decaykit.param_groups(model, 0.05), lr=3e-3)
+    model(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    before = decaykit.audit(model, opt)
+    assert codes(before) == {"unread-decay-setting": "warning", "unknown-convention": "info"}
+    report = decaykit.audit(model, opt, measure=True)
+    uncontrolled = next(f for f in report.findings if f.code == "measured-uncontrolled-decay")
+    assert uncontrolled.severity == "error" and "'weight_decay_1d'" in uncontrolled.message
+    assert uncontrolled.fix.startswith("set weight_decay_1d=0 in their param groups")
+    assert {"0.bias", "1.weight", "1.bias", "2.bias"} == set(uncontrolled.params)
+    assert not report.ok

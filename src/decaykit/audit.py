@@ -419,6 +419,7 @@ def audit(
 
         measured = probe(wrapped, model=model)
         _measured_findings(measured, expected, findings, view.stepper, set(_overshooting(view)))
+        findings[:] = _measured_conventions(findings, measured, view)
         report.probe = MeasuredProbe.of(measured, [f.code for f in findings if f.severity == "error"])
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
@@ -711,13 +712,62 @@ def _measured_findings(report: Any, expected: Plan, findings: list[Finding], ste
         findings.append(_uncontrolled_finding(other, expected, stepper))
 
 
+def _measured_conventions(findings: list[Finding], report: Any, view: _View) -> list[Finding]:
+    """``unknown-convention`` replaced by what the probe measured, group by group: coupled L2 or a decoupled
+    shrink (``measured-convention``), and coupled L2 rescaled per coordinate (an adaptive denominator) as
+    ``coupled-adaptive``. Groups the step cannot tell about stay unknown."""
+    unknown = next((f for f in findings if f.code == "unknown-convention"), None)
+    if unknown is None:
+        return findings
+    groups = [i for i, g in enumerate(view.groups) if g.decay == "unknown" and g.weight_decay > 0]
+    kinds: dict[int, set[str]] = {}
+    rescaled: set[int] = set()
+    for e in report.entries:
+        if e.group in groups and not e.latent and e.kind not in ("missing", "empty"):
+            kinds.setdefault(e.group, set()).add(e.kind if e.agrees or e.kind == "coupled" else "other")
+            if e.kind == "coupled" and not e.proportional:
+                rescaled.add(e.group)
+    told = {i: k.pop() for i, k in kinds.items() if len(k) == 1 and next(iter(k)) in ("coupled", "decoupled")}
+    name = view.name.partition(" (")[0]
+    out = [f for f in findings if f is not unknown]
+    if told:
+        how = {"coupled": "coupled L2 (λθ added to the gradient)", "decoupled": "a decoupled shrink of θ"}
+        said = "; ".join(f"{how[kind]} in param_groups {[i for i in told if told[i] == kind]}"
+                         for kind in ("coupled", "decoupled") if kind in told.values())
+        out.append(Finding("info", "measured-convention",
+                           f"decaykit has no facts on {name}; measured on a copy, its weight_decay acts as {said}",
+                           "see the probe table for the rate each tensor gets"))
+    if rescaled:
+        where = ", ".join(f"param_groups[{i}] (weight_decay={view.groups[i].weight_decay:g})" for i in sorted(rescaled))
+        out.append(Finding(
+            "warning", "coupled-adaptive",
+            f"{name} adds λθ to the gradient (coupled L2) in {where}, and the shrink it measures varies per coordinate: "
+            "an adaptive denominator rescales it, so coordinates with large gradients are barely decayed; this is "
+            "almost never what is meant",
+            f"wrap it in decaykit.WeightDecay({name}(...), mode='lr_coupled'), which switches its own decay off and "
+            "shrinks θ beside its step, or use an optimizer with decoupled decay (torch.optim.AdamW)"))
+    left = [i for i in groups if i not in told]
+    if left:
+        out.append(dataclasses.replace(unknown, message=unknown.message.replace(
+            f"param_groups {groups}", f"param_groups {left}") + "; one measured step could not tell either (see the "
+            "probe table)"))
+    order = {sev: i for i, sev in enumerate(SEVERITIES)}
+    return sorted(out, key=lambda f: order[f.severity])
+
+
 def _uncontrolled_finding(other: list[Any], expected: Plan, stepper: OptimizerInfo | None) -> Finding:
     """Tensors that move with weight_decay=0 and zero gradients (ASGD's lambd): an error where the policy excludes them."""
     by_name = {d.name: d for d in expected}
     excluded = [by_name[e.name] for e in other if e.name in by_name and not by_name[e.name].decay]
     lo, hi = min(e.other_decay for e in other), max(e.other_decay for e in other)
     how = f"shrink by a factor down to {lo:.6g}" if hi < 1 else f"change by a factor of {lo:.6g} .. {hi:.6g}"
-    setting = f"{stepper.name}'s {stepper.other_decay}" if stepper is not None and stepper.other_decay else None
+    found = sorted({e.other_decay_setting for e in other if e.other_decay_setting})
+    if stepper is not None and stepper.other_decay:
+        setting: str | None = f"{stepper.name}'s {stepper.other_decay}"
+    elif found:
+        setting = f"the group setting {', '.join(repr(k) for k in found)} (measured: with it at 0 as well, nothing moves them)"
+    else:
+        setting = None
     message = (f"{len(other)} tensors {how} per step with weight_decay=0 and zero gradients "
                f"(measured): a decay under {setting or 'a setting other than weight_decay'}, which weight_decay=0 "
                "does not switch off")
@@ -726,8 +776,9 @@ def _uncontrolled_finding(other: list[Any], expected: Plan, stepper: OptimizerIn
     elif excluded:
         message += (f"; {len(excluded)} of them are tensors the policy excludes "
                     f"({'; '.join(sorted({d.reason for d in excluded})[:3])})")
-    fix = (f"set {stepper.other_decay}=0 in their param groups, so weight_decay is their only decay"
-           if setting else "find the optimizer's setting that moves them and set it to 0")
+    keys = [stepper.other_decay] if stepper is not None and stepper.other_decay else found
+    fix = (f"set {'='.join(keys)}=0 in their param groups, so weight_decay is their only decay"
+           if keys else "find the optimizer's setting that moves them and set it to 0")
     fix += ", or train them with an optimizer whose only decay is weight_decay (AdamW, SGD) and decaykit.param_groups"
     return Finding("error" if excluded else "warning", "measured-uncontrolled-decay", message, fix,
                    tuple(e.name for e in other))

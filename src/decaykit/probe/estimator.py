@@ -136,6 +136,11 @@ class Rows:
             out["coupled"] = self.coupled[0][k] ** 0.5 <= tol
         return out
 
+    def proportional(self, k: int) -> bool:
+        """Whether member ``k``'s decay is θ times one factor; not where it is rescaled per coordinate (coupled L2
+        through an adaptive denominator), whose factor is then a least-squares fit."""
+        return self._basic(k)[3]
+
     def base_shrink(self, k: int) -> float | None:
         """Shrink factor of the twin stepped with weight_decay=0 and zero gradients, if it moved at all
         (None for non-finite values: a NaN weight "moves" without any decay)."""
@@ -174,7 +179,7 @@ class Rows:
         return any(self._kind(k)[0] == kind for k in range(self.members))
 
     def non_proportional(self) -> bool:
-        return any(not self._basic(k)[3] for k in range(self.members))
+        return any(not self.proportional(k) for k in range(self.members))
 
     def _kind(self, k: int) -> tuple[str, float, float, dict[str, bool]]:
         s, tol, none, prop = self._basic(k)

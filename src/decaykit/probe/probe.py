@@ -382,7 +382,8 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,
                               t.group, t.expect.lr, wd_k, t.param.numel() // t.total, bool(t.frozen), hidden,
-                              t.latent, r.settings_ok, t.other_setting if hidden is not None else ""))
+                              t.latent, r.settings_ok, t.other_setting if hidden is not None else "",
+                              t.rows.proportional(k)))
     return out
 
 

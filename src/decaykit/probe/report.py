@@ -31,6 +31,8 @@ class ProbeEntry:
     moves the tensor; a ``weight_decay_1d`` for 1-D tensors, say), or "" where none was found. Once the
     optimizer has state, ``other_decay`` is read on a copy with that state reset, and only where such a
     setting is found.
+    ``proportional``: the measured change is θ times one factor; False where it is rescaled per coordinate
+    (coupled L2 through an adaptive denominator), and ``measured`` is then a least-squares factor.
     ``latent``: frozen by ``requires_grad=False`` with no ``.grad``, so torch's step skips it and nothing moves
     it today; ``measured`` is what the step does to it once its ``.grad`` is a zero tensor.
     ``configured``: the measured decay is the one its group's settings configure. It can be and still not
@@ -54,6 +56,7 @@ class ProbeEntry:
     latent: bool = False
     configured: bool = True
     other_decay_setting: str = ""
+    proportional: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
