@@ -8,7 +8,8 @@
 Precedence, first hit wins, per name of a tensor: a frozen tensor (``requires_grad=False``) is
 left out; then ``rules`` in order; then ``exclude``; then the model's ``no_weight_decay()`` /
 ``no_weight_decay_keywords()`` hooks (on any submodule, names relative to it) and a tensor's
-own ``_no_weight_decay = True`` attribute (mamba_ssm's convention); then the policy.
+own ``_no_weight_decay = True`` attribute (mamba_ssm's convention) or ``_optim = {"weight_decay": 0.0}``
+(the state-spaces repositories'); then the policy.
 A tensor reachable under several names (tied embeddings) appears once, under its first name;
 if its names get different decisions, the one from the strongest source wins (rule > exclude >
 hook > policy), and between equals ``tied`` decides: ``"first"`` (the first name, as
