@@ -1110,3 +1110,34 @@ def test_a_parameter_is_after_exp_only_where_it_went_through_exp_itself():
     assert (p["slots_logsigma"].role, p["slots_logsigma"].decay) == ("state", False), p["slots_logsigma"].reason
     assert p["C"].reason == "matrix operand of F.linear (traced)" and p["C"].decay
     assert (p["log_dt"].role, p["log_dt"].decay) == ("state", False), p["log_dt"].reason
+
+
+class ChannelsFirstToken(nn.Module):
+    """A learned token joined as one more column to channels-first activations (B, C, N), repeated over the
+    batch (SepViT's window token), beside one more logit per head expanded over the queries and joined to
+    attention scores along their last axis (GPT-OSS's sinks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 1)
+        self.window_token = nn.Parameter(torch.randn(8))
+        self.sinks = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 8, N)
+        x = self.conv(x)
+        x = torch.cat((self.window_token[None, :, None].repeat(x.shape[0], 1, 1), x), dim=-1)
+        q = x.transpose(1, 2).unflatten(-1, (2, 4)).transpose(1, 2)  # (B, 2, N + 1, 4)
+        scores = q @ q.mT
+        sinks = self.sinks.reshape(1, -1, 1, 1).expand(x.shape[0], -1, scores.shape[-2], 1)
+        return torch.cat([scores, sinks], dim=-1).softmax(-1)
+
+
+def test_a_column_joined_to_channels_first_activations_is_not_called_a_bias():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = decaykit.plan(ChannelsFirstToken(), 0.1, example_inputs=torch.zeros(2, 8, 5))
+    assert p["window_token"].role != "bias" and "(structural: joined to activations along their last axis in cat, " \
+        "varying along the axes before it: a bias if that axis holds channels, a learned token if tokens)" in \
+        p["window_token"].reason, p["window_token"].reason
+    assert any("window_token" in str(w.message) for w in caught if issubclass(w.category, DecayWarning))
+    assert p["sinks"].reason == "joined to activations along their last axis in cat: a bias (traced)"

@@ -11,7 +11,9 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
   input of a layer -> ``token``, treated like an embedding; concatenated with the keys or values
   attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned
-  key/value;
+  key/value; one more entry along the activations' last axis, the same for every row (an attention
+  sink's logit) -> ``bias``; a column joined there may be one more token of channels-first (B, C, N)
+  activations, and is left untold;
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
   tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
@@ -131,6 +133,8 @@ _ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 _NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
                         "sqrt", "rsqrt", "reciprocal", "softmax", "log_softmax", "sin", "cos", "relu", "gelu", "silu",
                         "elu", "logsigmoid", "erf", "pow", "__pow__", "__rpow__", "square"})
+# Broadcasting a parameter to the activations' shape: the axes it is spread along are ones it is the same along.
+_SPREADS = frozenset({"expand", "expand_as", "broadcast_to", "repeat", "tile"})
 # Reductions that sum a product over an axis: over a parameter's own axis, they make it a contraction.
 _SUMS = frozenset({"sum", "mean", "nansum", "nanmean"})
 # Ops that leave a tensor what it was: views, casts, slices, copies, plain-number arithmetic.
@@ -257,6 +261,8 @@ class _Recorder(TorchFunctionMode):
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
         self.diagonal: set[int] = set()  # ids of a 1-D parameter laid out as a diagonal matrix (``torch.diag(g)``)
+        # id(parameter expanded) -> the axes, counted from the end, it was just broadcast along (``expand``, ``repeat``)
+        self.spread: dict[int, set[int]] = {}
         # ids of attention scores: a product of two activations (``q @ k.mT``), scaled and masked; what
         # is added to them is a bias, as ``attn_mask`` is to ``F.scaled_dot_product_attention``
         self.scores: set[int] = set()
@@ -349,6 +355,9 @@ class _Recorder(TorchFunctionMode):
                           any(id(t) in self.selected for t in traced))
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
+            if bare in _SPREADS and first is not None and isinstance(out, torch.Tensor):
+                padded = (1,) * (out.ndim - first.ndim) + tuple(first.shape)
+                self.spread[id(out)] = {i - out.ndim for i, (s, n) in enumerate(zip(padded, out.shape)) if s == 1 < n}
             if bare == "diag_embed" or (bare == "diag" and first is not None and first.ndim == 1):
                 self._mark(out, self.diagonal)
         else:
@@ -573,8 +582,14 @@ class _Recorder(TorchFunctionMode):
         stored_per_channel = id(tensor) not in self.gathered and all(
             _per_channel(self.shapes[p][rows:]) for p in self.origin[id(tensor)])
         if bare in _CONCAT and last_axis and stored_per_channel:
-            # one more entry along the activations' last axis (an attention sink's logit), not a token
-            return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
+            # one more entry along the activations' last axis, the same for every row (an attention sink's
+            # logit, expanded over the queries), not a token; a column joined to channels-first activations
+            # (B, C, N) is one more token (SepViT's window token), and nothing here says where the channels are
+            rows = self.spread.get(id(tensor), set()) - {-1, -tensor.ndim}
+            if rows or any(id(a) in self.scores for a in activations):
+                return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
+            return Use("other", shown, f"joined to activations along their last axis in {shown}, varying along the "
+                                       "axes before it: a bias if that axis holds channels, a learned token if tokens")
         if bare in _CONCAT:
             return Use("concat", shown, _WHY["concat"].format(f=shown))
         if not activations:
