@@ -286,3 +286,15 @@ def test_no_weight_decay_given_as_a_set_of_names_is_honoured() -> None:
 
     d = decaykit.plan(Attr(), 0.1)["lin.weight"]
     assert not d.decay and "no_weight_decay" in d.reason
+
+
+def test_a_torchscript_model_is_refused_with_the_eager_module_as_the_fix() -> None:
+    import torch
+
+    eager = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    for scripted in (torch.jit.script(eager), torch.jit.trace(eager, torch.zeros(2, 4))):
+        for example in (False, None, torch.zeros(2, 4)):
+            with pytest.raises(DecayError, match=r"model is a TorchScript .* pass the eager module it was made from"):
+                decaykit.param_groups(scripted, 0.05, example_inputs=example)
+    assert decaykit.plan(eager, 0.05)["0.weight"].decay
+
