@@ -1141,3 +1141,17 @@ def test_a_column_joined_to_channels_first_activations_is_not_called_a_bias():
         p["window_token"].reason, p["window_token"].reason
     assert any("window_token" in str(w.message) for w in caught if issubclass(w.category, DecayWarning))
     assert p["sinks"].reason == "joined to activations along their last axis in cat: a bias (traced)"
+
+
+def test_a_warning_after_the_models_own_input_told_nothing_does_not_ask_for_an_input():
+    class OwnInput(ChannelsFirstToken):
+        def example_inputs(self) -> torch.Tensor:
+            return torch.zeros(2, 8, 5)
+
+    for example in (None, torch.zeros(2, 8, 5)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            decaykit.plan(OwnInput(), 0.1, example_inputs=example)
+        told = [str(w.message) for w in caught if issubclass(w.category, DecayWarning)]
+        assert len(told) == 1 and told[0].endswith("its use in the traced forward did not tell what it is; give it "
+                                                   "rules= where its shape misleads"), told

@@ -944,8 +944,13 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         state[name] = fake
     for name, b in model.named_buffers(remove_duplicate=False):
         state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
-    args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
-                                     example_inputs))
+    if any(isinstance(t, torch.Tensor) and t.is_nested for t in tree_flatten(example_inputs)[0]):
+        return Trace({}, "a nested tensor in example_inputs, which has no one shape to copy: pass padded tensors")
+    try:
+        args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
+                                         example_inputs))
+    except Exception as exc:  # a tensor subclass that cannot be copied shape-only: the structure decides
+        return Trace({}, f"a shape-only copy of the input: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
     recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers)
     stopped = None
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
