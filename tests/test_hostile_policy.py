@@ -286,3 +286,36 @@ def test_no_weight_decay_given_as_a_set_of_names_is_honoured() -> None:
 
     d = decaykit.plan(Attr(), 0.1)["lin.weight"]
     assert not d.decay and "no_weight_decay" in d.reason
+
+
+def test_a_torchscript_model_is_refused_with_the_eager_module_as_the_fix() -> None:
+    import torch
+
+    eager = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    for scripted in (torch.jit.script(eager), torch.jit.trace(eager, torch.zeros(2, 4))):
+        for example in (False, None, torch.zeros(2, 4)):
+            with pytest.raises(DecayError, match=r"model is a TorchScript .* pass the eager module it was made from"):
+                decaykit.param_groups(scripted, 0.05, example_inputs=example)
+    assert decaykit.plan(eager, 0.05)["0.weight"].decay
+
+
+def test_a_nested_tensor_input_falls_back_to_the_structure_with_a_warning_naming_example_inputs() -> None:
+    import torch
+
+    class Jagged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.gain = nn.Linear(4, 4), nn.Parameter(torch.ones(2, 4))
+
+        def forward(self, x):
+            return self.proj(x) * self.gain.sum()
+
+    x = torch.nested.nested_tensor([torch.zeros(2, 4), torch.zeros(3, 4)])
+    for example in (x, [x], {"x": x}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            p = decaykit.plan(Jagged(), 0.05, example_inputs=example)
+        assert p["proj.weight"].decay and "a nested tensor in example_inputs" in p["proj.weight"].reason
+        assert any("a nested tensor in example_inputs, which has no one shape to copy: pass padded tensors" in
+                   str(w.message)
+                   for w in caught if issubclass(w.category, DecayWarning)), [str(w.message) for w in caught]

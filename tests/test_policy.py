@@ -374,3 +374,16 @@ def test_a_vector_on_an_unknown_module_is_left_undecayed_by_shape_and_the_reason
         "per-channel (8,1,1) on ViTStem: a gain, a bias...? the shape cannot tell (shape rule)")
     traced = decaykit.plan(ViTStem(), 0.1, example_inputs=torch.zeros(2, 3, 8))
     assert (traced["cls_token"].role, traced["cls_token"].decay, traced["gamma"].decay) == ("token", True, False)
+
+
+def test_tensor_attribute_optim_without_weight_decay():
+    """The state-spaces repositories (S4, S5, Hyena, safari) mark their SSM parameters with
+    ``_optim = {"weight_decay": 0.0}``, which their ``setup_optimizer`` reads."""
+    kernel = nn.Module()
+    kernel.log_A_real = nn.Parameter(torch.zeros(8, 4))
+    kernel.log_A_real._optim = {"weight_decay": 0.0, "lr": 1e-3}
+    kernel.C = nn.Parameter(torch.zeros(8, 4))
+    kernel.C._optim = {"lr": 1e-3}  # a learning rate of its own, its decay left to the policy
+    p = decaykit.plan(kernel, 0.1)
+    assert not p["log_A_real"].decay and p["log_A_real"].reason == "tensor attribute _optim={'weight_decay': 0.0}"
+    assert p["C"].decay

@@ -1046,3 +1046,112 @@ def test_a_decision_that_rests_on_one_answer_names_the_test_it_came_after():
     line = Gated.forward.__code__.co_firstlineno + 1
     assert p["table"].role == "bias" and p["table"].reason.endswith(
         f"a modulation's bias, where 'x.isnan().any()' (test_usage_trace.py:{line}) is false (traced)"), p["table"].reason
+
+
+class MulSum(nn.Module):
+    """A weight vector applied as ``(x * a).sum(-1)`` (GAT's attention vector), a weight matrix as the sum of
+    products over its inputs (KAN's ``scale_base``, through a masked sum of two products), and for contrast
+    a layer scale whose product feeds a residual sum and a hand-written norm's mean over the channels, and
+    a (C,1,1) gain whose product is pooled over the positions alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.att = nn.Parameter(torch.randn(1, 2, 4))
+        self.scale_base, self.scale_sp = nn.Parameter(torch.randn(8, 3)), nn.Parameter(torch.randn(8, 3))
+        self.mask = nn.Parameter(torch.ones(8, 3), requires_grad=False)
+        self.layer_scale = nn.Parameter(torch.full((8,), 1e-5))
+        self.gain = nn.Parameter(torch.ones(8, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)  # (B, 8)
+        score = (h.view(-1, 2, 4) * self.att).sum(dim=-1)  # (B, 2)
+        y = self.scale_base[None] * F.silu(h)[:, :, None] + self.scale_sp[None] * h[:, :, None]
+        y = torch.sum(self.mask[None] * y.clone(), dim=1)  # (B, 3)
+        r = h + self.layer_scale * F.gelu(h)
+        r = r - r.mean(-1, keepdim=True)
+        pooled = (h[:, :, None, None].expand(-1, -1, 2, 2) * self.gain).mean((-2, -1))
+        return torch.cat([score, y, r, pooled], dim=-1)
+
+
+@pytest.mark.parametrize("example", [torch.zeros(2, 8), torch.zeros(2, 8, device="meta")])
+def test_a_product_summed_over_the_parameters_own_axis_is_a_contraction(example):
+    p = decaykit.plan(MulSum(), 0.1, example_inputs=example)
+    for name in ("att", "scale_base", "scale_sp"):
+        assert (p[name].role, p[name].decay) == ("weight", True), (name, p[name].reason)
+    assert p["att"].reason == ("multiplies activations in mul, then summed over its own axis by sum: a matrix "
+                               "operand (traced)")
+    for name in ("layer_scale", "gain"):
+        assert (p[name].role, p[name].decay) == ("scale", False), (name, p[name].reason)
+    assert p["gain"].reason == "multiplies activations in mul: a scale (traced)"
+
+
+class SlotsAndKernel(nn.Module):
+    """Slot Attention's initial slots ``mu + exp(logsigma) * noise`` and an S4D-like kernel in which the
+    output matrix ``C`` multiplies ``exp`` of the state parameters: only what went through ``exp`` is
+    said to have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slots_mu, self.slots_logsigma = nn.Parameter(torch.randn(1, 1, 8)), nn.Parameter(torch.zeros(1, 1, 8))
+        self.C, self.log_dt = nn.Parameter(torch.randn(8, 4)), nn.Parameter(torch.zeros(8, 1))
+        self.to_q = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 8)
+        slots = self.slots_mu + self.slots_logsigma.exp() * torch.randn(x.shape[0], 3, 8)
+        kernel = self.C * torch.exp(self.log_dt)
+        return self.to_q(slots).sum(1) + F.linear(x, kernel.T)
+
+
+def test_a_parameter_is_after_exp_only_where_it_went_through_exp_itself():
+    p = decaykit.plan(SlotsAndKernel(), 0.1, example_inputs=torch.zeros(2, 8))
+    assert (p["slots_mu"].role, p["slots_mu"].decay) == ("token", True)
+    assert p["slots_mu"].reason == "input of F.linear: a learned token (traced)"
+    assert (p["slots_logsigma"].role, p["slots_logsigma"].decay) == ("state", False), p["slots_logsigma"].reason
+    assert p["C"].reason == "matrix operand of F.linear (traced)" and p["C"].decay
+    assert (p["log_dt"].role, p["log_dt"].decay) == ("state", False), p["log_dt"].reason
+
+
+class ChannelsFirstToken(nn.Module):
+    """A learned token joined as one more column to channels-first activations (B, C, N), repeated over the
+    batch (SepViT's window token), beside one more logit per head expanded over the queries and joined to
+    attention scores along their last axis (GPT-OSS's sinks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 1)
+        self.window_token = nn.Parameter(torch.randn(8))
+        self.sinks = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 8, N)
+        x = self.conv(x)
+        x = torch.cat((self.window_token[None, :, None].repeat(x.shape[0], 1, 1), x), dim=-1)
+        q = x.transpose(1, 2).unflatten(-1, (2, 4)).transpose(1, 2)  # (B, 2, N + 1, 4)
+        scores = q @ q.mT
+        sinks = self.sinks.reshape(1, -1, 1, 1).expand(x.shape[0], -1, scores.shape[-2], 1)
+        return torch.cat([scores, sinks], dim=-1).softmax(-1)
+
+
+def test_a_column_joined_to_channels_first_activations_is_not_called_a_bias():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = decaykit.plan(ChannelsFirstToken(), 0.1, example_inputs=torch.zeros(2, 8, 5))
+    assert p["window_token"].role != "bias" and "(structural: joined to activations along their last axis in cat, " \
+        "varying along the axes before it: a bias if that axis holds channels, a learned token if tokens)" in \
+        p["window_token"].reason, p["window_token"].reason
+    assert any("window_token" in str(w.message) for w in caught if issubclass(w.category, DecayWarning))
+    assert p["sinks"].reason == "joined to activations along their last axis in cat: a bias (traced)"
+
+
+def test_a_warning_after_the_models_own_input_told_nothing_does_not_ask_for_an_input():
+    class OwnInput(ChannelsFirstToken):
+        def example_inputs(self) -> torch.Tensor:
+            return torch.zeros(2, 8, 5)
+
+    for example in (None, torch.zeros(2, 8, 5)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            decaykit.plan(OwnInput(), 0.1, example_inputs=example)
+        told = [str(w.message) for w in caught if issubclass(w.category, DecayWarning)]
+        assert len(told) == 1 and told[0].endswith("its use in the traced forward did not tell what it is; give it "
+                                                   "rules= where its shape misleads"), told

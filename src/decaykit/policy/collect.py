@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
@@ -24,6 +25,13 @@ __all__ = ["check_model", "collect_params", "lazy_names", "refuse_lazy"]
 
 def check_model(model: Any) -> nn.Module:
     """``model`` itself if it is an ``nn.Module``; a DecayError saying what to pass otherwise."""
+    if isinstance(model, torch.jit.ScriptModule):
+        # its modules are all RecursiveScriptModule: no layer can be told, and no fake pass runs through it
+        raise DecayError(
+            f"model is a TorchScript {type(model).__name__} (torch.jit.script or trace), whose layers decaykit "
+            "cannot tell apart; pass the eager module it was made from: its parameters are the same tensors, "
+            "so param_groups(eager_model, 0.05) can drive an optimizer for the scripted one"
+        )
     if isinstance(model, nn.Module):
         return model
     if isinstance(model, Iterator) or type(model).__name__ == "generator":

@@ -1,5 +1,6 @@
 """The model's own say: ``no_weight_decay()`` / ``no_weight_decay_keywords()`` hooks (timm, DeiT,
-Swin, Mamba) and a tensor's ``_no_weight_decay = True`` attribute (mamba_ssm's convention).
+Swin, Mamba) and a tensor's ``_no_weight_decay = True`` attribute (mamba_ssm's convention) or
+``_optim = {"weight_decay": 0.0}`` attribute (the state-spaces convention: S4, S5, Hyena, safari).
 
 A preset chooses how far it listens (``Preset.hooks``): ``"all"`` every module's hooks, names
 relative to that module; ``"top"`` timm's reading, the top-level ``no_weight_decay()`` matched
@@ -9,7 +10,7 @@ with fnmatch; ``"none"`` not at all.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -83,4 +84,7 @@ def hook_reason(name: str, param: torch.Tensor, hooks: Sequence[Hook], tensor_at
             return hook.reason()
     if tensor_attribute and getattr(param, "_no_weight_decay", False):
         return "tensor attribute _no_weight_decay=True"  # mamba_ssm's A_log, D
+    optim = getattr(param, "_optim", None) if tensor_attribute else None
+    if isinstance(optim, Mapping) and optim.get("weight_decay") == 0:
+        return f"tensor attribute _optim={{'weight_decay': {optim['weight_decay']!r}}}"  # S4's log_dt, A; S5, Hyena, safari
     return None

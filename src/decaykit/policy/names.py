@@ -115,12 +115,22 @@ def _data_parallel_wrappers(model: object) -> int:
 
 def _is_data_parallel(obj: object) -> bool:
     # FSDP (v1) is a FullyShardedDataParallel too, but holds its model as _fsdp_wrapped_module
-    return type(obj).__name__.endswith(("DataParallel", "DDP")) and "module" in getattr(obj, "_modules", {})
+    return type(obj).__name__.endswith(("DataParallel", "DDP")) and _child(obj, "module") is not None
+
+
+def _child(obj: object, attr: str) -> object | None:
+    """``obj``'s registered child ``attr``, or ``None``: a TorchScript module keeps its children in an
+    ``OrderedModuleDict``, which has ``in`` and ``[]`` but no ``.get``."""
+    modules = getattr(obj, "_modules", None)
+    try:
+        return modules[attr] if modules is not None and attr in modules else None
+    except (KeyError, TypeError):
+        return None
 
 
 def _wrapped(obj: object) -> object | None:
     for attr in ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"):
-        inner = getattr(obj, "_modules", {}).get(attr)
+        inner = _child(obj, attr)
         if inner is not None:
             return inner
     # ``module`` is a common user attribute name, so only follow it on data-parallel wrappers

@@ -8,7 +8,8 @@
 Precedence, first hit wins, per name of a tensor: a frozen tensor (``requires_grad=False``) is
 left out; then ``rules`` in order; then ``exclude``; then the model's ``no_weight_decay()`` /
 ``no_weight_decay_keywords()`` hooks (on any submodule, names relative to it) and a tensor's
-own ``_no_weight_decay = True`` attribute (mamba_ssm's convention); then the policy.
+own ``_no_weight_decay = True`` attribute (mamba_ssm's convention) or ``_optim = {"weight_decay": 0.0}``
+(the state-spaces repositories'); then the policy.
 A tensor reachable under several names (tied embeddings) appears once, under its first name;
 if its names get different decisions, the one from the strongest source wins (rule > exclude >
 hook > policy), and between equals ``tied`` decides: ``"first"`` (the first name, as
@@ -235,17 +236,14 @@ def plan(
     given = {"rules": rules, "exclude": exclude, "decay_embeddings": decay_embeddings, "layer_decay": layer_decay,
              "layer_of": layer_of, "tied": tied, "strict": strict}
     settings = Policy.of(policy, **{k: v for k, v in given.items() if not _is_default(k, v)})
-    hint = "pass example_inputs= to decide them by how the model uses them"
     if example_inputs is None:
         trace, unseen, why = _trace_where_shape_decides(model, settings)
     else:
         trace = _trace(model, example_inputs)
         guessed = _guessed(model) if trace is not None and settings.name == "decaykit" else []
         unseen, why = _left_to_shape(guessed, trace)
-        if trace is not None and trace.ran:  # the input is there: rules are what can still decide them
-            hint = "give them rules= where their shape misleads"
     decided = _plan_for(model, weight_decay, settings, trace)
-    decided.note = _by_shape_note(decided, unseen, why, hint)
+    decided.note = _by_shape_note(decided, unseen, why, _hint(trace, unseen, given=example_inputs is not None))
     if decided.note is None and example_inputs is not None and trace is not None and trace.stopped is not None:
         _warn_stopped(model, trace)  # no tensor left to its shape, but the known layers it did not reach
     return decided
@@ -318,6 +316,16 @@ def _left_to_shape(guessed: list[torch.Tensor], trace: Trace | None) -> tuple[se
     else:
         why = "the traced forward did not reach them" + stop
     return missed | untold, why
+
+
+def _hint(trace: Trace | None, unseen: set[int], given: bool) -> str:
+    """What can still decide the ``unseen`` tensors: rules, where a trace ran on your input (or one made
+    with ``"auto"``), or saw them all and their use did not tell, which no other input would change;
+    else an input of yours, as the one decaykit made did not reach them."""
+    told_nothing = bool(unseen) and all(pid in trace.uses for pid in unseen) if trace is not None else False
+    if trace is not None and trace.ran and (given or told_nothing):
+        return "give them rules= where their shape misleads"
+    return "pass example_inputs= to decide them by how the model uses them"
 
 
 def _by_shape_note(decided: Plan, unseen: set[int], why: str, hint: str) -> str | None:

@@ -11,7 +11,9 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
   input of a layer -> ``token``, treated like an embedding; concatenated with the keys or values
   attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned
-  key/value;
+  key/value; one more entry along the activations' last axis, the same for every row (an attention
+  sink's logit) -> ``bias``; a column joined there may be one more token of channels-first (B, C, N)
+  activations, and is left untold;
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
   tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
@@ -19,10 +21,13 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   whose sum is then cut into single rows that shift and scale other activations (adaLN-single's
   ``scale_shift_table``, ``x * (1 + scale) + shift``) -> ``bias``, the modulation's;
 - multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
-  of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay;
+  of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay; but where the product is
+  then summed over one of the parameter's own axes (``(x * a).sum(-1)``, GAT's attention vector),
+  that is the contraction an ``einsum`` writes -> ``weight``;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
-  anything but a matmul -> ``state``, no decay.
+  anything but a matmul or a lookup -> ``state``, no decay; what went through the map is tracked per
+  parameter (in ``mu + exp(logsigma) * noise`` only ``logsigma`` did).
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
 constants or buffers (a weight times a mask), operations on parameters alone (a weight
@@ -128,6 +133,10 @@ _ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 _NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
                         "sqrt", "rsqrt", "reciprocal", "softmax", "log_softmax", "sin", "cos", "relu", "gelu", "silu",
                         "elu", "logsigmoid", "erf", "pow", "__pow__", "__rpow__", "square"})
+# Broadcasting a parameter to the activations' shape: the axes it is spread along are ones it is the same along.
+_SPREADS = frozenset({"expand", "expand_as", "broadcast_to", "repeat", "tile"})
+# Reductions that sum a product over an axis: over a parameter's own axis, they make it a contraction.
+_SUMS = frozenset({"sum", "mean", "nansum", "nanmean"})
 # Ops that leave a tensor what it was: views, casts, slices, copies, plain-number arithmetic.
 _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "expand", "expand_as",
                    "unsqueeze", "squeeze", "flatten", "unflatten", "contiguous", "clone", "detach", "to", "type",
@@ -211,6 +220,7 @@ class _Deferred:
     split: str | None = None  # the function that cut the output into rows
     meets: set[str] = field(default_factory=set)  # "shift" / "scale": how the rows then met other activations
     guard: tuple[str, bool] | None = None  # the test of a value the use came after, if any
+    summed: str | None = None  # the reduction that summed the product it multiplied over the parameter's own axis
 
 
 def _name(func: Any) -> str:
@@ -251,6 +261,8 @@ class _Recorder(TorchFunctionMode):
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
         self.diagonal: set[int] = set()  # ids of a 1-D parameter laid out as a diagonal matrix (``torch.diag(g)``)
+        # id(parameter expanded) -> the axes, counted from the end, it was just broadcast along (``expand``, ``repeat``)
+        self.spread: dict[int, set[int]] = {}
         # ids of attention scores: a product of two activations (``q @ k.mT``), scaled and masked; what
         # is added to them is a bias, as ``attn_mask`` is to ``F.scaled_dot_product_attention``
         self.scores: set[int] = set()
@@ -265,6 +277,9 @@ class _Recorder(TorchFunctionMode):
         # rows that shift and scale others, is a modulation's bias), and the activations followed for them
         self.deferred: list[_Deferred] = []
         self.following: dict[int, tuple[_Deferred, tuple[int, ...]]] = {}
+        # products of a parameter and activations (``x * a``), followed to a sum over the parameter's own
+        # axes (counted from the end), which makes it a contraction: id(activations) -> (use, axes) carried
+        self.products: dict[int, list[tuple[_Deferred, tuple[int, ...]]]] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -294,6 +309,8 @@ class _Recorder(TorchFunctionMode):
         traced = [t for t in tensors if id(t) in self.origin]
         if self.following:
             self._follow(bare, shown, args, kwargs, out, live)
+        if self.products:
+            self._follow_products(bare, shown, args, kwargs, out, live)
         if traced:
             self._consume(bare, shown, args, kwargs, out, traced, live)
         elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
@@ -330,11 +347,17 @@ class _Recorder(TorchFunctionMode):
                 traced = self._without_gains(shown, traced, out)
             elif not live and bare not in _KNOWN:  # a fake quantizer's step size and zero point, with its weight
                 traced = self._without_gains(shown, traced, out, known=False)
-            via = shown if bare in _NONLINEAR else next((self.via[id(t)] for t in traced if id(t) in self.via), None)
-            self._pass_on(out, {p for t in traced for p in self.origin[id(t)]}, via,
+            params = {p for t in traced for p in self.origin[id(t)]}
+            # each parameter keeps the map it went through itself: in ``mu + exp(logsigma) * noise`` only logsigma did
+            via = (dict.fromkeys(params, shown) if bare in _NONLINEAR else
+                   {p: f for t in traced for p, f in self.via.get(id(t), {}).items()})
+            self._pass_on(out, params, via,
                           any(id(t) in self.selected for t in traced))
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
+            if bare in _SPREADS and first is not None and isinstance(out, torch.Tensor):
+                padded = (1,) * (out.ndim - first.ndim) + tuple(first.shape)
+                self.spread[id(out)] = {i - out.ndim for i, (s, n) in enumerate(zip(padded, out.shape)) if s == 1 < n}
             if bare == "diag_embed" or (bare == "diag" and first is not None and first.ndim == 1):
                 self._mark(out, self.diagonal)
         else:
@@ -349,6 +372,11 @@ class _Recorder(TorchFunctionMode):
                     self._defer(t, use, out, _varying_axes(t.shape, out.shape))
                 elif use.kind == "concat" and bare in _JOINS:
                     self._defer(t, use, out, (), joined=True)
+                elif use.kind in ("scale", "gain") and how in _MUL and isinstance(out, torch.Tensor) and _own_axes(t):
+                    deferred = _Deferred(t, use, guard=self.guard)  # ``(x * a).sum(-1)`` would make it a weight
+                    self.deferred.append(deferred)
+                    self._carry(out, [(deferred, _own_axes(t))])
+                    self.keep.append(t)
                 else:
                     self._use(t, use)
 
@@ -404,6 +432,36 @@ class _Recorder(TorchFunctionMode):
         else:
             deferred.attends.add("other")
 
+    def _follow_products(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any,
+                         live: list[torch.Tensor]) -> None:
+        """Follow products of a parameter and activations (``x * a``): summed over one of the parameter's
+        own axes (``.sum(-1)``, ``torch.sum(y, dim=1)``), the product is a contraction, the parameter
+        the weight of a linear map (GAT's attention vector, KAN's ``scale_base``), as in the ``einsum``
+        that writes it. The product is followed through copies and views of its shape, through sums of
+        such products (``a * x + b * y``) and through products with what is no activation (a mask);
+        not through a sum with other activations (a residual ``x + g * y``, whose next norm takes the
+        mean over the channels)."""
+        first = _named_input(args, kwargs)
+        if not isinstance(first, torch.Tensor):
+            first = None
+        if bare in _SUMS and first is not None and id(first) in self.products:
+            summed = _reduced_axes(first, args, kwargs)
+            for deferred, axes in self.products[id(first)]:
+                if summed & set(axes) and deferred.summed is None:
+                    deferred.summed = shown
+            return
+        if not isinstance(out, torch.Tensor) or not live:
+            return
+        if bare in _PASS and first is not None and id(first) in self.products and out.shape == first.shape:
+            self._carry(out, self.products[id(first)])
+        elif (bare in _ADD and all(id(a) in self.products for a in live)) or (
+                bare in _MUL and len(live) == 1 and id(live[0]) in self.products):
+            self._carry(out, [c for a in live for c in self.products[id(a)]])
+
+    def _carry(self, out: torch.Tensor, carried: list[tuple[_Deferred, tuple[int, ...]]]) -> None:
+        self.products[id(out)] = self.products.get(id(out), []) + carried
+        self.keep.append(out)
+
     def _tag(self, out: Any, deferred: _Deferred, axes: tuple[int, ...]) -> None:
         for o in tree_flatten(out)[0]:
             if isinstance(o, torch.Tensor):
@@ -422,9 +480,12 @@ class _Recorder(TorchFunctionMode):
                 how = " and ".join(sorted(deferred.meets))
                 use = Use("bias", use.func, f"added to activations in {use.func}, then cut by {deferred.split} into rows "
                                             f"that {how} other activations: a modulation's bias")
+            elif deferred.summed is not None:
+                use = Use("matmul", use.func, f"multiplies activations in {use.func}, then summed over its own axis "
+                                              f"by {deferred.summed}: a matrix operand")
             self.guard = deferred.guard  # the test the use came after, not the last one of the pass
             self._use(deferred.tensor, use)
-        self.deferred, self.following = [], {}
+        self.deferred, self.following, self.products = [], {}, {}
 
     def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
                      last_axis: bool = False) -> Use:
@@ -461,27 +522,24 @@ class _Recorder(TorchFunctionMode):
                 into.add(id(t))
                 self.keep.append(t)
 
-    def _pass_on(self, out: Any, params: set[int], via: str | None = None, selected: bool = False) -> None:
+    def _pass_on(self, out: Any, params: set[int], via: Mapping[int, str] | None = None, selected: bool = False) -> None:
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.origin[id(t)] = tuple(sorted(params))
-                if via is not None:
-                    self.via[id(t)] = via
+                if via:
+                    self.via[id(t)] = dict(via)
                 if selected:  # rows picked by the inputs are the parameter and an activation at once
                     self.selected.add(id(t))
                     self.live.add(id(t))
                 self.keep.append(t)
 
     def _use(self, tensor: torch.Tensor, use: Use) -> None:
-        via = self.via.get(id(tensor))
-        if via is not None and use.kind in ("matmul", "lookup", "input", "concat"):
-            use = use._replace(reason=f"{use.reason}, after {via}")
-        elif via is not None and use.kind != "state":
-            use = Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
+        vias = self.via.get(id(tensor), {})
         for p in self.origin[id(tensor)]:
-            self.uses.setdefault(p, []).append(use)
+            mine = _after(use, vias.get(p))
+            self.uses.setdefault(p, []).append(mine)
             if self.guard is not None:
-                self.after_test.setdefault((p, use), self.guard)
+                self.after_test.setdefault((p, mine), self.guard)
 
     def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
         for arg, value in _named_args(bare, args, kwargs).items():
@@ -524,8 +582,14 @@ class _Recorder(TorchFunctionMode):
         stored_per_channel = id(tensor) not in self.gathered and all(
             _per_channel(self.shapes[p][rows:]) for p in self.origin[id(tensor)])
         if bare in _CONCAT and last_axis and stored_per_channel:
-            # one more entry along the activations' last axis (an attention sink's logit), not a token
-            return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
+            # one more entry along the activations' last axis, the same for every row (an attention sink's
+            # logit, expanded over the queries), not a token; a column joined to channels-first activations
+            # (B, C, N) is one more token (SepViT's window token), and nothing here says where the channels are
+            rows = self.spread.get(id(tensor), set()) - {-1, -tensor.ndim}
+            if rows or any(id(a) in self.scores for a in activations):
+                return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
+            return Use("other", shown, f"joined to activations along their last axis in {shown}, varying along the "
+                                       "axes before it: a bias if that axis holds channels, a learned token if tokens")
         if bare in _CONCAT:
             return Use("concat", shown, _WHY["concat"].format(f=shown))
         if not activations:
@@ -550,6 +614,18 @@ class _Recorder(TorchFunctionMode):
                 return Use("gain", shown, f"multiplies normalised activations in {shown}: a norm gain")
             return Use("scale", shown, f"multiplies activations in {shown}: a scale")
         return Use("other", shown, f"used in {shown}")
+
+
+def _after(use: Use, via: str | None) -> Use:
+    """``use`` of a parameter that went alone through the nonlinear map ``via`` (``exp``), if any: a
+    matrix operand or a table looked up stays one (a positive weight ``exp(log_w)``); anything else it
+    feeds, a learned token's place included (Slot Attention's ``mu + exp(logsigma) * noise``), makes it a
+    state parameter, as a log-std or a temperature is."""
+    if via is None or use.kind == "state":
+        return use
+    if use.kind in ("matmul", "lookup"):
+        return use._replace(reason=f"{use.reason}, after {via}")
+    return Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
 
 
 # Reading a value out of a fake tensor is impossible. A test of its truth (``if mask.any():``) is
@@ -689,6 +765,18 @@ def _einsum_elementwise(args: tuple) -> set[int]:
     kept = set(rhs.replace("...", "_"))
     return {id(op) for term, op in zip(terms, operands)
             if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
+
+
+def _own_axes(t: torch.Tensor) -> tuple[int, ...]:
+    """The axes, counted from the end, along which ``t`` has more than one entry: those it is not broadcast along."""
+    return tuple(i for i in range(-t.ndim, 0) if t.shape[i] > 1)
+
+
+def _reduced_axes(t: torch.Tensor, args: tuple, kwargs: dict) -> set[int]:
+    """The axes of ``t``, counted from the end, that ``sum`` / ``mean`` reduces; none where no axis is named."""
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return {d - t.ndim if d >= 0 else d for d in dims if isinstance(d, int) and not isinstance(d, bool) and -t.ndim <= d < t.ndim}
 
 
 def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
@@ -856,8 +944,13 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         state[name] = fake
     for name, b in model.named_buffers(remove_duplicate=False):
         state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
-    args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
-                                     example_inputs))
+    if any(isinstance(t, torch.Tensor) and t.is_nested for t in tree_flatten(example_inputs)[0]):
+        return Trace({}, "a nested tensor in example_inputs, which has no one shape to copy: pass padded tensors")
+    try:
+        args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
+                                         example_inputs))
+    except Exception as exc:  # a tensor subclass that cannot be copied shape-only: the structure decides
+        return Trace({}, f"a shape-only copy of the input: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
     recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers)
     stopped = None
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
