@@ -387,3 +387,38 @@ def test_tensor_attribute_optim_without_weight_decay():
     p = decaykit.plan(kernel, 0.1)
     assert not p["log_A_real"].decay and p["log_A_real"].reason == "tensor attribute _optim={'weight_decay': 0.0}"
     assert p["C"].decay
+
+
+def test_a_parametrized_weight_s_pieces_are_told_by_size_not_shape():
+    """The direction of weight_norm(Linear(16, 1)) is (1, 16), one row: it was taken for a per-channel gain and
+    left undecayed in every mode, as was each factor of a rank-1 A @ B; the magnitude stays a gain."""
+    import warnings
+
+    from torch.nn.utils import parametrize
+
+    class Rank1(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a @ b
+
+        def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return w[:, :1].clone(), torch.ones(1, w.shape[1])
+
+    head = torch.nn.utils.parametrizations.weight_norm(nn.Linear(16, 1))
+    whole = torch.nn.utils.parametrizations.weight_norm(nn.Linear(16, 1), dim=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        old = torch.nn.utils.weight_norm(nn.Linear(16, 1))
+    low = nn.Linear(8, 6)
+    parametrize.register_parametrization(low, "weight", Rank1(), unsafe=True)
+    for given in (False, None, torch.zeros(2, 16)):
+        for model, direction, magnitude in ((head, "weight.original1", "weight.original0"),
+                                            (whole, "weight.original1", "weight.original0"),
+                                            (old, "weight_v", "weight_g")):
+            p = decaykit.plan(model, 0.1, example_inputs=given)
+            assert p[direction].decay and "its direction (1,16)" in p[direction].reason
+            assert not p[magnitude].decay and p[magnitude].role == "scale"
+    p = decaykit.plan(low, 0.1, example_inputs=False)
+    assert p["weight.original0"].decay and p["weight.original1"].decay
+    assert "its factor (6,1)" in p["weight.original0"].reason
+    big = decaykit.plan(torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)), 0.1)  # g (3,1), v (3,4)
+    assert (big["weight.original0"].decay, big["weight.original1"].decay) == (False, True)

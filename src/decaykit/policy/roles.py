@@ -184,16 +184,52 @@ def decided_by_shape(info: ParamInfo) -> bool:
     return not (_is_weight_layer(info.owner) and (_BIAS_LEAF.search(info.leaf) or _WEIGHT_LEAF.search(info.leaf)))
 
 
+def _piece(info: ParamInfo) -> str | None:
+    """What a piece of a parametrized weight is, from the sizes of the pieces and of the weight they make.
+
+    weight_norm and friends split a weight into a direction of the weight's own size and a smaller
+    magnitude (one per output, or one in all): ``"direction"`` and ``"magnitude"``, whatever the shape of
+    the layer (a direction of Linear(16, 1) is (1, 16)). Pieces none of which is the weight's size are
+    its factors (a low-rank A @ B): ``"factor"``, each a matrix of the map. None where the weight is
+    itself per channel (a parametrized norm gain; a layer's weight, as Linear(16, 1)'s, is a matrix whatever
+    its shape) or cannot be computed.
+    """
+    pieces = _pieces(info)
+    try:
+        with torch.no_grad():
+            weight = getattr(info.owner, info.leaf)
+    except Exception:  # a parametrization that cannot run here: the shape decides
+        return None
+    layer_weight = _is_weight_layer(info.owner) and _WEIGHT_LEAF.search(info.leaf)  # a matrix whatever its shape
+    if not isinstance(weight, torch.Tensor) or not pieces or (is_per_channel(tuple(weight.shape)) and not layer_weight):
+        return None
+    full = [p for p in pieces if p.numel() == weight.numel()]
+    if info.param.numel() == weight.numel():
+        return "direction"
+    return "magnitude" if full else "factor"
+
+
+def _pieces(info: ParamInfo) -> list[torch.Tensor]:
+    """The tensors a parametrized weight is made of: a ``ParametrizationList``'s ``original0``, ``original1``
+    ..., or the older weight_norm's ``<name>_g`` and ``<name>_v``."""
+    holder = getattr(info.owner, "parametrizations", None)
+    plist = holder[info.leaf] if isinstance(holder, nn.ModuleDict) and info.leaf in holder else None
+    if plist is not None:
+        return [p for n, p in plist.named_parameters(recurse=False) if n.startswith("original")]
+    return [p for n in (f"{info.leaf}_g", f"{info.leaf}_v") if isinstance(p := getattr(info.owner, n, None), torch.Tensor)]
+
+
 def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
     """``(role, decayed, reason)`` from the owning module, the name's role and the shape."""
     owner, leaf, shape = info.owner, info.leaf, tuple(info.param.shape)
     kind = info.module_type
     per_channel = is_per_channel(shape)
     if info.component is not None:
-        # weight_norm and friends split a weight into pieces: the magnitude is per-channel,
-        # the direction is the matrix.
-        if per_channel:
+        piece = _piece(info)
+        if piece == "magnitude" or (piece is None and per_channel):
             return "scale", False, f"per-channel {info.component} of parametrized {kind}.{leaf} {shape_str(shape)}"
+        if piece is not None and piece != "magnitude":  # the direction, or a factor of a low-rank weight
+            return "weight", True, f"{info.component} of parametrized {kind}.{leaf}, its {piece} {shape_str(shape)}"
         return "weight", True, f"{info.component} of parametrized {kind}.{leaf}"
     if is_norm_module(owner) and (per_channel or isinstance(owner, NORM_TYPES)):
         return "norm", False, f"norm:{kind}"
