@@ -1155,3 +1155,27 @@ def test_a_warning_after_the_models_own_input_told_nothing_does_not_ask_for_an_i
         told = [str(w.message) for w in caught if issubclass(w.category, DecayWarning)]
         assert len(told) == 1 and told[0].endswith("its use in the traced forward did not tell what it is; give it "
                                                    "rules= where its shape misleads"), told
+
+
+class Inducing(nn.Module):
+    """A sparse GP's inducing points (gpytorch's VariationalStrategy): joined to the raw inputs, before any layer,
+    they are points in the data's own space; beside them a class token joined after a layer is a token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points = nn.Parameter(torch.randn(8, 3))
+        self.proj = nn.Linear(3, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        full = torch.cat([self.points, x.view(-1, 3)], dim=-2)
+        return torch.cat([self.cls, self.proj(full)], dim=-2)
+
+
+def test_a_parameter_joined_to_the_raw_inputs_is_not_called_a_token_for_sure():
+    """The inducing points were "joined to activations in cat: a learned token (traced)": a guess given as a fact."""
+    with pytest.warns(DecayWarning, match=r"points"):
+        p = decaykit.plan(Inducing(), 0.1, example_inputs=torch.zeros(5, 3))
+    assert "joined to the raw inputs along their first axis in cat, before any layer" in p["points"].reason
+    assert "(traced)" not in p["points"].reason
+    assert (p["cls"].role, p["cls"].decay) == ("token", True) and p["cls"].reason.endswith("(traced)")

@@ -253,6 +253,8 @@ class _Recorder(TorchFunctionMode):
         # ids of activations: what derives from the example inputs; buffers and constants are not,
         # so a weight masked by a buffer or built with torch.eye is still a weight
         self.live: set[int] = {id(t) for t in inputs}
+        # ids of the floating-point inputs themselves and their views: data no layer has touched yet
+        self.raw: set[int] = {id(t) for t in inputs if t.is_floating_point()}
         # ids of activations that derive from boolean inputs alone (``bool_masked_pos``): a mask, whose
         # product with a parameter puts a learned token where it is set
         self.masks: set[int] = {id(t) for t in inputs if t.dtype == torch.bool}
@@ -317,6 +319,8 @@ class _Recorder(TorchFunctionMode):
             self._mark(out, self.normalised)
         if live:
             self._mark(out, self.live, skip=self.origin)
+            if bare in _PASS and not traced and all(id(t) in self.raw for t in live):
+                self._mark(out, self.raw)
             if all(id(t) in self.masks for t in live):
                 self._mark(out, self.masks, skip=self.origin)
             self.tokens = self.tokens or bare in _CONVOLUTIONS
@@ -367,7 +371,7 @@ class _Recorder(TorchFunctionMode):
             for t in traced:
                 how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
                 how = "add" if t is added else how
-                use = self._elementwise(how, shown, t, live, _last_axis_join(bare, args, kwargs))
+                use = self._elementwise(how, shown, t, live, _join_axis(bare, args, kwargs))
                 if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
                     self._defer(t, use, out, _varying_axes(t.shape, out.shape))
                 elif use.kind == "concat" and bare in _JOINS:
@@ -488,12 +492,12 @@ class _Recorder(TorchFunctionMode):
         self.deferred, self.following, self.products = [], {}, {}
 
     def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
-                     last_axis: bool = False) -> Use:
+                     axis: str | None = None) -> Use:
         if id(tensor) not in self.selected:
-            return self._with_activations(bare, shown, tensor, live, last_axis)
+            return self._with_activations(bare, shown, tensor, live, axis)
         others = [a for a in live if id(a) not in self.selected]
         if bare in _MATMUL or others:
-            return self._with_activations(bare, shown, tensor, others, last_axis)
+            return self._with_activations(bare, shown, tensor, others, axis)
         return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
 
     def _without_gains(self, shown: str, traced: list[torch.Tensor], out: Any, known: bool = True) -> list[torch.Tensor]:
@@ -574,14 +578,16 @@ class _Recorder(TorchFunctionMode):
         return True
 
     def _with_activations(self, bare: str, shown: str, tensor: torch.Tensor, activations: list[torch.Tensor],
-                          last_axis: bool) -> Use:
+                          axis: str | None) -> Use:
+        """The use of ``tensor`` in ``bare`` with ``activations``; ``axis``: where a join is along the
+        activations' ``"last"`` or ``"first"`` axis (:func:`_join_axis`)."""
         if bare in _MATMUL:
             return Use("matmul", shown, f"matrix operand of {shown}")
         # a row picked per token (an expert's bias) counts by its row's shape
         rows = 1 if id(tensor) in self.selected else 0
         stored_per_channel = id(tensor) not in self.gathered and all(
             _per_channel(self.shapes[p][rows:]) for p in self.origin[id(tensor)])
-        if bare in _CONCAT and last_axis and stored_per_channel:
+        if bare in _CONCAT and axis == "last" and stored_per_channel:
             # one more entry along the activations' last axis, the same for every row (an attention sink's
             # logit, expanded over the queries), not a token; a column joined to channels-first activations
             # (B, C, N) is one more token (SepViT's window token), and nothing here says where the channels are
@@ -590,6 +596,11 @@ class _Recorder(TorchFunctionMode):
                 return Use("bias", shown, f"joined to activations along their last axis in {shown}: a bias")
             return Use("other", shown, f"joined to activations along their last axis in {shown}, varying along the "
                                        "axes before it: a bias if that axis holds channels, a learned token if tokens")
+        if bare in _CONCAT and axis == "first" and activations and all(id(a) in self.raw for a in activations):
+            # rows joined to the model's own inputs along their first axis, before any layer: more examples in
+            # the data's own space (a GP's inducing points) as much as learned tokens, and nothing here tells which
+            return Use("other", shown, f"joined to the raw inputs along their first axis in {shown}, before any "
+                                       "layer: learned inputs in the data's own space (inducing points) or tokens")
         if bare in _CONCAT:
             return Use("concat", shown, _WHY["concat"].format(f=shown))
         if not activations:
@@ -690,13 +701,16 @@ def _named_input(args: tuple, kwargs: dict) -> Any:
     return args[0] if args else kwargs.get("input")
 
 
-def _last_axis_join(bare: str, args: tuple, kwargs: dict) -> bool:
-    """Whether ``cat`` / ``stack`` joins along the last axis of its tensors."""
+def _join_axis(bare: str, args: tuple, kwargs: dict) -> str | None:
+    """Along which axis of its tensors ``cat`` joins them: ``"last"``, ``"first"`` (of two or more), or None."""
     if bare not in ("cat", "concat", "concatenate") or not args or not isinstance(args[0], (list, tuple)) or not args[0]:
-        return False
+        return None
     dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
     ndim = args[0][0].ndim
-    return isinstance(dim, int) and dim % max(ndim, 1) == ndim - 1
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        return None
+    axis = dim % max(ndim, 1)
+    return "last" if axis == ndim - 1 else "first" if axis == 0 else None
 
 
 def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: set[int]) -> str:
