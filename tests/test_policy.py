@@ -422,3 +422,37 @@ def test_a_parametrized_weight_s_pieces_are_told_by_size_not_shape():
     assert "its factor (6,1)" in p["weight.original0"].reason
     big = decaykit.plan(torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)), 0.1)  # g (3,1), v (3,4)
     assert (big["weight.original0"].decay, big["weight.original1"].decay) == (False, True)
+
+
+def test_a_layer_that_declares_its_sizes_is_a_weight_layer_whatever_its_package():
+    """PyG's own Linear (behind its MLP and most of its convolutions) was an unknown module: a (1, F) head's weight
+    was "per-channel ... a gain?" and not decayed unless traced. Its in/out sizes say what its weight is."""
+
+    class Linear(nn.Module):  # torch_geometric.nn.Linear, as it stores itself
+        def __init__(self, in_channels: int, out_channels: int) -> None:
+            super().__init__()
+            self.in_channels, self.out_channels = in_channels, out_channels
+            self.weight = nn.Parameter(torch.randn(out_channels, in_channels))
+            self.bias = nn.Parameter(torch.zeros(out_channels))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    class Grouped(nn.Module):  # a convolution of some other package: (out, in / groups, k)
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_channels, self.out_channels = 8, 4
+            self.weight = nn.Parameter(torch.randn(4, 2, 3))
+
+    class Sized(nn.Module):  # sizes that are not its weight's axes: no claim
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_features, self.out_features = 8, 4
+            self.weight = nn.Parameter(torch.randn(1, 8))
+
+    model = nn.Sequential(Linear(8, 16), nn.ReLU(), Linear(16, 1), Grouped(), Sized())
+    p = decaykit.plan(model, 0.1, example_inputs=False)
+    assert (p["2.weight"].decay, p["2.weight"].reason) == (True, "weight of Linear")
+    assert (p["2.bias"].role, p["2.bias"].decay) == ("bias", False)
+    assert p["3.weight"].reason == "weight of Grouped"
+    assert not p["4.weight"].decay and "the shape cannot tell" in p["4.weight"].reason

@@ -140,7 +140,23 @@ def is_norm_module(module: nn.Module) -> bool:
 def _is_weight_layer(module: nn.Module) -> bool:
     return isinstance(module, WEIGHT_TYPES) or any(
         cls.__name__ in WEIGHT_CLASS_NAMES for cls in type(module).__mro__
-    )
+    ) or _declares_its_map(module)
+
+
+def _declares_its_map(module: nn.Module) -> bool:
+    """A layer of a package decaykit does not know that says which map its ``weight`` is: it holds its sizes,
+    ``in_features``/``out_features`` or ``in_channels``/``out_channels``, and its weight's first axes are
+    (out, in), or (out, in / groups) for a convolution (PyG's ``Linear``, behind its MLP and most of its
+    convolutions). Its weight is then a matrix, whatever its shape: a (1, F) output head included."""
+    weight = module._parameters.get("weight")
+    if not isinstance(weight, torch.Tensor) or isinstance(weight, nn.parameter.UninitializedParameter) or weight.ndim < 2:
+        return False
+    for fan_in, fan_out in (("in_features", "out_features"), ("in_channels", "out_channels")):
+        n_in, n_out = getattr(module, fan_in, None), getattr(module, fan_out, None)
+        if isinstance(n_in, int) and isinstance(n_out, int) and n_in > 0 and weight.shape[0] == n_out and (
+                weight.shape[1] == n_in or (n_in % weight.shape[1] == 0 and n_out % (n_in // weight.shape[1]) == 0)):
+            return True
+    return False
 
 
 def classify(info: ParamInfo, *, decay_embeddings: bool = True) -> tuple[str, bool, str]:
