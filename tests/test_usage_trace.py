@@ -1179,3 +1179,39 @@ def test_a_parameter_joined_to_the_raw_inputs_is_not_called_a_token_for_sure():
     assert "joined to the raw inputs along their first axis in cat, before any layer" in p["points"].reason
     assert "(traced)" not in p["points"].reason
     assert (p["cls"].role, p["cls"].decay) == ("token", True) and p["cls"].reason.endswith("(traced)")
+
+
+class LongConv(nn.Module):
+    """S4D's kernel (state-spaces/s4, without its ``_optim`` hints), applied as an FFT convolution as S4, H3 and
+    Hyena do, and GFNet's global filter, a kernel learned in the frequency domain. The output matrix C and the
+    filter are the convolution's weights; log_dt, log_A_real and A_imag reach the kernel through exp: state."""
+
+    def __init__(self, h: int = 4, n: int = 4) -> None:
+        super().__init__()
+        self.c = nn.Parameter(torch.randn(h, n, 2))
+        self.log_dt = nn.Parameter(torch.zeros(h))
+        self.log_a_real = nn.Parameter(torch.zeros(h, n))
+        self.a_imag = nn.Parameter(torch.ones(h, n))
+        self.filter = nn.Parameter(torch.randn(h, 5, 2))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:  # u (B, H, L)
+        length = u.shape[-1]
+        dt = torch.exp(self.log_dt)
+        a = -torch.exp(self.log_a_real) + 1j * self.a_imag
+        dta = a * dt.unsqueeze(-1)
+        c = torch.view_as_complex(self.c) * (torch.exp(dta) - 1.0) / a
+        k = 2 * torch.einsum("hn,hnl->hl", c, torch.exp(dta.unsqueeze(-1) * torch.arange(length))).real
+        y = torch.fft.irfft(torch.fft.rfft(u, n=2 * length) * torch.fft.rfft(k, n=2 * length), n=2 * length)
+        y = y[..., :length]
+        return torch.fft.irfft(torch.fft.rfft(y) * torch.view_as_complex(self.filter), n=length)
+
+
+def test_a_kernel_multiplied_into_transformed_activations_and_transformed_back_is_a_convolution_weight():
+    """S4D's C was "multiplies activations in mul: a scale" (then "fed alone through exp": a state), undecayed,
+    where the s4 reference decays it; what went through exp into the kernel stays a state."""
+    p = decaykit.plan(LongConv(), 0.1, example_inputs=torch.zeros(2, 4, 8))
+    got = {n: (p[n].role, p[n].decay) for n in ("c", "filter", "log_dt", "log_a_real", "a_imag")}
+    assert got == {"c": ("weight", True), "filter": ("weight", True), "log_dt": ("state", False),
+                   "log_a_real": ("state", False), "a_imag": ("state", False)}
+    assert p["c"].reason == ("multiplies transformed activations in mul, then transformed back by fft_irfft: a "
+                             "convolution kernel (traced)")

@@ -137,6 +137,11 @@ _NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", 
 _SPREADS = frozenset({"expand", "expand_as", "broadcast_to", "repeat", "tile"})
 # Reductions that sum a product over an axis: over a parameter's own axis, they make it a contraction.
 _SUMS = frozenset({"sum", "mean", "nansum", "nanmean"})
+# Inverse Fourier transforms: of a product of transforms, a convolution (S4's and Hyena's long kernels, GFNet's
+# global filter): they sum the product over the frequencies, the kernel's own axes. name -> default axes
+_INVERSE_FFTS: dict[str, tuple[int, ...] | None] = {
+    "fft_ifft": (-1,), "fft_irfft": (-1,), "fft_hfft": (-1,), "fft_ifft2": (-2, -1), "fft_irfft2": (-2, -1),
+    "fft_hfft2": (-2, -1), "fft_ifftn": None, "fft_irfftn": None, "fft_hfftn": None}
 # Ops that leave a tensor what it was: views, casts, slices, copies, plain-number arithmetic.
 _PASS = frozenset({"view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "expand", "expand_as",
                    "unsqueeze", "squeeze", "flatten", "unflatten", "contiguous", "clone", "detach", "to", "type",
@@ -448,8 +453,8 @@ class _Recorder(TorchFunctionMode):
         first = _named_input(args, kwargs)
         if not isinstance(first, torch.Tensor):
             first = None
-        if bare in _SUMS and first is not None and id(first) in self.products:
-            summed = _reduced_axes(first, args, kwargs)
+        if (bare in _SUMS or bare in _INVERSE_FFTS) and first is not None and id(first) in self.products:
+            summed = _reduced_axes(first, args, kwargs) if bare in _SUMS else _fft_axes(bare, first, args, kwargs)
             for deferred, axes in self.products[id(first)]:
                 if summed & set(axes) and deferred.summed is None:
                     deferred.summed = shown
@@ -484,6 +489,12 @@ class _Recorder(TorchFunctionMode):
                 how = " and ".join(sorted(deferred.meets))
                 use = Use("bias", use.func, f"added to activations in {use.func}, then cut by {deferred.split} into rows "
                                             f"that {how} other activations: a modulation's bias")
+            elif deferred.summed in _INVERSE_FFTS:  # what went through exp into the kernel (an SSM's A, dt) is state
+                self.guard = deferred.guard
+                self._use(deferred.tensor, Use("matmul", use.func, f"multiplies transformed activations in {use.func}, "
+                                               f"then transformed back by {deferred.summed}: a convolution kernel"),
+                          mapped_is_state=True)
+                continue
             elif deferred.summed is not None:
                 use = Use("matmul", use.func, f"multiplies activations in {use.func}, then summed over its own axis "
                                               f"by {deferred.summed}: a matrix operand")
@@ -537,10 +548,14 @@ class _Recorder(TorchFunctionMode):
                     self.live.add(id(t))
                 self.keep.append(t)
 
-    def _use(self, tensor: torch.Tensor, use: Use) -> None:
+    def _use(self, tensor: torch.Tensor, use: Use, mapped_is_state: bool = False) -> None:
+        """Record ``use`` for every parameter ``tensor`` still is; one that went alone through a nonlinear map
+        is judged by :func:`_after` (a state parameter, wherever ``mapped_is_state``)."""
         vias = self.via.get(id(tensor), {})
         for p in self.origin[id(tensor)]:
-            mine = _after(use, vias.get(p))
+            via = vias.get(p)
+            mine = (Use("state", use.func, f"fed alone through {via}, then into {use.reason}: a state parameter")
+                    if mapped_is_state and via is not None else _after(use, via))
             self.uses.setdefault(p, []).append(mine)
             if self.guard is not None:
                 self.after_test.setdefault((p, mine), self.guard)
@@ -791,6 +806,17 @@ def _reduced_axes(t: torch.Tensor, args: tuple, kwargs: dict) -> set[int]:
     dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
     return {d - t.ndim if d >= 0 else d for d in dims if isinstance(d, int) and not isinstance(d, bool) and -t.ndim <= d < t.ndim}
+
+
+def _fft_axes(bare: str, t: torch.Tensor, args: tuple, kwargs: dict) -> set[int]:
+    """The axes of ``t``, counted from the end, that the inverse Fourier transform ``bare`` sums over."""
+    default = _INVERSE_FFTS[bare]
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else default)
+    if dim is None:
+        return set(range(-t.ndim, 0))
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return {d - t.ndim if d >= 0 else d for d in dims if isinstance(d, int) and not isinstance(d, bool)
+            and -t.ndim <= d < t.ndim}
 
 
 def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
