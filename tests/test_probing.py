@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from decaykit import DecayError, ProbeReport, param_groups, probe
+from decaykit import DecayError, ProbeReport, WeightDecay, param_groups, probe
 
 from deep_equal import same
 
@@ -725,3 +725,21 @@ def test_a_decay_weight_decay_does_not_control_is_found_with_state_too() -> None
     assert all(e.other_decay is None for e in report.entries)
     assert any(n.startswith("6 tensors with state were not checked for a decay that weight_decay=0 leaves on")
                for n in report.notes), report.notes
+
+
+def test_only_an_optimizer_decaykit_has_no_facts_on_pays_the_step_from_reset_state():
+    """The copy with its state reset looks for a decay outside weight_decay; a torch class has none beyond the
+    registry's (ASGD's lambd, read without it), so its probe keeps its two twin steps (it had taken three,
+    +32% peak memory on a 100M-parameter AdamW); an unknown class, or the engine driving one, takes the third."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    for make, steps in ((lambda g: torch.optim.AdamW(g, lr=1e-3), 2),
+                        (lambda g: WeightDecay(torch.optim.AdamW(g, lr=1e-3)), 2),
+                        (lambda g: SecondDecay(g, lr=1e-3, weight_decay_1d=0.0), 3),
+                        (lambda g: WeightDecay(SecondDecay(g, lr=1e-3, weight_decay_1d=0.0)), 3)):
+        opt = make(param_groups(model, 0.05))
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+        taken = probe(opt, model=model).cost["twin_steps"]
+        assert taken == 2 if steps == 2 else taken >= 3, type(opt).__name__
+        model.zero_grad()

@@ -197,7 +197,7 @@ def _measure_chunk(twin: Twin, chunk: list[Target], optimizer: torch.optim.Optim
     if again:
         _measure_with_gradient(twin, again, start)
         steps, peak = steps + 2, max(peak, run_bytes + 3 * p_bytes)  # the gradients are kept for both twins
-    stateful = [t for t in chunk if not t.fresh]
+    stateful = [t for t in chunk if not t.fresh] if _may_hide_a_decay(optimizer) else []
     if stateful:
         _measure_reset(twin, stateful, start)
         steps += 1
@@ -210,6 +210,17 @@ def _measure_chunk(twin: Twin, chunk: list[Target], optimizer: torch.optim.Optim
                            "setting named like a decay stops it (parameters rebuilt from the state?), so that move "
                            "tells nothing about a decay")
     return steps, peak
+
+
+def _may_hide_a_decay(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` may decay under a setting other than weight_decay that only a copy with its state reset
+    shows: not a torch class (its decays are weight_decay and the registry's ``other_decay``, which has no
+    momentum and is read at any step); for decaykit's engine, whether the optimizer it drives may."""
+    if callable(getattr(optimizer, "expected_decay", None)) and isinstance(getattr(optimizer, "optimizer", None),
+                                                                            torch.optim.Optimizer):
+        return _may_hide_a_decay(optimizer.optimizer)  # type: ignore[attr-defined]
+    facts = optimizers.info(optimizer)
+    return facts is None or facts.torch_class() is None
 
 
 def _measure_reset(twin: Twin, targets: list[Target], start: dict[int, torch.Tensor]) -> None:
