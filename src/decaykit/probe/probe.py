@@ -31,14 +31,14 @@ as depending on the gradient rather than agreeing.
 
 A decay that ``weight_decay=0`` leaves on (ASGD's ``lambd``, a ``weight_decay_1d``) moves θ_0 itself
 where nothing else can: before the first step, or once there is state on a copy with that state reset
-(momentum then moves nothing). The group setting behind it is found by measurement: the first numeric
+(momentum then moves nothing; for an optimizer decaykit has no facts on, a torch class's decays being known). The group setting behind it is found by measurement: the first numeric
 setting named like a decay (or the registry's ``other_decay``) with which at 0 as well nothing moves.
 A reset copy that moves with no such setting to explain it (parameters rebuilt from state) is reported
 as not checked.
 
 The probe measures the next step only: coupled decay that enters a momentum buffer keeps
 acting on later steps. Cost: two or three optimizer steps on copies (two more for an unknown
-optimizer, one more for tensors with state). Memory: parameters are stepped in chunks of at most
+optimizer, one more where it has state too). Memory: parameters are stepped in chunks of at most
 ``chunk_bytes`` of parameters + state (a tensor larger than that is a chunk of its own); at the
 peak a probe holds one chunk's twin (parameters P, state S, zero gradients P) and two stepped
 copies of its parameters, 3P + S (4P + S when the coupled twin or the nonzero-gradient twins run).
