@@ -328,6 +328,11 @@ def test_coupled_decay_rounded_away_is_a_warning() -> None:
 # ---- optimizers that describe themselves with expected_decay(), the WeightDecay protocol ----
 
 
+def _with_grads(opt: torch.optim.Optimizer) -> Any:
+    """(group, parameter) for every parameter with a gradient: what a hand-written step() updates."""
+    return ((g, p) for g in opt.param_groups for p in g["params"] if p.grad is not None)
+
+
 class DecoupledSGD(torch.optim.Optimizer):
     """θ ← θ(1 − lr·λ_k) − lr·g, λ a float or one value per stacked model (dimension 0)."""
 
@@ -337,16 +342,14 @@ class DecoupledSGD(torch.optim.Optimizer):
     def expected_decay(self) -> list[dict[str, Any]]:
         return [{"kind": "decoupled", "rate": g["lr"] * g["weight_decay"]} for g in self.param_groups]
 
+    def _weight_decay(self, g: dict[str, Any], p: torch.Tensor) -> float | torch.Tensor:
+        wd = g["weight_decay"]
+        return wd.reshape(-1, *([1] * (p.dim() - 1))) if isinstance(wd, torch.Tensor) else wd
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                wd = g["weight_decay"]
-                if isinstance(wd, torch.Tensor):
-                    wd = wd.reshape(-1, *([1] * (p.dim() - 1)))
-                p.mul_(1 - g["lr"] * wd).add_(p.grad, alpha=-g["lr"])
+        for g, p in _with_grads(self):
+            p.mul_(1 - g["lr"] * self._weight_decay(g, p)).add_(p.grad, alpha=-g["lr"])
 
 
 class CautiousMomentum(torch.optim.Optimizer):
@@ -360,13 +363,10 @@ class CautiousMomentum(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                u = self.state[p].setdefault("u", torch.zeros_like(p)).mul_(0.9).add_(p.grad)
-                mask = (u * p >= 0).to(p.dtype)
-                p.sub_(g["lr"] * (u + g["weight_decay"] * mask * p))
+        for g, p in _with_grads(self):
+            u = self.state[p].setdefault("u", torch.zeros_like(p)).mul_(0.9).add_(p.grad)
+            mask = (u * p >= 0).to(p.dtype)
+            p.sub_(g["lr"] * (u + g["weight_decay"] * mask * p))
 
 
 class LyingAdam(torch.optim.Adam):
@@ -636,22 +636,20 @@ def test_an_unknown_decay_a_step_cannot_show_is_not_called_rounding() -> None:
         assert "adding λθ to the gradient moves nothing measurable" in e.note and "per step" not in e.note
 
 
-class ProjectedDecay(torch.optim.Optimizer):
+class ProjectedDecay(DecoupledSGD):
     """SGD with θ ← θ(1 − lr·λ·w) − lr·g, w = ``wd_ratio`` where the gradient is nearly orthogonal to θ
-    (|cos(g, θ)| < δ/√n: scale-invariant weights) and 1 elsewhere, as AdamP and SGDP (Heo et al. 2021) do."""
+    (|cos(g, θ)| < δ/√n: scale-invariant weights) and 1 elsewhere, as AdamP and SGDP (Heo et al. 2021) do;
+    no expected_decay(): an optimizer decaykit has no facts on."""
+
+    expected_decay = None  # type: ignore[assignment]
 
     def __init__(self, params: Any, lr: float, weight_decay: float, wd_ratio: float = 0.1, delta: float = 0.1) -> None:
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "wd_ratio": wd_ratio, "delta": delta})
+        torch.optim.Optimizer.__init__(self, params, {"lr": lr, "weight_decay": weight_decay, "wd_ratio": wd_ratio,
+                                                      "delta": delta})
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                cos = abs(float((p.grad * p).sum())) / (float(p.grad.norm() * p.norm()) + 1e-8)
-                w = g["wd_ratio"] if cos < g["delta"] / p.numel() ** 0.5 else 1.0
-                p.mul_(1 - g["lr"] * g["weight_decay"] * w).add_(p.grad, alpha=-g["lr"])
+    def _weight_decay(self, g: dict[str, Any], p: torch.Tensor) -> float | torch.Tensor:
+        cos = abs(float((p.grad * p).sum())) / (float(p.grad.norm() * p.norm()) + 1e-8)
+        return g["weight_decay"] * (g["wd_ratio"] if cos < g["delta"] / p.numel() ** 0.5 else 1.0)
 
 
 @pytest.mark.parametrize("grad", ["held", "none"])
@@ -681,16 +679,13 @@ class SecondDecay(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state["step"] = state.get("step", 0) + 1
-                lr = g["lr"] / (1 + (state["step"] - 1) * g["lr_decay"])
-                buf = state.setdefault("momentum", torch.zeros_like(p)).mul_(0.9).add_(p.grad)
-                wd = g["weight_decay_1d"] if p.dim() == 1 else g["weight_decay"]
-                p.mul_(1 - lr * wd).sub_(buf, alpha=lr)
+        for g, p in _with_grads(self):
+            state = self.state[p]
+            state["step"] = state.get("step", 0) + 1
+            lr = g["lr"] / (1 + (state["step"] - 1) * g["lr_decay"])
+            buf = state.setdefault("momentum", torch.zeros_like(p)).mul_(0.9).add_(p.grad)
+            wd = g["weight_decay_1d"] if p.dim() == 1 else g["weight_decay"]
+            p.mul_(1 - lr * wd).sub_(buf, alpha=lr)
 
 
 class RebuiltFromState(torch.optim.Optimizer):
