@@ -450,3 +450,33 @@ def test_a_decay_under_a_second_setting_is_named_by_the_setting_the_probe_measur
     assert uncontrolled.fix.startswith("set weight_decay_1d=0 in their param groups")
     assert {"0.bias", "1.weight", "1.bias", "2.bias"} == set(uncontrolled.params)
     assert not report.ok
+
+
+class _SlowWeights(_Lookahead):
+    """Lookahead with k = 1: after its optimizer's step, θ ← slow + α(θ − slow) and slow ← θ (Zhang et al. 2019)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, alpha: float = 0.5) -> None:
+        super().__init__(optimizer)
+        self.alpha, self.slow = alpha, {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            for p in g["params"]:
+                self.slow.setdefault(p, p.detach().clone())
+        out = self.optimizer.step(closure)
+        for p, slow in self.slow.items():
+            p.copy_(slow.add_(p - slow, alpha=self.alpha))
+        return out
+
+
+def test_the_probe_steps_a_sharing_wrapper_itself_where_the_audit_reads_its_optimizer_s_settings():
+    """A sharing wrapper's step is more than its optimizer's: Lookahead keeps α of each step, the decay included.
+    The audit reads AdamW's settings through it; the probe measures what the wrapper's step does."""
+    model = torch.nn.Linear(8, 4, bias=False)
+    lr, lam = 0.01, 0.1
+    wrapped = _SlowWeights(torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=lam))
+    assert decaykit.audit(model, wrapped).optimizer == "AdamW (inside _SlowWeights)"
+    measured = decaykit.probe(wrapped, model=model)
+    (entry,) = measured.entries
+    assert measured.optimizer == "_SlowWeights" and entry.measured == pytest.approx(1 - 0.5 * lr * lam, rel=1e-6)

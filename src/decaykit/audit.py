@@ -390,8 +390,9 @@ def audit(
     if not isinstance(measure, bool):
         raise DecayError(f"measure must be True or False, got {measure!r}")
     check_plan_options(plan_options, "audit()")
-    wrapped, wrapper = optimizer, optimizers.wrapper_name(optimizer)
-    optimizer = optimizers.unwrap(optimizer)  # the HF Trainer's and Lightning's wrappers step the optimizer inside
+    wrapped, wrapper = optimizer, optimizers.wrapper_name(optimizer, sharing=True)
+    # the HF Trainer's and Lightning's wrappers step the optimizer inside; a sharing wrapper's groups are its optimizer's
+    optimizer = optimizers.unwrap(optimizer, sharing=True)
     view = _optimizer_view(model, optimizer)
     if wrapper is not None:
         view.name += f" (inside {wrapper})"

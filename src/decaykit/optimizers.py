@@ -258,11 +258,13 @@ WRAPPERS: Mapping[str, str] = MappingProxyType({
 })
 
 
-def wrapper_name(optimizer: Any) -> str | None:
-    """The name of the wrapper ``optimizer`` is (a :data:`WRAPPERS` name, or the class of another
-    :func:`sharing <sharing_wrapper>` one), or None when it is no wrapper."""
+def wrapper_name(optimizer: Any, *, sharing: bool = False) -> str | None:
+    """The name of the wrapper ``optimizer`` is: a :data:`WRAPPERS` name, or with ``sharing`` the class of a
+    :func:`sharing_wrapper`; None when it is no wrapper."""
     known = next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
-    return known or (type(optimizer).__name__ if sharing_wrapper(optimizer) is not None else None)
+    if known is None and sharing and sharing_wrapper(optimizer) is not None:
+        return type(optimizer).__name__
+    return known
 
 
 def sharing_wrapper(optimizer: Any) -> Any:
@@ -287,10 +289,12 @@ def sharing_wrapper(optimizer: Any) -> Any:
     return None
 
 
-def unwrap(optimizer: Any) -> Any:
-    """The optimizer inside any wrapper around ``optimizer`` (nested ones too): a :data:`WRAPPERS` one, or a
-    :func:`sharing_wrapper`; ``optimizer`` itself when it is no wrapper. The facts of :func:`info` and what
-    the audit and probe read are about that one.
+def unwrap(optimizer: Any, *, sharing: bool = False) -> Any:
+    """The optimizer inside any :data:`WRAPPERS` around ``optimizer`` (nested ones too), and with ``sharing``
+    inside any :func:`sharing_wrapper`; ``optimizer`` itself when it is no wrapper. The facts of :func:`info`
+    and what the audit reads are about that one. The probe and the monitor look through :data:`WRAPPERS`
+    only: a sharing wrapper's step is more than the inner one's (Lookahead's slow weights), so they step and
+    watch the wrapper itself.
 
     >>> import torch
     >>> adam = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))], weight_decay=0.1)
@@ -302,7 +306,8 @@ def unwrap(optimizer: Any) -> Any:
         seen.add(id(optimizer))
         name = next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
         # read from the instance: Lightning's __getattr__ would forward a missing name to the optimizer inside
-        inner = getattr(optimizer, "__dict__", {}).get(WRAPPERS[name]) if name else sharing_wrapper(optimizer)
+        inner = (getattr(optimizer, "__dict__", {}).get(WRAPPERS[name]) if name else
+                 sharing_wrapper(optimizer) if sharing else None)
         if inner is None:
             break
         optimizer = inner
