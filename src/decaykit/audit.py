@@ -778,7 +778,7 @@ def _uncontrolled_finding(other: list[Any], expected: Plan, stepper: OptimizerIn
         message += (f"; {len(excluded)} of them are tensors the policy excludes "
                     f"({'; '.join(sorted({d.reason for d in excluded})[:3])})")
     keys = [stepper.other_decay] if stepper is not None and stepper.other_decay else found
-    fix = (f"set {'='.join(keys)}=0 in their param groups, so weight_decay is their only decay"
+    fix = (f"set {', '.join(f'{k}=0' for k in keys)} in their param groups, so weight_decay is their only decay"
            if keys else "find the optimizer's setting that moves them and set it to 0")
     fix += ", or train them with an optimizer whose only decay is weight_decay (AdamW, SGD) and decaykit.param_groups"
     return Finding("error" if excluded else "warning", "measured-uncontrolled-decay", message, fix,
