@@ -540,11 +540,11 @@ def _unknown_findings(view: _View) -> list[Finding]:
     weight_decay=0). Said, not guessed; ``measure=True`` measures both."""
     if view.mode is not None or view.stepper is not None:
         return []
-    name = view.name.partition(" (")[0]
+    name = _bare_name(view)
     measure = ("measure it: decaykit.audit(model, optimizer, measure=True) or decaykit.probe(optimizer, model=model) "
                "steps a copy and says how each tensor is decayed")
     out = []
-    unknown = [i for i, g in enumerate(view.groups) if g.decay == "unknown" and g.weight_decay > 0]
+    unknown = _unknown_groups(view)
     if unknown:
         out.append(Finding("info", "unknown-convention",
                            f"decaykit has no facts on {name}: whether its weight_decay in param_groups {unknown} is "
@@ -565,6 +565,16 @@ def _unknown_findings(view: _View) -> list[Finding]:
         out.append(Finding("warning" if undecayed else "info", "unread-decay-setting", message,
                            f"{measure}; set the setting to 0 in groups meant to get no decay"))
     return out
+
+
+def _unknown_groups(view: _View) -> list[int]:
+    """The decaying groups whose weight_decay does what decaykit does not know."""
+    return [i for i, g in enumerate(view.groups) if g.decay == "unknown" and g.weight_decay > 0]
+
+
+def _bare_name(view: _View) -> str:
+    """The optimizer's class name, without what the view adds ("(inside ...)", "(state_dict)")."""
+    return view.name.partition(" (")[0]
 
 
 def _nonzero_number(value: Any) -> bool:
@@ -590,11 +600,16 @@ def _convention_findings(view: _View) -> list[Finding]:
             fix = (f"set decoupled_weight_decay=True in {groups} (torch.optim.AdamW's default), "
                    f"or wrap the optimizer in decaykit.WeightDecay")
         else:
-            fix = (f"wrap it in decaykit.WeightDecay({stepper.name}(...), mode='lr_coupled'), which switches its own "
-                   "decay off and shrinks θ beside its step, or use torch.optim.AdamW")
+            fix = _wrap_fix(stepper.name)
     return [Finding("warning", "coupled-adaptive",
                     f"{how}, so coordinates with large gradients are barely decayed; this is almost never what is meant",
                     fix)]
+
+
+def _wrap_fix(name: str) -> str:
+    """The fix for coupled L2 through the adaptive denominator of an optimizer with no decoupled flag."""
+    return (f"wrap it in decaykit.WeightDecay({name}(...), mode='lr_coupled'), which switches its own decay off and "
+            "shrinks θ beside its step, or use torch.optim.AdamW")
 
 
 def _overshooting(view: _View) -> dict[int, tuple[Expectation, float | torch.Tensor, float]]:
@@ -720,7 +735,7 @@ def _measured_conventions(findings: list[Finding], report: Any, view: _View) -> 
     unknown = next((f for f in findings if f.code == "unknown-convention"), None)
     if unknown is None:
         return findings
-    groups = [i for i, g in enumerate(view.groups) if g.decay == "unknown" and g.weight_decay > 0]
+    groups = _unknown_groups(view)
     kinds: dict[int, set[str]] = {}
     rescaled: set[int] = set()
     for e in report.entries:
@@ -729,7 +744,7 @@ def _measured_conventions(findings: list[Finding], report: Any, view: _View) -> 
             if e.kind == "coupled" and not e.proportional:
                 rescaled.add(e.group)
     told = {i: k.pop() for i, k in kinds.items() if len(k) == 1 and next(iter(k)) in ("coupled", "decoupled")}
-    name = view.name.partition(" (")[0]
+    name = _bare_name(view)
     out = [f for f in findings if f is not unknown]
     if told:
         how = {"coupled": "coupled L2 (λθ added to the gradient)", "decoupled": "a decoupled shrink of θ"}
@@ -744,16 +759,13 @@ def _measured_conventions(findings: list[Finding], report: Any, view: _View) -> 
             "warning", "coupled-adaptive",
             f"{name} adds λθ to the gradient (coupled L2) in {where}, and the shrink it measures varies per coordinate: "
             "an adaptive denominator rescales it, so coordinates with large gradients are barely decayed; this is "
-            "almost never what is meant",
-            f"wrap it in decaykit.WeightDecay({name}(...), mode='lr_coupled'), which switches its own decay off and "
-            "shrinks θ beside its step, or use an optimizer with decoupled decay (torch.optim.AdamW)"))
+            "almost never what is meant", _wrap_fix(name)))
     left = [i for i in groups if i not in told]
     if left:
         out.append(dataclasses.replace(unknown, message=unknown.message.replace(
             f"param_groups {groups}", f"param_groups {left}") + "; one measured step could not tell either (see the "
             "probe table)"))
-    order = {sev: i for i, sev in enumerate(SEVERITIES)}
-    return sorted(out, key=lambda f: order[f.severity])
+    return out
 
 
 def _uncontrolled_finding(other: list[Any], expected: Plan, stepper: OptimizerInfo | None) -> Finding:

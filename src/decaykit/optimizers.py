@@ -261,10 +261,15 @@ WRAPPERS: Mapping[str, str] = MappingProxyType({
 def wrapper_name(optimizer: Any, *, sharing: bool = False) -> str | None:
     """The name of the wrapper ``optimizer`` is: a :data:`WRAPPERS` name, or with ``sharing`` the class of a
     :func:`sharing_wrapper`; None when it is no wrapper."""
-    known = next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
+    known = _framework_wrapper(optimizer)
     if known is None and sharing and sharing_wrapper(optimizer) is not None:
         return type(optimizer).__name__
     return known
+
+
+def _framework_wrapper(optimizer: Any) -> str | None:
+    """The :data:`WRAPPERS` name in ``optimizer``'s class hierarchy, or None."""
+    return next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
 
 
 def sharing_wrapper(optimizer: Any) -> Any:
@@ -277,7 +282,7 @@ def sharing_wrapper(optimizer: Any) -> Any:
     no facts on it. decaykit's own :class:`~decaykit.WeightDecay` shares its groups too but decays by its
     own mode, so it is no such wrapper.
     """
-    if type(optimizer).__module__.partition(".")[0] == "decaykit" or not isinstance(optimizer, torch.optim.Optimizer):
+    if _package(type(optimizer).__module__) == "decaykit" or not isinstance(optimizer, torch.optim.Optimizer):
         return None
     try:
         groups = optimizer.param_groups
@@ -304,7 +309,7 @@ def unwrap(optimizer: Any, *, sharing: bool = False) -> Any:
     seen: set[int] = set()
     while id(optimizer) not in seen:
         seen.add(id(optimizer))
-        name = next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in WRAPPERS), None)
+        name = _framework_wrapper(optimizer)
         # read from the instance: Lightning's __getattr__ would forward a missing name to the optimizer inside
         inner = (getattr(optimizer, "__dict__", {}).get(WRAPPERS[name]) if name else
                  sharing_wrapper(optimizer) if sharing else None)

@@ -55,13 +55,13 @@ def check_group(i: int, group: dict[str, Any], mode: str) -> None:
         )
     if mode == "coupled_l2":  # λθ added to the gradient: no lr in its rate
         return
-    group_lr(i, group, mode)
+    lr = group_lr(i, group, mode)
     d, lam = _real(group.get("d")), group.get("weight_decay", 0.0)
     decays = bool(lam.any()) if isinstance(lam, Tensor) else lam != 0
     if d is not None and d > 0 and decays:
         warnings.warn(
             f"param_groups[{i}] holds d = {d:g}, the step-size estimate D-Adaptation-style optimizers keep and step "
-            f"by as d·lr: lr = {group['lr']:g} is then a multiplier, not the step size, and mode {mode!r} rates the decay by "
+            f"by as d·lr: lr = {lr:g} is then a multiplier, not the step size, and mode {mode!r} rates the decay by "
             f"lr alone (θ ← θ(1 − lr·λ) in 'lr_coupled'), {1 / d:.3g}x the optimizer's own decoupled decay "
             "(d·lr·λ) at this d. Use the optimizer's own weight_decay, or scale λ by the d you expect",
             DecayWarning, stacklevel=3)

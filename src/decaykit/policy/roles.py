@@ -219,10 +219,9 @@ def _piece(info: ParamInfo) -> str | None:
     layer_weight = _is_weight_layer(info.owner) and _WEIGHT_LEAF.search(info.leaf)  # a matrix whatever its shape
     if not isinstance(weight, torch.Tensor) or not pieces or (is_per_channel(tuple(weight.shape)) and not layer_weight):
         return None
-    full = [p for p in pieces if p.numel() == weight.numel()]
     if info.param.numel() == weight.numel():
         return "direction"
-    return "magnitude" if full else "factor"
+    return "magnitude" if any(p.numel() == weight.numel() for p in pieces) else "factor"
 
 
 def _pieces(info: ParamInfo) -> list[torch.Tensor]:
@@ -244,7 +243,7 @@ def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tup
         piece = _piece(info)
         if piece == "magnitude" or (piece is None and per_channel):
             return "scale", False, f"per-channel {info.component} of parametrized {kind}.{leaf} {shape_str(shape)}"
-        if piece is not None and piece != "magnitude":  # the direction, or a factor of a low-rank weight
+        if piece is not None:  # the direction, or a factor of a low-rank weight
             return "weight", True, f"{info.component} of parametrized {kind}.{leaf}, its {piece} {shape_str(shape)}"
         return "weight", True, f"{info.component} of parametrized {kind}.{leaf}"
     if is_norm_module(owner) and (per_channel or isinstance(owner, NORM_TYPES)):

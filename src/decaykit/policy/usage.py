@@ -489,17 +489,15 @@ class _Recorder(TorchFunctionMode):
                 how = " and ".join(sorted(deferred.meets))
                 use = Use("bias", use.func, f"added to activations in {use.func}, then cut by {deferred.split} into rows "
                                             f"that {how} other activations: a modulation's bias")
-            elif deferred.summed in _INVERSE_FFTS:  # what went through exp into the kernel (an SSM's A, dt) is state
-                self.guard = deferred.guard
-                self._use(deferred.tensor, Use("matmul", use.func, f"multiplies transformed activations in {use.func}, "
-                                               f"then transformed back by {deferred.summed}: a convolution kernel"),
-                          mapped_is_state=True)
-                continue
+            elif deferred.summed in _INVERSE_FFTS:
+                use = Use("matmul", use.func, f"multiplies transformed activations in {use.func}, then transformed "
+                                              f"back by {deferred.summed}: a convolution kernel")
             elif deferred.summed is not None:
                 use = Use("matmul", use.func, f"multiplies activations in {use.func}, then summed over its own axis "
                                               f"by {deferred.summed}: a matrix operand")
             self.guard = deferred.guard  # the test the use came after, not the last one of the pass
-            self._use(deferred.tensor, use)
+            # what went through exp into a convolution kernel (an SSM's A, dt) is a state
+            self._use(deferred.tensor, use, mapped_is_state=deferred.summed in _INVERSE_FFTS)
         self.deferred, self.following, self.products = [], {}, {}
 
     def _elementwise(self, bare: str, shown: str, tensor: torch.Tensor, live: list[torch.Tensor],
@@ -803,17 +801,17 @@ def _own_axes(t: torch.Tensor) -> tuple[int, ...]:
 
 def _reduced_axes(t: torch.Tensor, args: tuple, kwargs: dict) -> set[int]:
     """The axes of ``t``, counted from the end, that ``sum`` / ``mean`` reduces; none where no axis is named."""
-    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-    return {d - t.ndim if d >= 0 else d for d in dims if isinstance(d, int) and not isinstance(d, bool) and -t.ndim <= d < t.ndim}
+    return _axes_from_end(t, kwargs.get("dim", args[1] if len(args) > 1 else None))
 
 
 def _fft_axes(bare: str, t: torch.Tensor, args: tuple, kwargs: dict) -> set[int]:
     """The axes of ``t``, counted from the end, that the inverse Fourier transform ``bare`` sums over."""
-    default = _INVERSE_FFTS[bare]
-    dim = kwargs.get("dim", args[2] if len(args) > 2 else default)
-    if dim is None:
-        return set(range(-t.ndim, 0))
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else _INVERSE_FFTS[bare])
+    return set(range(-t.ndim, 0)) if dim is None else _axes_from_end(t, dim)
+
+
+def _axes_from_end(t: torch.Tensor, dim: Any) -> set[int]:
+    """The axes of ``t`` that ``dim`` (an int or a sequence of them) names, counted from the end; none where it names none."""
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
     return {d - t.ndim if d >= 0 else d for d in dims if isinstance(d, int) and not isinstance(d, bool)
             and -t.ndim <= d < t.ndim}
