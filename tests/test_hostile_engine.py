@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 
 import decaykit
 from decaykit import WeightDecay, schedules
@@ -361,6 +362,41 @@ def test_global_step_hooks_run_once_per_engine_step_and_the_inner_optimizers_own
     seen.clear()
     torch.optim.SGD(model.parameters(), lr=0.1).step()  # the tables are torch's own again: a plain step sees none
     assert seen == []
+
+
+def test_a_step_in_another_thread_keeps_its_global_hooks_while_an_engine_steps():
+    """The pause is this thread's: training in threads (Optuna's n_jobs) must not lose another run's global
+    hooks, such as a Monitor's, while an engine's inner optimizer steps."""
+    import threading
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model, other = make_model(), make_model()
+    opt = WeightDecay(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4), mode="lr_independent")
+    plain = torch.optim.SGD(other.parameters(), lr=0.1)
+    inside, resume = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def hold(o, a, k):  # the inner optimizer's own hook: the engine's pause is open while it waits
+        inside.set()
+        assert resume.wait(10)
+
+    opt.optimizer.register_step_pre_hook(hold)
+    handle = register_optimizer_step_post_hook(lambda o, a, k: seen.append(o))
+    try:
+        engine_thread = threading.Thread(target=train, args=(model, opt, 1))
+        engine_thread.start()
+        assert inside.wait(10)
+        train(other, plain, 1)  # in this thread, during the engine's inner step
+        resume.set()
+        engine_thread.join(10)
+        assert seen == [plain, opt]
+        train(other, plain, 1)
+        assert seen[-1] is plain
+    finally:
+        resume.set()
+        handle.remove()
+    assert not any(type(h).__name__ == "_StandIn" for h in torch_optimizer._global_optimizer_post_hooks.values())
 
 
 def _scheduled_engine() -> tuple[nn.Module, WeightDecay]:

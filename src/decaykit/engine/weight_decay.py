@@ -34,16 +34,14 @@ into the group, so ``OneCycleLR(engine, max_lr=...)`` built after the engine set
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim import optimizer as torch_optimizer
 
 from decaykit import optimizers
 from decaykit._dtensor import local
@@ -64,6 +62,7 @@ from decaykit.engine.checks import (
 from decaykit.engine.modes import MODES
 from decaykit.engine.paths import GroupStep, Scratch, build_paths, plan_group
 from decaykit.engine.schedules import Schedule, as_schedule
+from decaykit.engine.step_hooks import global_step_hooks_paused
 from decaykit.errors import DecayError, DecayWarning
 
 __all__ = ["STATE_KEY", "WeightDecay", "saved_entry"]
@@ -202,7 +201,7 @@ class WeightDecay(Optimizer):
             try:
                 for path in paths:
                     path.before()
-                with _global_step_hooks_paused():  # they ran once for this step, around the engine's
+                with global_step_hooks_paused():  # they ran once for this step, around the engine's
                     result = self.optimizer.step()
             except BaseException:  # a failed step leaves θ as it was: a retry must not decay twice
                 for path in reversed(paths):
@@ -420,32 +419,6 @@ def _same_lambda(a: float | Tensor, b: float | Tensor) -> bool:
 def _number(value: Any) -> Any:
     """A group's LR as a plain number where it is a one-element tensor, so plans can be compared by it."""
     return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
-
-
-@contextlib.contextmanager
-def _global_step_hooks_paused() -> Iterator[None]:
-    """torch's global optimizer step hooks held back while the inner optimizer steps.
-
-    They run around every ``Optimizer.step``: without this, one engine step would call them twice, once
-    for the engine and once for its inner optimizer (a global step counter or profiler would count
-    double). The inner optimizer's own hooks still run. The tables are emptied in place and refilled, so
-    handles keep working and a hook registered meanwhile is kept, after the others.
-    """
-    tables = [torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks]
-    saved = [list(table.items()) for table in tables]
-    if not any(saved):
-        yield
-        return
-    for table in tables:
-        table.clear()
-    try:
-        yield
-    finally:
-        for table, items in zip(tables, saved):
-            added = list(table.items())
-            table.clear()
-            table.update(items)
-            table.update(added)
 
 
 def _native(optimizer: Any, group: dict[str, Any]) -> str | None:
