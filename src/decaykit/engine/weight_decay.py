@@ -42,9 +42,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim import optimizer as torch_optimizer
 
 from decaykit import optimizers
 from decaykit._dtensor import local
+from decaykit._thread_hooks import ThreadQuiet
 from decaykit._validate import check_number
 from decaykit.engine.cautious import FIRST_MOMENT_SIGN
 from decaykit.engine.checks import (
@@ -62,7 +64,6 @@ from decaykit.engine.checks import (
 from decaykit.engine.modes import MODES
 from decaykit.engine.paths import GroupStep, Scratch, build_paths, plan_group
 from decaykit.engine.schedules import Schedule, as_schedule
-from decaykit.engine.step_hooks import global_step_hooks_paused
 from decaykit.errors import DecayError, DecayWarning
 
 __all__ = ["STATE_KEY", "WeightDecay", "saved_entry"]
@@ -201,7 +202,7 @@ class WeightDecay(Optimizer):
             try:
                 for path in paths:
                     path.before()
-                with global_step_hooks_paused():  # they ran once for this step, around the engine's
+                with _global_step_hooks_paused():  # they ran once for this step, around the engine's
                     result = self.optimizer.step()
             except BaseException:  # a failed step leaves θ as it was: a retry must not decay twice
                 for path in reversed(paths):
@@ -409,6 +410,11 @@ class _PlanInputs(NamedTuple):
     lr: Any
     max_lr: float
     native: str | None
+
+
+# torch's global step hooks ran once for the engine's step: its inner optimizer's step skips them (in this thread)
+_global_step_hooks_paused = ThreadQuiet(
+    lambda: (torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks))
 
 
 def _same_lambda(a: float | Tensor, b: float | Tensor) -> bool:

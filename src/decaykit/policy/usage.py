@@ -43,6 +43,7 @@ gets a stand-in, 1; at an operation whose output shape depends on values the pas
 what was seen until then is kept.
 
 >>> from torch import nn
+from torch.nn.modules import module as torch_module
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
 >>> [u.reason for u in uses.values()]
 ['matrix operand of F.linear', 'added to activations in F.linear: a bias', 'weight of F.layer_norm: a norm gain', 'bias of F.layer_norm: a norm bias']
@@ -54,7 +55,6 @@ import collections
 import contextlib
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -62,9 +62,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from decaykit._thread_hooks import ThreadQuiet
 from decaykit.errors import UserCodeError
 
 __all__ = ["Trace", "Use", "example_inputs_for", "run_trace", "trace_on_own_input", "trace_usage"]
@@ -1048,46 +1050,7 @@ def _hook_module(hook: Any) -> str:
 
 _GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_buffer_registration_hooks",
                  "_global_parameter_registration_hooks", "_global_module_registration_hooks")
-_TRACING = threading.local()  # set in the thread that runs a traced pass: the global hooks pass it by
-_GLOBAL_LOCK = threading.Lock()
-_global_passes = 0  # traced passes running, in any thread; the first wraps the global hooks, the last unwraps
-
-
-class _QuietInTrace:
-    """A global hook that does nothing in a thread running a traced pass, and its usual work elsewhere."""
-
-    def __init__(self, hook: Callable[..., Any]) -> None:
-        self.hook = hook
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return None if getattr(_TRACING, "on", False) else self.hook(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def _quiet_global_hooks() -> Iterator[None]:
-    """The global module hooks silenced in this thread only: other threads keep running theirs."""
-    global _global_passes
-    from torch.nn.modules import module as torch_module
-
-    tables = [getattr(torch_module, name, None) for name in _GLOBAL_HOOKS]
-    with _GLOBAL_LOCK:
-        if _global_passes == 0:
-            for table in tables:
-                for k, hook in list((table or {}).items()):
-                    table[k] = _QuietInTrace(hook)
-        _global_passes += 1
-    _TRACING.on = True
-    try:
-        yield
-    finally:
-        _TRACING.on = False
-        with _GLOBAL_LOCK:
-            _global_passes -= 1
-            if _global_passes == 0:
-                for table in tables:
-                    for k, hook in list((table or {}).items()):
-                        if isinstance(hook, _QuietInTrace):
-                            table[k] = hook.hook
+_quiet_global_hooks = ThreadQuiet(lambda: [getattr(torch_module, name, None) for name in _GLOBAL_HOOKS])
 
 
 # What nn.Module keeps in its own attributes: the tables ``_restore`` puts back whole, and hook tables.
