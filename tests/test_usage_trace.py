@@ -357,6 +357,37 @@ def test_the_trace_runs_no_hook_and_leaves_what_the_forward_fills_as_it_was():
     assert len(model.history) == 1 and model.history[0].device.type == "cpu"
 
 
+def test_a_trace_silences_global_forward_hooks_in_its_own_thread_only():
+    """A forward in another thread while plan() traces (training in threads) still runs the global hooks."""
+    import threading
+
+    inside, resume = threading.Event(), threading.Event()
+
+    class Waits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            inside.set()
+            assert resume.wait(10)
+            return self.lin(x)
+
+    other, seen = nn.Linear(4, 4), []
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: seen.append(module))
+    tracing = threading.Thread(target=decaykit.plan, args=(Waits(), 0.1), kwargs={"example_inputs": torch.zeros(1, 4)})
+    try:
+        tracing.start()
+        assert inside.wait(10)
+        other(torch.zeros(1, 4))  # this thread, during the traced pass
+        resume.set()
+        tracing.join(10)
+        assert seen == [other]  # the traced pass's modules are not seen, this thread's forward is
+    finally:
+        resume.set()
+        handle.remove()
+
+
 def test_a_forward_that_stops_keeps_what_it_saw():
     class DataDependent(nn.Module):
         def __init__(self) -> None:
