@@ -6,6 +6,7 @@ figure copied from its output carries the cores, the CPU and the load average ar
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 
@@ -38,3 +39,14 @@ def machine_line() -> str:
 
 def load_line() -> str:
     return f"machine: load average (1, 5, 15 min) at end: {_load()}"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (repeats, layers, epochs, batch sizes): a bad one is refused in one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value

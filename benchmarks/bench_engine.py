@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _machine import load_line, machine_line
+from _machine import load_line, machine_line, positive_int
 
 from decaykit import WeightDecay, schedules
 
@@ -122,10 +122,10 @@ def measure(model: torch.nn.Module, kernel: str, rounds: int) -> list[tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--depth", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=positive_int, default=30)
+    parser.add_argument("--width", type=positive_int, default=1024)
+    parser.add_argument("--depth", type=positive_int, default=48)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line())

@@ -18,7 +18,7 @@ import time
 
 import torch
 import transformers
-from _machine import load_line, machine_line
+from _machine import load_line, machine_line, positive_int
 
 import decaykit
 
@@ -46,8 +46,8 @@ def ours(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", type=positive_int, default=400)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
     print(machine_line())
     model = build(args.layers)

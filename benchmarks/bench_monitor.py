@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from _machine import load_line, machine_line
+from _machine import load_line, machine_line, positive_int
 
 import decaykit
 
@@ -44,10 +44,10 @@ def _round(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[tor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--every", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=positive_int, default=15)
+    parser.add_argument("--every", type=positive_int, default=10)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--batch", type=positive_int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.threads == 1 else time.perf_counter

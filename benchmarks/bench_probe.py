@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _machine import load_line, machine_line
+from _machine import load_line, machine_line, positive_int
 from torch import nn
 
 import decaykit
@@ -70,10 +70,10 @@ def measure(fn: Callable[[], object]) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=11)
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--blocks", type=positive_int, default=11)
+    parser.add_argument("--dim", type=positive_int, default=768)
+    parser.add_argument("--vocab", type=positive_int, default=32000)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     args = parser.parse_args()
     print(machine_line())
     torch.manual_seed(0)

@@ -53,6 +53,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from _machine import load_line, machine_line, positive_int  # benchmarks/_machine.py, beside this script
 
 import decaykit
 from decaykit.sweeps.tasks.digits import digits_mlp, digits_noisy_labels
@@ -232,14 +233,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="digits-noisy-labels")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="reported last (default: the task's, digits 32, mnist1d-cnn 100 as in the paper)")
-    parser.add_argument("--also", type=int, nargs="*", default=None,
+    parser.add_argument("--also", type=positive_int, nargs="*", default=None,
                         help="other batch sizes to compare first (default: 16 for digits, none for mnist1d-cnn)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default="cpu", help="where both sides train: cpu, cuda, cuda:1, ...")
-    parser.add_argument("--k", type=int, default=16, help=f"trials: {len(LAMBDAS)} λ x K/{len(LAMBDAS)} seeds")
+    parser.add_argument("--k", type=positive_int, default=16, help=f"trials: {len(LAMBDAS)} λ x K/{len(LAMBDAS)} seeds")
     args = parser.parse_args(argv)
     if args.k < len(LAMBDAS) or args.k % len(LAMBDAS):
         parser.error(f"--k must be a multiple of {len(LAMBDAS)} (the λ grid) >= {len(LAMBDAS)}, got {args.k}")
@@ -252,7 +253,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from _machine import load_line, machine_line  # benchmarks/_machine.py, beside this script
 
     global MODEL, LR, SEEDS, DEVICE
     SEEDS, DEVICE = tuple(range(args.k // len(LAMBDAS))), args.device

@@ -19,7 +19,7 @@ import warnings
 
 import torch
 import transformers
-from _machine import load_line, machine_line
+from _machine import load_line, machine_line, positive_int
 
 import decaykit
 from decaykit.policy import usage
@@ -34,8 +34,8 @@ def build(layers: int) -> torch.nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", type=positive_int, default=32)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
     print(machine_line())
     model = build(args.layers)

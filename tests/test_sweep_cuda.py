@@ -54,7 +54,8 @@ def test_bench_sweep_on_cuda_fails_at_once_in_one_line():
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "device='cuda' cannot train here" in done.stderr
 
 
-def test_bench_sweep_takes_k_in_multiples_of_the_grid():
+def test_bench_sweep_takes_k_in_multiples_of_the_grid_and_counts_from_one(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script: _machine.py beside it
     spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "benchmarks" / "bench_sweep.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
@@ -63,3 +64,7 @@ def test_bench_sweep_takes_k_in_multiples_of_the_grid():
     with pytest.raises(SystemExit) as exit_:
         bench.parse_args(["--k", "12"])
     assert exit_.value.code == 2
+    for bad in (["--also", "0"], ["--repeats", "-1"], ["--epochs", "two"]):  # one line, not a traceback later
+        with pytest.raises(SystemExit) as exit_:
+            bench.parse_args(bad)
+        assert exit_.value.code == 2 and "expected a whole number >= 1" in capsys.readouterr().err
