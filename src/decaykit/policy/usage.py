@@ -774,9 +774,10 @@ def _rows(t: torch.Tensor, args: tuple, kwargs: dict, out: Any, axes: tuple[int,
         return isinstance(index[cut], int) and not isinstance(index[cut], bool)
     dim = kwargs.get("dim", args[2] if bare not in ("unbind", "select") and len(args) > 2 else
                      args[1] if bare in ("unbind", "select") and len(args) > 1 else 0)
-    if not isinstance(dim, int) or not -t.ndim <= dim < t.ndim:
+    found = _axes_from_end(t, dim) if isinstance(dim, int) else set()
+    if not found:
         return False
-    axis = dim - t.ndim if dim >= 0 else dim
+    (axis,) = found
     return axis in axes and bool(pieces) and all(p.ndim == t.ndim - 1 or p.shape[axis] == 1 for p in pieces)
 
 
