@@ -135,6 +135,16 @@ def test_probe_on_fsdp2(ranks):
         assert f["probe_ok"] and f["measured_audit_ok"]
 
 
+def test_an_engine_saved_with_torch_distributed_checkpoint_from_two_ranks_resumes_bit_for_bit(ranks):
+    """Each rank saves its shards of the model and the engine's state mid-run; a fresh sharded model and engine
+    loaded from them go on exactly as the uninterrupted run, with the λ schedule at the saved step, silently."""
+    for f in facts(ranks, "fsdp2"):
+        run = f["dcp"]
+        assert run["loaded_at"] == run["half"] == 2 and run["steps"] == 4
+        assert run["moved"] > 1e-2 and run["max_diff"] == 0.0, run
+        assert run["warnings"] == []
+
+
 @pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
 def test_the_monitor_records_the_whole_tensor_on_every_rank(ranks, wrapper):
     """Under FSDP2 a rank holds a shard: the monitor's norms, angles and ratios must be the tensor's, as one

@@ -6,7 +6,9 @@ One launch does every multi-process check, because starting torchrun costs secon
    checkpointing) against the bare model's; N steps of ``WeightDecay`` with a λ schedule against a
    single-process run on the whole batch; audit and probe of the wrapped model.
 2. FSDP2 (``fully_shard`` per block and at the root): the same, with DTensor parameters whose
-   global shapes must be what the policy sees, uneven shards included.
+   global shapes must be what the policy sees, uneven shards included; and an engine saved part way
+   with ``torch.distributed.checkpoint`` from both ranks, loaded into a fresh sharded model and engine,
+   and trained on, against the uninterrupted sharded run.
 3. The examples ``examples/ddp_torchrun.py`` and ``examples/fsdp2_torchrun.py``, in this process
    group, their output captured.
 
@@ -26,6 +28,7 @@ import os
 import runpy
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ from decaykit import schedules
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
 BATCH = 8  # split evenly over the ranks
+OUT = Path(".")  # --out: the per-rank facts, and the checkpoint both ranks write
 # (mode, inner optimizer, foreach): the engine's inner-kernel, cautious-snapshot (foreach kernels and
 # the single-tensor loop) and extra-foreach-pass paths
 ENGINES = [("lr_coupled", "AdamW", None), ("cautious", "AdamW", None), ("cautious", "AdamW", False),
@@ -99,11 +103,12 @@ def optimizer_for(model: nn.Module, mode: str, inner: str, foreach: bool | None 
     return decaykit.WeightDecay(opt, mode=mode, schedule=schedules.cosine(1.0, 3.0, steps=STEPS), foreach=foreach)
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, rows: slice) -> None:
-    """STEPS steps; each process sees ``rows`` of every batch (all of it for the reference)."""
-    lr = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+def train(model: nn.Module, opt: torch.optim.Optimizer, rows: slice, steps: range = range(STEPS),
+          lr: Any = None) -> None:
+    """The batches ``steps``; each process sees ``rows`` of every batch (all of it for the reference)."""
+    lr = lr or torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
     idx, target = data()
-    for s in range(STEPS):
+    for s in steps:
         loss_fn(model, idx[s, rows], target[s, rows]).backward()
         opt.step()
         opt.zero_grad()
@@ -233,6 +238,47 @@ def check_ddp(rank: int, world: int) -> dict[str, Any]:
     return facts
 
 
+def dcp_resume_facts(wrap: Any, rank: int, world: int, folder: Path) -> dict[str, Any]:
+    """FSDP2's checkpoint route on two processes: an engine with a λ schedule saved after half the steps with
+    ``torch.distributed.checkpoint`` (each rank writes its shards), a fresh sharded model and engine loaded from
+    it, trained on; against the same sharded run uninterrupted. The LR scheduler's state is kept in memory."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    rows, half = slice(rank * BATCH // world, (rank + 1) * BATCH // world), STEPS // 2
+
+    def fresh() -> tuple[nn.Module, decaykit.WeightDecay, Any]:
+        torch.manual_seed(0)
+        model = wrap(Toy())
+        opt = optimizer_for(model, "lr_independent", "AdamW")
+        return model, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+
+    whole, whole_opt, whole_lr = fresh()
+    train(whole, whole_opt, rows, range(STEPS), whole_lr)
+    model, opt, lr = fresh()
+    train(model, opt, rows, range(half), lr)
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+    lr_state = lr.state_dict()
+    train(model, opt, rows, range(half, STEPS), lr)  # the run went on past its checkpoint
+    resumed, resumed_opt, resumed_lr = fresh()
+    model_state, optim_state = get_state_dict(resumed, resumed_opt)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(folder))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", decaykit.DecayWarning)
+        set_state_dict(resumed, resumed_opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    resumed_lr.load_state_dict(lr_state)
+    loaded_at = resumed_opt.steps_taken
+    train(resumed, resumed_opt, rows, range(half, STEPS), resumed_lr)
+    torch.manual_seed(0)
+    start, theirs = Toy(), dict(whole.named_parameters())
+    diff = max(float((full(p.detach()) - full(theirs[n].detach())).abs().max()) for n, p in resumed.named_parameters())
+    return {"loaded_at": loaded_at, "half": half, "steps": resumed_opt.steps_taken, "max_diff": diff,
+            "moved": max_diff(resumed, start),
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, decaykit.DecayWarning)]}
+
+
 def check_fsdp2(rank: int, world: int) -> dict[str, Any]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -268,6 +314,7 @@ def check_fsdp2(rank: int, world: int) -> dict[str, Any]:
     facts["train"], model, opt = train_engines(bare, shard, rank, world)
     facts.update(audit_facts(model, opt))
     facts.update(monitor_facts(shard, rank, world))
+    facts["dcp"] = dcp_resume_facts(shard, rank, world, OUT / "dcp")
     return facts
 
 
@@ -289,6 +336,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    global OUT
+    OUT = Path(args.out)
     # a lost peer fails the collectives after this long instead of hanging CI
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
