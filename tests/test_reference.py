@@ -331,3 +331,47 @@ def test_reference_is_independent_of_the_engine():
 def test_the_reference_refuses_what_is_not_an_optimizer():
     with pytest.raises(DecayError, match=r"optimizer must be a torch\.optim\.Optimizer, got list"):
         ReferenceWeightDecay([nn.Parameter(torch.ones(2))])
+
+
+@pytest.mark.parametrize("mode", ["lr_independent", "corrected"])
+@pytest.mark.parametrize("route", ["on_top", "in_lr"])
+@pytest.mark.parametrize("make", [WeightDecay, ReferenceWeightDecay])
+def test_layer_wise_lr_scales_set_each_groups_peak(make, route, mode):
+    """Layer-wise LR decay both ways: timm's schedulers and MAE's hand-written one write lr = base·f_t·lr_scale
+    into groups that share one base LR; decaykit.param_groups(..., lr=) puts the scale in the lr and torch's
+    schedulers multiply it. Each group's η_max is its own peak, base·lr_scale, either way: at the peak every
+    group decays by λ (lr_independent). It was base for every group on the first route: lr_scale times λ."""
+    base, lam, scales = 0.1, 0.01, (1.0, 0.5, 0.25)
+    factors = [0.2, 0.6, 1.0, 0.7, 0.3]  # warm-up to the peak, then down
+    params = [nn.Parameter(torch.ones(2, 3, dtype=torch.float64)) for _ in scales]
+    groups_ = [{"params": [p], "weight_decay": lam, "lr_scale": s, **({} if route == "on_top" else {"lr": base * s})}
+               for p, s in zip(params, scales)]  # fmt: skip
+    opt = make(torch.optim.SGD(groups_, lr=base), mode=mode)
+    if route == "in_lr":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda t: factors[min(t, len(factors) - 1)])
+    for t, f in enumerate(factors):
+        if route == "on_top":  # as timm's update_groups and MAE's adjust_learning_rate do
+            for g in opt.param_groups:
+                g["lr"] = base * f * g["lr_scale"]
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        for p, b, s in zip(params, before, scales):
+            rate = f * lam if mode == "lr_independent" else (base * f * s) ** 2 / (base * s) * lam
+            torch.testing.assert_close(p.detach(), b * (1 - rate), rtol=1e-12, atol=0.0)
+        if route == "in_lr":
+            scheduler.step()
+
+
+def test_lr_scales_a_torch_scheduler_does_not_apply_are_refused_with_the_fix():
+    """Groups holding lr_scale over one base LR, stepped by a torch scheduler (which ignores lr_scale): η_t is
+    above the group's η_max, base·lr_scale, and the refusal says why and how to put the scale in the lr."""
+    params = [nn.Parameter(torch.ones(3)) for _ in range(2)]
+    opt = WeightDecay(torch.optim.SGD([{"params": [p], "weight_decay": 1e-3, "lr_scale": s}
+                                       for p, s in zip(params, (1.0, 0.5))], lr=0.1), mode="lr_independent")
+    torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(DecayError, match=r"param_groups\[1\].*lr_scale = 0.5 .*param_groups\(\.\.\., lr=\.\.\.\)"):
+        opt.step()

@@ -36,6 +36,7 @@ __all__ = [
     "check_within_peak",
     "group_lr",
     "group_peak_lr",
+    "lr_scale_on_top",
     "scheduler_peak",
     "short",
     "short_repr",
@@ -95,23 +96,52 @@ def check_max_lr(max_lr: Any, n_groups: int) -> float | list[float] | None:
     return float(values[0])
 
 
-def scheduler_peak(group: dict[str, Any]) -> tuple[str, float] | None:
-    """The peak LR a scheduler wrote into a group: ``("max_lr", v)``, else ``("initial_lr", v)``, else None."""
+def scheduler_peak(group: dict[str, Any], on_top: bool = False) -> tuple[str, float] | None:
+    """The peak LR a scheduler wrote into a group: ``("max_lr", v)``, else ``("initial_lr", v)``, else None.
+
+    With ``on_top`` (:func:`lr_scale_on_top`), a base LR (``initial_lr``) is multiplied by the group's
+    ``lr_scale``, which the schedule applies on top of it; OneCycleLR's ``max_lr`` is the group's own peak."""
     # OneCycleLR stores its peak as max_lr and its start as initial_lr; other schedulers the base LR
     for key in ("max_lr", "initial_lr"):
         value = _real(group.get(key))
         if value is not None:
-            return key, value
+            return key, value * _scale(group) if on_top and key == "initial_lr" else value
     return None
 
 
-def group_peak_lr(group: dict[str, Any]) -> float:
-    """η_max read from a group: ``max_lr``, else ``initial_lr``, else ``lr``, else 0."""
-    found = scheduler_peak(group)
+def group_peak_lr(group: dict[str, Any], on_top: bool = False) -> float:
+    """η_max read from a group: ``max_lr``, else ``initial_lr``, else ``lr``, else 0 (see :func:`scheduler_peak`)."""
+    found = scheduler_peak(group, on_top)
     if found is not None:
         return found[1]
     lr = _real(group.get("lr"))
-    return 0.0 if lr is None else lr
+    return 0.0 if lr is None else lr * _scale(group) if on_top else lr
+
+
+def lr_scale_on_top(groups: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the groups' ``lr_scale`` multiplies the base LR their peak is read from, rather than being in it.
+
+    timm's schedulers and the BEiT/MAE recipes' hand-written ones write ``lr = base·lr_scale`` into every group
+    at every step and keep one base in all of them (``initial_lr``, or the ``lr`` the optimizer was built with);
+    ``decaykit.param_groups(..., lr=...)`` writes ``lr·lr_scale`` itself, so there the bases differ as the scales
+    do. Read from the groups with an ``lr_scale`` and no OneCycleLR ``max_lr`` (which no scale multiplies): on
+    top where they hold two different scales over one base. One scale alone cannot tell: taken as in the base.
+    """
+    bases: dict[float, float] = {}
+    for group in groups:
+        scale = _real(group.get("lr_scale"))
+        base = _real(group.get("initial_lr"))
+        base = _real(group.get("lr")) if base is None else base
+        if scale is None or scale <= 0 or base is None or _real(group.get("max_lr")) is not None:
+            continue
+        bases.setdefault(scale, base)
+    values = list(bases.values())
+    return len(bases) > 1 and all(abs(v - values[0]) <= 1e-9 * abs(values[0]) for v in values)
+
+
+def _scale(group: Mapping[str, Any]) -> float:
+    scale = _real(group.get("lr_scale"))
+    return scale if scale is not None and scale > 0 else 1.0
 
 
 def _real(value: Any) -> float | None:
@@ -120,16 +150,22 @@ def _real(value: Any) -> float | None:
     return None
 
 
-def check_within_peak(mode: str, i: int, lr: float, max_lr: float, step: int) -> None:
+def check_within_peak(mode: str, i: int, lr: float, max_lr: float, step: int, lr_scale: Any = None) -> None:
     """Refuse η_t above η_max (beyond rounding) in a mode that divides by η_max: the rate would exceed λ."""
     if mode not in PEAK_MODES or lr <= max_lr * (1 + 1e-6):  # a 0-dim float32 LR rounds to 6e-8
         return
+    scaled = _real(lr_scale) not in (None, 1.0)
+    fix = ("η_max is read from the group (max_lr, else initial_lr, else lr), which does not hold the peak of a "
+           "schedule that rises above its base LR (CyclicLR keeps its max_lr on the scheduler): pass "
+           "WeightDecay(..., max_lr=<the schedule's peak LR>), e.g. CyclicLR's max_lr")
+    if scaled:  # lr_scale_on_top took the group's lr_scale as applied on top of a base LR
+        fix = (f"The group holds lr_scale = {lr_scale:g} and every group one base LR, so η_max was taken as base·"
+               "lr_scale, as timm's schedulers set it; torch's schedulers do not apply lr_scale: build the groups "
+               "with the scale in their lr (decaykit.param_groups(..., lr=...)), or pass WeightDecay(..., max_lr=...)")
     raise DecayError(
         f"param_groups[{i}] has lr = {lr:g} at step {step}, above its η_max = {max_lr:g}; mode {mode!r} "
         f"divides by η_max, the schedule's peak LR, so this step would decay {lr / max_lr:.3g}x as much as λ "
-        "promises at the peak. η_max is read from the group (max_lr, else initial_lr, else lr), which does not "
-        "hold the peak of a schedule that rises above its base LR (CyclicLR keeps its max_lr on the scheduler): "
-        "pass WeightDecay(..., max_lr=<the schedule's peak LR>), e.g. CyclicLR's max_lr"
+        f"promises at the peak. {fix}"
     )
 
 

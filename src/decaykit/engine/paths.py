@@ -110,7 +110,7 @@ def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: fl
             f"param_groups[{i}] has η_max = 0 but lr = {lr:g} at step {step}; mode {mode!r} "
             "divides by η_max: pass WeightDecay(..., max_lr=<peak LR>)"
         )
-    check_within_peak(mode, i, lr, max_lr, step)
+    check_within_peak(mode, i, lr, max_lr, step, group.get("lr_scale"))
     rate = decay_rate(mode, lam_t, lr, max_lr)
     worst = float(rate.max()) if isinstance(rate, Tensor) else rate
     if worst > 1:

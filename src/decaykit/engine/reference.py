@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from decaykit._validate import check_number, check_rates
-from decaykit.engine.checks import group_peak_lr, scheduler_peak
+from decaykit.engine.checks import group_peak_lr, lr_scale_on_top, scheduler_peak
 from decaykit.engine.modes import MODES
 from decaykit.engine.schedules import Schedule, as_schedule
 from decaykit.errors import DecayError
@@ -75,7 +75,8 @@ class ReferenceWeightDecay:
         schedule: λ_t = schedule(t)·λ, t = 0 at the first step; None keeps λ constant.
         max_lr: η_max for every group (a float) or per group (a sequence); default, as the engine:
             each group's ``max_lr``, else ``initial_lr``, read at every step (a scheduler built after
-            the reference sets them), else its ``lr`` when the reference is built.
+            the reference sets them), else its ``lr`` when the reference is built; times the group's
+            ``lr_scale`` where the groups hold several over one base LR (timm's schedulers apply it on top).
     """
 
     def __init__(self, optimizer: Optimizer, mode: str = "lr_coupled",
@@ -105,7 +106,7 @@ class ReferenceWeightDecay:
                 group["weight_decay"] = 0.0  # the inner step decays nothing; λ lives here now
             peak = max_lr[i] if several else max_lr
             self.given.append(peak is not None)
-            peak = group_peak_lr(group) if peak is None else peak
+            peak = group_peak_lr(group, lr_scale_on_top(groups)) if peak is None else peak
             divides = mode in ("lr_independent", "corrected")  # r = (η_t/η_max)·λ or (η_t²/η_max)·λ
             self.max_lrs.append(check_number(peak, f"max_lr for param_groups[{i}]", allow_zero=not divides))
 
@@ -121,8 +122,9 @@ class ReferenceWeightDecay:
         """One inner step with this step's decay, as the table in the module docstring says."""
         factor = check_number(self.schedule(self.steps_taken), f"schedule({self.steps_taken})")
         work = []  # (params with a gradient, λ_t per member or None, λ_t, η_t, η_max)
+        on_top = lr_scale_on_top(self.param_groups)  # lr_scale applied to a scheduler's base LR (timm)
         for group, lam, max_lr, given in zip(self.param_groups, self.weight_decays, self.max_lrs, self.given):
-            found = None if given else scheduler_peak(group)
+            found = None if given else scheduler_peak(group, on_top)
             max_lr = max_lr if found is None else found[1]
             params = [p for p in group["params"] if p.grad is not None]
             lams = [factor * v for v in lam] if isinstance(lam, list) else None

@@ -26,7 +26,9 @@ DTensor parameters (FSDP2) take the same paths, on each rank's local shard (:mod
 
 η_max (``lr_independent``, ``corrected``) is ``max_lr=`` where given; else it is read from each group:
 its ``max_lr`` (set by ``OneCycleLR``), else its ``initial_lr`` (set by other LR schedulers), else its
-``lr`` when the engine first sees the group. It is read again when a scheduler writes another peak
+``lr`` when the engine first sees the group; a base LR (``initial_lr``, ``lr``) times the group's
+``lr_scale`` where the groups hold several scales over one base, which timm's schedulers apply on top
+(:func:`decaykit.engine.checks.lr_scale_on_top`). It is read again when a scheduler writes another peak
 into the group, so ``OneCycleLR(engine, max_lr=...)`` built after the engine sets it. A step whose
 η_t is above η_max is refused in these modes: the peak of a schedule that keeps it elsewhere
 (``CyclicLR``'s ``max_lr``) has to be given as ``max_lr=``.
@@ -59,6 +61,7 @@ from decaykit.engine.checks import (
     check_plausible,
     check_state_dict,
     group_peak_lr,
+    lr_scale_on_top,
     scheduler_peak,
 )
 from decaykit.engine.modes import MODES
@@ -277,7 +280,8 @@ class WeightDecay(Optimizer):
             self._step = int(own["step"])
             # the saved η_max holds until a scheduler writes another peak into the loaded groups
             self._max_lrs = max_lrs
-            self._peaks = [None if self._given_max_lr(i) is not None else scheduler_peak(g)
+            on_top = lr_scale_on_top(self.param_groups)
+            self._peaks = [None if self._given_max_lr(i) is not None else scheduler_peak(g, on_top)
                            for i, g in enumerate(self.param_groups)]
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
@@ -309,7 +313,8 @@ class WeightDecay(Optimizer):
         super().__setstate__(state)
         self._buffers, self._checked, self._plans = Scratch(), Scratch(), Scratch()
         if "_peaks" not in state:  # pickled by a decaykit that did not follow the schedulers' peaks
-            self._peaks = [scheduler_peak(g) for g in self.param_groups][: len(self._max_lrs)]
+            on_top = lr_scale_on_top(self.param_groups)
+            self._peaks = [scheduler_peak(g, on_top) for g in self.param_groups][: len(self._max_lrs)]
 
     def __repr__(self) -> str:
         lines = [f"WeightDecay(mode={self.mode!r}, schedule={self.schedule!r}, step={self._step}) over "]
@@ -332,15 +337,16 @@ class WeightDecay(Optimizer):
         a scheduler wrote another peak into a group (``OneCycleLR`` built on the engine after it)."""
         groups = self.param_groups
         del self._max_lrs[len(groups) :], self._peaks[len(groups) :]
+        on_top = lr_scale_on_top(groups)
         for i, group in enumerate(groups):
             given = self._given_max_lr(i)
-            peak = None if given is not None else scheduler_peak(group)
+            peak = None if given is not None else scheduler_peak(group, on_top)
             if i < len(self._max_lrs):
                 if peak is not None and peak != self._peaks[i]:
                     self._max_lrs[i] = check_number(peak[1], f"param_groups[{i}][{peak[0]!r}]")
                     self._peaks[i] = peak
                 continue
-            value = given if given is not None else group_peak_lr(group)
+            value = given if given is not None else group_peak_lr(group, on_top)
             self._max_lrs.append(check_number(value, f"max_lr for param_groups[{i}]"))
             self._peaks.append(peak)
 

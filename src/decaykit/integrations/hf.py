@@ -288,7 +288,7 @@ _MODE_CONVENTION = {"lr_coupled": "lr_coupled", "lr_independent": "lr_independen
 
 def _wrap_in_engine(optimizer: torch.optim.Optimizer, decay_engine: dict[str, Any], weight_decay: float) -> Any:
     """``WeightDecay(optimizer, **decay_engine)``, each group's λ first carried into the mode's convention."""
-    from decaykit.engine.checks import check_max_lr, group_peak_lr
+    from decaykit.engine.checks import check_max_lr, group_peak_lr, lr_scale_on_top
     from decaykit.engine.weight_decay import WeightDecay
 
     options = dict(decay_engine)
@@ -300,7 +300,8 @@ def _wrap_in_engine(optimizer: torch.optim.Optimizer, decay_engine: dict[str, An
         lam = group.get("weight_decay", 0.0)
         if target is None or source == target or isinstance(lam, torch.Tensor) or not lam:
             continue
-        peak = given[i] if isinstance(given, list) else given if given is not None else group_peak_lr(group)
+        peak = (given[i] if isinstance(given, list) else given if given is not None
+                else group_peak_lr(group, lr_scale_on_top(optimizer.param_groups)))
         converted = convert(lam, from_=source, to=target, max_lr=peak)
         if not math.isclose(converted, lam, rel_tol=1e-9):  # corrected decays as lr_coupled at the peak LR
             group["weight_decay"] = converted
