@@ -43,7 +43,6 @@ gets a stand-in, 1; at an operation whose output shape depends on values the pas
 what was seen until then is kept.
 
 >>> from torch import nn
-from torch.nn.modules import module as torch_module
 >>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
 >>> [u.reason for u in uses.values()]
 ['matrix operand of F.linear', 'added to activations in F.linear: a bias', 'weight of F.layer_norm: a norm gain', 'bias of F.layer_norm: a norm bias']
