@@ -260,6 +260,31 @@ def test_cumulative_decay_sums_the_rate_of_every_step(case):
     assert recorded == pytest.approx({step: truth[step - 1] for step in recorded}, rel=1e-9)
 
 
+@pytest.mark.parametrize(("every", "engine"), [(25, False), (7, False), (25, True)])
+def test_cumulative_decay_leaves_out_the_steps_a_tensor_had_no_gradient(every, engine):
+    """A branch used one step in ten (a task head, an MoE expert): torch's AdamW, and the engine, skip a tensor
+    whose grad is None, decay included, so its Σ r is a tenth of the others'. It was the others' (10x)."""
+    lr, lam, steps = 1e-2, 0.5, 100
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 4), "b": torch.nn.Linear(4, 4)})
+    groups = [{"params": [model["a"].weight, model["b"].weight], "weight_decay": lam}]
+    opt = torch.optim.AdamW(groups, lr=lr)
+    opt = decaykit.WeightDecay(opt, mode="lr_coupled") if engine else opt
+    mon = decaykit.Monitor(model, opt, every=every)
+    for t in range(1, steps + 1):
+        x = torch.randn(2, 4)
+        out = model["a"](x) + (model["b"](x) if t % 10 == 0 else 0)
+        out.pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    mon.close()
+    stepped = {"a.weight": lambda step: step, "b.weight": lambda step: step // 10}  # steps with a gradient so far
+    seen = {r["name"] for r in mon.history}
+    assert seen == set(stepped)  # b is recorded at the recorded steps it was stepped in
+    for r in mon.history:
+        assert r["cumulative_decay"] == pytest.approx(stepped[r["name"]](r["step"]) * lr * lam, rel=1e-9), r
+
+
 def _scaled_run(fused: bool, every: int) -> decaykit.Monitor:
     """12 calls of GradScaler.step, 3 of them on an overflow (inputs with inf)."""
     torch.manual_seed(0)

@@ -9,7 +9,9 @@ over the steps since the tensor's previous record. c is 1 for decoupled decay, 1
 hold; for L2 behind Adam's √v̂, c = 1/RMS(√v̂) is measured at each record and held over the steps
 since the previous one.
 
-A step that changes nothing is not counted. A GradScaler on a fused optimizer (``AdamW(fused=True)``)
+A tensor without a gradient at a step is not stepped (torch's optimizers and the engine skip it, decay
+included): that step's b_t is kept aside for it (a task head used one batch in ten has had a tenth of the
+decay). A step that changes nothing is not counted. A GradScaler on a fused optimizer (``AdamW(fused=True)``)
 calls ``step()`` on an overflow too, with ``optimizer.found_inf`` set, and the kernel then skips the
 update. Reading that flag waits for the device, so it is read at once only where a recorded step is
 at stake; the flags of the other steps are kept and read together when the count is needed.
@@ -49,10 +51,12 @@ class DecayTally:
         self._sums: list[Any] = []  # per group: Σ b_t over the applied steps
         self._power = lr_power(optimizer)
         self._schedule = optimizer.schedule if isinstance(optimizer, WeightDecay) else None
-        self._unread: list[tuple[Tensor, list[Any]]] = []  # (flag, b_t per group) of steps not read yet
-        self._current: tuple[list[Any], Tensor | None, int, float] | None = None
-        # id(param) -> (group, Σ b_t at its last record, Σ r there, c there)
-        self._progress: dict[int, tuple[int, Any, float, float | None]] = {}
+        # (flag, b_t per group, tensors without a gradient) of steps not read yet
+        self._unread: list[tuple[Tensor, list[Any], list[tuple[int, int]]]] = []
+        self._current: tuple[list[Any], list[tuple[int, int]], Tensor | None, int, float] | None = None
+        self._skipped: dict[int, Any] = {}  # id(param) -> Σ b_t of the applied steps it had no gradient in
+        # id(param) -> (group, Σ b_t at its last record, its skipped Σ b_t there, Σ r there, c there)
+        self._progress: dict[int, tuple[int, Any, Any, float, float | None]] = {}
 
     # -- counting --------------------------------------------------------------------------------
     def next_step(self, recorded_within: Callable[[int, int], bool]) -> int:
@@ -73,39 +77,43 @@ class DecayTally:
         """At a step's pre-hook: its b_t per group, and its unread GradScaler flag (None: it is applied)."""
         index = self._schedule_index()
         s = 1.0 if self._schedule is None else self._multiplier(index)
-        bases = []
-        for group in self.optimizer.param_groups:
+        bases, missing = [], []
+        for i, group in enumerate(self.optimizer.param_groups):
             lr, lam = group.get("lr"), group.get("weight_decay")
             bases.append(0.0 if lr is None or lam is None else (lr * lr if self._power == 2 else lr) * lam * s)
-        self._current = (bases, flag, index, s)
+            if lr and lam is not None:  # a group that decays: which of its tensors this step skips
+                missing.extend((i, id(p)) for p in group["params"] if p.grad is None)
+        self._current = (bases, missing, flag, index, s)
 
     def applied(self) -> tuple[list[Any], int, float] | None:
         """At the post-hook: count the step started (its b_t per group, schedule index and multiplier), or None
         where none was (an overflow step GradScaler's flag already showed)."""
         if self._current is None:
             return None
-        bases, flag, index, s = self._current
+        bases, missing, flag, index, s = self._current
         self._current = None
         self._steps += 1
         if flag is None:
-            self._add(bases)
+            self._add(bases, missing)
         else:
-            self._unread.append((flag, bases))
+            self._unread.append((flag, bases, missing))
         return bases, index, s
 
     def read_flags(self) -> None:
         """Read the unread flags: a flagged step changed nothing, so it is neither counted nor summed."""
-        for flag, bases in self._unread:
+        for flag, bases, missing in self._unread:
             if bool(flag):
                 self._steps -= 1
             else:
-                self._add(bases)
+                self._add(bases, missing)
         self._unread.clear()
 
-    def _add(self, bases: list[Any]) -> None:
+    def _add(self, bases: list[Any], missing: list[tuple[int, int]]) -> None:
         self._sums.extend([0.0] * (len(bases) - len(self._sums)))  # groups added since
         for i, b in enumerate(bases):
             self._sums[i] = self._sums[i] + b
+        for i, key in missing:
+            self._skipped[key] = self._skipped.get(key, 0.0) + bases[i]
 
     def _schedule_index(self) -> int:
         return self.optimizer.steps_taken if self._schedule is not None else 0
@@ -120,17 +128,17 @@ class DecayTally:
         """Σ r of ``param`` at its record now: c = ``rate``/``base`` (this step's r and b_t) over the steps since
         its last record (no rate: nothing is added)."""
         c = None if rate is None or float(base) == 0 else rate / float(base)
-        _, since, done, _ = self._progress.get(id(param), (group, 0.0, 0.0, None))
-        now = self._sums[group]
+        _, since, skipped_since, done, _ = self._progress.get(id(param), (group, 0.0, 0.0, 0.0, None))
+        now, skipped = self._sums[group], self._skipped.get(id(param), 0.0)
         if c is not None:
-            done += c * float(now - since)
-        self._progress[id(param)] = (group, now, done, c)
+            done += c * float((now - since) - (skipped - skipped_since))
+        self._progress[id(param)] = (group, now, skipped, done, c)
         return done
 
     def group_sum(self, group: int) -> float | None:
         """Σ r of the group's recorded tensors up to now (their mean), or None without a known rate."""
-        done = [d + c * float(self._sums[group] - since) for g, since, d, c in self._progress.values()
-                if g == group and c is not None]
+        done = [d + c * float((self._sums[group] - since) - (self._skipped.get(key, 0.0) - skipped))
+                for key, (g, since, skipped, d, c) in self._progress.items() if g == group and c is not None]
         return sum(done) / len(done) if done else None
 
     def peak_sum(self, rate: float, index: int, step: int, steps: list[range], limit: float) -> float | None:
