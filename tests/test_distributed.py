@@ -47,6 +47,37 @@ def test_data_parallel_keeps_no_weight_decay_hook():
     assert {"pos_embed", "cls_token"} <= set(groups[0.0])
 
 
+def test_zero_redundancy_optimizer_is_audited_probed_and_watched_as_the_optimizer_it_shards(tmp_path):
+    """torch's ZeroRedundancyOptimizer steps an optimizer of its optimizer_class (``optim``) over this rank's shard.
+    Adam inside it is coupled L2 (the audit said "no facts on ZeroRedundancyOptimizer"), the probe could not copy
+    its process group, and the monitor took the inner step for another optimizer updating every tensor twice."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        adam = ZeroRedundancyOptimizer(decaykit.param_groups(model, 0.1), optimizer_class=torch.optim.Adam, lr=1e-2)
+        report = decaykit.audit(model, adam)
+        assert [f.code for f in report.findings] == ["coupled-adaptive"]
+        assert "ZeroRedundancyOptimizer over Adam" in str(report)
+        adamw = ZeroRedundancyOptimizer(decaykit.param_groups(model, 0.1), optimizer_class=torch.optim.AdamW, lr=1e-2)
+        assert decaykit.audit(model, adamw).ok
+        probed = decaykit.probe(adamw, model=model)
+        assert probed.ok and {e.name: e.measured for e in probed.entries}["0.weight"] == pytest.approx(1 - 1e-3)
+        monitor = decaykit.Monitor(model, adamw, every=1)
+        for _ in range(2):
+            model(torch.randn(4, 8)).pow(2).sum().backward()
+            adamw.step()
+            adamw.zero_grad()
+        monitor.close()
+        assert monitor.findings == [] and {r["step"] for r in monitor.history} == {1, 2}
+        assert [r["timescale_steps"] for r in monitor.history] == pytest.approx([1000.0] * len(monitor.history))
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
     """Launch the checks once, on 2 processes; a hang fails after the timeout instead of blocking CI."""

@@ -314,6 +314,66 @@ def test_optimizers_that_step_other_tensors_or_drive_the_watched_one_are_not_ano
     watched_engine.close()
 
 
+class _SAM(torch.optim.Optimizer):
+    """SAM as pytorch_optimizer and davda54/sam write it: it shares its base optimizer's groups, step(closure)
+    climbs, then steps the base optimizer; first_step/second_step let the loop do the two passes itself."""
+
+    def __init__(self, params, base_optimizer, rho: float = 0.05, **kwargs):
+        super().__init__(params, {"rho": rho, **kwargs})
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+
+    @torch.no_grad()
+    def first_step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.state[p]["e"] = e = group["rho"] * p.grad / (p.grad.norm() + 1e-12)
+                    p.add_(e)
+
+    @torch.no_grad()
+    def second_step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "e" in self.state[p]:
+                    p.sub_(self.state[p].pop("e"))
+        self.base_optimizer.step()
+
+    def step(self, closure=None):
+        self.first_step()
+        with torch.enable_grad():
+            closure()
+        self.second_step()
+
+
+@pytest.mark.parametrize("loop", ["step", "two_passes"])
+def test_a_wrapper_sharing_its_optimizers_groups_is_watched_through_its_own_step(loop):
+    """SAM stepping its base optimizer inside SAM.step() is one step of the watched SAM: it was "another optimizer
+    ... each update happens twice". Stepped by first_step/second_step, SAM.step() never runs: that is told."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    sam = _SAM(decaykit.param_groups(model, 0.1), torch.optim.AdamW, lr=1e-2)
+    monitor = decaykit.Monitor(model, sam, every=1)
+    x = torch.randn(2, 4)
+    for _ in range(2):
+        model(x).pow(2).sum().backward()
+        if loop == "step":
+            sam.step(lambda: model(x).pow(2).sum().backward())
+        else:
+            sam.first_step()
+            sam.zero_grad()
+            model(x).pow(2).sum().backward()
+            sam.second_step()
+        sam.zero_grad()
+    monitor.close()
+    if loop == "step":
+        assert monitor.findings == [] and monitor.step == 2 and len(monitor.history) == 4  # 2 decayed weights
+    else:
+        assert monitor.history == [] and [f.code for f in monitor.findings] == ["other-optimizer"]
+        assert "AdamW inside the watched _SAM" in monitor.findings[0].message
+        assert "outside _SAM.step()" in monitor.findings[0].message
+
+
 def test_a_frozen_tensor_that_the_decay_still_moves_is_found():
     """requires_grad=False with a zero gradient tensor left in a decaying group: AdamW shrinks it every step."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 2, bias=False))

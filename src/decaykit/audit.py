@@ -221,7 +221,8 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
     if isinstance(optimizer, torch.optim.Optimizer):
         engine = isinstance(optimizer, WeightDecay)
         inner = optimizer.optimizer if engine else optimizer
-        stepper = optimizers.info(inner)
+        shard = optimizers.sharding_wrapper(inner)  # ZeroRedundancyOptimizer: its optimizer_class steps
+        stepper = optimizers.info(inner if shard is None else shard)
         expected = _expected_decay(optimizer)
         expects = readable_expectations(optimizer)
         groups = []
@@ -237,9 +238,10 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
             else:
                 group.decay = _decay_in(stepper, g)
             groups.append(group)
+        held = type(inner).__name__ + ("" if shard is None else f" over {type(shard).__name__}")
         if not engine:
-            return _View(type(optimizer).__name__, groups, [], stepper=stepper)
-        name = f"WeightDecay(mode={optimizer.mode!r}) over {type(inner).__name__}"
+            return _View(held, groups, [], stepper=stepper)
+        name = f"WeightDecay(mode={optimizer.mode!r}) over {held}"
         return _View(name, groups, [], stepper=stepper, mode=optimizer.mode)
     if isinstance(optimizer, Mapping):
         state = optimizer.get("optimizer", optimizer) if "param_groups" not in optimizer else optimizer

@@ -42,7 +42,7 @@ import torch
 from decaykit.errors import DecayError
 
 __all__ = ["DECAY_KINDS", "ENGINE_KINDS", "REGISTRY", "WRAPPERS", "OptimizerInfo", "by_cli_name", "cli_choices",
-           "from_settings", "info", "sharing_wrapper", "unwrap", "wrapper_name"]
+           "from_settings", "info", "sharding_wrapper", "sharing_wrapper", "unwrap", "wrapper_name"]
 
 _TORCH = "torch.optim"
 #: values of :attr:`OptimizerInfo.decay`
@@ -292,6 +292,43 @@ def sharing_wrapper(optimizer: Any) -> Any:
         if value is not optimizer and isinstance(value, torch.optim.Optimizer) and value.param_groups is groups:
             return value
     return None
+
+
+def sharding_wrapper(optimizer: Any) -> Any:
+    """The optimizer that ``optimizer`` steps over this process's share of its tensors, or None.
+
+    torch's ``ZeroRedundancyOptimizer`` keeps every group itself and builds, in ``optim``, an optimizer of
+    its ``optimizer_class`` over this rank's shard, whose groups repeat its settings: ``weight_decay``
+    acts as that class makes it act, on the tensors this rank holds. Read from the instance: an
+    optimizer it holds with as many groups, not the same ones, each with the same settings besides its
+    tensors.
+    """
+    if _package(type(optimizer).__module__) == "decaykit" or not isinstance(optimizer, torch.optim.Optimizer):
+        return None
+    try:
+        groups = optimizer.param_groups
+    except Exception:  # a wrapper whose property fails says nothing about what it holds
+        return None
+    for value in vars(optimizer).values():
+        if (value is not optimizer and isinstance(value, torch.optim.Optimizer) and value.param_groups is not groups
+                and len(value.param_groups) == len(groups) and all(map(_same_settings, value.param_groups, groups))):
+            return value
+    return None
+
+
+def _same_settings(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two groups with the same settings (their tensors aside)."""
+    keys = set(a) - {"params", "param_names"}
+    if keys != set(b) - {"params", "param_names"}:
+        return False
+    for key in keys:
+        x, y = a[key], b[key]
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and torch.equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def unwrap(optimizer: Any, *, sharing: bool = False) -> Any:

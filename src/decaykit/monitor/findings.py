@@ -146,9 +146,17 @@ def frozen_finding(name: str, group: int, step: int) -> MonitorFinding:
         "every step; leave it out of the optimizer (decaykit.param_groups does), or set its .grad to None")
 
 
-def other_optimizer_finding(optimizer: str, names: list[str], step: int) -> MonitorFinding:
-    """``other-optimizer``: an optimizer other than the watched one stepped tensors the watched one holds."""
+def other_optimizer_finding(optimizer: str, names: list[str], step: int, inside: str | None = None) -> MonitorFinding:
+    """``other-optimizer``: an optimizer other than the watched one stepped tensors the watched one holds; with
+    ``inside``, the watched optimizer's (``inside``'s) own inner one, stepped outside its step."""
     shown = ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+    if inside is not None:
+        return MonitorFinding(
+            "other-optimizer", optimizer, step,
+            f"the {optimizer} inside the watched {inside} stepped {len(names)} tensor{'s' if len(names) != 1 else ''} "
+            f"({shown}) on its own, outside {inside}.step() (SAM's first_step/second_step step it directly), after "
+            f"{step} steps of {inside}: those steps are not recorded; watch the optimizer the loop steps "
+            f"(decaykit.Monitor(model, <the {optimizer}>, start_step={step}))")
     return MonitorFinding(
         "other-optimizer", optimizer, step,
         f"another optimizer ({optimizer}) stepped {len(names)} tensor{'s' if len(names) != 1 else ''} the watched "

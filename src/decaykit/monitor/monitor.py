@@ -61,14 +61,20 @@ def _unwrap(optimizer: Any) -> Any:
 
 def _drives(optimizer: Any, watched: Any) -> bool:
     """Whether ``optimizer`` is ``watched`` or steps through to it (a WeightDecay engine, a Lightning or
-    accelerate wrapper around it), or is what ``watched`` wraps."""
-    for outer, inner in ((optimizer, watched), (watched, optimizer)):
-        for _ in range(4):
-            if outer is inner:
-                return True
-            outer = getattr(outer, "optimizer", None) or getattr(outer, "_optimizer", None)
-            if outer is None:
-                break
+    accelerate wrapper around it, a :func:`~decaykit.optimizers.sharing_wrapper` or sharding one), or is
+    what ``watched`` wraps."""
+    return _holds(optimizer, watched) or _holds(watched, optimizer)
+
+
+def _holds(outer: Any, inner: Any) -> bool:
+    """Whether ``outer`` is ``inner`` or a wrapper around it (nested ones too)."""
+    for _ in range(4):
+        if outer is inner:
+            return True
+        outer = (getattr(outer, "optimizer", None) or getattr(outer, "_optimizer", None)
+                 or optimizers.sharing_wrapper(outer) or optimizers.sharding_wrapper(outer))
+        if outer is None:
+            break
     return False
 
 
@@ -129,6 +135,7 @@ class Monitor:
         self._idle: dict[int, tuple[float, list[int]]] = {}  # group -> (λ, recorded steps) where lr = 0 stopped its decay
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
         self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
+        self._stepping = False  # inside the watched optimizer's step (between its pre- and post-hook)
         self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
                          self.optimizer.register_step_post_hook(self._after_step),
                          _global_step_hook(self._other_step)]
@@ -146,6 +153,7 @@ class Monitor:
         return low <= self.start_step + 1 <= high or high // self.every * self.every >= low
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._stepping = True
         flag = found_inf(optimizer, kwargs)
         step = self._tally.next_step(self._records_within)
         recorded = self.records_at(step)
@@ -167,6 +175,7 @@ class Monitor:
         self._pending = (step, decays, tensors)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._stepping = False
         applied = self._tally.applied()
         if applied is None or self._pending is None:
             return
@@ -202,14 +211,17 @@ class Monitor:
     def _other_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Any optimizer's step (torch's global hook): another one stepping tensors this monitor watches is
         told once (``other-optimizer``): a replaced optimizer would otherwise leave the records silently stopped."""
-        if _drives(optimizer, self.optimizer) or optimizer in self._others:
+        # the watched optimizer's own inner one, stepped outside its step (SAM's second_step), records nothing
+        inside = not self._stepping and optimizer is not self.optimizer and _holds(self.optimizer, optimizer)
+        if (_drives(optimizer, self.optimizer) and not inside) or optimizer in self._others:
             return
         self._others.add(optimizer)
         watched = {id(p): (i, p) for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         shared = [watched[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in watched]
         if shared:
             names = list(dict.fromkeys(self._name(p, i) for i, p in shared))
-            self._add_findings([other_optimizer_finding(type(optimizer).__name__, names, self.step)])
+            self._add_findings([other_optimizer_finding(type(optimizer).__name__, names, self.step,
+                                                        type(self.optimizer).__name__ if inside else None)])
 
     # -- findings --------------------------------------------------------------------------------
     def _policy_findings(self, step: int, tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:

@@ -90,7 +90,8 @@ def probe(
         optimizer: any ``torch.optim.Optimizer`` (also wrappers such as ``decaykit.WeightDecay``);
             never stepped, its state, groups, hooks and schedulers are left as they are. A framework's
             wrapper (the HF Trainer's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is
-            measured as the optimizer inside it (:func:`decaykit.optimizers.unwrap`). DTensor
+            measured as the optimizer inside it (:func:`decaykit.optimizers.unwrap`), and torch's
+            ``ZeroRedundancyOptimizer`` as the one that steps this rank's share of the tensors. DTensor
             parameters (FSDP2, tensor parallel) are measured on this rank's shard, with no collective.
         model: names the tensors, and reports trainable parameters no group holds.
         frozen: names (globs) or tensors meant to stay fixed, e.g. weights whose gradients you
@@ -103,6 +104,9 @@ def probe(
     """
     wrapper = optimizers.wrapper_name(optimizer)
     optimizer = optimizers.unwrap(optimizer)  # its twin steps the optimizer inside, not the framework's wrapper
+    shard = optimizers.sharding_wrapper(optimizer)
+    if shard is not None:  # ZeroRedundancyOptimizer: the optimizer that steps this rank's tensors
+        wrapper, optimizer = f"{type(optimizer).__name__}, on this rank's shard", shard
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise DecayError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if model is not None and not isinstance(model, nn.Module):
