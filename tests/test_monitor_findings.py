@@ -223,6 +223,26 @@ def test_a_tensor_far_from_its_equilibrium_after_3_tau_is_found_once():
     assert sum(late) / len(late) == pytest.approx(math.sqrt(0.5), rel=0.1)
 
 
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_a_tensor_following_its_moving_equilibrium_is_not_far_from_it(schedule):
+    """The prediction √(η_t·C/(2λ)) follows η_t at once, ‖θ‖ only at the decay's rate η_t·λ: after a ×0.1 LR drop
+    (MultiStepLR) at 6τ, or in the second half of a cosine, a tensor at its equilibrium was "3.17x its predicted
+    equilibrium" because the 3τ were counted from the start of the run, not from the move."""
+    torch.manual_seed(0)
+    model = _scale_invariant()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1.0, betas=(0.5, 0.99))  # τ = 100 steps
+    steps = 700 if schedule == "step" else 1000
+    sched = (torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[600], gamma=0.1) if schedule == "step"
+             else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps))
+    mon = decaykit.Monitor(model, opt, every=10, total_steps=steps)
+    # the scheduler steps after each optimizer step: before the next one
+    _train(model, opt, steps, lambda: torch.randn(8, 16), before_step=lambda step: step > 1 and sched.step())
+    mon.close()
+    late = [r for r in mon.history if r["step"] == steps]
+    assert late and late[0]["cumulative_decay"] > 3 and late[0]["norm"] / late[0]["predicted_norm"] > 1.25
+    assert mon.findings == []
+
+
 def test_non_finite_values_are_found_once():
     model = _scale_invariant()
     opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)

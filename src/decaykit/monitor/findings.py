@@ -34,7 +34,7 @@ from typing import Any
 
 from decaykit.policy.decide import Decision
 
-__all__ = ["DOMINATES", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "frozen_finding", "lr_zero_finding",
+__all__ = ["DOMINATES", "EQUILIBRIUM_DRIFT", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "frozen_finding", "lr_zero_finding",
            "other_optimizer_finding", "policy_findings", "tensor_findings", "timescale_finding"]
 
 #: decay_to_update above which the decay dominates the update
@@ -43,6 +43,9 @@ DOMINATES = 1.0
 EQUILIBRIUM_TAUS = 3.0
 #: ‖θ‖ / predicted (or its inverse) above which a tensor is far from its equilibrium
 EQUILIBRIUM_SPAN = 1.25
+#: a move of the predicted equilibrium (relative) after which ‖θ‖ needs EQUILIBRIUM_TAUS again to follow it: the
+#: prediction follows η_t at once, ‖θ‖ only at the decay's rate (an LR drop, the second half of a cosine)
+EQUILIBRIUM_DRIFT = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,9 @@ def policy_findings(decided: Iterable[tuple[Decision, int]], step: int) -> list[
     return out
 
 
-def tensor_findings(record: dict[str, Any]) -> list[MonitorFinding]:
-    """Every finding one record shows (the caller keeps each code once per tensor)."""
+def tensor_findings(record: dict[str, Any], settled: float | None = None) -> list[MonitorFinding]:
+    """Every finding one record shows (the caller keeps each code once per tensor). ``settled``: Σ r since the
+    predicted equilibrium last moved by more than :data:`EQUILIBRIUM_DRIFT` (default: ``cumulative_decay``)."""
     step, name = record["step"], record["name"]
     out = []
     if not (math.isfinite(record["norm"]) and math.isfinite(record["angular_update"])):
@@ -90,15 +94,15 @@ def tensor_findings(record: dict[str, Any]) -> list[MonitorFinding]:
             "decay-dominates", name, step,
             f"the decay's step is {ratio:.3g}x the rest of the update, so the tensor is being shrunk towards zero "
             f"(‖θ‖ = {record['norm']:.4g}); lower λ, or check that it gets gradients"))
-    done = record["cumulative_decay"]
+    done = record["cumulative_decay"] if settled is None else settled
     if predicted and done is not None and done >= EQUILIBRIUM_TAUS:
         off = record["norm"] / predicted
         if off <= 0 or max(off, 1 / off) > EQUILIBRIUM_SPAN:
             out.append(MonitorFinding(
                 "far-from-equilibrium", name, step,
-                f"after {done:.2g}τ of decay ‖θ‖ = {record['norm']:.4g} is {off:.3g}x its predicted equilibrium "
-                f"{predicted:.4g}; a scale-invariant tensor would be there by now (a tensor not followed by a "
-                "normalisation may never be)"))
+                f"after {done:.2g}τ of decay with its predicted equilibrium within {EQUILIBRIUM_DRIFT:.0%}, ‖θ‖ = "
+                f"{record['norm']:.4g} is {off:.3g}x that equilibrium {predicted:.4g}; a scale-invariant tensor would "
+                "be there by now (a tensor not followed by a normalisation may never be)"))
     return out
 
 

@@ -19,6 +19,7 @@ equilibrium predictions of :mod:`decaykit.monitor.equilibrium`; every step adds 
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -31,6 +32,7 @@ from decaykit._validate import check_int
 from decaykit.errors import DecayError
 from decaykit.monitor.equilibrium import GroupDecay, group_decays
 from decaykit.monitor.findings import (
+    EQUILIBRIUM_DRIFT,
     MonitorFinding,
     frozen_finding,
     lr_zero_finding,
@@ -136,6 +138,7 @@ class Monitor:
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
         self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
         self._stepping = False  # inside the watched optimizer's step (between its pre- and post-hook)
+        self._settling: dict[str, tuple[float, float]] = {}  # name -> (√(η²/r), Σ r) where that equilibrium began
         self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
                          self.optimizer.register_step_post_hook(self._after_step),
                          _global_step_hook(self._other_step)]
@@ -192,10 +195,25 @@ class Monitor:
         self.history.extend(records)
         found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, index, multiplier)
         for record in records:
-            found += tensor_findings(record)
+            found += tensor_findings(record, self._settled(record))
         for record in records:
             self._emit({"kind": "tensor", **record})
         self._add_findings(found)
+
+    def _settled(self, record: dict[str, Any]) -> float | None:
+        """Σ r of the record's tensor since its predicted equilibrium last moved by more than EQUILIBRIUM_DRIFT (the
+        prediction follows η_t at once, ‖θ‖ only at the decay's rate: an LR drop starts the count again)."""
+        done, lr, rate = record["cumulative_decay"], record["lr"], record["decay_rate"]
+        if not record["predicted_norm"] or done is None or not lr or not rate:
+            return None
+        # where the equilibrium is, apart from the gradient's noise: ‖θ‖² ∝ η²/r (Adam; its fourth root for SGD)
+        where = math.sqrt(lr * lr / rate)
+        start = self._settling.get(record["name"])
+        if start is None:
+            start = self._settling[record["name"]] = (where, 0.0)
+        elif abs(where / start[0] - 1) > EQUILIBRIUM_DRIFT:
+            start = self._settling[record["name"]] = (where, done)
+        return done - start[1]
 
     def _add_findings(self, found: list[MonitorFinding]) -> None:
         """Keep and emit the findings not seen before (each code once per tensor or group), then flush the sinks."""
