@@ -668,6 +668,41 @@ def test_a_decay_only_a_zero_gradient_shows_is_not_passed_off_as_the_decay(grad:
     assert plain.ok and "depends on the gradient" not in str(plain)  # a decay the gradient leaves alone agrees
 
 
+class TrustRatio(torch.optim.Optimizer):
+    """LARS as timm writes it: u ← 0.9·u + t·(g + λθ), θ ← θ − lr·u, t = c·‖θ‖/(‖g‖ + λ‖θ‖), and t = 1 where g = 0; with
+    ``trust_coeff=None`` plain coupled SGD (t = 1). No expected_decay(): an optimizer decaykit has no facts on."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float, trust_coeff: float | None = 1e-3) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "trust_coeff": trust_coeff})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for g, p in _with_grads(self):
+            d = p.grad + g["weight_decay"] * p
+            trust = 1.0
+            if g["trust_coeff"] is not None and float(p.grad.norm()) > 0:
+                trust = g["trust_coeff"] * float(p.norm()) / (float(p.grad.norm()) + g["weight_decay"] * float(p.norm()))
+            buf = self.state[p].setdefault("momentum", torch.zeros_like(p)).mul_(0.9).add_(d, alpha=trust)
+            p.sub_(buf, alpha=g["lr"])
+
+
+def test_a_coupled_decay_only_a_zero_gradient_shows_is_not_passed_off_as_the_decay() -> None:
+    """LARS takes its trust ratio as 1 on a zero gradient: both twins there decay by lr·λ and "agreed", while a real
+    step decays by lr·t·λ (t = 0.02 here, 49x less). The twins are now stepped with a gradient for coupled too."""
+    model = _model()
+    # trust_coeff = λ: the coupled twin (gradient λθ, weight_decay 0) then takes t = 1 too, so a zero gradient
+    # reads as coupled L2 exactly, as timm's Lars (with its momentum) read in an outside run
+    lars = TrustRatio(model.parameters(), lr=0.1, weight_decay=1e-4, trust_coeff=1e-4)
+    _train(model, lars, 2)
+    report = probe(lars, model=model)
+    assert not report.ok
+    for e in report.entries:
+        assert e.kind == "coupled" and not e.agrees and "its decay depends on the gradient" in e.note, e
+        assert "(as coupled L2)" in e.note
+    sgd = TrustRatio(model.parameters(), lr=0.1, weight_decay=1e-4, trust_coeff=None)
+    assert probe(sgd, model=model).ok  # coupled L2 the gradient leaves alone agrees
+
+
 class SecondDecay(torch.optim.Optimizer):
     """Momentum SGD that decays 1-D tensors by θ(1 − lr·λ₁) under ``weight_decay_1d`` whatever ``weight_decay`` says,
     as pytorch_optimizer's MARS does; ``lr_decay`` (Adagrad's) is named like a decay but only scales the LR."""

@@ -349,7 +349,7 @@ def test_layer_wise_lr_scales_set_each_groups_peak(make, route, mode):
     opt = make(torch.optim.SGD(groups_, lr=base), mode=mode)
     if route == "in_lr":
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda t: factors[min(t, len(factors) - 1)])
-    for t, f in enumerate(factors):
+    for f in factors:
         if route == "on_top":  # as timm's update_groups and MAE's adjust_learning_rate do
             for g in opt.param_groups:
                 g["lr"] = base * f * g["lr_scale"]

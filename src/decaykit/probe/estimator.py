@@ -161,8 +161,12 @@ class Rows:
 
     def needs_gradient_twins(self, expected_kind: str) -> bool:
         """Whether to step the pair again with a nonzero gradient: for an unknown optimizer whose zero-gradient
-        decay is proportional to θ or nothing, which a branch taken only on a zero gradient could explain."""
-        return expected_kind == "unknown" and any(self._kind(k)[0] in ("decoupled", "none") for k in range(self.members))
+        decay is proportional to θ (coupled L2 too: LARS's trust ratio is 1 where the gradient is 0) or nothing,
+        which a branch taken only on a zero gradient could explain (AdamP's projection). Coupled L2 rescaled per
+        coordinate depends on the gradient by its nature: ``coupled-adaptive`` says so."""
+        return expected_kind == "unknown" and any(
+            self._kind(k)[0] in ("decoupled", "none") or (self._kind(k)[0] == "coupled" and self.proportional(k))
+            for k in range(self.members))
 
     def add_coupled(self, theta: torch.Tensor, decayed: torch.Tensor, base: torch.Tensor, coupled: torch.Tensor) -> None:
         m = self.members
@@ -289,7 +293,7 @@ class Rows:
         """A note when the decay measured with a nonzero gradient is not the zero-gradient one (an optimizer that
         scales its decay when the gradient is orthogonal to θ, as a zero gradient is); None when they agree."""
         found = self._gradient_rate(k)
-        if found is None or kind not in ("decoupled", "none"):
+        if found is None or kind not in ("decoupled", "coupled", "none"):
             return None
         g_kind, rate, after = found
         zero = 1 - s if kind != "none" else 0.0
@@ -297,7 +301,8 @@ class Rows:
         slack = PROPORTIONAL_SLACK * max(abs(zero), abs(rate)) + (tol + self.gradient._tol(k)) / size  # type: ignore[union-attr]
         if g_kind != "other" and min(abs(rate - zero), abs(after - zero)) <= slack:
             return None
-        with_zero = f"θ·(1 − r) with r = {zero:.4g}" if kind != "none" else "nothing measurable"
+        with_zero = ("nothing measurable" if kind == "none" else f"θ·(1 − r) with r = {zero:.4g}"
+                     + (" (as coupled L2)" if kind == "coupled" else ""))
         with_grad = {"decoupled": f"θ·(1 − r) with r = {rate:.4g}", "none": "nothing measurable",
                      "other": f"a change not proportional to θ (least-squares factor {1 - rate:.8g})"}[g_kind]
         return (f"{expect.source}; its decay depends on the gradient: with a zero gradient {with_zero}, with "
