@@ -394,6 +394,25 @@ def test_a_wrapper_sharing_its_optimizers_groups_is_watched_through_its_own_step
         assert "outside _SAM.step()" in monitor.findings[0].message
 
 
+def test_a_head_added_after_the_monitor_was_built_is_named_and_judged():
+    """A head added to the model and the optimizer (add_param_group) after the monitor was built: its records were
+    named param_groups[1][i] and its decayed LayerNorm and bias went untold."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    mon = decaykit.Monitor(model, opt, every=1)
+    _train(model, opt, 2, lambda: torch.randn(2, 4))
+    head = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    model.add_module("head", head)
+    opt.add_param_group({"params": list(head.parameters()), "weight_decay": 0.1})
+    _train(model, opt, 2, lambda: torch.randn(2, 4))
+    mon.close()
+    assert {r["name"] for r in mon.history if r["group"] == 1} == {"head.0.weight", "head.0.bias", "head.1.weight",
+                                                                     "head.1.bias"}
+    assert sorted(_codes(mon)) == [("decayed-bias", "head.0.bias"), ("decayed-norm", "head.1.bias"),
+                                   ("decayed-norm", "head.1.weight")]
+
+
 def test_a_frozen_tensor_that_the_decay_still_moves_is_found():
     """requires_grad=False with a zero gradient tensor left in a decaying group: AdamW shrinks it every step."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 2, bias=False))

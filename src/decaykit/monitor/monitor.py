@@ -45,10 +45,13 @@ from decaykit.monitor.record import measure
 from decaykit.monitor.report import group_summary
 from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
 from decaykit.monitor.tally import DecayTally, found_inf
+from decaykit.policy.decide import Decision
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import plan
 
 __all__ = ["Monitor"]
+
+_UNSEEN = object()  # a tensor the monitor's plan has not met yet
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -125,7 +128,7 @@ class Monitor:
         self.start_step = check_int(start_step, "start_step")
         self.optimizer = _unwrap(optimizer)
         self._model, self._policy = model, policy
-        self._decisions = {id(d.param): d for d in plan(model, 1.0, policy=policy).decisions}
+        self._decisions: dict[int, Decision | None] = {id(d.param): d for d in plan(model, 1.0, policy=policy).decisions}
         self.history: list[dict[str, Any]] = []
         self.findings: list[MonitorFinding] = []
         self._sinks = as_sinks(sink)
@@ -185,6 +188,7 @@ class Monitor:
         bases, index, multiplier = applied
         step, decays, tensors = self._pending
         self._pending = None
+        self._replan(tensors)
         records = []
         for i, param, before in tensors:
             if param.grad is None and torch.equal(param.detach(), before):
@@ -242,6 +246,17 @@ class Monitor:
                                                         type(self.optimizer).__name__ if inside else None)])
 
     # -- findings --------------------------------------------------------------------------------
+    def _replan(self, tensors: list[tuple[int, Tensor, Tensor]]) -> None:
+        """Plan the model again where a recorded tensor was added to it since the monitor was built (a new head
+        and its add_param_group), or was frozen then and is trained now: names and decisions as they are now."""
+        stale = any(self._decisions.get(id(p), _UNSEEN) is _UNSEEN
+                    or (p.requires_grad and not getattr(self._decisions[id(p)], "trainable", True))
+                    for _, p, _ in tensors)  # fmt: skip
+        if stale:
+            self._decisions.update({id(e.param): e for e in plan(self._model, 1.0, policy=self._policy).decisions})
+            for _, p, _ in tensors:  # in no module of the model: planned only once
+                self._decisions.setdefault(id(p), None)
+
     def _policy_findings(self, step: int, tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
         """Tensors the policy would not decay in a decaying group, and frozen ones that the step moved all the
         same; both as the tensors are now (requires_grad read at this step, not when the monitor was built)."""
@@ -254,9 +269,6 @@ class Monitor:
                 if not torch.equal(p.detach(), before):
                     frozen.append(frozen_finding(d.name, i, step))
                 continue
-            if not d.trainable:  # frozen when the monitor was built, unfrozen since: what the policy says of it now
-                self._decisions.update({id(e.param): e for e in plan(self._model, 1.0, policy=self._policy).decisions})
-                d = self._decisions.get(id(p), d)
             decided.append((d, i))
         return policy_findings(decided, step) + frozen
 
