@@ -102,6 +102,25 @@ def test_lr_zero_says_there_is_no_step_to_measure(cls: type) -> None:
     assert not any("resolution" in e.note for e in report.entries)
 
 
+@pytest.mark.parametrize("scheduler", ["warmup", "onecycle"])
+def test_a_warm_up_at_lr_zero_is_measured_at_its_schedulers_base_lr(scheduler: str) -> None:
+    """Right after building AdamW and an HF-style warm-up from 0 (where scripts check their setup), the probe said
+    ok: nothing moves at lr 0. The groups hold the scheduler's base LR: measured there, the decayed LayerNorm shows."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    if scheduler == "warmup":
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: step / 10)
+    else:  # starts at max_lr / div_factor: lr 0 only with an infinite div_factor, so written by hand here
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10)
+        opt.param_groups[0]["lr"] = 0.0
+    assert opt.param_groups[0]["lr"] == 0.0
+    report = probe(opt, model=model, policy="decaykit")
+    assert not report.ok and {e.name for e in report.disagreements} >= {"1.weight", "1.bias"}
+    assert next(e for e in report.entries if e.name == "0.weight").measured == pytest.approx(1 - 1e-4, abs=1e-6)
+    assert any("have lr = 0 now (a warm-up): measured at their scheduler's base LR" in n for n in report.notes)
+    assert opt.param_groups[0]["lr"] == 0.0  # the user's optimizer is left as it was
+
+
 def test_state_steps_are_bounded() -> None:
     p = nn.Parameter(torch.ones(3))
     optimizer = torch.optim.Adam([p], lr=1e-3)

@@ -30,7 +30,8 @@ from decaykit._validate import check_number, check_rates
 from decaykit.errors import DecayError
 from decaykit.optimizers import REGISTRY, OptimizerInfo, info
 
-__all__ = ["COUPLED_TORCH", "Expectation", "expectations", "rate_text", "readable_expectations", "saved_expectation"]
+__all__ = ["COUPLED_TORCH", "Expectation", "expectations", "rate_text", "readable_expectations", "saved_expectation",
+           "warmup_lrs"]
 
 #: torch.optim classes whose ``weight_decay`` is coupled L2 unless ``decoupled_weight_decay`` is set
 COUPLED_TORCH: tuple[str, ...] = tuple(e.name for e in REGISTRY.values() if e.module == "torch.optim"
@@ -93,14 +94,15 @@ def _is_zero(rate: float | torch.Tensor) -> bool:
     return bool((rate == 0).all()) if isinstance(rate, torch.Tensor) else rate == 0
 
 
-def expectations(optimizer: torch.optim.Optimizer) -> list[Expectation]:
+def expectations(optimizer: torch.optim.Optimizer, lrs: Mapping[int, float] | None = None) -> list[Expectation]:
     """One :class:`Expectation` per ``optimizer.param_groups`` entry, from the current settings.
 
-    The LR is read from the group as it is now, so an LR scheduler's current value counts. A group whose
-    ``lr`` or ``weight_decay`` is no usable number is refused (:class:`DecayError`).
+    The LR is read from the group as it is now, so an LR scheduler's current value counts, unless ``lrs`` gives
+    the group's index another (:func:`warmup_lrs`). A group whose ``lr`` or ``weight_decay`` is no usable number
+    is refused (:class:`DecayError`).
     """
     out = []
-    for e in _expectations(optimizer):
+    for e in _expectations(optimizer, lrs or {}):
         if isinstance(e, DecayError):
             raise e
         out.append(e)
@@ -110,7 +112,7 @@ def expectations(optimizer: torch.optim.Optimizer) -> list[Expectation]:
 def readable_expectations(optimizer: torch.optim.Optimizer) -> list[Expectation | None]:
     """:func:`expectations`, with None for each group whose settings it refuses (every group, where the
     optimizer's own ``expected_decay()`` refuses), for a caller that reports those settings itself (the audit)."""
-    return [None if isinstance(e, DecayError) else e for e in _expectations(optimizer)]
+    return [None if isinstance(e, DecayError) else e for e in _expectations(optimizer, {})]
 
 
 def saved_expectation(group: Mapping[str, Any], facts: OptimizerInfo | None, i: int) -> Expectation | None:
@@ -122,7 +124,32 @@ def saved_expectation(group: Mapping[str, Any], facts: OptimizerInfo | None, i: 
         return None
 
 
-def _expectations(optimizer: torch.optim.Optimizer) -> list[Expectation | DecayError]:
+def warmup_lrs(optimizer: torch.optim.Optimizer) -> dict[int, float]:
+    """The LR to measure each group at whose LR is 0 now, in a warm-up whose scheduler keeps a base LR above 0
+    (``initial_lr``; OneCycleLR's ``max_lr``): {group index: that LR}. A step at lr 0 moves nothing, and the place
+    where scripts check their optimizer, right after building it and its scheduler, is where HF's and timm's
+    warm-ups hold lr = 0. None for an optimizer whose ``expected_decay()`` reads the LR itself (the engine)."""
+    if callable(getattr(optimizer, "expected_decay", None)):
+        return {}
+    out = {}
+    for i, group in enumerate(optimizer.param_groups):
+        lr, wd = _scalar(group.get("lr")), _scalar(group.get("weight_decay"))
+        if lr != 0 or not wd:
+            continue
+        base = next((v for k in ("max_lr", "initial_lr") if (v := _scalar(group.get(k))) and v > 0), None)
+        if base is not None and math.isfinite(base):
+            out[i] = base
+    return out
+
+
+def _scalar(value: Any) -> float | None:
+    """A number or a one-element tensor as a float; None for anything else (a per-member λ, None, a bool)."""
+    if isinstance(value, torch.Tensor):
+        return float(value) if value.numel() == 1 else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _expectations(optimizer: torch.optim.Optimizer, lrs: Mapping[int, float]) -> list[Expectation | DecayError]:
     name = type(optimizer).__name__
     groups = optimizer.param_groups
     described = None
@@ -141,7 +168,8 @@ def _expectations(optimizer: torch.optim.Optimizer) -> list[Expectation | DecayE
     out: list[Expectation | DecayError] = []
     for i, group in enumerate(groups):
         try:
-            out.append(_expectation(name, facts, i, group, None if described is None else described[i]))
+            settings = {**group, "lr": lrs[i]} if i in lrs else group
+            out.append(_expectation(name, facts, i, settings, None if described is None else described[i]))
         except DecayError as refused:
             out.append(refused)
     return out

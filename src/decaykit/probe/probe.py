@@ -66,7 +66,7 @@ from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError
 from decaykit.policy.names import namer
 from decaykit.probe.estimator import measure_rows
-from decaykit.probe.expectations import Expectation, expectations, rate_text
+from decaykit.probe.expectations import Expectation, expectations, rate_text, warmup_lrs
 from decaykit.probe.report import EMPTY_NOTE, PATTERN_NOTE, ProbeEntry, ProbeReport, factor_text
 from decaykit.probe.targets import Target, byte_size, chunked, find_targets, mark_frozen, mark_intent
 from decaykit.probe.twin import Twin, is_number
@@ -123,12 +123,13 @@ def probe(
         raise DecayError(f"param groups {meta} hold meta tensors, which have no values to measure; "
                          "probe the optimizer of a materialised model")
     t0 = time.perf_counter()
-    expects = expectations(optimizer)
+    lrs = warmup_lrs(optimizer)  # groups at lr 0 in a warm-up: measured at their scheduler's base LR
+    expects = expectations(optimizer, lrs)
     _check_representable(optimizer)
     targets = find_targets(optimizer, model, expects)
     mark_frozen(targets, frozen, model)
     mark_intent(targets, policy, model)
-    twin = Twin(optimizer)
+    twin = Twin(optimizer, lrs)
     chunks = chunked(targets, optimizer, chunk_bytes)
     steps, peak = 0, 0
     for chunk in chunks:
@@ -141,7 +142,7 @@ def probe(
     other = f"{facts.name}'s {known}" if facts is not None and known else "another setting"
     entries = [e for t in targets for e in _entries(t, decays_somewhere, groups, other, known)]
     entries += _missing(optimizer, model)
-    notes = _notes(optimizer, targets, expects, len(chunks))
+    notes = _notes(optimizer, targets, expects, len(chunks), warmup=lrs)
     total = sum(byte_size(t.param, optimizer) for t in targets)
     cost = {"seconds": time.perf_counter() - t0, "twin_steps": steps, "chunks": len(chunks),
             "peak_copy_bytes": peak, "params_state_bytes": total}
@@ -474,7 +475,8 @@ def _missing(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> list[
     return out
 
 
-def _notes(optimizer: torch.optim.Optimizer, targets: list[Target], expects: list[Expectation], chunks: int) -> list[str]:
+def _notes(optimizer: torch.optim.Optimizer, targets: list[Target], expects: list[Expectation], chunks: int,
+           warmup: dict[int, float]) -> list[str]:
     notes = []
     with_state = sum(1 for t in targets if optimizer.state.get(t.param))
     if with_state:
@@ -485,9 +487,13 @@ def _notes(optimizer: torch.optim.Optimizer, targets: list[Target], expects: lis
         notes.append(f"{len(unchecked)} tensors with state were not checked for a decay that weight_decay=0 leaves on "
                      f"(under another group setting): {unchecked[0].unchecked}; probe a fresh optimizer with the "
                      "same settings (before its first step) to check")
-    lrs = sorted({e.lr for e in expects if not math.isnan(e.lr)})
+    lrs = sorted({0.0 if i in warmup else e.lr for i, e in enumerate(expects) if not math.isnan(e.lr)})
     if lrs:
         notes.append("lr as the groups hold it now (after any LR scheduler): " + ", ".join(f"{v:g}" for v in lrs))
+    if warmup:
+        at = ", ".join(f"{i}: {v:g}" for i, v in warmup.items())
+        notes.append(f"groups {sorted(warmup)} have lr = 0 now (a warm-up): measured at their scheduler's base LR "
+                     f"(initial_lr, or OneCycleLR's max_lr; group: lr {at}), as the steps after the warm-up decay")
     idle = [i for i, e in enumerate(expects) if e.lr == 0]
     if idle:
         notes.append(f"groups {idle} have lr = 0: the next step moves nothing, so there is no decay to measure there "

@@ -106,8 +106,9 @@ class Twin:
     (tensor([0.9500, 0.9500, 0.9500]), tensor([1., 1., 1.]))
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, lrs: dict[int, float] | None = None) -> None:
         self.optimizer = optimizer
+        self.lrs = dict(lrs or {})  # group index -> the LR its twins step at (a warm-up's base LR where it is 0 now)
         self.optimizers = reachable_optimizers(optimizer)
         # built once: meta tensors are cheap but a large model has thousands of tensors
         self._placeholders: dict[int, Any] = {}
@@ -203,6 +204,8 @@ class Twin:
                 twin.__dict__[key] = OrderedDict() if _is_hook_dict(key) else copy.deepcopy(value, memo)
         self._restrict(twins.values(), {id(c) for c in clones.values()}, ("weight_decay", *also_off) if decay_off else ())
         top = twins[id(self.optimizer)]
+        for i, lr in self.lrs.items():
+            top.param_groups[i]["lr"] = lr
         step = type(top).step
         if getattr(step, "hooked", False):  # torch's profiling wrapper also runs global step hooks
             step = step.__wrapped__
