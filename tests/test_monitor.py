@@ -285,6 +285,33 @@ def test_cumulative_decay_leaves_out_the_steps_a_tensor_had_no_gradient(every, e
         assert r["cumulative_decay"] == pytest.approx(stepped[r["name"]](r["step"]) * lr * lam, rel=1e-9), r
 
 
+@pytest.mark.parametrize(("nesterov", "dampening"), [(False, 0.0), (True, 0.0), (False, 0.5)])
+def test_decay_to_update_under_sgd_momentum_follows_the_buffer_as_it_fills(nesterov, dampening):
+    """L2 through SGD's momentum: the decay's step is lr·D_n with D_n = α·D_(n−1) + (1 − d)·λθ_n (D_1 = λθ_1, torch's
+    first buffer is undamped), plus λθ_n + α·D_n for Nesterov. The monitor took the steady state 1/(1 − α) at every
+    step: its first record (always taken) said the decay was 3x the rest of a fine-tuning step when it was 0.36x."""
+    torch.manual_seed(0)
+    lr, lam, mu = 1e-2, 1e-3, 0.9
+    model = torch.nn.Linear(16, 16, bias=False)
+    with torch.no_grad():
+        model.weight.normal_(0, 1.0)  # a trained layer: large next to the step
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=mu, weight_decay=lam, nesterov=nesterov,
+                          dampening=dampening)
+    mon = decaykit.Monitor(model, opt, every=1)
+    held, truth = torch.zeros(16, 16), []
+    for n in range(1, 8):
+        theta = model.weight.detach().clone()
+        (model(torch.randn(8, 16)) * torch.randn(8, 16) * 5e-4).sum().backward()
+        held = lam * theta if n == 1 else mu * held + (1 - dampening) * lam * theta
+        d = lr * (lam * theta + mu * held if nesterov else held)
+        opt.step()
+        opt.zero_grad()
+        truth.append(float(d.norm() / (model.weight.detach() - theta + d).norm()))
+    mon.close()
+    measured = [r["decay_to_update"] for r in mon.history]
+    assert measured == pytest.approx(truth, rel=1e-3)
+
+
 def _scaled_run(fused: bool, every: int) -> decaykit.Monitor:
     """12 calls of GradScaler.step, 3 of them on an overflow (inputs with inf)."""
     torch.manual_seed(0)

@@ -43,8 +43,8 @@ from decaykit.engine.checks import PEAK_MODES, scheduler_peak
 from decaykit.optimizers import info
 from decaykit.probe.expectations import expectations
 
-__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "known_peak_lr", "lr_power", "momentum_sums",
-           "predicted_angle", "predicted_norm", "real_view"]
+__all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "known_peak_lr", "lr_power", "momentum_fill",
+           "momentum_sums", "predicted_angle", "predicted_norm", "real_view"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,26 @@ def momentum_sums(momentum: float, dampening: float = 0.0, nesterov: bool = Fals
     # c_0 = 1 + α·b, c_k = b·α^(k+1) for k ≥ 1
     c0 = 1 + a * b
     return c0 + b * a * a / (1 - a), c0 * c0 + b * b * a**4 / (1 - a * a)
+
+
+def momentum_fill(momentum: float, dampening: float, nesterov: bool, steps: int) -> float:
+    """The share of its steady-state decay that torch SGD's step carries when its momentum buffer is ``steps``
+    steps old (1 = just created: it holds one gradient, undamped), for L2 decay through the momentum.
+
+    The buffer's weight on λθ after n steps is α^(n−1) + (1 − d)(1 − α^(n−1))/(1 − α) (θ taken as constant over
+    them), (1 − d)/(1 − α) in the steady state; Nesterov's step adds 1 + α times it.
+
+    >>> round(momentum_fill(0.9, 0.0, False, 1), 6), round(momentum_fill(0.9, 0.0, False, 10**6), 6)
+    (0.1, 1.0)
+    """
+    a, b = momentum, 1.0 - dampening
+    if a == 0:
+        return 1.0
+    held = a ** (steps - 1) + b * (1 - a ** (steps - 1)) / (1 - a)
+    steady = b / (1 - a)
+    if nesterov:
+        held, steady = 1 + a * held, 1 + a * steady
+    return held / steady
 
 
 def _inner(optimizer: Any) -> Any:

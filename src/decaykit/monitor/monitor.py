@@ -30,7 +30,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from decaykit import optimizers
 from decaykit._validate import check_int
 from decaykit.errors import DecayError
-from decaykit.monitor.equilibrium import GroupDecay, group_decays
+from decaykit.monitor.equilibrium import GroupDecay, group_decays, momentum_fill
 from decaykit.monitor.findings import (
     EQUILIBRIUM_DRIFT,
     MonitorFinding,
@@ -141,6 +141,7 @@ class Monitor:
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
         self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
         self._stepping = False  # inside the watched optimizer's step (between its pre- and post-hook)
+        self._born: dict[int, int] = {}  # id(param) -> the step that created its SGD momentum buffer, where seen
         self._settling: dict[str, tuple[float, float]] = {}  # name -> (√(η²/r), Σ r) where that equilibrium began
         self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
                          self.optimizer.register_step_post_hook(self._after_step),
@@ -178,6 +179,10 @@ class Monitor:
                 self._idle.setdefault(i, (decay.weight_decay, []))[1].append(step)
         tensors = [(i, p, p.detach().clone()) for i, (group, decay) in enumerate(zip(self.optimizer.param_groups, decays))
                    if decay.decays for p in group["params"]]
+        state = self.optimizer.state
+        for i, p, _ in tensors:  # a momentum buffer this step creates: its decay builds up from this step on
+            if decays[i].family == "sgd" and "momentum_buffer" not in state.get(p, {}):
+                self._born[id(p)] = step
         self._pending = (step, decays, tensors)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -193,7 +198,8 @@ class Monitor:
         for i, param, before in tensors:
             if param.grad is None and torch.equal(param.detach(), before):
                 continue  # torch skips a tensor without a gradient: no step, no decay to record
-            record = measure(step, self._name(param, i), i, decays[i], self.optimizer, param, before)
+            record = measure(step, self._name(param, i), i, decays[i], self.optimizer, param, before,
+                             self._fill(param, i, step, decays[i]))
             record["cumulative_decay"] = self._tally.advance(param, i, record["decay_rate"], bases[i])
             records.append(record)
         self.history.extend(records)
@@ -246,6 +252,16 @@ class Monitor:
                                                         type(self.optimizer).__name__ if inside else None)])
 
     # -- findings --------------------------------------------------------------------------------
+    def _fill(self, param: Tensor, group: int, step: int, decay: GroupDecay) -> float:
+        """The share of SGD's steady-state L2 decay this step applies: its momentum buffer's age, where the monitor
+        saw it created (else it is taken as settled)."""
+        born = self._born.get(id(param))
+        if decay.family != "sgd" or decay.kind != "coupled" or born is None:
+            return 1.0
+        settings = self.optimizer.param_groups[group]
+        return momentum_fill(float(settings.get("momentum", 0.0)), float(settings.get("dampening", 0.0)),
+                             bool(settings.get("nesterov", False)), step - born + 1)
+
     def _replan(self, tensors: list[tuple[int, Tensor, Tensor]]) -> None:
         """Plan the model again where a recorded tensor was added to it since the monitor was built (a new head
         and its add_param_group), or was frozen then and is trained now: names and decisions as they are now."""

@@ -9,8 +9,8 @@ complex tensor is measured as the real coordinates its optimizer updates (``view
   unit vectors a, b (accurate for the tiny angles of a training step);
 - ``decay_to_update``: ‖d‖/‖Δθ + d‖, the decay's step d over the rest of the step, where Δθ is
   the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), for cautious
-  decay (an upper bound: the mask is not seen) and for L2 decay on SGD (the steady state of the
-  momentum); d = η·λ·θ/(√v̂ + ε) per coordinate for L2 decay behind Adam's denominator.
+  decay (an upper bound: the mask is not seen) and for L2 decay on SGD (the share of the momentum's
+  steady state its buffer holds: lr·λ·θ at the buffer's first step, 1/(1 − α) of that later); d = η·λ·θ/(√v̂ + ε) per coordinate for L2 decay behind Adam's denominator.
 """
 
 from __future__ import annotations
@@ -65,12 +65,14 @@ def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float)
 
 
 def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: Tensor, after: Tensor,
-                     norm_before: float, group: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(‖d‖/‖Δθ + d‖, r): the decay's step d over the rest of the step, and the effective rate r."""
+                     norm_before: float, group: dict[str, Any], fill: float) -> tuple[float | None, float | None]:
+    """(‖d‖/‖Δθ + d‖, r): the decay's step d over the rest of the step, and the effective rate r (``fill`` of it in
+    this step's d: a momentum buffer not yet at its steady state)."""
     if decay.rate is not None:
         r = decay.rate
-        rest = _norm(torch.add(after, before, alpha=-(1.0 - r)))  # Δθ + rθ = θ_after − (1 − r)·θ_before
-        return _ratio(r * norm_before, rest), r
+        step = r * fill
+        rest = _norm(torch.add(after, before, alpha=-(1.0 - step)))  # Δθ + dθ = θ_after − (1 − d)·θ_before
+        return _ratio(step * norm_before, rest), r
     if not decay.adaptive:
         return None, None
     denom = adaptive_denominator(optimizer, param, group)
@@ -90,13 +92,14 @@ def _ratio(size: float, rest: float) -> float:
 
 
 def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any, param: Tensor,
-            before: Tensor) -> dict[str, Any]:
-    """The history record of ``param`` (θ after the step) given its copy ``before`` the step."""
+            before: Tensor, fill: float = 1.0) -> dict[str, Any]:
+    """The history record of ``param`` (θ after the step) given its copy ``before`` the step; ``fill``: the share
+    of the steady-state decay this step applies (:func:`~decaykit.monitor.equilibrium.momentum_fill`)."""
     group = optimizer.param_groups[index]
     after, before = _work(real_view(param.detach())), _work(real_view(before))  # complex: its real coordinates
     norm_before, norm = _norm(before), _norm(after)
     angle = _angle(before, after, norm_before, norm)
-    ratio, rate = _decay_to_update(decay, optimizer, param, before, after, norm_before, group)
+    ratio, rate = _decay_to_update(decay, optimizer, param, before, after, norm_before, group, fill)
     grad = param.grad
     grad_norm = _norm(grad) if grad is not None and decay.family == "sgd" else math.nan
     pred_norm = predicted_norm(decay, rate, after.numel(), grad_norm, norm)
