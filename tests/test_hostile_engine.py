@@ -399,6 +399,53 @@ def test_a_step_in_another_thread_keeps_its_global_hooks_while_an_engine_steps()
     assert not any(type(h).__name__ == "_StandIn" for h in torch_optimizer._global_optimizer_post_hooks.values())
 
 
+class _HessianSGD(torch.optim.Optimizer):
+    """θ ← θ − lr·(g + 0.1·Hv), v = 1: a Hessian-vector product through the gradient's graph, as AdaHessian and
+    SophiaH take one (their loops call loss.backward(create_graph=True))."""
+
+    def __init__(self, params, lr: float = 0.1, weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        with torch.enable_grad():
+            hv = torch.autograd.grad([p.grad for p in params], params, [torch.ones_like(p) for p in params])
+        products = {id(p): h for p, h in zip(params, hv)}
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    p.sub_(p.grad + g["weight_decay"] * p + 0.1 * products[id(p)], alpha=g["lr"])
+
+
+def test_a_decay_before_a_hessian_step_is_refused_with_the_fix_and_coupled_l2_runs():
+    """Gradients with a graph (create_graph=True): shrinking θ in place before the inner step broke the Hessian-vector
+    product with a bare "modified by an inplace operation" RuntimeError at the first step."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(8, 4)
+    for mode in ("lr_coupled", "lr_independent", "coupled_l2"):
+        engine = WeightDecay(_HessianSGD(decaykit.param_groups(model, 0.01), lr=0.1), mode=mode)
+        before = [p.detach().clone() for p in model.parameters()]
+        model(x).pow(2).mean().backward(create_graph=True)
+        if mode == "coupled_l2":  # λθ joins the gradient, graph and all: the step is that of loss + (λ/2)‖θ‖²
+            twin = copy.deepcopy(model)
+            for q in twin.parameters():
+                q.grad = None
+            decayed = {id(p) for g in engine.param_groups if g["weight_decay"] for p in g["params"]}
+            penalty = sum(q.pow(2).sum() for p, q in zip(model.parameters(), twin.parameters()) if id(p) in decayed)
+            (twin(x).pow(2).mean() + 0.005 * penalty).backward(create_graph=True)
+            _HessianSGD(twin.parameters(), lr=0.1).step()
+            engine.step()
+            assert not torch.equal(before[0], model[0].weight)
+            for p, q in zip(model.parameters(), twin.parameters()):
+                torch.testing.assert_close(p, q)
+        else:
+            with pytest.raises(DecayError, match=r"carry an autograd graph.*create_graph=True.*mode='coupled_l2'"):
+                engine.step()
+            assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+        engine.zero_grad()
+
+
 def _scheduled_engine() -> tuple[nn.Module, WeightDecay]:
     model = make_model()
     return model, WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2),

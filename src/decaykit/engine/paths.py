@@ -29,6 +29,7 @@ loop of every mode, which these paths are tested against, is :mod:`decaykit.engi
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -220,7 +221,10 @@ class L2Gradient(_Decaying):
         super().before()
         grads = [p.grad for p in self.params]
         maximize = bool(self.group.get("maximize", False))
-        new = l2_gradients(self.params, grads, self.rate, maximize=maximize, foreach=self.foreach)
+        # gradients with a graph (create_graph=True, for a Hessian-based step): g + λθ keeps one, λθ's included
+        graph = torch.enable_grad() if grads and grads[0].requires_grad else contextlib.nullcontext()
+        with graph:
+            new = l2_gradients(self.params, grads, self.rate, maximize=maximize, foreach=self.foreach)
         for p, old, g in zip(self.params, grads, new):
             self.swapped.append((p, old))
             p.grad = g
@@ -270,6 +274,19 @@ class CautiousCopy(_Decaying):
         cautious_decay_(self.params, self.before_step, self.rate, foreach=self.foreach)
 
 
+def _refuse_graph_gradients(i: int, params: list[Tensor], path: str) -> None:
+    """Refuse a decay of θ in place before the inner step when the gradients carry an autograd graph
+    (``loss.backward(create_graph=True)``): Hessian-based optimizers (Hessian-vector products) differentiate
+    through it, and θ changed in place breaks it (torch's "modified by an inplace operation"). One
+    gradient tells: a backward with a graph gives every gradient one."""
+    if params and params[0].grad is not None and params[0].grad.requires_grad:
+        raise DecayError(
+            f"param_groups[{i}]'s gradients carry an autograd graph (loss.backward(create_graph=True)), which a "
+            f"Hessian-based optimizer differentiates through θ; this step's {path!r} path would shrink θ in place "
+            "before the inner step and break that graph: use mode='coupled_l2', or the optimizer's own weight_decay"
+        )
+
+
 def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *, foreach: bool,
                 moment_sign: bool) -> list[Path]:
     """One path object per group of ``optimizer``, from its plan; raises before anything moves.
@@ -289,6 +306,8 @@ def build_paths(plans: Sequence[GroupStep], optimizer: Any, buffers: Scratch, *,
             continue
         # parameters with a gradient only: torch's AdamW does not decay the ones without either
         params = [p for p in group["params"] if p.grad is not None]
+        if plan.path == "extra_pass" or (plan.path == "cautious" and moment_sign):
+            _refuse_graph_gradients(i, params, plan.path)
         if plan.path == "extra_pass":
             out.append(ExtraPass(group, plan, params, foreach))
         elif plan.path == "l2_gradient":

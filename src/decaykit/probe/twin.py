@@ -218,8 +218,9 @@ class Twin:
         except Exception as exc:
             raise DecayError(
                 f"could not step a copy of {type(self.optimizer).__name__} with zero gradients "
-                f"({type(exc).__name__}: {exc}); optimizers that need a closure (LBFGS) or sparse "
-                "gradients (SparseAdam) cannot be probed"
+                f"({type(exc).__name__}: {exc}); optimizers that need a closure (LBFGS), sparse gradients "
+                "(SparseAdam) or gradients that carry a graph (Hessian-based ones, stepped after "
+                "loss.backward(create_graph=True)) cannot be probed"
             ) from exc
         finally:
             lent, self._lent = self._lent, []
