@@ -121,6 +121,24 @@ def test_a_warm_up_at_lr_zero_is_measured_at_its_schedulers_base_lr(scheduler: s
     assert opt.param_groups[0]["lr"] == 0.0  # the user's optimizer is left as it was
 
 
+def test_an_optimizer_whose_state_cannot_be_copied_is_refused_in_one_line() -> None:
+    """torchao's low-bit states (tensor subclasses without clone) and a process group held by the optimizer cannot
+    be copied for a twin: that was a bare NotImplementedError / TypeError from deep inside the copy."""
+    import threading
+
+    class Locked(torch.optim.AdamW):
+        def __init__(self, params: Any, **kwargs: Any) -> None:
+            super().__init__(params, **kwargs)
+            self.lock = threading.Lock()  # as a process group: no copy of it exists
+
+    model = _model()
+    opt = Locked(model.parameters(), lr=1e-3, weight_decay=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(DecayError, match=r"could not copy Locked's state .*TypeError.*cannot be probed"):
+        probe(opt, model=model)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
 def test_state_steps_are_bounded() -> None:
     p = nn.Parameter(torch.ones(3))
     optimizer = torch.optim.Adam([p], lr=1e-3)

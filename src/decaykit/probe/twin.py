@@ -193,15 +193,16 @@ class Twin:
             clones[id(p)] = c
         twins = {id(opt): object.__new__(type(opt)) for opt in self.optimizers}
         memo.update(twins)
-        for opt in self.optimizers:
-            if id(opt.state) not in memo:
-                memo[id(opt.state)] = self._copy_states(opt, clones, memo, reset)
-        for opt in self.optimizers:
-            twin = twins[id(opt)]
-            for key, value in vars(opt).items():
-                if key == "step":  # an LR scheduler's patch: a closure over the real optimizer
-                    continue
-                twin.__dict__[key] = OrderedDict() if _is_hook_dict(key) else copy.deepcopy(value, memo)
+        try:
+            self._copy_into(twins, clones, memo, reset)
+        except DecayError:
+            raise
+        except Exception as exc:  # state the optimizer keeps in tensor subclasses without clone, a process group
+            raise DecayError(
+                f"could not copy {type(self.optimizer).__name__}'s state to step a twin of it ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the probe measures on copies and never steps "
+                "the real optimizer, so an optimizer whose state cannot be copied cannot be probed"
+            ) from exc
         self._restrict(twins.values(), {id(c) for c in clones.values()}, ("weight_decay", *also_off) if decay_off else ())
         top = twins[id(self.optimizer)]
         for i, lr in self.lrs.items():
@@ -231,6 +232,19 @@ class Twin:
             c.grad = None
             out[key] = c.detach()
         return out
+
+    def _copy_into(self, twins: dict[int, Any], clones: dict[int, torch.Tensor], memo: dict[int, Any],
+                   reset: bool) -> None:
+        """Fill the twins: each optimizer's state (for ``clones``) and its other attributes, hooks left empty."""
+        for opt in self.optimizers:
+            if id(opt.state) not in memo:
+                memo[id(opt.state)] = self._copy_states(opt, clones, memo, reset)
+        for opt in self.optimizers:
+            twin = twins[id(opt)]
+            for key, value in vars(opt).items():
+                if key == "step":  # an LR scheduler's patch: a closure over the real optimizer
+                    continue
+                twin.__dict__[key] = OrderedDict() if _is_hook_dict(key) else copy.deepcopy(value, memo)
 
     def _copy_states(self, opt: torch.optim.Optimizer, clones: dict[int, torch.Tensor], memo: dict[int, Any],
                      reset: bool) -> defaultdict[Any, Any]:
