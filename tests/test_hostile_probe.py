@@ -127,7 +127,7 @@ def test_an_optimizer_whose_state_cannot_be_copied_is_refused_in_one_line() -> N
     import threading
 
     class Locked(torch.optim.AdamW):
-        def __init__(self, params: Any, **kwargs: Any) -> None:
+        def __init__(self, params: object, **kwargs: float) -> None:
             super().__init__(params, **kwargs)
             self.lock = threading.Lock()  # as a process group: no copy of it exists
 
