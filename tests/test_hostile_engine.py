@@ -446,6 +446,30 @@ def test_a_decay_before_a_hessian_step_is_refused_with_the_fix_and_coupled_l2_ru
         engine.zero_grad()
 
 
+def test_a_schedule_free_optimizers_train_and_eval_are_answered_through_the_engine():
+    """schedule-free optimizers move θ between their train and eval points on optimizer.train() / .eval(), which a
+    loop (and the HF Trainer, when the optimizer has them) calls: the engine raised AttributeError. An optimizer
+    without them still has none through the engine."""
+
+    class ScheduleFree(torch.optim.SGD):
+        def train(self) -> None:
+            self.param_groups[0]["train_mode"] = True
+
+        def eval(self) -> None:
+            self.param_groups[0]["train_mode"] = False
+
+    model = make_model()
+    engine = WeightDecay(ScheduleFree(model.parameters(), lr=0.1, weight_decay=0.01), mode="lr_coupled")
+    engine.eval()
+    assert engine.param_groups[0]["train_mode"] is False
+    engine.train()
+    train(model, engine, 2)
+    assert engine.param_groups[0]["train_mode"] is True and engine.steps_taken == 2
+    plain = WeightDecay(torch.optim.AdamW(model.parameters(), lr=0.1))
+    assert not hasattr(plain, "train") and not hasattr(plain, "eval")
+    assert copy.deepcopy(engine).optimizer.param_groups[0]["train_mode"] is True
+
+
 def _scheduled_engine() -> tuple[nn.Module, WeightDecay]:
     model = make_model()
     return model, WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2),

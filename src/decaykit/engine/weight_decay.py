@@ -316,6 +316,14 @@ class WeightDecay(Optimizer):
             on_top = lr_scale_on_top(self.param_groups)
             self._peaks = [scheduler_peak(g, on_top) for g in self.param_groups][: len(self._max_lrs)]
 
+    def __getattr__(self, name: str) -> Any:
+        # schedule-free optimizers switch θ between their train and eval points: a loop (and the HF Trainer, which
+        # looks for them) calls optimizer.train() / .eval(), which the engine's inner optimizer answers
+        inner = self.__dict__.get("optimizer")
+        if name in _FORWARDED and inner is not None:
+            return getattr(inner, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __repr__(self) -> str:
         lines = [f"WeightDecay(mode={self.mode!r}, schedule={self.schedule!r}, step={self._step}) over "]
         inner = repr(self.optimizer).splitlines()
@@ -421,6 +429,10 @@ class _PlanInputs(NamedTuple):
 # torch's global step hooks ran once for the engine's step: its inner optimizer's step skips them (in this thread)
 _global_step_hooks_paused = ThreadQuiet(
     lambda: (torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks))
+
+
+#: methods of the inner optimizer the engine answers with: schedule-free's mode switch
+_FORWARDED = frozenset({"train", "eval"})
 
 
 def _same_lambda(a: float | Tensor, b: float | Tensor) -> bool:
