@@ -42,6 +42,9 @@ class ThreadQuiet:
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
+        if self._open == 0 and not any(self._tables()):  # nothing to silence: the common case, a step's cost kept
+            yield
+            return
         with self._lock:
             if self._open == 0:
                 self._swap(lambda hook: _StandIn(hook, self._quiet))
