@@ -32,7 +32,7 @@ inside, whose class and groups the facts are about.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -282,16 +282,7 @@ def sharing_wrapper(optimizer: Any) -> Any:
     no facts on it. decaykit's own :class:`~decaykit.WeightDecay` shares its groups too but decays by its
     own mode, so it is no such wrapper.
     """
-    if _package(type(optimizer).__module__) == "decaykit" or not isinstance(optimizer, torch.optim.Optimizer):
-        return None
-    try:
-        groups = optimizer.param_groups
-    except Exception:  # a wrapper whose property fails says nothing about what it holds
-        return None
-    for value in vars(optimizer).values():
-        if value is not optimizer and isinstance(value, torch.optim.Optimizer) and value.param_groups is groups:
-            return value
-    return None
+    return _held(optimizer, lambda inner, groups: inner.param_groups is groups)
 
 
 def sharding_wrapper(optimizer: Any) -> Any:
@@ -303,6 +294,13 @@ def sharding_wrapper(optimizer: Any) -> Any:
     optimizer it holds with as many groups, not the same ones, each with the same settings besides its
     tensors.
     """
+    return _held(optimizer, lambda inner, groups: inner.param_groups is not groups and len(inner.param_groups)
+                 == len(groups) and all(map(_same_settings, inner.param_groups, groups)))
+
+
+def _held(optimizer: Any, fits: Callable[[torch.optim.Optimizer, list[dict[str, Any]]], bool]) -> Any:
+    """The optimizer among ``optimizer``'s attributes whose groups ``fits`` those of ``optimizer``, or None (also
+    for decaykit's own optimizers, which decay by their own mode)."""
     if _package(type(optimizer).__module__) == "decaykit" or not isinstance(optimizer, torch.optim.Optimizer):
         return None
     try:
@@ -310,8 +308,7 @@ def sharding_wrapper(optimizer: Any) -> Any:
     except Exception:  # a wrapper whose property fails says nothing about what it holds
         return None
     for value in vars(optimizer).values():
-        if (value is not optimizer and isinstance(value, torch.optim.Optimizer) and value.param_groups is not groups
-                and len(value.param_groups) == len(groups) and all(map(_same_settings, value.param_groups, groups))):
+        if value is not optimizer and isinstance(value, torch.optim.Optimizer) and fits(value, groups):
             return value
     return None
 
