@@ -870,3 +870,5 @@ def test_an_lr_that_multiplies_the_optimizer_s_own_step_size_is_warned():
         warnings.simplefilter("error")
         WeightDecay(_DistanceEstimate(groups(make_model())), mode="coupled_l2")
         WeightDecay(torch.optim.AdamW(groups(make_model()), lr=1e-3))
+        # torch's Adafactor keeps a d too, its update-clipping threshold (1.0): no step-size estimate to warn of
+        WeightDecay(torch.optim.Adafactor(groups(make_model()), lr=1e-2), mode="lr_coupled")

@@ -46,9 +46,10 @@ __all__ = [
 PEAK_MODES = ("lr_independent", "corrected")
 
 
-def check_group(i: int, group: dict[str, Any], mode: str) -> None:
+def check_group(i: int, group: dict[str, Any], mode: str, facts: Any = None) -> None:
     """Refuse a group the engine's in-place decay would break (``differentiable=True``) or whose decay its mode
-    cannot rate (no ``lr``); warn where the group's ``lr`` is a multiplier of the optimizer's own step size."""
+    cannot rate (no ``lr``); warn where the group's ``lr`` is a multiplier of the optimizer's own step size, read
+    from a ``d`` in an optimizer decaykit has no ``facts`` on (torch's Adafactor's ``d`` is a clipping threshold)."""
     if group.get("differentiable", False):
         raise DecayError(
             f"param_groups[{i}] has differentiable=True; the engine's in-place decay is not differentiable, "
@@ -59,7 +60,7 @@ def check_group(i: int, group: dict[str, Any], mode: str) -> None:
     lr = group_lr(i, group, mode)
     d, lam = _real(group.get("d")), group.get("weight_decay", 0.0)
     decays = bool(lam.any()) if isinstance(lam, Tensor) else lam != 0
-    if d is not None and d > 0 and decays:
+    if d is not None and d > 0 and decays and facts is None:
         warnings.warn(
             f"param_groups[{i}] holds d = {d:g}, the step-size estimate D-Adaptation-style optimizers keep and step "
             f"by as d·lr: lr = {lr:g} is then a multiplier, not the step size, and mode {mode!r} rates the decay by "

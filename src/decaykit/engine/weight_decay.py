@@ -135,7 +135,7 @@ class WeightDecay(Optimizer):
         # and the profiling/hook wrapper around step(), which is all this wrapper needs from it.
         super().__setstate__({})
         for i, group in enumerate(self.param_groups):
-            check_group(i, group, mode)
+            check_group(i, group, mode, optimizers.info(self.optimizer))
             check_lambda(i, group, self._checked)
         self._sync_max_lrs()
         for i, group in enumerate(self.param_groups):
@@ -179,7 +179,7 @@ class WeightDecay(Optimizer):
         self.optimizer.add_param_group(param_group)
         i = len(self.param_groups) - 1
         try:
-            check_group(i, self.param_groups[i], self.mode)
+            check_group(i, self.param_groups[i], self.mode, optimizers.info(self.optimizer))
             lam = check_lambda(i, self.param_groups[i], self._checked)
             self._sync_max_lrs()
             self._check_plausible(i, lam)
