@@ -47,6 +47,7 @@ def test_data_parallel_keeps_no_weight_decay_hook():
     assert {"pos_embed", "cls_token"} <= set(groups[0.0])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # torch's own ZeRO module, on import
 def test_zero_redundancy_optimizer_is_audited_probed_and_watched_as_the_optimizer_it_shards(tmp_path):
     """torch's ZeroRedundancyOptimizer steps an optimizer of its optimizer_class (``optim``) over this rank's shard.
     Adam inside it is coupled L2 (the audit said "no facts on ZeroRedundancyOptimizer"), the probe could not copy
