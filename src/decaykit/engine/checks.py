@@ -152,14 +152,15 @@ def _real(value: Any) -> float | None:
 
 
 def check_within_peak(mode: str, i: int, lr: float, max_lr: float, step: int, lr_scale: Any = None) -> None:
-    """Refuse η_t above η_max (beyond rounding) in a mode that divides by η_max: the rate would exceed λ."""
+    """Refuse η_t above η_max (beyond rounding) in a mode that divides by η_max: the rate would exceed λ.
+    ``lr_scale``: the group's, where η_max was taken as its base LR times it (:func:`lr_scale_on_top`)."""
     if mode not in PEAK_MODES or lr <= max_lr * (1 + 1e-6):  # a 0-dim float32 LR rounds to 6e-8
         return
     scaled = _real(lr_scale) not in (None, 1.0)
     fix = ("η_max is read from the group (max_lr, else initial_lr, else lr), which does not hold the peak of a "
            "schedule that rises above its base LR (CyclicLR keeps its max_lr on the scheduler): pass "
            "WeightDecay(..., max_lr=<the schedule's peak LR>), e.g. CyclicLR's max_lr")
-    if scaled:  # lr_scale_on_top took the group's lr_scale as applied on top of a base LR
+    if scaled:
         fix = (f"The group holds lr_scale = {lr_scale:g} and every group one base LR, so η_max was taken as base·"
                "lr_scale, as timm's schedulers set it; torch's schedulers do not apply lr_scale: build the groups "
                "with the scale in their lr (decaykit.param_groups(..., lr=...)), or pass WeightDecay(..., max_lr=...)")

@@ -86,7 +86,7 @@ def _is_zero(x: Rate) -> bool:
 
 
 def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: float, native: str | None,
-               step: int) -> GroupStep:
+               step: int, scaled_peak: bool = False) -> GroupStep:
     """The path, rate and inner keys of group ``i`` at ``step``, with λ_t = s(t)·λ already scheduled.
 
     ``native`` says what the inner optimizer's own ``weight_decay`` does for this group: ``"flag"``
@@ -111,7 +111,7 @@ def plan_group(mode: str, i: int, group: dict[str, Any], lam_t: Rate, max_lr: fl
             f"param_groups[{i}] has η_max = 0 but lr = {lr:g} at step {step}; mode {mode!r} "
             "divides by η_max: pass WeightDecay(..., max_lr=<peak LR>)"
         )
-    check_within_peak(mode, i, lr, max_lr, step, group.get("lr_scale"))
+    check_within_peak(mode, i, lr, max_lr, step, group.get("lr_scale") if scaled_peak else None)
     rate = decay_rate(mode, lam_t, lr, max_lr)
     worst = float(rate.max()) if isinstance(rate, Tensor) else rate
     if worst > 1:

@@ -345,7 +345,7 @@ class WeightDecay(Optimizer):
         a scheduler wrote another peak into a group (``OneCycleLR`` built on the engine after it)."""
         groups = self.param_groups
         del self._max_lrs[len(groups) :], self._peaks[len(groups) :]
-        on_top = lr_scale_on_top(groups)
+        on_top = self._on_top = lr_scale_on_top(groups)
         for i, group in enumerate(groups):
             given = self._given_max_lr(i)
             peak = None if given is not None else scheduler_peak(group, on_top)
@@ -374,7 +374,7 @@ class WeightDecay(Optimizer):
             if last is None or not _same_lambda(last[0], lam) or last[1].max_lr != inputs.max_lr:
                 # a group added through the inner optimizer, a λ changed, or η_max read again at a new peak
                 self._check_plausible(i, lam)
-            plan = plan_group(self.mode, i, group, lam * factor, self._max_lrs[i], native, self._step)
+            plan = plan_group(self.mode, i, group, lam * factor, self._max_lrs[i], native, self._step, self._on_top)
             self._plans[i] = (lam, inputs, plan)
             plans.append(plan)
         return plans
