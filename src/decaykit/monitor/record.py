@@ -9,8 +9,9 @@ complex tensor is measured as the real coordinates its optimizer updates (``view
   unit vectors a, b (accurate for the tiny angles of a training step);
 - ``decay_to_update``: ‖d‖/‖Δθ + d‖, the decay's step d over the rest of the step, where Δθ is
   the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), for cautious
-  decay (an upper bound: the mask is not seen) and for L2 decay on SGD (the share of the momentum's
-  steady state its buffer holds: lr·λ·θ at the buffer's first step, 1/(1 − α) of that later); d = η·λ·θ/(√v̂ + ε) per coordinate for L2 decay behind Adam's denominator.
+  decay (an upper bound: the mask is not seen) and for L2 decay on SGD (what the momentum buffer holds
+  of it so far: lr·λ·θ at the buffer's first step, growing to 1/(1 − α) times that); d = η·λ·θ/(√v̂ + ε)
+  per coordinate for L2 decay behind Adam's denominator.
 """
 
 from __future__ import annotations
