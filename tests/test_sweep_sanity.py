@@ -141,10 +141,12 @@ def test_an_empty_negative_or_non_finite_item_is_refused_naming_the_flag(values,
 
 
 @pytest.mark.parametrize("text", ["", "   ", ",", "0,,1"])
-def test_empty_wd_on_the_command_line_is_an_error_not_the_default_grid(capsys, text):
-    assert main(["sweep", "--wd", text, "--epochs", "1", "--seeds", "1", "--no-store", "--no-plots", "-q"]) == 2
+@pytest.mark.parametrize("flag", ["--wd", "--weight-decays"])
+def test_empty_wd_on_the_command_line_is_an_error_not_the_default_grid(capsys, text, flag):
+    """The error names the flag as typed: --weight-decays was told "--wd must be ..." (the README's name is the long one)."""
+    assert main(["sweep", flag, text, "--epochs", "1", "--seeds", "1", "--no-store", "--no-plots", "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--wd" in err and "empty" in err
+    assert len(err.splitlines()) == 1 and f"error: {flag} " in err and "empty" in err
 
 
 # ---------------------------------------------------------------- 4. the best λ with the digits its noise supports

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from decaykit._render import print_json
 from decaykit.cli.common import add_policy_arguments, policy_options
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="your data: 'package.module:factory' returning (x_train, y_train, x_test, y_test) "
                            "(default: none, the built-in task)")
     grid = parser.add_argument_group("which λ")
-    grid.add_argument("--weight-decays", "--wd", metavar="LIST",
+    grid.add_argument("--weight-decays", "--wd", metavar="LIST", action=_NamedAs,
                       help="comma-separated λ values, e.g. 0,0.01,0.1,1,10 (default: the task's grid)")
     grid.add_argument("--search", metavar="LOW:HIGH",
                       help="search a log range instead of a grid: rounds of log-spaced λ zooming in on the best "
@@ -134,9 +134,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--quiet", "-q", action="store_true", help="no progress output (for logs)")
 
 
+class _NamedAs(argparse.Action):
+    """Store the value, and which of the flag's names the user typed (``<dest>_flag``), for the error to name it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 # Python arguments whose flag has another name; the others are named by their flags already
 _FLAG_OF = {"storage": "--storage", "weight_decays": "--wd", "search": "--search", "policy": "--policy",
             "model": "--model", "data": "--data", "metric": "--metric"}  # fmt: skip
+
+
+def _typed(args: argparse.Namespace, dest: str) -> str:
+    """The name of ``dest``'s flag the user typed (``--weight-decays`` or ``--wd``)."""
+    return getattr(args, f"{dest}_flag", None) or _FLAG_OF[dest]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         trials, training, execution = settings_from_args(args)
         result = run_sweep(task_from_args(args), trials, training, execution)
     except DecayError as exc:  # an error naming a Python argument names its flag here, once
-        flag = _FLAG_OF.get(exc.argument or "")
+        flag = _typed(args, exc.argument) if exc.argument == "weight_decays" else _FLAG_OF.get(exc.argument or "")
         if flag is None:
             raise
         raise type(exc)(str(exc), argument=flag) from exc.__cause__
@@ -171,7 +185,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Trials, Training, Exec
     options = vars(args)
     trials = Trials.from_options(
         options,
-        weight_decays=None if args.weight_decays is None else parse_weight_decays(args.weight_decays),
+        weight_decays=None if args.weight_decays is None else parse_weight_decays(args.weight_decays,
+                                                                                   flag=_typed(args, "weight_decays")),
         search=None if args.search is None else parse_range(args.search),
     )
     training = Training.from_options(options, policy=policy_options(args))
