@@ -1246,3 +1246,63 @@ def test_a_kernel_multiplied_into_transformed_activations_and_transformed_back_i
                    "log_a_real": ("state", False), "a_imag": ("state", False)}
     assert p["c"].reason == ("multiplies transformed activations in mul, then transformed back by fft_irfft: a "
                              "convolution kernel (traced)")
+
+
+class FoldedPositions(nn.Module):
+    """A learned position table added to tokens whose batch axis was folded with another one: a video's
+    frames (B*T, N, D), as TimeSformer's and ViViT's spatial stages do, or a series' channels (B*C, n, d),
+    as PatchTST's channel independence does; or (``fold=None``) with that axis kept, (B, N, D)."""
+
+    def __init__(self, fold: str | None, tokens: int = 4, d: int = 8, extra: int = 3) -> None:
+        super().__init__()
+        self.fold, self.extra = fold, extra
+        self.proj = nn.Linear(2, d)
+        self.table = nn.Parameter(torch.zeros(tokens, d) if fold == "channels" else torch.zeros(1, tokens, d))
+        self.head = nn.Linear(d, 1)
+
+    def example_inputs(self) -> torch.Tensor:
+        return self.input(2)
+
+    def input(self, batch: int) -> torch.Tensor:
+        tokens = self.table.shape[-2]
+        return torch.zeros((batch, self.extra, tokens, 2) if self.fold == "frames" else
+                           (batch, tokens * 2, self.extra) if self.fold == "channels" else (batch, tokens, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fold == "frames":  # (B, T, N, 2) -> (B*T, N, D)
+            x = self.proj(x.flatten(0, 1))
+        elif self.fold == "channels":  # (B, L, C) -> patches of 2 per channel, (B*C, n, D)
+            patches = x.permute(0, 2, 1).unfold(-1, 2, 2)
+            x = self.proj(patches).reshape(-1, patches.shape[2], self.table.shape[-1])
+        else:
+            x = self.proj(x)
+        return self.head(x + self.table)
+
+
+@pytest.mark.parametrize("fold", ["frames", "channels", None])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+@pytest.mark.parametrize("extra", [2, 3])
+def test_a_position_table_stays_one_where_another_axis_is_folded_into_the_batch(fold, batch, extra):
+    """PatchTST's ``W_pos`` and TimeSformer's position embeddings were "added to activations in add: a bias",
+    undecayed: no axis of (B*C, n, d) has the batch size, so the folded one counted as a token axis the
+    table is broadcast over. It is the batch, and the table varies along every token."""
+    model = FoldedPositions(fold, extra=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (False, None, model.input(batch))]
+    assert all(p["table"].decay for p in plans), [p["table"].reason for p in plans]
+    for p in plans[1:]:
+        assert p["table"].role == "position" and p["table"].reason.startswith("added to activations in add as a "), \
+            p["table"].reason
+
+
+def test_timesformer_position_and_time_embeddings_are_position_tables():
+    """TimeSformer adds its spatial table to (B*T, N, D) frames and its time table to (B*N, T, D) patches."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.TimesformerConfig(image_size=16, patch_size=4, num_frames=3, hidden_size=16,
+                                            num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    with torch.device("meta"):
+        model = transformers.TimesformerModel(config)
+    p = decaykit.plan(model, 0.1, example_inputs={"pixel_values": torch.zeros(2, 3, 3, 16, 16, device="meta")})
+    for name in ("embeddings.position_embeddings", "embeddings.time_embeddings"):
+        assert (p[name].role, p[name].decay) == ("position", True) and p[name].reason.endswith("(traced)"), p[name].reason

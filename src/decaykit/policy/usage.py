@@ -729,18 +729,29 @@ def _join_axis(bare: str, args: tuple, kwargs: dict) -> str | None:
 
 def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: set[int]) -> str:
     """How an addend of ``shape`` lies along the tokens of the activations: ``"constant"`` where it is
-    broadcast along an axis of more than one entry that is not the batch axis (the first axis of the
-    batch size: a seq-first (T, 1, H, D) activation of a batch of 1 has it second), ``"varies"`` where
-    it is not, ``"unknown"`` where the batch sizes the inputs may have (``batches``) disagree."""
+    broadcast along an axis of more than one entry that is not the batch axis (:func:`_batch_axis`),
+    ``"varies"`` where it is not, ``"unknown"`` where the batch sizes the inputs may have (``batches``)
+    disagree."""
     verdicts = set()
     for a in activations:
         padded = (1,) * (a.ndim - len(shape)) + tuple(shape)
         seen = set()
         for b in batches or {None}:
-            batch_axis = next((i for i, n in enumerate(a.shape) if n == b), None)
+            batch_axis = _batch_axis(a.shape, b)
             seen.add(any(s == 1 and n > 1 and i != batch_axis for i, (s, n) in enumerate(zip(padded, a.shape))))
         verdicts.add("unknown" if len(seen) > 1 else "constant" if True in seen else "varies")
     return next((v for v in ("constant", "unknown") if v in verdicts), "varies")
+
+
+def _batch_axis(shape: torch.Size, batch: int | None) -> int | None:
+    """The axis of activations of ``shape`` that holds the batch: the first of the batch size (a seq-first
+    (T, 1, H, D) activation of a batch of 1 has it second), else the first whose size is a multiple of
+    it, where the batch was folded with another axis (a video's frames or a series' channels, (B*T, N, D)),
+    so that a position table added to each frame is broadcast along the batch alone."""
+    if batch is None:
+        return None
+    same = next((i for i, n in enumerate(shape) if n == batch), None)
+    return same if same is not None else next((i for i, n in enumerate(shape) if batch > 0 and n % batch == 0), None)
 
 
 def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
