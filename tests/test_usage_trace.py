@@ -1306,3 +1306,59 @@ def test_timesformer_position_and_time_embeddings_are_position_tables():
     p = decaykit.plan(model, 0.1, example_inputs={"pixel_values": torch.zeros(2, 3, 3, 16, 16, device="meta")})
     for name in ("embeddings.position_embeddings", "embeddings.time_embeddings"):
         assert (p[name].role, p[name].decay) == ("position", True) and p[name].reason.endswith("(traced)"), p[name].reason
+
+
+class ModulatedKernel(nn.Module):
+    """StyleGAN2's modulated convolution, folded into the kernel (rosinality's ``ModulatedConv2d``, the fused path
+    of NVlabs' ``modulated_conv2d``): ``weight * style`` (demodulated or not) is the kernel of a grouped
+    ``F.conv2d``; ``kind="bmm"``: a per-example modulated matrix of a linear map. Beside it, ``gain`` scales
+    the activations before a matmul: the operand broadcast along the other's axes is the gain."""
+
+    def __init__(self, kind: str, demodulate: bool, cin: int = 4, cout: int = 6, k: int = 3) -> None:
+        super().__init__()
+        self.kind, self.demodulate, self.k = kind, demodulate, k
+        self.weight = nn.Parameter(torch.randn((1, cout, cin, k, k) if kind == "conv" else (1, cout, cin)))
+        self.modulation = nn.Linear(8, cin)
+        self.gain = nn.Parameter(torch.ones(cout))
+        self.keys = nn.Linear(cout, cout)
+
+    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs(2)
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cin = self.weight.shape[2]
+        return torch.zeros((batch, cin, 5, 5) if self.kind == "conv" else (batch, 5, cin)), torch.zeros(batch, 8)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        b, cout, cin = x.shape[0], self.weight.shape[1], self.weight.shape[2]
+        s = self.modulation(style)
+        w = self.weight * (s.view(b, 1, cin, 1, 1) if self.kind == "conv" else s.view(b, 1, cin))
+        if self.demodulate:
+            axes = [2, 3, 4] if self.kind == "conv" else [2]
+            w = w * torch.rsqrt(w.pow(2).sum(axes) + 1e-8).view(b, cout, *([1] * (w.ndim - 2)))
+        if self.kind == "conv":
+            y = F.conv2d(x.reshape(1, b * cin, *x.shape[2:]), w.view(b * cout, cin, self.k, self.k), padding=1, groups=b)
+            y = y.view(b, cout, -1).mT
+        else:
+            y = torch.bmm(x, w.mT)
+        return (y * self.gain) @ self.keys(y).mT
+
+
+@pytest.mark.parametrize("kind", ["conv", "bmm"])
+@pytest.mark.parametrize("demodulate", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_kernel_modulated_per_example_is_a_weight(kind, demodulate, batch):
+    """The modulated kernel was "multiplies activations in mul: a scale (traced)", undecayed, where the same
+    layer with the style applied to the input instead (``F.conv2d(x * s, weight)``) is a weight: the style
+    is broadcast along the kernel's own axes, and the product is the matrix operand of the convolution."""
+    model = ModulatedKernel(kind, demodulate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (False, None, model.inputs(batch))]
+    assert all(p["weight"].decay for p in plans), [p["weight"].reason for p in plans]
+    for p in plans[1:]:
+        assert p["weight"].role == "weight" and p["weight"].reason == (
+            f"multiplied in mul by activations broadcast along its axes, then matrix operand of "
+            f"{'F.conv2d' if kind == 'conv' else 'bmm'}: a kernel modulated per example (traced)"), p["weight"].reason
+        assert (p["gain"].role, p["gain"].decay) == ("scale", False), p["gain"].reason
+

@@ -227,6 +227,10 @@ class _Deferred:
     meets: set[str] = field(default_factory=set)  # "shift" / "scale": how the rows then met other activations
     guard: tuple[str, bool] | None = None  # the test of a value the use came after, if any
     summed: str | None = None  # the reduction that summed the product it multiplied over the parameter's own axis
+    # the activations it multiplied were broadcast along its own axes (a style (B, 1, I, 1, 1) over a kernel
+    # (1, O, I, K, K)): the parameter is what they modulate, and ``kernel`` the function the product was a matrix operand of
+    modulated: bool = False
+    kernel: str | None = None
 
 
 def _name(func: Any) -> str:
@@ -371,24 +375,30 @@ class _Recorder(TorchFunctionMode):
             if bare == "diag_embed" or (bare == "diag" and first is not None and first.ndim == 1):
                 self._mark(out, self.diagonal)
         else:
-            # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
-            elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
-            added = _named_input(args, kwargs) if bare in _ADDS_INPUT else None  # addcmul's first operand is added
-            for t in traced:
-                how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
-                how = "add" if t is added else how
-                use = self._elementwise(how, shown, t, live, _join_axis(bare, args, kwargs))
-                if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
-                    self._defer(t, use, out, _varying_axes(t.shape, out.shape))
-                elif use.kind == "concat" and bare in _JOINS:
-                    self._defer(t, use, out, (), joined=True)
-                elif use.kind in ("scale", "gain") and how in _MUL and isinstance(out, torch.Tensor) and _own_axes(t):
-                    deferred = _Deferred(t, use, guard=self.guard)  # ``(x * a).sum(-1)`` would make it a weight
-                    self.deferred.append(deferred)
-                    self._carry(out, [(deferred, _own_axes(t))])
-                    self.keep.append(t)
-                else:
-                    self._use(t, use)
+            self._with_live(bare, shown, args, kwargs, out, traced, live)
+
+    def _with_live(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
+                   live: list[torch.Tensor]) -> None:
+        """The uses of parameters ``traced`` that meet activations ``live`` in ``bare``, other than as a layer's operand."""
+        # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
+        elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
+        added = _named_input(args, kwargs) if bare in _ADDS_INPUT else None  # addcmul's first operand is added
+        for t in traced:
+            how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
+            how = "add" if t is added else how
+            use = self._elementwise(how, shown, t, live, _join_axis(bare, args, kwargs))
+            if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
+                self._defer(t, use, out, _varying_axes(t.shape, out.shape))
+            elif use.kind == "concat" and bare in _JOINS:
+                self._defer(t, use, out, (), joined=True)
+            elif use.kind in ("scale", "gain") and how in _MUL and isinstance(out, torch.Tensor) and _own_axes(t):
+                deferred = _Deferred(t, use, guard=self.guard,  # ``(x * a).sum(-1)`` would make it a weight
+                                     modulated=_spread_along(t, [a for a in live if id(a) not in self.selected]))
+                self.deferred.append(deferred)
+                self._carry(out, [(deferred, _own_axes(t))])
+                self.keep.append(t)
+            else:
+                self._use(t, use)
 
     def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
                joined: bool = False) -> None:
@@ -454,6 +464,9 @@ class _Recorder(TorchFunctionMode):
         first = _named_input(args, kwargs)
         if not isinstance(first, torch.Tensor):
             first = None
+        for operand in self._matrix_operands(bare, args, kwargs):
+            for deferred, _ in self.products.get(id(operand), []):
+                deferred.kernel = deferred.kernel or shown
         if (bare in _SUMS or bare in _INVERSE_FFTS) and first is not None and id(first) in self.products:
             summed = _reduced_axes(first, args, kwargs) if bare in _SUMS else _fft_axes(bare, first, args, kwargs)
             for deferred, axes in self.products[id(first)]:
@@ -467,6 +480,20 @@ class _Recorder(TorchFunctionMode):
         elif (bare in _ADD and all(id(a) in self.products for a in live)) or (
                 bare in _MUL and len(live) == 1 and id(live[0]) in self.products):
             self._carry(out, [c for a in live for c in self.products[id(a)]])
+        elif first is not None and id(first) in self.products and (bare in _PASS or (bare in _MUL and out.shape == first.shape)):
+            # reshaped into a kernel's layout, or demodulated (``w * rsqrt((w ** 2).sum(...))``): no longer
+            # summed over the parameter's axes as such, but still the product a matrix operand may take
+            self._carry(out, [(deferred, ()) for deferred, _ in self.products[id(first)] if deferred.modulated])
+
+    @staticmethod
+    def _matrix_operands(bare: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        """The operands ``bare`` takes as a matrix: a layer function's weight, those of ``@`` / ``bmm`` / ``einsum``."""
+        if bare in _LAYER_ARGS:
+            return [v for arg, v in _named_args(bare, args, kwargs).items()
+                    if _LAYER_ARGS[bare].get(arg) == "matmul" and isinstance(v, torch.Tensor)]
+        if bare in _MATMUL:
+            return [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        return []
 
     def _carry(self, out: torch.Tensor, carried: list[tuple[_Deferred, tuple[int, ...]]]) -> None:
         self.products[id(out)] = self.products.get(id(out), []) + carried
@@ -496,6 +523,9 @@ class _Recorder(TorchFunctionMode):
             elif deferred.summed is not None:
                 use = Use("matmul", use.func, f"multiplies activations in {use.func}, then summed over its own axis "
                                               f"by {deferred.summed}: a matrix operand")
+            elif deferred.modulated and deferred.kernel is not None:
+                use = Use("matmul", use.func, f"multiplied in {use.func} by activations broadcast along its axes, then "
+                                              f"matrix operand of {deferred.kernel}: a kernel modulated per example")
             self.guard = deferred.guard  # the test the use came after, not the last one of the pass
             # what went through exp into a convolution kernel (an SSM's A, dt) is a state
             self._use(deferred.tensor, use, mapped_is_state=deferred.summed in _INVERSE_FFTS)
@@ -805,6 +835,12 @@ def _einsum_elementwise(args: tuple) -> set[int]:
     kept = set(rhs.replace("...", "_"))
     return {id(op) for term, op in zip(terms, operands)
             if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
+
+
+def _spread_along(t: torch.Tensor, activations: list[torch.Tensor]) -> bool:
+    """Whether an activation is broadcast along an axis of ``t`` of more than one entry: in the product
+    the activation is the gain (a style over a kernel), ``t`` is what it scales."""
+    return any(_broadcast_over(a.shape, (1,) * (a.ndim - t.ndim) + tuple(t.shape)) for a in activations)
 
 
 def _own_axes(t: torch.Tensor) -> tuple[int, ...]:
