@@ -1362,3 +1362,61 @@ def test_a_kernel_modulated_per_example_is_a_weight(kind, demodulate, batch):
             f"{'F.conv2d' if kind == 'conv' else 'bmm'}: a kernel modulated per example (traced)"), p["weight"].reason
         assert (p["gain"].role, p["gain"].decay) == ("scale", False), p["gain"].reason
 
+
+class FeatureTokenizer(nn.Module):
+    """FT-Transformer's numerical tokenizer: ``x[..., None] * W + b``, one ``Linear(1, d)`` per feature, as rtdl
+    writes it (``form="mul"``) or as ``torch.addcmul(b, W, x[..., None])`` (rtdl_num_embeddings); with
+    ``categorical``, tokens of looked-up categories joined after it, as FTTransformer takes ``(x_cont, x_cat)``.
+    Beside it a Planar flow's ``u * tanh(w·z + b0)``: ``u`` maps one number per example to a vector."""
+
+    def __init__(self, form: str, features: int, d: int, categorical: bool) -> None:
+        super().__init__()
+        self.form, self.categorical = form, categorical
+        self.weight = nn.Parameter(torch.randn(features, d))
+        self.bias = nn.Parameter(torch.randn(features, d))
+        self.categories = nn.Embedding(5, d)
+        self.w = nn.Parameter(torch.randn(1, d))
+        self.u = nn.Parameter(torch.randn(1, d))
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.inputs(2)
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
+        x = torch.zeros(batch, self.weight.shape[0])
+        return (x, torch.zeros(batch, 2, dtype=torch.long)) if self.categorical else (x,)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.form == "mul":
+            tokens = x[..., None] * self.weight + self.bias[None]
+        else:
+            tokens = torch.addcmul(self.bias, self.weight, x[..., None])
+        if ids is not None:
+            tokens = torch.cat([tokens, self.categories(ids)], dim=1)
+        z = tokens.mean(1)
+        return z + self.u * torch.tanh((z * self.w).sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("form", ["mul", "addcmul"])
+@pytest.mark.parametrize(("features", "d"), [(1, 4), (3, 2), (3, 5)])
+@pytest.mark.parametrize("categorical", [False, True])
+def test_an_outer_product_with_activations_makes_a_weight_and_its_bias(form, features, d, categorical):
+    """The tokenizer's weight was "multiplies activations in mul: a scale", undecayed, and with categorical
+    tokens its bias "a (1,F,d) table": a position table, decayed; Planar's u "a scale" beside its decayed
+    w. Each entry of the activations is broadcast along the parameter's last axis: a map R -> R^d per
+    feature, whose weight decays and whose bias does not, as for ``Linear(1, d)``."""
+    model = FeatureTokenizer(form, features, d, categorical)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (False, None, model.inputs(3))]
+    # one feature: a (1, d) weight the shape alone cannot tell from a gain, left undecayed without a trace
+    traced = plans[1:] if features == 1 else plans
+    assert all(p["weight"].decay and not p["bias"].decay for p in traced), [p["weight"].reason for p in plans]
+    for p in plans[1:]:
+        assert (p["weight"].role, p["bias"].role, p["u"].role, p["w"].role) == ("weight", "bias", "weight", "weight")
+        outer = ("multiplies activations in {} that have one entry along its last axis: an outer product, the weight "
+                 "of a map from each entry (x[..., None] * W) (traced)")
+        assert (p["weight"].reason, p["u"].reason) == (outer.format(form), outer.format("mul"))
+        mapped = (f"added in {'add' if form == 'mul' else form} to the outer product of activations and a weight, "
+                  "along that weight's axes: its bias (traced)")
+        per_channel = "added to activations in add: a bias (traced)"  # one feature: a (1, d) bias, per channel
+        assert p["bias"].reason in ((mapped, per_channel) if features == 1 else (mapped,)), p["bias"].reason

@@ -23,7 +23,11 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
   of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay; but where the product is
   then summed over one of the parameter's own axes (``(x * a).sum(-1)``, GAT's attention vector),
-  that is the contraction an ``einsum`` writes -> ``weight``;
+  that is the contraction an ``einsum`` writes -> ``weight``; where the activations have one entry
+  along its last axis (``x[..., None] * W``, FT-Transformer's tokenizer, a Planar flow's ``u``), an
+  outer product -> ``weight``, and what is added along that weight's axes is its ``bias``; where they
+  are broadcast along its own axes and the product becomes a matrix operand (StyleGAN2's kernel
+  ``weight * style``, then ``F.conv2d``), they are its gain -> ``weight``;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
   anything but a matmul or a lookup -> ``state``, no decay; what went through the map is tracked per
@@ -127,6 +131,7 @@ _CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"
 _ADD = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__"})
 _MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
                   "true_divide", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "multiply"})
+_DIVIDES = frozenset({"div", "div_", "__truediv__", "__itruediv__", "true_divide", "addcdiv", "addcdiv_"})
 # ``input + value * tensor1 * tensor2`` (or ``/ tensor2``): the first operand is added, the others multiply
 _ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 # Nonlinear maps of a parameter on its own: what comes out is no longer the parameter (Mamba's
@@ -166,6 +171,9 @@ _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index i
         "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
         "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter",
         "picked": "rows picked by the input, then fed to {f}: an embedding lookup",
+        "outer": "multiplies activations in {f} that have one entry along its last axis: an outer product, the "
+                 "weight of a map from each entry (x[..., None] * W)",
+        "mapbias": "added in {f} to the outer product of activations and a weight, along that weight's axes: its bias",
         "keyvalue": "joined to the {what} of attention in {f}: a learned key/value, a bias"}
 _ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
           "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "position"}
@@ -292,6 +300,9 @@ class _Recorder(TorchFunctionMode):
         # products of a parameter and activations (``x * a``), followed to a sum over the parameter's own
         # axes (counted from the end), which makes it a contraction: id(activations) -> (use, axes) carried
         self.products: dict[int, list[tuple[_Deferred, tuple[int, ...]]]] = {}
+        # id(activations) made by an outer product with a weight (``x[..., None] * W``) -> the weight's own
+        # axes in them, counted from the end: an addend that varies along those alone is that map's bias
+        self.maps: dict[int, set[int]] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -383,10 +394,18 @@ class _Recorder(TorchFunctionMode):
         # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
         elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
         added = _named_input(args, kwargs) if bare in _ADDS_INPUT else None  # addcmul's first operand is added
+        # ``torch.addcmul(b, W, x[..., None])``: the axes of the map W that b is added along
+        mapped = {i for t in traced if t is not added and self._outer(bare, t, live) for i in _own_axes(t)}
         for t in traced:
             how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
             how = "add" if t is added else how
+            if t is added and mapped and set(_own_axes(t)) <= mapped:
+                self._use(t, Use("bias", shown, _WHY["mapbias"].format(f=shown)))
+                continue
             use = self._elementwise(how, shown, t, live, _join_axis(bare, args, kwargs))
+            if use.kind == "matmul" and how in _MUL and isinstance(out, torch.Tensor):
+                self.maps[id(out)] = set(_own_axes(t))  # a bias added along these axes is the map's
+                self.keep.append(out)
             if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
                 self._defer(t, use, out, _varying_axes(t.shape, out.shape))
             elif use.kind == "concat" and bare in _JOINS:
@@ -397,8 +416,8 @@ class _Recorder(TorchFunctionMode):
                 self.deferred.append(deferred)
                 self._carry(out, [(deferred, _own_axes(t))])
                 self.keep.append(t)
-            else:
-                self._use(t, use)
+            else:  # a parameter that went through exp into an outer product (Mamba's A) is a state
+                self._use(t, use, mapped_is_state=use.kind == "matmul" and how in _MUL)
 
     def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
                joined: bool = False) -> None:
@@ -655,6 +674,8 @@ class _Recorder(TorchFunctionMode):
             along = _along_tokens(tensor.shape, activations, self.batch)
             if _per_channel(tensor.shape) or stored_per_channel or along == "constant":
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
+            if any(set(_own_axes(tensor)) <= self.maps.get(id(a), set()) for a in activations):
+                return Use("bias", shown, _WHY["mapbias"].format(f=shown))
             if any(id(a) in self.scores for a in activations):  # a relative-position table as Swin adds it
                 return Use("bias", shown, f"added to attention scores in {shown}: a bias")
             if not self.tokens or along == "unknown":  # a per-head (H, D) bias, or a table: the trace cannot tell
@@ -667,8 +688,23 @@ class _Recorder(TorchFunctionMode):
                 return Use("concat", shown, f"put where the input's mask is set, by {shown}: a learned token")
             if any(id(a) in self.normalised for a in activations):
                 return Use("gain", shown, f"multiplies normalised activations in {shown}: a norm gain")
+            if self._outer(bare, tensor, activations):
+                return Use("matmul", shown, _WHY["outer"].format(f=shown))
             return Use("scale", shown, f"multiplies activations in {shown}: a scale")
         return Use("other", shown, f"used in {shown}")
+
+
+    def _outer(self, bare: str, tensor: torch.Tensor, activations: list[torch.Tensor]) -> bool:
+        """Whether ``tensor`` times ``activations`` in ``bare`` is an outer product: the activations have one
+        entry along its last axis and it has several (``x[..., None] * W``, a Planar flow's ``u * h(w·z)``),
+        so each entry of the activations is mapped to a vector, by one row of ``tensor``: the weight of a
+        ``Linear(1, d)`` per entry, no gain of them. Not in a division, nor where every parameter in
+        ``tensor`` went alone through a nonlinear map (Mamba's ``dt[..., None] * -exp(A_log)``: a state)."""
+        if bare not in _MUL or bare in _DIVIDES or not activations or tensor.ndim == 0 or tensor.shape[-1] < 2:
+            return False
+        if all(self.via.get(id(tensor), {}).get(p) for p in self.origin[id(tensor)]):
+            return False
+        return all(_along_last_alone(a.shape, tensor.shape) for a in activations)
 
 
 def _after(use: Use, via: str | None) -> Use:
@@ -835,6 +871,16 @@ def _einsum_elementwise(args: tuple) -> set[int]:
     kept = set(rhs.replace("...", "_"))
     return {id(op) for term, op in zip(terms, operands)
             if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
+
+
+def _along_last_alone(activation: torch.Size, shape: torch.Size) -> bool:
+    """Whether activations of shape ``activation`` are broadcast along the last axis of a tensor of ``shape``
+    and along none of its other axes of more than one entry (``x[..., None]`` (B, F, 1) over W (F, d); not a
+    style (B, 1, I, 1, 1) over a kernel (1, O, I, K, K), broadcast along its outputs too)."""
+    padded = (1,) * (len(shape) - len(activation)) + tuple(activation)
+    if len(activation) < 1 or padded[-1] != 1:
+        return False
+    return all(a == n for a, n in zip(padded[-len(shape):-1], shape[:-1]) if n > 1)
 
 
 def _spread_along(t: torch.Tensor, activations: list[torch.Tensor]) -> bool:
