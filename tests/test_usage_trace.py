@@ -1420,3 +1420,66 @@ def test_an_outer_product_with_activations_makes_a_weight_and_its_bias(form, fea
                   "along that weight's axes: its bias (traced)")
         per_channel = "added to activations in add: a bias (traced)"  # one feature: a (1, d) bias, per channel
         assert p["bias"].reason in ((mapped, per_channel) if features == 1 else (mapped,)), p["bias"].reason
+
+
+class PickedRows(nn.Module):
+    """Rows of a table picked by ``table[idx]``, then met by an elementwise op: a hash grid's features hashed
+    from the input's coordinates and blended by interpolation weights (instant-NGP, nerfstudio's torch
+    fallback), per-task vectors added to x, a biased matrix factorisation's per-user bias, a VQ-VAE
+    codebook's nearest rows behind the straight-through estimator (``z + (z_q - z).detach()``). Beside them
+    an expert's bias picked by a router's choice, which stays a bias."""
+
+    def __init__(self, rows: int, d: int, raw_codebook: bool) -> None:
+        super().__init__()
+        self.grid = nn.Parameter(torch.randn(rows, d))
+        self.tasks = nn.Parameter(torch.randn(3, d))
+        self.user_bias = nn.Parameter(torch.zeros(rows))
+        self.codebook = nn.Parameter(torch.randn(rows, d)) if raw_codebook else nn.Embedding(rows, d)
+        self.encoder = nn.Linear(d, d)
+        self.router = nn.Linear(d, 3)
+        self.expert_bias = nn.Parameter(torch.zeros(3, d))
+
+    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.inputs(2)
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.grid.shape[1]
+        return torch.zeros(batch, 5, d), torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        codebook = self.codebook if isinstance(self.codebook, torch.Tensor) else self.codebook.weight
+        cell = torch.floor(x * 4).long()
+        hashed = (cell[..., 0] * 2654435761 ^ cell[..., -1] * 805459861) % self.grid.shape[0]
+        offset = (x * 4 - torch.floor(x * 4))[..., :1]
+        features = self.grid[hashed] * offset + self.grid[(hashed + 1) % self.grid.shape[0]] * (1 - offset)
+        h = x + features + self.tasks[task][:, None]
+        z = self.encoder(h)
+        nearest = torch.cdist(z.flatten(0, 1), codebook).argmin(-1)
+        z_q = codebook[nearest].view_as(z)
+        z = z + (z_q - z).detach()
+        choice = self.router(z).argmax(-1)
+        return z + self.expert_bias[choice] + self.user_bias[user][:, None, None]
+
+
+@pytest.mark.parametrize(("rows", "d"), [(8, 4), (16, 3)])
+@pytest.mark.parametrize("raw_codebook", [False, True])
+def test_rows_picked_by_an_index_from_the_inputs_or_the_table_itself_are_a_lookup(rows, d, raw_codebook):
+    """The hash grid was "multiplies activations in mul: a scale", the task table and the per-user bias "a
+    bias", the codebook (an nn.Embedding) "added to activations in sub: a bias", all undecayed, where the
+    same lookups written with F.embedding are embeddings: one role whatever the spelling of the pick."""
+    model = PickedRows(rows, d, raw_codebook)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (None, model.inputs(3))]
+    codebook = "codebook" if raw_codebook else "codebook.weight"
+    inputs = "rows picked by an index computed from the inputs alone, then used in {}: an embedding lookup (traced)"
+    for p in plans:
+        assert {n: (p[n].role, p[n].decay) for n in ("grid", "tasks", "user_bias", codebook, "expert_bias")} == {
+            "grid": ("embedding", True), "tasks": ("embedding", True), "user_bias": ("embedding", True),
+            codebook: ("embedding", True), "expert_bias": ("bias", False)}
+        assert (p["grid"].reason, p["tasks"].reason) == (inputs.format("mul"), inputs.format("add"))
+        assert p[codebook].reason.startswith("rows picked by an index computed from the table itself (its rows "
+                                             "nearest to activations), then used in "), p[codebook].reason
+    assert not decaykit.plan(model, 0.1, decay_embeddings=False, example_inputs=model.inputs(2))["grid"].decay
+    structure = decaykit.plan(model, 0.1, example_inputs=False)  # the shape alone: an nn.Embedding is one too
+    assert raw_codebook or (structure[codebook].role, structure[codebook].decay) == ("embedding", True)

@@ -7,7 +7,9 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   one of its indices -> ``weight``, decayed; a parameter multiplied into such a weight, broadcast
   along it (a weight norm's ``g * v / v.norm()``), is a gain of it -> ``scale``;
 - the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
-  the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
+  the activations, or rows picked by an index computed from the inputs alone or from the table itself,
+  a hash grid's or a codebook's, whatever elementwise op follows) -> ``embedding``; rows picked by a
+  router (an index a layer computed) are judged by what they feed;
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
   input of a layer -> ``token``, treated like an embedding; concatenated with the keys or values
   attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned
@@ -303,6 +305,12 @@ class _Recorder(TorchFunctionMode):
         # id(activations) made by an outer product with a weight (``x[..., None] * W``) -> the weight's own
         # axes in them, counted from the end: an addend that varies along those alone is that map's bias
         self.maps: dict[int, set[int]] = {}
+        # ids of activations computed from the inputs alone, no parameter met (token ids, hashed coordinates);
+        # and, per activation, the parameters it met since the last layer or matmul (a codebook's distances
+        # ``cdist(z, codebook)``, its ``argmin``): an index of either kind picks the rows of a lookup table
+        self.param_free: set[int] = {id(t) for t in inputs}
+        self.measured: dict[int, frozenset[int]] = {}
+        self.looked_up: dict[int, str] = {}  # id(rows picked by such an index) -> how the index was computed
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -315,6 +323,19 @@ class _Recorder(TorchFunctionMode):
         written = args[0] if out is None and _bare(func) == "__setitem__" else out  # ``dense[idx] = param`` fills dense
         self._record(_bare(func), _name(func), args, kwargs, written)
         return out
+
+    def _provenance(self, bare: str, out: Any, live: list[torch.Tensor], traced: list[torch.Tensor]) -> None:
+        """What ``out`` was computed from: the inputs alone, or the parameters it met since the last layer."""
+        if not traced and all(id(t) in self.param_free for t in live):
+            self._mark(out, self.param_free, skip=self.origin)
+        if bare in _LAYER_ARGS or bare in _MATMUL:
+            return  # a layer's output: what an index computed from it picks is a router's choice, judged by use
+        met = frozenset(p for t in traced for p in self.origin[id(t)]).union(*(self.measured.get(id(a), ()) for a in live))
+        if met:
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, torch.Tensor) and id(o) not in self.origin:
+                    self.measured[id(o)] = met
+                    self.keep.append(o)
 
     def _test(self) -> bool:
         """The answer to a test of a tensor's truth value, noted with where the model's code made it."""
@@ -339,6 +360,7 @@ class _Recorder(TorchFunctionMode):
         elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
             self._mark(out, self.normalised)
         if live:
+            self._provenance(bare, out, live, traced)
             self._mark(out, self.live, skip=self.origin)
             if bare in _PASS and not traced and all(id(t) in self.raw for t in live):
                 self._mark(out, self.raw)
@@ -358,6 +380,11 @@ class _Recorder(TorchFunctionMode):
         if bare in _SELECT and first is not None and id(first) in self.origin and index:
             picked_by_data = any(id(t) in self.live for t in index)  # else a constant index: a table laid out
             self._pass_on(out, set(self.origin[id(first)]), self.via.get(id(first)), picked_by_data)
+            how = self._index_of_ids(first, [t for t in index if id(t) in self.live])
+            if how is not None:
+                for o in tree_flatten(out)[0]:
+                    if isinstance(o, torch.Tensor):
+                        self.looked_up[id(o)] = how
             if not picked_by_data:
                 self._mark(out, self.gathered)
         elif bare in _LAYER_ARGS and (live or bare not in _NORMALISING):
@@ -380,6 +407,11 @@ class _Recorder(TorchFunctionMode):
                           any(id(t) in self.selected for t in traced))
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
+            how = next((self.looked_up[id(t)] for t in traced if id(t) in self.looked_up), None)
+            if how is not None and bare in _PASS:  # ``table[idx].view(...)``: still the rows looked up
+                for o in tree_flatten(out)[0]:
+                    if isinstance(o, torch.Tensor):
+                        self.looked_up[id(o)] = how
             if bare in _SPREADS and first is not None and isinstance(out, torch.Tensor):
                 padded = (1,) * (out.ndim - first.ndim) + tuple(first.shape)
                 self.spread[id(out)] = {i - out.ndim for i, (s, n) in enumerate(zip(padded, out.shape)) if s == 1 < n}
@@ -387,6 +419,19 @@ class _Recorder(TorchFunctionMode):
                 self._mark(out, self.diagonal)
         else:
             self._with_live(bare, shown, args, kwargs, out, traced, live)
+
+    def _index_of_ids(self, table: torch.Tensor, index: list[torch.Tensor]) -> str | None:
+        """How ``index`` picks rows of ``table`` as a lookup: computed from the inputs alone (ids, hashed
+        coordinates), or from the table itself (the rows nearest to activations, a codebook's); None for
+        a choice computed by a layer (a router's), whose rows are judged by what they feed."""
+        if not index:
+            return None
+        if all(id(t) in self.param_free for t in index):
+            return "an index computed from the inputs alone"
+        table_params = set(self.origin[id(table)])
+        if all(table_params & self.measured.get(id(t), frozenset()) for t in index):
+            return "an index computed from the table itself (its rows nearest to activations)"
+        return None
 
     def _with_live(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                    live: list[torch.Tensor]) -> None:
@@ -555,6 +600,9 @@ class _Recorder(TorchFunctionMode):
         if id(tensor) not in self.selected:
             return self._with_activations(bare, shown, tensor, live, axis)
         others = [a for a in live if id(a) not in self.selected]
+        if id(tensor) in self.looked_up and bare not in _MATMUL:  # blended, added, subtracted: still rows of a table
+            return Use("lookup", shown, f"rows picked by {self.looked_up[id(tensor)]}, then used in {shown}: an "
+                                        "embedding lookup")
         if bare in _MATMUL or others:
             return self._with_activations(bare, shown, tensor, others, axis)
         return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
