@@ -1251,13 +1251,14 @@ def test_a_kernel_multiplied_into_transformed_activations_and_transformed_back_i
 class FoldedPositions(nn.Module):
     """A learned position table added to tokens whose batch axis was folded with another one: a video's
     frames (B*T, N, D), as TimeSformer's and ViViT's spatial stages do, or a series' channels (B*C, n, d),
-    as PatchTST's channel independence does; or (``fold=None``) with that axis kept, (B, N, D)."""
+    as PatchTST's channel independence does; or added to (B, C, n, d), the channels folded into the batch
+    only after it, as transformers' PatchTST does (``fold="after"``); or (``fold=None``) (B, N, D)."""
 
     def __init__(self, fold: str | None, tokens: int = 4, d: int = 8, extra: int = 3) -> None:
         super().__init__()
         self.fold, self.extra = fold, extra
         self.proj = nn.Linear(2, d)
-        self.table = nn.Parameter(torch.zeros(tokens, d) if fold == "channels" else torch.zeros(1, tokens, d))
+        self.table = nn.Parameter(torch.zeros(tokens, d) if fold in ("channels", "after") else torch.zeros(1, tokens, d))
         self.head = nn.Linear(d, 1)
 
     def example_inputs(self) -> torch.Tensor:
@@ -1266,7 +1267,7 @@ class FoldedPositions(nn.Module):
     def input(self, batch: int) -> torch.Tensor:
         tokens = self.table.shape[-2]
         return torch.zeros((batch, self.extra, tokens, 2) if self.fold == "frames" else
-                           (batch, tokens * 2, self.extra) if self.fold == "channels" else (batch, tokens, 2))
+                           (batch, tokens * 2, self.extra) if self.fold in ("channels", "after") else (batch, tokens, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fold == "frames":  # (B, T, N, 2) -> (B*T, N, D)
@@ -1274,12 +1275,16 @@ class FoldedPositions(nn.Module):
         elif self.fold == "channels":  # (B, L, C) -> patches of 2 per channel, (B*C, n, D)
             patches = x.permute(0, 2, 1).unfold(-1, 2, 2)
             x = self.proj(patches).reshape(-1, patches.shape[2], self.table.shape[-1])
+        elif self.fold == "after":  # (B, C, n, D) + table, then (B*C, n, D) for attention along the patches
+            x = self.proj(x.permute(0, 2, 1).unfold(-1, 2, 2))
+            x = F.dropout(x + self.table, 0.1, self.training)
+            return self.head(x.view(-1, *x.shape[2:]))
         else:
             x = self.proj(x)
         return self.head(x + self.table)
 
 
-@pytest.mark.parametrize("fold", ["frames", "channels", None])
+@pytest.mark.parametrize("fold", ["frames", "channels", "after", None])
 @pytest.mark.parametrize("batch", [1, 2, 5])
 @pytest.mark.parametrize("extra", [2, 3])
 def test_a_position_table_stays_one_where_another_axis_is_folded_into_the_batch(fold, batch, extra):
@@ -1294,6 +1299,20 @@ def test_a_position_table_stays_one_where_another_axis_is_folded_into_the_batch(
     for p in plans[1:]:
         assert p["table"].role == "position" and p["table"].reason.startswith("added to activations in add as a "), \
             p["table"].reason
+        assert fold != "after" or p["table"].reason.endswith("table, the same along axes that view then folds into the "
+                                                             "batch (traced)"), p["table"].reason
+
+
+def test_patchtst_position_encoding_is_a_position_table():
+    """transformers' PatchTST adds its learned table to (B, C, n, d) and folds the channels into the batch after."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.PatchTSTConfig(num_input_channels=3, context_length=32, patch_length=8, patch_stride=8,
+                                         d_model=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                                         prediction_length=8, positional_encoding_type="random")
+    model = transformers.PatchTSTForPrediction(config)
+    p = decaykit.plan(model, 0.1, example_inputs={"past_values": torch.zeros(5, 32, 3)})
+    table = p["model.encoder.positional_encoder.position_enc"]
+    assert (table.role, table.decay) == ("position", True) and table.reason.endswith("(traced)"), table.reason
 
 
 def test_timesformer_position_and_time_embeddings_are_position_tables():

@@ -241,6 +241,10 @@ class _Deferred:
     # (1, O, I, K, K)): the parameter is what they modulate, and ``kernel`` the function the product was a matrix operand of
     modulated: bool = False
     kernel: str | None = None
+    # a bias broadcast along the axes right after the batch (a series' channels, (B, C, n, d)): the shape
+    # those axes and the batch make folded into one, and the view that then folded them into the batch
+    fold: tuple[int, ...] | None = None
+    folded: str | None = None
 
 
 def _name(func: Any) -> str:
@@ -451,8 +455,11 @@ class _Recorder(TorchFunctionMode):
             if use.kind == "matmul" and how in _MUL and isinstance(out, torch.Tensor):
                 self.maps[id(out)] = set(_own_axes(t))  # a bias added along these axes is the map's
                 self.keep.append(out)
+            fold = self._fold(t, live) if use.kind == "bias" and how in _ADD and isinstance(out, torch.Tensor) else None
             if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
                 self._defer(t, use, out, _varying_axes(t.shape, out.shape))
+            elif fold is not None:
+                self._defer(t, use, out, ()).fold = fold
             elif use.kind == "concat" and bare in _JOINS:
                 self._defer(t, use, out, (), joined=True)
             elif use.kind in ("scale", "gain") and how in _MUL and isinstance(out, torch.Tensor) and _own_axes(t):
@@ -465,12 +472,29 @@ class _Recorder(TorchFunctionMode):
                 self._use(t, use, mapped_is_state=use.kind == "matmul" and how in _MUL)
 
     def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
-               joined: bool = False) -> None:
+               joined: bool = False) -> _Deferred:
         """Record ``use`` of ``tensor`` once the trace has seen what ``out`` feeds (:meth:`finish`)."""
         deferred = _Deferred(tensor, use, joined, guard=self.guard)
         self.deferred.append(deferred)
         self.following[id(out)] = (deferred, axes)
         self.keep += [tensor, out]
+        return deferred
+
+    def _fold(self, tensor: torch.Tensor, live: list[torch.Tensor]) -> tuple[int, ...] | None:
+        """For an addend that varies along more than the channels and is broadcast, besides the batch, only
+        along the axes right after it ((n, d) added to (B, C, n, d)): the shape of the activations with the
+        batch and those axes folded into one ((B*C, n, d)). Folded so later, those axes were the batch's
+        (PatchTST's channels, each series on its own), and the addend varies along every token."""
+        if _per_channel(tensor.shape) or len(live) != 1:
+            return None
+        (a,) = live
+        padded = (1,) * (a.ndim - tensor.ndim) + tuple(tensor.shape)
+        for b in self.batch:
+            batch_axis = _batch_axis(a.shape, b)
+            spread = [i for i, (s, n) in enumerate(zip(padded, a.shape)) if s == 1 < n and i != batch_axis]
+            if batch_axis == 0 and spread and spread == list(range(1, len(spread) + 1)):
+                return (int(torch.Size(a.shape[:len(spread) + 1]).numel()), *a.shape[len(spread) + 1:])
+        return None
 
     def _follow(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, live: list[torch.Tensor]) -> None:
         """Follow the sum of a table and activations: cut along the table's rows (``chunk``, ``unbind``,
@@ -485,7 +509,9 @@ class _Recorder(TorchFunctionMode):
                 continue
             deferred, axes = self.following[id(t)]
             others = [a for a in live if a is not t and self.following.get(id(a), (None,))[0] is not deferred]
-            if deferred.joined:
+            if deferred.fold is not None:
+                self._follow_fold(deferred, t, first, bare, shown, out)
+            elif deferred.joined:
                 self._follow_joined(deferred, t, first, others, bare, args, kwargs, out)
             elif axes and t is first and bare in _SPLITS:
                 if _rows(t, args, kwargs, out, axes, bare):
@@ -498,6 +524,17 @@ class _Recorder(TorchFunctionMode):
                     deferred.meets.add("shift" if bare in _ADD else "scale")
             elif not axes and not others and bare in _PASS | _ADD | _MUL:
                 self._tag(out, deferred, ())  # ``1 + scale``, ``shift.to(x.dtype)``: still the row
+
+    def _follow_fold(self, deferred: _Deferred, t: torch.Tensor, first: torch.Tensor | None, bare: str, shown: str,
+                     out: Any) -> None:
+        """The sum of a bias and activations, through copies and dropout, viewed with the axes the bias is
+        broadcast along folded into the batch ((B, C, n, d) -> (B*C, n, d), as PatchTST's encoder does)."""
+        if t is not first or not isinstance(out, torch.Tensor):
+            return
+        if tuple(out.shape) == deferred.fold and bare in _PASS:
+            deferred.folded = deferred.folded or shown
+        elif _same_shapes(t, out) and (bare in _PASS or bare in ("dropout", "alpha_dropout", "feature_alpha_dropout")):
+            self._tag(out, deferred, ())
 
     def _follow_joined(self, deferred: _Deferred, t: torch.Tensor, first: torch.Tensor | None,
                        others: list[torch.Tensor], bare: str, args: tuple, kwargs: dict, out: Any) -> None:
@@ -587,6 +624,10 @@ class _Recorder(TorchFunctionMode):
             elif deferred.summed is not None:
                 use = Use("matmul", use.func, f"multiplies activations in {use.func}, then summed over its own axis "
                                               f"by {deferred.summed}: a matrix operand")
+            elif deferred.folded is not None:
+                use = Use("table", use.func, f"added to activations in {use.func} as a "
+                                             f"{_shape(deferred.tensor.shape)} table, the same along axes that "
+                                             f"{deferred.folded} then folds into the batch")
             elif deferred.modulated and deferred.kernel is not None:
                 use = Use("matmul", use.func, f"multiplied in {use.func} by activations broadcast along its axes, then "
                                               f"matrix operand of {deferred.kernel}: a kernel modulated per example")
