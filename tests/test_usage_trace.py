@@ -1502,3 +1502,48 @@ def test_rows_picked_by_an_index_from_the_inputs_or_the_table_itself_are_a_looku
     assert not decaykit.plan(model, 0.1, decay_embeddings=False, example_inputs=model.inputs(2))["grid"].decay
     structure = decaykit.plan(model, 0.1, example_inputs=False)  # the shape alone: an nn.Embedding is one too
     assert raw_codebook or (structure[codebook].role, structure[codebook].decay) == ("embedding", True)
+
+
+class VectorIntoMatrix(nn.Module):
+    """Vectors fed alone through a nonlinear map, then laid into a matrix: Glow's LU 1x1 conv keeps the
+    log-scales ``w_s`` of its diagonal (``U + diag(exp(w_s))``), nflows' LULinear an inverse-softplus
+    diagonal, a learned rotation its angle through cos and sin. Beside them a whole matrix ``exp(log_w)``,
+    a positive weight, and the LU factors themselves."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.lower = nn.Parameter(torch.randn(c, c))
+        self.upper = nn.Parameter(torch.randn(c, c))
+        self.w_s = nn.Parameter(torch.zeros(c))
+        self.diag = nn.Parameter(torch.zeros(c))
+        self.theta = nn.Parameter(torch.zeros(1))
+        self.log_w = nn.Parameter(torch.zeros(c, c))
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, self.w_s.shape[0], 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.w_s.shape[0]
+        lower = self.lower.tril(-1) + torch.eye(c)
+        glow = lower @ (self.upper.triu(1) + torch.diag(torch.exp(self.w_s)))
+        y = F.conv2d(x, glow[..., None, None]).flatten(2).mT  # (B, HW, C)
+        y = F.linear(y, self.upper.triu(1) + torch.diag(F.softplus(self.diag)))
+        cos, sin = torch.cos(self.theta), torch.sin(self.theta)
+        rotation = torch.stack([torch.cat([cos, -sin]), torch.cat([sin, cos])])
+        y = torch.cat([y[..., :2] @ rotation.T, y[..., 2:]], -1) if c >= 2 else y
+        return F.linear(y, self.log_w.exp())
+
+
+@pytest.mark.parametrize("c", [2, 3, 5])
+def test_a_vector_through_a_nonlinear_map_into_a_matrix_is_a_state(c):
+    """``w_s``, the softplus diagonal and the angle were "matrix operand of F.conv2d, after exp (traced)", decayed
+    toward |s| = 1, a diagonal of softplus(0) and a rotation of 0, none of them "off"."""
+    model = VectorIntoMatrix(c)
+    for how in (None, torch.zeros(3, c, 4, 4)):
+        p = decaykit.plan(model, 0.1, example_inputs=how)
+        assert {n: (p[n].role, p[n].decay) for n in ("w_s", "diag", "theta", "lower", "upper", "log_w")} == {
+            "w_s": ("state", False), "diag": ("state", False), "theta": ("state", False), "lower": ("weight", True),
+            "upper": ("weight", True), "log_w": ("weight", True)}, [p[n].reason for n in ("w_s", "diag", "theta")]
+        assert p["log_w"].reason == "matrix operand of F.linear, after exp (traced)"
+    structure = decaykit.plan(model, 0.1, example_inputs=False)  # per channel: the shape leaves them undecayed too
+    assert not any(structure[n].decay for n in ("w_s", "diag", "theta"))

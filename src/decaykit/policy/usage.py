@@ -32,7 +32,8 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   ``weight * style``, then ``F.conv2d``), they are its gain -> ``weight``;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
-  anything but a matmul or a lookup -> ``state``, no decay; what went through the map is tracked per
+  anything but a matmul or a lookup, or a vector laid so into a matrix (Glow's log-scales on its
+  diagonal, an angle into a rotation) -> ``state``, no decay; what went through the map is tracked per
   parameter (in ``mu + exp(logsigma) * noise`` only ``logsigma`` did).
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
@@ -692,7 +693,7 @@ class _Recorder(TorchFunctionMode):
         for p in self.origin[id(tensor)]:
             via = vias.get(p)
             mine = (Use("state", use.func, f"fed alone through {via}, then into {use.reason}: a state parameter")
-                    if mapped_is_state and via is not None else _after(use, via))
+                    if mapped_is_state and via is not None else _after(use, via, vector=len(self.shapes[p]) <= 1))
             self.uses.setdefault(p, []).append(mine)
             if self.guard is not None:
                 self.after_test.setdefault((p, mine), self.guard)
@@ -796,13 +797,18 @@ class _Recorder(TorchFunctionMode):
         return all(_along_last_alone(a.shape, tensor.shape) for a in activations)
 
 
-def _after(use: Use, via: str | None) -> Use:
+def _after(use: Use, via: str | None, vector: bool = False) -> Use:
     """``use`` of a parameter that went alone through the nonlinear map ``via`` (``exp``), if any: a
     matrix operand or a table looked up stays one (a positive weight ``exp(log_w)``); anything else it
     feeds, a learned token's place included (Slot Attention's ``mu + exp(logsigma) * noise``), makes it a
-    state parameter, as a log-std or a temperature is."""
+    state parameter, as a log-std or a temperature is. So does a matrix operand a ``vector`` (at most one
+    axis) went into: no matrix itself, it is laid into one (Glow's log-scales ``w_s`` on the diagonal of
+    its LU 1x1 conv, an angle through cos and sin into a rotation), and the map's zero is no "off"."""
     if via is None or use.kind == "state":
         return use
+    if use.kind == "matmul" and vector:
+        return Use("state", use.func, f"fed alone through {via}, a vector, then laid into the {use.reason}: a state "
+                                      "parameter")
     if use.kind in ("matmul", "lookup"):
         return use._replace(reason=f"{use.reason}, after {via}")
     return Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
