@@ -1547,3 +1547,43 @@ def test_a_vector_through_a_nonlinear_map_into_a_matrix_is_a_state(c):
         assert p["log_w"].reason == "matrix operand of F.linear, after exp (traced)"
     structure = decaykit.plan(model, 0.1, example_inputs=False)  # per channel: the shape leaves them undecayed too
     assert not any(structure[n].decay for n in ("w_s", "diag", "theta"))
+
+
+class VmapEnsemble(nn.Module):
+    """PyTorch's model-ensembling recipe: members stacked by ``torch.func.stack_module_state``, registered as
+    parameters so an optimizer trains them, and run at once by ``torch.vmap(functional_call(...))``."""
+
+    def __init__(self, members: int, use_vmap: bool = True) -> None:
+        super().__init__()
+        models = [nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 1)) for _ in range(members)]
+        stacked, _ = torch.func.stack_module_state(models)
+        self.params = nn.ParameterDict({k.replace(".", "_"): nn.Parameter(v) for k, v in stacked.items()})
+        self.skeleton = [models[0].to("meta")]  # a list: no parameters of its own
+        self.use_vmap = use_vmap
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = {k.replace("_", ".", 1): v for k, v in self.params.items()}
+        def call(params, inputs):
+            return torch.func.functional_call(self.skeleton[0], params, (inputs,))
+        if self.use_vmap:
+            return torch.vmap(call, in_dims=(0, None))(state, x)
+        return torch.stack([call({k: v[i] for k, v in state.items()}, x) for i in range(self.params["0_weight"].shape[0])])
+
+
+@pytest.mark.parametrize("members", [2, 3])
+@pytest.mark.parametrize("use_vmap", [True, False])
+def test_an_ensemble_run_under_vmap_is_traced_through_it(members, use_vmap):
+    """Under vmap every stacked tensor was "(structural: not reached by the traced forward)", with a warning that
+    the forward did not reach them, and the stacked LayerNorm gains (E, C) were decayed by their shape."""
+    model = VmapEnsemble(members, use_vmap)
+    for how in (None, torch.zeros(5, 4)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DecayWarning)
+            p = decaykit.plan(model, 0.1, example_inputs=how)
+        assert {n: (p[n].role, p[n].decay) for n in ("params.0_weight", "params.0_bias", "params.1_weight", "params.1_bias", "params.3_weight")} == {
+            "params.0_weight": ("weight", True), "params.0_bias": ("bias", False), "params.1_weight": ("norm", False),
+            "params.1_bias": ("norm", False), "params.3_weight": ("weight", True)}, [d.reason for d in p]
+        assert all(d.reason.endswith("(traced)") for d in p)

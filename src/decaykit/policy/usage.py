@@ -68,6 +68,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch._C import _functorch
 from torch.nn.modules import module as torch_module
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
@@ -329,6 +330,22 @@ class _Recorder(TorchFunctionMode):
         self._record(_bare(func), _name(func), args, kwargs, written)
         return out
 
+    def _see_through(self, t: torch.Tensor) -> None:
+        """Under ``torch.vmap`` (a ``stack_module_state`` ensemble) an operation meets a batched wrapper of
+        a parameter or an activation, made where no operation is seen: it is what it wraps."""
+        if id(t) in self.origin or id(t) in self.live or not _functorch.is_batchedtensor(t):
+            return
+        inner = t
+        while _functorch.is_batchedtensor(inner):
+            inner = _functorch.get_unwrapped(inner)
+        if id(inner) in self.origin:
+            self._pass_on(t, set(self.origin[id(inner)]), self.via.get(id(inner)), id(inner) in self.selected)
+        elif id(inner) in self.live:
+            for marks in (self.live, self.raw, self.masks, self.param_free, self.normalised):
+                if id(inner) in marks:
+                    marks.add(id(t))
+            self.keep.append(t)
+
     def _provenance(self, bare: str, out: Any, live: list[torch.Tensor], traced: list[torch.Tensor]) -> None:
         """What ``out`` was computed from: the inputs alone, or the parameters it met since the last layer."""
         if not traced and all(id(t) in self.param_free for t in live):
@@ -354,6 +371,8 @@ class _Recorder(TorchFunctionMode):
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            self._see_through(t)
         live = [t for t in tensors if id(t) in self.live]
         traced = [t for t in tensors if id(t) in self.origin]
         if self.following:
