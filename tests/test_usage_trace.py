@@ -1587,3 +1587,55 @@ def test_an_ensemble_run_under_vmap_is_traced_through_it(members, use_vmap):
             "params.0_weight": ("weight", True), "params.0_bias": ("bias", False), "params.1_weight": ("norm", False),
             "params.1_bias": ("norm", False), "params.3_weight": ("weight", True)}, [d.reason for d in p]
         assert all(d.reason.endswith("(traced)") for d in p)
+
+
+class TaskTable(nn.Module):
+    """A per-task vector picked by a task id that arrives as a 0-d tensor (a DataLoader's batch of one), and a
+    check of the input in an ``assert`` (torchdiffeq's ``assert (t[1:] > t[:-1]).all()`` on its time grid)."""
+
+    def __init__(self, checks: bool) -> None:
+        super().__init__()
+        self.checks = checks
+        self.tasks = nn.Parameter(torch.randn(3, 8))
+        self.fc = nn.Linear(8, 2)
+        self.rate = nn.Parameter(torch.ones(8))
+
+    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(4, 8), torch.tensor(1)
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        if self.checks:
+            assert (x[1:] >= x[:-1]).all(), "x must be sorted"
+        return self.fc(x * self.rate + self.tasks[task])
+
+
+@pytest.mark.parametrize("task", [torch.tensor(1), torch.tensor([1]), torch.tensor(2, dtype=torch.int32)])
+@pytest.mark.parametrize("checks", [False, True])
+def test_a_0d_index_and_an_assert_on_values_do_not_stop_the_trace(task, checks):
+    """A 0-d task id stopped the pass at "Tensor.item() cannot be called on meta tensors"; an assert on the
+    input's values, answered False, at its own message ("t must be strictly increasing"): both blamed a valid input."""
+    model = TaskTable(checks)
+    for how in (None, (torch.zeros(4, 8), task)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DecayWarning)
+            p = decaykit.plan(model, 0.1, example_inputs=how)
+        assert (p["tasks"].role, p["tasks"].decay, p["rate"].role) == ("embedding", True, "scale"), p["tasks"].reason
+        assert p["tasks"].reason.endswith("(traced)") and p["rate"].reason.endswith("(traced)")
+
+
+def test_a_stop_right_after_a_test_of_a_value_names_that_test():
+    """The pass answers a test of a value False; what the model raises on that made-up answer names the test."""
+    class Checked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not (x > -1e9).all():
+                raise ValueError("inputs out of range")
+            return self.fc(x)
+
+    stopped = run_trace(Checked(), torch.zeros(2, 4)).stopped
+    assert stopped is not None and stopped.startswith("ValueError: inputs out of range, raised right after a test of a "
+                                                      "tensor's value, 'not (x > -1e9).all()' (test_usage_trace.py:")
+    assert stopped.endswith("that the pass answered False (fake tensors hold no values)"), stopped

@@ -44,7 +44,8 @@ spectral weight filled in) pass a parameter through unchanged; one that meets a 
 function decaykit does not know (a learnable fake quantizer's step size) is no part of the
 matrix, and its role stays untold. The pass runs under ``FakeTensorMode``: no real compute, no
 real memory. A test of a tensor's value (``if self.training and torch.rand(1) > p:``) is
-answered False, then in a second pass True, and what either saw is kept; where a decision rests
+answered False, then in a second pass True, and what either saw is kept (a test in an ``assert``
+is answered True: it checks what holds of a valid input); where a decision rests
 on one answer, its reason names the test and the answer (:func:`decaykit.policy.roles.classify`). A number read (``.item()``)
 gets a stand-in, 1; at an operation whose output shape depends on values the pass stops, and
 what was seen until then is kept.
@@ -273,6 +274,7 @@ class _Recorder(TorchFunctionMode):
         # the test a use after it is put down to: the last one, or where True answers are given, the last answered True
         self.guard: tuple[str, bool] | None = None
         self.true_pass = answers is not None
+        self.ops_since_test = 0  # operations seen since the last test: none, where the pass then stops, blames that test
         # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
         self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
         self.shapes = {id(real): tuple(real.shape) for _, real in params}
@@ -325,6 +327,8 @@ class _Recorder(TorchFunctionMode):
             if _bare(func) == "__bool__":
                 return self._test()
             return _stand_in(_bare(func), args[0])
+        if _bare(func) == "__getitem__" and len(args) == 2 and _scalar_index(args[1]):
+            return self._pick_one(func, args[0], args[1])
         out = func(*args, **kwargs)
         written = args[0] if out is None and _bare(func) == "__setitem__" else out  # ``dense[idx] = param`` fills dense
         self._record(_bare(func), _name(func), args, kwargs, written)
@@ -359,17 +363,31 @@ class _Recorder(TorchFunctionMode):
                     self.measured[id(o)] = met
                     self.keep.append(o)
 
+    def _pick_one(self, func: Any, table: Any, index: torch.Tensor) -> Any:
+        """``table[i]`` with a 0-d integer tensor ``i`` (a task id from a DataLoader): torch reads its value,
+        which a fake tensor has not; picked as ``table[i.reshape(1)].squeeze(0)``, the same shape."""
+        one = index.reshape(1)
+        self._record("reshape", "reshape", (index, 1), {}, one)
+        rows = func(table, one)
+        self._record("__getitem__", _name(func), (table, one), {}, rows)
+        out = rows.squeeze(0)
+        self._record("squeeze", "squeeze", (rows, 0), {}, out)
+        return out
+
     def _test(self) -> bool:
         """The answer to a test of a tensor's truth value, noted with where the model's code made it."""
-        where = _caller()
-        answer = self.answers[where] > 0
+        where, asserted = _caller()
+        # an ``assert`` checks what holds of a valid input (torchdiffeq's increasing time grid): it holds
+        answer = asserted or self.answers[where] > 0
         self.answers[where] -= answer
         self.tests.append((where, answer))
+        self.ops_since_test = 0
         if answer or not self.true_pass:
             self.guard = (where, answer)
         return answer
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
+        self.ops_since_test += 1
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         for t in tensors:
             self._see_through(t)
@@ -840,6 +858,12 @@ def _after(use: Use, via: str | None, vector: bool = False) -> Use:
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
 
 
+def _scalar_index(index: Any) -> bool:
+    """Whether ``index`` is a 0-d integer tensor without values, which indexing would read."""
+    return (isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point()
+            and index.dtype != torch.bool and (index.is_meta or type(index).__name__ == "FakeTensor"))
+
+
 def _stand_in(read: str, t: torch.Tensor) -> Any:
     one: Any = False if t.dtype == torch.bool else (1 if not t.is_floating_point() else 1.0)
     if read == "__bool__":
@@ -860,9 +884,10 @@ def _stand_in(read: str, t: torch.Tensor) -> Any:
 _DISPATCH_FILES = tuple(os.path.join("torch", name) for name in ("overrides.py", "_tensor.py", os.path.join("utils", "_device.py")))
 
 
-def _caller() -> str:
+def _caller() -> tuple[str, bool]:
     """Where the model's code made the current read: the frame that called ``__torch_function__``,
-    past torch's dispatch, as ``'self.training and torch.rand(1) > p' (peft/tuners/lokr/layer.py:309)``."""
+    past torch's dispatch, as ``'self.training and torch.rand(1) > p' (peft/tuners/lokr/layer.py:309)``,
+    and whether that line is an ``assert``."""
     import linecache
     import sys
 
@@ -873,14 +898,15 @@ def _caller() -> str:
     while frame is not None and frame.f_code.co_filename.endswith(_DISPATCH_FILES):
         frame = frame.f_back
     if frame is None:
-        return "a test of a tensor's value"
+        return "a test of a tensor's value", False
     path = frame.f_code.co_filename
     where = path.split(f"site-packages{os.sep}")[-1] if "site-packages" in path else os.path.basename(path)
     code = linecache.getline(path, frame.f_lineno).split(" #")[0].strip()
+    asserted = code.startswith("assert ")
     for keyword in ("if ", "elif ", "while ", "assert "):
         if code.startswith(keyword):
             code = code[len(keyword):].rstrip(":").strip()
-    return f"{code!r} ({where}:{frame.f_lineno})" if code else f"{where}:{frame.f_lineno}"
+    return (f"{code!r} ({where}:{frame.f_lineno})" if code else f"{where}:{frame.f_lineno}"), asserted
 
 
 def _named_args(bare: str, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -1211,6 +1237,10 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        if recorder.tests and recorder.ops_since_test == 0:  # raised on an answer the pass made up, not on the input
+            where, answer = recorder.tests[-1]
+            stopped += (f", raised right after a test of a tensor's value, {where}, that the pass answered "
+                        f"{answer} (fake tensors hold no values)")
     finally:
         fake_log.setLevel(level)
         _restore(saved)
