@@ -379,7 +379,7 @@ class _Recorder(TorchFunctionMode):
         where, asserted = _caller()
         # an ``assert`` checks what holds of a valid input (torchdiffeq's increasing time grid): it holds
         answer = asserted or self.answers[where] > 0
-        self.answers[where] -= answer
+        self.answers[where] -= answer and not asserted
         self.tests.append((where, answer))
         self.ops_since_test = 0
         if answer or not self.true_pass:
@@ -951,13 +951,15 @@ def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: s
 
 def _batch_axis(shape: torch.Size, batch: int | None) -> int | None:
     """The axis of activations of ``shape`` that holds the batch: the first of the batch size (a seq-first
-    (T, 1, H, D) activation of a batch of 1 has it second), else the first whose size is a multiple of
-    it, where the batch was folded with another axis (a video's frames or a series' channels, (B*T, N, D)),
+    (T, 1, H, D) activation of a batch of 1 has it second), else the first axis where its size is a multiple
+    of it: the batch folded there with another axis (a video's frames or a series' channels, (B*T, N, D)),
     so that a position table added to each frame is broadcast along the batch alone."""
     if batch is None:
         return None
     same = next((i for i, n in enumerate(shape) if n == batch), None)
-    return same if same is not None else next((i for i, n in enumerate(shape) if batch > 0 and n % batch == 0), None)
+    if same is None and shape and batch > 0 and shape[0] % batch == 0:
+        return 0
+    return same
 
 
 def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
