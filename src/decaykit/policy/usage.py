@@ -630,8 +630,9 @@ class _Recorder(TorchFunctionMode):
         if bare in _LAYER_ARGS:
             return [v for arg, v in _named_args(bare, args, kwargs).items()
                     if _LAYER_ARGS[bare].get(arg) == "matmul" and isinstance(v, torch.Tensor)]
-        if bare in _MATMUL:
-            return [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if bare in _MATMUL:  # an einsum operand none of whose indices is summed out only multiplies
+            elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
+            return [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and id(t) not in elementwise]
         return []
 
     def _carry(self, out: torch.Tensor, carried: list[tuple[_Deferred, tuple[int, ...]]]) -> None:
