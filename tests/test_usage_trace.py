@@ -1639,3 +1639,20 @@ def test_a_stop_right_after_a_test_of_a_value_names_that_test():
     assert stopped is not None and stopped.startswith("ValueError: inputs out of range, raised right after a test of a "
                                                       "tensor's value, 'not (x > -1e9).all()' (test_usage_trace.py:")
     assert stopped.endswith("that the pass answered False (fake tensors hold no values)"), stopped
+
+
+def test_a_gain_spread_by_activations_then_multiplied_elementwise_by_einsum_stays_a_gain():
+    """Only a matrix operand makes a modulated product a kernel: an einsum that sums out none of its indices
+    (``"btc,btc->btc"``) multiplies elementwise, and the per-channel gain stays a gain."""
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.gain = nn.Parameter(torch.ones(4, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gate = self.fc(x).mean(1, keepdim=True)  # (B, 1, 4): broadcast along the gain's rows
+            return torch.einsum("bcn,bcn->bcn", self.gain * gate, x.expand(-1, 4, -1))
+
+    p = decaykit.plan(Gated(), 0.1, example_inputs=torch.zeros(2, 1, 4))
+    assert (p["gain"].role, p["gain"].decay) == ("scale", False), p["gain"].reason
