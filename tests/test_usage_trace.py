@@ -1656,3 +1656,22 @@ def test_a_gain_spread_by_activations_then_multiplied_elementwise_by_einsum_stay
 
     p = decaykit.plan(Gated(), 0.1, example_inputs=torch.zeros(2, 1, 4))
     assert (p["gain"].role, p["gain"].decay) == ("scale", False), p["gain"].reason
+
+
+@pytest.mark.parametrize("experts", [2, 4])
+def test_a_per_expert_bias_stays_a_bias_when_the_expert_outputs_are_flattened(experts):
+    """Batched experts (E, capacity, C) with a bias (E, 1, C), their outputs then flattened to (E*capacity, C):
+    the bias varies along the experts, no table of the tokens, though its sum is folded like PatchTST's."""
+    class Experts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(experts, 4, 4))
+            self.b = nn.Parameter(torch.zeros(experts, 1, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, 4), dispatched as (E, B*T // E, 4)
+            h = torch.bmm(x.reshape(experts, -1, 4), self.w) + self.b
+            return h.view(-1, 4).view_as(x)
+
+    for batch in (2, 4):
+        p = decaykit.plan(Experts(), 0.1, example_inputs=torch.zeros(batch, 6, 4))
+        assert (p["b"].role, p["b"].decay, p["w"].role) == ("bias", False, "weight"), p["b"].reason

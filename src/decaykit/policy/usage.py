@@ -530,7 +530,8 @@ class _Recorder(TorchFunctionMode):
         for b in self.batch:
             batch_axis = _batch_axis(a.shape, b)
             spread = [i for i, (s, n) in enumerate(zip(padded, a.shape)) if s == 1 < n and i != batch_axis]
-            if batch_axis == 0 and spread and spread == list(range(1, len(spread) + 1)):
+            # a per-expert bias (E, 1, C) varies along the first axis itself: no table of the tokens
+            if batch_axis == 0 and padded[0] == 1 and spread and spread == list(range(1, len(spread) + 1)):
                 return (int(torch.Size(a.shape[:len(spread) + 1]).numel()), *a.shape[len(spread) + 1:])
         return None
 
