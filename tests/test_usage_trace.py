@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import decaykit
+from checked_models import TaskTable
 from decaykit import DecayWarning
 from decaykit.policy import RoleConflict
 from decaykit.policy.usage import run_trace
@@ -1587,26 +1588,6 @@ def test_an_ensemble_run_under_vmap_is_traced_through_it(members, use_vmap):
             "params.0_weight": ("weight", True), "params.0_bias": ("bias", False), "params.1_weight": ("norm", False),
             "params.1_bias": ("norm", False), "params.3_weight": ("weight", True)}, [d.reason for d in p]
         assert all(d.reason.endswith("(traced)") for d in p)
-
-
-class TaskTable(nn.Module):
-    """A per-task vector picked by a task id that arrives as a 0-d tensor (a DataLoader's batch of one), and a
-    check of the input in an ``assert`` (torchdiffeq's ``assert (t[1:] > t[:-1]).all()`` on its time grid)."""
-
-    def __init__(self, checks: bool) -> None:
-        super().__init__()
-        self.checks = checks
-        self.tasks = nn.Parameter(torch.randn(3, 8))
-        self.fc = nn.Linear(8, 2)
-        self.rate = nn.Parameter(torch.ones(8))
-
-    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros(4, 8), torch.tensor(1)
-
-    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        if self.checks:
-            assert (x[1:] >= x[:-1]).all(), "x must be sorted"
-        return self.fc(x * self.rate + self.tasks[task])
 
 
 @pytest.mark.parametrize("task", [torch.tensor(1), torch.tensor([1]), torch.tensor(2, dtype=torch.int32)])

@@ -45,7 +45,7 @@ function decaykit does not know (a learnable fake quantizer's step size) is no p
 matrix, and its role stays untold. The pass runs under ``FakeTensorMode``: no real compute, no
 real memory. A test of a tensor's value (``if self.training and torch.rand(1) > p:``) is
 answered False, then in a second pass True, and what either saw is kept (a test in an ``assert``
-is answered True: it checks what holds of a valid input); where a decision rests
+that fails on False is answered True: it checks what holds of a valid input); where a decision rests
 on one answer, its reason names the test and the answer (:func:`decaykit.policy.roles.classify`). A number read (``.item()``)
 gets a stand-in, 1; at an operation whose output shape depends on values the pass stops, and
 what was seen until then is kept.
@@ -213,6 +213,8 @@ class Trace:
     # where the two answers to those tests decide a parameter differently: what the other answer saw
     # (``None``: nothing) and the clause naming the test the deciding use came after, "where ... is true"
     branch: dict[int, tuple[Use | None, str]] = field(default_factory=dict)
+    # an ``assert`` the pass made fail by answering its test False, where the pass then stopped
+    assertion: str | None = None
 
     @property
     def unseen(self) -> str:
@@ -263,8 +265,11 @@ class _Recorder(TorchFunctionMode):
     """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
 
     def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor],
-                 answers: Mapping[str, int] | None = None) -> None:
+                 answers: Mapping[str, int] | None = None, held: frozenset[str] = frozenset()) -> None:
         super().__init__()
+        # the places of ``assert`` tests answered True: an assertion checks what holds of a valid input
+        self.held = held
+        self.last_assert: str | None = None  # the last test, where it was an ``assert``'s answered False
         # a tensor's truth value (``if mask.any():``) is unknown on fake tensors: a test is answered True
         # the first ``answers[where]`` times the code at ``where`` makes it, else False; ``tests`` says
         # where each was and the answer, ``after_test`` which one preceded a use
@@ -377,9 +382,9 @@ class _Recorder(TorchFunctionMode):
     def _test(self) -> bool:
         """The answer to a test of a tensor's truth value, noted with where the model's code made it."""
         where, asserted = _caller()
-        # an ``assert`` checks what holds of a valid input (torchdiffeq's increasing time grid): it holds
-        answer = asserted or self.answers[where] > 0
-        self.answers[where] -= answer and not asserted
+        answer = where in self.held or self.answers[where] > 0
+        self.answers[where] -= answer and where not in self.held
+        self.last_assert = where if asserted and not answer else None
         self.tests.append((where, answer))
         self.ops_since_test = 0
         if answer or not self.true_pass:
@@ -387,7 +392,8 @@ class _Recorder(TorchFunctionMode):
         return answer
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
-        self.ops_since_test += 1
+        if isinstance(out, torch.Tensor) or any(isinstance(o, torch.Tensor) for o in tree_flatten(out)[0]):
+            self.ops_since_test += 1  # a repr of a failed assert's values (pytest rewrites them) computes nothing
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         for t in tensors:
             self._see_through(t)
@@ -1120,11 +1126,11 @@ def _best_trace(model: nn.Module, example_inputs: Any) -> Trace:
 def _first_to_finish(model: nn.Module, example_inputs: Any, tries: list[tuple[torch.dtype | None, bool, bool]],
                      answers: Mapping[str, int] | None = None) -> tuple[Trace, int]:
     """The first pass in ``tries`` (floats, meta, eval mode) that finishes, else the one that saw most, and its place."""
-    best, at = _trace_once(model, example_inputs, *tries[0], answers=answers), 0
+    best, at = _holding_asserts(model, example_inputs, *tries[0], answers=answers), 0
     for i, how in enumerate(tries[1:], 1):
         if best.stopped is None:
             break
-        again = _trace_once(model, example_inputs, *how, answers=answers)
+        again = _holding_asserts(model, example_inputs, *how, answers=answers)
         if again.stopped is None or len(again.uses) > len(best.uses):
             best, at = again, i
     return best, at
@@ -1206,8 +1212,22 @@ def _modalities(inputs: Any) -> list[dict[str, Any]]:
     return [{**settings, **(ids if k == "input_ids" else {k: inputs[k]})} for k in _MODALITIES if k in inputs]
 
 
+def _holding_asserts(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
+                     evaluate: bool = False, answers: Mapping[str, int] | None = None) -> Trace:
+    """:func:`_trace_once`, again where it stopped at an ``assert`` whose test it answered False
+    (torchdiffeq's ``assert (t[1:] > t[:-1]).all()``), with that test answered True, for up to 8 of
+    them: an assertion checks what holds of a valid input (``assert not t.isnan().any()`` holds on False)."""
+    held: frozenset[str] = frozenset()
+    trace = _trace_once(model, example_inputs, floats, meta, evaluate, answers)
+    while trace.assertion is not None and trace.assertion not in held and len(held) < 8:
+        held |= {trace.assertion}
+        trace = _trace_once(model, example_inputs, floats, meta, evaluate, answers, held)
+    return trace
+
+
 def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
-                evaluate: bool = False, answers: Mapping[str, int] | None = None) -> Trace:
+                evaluate: bool = False, answers: Mapping[str, int] | None = None,
+                held: frozenset[str] = frozenset()) -> Trace:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # on meta tensors, what the forward creates must be meta too: the default device says so
@@ -1228,8 +1248,9 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
                                          example_inputs))
     except Exception as exc:  # a tensor subclass that cannot be copied shape-only: the structure decides
         return Trace({}, f"a shape-only copy of the input: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
-    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers)
-    stopped = None
+    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers,
+                         held)
+    stopped = assertion = None
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
     fake_log.setLevel(logging.CRITICAL)  # a kernel without a fake version logs a traceback before raising
@@ -1243,13 +1264,14 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
         if recorder.tests and recorder.ops_since_test == 0:  # raised on an answer the pass made up, not on the input
             where, answer = recorder.tests[-1]
+            assertion = recorder.last_assert if isinstance(exc, AssertionError) else None
             stopped += (f", raised right after a test of a tensor's value, {where}, that the pass answered "
                         f"{answer} (fake tensors hold no values)")
     finally:
         fake_log.setLevel(level)
         _restore(saved)
     recorder.finish()
-    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test)
+    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion)
 
 
 @contextlib.contextmanager
