@@ -332,6 +332,9 @@ class _Recorder(TorchFunctionMode):
             if _bare(func) == "__bool__":
                 return self._test()
             return _stand_in(_bare(func), args[0])
+        # counted before it runs: an operation that raises (reading a value inside indexing) is no answer's fault;
+        # a repr of a failed assert's values (pytest rewrites asserts so) computes nothing
+        self.ops_since_test += _bare(func) not in ("__repr__", "__str__", "__format__")
         if _bare(func) == "__getitem__" and len(args) == 2 and _scalar_index(args[1]):
             return self._pick_one(func, args[0], args[1])
         out = func(*args, **kwargs)
@@ -392,8 +395,6 @@ class _Recorder(TorchFunctionMode):
         return answer
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
-        if isinstance(out, torch.Tensor) or any(isinstance(o, torch.Tensor) for o in tree_flatten(out)[0]):
-            self.ops_since_test += 1  # a repr of a failed assert's values (pytest rewrites them) computes nothing
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         for t in tensors:
             self._see_through(t)
