@@ -237,6 +237,42 @@ def test_torch_layers_of_every_kind():
     assert p["lstm.weight_hh_l0"].decay and not p["lstm.bias_ih_l0"].decay
 
 
+class NormedLinear(nn.Linear):
+    """TD-MPC2's block: a Linear whose output its child LayerNorm normalises, then Mish."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__(n_in, n_out)
+        self.ln = nn.LayerNorm(n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mish(self.ln(super().forward(x)))
+
+
+class CosineNormScorer(nn.Module):
+    """A normalised scoring head that declares its map and uses its weight as F.linear's matrix."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = n_in, n_out
+        self.weight = nn.Parameter(torch.randn(n_out, n_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(nn.functional.normalize(x, dim=-1), nn.functional.normalize(self.weight, dim=-1))
+
+
+@pytest.mark.parametrize("layer", [NormedLinear, CosineNormScorer])
+@pytest.mark.parametrize("outputs", [1, 4])
+@pytest.mark.parametrize("how", [False, None, "input"])
+def test_a_weight_layer_named_norm_keeps_a_weight_of_one_output(layer, outputs, how):
+    """NormedLinear(16, 1)'s (1, 16) weight was "norm:NormedLinear", undecayed: the norm-by-name rule fired on a
+    per-channel shape before the weight-layer rule. It is the matrix of a Linear, as with 4 outputs."""
+    model = nn.Sequential(nn.Linear(3, 16), layer(16, outputs))
+    p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 3) if how == "input" else how)
+    assert (p["1.weight"].role, p["1.weight"].decay) == ("weight", True), p["1.weight"].reason
+    if layer is NormedLinear:
+        assert not p["1.bias"].decay and not p["1.ln.weight"].decay and p["1.ln.weight"].role == "norm"
+
+
 def test_weight_norm_parametrization_magnitude_and_direction():
     lin = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
     p = decaykit.plan(lin, 0.1)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import decaykit
+from checked_models import TaskTable
 from decaykit import DecayWarning
 from decaykit.policy import RoleConflict
 from decaykit.policy.usage import run_trace
@@ -1246,3 +1247,412 @@ def test_a_kernel_multiplied_into_transformed_activations_and_transformed_back_i
                    "log_a_real": ("state", False), "a_imag": ("state", False)}
     assert p["c"].reason == ("multiplies transformed activations in mul, then transformed back by fft_irfft: a "
                              "convolution kernel (traced)")
+
+
+class FoldedPositions(nn.Module):
+    """A learned position table added to tokens whose batch axis was folded with another one: a video's
+    frames (B*T, N, D), as TimeSformer's and ViViT's spatial stages do, or a series' channels (B*C, n, d),
+    as PatchTST's channel independence does; or added to (B, C, n, d), the channels folded into the batch
+    only after it, as transformers' PatchTST does (``fold="after"``); or (``fold=None``) (B, N, D)."""
+
+    def __init__(self, fold: str | None, tokens: int = 4, d: int = 8, extra: int = 3) -> None:
+        super().__init__()
+        self.fold, self.extra = fold, extra
+        self.proj = nn.Linear(2, d)
+        self.table = nn.Parameter(torch.zeros(tokens, d) if fold in ("channels", "after") else torch.zeros(1, tokens, d))
+        self.head = nn.Linear(d, 1)
+
+    def example_inputs(self) -> torch.Tensor:
+        return self.input(2)
+
+    def input(self, batch: int) -> torch.Tensor:
+        tokens = self.table.shape[-2]
+        return torch.zeros((batch, self.extra, tokens, 2) if self.fold == "frames" else
+                           (batch, tokens * 2, self.extra) if self.fold in ("channels", "after") else (batch, tokens, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fold == "frames":  # (B, T, N, 2) -> (B*T, N, D)
+            x = self.proj(x.flatten(0, 1))
+        elif self.fold == "channels":  # (B, L, C) -> patches of 2 per channel, (B*C, n, D)
+            patches = x.permute(0, 2, 1).unfold(-1, 2, 2)
+            x = self.proj(patches).reshape(-1, patches.shape[2], self.table.shape[-1])
+        elif self.fold == "after":  # (B, C, n, D) + table, then (B*C, n, D) for attention along the patches
+            x = self.proj(x.permute(0, 2, 1).unfold(-1, 2, 2))
+            x = F.dropout(x + self.table, 0.1, self.training)
+            return self.head(x.view(-1, *x.shape[2:]))
+        else:
+            x = self.proj(x)
+        return self.head(x + self.table)
+
+
+@pytest.mark.parametrize("fold", ["frames", "channels", "after", None])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+@pytest.mark.parametrize("extra", [2, 3])
+def test_a_position_table_stays_one_where_another_axis_is_folded_into_the_batch(fold, batch, extra):
+    """PatchTST's ``W_pos`` and TimeSformer's position embeddings were "added to activations in add: a bias",
+    undecayed: no axis of (B*C, n, d) has the batch size, so the folded one counted as a token axis the
+    table is broadcast over. It is the batch, and the table varies along every token."""
+    model = FoldedPositions(fold, extra=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (False, None, model.input(batch))]
+    assert all(p["table"].decay for p in plans), [p["table"].reason for p in plans]
+    for p in plans[1:]:
+        assert p["table"].role == "position" and p["table"].reason.startswith("added to activations in add as a "), \
+            p["table"].reason
+        assert fold != "after" or p["table"].reason.endswith("table, the same along axes that view then folds into the "
+                                                             "batch (traced)"), p["table"].reason
+
+
+def test_patchtst_position_encoding_is_a_position_table():
+    """transformers' PatchTST adds its learned table to (B, C, n, d) and folds the channels into the batch after."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.PatchTSTConfig(num_input_channels=3, context_length=32, patch_length=8, patch_stride=8,
+                                         d_model=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                                         prediction_length=8, positional_encoding_type="random")
+    model = transformers.PatchTSTForPrediction(config)
+    p = decaykit.plan(model, 0.1, example_inputs={"past_values": torch.zeros(5, 32, 3)})
+    table = p["model.encoder.positional_encoder.position_enc"]
+    assert (table.role, table.decay) == ("position", True) and table.reason.endswith("(traced)"), table.reason
+
+
+def test_timesformer_position_and_time_embeddings_are_position_tables():
+    """TimeSformer adds its spatial table to (B*T, N, D) frames and its time table to (B*N, T, D) patches."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.TimesformerConfig(image_size=16, patch_size=4, num_frames=3, hidden_size=16,
+                                            num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    with torch.device("meta"):
+        model = transformers.TimesformerModel(config)
+    p = decaykit.plan(model, 0.1, example_inputs={"pixel_values": torch.zeros(2, 3, 3, 16, 16, device="meta")})
+    for name in ("embeddings.position_embeddings", "embeddings.time_embeddings"):
+        assert (p[name].role, p[name].decay) == ("position", True) and p[name].reason.endswith("(traced)"), p[name].reason
+
+
+class ModulatedKernel(nn.Module):
+    """StyleGAN2's modulated convolution, folded into the kernel (rosinality's ``ModulatedConv2d``, the fused path
+    of NVlabs' ``modulated_conv2d``): ``weight * style`` (demodulated or not) is the kernel of a grouped
+    ``F.conv2d``; ``kind="bmm"``: a per-example modulated matrix of a linear map. Beside it, ``gain`` scales
+    the activations before a matmul: the operand broadcast along the other's axes is the gain."""
+
+    def __init__(self, kind: str, demodulate: bool, cin: int = 4, cout: int = 6, k: int = 3) -> None:
+        super().__init__()
+        self.kind, self.demodulate, self.k = kind, demodulate, k
+        self.weight = nn.Parameter(torch.randn((1, cout, cin, k, k) if kind == "conv" else (1, cout, cin)))
+        self.modulation = nn.Linear(8, cin)
+        self.gain = nn.Parameter(torch.ones(cout))
+        self.keys = nn.Linear(cout, cout)
+
+    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs(2)
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cin = self.weight.shape[2]
+        return torch.zeros((batch, cin, 5, 5) if self.kind == "conv" else (batch, 5, cin)), torch.zeros(batch, 8)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        b, cout, cin = x.shape[0], self.weight.shape[1], self.weight.shape[2]
+        s = self.modulation(style)
+        w = self.weight * (s.view(b, 1, cin, 1, 1) if self.kind == "conv" else s.view(b, 1, cin))
+        if self.demodulate:
+            axes = [2, 3, 4] if self.kind == "conv" else [2]
+            w = w * torch.rsqrt(w.pow(2).sum(axes) + 1e-8).view(b, cout, *([1] * (w.ndim - 2)))
+        if self.kind == "conv":
+            y = F.conv2d(x.reshape(1, b * cin, *x.shape[2:]), w.view(b * cout, cin, self.k, self.k), padding=1, groups=b)
+            y = y.view(b, cout, -1).mT
+        else:
+            y = torch.bmm(x, w.mT)
+        return (y * self.gain) @ self.keys(y).mT
+
+
+@pytest.mark.parametrize("kind", ["conv", "bmm"])
+@pytest.mark.parametrize("demodulate", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_kernel_modulated_per_example_is_a_weight(kind, demodulate, batch):
+    """The modulated kernel was "multiplies activations in mul: a scale (traced)", undecayed, where the same
+    layer with the style applied to the input instead (``F.conv2d(x * s, weight)``) is a weight: the style
+    is broadcast along the kernel's own axes, and the product is the matrix operand of the convolution."""
+    model = ModulatedKernel(kind, demodulate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (False, None, model.inputs(batch))]
+    assert all(p["weight"].decay for p in plans), [p["weight"].reason for p in plans]
+    for p in plans[1:]:
+        assert p["weight"].role == "weight" and p["weight"].reason == (
+            f"multiplied in mul by activations broadcast along its axes, then matrix operand of "
+            f"{'F.conv2d' if kind == 'conv' else 'bmm'}: a kernel modulated per example (traced)"), p["weight"].reason
+        assert (p["gain"].role, p["gain"].decay) == ("scale", False), p["gain"].reason
+
+
+class FeatureTokenizer(nn.Module):
+    """FT-Transformer's numerical tokenizer: ``x[..., None] * W + b``, one ``Linear(1, d)`` per feature, as rtdl
+    writes it (``form="mul"``) or as ``torch.addcmul(b, W, x[..., None])`` (rtdl_num_embeddings); with
+    ``categorical``, tokens of looked-up categories joined after it, as FTTransformer takes ``(x_cont, x_cat)``.
+    Beside it a Planar flow's ``u * tanh(w·z + b0)``: ``u`` maps one number per example to a vector."""
+
+    def __init__(self, form: str, features: int, d: int, categorical: bool) -> None:
+        super().__init__()
+        self.form, self.categorical = form, categorical
+        self.weight = nn.Parameter(torch.randn(features, d))
+        self.bias = nn.Parameter(torch.randn(features, d))
+        self.categories = nn.Embedding(5, d)
+        self.w = nn.Parameter(torch.randn(1, d))
+        self.u = nn.Parameter(torch.randn(1, d))
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.inputs(2)
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
+        x = torch.zeros(batch, self.weight.shape[0])
+        return (x, torch.zeros(batch, 2, dtype=torch.long)) if self.categorical else (x,)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.form == "mul":
+            tokens = x[..., None] * self.weight + self.bias[None]
+        else:
+            tokens = torch.addcmul(self.bias, self.weight, x[..., None])
+        if ids is not None:
+            tokens = torch.cat([tokens, self.categories(ids)], dim=1)
+        z = tokens.mean(1)
+        return z + self.u * torch.tanh((z * self.w).sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("form", ["mul", "addcmul"])
+@pytest.mark.parametrize(("features", "d"), [(1, 4), (3, 2), (3, 5)])
+@pytest.mark.parametrize("categorical", [False, True])
+def test_an_outer_product_with_activations_makes_a_weight_and_its_bias(form, features, d, categorical):
+    """The tokenizer's weight was "multiplies activations in mul: a scale", undecayed, and with categorical
+    tokens its bias "a (1,F,d) table": a position table, decayed; Planar's u "a scale" beside its decayed
+    w. Each entry of the activations is broadcast along the parameter's last axis: a map R -> R^d per
+    feature, whose weight decays and whose bias does not, as for ``Linear(1, d)``."""
+    model = FeatureTokenizer(form, features, d, categorical)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (False, None, model.inputs(3))]
+    # one feature: a (1, d) weight the shape alone cannot tell from a gain, left undecayed without a trace
+    traced = plans[1:] if features == 1 else plans
+    assert all(p["weight"].decay and not p["bias"].decay for p in traced), [p["weight"].reason for p in plans]
+    for p in plans[1:]:
+        assert (p["weight"].role, p["bias"].role, p["u"].role, p["w"].role) == ("weight", "bias", "weight", "weight")
+        outer = ("multiplies activations in {} that have one entry along its last axis: an outer product, the weight "
+                 "of a map from each entry (x[..., None] * W) (traced)")
+        assert (p["weight"].reason, p["u"].reason) == (outer.format(form), outer.format("mul"))
+        mapped = (f"added in {'add' if form == 'mul' else form} to the outer product of activations and a weight, "
+                  "along that weight's axes: its bias (traced)")
+        per_channel = "added to activations in add: a bias (traced)"  # one feature: a (1, d) bias, per channel
+        assert p["bias"].reason in ((mapped, per_channel) if features == 1 else (mapped,)), p["bias"].reason
+
+
+class PickedRows(nn.Module):
+    """Rows of a table picked by ``table[idx]``, then met by an elementwise op: a hash grid's features hashed
+    from the input's coordinates and blended by interpolation weights (instant-NGP, nerfstudio's torch
+    fallback), per-task vectors added to x, a biased matrix factorisation's per-user bias, a VQ-VAE
+    codebook's nearest rows behind the straight-through estimator (``z + (z_q - z).detach()``). Beside them
+    an expert's bias picked by a router's choice, which stays a bias."""
+
+    def __init__(self, rows: int, d: int, raw_codebook: bool) -> None:
+        super().__init__()
+        self.grid = nn.Parameter(torch.randn(rows, d))
+        self.tasks = nn.Parameter(torch.randn(3, d))
+        self.user_bias = nn.Parameter(torch.zeros(rows))
+        self.codebook = nn.Parameter(torch.randn(rows, d)) if raw_codebook else nn.Embedding(rows, d)
+        self.encoder = nn.Linear(d, d)
+        self.router = nn.Linear(d, 3)
+        self.expert_bias = nn.Parameter(torch.zeros(3, d))
+
+    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.inputs(2)
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.grid.shape[1]
+        return torch.zeros(batch, 5, d), torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        codebook = self.codebook if isinstance(self.codebook, torch.Tensor) else self.codebook.weight
+        cell = torch.floor(x * 4).long()
+        hashed = (cell[..., 0] * 2654435761 ^ cell[..., -1] * 805459861) % self.grid.shape[0]
+        offset = (x * 4 - torch.floor(x * 4))[..., :1]
+        features = self.grid[hashed] * offset + self.grid[(hashed + 1) % self.grid.shape[0]] * (1 - offset)
+        h = x + features + self.tasks[task][:, None]
+        z = self.encoder(h)
+        nearest = torch.cdist(z.flatten(0, 1), codebook).argmin(-1)
+        z_q = codebook[nearest].view_as(z)
+        z = z + (z_q - z).detach()
+        choice = self.router(z).argmax(-1)
+        return z + self.expert_bias[choice] + self.user_bias[user][:, None, None]
+
+
+@pytest.mark.parametrize(("rows", "d"), [(8, 4), (16, 3)])
+@pytest.mark.parametrize("raw_codebook", [False, True])
+def test_rows_picked_by_an_index_from_the_inputs_or_the_table_itself_are_a_lookup(rows, d, raw_codebook):
+    """The hash grid was "multiplies activations in mul: a scale", the task table and the per-user bias "a
+    bias", the codebook (an nn.Embedding) "added to activations in sub: a bias", all undecayed, where the
+    same lookups written with F.embedding are embeddings: one role whatever the spelling of the pick."""
+    model = PickedRows(rows, d, raw_codebook)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecayWarning)
+        plans = [decaykit.plan(model, 0.1, example_inputs=how) for how in (None, model.inputs(3))]
+    codebook = "codebook" if raw_codebook else "codebook.weight"
+    inputs = "rows picked by an index computed from the inputs alone, then used in {}: an embedding lookup (traced)"
+    for p in plans:
+        assert {n: (p[n].role, p[n].decay) for n in ("grid", "tasks", "user_bias", codebook, "expert_bias")} == {
+            "grid": ("embedding", True), "tasks": ("embedding", True), "user_bias": ("embedding", True),
+            codebook: ("embedding", True), "expert_bias": ("bias", False)}
+        assert (p["grid"].reason, p["tasks"].reason) == (inputs.format("mul"), inputs.format("add"))
+        assert p[codebook].reason.startswith("rows picked by an index computed from the table itself (its rows "
+                                             "nearest to activations), then used in "), p[codebook].reason
+    assert not decaykit.plan(model, 0.1, decay_embeddings=False, example_inputs=model.inputs(2))["grid"].decay
+    structure = decaykit.plan(model, 0.1, example_inputs=False)  # the shape alone: an nn.Embedding is one too
+    assert raw_codebook or (structure[codebook].role, structure[codebook].decay) == ("embedding", True)
+
+
+class VectorIntoMatrix(nn.Module):
+    """Vectors fed alone through a nonlinear map, then laid into a matrix: Glow's LU 1x1 conv keeps the
+    log-scales ``w_s`` of its diagonal (``U + diag(exp(w_s))``), nflows' LULinear an inverse-softplus
+    diagonal, a learned rotation its angle through cos and sin. Beside them a whole matrix ``exp(log_w)``,
+    a positive weight, and the LU factors themselves."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.lower = nn.Parameter(torch.randn(c, c))
+        self.upper = nn.Parameter(torch.randn(c, c))
+        self.w_s = nn.Parameter(torch.zeros(c))
+        self.diag = nn.Parameter(torch.zeros(c))
+        self.theta = nn.Parameter(torch.zeros(1))
+        self.log_w = nn.Parameter(torch.zeros(c, c))
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, self.w_s.shape[0], 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.w_s.shape[0]
+        lower = self.lower.tril(-1) + torch.eye(c)
+        glow = lower @ (self.upper.triu(1) + torch.diag(torch.exp(self.w_s)))
+        y = F.conv2d(x, glow[..., None, None]).flatten(2).mT  # (B, HW, C)
+        y = F.linear(y, self.upper.triu(1) + torch.diag(F.softplus(self.diag)))
+        cos, sin = torch.cos(self.theta), torch.sin(self.theta)
+        rotation = torch.stack([torch.cat([cos, -sin]), torch.cat([sin, cos])])
+        y = torch.cat([y[..., :2] @ rotation.T, y[..., 2:]], -1) if c >= 2 else y
+        return F.linear(y, self.log_w.exp())
+
+
+@pytest.mark.parametrize("c", [2, 3, 5])
+def test_a_vector_through_a_nonlinear_map_into_a_matrix_is_a_state(c):
+    """``w_s``, the softplus diagonal and the angle were "matrix operand of F.conv2d, after exp (traced)", decayed
+    toward |s| = 1, a diagonal of softplus(0) and a rotation of 0, none of them "off"."""
+    model = VectorIntoMatrix(c)
+    for how in (None, torch.zeros(3, c, 4, 4)):
+        p = decaykit.plan(model, 0.1, example_inputs=how)
+        assert {n: (p[n].role, p[n].decay) for n in ("w_s", "diag", "theta", "lower", "upper", "log_w")} == {
+            "w_s": ("state", False), "diag": ("state", False), "theta": ("state", False), "lower": ("weight", True),
+            "upper": ("weight", True), "log_w": ("weight", True)}, [p[n].reason for n in ("w_s", "diag", "theta")]
+        assert p["log_w"].reason == "matrix operand of F.linear, after exp (traced)"
+    structure = decaykit.plan(model, 0.1, example_inputs=False)  # per channel: the shape leaves them undecayed too
+    assert not any(structure[n].decay for n in ("w_s", "diag", "theta"))
+
+
+class VmapEnsemble(nn.Module):
+    """PyTorch's model-ensembling recipe: members stacked by ``torch.func.stack_module_state``, registered as
+    parameters so an optimizer trains them, and run at once by ``torch.vmap(functional_call(...))``."""
+
+    def __init__(self, members: int, use_vmap: bool = True) -> None:
+        super().__init__()
+        models = [nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 1)) for _ in range(members)]
+        stacked, _ = torch.func.stack_module_state(models)
+        self.params = nn.ParameterDict({k.replace(".", "_"): nn.Parameter(v) for k, v in stacked.items()})
+        self.skeleton = [models[0].to("meta")]  # a list: no parameters of its own
+        self.use_vmap = use_vmap
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = {k.replace("_", ".", 1): v for k, v in self.params.items()}
+        def call(params, inputs):
+            return torch.func.functional_call(self.skeleton[0], params, (inputs,))
+        if self.use_vmap:
+            return torch.vmap(call, in_dims=(0, None))(state, x)
+        return torch.stack([call({k: v[i] for k, v in state.items()}, x) for i in range(self.params["0_weight"].shape[0])])
+
+
+@pytest.mark.parametrize("members", [2, 3])
+@pytest.mark.parametrize("use_vmap", [True, False])
+def test_an_ensemble_run_under_vmap_is_traced_through_it(members, use_vmap):
+    """Under vmap every stacked tensor was "(structural: not reached by the traced forward)", with a warning that
+    the forward did not reach them, and the stacked LayerNorm gains (E, C) were decayed by their shape."""
+    model = VmapEnsemble(members, use_vmap)
+    for how in (None, torch.zeros(5, 4)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DecayWarning)
+            p = decaykit.plan(model, 0.1, example_inputs=how)
+        assert {n: (p[n].role, p[n].decay) for n in ("params.0_weight", "params.0_bias", "params.1_weight", "params.1_bias", "params.3_weight")} == {
+            "params.0_weight": ("weight", True), "params.0_bias": ("bias", False), "params.1_weight": ("norm", False),
+            "params.1_bias": ("norm", False), "params.3_weight": ("weight", True)}, [d.reason for d in p]
+        assert all(d.reason.endswith("(traced)") for d in p)
+
+
+@pytest.mark.parametrize("task", [torch.tensor(1), torch.tensor([1]), torch.tensor(2, dtype=torch.int32)])
+@pytest.mark.parametrize("checks", [False, True])
+def test_a_0d_index_and_an_assert_on_values_do_not_stop_the_trace(task, checks):
+    """A 0-d task id stopped the pass at "Tensor.item() cannot be called on meta tensors"; an assert on the
+    input's values, answered False, at its own message ("t must be strictly increasing"): both blamed a valid input."""
+    model = TaskTable(checks)
+    for how in (None, (torch.zeros(4, 8), task)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DecayWarning)
+            p = decaykit.plan(model, 0.1, example_inputs=how)
+        assert (p["tasks"].role, p["tasks"].decay, p["rate"].role) == ("embedding", True, "scale"), p["tasks"].reason
+        assert p["tasks"].reason.endswith("(traced)") and p["rate"].reason.endswith("(traced)")
+
+
+def test_a_stop_right_after_a_test_of_a_value_names_that_test():
+    """The pass answers a test of a value False; what the model raises on that made-up answer names the test."""
+    class Checked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not (x > -1e9).all():
+                raise ValueError("inputs out of range")
+            return self.fc(x)
+
+    stopped = run_trace(Checked(), torch.zeros(2, 4)).stopped
+    assert stopped is not None and stopped.startswith("ValueError: inputs out of range, raised right after a test of a "
+                                                      "tensor's value, 'not (x > -1e9).all()' (test_usage_trace.py:")
+    assert stopped.endswith("that the pass answered False (fake tensors hold no values)"), stopped
+
+
+def test_a_gain_spread_by_activations_then_multiplied_elementwise_by_einsum_stays_a_gain():
+    """Only a matrix operand makes a modulated product a kernel: an einsum that sums out none of its indices
+    (``"btc,btc->btc"``) multiplies elementwise, and the per-channel gain stays a gain."""
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.gain = nn.Parameter(torch.ones(4, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gate = self.fc(x).mean(1, keepdim=True)  # (B, 1, 4): broadcast along the gain's rows
+            return torch.einsum("bcn,bcn->bcn", self.gain * gate, x.expand(-1, 4, -1))
+
+    p = decaykit.plan(Gated(), 0.1, example_inputs=torch.zeros(2, 1, 4))
+    assert (p["gain"].role, p["gain"].decay) == ("scale", False), p["gain"].reason
+
+
+@pytest.mark.parametrize("experts", [2, 4])
+def test_a_per_expert_bias_stays_a_bias_when_the_expert_outputs_are_flattened(experts):
+    """Batched experts (E, capacity, C) with a bias (E, 1, C), their outputs then flattened to (E*capacity, C):
+    the bias varies along the experts, no table of the tokens, though its sum is folded like PatchTST's."""
+    class Experts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(experts, 4, 4))
+            self.b = nn.Parameter(torch.zeros(experts, 1, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, 4), dispatched as (E, B*T // E, 4)
+            h = torch.bmm(x.reshape(experts, -1, 4), self.w) + self.b
+            return h.view(-1, 4).view_as(x)
+
+    for batch in (2, 4):
+        p = decaykit.plan(Experts(), 0.1, example_inputs=torch.zeros(batch, 6, 4))
+        assert (p["b"].role, p["b"].decay, p["w"].role) == ("bias", False, "weight"), p["b"].reason

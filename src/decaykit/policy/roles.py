@@ -137,6 +137,18 @@ def is_norm_module(module: nn.Module) -> bool:
     return any(NORM_CLASS_NAME.search(cls.__name__) for cls in type(module).__mro__[:-2])
 
 
+def _norm_rule(owner: nn.Module, leaf: str, shape: tuple[int, ...]) -> bool:
+    """Whether the norm rule decides a parameter: any of a torch norm layer's, a per-channel one of a class
+    whose name says it normalises; not the weight or bias of such a class that is itself a weight layer
+    (TD-MPC2's ``NormedLinear(nn.Linear)``: a Linear whose output a child LayerNorm normalises), whose
+    (1, F) weight of a single output is still the matrix of its map."""
+    if isinstance(owner, NORM_TYPES):
+        return True
+    if not is_norm_module(owner) or not is_per_channel(shape):
+        return False
+    return not (_is_weight_layer(owner) and (_BIAS_LEAF.search(leaf) or _WEIGHT_LEAF.search(leaf)))
+
+
 def _is_weight_layer(module: nn.Module) -> bool:
     return isinstance(module, WEIGHT_TYPES) or any(
         cls.__name__ in WEIGHT_CLASS_NAMES for cls in type(module).__mro__
@@ -195,7 +207,7 @@ def decided_by_shape(info: ParamInfo) -> bool:
     a module decaykit does not know), so that how the model uses it should decide."""
     if info.component is not None or isinstance(info.owner, EMBEDDING_TYPES):
         return False
-    if is_norm_module(info.owner) and (is_per_channel(tuple(info.param.shape)) or isinstance(info.owner, NORM_TYPES)):
+    if _norm_rule(info.owner, info.leaf, tuple(info.param.shape)):
         return False
     return not (_is_weight_layer(info.owner) and (_BIAS_LEAF.search(info.leaf) or _WEIGHT_LEAF.search(info.leaf)))
 
@@ -246,7 +258,7 @@ def classify_structure(info: ParamInfo, *, decay_embeddings: bool = True) -> tup
         if piece is not None:  # the direction, or a factor of a low-rank weight
             return "weight", True, f"{info.component} of parametrized {kind}.{leaf}, its {piece} {shape_str(shape)}"
         return "weight", True, f"{info.component} of parametrized {kind}.{leaf}"
-    if is_norm_module(owner) and (per_channel or isinstance(owner, NORM_TYPES)):
+    if _norm_rule(owner, leaf, shape):
         return "norm", False, f"norm:{kind}"
     if isinstance(owner, EMBEDDING_TYPES):
         if decay_embeddings:

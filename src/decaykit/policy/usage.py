@@ -7,7 +7,9 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   one of its indices -> ``weight``, decayed; a parameter multiplied into such a weight, broadcast
   along it (a weight norm's ``g * v / v.norm()``), is a gain of it -> ``scale``;
 - the table of an embedding lookup (``F.embedding``, or rows picked by the inputs' ids that start
-  the activations) -> ``embedding``; rows picked by a router are judged by what they feed;
+  the activations, or rows picked by an index computed from the inputs alone or from the table itself,
+  a hash grid's or a codebook's, whatever elementwise op follows) -> ``embedding``; rows picked by a
+  router (an index a layer computed) are judged by what they feed;
 - concatenated with activations, put where a mask from the inputs is set (a mask token), or the
   input of a layer -> ``token``, treated like an embedding; concatenated with the keys or values
   attention reads, and read only there (``add_bias_kv``'s ``bias_k``) -> ``bias``, a learned
@@ -23,10 +25,15 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
   of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay; but where the product is
   then summed over one of the parameter's own axes (``(x * a).sum(-1)``, GAT's attention vector),
-  that is the contraction an ``einsum`` writes -> ``weight``;
+  that is the contraction an ``einsum`` writes -> ``weight``; where the activations have one entry
+  along its last axis (``x[..., None] * W``, FT-Transformer's tokenizer, a Planar flow's ``u``), an
+  outer product -> ``weight``, and what is added along that weight's axes is its ``bias``; where they
+  are broadcast along its own axes and the product becomes a matrix operand (StyleGAN2's kernel
+  ``weight * style``, then ``F.conv2d``), they are its gain -> ``weight``;
 - the weight or bias of ``F.layer_norm`` / ``group_norm`` / ``batch_norm`` / ``rms_norm`` -> ``norm``;
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
-  anything but a matmul or a lookup -> ``state``, no decay; what went through the map is tracked per
+  anything but a matmul or a lookup, or a vector laid so into a matrix (Glow's log-scales on its
+  diagonal, an angle into a rotation) -> ``state``, no decay; what went through the map is tracked per
   parameter (in ``mu + exp(logsigma) * noise`` only ``logsigma`` did).
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
@@ -37,7 +44,8 @@ spectral weight filled in) pass a parameter through unchanged; one that meets a 
 function decaykit does not know (a learnable fake quantizer's step size) is no part of the
 matrix, and its role stays untold. The pass runs under ``FakeTensorMode``: no real compute, no
 real memory. A test of a tensor's value (``if self.training and torch.rand(1) > p:``) is
-answered False, then in a second pass True, and what either saw is kept; where a decision rests
+answered False, then in a second pass True, and what either saw is kept (a test in an ``assert``
+that fails on False is answered True: it checks what holds of a valid input); where a decision rests
 on one answer, its reason names the test and the answer (:func:`decaykit.policy.roles.classify`). A number read (``.item()``)
 gets a stand-in, 1; at an operation whose output shape depends on values the pass stops, and
 what was seen until then is kept.
@@ -61,6 +69,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch._C import _functorch
 from torch.nn.modules import module as torch_module
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
@@ -127,6 +136,7 @@ _CONCAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"
 _ADD = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__"})
 _MUL = frozenset({"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__",
                   "true_divide", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "multiply"})
+_DIVIDES = frozenset({"div", "div_", "__truediv__", "__itruediv__", "true_divide", "addcdiv", "addcdiv_"})
 # ``input + value * tensor1 * tensor2`` (or ``/ tensor2``): the first operand is added, the others multiply
 _ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 # Nonlinear maps of a parameter on its own: what comes out is no longer the parameter (Mamba's
@@ -166,6 +176,9 @@ _WHY = {"matmul": "matrix operand of {f}", "lookup": "table looked up by index i
         "norm": "weight of {f}: a norm gain", "normbias": "bias of {f}: a norm bias",
         "scale": "per-channel slope of {f}: a scale", "state": "fed alone through {f}: a state parameter",
         "picked": "rows picked by the input, then fed to {f}: an embedding lookup",
+        "outer": "multiplies activations in {f} that have one entry along its last axis: an outer product, the "
+                 "weight of a map from each entry (x[..., None] * W)",
+        "mapbias": "added in {f} to the outer product of activations and a weight, along that weight's axes: its bias",
         "keyvalue": "joined to the {what} of attention in {f}: a learned key/value, a bias"}
 _ROLES = {"matmul": "weight", "lookup": "embedding", "input": "token", "concat": "token", "norm": "norm",
           "normbias": "norm", "scale": "scale", "state": "state", "bias": "bias", "table": "position"}
@@ -200,6 +213,8 @@ class Trace:
     # where the two answers to those tests decide a parameter differently: what the other answer saw
     # (``None``: nothing) and the clause naming the test the deciding use came after, "where ... is true"
     branch: dict[int, tuple[Use | None, str]] = field(default_factory=dict)
+    # an ``assert`` the pass made fail by answering its test False, where the pass then stopped
+    assertion: str | None = None
 
     @property
     def unseen(self) -> str:
@@ -227,6 +242,14 @@ class _Deferred:
     meets: set[str] = field(default_factory=set)  # "shift" / "scale": how the rows then met other activations
     guard: tuple[str, bool] | None = None  # the test of a value the use came after, if any
     summed: str | None = None  # the reduction that summed the product it multiplied over the parameter's own axis
+    # the activations it multiplied were broadcast along its own axes (a style (B, 1, I, 1, 1) over a kernel
+    # (1, O, I, K, K)): the parameter is what they modulate, and ``kernel`` the function the product was a matrix operand of
+    modulated: bool = False
+    kernel: str | None = None
+    # a bias broadcast along the axes right after the batch (a series' channels, (B, C, n, d)): the shape
+    # those axes and the batch make folded into one, and the view that then folded them into the batch
+    fold: tuple[int, ...] | None = None
+    folded: str | None = None
 
 
 def _name(func: Any) -> str:
@@ -242,8 +265,11 @@ class _Recorder(TorchFunctionMode):
     """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
 
     def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor],
-                 answers: Mapping[str, int] | None = None) -> None:
+                 answers: Mapping[str, int] | None = None, held: frozenset[str] = frozenset()) -> None:
         super().__init__()
+        # the places of ``assert`` tests answered True: an assertion checks what holds of a valid input
+        self.held = held
+        self.last_assert: str | None = None  # the last test, where it was an ``assert``'s answered False
         # a tensor's truth value (``if mask.any():``) is unknown on fake tensors: a test is answered True
         # the first ``answers[where]`` times the code at ``where`` makes it, else False; ``tests`` says
         # where each was and the answer, ``after_test`` which one preceded a use
@@ -253,6 +279,7 @@ class _Recorder(TorchFunctionMode):
         # the test a use after it is put down to: the last one, or where True answers are given, the last answered True
         self.guard: tuple[str, bool] | None = None
         self.true_pass = answers is not None
+        self.ops_since_test = 0  # operations seen since the last test: none, where the pass then stops, blames that test
         # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
         self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
         self.shapes = {id(real): tuple(real.shape) for _, real in params}
@@ -288,6 +315,15 @@ class _Recorder(TorchFunctionMode):
         # products of a parameter and activations (``x * a``), followed to a sum over the parameter's own
         # axes (counted from the end), which makes it a contraction: id(activations) -> (use, axes) carried
         self.products: dict[int, list[tuple[_Deferred, tuple[int, ...]]]] = {}
+        # id(activations) made by an outer product with a weight (``x[..., None] * W``) -> the weight's own
+        # axes in them, counted from the end: an addend that varies along those alone is that map's bias
+        self.maps: dict[int, set[int]] = {}
+        # ids of activations computed from the inputs alone, no parameter met (token ids, hashed coordinates);
+        # and, per activation, the parameters it met since the last layer or matmul (a codebook's distances
+        # ``cdist(z, codebook)``, its ``argmin``): an index of either kind picks the rows of a lookup table
+        self.param_free: set[int] = {id(t) for t in inputs}
+        self.measured: dict[int, frozenset[int]] = {}
+        self.looked_up: dict[int, str] = {}  # id(rows picked by such an index) -> how the index was computed
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -296,23 +332,72 @@ class _Recorder(TorchFunctionMode):
             if _bare(func) == "__bool__":
                 return self._test()
             return _stand_in(_bare(func), args[0])
+        # counted before it runs: an operation that raises (reading a value inside indexing) is no answer's fault;
+        # a repr of a failed assert's values (pytest rewrites asserts so) computes nothing
+        self.ops_since_test += _bare(func) not in ("__repr__", "__str__", "__format__")
+        if _bare(func) == "__getitem__" and len(args) == 2 and _scalar_index(args[1]):
+            return self._pick_one(func, args[0], args[1])
         out = func(*args, **kwargs)
         written = args[0] if out is None and _bare(func) == "__setitem__" else out  # ``dense[idx] = param`` fills dense
         self._record(_bare(func), _name(func), args, kwargs, written)
         return out
 
+    def _see_through(self, t: torch.Tensor) -> None:
+        """Under ``torch.vmap`` (a ``stack_module_state`` ensemble) an operation meets a batched wrapper of
+        a parameter or an activation, made where no operation is seen: it is what it wraps."""
+        if id(t) in self.origin or id(t) in self.live or not _functorch.is_batchedtensor(t):
+            return
+        inner = t
+        while _functorch.is_batchedtensor(inner):
+            inner = _functorch.get_unwrapped(inner)
+        if id(inner) in self.origin:
+            self._pass_on(t, set(self.origin[id(inner)]), self.via.get(id(inner)), id(inner) in self.selected)
+        elif id(inner) in self.live:
+            for marks in (self.live, self.raw, self.masks, self.param_free, self.normalised):
+                if id(inner) in marks:
+                    marks.add(id(t))
+            self.keep.append(t)
+
+    def _provenance(self, bare: str, out: Any, live: list[torch.Tensor], traced: list[torch.Tensor]) -> None:
+        """What ``out`` was computed from: the inputs alone, or the parameters it met since the last layer."""
+        if not traced and all(id(t) in self.param_free for t in live):
+            self._mark(out, self.param_free, skip=self.origin)
+        if bare in _LAYER_ARGS or bare in _MATMUL:
+            return  # a layer's output: what an index computed from it picks is a router's choice, judged by use
+        met = frozenset(p for t in traced for p in self.origin[id(t)]).union(*(self.measured.get(id(a), ()) for a in live))
+        if met:
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, torch.Tensor) and id(o) not in self.origin:
+                    self.measured[id(o)] = met
+                    self.keep.append(o)
+
+    def _pick_one(self, func: Any, table: Any, index: torch.Tensor) -> Any:
+        """``table[i]`` with a 0-d integer tensor ``i`` (a task id from a DataLoader): torch reads its value,
+        which a fake tensor has not; picked as ``table[i.reshape(1)].squeeze(0)``, the same shape."""
+        one = index.reshape(1)
+        self._record("reshape", "reshape", (index, 1), {}, one)
+        rows = func(table, one)
+        self._record("__getitem__", _name(func), (table, one), {}, rows)
+        out = rows.squeeze(0)
+        self._record("squeeze", "squeeze", (rows, 0), {}, out)
+        return out
+
     def _test(self) -> bool:
         """The answer to a test of a tensor's truth value, noted with where the model's code made it."""
-        where = _caller()
-        answer = self.answers[where] > 0
-        self.answers[where] -= answer
+        where, asserted = _caller()
+        answer = where in self.held or self.answers[where] > 0
+        self.answers[where] -= answer and where not in self.held
+        self.last_assert = where if asserted and not answer else None
         self.tests.append((where, answer))
+        self.ops_since_test = 0
         if answer or not self.true_pass:
             self.guard = (where, answer)
         return answer
 
     def _record(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> None:
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            self._see_through(t)
         live = [t for t in tensors if id(t) in self.live]
         traced = [t for t in tensors if id(t) in self.origin]
         if self.following:
@@ -324,6 +409,7 @@ class _Recorder(TorchFunctionMode):
         elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
             self._mark(out, self.normalised)
         if live:
+            self._provenance(bare, out, live, traced)
             self._mark(out, self.live, skip=self.origin)
             if bare in _PASS and not traced and all(id(t) in self.raw for t in live):
                 self._mark(out, self.raw)
@@ -343,6 +429,11 @@ class _Recorder(TorchFunctionMode):
         if bare in _SELECT and first is not None and id(first) in self.origin and index:
             picked_by_data = any(id(t) in self.live for t in index)  # else a constant index: a table laid out
             self._pass_on(out, set(self.origin[id(first)]), self.via.get(id(first)), picked_by_data)
+            how = self._index_of_ids(first, [t for t in index if id(t) in self.live])
+            if how is not None:
+                for o in tree_flatten(out)[0]:
+                    if isinstance(o, torch.Tensor):
+                        self.looked_up[id(o)] = how
             if not picked_by_data:
                 self._mark(out, self.gathered)
         elif bare in _LAYER_ARGS and (live or bare not in _NORMALISING):
@@ -365,38 +456,91 @@ class _Recorder(TorchFunctionMode):
                           any(id(t) in self.selected for t in traced))
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
+            how = next((self.looked_up[id(t)] for t in traced if id(t) in self.looked_up), None)
+            if how is not None and bare in _PASS:  # ``table[idx].view(...)``: still the rows looked up
+                for o in tree_flatten(out)[0]:
+                    if isinstance(o, torch.Tensor):
+                        self.looked_up[id(o)] = how
             if bare in _SPREADS and first is not None and isinstance(out, torch.Tensor):
                 padded = (1,) * (out.ndim - first.ndim) + tuple(first.shape)
                 self.spread[id(out)] = {i - out.ndim for i, (s, n) in enumerate(zip(padded, out.shape)) if s == 1 < n}
             if bare == "diag_embed" or (bare == "diag" and first is not None and first.ndim == 1):
                 self._mark(out, self.diagonal)
         else:
-            # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
-            elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
-            added = _named_input(args, kwargs) if bare in _ADDS_INPUT else None  # addcmul's first operand is added
-            for t in traced:
-                how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
-                how = "add" if t is added else how
-                use = self._elementwise(how, shown, t, live, _join_axis(bare, args, kwargs))
-                if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
-                    self._defer(t, use, out, _varying_axes(t.shape, out.shape))
-                elif use.kind == "concat" and bare in _JOINS:
-                    self._defer(t, use, out, (), joined=True)
-                elif use.kind in ("scale", "gain") and how in _MUL and isinstance(out, torch.Tensor) and _own_axes(t):
-                    deferred = _Deferred(t, use, guard=self.guard)  # ``(x * a).sum(-1)`` would make it a weight
-                    self.deferred.append(deferred)
-                    self._carry(out, [(deferred, _own_axes(t))])
-                    self.keep.append(t)
-                else:
-                    self._use(t, use)
+            self._with_live(bare, shown, args, kwargs, out, traced, live)
+
+    def _index_of_ids(self, table: torch.Tensor, index: list[torch.Tensor]) -> str | None:
+        """How ``index`` picks rows of ``table`` as a lookup: computed from the inputs alone (ids, hashed
+        coordinates), or from the table itself (the rows nearest to activations, a codebook's); None for
+        a choice computed by a layer (a router's), whose rows are judged by what they feed."""
+        if not index:
+            return None
+        if all(id(t) in self.param_free for t in index):
+            return "an index computed from the inputs alone"
+        table_params = set(self.origin[id(table)])
+        if all(table_params & self.measured.get(id(t), frozenset()) for t in index):
+            return "an index computed from the table itself (its rows nearest to activations)"
+        return None
+
+    def _with_live(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
+                   live: list[torch.Tensor]) -> None:
+        """The uses of parameters ``traced`` that meet activations ``live`` in ``bare``, other than as a layer's operand."""
+        # an einsum operand none of whose indices is summed out, or a diagonal matrix, only multiplies
+        elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
+        added = _named_input(args, kwargs) if bare in _ADDS_INPUT else None  # addcmul's first operand is added
+        # ``torch.addcmul(b, W, x[..., None])``: the axes of the map W that b is added along
+        mapped = {i for t in traced if t is not added and self._outer(bare, t, live) for i in _own_axes(t)}
+        for t in traced:
+            how = "mul" if id(t) in elementwise or (bare in _MATMUL and id(t) in self.diagonal) else bare
+            how = "add" if t is added else how
+            if t is added and mapped and set(_own_axes(t)) <= mapped:
+                self._use(t, Use("bias", shown, _WHY["mapbias"].format(f=shown)))
+                continue
+            use = self._elementwise(how, shown, t, live, _join_axis(bare, args, kwargs))
+            if use.kind == "matmul" and how in _MUL and isinstance(out, torch.Tensor):
+                self.maps[id(out)] = set(_own_axes(t))  # a bias added along these axes is the map's
+                self.keep.append(out)
+            fold = self._fold(t, live) if use.kind == "bias" and how in _ADD and isinstance(out, torch.Tensor) else None
+            if use.kind in ("table", "other") and how in _ADD and isinstance(out, torch.Tensor):
+                self._defer(t, use, out, _varying_axes(t.shape, out.shape))
+            elif fold is not None:
+                self._defer(t, use, out, ()).fold = fold
+            elif use.kind == "concat" and bare in _JOINS:
+                self._defer(t, use, out, (), joined=True)
+            elif use.kind in ("scale", "gain") and how in _MUL and isinstance(out, torch.Tensor) and _own_axes(t):
+                deferred = _Deferred(t, use, guard=self.guard,  # ``(x * a).sum(-1)`` would make it a weight
+                                     modulated=_spread_along(t, [a for a in live if id(a) not in self.selected]))
+                self.deferred.append(deferred)
+                self._carry(out, [(deferred, _own_axes(t))])
+                self.keep.append(t)
+            else:  # a parameter that went through exp into an outer product (Mamba's A) is a state
+                self._use(t, use, mapped_is_state=use.kind == "matmul" and how in _MUL)
 
     def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
-               joined: bool = False) -> None:
+               joined: bool = False) -> _Deferred:
         """Record ``use`` of ``tensor`` once the trace has seen what ``out`` feeds (:meth:`finish`)."""
         deferred = _Deferred(tensor, use, joined, guard=self.guard)
         self.deferred.append(deferred)
         self.following[id(out)] = (deferred, axes)
         self.keep += [tensor, out]
+        return deferred
+
+    def _fold(self, tensor: torch.Tensor, live: list[torch.Tensor]) -> tuple[int, ...] | None:
+        """For an addend that varies along more than the channels and is broadcast, besides the batch, only
+        along the axes right after it ((n, d) added to (B, C, n, d)): the shape of the activations with the
+        batch and those axes folded into one ((B*C, n, d)). Folded so later, those axes were the batch's
+        (PatchTST's channels, each series on its own), and the addend varies along every token."""
+        if _per_channel(tensor.shape) or len(live) != 1:
+            return None
+        (a,) = live
+        padded = (1,) * (a.ndim - tensor.ndim) + tuple(tensor.shape)
+        for b in self.batch:
+            batch_axis = _batch_axis(a.shape, b)
+            spread = [i for i, (s, n) in enumerate(zip(padded, a.shape)) if s == 1 < n and i != batch_axis]
+            # a per-expert bias (E, 1, C) varies along the first axis itself: no table of the tokens
+            if batch_axis == 0 and padded[0] == 1 and spread and spread == list(range(1, len(spread) + 1)):
+                return (int(torch.Size(a.shape[:len(spread) + 1]).numel()), *a.shape[len(spread) + 1:])
+        return None
 
     def _follow(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, live: list[torch.Tensor]) -> None:
         """Follow the sum of a table and activations: cut along the table's rows (``chunk``, ``unbind``,
@@ -411,7 +555,9 @@ class _Recorder(TorchFunctionMode):
                 continue
             deferred, axes = self.following[id(t)]
             others = [a for a in live if a is not t and self.following.get(id(a), (None,))[0] is not deferred]
-            if deferred.joined:
+            if deferred.fold is not None:
+                self._follow_fold(deferred, t, first, bare, shown, out)
+            elif deferred.joined:
                 self._follow_joined(deferred, t, first, others, bare, args, kwargs, out)
             elif axes and t is first and bare in _SPLITS:
                 if _rows(t, args, kwargs, out, axes, bare):
@@ -424,6 +570,17 @@ class _Recorder(TorchFunctionMode):
                     deferred.meets.add("shift" if bare in _ADD else "scale")
             elif not axes and not others and bare in _PASS | _ADD | _MUL:
                 self._tag(out, deferred, ())  # ``1 + scale``, ``shift.to(x.dtype)``: still the row
+
+    def _follow_fold(self, deferred: _Deferred, t: torch.Tensor, first: torch.Tensor | None, bare: str, shown: str,
+                     out: Any) -> None:
+        """The sum of a bias and activations, through copies and dropout, viewed with the axes the bias is
+        broadcast along folded into the batch ((B, C, n, d) -> (B*C, n, d), as PatchTST's encoder does)."""
+        if t is not first or not isinstance(out, torch.Tensor):
+            return
+        if tuple(out.shape) == deferred.fold and bare in _PASS:
+            deferred.folded = deferred.folded or shown
+        elif _same_shapes(t, out) and (bare in _PASS or bare in ("dropout", "alpha_dropout", "feature_alpha_dropout")):
+            self._tag(out, deferred, ())
 
     def _follow_joined(self, deferred: _Deferred, t: torch.Tensor, first: torch.Tensor | None,
                        others: list[torch.Tensor], bare: str, args: tuple, kwargs: dict, out: Any) -> None:
@@ -454,6 +611,9 @@ class _Recorder(TorchFunctionMode):
         first = _named_input(args, kwargs)
         if not isinstance(first, torch.Tensor):
             first = None
+        for operand in self._matrix_operands(bare, args, kwargs):
+            for deferred, _ in self.products.get(id(operand), []):
+                deferred.kernel = deferred.kernel or shown
         if (bare in _SUMS or bare in _INVERSE_FFTS) and first is not None and id(first) in self.products:
             summed = _reduced_axes(first, args, kwargs) if bare in _SUMS else _fft_axes(bare, first, args, kwargs)
             for deferred, axes in self.products[id(first)]:
@@ -467,6 +627,21 @@ class _Recorder(TorchFunctionMode):
         elif (bare in _ADD and all(id(a) in self.products for a in live)) or (
                 bare in _MUL and len(live) == 1 and id(live[0]) in self.products):
             self._carry(out, [c for a in live for c in self.products[id(a)]])
+        elif first is not None and id(first) in self.products and (bare in _PASS or (bare in _MUL and out.shape == first.shape)):
+            # reshaped into a kernel's layout, or demodulated (``w * rsqrt((w ** 2).sum(...))``): no longer
+            # summed over the parameter's axes as such, but still the product a matrix operand may take
+            self._carry(out, [(deferred, ()) for deferred, _ in self.products[id(first)] if deferred.modulated])
+
+    @staticmethod
+    def _matrix_operands(bare: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        """The operands ``bare`` takes as a matrix: a layer function's weight, those of ``@`` / ``bmm`` / ``einsum``."""
+        if bare in _LAYER_ARGS:
+            return [v for arg, v in _named_args(bare, args, kwargs).items()
+                    if _LAYER_ARGS[bare].get(arg) == "matmul" and isinstance(v, torch.Tensor)]
+        if bare in _MATMUL:  # an einsum operand none of whose indices is summed out only multiplies
+            elementwise = _einsum_elementwise(args) if bare == "einsum" else set()
+            return [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and id(t) not in elementwise]
+        return []
 
     def _carry(self, out: torch.Tensor, carried: list[tuple[_Deferred, tuple[int, ...]]]) -> None:
         self.products[id(out)] = self.products.get(id(out), []) + carried
@@ -496,6 +671,13 @@ class _Recorder(TorchFunctionMode):
             elif deferred.summed is not None:
                 use = Use("matmul", use.func, f"multiplies activations in {use.func}, then summed over its own axis "
                                               f"by {deferred.summed}: a matrix operand")
+            elif deferred.folded is not None:
+                use = Use("table", use.func, f"added to activations in {use.func} as a "
+                                             f"{_shape(deferred.tensor.shape)} table, the same along axes that "
+                                             f"{deferred.folded} then folds into the batch")
+            elif deferred.modulated and deferred.kernel is not None:
+                use = Use("matmul", use.func, f"multiplied in {use.func} by activations broadcast along its axes, then "
+                                              f"matrix operand of {deferred.kernel}: a kernel modulated per example")
             self.guard = deferred.guard  # the test the use came after, not the last one of the pass
             # what went through exp into a convolution kernel (an SSM's A, dt) is a state
             self._use(deferred.tensor, use, mapped_is_state=deferred.summed in _INVERSE_FFTS)
@@ -506,6 +688,9 @@ class _Recorder(TorchFunctionMode):
         if id(tensor) not in self.selected:
             return self._with_activations(bare, shown, tensor, live, axis)
         others = [a for a in live if id(a) not in self.selected]
+        if id(tensor) in self.looked_up and bare not in _MATMUL:  # blended, added, subtracted: still rows of a table
+            return Use("lookup", shown, f"rows picked by {self.looked_up[id(tensor)]}, then used in {shown}: an "
+                                        "embedding lookup")
         if bare in _MATMUL or others:
             return self._with_activations(bare, shown, tensor, others, axis)
         return Use("lookup", shown, _WHY["picked"].format(f=shown))  # the rows start the activations
@@ -554,7 +739,7 @@ class _Recorder(TorchFunctionMode):
         for p in self.origin[id(tensor)]:
             via = vias.get(p)
             mine = (Use("state", use.func, f"fed alone through {via}, then into {use.reason}: a state parameter")
-                    if mapped_is_state and via is not None else _after(use, via))
+                    if mapped_is_state and via is not None else _after(use, via, vector=len(self.shapes[p]) <= 1))
             self.uses.setdefault(p, []).append(mine)
             if self.guard is not None:
                 self.after_test.setdefault((p, mine), self.guard)
@@ -625,6 +810,8 @@ class _Recorder(TorchFunctionMode):
             along = _along_tokens(tensor.shape, activations, self.batch)
             if _per_channel(tensor.shape) or stored_per_channel or along == "constant":
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
+            if any(set(_own_axes(tensor)) <= self.maps.get(id(a), set()) for a in activations):
+                return Use("bias", shown, _WHY["mapbias"].format(f=shown))
             if any(id(a) in self.scores for a in activations):  # a relative-position table as Swin adds it
                 return Use("bias", shown, f"added to attention scores in {shown}: a bias")
             if not self.tokens or along == "unknown":  # a per-head (H, D) bias, or a table: the trace cannot tell
@@ -637,17 +824,37 @@ class _Recorder(TorchFunctionMode):
                 return Use("concat", shown, f"put where the input's mask is set, by {shown}: a learned token")
             if any(id(a) in self.normalised for a in activations):
                 return Use("gain", shown, f"multiplies normalised activations in {shown}: a norm gain")
+            if self._outer(bare, tensor, activations):
+                return Use("matmul", shown, _WHY["outer"].format(f=shown))
             return Use("scale", shown, f"multiplies activations in {shown}: a scale")
         return Use("other", shown, f"used in {shown}")
 
 
-def _after(use: Use, via: str | None) -> Use:
+    def _outer(self, bare: str, tensor: torch.Tensor, activations: list[torch.Tensor]) -> bool:
+        """Whether ``tensor`` times ``activations`` in ``bare`` is an outer product: the activations have one
+        entry along its last axis and it has several (``x[..., None] * W``, a Planar flow's ``u * h(w·z)``),
+        so each entry of the activations is mapped to a vector, by one row of ``tensor``: the weight of a
+        ``Linear(1, d)`` per entry, no gain of them. Not in a division, nor where every parameter in
+        ``tensor`` went alone through a nonlinear map (Mamba's ``dt[..., None] * -exp(A_log)``: a state)."""
+        if bare not in _MUL or bare in _DIVIDES or not activations or tensor.ndim == 0 or tensor.shape[-1] < 2:
+            return False
+        if all(self.via.get(id(tensor), {}).get(p) for p in self.origin[id(tensor)]):
+            return False
+        return all(_along_last_alone(a.shape, tensor.shape) for a in activations)
+
+
+def _after(use: Use, via: str | None, vector: bool = False) -> Use:
     """``use`` of a parameter that went alone through the nonlinear map ``via`` (``exp``), if any: a
     matrix operand or a table looked up stays one (a positive weight ``exp(log_w)``); anything else it
     feeds, a learned token's place included (Slot Attention's ``mu + exp(logsigma) * noise``), makes it a
-    state parameter, as a log-std or a temperature is."""
+    state parameter, as a log-std or a temperature is. So does a matrix operand a ``vector`` (at most one
+    axis) went into: no matrix itself, it is laid into one (Glow's log-scales ``w_s`` on the diagonal of
+    its LU 1x1 conv, an angle through cos and sin into a rotation), and the map's zero is no "off"."""
     if via is None or use.kind == "state":
         return use
+    if use.kind == "matmul" and vector:
+        return Use("state", use.func, f"fed alone through {via}, a vector, then laid into the {use.reason}: a state "
+                                      "parameter")
     if use.kind in ("matmul", "lookup"):
         return use._replace(reason=f"{use.reason}, after {via}")
     return Use("state", use.func, f"fed alone through {via}, then used in {use.func}: a state parameter")
@@ -658,6 +865,12 @@ def _after(use: Use, via: str | None) -> Use:
 # ``int(t)``) gets a stand-in, 1, and lets the pass go on past a model's checks (``assert
 # lengths.max().item() <= n``). Every use recorded is one the model's code makes.
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
+
+
+def _scalar_index(index: Any) -> bool:
+    """Whether ``index`` is a 0-d integer tensor without values, which indexing would read."""
+    return (isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point()
+            and index.dtype != torch.bool and (index.is_meta or type(index).__name__ == "FakeTensor"))
 
 
 def _stand_in(read: str, t: torch.Tensor) -> Any:
@@ -680,9 +893,10 @@ def _stand_in(read: str, t: torch.Tensor) -> Any:
 _DISPATCH_FILES = tuple(os.path.join("torch", name) for name in ("overrides.py", "_tensor.py", os.path.join("utils", "_device.py")))
 
 
-def _caller() -> str:
+def _caller() -> tuple[str, bool]:
     """Where the model's code made the current read: the frame that called ``__torch_function__``,
-    past torch's dispatch, as ``'self.training and torch.rand(1) > p' (peft/tuners/lokr/layer.py:309)``."""
+    past torch's dispatch, as ``'self.training and torch.rand(1) > p' (peft/tuners/lokr/layer.py:309)``,
+    and whether that line is an ``assert``."""
     import linecache
     import sys
 
@@ -693,14 +907,15 @@ def _caller() -> str:
     while frame is not None and frame.f_code.co_filename.endswith(_DISPATCH_FILES):
         frame = frame.f_back
     if frame is None:
-        return "a test of a tensor's value"
+        return "a test of a tensor's value", False
     path = frame.f_code.co_filename
     where = path.split(f"site-packages{os.sep}")[-1] if "site-packages" in path else os.path.basename(path)
     code = linecache.getline(path, frame.f_lineno).split(" #")[0].strip()
+    asserted = code.startswith("assert ")
     for keyword in ("if ", "elif ", "while ", "assert "):
         if code.startswith(keyword):
             code = code[len(keyword):].rstrip(":").strip()
-    return f"{code!r} ({where}:{frame.f_lineno})" if code else f"{where}:{frame.f_lineno}"
+    return (f"{code!r} ({where}:{frame.f_lineno})" if code else f"{where}:{frame.f_lineno}"), asserted
 
 
 def _named_args(bare: str, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -729,18 +944,31 @@ def _join_axis(bare: str, args: tuple, kwargs: dict) -> str | None:
 
 def _along_tokens(shape: torch.Size, activations: list[torch.Tensor], batches: set[int]) -> str:
     """How an addend of ``shape`` lies along the tokens of the activations: ``"constant"`` where it is
-    broadcast along an axis of more than one entry that is not the batch axis (the first axis of the
-    batch size: a seq-first (T, 1, H, D) activation of a batch of 1 has it second), ``"varies"`` where
-    it is not, ``"unknown"`` where the batch sizes the inputs may have (``batches``) disagree."""
+    broadcast along an axis of more than one entry that is not the batch axis (:func:`_batch_axis`),
+    ``"varies"`` where it is not, ``"unknown"`` where the batch sizes the inputs may have (``batches``)
+    disagree."""
     verdicts = set()
     for a in activations:
         padded = (1,) * (a.ndim - len(shape)) + tuple(shape)
         seen = set()
         for b in batches or {None}:
-            batch_axis = next((i for i, n in enumerate(a.shape) if n == b), None)
+            batch_axis = _batch_axis(a.shape, b)
             seen.add(any(s == 1 and n > 1 and i != batch_axis for i, (s, n) in enumerate(zip(padded, a.shape))))
         verdicts.add("unknown" if len(seen) > 1 else "constant" if True in seen else "varies")
     return next((v for v in ("constant", "unknown") if v in verdicts), "varies")
+
+
+def _batch_axis(shape: torch.Size, batch: int | None) -> int | None:
+    """The axis of activations of ``shape`` that holds the batch: the first of the batch size (a seq-first
+    (T, 1, H, D) activation of a batch of 1 has it second), else the first axis where its size is a multiple
+    of it: the batch folded there with another axis (a video's frames or a series' channels, (B*T, N, D)),
+    so that a position table added to each frame is broadcast along the batch alone."""
+    if batch is None:
+        return None
+    same = next((i for i, n in enumerate(shape) if n == batch), None)
+    if same is None and shape and batch > 0 and shape[0] % batch == 0:
+        return 0
+    return same
 
 
 def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
@@ -794,6 +1022,22 @@ def _einsum_elementwise(args: tuple) -> set[int]:
     kept = set(rhs.replace("...", "_"))
     return {id(op) for term, op in zip(terms, operands)
             if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
+
+
+def _along_last_alone(activation: torch.Size, shape: torch.Size) -> bool:
+    """Whether activations of shape ``activation`` are broadcast along the last axis of a tensor of ``shape``
+    and along none of its other axes of more than one entry (``x[..., None]`` (B, F, 1) over W (F, d); not a
+    style (B, 1, I, 1, 1) over a kernel (1, O, I, K, K), broadcast along its outputs too)."""
+    padded = (1,) * (len(shape) - len(activation)) + tuple(activation)
+    if len(activation) < 1 or padded[-1] != 1:
+        return False
+    return all(a == n for a, n in zip(padded[-len(shape):-1], shape[:-1]) if n > 1)
+
+
+def _spread_along(t: torch.Tensor, activations: list[torch.Tensor]) -> bool:
+    """Whether an activation is broadcast along an axis of ``t`` of more than one entry: in the product
+    the activation is the gain (a style over a kernel), ``t`` is what it scales."""
+    return any(_broadcast_over(a.shape, (1,) * (a.ndim - t.ndim) + tuple(t.shape)) for a in activations)
 
 
 def _own_axes(t: torch.Tensor) -> tuple[int, ...]:
@@ -883,11 +1127,11 @@ def _best_trace(model: nn.Module, example_inputs: Any) -> Trace:
 def _first_to_finish(model: nn.Module, example_inputs: Any, tries: list[tuple[torch.dtype | None, bool, bool]],
                      answers: Mapping[str, int] | None = None) -> tuple[Trace, int]:
     """The first pass in ``tries`` (floats, meta, eval mode) that finishes, else the one that saw most, and its place."""
-    best, at = _trace_once(model, example_inputs, *tries[0], answers=answers), 0
+    best, at = _holding_asserts(model, example_inputs, *tries[0], answers=answers), 0
     for i, how in enumerate(tries[1:], 1):
         if best.stopped is None:
             break
-        again = _trace_once(model, example_inputs, *how, answers=answers)
+        again = _holding_asserts(model, example_inputs, *how, answers=answers)
         if again.stopped is None or len(again.uses) > len(best.uses):
             best, at = again, i
     return best, at
@@ -969,8 +1213,22 @@ def _modalities(inputs: Any) -> list[dict[str, Any]]:
     return [{**settings, **(ids if k == "input_ids" else {k: inputs[k]})} for k in _MODALITIES if k in inputs]
 
 
+def _holding_asserts(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
+                     evaluate: bool = False, answers: Mapping[str, int] | None = None) -> Trace:
+    """:func:`_trace_once`, again where it stopped at an ``assert`` whose test it answered False
+    (torchdiffeq's ``assert (t[1:] > t[:-1]).all()``), with that test answered True, for up to 8 of
+    them: an assertion checks what holds of a valid input (``assert not t.isnan().any()`` holds on False)."""
+    held: frozenset[str] = frozenset()
+    trace = _trace_once(model, example_inputs, floats, meta, evaluate, answers)
+    while trace.assertion is not None and trace.assertion not in held and len(held) < 8:
+        held |= {trace.assertion}
+        trace = _trace_once(model, example_inputs, floats, meta, evaluate, answers, held)
+    return trace
+
+
 def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
-                evaluate: bool = False, answers: Mapping[str, int] | None = None) -> Trace:
+                evaluate: bool = False, answers: Mapping[str, int] | None = None,
+                held: frozenset[str] = frozenset()) -> Trace:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # on meta tensors, what the forward creates must be meta too: the default device says so
@@ -991,8 +1249,9 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
                                          example_inputs))
     except Exception as exc:  # a tensor subclass that cannot be copied shape-only: the structure decides
         return Trace({}, f"a shape-only copy of the input: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
-    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers)
-    stopped = None
+    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers,
+                         held)
+    stopped = assertion = None
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
     fake_log.setLevel(logging.CRITICAL)  # a kernel without a fake version logs a traceback before raising
@@ -1004,11 +1263,16 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        if recorder.tests and recorder.ops_since_test == 0:  # raised on an answer the pass made up, not on the input
+            where, answer = recorder.tests[-1]
+            assertion = recorder.last_assert if isinstance(exc, AssertionError) else None
+            stopped += (f", raised right after a test of a tensor's value, {where}, that the pass answered "
+                        f"{answer} (fake tensors hold no values)")
     finally:
         fake_log.setLevel(level)
         _restore(saved)
     recorder.finish()
-    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test)
+    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion)
 
 
 @contextlib.contextmanager
