@@ -134,8 +134,9 @@ class WeightDecay(Optimizer):
         # Optimizer.__init__ would rebuild the groups; __setstate__ only installs the hook tables
         # and the profiling/hook wrapper around step(), which is all this wrapper needs from it.
         super().__setstate__({})
+        facts = optimizers.info(self.optimizer)
         for i, group in enumerate(self.param_groups):
-            check_group(i, group, mode, optimizers.info(self.optimizer))
+            check_group(i, group, mode, facts)
             check_lambda(i, group, self._checked)
         self._sync_max_lrs()
         for i, group in enumerate(self.param_groups):

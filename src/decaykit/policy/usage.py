@@ -327,8 +327,7 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
-        if _bare(func) in _VALUE_READS and args and isinstance(args[0], torch.Tensor) and (
-                args[0].is_meta or type(args[0]).__name__ == "FakeTensor"):
+        if _bare(func) in _VALUE_READS and args and isinstance(args[0], torch.Tensor) and _holds_no_values(args[0]):
             if _bare(func) == "__bool__":
                 return self._test()
             return _stand_in(_bare(func), args[0])
@@ -829,7 +828,6 @@ class _Recorder(TorchFunctionMode):
             return Use("scale", shown, f"multiplies activations in {shown}: a scale")
         return Use("other", shown, f"used in {shown}")
 
-
     def _outer(self, bare: str, tensor: torch.Tensor, activations: list[torch.Tensor]) -> bool:
         """Whether ``tensor`` times ``activations`` in ``bare`` is an outer product: the activations have one
         entry along its last axis and it has several (``x[..., None] * W``, a Planar flow's ``u * h(w·z)``),
@@ -867,10 +865,15 @@ def _after(use: Use, via: str | None, vector: bool = False) -> Use:
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
 
 
+def _holds_no_values(t: torch.Tensor) -> bool:
+    """A meta or fake tensor of the pass: reading its value (a test, ``.item()``, an index) has no answer."""
+    return t.is_meta or type(t).__name__ == "FakeTensor"
+
+
 def _scalar_index(index: Any) -> bool:
     """Whether ``index`` is a 0-d integer tensor without values, which indexing would read."""
     return (isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point()
-            and index.dtype != torch.bool and (index.is_meta or type(index).__name__ == "FakeTensor"))
+            and index.dtype != torch.bool and _holds_no_values(index))
 
 
 def _stand_in(read: str, t: torch.Tensor) -> Any:

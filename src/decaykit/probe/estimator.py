@@ -162,11 +162,12 @@ class Rows:
     def needs_gradient_twins(self, expected_kind: str) -> bool:
         """Whether to step the pair again with a nonzero gradient: for an unknown optimizer whose zero-gradient
         decay is proportional to θ (coupled L2 too: a trust ratio that is 1 where the gradient is 0) or nothing,
-        which a branch taken only on a zero gradient could explain (a projection for scale-invariant weights). Coupled L2 rescaled per
-        coordinate depends on the gradient by its nature: ``coupled-adaptive`` says so."""
-        return expected_kind == "unknown" and any(
-            self._kind(k)[0] in ("decoupled", "none") or (self._kind(k)[0] == "coupled" and self.proportional(k))
-            for k in range(self.members))
+        which a branch taken only on a zero gradient could explain (a projection for scale-invariant weights).
+        Coupled L2 rescaled per coordinate depends on the gradient by its nature: ``coupled-adaptive`` says so."""
+        if expected_kind != "unknown":
+            return False
+        kinds = [(self._kind(k)[0], k) for k in range(self.members)]
+        return any(kind in ("decoupled", "none") or (kind == "coupled" and self.proportional(k)) for kind, k in kinds)
 
     def add_coupled(self, theta: torch.Tensor, decayed: torch.Tensor, base: torch.Tensor, coupled: torch.Tensor) -> None:
         m = self.members

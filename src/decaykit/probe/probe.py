@@ -31,8 +31,9 @@ as depending on the gradient rather than agreeing.
 
 A decay that ``weight_decay=0`` leaves on (ASGD's ``lambd``, a ``weight_decay_1d``) moves θ_0 itself
 where nothing else can: before the first step, or once there is state on a copy with that state reset
-(momentum then moves nothing; for an optimizer decaykit has no facts on, a torch class's decays being known). The group setting behind it is found by measurement: the first numeric
-setting named like a decay (or the registry's ``other_decay``) with which at 0 as well nothing moves.
+(momentum then moves nothing; for an optimizer decaykit has no facts on, a torch class's decays being
+known). The group setting behind it is found by measurement: the first numeric setting named like a
+decay (or the registry's ``other_decay``) with which at 0 as well nothing moves.
 A reset copy that moves with no such setting to explain it (parameters rebuilt from state) is reported
 as not checked.
 
