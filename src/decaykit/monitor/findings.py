@@ -34,8 +34,8 @@ from typing import Any
 
 from decaykit.policy.decide import Decision
 
-__all__ = ["DOMINATES", "EQUILIBRIUM_DRIFT", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "frozen_finding", "lr_zero_finding",
-           "other_optimizer_finding", "policy_findings", "tensor_findings", "timescale_finding"]
+__all__ = ["DOMINATES", "EQUILIBRIUM_DRIFT", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "frozen_finding",
+           "lr_zero_finding", "other_optimizer_finding", "policy_findings", "tensor_findings", "timescale_finding"]
 
 #: decay_to_update above which the decay dominates the update
 DOMINATES = 1.0
