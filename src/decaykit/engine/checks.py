@@ -133,7 +133,7 @@ def lr_scale_on_top(groups: Sequence[Mapping[str, Any]]) -> bool:
         scale = _real(group.get("lr_scale"))
         base = _real(group.get("initial_lr"))
         base = _real(group.get("lr")) if base is None else base
-        if scale is None or scale <= 0 or base is None or _real(group.get("max_lr")) is not None:
+        if scale is None or not scale > 0 or base is None or _real(group.get("max_lr")) is not None:  # nan too
             continue
         bases.setdefault(scale, base)
     values = list(bases.values())
