@@ -11,6 +11,7 @@ too small to share.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -70,7 +71,16 @@ def _medians(timings: Mapping[int, Sequence[float]]) -> dict[int, float]:
 
 
 def _figures(medians: Mapping[int, float]) -> str:
-    return " vs ".join(f"{threads_text(n)} {medians[n] * 1e3:.3g} ms/step" for n in sorted(medians))
+    return " vs ".join(f"{threads_text(n)} {_milliseconds(medians[n])} ms/step" for n in sorted(medians))
+
+
+def _milliseconds(seconds: float) -> str:
+    """Three significant figures of ``seconds`` in ms, never in e-notation (a 9e-05 reads as a broken figure)."""
+    ms = seconds * 1e3
+    if ms <= 0 or not math.isfinite(ms):
+        return f"{ms:g}"
+    text = f"{ms:.{max(0, 2 - math.floor(math.log10(ms)))}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class ThreadChoice:
