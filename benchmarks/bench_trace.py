@@ -22,7 +22,7 @@ import transformers
 from _machine import load_line, machine_line, positive_int
 
 import decaykit
-from decaykit.policy import usage
+from decaykit.policy import tracing
 
 
 def build(layers: int) -> torch.nn.Module:
@@ -39,10 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_line())
     model = build(args.layers)
-    inputs = usage.example_inputs_for(model)
+    inputs = tracing.example_inputs_for(model)
     passes = {
-        "meta": lambda: usage._trace_once(model, inputs, None, meta=True),
-        "fake": lambda: usage._trace_once(model, inputs, None),
+        "meta": lambda: tracing._trace_once(model, inputs, None, meta=True),
+        "fake": lambda: tracing._trace_once(model, inputs, None),
         "structure": lambda: decaykit.plan(model, 0.1, example_inputs=False),
     }
     seen = {name: passes[name]() for name in ("meta", "fake")}  # warm-up, and both must see the same uses

@@ -22,7 +22,7 @@ import decaykit
 from checked_models import TaskTable
 from decaykit import DecayWarning
 from decaykit.policy import RoleConflict
-from decaykit.policy.usage import run_trace
+from decaykit.policy.tracing import run_trace
 
 DIMS = st.integers(1, 6)
 
@@ -299,7 +299,7 @@ def test_forward_hooks_are_skipped_and_put_back():
     hook would keep fake tensors. Both are left out of the pass and restored in their order."""
     import functools
 
-    from decaykit.policy import usage
+    from decaykit.policy import tracing
 
     calls: list[str] = []
 
@@ -313,7 +313,7 @@ def test_forward_hooks_are_skipped_and_put_back():
     model.register_forward_pre_hook(lambda module, args: calls.append("user"))
     before = list(model._forward_pre_hooks)
     hook = model._forward_pre_hooks[first.id]  # seen through the partial, as torch.distributed's, so switched off
-    assert usage._hook_module(hook).startswith("torch.distributed") and not usage._computes_weight(hook)
+    assert tracing._hook_module(hook).startswith("torch.distributed") and not tracing._computes_weight(hook)
     decaykit.plan(model, 0.1)
     assert calls == [] and list(model._forward_pre_hooks) == before
     model(model.example_inputs())
@@ -556,11 +556,11 @@ def test_inspect_traces_by_default_where_the_structure_guesses(capsys):
 def test_one_trace_per_model_while_its_tensors_stay(monkeypatch):
     """param_groups, audit and a Monitor plan one model in turn: it is traced once, and again
     only once its tensors change (a layer replaced)."""
-    from decaykit.policy import usage
+    from decaykit.policy import tracing
 
     calls = []
-    real = usage.run_trace
-    monkeypatch.setattr(usage, "run_trace", lambda *a: calls.append(1) or real(*a))
+    real = tracing.run_trace
+    monkeypatch.setattr(tracing, "run_trace", lambda *a: calls.append(1) or real(*a))
     model = Zoo()
     first = decaykit.plan(model, 0.1)
     decaykit.plan(model, 0.1, example_inputs="auto")

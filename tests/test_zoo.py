@@ -23,7 +23,8 @@ import torch
 import decaykit
 from decaykit import DecayWarning
 from decaykit.policy import RoleConflict
-from decaykit.policy.usage import example_inputs_for, run_trace
+from decaykit.policy.own_input import example_inputs_for
+from decaykit.policy.tracing import run_trace
 from test_presets import timm_rule
 from test_usage_trace import Zoo
 

@@ -6,7 +6,8 @@
 - ``rules``: the user's ordered overrides; ``layers``: depth for layer-wise LR decay;
 - ``options``: :class:`Policy`, the preset and the overrides as one validated value;
 - ``names``: canonical names through DDP / compile / checkpoint / FSDP wrappers;
-- ``usage``: one forward pass on fake tensors, recording how each tensor is used;
+- ``usage``: how each tensor is used, op by op, in a forward pass on fake tensors; ``tracing``: that
+  pass run, and retried where it stops; ``own_input``: the input a model makes for itself;
 - ``collect``: every name of every tensor; ``hooks``: the model's ``no_weight_decay()`` hooks;
 - ``decide``: one :class:`Decision` per tensor, in precedence order;
 - ``plan``: the decisions for a whole model (:func:`plan`) and the optimizer groups made from

@@ -45,7 +45,8 @@ from decaykit.policy.names import logical_name, unwrap_model
 from decaykit.policy.options import OPTIONS, Policy, Tied
 from decaykit.policy.roles import decided_by_shape
 from decaykit.policy.rules import Rule
-from decaykit.policy.usage import Trace, run_trace, trace_on_own_input
+from decaykit.policy.tracing import run_trace, trace_on_own_input
+from decaykit.policy.usage import Trace
 
 __all__ = ["Conflict", "Decision", "Plan", "RoleConflict", "check_plan_options", "collect_params", "param_groups",
            "plan"]

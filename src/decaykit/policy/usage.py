@@ -50,34 +50,24 @@ on one answer, its reason names the test and the answer (:func:`decaykit.policy.
 gets a stand-in, 1; at an operation whose output shape depends on values the pass stops, and
 what was seen until then is kept.
 
->>> from torch import nn
->>> uses = trace_usage(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), torch.zeros(2, 4))
->>> [u.reason for u in uses.values()]
-['matrix operand of F.linear', 'added to activations in F.linear: a bias', 'weight of F.layer_norm: a norm gain', 'bias of F.layer_norm: a norm bias']
+The pass itself (fake inputs, the retries, the model put back as it was) is
+:mod:`decaykit.policy.tracing`; the input a model makes for itself, :mod:`decaykit.policy.own_input`.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import logging
 import os
-import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 from torch._C import _functorch
-from torch.nn.modules import module as torch_module
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 
-from decaykit._thread_hooks import ThreadQuiet
-from decaykit.errors import UserCodeError
-
-__all__ = ["Trace", "Use", "example_inputs_for", "run_trace", "trace_on_own_input", "trace_usage"]
+__all__ = ["Recorder", "Trace", "Use", "decider"]
 
 # Operand roles of the layer functions, by argument name (positions come from the signature).
 _LAYER_ARGS: dict[str, dict[str, str]] = {
@@ -199,6 +189,12 @@ class Use(NamedTuple):
         return {"gain": "norm", "other": "unknown"}.get(self.kind, _ROLES.get(self.kind, self.kind))
 
 
+def decider(seen: list[Use]) -> Use | None:
+    """The use that decides among ``seen``: the strongest, or ``None`` for none."""
+    return min(seen, key=lambda u: _RANK.index(u.kind)) if seen else None
+
+
+
 @dataclass
 class Trace:
     """Every use seen per parameter (``id`` of the real tensor), and why the pass stopped, if it did."""
@@ -227,7 +223,7 @@ class Trace:
 
     def use_of(self, param: torch.Tensor) -> Use | None:
         """The use that decides: the strongest seen, or ``None`` if the pass never reached it."""
-        return _decider(self.uses.get(id(param)) or [])
+        return decider(self.uses.get(id(param)) or [])
 
 
 @dataclass
@@ -261,7 +257,7 @@ def _bare(func: Any) -> str:
     return getattr(func, "__name__", "") or ""
 
 
-class _Recorder(TorchFunctionMode):
+class Recorder(TorchFunctionMode):
     """Records, for every op, which traced parameters it consumes and how; passes provenance on."""
 
     def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[torch.Tensor],
@@ -1072,465 +1068,3 @@ def _per_channel(shape: tuple[int, ...] | torch.Size) -> bool:
 
 def _shape(shape: torch.Size) -> str:
     return "(" + ",".join(str(s) for s in shape) + ")"
-
-
-def _fake_like(mode: Any, t: torch.Tensor, floats: torch.dtype | None = None) -> torch.Tensor:
-    """A fake (or, under the meta device, meta) tensor of ``t``'s shape and dtype (``floats`` for
-    floating ones, if given); meta tensors become fake CPU ones, so factory calls inside
-    ``forward`` (on the default device) meet them on one device."""
-    device = torch.device("meta") if isinstance(mode, torch.device) else (
-        torch.device("cpu") if t.device.type == "meta" else t.device)
-    dtype = floats if floats is not None and t.is_floating_point() else t.dtype
-    with mode:
-        return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=dtype, device=device)
-
-
-def trace_usage(model: nn.Module, example_inputs: Any) -> dict[int, Use]:
-    """The deciding use of every parameter reached by ``model(*example_inputs)``, by ``id``.
-
-    ``example_inputs`` is one tensor, a tuple of positional arguments, or a dict of keyword
-    arguments (``{"input_ids": ids}``); its tensors only lend their shapes and dtypes.
-    """
-    trace = run_trace(model, example_inputs)
-    return {pid: min(seen, key=lambda u: _RANK.index(u.kind)) for pid, seen in trace.uses.items()}
-
-
-def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
-    """One forward pass of ``model`` on shape-only tensors under a recorder: see :func:`trace_usage`.
-
-    The pass runs first on meta tensors (the fastest: no Python per kernel); where it stops, again in
-    bfloat16 (some kernels, such as the grouped matmul of MoE experts, only take it), then under
-    ``FakeTensorMode``, which also takes the real CPU constants a model mixes in (in float, then in
-    bfloat16), then in eval mode (a detector wants targets when training). The first pass that
-    finishes is kept, else the one that saw most; where several modalities were given
-    (``input_ids`` and ``pixel_values``), each one alone is traced too and what they saw is added.
-    """
-    trace = _best_trace(model, example_inputs)
-    for alone in _modalities(example_inputs) if trace.stopped is not None else []:
-        part = _best_trace(model, alone)  # the text model of a VLM runs without the image grid it asked for
-        for pid, seen in part.uses.items():
-            trace.uses.setdefault(pid, []).extend(seen)
-    return trace
-
-
-def _best_trace(model: nn.Module, example_inputs: Any) -> Trace:
-    """The first pass that finishes, else the one that saw most, in the order of :func:`run_trace`;
-    where it tested a tensor's value, with what the other answers show (:func:`_both_ways`)."""
-    # meta kernels first: several times faster; bfloat16 suits some kernels; fake tensors also take
-    # the CPU constants a model mixes in; a detector asks for targets in training mode
-    tries = [(None, True, False), (torch.bfloat16, True, False), (None, False, False), (torch.bfloat16, False, False)]
-    tries += [(None, True, True)] if model.training else []
-    trace, first = _first_to_finish(model, example_inputs, tries)
-    if trace.tests:  # answered False; now True, as often at each place (a ``while`` loop runs once), from the way that worked
-        true = collections.Counter(where for where, _ in trace.tests)
-        trace = _both_ways(trace, _first_to_finish(model, example_inputs, tries[first:], true)[0])
-    return trace
-
-
-def _first_to_finish(model: nn.Module, example_inputs: Any, tries: list[tuple[torch.dtype | None, bool, bool]],
-                     answers: Mapping[str, int] | None = None) -> tuple[Trace, int]:
-    """The first pass in ``tries`` (floats, meta, eval mode) that finishes, else the one that saw most, and its place."""
-    best, at = _holding_asserts(model, example_inputs, *tries[0], answers=answers), 0
-    for i, how in enumerate(tries[1:], 1):
-        if best.stopped is None:
-            break
-        again = _holding_asserts(model, example_inputs, *how, answers=answers)
-        if again.stopped is None or len(again.uses) > len(best.uses):
-            best, at = again, i
-    return best, at
-
-
-def _both_ways(false: Trace, true: Trace) -> Trace:
-    """The uses of a pass that answered every test of a tensor's value False, and of one that answered
-    them True (``if self.training and torch.rand(1) > p:``, PEFT's LoKr in training): what either saw
-    is kept. Where the two decide a tensor differently, ``Trace.branch`` keeps what the other answer
-    saw and the test the deciding use came after, with its answer: a decision that rests on one
-    answer says so (:func:`decaykit.policy.roles.classify`). (Each test is answered one way for the
-    whole of a pass, and one the True answers lead to is answered False: a branch that needs some
-    tests true and others false is not seen.)"""
-    merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test})
-    for pid in false.uses.keys() | true.uses.keys():
-        mine, theirs = false.uses.get(pid, []), true.uses.get(pid, [])
-        merged.uses[pid] = mine + theirs
-        decides = _decider(mine + theirs)
-        test = false.after_test.get((pid, decides)) if decides in mine else true.after_test.get((pid, decides))
-        if test is not None and _decider(mine) != _decider(theirs):
-            other = _decider(theirs) if decides in mine else _decider(mine)
-            merged.branch[pid] = (other, f"where {test[0]} is {'true' if test[1] else 'false'}")
-    return merged
-
-
-def _decider(seen: list[Use]) -> Use | None:
-    """The use that decides among ``seen``: the strongest, or ``None`` for none."""
-    return min(seen, key=lambda u: _RANK.index(u.kind)) if seen else None
-
-
-# One trace per model and its tensors: param_groups, then audit, then a Monitor plan the same model.
-_OWN_INPUT_TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Trace]] = weakref.WeakKeyDictionary()
-
-
-def trace_on_own_input(model: nn.Module) -> Trace:
-    """:func:`run_trace` on the input ``model`` makes itself (:func:`example_inputs_for`), kept per
-    model while its tensors stay the same ones; a trace with ``ran=False`` says why no input could
-    be made. What ``example_inputs()`` raises is raised as a :class:`UserCodeError`."""
-    key = tuple((name, id(t), tuple(t.shape), t.dtype) for name, t in (*model.named_parameters(remove_duplicate=False),
-                                                                     *model.named_buffers(remove_duplicate=False)))
-    known = _OWN_INPUT_TRACES.get(model)
-    if known is not None and known[0] == key:
-        return known[1]
-    inputs = example_inputs_for(model)
-    if inputs is None:
-        trace = Trace({}, _no_input(model), ran=False)
-    else:
-        trace = run_trace(model, inputs)
-        masked = _with_masked_patches(model, inputs)
-        if masked is not None and any(id(p) not in trace.uses for p in model.parameters()):
-            for pid, seen in _best_trace(model, masked).uses.items():  # what only a masked image reaches
-                trace.uses.setdefault(pid, []).extend(seen)
-    _OWN_INPUT_TRACES[model] = (key, trace)
-    return trace
-
-
-def _with_masked_patches(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
-    """The inputs plus a mask over the image's patches, for a transformers model whose forward takes
-    ``bool_masked_pos``: its mask token is used only where patches are masked."""
-    config, takes = _config_of(model)
-    vision = getattr(config, "vision_config", None) or config
-    patch = getattr(vision, "patch_size", None)
-    pixels = inputs.get("pixel_values") if isinstance(inputs, Mapping) else None
-    if "bool_masked_pos" not in takes or not isinstance(patch, int) or patch <= 0 or pixels is None:
-        return None
-    patches = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
-    return {**inputs, "bool_masked_pos": torch.zeros(1, patches, dtype=torch.bool)}
-
-
-_MODALITIES = ("input_ids", "pixel_values", "input_values", "input_features")
-
-
-def _modalities(inputs: Any) -> list[dict[str, Any]]:
-    """Each modality of a keyword input alone, with the settings that are not inputs, if there are several."""
-    if not isinstance(inputs, Mapping) or sum(k in inputs for k in _MODALITIES) < 2:
-        return []
-    settings = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
-    ids = {k: v for k, v in inputs.items() if k in ("input_ids", "decoder_input_ids")}
-    return [{**settings, **(ids if k == "input_ids" else {k: inputs[k]})} for k in _MODALITIES if k in inputs]
-
-
-def _holding_asserts(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
-                     evaluate: bool = False, answers: Mapping[str, int] | None = None) -> Trace:
-    """:func:`_trace_once`, again where it stopped at an ``assert`` whose test it answered False
-    (torchdiffeq's ``assert (t[1:] > t[:-1]).all()``), with that test answered True, for up to 8 of
-    them: an assertion checks what holds of a valid input (``assert not t.isnan().any()`` holds on False)."""
-    held: frozenset[str] = frozenset()
-    trace = _trace_once(model, example_inputs, floats, meta, evaluate, answers)
-    while trace.assertion is not None and trace.assertion not in held and len(held) < 8:
-        held |= {trace.assertion}
-        trace = _trace_once(model, example_inputs, floats, meta, evaluate, answers, held)
-    return trace
-
-
-def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | None, meta: bool = False,
-                evaluate: bool = False, answers: Mapping[str, int] | None = None,
-                held: frozenset[str] = frozenset()) -> Trace:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    # on meta tensors, what the forward creates must be meta too: the default device says so
-    mode: Any = torch.device("meta") if meta else FakeTensorMode(allow_non_fake_inputs=True)
-    fakes: dict[int, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for name, p in model.named_parameters(remove_duplicate=False):
-        fake = fakes.setdefault(id(p), _fake_like(mode, p, floats))
-        pairs.append((fake, p))
-        state[name] = fake
-    for name, b in model.named_buffers(remove_duplicate=False):
-        state[name] = fakes.setdefault(id(b), _fake_like(mode, b, floats))
-    if any(isinstance(t, torch.Tensor) and t.is_nested for t in tree_flatten(example_inputs)[0]):
-        return Trace({}, "a nested tensor in example_inputs, which has no one shape to copy: pass padded tensors")
-    try:
-        args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
-                                         example_inputs))
-    except Exception as exc:  # a tensor subclass that cannot be copied shape-only: the structure decides
-        return Trace({}, f"a shape-only copy of the input: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
-    recorder = _Recorder(pairs, [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)], answers,
-                         held)
-    stopped = assertion = None
-    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
-    level = fake_log.level
-    fake_log.setLevel(logging.CRITICAL)  # a kernel without a fake version logs a traceback before raising
-    saved = _module_state(model)  # the training flags too: ``evaluate`` is undone with the rest
-    if evaluate:
-        model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _without_hooks(model), mode, recorder:
-            torch.func.functional_call(model, state, args, kwargs, strict=False)
-    except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
-        stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-        if recorder.tests and recorder.ops_since_test == 0:  # raised on an answer the pass made up, not on the input
-            where, answer = recorder.tests[-1]
-            assertion = recorder.last_assert if isinstance(exc, AssertionError) else None
-            stopped += (f", raised right after a test of a tensor's value, {where}, that the pass answered "
-                        f"{answer} (fake tensors hold no values)")
-    finally:
-        fake_log.setLevel(level)
-        _restore(saved)
-    recorder.finish()
-    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion)
-
-
-@contextlib.contextmanager
-def _without_hooks(model: nn.Module) -> Iterator[None]:
-    """Without the model's forward hooks and pre-hooks, nor, in this thread, the global ones
-    (``register_module_forward_hook``): a user's hook would fire on fake tensors and keep them, and
-    ``torch.distributed``'s (FSDP2's all-gather) would run collectives where only shapes are needed.
-    Torch's own hooks that compute a weight (the old ``weight_norm`` and ``spectral_norm``, pruning
-    masks) stay. The hooks are put back in their order afterwards."""
-    saved = []
-    for module in model.modules():
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            off = [k for k, hook in hooks.items() if not _computes_weight(hook)]
-            if off:
-                saved.append((hooks, dict(hooks)))
-                for k in off:
-                    del hooks[k]
-    try:
-        with _quiet_global_hooks():
-            yield
-    finally:
-        for hooks, before in saved:
-            hooks.clear()
-            hooks.update(before)
-
-
-def _computes_weight(hook: Any) -> bool:
-    """Whether a module hook is torch's own, outside ``torch.distributed``: part of how a layer computes."""
-    where = _hook_module(hook)
-    return where.startswith("torch.") and not where.startswith("torch.distributed")
-
-
-def _hook_module(hook: Any) -> str:
-    """The module that defines a hook: its function's, its bound method's owner's, or its class's."""
-    target = getattr(hook, "func", hook)  # functools.partial
-    owner = getattr(target, "__self__", None)
-    return (type(owner).__module__ if owner is not None else getattr(target, "__module__", "")) or ""
-
-
-_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_buffer_registration_hooks",
-                 "_global_parameter_registration_hooks", "_global_module_registration_hooks")
-_quiet_global_hooks = ThreadQuiet(lambda: [getattr(torch_module, name, None) for name in _GLOBAL_HOOKS])
-
-
-# What nn.Module keeps in its own attributes: the tables ``_restore`` puts back whole, and hook tables.
-_MODULE_TABLES = frozenset(nn.Module().__dict__)
-_CONTAINERS = (list, dict, set, collections.deque)
-
-
-def _module_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]], list[tuple]]]:
-    """Each module's attributes, its parameter, buffer and child tables, and the contents of the
-    lists, dicts, sets and deques its attributes hold (nested ones too), as they are before the pass."""
-    saved = []
-    seen: set[int] = set()
-    for m in model.modules():
-        contents: list[tuple[Any, Any]] = []
-        for name, value in m.__dict__.items():
-            if name not in _MODULE_TABLES:
-                contents += _contents(value, seen)
-        saved.append((m, dict(m.__dict__), [dict(m._parameters), dict(m._buffers), dict(m._modules)], contents))
-    return saved
-
-
-def _contents(value: Any, seen: set[int], depth: int = 0) -> list[tuple[Any, Any]]:
-    """``(container, a copy of its items)`` for a list, dict, set or deque and those it holds, to a depth of 4."""
-    if not isinstance(value, _CONTAINERS) or id(value) in seen or depth >= 4:
-        return []
-    seen.add(id(value))
-    items = value.copy() if isinstance(value, (dict, set)) else list(value)
-    out = [(value, items)]
-    for item in (value.values() if isinstance(value, dict) else value if not isinstance(value, set) else ()):
-        out += _contents(item, seen, depth + 1)
-    return out
-
-
-def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]], list[tuple]]]) -> None:
-    """Undo what the traced forward left on the model: ``self.cache = x`` would keep a fake tensor, a
-    buffer the forward registers would stay a fake one, ``self.history.append(x)`` or
-    ``self.stats["calls"] += 1`` would change a list or dict the model holds; the model must be as
-    it was. Not undone: changes inside other objects an attribute holds (a config, a cache class),
-    in containers nested deeper than four levels, or outside the model (globals, closures). (Lazy
-    modules, which would materialise their parameters in place, are refused before any pass.)"""
-    for module, attributes, tables, contents in saved:
-        _put_back(module.__dict__, attributes)
-        for table, before in zip((module._parameters, module._buffers, module._modules), tables):
-            _put_back(table, before)
-        for container, items in contents:
-            _put_back(container, items)
-
-
-def _put_back(container: Any, items: Any) -> None:
-    """``container``'s items as they were, in place, if the pass changed them."""
-    if isinstance(container, dict):
-        if container.keys() != items.keys() or any(container[k] is not v for k, v in items.items()):
-            container.clear()
-            container.update(items)
-    elif isinstance(container, set):
-        if container != items:
-            container.clear()
-            container.update(items)
-    elif len(container) != len(items) or any(a is not b for a, b in zip(container, items)):
-        container.clear()
-        container.extend(items)
-
-
-def _as_call(inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    return (inputs,), {}
-
-
-def example_inputs_for(model: nn.Module) -> Any | None:
-    """An input ``model`` can take, made from what it says about itself, or ``None``.
-
-    In order: its own ``example_inputs()`` method or Lightning's ``example_input_array``; a
-    Hugging Face model's config (token ids from its vocabulary, or pixel values for an image
-    model), also through a wrapper whose ``forward`` takes ``*args, **kwargs`` (PEFT's ``PeftModel``); timm's ``pretrained_cfg["input_size"]``; else the first weight layer in the order the
-    model registers them (``Linear``: features, ``Conv*d``: channels, at an ``img_size`` /
-    ``image_size`` the model states or 224, 16 frames of them for ``Conv3d``, ``Embedding``:
-    token ids). A guess that does not
-    fit stops the traced pass at its first layer, and the structure decides.
-    """
-    own: Callable[[], Any] | None = getattr(model, "example_inputs", None)
-    if callable(own):
-        try:
-            return own()
-        except Exception as exc:  # the user's code: say so, in one line, with the original chained
-            raise UserCodeError(
-                f"{type(model).__name__}.example_inputs() raised {type(exc).__name__}: {exc}; make it return an input "
-                "the model takes (no arguments), or pass example_inputs= yourself, or False to decide from the "
-                "structure alone"
-            ) from exc
-    array = getattr(model, "example_input_array", None)  # Lightning's convention
-    if isinstance(array, (torch.Tensor, tuple, list, Mapping)):
-        return array
-    config, takes = _config_of(model)
-    if config is not None:
-        return _from_config(config, takes)
-    stated = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    size = stated.get("input_size") if isinstance(stated, Mapping) else None
-    if isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(n, int) and n > 0 for n in size):
-        return torch.zeros(2, *size)
-    return _from_first_layer(model)
-
-
-def _config_of(model: nn.Module) -> tuple[Any, frozenset[str]]:
-    """A transformers config for ``model`` (its own, or that of the model a wrapper hands its input to),
-    or ``None``, and the arguments of the forward that takes the input."""
-    inner = _passed_to(model)
-    for holder in dict.fromkeys((model, inner)):
-        config = getattr(holder, "config", None)
-        if config is not None and hasattr(config, "to_dict"):
-            return config, _arguments(inner)
-    return None, frozenset()
-
-
-def _passed_to(model: nn.Module) -> nn.Module:
-    """The module ``model`` hands its input to: itself, or, where its ``forward`` takes only ``*args`` and
-    ``**kwargs`` (PEFT's ``PeftModel`` and its tuner), the first module it holds, in turn."""
-    import inspect
-
-    for _ in range(8):  # wrappers nest a few levels at most
-        if type(model).forward is nn.Module.forward:  # no forward of its own (BarkModel): it hands nothing on
-            break
-        try:
-            kinds = {p.kind for p in inspect.signature(model.forward).parameters.values()}
-        except (TypeError, ValueError):
-            break
-        child = next(model.children(), None)
-        if not kinds or not kinds <= {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} or child is None:
-            break
-        model = child
-    return model
-
-
-def _no_input(model: nn.Module) -> str:
-    """Why :func:`example_inputs_for` made no input for ``model``."""
-    name = type(model).__name__
-    config, takes = _config_of(model)
-    if config is None:
-        return f"{name} has no example_inputs() method, config or first weight layer that fixes its input"
-    if type(_passed_to(model)).forward is nn.Module.forward:
-        return f"{name} has a {type(config).__name__}, but no forward of its own that takes an input"
-    taken = ", ".join(sorted(takes)) or "no named argument"
-    return (f"{name}'s {type(config).__name__} fixes no input its forward ({taken}) takes: decaykit makes "
-            "input_ids, pixel_values, input_values, or input_features where the config gives num_mel_bins")
-
-
-def _from_first_layer(model: nn.Module) -> torch.Tensor | None:
-    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding))),
-                 None)
-    if isinstance(first, nn.Linear):
-        return torch.zeros(2, first.in_features)
-    if isinstance(first, nn.Embedding):
-        return torch.zeros(2, 8, dtype=torch.long)
-    if isinstance(first, nn.modules.conv._ConvNd):
-        dims = first.weight.ndim - 2
-        if dims == 1:
-            return torch.zeros(2, first.in_channels, 1024)
-        image = _stated_image_size(model) or (224, 224)
-        return torch.zeros(2, first.in_channels, *((16,) * (dims - 2)), *image)  # video: 16 frames of images
-    return None
-
-
-def _stated_image_size(model: nn.Module) -> tuple[int, ...] | None:
-    """The image size a vision model states on itself or a submodule (``img_size``, ``image_size``)."""
-    for module in model.modules():
-        for attr in ("img_size", "image_size"):
-            size = getattr(module, attr, None)
-            if isinstance(size, int) and size > 0:
-                return (size, size)
-            if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size):
-                return tuple(size)
-    return None
-
-
-def _arguments(model: nn.Module) -> frozenset[str]:
-    import inspect
-
-    try:
-        return frozenset(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return frozenset()
-
-
-def _audio(config: Any) -> torch.Tensor:
-    """A second of raw audio at 16 kHz, or a spectrogram where the config sizes one (AST)."""
-    mel, frames = getattr(config, "num_mel_bins", None), getattr(config, "max_length", None)
-    if isinstance(mel, int) and isinstance(frames, int):
-        return torch.zeros(1, frames, mel)
-    channels = getattr(config, "audio_channels", None)
-    return torch.zeros(1, channels, 16000) if isinstance(channels, int) else torch.zeros(1, 16000)
-
-
-def _from_config(config: Any, takes: frozenset[str]) -> dict[str, Any] | None:
-    """Inputs for a transformers model from its config and ``forward``'s arguments alone: token ids
-    (its vocabulary only bounds them), pixel values, audio; no tokenizer, no download."""
-    vision = getattr(config, "vision_config", None) or config
-    inputs: dict[str, Any] = {}
-    if "input_ids" in takes:
-        inputs["input_ids"] = torch.ones(1, 8, dtype=torch.long)  # a fake tensor's values are never read
-        if "decoder_input_ids" in takes and getattr(config, "is_encoder_decoder", False):
-            inputs["decoder_input_ids"] = torch.ones(1, 8, dtype=torch.long)
-    image, channels = getattr(vision, "image_size", None) or 224, getattr(vision, "num_channels", None) or 3
-    if "pixel_values" in takes and isinstance(image, int):
-        inputs["pixel_values"] = torch.zeros(1, channels, image, image)
-    elif "pixel_values" in takes and isinstance(image, (tuple, list)) and len(image) == 2:
-        inputs["pixel_values"] = torch.zeros(1, channels, *image)
-    if "input_values" in takes:
-        inputs["input_values"] = _audio(config)
-    if "input_features" in takes and isinstance(getattr(config, "num_mel_bins", None), int):
-        frames = 2 * getattr(config, "max_source_positions", 1500)
-        inputs["input_features"] = torch.zeros(1, config.num_mel_bins, frames)
-    if inputs and "use_cache" in takes:
-        inputs["use_cache"] = False  # one pass, nothing to cache: hybrid caches refuse an empty start
-    return inputs or None
