@@ -537,3 +537,37 @@ def test_the_audit_reads_the_engines_mode_from_a_checkpoint_that_kept_only_state
     assert set(saved) == {"state", "param_groups"}
     report = decaykit.audit(model, saved)
     assert "coupled-adaptive" in {f.code for f in report.findings}  # coupled L2 through Adam, by the saved mode
+
+
+def test_a_framework_wrapper_that_steps_only_on_some_calls_is_refused_and_the_engine_goes_inside_it():
+    """accelerate's AcceleratedOptimizer steps its optimizer only at a gradient-accumulation boundary: an engine
+    around it would decay at every micro-batch (4x the decay with 4 accumulation steps)."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState, GradientState
+
+    def run(inside: bool) -> None:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        adamw = torch.optim.AdamW(decaykit.param_groups(model, 0.1, lr=0.05))
+        acc = accelerate.Accelerator(gradient_accumulation_steps=4, cpu=True)
+        if inside:
+            model, opt = acc.prepare(model, WeightDecay(adamw))
+        else:
+            model, opt = acc.prepare(model, adamw)
+            with pytest.raises(DecayError, match=r"cannot wrap AcceleratedOptimizer .*build WeightDecay\(optimizer\) "
+                                                 r"first .*accelerator\.prepare\(model, engine\)"):
+                WeightDecay(opt)
+            return
+        for i in range(16):
+            with acc.accumulate(model):
+                model(torch.full((3, 4), 0.1 * i)).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+        assert opt.optimizer.steps_taken == 4  # one decay per optimizer step, not per micro-batch
+
+    try:
+        run(inside=False)
+        run(inside=True)
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()

@@ -470,6 +470,14 @@ def _check_inner(optimizer: Any) -> None:
             f"optimizer must be a torch.optim.Optimizer (with param_groups and step), got {type(optimizer).__name__}; "
             "build it first: WeightDecay(torch.optim.AdamW(params, lr=...), mode=...)"
         )
+    wrapper = optimizers.wrapper_name(optimizer)
+    if wrapper is not None:  # it decides whether its optimizer steps: a decay outside would act on every call
+        raise DecayError(
+            f"WeightDecay cannot wrap {wrapper} ({type(optimizer).__name__}): it steps the optimizer it holds only on "
+            "some calls (a gradient-accumulation boundary, an fp16 step not skipped), so a decay applied around it "
+            "would act on every micro-batch; build WeightDecay(optimizer) first and hand the engine to the framework "
+            "(accelerator.prepare(model, engine), or return it from configure_optimizers)"
+        )
     for cls in type(optimizer).__mro__:  # a subclass of a refused optimizer steps alike
         entry = optimizers.info(cls)
         if entry is not None and entry.engine == "refused":
