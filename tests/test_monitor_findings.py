@@ -473,3 +473,72 @@ def test_a_monitor_dropped_without_close_is_freed_and_its_global_hook_does_nothi
     assert dropped() is None
     _train(model, torch.optim.SGD(model.parameters(), lr=0.1), 1, lambda: torch.randn(2, 4))  # the hook: a no-op
     next(reversed(torch_optimizer._global_optimizer_post_hooks.values()))(None, (), {})
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.RMSprop(ps, lr=1e-2), lambda ps: torch.optim.Adagrad(ps, lr=1e-2),
+                                  lambda ps: torch.optim.Adamax(ps, lr=1e-2)])
+def test_a_decay_whose_rate_is_not_known_has_no_sum_and_is_not_called_healthy(make, tmp_path):
+    """RMSprop's coupled L2 goes through a denominator decaykit has no formula for: the decay acts (the weights end
+    smaller than without it), but its Σ r is unknown, not 0, and the report says it was not judged."""
+    def trained(lam: float):
+        torch.manual_seed(0)
+        model = _scale_invariant(8, 8)
+        opt = make(decaykit.param_groups(model, lam))
+        mon = decaykit.Monitor(model, opt, every=10, total_steps=40, sink=tmp_path / f"run{lam}.jsonl")
+        _train(model, opt, 40, lambda: torch.randn(8, 8))
+        mon.close()
+        return model[0].weight.norm().item(), mon
+
+    decayed, mon = trained(0.1)
+    assert decayed < trained(0.0)[0]  # the decay acted
+    assert mon.history and all(r["cumulative_decay"] is None and r["timescale_steps"] is None for r in mon.history)
+    assert "timescale-exceeds-run" not in {f.code for f in mon.findings}
+    text = str(decaykit.monitor.read_run(tmp_path / "run0.1.jsonl"))
+    assert "looks healthy where its rate is known; param groups [0] decay at a rate per step decaykit cannot read" in text
+
+
+def test_a_sparse_gradient_is_measured_by_the_rows_it_holds():
+    """nn.Embedding(sparse=True) under the engine's SGD: the monitor's norm of the gradient reads its values."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8, sparse=True), torch.nn.Flatten(), torch.nn.Linear(40, 2))
+    opt = decaykit.WeightDecay(torch.optim.SGD(decaykit.param_groups(model, 1e-2), lr=0.1), mode="lr_coupled")
+    mon = decaykit.Monitor(model, opt, every=1)
+    _train(model, opt, 3, lambda: torch.randint(0, 50, (4, 5)))
+    rows = [r for r in mon.history if r["name"] == "0.weight"]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["norm"]) for r in rows)
+
+
+def test_a_zero_initialised_start_is_not_decay_dominating_but_a_tensor_that_never_gets_gradients_is():
+    """LoRA: B = 0, so A's first gradient is exactly zero and the decay is all its first step does; from the
+    second step it trains. A tensor whose gradient stays zero is still told, with that reason."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(16, 4, bias=False), torch.nn.Linear(4, 16, bias=False)
+    torch.nn.init.zeros_(b.weight)
+    model = torch.nn.Sequential(a, b, torch.nn.LayerNorm(16, elementwise_affine=False))
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=2)
+    _train(model, opt, 10, lambda: torch.randn(8, 16))
+    first = next(r for r in mon.history if r["name"] == "0.weight")
+    assert first["step"] == 1 and first["decay_to_update"] > 1  # the decay alone moved A at step 1
+    assert "decay-dominates" not in {f.code for f in mon.findings}
+    dead = _scale_invariant()
+    opt = torch.optim.AdamW(decaykit.param_groups(dead, 0.1), lr=1e-2)
+    mon = decaykit.Monitor(dead, opt, every=2)
+    _train(dead, opt, 6, lambda: torch.randn(8, 16), before_step=lambda s: dead[0].weight.grad.zero_())
+    assert [(f.code, f.step) for f in mon.findings] == [("decay-dominates", 2)]
+    assert "gradient was exactly zero at its last 2 recorded steps" in mon.findings[0].message
+
+
+def test_a_run_that_went_non_finite_is_not_told_to_raise_its_decay():
+    model = _scale_invariant()
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.01), lr=1e-3)
+    mon = decaykit.Monitor(model, opt, every=2, total_steps=8)
+
+    def poison(step: int) -> None:
+        if step == 3:
+            with torch.no_grad():
+                model[0].weight[0, 0] = math.nan
+
+    _train(model, opt, 8, lambda: torch.randn(8, 16), before_step=poison)
+    mon.close()
+    assert _codes(mon) == [("non-finite", "0.weight")]  # no timescale-exceeds-run advice for a diverged run

@@ -8,7 +8,8 @@ code                       fires when
                            exclude or rule), yet its group decays it
 ``decay-dominates``        ``decay_to_update`` > 1: the decay's step is larger than the rest of
                            the update, so the tensor is being shrunk towards zero (not while
-                           ‖θ‖ is above a predicted equilibrium: it is then settling)
+                           ‖θ‖ is above a predicted equilibrium: it is then settling; not on
+                           a first record with a gradient of zeros, a zero-initialised start)
 ``timescale-exceeds-run``  Σ r over the run (``total_steps``) is below 1, less than one timescale
                            τ: the decay has no time to act (it shrinks θ by less than a factor e).
                            Judged at ``close()`` from the Σ r measured; before that only where the
@@ -78,9 +79,10 @@ def policy_findings(decided: Iterable[tuple[Decision, int]], step: int) -> list[
     return out
 
 
-def tensor_findings(record: dict[str, Any], settled: float | None = None) -> list[MonitorFinding]:
+def tensor_findings(record: dict[str, Any], settled: float | None = None, gradless: int = 0) -> list[MonitorFinding]:
     """Every finding one record shows (the caller keeps each code once per tensor). ``settled``: Σ r since the
-    predicted equilibrium last moved by more than :data:`EQUILIBRIUM_DRIFT` (default: ``cumulative_decay``)."""
+    predicted equilibrium last moved by more than :data:`EQUILIBRIUM_DRIFT` (default: ``cumulative_decay``);
+    ``gradless``: how many of the tensor's records in a row, this one included, had a gradient of exact zeros."""
     step, name = record["step"], record["name"]
     out = []
     if not (math.isfinite(record["norm"]) and math.isfinite(record["angular_update"])):
@@ -89,11 +91,16 @@ def tensor_findings(record: dict[str, Any], settled: float | None = None) -> lis
         return out
     ratio, predicted = record["decay_to_update"], record["predicted_norm"]
     relaxing = predicted is not None and record["norm"] > predicted  # above its equilibrium: shrinking is right
-    if ratio is not None and ratio > DOMINATES and not relaxing:
+    # one step with a zero gradient is how a zero-initialised layer starts (LoRA's A under B = 0, a residual branch
+    # behind a zero gain): the decay is all that moves it then, and says nothing yet about its run
+    if ratio is not None and ratio > DOMINATES and not relaxing and gradless != 1:
+        why = (f"its gradient was exactly zero at its last {gradless} recorded steps, so nothing but the decay moves "
+               "it; check that it gets gradients (a branch cut off, a zero gain after it), or leave it out of the "
+               "decay" if gradless else "lower λ, or check that it gets gradients")
         out.append(MonitorFinding(
             "decay-dominates", name, step,
             f"the decay's step is {ratio:.3g}x the rest of the update, so the tensor is being shrunk towards zero "
-            f"(‖θ‖ = {record['norm']:.4g}); lower λ, or check that it gets gradients"))
+            f"(‖θ‖ = {record['norm']:.4g}); {why}"))
     done = record["cumulative_decay"] if settled is None else settled
     if predicted and done is not None and done >= EQUILIBRIUM_TAUS:
         off = record["norm"] / predicted

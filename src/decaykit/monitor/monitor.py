@@ -32,6 +32,7 @@ from decaykit._validate import check_int
 from decaykit.errors import DecayError
 from decaykit.monitor.equilibrium import GroupDecay, group_decays, momentum_fill
 from decaykit.monitor.findings import (
+    DOMINATES,
     EQUILIBRIUM_DRIFT,
     MonitorFinding,
     frozen_finding,
@@ -139,6 +140,8 @@ class Monitor:
         self._fired: set[tuple[str, str]] = set()
         self._idle: dict[int, tuple[float, list[int]]] = {}  # group -> (λ, recorded steps) where lr = 0 stopped its decay
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
+        self._zero_grads: dict[str, int] = {}  # name -> its records in a row with a gradient of zeros (decay dominating)
+        self._diverged: set[int] = set()  # groups with a tensor that went NaN/inf: no Σ r says what the decay did
         self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
         self._stepping = False  # inside the watched optimizer's step (between its pre- and post-hook)
         self._born: dict[int, int] = {}  # id(param) -> the step that created its SGD momentum buffer, where seen
@@ -194,21 +197,37 @@ class Monitor:
         step, decays, tensors = self._pending
         self._pending = None
         self._replan(tensors)
-        records = []
+        records, params = [], []
         for i, param, before in tensors:
             if param.grad is None and torch.equal(param.detach(), before):
                 continue  # torch skips a tensor without a gradient: no step, no decay to record
             record = measure(step, self._name(param, i), i, decays[i], self.optimizer, param, before,
                              self._fill(param, i, step, decays[i]))
             record["cumulative_decay"] = self._tally.advance(param, i, record["decay_rate"], bases[i])
+            if not math.isfinite(record["norm"]):
+                self._diverged.add(i)
             records.append(record)
+            params.append(param)
         self.history.extend(records)
         found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, index, multiplier)
-        for record in records:
-            found += tensor_findings(record, self._settled(record))
+        for record, param in zip(records, params):
+            found += tensor_findings(record, self._settled(record), self._gradless(record, param))
         for record in records:
             self._emit({"kind": "tensor", **record})
         self._add_findings(found)
+
+    def _gradless(self, record: dict[str, Any], param: Tensor) -> int:
+        """How many of the tensor's records in a row, this one included, had a gradient of exact zeros; read only
+        where the decay dominates the update (a wait for the device)."""
+        ratio, grad = record["decay_to_update"], param.grad
+        if ratio is None or not ratio > DOMINATES or grad is None:
+            self._zero_grads.pop(record["name"], None)
+            return 0
+        if bool((grad.coalesce().values() if grad.is_sparse else grad).any()):
+            self._zero_grads.pop(record["name"], None)
+            return 0
+        count = self._zero_grads[record["name"]] = self._zero_grads.get(record["name"], 0) + 1
+        return count
 
     def _settled(self, record: dict[str, Any]) -> float | None:
         """Σ r of the record's tensor since its predicted equilibrium last moved by more than EQUILIBRIUM_DRIFT (the
@@ -309,7 +328,8 @@ class Monitor:
         """``timescale-exceeds-run`` where Σ r over the whole run (total_steps) is below 1: measured over the steps
         watched, and bounded at the known peak LR over the others (before ``start_step``, after this step)."""
         done = self._tally.group_sum(group)
-        if self.total_steps is None or done is None or ("timescale-exceeds-run", f"group {group}") in self._fired:
+        if (self.total_steps is None or done is None or group in self._diverged
+                or ("timescale-exceeds-run", f"group {group}") in self._fired):
             return []
         unwatched = [range(1, self.start_step + 1), range(self._tally.steps + 1, self.total_steps + 1)]
         count = sum(len(r) for r in unwatched)

@@ -102,6 +102,8 @@ def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any,
     angle = _angle(before, after, norm_before, norm)
     ratio, rate = _decay_to_update(decay, optimizer, param, before, after, norm_before, group, fill)
     grad = param.grad
+    if grad is not None and grad.is_sparse:  # nn.Embedding(sparse=True): the rows it holds
+        grad = grad.coalesce().values()
     grad_norm = _norm(grad) if grad is not None and decay.family == "sgd" else math.nan
     pred_norm = predicted_norm(decay, rate, after.numel(), grad_norm, norm)
     pred_angle = predicted_angle(decay, rate)

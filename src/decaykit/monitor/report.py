@@ -83,7 +83,12 @@ class MonitorRun(Report):
                 for s in self.last_step_summary()]
         lines = [head, format_table(cols, rows, align="rrrrrrrr")]
         found = [f"step {f['step']}: [{f['code']}] {f['name']}: {f['message']}" for f in self.findings]
-        lines.append(f"{len(found)} findings" + (":" if found else ": weight decay looks healthy"))
+        unrated = [s["group"] for s in self.last_step_summary() if s["timescale_steps"] is None]
+        healthy = ": weight decay looks healthy" + (
+            f" where its rate is known; param groups {unrated} decay at a rate per step decaykit cannot read (coupled L2 "
+            "through an adaptive denominator it has no formula for), so their τ and Σ r are not known and not judged"
+            if unrated else "")
+        lines.append(f"{len(found)} findings" + (":" if found else healthy))
         return "\n".join(lines + found + [f"note: {n}" for n in self.notes])
 
 

@@ -57,6 +57,7 @@ class DecayTally:
         self._skipped: dict[int, Any] = {}  # id(param) -> Σ b_t of the applied steps it had no gradient in
         # id(param) -> (group, Σ b_t at its last record, its skipped Σ b_t there, Σ r there, c there)
         self._progress: dict[int, tuple[int, Any, Any, float, float | None]] = {}
+        self._rated: set[int] = set()  # id(param) of the tensors some record of which had a rate
 
     # -- counting --------------------------------------------------------------------------------
     def next_step(self, recorded_within: Callable[[int, int], bool]) -> int:
@@ -124,16 +125,19 @@ class DecayTally:
         return value if type(value) is float else check_multiplier(self._schedule, index)
 
     # -- Σ r -------------------------------------------------------------------------------------
-    def advance(self, param: Tensor, group: int, rate: float | None, base: Any) -> float:
+    def advance(self, param: Tensor, group: int, rate: float | None, base: Any) -> float | None:
         """Σ r of ``param`` at its record now: c = ``rate``/``base`` (this step's r and b_t) over the steps since
-        its last record (no rate: nothing is added)."""
+        its last record (no rate: nothing is added). None while no record of it had a rate: a decay that acts at a
+        rate decaykit cannot read (coupled L2 through RMSprop's or Adagrad's denominator) has a Σ r that is not
+        known, not 0."""
         c = None if rate is None or float(base) == 0 else rate / float(base)
         _, since, skipped_since, done, _ = self._progress.get(id(param), (group, 0.0, 0.0, 0.0, None))
         now, skipped = self._sums[group], self._skipped.get(id(param), 0.0)
         if c is not None:
             done += c * float((now - since) - (skipped - skipped_since))
+            self._rated.add(id(param))
         self._progress[id(param)] = (group, now, skipped, done, c)
-        return done
+        return done if id(param) in self._rated else None
 
     def group_sum(self, group: int) -> float | None:
         """Σ r of the group's recorded tensors up to now (their mean), or None without a known rate."""
