@@ -480,3 +480,35 @@ def test_the_probe_steps_a_sharing_wrapper_itself_where_the_audit_reads_its_opti
     measured = decaykit.probe(wrapped, model=model)
     (entry,) = measured.entries
     assert measured.optimizer == "_SlowWeights" and entry.measured == pytest.approx(1 - 0.5 * lr * lam, rel=1e-6)
+
+
+def test_a_weight_decay_the_optimizers_step_never_reads_is_a_warning_and_the_tensors_count_as_undecayed():
+    """torch's Rprop has no weight decay: a group's weight_decay=0.01 changes nothing (bit for bit)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    report = decaykit.audit(model, torch.optim.Rprop(decaykit.param_groups(model, 0.01), lr=1e-2))
+    assert [(f.severity, f.code) for f in report.findings] == [("warning", "unread-weight-decay")]
+    assert "param_groups[0] (weight_decay=0.01)" in report.findings[0].message
+    assert "decaykit.WeightDecay(Rprop(...)" in report.findings[0].fix
+    engine = decaykit.WeightDecay(torch.optim.Rprop(decaykit.param_groups(model, 0.01), lr=1e-2))
+    assert decaykit.audit(model, engine).ok and not decaykit.audit(model, engine).findings  # the engine applies it
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_decay_that_rounds_back_to_theta_in_low_precision_is_found_from_the_values(dtype):
+    """θ·(1 − lr·λ) in bf16/fp16 rounds back to θ for every value when lr·λ < eps/4: the decay never acts. An error
+    for a decay apart from the update, a warning for a fused kernel; silent where lr·λ is large enough."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 2)).to(dtype)
+    eps = torch.finfo(dtype).eps
+    lost = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 8 / 0.05))
+    assert [(f.severity, f.code, f.params) for f in lost.findings] == [("error", "decay-rounded-away",
+                                                                       ("0.weight", "2.weight"))]
+    fused = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 8 / 0.05, fused=True))
+    assert [(f.severity, f.code) for f in fused.findings] == [("warning", "decay-rounded-away")]
+    assert decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 0.05)).ok
+    before = model[0].weight.detach().clone()  # the claim, checked: a real step of the decay alone moves nothing
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 8 / 0.05, eps=1e-3)  # 1e-8 is 0 in fp16
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(model[0].weight.detach(), before)

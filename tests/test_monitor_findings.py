@@ -542,3 +542,26 @@ def test_a_run_that_went_non_finite_is_not_told_to_raise_its_decay():
     _train(model, opt, 8, lambda: torch.randn(8, 16), before_step=poison)
     mon.close()
     assert _codes(mon) == [("non-finite", "0.weight")]  # no timescale-exceeds-run advice for a diverged run
+
+
+def test_a_bf16_decay_that_rounds_back_to_theta_is_told_and_no_run_advice_counts_it():
+    """bf16 AdamW at lr 1e-3, λ 0.05: θ·(1 − 5e-5) is θ in bfloat16, so the run equals λ = 0 bit for bit; the
+    monitor says so, and does not advise raising λ from a Σ r that never acted."""
+    def run(lam: float):
+        torch.manual_seed(0)
+        model = _scale_invariant().to(torch.bfloat16)
+        opt = torch.optim.AdamW(decaykit.param_groups(model, lam), lr=1e-3)
+        mon = decaykit.Monitor(model, opt, every=20, total_steps=40)
+        _train(model, opt, 40, lambda: torch.randn(8, 16, dtype=torch.bfloat16))
+        mon.close()
+        return model[0].weight.detach(), mon
+
+    decayed, mon = run(0.05)
+    assert torch.equal(decayed, run(0.0)[0])  # the decay never acted
+    assert _codes(mon) == [("decay-rounded-away", "0.weight")]
+    assert "rounds back to θ in bfloat16 for every value" in mon.findings[0].message
+    float32 = _scale_invariant()
+    opt = torch.optim.AdamW(decaykit.param_groups(float32, 0.05), lr=1e-3)
+    with decaykit.Monitor(float32, opt, every=20, total_steps=40) as clean:
+        _train(float32, opt, 40, lambda: torch.randn(8, 16))
+    assert [f.code for f in clean.findings] == ["timescale-exceeds-run"]  # in float32 the same run is judged

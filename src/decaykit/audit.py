@@ -43,6 +43,7 @@ from decaykit.policy.names import canonical_name, namer
 from decaykit.policy.plan import Conflict, Decision, Plan, check_plan_options, collect_params, plan
 from decaykit.probe.expectations import Expectation, rate_text, readable_expectations, saved_expectation
 from decaykit.probe.report import ProbeReport
+from decaykit.probe.rounding import decoupled_loss, rounded_share, rounding_fix
 
 __all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "MeasuredProbe", "audit"]
 
@@ -237,6 +238,8 @@ def _optimizer_view(model: nn.Module, optimizer: Any) -> _View:
                 group.decay = {"coupled_l2": "coupled", "none": "none"}.get(expected[i]["kind"], "decoupled")
             else:
                 group.decay = _decay_in(stepper, g)
+            if group.decay == "none" and not math.isnan(group.weight_decay):
+                group.weight_decay = 0.0  # its step never reads it (Rprop): the tensors get no decay
             groups.append(group)
         held = type(inner).__name__ + ("" if shard is None else f" over {type(shard).__name__}")
         if not engine:
@@ -407,8 +410,8 @@ def audit(
     lam = weight_decay if weight_decay is not None else max(given, default=0.0)
     expected = plan(model, lam, policy=policy, **plan_options)
     findings = _bad_lambda_findings(view.groups) + _mapped_findings(expected, view)
-    findings += _convention_findings(view) + _unknown_findings(view)
-    findings += _overshoot_findings(view, expected)
+    findings += _convention_findings(view) + _unknown_findings(view) + _unread_findings(view)
+    findings += _overshoot_findings(view, expected) + _rounding_findings(view, expected)
     findings += [Finding("warning", "tied-conflict", str(conflict),
                          "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
                          conflict.names) if isinstance(conflict, Conflict) else
@@ -569,6 +572,23 @@ def _unknown_findings(view: _View) -> list[Finding]:
     return out
 
 
+def _unread_findings(view: _View) -> list[Finding]:
+    """A weight_decay set in the groups of an optimizer whose step never reads it (torch's Rprop): the decay the
+    user configured is silently not applied (the tensors are audited as undecayed)."""
+    if view.mode is not None or view.stepper is None or view.stepper.decay != "none":
+        return []
+    unread = [(i, g.settings["weight_decay"]) for i, g in enumerate(view.groups)
+              if g.decay == "none" and _nonzero_number(g.settings.get("weight_decay"))]
+    if not unread:
+        return []
+    name = view.stepper.name
+    shown = ", ".join(f"param_groups[{i}] (weight_decay={v:g})" for i, v in unread)
+    return [Finding("warning", "unread-weight-decay",
+                    f"{name}'s step never reads weight_decay, set in {shown}: their tensors get no weight decay at all",
+                    f"wrap it in decaykit.WeightDecay({name}(...), mode='lr_coupled'), which applies λ beside its step, "
+                    "or set weight_decay=0 to say no decay is meant")]
+
+
 def _unknown_groups(view: _View) -> list[int]:
     """The decaying groups whose weight_decay does what decaykit does not know."""
     return [i for i, g in enumerate(view.groups) if g.decay == "unknown" and g.weight_decay > 0]
@@ -654,6 +674,34 @@ def _overshoot_findings(view: _View, expected: Plan) -> list[Finding]:
         "lower weight_decay or lr until the decay per step is far below 1 (torch AdamW at its usual lr 1e-3 and λ "
         "0.01 .. 0.1: lr·λ = 1e-5 .. 1e-4); a λ meant for another convention is carried over by decaykit.convert",
         tuple(params))]
+
+
+def _rounding_findings(view: _View, expected: Plan) -> list[Finding]:
+    """Low-precision tensors whose decay apart from the update rounds back to θ (bf16 AdamW at lr 1e-3, λ 0.05): the
+    decay configured never acts. Read from the tensors' values and the rate the groups set now; an error where the
+    decay is a pass of its own, a warning where a fused kernel rounds it with the update (:mod:`~decaykit.probe.rounding`)."""
+    names = {id(d.param): d.name for d in expected}
+    lost: dict[bool, list[tuple[str, str]]] = {True: [], False: []}  # can still agree (fused) -> (name, note)
+    for i, group in enumerate(view.groups):
+        e = group.expect
+        if e is None or e.kind not in ("decoupled", "cautious") or isinstance(e.rate, torch.Tensor):
+            continue
+        for p in group.params:
+            share = rounded_share(p, float(e.rate))
+            said = None if share is None else decoupled_loss(share[0], *share, float(e.rate), p.dtype, fused=e.fused)
+            if said is not None:
+                lost[said[0]].append((names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}"), said[1]))
+    out = []
+    for fused, found in lost.items():
+        if found:
+            shown = ", ".join(n for n, _ in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            first, note = found[0]
+            fix = rounding_fix(next(p.dtype for g in view.groups for p in g.params if names.get(id(p)) == first))
+            cause = note.removeprefix("warning: ").removesuffix(f"; {fix}")
+            out.append(Finding("warning" if fused else "error", "decay-rounded-away",
+                               f"{len(found)} low-precision tensors ({shown}) lose their decay to rounding; {first}: "
+                               f"{cause}", fix, tuple(n for n, _ in found)))
+    return out
 
 
 def _wrongly_decayed(expected: Plan, actual: Mapping[int, float], findings: list[Finding], opt_name: str) -> None:

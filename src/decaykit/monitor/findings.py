@@ -17,6 +17,8 @@ code                       fires when
 ``far-from-equilibrium``   after 3τ of decay (Σ r ≥ 3) ‖θ‖ is still more than 25% off its
                            predicted equilibrium
 ``non-finite``             ‖θ‖ or the angle is NaN or infinite
+``decay-rounded-away``     a bfloat16/float16 tensor for which θ·(1 − r) rounds back to θ: the
+                           decay configured does not act (or, in a fused kernel, mostly not)
 ``lr-zero``                at ``close()``: a group with weight_decay > 0 had lr = 0 at every
                            recorded step, so its decay never acted (and nothing was recorded)
 ``decayed-frozen``         a tensor with requires_grad=False moved in a recorded step of a
@@ -36,7 +38,8 @@ from typing import Any
 from decaykit.policy.decide import Decision
 
 __all__ = ["DOMINATES", "EQUILIBRIUM_DRIFT", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "frozen_finding",
-           "lr_zero_finding", "other_optimizer_finding", "policy_findings", "tensor_findings", "timescale_finding"]
+           "lr_zero_finding", "other_optimizer_finding", "policy_findings", "rounding_finding", "tensor_findings",
+           "timescale_finding"]
 
 #: decay_to_update above which the decay dominates the update
 DOMINATES = 1.0
@@ -136,6 +139,13 @@ def timescale_finding(group: int, decay_sum: float, steps: int, unwatched: int, 
                 f"timescale τ, so the decay shrank θ by a factor {shrink} only; raise weight_decay ({weight_decay:g}) "
                 f"about {raise_by}")
     return MonitorFinding("timescale-exceeds-run", f"group {group}", step, f"{said} for Σ r = 1, or drop it")
+
+
+def rounding_finding(name: str, step: int, note: str) -> MonitorFinding:
+    """``decay-rounded-away``: a low-precision tensor whose decay rounds back to θ (``note`` from
+    :func:`decaykit.probe.rounding.decoupled_loss`); τ and Σ r count a decay that does not act."""
+    return MonitorFinding("decay-rounded-away", name, step,
+                          f"{note.removeprefix('warning: ')}; τ and Σ r count the decay as configured, not as applied")
 
 
 def lr_zero_finding(group: int, weight_decay: float, steps: list[int], step: int) -> MonitorFinding:

@@ -39,6 +39,7 @@ from decaykit.monitor.findings import (
     lr_zero_finding,
     other_optimizer_finding,
     policy_findings,
+    rounding_finding,
     tensor_findings,
     timescale_finding,
 )
@@ -49,6 +50,7 @@ from decaykit.monitor.tally import DecayTally, found_inf
 from decaykit.policy.decide import Decision
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import plan
+from decaykit.probe.rounding import decoupled_loss, rounded_share
 
 __all__ = ["Monitor"]
 
@@ -142,6 +144,7 @@ class Monitor:
         self._acted: set[int] = set()  # groups whose decay acted at some recorded step
         self._zero_grads: dict[str, int] = {}  # name -> its records in a row with a gradient of zeros (decay dominating)
         self._diverged: set[int] = set()  # groups with a tensor that went NaN/inf: no Σ r says what the decay did
+        self._rounded: set[int] = set()  # groups with a tensor whose decay rounds back to θ: Σ r counts no real decay
         self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
         self._stepping = False  # inside the watched optimizer's step (between its pre- and post-hook)
         self._born: dict[int, int] = {}  # id(param) -> the step that created its SGD momentum buffer, where seen
@@ -210,11 +213,30 @@ class Monitor:
             params.append(param)
         self.history.extend(records)
         found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, index, multiplier)
+        found += self._rounding_findings(step, decays, tensors)
         for record, param in zip(records, params):
             found += tensor_findings(record, self._settled(record), self._gradless(record, param))
         for record in records:
             self._emit({"kind": "tensor", **record})
         self._add_findings(found)
+
+    def _rounding_findings(self, step: int, decays: list[GroupDecay],
+                           tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
+        """Low-precision tensors whose decay, a pass apart from the update, rounds back to θ (bf16 AdamW at lr·λ
+        below bfloat16's spacing); their group's run is then not judged by a Σ r that did not act."""
+        out = []
+        for i, param, before in tensors:
+            decay = decays[i]
+            if decay.kind not in ("decoupled", "cautious") or not decay.rate or before.element_size() >= 4:
+                continue
+            share = rounded_share(before, decay.rate)
+            fused = bool(self.optimizer.param_groups[i].get("fused") or False)
+            said = None if share is None else decoupled_loss(share[0], *share, decay.rate, before.dtype, fused=fused)
+            if said is not None:
+                out.append(rounding_finding(self._name(param, i), step, said[1]))
+                if not said[0]:
+                    self._rounded.add(i)
+        return out
 
     def _gradless(self, record: dict[str, Any], param: Tensor) -> int:
         """How many of the tensor's records in a row, this one included, had a gradient of exact zeros; read only
@@ -328,7 +350,7 @@ class Monitor:
         """``timescale-exceeds-run`` where Σ r over the whole run (total_steps) is below 1: measured over the steps
         watched, and bounded at the known peak LR over the others (before ``start_step``, after this step)."""
         done = self._tally.group_sum(group)
-        if (self.total_steps is None or done is None or group in self._diverged
+        if (self.total_steps is None or done is None or group in self._diverged or group in self._rounded
                 or ("timescale-exceeds-run", f"group {group}") in self._fired):
             return []
         unwatched = [range(1, self.start_step + 1), range(self._tally.steps + 1, self.total_steps + 1)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LOST", "NOTICED", "coupled_loss", "decoupled_loss"]
+__all__ = ["LOST", "NOTICED", "coupled_loss", "decoupled_loss", "rounded_share", "rounding_fix"]
 
 LOST = 0.5  # more of the tensor than this left unmoved: the decay configured is not applied
 NOTICED = 0.01  # more than this: partly lost, a warning
@@ -30,7 +30,8 @@ def _spacing(dtype: torch.dtype) -> str:
     return f"half the spacing between {_name(dtype)} values, {eps / 4:.2g} to {eps / 2:.2g} of the value"
 
 
-def _fix(dtype: torch.dtype) -> str:
+def rounding_fix(dtype: torch.dtype) -> str:
+    """What to do where a decay rounds away in ``dtype``."""
     eps = torch.finfo(dtype).eps
     if torch.finfo(dtype).bits <= 16:
         keep = (f"keep the parameters in float32 (fp32 master weights, torch.autocast(dtype=torch.{_name(dtype)}) for "
@@ -38,6 +39,22 @@ def _fix(dtype: torch.dtype) -> str:
     else:
         keep = "keep the parameters in a wider dtype"
     return f"{keep}; lr·λ above {eps / 2:.2g} would act too, but is a far larger decay"
+
+
+def rounded_share(param: torch.Tensor, rate: float) -> tuple[float, float] | None:
+    """(Σθ² over the values of ``param`` for which θ·(1 − ``rate``) rounds back to θ in its dtype, Σθ² over all):
+    what rounding predicts a decay apart from the update leaves unmoved; None where no value can round away (a
+    dtype of 32 bits or more at a rate of eps/2 or more, or no values to read)."""
+    if not param.is_floating_point() or param.device.type == "meta" or not param.numel() or rate <= 0:
+        return None
+    if rate >= torch.finfo(param.dtype).eps / 2:
+        return None
+    values = param.detach()
+    # as torch's step computes it: half precision in float32, then rounded back (param.mul_(1 - lr·λ))
+    work = values.float() if values.element_size() < 4 else values
+    kept = (work * (1 - rate)).to(values.dtype) == values
+    squares = values.double().square()
+    return float(squares[kept & (values != 0)].sum()), float(squares.sum())
 
 
 def decoupled_loss(unmoved: float, rounds: float, acting: float, rate: float,
@@ -64,10 +81,10 @@ def decoupled_loss(unmoved: float, rounds: float, acting: float, rate: float,
     if fused and lost > LOST:
         return True, (f"warning: the decay is mostly lost to rounding: {cause} when the step has no update; this "
                       "optimizer's fused kernel rounds the decay together with the update, so with real gradients it "
-                      f"acts only where it tips that rounding; {_fix(dtype)}")
+                      f"acts only where it tips that rounding; {rounding_fix(dtype)}")
     if lost > LOST:
-        return False, f"the decay configured is not applied: {cause}; {_fix(dtype)}"
-    return True, f"warning: the decay is partly lost to rounding: {cause}; {_fix(dtype)}"
+        return False, f"the decay configured is not applied: {cause}; {rounding_fix(dtype)}"
+    return True, f"warning: the decay is partly lost to rounding: {cause}; {rounding_fix(dtype)}"
 
 
 def coupled_loss(unmoved: float, total: float, weight_decay: str, dtype: torch.dtype) -> str | None:
@@ -81,4 +98,4 @@ def coupled_loss(unmoved: float, total: float, weight_decay: str, dtype: torch.d
     return (f"warning: adding λθ (λ = {weight_decay}) to a zero gradient changes no value of this {name} tensor: "
             f"the change is rounded away in {name} (below {_spacing(dtype)}, or in the optimizer's buffers). With "
             f"real gradients it acts only through the rounding of the whole update, so much of it is lost; "
-            f"{_fix(dtype)}")
+            f"{rounding_fix(dtype)}")
