@@ -565,3 +565,31 @@ def test_a_bf16_decay_that_rounds_back_to_theta_is_told_and_no_run_advice_counts
     with decaykit.Monitor(float32, opt, every=20, total_steps=40) as clean:
         _train(float32, opt, 40, lambda: torch.randn(8, 16))
     assert [f.code for f in clean.findings] == ["timescale-exceeds-run"]  # in float32 the same run is judged
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.RAdam])
+def test_coupled_l2_through_an_adaptive_step_is_measured_as_the_step_applies_it(cls):
+    """Adam's L2 share of the step is ‖λθ/d‖/‖m̂_g/d‖, with m̂_g the momentum of the loss gradients alone (kept
+    here beside the optimizer); RAdam rectifies its adaptive step by r_t and takes none at all while ρ_t ≤ 5
+    (θ −= η·m̂): its share is then ‖λθ‖/‖m̂_g‖. The monitor's decay_to_update is checked against that."""
+    beta1, beta2, lam = 0.9, 0.999, 0.1
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32, bias=False), torch.nn.LayerNorm(32, elementwise_affine=False),
+                                torch.nn.Linear(32, 4, bias=False))
+    opt = cls(model.parameters(), lr=1e-3, weight_decay=lam)
+    mon = decaykit.Monitor(model, opt, every=1)
+    w, loss_momentum = model[0].weight, torch.zeros(32, 16)
+    for step in range(1, 101):
+        x, y = torch.randn(8, 16), torch.randn(8, 4)
+        (model(x) - y).square().mean().backward()
+        loss_momentum.mul_(beta1).add_(w.grad, alpha=1 - beta1)
+        theta = w.detach().clone()
+        opt.step()
+        opt.zero_grad()
+        if step in (2, 6, 100):
+            m_hat = loss_momentum / (1 - beta1**step)
+            denom = (opt.state[w]["exp_avg_sq"] / (1 - beta2**step)).sqrt() + 1e-8
+            plain = cls is torch.optim.RAdam and step < 6  # ρ_t ≤ 5 at β2 = 0.999 for the first 5 steps
+            truth = (lam * theta).norm() / m_hat.norm() if plain else (lam * theta / denom).norm() / (m_hat / denom).norm()
+            record = next(r for r in mon.history if r["name"] == "0.weight" and r["step"] == step)
+            assert record["decay_to_update"] == pytest.approx(float(truth), rel=0.02), step

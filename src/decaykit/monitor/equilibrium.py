@@ -12,7 +12,8 @@ decoupled (AdamW, the engine's modes)  r as applied: η_t·λ, (η_t/η_max)·λ
 coupled L2 on SGD                      η_t·λ·S, S = Σ_k c_k the momentum's total weight on one
                                        gradient (1/(1 − α) for plain momentum; AdamW paper, Prop. 1)
 coupled L2 on Adam-like optimizers     per coordinate η_t·λ/(√v̂ + ε); τ from η_t·λ/RMS(√v̂)
-                                       (Prop. 2, the ``adam_l2`` convention of :mod:`decaykit.convert`)
+                                       (Prop. 2, the ``adam_l2`` convention of :mod:`decaykit.convert`);
+                                       RAdam's times its rectification r_t, η_t·λ while ρ_t ≤ 5
 =====================================  ==========================================================
 
 Rotational equilibrium (Kosson et al. 2024). A scale-invariant weight (a layer followed by a
@@ -44,7 +45,7 @@ from decaykit.optimizers import info
 from decaykit.probe.expectations import expectations
 
 __all__ = ["GroupDecay", "adaptive_denominator", "group_decays", "known_peak_lr", "lr_power", "momentum_fill",
-           "momentum_sums", "predicted_angle", "predicted_norm", "real_view"]
+           "momentum_sums", "predicted_angle", "predicted_norm", "real_view", "rectification"]
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,24 @@ def adaptive_denominator(optimizer: Any, param: Tensor, group: dict[str, Any]) -
     step = float(state["step"])
     correction = 1 - beta2**step if step > 0 else 1.0
     return (v / correction).sqrt().add_(float(group.get("eps", 1e-8)))
+
+
+def rectification(optimizer: Any, param: Tensor, group: dict[str, Any]) -> float:
+    """The factor torch's RAdam puts on its adaptive step at the step just taken, r_t (Liu et al. 2020), 0.0 where
+    that step had no adaptive denominator (ρ_t ≤ 5: θ −= η·m̂); 1.0 for every other optimizer. Its coupled L2 rate
+    η·λ/RMS(√v̂) carries it: r_t is 0.026 at the 6th step with β2 = 0.999, 0.65 at the 1000th."""
+    inner = _inner(optimizer)
+    if type(inner) is not torch.optim.RAdam:
+        return 1.0
+    step = float(inner.state.get(param, {}).get("step", 0))
+    beta2 = float(group.get("betas", (0.9, 0.999))[1])
+    if step <= 0 or not 0 < beta2 < 1:
+        return 1.0
+    rho_inf = 2 / (1 - beta2) - 1
+    rho = rho_inf - 2 * step * beta2**step / (1 - beta2**step)
+    if rho <= 5:
+        return 0.0
+    return math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
 
 
 def predicted_angle(decay: GroupDecay, rate: float | None) -> float | None:

@@ -11,7 +11,8 @@ complex tensor is measured as the real coordinates its optimizer updates (``view
   the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), for cautious
   decay (an upper bound: the mask is not seen) and for L2 decay on SGD (what the momentum buffer holds
   of it so far: lr·λ·θ at the buffer's first step, growing to 1/(1 − α) times that); d = η·λ·θ/(√v̂ + ε)
-  per coordinate for L2 decay behind Adam's denominator.
+  per coordinate for L2 decay behind Adam's denominator (times RAdam's rectification r_t; η·λ·θ while its step
+has no denominator).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from decaykit.monitor.equilibrium import (
     predicted_angle,
     predicted_norm,
     real_view,
+    rectification,
 )
 
 __all__ = ["FIELDS", "measure"]
@@ -76,10 +78,14 @@ def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: T
         return _ratio(step * norm_before, rest), r
     if not decay.adaptive:
         return None, None
+    rect = rectification(optimizer, param, group)
+    if rect == 0:  # RAdam's first steps: θ −= η·m̂, no denominator, so λθ acts as on plain SGD
+        r = decay.lr * decay.weight_decay
+        return _ratio(r * norm_before, _norm(torch.add(after, before, alpha=-(1.0 - r)))), r
     denom = adaptive_denominator(optimizer, param, group)
     if denom is None:
         return None, None
-    scale = decay.lr * decay.weight_decay
+    scale = decay.lr * decay.weight_decay * rect
     d = _work(before) * scale / denom
     rest = _norm((after - _work(before)).add_(d))
     rms = _scalar((denom - float(group.get("eps", 1e-8))).pow(2).mean().sqrt())
