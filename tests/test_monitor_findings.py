@@ -3,6 +3,7 @@ run (tests/test_monitor.py, the scale-invariant toy run for 5τ) shows none."""
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -593,3 +594,33 @@ def test_coupled_l2_through_an_adaptive_step_is_measured_as_the_step_applies_it(
             truth = (lam * theta).norm() / m_hat.norm() if plain else (lam * theta / denom).norm() / (m_hat / denom).norm()
             record = next(r for r in mon.history if r["name"] == "0.weight" and r["step"] == step)
             assert record["decay_to_update"] == pytest.approx(float(truth), rel=0.02), step
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.5, 0.99)),
+                                  lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)])
+def test_cautious_decay_is_rated_by_the_share_of_theta_it_shrinks(make):
+    """Cautious decay acts where the update and θ agree in sign, about half of θ² here: its rate is r times that
+    share. Checked step by step against a twin with λ = 0 (same state, same gradient): their difference is the
+    decay's step d, and Σ d·θ / Σ θ² is the rate that acted."""
+    torch.manual_seed(0)
+    model = _scale_invariant()
+    engine = decaykit.WeightDecay(make(decaykit.param_groups(model, 0.5)), mode="cautious")
+    mon = decaykit.Monitor(model, engine, every=1)
+    w = model[0].weight
+    for step in range(1, 6):
+        out = model(torch.randn(8, 16))
+        (out * torch.randn_like(out)).sum().backward()
+        twin_model, twin = copy.deepcopy((model, engine))
+        for mine, theirs in zip(twin_model.parameters(), model.parameters()):
+            mine.grad = theirs.grad.clone()  # deepcopy leaves .grad out
+        for g in twin.param_groups:
+            g["weight_decay"] = 0.0
+        before = w.detach().clone()
+        engine.step()
+        twin.step()
+        engine.zero_grad()
+        d = twin_model[0].weight.detach() - w.detach()
+        acted = float((d * before).sum() / before.square().sum())
+        record = next(r for r in mon.history if r["name"] == "0.weight" and r["step"] == step)
+        assert 0 < acted < 0.9 * engine.param_groups[0]["lr"] * 0.5  # the mask holds back a real share
+        assert record["decay_rate"] == pytest.approx(acted, rel=1e-4)

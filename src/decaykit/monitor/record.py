@@ -8,8 +8,8 @@ complex tensor is measured as the real coordinates its optimizer updates (``view
 - ``angular_update``: the angle between θ before and after, 2·atan2(‖a − b‖, ‖a + b‖) of the
   unit vectors a, b (accurate for the tiny angles of a training step);
 - ``decay_to_update``: ‖d‖/‖Δθ + d‖, the decay's step d over the rest of the step, where Δθ is
-  the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), for cautious
-  decay (an upper bound: the mask is not seen) and for L2 decay on SGD (what the momentum buffer holds
+  the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), r·𝟙·θ for cautious
+  decay (its mask read from the step: the coordinates it moved towards 0), and for L2 decay on SGD (what the momentum buffer holds
   of it so far: lr·λ·θ at the buffer's first step, growing to 1/(1 − α) times that); d = η·λ·θ/(√v̂ + ε)
   per coordinate for L2 decay behind Adam's denominator (times RAdam's rectification r_t; η·λ·θ while its step
 has no denominator).
@@ -71,6 +71,8 @@ def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: T
                      norm_before: float, group: dict[str, Any], fill: float) -> tuple[float | None, float | None]:
     """(‖d‖/‖Δθ + d‖, r): the decay's step d over the rest of the step, and the effective rate r (``fill`` of it in
     this step's d: a momentum buffer not yet at its steady state)."""
+    if decay.kind == "cautious" and decay.rate is not None:
+        return _cautious(decay.rate, before, after)
     if decay.rate is not None:
         r = decay.rate
         step = r * fill
@@ -90,6 +92,18 @@ def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: T
     rest = _norm((after - _work(before)).add_(d))
     rms = _scalar((denom - float(group.get("eps", 1e-8))).pow(2).mean().sqrt())
     return _ratio(_norm(d), rest), (scale / rms if rms > 0 else None)
+
+
+def _cautious(rate: float, before: Tensor, after: Tensor) -> tuple[float, float | None]:
+    """Cautious decay shrinks only the coordinates where the update and θ agree in sign. Those are exactly the ones
+    the step moved towards 0 or left (Δθ·θ ≤ 0): where they agree, the inner step and the decay both pull θ in, and
+    elsewhere the decay is off and the step pushes it out. So the decay d = r·𝟙·θ is read from the step itself, and
+    the rate that acts on ‖θ‖² is r times the share of θ² it kept."""
+    kept = (after - before).mul_(before) <= 0
+    d = before * kept * rate
+    total = _scalar(before.square().sum())
+    share = _scalar(before.square().mul_(kept).sum()) / total if total > 0 else 1.0
+    return _ratio(_norm(d), _norm((after - before).add_(d))), rate * share
 
 
 def _ratio(size: float, rest: float) -> float:
