@@ -624,3 +624,27 @@ def test_cautious_decay_is_rated_by_the_share_of_theta_it_shrinks(make):
         record = next(r for r in mon.history if r["name"] == "0.weight" and r["step"] == step)
         assert 0 < acted < 0.9 * engine.param_groups[0]["lr"] * 0.5  # the mask holds back a real share
         assert record["decay_rate"] == pytest.approx(acted, rel=1e-4)
+
+
+def test_a_step_with_a_closure_counts_the_gradients_the_closure_makes():
+    """torch and Lightning's automatic optimization run the closure (zero_grad, forward, backward) inside step(),
+    after the monitor's pre-hook: which tensors had a gradient is read after the step. A branch used in steps 1-5
+    only has had 5 steps of decay."""
+    torch.manual_seed(0)
+    trunk, aux = torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False)
+    model = torch.nn.ModuleDict({"trunk": trunk, "aux": aux})
+    lr, lam = 1e-2, 0.1
+    opt = torch.optim.AdamW(decaykit.param_groups(model, lam, example_inputs=False), lr=lr)
+    mon = decaykit.Monitor(model, opt, every=1)
+    for step in range(1, 21):
+        def closure(step=step):
+            opt.zero_grad(set_to_none=True)
+            x = trunk(torch.randn(4, 8))
+            loss = (aux(x) if step <= 5 else x).square().mean()
+            loss.backward()
+            return loss
+        opt.step(closure)
+    last = {r["name"]: r["cumulative_decay"] for r in mon.history if r["step"] == 20}
+    assert last["trunk.weight"] == pytest.approx(20 * lr * lam)
+    assert next(r["cumulative_decay"] for r in mon.history if r["step"] == 1) == pytest.approx(lr * lam)
+    assert [r["cumulative_decay"] for r in mon.history if r["name"] == "aux.weight"][-1] == pytest.approx(5 * lr * lam)

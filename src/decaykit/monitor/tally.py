@@ -53,7 +53,7 @@ class DecayTally:
         self._schedule = optimizer.schedule if isinstance(optimizer, WeightDecay) else None
         # (flag, b_t per group, tensors without a gradient) of steps not read yet
         self._unread: list[tuple[Tensor, list[Any], list[tuple[int, int]]]] = []
-        self._current: tuple[list[Any], list[tuple[int, int]], Tensor | None, int, float] | None = None
+        self._current: tuple[list[Any], Tensor | None, int, float] | None = None
         self._skipped: dict[int, Any] = {}  # id(param) -> Σ b_t of the applied steps it had no gradient in
         # id(param) -> (group, Σ b_t at its last record, its skipped Σ b_t there, Σ r there, c there)
         self._progress: dict[int, tuple[int, Any, Any, float, float | None]] = {}
@@ -78,20 +78,25 @@ class DecayTally:
         """At a step's pre-hook: its b_t per group, and its unread GradScaler flag (None: it is applied)."""
         index = self._schedule_index()
         s = 1.0 if self._schedule is None else self._multiplier(index)
-        bases, missing = [], []
-        for i, group in enumerate(self.optimizer.param_groups):
+        bases = []
+        for group in self.optimizer.param_groups:
             lr, lam = group.get("lr"), group.get("weight_decay")
             bases.append(0.0 if lr is None or lam is None else (lr * lr if self._power == 2 else lr) * lam * s)
-            if lr and lam is not None:  # a group that decays: which of its tensors this step skips
-                missing.extend((i, id(p)) for p in group["params"] if p.grad is None)
-        self._current = (bases, missing, flag, index, s)
+        self._current = (bases, flag, index, s)
+
+    def _skipped_now(self) -> list[tuple[int, int]]:
+        """(group, id) of the decaying groups' tensors without a gradient, read after the step: a closure passed to
+        ``step()`` (Lightning's automatic optimization) computes the gradients inside it, after the pre-hook."""
+        return [(i, id(p)) for i, group in enumerate(self.optimizer.param_groups)
+                if group.get("lr") and group.get("weight_decay") is not None for p in group["params"] if p.grad is None]
 
     def applied(self) -> tuple[list[Any], int, float] | None:
         """At the post-hook: count the step started (its b_t per group, schedule index and multiplier), or None
         where none was (an overflow step GradScaler's flag already showed)."""
         if self._current is None:
             return None
-        bases, missing, flag, index, s = self._current
+        bases, flag, index, s = self._current
+        missing = self._skipped_now()
         self._current = None
         self._steps += 1
         if flag is None:
