@@ -648,3 +648,33 @@ def test_a_step_with_a_closure_counts_the_gradients_the_closure_makes():
     assert last["trunk.weight"] == pytest.approx(20 * lr * lam)
     assert next(r["cumulative_decay"] for r in mon.history if r["step"] == 1) == pytest.approx(lr * lam)
     assert [r["cumulative_decay"] for r in mon.history if r["name"] == "aux.weight"][-1] == pytest.approx(5 * lr * lam)
+
+
+def test_tensors_that_get_gradients_but_no_optimizer_holds_are_told_and_a_gan_is_not():
+    """An optimizer built from the trainable tensors, then the body unfrozen: it gets gradients and never moves.
+    In a GAN the discriminator gets gradients in the generator's step too, but its own optimizer steps it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=1e-2)
+    mon = decaykit.Monitor(model, opt, every=2)
+    _train(model, opt, 2, lambda: torch.randn(4, 8))
+    model[0].requires_grad_(True)
+    before = model[0].weight.detach().clone()
+    _train(model, opt, 4, lambda: torch.randn(4, 8))
+    assert torch.equal(model[0].weight.detach(), before)  # never trained, as told:
+    assert [(f.code, f.name, f.step) for f in mon.findings] == [("not-in-optimizer", "0.weight, 0.bias", 6)]  # seen at 4 and 6
+
+    gen, disc = torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)
+    opt_g = torch.optim.AdamW(decaykit.param_groups(gen, 0.05), lr=1e-3)
+    opt_d = torch.optim.AdamW(decaykit.param_groups(disc, 0.05), lr=1e-3)
+    gan = torch.nn.ModuleDict({"gen": gen, "disc": disc})
+    watch = decaykit.Monitor(gan, opt_g, every=1)
+    for _ in range(4):
+        disc(gen(torch.randn(4, 4))).mean().backward()  # the generator's loss reaches the discriminator too
+        opt_g.step()
+        opt_g.zero_grad()
+        disc(gen(torch.randn(4, 4)).detach()).mean().neg().backward()
+        opt_d.step()
+        opt_d.zero_grad()
+    assert "not-in-optimizer" not in {f.code for f in watch.findings}

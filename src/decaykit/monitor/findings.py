@@ -25,6 +25,8 @@ code                       fires when
                            decaying group (a zero gradient tensor, not None: the decay shrinks it)
 ``other-optimizer``        another optimizer stepped tensors the watched one holds (it replaced
                            it, and the records stop; or both update them)
+``not-in-optimizer``       tensors of the model got gradients at two recorded steps in a row, but
+                           no optimizer seen stepping holds them (unfrozen later, a layer replaced)
 =========================  =================================================================
 """
 
@@ -39,7 +41,7 @@ from decaykit.policy.decide import Decision
 
 __all__ = ["DOMINATES", "EQUILIBRIUM_DRIFT", "EQUILIBRIUM_SPAN", "EQUILIBRIUM_TAUS", "MonitorFinding", "frozen_finding",
            "lr_zero_finding", "other_optimizer_finding", "policy_findings", "rounding_finding", "tensor_findings",
-           "timescale_finding"]
+           "timescale_finding", "unheld_finding"]
 
 #: decay_to_update above which the decay dominates the update
 DOMINATES = 1.0
@@ -146,6 +148,18 @@ def rounding_finding(name: str, step: int, note: str) -> MonitorFinding:
     :func:`decaykit.probe.rounding.decoupled_loss`); τ and Σ r count a decay that does not act."""
     return MonitorFinding("decay-rounded-away", name, step,
                           f"{note.removeprefix('warning: ')}; τ and Σ r count the decay as configured, not as applied")
+
+
+def unheld_finding(names: list[str], step: int) -> MonitorFinding:
+    """``not-in-optimizer``: model tensors that get gradients at two recorded steps but that no optimizer holds."""
+    shown = ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+    return MonitorFinding(
+        "not-in-optimizer", shown, step,
+        f"{len(names)} tensor{'s' if len(names) != 1 else ''} of the model get gradients but no optimizer holds them, "
+        "so they are never trained (unfrozen after the optimizer was built from the trainable tensors, or a layer "
+        "replaced): add them with optimizer.add_param_group(...) at the weight decay their role needs, or build the "
+        "optimizer again; if leaving them out is meant (a frozen body), set requires_grad=False on them, which also "
+        "spares computing their gradients")
 
 
 def lr_zero_finding(group: int, weight_decay: float, steps: list[int], step: int) -> MonitorFinding:

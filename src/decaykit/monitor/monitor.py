@@ -42,6 +42,7 @@ from decaykit.monitor.findings import (
     rounding_finding,
     tensor_findings,
     timescale_finding,
+    unheld_finding,
 )
 from decaykit.monitor.record import measure
 from decaykit.monitor.report import group_summary
@@ -146,6 +147,8 @@ class Monitor:
         self._diverged: set[int] = set()  # groups with a tensor that went NaN/inf: no Σ r says what the decay did
         self._rounded: set[int] = set()  # groups with a tensor whose decay rounds back to θ: Σ r counts no real decay
         self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
+        self._steppers: weakref.WeakSet[Any] = weakref.WeakSet()  # every other optimizer seen stepping
+        self._unheld: set[int] = set()  # model tensors with a gradient that no optimizer held, at the last record
         self._stepping = False  # inside the watched optimizer's step (between its pre- and post-hook)
         self._born: dict[int, int] = {}  # id(param) -> the step that created its SGD momentum buffer, where seen
         self._settling: dict[str, tuple[float, float]] = {}  # name -> (√(η²/r), Σ r) where that equilibrium began
@@ -213,12 +216,21 @@ class Monitor:
             params.append(param)
         self.history.extend(records)
         found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, index, multiplier)
-        found += self._rounding_findings(step, decays, tensors)
+        found += self._rounding_findings(step, decays, tensors) + self._unheld_findings(step)
         for record, param in zip(records, params):
             found += tensor_findings(record, self._settled(record), self._gradless(record, param))
         for record in records:
             self._emit({"kind": "tensor", **record})
         self._add_findings(found)
+
+    def _unheld_findings(self, step: int) -> list[MonitorFinding]:
+        """Tensors of the model that get gradients at two recorded steps in a row but that no optimizer seen stepping
+        holds (unfrozen after the optimizer was built from the trainable ones, a head replaced): never trained."""
+        held = {id(p) for opt in (self.optimizer, *self._steppers) for g in opt.param_groups for p in g["params"]}
+        named = {id(p): (n, p) for n, p in self._model.named_parameters()}
+        now = {pid for pid, (_, p) in named.items() if p.requires_grad and p.grad is not None and pid not in held}
+        again, self._unheld = [named[pid][0] for pid in now & self._unheld], now
+        return [] if not again else [unheld_finding(again, step)]
 
     def _rounding_findings(self, step: int, decays: list[GroupDecay],
                            tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
@@ -280,6 +292,8 @@ class Monitor:
     def _other_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Any optimizer's step (torch's global hook): another one stepping tensors this monitor watches is
         told once (``other-optimizer``): a replaced optimizer would otherwise leave the records silently stopped."""
+        if optimizer is not self.optimizer:
+            self._steppers.add(optimizer)
         # the watched optimizer's own inner one, stepped outside its step (SAM's second_step), records nothing
         inside = not self._stepping and optimizer is not self.optimizer and _holds(self.optimizer, optimizer)
         if (_drives(optimizer, self.optimizer) and not inside) or optimizer in self._others:
