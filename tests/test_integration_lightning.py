@@ -193,3 +193,42 @@ def test_audit_callback_finds_a_tensor_held_by_two_optimizers():
     ((finding),) = audit.findings
     assert set(finding.params) == {n for n, _ in GAN().D.named_parameters(prefix="D")}
     assert [r.ok for r in audit.reports] == [True, True]
+
+
+class Finetuned(L.LightningModule):
+    """A backbone that Lightning's BackboneFinetuning keeps frozen until epoch 1, then adds in a group of its own."""
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+        self.options = options
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.head(self.backbone(x)), y)
+
+    def train_dataloader(self):
+        return Net().train_dataloader()
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, 0.1, lr=LR, **self.options)
+
+
+@pytest.mark.parametrize("engine", [None, {"mode": "lr_coupled"}], ids=["AdamW", "engine"])
+def test_backbone_finetuning_adds_its_group_to_decaykits_groups(engine):
+    """Every group decaykit builds carries param_names, and torch then refuses a group without them: the run
+    crashed at the unfreeze epoch. The group is named as the module names its tensors and split by the policy."""
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    module = Finetuned(decay_engine=engine)
+    start = module.backbone[0].weight.detach().clone()
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=1)])
+    trainer.fit(module)
+    (opt,) = trainer.optimizers
+    added = [(g["weight_decay"], g["param_names"]) for g in opt.param_groups[2:]]
+    assert added == [(0.1, ["backbone.0.weight"]),
+                     (0.0, ["backbone.0.bias", "backbone.1.weight", "backbone.1.bias"])]
+    assert not torch.equal(module.backbone[0].weight, start)
+    assert decaykit.audit(module, opt).ok

@@ -29,10 +29,12 @@ the callback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,12 @@ def configure_optimizers(
             ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": interval}}``.
         plan_options: :func:`decaykit.plan`'s keyword arguments: ``policy=`` a preset name or a
             :class:`decaykit.Policy`, ``rules=``, ``layer_decay=`` ...
+
+    Every group carries ``param_names``, and torch then refuses a group added without them; the
+    optimizer returned here takes one all the same (``BackboneFinetuning``, gradual unfreezing:
+    ``opt.add_param_group({"params": self.backbone.parameters(), "lr": 1e-4})``): it names the
+    tensors as ``module`` does and splits them as the policy decides, λ = the group's
+    ``weight_decay`` or ``weight_decay`` here for the decayed ones, 0 for norms and biases.
     """
     if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
         raise DecayError(f"optimizer must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, got {optimizer!r}")
@@ -87,12 +95,47 @@ def configure_optimizers(
         from decaykit.engine.weight_decay import WeightDecay
 
         opt = WeightDecay(opt, **decay_engine)
+    # torch refuses a group without names once the groups carry them (BackboneFinetuning adds one at its unfreeze
+    # epoch): this optimizer's add_param_group names the tensors and splits them as the policy decides
+    opt.add_param_group = functools.partial(_add_planned_group, opt, weakref.ref(module), weight_decay, plan_options)  # type: ignore[method-assign]
     logger.info("decaykit param groups (%s policy): %s", decided.policy, "; ".join(
         f"weight_decay={r['weight_decay']:g}: {r['tensors']} tensors, {r['parameters']:,} parameters"
         for r in decided.summary() if not r.get("frozen")))
     if scheduler is None:
         return opt
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": interval}}
+
+
+def _add_planned_group(optimizer: torch.optim.Optimizer, module_ref: Callable[[], nn.Module | None],
+                       weight_decay: float, plan_options: dict[str, Any], param_group: dict[str, Any]) -> None:
+    """``optimizer.add_param_group`` for an optimizer :func:`configure_optimizers` built: a group given without
+    names (Lightning's ``BackboneFinetuning``, gradual unfreezing) is named as the module names its tensors and
+    split as the policy decides, norms and biases into a ``weight_decay=0`` group; the group's other settings
+    (``lr``) go to each part, and its ``weight_decay``, where given, is the λ of the decayed tensors."""
+    add = type(optimizer).add_param_group
+    module = module_ref()
+    params = param_group.get("params")
+    params = [params] if isinstance(params, torch.Tensor) else list(params) if params is not None else []
+    if module is None or "param_names" in param_group or any(isinstance(p, tuple) for p in params):
+        add(optimizer, param_group)
+        return
+    decided = plan(module, param_group.get("weight_decay", weight_decay), **plan_options)
+    by_tensor = {id(d.param): d for d in decided.decisions}
+    foreign = [tuple(p.shape) for p in params if id(p) not in by_tensor]
+    if foreign:
+        raise DecayError(
+            f"add_param_group: {len(foreign)} tensors (shapes {foreign[:3]}) are not parameters of the "
+            f"{type(module).__name__} the optimizer was built for, so they cannot be named as its groups are; "
+            "pass them with names: {'params': [(name, tensor), ...]}")
+    parts: dict[float, dict[str, Any]] = {}
+    for p in params:
+        d = by_tensor[id(p)]
+        part = parts.setdefault(d.weight_decay, {**param_group, "params": [], "param_names": [],
+                                                  "weight_decay": d.weight_decay})
+        part["params"].append(p)
+        part["param_names"].append(d.name)
+    for part in parts.values() or [{**param_group, "params": [], "param_names": []}]:
+        add(optimizer, part)
 
 
 def _callback_base() -> type:
