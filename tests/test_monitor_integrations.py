@@ -174,9 +174,11 @@ def test_lightning_callback_counts_each_optimizers_own_steps(tmp_path):
     max_steps (twice its run), and only the first got the sink."""
     from decaykit.integrations.lightning import DecayMonitorCallback
 
-    callback = DecayMonitorCallback(every=2, sink=tmp_path / "run.jsonl")
+    entries: list[dict] = []
+    callback = DecayMonitorCallback(every=2, sink=[tmp_path / "run.jsonl", entries.append])
     lightning_fit(GAN(), callback, max_steps=8)
     assert [(m.total_steps, m.step) for m in callback.monitors] == [(4, 4), (4, 4)]
+    assert {e["name"] for e in entries if e["kind"] == "tensor"} == {"G.weight", "D.weight"}  # a callable gets all
     for i, name in enumerate(("G.weight", "D.weight")):
         lines = (tmp_path / f"run.optimizer{i}.jsonl").read_text().splitlines()
         assert {json.loads(line).get("name") for line in lines[1:]} == {name, "group 0"}  # records, then the finding
@@ -206,3 +208,18 @@ def test_lightning_callback_on_a_resumed_fit_starts_at_the_restored_step(tmp_pat
     assert {(m.start_step, m.step) for m in callback.monitors} == {(per_optimizer, 2 * per_optimizer)}
     assert {r["step"] for r in callback.monitor.history} == {s for s in range(per_optimizer + 1, 2 * per_optimizer + 1)
                                                             if s == per_optimizer + 1 or s % 2 == 0}
+
+
+def test_lightning_callback_takes_total_steps_per_optimizer():
+    """Optimizers stepped at other ratios than one each per batch (a critic stepped 5 times per generator step)
+    cannot be told apart from the Trainer's settings: the user gives each its run length."""
+    from decaykit.errors import DecayError
+    from decaykit.integrations.lightning import DecayMonitorCallback
+
+    callback = DecayMonitorCallback(every=4, total_steps=[6, 2])
+    lightning_fit(GAN(), callback, max_steps=8)
+    assert [m.total_steps for m in callback.monitors] == [6, 2]
+    with pytest.raises(DecayError, match=r"total_steps must be an int >= 1 or a list of them.*got 0"):
+        DecayMonitorCallback(total_steps=0)
+    with pytest.raises(DecayError, match=r"has 3 entries, but the run has 2 optimizers"):
+        lightning_fit(GAN(), DecayMonitorCallback(total_steps=[1, 2, 3]), max_steps=2)

@@ -274,7 +274,7 @@ class _DecayMonitor:
                  total_steps: int | Sequence[int] | None = None, **monitor_options: Any) -> None:
         super().__init__()
         self.every, self.sink, self.per_tensor, self.monitor_options = every, sink, per_tensor, monitor_options
-        self.total_steps = total_steps
+        self.total_steps = _check_total_steps(total_steps)
         self.monitors: list[Any] = []
         self._seen: list[tuple[int, int]] = []  # per monitor: records and findings already logged
 
@@ -322,16 +322,28 @@ class _DecayMonitor:
         return self.monitors[0] if self.monitors else None
 
 
-def _totals(given: int | Sequence[int] | None, trainer: Any, count: int) -> list[int | None]:
+def _check_total_steps(given: Any) -> int | list[int] | None:
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if given is None or whole(given):
+        return given
+    if isinstance(given, Sequence) and not isinstance(given, str) and given and all(whole(v) for v in given):
+        return list(given)
+    raise DecayError(f"total_steps must be an int >= 1 or a list of them, one per optimizer of the run, got {given!r}; "
+                     "leave it out to take the run's length from the Trainer")
+
+
+def _totals(given: int | list[int] | None, trainer: Any, count: int) -> list[int | None]:
     """Each optimizer's ``total_steps``: ``given`` (one for all, or one each), else the run's length in its steps."""
     if given is None:
         return [_steps_per_optimizer(trainer, count)] * count
-    if isinstance(given, int) and not isinstance(given, bool):
+    if isinstance(given, int):
         return [given] * count
-    if isinstance(given, Sequence) and len(given) == count:
-        return list(given)
-    raise DecayError(f"total_steps must be an int or a list of {count} ints, one per optimizer of the run, got "
-                     f"{given!r}")
+    if len(given) != count:
+        raise DecayError(f"total_steps={given!r} has {len(given)} entries, but the run has {count} optimizers; give "
+                         "one per optimizer, in the order configure_optimizers returns them")
+    return list(given)
 
 
 def _steps_per_optimizer(trainer: Any, count: int) -> int | None:
