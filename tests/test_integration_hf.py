@@ -323,3 +323,16 @@ def test_audit_and_probe_read_the_optimizer_inside_the_trainer_s_wrapper(tmp_pat
     assert {f.code for f in report.findings} == {"coupled-adaptive"}
     assert report.optimizer == "Adam (inside AcceleratedOptimizer)"
     assert {e.expected_kind for e in decaykit.probe(trainer.optimizer, model=model).entries} == {"coupled", "none"}
+
+
+def test_weight_decay_0_warns_only_when_no_group_decays(tmp_path):
+    """An absolute rule sets its own λ, so with TrainingArguments.weight_decay=0 its tensors still decay: the
+    warning that nothing decays was told from the 0 alone."""
+    args = training_args(tmp_path, weight_decay=0.0)
+    rule = decaykit.Rule("classifier.*", weight_decay=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        _, kwargs = hf.optimizer_cls_and_kwargs(resnet(), args, rules=[rule])
+    assert {g["weight_decay"] for g in kwargs["params"]} == {0.0, 0.1}
+    with pytest.warns(DecayWarning, match="weight_decay is 0"):  # no rule: nothing decays, as the warning says
+        hf.optimizer_cls_and_kwargs(resnet(), args)

@@ -134,3 +134,101 @@ def test_example_lightning_module_runs(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "weight_decay=0.05: 2 tensors" in out and "weight_decay=0: 5 tensors" in out
     assert "audit: no problems found" in out
+
+
+class GAN(L.LightningModule):
+    """Lightning's GAN recipe: two optimizers under manual optimization, each meant for its own network."""
+
+    def __init__(self, generator_over: str = "G") -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.G = nn.Sequential(nn.Linear(4, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 8))
+        self.D = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 1))
+        self.extra = nn.Linear(2, 2)  # in neither optimizer unless generator_over names it
+        self.generator_over = generator_over
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        og, od = self.optimizers()
+        fake = self.G(torch.randn(x.shape[0], 4))
+        loss_d = F.softplus(self.D(fake.detach())).mean() + F.softplus(-self.D(x)).mean()
+        od.zero_grad()
+        self.manual_backward(loss_d)
+        od.step()
+        og.zero_grad()
+        self.manual_backward(F.softplus(-self.D(fake)).mean())
+        og.step()
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)))
+        return torch.utils.data.DataLoader(data, batch_size=8)
+
+    def configure_optimizers(self):
+        over = {"G": [self.G, self.extra], "self": [self], "G-only": [self.G]}[self.generator_over]
+        groups = [g for m in over for g in decaykit.param_groups(m, 0.05, lr=1e-3)]
+        return torch.optim.AdamW(groups), torch.optim.AdamW(decaykit.param_groups(self.D, 0.05, lr=1e-3))
+
+
+def test_audit_callback_judges_several_optimizers_together():
+    """A GAN's optimizers each hold one network: each was audited against the whole module, so every tensor of
+    the other network was `missing` and strict=True stopped a correct run, telling it to build one optimizer."""
+    from decaykit.integrations.lightning import DecayAuditCallback
+
+    audit = DecayAuditCallback(strict=True)
+    fit(GAN("G"), 1, callbacks=[audit])
+    assert [r.ok for r in audit.reports] == [True, True] and audit.findings == []
+    with pytest.warns(DecayWarning, match="the 2 optimizers together: missing") as told:
+        fit(GAN("G-only"), 1, callbacks=[audit := DecayAuditCallback()])
+    assert [(f.code, f.params) for f in audit.findings] == [("missing", ("extra.weight", "extra.bias"))]
+    assert "configure_optimizers(self" not in str(told[0].message)
+
+
+def test_audit_callback_finds_a_tensor_held_by_two_optimizers():
+    """The real GAN bug: the generator's optimizer built over the whole module steps the discriminator too.
+    Audited one by one, that optimizer passed and the right one was blamed (`missing`)."""
+    from decaykit.integrations.lightning import DecayAuditCallback
+
+    with pytest.raises(DecayError, match=r"the 2 optimizers together: shared-across-optimizers \(6 tensors\)"):
+        fit(GAN("self"), 1, callbacks=[audit := DecayAuditCallback(strict=True)])
+    ((finding),) = audit.findings
+    assert set(finding.params) == {n for n, _ in GAN().D.named_parameters(prefix="D")}
+    assert [r.ok for r in audit.reports] == [True, True]
+
+
+class Finetuned(L.LightningModule):
+    """A backbone that Lightning's BackboneFinetuning keeps frozen until epoch 1, then adds in a group of its own."""
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+        self.options = options
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.head(self.backbone(x)), y)
+
+    def train_dataloader(self):
+        return Net().train_dataloader()
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, 0.1, lr=LR, **self.options)
+
+
+@pytest.mark.parametrize("engine", [None, {"mode": "lr_coupled"}], ids=["AdamW", "engine"])
+def test_backbone_finetuning_adds_its_group_to_decaykits_groups(engine):
+    """Every group decaykit builds carries param_names, and torch then refuses a group without them: the run
+    crashed at the unfreeze epoch. The group is named as the module names its tensors and split by the policy."""
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    module = Finetuned(decay_engine=engine)
+    start = module.backbone[0].weight.detach().clone()
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=1)])
+    trainer.fit(module)
+    (opt,) = trainer.optimizers
+    added = [(g["weight_decay"], g["param_names"]) for g in opt.param_groups[2:]]
+    assert added == [(0.1, ["backbone.0.weight"]),
+                     (0.0, ["backbone.0.bias", "backbone.1.weight", "backbone.1.bias"])]
+    assert not torch.equal(module.backbone[0].weight, start)
+    assert decaykit.audit(module, opt).ok

@@ -3,6 +3,9 @@ the metrics reach the frameworks' own loggers, the history holds the canonical n
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -126,3 +129,97 @@ def test_a_monitor_on_lightnings_wrapper_watches_the_optimizer_inside():
         inner.zero_grad()
     assert [r["step"] for r in mon.history] == [1, 2]
     mon.close()
+
+
+class GAN(L.LightningModule):
+    """Two optimizers under manual optimization, each stepped once per batch: Lightning's global_step counts both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.G = nn.Linear(4, 8)
+        self.D = nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        og, od = self.optimizers()
+        fake = self.G(torch.randn(x.shape[0], 4))
+        od.zero_grad()
+        self.manual_backward(nn.functional.softplus(self.D(fake.detach())).mean() + self.D(x).pow(2).mean())
+        od.step()
+        og.zero_grad()
+        self.manual_backward(nn.functional.softplus(-self.D(fake)).mean())
+        og.step()
+
+    def configure_optimizers(self):
+        return (torch.optim.AdamW(decaykit.param_groups(self.G, 0.1), lr=1e-2),
+                torch.optim.AdamW(decaykit.param_groups(self.D, 0.1), lr=1e-2))
+
+
+def lightning_fit(module, callback, ckpt_path=None, **length) -> L.Trainer:
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+    if isinstance(module, GAN):
+        data = torch.utils.data.TensorDataset(torch.randn(64, 8))
+    trainer = L.Trainer(**length, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback])
+    with warnings.catch_warnings():  # the findings are the monitors' business here, not the tests'
+        warnings.simplefilter("ignore", decaykit.errors.DecayWarning)
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=16), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_lightning_callback_counts_each_optimizers_own_steps(tmp_path):
+    """max_steps counts the steps of every optimizer under manual optimization: each monitor was told the whole
+    max_steps (twice its run), and only the first got the sink."""
+    from decaykit.integrations.lightning import DecayMonitorCallback
+
+    entries: list[dict] = []
+    callback = DecayMonitorCallback(every=2, sink=[tmp_path / "run.jsonl", entries.append])
+    lightning_fit(GAN(), callback, max_steps=8)
+    assert [(m.total_steps, m.step) for m in callback.monitors] == [(4, 4), (4, 4)]
+    assert {e["name"] for e in entries if e["kind"] == "tensor"} == {"G.weight", "D.weight"}  # a callable gets all
+    for i, name in enumerate(("G.weight", "D.weight")):
+        lines = (tmp_path / f"run.optimizer{i}.jsonl").read_text().splitlines()
+        assert {json.loads(line).get("name") for line in lines[1:]} == {name, "group 0"}  # records, then the finding
+
+
+@pytest.mark.parametrize("module", [lambda: Net(False), GAN], ids=["one optimizer", "two"])
+def test_lightning_callback_takes_the_run_length_from_max_epochs(module):
+    """Lightning runs are usually sized by max_epochs: total_steps was None there, so timescale-exceeds-run was never
+    told. 64 samples in batches of 16 for 2 epochs: 8 steps of each optimizer."""
+    from decaykit.integrations.lightning import DecayMonitorCallback
+
+    callback = DecayMonitorCallback(every=4)
+    lightning_fit(module(), callback, max_epochs=2)
+    assert {(m.total_steps, m.step) for m in callback.monitors} == {(8, 8)}
+
+
+@pytest.mark.parametrize("module", [lambda: Net(False), GAN], ids=["one optimizer", "two"])
+def test_lightning_callback_on_a_resumed_fit_starts_at_the_restored_step(tmp_path, module):
+    """Lightning restores a resumed run's global step after on_fit_start, where the monitors read 0."""
+    from decaykit.integrations.lightning import DecayMonitorCallback
+
+    first = lightning_fit(module(), DecayMonitorCallback(every=2), max_steps=4)
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    callback = DecayMonitorCallback(every=2)
+    lightning_fit(module(), callback, ckpt_path=tmp_path / "last.ckpt", max_steps=8)
+    per_optimizer = 4 // len(callback.monitors)
+    assert {(m.start_step, m.step) for m in callback.monitors} == {(per_optimizer, 2 * per_optimizer)}
+    assert {r["step"] for r in callback.monitor.history} == {s for s in range(per_optimizer + 1, 2 * per_optimizer + 1)
+                                                            if s == per_optimizer + 1 or s % 2 == 0}
+
+
+def test_lightning_callback_takes_total_steps_per_optimizer():
+    """Optimizers stepped at other ratios than one each per batch (a critic stepped 5 times per generator step)
+    cannot be told apart from the Trainer's settings: the user gives each its run length."""
+    from decaykit.errors import DecayError
+    from decaykit.integrations.lightning import DecayMonitorCallback
+
+    callback = DecayMonitorCallback(every=4, total_steps=[6, 2])
+    lightning_fit(GAN(), callback, max_steps=8)
+    assert [m.total_steps for m in callback.monitors] == [6, 2]
+    with pytest.raises(DecayError, match=r"total_steps must be an int >= 1 or a list of them.*got 0"):
+        DecayMonitorCallback(total_steps=0)
+    with pytest.raises(DecayError, match=r"has 3 entries, but the run has 2 optimizers"):
+        lightning_fit(GAN(), DecayMonitorCallback(total_steps=[1, 2, 3]), max_steps=2)

@@ -132,14 +132,15 @@ def _summary(decided: Plan) -> str:
 
 
 def _groups_for(model: nn.Module, weight_decay: float, lr: float, options: dict[str, Any]) -> tuple[Plan, list[dict[str, Any]]]:
-    if weight_decay == 0:
+    decided = plan(model, weight_decay, **options)
+    # judged from the plan: a rule with its own λ decays its tensors whatever TrainingArguments says
+    if weight_decay == 0 and not any(d.weight_decay > 0 for d in decided.trainable):
         warnings.warn(
             "TrainingArguments.weight_decay is 0 (HF's default), so no parameter decays; "
             "set TrainingArguments(weight_decay=...) to the λ the decayed tensors should get",
             DecayWarning,
             stacklevel=3,
         )
-    decided = plan(model, weight_decay, **options)
     return decided, _split_by_mesh(decided.groups(lr=lr))
 
 
