@@ -512,3 +512,31 @@ def test_a_decay_that_rounds_back_to_theta_in_low_precision_is_found_from_the_va
         p.grad = torch.zeros_like(p)
     opt.step()
     assert torch.equal(model[0].weight.detach(), before)
+
+
+def test_tensors_sharing_memory_are_an_error_named_as_aliased_and_a_true_tie_is_not():
+    """A head tied to the embedding through .data is two Parameters over one memory: a real zero-gradient step
+    shrinks it by (1 − lr·λ)², once per alias. Views that do not overlap, and a true tie (one Parameter), are fine."""
+    class LM(torch.nn.Module):
+        def __init__(self, tie_data: bool):
+            super().__init__()
+            self.wte, self.ln, self.head = torch.nn.Embedding(50, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 50, bias=False)
+            if tie_data:
+                self.head.weight.data = self.wte.weight.data
+            else:
+                self.head.weight = self.wte.weight
+
+    model = LM(tie_data=True)
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-2)
+    report = decaykit.audit(model, opt)
+    assert [(f.code, sorted(f.params)) for f in report.findings] == [("aliased", ["head.weight", "wte.weight"])]
+    before = model.wte.weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.allclose(model.wte.weight.detach(), before * (1 - 1e-3) ** 2)  # decayed twice, as said
+    tied = LM(tie_data=False)
+    assert decaykit.audit(tied, torch.optim.AdamW(decaykit.param_groups(tied, 0.1))).ok
+    flat = torch.zeros(20)
+    halves = torch.nn.ParameterList([torch.nn.Parameter(flat[:10]), torch.nn.Parameter(flat[10:].view(2, 5))])
+    assert not [f for f in decaykit.audit(halves, torch.optim.AdamW(halves.parameters())).findings if f.code == "aliased"]

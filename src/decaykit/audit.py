@@ -411,7 +411,7 @@ def audit(
     expected = plan(model, lam, policy=policy, **plan_options)
     findings = _bad_lambda_findings(view.groups) + _mapped_findings(expected, view)
     findings += _convention_findings(view) + _unknown_findings(view) + _unread_findings(view)
-    findings += _overshoot_findings(view, expected) + _rounding_findings(view, expected)
+    findings += _overshoot_findings(view, expected) + _rounding_findings(view, expected) + _aliased_findings(view, expected)
     findings += [Finding("warning", "tied-conflict", str(conflict),
                          "pass tied='decay' / 'no_decay' or a rule naming the tensor to make the choice explicit",
                          conflict.names) if isinstance(conflict, Conflict) else
@@ -674,6 +674,44 @@ def _overshoot_findings(view: _View, expected: Plan) -> list[Finding]:
         "lower weight_decay or lr until the decay per step is far below 1 (torch AdamW at its usual lr 1e-3 and λ "
         "0.01 .. 0.1: lr·λ = 1e-5 .. 1e-4); a λ meant for another convention is carried over by decaykit.convert",
         tuple(params))]
+
+
+def _memory(t: torch.Tensor) -> tuple[int, int] | None:
+    """The bytes ``t``'s values span, [start, end), or None where it has no memory of its own to read (meta, sparse,
+    a DTensor's shards)."""
+    if t.layout != torch.strided or t.device.type == "meta" or type(t) not in (torch.Tensor, nn.Parameter):
+        return None
+    try:
+        start = t.data_ptr()
+    except RuntimeError:
+        return None
+    if not t.numel() or not start:
+        return None
+    extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+    return start, start + extent * t.element_size()
+
+
+def _aliased_findings(view: _View, expected: Plan) -> list[Finding]:
+    """Distinct tensors of the optimizer whose values share memory (tied through ``.data``, a Parameter made from a
+    view of another): torch steps each, so the shared values are updated and decayed once per alias."""
+    names = {id(d.param): d.name for d in expected}
+    spans = sorted((span, id(p), names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}"))
+                   for i, g in enumerate(view.groups) for p in dict.fromkeys(g.params) if (span := _memory(p)) is not None)
+    aliased: dict[str, None] = {}
+    end, last = -1, None
+    for (start, stop), pid, name in spans:
+        if start < end and last is not None and last[0] != pid:
+            aliased.update({last[1]: None, name: None})
+        if stop > end:
+            end, last = stop, (pid, name)
+    if not aliased:
+        return []
+    return [Finding("error", "aliased",
+                    f"{len(aliased)} tensors of the optimizer share memory with another one (tied through .data, or a "
+                    "Parameter made from a view of another): torch steps each on its own, so the shared values are "
+                    "updated, and decayed, once per alias at every step (θ·(1 − lr·λ)² for two)",
+                    "tie the modules' parameters themselves (head.weight = embedding.weight), not their .data, so the "
+                    "model and the optimizer hold one tensor", tuple(aliased))]
 
 
 def _rounding_findings(view: _View, expected: Plan) -> list[Finding]:
