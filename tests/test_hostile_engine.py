@@ -571,3 +571,21 @@ def test_a_framework_wrapper_that_steps_only_on_some_calls_is_refused_and_the_en
     finally:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_decay_below_a_quarter_of_the_dtypes_spacing_is_warned_when_the_engine_is_built(dtype):
+    """θ·(1 − r) with r < eps/4 is θ for every value: the engine's decay never acts, as a real run shows."""
+    torch.manual_seed(0)
+    model = nn.Linear(16, 16).to(dtype)
+    lr = torch.finfo(dtype).eps / 8 / 0.05
+    with pytest.warns(DecayWarning, match=rf"rounds back to θ for every value .*param_groups\[0\] .*{str(dtype)[6:]}"):
+        engine = WeightDecay(torch.optim.SGD(decaykit.param_groups(model, 0.05), lr=lr))
+    before = model.weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    engine.step()
+    assert torch.equal(model.weight.detach(), before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        WeightDecay(torch.optim.SGD(decaykit.param_groups(model.float(), 0.05), lr=lr))  # float32: it acts

@@ -68,6 +68,7 @@ from decaykit.engine.modes import MODES
 from decaykit.engine.paths import GroupStep, Scratch, build_paths, plan_group
 from decaykit.engine.schedules import Schedule, as_schedule
 from decaykit.errors import DecayError, DecayWarning
+from decaykit.probe.rounding import rounding_fix
 
 __all__ = ["STATE_KEY", "WeightDecay", "saved_entry"]
 
@@ -142,6 +143,7 @@ class WeightDecay(Optimizer):
         for i, group in enumerate(self.param_groups):
             self._check_plausible(i, check_lambda(i, group, self._checked))
         check_multiplier(self.schedule, 0)
+        self._warn_rounded_away()
 
     # -- shared with the inner optimizer ---------------------------------------------------------
     @property  # type: ignore[override]
@@ -334,6 +336,29 @@ class WeightDecay(Optimizer):
     def _check_plausible(self, i: int, lam: float | Tensor, max_lr: float | None = None) -> None:
         if not self.allow_large_decay:
             check_plausible(self.mode, i, lam, self._max_lrs[i] if max_lr is None else max_lr)
+
+    def _warn_rounded_away(self) -> None:
+        """Warn where a group's rate, as it stands, is below a quarter of its half-precision tensors' spacing: θ·(1 −
+        r) rounds back to θ for every value (bf16 at lr 1e-3, λ 0.05), so the decay expected_decay() reports never
+        acts. Told from the rate and the dtype alone; the audit and the Monitor read the values."""
+        try:
+            expected_decay = self.expected_decay()
+        except DecayError:  # a rate the first step refuses (allow_large_decay aside): that says more
+            return
+        told = []
+        for i, (group, expected) in enumerate(zip(self.param_groups, expected_decay)):
+            rate = expected["rate"]
+            if expected["kind"] not in ("decoupled", "cautious") or isinstance(rate, Tensor) or not rate > 0:
+                continue
+            dtypes = {p.dtype for p in group["params"] if p.is_floating_point() and p.element_size() < 4}
+            lost = sorted((str(d).removeprefix("torch."), d) for d in dtypes if rate < torch.finfo(d).eps / 4)
+            if lost:
+                told.append((i, rate, lost[0]))
+        if told:
+            where = ", ".join(f"param_groups[{i}] (r = {r:.3g}, {name})" for i, r, (name, _) in told)
+            warnings.warn(f"the decay rounds back to θ for every value of the half-precision tensors of {where}: "
+                          f"θ·(1 − r) with r below a quarter of their spacing is θ, so it never acts; "
+                          f"{rounding_fix(told[0][2][1])}", DecayWarning, stacklevel=3)
 
     def _given_max_lr(self, i: int) -> float | None:
         given = self._max_lr_arg
