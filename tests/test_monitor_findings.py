@@ -678,3 +678,17 @@ def test_tensors_that_get_gradients_but_no_optimizer_holds_are_told_and_a_gan_is
         opt_d.step()
         opt_d.zero_grad()
     assert "not-in-optimizer" not in {f.code for f in watch.findings}
+
+
+def test_a_converted_lambda_is_named_as_the_engines_and_the_factor_holds_for_the_one_it_came_from():
+    """The HF Trainer converts TrainingArguments.weight_decay into an lr_independent λ = λ·η_max: raising either by
+    the factor the finding gives is the same fix, and it says so rather than name 0.001 as the user's setting."""
+    model = _scale_invariant()
+    engine = decaykit.WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 1e-3), lr=1e-2),
+                                  mode="lr_independent", max_lr=1e-2)
+    mon = decaykit.Monitor(model, engine, every=10, total_steps=40)
+    _train(model, engine, 40, lambda: torch.randn(8, 16))
+    mon.close()
+    (finding,) = [f for f in mon.findings if f.code == "timescale-exceeds-run"]
+    assert ("raise weight_decay (0.001, the group's λ in mode 'lr_independent'; a λ converted into it, such as "
+            "TrainingArguments.weight_decay, is raised by the same factor) at least 25x") in finding.message

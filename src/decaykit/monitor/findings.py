@@ -125,20 +125,25 @@ def _factor(shrink: float) -> str:
 
 
 def timescale_finding(group: int, decay_sum: float, steps: int, unwatched: int, total_steps: int, step: int,
-                      weight_decay: float) -> MonitorFinding | None:
+                      weight_decay: float, mode: str | None = None) -> MonitorFinding | None:
     """``timescale-exceeds-run`` when ``decay_sum``, Σ r over the run, is below 1: measured over the ``steps`` run
-    (``unwatched`` = 0), or a bound that counts ``unwatched`` steps at the peak LR."""
+    (``unwatched`` = 0), or a bound that counts ``unwatched`` steps at the peak LR. ``mode``: the engine's, where its
+    λ may have been converted from the one the user set (the HF Trainer's ``lr_independent``)."""
     if decay_sum >= 1:
         return None
+    shown = f"{weight_decay:g}"
+    if mode in ("lr_independent", "corrected"):  # the factor holds for the λ it was converted from as well
+        shown += (f", the group's λ in mode {mode!r}; a λ converted into it, such as TrainingArguments.weight_decay, "
+                  "is raised by the same factor")
     shrink = _factor(math.exp(-decay_sum))
     raise_by = f"{1 / decay_sum:.3g}x" if decay_sum > 0 else "until it is"
     if unwatched:
         said = (f"Σ r over the run (total_steps={total_steps}) is at most {decay_sum:.3g}, its {unwatched} steps not "
                 f"watched counted at the peak LR: less than one timescale τ, so the decay shrinks θ by at most a "
-                f"factor {shrink} over the whole run; raise weight_decay ({weight_decay:g}) at least {raise_by}")
+                f"factor {shrink} over the whole run; raise weight_decay ({shown}) at least {raise_by}")
     else:
         said = (f"Σ r over the {steps} steps of the run (total_steps={total_steps}) is {decay_sum:.3g}: less than one "
-                f"timescale τ, so the decay shrank θ by a factor {shrink} only; raise weight_decay ({weight_decay:g}) "
+                f"timescale τ, so the decay shrank θ by a factor {shrink} only; raise weight_decay ({shown}) "
                 f"about {raise_by}")
     return MonitorFinding("timescale-exceeds-run", f"group {group}", step, f"{said} for Σ r = 1, or drop it")
 

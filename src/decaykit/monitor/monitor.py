@@ -376,7 +376,8 @@ class Monitor:
                 return []  # the peak LR is not known: no bound on the steps not seen
             done += rest
         lam = self.optimizer.param_groups[group].get("weight_decay")
-        finding = timescale_finding(group, done, self._tally.steps - self.start_step, count, self.total_steps, step, lam)
+        finding = timescale_finding(group, done, self._tally.steps - self.start_step, count, self.total_steps, step, lam,
+                                    getattr(self.optimizer, "mode", None))
         return [] if finding is None else [finding]
 
     # -- output ----------------------------------------------------------------------------------
