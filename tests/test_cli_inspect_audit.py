@@ -89,7 +89,25 @@ def test_audit_exit_code_and_checkpoint(capsys, tmp_path):
     code, out, _ = run(capsys, "audit", "gpt", "--checkpoint", str(tmp_path / "ckpt.pt"), "--json")
     assert code == 0 and json.loads(out)["ok"] is True
     code, _, err = run(capsys, "audit", "gpt", "--checkpoint", str(tmp_path / "ckpt.pt"), "--key", "opt")
-    assert code == 2 and "has no key 'opt'" in err
+    assert code == 2 and "the checkpoint has no 'opt' (keys: model, optimizer)" in err
+
+
+def test_a_lightning_checkpoints_list_of_optimizer_states_is_reached_by_a_dotted_key(capsys, tmp_path):
+    """Lightning keeps ckpt["optimizer_states"], one state per optimizer: --key optimizer_states.0 audits the first,
+    and the list itself (the default where no 'optimizer' key is there) says how to pick one."""
+    model = TinyGPT()
+    opt = torch.optim.AdamW(decaykit.param_groups(model, 0.1), lr=1e-3)
+    torch.save({"state_dict": model.state_dict(), "optimizer_states": [opt.state_dict()]}, tmp_path / "run.ckpt")
+    code, out, _ = run(capsys, "audit", "gpt", "--checkpoint", str(tmp_path / "run.ckpt"), "--key", "optimizer_states.0",
+                       "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, out, _ = run(capsys, "audit", "gpt", "--checkpoint", str(tmp_path / "run.ckpt"), "--json")
+    error = json.loads(out)["error"]
+    assert code == 2 and error["argument"] == "--key"
+    assert "--key optimizer_states holds a list of 1 entries (Lightning keeps one state per optimizer); pick one with " \
+           "--key optimizer_states.0" in error["message"]
+    code, _, err = run(capsys, "audit", "gpt", "--checkpoint", str(tmp_path / "run.ckpt"), "--key", "optimizer_states.3")
+    assert code == 2 and "optimizer_states has no '3' (a list of 1, indices 0..0)" in err
 
 
 def test_console_entry_point_runs_as_a_module():

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL")
     parser.add_argument("--checkpoint", metavar="FILE", help="saved optimizer state_dict or checkpoint dict")
     parser.add_argument("--key", default=None, help="with --checkpoint: key of the optimizer state in a checkpoint "
-                                                    "dict (default: optimizer)")
+                        "dict, a dotted path into lists too (default: optimizer; Lightning's optimizer_states.0)")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None,
                         help="optimizer to build when no checkpoint is given (default: adamw)")
     parser.add_argument("--groups", choices=("plain", "decaykit"), default=None,
@@ -89,12 +89,27 @@ def _saved_optimizer(args: argparse.Namespace) -> Any:
     from decaykit._loading import read_checkpoint
 
     state = read_checkpoint(args.checkpoint)
-    key = args.key or "optimizer"
-    if isinstance(state, dict) and "param_groups" not in state:
-        if key not in state:
-            raise DecayError(f"--checkpoint {args.checkpoint!r} has no key {key!r} (keys: "
-                             f"{', '.join(map(str, state))}); pass --key with the optimizer's key", argument="--key")
+    if not isinstance(state, dict) or "param_groups" in state:
+        return state
+    key = args.key or ("optimizer" if "optimizer" in state or "optimizer_states" not in state else "optimizer_states")
+    if key in state:  # a key with dots of its own is taken whole
         state = state[key]
+    else:
+        for depth, part in enumerate(key.split(".")):
+            if isinstance(state, dict) and part in state:
+                state = state[part]
+            elif isinstance(state, (list, tuple)) and part.isdigit() and int(part) < len(state):
+                state = state[int(part)]
+            else:
+                where = ".".join(key.split(".")[:depth]) or "the checkpoint"
+                holds = (f"keys: {', '.join(map(str, state))}" if isinstance(state, dict) else
+                         f"a list of {len(state)}, indices 0..{len(state) - 1}" if isinstance(state, (list, tuple))
+                         else type(state).__name__)
+                raise DecayError(f"--checkpoint {args.checkpoint!r}: {where} has no {part!r} ({holds}); pass --key "
+                                 "with the path to the optimizer's state, dotted (optimizer_states.0)", argument="--key")
+    if isinstance(state, (list, tuple)):
+        raise DecayError(f"--checkpoint {args.checkpoint!r}: --key {key} holds a list of {len(state)} entries (Lightning "
+                         f"keeps one state per optimizer); pick one with --key {key}.0", argument="--key")
     return state
 
 
