@@ -232,3 +232,23 @@ def test_backbone_finetuning_adds_its_group_to_decaykits_groups(engine):
                      (0.0, ["backbone.0.bias", "backbone.1.weight", "backbone.1.bias"])]
     assert not torch.equal(module.backbone[0].weight, start)
     assert decaykit.audit(module, opt).ok
+
+
+def test_a_plateau_scheduler_gets_its_monitor_through_scheduler_options():
+    """Lightning refuses a ReduceLROnPlateau without the metric it watches: scheduler_options= carries it (and
+    Lightning's other lr_scheduler keys); misuse is one DecayError."""
+    class Logged(Net):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss)
+            return loss
+
+    plateau = lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)  # noqa: E731
+    module = Logged(0.1, scheduler=plateau, interval="epoch", scheduler_options={"monitor": "train_loss", "name": "lr"})
+    config = module.configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "train_loss" and config["lr_scheduler"]["interval"] == "epoch"
+    fit(module, 2)
+    with pytest.raises(DecayError, match=r"scheduler_options must be a dict .*pass the scheduler and interval"):
+        configure_optimizers(Net(), 0.1, lr=LR, scheduler=plateau, scheduler_options={"interval": "step"})
+    with pytest.raises(DecayError, match="scheduler_options has no effect without scheduler="):
+        configure_optimizers(Net(), 0.1, lr=LR, scheduler_options={"monitor": "train_loss"})

@@ -63,6 +63,7 @@ def configure_optimizers(
     decay_engine: dict[str, Any] | None = None,
     scheduler: SchedulerFactory | None = None,
     interval: str = "step",
+    scheduler_options: dict[str, Any] | None = None,
     **plan_options: Any,
 ) -> torch.optim.Optimizer | dict[str, Any]:
     """What ``LightningModule.configure_optimizers`` returns, with decaykit's groups.
@@ -75,7 +76,9 @@ def configure_optimizers(
         decay_engine: keyword arguments of :class:`decaykit.WeightDecay` (``mode=``,
             ``schedule=``); when given, the optimizer is wrapped by the decay engine.
         scheduler: ``optimizer -> LR scheduler``; the result is then Lightning's
-            ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": interval}}``.
+            ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": interval}}``;
+            ``scheduler_options`` the other keys of that dict (``monitor="val_loss"`` for a ``ReduceLROnPlateau``,
+            ``frequency``, ``name``).
         plan_options: :func:`decaykit.plan`'s keyword arguments: ``policy=`` a preset name or a
             :class:`decaykit.Policy`, ``rules=``, ``layer_decay=`` ...
 
@@ -89,6 +92,12 @@ def configure_optimizers(
         raise DecayError(f"optimizer must be a torch.optim.Optimizer subclass such as torch.optim.AdamW, got {optimizer!r}")
     if interval not in ("step", "epoch"):
         raise DecayError(f"interval must be 'step' or 'epoch', got {interval!r}")
+    options = scheduler_options if isinstance(scheduler_options, dict) else {}
+    if not isinstance(scheduler_options, (dict, type(None))) or {"scheduler", "interval"} & options.keys():
+        raise DecayError(f"scheduler_options must be a dict of Lightning's other lr_scheduler keys (monitor, frequency, "
+                         f"name, strict), got {scheduler_options!r}; pass the scheduler and interval as their own arguments")
+    if options and scheduler is None:
+        raise DecayError("scheduler_options has no effect without scheduler=; pass the scheduler factory too")
     decided = plan(module, weight_decay, **plan_options)
     opt: torch.optim.Optimizer = optimizer(decided.groups(lr=lr), **(optimizer_kwargs or {}))
     if decay_engine is not None:
@@ -103,7 +112,7 @@ def configure_optimizers(
         for r in decided.summary() if not r.get("frozen")))
     if scheduler is None:
         return opt
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": interval}}
+    return {"optimizer": opt, "lr_scheduler": {**options, "scheduler": scheduler(opt), "interval": interval}}
 
 
 def _add_planned_group(optimizer: torch.optim.Optimizer, module_ref: Callable[[], nn.Module | None],
