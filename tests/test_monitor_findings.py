@@ -521,6 +521,8 @@ def test_a_zero_initialised_start_is_not_decay_dominating_but_a_tensor_that_neve
     _train(model, opt, 10, lambda: torch.randn(8, 16))
     first = next(r for r in mon.history if r["name"] == "0.weight")
     assert first["step"] == 1 and first["decay_to_update"] > 1  # the decay alone moved A at step 1
+    b_first = next(r for r in mon.history if r["name"] == "1.weight")
+    assert b_first["angular_update"] is None and b_first["equilibrium"] is None  # from 0: no direction to turn from
     assert "decay-dominates" not in {f.code for f in mon.findings}
     dead = _scale_invariant()
     opt = torch.optim.AdamW(decaykit.param_groups(dead, 0.1), lr=1e-2)

@@ -90,9 +90,10 @@ def tensor_findings(record: dict[str, Any], settled: float | None = None, gradle
     ``gradless``: how many of the tensor's records in a row, this one included, had a gradient of exact zeros."""
     step, name = record["step"], record["name"]
     out = []
-    if not (math.isfinite(record["norm"]) and math.isfinite(record["angular_update"])):
+    angle = record["angular_update"]
+    if not (math.isfinite(record["norm"]) and (angle is None or math.isfinite(angle))):
         out.append(MonitorFinding("non-finite", name, step, f"‖θ‖ = {record['norm']:g}, angle "
-                                  f"{record['angular_update']:g}: the tensor holds NaN or inf; lower the LR or clip the gradients"))
+                                  f"{angle:g}: the tensor holds NaN or inf; lower the LR or clip the gradients"))
         return out
     ratio, predicted = record["decay_to_update"], record["predicted_norm"]
     relaxing = predicted is not None and record["norm"] > predicted  # above its equilibrium: shrinking is right

@@ -6,7 +6,8 @@ complex tensor is measured as the real coordinates its optimizer updates (``view
 
 - ``norm``: ‖θ‖ after the step;
 - ``angular_update``: the angle between θ before and after, 2·atan2(‖a − b‖, ‖a + b‖) of the
-  unit vectors a, b (accurate for the tiny angles of a training step);
+  unit vectors a, b (accurate for the tiny angles of a training step); None where one of them is a
+  zero tensor, which has no direction (0 where both are);
 - ``decay_to_update``: ‖d‖/‖Δθ + d‖, the decay's step d over the rest of the step, where Δθ is
   the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), r·𝟙·θ for cautious
   decay (its mask read from the step: the coordinates it moved towards 0), and for L2 decay on SGD (what the momentum buffer holds
@@ -57,11 +58,11 @@ def _norm(x: Tensor) -> float:
     return _scalar(torch.linalg.vector_norm(x))
 
 
-def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float) -> float:
+def _angle(before: Tensor, after: Tensor, norm_before: float, norm_after: float) -> float | None:
     if not math.isfinite(norm_before * norm_after):
         return math.nan
-    if norm_before == 0 or norm_after == 0:
-        return 0.0
+    if norm_before == 0 or norm_after == 0:  # a zero tensor has no direction (LoRA's B at its first step)
+        return None if norm_before != norm_after else 0.0
     chord = _norm(torch.add(after, before, alpha=-norm_after / norm_before))  # ‖b − a‖·‖θ_after‖
     across = _norm(torch.add(after, before, alpha=norm_after / norm_before))
     return 2 * math.atan2(chord, across)
@@ -134,5 +135,5 @@ def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any,
         "cumulative_decay": None,
         "norm": norm, "angular_update": angle, "decay_to_update": ratio,
         "predicted_norm": pred_norm, "predicted_angular_update": pred_angle,
-        "equilibrium": angle / pred_angle if pred_angle else None,
+        "equilibrium": angle / pred_angle if pred_angle and angle is not None else None,
     }
