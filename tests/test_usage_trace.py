@@ -1656,3 +1656,54 @@ def test_a_per_expert_bias_stays_a_bias_when_the_expert_outputs_are_flattened(ex
     for batch in (2, 4):
         p = decaykit.plan(Experts(), 0.1, example_inputs=torch.zeros(batch, 6, 4))
         assert (p["b"].role, p["b"].decay, p["w"].role) == ("bias", False, "weight"), p["b"].reason
+
+
+class LearnedQueryPool(nn.Module):
+    """Attention pooling with a learned query and a hand-written qk-norm (MONAI's and lucidrains' NaViT):
+    ``F.normalize(x) * scale * gamma`` on the query, computed from parameters alone, and on the keys."""
+
+    def __init__(self, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(d))
+        self.to_q, self.to_kv = nn.Linear(d, d, bias=False), nn.Linear(d, 2 * d, bias=False)
+        self.q_gamma, self.k_gamma = nn.Parameter(torch.ones(heads, 1, d // heads)), nn.Parameter(torch.ones(heads, 1, d // heads))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        q = F.normalize(split(self.to_q(self.query.expand(x.shape[0], 1, -1))), dim=-1) * 2.0 * self.q_gamma
+        k, v = map(split, self.to_kv(x).chunk(2, -1))
+        return F.scaled_dot_product_attention(q, F.normalize(k, dim=-1) * 2.0 * self.k_gamma, v)
+
+
+class HandNormLatents(nn.Module):
+    """Learned latents through a norm written out (Llama's / T5's RMSNorm, or a LayerNorm by hand) before they
+    become queries (a Perceiver resampler)."""
+
+    def __init__(self, rms: bool, d: int = 8) -> None:
+        super().__init__()
+        self.rms = rms
+        self.latents, self.g = nn.Parameter(torch.randn(4, d)), nn.Parameter(torch.ones(d))
+        self.q, self.kv = nn.Linear(d, d), nn.Linear(d, 2 * d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.latents
+        if self.rms:
+            z = self.g * (z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6))
+        else:
+            z = (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, keepdim=True) + 1e-5) * self.g
+        k, v = self.kv(x).chunk(2, -1)
+        return F.scaled_dot_product_attention(self.q(z).expand(x.shape[0], -1, -1), k, v)
+
+
+def test_a_norm_written_out_on_parameters_is_a_norm():
+    """A gain on a query normalised from parameters alone was "a learned token" (or, with ``q @ k.mT``, "matrix
+    operand"), decayed, while the key side's was a norm gain; latents behind a hand-written RMSNorm were "fed alone
+    through pow: a state parameter", undecayed, where ``nn.RMSNorm`` makes them learned tokens."""
+    pool = decaykit.plan(LearnedQueryPool(), 0.1, example_inputs=torch.zeros(2, 5, 8))
+    for name in ("q_gamma", "k_gamma"):
+        assert (pool[name].role, pool[name].decay) == ("norm", False), pool[name].reason
+    for rms in (True, False):
+        p = decaykit.plan(HandNormLatents(rms), 0.1, example_inputs=torch.zeros(2, 5, 8))
+        assert (p["latents"].role, p["latents"].decay) == ("token", True), p["latents"].reason
+        assert not p["g"].decay, p["g"].reason

@@ -401,7 +401,7 @@ class Recorder(TorchFunctionMode):
             self._follow_products(bare, shown, args, kwargs, out, live)
         if traced:
             self._consume(bare, shown, args, kwargs, out, traced, live)
-        elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
+        elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in tensors)):
             self._mark(out, self.normalised)
         if live:
             self._provenance(bare, out, live, traced)
@@ -435,6 +435,8 @@ class Recorder(TorchFunctionMode):
             self._layer(bare, shown, args, kwargs)
         elif bare in _LAYER_ARGS and self._normalises_parameter(bare, shown, args, kwargs, out):
             return  # a norm over a parameter alone (learned queries normalised): its gain is still a gain
+        elif not live and bare in _MUL and self._norm_by_hand(shown, args, kwargs, out, traced):
+            return
         elif bare in _PASS or not live:
             if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
                 for t in traced:
@@ -752,6 +754,44 @@ class Recorder(TorchFunctionMode):
                 self._use(value, Use("bias", shown, _WHY["keyvalue"].format(what=kind, f=shown)))
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
+
+    def _norm_by_hand(self, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor]) -> bool:
+        """A norm written out on what is no activation: ``x * rsqrt(x.pow(2).mean(-1) + eps)`` (Llama's and T5's
+        RMSNorm on learned latents), where the statistic went through its map (``pow``, ``rsqrt``) and is then
+        broadcast back over the tensor it was computed from: the map only normalises, and the product is
+        that tensor, normalised. Or a gain multiplying a normalised tensor computed from parameters alone
+        (a learned query through ``to_q`` then ``F.normalize(q) * gamma``): a norm gain, whatever the
+        normalised tensor then feeds. False where neither holds."""
+        if not isinstance(out, torch.Tensor):
+            return False
+        stats = [t for t in traced if self._statistic_of(t, traced, out)]
+        if stats:
+            rest = [t for t in traced if not any(t is s for s in stats)]
+            params = {p for t in rest for p in self.origin[id(t)]}
+            self._pass_on(out, params, {p: f for t in rest for p, f in self.via.get(id(t), {}).items()},
+                          any(id(t) in self.selected for t in rest))
+            self._mark(out, self.normalised)
+            return True
+        operands = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        normed = [t for t in operands if id(t) in self.normalised and id(t) not in self.origin]
+        # the gain spreads along no axis of the normalised tensor: else that tensor scales it
+        if not normed or any(_broadcast_over(t.shape, out.shape) for t in normed):
+            return False
+        for t in traced:
+            self._use(t, Use("gain", shown, f"multiplies a normalised tensor computed from parameters in {shown}: "
+                                            "a norm gain"))
+        self._mark(out, self.normalised)
+        return True
+
+    def _statistic_of(self, t: torch.Tensor, traced: list[torch.Tensor], out: torch.Tensor) -> bool:
+        """Whether ``t`` is a statistic of another operand in ``traced``: every parameter it is went alone
+        through a nonlinear map (``rsqrt(x.pow(2).mean(-1))``), that operand is those parameters without
+        one, and ``t`` is broadcast along the product (reduced over an axis)."""
+        params, vias = set(self.origin[id(t)]), self.via.get(id(t), {})
+        if not params or not all(vias.get(p) for p in params) or not _broadcast_over(t.shape, out.shape):
+            return False
+        return any(x is not t and params <= set(self.origin[id(x)]) and not any(self.via.get(id(x), {}).get(p) for p in params)
+                   for x in traced)
 
     def _normalises_parameter(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> bool:
         """A normalisation of what is not an activation (learned queries, tokens looked up by a constant
