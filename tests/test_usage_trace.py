@@ -1707,3 +1707,42 @@ def test_a_norm_written_out_on_parameters_is_a_norm():
         p = decaykit.plan(HandNormLatents(rms), 0.1, example_inputs=torch.zeros(2, 5, 8))
         assert (p["latents"].role, p["latents"].decay) == ("token", True), p["latents"].reason
         assert not p["g"].decay, p["g"].reason
+
+
+class AxialTables(nn.Module):
+    """Learned position tables that vary along one axis of a grid and are broadcast along another: an MSA's row
+    table (1, R, 1, D) on embedded (B, R, L) ids (ESM-MSA), a video's time table (1, T, 1, D) on (B, T, N, D),
+    and a conv grid's (1, C, H, 1) and (1, C, 1, W) (axial_attention); beside them a per-channel (1, C, 1, 1)
+    bias and a per-head (H, D) bias on heads split from the channels, which stay biases."""
+
+    def __init__(self, kind: str, d: int = 8) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed, self.inp, self.conv = nn.Embedding(10, d), nn.Linear(4, d), nn.Conv2d(3, d, 1)
+        self.row, self.time = nn.Parameter(torch.zeros(1, 16, 1, d)), nn.Parameter(torch.zeros(1, 3, 1, d))
+        self.height, self.width = nn.Parameter(torch.zeros(1, d, 4, 1)), nn.Parameter(torch.zeros(1, d, 1, 6))
+        self.channel, self.head = nn.Parameter(torch.zeros(1, d, 1, 1)), nn.Parameter(torch.zeros(2, d // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "msa":  # x: (B, R, L) ids
+            h = self.embed(x) + self.row[:, : x.shape[1]]
+        elif self.kind == "video":  # x: (B, T, N, 4)
+            h = self.inp(x) + self.time
+        else:  # x: (B, 3, H, W)
+            h = (self.conv(x) + self.height + self.width + self.channel).permute(0, 2, 3, 1)
+        return (h.unflatten(-1, (2, -1)) + self.head).flatten(-2)
+
+
+@pytest.mark.parametrize("kind, example", [("msa", torch.zeros(2, 3, 5, dtype=torch.long)),
+                                           ("video", torch.zeros(2, 3, 5, 4)), ("grid", torch.zeros(2, 3, 4, 6))])
+def test_an_axial_position_table_is_a_position_table(kind, example):
+    """A table broadcast along one token axis of the activations and varying along another was "a bias",
+    undecayed, where the same table flattened with the grid is a position table."""
+    p = decaykit.plan(AxialTables(kind), 0.1, example_inputs=example)
+    tables = {"msa": ["row"], "video": ["time"], "grid": ["height", "width"]}[kind]
+    for name in tables:
+        assert (p[name].role, p[name].decay) == ("position", True), p[name].reason
+        assert p[name].reason.endswith("an axial position table (traced)"), p[name].reason
+    assert (p["head"].role, p["head"].decay) == ("bias", False), p["head"].reason
+    if kind == "grid":
+        assert (p["channel"].role, p["channel"].decay) == ("bias", False), p["channel"].reason

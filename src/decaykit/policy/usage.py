@@ -18,7 +18,8 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   activations, and is left untold;
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
-  tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
+  tokens, or along one token axis of a grid while broadcast along another (an MSA's row table (1, R, 1, D),
+  a conv grid's (1, C, H, 1)) -> ``position``, like an embedding; where the input has no token axis, or its batch axis
   could be its tokens (a (T, 1, C) input), neither can be told and the structure decides; a table
   whose sum is then cut into single rows that shift and scale other activations (adaLN-single's
   ``scale_shift_table``, ``x * (1 + scale) + shift``) -> ``bias``, the modulation's;
@@ -320,6 +321,10 @@ class Recorder(TorchFunctionMode):
         self.param_free: set[int] = {id(t) for t in inputs}
         self.measured: dict[int, frozenset[int]] = {}
         self.looked_up: dict[int, str] = {}  # id(rows picked by such an index) -> how the index was computed
+        # what each axis of an activation holds, where the trace can follow it: "b" the batch (or something
+        # folded with it), "t" tokens or a grid (the inputs' own axes, a convolution's), "c" channels (a layer's
+        # features, heads split from them), "?" unknown: an addend that varies along a token axis is a position table
+        self.kinds: dict[int, tuple[str, ...]] = {id(t): _input_kinds(t) for t in inputs if t.ndim}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -406,6 +411,7 @@ class Recorder(TorchFunctionMode):
         if live:
             self._provenance(bare, out, live, traced)
             self._mark(out, self.live, skip=self.origin)
+            self._follow_axes(bare, args, kwargs, out, live)
             if bare in _PASS and not traced and all(id(t) in self.raw for t in live):
                 self._mark(out, self.raw)
             if all(id(t) in self.masks for t in live):
@@ -414,6 +420,30 @@ class Recorder(TorchFunctionMode):
             product = bare in _MATMUL and sum(id(t) not in self.origin for t in live) >= 2  # q @ k.mT
             if product or (bare in _KEEPS_SCORES and any(id(t) in self.scores for t in live)):
                 self._mark(out, self.scores, skip=self.origin)
+
+    def _follow_axes(self, bare: str, args: tuple, kwargs: dict, out: Any, live: list[torch.Tensor]) -> None:
+        """What the axes of ``out`` hold (:attr:`kinds`), from those of the activations it was computed from."""
+        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        if not outs:
+            return
+        kinds = _out_kinds(bare, args, kwargs, outs[0], [(t, self.kinds[id(t)]) for t in live if id(t) in self.kinds],
+                           {id(t) for t in live})
+        for o in outs if kinds is not None else ():
+            if o.ndim == len(kinds) and id(o) not in self.kinds:
+                self.kinds[id(o)] = kinds
+                self.keep.append(o)
+
+    def _axial(self, tensor: torch.Tensor, activations: list[torch.Tensor]) -> bool:
+        """Whether an addend broadcast along some token axis of ``activations`` varies along another one (a row
+        table (1, R, 1, D) on (B, R, L, D), a (1, C, H, 1) on (B, C, H, W)): an axial position table, no bias. Not
+        on attention scores, and only where what every axis of the activations holds is known."""
+        if not activations or any(id(a) in self.scores or id(a) not in self.kinds for a in activations):
+            return False
+        for a in activations:
+            padded = (1,) * (a.ndim - tensor.ndim) + tuple(tensor.shape)
+            if not any(s > 1 and n > 1 and kind == "t" for s, n, kind in zip(padded, a.shape, self.kinds[id(a)])):
+                return False
+        return True
 
     def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                  live: list[torch.Tensor]) -> None:
@@ -843,6 +873,11 @@ class Recorder(TorchFunctionMode):
             # per channel as used or as stored (a (24,) bias viewed as (4,4)), or the same for every
             # token (a per-expert bias (E,1,C)): a bias; a table that varies along the tokens is positional
             along = _along_tokens(tensor.shape, activations, self.batch)
+            axial = not (_per_channel(tensor.shape) or stored_per_channel) and self._axial(tensor, activations)
+            if along == "constant" and axial:
+                return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table that "
+                                           "varies along one of their token axes, the same along another: an axial "
+                                           "position table")
             if _per_channel(tensor.shape) or stored_per_channel or along == "constant":
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
             if any(set(_own_axes(tensor)) <= self.maps.get(id(a), set()) for a in activations):
@@ -1008,6 +1043,100 @@ def _batch_axis(shape: torch.Size, batch: int | None) -> int | None:
     if same is None and shape and batch > 0 and shape[0] % batch == 0:
         return 0
     return same
+
+
+def _input_kinds(t: torch.Tensor) -> tuple[str, ...]:
+    """What the axes of an input hold: ids (B, L) or (B, R, L) are tokens after the batch; floats (B, T, D) or
+    (B, C, H, W) tokens or a grid between the batch and a last axis that may hold channels or not."""
+    if not t.is_floating_point():
+        return ("b",) + ("t",) * (t.ndim - 1)
+    return ("b", "c") if t.ndim == 2 else ("b",) + ("t",) * (t.ndim - 2) + ("?",) * (t.ndim > 1)
+
+
+# ops that may reorder axes without saying how (``x.mT``): what their output's axes hold is not followed
+_REORDERS = frozenset({"__get__", "t", "movedim", "moveaxis", "adjoint", "unfold", "as_strided", "diagonal", "einsum"})
+_VIEWS = frozenset({"view", "reshape", "unflatten", "flatten", "view_as", "reshape_as"})
+
+
+def _out_kinds(bare: str, args: tuple, kwargs: dict, out: torch.Tensor, known: list[tuple[torch.Tensor, tuple[str, ...]]],
+               live: set[int]) -> tuple[str, ...] | None:
+    """What the axes of ``out`` hold, from ``known`` (activations and what their axes hold); None where unknown."""
+    first = _named_input(args, kwargs)
+    mine = next((k for t, k in known if t is first), None)
+    if bare in _CONVOLUTIONS:
+        return ((mine[0] if mine else "?"), "c") + ("t",) * (out.ndim - 2)
+    if bare in ("linear", "bilinear", "embedding", "embedding_bag") and mine is not None and len(mine) + (bare[0] == "e") == out.ndim:
+        return (*mine[:out.ndim - 1], "c")
+    if bare in _MATMUL and bare != "einsum":
+        return _matmul_kinds(args, out, known, live)
+    if bare in _VIEWS and mine is not None and isinstance(first, torch.Tensor):
+        return _regroup(tuple(first.shape), tuple(out.shape), mine)
+    if bare in ("transpose", "swapaxes", "swapdims", "permute") and mine is not None:
+        return _reordered(bare, args, kwargs, mine)
+    if bare in _REORDERS or (bare in _LAYER_ARGS and bare not in _NORMALISING | {"prelu", "scaled_dot_product_attention"}):
+        return None
+    return next((k for t, k in known if t.ndim == out.ndim), None)
+
+
+def _matmul_kinds(args: tuple, out: torch.Tensor, known: list[tuple[torch.Tensor, tuple[str, ...]]],
+                  live: set[int]) -> tuple[str, ...] | None:
+    """``a @ b``: ``a``'s axes but its last, then ``b``'s last; a parameter's axes hold channels."""
+    operands = [t for t in args[:2] if isinstance(t, torch.Tensor)]
+    if len(operands) != 2 or any(t.ndim < 2 for t in operands):
+        return None
+    kinds = dict((id(t), k) for t, k in known)
+    a, b = ((kinds.get(id(t)) if id(t) in live else ("c",) * t.ndim) for t in operands)
+    if a is None or b is None:
+        return None
+    joined = a[:-1] + b[-1:]
+    return joined if len(joined) == out.ndim else b[:-2] + a[-2:-1] + b[-1:] if len(b) == out.ndim else None
+
+
+def _reordered(bare: str, args: tuple, kwargs: dict, kinds: tuple[str, ...]) -> tuple[str, ...] | None:
+    """What the axes hold after ``transpose(d0, d1)`` or ``permute(dims)``."""
+    n = len(kinds)
+    if bare == "permute":
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else kwargs.get("dims", args[1:])
+        if len(dims) != n or not all(isinstance(d, int) for d in dims):
+            return None
+        return tuple(kinds[d % n] for d in dims)
+    d0, d1 = kwargs.get("dim0", args[1] if len(args) > 1 else None), kwargs.get("dim1", args[2] if len(args) > 2 else None)
+    if not isinstance(d0, int) or not isinstance(d1, int) or not n:
+        return None
+    out = list(kinds)
+    out[d0 % n], out[d1 % n] = kinds[d1 % n], kinds[d0 % n]
+    return tuple(out)
+
+
+def _regroup(src: tuple[int, ...], dst: tuple[int, ...], kinds: tuple[str, ...]) -> tuple[str, ...] | None:
+    """What the axes of a view ``dst`` of ``src`` hold: axes split from one hold what it held (heads split from
+    channels are channels), axes merged hold what all held (a grid flattened into tokens), else "b" where the
+    batch is among them (frames folded into it) or "?"; None where the shapes cannot be matched."""
+    if 0 in src or 0 in dst:
+        return None
+    out: list[str] = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        if j < len(dst) and dst[j] == 1 and (i == len(src) or src[i] != 1):
+            out.append("?")
+            j += 1
+            continue
+        if i < len(src) and src[i] == 1 and (j == len(dst) or dst[j] != 1):
+            i += 1
+            continue
+        if i == len(src) or j == len(dst):
+            return None
+        a, b, held, width = src[i], dst[j], {kinds[i]}, 1
+        i, j = i + 1, j + 1
+        while a != b:
+            if a < b and i < len(src):
+                a, held, i = a * src[i], held | {kinds[i]}, i + 1
+            elif b < a and j < len(dst):
+                b, width, j = b * dst[j], width + 1, j + 1
+            else:
+                return None
+        out += [held.pop() if len(held) == 1 else "b" if "b" in held else "?"] * width
+    return tuple(out)
 
 
 def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
