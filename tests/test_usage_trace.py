@@ -1746,3 +1746,25 @@ def test_an_axial_position_table_is_a_position_table(kind, example):
     assert (p["head"].role, p["head"].decay) == ("bias", False), p["head"].reason
     if kind == "grid":
         assert (p["channel"].role, p["channel"].decay) == ("bias", False), p["channel"].reason
+
+
+def test_a_distribution_built_in_forward_does_not_stop_the_trace():
+    """``Normal(...)`` checks its arguments' values; on tensors that hold none it found them "invalid" and the pass
+    stopped, so what came after was decided by shape, with a message blaming the input."""
+    class Actor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mu, self.log_std = nn.Linear(4, 2), nn.Parameter(torch.zeros(2))
+            self.head, self.log_temp = nn.Parameter(torch.randn(2, 3)), nn.Parameter(torch.zeros(2, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.distributions.Normal(self.mu(x), self.log_std.exp(), validate_args=None).rsample()
+            return (a @ self.head)[:, None] * self.log_temp.exp()
+
+    before = torch.distributions.Distribution._validate_args
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        p = decaykit.plan(Actor(), 0.1, example_inputs=torch.zeros(5, 4))
+    assert {n: (p[n].role, p[n].decay) for n in ("head", "log_temp")} == {"head": ("weight", True),
+                                                                         "log_temp": ("state", False)}, [d.reason for d in p]
+    assert torch.distributions.Distribution._validate_args == before

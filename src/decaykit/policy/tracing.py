@@ -211,7 +211,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     if evaluate:
         model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _without_hooks(model), mode, recorder:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _without_hooks(model), _unvalidated(), mode, recorder:
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
@@ -225,6 +225,19 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         _restore(saved)
     recorder.finish()
     return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion)
+
+
+@contextlib.contextmanager
+def _unvalidated() -> Iterator[None]:
+    """Without ``torch.distributions``' checks of their arguments' values by default: on tensors that hold no
+    values, ``Normal(loc, scale)`` would find its ``loc`` "invalid" and stop the pass (an SAC actor, a VAE's
+    ``rsample``, a pyro guide), blaming a valid input. The default is put back afterwards."""
+    default = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
 
 
 @contextlib.contextmanager
