@@ -1768,3 +1768,24 @@ def test_a_distribution_built_in_forward_does_not_stop_the_trace():
     assert {n: (p[n].role, p[n].decay) for n in ("head", "log_temp")} == {"head": ("weight", True),
                                                                          "log_temp": ("state", False)}, [d.reason for d in p]
     assert torch.distributions.Distribution._validate_args == before
+
+
+@pytest.mark.parametrize("form", ["mm", "linear"])
+def test_a_log_std_squared_against_squared_activations_is_a_state(form):
+    """gSDE's ``mm(latent ** 2, exp(log_std) ** 2)`` (stable-baselines3) and the local reparametrisation's
+    ``F.linear(x ** 2, exp(log_sigma) ** 2)`` propagate variances: ``log_std`` was "matrix operand of mm, after pow",
+    decayed toward std = 1, and its reason had lost the ``exp``."""
+    class Noise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.latent, self.log_std = nn.Linear(4, 6), nn.Parameter(torch.zeros(6, 2))
+            self.log_w = nn.Parameter(torch.zeros(2, 6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.latent(x)
+            var = torch.mm(h ** 2, self.log_std.exp() ** 2) if form == "mm" else F.linear(h ** 2, self.log_std.mT.exp() ** 2)
+            return var + F.linear(h, self.log_w.exp())  # a positive weight stays a weight
+
+    p = decaykit.plan(Noise(), 0.1, example_inputs=torch.zeros(3, 4))
+    assert (p["log_std"].role, p["log_std"].decay) == ("state", False), p["log_std"].reason
+    assert "exp" in p["log_std"].reason and (p["log_w"].role, p["log_w"].decay) == ("weight", True), p["log_w"].reason

@@ -135,6 +135,7 @@ _ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 _NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
                         "sqrt", "rsqrt", "reciprocal", "softmax", "log_softmax", "sin", "cos", "relu", "gelu", "silu",
                         "elu", "logsigmoid", "erf", "pow", "__pow__", "__rpow__", "square"})
+_SQUARES = frozenset({"pow", "__pow__", "square", "float_power"})
 # Broadcasting a parameter to the activations' shape: the axes it is spread along are ones it is the same along.
 _SPREADS = frozenset({"expand", "expand_as", "broadcast_to", "repeat", "tile"})
 # Reductions that sum a product over an axis: over a parameter's own axis, they make it a contraction.
@@ -289,6 +290,7 @@ class Recorder(TorchFunctionMode):
         # product with a parameter puts a learned token where it is set
         self.masks: set[int] = {id(t) for t in inputs if t.dtype == torch.bool}
         self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
+        self.squared: set[int] = set()  # ids of tensors squared (``x ** 2``): with a squared parameter, variances
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
@@ -404,6 +406,9 @@ class Recorder(TorchFunctionMode):
             self._follow(bare, shown, args, kwargs, out, live)
         if self.products:
             self._follow_products(bare, shown, args, kwargs, out, live)
+        exponent = (args[1:2] or [kwargs.get("exponent")])[0]
+        if bare in _SQUARES and (bare == "square" or (type(exponent) in (int, float) and exponent == 2)):
+            self._mark(out, self.squared, skip=None)
         if traced:
             self._consume(bare, shown, args, kwargs, out, traced, live)
         elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in tensors)):
@@ -470,15 +475,16 @@ class Recorder(TorchFunctionMode):
         elif bare in _PASS or not live:
             if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
                 for t in traced:
-                    self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
+                    self._use(t, Use("state", shown, _WHY["state"].format(f=_then(self.via.get(id(t), {}), shown))))
             if bare in _SCALES_A_WEIGHT and not live:
                 traced = self._without_gains(shown, traced, out)
             elif not live and bare not in _KNOWN:  # a fake quantizer's step size and zero point, with its weight
                 traced = self._without_gains(shown, traced, out, known=False)
             params = {p for t in traced for p in self.origin[id(t)]}
             # each parameter keeps the map it went through itself: in ``mu + exp(logsigma) * noise`` only logsigma did
-            via = (dict.fromkeys(params, shown) if bare in _NONLINEAR else
-                   {p: f for t in traced for p, f in self.via.get(id(t), {}).items()})
+            prior = {p: f for t in traced for p, f in self.via.get(id(t), {}).items()}
+            # the maps in turn, first and last (``exp(log_std) ** 2``: "exp then pow"), so the reason keeps the first
+            via = {p: _then({p: prior.get(p)}, shown) for p in params} if bare in _NONLINEAR else prior
             self._pass_on(out, params, via,
                           any(id(t) in self.selected for t in traced))
             if any(id(t) in self.gathered for t in traced):
@@ -541,7 +547,9 @@ class Recorder(TorchFunctionMode):
                 self._carry(out, [(deferred, _own_axes(t))])
                 self.keep.append(t)
             else:  # a parameter that went through exp into an outer product (Mamba's A) is a state
-                self._use(t, use, mapped_is_state=use.kind == "matmul" and how in _MUL)
+                variance = use.kind == "matmul" and self._variance(t, live)
+                use = use._replace(reason=f"{use.reason} with squared activations (a variance propagated)") if variance else use
+                self._use(t, use, mapped_is_state=use.kind == "matmul" and (how in _MUL or variance))
 
     def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
                joined: bool = False) -> _Deferred:
@@ -772,7 +780,8 @@ class Recorder(TorchFunctionMode):
                 self.after_test.setdefault((p, mine), self.guard)
 
     def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
-        for arg, value in _named_args(bare, args, kwargs).items():
+        named = _named_args(bare, args, kwargs)
+        for arg, value in named.items():
             kind = _LAYER_ARGS[bare].get(arg)
             if not isinstance(value, torch.Tensor) or id(value) not in self.origin or kind in (None, "index"):
                 continue
@@ -782,8 +791,19 @@ class Recorder(TorchFunctionMode):
                 self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
             elif kind in ("keys", "values"):  # add_bias_kv: torch.cat'ed to the keys and values
                 self._use(value, Use("bias", shown, _WHY["keyvalue"].format(what=kind, f=shown)))
+            elif kind == "matmul" and self._variance(value, [v for a, v in named.items() if _LAYER_ARGS[bare].get(a) == "input"]):
+                self._use(value, Use(kind, shown, f"{_WHY[kind].format(f=shown)} with squared activations (a variance "
+                                                  "propagated)"), mapped_is_state=True)
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
+
+    def _variance(self, t: torch.Tensor, inputs: list[Any]) -> bool:
+        """Whether ``t``, squared after a map of its own (``exp(log_std) ** 2``), meets only squared activations
+        in a matmul: variances propagated through a linear map (gSDE's ``mm(latent ** 2, std ** 2)``, the local
+        reparametrisation's ``F.linear(x ** 2, sigma ** 2)``), a log-std, no weight of a layer."""
+        live = [a for a in inputs if isinstance(a, torch.Tensor) and id(a) in self.live]
+        return (id(t) in self.squared and bool(live) and all(id(a) in self.squared for a in live)
+                and all(self.via.get(id(t), {}).get(p) for p in self.origin[id(t)]))
 
     def _norm_by_hand(self, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor]) -> bool:
         """A norm written out on what is no activation: ``x * rsqrt(x.pow(2).mean(-1) + eps)`` (Llama's and T5's
@@ -934,6 +954,12 @@ def _after(use: Use, via: str | None, vector: bool = False) -> Use:
 # ``int(t)``) gets a stand-in, 1, and lets the pass go on past a model's checks (``assert
 # lengths.max().item() <= n``). Every use recorded is one the model's code makes.
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
+
+
+def _then(vias: Mapping[int, str | None], shown: str) -> str:
+    """The maps a tensor went through alone, ``shown`` the last: ``"exp then pow"``, or ``shown`` alone."""
+    prior = next((f for f in vias.values() if f), None)
+    return f"{prior.split(' then ')[0]} then {shown}" if prior else shown
 
 
 def _holds_no_values(t: torch.Tensor) -> bool:
