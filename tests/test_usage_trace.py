@@ -1789,3 +1789,39 @@ def test_a_log_std_squared_against_squared_activations_is_a_state(form):
     p = decaykit.plan(Noise(), 0.1, example_inputs=torch.zeros(3, 4))
     assert (p["log_std"].role, p["log_std"].decay) == ("state", False), p["log_std"].reason
     assert "exp" in p["log_std"].reason and (p["log_w"].role, p["log_w"].decay) == ("weight", True), p["log_w"].reason
+
+
+class PairwiseCP(nn.Module):
+    """A CP-factorised weight W[i,o,x,y] = sum_r A[i,r] B[o,r] C[x,r] D[y,r] applied along opt_einsum's pairwise
+    path for ``'bixy,ir,or,xr,yr->boxy'`` (neuraloperator's TFNO, tensorly): C and D multiply the activations
+    elementwise first, the rank axis is summed only by the last ``tensordot``. Beside it gains that a later
+    contraction with a weight does not make factors: a per-channel ``g`` before ``@ W``, a per-head ``h`` before a
+    per-head weight."""
+
+    def __init__(self, c: int = 4, r: int = 5) -> None:
+        super().__init__()
+        self.A, self.B = nn.Parameter(torch.randn(c, r)), nn.Parameter(torch.randn(c, r))
+        self.C, self.D = nn.Parameter(torch.randn(3, r)), nn.Parameter(torch.randn(2, r))
+        self.g, self.W = nn.Parameter(torch.ones(c)), nn.Parameter(torch.randn(c, c))
+        self.h, self.per_head = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.randn(2, 2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b, i, x, y)
+        ax = torch.tensordot(self.A, x, dims=((0,), (1,)))  # (r, b, x, y)
+        dc = torch.einsum("ca,ba->cab", self.D, self.C)  # (y, r, x)
+        prod = torch.einsum("dbc,bacd->dbca", dc, ax)  # (y, r, x, b)
+        y = torch.tensordot(self.B, prod, dims=((1,), (1,))).permute(3, 0, 2, 1)  # (b, o, x, y)
+        t = y.flatten(2).mT  # (b, n, c)
+        heads = (t * self.g).unflatten(-1, (2, 2)) * self.h
+        return torch.einsum("bnhd,hde->bnhe", heads, self.per_head).flatten(-2) + (t * self.g) @ self.W
+
+
+def test_cp_factors_contracted_pairwise_are_weights():
+    """C and D were "multiplies activations in einsum: a scale", undecayed, where A and B (and the one-call einsum)
+    were weights."""
+    model = PairwiseCP()
+    model(torch.zeros(2, 4, 3, 2))  # runs for real
+    p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 4, 3, 2))
+    assert all(d.reason.endswith("(traced)") for d in p), [d.reason for d in p]
+    got = {n: (p[n].role, p[n].decay) for n in ("A", "B", "C", "D", "g", "h", "W")}
+    assert got == {"A": ("weight", True), "B": ("weight", True), "C": ("weight", True), "D": ("weight", True),
+                   "g": ("scale", False), "h": ("scale", False), "W": ("weight", True)}, [d.reason for d in p]

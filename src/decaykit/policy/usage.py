@@ -544,7 +544,7 @@ class Recorder(TorchFunctionMode):
                 deferred = _Deferred(t, use, guard=self.guard,  # ``(x * a).sum(-1)`` would make it a weight
                                      modulated=_spread_along(t, [a for a in live if id(a) not in self.selected]))
                 self.deferred.append(deferred)
-                self._carry(out, [(deferred, _own_axes(t))])
+                self._carry(out, [(deferred, _einsum_out_axes(args, t) if bare == "einsum" else _own_axes(t))])
                 self.keep.append(t)
             else:  # a parameter that went through exp into an outer product (Mamba's A) is a state
                 variance = use.kind == "matmul" and self._variance(t, live)
@@ -649,6 +649,14 @@ class Recorder(TorchFunctionMode):
         for operand in self._matrix_operands(bare, args, kwargs):
             for deferred, _ in self.products.get(id(operand), []):
                 deferred.kernel = deferred.kernel or shown
+        for operand, contracted, shared, others in _contractions(bare, args, kwargs):
+            if not others or any(id(o) not in self.origin for o in others):
+                continue  # only a contraction with a weight makes a factor of it
+            for deferred, axes in self.products.get(id(operand), []):
+                # a factor of the weight (a CP factor (x, r) contracted over r by opt_einsum's pairwise path), no
+                # gain of it ((x * g) @ W: g has no axis of its own beside the one contracted, or shares them)
+                if set(axes) & contracted and set(axes) - contracted - shared and not deferred.modulated:
+                    deferred.summed = deferred.summed or shown
         if (bare in _SUMS or bare in _INVERSE_FFTS) and first is not None and id(first) in self.products:
             summed = _reduced_axes(first, args, kwargs) if bare in _SUMS else _fft_axes(bare, first, args, kwargs)
             for deferred, axes in self.products[id(first)]:
@@ -1204,18 +1212,63 @@ def _rows(t: torch.Tensor, args: tuple, kwargs: dict, out: Any, axes: tuple[int,
 
 def _einsum_elementwise(args: tuple) -> set[int]:
     """The ids of ``einsum``'s operands none of whose indices is summed out: ``"btd,d->btd"`` multiplies
-    by a gain elementwise, where ``"btd,de->bte"`` contracts a matrix."""
-    if not args or not isinstance(args[0], str):
-        return set()  # the sublist form: every operand counts as contracted
-    operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
-    lhs, arrow, rhs = args[0].replace(" ", "").partition("->")
-    terms = lhs.split(",")
-    if not arrow:  # implicit output: the indices that appear once, and the ellipsis
-        letters = "".join(terms).replace(".", "")
-        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    by a gain elementwise, where ``"btd,de->bte"`` contracts a matrix. None in the sublist form: every
+    operand counts as contracted."""
+    terms, rhs, operands = _einsum_terms(args)
     kept = set(rhs.replace("...", "_"))
     return {id(op) for term, op in zip(terms, operands)
             if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
+
+
+def _einsum_out_axes(args: tuple, t: torch.Tensor) -> tuple[int, ...]:
+    """The axes of ``einsum``'s output, counted from its end, along which operand ``t`` has more than one
+    entry (``"yrx,rbxy->yrxb"``: those of y, r and x); ``t``'s own axes where the equation says nothing."""
+    terms, rhs, operands = _einsum_terms(args)
+    term = next((term for term, op in zip(terms, operands) if op is t), None)
+    if term is None or len(term) != t.ndim or "." in rhs:
+        return _own_axes(t)
+    return tuple(rhs.index(c) - len(rhs) for c, n in zip(term, t.shape) if n > 1 and c in rhs)
+
+
+def _einsum_terms(args: tuple) -> tuple[list[str], str, list[Any]]:
+    """``einsum``'s input terms, its output term (written or implicit) and its operands; none for the sublist form."""
+    if not args or not isinstance(args[0], str):
+        return [], "", []
+    operands = list(args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+    lhs, arrow, rhs = args[0].replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow:
+        letters = "".join(terms).replace(".", "")
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, rhs, operands
+
+
+def _contractions(bare: str, args: tuple, kwargs: dict) -> list[tuple[torch.Tensor, set[int], set[int], list[torch.Tensor]]]:
+    """For each operand of a contraction (``tensordot``, ``einsum``, a matmul): the axes it sums out, those it
+    shares with the others and keeps (a batch), counted from its end, and the other operands."""
+    tensors = [t for t in args[:2] if isinstance(t, torch.Tensor)]
+    if bare == "tensordot" and len(tensors) == 2:
+        a, b = tensors
+        dims = kwargs.get("dims", args[2] if len(args) > 2 else 2)
+        if isinstance(dims, int):
+            dims = (list(range(a.ndim - dims, a.ndim)), list(range(dims)))
+        return [(t, {d % t.ndim - t.ndim for d in ([d] if isinstance(d, int) else d)}, set(), [o])
+                for t, d, o in ((a, dims[0], b), (b, dims[1], a))]
+    if bare == "einsum":
+        terms, rhs, operands = _einsum_terms(args)
+        if "." in "".join(terms) or len(terms) != len(operands):
+            return []
+        out = []
+        for i, (term, op) in enumerate(zip(terms, operands)):
+            rest = "".join(terms[:i] + terms[i + 1:])
+            others = [o for j, o in enumerate(operands) if j != i and isinstance(o, torch.Tensor)]
+            out.append((op, {k - len(term) for k, c in enumerate(term) if c not in rhs},
+                        {k - len(term) for k, c in enumerate(term) if c in rhs and c in rest}, others))
+        return out
+    if bare in _MATMUL and len(tensors) == 2 and all(t.ndim >= 2 for t in tensors):
+        a, b = tensors
+        return [(a, {-1}, set(range(-a.ndim, -2)), [b]), (b, {-2}, set(range(-b.ndim, -2)), [a])]
+    return []
 
 
 def _along_last_alone(activation: torch.Size, shape: torch.Size) -> bool:
