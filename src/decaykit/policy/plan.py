@@ -5,7 +5,8 @@
 >>> [(d.name, d.weight_decay, d.reason) for d in p]
 [('0.weight', 0.05, 'weight of Linear'), ('0.bias', 0.0, 'bias of Linear'), ('1.weight', 0.0, 'norm:LayerNorm'), ('1.bias', 0.0, 'norm:LayerNorm')]
 
-Precedence, first hit wins, per name of a tensor: a frozen tensor (``requires_grad=False``) is
+Precedence, first hit wins, per name of a tensor: a frozen tensor (``requires_grad=False``), or one of
+an averaged copy the model holds (an EMA's or SWA's, ``AveragedModel``, timm's ``ModelEmaV3``), is
 left out; then ``rules`` in order; then ``exclude``; then the model's ``no_weight_decay()`` /
 ``no_weight_decay_keywords()`` hooks (on any submodule, names relative to it) and a tensor's
 own ``_no_weight_decay = True`` attribute (mamba_ssm's convention) or ``_optim = {"weight_decay": 0.0}``
