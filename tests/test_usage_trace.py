@@ -1825,3 +1825,23 @@ def test_cp_factors_contracted_pairwise_are_weights():
     got = {n: (p[n].role, p[n].decay) for n in ("A", "B", "C", "D", "g", "h", "W")}
     assert got == {"A": ("weight", True), "B": ("weight", True), "C": ("weight", True), "D": ("weight", True),
                    "g": ("scale", False), "h": ("scale", False), "W": ("weight", True)}, [d.reason for d in p]
+
+
+def test_a_stop_with_a_bare_message_on_the_made_input_says_what_was_fed():
+    """A model that refused decaykit's own input with an empty assert or a bare key ("AssertionError: ", "KeyError:
+    2", MONAI's UNETR, ESM's MSA Transformer) left the user with nothing to act on: the input's shapes say why."""
+    class Picky(nn.Module):
+        def __init__(self, error: type[Exception]) -> None:
+            super().__init__()
+            self.error, self.fc, self.gain = error, nn.Linear(32, 4), nn.Parameter(torch.ones(4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.ndim != 3:
+                raise self.error() if self.error is AssertionError else self.error(2)
+            return self.fc(x) @ self.gain
+
+    for error in (AssertionError, KeyError):
+        with pytest.warns(DecayWarning) as caught:
+            decaykit.plan(Picky(error), 0.1)
+        text = " ".join(str(w.message) for w in caught)
+        assert f"{error.__name__}:" in text and "on the input decaykit made for it: (2, 32) float32" in text, text

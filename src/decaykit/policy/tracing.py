@@ -132,12 +132,29 @@ def trace_on_own_input(model: nn.Module) -> Trace:
         trace = Trace({}, why_no_input(model), ran=False)
     else:
         trace = run_trace(model, inputs)
+        if trace.stopped is not None and _bare_message(trace.stopped):  # ``AssertionError: ``, ``KeyError: 2``
+            trace.stopped += f", on the input decaykit made for it: {_described(inputs)}"
         masked = _with_masked_patches(model, inputs)
         if masked is not None and any(id(p) not in trace.uses for p in model.parameters()):
             for pid, seen in _best_trace(model, masked).uses.items():  # what only a masked image reaches
                 trace.uses.setdefault(pid, []).extend(seen)
     _OWN_INPUT_TRACES[model] = (key, trace)
     return trace
+
+
+def _bare_message(stopped: str) -> bool:
+    """Whether the text of a stop says nothing a user can act on: empty, or one word (a key, an index)."""
+    text = stopped.partition(": ")[2].strip()
+    return not text or len(text.split()) == 1
+
+
+def _described(inputs: Any) -> str:
+    """The shapes and dtypes of an input: ``(2, 32) float32``, ``input_ids (2, 16) int64``."""
+    named = inputs.items() if isinstance(inputs, Mapping) else [("", t) for t in (
+        inputs if isinstance(inputs, (tuple, list)) else (inputs,))]
+    parts = [f"{name} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}".strip()
+             for name, t in named if isinstance(t, torch.Tensor)]
+    return ", ".join(parts) or "no tensors"
 
 
 def _with_masked_patches(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
