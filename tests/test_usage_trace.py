@@ -1845,3 +1845,25 @@ def test_a_stop_with_a_bare_message_on_the_made_input_says_what_was_fed():
             decaykit.plan(Picky(error), 0.1)
         text = " ".join(str(w.message) for w in caught)
         assert f"{error.__name__}:" in text and "on the input decaykit made for it: (2, 32) float32" in text, text
+
+
+class StoreBacked(nn.Module):
+    """A module whose forward fetches its tensors from a store outside its attributes (pyro's param store hands
+    back the very tensor the module registered); with ``replaced``, a different tensor in their place."""
+
+    def __init__(self, replaced: bool) -> None:
+        super().__init__()
+        self.scale_raw = nn.Parameter(torch.zeros(3, 4))
+        self.store = {"scale_raw": nn.Parameter(torch.zeros(3, 4)) if replaced else self.scale_raw}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * F.softplus(self.store["scale_raw"])
+
+
+def test_a_tensor_fetched_past_the_module_attributes_is_traced_as_itself():
+    """pyro's AutoNormal scales were "not reached by the traced forward" (decided by shape, a (16, 3) one decayed):
+    the forward used the real tensor, not the shape-only one decaykit put in the module's place."""
+    p = decaykit.plan(StoreBacked(replaced=False), 0.1, example_inputs=torch.zeros(2, 3, 4))
+    assert (p["scale_raw"].role, p["scale_raw"].decay) == ("state", False) and p["scale_raw"].reason.endswith("(traced)")
+    with pytest.warns(DecayWarning, match="it used 1 learnable tensors that are not the model's own in their place"):
+        decaykit.plan(StoreBacked(replaced=True), 0.1, example_inputs=torch.zeros(2, 3, 4))

@@ -102,7 +102,8 @@ def _both_ways(false: Trace, true: Trace) -> Trace:
     answer says so (:func:`decaykit.policy.roles.classify`). (Each test is answered one way for the
     whole of a pass, and one the True answers lead to is answered False: a branch that needs some
     tests true and others false is not seen.)"""
-    merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test})
+    merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test},
+                   foreign=max(false.foreign, true.foreign))
     for pid in false.uses.keys() | true.uses.keys():
         mine, theirs = false.uses.get(pid, []), true.uses.get(pid, [])
         merged.uses[pid] = mine + theirs
@@ -241,7 +242,8 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         fake_log.setLevel(level)
         _restore(saved)
     recorder.finish()
-    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion)
+    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion,
+                 foreign=len(recorder.foreign))
 
 
 @contextlib.contextmanager

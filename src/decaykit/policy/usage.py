@@ -213,12 +213,17 @@ class Trace:
     branch: dict[int, tuple[Use | None, str]] = field(default_factory=dict)
     # an ``assert`` the pass made fail by answering its test False, where the pass then stopped
     assertion: str | None = None
+    # learnable tensors the forward used that are not the model's own (pyro's param store hands back its own)
+    foreign: int = 0
 
     @property
     def unseen(self) -> str:
         """Why a parameter has no use: the pass never reached it, or stopped before it."""
         if not self.ran:
             return f"no example input ({self.stopped})"
+        if self.stopped is None and self.foreign:
+            return (f"not reached by the traced forward, which used {self.foreign} learnable tensors that are not the "
+                    "model's own (held elsewhere and handed back in their place, as pyro's param store does)")
         if self.stopped is None:
             return "not reached by the traced forward"
         return f"not reached: the traced forward stopped at {self.stopped}"
@@ -279,7 +284,9 @@ class Recorder(TorchFunctionMode):
         self.true_pass = answers is not None
         self.ops_since_test = 0  # operations seen since the last test: none, where the pass then stops, blames that test
         # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
-        self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
+        # (the real one too: a forward that fetches it past the module's attributes, as pyro's param store hands
+        # back the tensor it holds, uses it as itself)
+        self.origin: dict[int, tuple[int, ...]] = {id(t): (id(real),) for fake, real in params for t in (fake, real)}
         self.shapes = {id(real): tuple(real.shape) for _, real in params}
         # ids of activations: what derives from the example inputs; buffers and constants are not,
         # so a weight masked by a buffer or built with torch.eye is still a weight
@@ -290,6 +297,7 @@ class Recorder(TorchFunctionMode):
         # product with a parameter puts a learned token where it is set
         self.masks: set[int] = {id(t) for t in inputs if t.dtype == torch.bool}
         self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
+        self.foreign: set[int] = set()  # ids of real learnable tensors used that are not the model's parameters
         self.squared: set[int] = set()  # ids of tensors squared (``x ** 2``): with a squared parameter, variances
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
@@ -400,6 +408,9 @@ class Recorder(TorchFunctionMode):
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         for t in tensors:
             self._see_through(t)
+            if t.requires_grad and t.is_leaf and not _holds_no_values(t) and id(t) not in self.shapes:
+                self.foreign.add(id(t))  # a real learnable tensor the model does not hold, used in its place
+                self.keep.append(t)
         live = [t for t in tensors if id(t) in self.live]
         traced = [t for t in tensors if id(t) in self.origin]
         if self.following:
