@@ -23,10 +23,13 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   could be its tokens (a (T, 1, C) input), neither can be told and the structure decides; a table
   whose sum is then cut into single rows that shift and scale other activations (adaLN-single's
   ``scale_shift_table``, ``x * (1 + scale) + shift``) -> ``bias``, the modulation's;
-- multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
+- multiplies activations (the gain of a norm, also of a tensor normalised from parameters alone, a learned
+  query's ``F.normalize(q) * gamma``; a layer scale; also an ``einsum`` that sums out none
   of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay; but where the product is
   then summed over one of the parameter's own axes (``(x * a).sum(-1)``, GAT's attention vector),
-  that is the contraction an ``einsum`` writes -> ``weight``; where the activations have one entry
+  that is the contraction an ``einsum`` writes -> ``weight``, and so where a later ``tensordot`` / ``einsum``
+  / matmul contracts it over such an axis with a weight that lacks another of its axes (CP factors on
+  opt_einsum's pairwise path); where the activations have one entry
   along its last axis (``x[..., None] * W``, FT-Transformer's tokenizer, a Planar flow's ``u``), an
   outer product -> ``weight``, and what is added along that weight's axes is its ``bias``; where they
   are broadcast along its own axes and the product becomes a matrix operand (StyleGAN2's kernel
@@ -35,7 +38,9 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
   anything but a matmul or a lookup, or a vector laid so into a matrix (Glow's log-scales on its
   diagonal, an angle into a rotation) -> ``state``, no decay; what went through the map is tracked per
-  parameter (in ``mu + exp(logsigma) * noise`` only ``logsigma`` did).
+  parameter (in ``mu + exp(logsigma) * noise`` only ``logsigma`` did); squared after its map, a matrix operand
+  that meets only squared activations (gSDE's ``mm(latent ** 2, exp(log_std) ** 2)``, variances) -> ``state``.
+  A statistic of a tensor itself, broadcast back over it (``x * rsqrt(x.pow(2).mean(-1))``), only normalises it.
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
 constants or buffers (a weight times a mask), operations on parameters alone (a weight
