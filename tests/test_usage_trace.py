@@ -1683,7 +1683,7 @@ class HandNormLatents(nn.Module):
     def __init__(self, rms: bool, d: int = 8) -> None:
         super().__init__()
         self.rms = rms
-        self.latents, self.g = nn.Parameter(torch.randn(4, d)), nn.Parameter(torch.ones(d))
+        self.latents, self.g, self.b = nn.Parameter(torch.randn(4, d)), nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
         self.q, self.kv = nn.Linear(d, d), nn.Linear(d, 2 * d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1691,7 +1691,7 @@ class HandNormLatents(nn.Module):
         if self.rms:
             z = self.g * (z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6))
         else:
-            z = (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, keepdim=True) + 1e-5) * self.g
+            z = (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, keepdim=True) + 1e-5) * self.g + self.b
         k, v = self.kv(x).chunk(2, -1)
         return F.scaled_dot_product_attention(self.q(z).expand(x.shape[0], -1, -1), k, v)
 
@@ -1707,6 +1707,8 @@ def test_a_norm_written_out_on_parameters_is_a_norm():
         p = decaykit.plan(HandNormLatents(rms), 0.1, example_inputs=torch.zeros(2, 5, 8))
         assert (p["latents"].role, p["latents"].decay) == ("token", True), p["latents"].reason
         assert not p["g"].decay, p["g"].reason
+        if not rms:  # was "input of F.linear: a learned token", decayed
+            assert (p["b"].role, p["b"].decay) == ("norm", False), p["b"].reason
 
 
 class AxialTables(nn.Module):

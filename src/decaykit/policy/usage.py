@@ -486,8 +486,9 @@ class Recorder(TorchFunctionMode):
             self._layer(bare, shown, args, kwargs)
         elif bare in _LAYER_ARGS and self._normalises_parameter(bare, shown, args, kwargs, out):
             return  # a norm over a parameter alone (learned queries normalised): its gain is still a gain
-        elif not live and bare in _MUL and self._norm_by_hand(shown, args, kwargs, out, traced):
-            return
+        elif not live and ((bare in _MUL and self._norm_by_hand(shown, args, kwargs, out, traced))
+                           or (bare in _ADD and self._norm_bias(shown, out, traced))):
+            return  # a norm written out on parameters: its statistic, gain and bias
         elif bare in _PASS or not live:
             if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
                 for t in traced:
@@ -503,6 +504,8 @@ class Recorder(TorchFunctionMode):
             via = {p: _then({p: prior.get(p)}, shown) for p in params} if bare in _NONLINEAR else prior
             self._pass_on(out, params, via,
                           any(id(t) in self.selected for t in traced))
+            if bare in _MUL | _PASS and any(id(t) in self.normalised for t in traced):
+                self._mark(out, self.normalised)  # a parameter normalised by hand, through its gain and views
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
             how = next((self.looked_up[id(t)] for t in traced if id(t) in self.looked_up), None)
@@ -854,6 +857,22 @@ class Recorder(TorchFunctionMode):
         for t in traced:
             self._use(t, Use("gain", shown, f"multiplies a normalised tensor computed from parameters in {shown}: "
                                             "a norm gain"))
+        self._mark(out, self.normalised)
+        return True
+
+    def _norm_bias(self, shown: str, out: Any, traced: list[torch.Tensor]) -> bool:
+        """A per-channel tensor added to a parameter normalised by hand (a LayerNorm written out on learned
+        latents, ``z_hat * g + b``): the norm's bias, and the sum is the normalised parameter still."""
+        normed = [t for t in traced if id(t) in self.normalised]
+        biases = [t for t in traced if id(t) not in self.normalised and _per_channel(t.shape)]
+        if not normed or not biases or len(normed) + len(biases) != len(traced) or not isinstance(out, torch.Tensor):
+            return False
+        if any(_broadcast_over(t.shape, out.shape) for t in normed):
+            return False
+        for t in biases:
+            self._use(t, Use("normbias", shown, f"added to a tensor normalised from parameters in {shown}: a norm bias"))
+        self._pass_on(out, {p for t in normed for p in self.origin[id(t)]},
+                      {p: f for t in normed for p, f in self.via.get(id(t), {}).items()})
         self._mark(out, self.normalised)
         return True
 
