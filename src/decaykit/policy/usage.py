@@ -1124,6 +1124,7 @@ def _input_kinds(t: torch.Tensor) -> tuple[str, ...]:
 
 # ops that may reorder axes without saying how (``x.mT``): what their output's axes hold is not followed
 _REORDERS = frozenset({"__get__", "t", "movedim", "moveaxis", "adjoint", "unfold", "as_strided", "diagonal", "einsum"})
+_PAIRWISE_MATMUL = frozenset({"matmul", "__matmul__", "mm", "bmm"})  # ``a @ b``, operands in that order
 _VIEWS = frozenset({"view", "reshape", "unflatten", "flatten", "view_as", "reshape_as"})
 
 
@@ -1136,8 +1137,8 @@ def _out_kinds(bare: str, args: tuple, kwargs: dict, out: torch.Tensor, known: l
         return ((mine[0] if mine else "?"), "c") + ("t",) * (out.ndim - 2)
     if bare in ("linear", "bilinear", "embedding", "embedding_bag") and mine is not None and len(mine) + (bare[0] == "e") == out.ndim:
         return (*mine[:out.ndim - 1], "c")
-    if bare in _MATMUL and bare != "einsum":
-        return _matmul_kinds(args, out, known, live)
+    if bare in _MATMUL:
+        return _matmul_kinds(args, out, known, live) if bare in _PAIRWISE_MATMUL else None
     if bare in _VIEWS and mine is not None and isinstance(first, torch.Tensor):
         return _regroup(tuple(first.shape), tuple(out.shape), mine)
     if bare in ("transpose", "swapaxes", "swapdims", "permute") and mine is not None:
@@ -1300,7 +1301,7 @@ def _contractions(bare: str, args: tuple, kwargs: dict) -> list[tuple[torch.Tens
             out.append((op, {k - len(term) for k, c in enumerate(term) if c not in rhs},
                         {k - len(term) for k, c in enumerate(term) if c in rhs and c in rest}, others))
         return out
-    if bare in _MATMUL and len(tensors) == 2 and all(t.ndim >= 2 for t in tensors):
+    if bare in _PAIRWISE_MATMUL and len(tensors) == 2 and all(t.ndim >= 2 for t in tensors):
         a, b = tensors
         return [(a, {-1}, set(range(-a.ndim, -2)), [b]), (b, {-2}, set(range(-b.ndim, -2)), [a])]
     return []
