@@ -1869,3 +1869,19 @@ def test_a_tensor_fetched_past_the_module_attributes_is_traced_as_itself():
     assert (p["scale_raw"].role, p["scale_raw"].decay) == ("state", False) and p["scale_raw"].reason.endswith("(traced)")
     with pytest.warns(DecayWarning, match="it used 1 learnable tensors that are not the model's own in their place"):
         decaykit.plan(StoreBacked(replaced=True), 0.1, example_inputs=torch.zeros(2, 3, 4))
+
+
+def test_a_tensor_used_only_among_learned_tensors_is_not_called_unreached():
+    """A pyro guide's ``loc`` makes its sample with its scale and noise, never with the input: the trace said "not
+    reached by the traced forward", and a user looked for an unused branch."""
+    class Guide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loc, self.scale_raw = nn.Parameter(torch.zeros(3, 4)), nn.Parameter(torch.zeros(3, 4))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"w": self.loc + torch.randn_like(self.loc) * F.softplus(self.scale_raw)}
+
+    with pytest.warns(DecayWarning, match="used them only with learned tensors and constants, never with its input"):
+        p = decaykit.plan(Guide(), 0.1, example_inputs=torch.zeros(2, 4))
+    assert "used by the traced forward only with learned tensors and constants" in p["loc"].reason, p["loc"].reason

@@ -317,6 +317,8 @@ def _left_to_shape(guessed: list[torch.Tensor], trace: Trace | None) -> tuple[se
         why = "their use in the traced forward did not tell what they are"
     else:
         why = "the traced forward did not reach them" + stop
+        if missed <= trace.touched:
+            why = "the traced forward used them only with learned tensors and constants, never with its input" + stop
         if trace.foreign and not trace.stopped:
             why = (f"the traced forward did not reach them: it used {trace.foreign} learnable tensors that are not the "
                    "model's own in their place (held elsewhere, as pyro's param store does)")

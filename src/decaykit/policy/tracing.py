@@ -62,6 +62,7 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
     trace = _best_trace(model, example_inputs)
     for alone in _modalities(example_inputs) if trace.stopped is not None else []:
         part = _best_trace(model, alone)  # the text model of a VLM runs without the image grid it asked for
+        trace.touched |= part.touched
         for pid, seen in part.uses.items():
             trace.uses.setdefault(pid, []).extend(seen)
     return trace
@@ -103,7 +104,7 @@ def _both_ways(false: Trace, true: Trace) -> Trace:
     whole of a pass, and one the True answers lead to is answered False: a branch that needs some
     tests true and others false is not seen.)"""
     merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test},
-                   foreign=max(false.foreign, true.foreign))
+                   foreign=max(false.foreign, true.foreign), touched=false.touched | true.touched)
     for pid in false.uses.keys() | true.uses.keys():
         mine, theirs = false.uses.get(pid, []), true.uses.get(pid, [])
         merged.uses[pid] = mine + theirs
@@ -243,7 +244,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         _restore(saved)
     recorder.finish()
     return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion,
-                 foreign=len(recorder.foreign))
+                 foreign=len(recorder.foreign), touched=recorder.touched)
 
 
 @contextlib.contextmanager

@@ -220,6 +220,9 @@ class Trace:
     assertion: str | None = None
     # learnable tensors the forward used that are not the model's own (pyro's param store hands back its own)
     foreign: int = 0
+    # ids of parameters used, but only with other parameters and constants, never with the inputs (a pyro
+    # guide's ``loc`` in its own sample): reached, though no use tells what they are
+    touched: set[int] = field(default_factory=set)
 
     @property
     def unseen(self) -> str:
@@ -232,6 +235,13 @@ class Trace:
         if self.stopped is None:
             return "not reached by the traced forward"
         return f"not reached: the traced forward stopped at {self.stopped}"
+
+    def unseen_of(self, param: torch.Tensor) -> str:
+        """Why ``param`` has no use: :attr:`unseen`, or that the pass used it only among learned tensors."""
+        if id(param) not in self.touched:
+            return self.unseen
+        stop = f" (it stopped at {self.stopped})" if self.stopped else ""
+        return f"used by the traced forward only with learned tensors and constants, never with its input{stop}"
 
     def use_of(self, param: torch.Tensor) -> Use | None:
         """The use that decides: the strongest seen, or ``None`` if the pass never reached it."""
@@ -303,6 +313,7 @@ class Recorder(TorchFunctionMode):
         self.masks: set[int] = {id(t) for t in inputs if t.dtype == torch.bool}
         self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
         self.foreign: set[int] = set()  # ids of real learnable tensors used that are not the model's parameters
+        self.touched: set[int] = set()  # ids of the parameters used among learned tensors alone (:attr:`Trace.touched`)
         self.squared: set[int] = set()  # ids of tensors squared (``x ** 2``): with a squared parameter, variances
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
@@ -426,6 +437,8 @@ class Recorder(TorchFunctionMode):
         if bare in _SQUARES and (bare == "square" or (type(exponent) in (int, float) and exponent == 2)):
             self._mark(out, self.squared, skip=None)
         if traced:
+            if not live:
+                self.touched.update(p for t in traced for p in self.origin[id(t)])
             self._consume(bare, shown, args, kwargs, out, traced, live)
         elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in tensors)):
             self._mark(out, self.normalised)
