@@ -433,9 +433,8 @@ class Recorder(TorchFunctionMode):
             self._follow(bare, shown, args, kwargs, out, live)
         if self.products:
             self._follow_products(bare, shown, args, kwargs, out, live)
-        exponent = (args[1:2] or [kwargs.get("exponent")])[0]
-        if bare in _SQUARES and (bare == "square" or (type(exponent) in (int, float) and exponent == 2)):
-            self._mark(out, self.squared, skip=None)
+        if bare in _SQUARES and (bare == "square" or _exponent(args, kwargs) == 2):
+            self._mark(out, self.squared)
         if traced:
             if not live:
                 self.touched.update(p for t in traced for p in self.origin[id(t)])
@@ -1010,6 +1009,12 @@ def _after(use: Use, via: str | None, vector: bool = False) -> Use:
 # ``int(t)``) gets a stand-in, 1, and lets the pass go on past a model's checks (``assert
 # lengths.max().item() <= n``). Every use recorded is one the model's code makes.
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
+
+
+def _exponent(args: tuple, kwargs: dict) -> float | None:
+    """The plain-number exponent of ``pow(x, e)`` / ``x ** e``; None for a tensor one."""
+    exponent = (args[1:2] or [kwargs.get("exponent")])[0]
+    return exponent if type(exponent) in (int, float) else None
 
 
 def _then(vias: Mapping[int, str | None], shown: str) -> str:
