@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -492,3 +493,36 @@ def test_a_layer_that_declares_its_sizes_is_a_weight_layer_whatever_its_package(
     assert (p["2.bias"].role, p["2.bias"].decay) == ("bias", False)
     assert p["3.weight"].reason == "weight of Grouped"
     assert not p["4.weight"].decay and "the shape cannot tell" in p["4.weight"].reason
+
+
+class _TimmStyleEma(nn.Module):
+    """timm's ModelEmaV3 in a few lines: a deep copy averaged into by ``update``, never stepped."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        super().__init__()
+        self.module, self.decay = copy.deepcopy(model), decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema, p in zip(self.module.parameters(), model.parameters()):
+            ema.lerp_(p, 1 - self.decay)
+
+
+@pytest.mark.parametrize("kind", ["swa", "timm"])
+def test_an_averaged_copy_on_the_model_is_left_out_like_a_frozen_tensor(kind):
+    """``self.ema = AveragedModel(self.net)`` keeps requires_grad=True copies: they were planned trainable, decayed,
+    put into the optimizer by param_groups(module), and an optimizer that rightly left them out was audited 'missing'."""
+    net = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 2))
+    model = nn.Module()
+    model.net = net
+    model.ema = torch.optim.swa_utils.AveragedModel(net) if kind == "swa" else _TimmStyleEma(net)
+    p = decaykit.plan(model, 0.1, example_inputs=False)
+    copies = [d for d in p if d.name.startswith("ema.")]
+    assert len(copies) == 6 and not any(d.trainable or d.decay for d in copies)
+    assert all("updated by averaging" in d.reason for d in copies), copies[0].reason
+    assert len(p.trainable) == 6 and all(d.name.startswith("net.") for d in p.trainable)
+    held = {id(t) for g in decaykit.param_groups(model, 0.1) for t in g["params"]}
+    assert held == {id(t) for t in net.parameters()}
+    report = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(net, 0.1)))
+    assert "missing" not in {f.code for f in report.findings}, report.findings
+    assert decaykit.plan(model.ema, 0.1, example_inputs=False).trainable  # planned on its own, it is the model

@@ -1656,3 +1656,232 @@ def test_a_per_expert_bias_stays_a_bias_when_the_expert_outputs_are_flattened(ex
     for batch in (2, 4):
         p = decaykit.plan(Experts(), 0.1, example_inputs=torch.zeros(batch, 6, 4))
         assert (p["b"].role, p["b"].decay, p["w"].role) == ("bias", False, "weight"), p["b"].reason
+
+
+class LearnedQueryPool(nn.Module):
+    """Attention pooling with a learned query and a hand-written qk-norm (MONAI's and lucidrains' NaViT):
+    ``F.normalize(x) * scale * gamma`` on the query, computed from parameters alone, and on the keys."""
+
+    def __init__(self, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(d))
+        self.to_q, self.to_kv = nn.Linear(d, d, bias=False), nn.Linear(d, 2 * d, bias=False)
+        self.q_gamma, self.k_gamma = nn.Parameter(torch.ones(heads, 1, d // heads)), nn.Parameter(torch.ones(heads, 1, d // heads))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        q = F.normalize(split(self.to_q(self.query.expand(x.shape[0], 1, -1))), dim=-1) * 2.0 * self.q_gamma
+        k, v = map(split, self.to_kv(x).chunk(2, -1))
+        return F.scaled_dot_product_attention(q, F.normalize(k, dim=-1) * 2.0 * self.k_gamma, v)
+
+
+class HandNormLatents(nn.Module):
+    """Learned latents through a norm written out (Llama's / T5's RMSNorm, or a LayerNorm by hand) before they
+    become queries (a Perceiver resampler)."""
+
+    def __init__(self, rms: bool, d: int = 8) -> None:
+        super().__init__()
+        self.rms = rms
+        self.latents, self.g, self.b = nn.Parameter(torch.randn(4, d)), nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        self.q, self.kv = nn.Linear(d, d), nn.Linear(d, 2 * d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.latents
+        if self.rms:
+            z = self.g * (z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6))
+        else:
+            z = (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, keepdim=True) + 1e-5) * self.g + self.b
+        k, v = self.kv(x).chunk(2, -1)
+        return F.scaled_dot_product_attention(self.q(z).expand(x.shape[0], -1, -1), k, v)
+
+
+def test_a_norm_written_out_on_parameters_is_a_norm():
+    """A gain on a query normalised from parameters alone was "a learned token" (or, with ``q @ k.mT``, "matrix
+    operand"), decayed, while the key side's was a norm gain; latents behind a hand-written RMSNorm were "fed alone
+    through pow: a state parameter", undecayed, where ``nn.RMSNorm`` makes them learned tokens."""
+    pool = decaykit.plan(LearnedQueryPool(), 0.1, example_inputs=torch.zeros(2, 5, 8))
+    for name in ("q_gamma", "k_gamma"):
+        assert (pool[name].role, pool[name].decay) == ("norm", False), pool[name].reason
+    for rms in (True, False):
+        p = decaykit.plan(HandNormLatents(rms), 0.1, example_inputs=torch.zeros(2, 5, 8))
+        assert (p["latents"].role, p["latents"].decay) == ("token", True), p["latents"].reason
+        assert not p["g"].decay, p["g"].reason
+        if not rms:  # was "input of F.linear: a learned token", decayed
+            assert (p["b"].role, p["b"].decay) == ("norm", False), p["b"].reason
+
+
+class AxialTables(nn.Module):
+    """Learned position tables that vary along one axis of a grid and are broadcast along another: an MSA's row
+    table (1, R, 1, D) on embedded (B, R, L) ids (ESM-MSA), a video's time table (1, T, 1, D) on (B, T, N, D),
+    and a conv grid's (1, C, H, 1) and (1, C, 1, W) (axial_attention); beside them a per-channel (1, C, 1, 1)
+    bias and a per-head (H, D) bias on heads split from the channels, which stay biases."""
+
+    def __init__(self, kind: str, d: int = 8) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed, self.inp, self.conv = nn.Embedding(10, d), nn.Linear(4, d), nn.Conv2d(3, d, 1)
+        self.row, self.time = nn.Parameter(torch.zeros(1, 16, 1, d)), nn.Parameter(torch.zeros(1, 3, 1, d))
+        self.height, self.width = nn.Parameter(torch.zeros(1, d, 4, 1)), nn.Parameter(torch.zeros(1, d, 1, 6))
+        self.channel, self.head = nn.Parameter(torch.zeros(1, d, 1, 1)), nn.Parameter(torch.zeros(2, d // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "msa":  # x: (B, R, L) ids
+            h = self.embed(x) + self.row[:, : x.shape[1]]
+        elif self.kind == "video":  # x: (B, T, N, 4)
+            h = self.inp(x) + self.time
+        else:  # x: (B, 3, H, W)
+            h = (self.conv(x) + self.height + self.width + self.channel).permute(0, 2, 3, 1)
+        return (h.unflatten(-1, (2, -1)) + self.head).flatten(-2)
+
+
+@pytest.mark.parametrize("kind, example", [("msa", torch.zeros(2, 3, 5, dtype=torch.long)),
+                                           ("video", torch.zeros(2, 3, 5, 4)), ("grid", torch.zeros(2, 3, 4, 6))])
+def test_an_axial_position_table_is_a_position_table(kind, example):
+    """A table broadcast along one token axis of the activations and varying along another was "a bias",
+    undecayed, where the same table flattened with the grid is a position table."""
+    p = decaykit.plan(AxialTables(kind), 0.1, example_inputs=example)
+    tables = {"msa": ["row"], "video": ["time"], "grid": ["height", "width"]}[kind]
+    for name in tables:
+        assert (p[name].role, p[name].decay) == ("position", True), p[name].reason
+        assert p[name].reason.endswith("an axial position table (traced)"), p[name].reason
+    assert (p["head"].role, p["head"].decay) == ("bias", False), p["head"].reason
+    if kind == "grid":
+        assert (p["channel"].role, p["channel"].decay) == ("bias", False), p["channel"].reason
+
+
+def test_a_distribution_built_in_forward_does_not_stop_the_trace():
+    """``Normal(...)`` checks its arguments' values; on tensors that hold none it found them "invalid" and the pass
+    stopped, so what came after was decided by shape, with a message blaming the input."""
+    class Actor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mu, self.log_std = nn.Linear(4, 2), nn.Parameter(torch.zeros(2))
+            self.head, self.log_temp = nn.Parameter(torch.randn(2, 3)), nn.Parameter(torch.zeros(2, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.distributions.Normal(self.mu(x), self.log_std.exp(), validate_args=None).rsample()
+            return (a @ self.head)[:, None] * self.log_temp.exp()
+
+    before = torch.distributions.Distribution._validate_args
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        p = decaykit.plan(Actor(), 0.1, example_inputs=torch.zeros(5, 4))
+    assert {n: (p[n].role, p[n].decay) for n in ("head", "log_temp")} == {"head": ("weight", True),
+                                                                         "log_temp": ("state", False)}, [d.reason for d in p]
+    assert torch.distributions.Distribution._validate_args == before
+
+
+@pytest.mark.parametrize("form", ["mm", "linear"])
+def test_a_log_std_squared_against_squared_activations_is_a_state(form):
+    """gSDE's ``mm(latent ** 2, exp(log_std) ** 2)`` (stable-baselines3) and the local reparametrisation's
+    ``F.linear(x ** 2, exp(log_sigma) ** 2)`` propagate variances: ``log_std`` was "matrix operand of mm, after pow",
+    decayed toward std = 1, and its reason had lost the ``exp``."""
+    class Noise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.latent, self.log_std = nn.Linear(4, 6), nn.Parameter(torch.zeros(6, 2))
+            self.log_w = nn.Parameter(torch.zeros(2, 6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.latent(x)
+            var = torch.mm(h ** 2, self.log_std.exp() ** 2) if form == "mm" else F.linear(h ** 2, self.log_std.mT.exp() ** 2)
+            return var + F.linear(h, self.log_w.exp())  # a positive weight stays a weight
+
+    p = decaykit.plan(Noise(), 0.1, example_inputs=torch.zeros(3, 4))
+    assert (p["log_std"].role, p["log_std"].decay) == ("state", False), p["log_std"].reason
+    assert "exp" in p["log_std"].reason and (p["log_w"].role, p["log_w"].decay) == ("weight", True), p["log_w"].reason
+
+
+class PairwiseCP(nn.Module):
+    """A CP-factorised weight W[i,o,x,y] = sum_r A[i,r] B[o,r] C[x,r] D[y,r] applied along opt_einsum's pairwise
+    path for ``'bixy,ir,or,xr,yr->boxy'`` (neuraloperator's TFNO, tensorly): C and D multiply the activations
+    elementwise first, the rank axis is summed only by the last ``tensordot``. Beside it gains that a later
+    contraction with a weight does not make factors: a per-channel ``g`` before ``@ W``, a per-head ``h`` before a
+    per-head weight."""
+
+    def __init__(self, c: int = 4, r: int = 5) -> None:
+        super().__init__()
+        self.A, self.B = nn.Parameter(torch.randn(c, r)), nn.Parameter(torch.randn(c, r))
+        self.C, self.D = nn.Parameter(torch.randn(3, r)), nn.Parameter(torch.randn(2, r))
+        self.g, self.W = nn.Parameter(torch.ones(c)), nn.Parameter(torch.randn(c, c))
+        self.h, self.per_head = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.randn(2, 2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b, i, x, y)
+        ax = torch.tensordot(self.A, x, dims=((0,), (1,)))  # (r, b, x, y)
+        dc = torch.einsum("ca,ba->cab", self.D, self.C)  # (y, r, x)
+        prod = torch.einsum("dbc,bacd->dbca", dc, ax)  # (y, r, x, b)
+        y = torch.tensordot(self.B, prod, dims=((1,), (1,))).permute(3, 0, 2, 1)  # (b, o, x, y)
+        t = y.flatten(2).mT  # (b, n, c)
+        heads = (t * self.g).unflatten(-1, (2, 2)) * self.h
+        return torch.einsum("bnhd,hde->bnhe", heads, self.per_head).flatten(-2) + (t * self.g) @ self.W
+
+
+def test_cp_factors_contracted_pairwise_are_weights():
+    """C and D were "multiplies activations in einsum: a scale", undecayed, where A and B (and the one-call einsum)
+    were weights."""
+    model = PairwiseCP()
+    model(torch.zeros(2, 4, 3, 2))  # runs for real
+    p = decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 4, 3, 2))
+    assert all(d.reason.endswith("(traced)") for d in p), [d.reason for d in p]
+    got = {n: (p[n].role, p[n].decay) for n in ("A", "B", "C", "D", "g", "h", "W")}
+    assert got == {"A": ("weight", True), "B": ("weight", True), "C": ("weight", True), "D": ("weight", True),
+                   "g": ("scale", False), "h": ("scale", False), "W": ("weight", True)}, [d.reason for d in p]
+
+
+def test_a_stop_with_a_bare_message_on_the_made_input_says_what_was_fed():
+    """A model that refused decaykit's own input with an empty assert or a bare key ("AssertionError: ", "KeyError:
+    2", MONAI's UNETR, ESM's MSA Transformer) left the user with nothing to act on: the input's shapes say why."""
+    class Picky(nn.Module):
+        def __init__(self, error: type[Exception]) -> None:
+            super().__init__()
+            self.error, self.fc, self.gain = error, nn.Linear(32, 4), nn.Parameter(torch.ones(4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.ndim != 3:
+                raise self.error() if self.error is AssertionError else self.error(2)
+            return self.fc(x) @ self.gain
+
+    for error in (AssertionError, KeyError):
+        with pytest.warns(DecayWarning) as caught:
+            decaykit.plan(Picky(error), 0.1)
+        text = " ".join(str(w.message) for w in caught)
+        assert f"{error.__name__}:" in text and "on the input decaykit made for it: (2, 32) float32" in text, text
+
+
+class StoreBacked(nn.Module):
+    """A module whose forward fetches its tensors from a store outside its attributes (pyro's param store hands
+    back the very tensor the module registered); with ``replaced``, a different tensor in their place."""
+
+    def __init__(self, replaced: bool) -> None:
+        super().__init__()
+        self.scale_raw = nn.Parameter(torch.zeros(3, 4))
+        self.store = {"scale_raw": nn.Parameter(torch.zeros(3, 4)) if replaced else self.scale_raw}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * F.softplus(self.store["scale_raw"])
+
+
+def test_a_tensor_fetched_past_the_module_attributes_is_traced_as_itself():
+    """pyro's AutoNormal scales were "not reached by the traced forward" (decided by shape, a (16, 3) one decayed):
+    the forward used the real tensor, not the shape-only one decaykit put in the module's place."""
+    p = decaykit.plan(StoreBacked(replaced=False), 0.1, example_inputs=torch.zeros(2, 3, 4))
+    assert (p["scale_raw"].role, p["scale_raw"].decay) == ("state", False) and p["scale_raw"].reason.endswith("(traced)")
+    with pytest.warns(DecayWarning, match="it used 1 learnable tensors that are not the model's own in their place"):
+        decaykit.plan(StoreBacked(replaced=True), 0.1, example_inputs=torch.zeros(2, 3, 4))
+
+
+def test_a_tensor_used_only_among_learned_tensors_is_not_called_unreached():
+    """A pyro guide's ``loc`` makes its sample with its scale and noise, never with the input: the trace said "not
+    reached by the traced forward", and a user looked for an unused branch."""
+    class Guide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loc, self.scale_raw = nn.Parameter(torch.zeros(3, 4)), nn.Parameter(torch.zeros(3, 4))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"w": self.loc + torch.randn_like(self.loc) * F.softplus(self.scale_raw)}
+
+    with pytest.warns(DecayWarning, match="used them only with learned tensors and constants, never with its input"):
+        p = decaykit.plan(Guide(), 0.1, example_inputs=torch.zeros(2, 4))
+    assert "used by the traced forward only with learned tensors and constants" in p["loc"].reason, p["loc"].reason

@@ -76,7 +76,7 @@ def collect_params(model: nn.Module, trace: Trace | None = None) -> dict[int, li
                 continue
             info = _info(module, prefix, leaf, param, ancestors, canonical)
             if trace is not None:
-                info = dataclasses.replace(info, use=trace.use_of(param), traced=trace.unseen,
+                info = dataclasses.replace(info, use=trace.use_of(param), traced=trace.unseen_of(param),
                                            branch=trace.branch.get(id(param)))
             by_tensor.setdefault(id(param), []).append(info)
         for name, child in module._modules.items():

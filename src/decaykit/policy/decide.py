@@ -23,7 +23,8 @@ from decaykit.policy.names import logical_name
 from decaykit.policy.options import Policy, Tied
 from decaykit.policy.roles import ParamInfo
 
-__all__ = ["Candidate", "Conflict", "Decider", "Decision", "RoleConflict", "conflict", "role_conflicts", "settle"]
+__all__ = ["Candidate", "Conflict", "Decider", "Decision", "RoleConflict", "averaged_copy", "conflict", "role_conflicts",
+           "settle"]
 
 _SOURCE_RANK = {"rule": 3, "exclude": 2, "hook": 1, "policy": 0}
 
@@ -127,6 +128,22 @@ class Candidate(NamedTuple):
     source: str  # "policy", "hook", "exclude" or "rule"
 
 
+def averaged_copy(info: ParamInfo) -> str | None:
+    """The averaged copy of a model (an EMA or SWA) ``info``'s tensor lies in below the root, as ``'AveragedModel
+    'ema''``, else None: torch's ``AveragedModel`` (``update_parameters``), or a module that holds a ``module`` and
+    averages it with a ``decay`` in ``update`` (timm's ``ModelEmaV2`` / ``ModelEmaV3``). Its tensors keep
+    ``requires_grad=True`` (a deep copy), yet no optimizer steps them: a LightningModule's ``self.ema``."""
+    modules = (*info.ancestors[1:], info.owner) if info.ancestors else ()
+    names = info.raw_name.split(".")
+    for depth, module in enumerate(modules, 1):
+        averaged = isinstance(module, torch.optim.swa_utils.AveragedModel) or (
+            isinstance(getattr(module, "module", None), torch.nn.Module) and callable(getattr(module, "update", None))
+            and isinstance(getattr(module, "decay", None), float))
+        if averaged:
+            return f"{type(module).__name__} {'.'.join(names[:depth])!r}"
+    return None
+
+
 class Decider:
     """Decides names in precedence order and counts what each rule and exclude entry matched."""
 
@@ -143,10 +160,12 @@ class Decider:
         first = infos[0]
         shape = tuple(first.param.shape)
         aliases = tuple(i.name for i in infos[1:])
-        if not first.param.requires_grad:
+        average = averaged_copy(first)
+        if not first.param.requires_grad or average is not None:
+            why = "frozen (requires_grad=False)" if average is None else (
+                f"frozen: a copy inside {average}, updated by averaging the trained weights, not by gradients")
             return Decision(first.name, first.param, shape, math.prod(shape), first.module_type, "frozen", False, 0.0,
-                            0.0, "frozen (requires_grad=False)", "frozen", trainable=False, layer=layer,
-                            aliases=aliases), None
+                            0.0, why, "frozen", trainable=False, layer=layer, aliases=aliases), None
         candidates = [self.decide(info, scale) for info in infos]
         c = candidates[0] if len(candidates) == 1 else settle(candidates, self.policy.tied)
         reason = c.reason

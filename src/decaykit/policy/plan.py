@@ -5,7 +5,8 @@
 >>> [(d.name, d.weight_decay, d.reason) for d in p]
 [('0.weight', 0.05, 'weight of Linear'), ('0.bias', 0.0, 'bias of Linear'), ('1.weight', 0.0, 'norm:LayerNorm'), ('1.bias', 0.0, 'norm:LayerNorm')]
 
-Precedence, first hit wins, per name of a tensor: a frozen tensor (``requires_grad=False``) is
+Precedence, first hit wins, per name of a tensor: a frozen tensor (``requires_grad=False``), or one of
+an averaged copy the model holds (an EMA's or SWA's, ``AveragedModel``, timm's ``ModelEmaV3``), is
 left out; then ``rules`` in order; then ``exclude``; then the model's ``no_weight_decay()`` /
 ``no_weight_decay_keywords()`` hooks (on any submodule, names relative to it) and a tensor's
 own ``_no_weight_decay = True`` attribute (mamba_ssm's convention) or ``_optim = {"weight_decay": 0.0}``
@@ -316,6 +317,11 @@ def _left_to_shape(guessed: list[torch.Tensor], trace: Trace | None) -> tuple[se
         why = "their use in the traced forward did not tell what they are"
     else:
         why = "the traced forward did not reach them" + stop
+        if missed <= trace.touched:
+            why = "the traced forward used them only with learned tensors and constants, never with its input" + stop
+        if trace.foreign and not trace.stopped:
+            why = (f"the traced forward did not reach them: it used {trace.foreign} learnable tensors that are not the "
+                   "model's own in their place (held elsewhere, as pyro's param store does)")
     return missed | untold, why
 
 

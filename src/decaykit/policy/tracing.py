@@ -62,6 +62,7 @@ def run_trace(model: nn.Module, example_inputs: Any) -> Trace:
     trace = _best_trace(model, example_inputs)
     for alone in _modalities(example_inputs) if trace.stopped is not None else []:
         part = _best_trace(model, alone)  # the text model of a VLM runs without the image grid it asked for
+        trace.touched |= part.touched
         for pid, seen in part.uses.items():
             trace.uses.setdefault(pid, []).extend(seen)
     return trace
@@ -102,7 +103,8 @@ def _both_ways(false: Trace, true: Trace) -> Trace:
     answer says so (:func:`decaykit.policy.roles.classify`). (Each test is answered one way for the
     whole of a pass, and one the True answers lead to is answered False: a branch that needs some
     tests true and others false is not seen.)"""
-    merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test})
+    merged = Trace({}, false.stopped, false.ran, false.tests, {**true.after_test, **false.after_test},
+                   foreign=max(false.foreign, true.foreign), touched=false.touched | true.touched)
     for pid in false.uses.keys() | true.uses.keys():
         mine, theirs = false.uses.get(pid, []), true.uses.get(pid, [])
         merged.uses[pid] = mine + theirs
@@ -132,12 +134,29 @@ def trace_on_own_input(model: nn.Module) -> Trace:
         trace = Trace({}, why_no_input(model), ran=False)
     else:
         trace = run_trace(model, inputs)
+        if trace.stopped is not None and _bare_message(trace.stopped):  # ``AssertionError: ``, ``KeyError: 2``
+            trace.stopped += f", on the input decaykit made for it: {_described(inputs)}"
         masked = _with_masked_patches(model, inputs)
         if masked is not None and any(id(p) not in trace.uses for p in model.parameters()):
             for pid, seen in _best_trace(model, masked).uses.items():  # what only a masked image reaches
                 trace.uses.setdefault(pid, []).extend(seen)
     _OWN_INPUT_TRACES[model] = (key, trace)
     return trace
+
+
+def _bare_message(stopped: str) -> bool:
+    """Whether the text of a stop says nothing a user can act on: empty, or one word (a key, an index)."""
+    text = stopped.partition(": ")[2].strip()
+    return not text or len(text.split()) == 1
+
+
+def _described(inputs: Any) -> str:
+    """The shapes and dtypes of an input: ``(2, 32) float32``, ``input_ids (2, 16) int64``."""
+    named = inputs.items() if isinstance(inputs, Mapping) else [("", t) for t in (
+        inputs if isinstance(inputs, (tuple, list)) else (inputs,))]
+    parts = [f"{name} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}".strip()
+             for name, t in named if isinstance(t, torch.Tensor)]
+    return ", ".join(parts) or "no tensors"
 
 
 def _with_masked_patches(model: nn.Module, inputs: Any) -> dict[str, Any] | None:
@@ -211,7 +230,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     if evaluate:
         model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _without_hooks(model), mode, recorder:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _without_hooks(model), _unvalidated(), mode, recorder:
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
@@ -224,7 +243,21 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
         fake_log.setLevel(level)
         _restore(saved)
     recorder.finish()
-    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion)
+    return Trace(recorder.uses, stopped, tests=recorder.tests, after_test=recorder.after_test, assertion=assertion,
+                 foreign=len(recorder.foreign), touched=recorder.touched)
+
+
+@contextlib.contextmanager
+def _unvalidated() -> Iterator[None]:
+    """Without ``torch.distributions``' checks of their arguments' values by default: on tensors that hold no
+    values, ``Normal(loc, scale)`` would find its ``loc`` "invalid" and stop the pass (an SAC actor, a VAE's
+    ``rsample``, a pyro guide), blaming a valid input. The default is put back afterwards."""
+    default = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
 
 
 @contextlib.contextmanager

@@ -18,14 +18,18 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
   activations, and is left untold;
 - added to activations: per channel or the same for every token, or added to attention scores (a
   relative-position table, as ``attn_mask`` is) -> ``bias``, no decay; a table that varies along the
-  tokens -> ``position``, like an embedding; where the input has no token axis, or its batch axis
+  tokens, or along one token axis of a grid while broadcast along another (an MSA's row table (1, R, 1, D),
+  a conv grid's (1, C, H, 1)) -> ``position``, like an embedding; where the input has no token axis, or its batch axis
   could be its tokens (a (T, 1, C) input), neither can be told and the structure decides; a table
   whose sum is then cut into single rows that shift and scale other activations (adaLN-single's
   ``scale_shift_table``, ``x * (1 + scale) + shift``) -> ``bias``, the modulation's;
-- multiplies activations (the gain of a norm, a layer scale; also an ``einsum`` that sums out none
+- multiplies activations (the gain of a norm, also of a tensor normalised from parameters alone, a learned
+  query's ``F.normalize(q) * gamma``; a layer scale; also an ``einsum`` that sums out none
   of its indices, ``x @ torch.diag(g)``) -> ``norm`` / ``scale``, no decay; but where the product is
   then summed over one of the parameter's own axes (``(x * a).sum(-1)``, GAT's attention vector),
-  that is the contraction an ``einsum`` writes -> ``weight``; where the activations have one entry
+  that is the contraction an ``einsum`` writes -> ``weight``, and so where a later ``tensordot`` / ``einsum``
+  / matmul contracts it over such an axis with a weight that lacks another of its axes (CP factors on
+  opt_einsum's pairwise path); where the activations have one entry
   along its last axis (``x[..., None] * W``, FT-Transformer's tokenizer, a Planar flow's ``u``), an
   outer product -> ``weight``, and what is added along that weight's axes is its ``bias``; where they
   are broadcast along its own axes and the product becomes a matrix operand (StyleGAN2's kernel
@@ -34,7 +38,9 @@ A shape cannot tell a per-head norm gain (heads, head_dim) from a projection, no
 - fed alone through ``exp``, ``softplus``, ``sigmoid``... (a state or temperature) and then into
   anything but a matmul or a lookup, or a vector laid so into a matrix (Glow's log-scales on its
   diagonal, an angle into a rotation) -> ``state``, no decay; what went through the map is tracked per
-  parameter (in ``mu + exp(logsigma) * noise`` only ``logsigma`` did).
+  parameter (in ``mu + exp(logsigma) * noise`` only ``logsigma`` did); squared after its map, a matrix operand
+  that meets only squared activations (gSDE's ``mm(latent ** 2, exp(log_std) ** 2)``, variances) -> ``state``.
+  A statistic of a tensor itself, broadcast back over it (``x * rsqrt(x.pow(2).mean(-1))``), only normalises it.
 
 Activations are what derives from the example inputs. Views, casts, slices, arithmetic with
 constants or buffers (a weight times a mask), operations on parameters alone (a weight
@@ -134,6 +140,7 @@ _ADDS_INPUT = frozenset({"addcmul", "addcmul_", "addcdiv", "addcdiv_"})
 _NONLINEAR = frozenset({"exp", "exp_", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "softplus", "tanh",
                         "sqrt", "rsqrt", "reciprocal", "softmax", "log_softmax", "sin", "cos", "relu", "gelu", "silu",
                         "elu", "logsigmoid", "erf", "pow", "__pow__", "__rpow__", "square"})
+_SQUARES = frozenset({"pow", "__pow__", "square", "float_power"})
 # Broadcasting a parameter to the activations' shape: the axes it is spread along are ones it is the same along.
 _SPREADS = frozenset({"expand", "expand_as", "broadcast_to", "repeat", "tile"})
 # Reductions that sum a product over an axis: over a parameter's own axis, they make it a contraction.
@@ -211,15 +218,30 @@ class Trace:
     branch: dict[int, tuple[Use | None, str]] = field(default_factory=dict)
     # an ``assert`` the pass made fail by answering its test False, where the pass then stopped
     assertion: str | None = None
+    # learnable tensors the forward used that are not the model's own (pyro's param store hands back its own)
+    foreign: int = 0
+    # ids of parameters used, but only with other parameters and constants, never with the inputs (a pyro
+    # guide's ``loc`` in its own sample): reached, though no use tells what they are
+    touched: set[int] = field(default_factory=set)
 
     @property
     def unseen(self) -> str:
         """Why a parameter has no use: the pass never reached it, or stopped before it."""
         if not self.ran:
             return f"no example input ({self.stopped})"
+        if self.stopped is None and self.foreign:
+            return (f"not reached by the traced forward, which used {self.foreign} learnable tensors that are not the "
+                    "model's own (held elsewhere and handed back in their place, as pyro's param store does)")
         if self.stopped is None:
             return "not reached by the traced forward"
         return f"not reached: the traced forward stopped at {self.stopped}"
+
+    def unseen_of(self, param: torch.Tensor) -> str:
+        """Why ``param`` has no use: :attr:`unseen`, or that the pass used it only among learned tensors."""
+        if id(param) not in self.touched:
+            return self.unseen
+        stop = f" (it stopped at {self.stopped})" if self.stopped else ""
+        return f"used by the traced forward only with learned tensors and constants, never with its input{stop}"
 
     def use_of(self, param: torch.Tensor) -> Use | None:
         """The use that decides: the strongest seen, or ``None`` if the pass never reached it."""
@@ -277,7 +299,9 @@ class Recorder(TorchFunctionMode):
         self.true_pass = answers is not None
         self.ops_since_test = 0  # operations seen since the last test: none, where the pass then stops, blames that test
         # id(tensor) -> ids of the real parameters it still *is*; ``params`` pairs each fake with its real one
-        self.origin: dict[int, tuple[int, ...]] = {id(fake): (id(real),) for fake, real in params}
+        # (the real one too: a forward that fetches it past the module's attributes, as pyro's param store hands
+        # back the tensor it holds, uses it as itself)
+        self.origin: dict[int, tuple[int, ...]] = {id(t): (id(real),) for fake, real in params for t in (fake, real)}
         self.shapes = {id(real): tuple(real.shape) for _, real in params}
         # ids of activations: what derives from the example inputs; buffers and constants are not,
         # so a weight masked by a buffer or built with torch.eye is still a weight
@@ -288,6 +312,9 @@ class Recorder(TorchFunctionMode):
         # product with a parameter puts a learned token where it is set
         self.masks: set[int] = {id(t) for t in inputs if t.dtype == torch.bool}
         self.normalised: set[int] = set()  # ids of activations that came out of a normalisation
+        self.foreign: set[int] = set()  # ids of real learnable tensors used that are not the model's parameters
+        self.touched: set[int] = set()  # ids of the parameters used among learned tensors alone (:attr:`Trace.touched`)
+        self.squared: set[int] = set()  # ids of tensors squared (``x ** 2``): with a squared parameter, variances
         self.via: dict[int, str] = {}  # id(tensor) -> the nonlinear map a parameter went through alone
         self.selected: set[int] = set()  # ids of rows of a parameter picked by indices from the inputs
         self.gathered: set[int] = set()  # ids of a parameter's entries gathered by a constant index (a table)
@@ -320,6 +347,10 @@ class Recorder(TorchFunctionMode):
         self.param_free: set[int] = {id(t) for t in inputs}
         self.measured: dict[int, frozenset[int]] = {}
         self.looked_up: dict[int, str] = {}  # id(rows picked by such an index) -> how the index was computed
+        # what each axis of an activation holds, where the trace can follow it: "b" the batch (or something
+        # folded with it), "t" tokens or a grid (the inputs' own axes, a convolution's), "c" channels (a layer's
+        # features, heads split from them), "?" unknown: an addend that varies along a token axis is a position table
+        self.kinds: dict[int, tuple[str, ...]] = {id(t): _input_kinds(t) for t in inputs if t.ndim}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = dict(kwargs or {})
@@ -393,19 +424,27 @@ class Recorder(TorchFunctionMode):
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         for t in tensors:
             self._see_through(t)
+            if t.requires_grad and t.is_leaf and not _holds_no_values(t) and id(t) not in self.shapes:
+                self.foreign.add(id(t))  # a real learnable tensor the model does not hold, used in its place
+                self.keep.append(t)
         live = [t for t in tensors if id(t) in self.live]
         traced = [t for t in tensors if id(t) in self.origin]
         if self.following:
             self._follow(bare, shown, args, kwargs, out, live)
         if self.products:
             self._follow_products(bare, shown, args, kwargs, out, live)
+        if bare in _SQUARES and (bare == "square" or _exponent(args, kwargs) == 2):
+            self._mark(out, self.squared)
         if traced:
+            if not live:
+                self.touched.update(p for t in traced for p in self.origin[id(t)])
             self._consume(bare, shown, args, kwargs, out, traced, live)
-        elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in live)):
+        elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in tensors)):
             self._mark(out, self.normalised)
         if live:
             self._provenance(bare, out, live, traced)
             self._mark(out, self.live, skip=self.origin)
+            self._follow_axes(bare, args, kwargs, out, live)
             if bare in _PASS and not traced and all(id(t) in self.raw for t in live):
                 self._mark(out, self.raw)
             if all(id(t) in self.masks for t in live):
@@ -414,6 +453,30 @@ class Recorder(TorchFunctionMode):
             product = bare in _MATMUL and sum(id(t) not in self.origin for t in live) >= 2  # q @ k.mT
             if product or (bare in _KEEPS_SCORES and any(id(t) in self.scores for t in live)):
                 self._mark(out, self.scores, skip=self.origin)
+
+    def _follow_axes(self, bare: str, args: tuple, kwargs: dict, out: Any, live: list[torch.Tensor]) -> None:
+        """What the axes of ``out`` hold (:attr:`kinds`), from those of the activations it was computed from."""
+        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        if not outs:
+            return
+        kinds = _out_kinds(bare, args, kwargs, outs[0], [(t, self.kinds[id(t)]) for t in live if id(t) in self.kinds],
+                           {id(t) for t in live})
+        for o in outs if kinds is not None else ():
+            if o.ndim == len(kinds) and id(o) not in self.kinds:
+                self.kinds[id(o)] = kinds
+                self.keep.append(o)
+
+    def _axial(self, tensor: torch.Tensor, activations: list[torch.Tensor]) -> bool:
+        """Whether an addend broadcast along some token axis of ``activations`` varies along another one (a row
+        table (1, R, 1, D) on (B, R, L, D), a (1, C, H, 1) on (B, C, H, W)): an axial position table, no bias. Not
+        on attention scores, and only where what every axis of the activations holds is known."""
+        if not activations or any(id(a) in self.scores or id(a) not in self.kinds for a in activations):
+            return False
+        for a in activations:
+            padded = (1,) * (a.ndim - tensor.ndim) + tuple(tensor.shape)
+            if not any(s > 1 and n > 1 and kind == "t" for s, n, kind in zip(padded, a.shape, self.kinds[id(a)])):
+                return False
+        return True
 
     def _consume(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor],
                  live: list[torch.Tensor]) -> None:
@@ -435,20 +498,26 @@ class Recorder(TorchFunctionMode):
             self._layer(bare, shown, args, kwargs)
         elif bare in _LAYER_ARGS and self._normalises_parameter(bare, shown, args, kwargs, out):
             return  # a norm over a parameter alone (learned queries normalised): its gain is still a gain
+        elif not live and ((bare in _MUL and self._norm_by_hand(shown, args, kwargs, out, traced))
+                           or (bare in _ADD and self._norm_bias(shown, out, traced))):
+            return  # a norm written out on parameters: its statistic, gain and bias
         elif bare in _PASS or not live:
             if bare in _NONLINEAR and not live:  # what it feeds decides; alone, it is a state parameter
                 for t in traced:
-                    self._use(t, Use("state", shown, _WHY["state"].format(f=shown)))
+                    self._use(t, Use("state", shown, _WHY["state"].format(f=_then(self.via.get(id(t), {}), shown))))
             if bare in _SCALES_A_WEIGHT and not live:
                 traced = self._without_gains(shown, traced, out)
             elif not live and bare not in _KNOWN:  # a fake quantizer's step size and zero point, with its weight
                 traced = self._without_gains(shown, traced, out, known=False)
             params = {p for t in traced for p in self.origin[id(t)]}
             # each parameter keeps the map it went through itself: in ``mu + exp(logsigma) * noise`` only logsigma did
-            via = (dict.fromkeys(params, shown) if bare in _NONLINEAR else
-                   {p: f for t in traced for p, f in self.via.get(id(t), {}).items()})
+            prior = {p: f for t in traced for p, f in self.via.get(id(t), {}).items()}
+            # the maps in turn, first and last (``exp(log_std) ** 2``: "exp then pow"), so the reason keeps the first
+            via = {p: _then({p: prior.get(p)}, shown) for p in params} if bare in _NONLINEAR else prior
             self._pass_on(out, params, via,
                           any(id(t) in self.selected for t in traced))
+            if bare in _MUL | _PASS and any(id(t) in self.normalised for t in traced):
+                self._mark(out, self.normalised)  # a parameter normalised by hand, through its gain and views
             if any(id(t) in self.gathered for t in traced):
                 self._mark(out, self.gathered)
             how = next((self.looked_up[id(t)] for t in traced if id(t) in self.looked_up), None)
@@ -506,10 +575,12 @@ class Recorder(TorchFunctionMode):
                 deferred = _Deferred(t, use, guard=self.guard,  # ``(x * a).sum(-1)`` would make it a weight
                                      modulated=_spread_along(t, [a for a in live if id(a) not in self.selected]))
                 self.deferred.append(deferred)
-                self._carry(out, [(deferred, _own_axes(t))])
+                self._carry(out, [(deferred, _einsum_out_axes(args, t) if bare == "einsum" else _own_axes(t))])
                 self.keep.append(t)
             else:  # a parameter that went through exp into an outer product (Mamba's A) is a state
-                self._use(t, use, mapped_is_state=use.kind == "matmul" and how in _MUL)
+                variance = use.kind == "matmul" and self._variance(t, live)
+                use = use._replace(reason=f"{use.reason} with squared activations (a variance propagated)") if variance else use
+                self._use(t, use, mapped_is_state=use.kind == "matmul" and (how in _MUL or variance))
 
     def _defer(self, tensor: torch.Tensor, use: Use, out: torch.Tensor, axes: tuple[int, ...],
                joined: bool = False) -> _Deferred:
@@ -609,6 +680,14 @@ class Recorder(TorchFunctionMode):
         for operand in self._matrix_operands(bare, args, kwargs):
             for deferred, _ in self.products.get(id(operand), []):
                 deferred.kernel = deferred.kernel or shown
+        for operand, contracted, shared, others in _contractions(bare, args, kwargs):
+            if not others or any(id(o) not in self.origin for o in others):
+                continue  # only a contraction with a weight makes a factor of it
+            for deferred, axes in self.products.get(id(operand), []):
+                # a factor of the weight (a CP factor (x, r) contracted over r by opt_einsum's pairwise path), no
+                # gain of it ((x * g) @ W: g has no axis of its own beside the one contracted, or shares them)
+                if set(axes) & contracted and set(axes) - contracted - shared and not deferred.modulated:
+                    deferred.summed = deferred.summed or shown
         if (bare in _SUMS or bare in _INVERSE_FFTS) and first is not None and id(first) in self.products:
             summed = _reduced_axes(first, args, kwargs) if bare in _SUMS else _fft_axes(bare, first, args, kwargs)
             for deferred, axes in self.products[id(first)]:
@@ -740,7 +819,8 @@ class Recorder(TorchFunctionMode):
                 self.after_test.setdefault((p, mine), self.guard)
 
     def _layer(self, bare: str, shown: str, args: tuple, kwargs: dict) -> None:
-        for arg, value in _named_args(bare, args, kwargs).items():
+        named = _named_args(bare, args, kwargs)
+        for arg, value in named.items():
             kind = _LAYER_ARGS[bare].get(arg)
             if not isinstance(value, torch.Tensor) or id(value) not in self.origin or kind in (None, "index"):
                 continue
@@ -750,8 +830,73 @@ class Recorder(TorchFunctionMode):
                 self._use(value, Use("bias", shown, f"added to activations in {shown}: a bias"))
             elif kind in ("keys", "values"):  # add_bias_kv: torch.cat'ed to the keys and values
                 self._use(value, Use("bias", shown, _WHY["keyvalue"].format(what=kind, f=shown)))
+            elif kind == "matmul" and self._variance(value, [v for a, v in named.items() if _LAYER_ARGS[bare].get(a) == "input"]):
+                self._use(value, Use(kind, shown, f"{_WHY[kind].format(f=shown)} with squared activations (a variance "
+                                                  "propagated)"), mapped_is_state=True)
             else:
                 self._use(value, Use(kind, shown, _WHY[kind].format(f=shown)))
+
+    def _variance(self, t: torch.Tensor, inputs: list[Any]) -> bool:
+        """Whether ``t``, squared after a map of its own (``exp(log_std) ** 2``), meets only squared activations
+        in a matmul: variances propagated through a linear map (gSDE's ``mm(latent ** 2, std ** 2)``, the local
+        reparametrisation's ``F.linear(x ** 2, sigma ** 2)``), a log-std, no weight of a layer."""
+        live = [a for a in inputs if isinstance(a, torch.Tensor) and id(a) in self.live]
+        return (id(t) in self.squared and bool(live) and all(id(a) in self.squared for a in live)
+                and all(self.via.get(id(t), {}).get(p) for p in self.origin[id(t)]))
+
+    def _norm_by_hand(self, shown: str, args: tuple, kwargs: dict, out: Any, traced: list[torch.Tensor]) -> bool:
+        """A norm written out on what is no activation: ``x * rsqrt(x.pow(2).mean(-1) + eps)`` (Llama's and T5's
+        RMSNorm on learned latents), where the statistic went through its map (``pow``, ``rsqrt``) and is then
+        broadcast back over the tensor it was computed from: the map only normalises, and the product is
+        that tensor, normalised. Or a gain multiplying a normalised tensor computed from parameters alone
+        (a learned query through ``to_q`` then ``F.normalize(q) * gamma``): a norm gain, whatever the
+        normalised tensor then feeds. False where neither holds."""
+        if not isinstance(out, torch.Tensor):
+            return False
+        stats = [t for t in traced if self._statistic_of(t, traced, out)]
+        if stats:
+            rest = [t for t in traced if not any(t is s for s in stats)]
+            params = {p for t in rest for p in self.origin[id(t)]}
+            self._pass_on(out, params, {p: f for t in rest for p, f in self.via.get(id(t), {}).items()},
+                          any(id(t) in self.selected for t in rest))
+            self._mark(out, self.normalised)
+            return True
+        operands = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        normed = [t for t in operands if id(t) in self.normalised and id(t) not in self.origin]
+        # the gain spreads along no axis of the normalised tensor: else that tensor scales it
+        if not normed or any(_broadcast_over(t.shape, out.shape) for t in normed):
+            return False
+        for t in traced:
+            self._use(t, Use("gain", shown, f"multiplies a normalised tensor computed from parameters in {shown}: "
+                                            "a norm gain"))
+        self._mark(out, self.normalised)
+        return True
+
+    def _norm_bias(self, shown: str, out: Any, traced: list[torch.Tensor]) -> bool:
+        """A per-channel tensor added to a parameter normalised by hand (a LayerNorm written out on learned
+        latents, ``z_hat * g + b``): the norm's bias, and the sum is the normalised parameter still."""
+        normed = [t for t in traced if id(t) in self.normalised]
+        biases = [t for t in traced if id(t) not in self.normalised and _per_channel(t.shape)]
+        if not normed or not biases or len(normed) + len(biases) != len(traced) or not isinstance(out, torch.Tensor):
+            return False
+        if any(_broadcast_over(t.shape, out.shape) for t in normed):
+            return False
+        for t in biases:
+            self._use(t, Use("normbias", shown, f"added to a tensor normalised from parameters in {shown}: a norm bias"))
+        self._pass_on(out, {p for t in normed for p in self.origin[id(t)]},
+                      {p: f for t in normed for p, f in self.via.get(id(t), {}).items()})
+        self._mark(out, self.normalised)
+        return True
+
+    def _statistic_of(self, t: torch.Tensor, traced: list[torch.Tensor], out: torch.Tensor) -> bool:
+        """Whether ``t`` is a statistic of another operand in ``traced``: every parameter it is went alone
+        through a nonlinear map (``rsqrt(x.pow(2).mean(-1))``), that operand is those parameters without
+        one, and ``t`` is broadcast along the product (reduced over an axis)."""
+        params, vias = set(self.origin[id(t)]), self.via.get(id(t), {})
+        if not params or not all(vias.get(p) for p in params) or not _broadcast_over(t.shape, out.shape):
+            return False
+        return any(x is not t and params <= set(self.origin[id(x)]) and not any(self.via.get(id(x), {}).get(p) for p in params)
+                   for x in traced)
 
     def _normalises_parameter(self, bare: str, shown: str, args: tuple, kwargs: dict, out: Any) -> bool:
         """A normalisation of what is not an activation (learned queries, tokens looked up by a constant
@@ -803,6 +948,11 @@ class Recorder(TorchFunctionMode):
             # per channel as used or as stored (a (24,) bias viewed as (4,4)), or the same for every
             # token (a per-expert bias (E,1,C)): a bias; a table that varies along the tokens is positional
             along = _along_tokens(tensor.shape, activations, self.batch)
+            axial = not (_per_channel(tensor.shape) or stored_per_channel) and self._axial(tensor, activations)
+            if along == "constant" and axial:
+                return Use("table", shown, f"added to activations in {shown} as a {_shape(tensor.shape)} table that "
+                                           "varies along one of their token axes, the same along another: an axial "
+                                           "position table")
             if _per_channel(tensor.shape) or stored_per_channel or along == "constant":
                 return Use("bias", shown, f"added to activations in {shown}: a bias")
             if any(set(_own_axes(tensor)) <= self.maps.get(id(a), set()) for a in activations):
@@ -859,6 +1009,18 @@ def _after(use: Use, via: str | None, vector: bool = False) -> Use:
 # ``int(t)``) gets a stand-in, 1, and lets the pass go on past a model's checks (``assert
 # lengths.max().item() <= n``). Every use recorded is one the model's code makes.
 _VALUE_READS = frozenset({"__bool__", "item", "__int__", "__index__", "__float__", "tolist"})
+
+
+def _exponent(args: tuple, kwargs: dict) -> float | None:
+    """The plain-number exponent of ``pow(x, e)`` / ``x ** e``; None for a tensor one."""
+    exponent = (args[1:2] or [kwargs.get("exponent")])[0]
+    return exponent if type(exponent) in (int, float) else None
+
+
+def _then(vias: Mapping[int, str | None], shown: str) -> str:
+    """The maps a tensor went through alone, ``shown`` the last: ``"exp then pow"``, or ``shown`` alone."""
+    prior = next((f for f in vias.values() if f), None)
+    return f"{prior.split(' then ')[0]} then {shown}" if prior else shown
 
 
 def _holds_no_values(t: torch.Tensor) -> bool:
@@ -970,6 +1132,101 @@ def _batch_axis(shape: torch.Size, batch: int | None) -> int | None:
     return same
 
 
+def _input_kinds(t: torch.Tensor) -> tuple[str, ...]:
+    """What the axes of an input hold: ids (B, L) or (B, R, L) are tokens after the batch; floats (B, T, D) or
+    (B, C, H, W) tokens or a grid between the batch and a last axis that may hold channels or not."""
+    if not t.is_floating_point():
+        return ("b",) + ("t",) * (t.ndim - 1)
+    return ("b", "c") if t.ndim == 2 else ("b",) + ("t",) * (t.ndim - 2) + ("?",) * (t.ndim > 1)
+
+
+# ops that may reorder axes without saying how (``x.mT``): what their output's axes hold is not followed
+_REORDERS = frozenset({"__get__", "t", "movedim", "moveaxis", "adjoint", "unfold", "as_strided", "diagonal", "einsum"})
+_PAIRWISE_MATMUL = frozenset({"matmul", "__matmul__", "mm", "bmm"})  # ``a @ b``, operands in that order
+_VIEWS = frozenset({"view", "reshape", "unflatten", "flatten", "view_as", "reshape_as"})
+
+
+def _out_kinds(bare: str, args: tuple, kwargs: dict, out: torch.Tensor, known: list[tuple[torch.Tensor, tuple[str, ...]]],
+               live: set[int]) -> tuple[str, ...] | None:
+    """What the axes of ``out`` hold, from ``known`` (activations and what their axes hold); None where unknown."""
+    first = _named_input(args, kwargs)
+    mine = next((k for t, k in known if t is first), None)
+    if bare in _CONVOLUTIONS:
+        return ((mine[0] if mine else "?"), "c") + ("t",) * (out.ndim - 2)
+    if bare in ("linear", "bilinear", "embedding", "embedding_bag") and mine is not None and len(mine) + (bare[0] == "e") == out.ndim:
+        return (*mine[:out.ndim - 1], "c")
+    if bare in _MATMUL:
+        return _matmul_kinds(args, out, known, live) if bare in _PAIRWISE_MATMUL else None
+    if bare in _VIEWS and mine is not None and isinstance(first, torch.Tensor):
+        return _regroup(tuple(first.shape), tuple(out.shape), mine)
+    if bare in ("transpose", "swapaxes", "swapdims", "permute") and mine is not None:
+        return _reordered(bare, args, kwargs, mine)
+    if bare in _REORDERS or (bare in _LAYER_ARGS and bare not in _NORMALISING | {"prelu", "scaled_dot_product_attention"}):
+        return None
+    return next((k for t, k in known if t.ndim == out.ndim), None)
+
+
+def _matmul_kinds(args: tuple, out: torch.Tensor, known: list[tuple[torch.Tensor, tuple[str, ...]]],
+                  live: set[int]) -> tuple[str, ...] | None:
+    """``a @ b``: ``a``'s axes but its last, then ``b``'s last; a parameter's axes hold channels."""
+    operands = [t for t in args[:2] if isinstance(t, torch.Tensor)]
+    if len(operands) != 2 or any(t.ndim < 2 for t in operands):
+        return None
+    kinds = dict((id(t), k) for t, k in known)
+    a, b = ((kinds.get(id(t)) if id(t) in live else ("c",) * t.ndim) for t in operands)
+    if a is None or b is None:
+        return None
+    joined = a[:-1] + b[-1:]
+    return joined if len(joined) == out.ndim else b[:-2] + a[-2:-1] + b[-1:] if len(b) == out.ndim else None
+
+
+def _reordered(bare: str, args: tuple, kwargs: dict, kinds: tuple[str, ...]) -> tuple[str, ...] | None:
+    """What the axes hold after ``transpose(d0, d1)`` or ``permute(dims)``."""
+    n = len(kinds)
+    if bare == "permute":
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else kwargs.get("dims", args[1:])
+        if len(dims) != n or not all(isinstance(d, int) for d in dims):
+            return None
+        return tuple(kinds[d % n] for d in dims)
+    d0, d1 = kwargs.get("dim0", args[1] if len(args) > 1 else None), kwargs.get("dim1", args[2] if len(args) > 2 else None)
+    if not isinstance(d0, int) or not isinstance(d1, int) or not n:
+        return None
+    out = list(kinds)
+    out[d0 % n], out[d1 % n] = kinds[d1 % n], kinds[d0 % n]
+    return tuple(out)
+
+
+def _regroup(src: tuple[int, ...], dst: tuple[int, ...], kinds: tuple[str, ...]) -> tuple[str, ...] | None:
+    """What the axes of a view ``dst`` of ``src`` hold: axes split from one hold what it held (heads split from
+    channels are channels), axes merged hold what all held (a grid flattened into tokens), else "b" where the
+    batch is among them (frames folded into it) or "?"; None where the shapes cannot be matched."""
+    if 0 in src or 0 in dst:
+        return None
+    out: list[str] = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        if j < len(dst) and dst[j] == 1 and (i == len(src) or src[i] != 1):
+            out.append("?")
+            j += 1
+            continue
+        if i < len(src) and src[i] == 1 and (j == len(dst) or dst[j] != 1):
+            i += 1
+            continue
+        if i == len(src) or j == len(dst):
+            return None
+        a, b, held, width = src[i], dst[j], {kinds[i]}, 1
+        i, j = i + 1, j + 1
+        while a != b:
+            if a < b and i < len(src):
+                a, held, i = a * src[i], held | {kinds[i]}, i + 1
+            elif b < a and j < len(dst):
+                b, width, j = b * dst[j], width + 1, j + 1
+            else:
+                return None
+        out += [held.pop() if len(held) == 1 else "b" if "b" in held else "?"] * width
+    return tuple(out)
+
+
 def _varying_axes(shape: torch.Size, out: torch.Size) -> tuple[int, ...]:
     """The axes of ``out``, counted from its end, along which an addend of ``shape`` varies, its last (channels) aside."""
     return tuple(i for i in range(-min(len(shape), len(out)), -1) if shape[i] > 1)
@@ -1009,18 +1266,63 @@ def _rows(t: torch.Tensor, args: tuple, kwargs: dict, out: Any, axes: tuple[int,
 
 def _einsum_elementwise(args: tuple) -> set[int]:
     """The ids of ``einsum``'s operands none of whose indices is summed out: ``"btd,d->btd"`` multiplies
-    by a gain elementwise, where ``"btd,de->bte"`` contracts a matrix."""
-    if not args or not isinstance(args[0], str):
-        return set()  # the sublist form: every operand counts as contracted
-    operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
-    lhs, arrow, rhs = args[0].replace(" ", "").partition("->")
-    terms = lhs.split(",")
-    if not arrow:  # implicit output: the indices that appear once, and the ellipsis
-        letters = "".join(terms).replace(".", "")
-        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    by a gain elementwise, where ``"btd,de->bte"`` contracts a matrix. None in the sublist form: every
+    operand counts as contracted."""
+    terms, rhs, operands = _einsum_terms(args)
     kept = set(rhs.replace("...", "_"))
     return {id(op) for term, op in zip(terms, operands)
             if isinstance(op, torch.Tensor) and set(term.replace("...", "_")) <= kept}
+
+
+def _einsum_out_axes(args: tuple, t: torch.Tensor) -> tuple[int, ...]:
+    """The axes of ``einsum``'s output, counted from its end, along which operand ``t`` has more than one
+    entry (``"yrx,rbxy->yrxb"``: those of y, r and x); ``t``'s own axes where the equation says nothing."""
+    terms, rhs, operands = _einsum_terms(args)
+    term = next((term for term, op in zip(terms, operands) if op is t), None)
+    if term is None or len(term) != t.ndim or "." in rhs:
+        return _own_axes(t)
+    return tuple(rhs.index(c) - len(rhs) for c, n in zip(term, t.shape) if n > 1 and c in rhs)
+
+
+def _einsum_terms(args: tuple) -> tuple[list[str], str, list[Any]]:
+    """``einsum``'s input terms, its output term (written or implicit) and its operands; none for the sublist form."""
+    if not args or not isinstance(args[0], str):
+        return [], "", []
+    operands = list(args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+    lhs, arrow, rhs = args[0].replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow:
+        letters = "".join(terms).replace(".", "")
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, rhs, operands
+
+
+def _contractions(bare: str, args: tuple, kwargs: dict) -> list[tuple[torch.Tensor, set[int], set[int], list[torch.Tensor]]]:
+    """For each operand of a contraction (``tensordot``, ``einsum``, a matmul): the axes it sums out, those it
+    shares with the others and keeps (a batch), counted from its end, and the other operands."""
+    tensors = [t for t in args[:2] if isinstance(t, torch.Tensor)]
+    if bare == "tensordot" and len(tensors) == 2:
+        a, b = tensors
+        dims = kwargs.get("dims", args[2] if len(args) > 2 else 2)
+        if isinstance(dims, int):
+            dims = (list(range(a.ndim - dims, a.ndim)), list(range(dims)))
+        return [(t, {d % t.ndim - t.ndim for d in ([d] if isinstance(d, int) else d)}, set(), [o])
+                for t, d, o in ((a, dims[0], b), (b, dims[1], a))]
+    if bare == "einsum":
+        terms, rhs, operands = _einsum_terms(args)
+        if "." in "".join(terms) or len(terms) != len(operands):
+            return []
+        out = []
+        for i, (term, op) in enumerate(zip(terms, operands)):
+            rest = "".join(terms[:i] + terms[i + 1:])
+            others = [o for j, o in enumerate(operands) if j != i and isinstance(o, torch.Tensor)]
+            out.append((op, {k - len(term) for k, c in enumerate(term) if c not in rhs},
+                        {k - len(term) for k, c in enumerate(term) if c in rhs and c in rest}, others))
+        return out
+    if bare in _PAIRWISE_MATMUL and len(tensors) == 2 and all(t.ndim >= 2 for t in tensors):
+        a, b = tensors
+        return [(a, {-1}, set(range(-a.ndim, -2)), [b]), (b, {-2}, set(range(-b.ndim, -2)), [a])]
+    return []
 
 
 def _along_last_alone(activation: torch.Size, shape: torch.Size) -> bool:
