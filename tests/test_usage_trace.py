@@ -1885,3 +1885,23 @@ def test_a_tensor_used_only_among_learned_tensors_is_not_called_unreached():
     with pytest.warns(DecayWarning, match="used them only with learned tensors and constants, never with its input"):
         p = decaykit.plan(Guide(), 0.1, example_inputs=torch.zeros(2, 4))
     assert "used by the traced forward only with learned tensors and constants" in p["loc"].reason, p["loc"].reason
+
+
+def test_a_dict_input_refused_as_keyword_arguments_says_to_pass_it_whole():
+    """An observation dict is the model's one argument; example_inputs=obs is read as keyword arguments, and the
+    model's TypeError alone would not say so. (obs,) traces it."""
+    class Policy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vec, self.img = nn.Linear(4, 8), nn.Linear(6, 8)
+            self.temperature = nn.Parameter(torch.zeros(8))
+
+        def forward(self, obs):
+            return (self.vec(obs["vec"]) + self.img(obs["img"])) * self.temperature.exp()
+
+    obs = {"vec": torch.zeros(2, 4), "img": torch.zeros(2, 6)}
+    with pytest.warns(decaykit.DecayWarning, match=r"unexpected keyword argument .*example_inputs was passed a dict, "
+                                                   r"as keyword arguments, model\(\*\*example_inputs\): give "
+                                                   r"\(example_inputs,\) for a model that takes it whole"):
+        decaykit.plan(Policy(), 0.1, example_inputs=obs)
+    assert decaykit.plan(Policy(), 0.1, example_inputs=(obs,))["temperature"].role == "state"

@@ -518,7 +518,8 @@ def _membership_findings(expected: Plan, held: _Membership, groups: list[_Group]
         decoupled = any(groups[held.seen[id(d.param)]].decay == "decoupled" for d in decayed_frozen)
         out.append(Finding(
             "error" if decoupled else "warning", "frozen-in-optimizer",
-            f"{len(frozen)} frozen parameters (requires_grad=False) are in the optimizer"
+            f"{len(frozen)} frozen parameters (requires_grad=False, or an averaged copy's: an EMA updated without "
+            "gradients) are in the optimizer"
             + (f"; {len(decayed_frozen)} have weight_decay > 0: torch skips them while their .grad is None, and they "
                "shrink at every step once it is a zero tensor (one left from before they were frozen, which "
                "zero_grad(set_to_none=False) zeroes instead of removing; diffusers #1009)" if decayed_frozen else ""),

@@ -234,6 +234,10 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        if isinstance(exc, TypeError) and isinstance(example_inputs, (Mapping, list)):  # maybe meant as one argument
+            how = ("a dict, as keyword arguments, model(**example_inputs)" if isinstance(example_inputs, Mapping)
+                   else "a list, as positional arguments, model(*example_inputs)")
+            stopped += f"; example_inputs was passed {how}: give (example_inputs,) for a model that takes it whole"
         if recorder.tests and recorder.ops_since_test == 0:  # raised on an answer the pass made up, not on the input
             where, answer = recorder.tests[-1]
             assertion = recorder.last_assert if isinstance(exc, AssertionError) else None
