@@ -773,3 +773,17 @@ def test_only_an_optimizer_decaykit_has_no_facts_on_pays_the_step_from_reset_sta
         taken = probe(opt, model=model).cost["twin_steps"]
         assert taken == 2 if steps == 2 else taken >= 3, type(opt).__name__
         model.zero_grad()
+
+
+def test_tensors_over_the_same_memory_do_not_agree_and_say_why():
+    """Twins copy each tensor apart, so both 'agree' at 0.999; the real step decays the shared memory once per
+    alias (0.999² for a head tied to the embedding through .data): the probe says so instead."""
+    emb, head = torch.nn.Embedding(20, 4), torch.nn.Linear(4, 20, bias=False)
+    head.weight.data = emb.weight.data
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    report = probe(torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2), model=model)
+    rows = {e.name: e for e in report.entries}
+    assert not report.ok and not rows["emb.weight"].agrees and not rows["head.weight"].agrees
+    assert rows["emb.weight"].note.startswith("shares its memory with head.weight")
+    apart = torch.nn.ModuleDict({"emb": torch.nn.Embedding(20, 4), "head": torch.nn.Linear(4, 20, bias=False)})
+    assert probe(torch.optim.AdamW(param_groups(apart, 0.1), lr=1e-2), model=apart).ok

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from decaykit import optimizers
+from decaykit._aliasing import aliased as sharing_memory
 from decaykit._render import Cell, Report, html_finding, html_lines, html_report
 from decaykit._validate import check_number
 from decaykit.engine.checks import SHAPED_STATE
@@ -677,34 +678,16 @@ def _overshoot_findings(view: _View, expected: Plan) -> list[Finding]:
         tuple(params))]
 
 
-def _memory(t: torch.Tensor) -> tuple[int, int] | None:
-    """The bytes ``t``'s values span, [start, end), or None where it has no memory of its own to read (meta, sparse,
-    a DTensor's shards)."""
-    if t.layout != torch.strided or t.device.type == "meta" or type(t) not in (torch.Tensor, nn.Parameter):
-        return None
-    try:
-        start = t.data_ptr()
-    except RuntimeError:
-        return None
-    if not t.numel() or not start:
-        return None
-    extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
-    return start, start + extent * t.element_size()
-
-
 def _aliased_findings(view: _View, expected: Plan) -> list[Finding]:
     """Distinct tensors of the optimizer whose values share memory (tied through ``.data``, a Parameter made from a
     view of another): torch steps each, so the shared values are updated and decayed once per alias."""
     names = {id(d.param): d.name for d in expected}
-    spans = sorted((span, id(p), names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}"))
-                   for i, g in enumerate(view.groups) for p in dict.fromkeys(g.params) if (span := _memory(p)) is not None)
+    held = {id(p): (i, p) for i, g in enumerate(view.groups) for p in g.params}
     aliased: dict[str, None] = {}
-    end, last = -1, None
-    for (start, stop), pid, name in spans:
-        if start < end and last is not None and last[0] != pid:
-            aliased.update({last[1]: None, name: None})
-        if stop > end:
-            end, last = stop, (pid, name)
+    for pair in sharing_memory(p for _, p in held.values()):
+        for pid in pair:
+            i, p = held[pid]
+            aliased[names.get(pid, f"param_groups[{i}]:{tuple(p.shape)}")] = None
     if not aliased:
         return []
     return [Finding("error", "aliased",

@@ -395,6 +395,12 @@ def _entries(t: Target, decays_somewhere: bool, groups: dict[int, str], other_se
         if t.also_in:
             agrees = False
             notes.insert(0, _duplicate_note(t, k))
+        if t.aliases:
+            agrees = False
+            notes.insert(0, f"shares its memory with {', '.join(t.aliases)} (tied through .data, or a view made a "
+                            "Parameter): torch steps each on its own, so every step applies the update and decay of each "
+                            "to the shared values (measured here on copies apart); tie the parameters themselves, "
+                            "head.weight = embedding.weight, so the optimizer holds one tensor")
         if t.start is not None:
             notes.append(PATTERN_NOTE)
         out.append(ProbeEntry(name, shape, r.kind, r.measured, expected, agrees, "; ".join(notes), expected_kind,

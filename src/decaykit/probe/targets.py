@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from decaykit import optimizers
+from decaykit._aliasing import aliased
 from decaykit._dtensor import is_sharded, local_shard
 from decaykit.errors import DecayError, DecayWarning
 from decaykit.policy.names import canonical_name, namer
@@ -39,6 +40,7 @@ class Target:
     start: torch.Tensor | None = None  # test pattern for an all-zero tensor
     fresh: bool = True  # nothing but a decay can move it with zero gradients (no state yet, or an ASGD)
     also_in: list[int] = field(default_factory=list)  # further groups that hold the same tensor (torch steps it in each)
+    aliases: list[str] = field(default_factory=list)  # other tensors over the same memory (torch steps each of them)
     rows: Rows | None = None
     # a tensor with state: its zero-gradient step at weight_decay=0 on a copy with that state reset, where only a
     # decay outside weight_decay can move it (momentum moves the base twin itself)
@@ -100,6 +102,9 @@ def find_targets(optimizer: torch.optim.Optimizer, model: nn.Module | None, expe
             fresh = not optimizer.state.get(p) or decay_only
             targets.append(Target(p, name, i, expects[i], total, members, sharded, start=start, fresh=fresh))
             first[id(p)] = targets[-1]
+    for a, b in aliased(first[i].param for i in first):  # copied apart, the twins cannot show it: said instead
+        first[a].aliases.append(first[b].name)
+        first[b].aliases.append(first[a].name)
     return targets
 
 
