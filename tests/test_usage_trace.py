@@ -1887,9 +1887,10 @@ def test_a_tensor_used_only_among_learned_tensors_is_not_called_unreached():
     assert "used by the traced forward only with learned tensors and constants" in p["loc"].reason, p["loc"].reason
 
 
-def test_a_dict_input_refused_as_keyword_arguments_says_to_pass_it_whole():
-    """An observation dict is the model's one argument; example_inputs=obs is read as keyword arguments, and the
-    model's TypeError alone would not say so. (obs,) traces it."""
+def test_a_dict_whose_keys_are_no_arguments_is_the_one_argument_and_a_refused_list_says_how_it_was_passed():
+    """An observation dict is the model's one argument (its keys are not forward's parameters): it is passed whole,
+    where a dict of keyword arguments (input_ids=...) is spread. A list is positional arguments; where the model
+    refuses that, the warning says how it was passed and to give (example_inputs,)."""
     class Policy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -1897,11 +1898,24 @@ def test_a_dict_input_refused_as_keyword_arguments_says_to_pass_it_whole():
             self.temperature = nn.Parameter(torch.zeros(8))
 
         def forward(self, obs):
-            return (self.vec(obs["vec"]) + self.img(obs["img"])) * self.temperature.exp()
+            parts = obs.values() if isinstance(obs, dict) else obs
+            return sum(layer(x) for layer, x in zip((self.vec, self.img), parts)) * self.temperature.exp()
 
     obs = {"vec": torch.zeros(2, 4), "img": torch.zeros(2, 6)}
-    with pytest.warns(decaykit.DecayWarning, match=r"unexpected keyword argument .*example_inputs was passed a dict, "
-                                                   r"as keyword arguments, model\(\*\*example_inputs\): give "
-                                                   r"\(example_inputs,\) for a model that takes it whole"):
-        decaykit.plan(Policy(), 0.1, example_inputs=obs)
-    assert decaykit.plan(Policy(), 0.1, example_inputs=(obs,))["temperature"].role == "state"
+    assert decaykit.plan(Policy(), 0.1, example_inputs=obs)["temperature"].reason.endswith("(traced)")
+
+    class Spread(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+            self.temperature = nn.Parameter(torch.zeros(4))
+
+        def forward(self, vec, goal):
+            return self.proj(vec + goal) * self.temperature.exp()
+
+    spread = {"vec": torch.zeros(2, 4), "goal": torch.zeros(2, 4)}
+    assert decaykit.plan(Spread(), 0.1, example_inputs=spread)["temperature"].role == "state"  # keywords, spread
+    with pytest.warns(decaykit.DecayWarning, match=r"example_inputs was passed a list, as positional arguments, "
+                                                   r"model\(\*example_inputs\): give \(example_inputs,\)"):
+        decaykit.plan(Policy(), 0.1, example_inputs=list(obs.values()))
+    assert decaykit.plan(Policy(), 0.1, example_inputs=(list(obs.values()),))["temperature"].role == "state"

@@ -216,7 +216,7 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
     if any(isinstance(t, torch.Tensor) and t.is_nested for t in tree_flatten(example_inputs)[0]):
         return Trace({}, "a nested tensor in example_inputs, which has no one shape to copy: pass padded tensors")
     try:
-        args, kwargs = _as_call(tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
+        args, kwargs = _as_call(model, tree_map(lambda t: _fake_like(mode, t, floats) if isinstance(t, torch.Tensor) else t,
                                          example_inputs))
     except Exception as exc:  # a tensor subclass that cannot be copied shape-only: the structure decides
         return Trace({}, f"a shape-only copy of the input: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
@@ -366,9 +366,22 @@ def _put_back(container: Any, items: Any) -> None:
         container.clear()
         container.extend(items)
 
-def _as_call(inputs: Any) -> tuple[tuple, dict]:
+def _as_call(model: nn.Module, inputs: Any) -> tuple[tuple, dict]:
+    """``inputs`` as the call's arguments: a tuple or list positional, a dict keyword, unless its keys are not
+    arguments of ``model``'s forward (which takes no ``**kwargs``): then it is the one argument (an observation dict)."""
     if isinstance(inputs, Mapping):
-        return (), dict(inputs)
+        return ((), dict(inputs)) if _takes_keywords(model, inputs.keys()) else ((inputs,), {})
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
     return (inputs,), {}
+
+
+def _takes_keywords(model: nn.Module, keys: Any) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    names = {p.name for p in parameters}
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters) or set(keys) <= names
