@@ -506,6 +506,10 @@ def test_a_decay_that_rounds_back_to_theta_in_low_precision_is_found_from_the_va
     fused = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 8 / 0.05, fused=True))
     assert [(f.severity, f.code) for f in fused.findings] == [("warning", "decay-rounded-away")]
     assert decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 0.05)).ok
+    stray = torch.nn.Linear(4, 4).to(dtype)  # tensors the model does not have are named by their group
+    codes = [f.code for f in decaykit.audit(model, torch.optim.AdamW(stray.parameters(), lr=eps / 8 / 0.05,
+                                                                      weight_decay=0.05)).findings]
+    assert "decay-rounded-away" in codes and "not-in-model" in codes
     before = model[0].weight.detach().clone()  # the claim, checked: a real step of the decay alone moves nothing
     opt = torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 8 / 0.05, eps=1e-3)  # 1e-8 is 0 in fp16
     for p in model.parameters():

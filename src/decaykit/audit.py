@@ -703,7 +703,8 @@ def _rounding_findings(view: _View, expected: Plan) -> list[Finding]:
     decay configured never acts. Read from the tensors' values and the rate the groups set now; an error where the
     decay is a pass of its own, a warning where a fused kernel rounds it with the update (:mod:`~decaykit.probe.rounding`)."""
     names = {id(d.param): d.name for d in expected}
-    lost: dict[bool, list[tuple[str, str]]] = {True: [], False: []}  # can still agree (fused) -> (name, note)
+    # still agreeable (a fused kernel, or a part lost): a warning; else an error -> (name, dtype, note)
+    lost: dict[bool, list[tuple[str, torch.dtype, str]]] = {True: [], False: []}
     for i, group in enumerate(view.groups):
         e = group.expect
         if e is None or e.kind not in ("decoupled", "cautious") or isinstance(e.rate, torch.Tensor):
@@ -712,17 +713,17 @@ def _rounding_findings(view: _View, expected: Plan) -> list[Finding]:
             share = rounded_share(p, float(e.rate))
             said = None if share is None else decoupled_loss(share[0], *share, float(e.rate), p.dtype, fused=e.fused)
             if said is not None:
-                lost[said[0]].append((names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}"), said[1]))
+                lost[said[0]].append((names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}"), p.dtype, said[1]))
     out = []
-    for fused, found in lost.items():
+    for warning, found in lost.items():
         if found:
-            shown = ", ".join(n for n, _ in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-            first, note = found[0]
-            fix = rounding_fix(next(p.dtype for g in view.groups for p in g.params if names.get(id(p)) == first))
+            shown = ", ".join(n for n, _, _ in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            first, dtype, note = found[0]
+            fix = rounding_fix(dtype)
             cause = note.removeprefix("warning: ").removesuffix(f"; {fix}")
-            out.append(Finding("warning" if fused else "error", "decay-rounded-away",
+            out.append(Finding("warning" if warning else "error", "decay-rounded-away",
                                f"{len(found)} low-precision tensors ({shown}) lose their decay to rounding; {first}: "
-                               f"{cause}", fix, tuple(n for n, _ in found)))
+                               f"{cause}", fix, tuple(n for n, _, _ in found)))
     return out
 
 

@@ -45,8 +45,9 @@ def rounded_share(param: torch.Tensor, rate: float) -> tuple[float, float] | Non
     """(Σθ² over the values of ``param`` for which θ·(1 − ``rate``) rounds back to θ in its dtype, Σθ² over all):
     what rounding predicts a decay apart from the update leaves unmoved; None where no value can round away (a
     dtype of 32 bits or more at a rate of eps/2 or more, or no values to read)."""
-    if not param.is_floating_point() or param.device.type == "meta" or not param.numel() or rate <= 0:
-        return None
+    if (not param.is_floating_point() or param.device.type == "meta" or not param.numel() or rate <= 0
+            or type(param) not in (torch.Tensor, torch.nn.Parameter) or param.layout != torch.strided):
+        return None  # meta, sparse, a DTensor's shards (the probe measures those): no values to read here
     if rate >= torch.finfo(param.dtype).eps / 2:
         return None
     values = param.detach()
