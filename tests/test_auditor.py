@@ -496,7 +496,8 @@ def test_a_weight_decay_the_optimizers_step_never_reads_is_a_warning_and_the_ten
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_decay_that_rounds_back_to_theta_in_low_precision_is_found_from_the_values(dtype):
     """θ·(1 − lr·λ) in bf16/fp16 rounds back to θ for every value when lr·λ < eps/4: the decay never acts. An error
-    for a decay apart from the update, a warning for a fused kernel; silent where lr·λ is large enough."""
+    for a decay apart from the update; an info for a fused kernel, which rounds it with the update (how much acts then
+    depends on the updates); silent where lr·λ is large enough."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 2)).to(dtype)
     eps = torch.finfo(dtype).eps
@@ -504,7 +505,7 @@ def test_a_decay_that_rounds_back_to_theta_in_low_precision_is_found_from_the_va
     assert [(f.severity, f.code, f.params) for f in lost.findings] == [("error", "decay-rounded-away",
                                                                        ("0.weight", "2.weight"))]
     fused = decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 8 / 0.05, fused=True))
-    assert [(f.severity, f.code) for f in fused.findings] == [("warning", "decay-rounded-away")]
+    assert [(f.severity, f.code) for f in fused.findings] == [("info", "decay-rounded-away")] and fused.ok
     assert decaykit.audit(model, torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=eps / 0.05)).ok
     stray = torch.nn.Linear(4, 4).to(dtype)  # tensors the model does not have are named by their group
     codes = [f.code for f in decaykit.audit(model, torch.optim.AdamW(stray.parameters(), lr=eps / 8 / 0.05,

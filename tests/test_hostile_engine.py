@@ -589,3 +589,15 @@ def test_a_decay_below_a_quarter_of_the_dtypes_spacing_is_warned_when_the_engine
     with warnings.catch_warnings():
         warnings.simplefilter("error", DecayWarning)
         WeightDecay(torch.optim.SGD(decaykit.param_groups(model.float(), 0.05), lr=lr))  # float32: it acts
+
+
+def test_a_fused_kernel_that_rounds_the_decay_with_the_update_gets_no_never_acts_warning_but_a_pass_of_its_own_does():
+    """bf16 fused AdamW decays inside its kernel with the update: with real gradients much of the decay acts, so no
+    'never acts' warning. The engine's own pass around a fused SGD (extra_pass) rounds the decay alone: warned."""
+    model = nn.Linear(16, 16).to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecayWarning)
+        WeightDecay(torch.optim.AdamW(decaykit.param_groups(model, 0.05), lr=1e-3, fused=True))
+    with pytest.warns(DecayWarning, match="rounds back to θ for every value"):
+        engine = WeightDecay(torch.optim.SGD(decaykit.param_groups(model, 0.05), lr=1e-3, fused=True))
+    assert engine.paths()[0] == "extra_pass"

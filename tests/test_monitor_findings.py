@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -694,3 +695,21 @@ def test_a_converted_lambda_is_named_as_the_engines_and_the_factor_holds_for_the
     (finding,) = [f for f in mon.findings if f.code == "timescale-exceeds-run"]
     assert ("raise weight_decay (0.001, the group's λ in mode 'lr_independent'; a λ converted into it, such as "
             "TrainingArguments.weight_decay, is raised by the same factor) at least 25x") in finding.message
+
+
+def test_the_monitor_judges_rounding_by_where_the_decay_is_applied_not_by_the_fused_flag():
+    """The engine's own pass around a fused SGD rounds the decay alone (told); fused AdamW rounds it with the update,
+    where how much acts depends on the updates (not told)."""
+    def findings(make, engine: bool):
+        torch.manual_seed(0)
+        model = _scale_invariant().to(torch.bfloat16)
+        opt = make(decaykit.param_groups(model, 0.05))
+        opt = decaykit.WeightDecay(opt) if engine else opt
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mon = decaykit.Monitor(model, opt, every=5)
+        _train(model, opt, 5, lambda: torch.randn(8, 16, dtype=torch.bfloat16))
+        return [f.code for f in mon.findings]
+
+    assert findings(lambda ps: torch.optim.SGD(ps, lr=1e-3, fused=True), engine=True) == ["decay-rounded-away"]
+    assert findings(lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True), engine=False) == []

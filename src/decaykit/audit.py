@@ -700,21 +700,32 @@ def _aliased_findings(view: _View, expected: Plan) -> list[Finding]:
 
 def _rounding_findings(view: _View, expected: Plan) -> list[Finding]:
     """Low-precision tensors whose decay apart from the update rounds back to θ (bf16 AdamW at lr 1e-3, λ 0.05): the
-    decay configured never acts. Read from the tensors' values and the rate the groups set now; an error where the
-    decay is a pass of its own, a warning where a fused kernel rounds it with the update (:mod:`~decaykit.probe.rounding`)."""
+    decay configured never acts. Read from the tensors' values and the rate the groups set now: an error where most
+    of a tensor rounds back, a warning where part does; an info where a fused kernel rounds the decay with the update
+    (:mod:`~decaykit.probe.rounding`)."""
     names = {id(d.param): d.name for d in expected}
     # still agreeable (a fused kernel, or a part lost): a warning; else an error -> (name, dtype, note)
     lost: dict[bool, list[tuple[str, torch.dtype, str]]] = {True: [], False: []}
+    fused: list[str] = []  # decayed in a fused kernel with the update: how much acts cannot be told
     for i, group in enumerate(view.groups):
         e = group.expect
         if e is None or e.kind not in ("decoupled", "cautious") or isinstance(e.rate, torch.Tensor):
             continue
         for p in group.params:
             share = rounded_share(p, float(e.rate))
-            said = None if share is None else decoupled_loss(share[0], *share, float(e.rate), p.dtype, fused=e.fused)
-            if said is not None:
-                lost[said[0]].append((names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}"), p.dtype, said[1]))
-    out = []
+            said = None if share is None else decoupled_loss(share[0], *share, float(e.rate), p.dtype)
+            name = names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}")
+            if said is not None and e.fused:
+                fused.append(name)
+            elif said is not None:
+                lost[said[0]].append((name, p.dtype, said[1]))
+    out = [] if not fused else [Finding(
+        "info", "decay-rounded-away",
+        f"{len(fused)} low-precision tensors ({', '.join(fused[:3])}{' ...' if len(fused) > 3 else ''}) are decayed "
+        "inside a fused kernel at a rate whose θ·(1 − r) alone would round back to θ: the kernel rounds the decay "
+        "together with the update, so how much of it acts depends on the updates (most of it where they are large, "
+        "little where they are small), which the settings cannot tell",
+        "measure it over real steps (a λ = 0 twin fed the same gradients), or keep fp32 master weights", tuple(fused))]
     for warning, found in lost.items():
         if found:
             shown = ", ".join(n for n, _, _ in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")

@@ -350,6 +350,8 @@ class WeightDecay(Optimizer):
             rate = expected["rate"]
             if expected["kind"] not in ("decoupled", "cautious") or isinstance(rate, Tensor) or not rate > 0:
                 continue
+            if expected["path"] == "inner" and group.get("fused"):  # rounded with the update: it may act, partly
+                continue
             dtypes = {p.dtype for p in group["params"] if p.is_floating_point() and p.element_size() < 4}
             lost = sorted((str(d).removeprefix("torch."), d) for d in dtypes if rate < torch.finfo(d).eps / 4)
             if lost:

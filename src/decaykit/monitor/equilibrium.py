@@ -68,6 +68,7 @@ class GroupDecay:
     sums: tuple[float, float] = (1.0, 1.0)
     adaptive: bool = False
     lr_power: int = 1
+    fused: bool = False  # the decay is computed in the optimizer's fused kernel with the update, rounded once with it
 
     @property
     def decays(self) -> bool:
@@ -191,7 +192,7 @@ def group_decays(optimizer: Any) -> list[GroupDecay]:
         else:
             rate = None
         out.append(GroupDecay(kind, rate, lam if kind != "coupled" else float(raw), lr, peak, family, sums,
-                              adaptive, power))
+                              adaptive, power, expect.fused))
     return out
 
 

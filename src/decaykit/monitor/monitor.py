@@ -235,15 +235,16 @@ class Monitor:
     def _rounding_findings(self, step: int, decays: list[GroupDecay],
                            tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
         """Low-precision tensors whose decay, a pass apart from the update, rounds back to θ (bf16 AdamW at lr·λ
-        below bfloat16's spacing); their group's run is then not judged by a Σ r that did not act."""
+        below bfloat16's spacing); their group's run is then not judged by a Σ r that did not act. A decay inside a
+        fused kernel rounds with the update, and how much of it acts depends on the updates: not told."""
         out = []
         for i, param, before in tensors:
             decay = decays[i]
-            if decay.kind not in ("decoupled", "cautious") or not decay.rate or before.element_size() >= 4:
+            if (decay.kind not in ("decoupled", "cautious") or not decay.rate or decay.fused
+                    or before.element_size() >= 4):
                 continue
             share = rounded_share(before, decay.rate)
-            fused = bool(self.optimizer.param_groups[i].get("fused") or False)
-            said = None if share is None else decoupled_loss(share[0], *share, decay.rate, before.dtype, fused=fused)
+            said = None if share is None else decoupled_loss(share[0], *share, decay.rate, before.dtype)
             if said is not None:
                 out.append(rounding_finding(self._name(param, i), step, said[1]))
                 if not said[0]:
