@@ -665,8 +665,39 @@ def test_tensors_that_get_gradients_but_no_optimizer_holds_are_told_and_a_gan_is
     model[0].requires_grad_(True)
     before = model[0].weight.detach().clone()
     _train(model, opt, 4, lambda: torch.randn(4, 8))
-    assert torch.equal(model[0].weight.detach(), before)  # never trained, as told:
-    assert [(f.code, f.name, f.step) for f in mon.findings] == [("not-in-optimizer", "0.weight, 0.bias", 6)]  # seen at 4 and 6
+    mon.close()
+    assert torch.equal(model[0].weight.detach(), before)  # never trained, as told at close:
+    assert [(f.code, f.name, f.step) for f in mon.findings] == [("not-in-optimizer", "0.weight, 0.bias", 6)]
+
+    # a second optimizer that steps its tensors every 4th step, and fp32 master weights copied back into a model
+    # whose tensors get the gradients: both train them, nothing to tell
+    body, head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)
+    slow = torch.optim.SGD(body.parameters(), lr=0.1)
+    fast = torch.optim.AdamW(decaykit.param_groups(head, 0.05), lr=1e-2)
+    two = decaykit.Monitor(torch.nn.Sequential(body, head), fast, every=1)
+    for step in range(1, 9):
+        head(body(torch.randn(4, 8))).square().mean().backward()
+        fast.step()
+        fast.zero_grad()
+        if step % 4 == 0:
+            slow.step()
+            slow.zero_grad()
+    two.close()
+    assert "not-in-optimizer" not in {f.code for f in two.findings}
+    model = torch.nn.Linear(8, 8)
+    master = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    opt = torch.optim.AdamW(master, lr=1e-2, weight_decay=0.05)
+    with decaykit.Monitor(model, opt, every=1) as copied:
+        for _ in range(4):
+            model(torch.randn(4, 8)).square().mean().backward()
+            for m, p in zip(master, model.parameters()):
+                m.grad = p.grad.clone()
+            opt.step()
+            with torch.no_grad():
+                for m, p in zip(master, model.parameters()):
+                    p.copy_(m)
+            model.zero_grad()
+    assert "not-in-optimizer" not in {f.code for f in copied.findings}
 
     gen, disc = torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)
     opt_g = torch.optim.AdamW(decaykit.param_groups(gen, 0.05), lr=1e-3)

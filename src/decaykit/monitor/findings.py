@@ -25,8 +25,9 @@ code                       fires when
                            decaying group (a zero gradient tensor, not None: the decay shrinks it)
 ``other-optimizer``        another optimizer stepped tensors the watched one holds (it replaced
                            it, and the records stop; or both update them)
-``not-in-optimizer``       tensors of the model got gradients at two recorded steps in a row, but
-                           no optimizer seen stepping holds them (unfrozen later, a layer replaced)
+``not-in-optimizer``       at ``close()``: tensors of the model got gradients, no optimizer seen
+                           stepping holds them, and their values never moved since a record first
+                           saw them (unfrozen later, a layer replaced): never trained
 =========================  =================================================================
 """
 
@@ -157,7 +158,7 @@ def rounding_finding(name: str, step: int, note: str) -> MonitorFinding:
 
 
 def unheld_finding(names: list[str], step: int) -> MonitorFinding:
-    """``not-in-optimizer``: model tensors that get gradients at two recorded steps but that no optimizer holds."""
+    """``not-in-optimizer``: model tensors that got gradients, that no optimizer holds, and that never moved."""
     shown = ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
     return MonitorFinding(
         "not-in-optimizer", shown, step,

@@ -100,6 +100,12 @@ def _global_step_hook(method: Any) -> Any:
     return register_optimizer_step_post_hook(hook)
 
 
+def _fingerprint(t: Tensor) -> tuple[float, float]:
+    """Σθ and Σθ² of a tensor: any step that trains it moves them."""
+    values = t.detach().double()
+    return float(values.sum()), float(values.square().sum())
+
+
 def _lr_above_zero(group: dict[str, Any]) -> bool:
     lr = group.get("lr", 0.0)
     return bool(lr > 0) if isinstance(lr, (int, float, Tensor)) else False
@@ -148,7 +154,8 @@ class Monitor:
         self._rounded: set[int] = set()  # groups with a tensor whose decay rounds back to θ: Σ r counts no real decay
         self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # other optimizers already looked at
         self._steppers: weakref.WeakSet[Any] = weakref.WeakSet()  # every other optimizer seen stepping
-        self._unheld: set[int] = set()  # model tensors with a gradient that no optimizer held, at the last record
+        # id -> (name, tensor, step first seen, fingerprint) of model tensors with a gradient no optimizer held
+        self._unheld: dict[int, tuple[str, Tensor, int, tuple[float, float]]] = {}
         self._stepping = False  # inside the watched optimizer's step (between its pre- and post-hook)
         self._born: dict[int, int] = {}  # id(param) -> the step that created its SGD momentum buffer, where seen
         self._settling: dict[str, tuple[float, float]] = {}  # name -> (√(η²/r), Σ r) where that equilibrium began
@@ -216,21 +223,34 @@ class Monitor:
             params.append(param)
         self.history.extend(records)
         found = self._policy_findings(step, tensors) + self._timescale_findings(step, decays, index, multiplier)
-        found += self._rounding_findings(step, decays, tensors) + self._unheld_findings(step)
+        found += self._rounding_findings(step, decays, tensors)
+        self._note_unheld(step)
         for record, param in zip(records, params):
             found += tensor_findings(record, self._settled(record), self._gradless(record, param))
         for record in records:
             self._emit({"kind": "tensor", **record})
         self._add_findings(found)
 
+    def _held(self) -> set[int]:
+        """The tensors the watched optimizer and every other one seen stepping hold."""
+        return {id(p) for opt in (self.optimizer, *self._steppers) for g in opt.param_groups for p in g["params"]}
+
+    def _note_unheld(self, step: int) -> None:
+        """At a record: the model's tensors with a gradient that no optimizer seen stepping holds, each with the step
+        it was first seen and a fingerprint of its values, for :meth:`_unheld_findings` to judge at ``close()``."""
+        held = self._held()
+        for name, p in self._model.named_parameters():
+            if p.requires_grad and p.grad is not None and id(p) not in held and id(p) not in self._unheld:
+                self._unheld[id(p)] = (name, p, step, _fingerprint(p))
+
     def _unheld_findings(self, step: int) -> list[MonitorFinding]:
-        """Tensors of the model that get gradients at two recorded steps in a row but that no optimizer seen stepping
-        holds (unfrozen after the optimizer was built from the trainable ones, a head replaced): never trained."""
-        held = {id(p) for opt in (self.optimizer, *self._steppers) for g in opt.param_groups for p in g["params"]}
-        named = {id(p): (n, p) for n, p in self._model.named_parameters()}
-        now = {pid for pid, (_, p) in named.items() if p.requires_grad and p.grad is not None and pid not in held}
-        again, self._unheld = [named[pid][0] for pid in now & self._unheld], now
-        return [] if not again else [unheld_finding(again, step)]
+        """Tensors that got gradients, that no optimizer seen stepping holds even now, and whose values have not moved
+        since a record first saw them, steps ago (unfrozen after the optimizer was built from the trainable ones, a
+        head replaced): never trained. An optimizer of their own that steps them, however rarely, moves them."""
+        held = self._held()
+        never = [name for pid, (name, p, first, seen) in self._unheld.items()
+                 if pid not in held and step > first and _fingerprint(p) == seen]
+        return [unheld_finding(never, step)] if never else []
 
     def _rounding_findings(self, step: int, decays: list[GroupDecay],
                            tensors: list[tuple[int, Tensor, Tensor]]) -> list[MonitorFinding]:
@@ -423,15 +443,16 @@ class Monitor:
 
     def close(self) -> None:
         """Remove the hooks, report a group whose decay never acted (lr = 0 throughout: ``lr-zero``) or whose run
-        held less than one timescale of it (``timescale-exceeds-run``, from the Σ r measured), and close the file
-        sinks the monitor opened; the history stays."""
+        held less than one timescale of it (``timescale-exceeds-run``, from the Σ r measured), tensors that got
+        gradients and were never trained (``not-in-optimizer``), and close the file sinks the monitor opened; the
+        history stays."""
         if self._handles:
             step = self.step
             found = [lr_zero_finding(i, lam, steps, step) for i, (lam, steps) in sorted(self._idle.items())
                      if i not in self._acted]
             for i in range(len(self.optimizer.param_groups)):
                 found += self._run_finding(i, step)
-            self._add_findings(found)
+            self._add_findings(found + self._unheld_findings(step))
         for handle in self._handles:
             handle.remove()
         self._handles = []
