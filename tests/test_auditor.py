@@ -545,3 +545,14 @@ def test_tensors_sharing_memory_are_an_error_named_as_aliased_and_a_true_tie_is_
     flat = torch.zeros(20)
     halves = torch.nn.ParameterList([torch.nn.Parameter(flat[:10]), torch.nn.Parameter(flat[10:].view(2, 5))])
     assert not [f for f in decaykit.audit(halves, torch.optim.AdamW(halves.parameters())).findings if f.code == "aliased"]
+
+
+def test_column_blocks_of_one_matrix_interleave_in_memory_but_share_no_element_and_are_not_aliased():
+    """A fused (out, 3·in) matrix cut into three column blocks: their byte spans interleave, no element is shared,
+    so each value is stepped once. Overlapping strided views of it (two windows sharing a column) are aliased."""
+    fused = torch.randn(16, 48)
+    blocks = torch.nn.ParameterList([torch.nn.Parameter(b) for b in fused.chunk(3, dim=1)])
+    assert not [f for f in decaykit.audit(blocks, torch.optim.AdamW(blocks.parameters())).findings if f.code == "aliased"]
+    windows = torch.nn.ParameterList([torch.nn.Parameter(fused[:, :20]), torch.nn.Parameter(fused[:, 19:30])])
+    (found,) = [f for f in decaykit.audit(windows, torch.optim.AdamW(windows.parameters())).findings if f.code == "aliased"]
+    assert sorted(found.params) == ["0", "1"]
