@@ -1915,6 +1915,10 @@ def test_a_dict_whose_keys_are_no_arguments_is_the_one_argument_and_a_refused_li
 
     spread = {"vec": torch.zeros(2, 4), "goal": torch.zeros(2, 4)}
     assert decaykit.plan(Spread(), 0.1, example_inputs=spread)["temperature"].role == "state"  # keywords, spread
+    with warnings.catch_warnings():  # a collated batch's key the forward does not take is left out
+        warnings.simplefilter("error", decaykit.DecayWarning)
+        batch = {**spread, "labels": torch.zeros(2, dtype=torch.long)}
+        assert decaykit.plan(Spread(), 0.1, example_inputs=batch)["temperature"].role == "state"
     with pytest.warns(decaykit.DecayWarning, match=r"example_inputs was passed a list, as positional arguments, "
                                                    r"model\(\*example_inputs\): give \(example_inputs,\)"):
         decaykit.plan(Policy(), 0.1, example_inputs=list(obs.values()))

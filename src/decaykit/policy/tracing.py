@@ -234,10 +234,8 @@ def _trace_once(model: nn.Module, example_inputs: Any, floats: torch.dtype | Non
             torch.func.functional_call(model, state, args, kwargs, strict=False)
     except Exception as exc:  # a data-dependent op, or the model's own check: keep what was seen
         stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-        if isinstance(exc, TypeError) and isinstance(example_inputs, (Mapping, list)):  # maybe meant as one argument
-            how = ("a dict, as keyword arguments, model(**example_inputs)" if isinstance(example_inputs, Mapping)
-                   else "a list, as positional arguments, model(*example_inputs)")
-            stopped += f"; example_inputs was passed {how}: give (example_inputs,) for a model that takes it whole"
+        if isinstance(exc, TypeError) and isinstance(example_inputs, (Mapping, list)):  # maybe meant otherwise
+            stopped += f"; example_inputs was passed {_passed_as(model, example_inputs)}"
         if recorder.tests and recorder.ops_since_test == 0:  # raised on an answer the pass made up, not on the input
             where, answer = recorder.tests[-1]
             assertion = recorder.last_assert if isinstance(exc, AssertionError) else None
@@ -367,21 +365,42 @@ def _put_back(container: Any, items: Any) -> None:
         container.extend(items)
 
 def _as_call(model: nn.Module, inputs: Any) -> tuple[tuple, dict]:
-    """``inputs`` as the call's arguments: a tuple or list positional, a dict keyword, unless its keys are not
-    arguments of ``model``'s forward (which takes no ``**kwargs``): then it is the one argument (an observation dict)."""
+    """``inputs`` as the call's arguments: a tuple or list positional; a dict keyword, its keys the forward does not
+    take left out (a collated batch's ``labels``) unless it takes ``**kwargs``, or, where none of its keys is an
+    argument of the forward, the one argument (an observation dict)."""
     if isinstance(inputs, Mapping):
-        return ((), dict(inputs)) if _takes_keywords(model, inputs.keys()) else ((inputs,), {})
+        takes = _keywords(model)
+        if takes is None:
+            return (), dict(inputs)
+        kept = {k: v for k, v in inputs.items() if k in takes}
+        return ((), kept) if kept else ((inputs,), {})
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
     return (inputs,), {}
 
 
-def _takes_keywords(model: nn.Module, keys: Any) -> bool:
+def _keywords(model: nn.Module) -> frozenset[str] | None:
+    """The names ``model``'s forward takes, or None where it takes any (``**kwargs``) or its signature is unknown."""
     import inspect
 
     try:
         parameters = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
-        return True
-    names = {p.name for p in parameters}
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters) or set(keys) <= names
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters)
+
+
+def _passed_as(model: nn.Module, inputs: Mapping[str, Any] | list[Any]) -> str:
+    """How a dict or list ``example_inputs`` was handed to the forward, and the other way, for a stop's message."""
+    if isinstance(inputs, list):
+        return ("a list, as positional arguments, model(*example_inputs): give (example_inputs,) for a model that "
+                "takes the list whole")
+    takes = _keywords(model)
+    if takes is not None and not takes & inputs.keys():
+        return ("whole, as the one argument: none of its keys is an argument of the forward; give the keyword "
+                "arguments the forward takes")
+    dropped = sorted(set(inputs) - takes) if takes is not None else []
+    return ("a dict, as keyword arguments, model(**example_inputs)" + (f", without {', '.join(dropped)}, which the "
+            "forward does not take" if dropped else "") + ": give (example_inputs,) for a model that takes it whole")
