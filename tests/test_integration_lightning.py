@@ -252,3 +252,19 @@ def test_a_plateau_scheduler_gets_its_monitor_through_scheduler_options():
         configure_optimizers(Net(), 0.1, lr=LR, scheduler=plateau, scheduler_options={"interval": "step"})
     with pytest.raises(DecayError, match="scheduler_options has no effect without scheduler="):
         configure_optimizers(Net(), 0.1, lr=LR, scheduler_options={"monitor": "train_loss"})
+
+
+def test_the_audit_callback_gives_each_findings_own_fix_where_the_helper_already_built_the_optimizer():
+    """A module whose optimizer the helper built, with tensors frozen since (BackboneFinetuning's freeze on resume):
+    'build it with configure_optimizers' is no fix; the finding's own is."""
+    from decaykit.integrations.lightning import DecayAuditCallback
+
+    class FrozenAfter(Net):
+        def configure_optimizers(self):
+            built = super().configure_optimizers()
+            self.stem.requires_grad_(False)
+            return built
+
+    with pytest.warns(DecayWarning, match=r"frozen-in-optimizer \(2 tensors\); leave frozen parameters out") as told:
+        fit(FrozenAfter(0.1), 1, callbacks=[DecayAuditCallback()])
+    assert not any("configure_optimizers(self" in str(w.message) for w in told)

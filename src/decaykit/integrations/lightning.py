@@ -199,14 +199,26 @@ class _DecayAudit:
             told.append(f"the {len(opts)} optimizers together: " + _errors(self.findings))
         if not told:
             return
-        fix = ("build it with decaykit.integrations.lightning.configure_optimizers(self, weight_decay, lr=...)"
-               if len(opts) == 1 else
-               "build each optimizer from decaykit.param_groups(<the submodule it trains>, weight_decay, lr=...), "
-               "so that every trainable tensor is in exactly one of them")
+        own = [f.fix for r in self.reports for f in r.findings if f.severity == "error" and f.fix]
+        if any(_built_here(opt) for opt in opts):  # already the helper's groups: each finding's own fix says more
+            fix = "; ".join(dict.fromkeys(own + [f.fix for f in self.findings if f.severity == "error" and f.fix]))
+        elif len(opts) == 1:
+            fix = "build it with decaykit.integrations.lightning.configure_optimizers(self, weight_decay, lr=...)"
+        else:
+            fix = ("build each optimizer from decaykit.param_groups(<the submodule it trains>, weight_decay, lr=...), "
+                   "so that every trainable tensor is in exactly one of them")
         message = f"decaykit audit at fit start: {'; '.join(told)}; {fix}"
         if self.strict:
             raise DecayError(message)
         warnings.warn(message, DecayWarning, stacklevel=2)
+
+
+def _built_here(optimizer: Any) -> bool:
+    """Whether :func:`configure_optimizers` built ``optimizer`` (it gave it its own ``add_param_group``)."""
+    from decaykit.optimizers import unwrap
+
+    add = vars(unwrap(optimizer)).get("add_param_group")
+    return isinstance(add, functools.partial) and add.func is _add_planned_group
 
 
 def _errors(findings: list[Any]) -> str:
