@@ -556,3 +556,14 @@ def test_column_blocks_of_one_matrix_interleave_in_memory_but_share_no_element_a
     windows = torch.nn.ParameterList([torch.nn.Parameter(fused[:, :20]), torch.nn.Parameter(fused[:, 19:30])])
     (found,) = [f for f in decaykit.audit(windows, torch.optim.AdamW(windows.parameters())).findings if f.code == "aliased"]
     assert sorted(found.params) == ["0", "1"]
+
+
+def test_a_saved_optimizer_named_relative_to_a_submodule_says_which_and_the_fix():
+    """A GAN's generator optimizer built from param_groups(self.G): its saved names are the generator's, which the
+    whole module names G.*: the audit says so rather than blame the architecture."""
+    gan = torch.nn.ModuleDict({"G": torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8)),
+                               "D": torch.nn.Linear(8, 1)})
+    saved = torch.optim.AdamW(decaykit.param_groups(gan["G"], 0.1)).state_dict()
+    with pytest.raises(decaykit.DecayError, match=r"relative to the model's submodule 'G' \(0.weight is G.0.weight\)"):
+        decaykit.audit(gan, saved)
+    assert decaykit.audit(gan["G"], saved).ok

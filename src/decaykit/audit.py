@@ -309,6 +309,14 @@ def _from_state_dict(model: nn.Module, state: Mapping[str, Any]) -> _View:
             names = [own if (own := canonical(n)) in by_name else canonical_name(n) for n in names]
             missing = [n for n in names if n not in by_name]
             if missing:
+                under = [m for m, _ in model.named_modules() if m and all(f"{m}.{n}" in by_name for n in missing)]
+                if len(under) == 1:  # built from one submodule's groups (a GAN's generator): names relative to it
+                    raise DecayError(
+                        f"the saved optimizer names parameters relative to the model's submodule {under[0]!r} "
+                        f"({missing[0]} is {under[0]}.{missing[0]}): it was built from that submodule's groups "
+                        f"(decaykit.param_groups(model.{under[0]}, ...)); audit it against that submodule (a factory "
+                        "returning it, for the CLI's MODEL), as each optimizer of a GAN trains its own network"
+                    )
                 raise DecayError(
                     f"the saved optimizer names parameters the model does not have ({', '.join(missing[:3])}); "
                     "pass the same model architecture the checkpoint was trained with"
