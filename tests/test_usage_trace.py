@@ -1923,3 +1923,18 @@ def test_a_dict_whose_keys_are_no_arguments_is_the_one_argument_and_a_refused_li
                                                    r"model\(\*example_inputs\): give \(example_inputs,\)"):
         decaykit.plan(Policy(), 0.1, example_inputs=list(obs.values()))
     assert decaykit.plan(Policy(), 0.1, example_inputs=(list(obs.values()),))["temperature"].role == "state"
+
+
+def test_an_rms_norm_written_with_a_power_of_minus_a_half_is_a_norm():
+    """Gemma3n's RMSNorm: x * torch.pow(x.pow(2).mean(-1) + eps, -0.5), then the gain: rsqrt written as a power."""
+    class PowNorm(nn.Module):
+        def __init__(self, dim: int):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(dim))
+
+        def forward(self, x):
+            return x * torch.pow(x.pow(2).mean(-1, keepdim=True) + 1e-6, -0.5) * self.weight
+
+    model = nn.Sequential(nn.Linear(8, 8), PowNorm(8), nn.Linear(8, 2))
+    d = decaykit.plan(model, 0.1, example_inputs=torch.zeros(2, 8))["1.weight"]
+    assert (d.role, d.decay, d.reason) == ("norm", False, "multiplies normalised activations in mul: a norm gain (traced)")

@@ -439,7 +439,8 @@ class Recorder(TorchFunctionMode):
             if not live:
                 self.touched.update(p for t in traced for p in self.origin[id(t)])
             self._consume(bare, shown, args, kwargs, out, traced, live)
-        elif bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in tensors)):
+        elif (bare in _NORMALISING or (bare in _MUL | _PASS and any(id(t) in self.normalised for t in tensors))
+              or (bare in ("pow", "__pow__") and _exponent(args, kwargs) == -0.5)):  # rsqrt as a power (Gemma3n's)
             self._mark(out, self.normalised)
         if live:
             self._provenance(bare, out, live, traced)
