@@ -44,7 +44,7 @@ from decaykit.policy.names import canonical_name, namer
 from decaykit.policy.plan import Conflict, Decision, Plan, check_plan_options, collect_params, plan
 from decaykit.probe.expectations import Expectation, rate_text, readable_expectations, saved_expectation
 from decaykit.probe.report import ProbeReport
-from decaykit.probe.rounding import decoupled_loss, rounded_share, rounding_fix
+from decaykit.probe.rounding import rounded_away, rounding_fix
 
 __all__ = ["COUPLED_ADAPTIVE", "AuditReport", "Finding", "MeasuredProbe", "audit"]
 
@@ -720,8 +720,7 @@ def _rounding_findings(view: _View, expected: Plan) -> list[Finding]:
         if e is None or e.kind not in ("decoupled", "cautious") or isinstance(e.rate, torch.Tensor):
             continue
         for p in group.params:
-            share = rounded_share(p, float(e.rate))
-            said = None if share is None else decoupled_loss(share[0], *share, float(e.rate), p.dtype)
+            said = rounded_away(p, float(e.rate))
             name = names.get(id(p), f"param_groups[{i}]:{tuple(p.shape)}")
             if said is not None and e.fused:
                 fused.append(name)

@@ -148,9 +148,9 @@ _FLAG_OF = {"storage": "--storage", "weight_decays": "--wd", "search": "--search
             "model": "--model", "data": "--data", "metric": "--metric"}  # fmt: skip
 
 
-def _typed(args: argparse.Namespace, dest: str) -> str:
-    """The name of ``dest``'s flag the user typed (``--weight-decays`` or ``--wd``)."""
-    return getattr(args, f"{dest}_flag", None) or _FLAG_OF[dest]
+def _typed(args: argparse.Namespace, dest: str) -> str | None:
+    """The name of ``dest``'s flag the user typed (``--weight-decays`` or ``--wd``), else its flag's name."""
+    return getattr(args, f"{dest}_flag", None) or _FLAG_OF.get(dest)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         trials, training, execution = settings_from_args(args)
         result = run_sweep(task_from_args(args), trials, training, execution)
     except DecayError as exc:  # an error naming a Python argument names its flag here, once
-        flag = _typed(args, exc.argument) if exc.argument == "weight_decays" else _FLAG_OF.get(exc.argument or "")
+        flag = _typed(args, exc.argument or "")
         if flag is None:
             raise
         raise type(exc)(str(exc), argument=flag) from exc.__cause__

@@ -68,7 +68,7 @@ from decaykit.engine.modes import MODES
 from decaykit.engine.paths import GroupStep, Scratch, build_paths, plan_group
 from decaykit.engine.schedules import Schedule, as_schedule
 from decaykit.errors import DecayError, DecayWarning
-from decaykit.probe.rounding import rounding_fix
+from decaykit.probe.rounding import rounding_fix, rounds_every_value
 
 __all__ = ["STATE_KEY", "WeightDecay", "saved_entry"]
 
@@ -353,7 +353,7 @@ class WeightDecay(Optimizer):
             if expected["path"] == "inner" and group.get("fused"):  # rounded with the update: it may act, partly
                 continue
             dtypes = {p.dtype for p in group["params"] if p.is_floating_point() and p.element_size() < 4}
-            lost = sorted((str(d).removeprefix("torch."), d) for d in dtypes if rate < torch.finfo(d).eps / 4)
+            lost = sorted((str(d).removeprefix("torch."), d) for d in dtypes if rounds_every_value(rate, d))
             if lost:
                 told.append((i, rate, lost[0]))
         if told:

@@ -17,8 +17,9 @@ code                       fires when
 ``far-from-equilibrium``   after 3τ of decay (Σ r ≥ 3) ‖θ‖ is still more than 25% off its
                            predicted equilibrium
 ``non-finite``             ‖θ‖ or the angle is NaN or infinite
-``decay-rounded-away``     a bfloat16/float16 tensor for which θ·(1 − r) rounds back to θ: the
-                           decay configured does not act (or, in a fused kernel, mostly not)
+``decay-rounded-away``     a bfloat16/float16 tensor for which θ·(1 − r), a decay applied apart
+                           from the update, rounds back to θ: the decay configured does not act
+                           (a fused kernel, which rounds it with the update, is not judged)
 ``lr-zero``                at ``close()``: a group with weight_decay > 0 had lr = 0 at every
                            recorded step, so its decay never acted (and nothing was recorded)
 ``decayed-frozen``         a tensor with requires_grad=False moved in a recorded step of a

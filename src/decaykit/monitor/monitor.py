@@ -44,14 +44,14 @@ from decaykit.monitor.findings import (
     timescale_finding,
     unheld_finding,
 )
-from decaykit.monitor.record import measure
+from decaykit.monitor.record import held_values, measure
 from decaykit.monitor.report import group_summary
 from decaykit.monitor.sinks import SCALARS, CsvSink, JsonLinesSink, TensorBoardSink, as_sinks
 from decaykit.monitor.tally import DecayTally, found_inf
 from decaykit.policy.decide import Decision
 from decaykit.policy.options import Policy
 from decaykit.policy.plan import plan
-from decaykit.probe.rounding import decoupled_loss, rounded_share
+from decaykit.probe.rounding import rounded_away
 
 __all__ = ["Monitor"]
 
@@ -263,8 +263,7 @@ class Monitor:
             if (decay.kind not in ("decoupled", "cautious") or not decay.rate or decay.fused
                     or before.element_size() >= 4):
                 continue
-            share = rounded_share(before, decay.rate)
-            said = None if share is None else decoupled_loss(share[0], *share, decay.rate, before.dtype)
+            said = rounded_away(before, decay.rate)
             if said is not None:
                 out.append(rounding_finding(self._name(param, i), step, said[1]))
                 if not said[0]:
@@ -278,7 +277,7 @@ class Monitor:
         if ratio is None or not ratio > DOMINATES or grad is None:
             self._zero_grads.pop(record["name"], None)
             return 0
-        if bool((grad.coalesce().values() if grad.is_sparse else grad).any()):
+        if bool(held_values(grad).any()):
             self._zero_grads.pop(record["name"], None)
             return 0
         count = self._zero_grads[record["name"]] = self._zero_grads.get(record["name"], 0) + 1

@@ -10,10 +10,10 @@ complex tensor is measured as the real coordinates its optimizer updates (``view
   zero tensor, which has no direction (0 where both are);
 - ``decay_to_update``: ‖d‖/‖Δθ + d‖, the decay's step d over the rest of the step, where Δθ is
   the actual step. d = r·θ for decoupled decay (exact: the kernel applies θ(1 − r)), r·𝟙·θ for cautious
-  decay (its mask read from the step: the coordinates it moved towards 0), and for L2 decay on SGD (what the momentum buffer holds
-  of it so far: lr·λ·θ at the buffer's first step, growing to 1/(1 − α) times that); d = η·λ·θ/(√v̂ + ε)
-  per coordinate for L2 decay behind Adam's denominator (times RAdam's rectification r_t; η·λ·θ while its step
-has no denominator).
+  decay (its mask read from the step: the coordinates it moved towards 0), and for L2 decay on SGD (what
+  the momentum buffer holds of it so far: lr·λ·θ at the buffer's first step, growing to 1/(1 − α) times
+  that); d = η·λ·θ/(√v̂ + ε) per coordinate for L2 decay behind Adam's denominator (times RAdam's
+  rectification r_t; η·λ·θ while its step has no denominator).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from decaykit.monitor.equilibrium import (
     rectification,
 )
 
-__all__ = ["FIELDS", "measure"]
+__all__ = ["FIELDS", "held_values", "measure"]
 
 #: the keys of every history record, in the order the CSV sink writes them
 FIELDS: tuple[str, ...] = (
@@ -75,16 +75,13 @@ def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: T
     if decay.kind == "cautious" and decay.rate is not None:
         return _cautious(decay.rate, before, after)
     if decay.rate is not None:
-        r = decay.rate
-        step = r * fill
-        rest = _norm(torch.add(after, before, alpha=-(1.0 - step)))  # Δθ + dθ = θ_after − (1 − d)·θ_before
-        return _ratio(step * norm_before, rest), r
+        return _shrink_ratio(decay.rate * fill, before, after, norm_before), decay.rate
     if not decay.adaptive:
         return None, None
     rect = rectification(optimizer, param, group)
     if rect == 0:  # RAdam's first steps: θ −= η·m̂, no denominator, so λθ acts as on plain SGD
         r = decay.lr * decay.weight_decay
-        return _ratio(r * norm_before, _norm(torch.add(after, before, alpha=-(1.0 - r)))), r
+        return _shrink_ratio(r, before, after, norm_before), r
     denom = adaptive_denominator(optimizer, param, group)
     if denom is None:
         return None, None
@@ -93,6 +90,16 @@ def _decay_to_update(decay: GroupDecay, optimizer: Any, param: Tensor, before: T
     rest = _norm((after - _work(before)).add_(d))
     rms = _scalar((denom - float(group.get("eps", 1e-8))).pow(2).mean().sqrt())
     return _ratio(_norm(d), rest), (scale / rms if rms > 0 else None)
+
+
+def _shrink_ratio(step: float, before: Tensor, after: Tensor, norm_before: float) -> float:
+    """‖d‖/‖Δθ + d‖ for a decay d = ``step``·θ: Δθ + d = θ_after − (1 − step)·θ_before."""
+    return _ratio(step * norm_before, _norm(torch.add(after, before, alpha=-(1.0 - step))))
+
+
+def held_values(grad: Tensor) -> Tensor:
+    """A gradient's values: a sparse one's (nn.Embedding(sparse=True)) are the rows it holds."""
+    return grad.coalesce().values() if grad.is_sparse else grad
 
 
 def _cautious(rate: float, before: Tensor, after: Tensor) -> tuple[float, float | None]:
@@ -123,9 +130,7 @@ def measure(step: int, name: str, index: int, decay: GroupDecay, optimizer: Any,
     angle = _angle(before, after, norm_before, norm)
     ratio, rate = _decay_to_update(decay, optimizer, param, before, after, norm_before, group, fill)
     grad = param.grad
-    if grad is not None and grad.is_sparse:  # nn.Embedding(sparse=True): the rows it holds
-        grad = grad.coalesce().values()
-    grad_norm = _norm(grad) if grad is not None and decay.family == "sgd" else math.nan
+    grad_norm = _norm(held_values(grad)) if grad is not None and decay.family == "sgd" else math.nan
     pred_norm = predicted_norm(decay, rate, after.numel(), grad_norm, norm)
     pred_angle = predicted_angle(decay, rate)
     return {

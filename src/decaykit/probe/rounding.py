@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LOST", "NOTICED", "coupled_loss", "decoupled_loss", "rounded_share", "rounding_fix"]
+__all__ = ["LOST", "NOTICED", "coupled_loss", "decoupled_loss", "rounded_away", "rounded_share", "rounding_fix",
+           "rounds_every_value"]
 
 LOST = 0.5  # more of the tensor than this left unmoved: the decay configured is not applied
 NOTICED = 0.01  # more than this: partly lost, a warning
@@ -41,10 +42,15 @@ def rounding_fix(dtype: torch.dtype) -> str:
     return f"{keep}; lr·λ above {eps / 2:.2g} would act too, but is a far larger decay"
 
 
+def rounds_every_value(rate: float, dtype: torch.dtype) -> bool:
+    """Whether θ·(1 − ``rate``) rounds back to θ for every value of ``dtype``: a rate below a quarter of its spacing."""
+    return rate < torch.finfo(dtype).eps / 4
+
+
 def rounded_share(param: torch.Tensor, rate: float) -> tuple[float, float] | None:
     """(Σθ² over the values of ``param`` for which θ·(1 − ``rate``) rounds back to θ in its dtype, Σθ² over all):
     what rounding predicts a decay apart from the update leaves unmoved; None where no value can round away (a
-    dtype of 32 bits or more at a rate of eps/2 or more, or no values to read)."""
+    rate of half the dtype's spacing or more) or there are no values to read here."""
     if (not param.is_floating_point() or param.device.type == "meta" or not param.numel() or rate <= 0
             or type(param) not in (torch.Tensor, torch.nn.Parameter) or param.layout != torch.strided):
         return None  # meta, sparse, a DTensor's shards (the probe measures those): no values to read here
@@ -56,6 +62,13 @@ def rounded_share(param: torch.Tensor, rate: float) -> tuple[float, float] | Non
     kept = (work * (1 - rate)).to(values.dtype) == values
     squares = values.double().square()
     return float(squares[kept & (values != 0)].sum()), float(squares.sum())
+
+
+def rounded_away(param: torch.Tensor, rate: float) -> tuple[bool, str] | None:
+    """:func:`decoupled_loss` of a decay applied apart from the update, as rounding predicts it from ``param``'s
+    values (the audit and the monitor; the probe measures it): (whether it can still agree, note), or None."""
+    share = rounded_share(param, rate)
+    return None if share is None else decoupled_loss(share[0], *share, rate, param.dtype)
 
 
 def decoupled_loss(unmoved: float, rounds: float, acting: float, rate: float,
@@ -72,10 +85,9 @@ def decoupled_loss(unmoved: float, rounds: float, acting: float, rate: float,
     lost, predicted = unmoved / acting, rounds / acting
     if lost <= NOTICED or predicted <= NOTICED:  # moved, or unmoved for a reason other than rounding
         return None
-    eps = torch.finfo(dtype).eps
     name = _name(dtype)
     where = "every value of this tensor" if lost >= 0.995 else f"{lost:.0%} of this tensor (by θ²)"
-    later = (", on every step" if rate < eps / 4 else
+    later = (", on every step" if rounds_every_value(rate, dtype) else
              ", and the rest stalls once the decay has carried it to the low end of its power-of-2 range")
     cause = (f"θ·(1 − {rate:.3g}) rounds back to θ in {name} for {where}: a change below {_spacing(dtype)}, "
              f"is rounded away{later}")
